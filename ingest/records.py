@@ -1,0 +1,168 @@
+"""Typed records passed between stages, and their versioned JSON encoding.
+
+Records are immutable; a stage that changes something writes a new record. Every encoded record carries
+`schema_version` and `type` so that rows written by an older daemon can still be read (no pickle).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+SCHEMA_VERSION = 1
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reporter:
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    address: str | None = None
+    confidential: bool = False
+    # Channel-specific address to answer on: Messenger PSID, Telegram chat id, email Message-ID...
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attachment:
+    sha256: str
+    content_type: str
+    size: int
+    filename: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundMessage:
+    """What a channel adapter hands to the store: one report as the channel saw it."""
+
+    channel: str  # channel kind: app, phone, email, messenger, telegram, sms
+    channel_instance: str  # the configured instance name, e.g. "app" or "mailbox-1"
+    idempotency_key: str
+    received_at: str  # ISO 8601 with offset
+    text: str
+    subject: str | None = None
+    reporter: Reporter = field(default_factory=Reporter)
+    lat: float | None = None
+    lon: float | None = None
+    attachments: tuple[Attachment, ...] = ()
+    external_id: str | None = None  # the id the source gave it (Open311 token, transcript id, dev-set id)
+    service_code: str | None = None  # topic chosen by the reporter (Open311), a hint only
+    flags: tuple[str, ...] = ()  # e.g. "auto_reply", "bounce": stored but never routed
+    thread_ref: str | None = None  # reply to an earlier case (email In-Reply-To, case token)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Place:
+    district: str | None = None
+    ward: str | None = None
+    street: str | None = None
+    landmark: str | None = None
+    house_number: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    source: str | None = None  # "gps", "text", "reporter_address"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Candidate:
+    topic: str
+    agency: str | None
+    score: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Classification:
+    """The routing decision for one report."""
+
+    status: str  # "route", "review", "rejected", "out_of_scope"
+    topic: str
+    category: str
+    agency: str | None
+    confidence: float
+    place: Place = field(default_factory=Place)
+    candidates: tuple[Candidate, ...] = ()
+    reason: str | None = None  # stated reason for rejected / out_of_scope, shown to the reporter
+    model_version: str | None = None
+    language: str = "vi"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncidentDecision:
+    incident_id: str
+    is_new: bool
+    score: float = 1.0
+    matched_report: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    id: int
+    stage: str
+    report_id: int
+    attempts: int
+    payload: dict[str, Any]
+
+
+# Report lifecycle states visible to operators.
+REPORT_STATES = (
+    "received",  # stored, waiting for classification
+    "review",  # waiting for an operator decision
+    "rejected",  # abusive / unlawful, reason told to reporter
+    "out_of_scope",  # complaint or denunciation, guidance given
+    "routed",  # classified, waiting for incident matching
+    "duplicate",  # attached to an existing incident
+    "dispatched",  # first report of its incident, case forwarded
+    "closed",
+    "ignored",  # auto-replies, bounces: kept, never routed
+    "failed",  # dead-lettered in some stage
+)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(_encode(obj), ensure_ascii=False, separators=(",", ":"))
+
+
+def _encode(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {"type": type(obj).__name__, "schema_version": SCHEMA_VERSION}
+        for f in dataclasses.fields(obj):
+            out[f.name] = _encode(getattr(obj, f.name))
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_encode(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _encode(v) for k, v in obj.items()}
+    return obj
+
+
+def from_json(cls: type[T], data: str | bytes | dict[str, Any]) -> T:
+    raw = json.loads(data) if isinstance(data, (str, bytes)) else data
+    return _decode(cls, raw)
+
+
+def _decode(cls: Any, raw: Any) -> Any:
+    if raw is None:
+        return None
+    origin = typing.get_origin(cls)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        return _decode(args[0], raw) if len(args) == 1 else raw
+    if origin is tuple:
+        (item,) = typing.get_args(cls)[:1]
+        return tuple(_decode(item, x) for x in raw)
+    if dataclasses.is_dataclass(cls):
+        version = raw.get("schema_version", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"{cls.__name__} has schema_version {version}, newer than this daemon")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in raw:
+                kwargs[f.name] = _decode(hints[f.name], raw[f.name])
+        return cls(**kwargs)
+    return raw

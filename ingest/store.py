@@ -1,0 +1,411 @@
+"""The durable store: SQLite in WAL mode with full fsync, one writer connection, group commit for intake.
+
+Everything the daemon knows lives here; indexes and models elsewhere are caches rebuilt from it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .blobs import BlobStore
+from .clock import Clock, parse_iso
+from .errors import StorageError
+from .migrations import INGEST, Migration
+from .records import InboundMessage, Job, to_json
+
+log = logging.getLogger(__name__)
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA foreign_keys=ON",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    report_id: int
+    created: bool  # False when the idempotency key was already known
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    id: int
+    message: InboundMessage
+    status: str
+    classification: dict[str, Any] | None
+    incident_id: str | None
+
+
+class Tx:
+    """A write transaction on the single writer connection."""
+
+    def __init__(self, conn: aiosqlite.Connection, store: Store) -> None:
+        self.conn = conn
+        self.store = store
+        self._after_commit: list[Callable[[], None]] = []
+
+    async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Cursor:
+        return await self.conn.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self.conn.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        cur = await self.conn.execute(sql, params)
+        return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        cur = await self.conn.execute(sql, params)
+        return await cur.fetchone()
+
+    async def enqueue(self, stage: str, report_id: int, payload: dict[str, Any] | None = None,
+                      delay: float = 0.0) -> None:
+        now = self.store.clock.now()
+        await self.conn.execute(
+            "INSERT INTO jobs(stage, report_id, available_at, payload, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?)",
+            (stage, report_id, now + delay, json.dumps(payload or {}), now, now),
+        )
+        self._after_commit.append(lambda: self.store._wake(stage))
+
+    async def event(self, report_id: int | None, kind: str, actor: str, data: dict[str, Any] | None = None) -> None:
+        await self.conn.execute(
+            "INSERT INTO events(report_id, at, kind, actor, data) VALUES (?,?,?,?,?)",
+            (report_id, self.store.clock.now(), kind, actor, json.dumps(data or {}, ensure_ascii=False)),
+        )
+
+    async def set_cursor(self, name: str, value: Any) -> None:
+        await self.conn.execute(
+            "INSERT INTO cursors(name, value, updated_at) VALUES (?,?,?)"
+            " ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+            (name, json.dumps(value), self.store.clock.now()),
+        )
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._after_commit.append(fn)
+
+
+class Store:
+    def __init__(self, path: Path, blob_dir: Path, clock: Clock | None = None) -> None:
+        self.path = Path(path)
+        self.blobs = BlobStore(blob_dir)
+        self.clock = clock or Clock()
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._pending: list[tuple[InboundMessage, bytes, str, asyncio.Future[SubmitResult]]] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._stage_events: dict[str, asyncio.Event] = {}
+        self.commit_count = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, path: Path, blob_dir: Path, clock: Clock | None = None,
+                   migrations: dict[str, list[Migration]] | None = None) -> Store:
+        store = cls(path, blob_dir, clock)
+        store.path.parent.mkdir(parents=True, exist_ok=True)
+        store._writer = await store._connect()
+        await store._migrate({"ingest": INGEST, **(migrations or {})})
+        store._reader = await store._connect()
+        return store
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so that taking work never deadlocks.
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        for pragma in PRAGMAS:
+            await conn.execute(pragma)
+        return conn
+
+    async def _migrate(self, components: dict[str, list[Migration]]) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations("
+                " component TEXT NOT NULL, version INTEGER NOT NULL, applied_at REAL NOT NULL,"
+                " PRIMARY KEY(component, version))"
+            )
+            for component, steps in components.items():
+                rows = await tx.fetchall("SELECT version FROM schema_migrations WHERE component=?", (component,))
+                done = {r[0] for r in rows}
+                for version, sql in sorted(steps):
+                    if version in done:
+                        continue
+                    for statement in _split_sql(sql):
+                        await tx.execute(statement)
+                    await tx.execute("INSERT INTO schema_migrations VALUES (?,?,?)",
+                                     (component, version, self.clock.now()))
+                    log.info("applied migration %s/%d", component, version)
+
+    async def close(self) -> None:
+        if self._flush_task is not None:
+            await asyncio.gather(self._flush_task, return_exceptions=True)
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    # -- transactions ----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        assert self._writer is not None, "store is closed"
+        async with self._write_lock:
+            tx = Tx(self._writer, self)
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield tx
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            try:
+                await self._writer.execute("COMMIT")
+            except sqlite3.Error:
+                await self._writer.execute("ROLLBACK")
+                raise
+            self.commit_count += 1
+        for fn in tx._after_commit:
+            fn()
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        assert self._reader is not None, "store is closed"
+        cur = await self._reader.execute(sql, params)
+        return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    # -- intake ----------------------------------------------------------------------------------
+    async def submit(self, message: InboundMessage, raw: bytes, raw_type: str) -> SubmitResult:
+        """Store one inbound report durably and queue it for classification.
+
+        Returns only after COMMIT with synchronous=FULL, so the caller may acknowledge. Concurrent
+        callers share commits: whoever arrives while a commit is running joins the next batch.
+        """
+        fut: asyncio.Future[SubmitResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((message, raw, raw_type, fut))
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.ensure_future(self._flush_pending())
+        return await asyncio.shield(fut)
+
+    async def _flush_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:512], self._pending[512:]
+            try:
+                async with self.transaction() as tx:
+                    results = await self._insert_reports(tx, [(m, r, t) for m, r, t, _ in batch])
+            except Exception as exc:  # any storage failure: every waiter must retry, none is acked
+                log.error("commit of %d reports failed: %s", len(batch), type(exc).__name__)
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StorageError("store unavailable"))
+                continue
+            for (*_, fut), result in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(result)
+
+    async def submit_batch(self, items: Sequence[tuple[InboundMessage, bytes, str]],
+                           cursor: tuple[str, Any] | None = None) -> list[SubmitResult]:
+        """Store several reports and a channel cursor (IMAP UID, Telegram offset) in one transaction."""
+        async with self.transaction() as tx:
+            results = await self._insert_reports(tx, items)
+            if cursor is not None:
+                await tx.set_cursor(*cursor)
+        return results
+
+    async def _insert_reports(self, tx: Tx, items: Sequence[tuple[InboundMessage, bytes, str]]) -> list[SubmitResult]:
+        if not items:
+            return []
+        now = self.clock.now()
+        token = secrets.token_hex(8)
+        rows = []
+        for msg, raw, raw_type in items:
+            status = "ignored" if msg.flags else "received"
+            rows.append((msg.channel, msg.channel_instance, msg.idempotency_key, msg.external_id,
+                         parse_iso(msg.received_at), now, raw, raw_type, to_json(msg), status, now, token))
+        await tx.executemany(
+            "INSERT INTO reports(channel, channel_instance, idem_key, external_id, received_at, stored_at,"
+            " raw, raw_type, record, status, updated_at, batch_token) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(channel, idem_key) DO NOTHING",
+            rows,
+        )
+        ids: dict[tuple[str, str], tuple[int, bool]] = {}
+        keys = list({(m.channel, m.idempotency_key) for m, _, _ in items})
+        for chunk_start in range(0, len(keys), 400):
+            chunk = keys[chunk_start:chunk_start + 400]
+            where = " OR ".join("(channel=? AND idem_key=?)" for _ in chunk)
+            params = [v for k in chunk for v in k]
+            for row in await tx.fetchall(f"SELECT id, channel, idem_key, batch_token, status FROM reports WHERE {where}",
+                                         params):
+                ids[(row["channel"], row["idem_key"])] = (row["id"], row["batch_token"] == token)
+        results: list[SubmitResult] = []
+        first_seen: set[int] = set()
+        jobs = []
+        for msg, _, _ in items:
+            report_id, new = ids[(msg.channel, msg.idempotency_key)]
+            created = new and report_id not in first_seen
+            first_seen.add(report_id)
+            results.append(SubmitResult(report_id, created))
+            if created and not msg.flags:
+                jobs.append(("classify", report_id, now, "{}", now, now))
+        if jobs:
+            await tx.executemany(
+                "INSERT INTO jobs(stage, report_id, available_at, payload, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?)", jobs)
+            tx.after_commit(lambda: self._wake("classify"))
+        return results
+
+    async def quarantine(self, channel_instance: str, raw: bytes, reason: str,
+                         meta: dict[str, Any] | None = None) -> int:
+        """Keep input we could not accept, for operators to inspect; never silently dropped."""
+        async with self.transaction() as tx:
+            cur = await tx.execute(
+                "INSERT INTO quarantine(channel_instance, received_at, reason, raw, meta) VALUES (?,?,?,?,?)",
+                (channel_instance, self.clock.now(), reason, raw, json.dumps(meta or {}, ensure_ascii=False)),
+            )
+            return int(cur.lastrowid or 0)
+
+    async def put_blob(self, data: bytes, content_type: str) -> str:
+        digest = await asyncio.to_thread(self.blobs.put, data)
+        async with self.transaction() as tx:
+            await tx.execute("INSERT OR IGNORE INTO blobs VALUES (?,?,?,?)",
+                             (digest, content_type, len(data), self.clock.now()))
+        return digest
+
+    async def get_cursor(self, name: str) -> Any:
+        row = await self.fetchone("SELECT value FROM cursors WHERE name=?", (name,))
+        return json.loads(row["value"]) if row else None
+
+    async def get_report(self, report_id: int) -> StoredReport | None:
+        from .records import from_json
+
+        row = await self.fetchone(
+            "SELECT id, record, status, classification, incident_id FROM reports WHERE id=?", (report_id,))
+        if row is None:
+            return None
+        return StoredReport(
+            id=row["id"],
+            message=from_json(InboundMessage, row["record"]),
+            status=row["status"],
+            classification=json.loads(row["classification"]) if row["classification"] else None,
+            incident_id=row["incident_id"],
+        )
+
+    # -- queue -----------------------------------------------------------------------------------
+    def _wake(self, stage: str) -> None:
+        self._stage_events.setdefault(stage, asyncio.Event()).set()
+
+    async def wait_for_work(self, stage: str, timeout: float) -> None:
+        event = self._stage_events.setdefault(stage, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        event.clear()
+
+    async def lease(self, stage: str, limit: int, lease_seconds: float) -> list[Job]:
+        now = self.clock.now()
+        async with self.transaction() as tx:
+            rows = await tx.fetchall(
+                "UPDATE jobs SET state='leased', lease_until=?, attempts=attempts+1, updated_at=?"
+                " WHERE id IN (SELECT id FROM jobs WHERE stage=? AND state='ready' AND available_at<=?"
+                " ORDER BY available_at, id LIMIT ?)"
+                " RETURNING id, stage, report_id, attempts, payload",
+                (now + lease_seconds, now, stage, now, limit),
+            )
+        jobs = [Job(id=r["id"], stage=r["stage"], report_id=r["report_id"], attempts=r["attempts"],
+                    payload=json.loads(r["payload"])) for r in rows]
+        jobs.sort(key=lambda j: j.id)
+        return jobs
+
+    async def finish(self, job: Job, writes: Callable[[Tx], Awaitable[None]] | None = None) -> bool:
+        """Mark a leased job done and apply the stage's writes (next-stage enqueue included) atomically.
+
+        Returns False, writing nothing, when the lease was lost (reclaimed after expiry and taken again).
+        """
+        async with self.transaction() as tx:
+            cur = await tx.execute(
+                "UPDATE jobs SET state='done', lease_until=NULL, updated_at=? WHERE id=? AND state='leased' AND attempts=?",
+                (self.clock.now(), job.id, job.attempts),
+            )
+            if cur.rowcount != 1:
+                return False
+            if writes is not None:
+                await writes(tx)
+        return True
+
+    async def fail(self, job: Job, error: str, *, retry_in: float, dead: bool) -> None:
+        now = self.clock.now()
+        async with self.transaction() as tx:
+            if dead:
+                await tx.execute(
+                    "UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
+                    " WHERE id=? AND state='leased' AND attempts=?", (error, now, job.id, job.attempts))
+                await tx.execute("UPDATE reports SET status='failed', updated_at=? WHERE id=?", (now, job.report_id))
+                await tx.event(job.report_id, "dead_letter", "system", {"stage": job.stage, "error": error})
+            else:
+                await tx.execute(
+                    "UPDATE jobs SET state='ready', available_at=?, last_error=?, lease_until=NULL, updated_at=?"
+                    " WHERE id=? AND state='leased' AND attempts=?",
+                    (now + retry_in, error, now, job.id, job.attempts))
+
+    async def release(self, jobs: Iterable[Job]) -> None:
+        """Give leases back on shutdown, without counting the attempt."""
+        ids = [j.id for j in jobs]
+        if not ids:
+            return
+        async with self.transaction() as tx:
+            await tx.execute(
+                f"UPDATE jobs SET state='ready', attempts=MAX(attempts-1,0), lease_until=NULL"
+                f" WHERE state='leased' AND id IN ({','.join('?' * len(ids))})", ids)
+
+    async def reclaim_expired(self) -> int:
+        now = self.clock.now()
+        async with self.transaction() as tx:
+            cur = await tx.execute(
+                "UPDATE jobs SET state='ready', available_at=?, lease_until=NULL, updated_at=?,"
+                " last_error=COALESCE(last_error, 'lease expired') WHERE state='leased' AND lease_until < ?",
+                (now, now, now))
+            count = cur.rowcount
+        if count:
+            log.warning("reclaimed %d expired leases", count)
+            for stage in list(self._stage_events):
+                self._wake(stage)
+        return count
+
+    async def replay_dead(self, stage: str | None = None, job_ids: Sequence[int] = ()) -> int:
+        now = self.clock.now()
+        sql = "UPDATE jobs SET state='ready', attempts=0, available_at=?, updated_at=? WHERE state='dead'"
+        params: list[Any] = [now, now]
+        if stage:
+            sql += " AND stage=?"
+            params.append(stage)
+        if job_ids:
+            sql += f" AND id IN ({','.join('?' * len(job_ids))})"
+            params.extend(job_ids)
+        async with self.transaction() as tx:
+            rows = await tx.fetchall(sql + " RETURNING report_id", params)
+            for row in rows:
+                await tx.execute("UPDATE reports SET status='received', updated_at=? WHERE id=? AND status='failed'",
+                                 (now, row["report_id"]))
+                await tx.event(row["report_id"], "replayed", "operator", {})
+        return len(rows)
+
+    async def queue_depths(self) -> dict[tuple[str, str], int]:
+        rows = await self.fetchall("SELECT stage, state, COUNT(*) AS n FROM jobs WHERE state!='done' GROUP BY stage, state")
+        return {(r["stage"], r["state"]): r["n"] for r in rows}
+
+
+def _split_sql(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
