@@ -85,3 +85,16 @@ INGEST: list[Migration] = [
         """,
     ),
 ]
+
+INGEST.append((
+    2,
+    """
+    -- One vector per report, written by the classify stage and read by the incident stage (float32, L2-normalised).
+    CREATE TABLE embeddings (
+        report_id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL,
+        dim INTEGER NOT NULL,
+        vector BLOB NOT NULL
+    );
+    """,
+))
