@@ -1,0 +1,1 @@
+from . import dispatch as _dispatch  # noqa: F401  registers the [dispatch] section model

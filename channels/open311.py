@@ -1,0 +1,141 @@
+"""The mobile-app channel: an Open311 GeoReport v2 endpoint on the daemon's HTTP server.
+
+A request is acknowledged (201, or 200 for a repeat of a known Idempotency-Key) only after the raw body
+and its photos are committed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from config.channels import ChannelEntry, Open311Options
+from ingest.app import AppContext, Service
+from ingest.clock import iso
+from ingest.contacts import redact
+from ingest.records import Attachment
+from ingest.store import Store
+
+from .open311_parse import Open311Error, error_body, parse_request
+
+log = logging.getLogger(__name__)
+PREFIX = "/open311/v2"
+CLOSED_STATES = {"closed", "rejected", "out_of_scope", "ignored"}
+
+
+class Open311Channel:
+    def __init__(self, ctx: AppContext, entry: ChannelEntry, options: Open311Options) -> None:
+        self.ctx = ctx
+        self.name = entry.name
+        self.options = options
+        self.store: Store = ctx.store
+        self.accepting = True
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post(f"{PREFIX}/requests.json", self.post_request),
+            web.get(f"{PREFIX}/services.json", self.services),
+            web.get(PREFIX + "/requests/{id}.json", self.get_request),
+        ]
+
+    async def run(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.accepting = False
+
+    def _fail(self, code: int, description: str) -> web.Response:
+        return web.json_response(error_body(code, description), status=code)
+
+    async def post_request(self, request: web.Request) -> web.Response:
+        if not self.accepting:
+            return self._fail(503, "shutting down, please retry")
+        if self.options.api_keys:
+            given = request.headers.get("X-Api-Key") or request.query.get("api_key", "")
+            if not any(_equal(given, k.get_secret_value()) for k in self.options.api_keys):
+                return self._fail(403, "invalid api_key")
+        raw = await request.read()
+        content_type = request.headers.get("Content-Type", "")
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not (0 < len(key) <= 255):
+            return self._fail(400, "Idempotency-Key must be 1 to 255 characters")
+        try:
+            parsed = parse_request(
+                raw, content_type, idempotency_key=key, received_at=iso(self.ctx.clock.now()),
+                service_codes=self._service_codes(), channel_instance=self.name, max_photos=self.options.max_photos)
+        except Open311Error as exc:
+            # Kept for inspection (never silently dropped), refused with a reason the app can show.
+            await self.store.quarantine(self.name, raw, exc.description, {"content_type": content_type, "status": exc.code})
+            return self._fail(exc.code, exc.description)
+        attachments = []
+        for photo in parsed.photos:
+            digest = await self.store.put_blob(photo.data, photo.content_type)
+            attachments.append(Attachment(sha256=digest, content_type=photo.content_type, size=len(photo.data),
+                                          filename=photo.filename))
+        message = parsed.message
+        if attachments:
+            from dataclasses import replace
+            message = replace(message, attachments=tuple(attachments))
+        result = await self.store.submit(message, raw, content_type or "application/x-www-form-urlencoded")
+        body = [{"service_request_id": str(result.report_id), "service_notice": "Đã tiếp nhận phản ánh",
+                 "account_id": None}]
+        return web.json_response(body, status=201 if result.created else 200)
+
+    def _service_codes(self) -> set[str]:
+        return {t.id for t in self.ctx.directory.topics.values() if t.agency is not None}
+
+    async def services(self, request: web.Request) -> web.Response:
+        out: list[dict[str, Any]] = []
+        for topic in self.ctx.directory.topics.values():
+            if topic.agency is None:
+                continue  # refused categories are not services one can request
+            out.append({
+                "service_code": topic.id, "service_name": topic.description_vi.split(":")[0],
+                "description": topic.description_vi, "metadata": False, "type": "realtime",
+                "keywords": topic.id.replace("_", ","), "group": topic.category,
+            })
+        return web.json_response(out)
+
+    async def get_request(self, request: web.Request) -> web.Response:
+        try:
+            report_id = int(request.match_info["id"])
+        except ValueError:
+            return self._fail(404, "no such service request")
+        row = await self.store.fetchone(
+            "SELECT id, status, topic, agency, received_at, updated_at, record FROM reports WHERE id=?", (report_id,))
+        if row is None or row["status"] == "ignored":
+            return self._fail(404, "no such service request")
+        return web.json_response([public_view(row, self.ctx)])
+
+
+def public_view(row: Any, ctx: AppContext) -> dict[str, Any]:
+    """A report as the public may see it: no reporter details, contacts inside the text redacted (Art. 9)."""
+    from ingest.records import InboundMessage, from_json
+
+    message = from_json(InboundMessage, row["record"])
+    agency = ctx.directory.agencies.get(row["agency"] or "")
+    return {
+        "service_request_id": str(row["id"]),
+        "status": "closed" if row["status"] in CLOSED_STATES else "open",
+        "status_notes": row["status"],
+        "service_code": row["topic"],
+        "description": redact(message.text),
+        "agency_responsible": agency.name_vi if agency else None,
+        "requested_datetime": iso(row["received_at"]),
+        "updated_datetime": iso(row["updated_at"]),
+        "lat": message.lat,
+        "long": message.lon,
+    }
+
+
+def _equal(a: str, b: str) -> bool:
+    import hmac
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def build(ctx: AppContext, entry: ChannelEntry, options: Open311Options) -> list[Service]:
+    channel = Open311Channel(ctx, entry, options)
+    ctx.http.add_routes(channel.routes())
+    return [channel]

@@ -1,0 +1,159 @@
+"""Pure parsing of Open311 GeoReport v2 service requests (form, JSON or multipart bodies) into records.
+
+No I/O: the adapter in channels/open311.py reads the body, stores photos and submits.
+"""
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ingest.records import InboundMessage, Reporter
+from ingest.text import normalize
+
+MAX_TEXT_CHARS = 20_000
+
+
+class Open311Error(Exception):
+    """A request we refuse; `code` is the HTTP status, `description` is safe to show to the client."""
+
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Photo:
+    data: bytes
+    content_type: str
+    filename: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParsedRequest:
+    message: InboundMessage  # attachments still empty: the adapter fills them after storing photos
+    photos: tuple[Photo, ...]
+
+
+def parse_body(raw: bytes, content_type: str) -> tuple[dict[str, str], list[Photo]]:
+    """Fields and uploaded files of a form-encoded, JSON or multipart body."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    try:
+        if mime == "application/json":
+            data = json.loads(raw.decode("utf-8"))
+            if not isinstance(data, dict):
+                raise Open311Error(400, "JSON body must be an object")
+            return {k: _scalar(v) for k, v in data.items() if v is not None}, []
+        if mime in ("application/x-www-form-urlencoded", ""):
+            text = raw.decode("utf-8")
+            return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))), []
+        if mime == "multipart/form-data":
+            return _parse_multipart(raw, content_type)
+    except UnicodeDecodeError:
+        raise Open311Error(400, "body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise Open311Error(400, f"malformed {mime or 'form'} body") from exc
+    raise Open311Error(415, f"unsupported content type {mime!r}: use form, JSON or multipart")
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise ValueError("nested values are not accepted")
+
+
+def _parse_multipart(raw: bytes, content_type: str) -> tuple[dict[str, str], list[Photo]]:
+    if "boundary=" not in content_type:
+        raise ValueError("multipart body without boundary")
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+    if not msg.is_multipart():
+        raise ValueError("multipart body has no parts")
+    fields: dict[str, str] = {}
+    photos: list[Photo] = []
+    for part in msg.iter_parts():
+        disposition = part.get("Content-Disposition", "")
+        name = part.get_param("name", header="content-disposition")
+        if not disposition or not name:
+            raise ValueError("multipart part without a name")
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None or name == "media":
+            photos.append(Photo(data=payload, content_type=part.get_content_type(), filename=filename))
+        else:
+            fields[str(name)] = payload.decode(part.get_content_charset() or "utf-8")
+    return fields, photos
+
+
+def parse_request(raw: bytes, content_type: str, *, idempotency_key: str | None, received_at: str,
+                  service_codes: set[str], channel_instance: str, max_photos: int) -> ParsedRequest:
+    fields, photos = parse_body(raw, content_type)
+    code = fields.get("service_code", "").strip()
+    if not code:
+        raise Open311Error(400, "service_code is required")
+    if code not in service_codes:
+        raise Open311Error(404, f"unknown service_code {code!r}: see services.json")
+    text = normalize(fields.get("description", ""))
+    if not text:
+        raise Open311Error(400, "description is required")
+    if len(text) > MAX_TEXT_CHARS:
+        raise Open311Error(400, f"description is longer than {MAX_TEXT_CHARS} characters")
+    lat, lon = _coordinate(fields, "lat", -90, 90), _coordinate(fields, "long", -180, 180)
+    if (lat is None) != (lon is None):
+        raise Open311Error(400, "lat and long must be given together")
+    address = normalize(fields.get("address_string", "")) or None
+    if lat is None and address is None and not fields.get("address_id"):
+        raise Open311Error(400, "a location is required: lat and long, or address_string")
+    if len(photos) > max_photos:
+        raise Open311Error(400, f"at most {max_photos} photos per request")
+    for photo in photos:
+        if not photo.content_type.startswith(("image/", "video/", "application/octet-stream")):
+            raise Open311Error(400, f"media must be an image or video, not {photo.content_type}")
+    name = " ".join(p for p in (fields.get("last_name", "").strip(), fields.get("first_name", "").strip()) if p)
+    reporter = Reporter(
+        name=name or None,
+        phone=fields.get("phone", "").strip() or None,
+        email=fields.get("email", "").strip() or None,
+        address=address,
+        confidential=fields.get("confidential", "").lower() in ("1", "true", "yes"),
+        reply_to=fields.get("device_id") or None,
+    )
+    key = idempotency_key or hashlib.sha256(raw).hexdigest()
+    message = InboundMessage(
+        channel="app",
+        channel_instance=channel_instance,
+        idempotency_key=key,
+        received_at=received_at,
+        text=text,
+        reporter=reporter,
+        lat=lat,
+        lon=lon,
+        service_code=code,
+        external_id=fields.get("account_id") or None,
+    )
+    return ParsedRequest(message=message, photos=tuple(photos))
+
+
+def _coordinate(fields: dict[str, str], name: str, low: float, high: float) -> float | None:
+    value = fields.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise Open311Error(400, f"{name} must be a number") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise Open311Error(400, f"{name} is out of range")
+    return number
+
+
+def error_body(code: int, description: str) -> list[dict[str, Any]]:
+    return [{"code": code, "description": description}]

@@ -1,0 +1,44 @@
+"""The daemon's HTTP server plumbing: one aiohttp Application, and a middleware that never leaks a trace."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .errors import StorageError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(request: web.Request, status: int, description: str) -> web.Response:
+    # Open311 clients expect their error shape; everyone else gets a plain JSON object.
+    if request.path.startswith("/open311/"):
+        return web.json_response([{"code": status, "description": description}], status=status)
+    return web.json_response({"error": description}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _error(request, 413, f"body larger than the limit of {exc.max_size} bytes" if hasattr(exc, "max_size")
+                      else "body too large")
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return _error(request, exc.status, exc.reason)
+        raise
+    except StorageError:
+        resp = _error(request, 503, "temporarily unable to store the request, please retry")
+        resp.headers["Retry-After"] = "5"
+        return resp
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(request, 500, "internal error")
+
+
+def make_app(max_body_bytes: int) -> web.Application:
+    return web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
