@@ -100,39 +100,85 @@ class Reclaimer:
 
 
 # -- serve ---------------------------------------------------------------------------------------
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    from aiohttp import web
+class Generation:
+    """One configuration's set of running services: HTTP site, channels, stage workers.
 
-    from channels.registry import build_channels
+    SIGHUP replaces the generation: the new config is validated first (an invalid one keeps the old
+    running), then intake stops, workers release their leases, and the new generation starts on the same
+    store. Nothing acknowledged is lost, since everything acknowledged is already committed.
+    """
 
+    def __init__(self, settings: Settings, directory: Directory, store: Store, shared: dict[str, Any]) -> None:
+        self.ctx = make_context(settings, directory, store)
+        self.ctx.shared = shared  # loaded models survive a reload
+        self.runner: Any = None
+        self.intake: list[asyncio.Task[None]] = []
+        self.workers: list[asyncio.Task[None]] = []
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        from aiohttp import web
+
+        from channels.registry import build_channels
+
+        settings = self.ctx.settings
+        pipeline = build_pipeline(self.ctx)
+        channels = build_channels(self.ctx)
+        self.runner = web.AppRunner(self.ctx.http, handle_signals=False,
+                                    shutdown_timeout=settings.queue.drain_seconds / 2)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, settings.http.host, settings.http.port, reuse_address=True)
+        await site.start()
+        self.intake = [tg.create_task(s.run(), name=getattr(s, "name", "channel")) for s in channels]
+        self.workers = [tg.create_task(s.run(), name=getattr(s, "name", "stage")) for s in pipeline]
+        self.workers.append(tg.create_task(Reclaimer(self.ctx.store, settings.queue.reclaim_interval).run()))
+        log.info("listening on http://%s:%s with %d channel service(s) and %d pipeline service(s)",
+                 settings.http.host, settings.http.port, len(channels), len(pipeline))
+
+    async def stop(self) -> None:
+        for task in self.intake:
+            task.cancel()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        for task in self.workers:
+            task.cancel()
+        await asyncio.gather(*self.intake, *self.workers, return_exceptions=True)
+
+
+async def serve(settings: Settings, config_path: Path | None = None, stop: asyncio.Event | None = None) -> None:
     directory = load_directory(settings.data.agencies)
     store = await open_store(settings)
     await store.reclaim_expired()  # leases held by a previous process that died
-    ctx = make_context(settings, directory, store)
     stop = stop or asyncio.Event()
+    reload = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    pipeline = build_pipeline(ctx)
-    channels = build_channels(ctx)
-    runner = web.AppRunner(ctx.http, handle_signals=False, shutdown_timeout=settings.queue.drain_seconds / 2)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http.host, settings.http.port, reuse_address=True)
-    await site.start()
-    log.info("listening on http://%s:%s with %d channel service(s) and %d pipeline service(s)",
-             settings.http.host, settings.http.port, len(channels), len(pipeline))
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    shared: dict[str, Any] = {}
     try:
         async with asyncio.TaskGroup() as tg:
-            intake = [tg.create_task(s.run(), name=getattr(s, "name", "channel")) for s in channels]
-            workers = [tg.create_task(s.run(), name=getattr(s, "name", "stage")) for s in pipeline]
-            workers.append(tg.create_task(Reclaimer(store, settings.queue.reclaim_interval).run()))
-            await stop.wait()
-            log.info("stopping: intake first, then workers release their leases")
-            for task in intake:
-                task.cancel()
-            await runner.cleanup()
-            for task in workers:
-                task.cancel()
+            generation = Generation(settings, directory, store, shared)
+            await generation.start(tg)
+            while True:
+                waiters = [tg.create_task(stop.wait()), tg.create_task(reload.wait())]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+                if stop.is_set():
+                    log.info("stopping: intake first, then workers release their leases")
+                    await generation.stop()
+                    break
+                reload.clear()
+                try:
+                    new_settings = config_loader.load(config_path)
+                    new_directory = load_directory(new_settings.data.agencies)
+                except ConfigError as exc:
+                    log.error("reload refused, the running configuration stays: %s", exc)
+                    continue
+                log.info("reloading configuration from %s", config_path or config_loader.DEFAULT_PATH)
+                await generation.stop()
+                generation = Generation(new_settings, new_directory, store, shared)
+                await generation.start(tg)
     finally:
         await store.close()
         log.info("stopped")
@@ -242,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(getattr(args, "config", None))
         setup_logging(settings.logging.level)
         if args.command == "serve":
-            asyncio.run(serve(settings))
+            asyncio.run(serve(settings, Path(args.config) if args.config else None))
             return 0
         if args.command == "route":
             return asyncio.run(route(settings, args.input, args.output, args.store))

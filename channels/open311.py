@@ -120,7 +120,7 @@ def public_view(row: Any, ctx: AppContext) -> dict[str, Any]:
         "service_request_id": str(row["id"]),
         "status": "closed" if row["status"] in CLOSED_STATES else "open",
         "status_notes": row["status"],
-        "service_code": row["topic"],
+        "service_code": row["topic"] or message.service_code,
         "description": redact(message.text),
         "agency_responsible": agency.name_vi if agency else None,
         "requested_datetime": iso(row["received_at"]),
