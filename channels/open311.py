@@ -14,7 +14,7 @@ from aiohttp import web
 from config.channels import ChannelEntry, Open311Options
 from ingest.app import AppContext, Service
 from ingest.clock import iso
-from ingest.contacts import redact
+from ingest.public import HIDDEN_STATES, public_request
 from ingest.records import Attachment
 from ingest.store import Store
 
@@ -22,7 +22,6 @@ from .open311_parse import Open311Error, error_body, parse_request
 
 log = logging.getLogger(__name__)
 PREFIX = "/open311/v2"
-CLOSED_STATES = {"closed", "rejected", "out_of_scope", "ignored"}
 
 
 class Open311Channel:
@@ -105,29 +104,9 @@ class Open311Channel:
             return self._fail(404, "no such service request")
         row = await self.store.fetchone(
             "SELECT id, status, topic, agency, received_at, updated_at, record FROM reports WHERE id=?", (report_id,))
-        if row is None or row["status"] == "ignored":
+        if row is None or row["status"] in HIDDEN_STATES:
             return self._fail(404, "no such service request")
-        return web.json_response([public_view(row, self.ctx)])
-
-
-def public_view(row: Any, ctx: AppContext) -> dict[str, Any]:
-    """A report as the public may see it: no reporter details, contacts inside the text redacted (Art. 9)."""
-    from ingest.records import InboundMessage, from_json
-
-    message = from_json(InboundMessage, row["record"])
-    agency = ctx.directory.agencies.get(row["agency"] or "")
-    return {
-        "service_request_id": str(row["id"]),
-        "status": "closed" if row["status"] in CLOSED_STATES else "open",
-        "status_notes": row["status"],
-        "service_code": row["topic"] or message.service_code,
-        "description": redact(message.text),
-        "agency_responsible": agency.name_vi if agency else None,
-        "requested_datetime": iso(row["received_at"]),
-        "updated_datetime": iso(row["updated_at"]),
-        "lat": message.lat,
-        "long": message.lon,
-    }
+        return web.json_response([public_request(row, self.ctx.directory)])
 
 
 def _equal(a: str, b: str) -> bool:
