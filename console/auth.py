@@ -1,0 +1,96 @@
+"""Logins for operators, agency staff and admins: argon2 password hashes, session cookies, CSRF tokens.
+
+Roles: `operator` (review, incidents, every case), `agency` (its own cases only), `admin` (everything and
+users). The public needs no login and sees only console/public.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from ingest.store import Store
+
+ROLES = ("operator", "agency", "admin")
+SESSION_SECONDS = 12 * 3600
+COOKIE = "hcmc1022_session"
+_hasher = PasswordHasher()
+# Verified against when the user does not exist, so a wrong username costs the same time as a wrong password.
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class User:
+    id: int
+    username: str
+    role: str
+    agency: str | None
+    csrf: str = ""
+
+    def can_see_case_of(self, agency: str | None) -> bool:
+        return self.role in ("operator", "admin") or (self.role == "agency" and agency == self.agency)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_user(store: Store, username: str, role: str, password: str, agency: str | None = None) -> int:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if role == "agency" and not agency:
+        raise ValueError("an agency user needs --agency")
+    if len(password) < 10:
+        raise ValueError("passwords must be at least 10 characters")
+    async with store.transaction() as tx:
+        cur = await tx.execute(
+            "INSERT INTO users(username, role, agency, password_hash, created_at) VALUES (?,?,?,?,?)",
+            (username, role, agency, _hasher.hash(password), store.clock.now()))
+        return int(cur.lastrowid or 0)
+
+
+async def login(store: Store, username: str, password: str) -> tuple[str, User] | None:
+    """A new session token and its user, or None; the same answer for an unknown user and a bad password."""
+    row = await store.fetchone("SELECT * FROM users WHERE username=? AND disabled=0", (username,))
+    try:
+        _hasher.verify(row["password_hash"] if row and row["password_hash"] else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if row is None:
+        return None
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+    now = store.clock.now()
+    async with store.transaction() as tx:
+        await tx.execute("INSERT INTO sessions(token_hash, user_id, csrf, created_at, expires_at) VALUES (?,?,?,?,?)",
+                         (_digest(token), row["id"], csrf, now, now + SESSION_SECONDS))
+    return token, User(id=row["id"], username=row["username"], role=row["role"], agency=row["agency"], csrf=csrf)
+
+
+async def session_user(store: Store, token: str | None) -> User | None:
+    if not token:
+        return None
+    row = await store.fetchone(
+        "SELECT u.id, u.username, u.role, u.agency, s.csrf, s.expires_at FROM sessions s JOIN users u ON u.id=s.user_id"
+        " WHERE s.token_hash=? AND u.disabled=0", (_digest(token),))
+    if row is None or row["expires_at"] < store.clock.now():
+        return None
+    return User(id=row["id"], username=row["username"], role=row["role"], agency=row["agency"], csrf=row["csrf"])
+
+
+async def logout(store: Store, token: str) -> None:
+    async with store.transaction() as tx:
+        await tx.execute("DELETE FROM sessions WHERE token_hash=?", (_digest(token),))
+
+
+def csrf_ok(user: User, submitted: str | None) -> bool:
+    return bool(submitted) and hmac.compare_digest(user.csrf.encode(), (submitted or "").encode())
+
+
+async def log_pii_view(store: Store, user: User, report_id: int, what: str) -> None:
+    async with store.transaction() as tx:
+        await tx.execute("INSERT INTO pii_access_log(user_id, username, report_id, at, what) VALUES (?,?,?,?,?)",
+                         (user.id, user.username, report_id, store.clock.now(), what))
