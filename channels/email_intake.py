@@ -1,0 +1,155 @@
+"""What the SMTP listener and the IMAP poller share: raw mail in, a durable report (or quarantine row) out.
+
+Owns: running the pure parser off the loop with a time limit, quarantining what it rejects (once per raw
+message), storing attachments as blobs, and threading a reporter's reply onto the report it answers
+(an event `reporter_reply` on the earlier report; the reply itself is kept flagged, never re-classified).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+
+from config.channels import EmailLimitOptions
+from ingest.clock import iso
+from ingest.records import Attachment, InboundMessage
+from ingest.store import Store, SubmitResult
+
+from .email_parse import ParsedEmail, ParseError, ParseLimits, parse_email, to_inbound
+
+log = logging.getLogger(__name__)
+
+RAW_TYPE = "message/rfc822"
+REPLY_FLAG = "reporter_reply"
+# Message-IDs of our own outgoing mail carry the report id, so a reply finds its report without a lookup table.
+OUR_MESSAGE_ID = re.compile(r"^<1022\.r(\d{1,12})\.[0-9a-f]{4,64}@")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prepared:
+    message: InboundMessage
+    raw: bytes
+    parsed: ParsedEmail
+    thread_report_id: int | None  # the earlier report this mail answers, when it is a reporter's reply
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    report_id: int | None = None
+    created: bool = False
+    quarantine_id: int | None = None
+    thread_report_id: int | None = None
+
+
+def limits_from(options: EmailLimitOptions) -> ParseLimits:
+    return ParseLimits(
+        max_header_bytes=options.max_header_bytes,
+        max_attachments=options.max_attachments,
+        max_attachment_bytes=options.max_attachment_bytes,
+        time_limit=options.parse_seconds,
+    )
+
+
+class EmailIntake:
+    def __init__(self, store: Store, channel_instance: str, limits: ParseLimits) -> None:
+        self.store = store
+        self.channel_instance = channel_instance
+        self.limits = limits
+
+    # -- one message, acknowledged by the caller after this returns (SMTP) -------------------------------
+    async def accept(self, raw: bytes, envelope_from: str | None = None) -> Outcome:
+        """Store `raw` durably as a report or a quarantine row; raises StorageError (or any store error)."""
+        prepared = await self.prepare(raw, envelope_from)
+        if isinstance(prepared, Outcome):
+            return prepared
+        result = await self.store.submit(prepared.message, raw, RAW_TYPE)
+        await self.record_replies([(prepared, result)])
+        return Outcome(report_id=result.report_id, created=result.created,
+                       thread_report_id=prepared.thread_report_id)
+
+    # -- the steps, used one by one by the IMAP poller to commit a batch with its cursor -----------------
+    async def prepare(self, raw: bytes, envelope_from: str | None = None) -> Prepared | Outcome:
+        """Parse and store blobs; returns an Outcome when the mail went to quarantine instead."""
+        try:
+            parsed = await asyncio.wait_for(
+                asyncio.to_thread(parse_email, raw, limits=self.limits, envelope_from=envelope_from),
+                self.limits.time_limit + 1.0)
+        except ParseError as exc:
+            return Outcome(quarantine_id=await self.quarantine(raw, exc.reason))
+        except TimeoutError:
+            # The worker thread cannot be interrupted; it finishes on its own and its result is dropped.
+            return Outcome(quarantine_id=await self.quarantine(raw, "parse_timeout"))
+        attachments = []
+        for part in parsed.attachments:
+            digest = await self.store.put_blob(part.data, part.content_type)
+            attachments.append(Attachment(sha256=digest, content_type=part.content_type, size=len(part.data),
+                                          filename=part.filename))
+        if parsed.skipped_attachments:
+            log.info("%s: %d attachment(s) over the caps kept only in the raw mail", self.channel_instance,
+                     parsed.skipped_attachments)
+        thread_report_id = None
+        if not parsed.flags and (parsed.references or parsed.case_token):
+            thread_report_id = await self.find_thread(parsed)
+        message = to_inbound(parsed, channel_instance=self.channel_instance, received_at=iso(self.store.clock.now()),
+                             attachments=tuple(attachments),
+                             extra_flags=(REPLY_FLAG,) if thread_report_id is not None else ())
+        return Prepared(message=message, raw=raw, parsed=parsed, thread_report_id=thread_report_id)
+
+    async def quarantine(self, raw: bytes, reason: str) -> int:
+        """One quarantine row per distinct raw mail, even when the sender or the mailbox retries it."""
+        digest = hashlib.sha256(raw).hexdigest()
+        row = await self.store.fetchone(
+            "SELECT id FROM quarantine WHERE channel_instance=? AND json_extract(meta, '$.sha256')=?",
+            (self.channel_instance, digest))
+        if row is not None:
+            return int(row["id"])
+        log.warning("%s: mail quarantined (%s)", self.channel_instance, reason)
+        return await self.store.quarantine(self.channel_instance, raw, reason,
+                                           {"sha256": digest, "channel": "email", "size": len(raw)})
+
+    async def find_thread(self, parsed: ParsedEmail) -> int | None:
+        """The report this mail answers: our own Message-ID, the reporter's earlier Message-ID, a case token."""
+        for ref in parsed.references:
+            match = OUR_MESSAGE_ID.match(ref)
+            if match and await self.store.fetchone("SELECT 1 FROM reports WHERE id=?", (int(match.group(1)),)):
+                return int(match.group(1))
+        refs = [r for r in parsed.references if r != parsed.message_id]
+        if refs:
+            marks = ",".join("?" * len(refs))
+            row = await self.store.fetchone(
+                f"SELECT MIN(id) AS id FROM reports WHERE channel='email' AND external_id IN ({marks})", refs)
+            if row is not None and row["id"] is not None:
+                return int(row["id"])
+        token = parsed.case_token
+        if token:
+            if token.startswith("1022-") and token[5:].isdigit():
+                if await self.store.fetchone("SELECT 1 FROM reports WHERE id=?", (int(token[5:]),)):
+                    return int(token[5:])
+            elif token.startswith(("INC-", "CASE-")):
+                incident = "INC-" + token.split("-", 1)[1]
+                row = await self.store.fetchone("SELECT MIN(id) AS id FROM reports WHERE incident_id=?", (incident,))
+                if row is not None and row["id"] is not None:
+                    return int(row["id"])
+        return None
+
+    async def record_replies(self, stored: list[tuple[Prepared, SubmitResult]]) -> None:
+        """Write the `reporter_reply` event on the earlier report, once, even if the mail is delivered twice."""
+        replies = [(p, r) for p, r in stored if p.thread_report_id is not None]
+        if not replies:
+            return
+        async with self.store.transaction() as tx:
+            for prepared, result in replies:
+                seen = await tx.fetchone(
+                    "SELECT 1 FROM events WHERE report_id=? AND kind=? AND json_extract(data, '$.reply_report_id')=?",
+                    (prepared.thread_report_id, REPLY_FLAG, result.report_id))
+                if seen is not None:
+                    continue
+                await tx.event(prepared.thread_report_id, REPLY_FLAG, "reporter", {
+                    "reply_report_id": result.report_id,
+                    "channel": "email",
+                    "message_id": prepared.parsed.message_id,
+                    "subject": prepared.parsed.subject,
+                    "text": prepared.parsed.text[:4000],
+                })

@@ -1,0 +1,121 @@
+"""Answers to email reporters: outgoing SMTP through smtplib on a small thread pool, never on the loop.
+
+Owns the shape of our outgoing mail: `Auto-Submitted: auto-replied` (RFC 3834, so well-behaved
+auto-responders do not answer us), `In-Reply-To`/`References` to the reporter's mail, a case token in the
+subject, and a Message-ID that names the report so the reporter's answer threads back onto it
+(channels/email_intake.py OUR_MESSAGE_ID).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import smtplib
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+
+from config.channels import EmailReplyOptions
+from ingest.app import AppContext
+from ingest.errors import PermanentError, TransientError
+from ingest.store import Store, StoredReport
+
+log = logging.getLogger(__name__)
+
+
+def reply_message_id(report_id: int, text: str, domain: str) -> str:
+    # Derived from the content, so a retried send carries the same id and receivers can drop the repeat.
+    digest = hashlib.sha256(f"{report_id}\0{text}".encode()).hexdigest()[:20]
+    return f"<1022.r{report_id}.{digest}@{domain}>"
+
+
+def compose_reply(report: StoredReport, text: str, options: EmailReplyOptions, when_ts: float) -> EmailMessage:
+    from datetime import datetime, timezone
+
+    to = report.message.reporter.email
+    if not to:
+        raise PermanentError("report has no email address to answer")
+    domain = options.from_address.rpartition("@")[2] or "localhost"
+    msg = EmailMessage()
+    msg["From"] = formataddr((options.from_name, options.from_address))
+    msg["To"] = to
+    base = (report.message.subject or "").strip()
+    token = f"[1022-{report.id}]"
+    if token in base:
+        subject = base
+    elif base:
+        subject = f"Re: {base} {token}" if not base.lower().startswith("re:") else f"{base} {token}"
+    else:
+        subject = f"Cổng 1022 TP.HCM: phản ánh của bạn {token}"
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(datetime.fromtimestamp(when_ts, timezone.utc))
+    msg["Message-ID"] = reply_message_id(report.id, text, domain)
+    original = report.message.reporter.reply_to or report.message.external_id
+    if original:
+        msg["In-Reply-To"] = original
+        msg["References"] = original
+    msg["Auto-Submitted"] = "auto-replied"
+    msg["X-Auto-Response-Suppress"] = "All"  # Outlook / Exchange: no out-of-office answers to us
+    msg.set_content(text)
+    return msg
+
+
+class EmailReplySender:
+    def __init__(self, store: Store, options: EmailReplyOptions, max_workers: int = 2) -> None:
+        self.store = store
+        self.options = options
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="smtp-out")
+
+    async def send_reply(self, report: StoredReport, text: str) -> None:
+        if report.message.flags:
+            # Last line of defence against mail loops: never answer auto-replies, bounces, bulk mail.
+            raise PermanentError("flagged mail is never answered")
+        msg = compose_reply(report, text, self.options, self.store.clock.now())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._send, msg)
+        async with self.store.transaction() as tx:
+            await tx.event(report.id, "email_reply_sent", "system", {"message_id": msg["Message-ID"]})
+
+    def _send(self, msg: EmailMessage) -> None:
+        o = self.options
+        try:
+            if o.ssl:
+                client: smtplib.SMTP = smtplib.SMTP_SSL(o.host, o.port, timeout=o.timeout_seconds,
+                                                       context=ssl.create_default_context())
+            else:
+                client = smtplib.SMTP(o.host, o.port, timeout=o.timeout_seconds)
+            with client:
+                if o.starttls:
+                    client.starttls(context=ssl.create_default_context())
+                if o.username and o.password is not None:
+                    client.login(o.username, o.password.get_secret_value())
+                client.send_message(msg)
+        except smtplib.SMTPAuthenticationError:
+            # Our credentials, not the reporter's mail: retry once the admin fixes the relay account.
+            log.error("outgoing SMTP relay rejected our login")
+            raise TransientError("smtp relay login rejected", retry_after=300.0) from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            if all(400 <= c < 500 for c in codes):
+                raise TransientError("recipient temporarily refused") from None
+            raise PermanentError("recipient refused") from None
+        except smtplib.SMTPResponseException as exc:
+            if 400 <= exc.smtp_code < 500:
+                raise TransientError(f"smtp {exc.smtp_code}") from None
+            raise PermanentError(f"smtp {exc.smtp_code}") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TransientError(f"smtp relay unreachable ({type(exc).__name__})") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def register_reply_sender(ctx: AppContext, options: EmailReplyOptions) -> None:
+    """Register once per context; a second email channel with a `reply` table reuses the first sender."""
+    existing = ctx.replies.get("email")
+    if isinstance(existing, EmailReplySender):
+        if existing.options != options:
+            log.warning("several email channels set `reply`; the first one is used")
+        return
+    ctx.replies.register("email", EmailReplySender(ctx.store, options))

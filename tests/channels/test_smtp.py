@@ -1,0 +1,287 @@
+"""The SMTP listener against real clients (smtplib, swaks) on loopback, with a real SQLite store."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.policy
+import shutil
+import smtplib
+import sqlite3
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from channels.email_intake import EmailIntake, limits_from
+from channels.smtp import SmtpService
+from config.channels import SmtpOptions
+from ingest.store import Store
+
+RCPT = "phananh@1022.hochiminhcity.gov.vn"
+
+
+def mail(body: str = "Ổ gà lớn trước nhà số 83/16/4 đường Nguyễn Văn Linh, quận 7.", *,
+         subject: str = "Phản ánh ổ gà", message_id: str | None = "<m1@example.vn>",
+         sender: str = "Nguyễn Văn A <nva@example.vn>", headers: dict[str, str] | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = RCPT
+    msg["Subject"] = subject
+    if message_id:
+        msg["Message-ID"] = message_id
+    for k, v in (headers or {}).items():
+        msg[k] = v
+    msg.set_content(body)
+    return msg.as_bytes(policy=email.policy.SMTP)  # CRLF, as it travels
+
+
+Factory = Callable[..., "contextlib.AbstractAsyncContextManager[SmtpService]"]
+
+
+@pytest.fixture
+def listener(store: Store) -> Factory:
+    @contextlib.asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[SmtpService]:
+        options = SmtpOptions(**{"port": 0, "recipients": [RCPT], "max_message_bytes": 200_000, **overrides})
+        service = SmtpService("mailbox-1", EmailIntake(store, "mailbox-1", limits_from(options)), options)
+        task = asyncio.create_task(service.run())
+        await asyncio.wait_for(service.started.wait(), 5)
+        try:
+            yield service
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return start
+
+
+def send(port: int, raw: bytes, *, sender: str = "nva@example.vn", rcpts: tuple[str, ...] = (RCPT,),
+         db: Path | None = None) -> tuple[dict[str, Any], int | None]:
+    """Send in a thread; when `db` is given, count its reports the instant the 250 has arrived."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        refused = client.sendmail(sender, list(rcpts), raw)
+        rows = None
+        if db is not None:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                rows = conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0]
+    return refused, rows
+
+
+async def test_250_only_after_the_report_is_committed(listener: Factory, store: Store) -> None:
+    async with listener() as smtp:
+        _, rows_at_ack = await asyncio.to_thread(send, smtp.port, mail(), db=store.path)
+    assert rows_at_ack == 1
+    row = await store.fetchone("SELECT id, channel, channel_instance, idem_key, raw, status FROM reports")
+    assert (row["channel"], row["channel_instance"], row["idem_key"]) == ("email", "mailbox-1", "<m1@example.vn>")
+    assert row["raw"] == mail()  # the raw message is kept byte for byte
+    assert row["status"] == "received"
+    report = await store.get_report(row["id"])
+    assert report is not None
+    assert report.message.reporter.email == "nva@example.vn"
+    assert report.message.reporter.name == "Nguyễn Văn A"
+    assert report.message.reporter.reply_to == "<m1@example.vn>"
+    assert report.message.text.startswith("Ổ gà lớn")
+    assert await store.queue_depths() == {("classify", "ready"): 1}
+
+
+async def test_storage_failure_answers_451_without_internals_then_retry_succeeds(listener: Factory,
+                                                                                 store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.execute("CREATE TRIGGER broken BEFORE INSERT ON reports BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+    async with listener() as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            await asyncio.to_thread(send, smtp.port, mail())
+        assert err.value.smtp_code == 451
+        assert b"4.3.0" in err.value.smtp_error
+        assert b"fire" not in err.value.smtp_error and b"Error" not in err.value.smtp_error
+        async with store.transaction() as tx:
+            await tx.execute("DROP TRIGGER broken")
+        await asyncio.to_thread(send, smtp.port, mail())  # the sending MTA's retry
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 1
+
+
+async def test_closed_store_answers_451(listener: Factory, store: Store) -> None:
+    async with listener() as smtp:
+        await store.close()
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            await asyncio.to_thread(send, smtp.port, mail())
+    assert err.value.smtp_code == 451
+
+
+async def test_unknown_recipient_is_refused_550(listener: Factory, store: Store) -> None:
+    async with listener() as smtp:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as err:
+            await asyncio.to_thread(send, smtp.port, mail(), rcpts=("someone@else.vn",))
+        code, _ = err.value.recipients["someone@else.vn"]
+        assert code == 550
+        # A mix: the known address gets the mail, the unknown one is listed as refused.
+        refused, _ = await asyncio.to_thread(send, smtp.port, mail(), rcpts=("other@else.vn", RCPT.upper()))
+    assert list(refused) == ["other@else.vn"]
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 1
+
+
+async def test_oversize_mail_is_refused_552_and_not_stored(listener: Factory, store: Store) -> None:
+    async with listener(max_message_bytes=5_000) as smtp:
+        with pytest.raises(smtplib.SMTPException) as err:
+            await asyncio.to_thread(send, smtp.port, mail("x " * 10_000))
+    code = getattr(err.value, "smtp_code", None)
+    assert code == 552
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 0
+
+
+async def test_overlong_line_is_refused(listener: Factory, store: Store) -> None:
+    raw = b"From: a@example.vn\r\nSubject: long\r\n\r\n" + b"y" * 5000 + b"\r\n"
+    async with listener(max_line_bytes=2000) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            await asyncio.to_thread(send, smtp.port, raw)
+    assert err.value.smtp_code == 500
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 0
+
+
+async def test_duplicate_message_id_creates_nothing(listener: Factory, store: Store) -> None:
+    async with listener() as smtp:
+        await asyncio.to_thread(send, smtp.port, mail())
+        await asyncio.to_thread(send, smtp.port, mail("same id, resent by a retrying server"))
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 1
+    assert await store.queue_depths() == {("classify", "ready"): 1}
+
+
+async def test_without_message_id_the_raw_hash_deduplicates(listener: Factory, store: Store) -> None:
+    raw = mail(message_id=None)
+    async with listener() as smtp:
+        await asyncio.to_thread(send, smtp.port, raw)
+        await asyncio.to_thread(send, smtp.port, raw)
+        await asyncio.to_thread(send, smtp.port, mail("khác", message_id=None))
+    keys = [r["idem_key"] for r in await store.fetchall("SELECT idem_key FROM reports ORDER BY id")]
+    assert len(keys) == 2 and all(k.startswith("sha256:") for k in keys)
+
+
+async def test_hundred_messages_on_one_connection(listener: Factory, store: Store) -> None:
+    def many(port: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            for i in range(100):
+                client.sendmail("nva@example.vn", [RCPT], mail(f"báo cáo {i}", message_id=f"<bulk{i}@example.vn>"))
+
+    async with listener() as smtp:
+        await asyncio.to_thread(many, smtp.port)
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 100
+
+
+async def test_auto_replies_and_bounces_are_stored_but_never_routed(listener: Factory, store: Store) -> None:
+    ooo = mail("Tôi đang nghỉ phép đến thứ Hai.", subject="Trả lời tự động: Phản ánh", message_id="<ooo@x.vn>",
+               headers={"Auto-Submitted": "auto-replied"})
+    bulk = mail("Bản tin tuần", message_id="<news@x.vn>", headers={"Precedence": "bulk"})
+    bounce = mail("Delivery failed", message_id="<dsn@x.vn>", sender="MAILER-DAEMON@mx.example.vn")
+    null_sender = mail("Undeliverable", message_id="<null@x.vn>")
+    async with listener() as smtp:
+        for raw in (ooo, bulk, bounce):
+            await asyncio.to_thread(send, smtp.port, raw)
+        await asyncio.to_thread(send, smtp.port, null_sender, sender="")
+    rows = await store.fetchall("SELECT id, idem_key, status FROM reports ORDER BY id")
+    assert [r["status"] for r in rows] == ["ignored"] * 4
+    flags = {r["idem_key"]: (await store.get_report(r["id"])).message.flags for r in rows}  # type: ignore[union-attr]
+    assert "auto_reply" in flags["<ooo@x.vn>"]
+    assert "bulk" in flags["<news@x.vn>"]
+    assert "bounce" in flags["<dsn@x.vn>"] and "bounce" in flags["<null@x.vn>"]
+    assert await store.queue_depths() == {}
+
+
+async def test_reporter_reply_threads_onto_the_earlier_report(listener: Factory, store: Store) -> None:
+    async with listener() as smtp:
+        await asyncio.to_thread(send, smtp.port, mail())
+        first = (await store.fetchone("SELECT id FROM reports"))["id"]
+        # Their mail client answers our acknowledgement (whose Message-ID names the report).
+        reply = mail("Đến nay vẫn chưa sửa.\n\nVào 10/3/2025, Cổng 1022 đã viết:\n> Cảm ơn bạn",
+                     subject="Re: Phản ánh ổ gà", message_id="<m2@example.vn>",
+                     headers={"In-Reply-To": f"<1022.r{first}.abcdef0123@1022.hochiminhcity.gov.vn>",
+                              "References": f"<m1@example.vn> <1022.r{first}.abcdef0123@1022.hochiminhcity.gov.vn>"})
+        await asyncio.to_thread(send, smtp.port, reply)
+        await asyncio.to_thread(send, smtp.port, reply)  # redelivered: still one event
+        # A case token in the subject works without any header.
+        token_reply = mail("Bổ sung ảnh", subject=f"Phản ánh [1022-{first}]", message_id="<m3@example.vn>")
+        await asyncio.to_thread(send, smtp.port, token_reply)
+    rows = await store.fetchall("SELECT id, status FROM reports ORDER BY id")
+    assert [r["status"] for r in rows] == ["received", "ignored", "ignored"]
+    events = await store.fetchall("SELECT report_id, kind, data FROM events WHERE kind='reporter_reply' ORDER BY id")
+    assert [e["report_id"] for e in events] == [first, first]
+    assert "Đến nay vẫn chưa sửa." in events[0]["data"] and "Cảm ơn" not in events[0]["data"]
+    assert await store.queue_depths() == {("classify", "ready"): 1}
+
+
+async def test_unparseable_mail_is_quarantined_and_acknowledged(listener: Factory, store: Store) -> None:
+    huge = b"From: a@example.vn\r\n" + b"".join(b"X-Filler-%d: %s\r\n" % (i, b"z" * 900) for i in range(80))
+    raw = huge + b"Subject: big\r\n\r\nbody\r\n"
+    async with listener() as smtp:
+        code, _ = await asyncio.to_thread(_data_reply, smtp.port, raw)
+        await asyncio.to_thread(_data_reply, smtp.port, raw)  # a retry does not add a second row
+    assert code == 250
+    rows = await store.fetchall("SELECT reason, raw FROM quarantine")
+    assert [r["reason"] for r in rows] == ["header_too_large"] and rows[0]["raw"] == raw
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 0
+
+
+def _data_reply(port: int, raw: bytes) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        client.mail("a@example.vn")
+        client.rcpt(RCPT)
+        return client.data(raw)
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed (apt-get install -y swaks)")
+async def test_swaks_delivers(listener: Factory, store: Store) -> None:
+    async with listener() as smtp:
+        proc = await asyncio.create_subprocess_exec(
+            "swaks", "--server", "127.0.0.1", "--port", str(smtp.port), "--from", "dan@example.vn",
+            "--to", RCPT, "--header", "Subject: Cây đổ", "--header", "Message-ID: <swaks1@example.vn>",
+            "--body", "Cây đổ chắn ngang đường Lê Lợi, quận 1.", "--silent", "2",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode(errors="replace")
+        bad = await asyncio.create_subprocess_exec(
+            "swaks", "--server", "127.0.0.1", "--port", str(smtp.port), "--to", "nobody@example.vn",
+            "--silent", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        await asyncio.wait_for(bad.communicate(), 60)
+        assert bad.returncode != 0  # swaks exits non-zero when RCPT is refused
+    report = await store.get_report((await store.fetchone("SELECT id FROM reports"))["id"])
+    assert report is not None and report.message.subject == "Cây đổ"
+    assert report.message.text == "Cây đổ chắn ngang đường Lê Lợi, quận 1."
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl binary not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+async def test_starttls_and_auth(listener: Factory, store: Store, tls_pair: tuple[Path, Path]) -> None:
+    cert, key = tls_pair
+    client_ctx = ssl.create_default_context()
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+
+    def attempt(port: int, password: str | None) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.starttls(context=client_ctx)
+            if password is not None:
+                client.login("relay", password)
+            client.sendmail("nva@example.vn", [RCPT], mail())
+
+    async with listener(tls_cert=cert, tls_key=key, require_starttls=True, auth_users={"relay": "s3cret"},
+                        auth_required=True) as smtp:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            await asyncio.to_thread(attempt, smtp.port, "wrong")
+        with pytest.raises(smtplib.SMTPSenderRefused) as err:
+            await asyncio.to_thread(attempt, smtp.port, None)
+        assert err.value.smtp_code == 530
+        assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 0
+        await asyncio.to_thread(attempt, smtp.port, "s3cret")
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 1
