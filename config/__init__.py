@@ -1,1 +1,2 @@
 from . import dispatch as _dispatch  # noqa: F401  registers the [dispatch] section model
+from . import ops as _ops  # noqa: F401  registers the [ops] section model

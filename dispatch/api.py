@@ -1,0 +1,232 @@
+"""HTTP routes of the dispatch stage, on the daemon's aiohttp app.
+
+Agencies (bearer token per agency, from `[secrets]`):
+  GET  /api/v1/agency/cases                      the cases the agency holds and that are open
+  GET  /api/v1/agency/cases/{case_id}            one case
+  POST /api/v1/agency/cases/{case_id}/answers    an answer; `Idempotency-Key` makes a repeat harmless
+Reporters (the case token in the lookup link is the credential; no personal data is ever shown):
+  GET  /api/v1/cases/{token}                     status and timeline as JSON
+  POST /api/v1/cases/{token}/rating              {"score": 1..5, "comment": "..."}
+  GET  /cases/{token}, POST /cases/{token}/rating   the same as an HTML page and form (optional)
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import html
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ingest.clock import VN_TZ, iso
+
+from .cases import CaseBook, Forbidden, NotFound
+from .policy import ANSWER_KINDS, CLOSED_STATES, AnswerRejected
+
+log = logging.getLogger(__name__)
+
+MAX_PHOTOS = 10
+STATE_VI = {"forwarded": "Đã chuyển đơn vị xử lý", "acknowledged": "Đơn vị đã tiếp nhận",
+            "verified": "Đã xác minh", "safety_done": "Đã có biện pháp an toàn tạm thời",
+            "in_progress": "Đang xử lý", "resolved": "Đã xử lý xong", "closed_false": "Đã đóng: phản ánh không đúng"}
+
+
+class Photo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content_type: str = Field(pattern=r"^image/[a-z0-9.+-]+$")
+    data: str  # base64
+    filename: str | None = None
+
+
+class AnswerBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    note: str | None = Field(None, max_length=8000)
+    reason: str | None = Field(None, max_length=4000)
+    expected_completion: datetime | None = None
+    several_agencies: bool = False
+    field_check: bool = False
+    agency: str | None = None  # reassigned (operator unit only)
+    photos: list[Photo] = Field(default_factory=list, max_length=MAX_PHOTOS)
+
+
+class RatingBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    score: int = Field(ge=1, le=5)
+    comment: str | None = Field(None, max_length=2000)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class DispatchApi:
+    def __init__(self, book: CaseBook, tokens: dict[str, str], serve_lookup_page: bool) -> None:
+        self.book = book
+        self.tokens = tokens  # agency id -> token
+        self.serve_lookup_page = serve_lookup_page
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/agency/cases", self.list_cases)
+        app.router.add_get("/api/v1/agency/cases/{case_id}", self.get_case)
+        app.router.add_post("/api/v1/agency/cases/{case_id}/answers", self.post_answer)
+        app.router.add_get("/api/v1/cases/{token}", self.public_case)
+        app.router.add_post("/api/v1/cases/{token}/rating", self.post_rating)
+        if self.serve_lookup_page:
+            app.router.add_get("/cases/{token}", self.lookup_page)
+            app.router.add_post("/cases/{token}/rating", self.rating_form)
+
+    def _agency(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            return None
+        found = None
+        for agency, token in self.tokens.items():
+            # Compare against every token so the time taken does not reveal which agency almost matched.
+            if hmac.compare_digest(presented.encode(), token.encode()):
+                found = agency
+        return found
+
+    async def list_cases(self, request: web.Request) -> web.Response:
+        agency = self._agency(request)
+        if agency is None:
+            return _error(401, "missing or invalid token")
+        rows = await self.book.store.fetchall(
+            "SELECT id, incident_id, topic, category, district, state, forwarded_at, expected_completion FROM cases"
+            f" WHERE agency=? AND state NOT IN ({','.join('?' * len(CLOSED_STATES))}) ORDER BY forwarded_at",
+            (agency, *CLOSED_STATES))
+        return web.json_response({"cases": [self._summary(r) for r in rows]})
+
+    async def get_case(self, request: web.Request) -> web.Response:
+        agency = self._agency(request)
+        if agency is None:
+            return _error(401, "missing or invalid token")
+        case = await self.book.store.fetchone("SELECT * FROM cases WHERE id=?", (request.match_info["case_id"],))
+        if case is None or (case["agency"] != agency and agency != "van-hanh-1022"):
+            return _error(404, "no such case")
+        delivery = await self.book.store.fetchone("SELECT payload FROM deliveries WHERE case_id=? AND agency=?"
+                                                  " ORDER BY id DESC LIMIT 1", (case["id"], case["agency"]))
+        body = self._summary(case)
+        if delivery is not None:
+            body["detail"] = json.loads(delivery["payload"])["data"]
+        return web.json_response(body)
+
+    async def post_answer(self, request: web.Request) -> web.Response:
+        agency = self._agency(request)
+        if agency is None:
+            return _error(401, "missing or invalid token")
+        try:
+            body = AnswerBody.model_validate(await request.json())
+        except (ValueError, ValidationError) as exc:
+            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()) \
+                if isinstance(exc, ValidationError) else "body is not JSON"
+            return _error(422, detail)
+        if body.kind not in ANSWER_KINDS:
+            return _error(422, f"kind must be one of {', '.join(ANSWER_KINDS)}")
+        data: dict[str, Any] = {}
+        if body.expected_completion is not None:
+            when = body.expected_completion
+            data["expected_completion"] = (when if when.tzinfo else when.replace(tzinfo=VN_TZ)).timestamp()
+        for name in ("reason", "agency"):
+            if getattr(body, name):
+                data[name] = getattr(body, name)
+        if body.several_agencies:
+            data["several_agencies"] = True
+        if body.field_check:
+            data["field_check"] = True
+        if body.kind == "returned" and not (body.reason or body.note):
+            return _error(422, "a returned case needs a reason")
+        photos = []
+        for photo in body.photos:
+            try:
+                raw = base64.b64decode(photo.data, validate=True)
+            except (binascii.Error, ValueError):
+                return _error(422, "photos: data is not base64")
+            photos.append(await self.book.store.put_blob(raw, photo.content_type))
+        if photos:
+            data["photos"] = photos
+        idem = request.headers.get("Idempotency-Key")
+        try:
+            result = await self.book.apply_answer(agency, request.match_info["case_id"], body.kind, data,
+                                                  source="api", idem_key=f"api:{agency}:{idem}" if idem else None,
+                                                  note=body.note or body.reason)
+        except NotFound:
+            return _error(404, "no such case")
+        except Forbidden as exc:
+            return _error(403, str(exc))
+        except AnswerRejected as exc:
+            return _error(409, str(exc))
+        return web.json_response({"case_id": result.case_id, "state": result.state, "agency": result.agency,
+                                  "duplicate": result.duplicate}, status=200 if result.duplicate else 201)
+
+    def _summary(self, r: Any) -> dict[str, Any]:
+        return {"case_id": r["id"], "incident_id": r["incident_id"], "topic": r["topic"], "category": r["category"],
+                "district": r["district"], "state": r["state"], "forwarded_at": iso(r["forwarded_at"]),
+                "expected_completion": iso(r["expected_completion"]) if r["expected_completion"] else None}
+
+    # -- public, for reporters -------------------------------------------------------------------
+    async def _public(self, token: str) -> dict[str, Any] | None:
+        case = await self.book.case_by_token(token)
+        if case is None:
+            return None
+        answers = await self.book.store.fetchall("SELECT kind, at FROM answers WHERE case_id=? ORDER BY id",
+                                                 (case["id"],))
+        agency = self.book.directory.agencies.get(case["agency"])
+        topic = self.book.directory.topics.get(case["topic"])
+        # Art. 9: the public view has no reporter data and no free text an agency might have put a name in,
+        # except the closing result.
+        return {"case_id": case["id"], "state": case["state"], "topic": topic.description_vi if topic else case["topic"],
+                "agency": agency.name_vi if agency else case["agency"], "received_at": iso(case["received_at"]),
+                "closed_at": iso(case["closed_at"]) if case["closed_at"] else None,
+                "result": case["result"] if case["closed_at"] else None,
+                "timeline": [{"kind": a["kind"], "at": iso(a["at"])} for a in answers]}
+
+    async def public_case(self, request: web.Request) -> web.Response:
+        data = await self._public(request.match_info["token"])
+        return web.json_response(data) if data else _error(404, "no such case")
+
+    async def post_rating(self, request: web.Request) -> web.Response:
+        try:
+            body = RatingBody.model_validate(await request.json())
+        except (ValueError, ValidationError):
+            return _error(422, "score must be an integer from 1 to 5")
+        try:
+            case_id = await self.book.rate(request.match_info["token"], body.score, body.comment)
+        except NotFound:
+            return _error(404, "no such case")
+        return web.json_response({"case_id": case_id, "score": body.score}, status=201)
+
+    async def lookup_page(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        data = await self._public(token)
+        if data is None:
+            return web.Response(status=404, text="Không tìm thấy phản ánh.", content_type="text/plain")
+        e = html.escape
+        rows = "".join(f"<li>{e(a['at'])}: {e(a['kind'])}</li>" for a in data["timeline"])
+        stars = "".join(f'<label><input type="radio" name="score" value="{i}" required> {i}</label> '
+                        for i in range(1, 6))
+        page = (f"<!doctype html><html lang='vi'><head><meta charset='utf-8'><title>{e(data['case_id'])}</title>"
+                f"</head><body><h1>Phản ánh {e(data['case_id'])}</h1><p>Lĩnh vực: {e(data['topic'])}</p>"
+                f"<p>Đơn vị xử lý: {e(data['agency'])}</p><p>Tình trạng: {e(STATE_VI.get(data['state'], data['state']))}"
+                f"</p><p>{e(data['result'] or '')}</p><ul>{rows}</ul>"
+                f"<form method='post' action='/cases/{e(token)}/rating'><p>Mức độ hài lòng:</p>{stars}"
+                f"<p><textarea name='comment' maxlength='2000'></textarea></p><button>Gửi đánh giá</button></form>"
+                f"</body></html>")
+        return web.Response(text=page, content_type="text/html")
+
+    async def rating_form(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        try:
+            body = RatingBody(score=int(str(form.get("score", ""))), comment=str(form.get("comment") or "") or None)
+            await self.book.rate(request.match_info["token"], body.score, body.comment)
+        except (ValueError, ValidationError):
+            return web.Response(status=422, text="Vui lòng chọn từ 1 đến 5 sao.", content_type="text/plain")
+        except NotFound:
+            return web.Response(status=404, text="Không tìm thấy phản ánh.", content_type="text/plain")
+        return web.Response(text="Cảm ơn Ông/Bà đã đánh giá.", content_type="text/plain")

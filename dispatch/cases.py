@@ -1,0 +1,317 @@
+"""The case book: creates cases from incidents, forwards them (outbox rows + clocks in one transaction), applies
+agency answers, re-routes returned cases and closes them, telling every reporter of the incident.
+
+Decisions come from dispatch/policy.py; this module only reads and writes the store.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from config.directory import Directory
+from config.dispatch import DispatchConfig
+from ingest.clock import iso
+from ingest.errors import PermanentError
+from ingest.records import Job
+from ingest.store import Store, StoredReport, Tx
+from ingest.worker import Writes
+
+from . import policy
+from .calendar import WorkCalendar
+from .policy import OPERATOR_UNIT, AnswerRejected, CaseView, DeadlineSpec, WarnPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnswerResult:
+    case_id: str
+    state: str
+    agency: str  # the agency holding the case after the answer (differs after a re-route)
+    duplicate: bool = False
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Forbidden(PermissionError):
+    pass
+
+
+def case_id_for(incident_id: str) -> str:
+    return "CASE-" + incident_id.removeprefix("INC-")
+
+
+class CaseBook:
+    def __init__(self, store: Store, directory: Directory, cfg: DispatchConfig, calendar: WorkCalendar,
+                 public_base_url: str) -> None:
+        self.store = store
+        self.directory = directory
+        self.cfg = cfg
+        self.calendar = calendar
+        self.warn = WarnPolicy(fraction=cfg.clocks.warn_fraction, min_seconds=cfg.clocks.warn_min_seconds)
+        self.base_url = public_base_url.rstrip("/")
+
+    # -- the dispatch stage ----------------------------------------------------------------------
+    async def handle_dispatch(self, job: Job, report: StoredReport) -> Writes | None:
+        incident_id = job.payload.get("incident_id") or report.incident_id
+        if not incident_id:
+            raise PermanentError("dispatch job without an incident")
+        row = await self.store.fetchone("SELECT topic, category, agency, district, received_at FROM reports WHERE id=?",
+                                        (report.id,))
+        assert row is not None
+        cls = report.classification or {}
+        topic = row["topic"] or cls.get("topic") or "unknown"
+        category = row["category"] or cls.get("category") or "civic"
+        agency = row["agency"] or cls.get("agency") or OPERATOR_UNIT
+        if agency not in self.directory.agencies:
+            agency = OPERATOR_UNIT
+        district = row["district"] or (cls.get("place") or {}).get("district")
+        language = cls.get("language") or "vi"
+        received_at = float(row["received_at"])
+
+        async def writes(tx: Tx) -> None:
+            existing = await tx.fetchone("SELECT id, report_id FROM cases WHERE incident_id=?", (incident_id,))
+            if existing is not None:
+                # Idempotent: the incident already has its case; a second routed report is a duplicate.
+                if existing["report_id"] != report.id:
+                    await tx.execute("UPDATE reports SET status='duplicate', updated_at=? WHERE id=?"
+                                     " AND status IN ('routed','review')", (self.store.clock.now(), report.id))
+                    await tx.enqueue("notify", report.id, {"template": "duplicate_ack", "incident_id": incident_id,
+                                                           "case_id": existing["id"]})
+                return
+            now = self.store.clock.now()
+            case_id = case_id_for(incident_id)
+            await tx.execute(
+                "INSERT INTO cases(id, incident_id, report_id, token, topic, category, agency, district, language,"
+                " state, tried, received_at, forwarded_at, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,'forwarded',?,?,?,?,?)",
+                (case_id, incident_id, report.id, secrets.token_urlsafe(16), topic, category, agency, district,
+                 language, json.dumps([agency]), received_at, now, now, now))
+            await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE id=?", (now, report.id))
+            await self._forward(tx, case_id, report, agency, category, "case.created",
+                                first=policy.forward_deadline(received_at, self.warn))
+            await tx.event(report.id, "case_created", "dispatch", {"case_id": case_id, "agency": agency})
+            await tx.enqueue("notify", report.id, {"template": "ack", "case_id": case_id, "incident_id": incident_id})
+
+        return writes
+
+    async def _forward(self, tx: Tx, case_id: str, report: StoredReport, agency: str, category: str, event: str,
+                       *, first: DeadlineSpec | None = None, return_reason: str | None = None,
+                       coordination: bool = False) -> None:
+        """Start the agency's clocks and write one outbox row per target of the agency."""
+        now = self.store.clock.now()
+        specs = [first] if first else [policy.forward_deadline(now, self.warn)]
+        specs += policy.agency_deadlines(category=category, agency=agency, at=now, calendar=self.calendar,
+                                         warn=self.warn, coordination=coordination)
+        for spec in specs:
+            await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at)"
+                             " VALUES (?,?,?,?,?,?)", (case_id, agency, spec.kind, spec.started_at, spec.due_at,
+                                                       spec.warn_at))
+        targets = self.cfg.agencies.get(agency)
+        if targets is None or not targets.targets:
+            # Nobody to deliver to: the clocks still run, so the case shows up as overdue, and operators are told.
+            await tx.event(report.id, "alert", "dispatch", {"alert": "no_targets", "case_id": case_id,
+                                                            "agency": agency})
+            log.warning("case %s: agency %s has no dispatch targets configured", case_id, agency)
+            return
+        case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
+        assert case is not None
+        deadlines = [{"kind": s.kind, "due_at": iso(s.due_at)} for s in specs]
+        payload = self.agency_payload(case, report, agency, event, deadlines, return_reason,
+                                      with_reporter=targets.receives_confidential)
+        body = json.dumps(payload, ensure_ascii=False)
+        disabled = {r["target"] for r in await tx.fetchall("SELECT target FROM endpoint_state WHERE agency=?",
+                                                           (agency,))}
+        for target in targets.targets:
+            state, error = ("dead", "endpoint disabled (410 Gone)") if target.name in disabled else ("pending", None)
+            await tx.execute(
+                "INSERT INTO deliveries(msg_id, case_id, agency, target, kind, event, payload, state, next_at,"
+                " deadline_at, last_error, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                ("msg_" + secrets.token_hex(12), case_id, agency, target.name, target.kind, event, body, state, now,
+                 now + self.cfg.delivery.deadline_seconds, error, now, now))
+        tx.after_commit(lambda: self.store._wake("deliveries"))
+
+    def agency_payload(self, case: sqlite3.Row, report: StoredReport, agency: str, event: str,
+                       deadlines: list[dict[str, Any]], return_reason: str | None, *,
+                       with_reporter: bool) -> dict[str, Any]:
+        msg = report.message
+        cls = report.classification or {}
+        reporter: dict[str, Any]
+        if msg.reporter.confidential and not with_reporter:
+            reporter = {"confidential": True}  # Art. 9: no name, no contacts, no reply address
+        else:
+            r = msg.reporter
+            reporter = {"name": r.name, "phone": r.phone, "email": r.email, "address": r.address,
+                        "confidential": r.confidential}
+        text = msg.text
+        if msg.reporter.confidential and not with_reporter:
+            from ingest.contacts import redact
+            text = redact(text)
+        topic = self.directory.topics.get(case["topic"])
+        district = self.directory.districts.get(case["district"]) if case["district"] else None
+        place = dict(cls.get("place") or {})
+        place.pop("type", None)
+        place.pop("schema_version", None)
+        return {
+            "type": event,
+            "timestamp": iso(self.store.clock.now()),
+            "data": {
+                "case_id": case["id"],
+                "incident_id": case["incident_id"],
+                "agency": agency,
+                "topic": case["topic"],
+                "topic_name": topic.description_vi if topic else case["topic"],
+                "category": case["category"],
+                "district": case["district"],
+                "district_name": district.name_vi if district else None,
+                "place": place,
+                "text": text,
+                "subject": msg.subject,
+                "channel": msg.channel,
+                "received_at": iso(case["received_at"]),
+                "reporter": reporter,
+                "attachments": [{"sha256": a.sha256, "content_type": a.content_type, "size": a.size,
+                                 "filename": a.filename} for a in msg.attachments],
+                "deadlines": deadlines,
+                "return_reason": return_reason,
+                "previous_agencies": json.loads(case["tried"])[:-1],
+                "answer_url": f"{self.base_url}/api/v1/agency/cases/{case['id']}/answers",
+            },
+        }
+
+    # -- agency answers --------------------------------------------------------------------------
+    async def apply_answer(self, agency: str, case_id: str, kind: str, data: dict[str, Any], *, source: str,
+                           idem_key: str | None = None, note: str | None = None) -> AnswerResult:
+        """Record one answer and apply its effects atomically. Raises NotFound, Forbidden, AnswerRejected."""
+        async with self.store.transaction() as tx:
+            if idem_key:
+                seen = await tx.fetchone("SELECT a.case_id, c.state, c.agency FROM answers a JOIN cases c"
+                                         " ON c.id=a.case_id WHERE a.idem_key=?", (idem_key,))
+                if seen is not None:
+                    return AnswerResult(case_id=seen["case_id"], state=seen["state"], agency=seen["agency"],
+                                        duplicate=True)
+            case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
+            if case is None:
+                raise NotFound(case_id)
+            if case["agency"] != agency and agency != OPERATOR_UNIT:
+                raise Forbidden(f"case {case_id} is not held by {agency}")
+            if kind == "reassigned" and agency != OPERATOR_UNIT:
+                raise Forbidden("only the operator unit re-assigns cases")
+            now = self.store.clock.now()
+            view = CaseView(id=case_id, category=case["category"], agency=case["agency"], state=case["state"],
+                            forwarded_at=case["forwarded_at"], complex=bool(case["complex"]),
+                            coordination=bool(case["coordination"]))
+            effect = policy.answer_effect(view, kind, data, now, self.calendar, self.warn)
+            await tx.execute("INSERT INTO answers(case_id, agency, kind, source, idem_key, note, data, at)"
+                             " VALUES (?,?,?,?,?,?,?,?)", (case_id, agency, kind, source, idem_key, note,
+                                                           json.dumps(data, ensure_ascii=False), now))
+            await tx.event(case["report_id"], "agency_answer", agency, {"case_id": case_id, "kind": kind,
+                                                                        "source": source})
+            await self._meet(tx, case, effect.meets, now)
+            for kind_, due in effect.reschedule.items():
+                await tx.execute("UPDATE deadlines SET due_at=?, warn_at=?, state=CASE WHEN state='missed'"
+                                 " AND ?>? THEN 'open' ELSE state END WHERE case_id=? AND kind=? AND state IN"
+                                 " ('open','missed')", (due, self.warn.warn_at(case["forwarded_at"], due), due, now,
+                                                        case_id, kind_))
+            if effect.cancel_all:
+                await tx.execute("UPDATE deadlines SET state='cancelled', closed_at=? WHERE case_id=?"
+                                 " AND state IN ('open','missed')", (now, case_id))
+            for j in effect.judged:
+                await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at, state,"
+                                 " closed_at) VALUES (?,?,?,?,?,?,?,?)",
+                                 (case_id, case["agency"], j.kind, j.started_at, j.due_at, j.due_at,
+                                  "met" if j.met else "met_late", now))
+                if not j.met:
+                    await tx.event(case["report_id"], "deadline_escalation", "dispatch",
+                                   {"case_id": case_id, "kind": j.kind, "agency": case["agency"], "late": True})
+            if effect.new_deadlines:
+                # A new expected completion replaces the previous one.
+                await tx.execute("UPDATE deadlines SET state='cancelled', closed_at=? WHERE case_id=?"
+                                 " AND kind='completion' AND state IN ('open','missed')", (now, case_id))
+                for spec in effect.new_deadlines:
+                    await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at)"
+                                     " VALUES (?,?,?,?,?,?)", (case_id, case["agency"], spec.kind, spec.started_at,
+                                                               spec.due_at, spec.warn_at))
+            await tx.execute(
+                "UPDATE cases SET state=?, complex=MAX(complex, ?), coordination=MAX(coordination, ?),"
+                " expected_completion=COALESCE(?, expected_completion), updated_at=? WHERE id=?",
+                (effect.state, int(effect.set_complex), int(effect.set_coordination), effect.expected_completion,
+                 now, case_id))
+            if effect.set_coordination:
+                # 7.3: fifteen days instead of ten when several agencies coordinate.
+                await tx.execute("UPDATE deadlines SET due_at=started_at+15*86400 WHERE case_id=? AND kind='answer'"
+                                 " AND state='open'", (case_id,))
+            holder = case["agency"]
+            if effect.reroute:
+                holder = await self._reroute(tx, case, kind, data, note)
+            if effect.closes:
+                await self._close(tx, case, effect.state, note, now)
+            return AnswerResult(case_id=case_id, state=effect.state, agency=holder)
+
+    async def _meet(self, tx: Tx, case: sqlite3.Row, kinds: frozenset[str], now: float) -> None:
+        if not kinds:
+            return
+        marks = ",".join("?" * len(kinds))
+        await tx.execute(
+            f"UPDATE deadlines SET state=CASE WHEN state='missed' THEN 'met_late' ELSE 'met' END, closed_at=?"
+            f" WHERE case_id=? AND agency=? AND state IN ('open','missed') AND kind IN ({marks})",
+            (now, case["id"], case["agency"], *sorted(kinds)))
+
+    async def _reroute(self, tx: Tx, case: sqlite3.Row, kind: str, data: dict[str, Any], note: str | None) -> str:
+        tried = json.loads(case["tried"])
+        if kind == "reassigned":
+            target = str(data.get("agency") or "")
+            if target not in self.directory.agencies:
+                raise AnswerRejected(f"unknown agency {target!r}")
+        else:
+            report = await self.store.get_report(case["report_id"])
+            cls = (report.classification if report else None) or {}
+            district = case["district"]
+
+            def resolve(topic: str) -> str | None:
+                return self.directory.agency_for(topic, district) if topic in self.directory.topics else None
+
+            target = policy.next_agency(cls.get("candidates") or [], tried, resolve)
+        report = await self.store.get_report(case["report_id"])
+        assert report is not None
+        tried.append(target)
+        now = self.store.clock.now()
+        await tx.execute("UPDATE cases SET agency=?, tried=?, state='forwarded', forwarded_at=?, complex=0,"
+                         " expected_completion=NULL, updated_at=? WHERE id=?",
+                         (target, json.dumps(tried), now, now, case["id"]))
+        reason = str(data.get("reason") or note or "")
+        await self._forward(tx, case["id"], report, target, case["category"], "case.rerouted",
+                            return_reason=reason or None, coordination=bool(case["coordination"]))
+        await tx.event(case["report_id"], "case_rerouted", case["agency"],
+                       {"case_id": case["id"], "from": case["agency"], "to": target, "reason": reason})
+        return target
+
+    async def _close(self, tx: Tx, case: sqlite3.Row, state: str, note: str | None, now: float) -> None:
+        await tx.execute("UPDATE cases SET closed_at=?, result=? WHERE id=?", (now, note, case["id"]))
+        rows = await tx.fetchall("SELECT id FROM reports WHERE incident_id=? AND status NOT IN"
+                                 " ('rejected','out_of_scope','ignored')", (case["incident_id"],))
+        for row in rows:
+            await tx.execute("UPDATE reports SET status='closed', updated_at=? WHERE id=?", (now, row["id"]))
+            # Art. 7.4: every reporter of the incident gets the result and the lookup link.
+            await tx.enqueue("notify", row["id"], {"template": "result", "case_id": case["id"]})
+        await tx.event(case["report_id"], "case_closed", case["agency"], {"case_id": case["id"], "state": state})
+
+    # -- reads -----------------------------------------------------------------------------------
+    async def case_by_token(self, token: str) -> sqlite3.Row | None:
+        return await self.store.fetchone("SELECT * FROM cases WHERE token=?", (token,))
+
+    async def rate(self, token: str, score: int, comment: str | None) -> str:
+        async with self.store.transaction() as tx:
+            case = await tx.fetchone("SELECT id, state, report_id FROM cases WHERE token=?", (token,))
+            if case is None:
+                raise NotFound(token)
+            await tx.execute("INSERT INTO ratings(case_id, score, comment, at) VALUES (?,?,?,?)",
+                             (case["id"], score, comment, self.store.clock.now()))
+            await tx.event(case["report_id"], "rating", "reporter", {"case_id": case["id"], "score": score})
+            return str(case["id"])

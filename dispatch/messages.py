@@ -1,0 +1,137 @@
+"""Texts: what reporters read (Vietnamese, or English when they wrote in English) and what agencies receive.
+
+Pure rendering; no personal data of a confidential reporter is put into an agency rendering unless the
+caller passes it (dispatch/cases.py decides that from config, Art. 9).
+"""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from ingest.clock import iso
+
+REPORTER_TEMPLATES: dict[str, dict[str, str]] = {
+    "ack": {
+        "vi": "Cổng 1022 TP.HCM đã tiếp nhận phản ánh của Ông/Bà (mã {case_id}) và chuyển đến {agency} để xử lý. "
+              "Theo dõi kết quả tại: {link}",
+        "en": "HCMC 1022 portal: we have received your report (ref. {case_id}) and forwarded it to {agency}. "
+              "Follow its progress at: {link}",
+    },
+    "duplicate_ack": {
+        "vi": "Cổng 1022 TP.HCM đã ghi nhận phản ánh của Ông/Bà. Sự việc này đã được tiếp nhận trước đó và đang được "
+              "xử lý{case_part}. Cảm ơn Ông/Bà đã thông tin.",
+        "en": "HCMC 1022 portal: thank you, your report is recorded. This issue was already reported and is being "
+              "handled{case_part}.",
+    },
+    "rejected": {
+        "vi": "Cổng 1022 TP.HCM không tiếp nhận nội dung Ông/Bà gửi. Lý do: {reason}.",
+        "en": "HCMC 1022 portal: we cannot accept your message. Reason: {reason}.",
+    },
+    "out_of_scope": {
+        "vi": "Cổng 1022 TP.HCM không giải quyết khiếu nại, tố cáo. {reason} Ông/Bà vui lòng gửi đến cơ quan có "
+              "thẩm quyền theo quy định của Luật Khiếu nại, Luật Tố cáo.",
+        "en": "HCMC 1022 portal: complaints and denunciations are not handled here. {reason} Please send them to "
+              "the competent authority under the Law on Complaints and the Law on Denunciations.",
+    },
+    "resolved": {
+        "vi": "Phản ánh mã {case_id} của Ông/Bà đã được {agency} xử lý xong. {result}Xem kết quả và đánh giá mức độ "
+              "hài lòng (1-5 sao) tại: {link}",
+        "en": "Your report {case_id} has been resolved by {agency}. {result}See the result and rate the handling "
+              "(1-5 stars) at: {link}",
+    },
+    "closed_false": {
+        "vi": "Phản ánh mã {case_id}: {agency} đã kiểm tra và không ghi nhận sự việc như nội dung phản ánh. {result}"
+              "Xem chi tiết và đánh giá tại: {link}",
+        "en": "Report {case_id}: {agency} checked on site and did not find the reported issue. {result}"
+              "Details and rating at: {link}",
+    },
+}
+
+DEFAULT_REASON = {
+    "rejected": {"vi": "nội dung không phù hợp với quy định của Cổng 1022",
+                 "en": "the content is outside the portal's rules"},
+    "out_of_scope": {"vi": "", "en": ""},
+}
+
+
+def reporter_text(template: str, language: str, **fields: Any) -> str:
+    lang = "en" if language == "en" else "vi"
+    body = REPORTER_TEMPLATES[template][lang]
+    if template in DEFAULT_REASON and not fields.get("reason"):
+        fields["reason"] = DEFAULT_REASON[template][lang]
+    reason = str(fields.get("reason") or "").strip()
+    if template == "out_of_scope" and reason and not reason.endswith((".", "!", "?")):
+        reason += "."
+    fields["reason"] = reason.rstrip(".") if template == "rejected" else reason
+    result = str(fields.get("result") or "").strip()
+    if result and not result.endswith((".", "!", "?")):
+        result += "."
+    fields["result"] = f"{result} " if result else ""
+    case_id = fields.get("case_id")
+    if lang == "vi":
+        fields["case_part"] = f" (mã {case_id})" if case_id else ""
+    else:
+        fields["case_part"] = f" (ref. {case_id})" if case_id else ""
+    text = body.format_map({k: ("" if v is None else v) for k, v in fields.items()})
+    return " ".join(text.split())
+
+
+ANSWER_HELP_VI = (
+    "Trả lời email này (giữ nguyên tiêu đề) với một trong các từ khóa ở dòng đầu: ĐÃ TIẾP NHẬN; XÁC MINH ĐÚNG; "
+    "PHẢN ÁNH SAI; ĐÃ RÀO CHẮN TẠM; ĐANG XỬ LÝ, DỰ KIẾN HOÀN THÀNH <ngày giờ>; BÁO CÁO TIẾN ĐỘ; ĐÃ XỬ LÝ XONG "
+    "(kèm ảnh); KHÔNG THUỘC THẨM QUYỀN: <lý do>."
+)
+
+
+def agency_text(payload: dict[str, Any]) -> str:
+    d = payload["data"]
+    lines = [
+        f"Phản ánh {d['case_id']} ({'chuyển lại' if payload['type'] == 'case.rerouted' else 'mới'})",
+        f"Lĩnh vực: {d['topic_name']}",
+        f"Địa bàn: {d.get('district_name') or 'chưa xác định'}",
+        f"Địa điểm: {_place_line(d.get('place') or {})}",
+        f"Thời điểm tiếp nhận: {d['received_at']}",
+        f"Kênh: {d['channel']}",
+        "",
+        "Nội dung:",
+        d["text"],
+        "",
+        f"Người phản ánh: {_reporter_line(d.get('reporter') or {})}",
+    ]
+    if d.get("return_reason"):
+        lines += ["", f"Đơn vị trước trả lại với lý do: {d['return_reason']}"]
+    if d.get("deadlines"):
+        lines += ["", "Thời hạn:"] + [f"- {x['kind']}: {x['due_at']}" for x in d["deadlines"]]
+    lines += ["", f"Trả lời qua API: {d['answer_url']}", ANSWER_HELP_VI]
+    return "\n".join(lines)
+
+
+def agency_html(payload: dict[str, Any]) -> str:
+    text = agency_text(payload)
+    paragraphs = "".join(f"<p>{html.escape(block).replace(chr(10), '<br>')}</p>" for block in text.split("\n\n"))
+    return f"<!doctype html><html><body>{paragraphs}</body></html>"
+
+
+def agency_subject(payload: dict[str, Any]) -> str:
+    d = payload["data"]
+    where = f" - {d['district_name']}" if d.get("district_name") else ""
+    return f"[1022 #{d['case_id']}] {d['topic_name']}{where}"
+
+
+def _place_line(place: dict[str, Any]) -> str:
+    parts = [place.get("house_number"), place.get("street"), place.get("landmark"), place.get("ward")]
+    line = ", ".join(str(p) for p in parts if p)
+    if place.get("lat") is not None and place.get("lon") is not None:
+        line += f" ({place['lat']:.6f}, {place['lon']:.6f})"
+    return line or "không rõ"
+
+
+def _reporter_line(reporter: dict[str, Any]) -> str:
+    if reporter.get("confidential"):
+        return "được bảo mật theo yêu cầu"
+    parts = [reporter.get("name"), reporter.get("phone"), reporter.get("email"), reporter.get("address")]
+    return ", ".join(str(p) for p in parts if p) or "không để lại thông tin"
+
+
+def when(ts: float | None) -> str | None:
+    return None if ts is None else iso(ts)

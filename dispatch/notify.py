@@ -1,0 +1,137 @@
+"""The `notify` stage: messages to reporters on the channel they used (Art. 6, 7.4).
+
+Email, Messenger and Telegram replies go through the ReplySender their channel registered in ctx.replies;
+phone and SMS reporters (and any other reporter who left a phone number, when no sender exists) get an SMS
+through the configured HTTP gateway. A row in `notifications` per (report, template, case) makes a retried
+job send nothing twice; a reporter we cannot reach is recorded, never a reason to fail the report.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+
+from config.directory import Directory
+from config.dispatch import DispatchConfig
+from ingest.app import ReplyRegistry
+from ingest.errors import PermanentError, TransientError
+from ingest.records import Job
+from ingest.store import Store, StoredReport, Tx
+from ingest.worker import Writes
+
+from .delivery import classify_status, parse_retry_after
+from .messages import reporter_text
+from .ssrf import GuardedResolver, check_url
+
+log = logging.getLogger(__name__)
+
+SMS_CHANNELS = ("phone", "sms")
+
+
+class SmsGateway:
+    """POST {"to", "text", "sender", "id"} to the configured gateway; `id` lets the gateway drop repeats."""
+
+    def __init__(self, cfg: DispatchConfig) -> None:
+        self.cfg = cfg.sms
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.cfg.url is not None
+
+    async def send(self, to: str, text: str, message_id: str, now: float) -> None:
+        assert self.cfg.url is not None
+        check_url(self.cfg.url, self.cfg.allow_private)
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=GuardedResolver(self.cfg.allow_private), limit=8),
+                timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_seconds), trust_env=False)
+        headers = {"Authorization": f"Bearer {self.cfg.token.get_secret_value()}"} if self.cfg.token else {}
+        body = {"to": to, "text": text, "sender": self.cfg.sender, "id": message_id}
+        try:
+            async with self._session.post(self.cfg.url, json=body, headers=headers, allow_redirects=False) as resp:
+                await resp.read()
+                outcome = classify_status(resp.status, parse_retry_after(resp.headers.get("Retry-After"), now))
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise TransientError(f"SMS gateway: {type(exc).__name__}") from None
+        if outcome.kind == "transient":
+            raise TransientError(f"SMS gateway: {outcome.error}", outcome.retry_after)
+        if outcome.kind != "delivered":
+            raise PermanentError(f"SMS gateway: {outcome.error}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class Notifier:
+    def __init__(self, store: Store, directory: Directory, cfg: DispatchConfig, replies: ReplyRegistry,
+                 public_base_url: str, max_attempts: int) -> None:
+        self.store = store
+        self.directory = directory
+        self.cfg = cfg
+        self.replies = replies
+        self.base_url = public_base_url.rstrip("/")
+        self.sms = SmsGateway(cfg)
+        self.max_attempts = max_attempts
+
+    async def handle(self, job: Job, report: StoredReport) -> Writes | None:
+        template = str(job.payload.get("template") or "")
+        case = await self._case(job, report)
+        key = f"{report.id}:{template}:{case['id'] if case else ''}"
+        if await self.store.fetchone("SELECT 1 FROM notifications WHERE dedupe_key=?", (key,)):
+            return None  # already sent (the job is a redelivery)
+        channel = report.message.channel
+        sender = self.replies.get(channel)
+        phone = report.message.reporter.phone
+        state, error, via = "sent", None, channel
+        try:
+            text = self.render(template, job.payload, report, case)
+            if sender is not None and channel not in SMS_CHANNELS:
+                await sender.send_reply(report, text)
+            elif phone and self.sms.configured and (channel in SMS_CHANNELS or self.cfg.notify.sms_fallback):
+                via = "sms"
+                await self.sms.send(phone, text, f"n{report.id}-{template}-{case['id'] if case else ''}",
+                                    self.store.clock.now())
+            else:
+                state, via = "unreachable", "none"
+        except TransientError as exc:
+            if job.attempts < self.max_attempts:
+                raise
+            state, error = "failed", f"gave up: {exc}"
+        except PermanentError as exc:
+            state, error = "failed", str(exc)
+        if state != "sent":
+            log.info("notify %s for report %d: %s", template, report.id, state)
+
+        async def writes(tx: Tx) -> None:
+            await tx.execute("INSERT OR IGNORE INTO notifications(report_id, case_id, template, dedupe_key, channel,"
+                             " state, error, at) VALUES (?,?,?,?,?,?,?,?)",
+                             (report.id, case["id"] if case else None, template, key, via, state, error,
+                              self.store.clock.now()))
+            await tx.event(report.id, "reporter_notified", "dispatch",
+                           {"template": template, "channel": via, "state": state})
+
+        return writes
+
+    async def _case(self, job: Job, report: StoredReport) -> Any:
+        if job.payload.get("case_id"):
+            return await self.store.fetchone("SELECT * FROM cases WHERE id=?", (job.payload["case_id"],))
+        incident = job.payload.get("incident_id") or report.incident_id
+        if incident:
+            return await self.store.fetchone("SELECT * FROM cases WHERE incident_id=?", (incident,))
+        return None
+
+    def render(self, template: str, payload: dict[str, Any], report: StoredReport, case: Any) -> str:
+        language = (report.classification or {}).get("language") or (case["language"] if case else "vi")
+        fields: dict[str, Any] = {"reason": payload.get("reason")}
+        if case is not None:
+            agency = self.directory.agencies.get(case["agency"])
+            fields.update(case_id=case["id"], link=f"{self.base_url}/cases/{case['token']}", result=case["result"],
+                          agency=(agency.name_en if language == "en" else agency.name_vi) if agency else case["agency"])
+        if template == "result":
+            template = "closed_false" if case is not None and case["state"] == "closed_false" else "resolved"
+        if template in ("ack", "resolved", "closed_false") and case is None:
+            raise PermanentError(f"template {template} needs a case")
+        return reporter_text(template, language, **fields)

@@ -1,0 +1,125 @@
+"""The dispatch stage's tables: cases, the delivery outbox, agency answers, deadlines, notifications, ratings.
+
+A case is written in the same transaction as its outbox rows and deadlines, so a crash never leaves a case that
+nobody will deliver, nor a delivery for a case that does not exist.
+"""
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        -- One case per incident; `agency` is the unit holding it now, `tried` every agency it went to (JSON list).
+        CREATE TABLE cases (
+            id TEXT PRIMARY KEY,
+            incident_id TEXT NOT NULL UNIQUE,
+            report_id INTEGER NOT NULL,
+            token TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL,
+            category TEXT NOT NULL,
+            agency TEXT NOT NULL,
+            district TEXT,
+            language TEXT NOT NULL DEFAULT 'vi',
+            state TEXT NOT NULL,
+            complex INTEGER NOT NULL DEFAULT 0,
+            coordination INTEGER NOT NULL DEFAULT 0,
+            tried TEXT NOT NULL DEFAULT '[]',
+            expected_completion REAL,
+            result TEXT,
+            received_at REAL NOT NULL,
+            forwarded_at REAL NOT NULL,
+            closed_at REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX cases_agency_state ON cases(agency, state);
+
+        -- The outbox: one row per (case event, agency target). `msg_id` is the webhook-id / Message-ID,
+        -- fixed at insert so every retry carries the same id.
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            msg_id TEXT NOT NULL UNIQUE,
+            case_id TEXT NOT NULL REFERENCES cases(id),
+            agency TEXT NOT NULL,
+            target TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            event TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            lease_until REAL,
+            deadline_at REAL NOT NULL,
+            last_status INTEGER,
+            last_error TEXT,
+            delivered_at REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX deliveries_due ON deliveries(state, next_at);
+        CREATE INDEX deliveries_case ON deliveries(case_id);
+
+        -- Endpoints switched off by a 410 Gone (until an administrator re-enables them).
+        CREATE TABLE endpoint_state (
+            agency TEXT NOT NULL,
+            target TEXT NOT NULL,
+            disabled_at REAL NOT NULL,
+            reason TEXT NOT NULL,
+            PRIMARY KEY(agency, target)
+        );
+
+        CREATE TABLE answers (
+            id INTEGER PRIMARY KEY,
+            case_id TEXT NOT NULL REFERENCES cases(id),
+            agency TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            source TEXT NOT NULL,
+            idem_key TEXT UNIQUE,
+            note TEXT,
+            data TEXT NOT NULL DEFAULT '{}',
+            at REAL NOT NULL
+        );
+        CREATE INDEX answers_case ON answers(case_id);
+
+        -- state: open -> met | missed(open past due, escalated) | cancelled; missed rows become met_late.
+        CREATE TABLE deadlines (
+            id INTEGER PRIMARY KEY,
+            case_id TEXT NOT NULL REFERENCES cases(id),
+            agency TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            due_at REAL NOT NULL,
+            warn_at REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'open',
+            warned_at REAL,
+            escalated_at REAL,
+            closed_at REAL
+        );
+        CREATE INDEX deadlines_open ON deadlines(state, due_at);
+        CREATE INDEX deadlines_case ON deadlines(case_id);
+
+        -- One row per message to a reporter; the unique key makes a retried notify job send nothing twice.
+        CREATE TABLE notifications (
+            id INTEGER PRIMARY KEY,
+            report_id INTEGER NOT NULL,
+            case_id TEXT,
+            template TEXT NOT NULL,
+            dedupe_key TEXT NOT NULL UNIQUE,
+            channel TEXT NOT NULL,
+            state TEXT NOT NULL,
+            error TEXT,
+            at REAL NOT NULL
+        );
+        CREATE INDEX notifications_report ON notifications(report_id);
+
+        CREATE TABLE ratings (
+            id INTEGER PRIMARY KEY,
+            case_id TEXT NOT NULL REFERENCES cases(id),
+            score INTEGER NOT NULL CHECK (score BETWEEN 1 AND 5),
+            comment TEXT,
+            at REAL NOT NULL
+        );
+        CREATE INDEX ratings_case ON ratings(case_id);
+        """,
+    ),
+]

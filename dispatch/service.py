@@ -1,0 +1,83 @@
+"""Wires the dispatch stage into the daemon: the `dispatch` and `notify` workers, the delivery sender, the
+deadline ticker and the HTTP routes. In route mode only the `dispatch` worker runs (cases recorded, nothing sent).
+"""
+from __future__ import annotations
+
+import logging
+
+from config.dispatch import DispatchConfig, dispatch_settings
+from ingest.app import AppContext, Service
+from ingest.worker import StageWorker, WorkerSettings
+
+from .api import DispatchApi
+from .calendar import load_calendar
+from .cases import CaseBook
+from .clocks import DeadlineTicker
+from .delivery import DeliverySender
+from .notify import Notifier
+
+log = logging.getLogger(__name__)
+
+
+class _Worker:
+    """A StageWorker under a service name."""
+
+    def __init__(self, name: str, worker: StageWorker) -> None:
+        self.name = name
+        self.worker = worker
+
+    async def run(self) -> None:
+        await self.worker.run()
+
+
+class _NotifyService(_Worker):
+    def __init__(self, worker: StageWorker, notifier: Notifier) -> None:
+        super().__init__("dispatch-notify", worker)
+        self.notifier = notifier
+
+    async def run(self) -> None:
+        try:
+            await self.worker.run()
+        finally:
+            await self.notifier.sms.close()
+
+
+def agency_tokens(ctx: AppContext, cfg: DispatchConfig) -> dict[str, str]:
+    tokens = {}
+    for agency, a in cfg.agencies.items():
+        name = a.token_secret or f"agency.{agency}"
+        secret = ctx.settings.secrets.get(name)
+        if secret is not None and secret.get_secret_value():
+            tokens[agency] = secret.get_secret_value()
+    return tokens
+
+
+def make_book(ctx: AppContext, cfg: DispatchConfig | None = None) -> CaseBook:
+    cfg = cfg or dispatch_settings(ctx.settings)
+    calendar = load_calendar(cfg.clocks.calendar, cfg.clocks.extra_holidays)
+    return CaseBook(ctx.store, ctx.directory, cfg, calendar, ctx.settings.http.public_base_url)
+
+
+def build(ctx: AppContext) -> list[Service]:
+    cfg = dispatch_settings(ctx.settings)
+    book = make_book(ctx, cfg)
+    q = ctx.settings.queue
+    wsettings = WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts)
+    services: list[Service] = [_Worker("dispatch", StageWorker(ctx.store, "dispatch", book.handle_dispatch,
+                                                                wsettings))]
+    if ctx.route_mode:
+        return services
+    notifier = Notifier(ctx.store, ctx.directory, cfg, ctx.replies, ctx.settings.http.public_base_url,
+                        max_attempts=q.max_attempts)
+    # Notify failures are recorded in `notifications`; the worker never dead-letters (which would fail the report).
+    nsettings = WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts + 1)
+    if cfg.notify.enabled:
+        services.append(_NotifyService(StageWorker(ctx.store, "notify", notifier.handle, nsettings), notifier))
+    services.append(DeliverySender(ctx.store, cfg))
+    services.append(DeadlineTicker(ctx.store, ctx.clock, cfg.clocks.tick_seconds))
+    tokens = agency_tokens(ctx, cfg)
+    missing = sorted(set(cfg.agencies) - set(tokens))
+    if missing:
+        log.warning("no answer-API token for agencies: %s", ", ".join(missing))
+    DispatchApi(book, tokens, cfg.serve_lookup_page).register(ctx.http)
+    return services

@@ -1,0 +1,190 @@
+"""Fixtures for the dispatch tests: a store with the dispatch tables on a FakeClock, seeded reports, a loopback
+agency receiver that injects faults, and a loopback SMS gateway."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from config.directory import Directory, load_directory
+from config.dispatch import DispatchConfig
+from dispatch.calendar import load_calendar
+from dispatch.cases import CaseBook
+from dispatch.schema import MIGRATIONS
+from ingest.clock import FakeClock, iso
+from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter, to_json
+from ingest.store import Store
+from ingest.worker import StageWorker
+
+SECRET_A = "whsec_" + base64.b64encode(b"first-secret-key-0123456789abcd").decode()
+SECRET_B = "whsec_" + base64.b64encode(b"second-secret-key-0123456789abc").decode()
+# 2026-09-07 09:00 +07:00, a Monday.
+MONDAY_9AM = 1788746400.0
+
+
+@pytest.fixture
+def fclock() -> FakeClock:
+    return FakeClock(start=MONDAY_9AM)
+
+
+@pytest.fixture
+async def dstore(tmp_path: Path, fclock: FakeClock) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "db.sqlite3", tmp_path / "blobs", clock=fclock,
+                         migrations={"dispatch": MIGRATIONS})
+    yield s
+    await s.close()
+
+
+@pytest.fixture(scope="session")
+def directory() -> Directory:
+    return load_directory()
+
+
+def make_book(store: Store, directory: Directory, cfg: DispatchConfig) -> CaseBook:
+    return CaseBook(store, directory, cfg, load_calendar(), "https://1022.example.vn")
+
+
+_seq = iter(range(1, 1_000_000))
+
+
+async def seed_report(store: Store, *, text: str = "Ống nước bể trên đường Lê Lợi, nước tràn ra đường.",
+                      topic: str = "water_supply", category: str = "infrastructure", agency: str | None = "sawaco",
+                      district: str | None = "quan-1", channel: str = "email", incident_id: str = "INC-000001",
+                      reporter: Reporter | None = None, language: str = "vi", status: str = "routed",
+                      candidates: tuple[Candidate, ...] = (), attachments: tuple[Any, ...] = ()) -> int:
+    n = next(_seq)
+    msg = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"k{n}",
+                         received_at=iso(store.clock.now()), text=text,
+                         reporter=reporter or Reporter(name="Nguyễn Văn An", phone="0901234567",
+                                                       email="an@example.vn", reply_to="<m1@example.vn>"),
+                         attachments=attachments)
+    result = await store.submit(msg, text.encode(), "text/plain")
+    cls = Classification(status="route", topic=topic, category=category, agency=agency, confidence=0.9,
+                         place=Place(district=district, street="le loi"), candidates=candidates, language=language)
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status=?, topic=?, category=?, agency=?, district=?, classification=?,"
+                         " incident_id=? WHERE id=?", (status, topic, category, agency, district, to_json(cls),
+                                                       incident_id, result.report_id))
+        await tx.execute("DELETE FROM jobs WHERE report_id=?", (result.report_id,))
+    return result.report_id
+
+
+async def run_dispatch(store: Store, book: CaseBook, report_id: int, incident_id: str) -> None:
+    async with store.transaction() as tx:
+        await tx.enqueue("dispatch", report_id, {"incident_id": incident_id})
+    worker = StageWorker(store, "dispatch", book.handle_dispatch)
+    assert await worker.run_once() == 1
+
+
+@dataclass
+class Receiver:
+    """A loopback agency webhook. `script` holds one behaviour per request, then it answers 200."""
+
+    url: str = ""
+    script: list[str] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    accepted: dict[str, dict[str, Any]] = field(default_factory=dict)  # webhook-id -> body, 2xx only
+    in_flight: int = 0
+    max_in_flight: int = 0
+    delay: float = 0.0
+
+
+async def _receiver_handler(rx: Receiver, request: web.Request) -> web.StreamResponse:
+    rx.in_flight += 1
+    rx.max_in_flight = max(rx.max_in_flight, rx.in_flight)
+    try:
+        body = await request.read()
+        rx.requests.append({"headers": dict(request.headers), "body": body})
+        step = rx.script.pop(0) if rx.script else "ok"
+        if rx.delay:
+            await asyncio.sleep(rx.delay)
+        if step == "503":
+            return web.Response(status=503, headers={"Retry-After": "120"})
+        if step == "429":
+            return web.Response(status=429, headers={"Retry-After": "30"})
+        if step in ("410", "400", "500"):
+            return web.Response(status=int(step))
+        if step == "redirect":
+            raise web.HTTPFound("/elsewhere")
+        if step == "timeout":
+            await asyncio.sleep(5)
+        if step == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=200)
+        if step == "slow_body":
+            resp = web.StreamResponse(status=200)
+            await resp.prepare(request)
+            await resp.write(b"{")
+            await asyncio.sleep(5)
+            await resp.write(b"}")
+            return resp
+        rx.accepted.setdefault(request.headers["webhook-id"], json.loads(body))
+        return web.json_response({"ok": True})
+    finally:
+        rx.in_flight -= 1
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rx = Receiver()
+    app = web.Application()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await _receiver_handler(rx, request)
+
+    app.router.add_post("/hook", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    rx.url = f"http://127.0.0.1:{port}/hook"
+    yield rx
+    await runner.cleanup()
+
+
+@dataclass
+class SmsSink:
+    url: str = ""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 200
+
+
+@pytest.fixture
+async def sms_gateway() -> AsyncIterator[SmsSink]:
+    sink = SmsSink()
+    app = web.Application()
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer sms-token":
+            return web.Response(status=401)
+        sink.messages.append(await request.json())
+        return web.json_response({"queued": True}, status=sink.status)
+
+    app.router.add_post("/send", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    sink.url = f"http://127.0.0.1:{runner.addresses[0][1]}/send"
+    yield sink
+    await runner.cleanup()
+
+
+def webhook_cfg(url: str, *, agency: str = "sawaco", secrets: list[str] | None = None, **extra: Any
+                ) -> dict[str, Any]:
+    target = {"kind": "webhook", "name": "main", "url": url, "secrets": secrets or [SECRET_A],
+              "allow_private": True, "timeout_seconds": 1.0}
+    target.update(extra)
+    return {agency: {"targets": [target]}}
+
+
+Factory = Callable[..., DispatchConfig]

@@ -1,0 +1,233 @@
+"""Delivery to agency webhooks and mailboxes against real loopback peers that misbehave."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+from email import message_from_bytes, policy as email_policy
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from config.dispatch import DispatchConfig
+from dispatch.delivery import DeliverySender, replay_deliveries
+from ingest.records import Attachment
+
+from .conftest import SECRET_A, SECRET_B, make_book, run_dispatch, seed_report, webhook_cfg
+
+
+def verify(headers: dict[str, str], body: bytes, secret: str) -> bool:
+    """An independent Standard Webhooks verifier, as an agency would write it."""
+    key = base64.b64decode(secret.split("_", 1)[1])
+    content = headers["webhook-id"].encode() + b"." + headers["webhook-timestamp"].encode() + b"." + body
+    expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
+    offered = [part.split(",", 1)[1] for part in headers["webhook-signature"].split(" ")]
+    return any(hmac.compare_digest(expected, sig) for sig in offered)
+
+
+async def setup_case(dstore, directory, cfg_agencies: dict[str, Any], n: int = 1, **delivery: Any):
+    cfg = DispatchConfig.model_validate({"agencies": cfg_agencies, "delivery": delivery})
+    book = make_book(dstore, directory, cfg)
+    for i in range(n):
+        rid = await seed_report(dstore, incident_id=f"INC-{i + 1:06d}")
+        await run_dispatch(dstore, book, rid, f"INC-{i + 1:06d}")
+    return cfg, DeliverySender(dstore, cfg)
+
+
+async def delivery_rows(dstore) -> list[dict[str, Any]]:
+    return [dict(r) for r in await dstore.fetchall("SELECT * FROM deliveries ORDER BY id")]
+
+
+async def test_signed_delivery_verifies_with_both_rotating_secrets(dstore, directory, receiver):
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url, secrets=[SECRET_A, SECRET_B]))
+    assert await sender.run_once() == 1
+    await sender.close()
+    (req,) = receiver.requests
+    assert verify(req["headers"], req["body"], SECRET_A)
+    assert verify(req["headers"], req["body"], SECRET_B)
+    assert not verify(req["headers"], req["body"] + b" ", SECRET_A)
+    body = json.loads(req["body"])
+    assert body["type"] == "case.created" and body["data"]["case_id"] == "CASE-000001"
+    assert (await delivery_rows(dstore))[0]["state"] == "delivered"
+    forward = await dstore.fetchone("SELECT state FROM deadlines WHERE kind='forward'")
+    assert forward["state"] == "met"
+
+
+@pytest.mark.parametrize("fault,retry_floor", [("503", 120), ("429", 30), ("500", 0), ("timeout", 0),
+                                               ("reset", 0), ("slow_body", 0)])
+async def test_transient_faults_retry_with_the_same_webhook_id(dstore, directory, receiver, fclock, fault,
+                                                               retry_floor):
+    receiver.script = [fault]
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url))
+    await sender.run_once()
+    (row,) = await delivery_rows(dstore)
+    assert row["state"] == "retry"
+    assert row["next_at"] - fclock.now() >= retry_floor
+    # Not due yet: nothing is sent before the backoff (and Retry-After) has passed.
+    assert await sender.run_once() == 0
+    fclock.advance(row["next_at"] - fclock.now() + 0.001)
+    await sender.run_once()
+    await sender.close()
+    ids = [r["headers"]["webhook-id"] for r in receiver.requests]
+    assert len(ids) == 2 and ids[0] == ids[1]
+    assert list(receiver.accepted) == [ids[0]]
+    assert (await delivery_rows(dstore))[0]["state"] == "delivered"
+
+
+async def test_410_disables_the_endpoint_and_replay_reenables(dstore, directory, receiver):
+    receiver.script = ["410"]
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url, concurrency=1), n=3)
+    await sender.run_once()
+    rows = await delivery_rows(dstore)
+    assert [r["state"] for r in rows] == ["dead", "dead", "dead"]
+    assert len(receiver.requests) == 1  # the two others were never attempted once the endpoint said Gone
+    assert await dstore.fetchone("SELECT 1 FROM endpoint_state WHERE agency='sawaco'")
+    alert = await dstore.fetchone("SELECT data FROM events WHERE kind='alert'")
+    assert json.loads(alert["data"])["alert"] == "endpoint_disabled"
+    assert await replay_deliveries(dstore) == 3
+    await sender.run_once()
+    await sender.close()
+    assert [r["state"] for r in await delivery_rows(dstore)] == ["delivered"] * 3
+    assert set(receiver.accepted) == {r["msg_id"] for r in rows}
+
+
+@pytest.mark.parametrize("fault", ["400", "redirect"])
+async def test_other_4xx_and_redirects_are_permanent(dstore, directory, receiver, fault):
+    receiver.script = [fault]
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url))
+    await sender.run_once()
+    await sender.close()
+    (row,) = await delivery_rows(dstore)
+    assert row["state"] == "dead"
+    assert len(receiver.requests) == 1  # the redirect target was never requested
+
+
+async def test_dead_letter_after_deadline_then_replay_keeps_the_id(dstore, directory, receiver, fclock):
+    receiver.script = ["503"] * 50
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url), deadline_seconds=600)
+    for _ in range(20):
+        await sender.run_once()
+        row = (await delivery_rows(dstore))[0]
+        if row["state"] == "dead":
+            break
+        fclock.advance(max(0.0, row["next_at"] - fclock.now()) + 0.001)
+    assert row["state"] == "dead" and "deadline" in row["last_error"]
+    assert await dstore.fetchone("SELECT 1 FROM events WHERE kind='alert' AND data LIKE '%delivery_dead%'")
+    receiver.script = []
+    assert await replay_deliveries(dstore) == 1
+    await sender.run_once()
+    await sender.close()
+    assert {r["headers"]["webhook-id"] for r in receiver.requests} == {row["msg_id"]}
+    assert list(receiver.accepted) == [row["msg_id"]]
+
+
+async def test_each_case_arrives_once_per_id_under_mixed_faults(dstore, directory, receiver, fclock):
+    receiver.script = ["503", "reset", "ok", "429", "timeout", "ok", "500", "ok"] * 2
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url, concurrency=3), n=12)
+    for _ in range(30):
+        await sender.run_once()
+        pending = [r for r in await delivery_rows(dstore) if r["state"] != "delivered"]
+        if not pending:
+            break
+        fclock.advance(max(r["next_at"] for r in pending) - fclock.now() + 0.001)
+    await sender.close()
+    rows = await delivery_rows(dstore)
+    assert all(r["state"] == "delivered" for r in rows)
+    by_case = {}
+    for msg_id, body in receiver.accepted.items():
+        by_case.setdefault(body["data"]["case_id"], []).append(msg_id)
+    assert len(by_case) == 12 and all(len(v) == 1 for v in by_case.values())
+    assert receiver.max_in_flight <= 3
+
+
+async def test_concurrency_limit_per_endpoint(dstore, directory, receiver):
+    receiver.delay = 0.05
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url, concurrency=2), n=8)
+    await sender.run_once()
+    await sender.close()
+    assert len(receiver.accepted) == 8
+    assert receiver.max_in_flight == 2
+
+
+async def test_ssrf_guard_refuses_loopback_without_explicit_allowance(dstore, directory, receiver):
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url, allow_private=False))
+    await sender.run_once()
+    await sender.close()
+    (row,) = await delivery_rows(dstore)
+    assert row["state"] == "dead" and "SSRF" in row["last_error"]
+    assert receiver.requests == []
+
+
+async def test_ssrf_guard_checks_resolved_names(dstore, directory, receiver):
+    url = receiver.url.replace("127.0.0.1", "localhost.localdomain")
+    _, sender = await setup_case(dstore, directory, webhook_cfg(url, allow_private=False))
+    await sender.run_once()
+    await sender.close()
+    (row,) = await delivery_rows(dstore)
+    assert row["state"] in ("dead", "retry")  # refused (resolves to loopback) or not resolvable here
+    assert receiver.requests == []
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.reply = "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd hook name
+        if self.reply.startswith("250"):
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return self.reply
+
+
+@pytest.fixture
+async def smtp_sink():
+    """A real SMTP server on the test's own loop (aiosmtpd's SMTP protocol, as the daemon runs it)."""
+    sink = Sink()
+    server = await asyncio.get_running_loop().create_server(lambda: SMTP(sink, hostname="sink.test"),
+                                                            "127.0.0.1", 0)
+    yield sink, server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def test_email_target_with_attachment_text_and_html(dstore, directory, smtp_sink):
+    sink, port = smtp_sink
+    photo = b"\x89PNG fake photo bytes"
+    digest = await dstore.put_blob(photo, "image/png")
+    cfg = DispatchConfig.model_validate({
+        "agencies": {"sawaco": {"targets": [{"kind": "email", "to": ["dieuhanh@sawaco.example.vn"]}]}},
+        "smtp": {"host": "127.0.0.1", "port": port, "reply_to": "1022-tra-loi@example.vn"}})
+    book = make_book(dstore, directory, cfg)
+    rid = await seed_report(dstore, attachments=(Attachment(sha256=digest, content_type="image/png",
+                                                            size=len(photo), filename="ong-nuoc.png"),))
+    await run_dispatch(dstore, book, rid, "INC-000001")
+    sender = DeliverySender(dstore, cfg)
+    sink.reply = "451 4.3.0 try later"
+    await sender.run_once()
+    assert (await delivery_rows(dstore))[0]["state"] == "retry"
+    sink.reply = "250 OK"
+    dstore.clock.advance(4000)
+    await sender.run_once()
+    await sender.close()
+    ((mail_from, rcpts, raw),) = sink.messages
+    assert rcpts == ["dieuhanh@sawaco.example.vn"]
+    msg = message_from_bytes(raw, policy=email_policy.default)
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert "[1022 #CASE-000001]" in msg["Subject"]
+    row = (await delivery_rows(dstore))[0]
+    assert msg["Message-ID"] == f"<{row['msg_id']}@1022.tphcm.gov.vn>"
+    assert "Ống nước bể" in msg.get_body(("plain",)).get_content()
+    assert "<html>" in msg.get_body(("html",)).get_content()
+    (att,) = list(msg.iter_attachments())
+    assert att.get_filename() == "ong-nuoc.png" and att.get_content() == photo
+
+
+async def test_sender_survives_concurrent_run(dstore, directory, receiver):
+    """Two sender loops never send one row twice (the lease is taken in a transaction)."""
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url), n=5)
+    await asyncio.gather(sender.run_once(), sender.run_once())
+    await sender.close()
+    assert len(receiver.requests) == 5
