@@ -1,0 +1,198 @@
+"""The Telegram intake dialogue, pure: a draft report per chat, completed by asking for what is missing.
+
+A report needs a description, a place (shared location, venue, or an address in words) and a phone number
+to call back. When one is missing the bot asks for it (with a button to share location / phone); the
+reporter may answer, or say "bỏ qua" to skip. When nothing is missing, or the draft is too old, the report
+is filed and the bot confirms receipt. State lives in the store (channels/telegram.py); this module only
+decides.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ingest.clock import iso
+from ingest.contacts import find_phones
+from ingest.records import Attachment, InboundMessage, Reporter
+from ingest.text import fold
+
+from .telegram_parse import TelegramInput
+
+GREETING = ("Xin chào! Đây là kênh tiếp nhận phản ánh của Cổng 1022 TP.HCM. "
+            "Hãy mô tả sự việc, kèm ảnh và vị trí nếu có.")
+ASK_TEXT = "Bạn vui lòng mô tả ngắn gọn sự việc cần phản ánh."
+ASK_PLACE = ("Sự việc xảy ra ở đâu? Bấm nút «Gửi vị trí» hoặc nhập địa chỉ (số nhà, đường, phường, quận). "
+             "Gõ «bỏ qua» nếu không rõ.")
+ASK_PHONE = ("Bạn vui lòng để lại số điện thoại để cơ quan chức năng liên hệ khi cần: bấm nút "
+             "«Chia sẻ số điện thoại» hoặc nhập số. Gõ «bỏ qua» nếu không muốn cung cấp.")
+BAD_PHONE = "Số điện thoại chưa đúng (ví dụ 0903 123 456). " + ASK_PHONE
+PHOTO_TOO_LARGE = "Ảnh quá lớn nên không nhận được; bạn có thể gửi ảnh nhỏ hơn."
+CONFIRM = ("Đã tiếp nhận phản ánh của bạn. Cổng 1022 sẽ chuyển đến cơ quan có thẩm quyền "
+           "và báo kết quả qua Telegram.")
+
+SKIP_WORDS = {"bo qua", "/skip", "skip", "khong", "ko", "khong biet", "khong ro"}
+# Words that name a place in a Vietnamese address; folded (no diacritics).
+# Words that name a place on their own (folded, no diacritics).
+PLACE_WORDS = re.compile(
+    r"\b(khu pho|kp|chung cu|nga tu|nga ba|nga nam|vong xoay|cong vien|benh vien|so nha|thu duc|binh thanh|"
+    r"go vap|tan binh|phu nhuan|binh tan|tan phu|nha be|cu chi|hoc mon|binh chanh|can gio)\b")
+# Words that name a place only when a proper name or a number follows: "đường Lê Lợi", "quận 7", "chợ Bến
+# Thành" — but not "lề đường ban đêm", "quán ăn", "cho", "xả rác".
+NAMED_PLACE_WORDS = re.compile(r"\b(duong|pho|phuong|quan|huyen|hem|ngo|kiet|cho|cau|truong|xa|ap|thon)\b")
+HOUSE_NUMBER = re.compile(r"\b\d+[a-z]?(?:/\d+[a-z]?)+\b|\bso \d+[a-z]?\b")
+SHORT_UNIT = re.compile(r"\b(?:p|q)\.?\s?\d{1,2}\b")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Draft:
+    chat_id: int
+    first_update_id: int
+    started_at: float
+    date: int | None = None
+    user_name: str | None = None
+    text: str = ""
+    address: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    phone: str | None = None
+    photos: tuple[Attachment, ...] = ()
+    updates: tuple[dict[str, Any], ...] = ()  # the raw updates, kept as the report's raw input
+    state: str = "new"  # ask_text | ask_place | ask_phone | complete
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    chat_id: int
+    text: str
+    keyboard: str | None = None  # "location", "contact", "remove"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    draft: Draft | None  # None: nothing to keep (e.g. /start)
+    replies: tuple[Reply, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return self.draft is not None and self.draft.state == "complete"
+
+
+def has_place(text: str) -> bool:
+    """Whether the text already says where: an address, a named street / ward / district, a landmark."""
+    text = unicodedata.normalize("NFC", text)
+    folded = fold(text)
+    if PLACE_WORDS.search(folded) or HOUSE_NUMBER.search(folded) or SHORT_UNIT.search(folded):
+        return True
+    if len(folded) != len(text):  # folding kept positions for Vietnamese; anything else: no guessing
+        return False
+    for match in NAMED_PLACE_WORDS.finditer(folded):
+        rest = text[match.end():].lstrip(" :,.")
+        if rest and (rest[0].isupper() or rest[0].isdigit()):
+            return True
+    return False
+
+
+def is_skip(text: str) -> bool:
+    return fold(text).strip(" .!") in SKIP_WORDS
+
+
+def missing(d: Draft) -> str | None:
+    """The first thing the report still lacks, in the order we ask for it."""
+    if not d.text and "text" not in d.skipped:
+        return "text"
+    if d.lat is None and not d.address and not has_place(d.text) and "place" not in d.skipped:
+        return "place"
+    if not d.phone and "phone" not in d.skipped:
+        return "phone"
+    return None
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}\n{b}" if a and b else a or b
+
+
+def step(draft: Draft | None, inp: TelegramInput, raw_update: dict[str, Any], *, now: float,
+         photo: Attachment | None = None, dialogue: bool = True) -> Outcome:
+    """Apply one incoming message to the chat's draft; returns the new draft and what to answer."""
+    if inp.command == "/start" and draft is None and not inp.text.removeprefix("/start").strip():
+        return Outcome(draft=None, replies=(Reply(chat_id=inp.chat_id, text=GREETING),))
+    d = draft or Draft(chat_id=inp.chat_id, first_update_id=inp.update_id, started_at=now, date=inp.date,
+                       user_name=inp.user_name)
+    d = replace(d, updates=d.updates + (raw_update,))
+    replies: list[Reply] = []
+    if photo is not None:
+        d = replace(d, photos=d.photos + (photo,))
+    if inp.photo_too_large:
+        replies.append(Reply(chat_id=inp.chat_id, text=PHOTO_TOO_LARGE))
+    if inp.lat is not None:
+        d = replace(d, lat=inp.lat, lon=inp.lon)
+    if inp.place_text:
+        d = replace(d, address=inp.place_text)
+    if inp.phone:
+        d = replace(d, phone=inp.phone)
+    text = inp.text
+    if text.startswith("/"):
+        text = text.split(maxsplit=1)[1] if len(text.split(maxsplit=1)) > 1 else ""
+    re_ask = False
+    if text:
+        if is_skip(text) and d.state.startswith("ask_"):
+            d = replace(d, skipped=d.skipped + (d.state.removeprefix("ask_"),))
+        elif d.state == "ask_place":
+            d = replace(d, address=text)  # whatever the reporter calls the place is the place
+            if not d.phone and find_phones(text):
+                d = replace(d, phone=find_phones(text)[0])
+        elif d.state == "ask_phone":
+            phones = find_phones(text)
+            if phones:
+                d = replace(d, phone=phones[0])
+            else:
+                d = replace(d, text=_join(d.text, text))  # never drop what was said
+                re_ask = True
+        else:
+            d = replace(d, text=_join(d.text, text))
+            if not d.phone and find_phones(text):
+                d = replace(d, phone=find_phones(text)[0])
+    need = missing(d) if dialogue else None
+    if need is None:
+        d = replace(d, state="complete")
+        replies.append(Reply(chat_id=d.chat_id, text=CONFIRM, keyboard="remove"))
+        return Outcome(draft=d, replies=tuple(replies))
+    new_state = f"ask_{need}"
+    if new_state != d.state or re_ask:
+        replies.append(_question(d.chat_id, need, bad_phone=re_ask))
+    return Outcome(draft=replace(d, state=new_state), replies=tuple(replies))
+
+
+def _question(chat_id: int, need: str, *, bad_phone: bool = False) -> Reply:
+    if need == "text":
+        return Reply(chat_id=chat_id, text=ASK_TEXT)
+    if need == "place":
+        return Reply(chat_id=chat_id, text=ASK_PLACE, keyboard="location")
+    return Reply(chat_id=chat_id, text=BAD_PHONE if bad_phone else ASK_PHONE, keyboard="contact")
+
+
+def expire(d: Draft) -> Outcome:
+    """A draft the reporter left unfinished is filed with what it has: what was said is never lost."""
+    return Outcome(draft=replace(d, state="complete"),
+                   replies=(Reply(chat_id=d.chat_id, text=CONFIRM, keyboard="remove"),))
+
+
+def to_inbound(d: Draft, *, bot_id: str, instance: str) -> InboundMessage:
+    text = d.text
+    if d.address:
+        text = _join(text, f"Địa điểm: {d.address}")
+    return InboundMessage(
+        channel="telegram",
+        channel_instance=instance,
+        idempotency_key=f"{bot_id}:{d.first_update_id}",
+        received_at=iso(d.date if d.date else d.started_at),
+        text=text,
+        reporter=Reporter(name=d.user_name, phone=d.phone, reply_to=str(d.chat_id)),
+        lat=d.lat,
+        lon=d.lon,
+        attachments=d.photos,
+        external_id=str(d.first_update_id),
+    )

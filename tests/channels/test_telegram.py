@@ -1,0 +1,297 @@
+"""The Telegram channel against a fake Bot API on loopback: polling with our own offset, webhook, dialogue."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).parent / "fakes"))
+from fake_bot_api import FakeBotApi  # noqa: E402
+
+from channels import telegram  # noqa: E402
+from channels.telegram_dialogue import ASK_PHONE, ASK_PLACE, CONFIRM  # noqa: E402
+from config.channels import ChannelEntry, TelegramOptions  # noqa: E402
+from config.directory import load_directory  # noqa: E402
+from config.schema import Settings  # noqa: E402
+from ingest.app import AppContext  # noqa: E402
+from ingest.clock import FakeClock  # noqa: E402
+from ingest.errors import PermanentError, TransientError  # noqa: E402
+from ingest.store import Store, StoredReport  # noqa: E402
+
+TOKEN = "7012345678:AAH-secret-part-of-the-token-xyz"
+SECRET = "hook-secret-42"
+FULL = "Ống nước vỡ trước nhà 83/16/4 Nguyễn Văn Linh, phường Tân Phong, quận 7. SĐT 0903 123 456"
+
+
+@dataclass
+class Env:
+    tmp: Path
+    api: FakeBotApi
+    clock: FakeClock
+    stores: list[Store]
+    make: Callable[..., Any]
+
+    async def open_store(self) -> Store:
+        store = await Store.open(self.tmp / "db.sqlite3", self.tmp / "blobs", clock=self.clock,
+                                 migrations={telegram.COMPONENT: telegram.MIGRATIONS})
+        self.stores.append(store)
+        return store
+
+
+async def reports(store: Store) -> list[StoredReport]:
+    rows = await store.fetchall("SELECT id FROM reports WHERE channel='telegram' ORDER BY id")
+    return [await store.get_report(r["id"]) for r in rows]
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    api = FakeBotApi(token=TOKEN)
+    await api.start()
+    clock = FakeClock(start=__import__("time").time())
+    channels: list[telegram.TelegramChannel] = []
+
+    def make(store: Store, http: web.Application | None = None, **opts: Any) -> telegram.TelegramChannel:
+        options = TelegramOptions(bot_token=TOKEN, base_url=f"{api.base}/bot", base_file_url=f"{api.base}/file/bot",
+                                  poll_timeout_seconds=0, max_photo_bytes=50_000, **opts)
+        ctx = AppContext(settings=Settings(), directory=load_directory(), store=store, clock=clock,
+                         http=http or web.Application())
+        services = telegram.build(ctx, ChannelEntry(kind="telegram", name="bot"), options)
+        channels.append(services[0])
+        return services[0]
+
+    e = Env(tmp_path, api, clock, [], make)
+    yield e
+    for ch in channels:
+        await ch.close()
+    for s in e.stores:
+        await s.close()
+    await api.stop()
+
+
+async def test_polling_files_a_complete_message_and_confirms_the_offset_after_the_commit(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    uid = env.api.push_text(FULL)
+    assert await ch.poll_once() == 1
+    [report] = await reports(store)
+    assert report.message.idempotency_key == f"7012345678:{uid}"
+    assert report.message.reporter.phone == "0903123456" and report.message.reporter.reply_to == "555"
+    assert await store.get_cursor(ch.cursor_name) == uid + 1
+    # Telegram still holds the update until our next getUpdates confirms it with the stored offset.
+    assert [u["update_id"] for u in env.api.updates] == [uid]
+    assert await ch.poll_once() == 0
+    assert env.api.get_updates_offsets == [None, uid + 1] and env.api.updates == []
+    assert await ch.send_outbox() == 1
+    assert env.api.sent[0]["text"] == CONFIRM and env.api.sent[0]["reply_markup"] == {"remove_keyboard": True}
+
+
+async def test_dialogue_asks_for_place_then_phone_then_confirms(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    first = env.api.push_text("Có người đổ trộm xà bần ra lề đường ban đêm")
+    await ch.poll_once()
+    await ch.send_outbox()
+    assert env.api.sent[-1]["text"] == ASK_PLACE
+    assert env.api.sent[-1]["reply_markup"]["keyboard"][0][0]["request_location"] is True
+    assert await reports(store) == []  # held as a draft, durably: nothing said is lost
+    env.api.push_location(10.7626, 106.6602)
+    await ch.poll_once()
+    await ch.send_outbox()
+    assert env.api.sent[-1]["text"] == ASK_PHONE
+    assert env.api.sent[-1]["reply_markup"]["keyboard"][0][0]["request_contact"] is True
+    env.api.push_contact("+84 903 555 111")
+    await ch.poll_once()
+    await ch.send_outbox()
+    assert env.api.sent[-1]["text"] == CONFIRM
+    [report] = await reports(store)
+    m = report.message
+    assert m.idempotency_key == f"7012345678:{first}"
+    assert (m.lat, m.lon, m.reporter.phone) == (10.7626, 106.6602, "0903555111")
+    assert "xà bần" in m.text
+    raw = json.loads((await store.fetchone("SELECT raw FROM reports WHERE id=?", (report.id,)))["raw"])
+    assert len(raw) == 3  # the three updates of the dialogue are the report's raw input
+    assert await store.fetchone("SELECT id FROM telegram_drafts") is None
+
+
+async def test_dialogue_takes_a_typed_address_and_a_skip(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    env.api.push_text("Đèn tín hiệu giao thông bị tắt")
+    env.api.push_text("Ngã tư Hàng Xanh")
+    env.api.push_text("bỏ qua")
+    await ch.poll_once()  # three answers in one getUpdates batch, applied in order
+    await ch.send_outbox()
+    assert [s["text"] for s in env.api.sent] == [ASK_PLACE, ASK_PHONE, CONFIRM]
+    [report] = await reports(store)
+    assert report.message.text.endswith("Địa điểm: Ngã tư Hàng Xanh") and report.message.reporter.phone is None
+
+
+async def test_unanswered_dialogue_is_filed_after_the_timeout(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store, dialogue_timeout_seconds=600)
+    await ch.ensure_initialized()
+    env.api.push_text("Chó thả rông cắn người")
+    await ch.poll_once()
+    assert await ch.expire_drafts() == 0
+    env.clock.advance(601)
+    assert await ch.expire_drafts() == 1
+    [report] = await reports(store)
+    assert report.message.text == "Chó thả rông cắn người"
+
+
+async def test_photo_is_downloaded_within_the_bound(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    jpeg = b"\xff\xd8\xff" + bytes(range(256)) * 40
+    env.api.push_photo(jpeg, caption=FULL)
+    env.api.push_photo(b"\xff\xd8" + b"z" * 60_000, caption=FULL.replace("0903 123 456", "0903 999 888"), chat_id=777)
+    await ch.poll_once()
+    first, second = await reports(store)
+    [att] = first.message.attachments
+    assert store.blobs.get(att.sha256) == jpeg and att.content_type == "image/jpeg"
+    # Over max_photo_bytes: the largest size is skipped, the smaller preview that fits is kept.
+    assert second.message.attachments[0].size == 50
+    assert env.api.downloads == ["photos/file_1.jpg", "photos/file_2_s.jpg"]
+
+
+async def test_crash_between_fetch_and_commit_refetches_and_stores_once(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    env.api.push_text(FULL)
+    env.api.push_photo(b"\xff\xd8photo", caption=FULL, chat_id=777)
+    env.api.download_gate = asyncio.Event()
+    task = asyncio.ensure_future(ch.poll_once())
+    await asyncio.wait_for(env.api.download_started.wait(), 10)
+    task.cancel()  # the process dies: updates fetched, nothing committed
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await ch.close()
+    await store.close()
+    assert len(env.api.updates) == 2  # never confirmed to Telegram
+
+    env.api.download_gate.set()
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    assert await ch.poll_once() == 2  # fetched again from the stored (absent) offset
+    assert await ch.poll_once() == 0
+    assert len(await reports(store)) == 2
+    # And once more after a clean restart: the offset was stored with the reports.
+    ch2 = env.make(store)
+    await ch2.ensure_initialized()
+    assert await ch2.poll_once() == 0
+    assert len(await reports(store)) == 2
+
+
+async def test_replayed_updates_are_applied_once(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    env.api.push_text("Cống nghẹt bốc mùi")
+    batch = list(env.api.updates)
+    await ch.process(batch, cursor=None)
+    await ch.process(batch, cursor=None)  # the same update again (webhook redelivery)
+    row = await store.fetchone("SELECT data FROM telegram_drafts")
+    assert json.loads(row["data"])["text"] == "Cống nghẹt bốc mùi"
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM telegram_outbox"))["n"] == 1  # asked once
+
+
+async def test_service_runs_polling_and_answers_until_cancelled(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    env.api.webhook = {"url": "https://old.example/hook"}  # left over: polling must remove it first
+    task = asyncio.ensure_future(ch.run())
+    env.api.push_text(FULL)
+    for _ in range(200):
+        if env.api.sent:
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert env.api.webhook is None
+    assert len(await reports(store)) == 1 and env.api.sent[0]["text"] == CONFIRM
+
+
+async def test_webhook_checks_the_secret_token_and_files_once(env: Env) -> None:
+    store = await env.open_store()
+    app = web.Application()
+    runner = web.AppRunner(app)
+    ch = env.make(store, http=app, mode="webhook", webhook_secret=SECRET)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks/telegram/bot"
+    try:
+        await ch.ensure_initialized()
+        await ch.bot.set_webhook(url, secret_token=SECRET)
+        async with aiohttp.ClientSession() as http:
+            uid = env.api.push_text(FULL)
+            body = json.dumps(env.api.updates[0])
+            for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "guess"}):
+                async with http.post(url, data=body, headers=headers) as resp:
+                    assert resp.status == 401
+            assert await reports(store) == []
+            assert await env.api.deliver(http) == [200]
+            # Telegram redelivers when unsure: the same update again changes nothing.
+            env.api.updates.append(json.loads(body))
+            assert await env.api.deliver(http) == [200]
+            async with http.post(url, data=b"x" * 2_000_000, headers={"X-Telegram-Bot-Api-Secret-Token": SECRET}) as r:
+                assert r.status == 413
+            async with http.post(url, data=b"{oops", headers={"X-Telegram-Bot-Api-Secret-Token": SECRET}) as r:
+                assert r.status == 400 and "Traceback" not in await r.text()
+        [report] = await reports(store)
+        assert report.message.idempotency_key == f"7012345678:{uid}"
+        reasons = [r["reason"] for r in await store.fetchall("SELECT reason FROM quarantine ORDER BY id")]
+        assert reasons == ["missing secret token", "wrong secret token", "body larger than max_body_bytes",
+                           "body is not JSON"]
+    finally:
+        await runner.cleanup()
+
+
+async def test_replies_and_their_errors(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    env.api.push_text(FULL, chat_id=4242)
+    await ch.poll_once()
+    [report] = await reports(store)
+    sender = ch.ctx.replies.get("telegram")
+    await sender.send_reply(report, "Phản ánh đã được chuyển đến UBND phường Tân Phong.")
+    assert env.api.sent[-1]["chat_id"] == 4242
+    env.api.flood_next = 9
+    with pytest.raises(TransientError) as flood:
+        await sender.send_reply(report, "x")
+    assert flood.value.retry_after == 9
+    env.api.blocked_chats.add(4242)
+    with pytest.raises(PermanentError):
+        await sender.send_reply(report, "x")
+
+
+async def test_the_bot_token_never_reaches_the_log(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("httpx").setLevel(logging.NOTSET)  # as a careless DEBUG config would leave it
+    logging.getLogger("telegram").setLevel(logging.NOTSET)
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    env.api.push_photo(b"\xff\xd8photo", caption=FULL)
+    await ch.poll_once()
+    await ch.send_outbox()
+    await ch.bot.get_me()
+    assert len(await reports(store)) == 1
+    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
+    assert TOKEN not in logged and TOKEN.split(":")[1] not in logged
