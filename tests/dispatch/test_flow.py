@@ -1,0 +1,324 @@
+"""A case's life through the service: dispatch, agency answers over HTTP and email, re-routing, clocks,
+the reporter's acknowledgement and result on their channel, ratings, confidentiality, route mode, the CLI."""
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from config.loader import validate
+from dispatch import service
+from dispatch.answers import apply_email_reply
+from dispatch.cli import dispatch_cli
+from dispatch.clocks import overdue, tick
+from dispatch.delivery import DeliverySender
+from ingest.app import AppContext
+from ingest.records import Candidate, Reporter
+from ingest.store import Store, StoredReport
+from ingest.worker import StageWorker
+
+from .conftest import SECRET_A, seed_report
+
+TOKENS = {"agency.sawaco": "tok-sawaco-123", "agency.thoat-nuoc": "tok-thoat-nuoc-456",
+          "agency.van-hanh-1022": "tok-operator-789"}
+
+
+class RecordingReplies:
+    """A ReplySender as the email/Messenger channels register it; records what the reporter would read."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, str]] = []
+
+    async def send_reply(self, report: StoredReport, text: str) -> None:
+        self.sent.append((report.id, text))
+
+
+def settings_for(receiver_url: str, sms_url: str | None = None, **agencies: Any) -> Any:
+    hook = {"kind": "webhook", "name": "main", "url": receiver_url, "secrets": [SECRET_A], "allow_private": True,
+            "timeout_seconds": 1.0}
+    table = {"sawaco": {"targets": [hook]},
+             "thoat-nuoc": {"targets": [dict(hook, name="tn")], "receives_confidential": True},
+             "van-hanh-1022": {"targets": [{"kind": "email", "to": ["vanhanh@1022.example.vn"]}]}}
+    table.update(agencies)
+    raw = {"http": {"public_base_url": "https://1022.example.vn"},
+           "dispatch": {"agencies": table,
+                        "sms": {"url": sms_url, "token": "sms-token", "allow_private": True} if sms_url else {}},
+           "secrets": dict(TOKENS)}
+    return validate(raw, {})
+
+
+@pytest.fixture
+async def app_ctx(dstore: Store, directory, receiver, sms_gateway) -> AsyncIterator[tuple[AppContext, str]]:
+    app = web.Application()
+    ctx = AppContext(settings=settings_for(receiver.url, sms_gateway.url), directory=directory, store=dstore,
+                     clock=dstore.clock, http=app)
+    ctx.replies.register("email", RecordingReplies())
+    ctx.shared["services"] = service.build(ctx)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield ctx, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+    for svc in ctx.shared["services"]:
+        if isinstance(svc, DeliverySender):
+            await svc.close()
+        if hasattr(svc, "notifier"):
+            await svc.notifier.sms.close()
+
+
+def workers(ctx: AppContext) -> dict[str, Any]:
+    return {s.name: s for s in ctx.shared["services"]}
+
+
+async def pump(ctx: AppContext) -> None:
+    """Run every stage of the dispatch component until nothing is left to do now."""
+    svc = workers(ctx)
+    for _ in range(10):
+        n = await svc["dispatch"].worker.run_once() + await svc["dispatch-notify"].worker.run_once()
+        n += await svc["dispatch-delivery"].run_once()
+        if not n:
+            return
+
+
+async def dispatch_job(store: Store, report_id: int, incident: str) -> None:
+    async with store.transaction() as tx:
+        await tx.enqueue("dispatch", report_id, {"incident_id": incident})
+
+
+async def answer(base: str, token: str | None, case_id: str, body: dict[str, Any], idem: str | None = None
+                 ) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if idem:
+        headers["Idempotency-Key"] = idem
+    async with aiohttp.ClientSession() as s, s.post(f"{base}/api/v1/agency/cases/{case_id}/answers", json=body,
+                                                    headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_case_lifecycle_every_reporter_gets_ack_or_result(app_ctx, receiver, sms_gateway):
+    ctx, base = app_ctx
+    store = ctx.store
+    first = await seed_report(store, incident_id="INC-000042")
+    await dispatch_job(store, first, "INC-000042")
+    await pump(ctx)
+    case = await store.fetchone("SELECT * FROM cases")
+    assert case["id"] == "CASE-000042" and case["agency"] == "sawaco"
+    assert (await store.get_report(first)).status == "dispatched"
+    assert len(receiver.accepted) == 1
+    replies = ctx.replies.get("email").sent
+    assert replies[0][0] == first and "CASE-000042" in replies[0][1]
+    assert f"https://1022.example.vn/cases/{case['token']}" in replies[0][1]
+
+    # A second reporter of the same incident, by phone: joined by dedupe as a duplicate.
+    second = await seed_report(store, incident_id="INC-000042", channel="phone", status="duplicate",
+                               reporter=Reporter(phone="0907654321"))
+    status, body = await answer(base, TOKENS["agency.sawaco"], case["id"],
+                                {"kind": "resolved", "note": "Đã thay đoạn ống bị vỡ", "photos": [
+                                    {"content_type": "image/jpeg", "data": "aGVsbG8="}]})
+    assert status == 201 and body["state"] == "resolved"
+    await pump(ctx)
+    assert (await store.get_report(second)).status == "closed"
+    assert any(rid == first and "đã được" in text and "xử lý xong" in text for rid, text in replies)
+    # The phone reporter gets the result by SMS (only the result: their acknowledgement came from dedupe).
+    (sms,) = sms_gateway.messages
+    assert sms["to"] == "0907654321" and "Đã thay đoạn ống bị vỡ" in sms["text"] and case["token"] in sms["text"]
+    # The reporter rates the handling through the lookup link's token.
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{base}/api/v1/cases/{case['token']}/rating", json={"score": 6}) as resp:
+            assert resp.status == 422
+        async with s.post(f"{base}/api/v1/cases/{case['token']}/rating", json={"score": 4}) as resp:
+            assert resp.status == 201
+        async with s.get(f"{base}/api/v1/cases/{case['token']}") as resp:
+            public = await resp.json()
+        async with s.get(f"{base}/cases/{case['token']}") as resp:
+            page = await resp.text()
+    assert public["state"] == "resolved" and "Nguyễn" not in json.dumps(public, ensure_ascii=False)
+    assert "Đã xử lý xong" in page
+    assert (await store.fetchone("SELECT score FROM ratings"))["score"] == 4
+    # Answers after closing are refused.
+    status, _ = await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "verified"})
+    assert status == 409
+
+
+async def test_answer_api_authentication(app_ctx):
+    ctx, base = app_ctx
+    rid = await seed_report(ctx.store, incident_id="INC-000001")
+    await dispatch_job(ctx.store, rid, "INC-000001")
+    await pump(ctx)
+    assert (await answer(base, None, "CASE-000001", {"kind": "acknowledged"}))[0] == 401
+    assert (await answer(base, "wrong", "CASE-000001", {"kind": "acknowledged"}))[0] == 401
+    assert (await answer(base, TOKENS["agency.thoat-nuoc"], "CASE-000001", {"kind": "acknowledged"}))[0] == 403
+    assert (await answer(base, TOKENS["agency.sawaco"], "CASE-999999", {"kind": "acknowledged"}))[0] == 404
+    assert (await answer(base, TOKENS["agency.sawaco"], "CASE-000001", {"kind": "dance"}))[0] == 422
+    ok = await answer(base, TOKENS["agency.sawaco"], "CASE-000001", {"kind": "acknowledged"}, idem="a1")
+    again = await answer(base, TOKENS["agency.sawaco"], "CASE-000001", {"kind": "acknowledged"}, idem="a1")
+    assert ok[0] == 201 and again[0] == 200 and again[1]["duplicate"]
+    assert (await ctx.store.fetchone("SELECT COUNT(*) AS n FROM answers"))["n"] == 1
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/api/v1/agency/cases",
+                                                   headers={"Authorization": "Bearer tok-sawaco-123"}) as resp:
+        listed = await resp.json()
+    assert [c["case_id"] for c in listed["cases"]] == ["CASE-000001"]
+
+
+async def test_returned_case_is_rerouted_to_next_candidate_then_operators(app_ctx, receiver):
+    ctx, base = app_ctx
+    cands = (Candidate(topic="water_supply", agency="sawaco", score=0.6),
+             Candidate(topic="drainage", agency="thoat-nuoc", score=0.3))
+    rid = await seed_report(ctx.store, incident_id="INC-000005", candidates=cands,
+                            reporter=Reporter(name="Trần Thị Bảo Mật", phone="0911222333", confidential=True))
+    await dispatch_job(ctx.store, rid, "INC-000005")
+    await pump(ctx)
+    first = next(iter(receiver.accepted.values()))["data"]
+    assert first["reporter"] == {"confidential": True} and "0911222333" not in json.dumps(first)
+    status, body = await answer(base, TOKENS["agency.sawaco"], "CASE-000005",
+                                {"kind": "returned", "reason": "Cống thoát nước, không phải ống cấp nước"})
+    assert status == 201 and body["agency"] == "thoat-nuoc"
+    await pump(ctx)
+    rerouted = [b["data"] for b in receiver.accepted.values() if b["type"] == "case.rerouted"]
+    assert len(rerouted) == 1 and rerouted[0]["return_reason"].startswith("Cống thoát nước")
+    # thoat-nuoc is authorised by config to see confidential reporters.
+    assert rerouted[0]["reporter"]["phone"] == "0911222333"
+    misroute = await ctx.store.fetchone("SELECT state FROM deadlines WHERE kind='return_misroute'")
+    assert misroute["state"] == "met"
+    status, body = await answer(base, TOKENS["agency.thoat-nuoc"], "CASE-000005",
+                                {"kind": "returned", "reason": "Không thuộc thẩm quyền"})
+    assert body["agency"] == "van-hanh-1022"
+    guidance = await ctx.store.fetchone("SELECT due_at - started_at AS span FROM deadlines"
+                                        " WHERE kind='operator_guidance' AND state='open'")
+    assert guidance["span"] == 3600
+    # The operator unit guides: it reassigns the case to a named agency.
+    status, body = await answer(base, TOKENS["agency.van-hanh-1022"], "CASE-000005",
+                                {"kind": "reassigned", "agency": "ubnd-quan-1"})
+    assert status == 201 and body["agency"] == "ubnd-quan-1"
+    assert (await ctx.store.fetchone("SELECT state FROM deadlines WHERE kind='operator_guidance'"))["state"] == "met"
+
+
+async def test_clocks_warn_then_escalate_and_show_overdue(app_ctx):
+    ctx, base = app_ctx
+    store, clock = ctx.store, ctx.store.clock
+    rid = await seed_report(store, incident_id="INC-000009")
+    await dispatch_job(store, rid, "INC-000009")
+    await svc_dispatch(ctx)  # recorded but not delivered yet: the 5-minute forwarding clock runs
+    clock.advance(60)
+    assert (await tick(store)).warned == 1  # forward: warned 5 min ahead = at once (min lead)
+    clock.advance(300)
+    assert (await tick(store)).escalated == 1
+    assert [o.kind for o in await overdue(store)] == ["forward"]
+    await pump(ctx)  # delivered late: met_late, no longer overdue
+    assert await overdue(store) == []
+    assert (await store.fetchone("SELECT state FROM deadlines WHERE kind='forward'"))["state"] == "met_late"
+    # Site check (2 h) and fix (2 h): verified meets the site check; the fix clock escalates.
+    await answer(base, TOKENS["agency.sawaco"], "CASE-000009", {"kind": "verified"})
+    clock.advance(2 * 3600)
+    result = await tick(store)
+    assert result.escalated == 1
+    assert [(o.case_id, o.kind) for o in await overdue(store)] == [("CASE-000009", "fix")]
+    escalations = await store.fetchall("SELECT data FROM events WHERE kind='deadline_escalation'")
+    assert [json.loads(e["data"])["deadline"] for e in escalations] == ["forward", "fix"]
+    assert await tick(store) == type(result)(0, 0)  # each fires once
+    code = await dispatch_cli(store, ctx.settings, ["overdue"])
+    assert code == 0
+
+
+async def svc_dispatch(ctx: AppContext) -> None:
+    assert await workers(ctx)["dispatch"].worker.run_once() == 1
+
+
+async def test_email_reply_from_the_agency_applies_the_answer(app_ctx):
+    ctx, _ = app_ctx
+    rid = await seed_report(ctx.store, incident_id="INC-000011")
+    await dispatch_job(ctx.store, rid, "INC-000011")
+    await pump(ctx)
+    row = await ctx.store.fetchone("SELECT msg_id FROM deliveries")
+    kwargs = dict(subject="Re: phản ánh", in_reply_to=f"<{row['msg_id']}@1022.tphcm.gov.vn>",
+                  body="Đã rào chắn tạm, đặt biển báo.\n\n> nội dung cũ", message_id="<r1@sawaco>")
+    stranger = await apply_email_reply(ctx.store, ctx.settings, from_addr="ke-la@example.com", **kwargs)
+    assert stranger.status == "unauthorised"
+    # The operator unit's mailbox is allowed to answer any case; sawaco has only a webhook here.
+    ok = await apply_email_reply(ctx.store, ctx.settings, from_addr="Vận hành <vanhanh@1022.example.vn>", **kwargs)
+    assert ok.status == "applied" and ok.kind == "safety_measures"
+    again = await apply_email_reply(ctx.store, ctx.settings, from_addr="vanhanh@1022.example.vn", **kwargs)
+    assert again.status == "duplicate"
+    fix = await ctx.store.fetchone("SELECT due_at - started_at AS span FROM deadlines WHERE kind='fix'")
+    assert fix["span"] == 8 * 3600
+    none = await apply_email_reply(ctx.store, ctx.settings, from_addr="vanhanh@1022.example.vn",
+                                   subject="hello", body="Đã xử lý xong")
+    assert none.status == "unmatched"
+
+
+async def test_english_report_gets_english_messages(app_ctx):
+    ctx, _ = app_ctx
+    rid = await seed_report(ctx.store, incident_id="INC-000012", language="en",
+                            text="Burst water pipe on Le Loi street, water everywhere.")
+    await dispatch_job(ctx.store, rid, "INC-000012")
+    await pump(ctx)
+    ((_, text),) = ctx.replies.get("email").sent
+    assert text.startswith("HCMC 1022 portal: we have received your report (ref. CASE-000012)")
+    assert "Saigon Water" in text or "Water" in text
+
+
+async def test_dispatch_is_idempotent_and_outbox_is_atomic_with_the_case(app_ctx):
+    ctx, _ = app_ctx
+    rid = await seed_report(ctx.store, incident_id="INC-000013")
+    other = await seed_report(ctx.store, incident_id="INC-000013")
+    await dispatch_job(ctx.store, rid, "INC-000013")
+    await dispatch_job(ctx.store, rid, "INC-000013")
+    await dispatch_job(ctx.store, other, "INC-000013")
+    await workers(ctx)["dispatch"].worker.run_once()
+    assert (await ctx.store.fetchone("SELECT COUNT(*) AS n FROM cases"))["n"] == 1
+    assert (await ctx.store.fetchone("SELECT COUNT(*) AS n FROM deliveries"))["n"] == 1
+    assert (await ctx.store.get_report(other)).status == "duplicate"
+    notify = [json.loads(r["payload"])["template"] for r in
+              await ctx.store.fetchall("SELECT payload FROM jobs WHERE stage='notify' ORDER BY id")]
+    assert notify == ["ack", "duplicate_ack"]
+
+
+async def test_route_mode_records_cases_and_sends_nothing(dstore, directory, receiver):
+    app = web.Application()
+    ctx = AppContext(settings=settings_for(receiver.url), directory=directory, store=dstore, clock=dstore.clock,
+                     http=app, route_mode=True)
+    services = service.build(ctx)
+    assert [s.name for s in services] == ["dispatch"]
+    rid = await seed_report(dstore, incident_id="INC-000020")
+    await dispatch_job(dstore, rid, "INC-000020")
+    assert await services[0].worker.run_once() == 1
+    assert (await dstore.fetchone("SELECT state FROM deliveries"))["state"] == "pending"
+    assert receiver.requests == []
+
+
+async def test_unreachable_reporter_is_recorded_not_failed(dstore, directory, receiver):
+    ctx = AppContext(settings=settings_for(receiver.url), directory=directory, store=dstore, clock=dstore.clock,
+                     http=web.Application())
+    svc = {s.name: s for s in service.build(ctx)}
+    rid = await seed_report(dstore, incident_id="INC-000021", channel="app", reporter=Reporter())
+    await dispatch_job(dstore, rid, "INC-000021")
+    await svc["dispatch"].worker.run_once()
+    await svc["dispatch-notify"].worker.run_once()
+    await svc["dispatch-delivery"].close()
+    row = await dstore.fetchone("SELECT state, channel FROM notifications")
+    assert row["state"] == "unreachable"
+    assert (await dstore.get_report(rid)).status == "dispatched"
+
+
+async def test_cli_lists_and_replays_dead_deliveries(dstore, directory, receiver, capsys):
+    receiver.script = ["400"]
+    settings = settings_for(receiver.url)
+    ctx = AppContext(settings=settings, directory=directory, store=dstore, clock=dstore.clock,
+                     http=web.Application())
+    svc = {s.name: s for s in service.build(ctx)}
+    rid = await seed_report(dstore, incident_id="INC-000030")
+    await dispatch_job(dstore, rid, "INC-000030")
+    await svc["dispatch"].worker.run_once()
+    await svc["dispatch-delivery"].run_once()
+    assert await dispatch_cli(dstore, settings, ["deliveries", "--dead"]) == 0
+    assert "HTTP 400" in capsys.readouterr().out
+    assert await dispatch_cli(dstore, settings, ["replay-deliveries"]) == 0
+    await svc["dispatch-delivery"].run_once()
+    await svc["dispatch-delivery"].close()
+    assert (await dstore.fetchone("SELECT state FROM deliveries"))["state"] == "delivered"
+    assert len({r["headers"]["webhook-id"] for r in receiver.requests}) == 1
