@@ -1,0 +1,283 @@
+"""The `dedupe` stage: give every routed or in-review report an incident, and decide dispatch or duplicate.
+
+Contract (see the pipeline notes in the README):
+- a report matching an open incident gets that incident, status `duplicate` and a `notify` job
+  {"template": "duplicate_ack", "incident_id"}; a `review` report keeps status `review` but still joins;
+- the first report of a new incident, when `routed`, gets a `dispatch` job {"incident_id"}; a `routed`
+  report joining an incident that has no case yet (its first report is still in review) triggers it;
+- re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
+  incident has no case yet, else `duplicate` + `duplicate_ack`.
+Jobs are handled one at a time in queue order and the window index is updated after each commit, so
+matching a report sees every earlier one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, OrderedDict
+from typing import Any
+
+from ingest.app import AppContext, Service
+from ingest.errors import TransientError
+from ingest.records import Classification, Job, Place, from_json
+from ingest.store import Store, StoredReport, Tx
+from ingest.worker import StageWorker, WorkerSettings
+
+from . import policy
+from .index import DAY, VectorWindow, decode_vector
+from .text import extract
+
+log = logging.getLogger(__name__)
+
+STAGE = "dedupe"
+SEARCH_K = 64  # candidates fetched from the index; the policy then judges each one
+MATCH_STATUSES = ("routed", "review")
+VIEW_CACHE = 50_000
+
+
+def incident_id_for(seq: int) -> str:
+    return f"INC-{seq:06d}"
+
+
+class IncidentMatcher:
+    """The in-memory side of the stage: vector window, word rarity over the window, report views."""
+
+    def __init__(self, store: Store, window_days: float = 7.0, threshold: float = policy.DEFAULT_THRESHOLD) -> None:
+        self.store = store
+        self.window_days = window_days
+        self.threshold = threshold
+        self.index: VectorWindow | None = None  # created on the first vector (its dimension decides)
+        self._views: OrderedDict[int, policy.ReportView] = OrderedDict()
+        self._df: Counter[str] = Counter()
+        self._df_by_day: dict[int, Counter[str]] = {}
+        self._docs_by_day: Counter[int] = Counter()
+
+    # -- building -----------------------------------------------------------------------------
+    async def rebuild(self) -> int:
+        """Load the window from the store: every report with an incident, newest day last."""
+        row = await self.store.fetchone(
+            "SELECT MAX(r.received_at) AS t FROM reports r JOIN incident_reports m ON m.report_id = r.id")
+        if row is None or row["t"] is None:
+            return 0
+        since = row["t"] - self.window_days * DAY
+        rows = await self.store.fetchall(
+            "SELECT r.id, r.received_at, r.record, r.classification, r.topic, r.district, e.dim, e.vector"
+            " FROM reports r JOIN incident_reports m ON m.report_id = r.id"
+            " LEFT JOIN embeddings e ON e.report_id = r.id"
+            " WHERE r.received_at >= ? ORDER BY r.received_at, r.id", (since,))
+        for r in rows:
+            view = _view_from_row(r)
+            self.remember(view)
+        return len(rows)
+
+    def remember(self, view: policy.ReportView) -> None:
+        """Add a report that now belongs to an incident to the window (after its commit)."""
+        if view.vector is not None:
+            if self.index is None:
+                self.index = VectorWindow(view.vector.shape[0], self.window_days)
+            if not self.index.add(view.report_id, view.received_at, view.district, view.vector):
+                return
+        day = int(view.received_at // DAY)
+        grams = view.all_grams()
+        self._df_by_day.setdefault(day, Counter()).update(grams)
+        self._df.update(grams)
+        self._docs_by_day[day] += 1
+        self._cache(view)
+        self._expire(view.received_at)
+
+    def _expire(self, now: float) -> None:
+        oldest = now - self.window_days * DAY
+        if self.index is not None:
+            self.index.expire(now)
+        for day in [d for d in self._df_by_day if (d + 1) * DAY <= oldest]:
+            self._df.subtract(self._df_by_day.pop(day))
+            self._docs_by_day.pop(day, None)
+            self._df += Counter()  # drop zero counts so the counter does not grow forever
+
+    def _cache(self, view: policy.ReportView) -> None:
+        self._views[view.report_id] = view
+        self._views.move_to_end(view.report_id)
+        while len(self._views) > VIEW_CACHE:
+            self._views.popitem(last=False)
+
+    # -- matching -----------------------------------------------------------------------------
+    async def match(self, view: policy.ReportView) -> policy.Match:
+        if self.index is None or view.vector is None:
+            return policy.Match(None, 0.0, None, "no_candidates")
+        hits = self.index.search(view.vector, view.district, SEARCH_K, view.received_at)
+        ids = [h.report_id for h in hits if h.report_id != view.report_id]
+        if not ids:
+            return policy.Match(None, 0.0, None, "no_candidates")
+        incident_of = await self._incidents_of(ids)
+        views = await self._views_of([i for i in ids if i in incident_of])
+        own = view.all_grams()
+        n_docs = sum(self._docs_by_day.values()) + 1
+        rarity = policy.rarity_from(lambda g: self._df.get(g, 0) + (g in own), n_docs)
+        candidates = [(views[i], incident_of[i]) for i in ids if i in views]
+        return policy.decide(view, candidates, rarity, self.threshold)
+
+    async def _incidents_of(self, ids: list[int]) -> dict[int, str]:
+        # Read from the store every time: an operator's merge or split (another process) moves reports.
+        marks = ",".join("?" * len(ids))
+        rows = await self.store.fetchall(
+            f"SELECT m.report_id, m.incident_id FROM incident_reports m JOIN incidents i ON i.id = m.incident_id"
+            f" WHERE m.report_id IN ({marks}) AND i.state = 'open'", ids)
+        return {r["report_id"]: r["incident_id"] for r in rows}
+
+    async def _views_of(self, ids: list[int]) -> dict[int, policy.ReportView]:
+        out = {i: self._views[i] for i in ids if i in self._views}
+        missing = [i for i in ids if i not in out]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            rows = await self.store.fetchall(
+                "SELECT r.id, r.received_at, r.record, r.classification, r.topic, r.district, e.dim, e.vector"
+                f" FROM reports r LEFT JOIN embeddings e ON e.report_id = r.id WHERE r.id IN ({marks})", missing)
+            for r in rows:
+                view = _view_from_row(r)
+                self._cache(view)
+                out[view.report_id] = view
+        return out
+
+
+def _view_from_row(row: Any) -> policy.ReportView:
+    record = json.loads(row["record"])
+    place = Place()
+    topic, district = row["topic"], row["district"]
+    if row["classification"]:
+        cls = from_json(Classification, row["classification"])
+        place = cls.place or Place()
+        topic = topic or cls.topic
+        district = district or place.district
+    if place.lat is None and record.get("lat") is not None:
+        # The reporter's GPS fix, when the classifier kept no coordinates.
+        place = Place(district=place.district, ward=place.ward, street=place.street, landmark=place.landmark,
+                      house_number=place.house_number, lat=record.get("lat"), lon=record.get("lon"),
+                      source=place.source or "gps")
+    vector = decode_vector(row["vector"], row["dim"]) if row["vector"] is not None else None
+    text = " ".join(x for x in (record.get("subject"), record.get("text")) if x)
+    return policy.ReportView(report_id=row["id"], received_at=row["received_at"], topic=topic, district=district,
+                             text=extract(text), place=place, vector=vector)
+
+
+async def load_view(store: Store, report_id: int) -> policy.ReportView | None:
+    row = await store.fetchone(
+        "SELECT r.id, r.received_at, r.record, r.classification, r.topic, r.district, e.dim, e.vector"
+        " FROM reports r LEFT JOIN embeddings e ON e.report_id = r.id WHERE r.id = ?", (report_id,))
+    return _view_from_row(row) if row is not None else None
+
+
+def _place_summary(place: Place) -> str:
+    summary = {k: getattr(place, k) for k in ("ward", "street", "landmark", "house_number", "lat", "lon")
+               if getattr(place, k) is not None}
+    return json.dumps(summary, ensure_ascii=False)
+
+
+async def new_incident(tx: Tx, view: policy.ReportView) -> str:
+    """Open an incident whose first report is `view` (inside the caller's transaction)."""
+    row = await tx.fetchone("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM incidents")
+    seq = int(row["seq"]) if row is not None else 1
+    incident_id = incident_id_for(seq)
+    await tx.execute(
+        "INSERT INTO incidents(id, seq, first_report_id, topic, district, place, created_at, last_report_at)"
+        " VALUES (?,?,?,?,?,?,?,?)",
+        (incident_id, seq, view.report_id, view.topic, view.district, _place_summary(view.place),
+         view.received_at, view.received_at))
+    return incident_id
+
+
+async def join_incident(tx: Tx, report_id: int, incident_id: str, received_at: float, *, score: float = 1.0,
+                        matched_report: int | None = None, how: str = "auto") -> None:
+    now = tx.store.clock.now()
+    await tx.execute(
+        "INSERT INTO incident_reports(report_id, incident_id, joined_at, score, matched_report, how)"
+        " VALUES (?,?,?,?,?,?) ON CONFLICT(report_id) DO UPDATE SET incident_id=excluded.incident_id,"
+        " joined_at=excluded.joined_at, score=excluded.score, matched_report=excluded.matched_report,"
+        " how=excluded.how",
+        (report_id, incident_id, now, score, matched_report, how))
+    await tx.execute("UPDATE reports SET incident_id=?, updated_at=? WHERE id=?", (incident_id, now, report_id))
+    await tx.execute("UPDATE incidents SET last_report_at=MAX(last_report_at, ?) WHERE id=?",
+                     (received_at, incident_id))
+
+
+async def route_member(tx: Tx, report_id: int, incident_id: str, status: str) -> str:
+    """Dispatch or acknowledge a member report by the contract; returns what was done."""
+    now = tx.store.clock.now()
+    if status != "routed":
+        return "held_for_review"
+    row = await tx.fetchone("SELECT dispatch_report_id FROM incidents WHERE id=?", (incident_id,))
+    if row is not None and row["dispatch_report_id"] is None:
+        await tx.execute("UPDATE incidents SET dispatch_report_id=? WHERE id=?", (report_id, incident_id))
+        await tx.enqueue("dispatch", report_id, {"incident_id": incident_id})
+        return "dispatch"
+    await tx.execute("UPDATE reports SET status='duplicate', updated_at=? WHERE id=?", (now, report_id))
+    await tx.enqueue("notify", report_id, {"template": "duplicate_ack", "incident_id": incident_id})
+    return "duplicate"
+
+
+class DedupeStage:
+    """Handler of the `dedupe` queue; one instance per daemon (writes must stay serialised)."""
+
+    def __init__(self, store: Store, matcher: IncidentMatcher) -> None:
+        self.store = store
+        self.matcher = matcher
+
+    async def handle(self, job: Job, report: StoredReport) -> Any:
+        if report.status not in MATCH_STATUSES:
+            log.info("dedupe: report %d has status %s, nothing to do", report.id, report.status)
+            return None
+        status = report.status
+        existing = await self.store.fetchone("SELECT incident_id FROM incident_reports WHERE report_id=?",
+                                             (report.id,))
+        if existing is not None:
+            # After review (or a replayed job): the report keeps its incident; only routing is decided.
+            incident_id = existing["incident_id"]
+
+            async def reroute(tx: Tx) -> None:
+                done = await route_member(tx, report.id, incident_id, status)
+                await tx.event(report.id, "incident_routed", "dedupe", {"incident_id": incident_id, "action": done,
+                                                                       "after_review": bool(job.payload.get("after_review"))})
+            return reroute
+
+        view = await load_view(self.store, report.id)
+        if view is None:
+            raise TransientError("report row vanished")
+        match = await self.matcher.match(view)
+
+        async def writes(tx: Tx) -> None:
+            if match.incident_id is not None:
+                incident_id = match.incident_id
+                await join_incident(tx, report.id, incident_id, view.received_at, score=match.score,
+                                    matched_report=match.matched_report)
+            else:
+                incident_id = await new_incident(tx, view)
+                await join_incident(tx, report.id, incident_id, view.received_at)
+            done = await route_member(tx, report.id, incident_id, status)
+            await tx.event(report.id, "incident", "dedupe", {
+                "incident_id": incident_id, "new": match.incident_id is None, "score": round(match.score, 4),
+                "matched_report": match.matched_report, "action": done})
+            tx.after_commit(lambda: self.matcher.remember(view))
+        return writes
+
+
+class DedupeService:
+    name = "dedupe"
+
+    def __init__(self, ctx: AppContext) -> None:
+        cfg = ctx.settings.dedupe
+        q = ctx.settings.queue
+        self.store = ctx.store
+        self.matcher = IncidentMatcher(ctx.store, cfg.window_days, cfg.match_threshold)
+        self.stage = DedupeStage(ctx.store, self.matcher)
+        # The worker handles jobs one by one in lease order: each match must see the commit before it.
+        self.worker = StageWorker(ctx.store, STAGE, self.stage.handle,
+                                  WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds,
+                                                 max_attempts=q.max_attempts))
+
+    async def run(self) -> None:
+        loaded = await self.matcher.rebuild()
+        log.info("dedupe: window rebuilt from the store with %d reports", loaded)
+        await self.worker.run()
+
+
+def build(ctx: AppContext) -> list[Service]:
+    return [DedupeService(ctx)]

@@ -1,0 +1,138 @@
+"""Place and wording features computed by dedupe itself from a report's folded text (pure, no I/O).
+
+The classifier gives a canonical Place, but it is right only most of the time and says nothing about the
+words two reporters share. Here we fold the text, expand the abbreviations Saigon reporters use for streets
+and districts ("CMT8", "3/2", "Q5", "P.13"), spell out spoken numbers after "quận/phường/hẻm" (phone
+transcripts say "quận mười"), and pull out the tokens that pin a place: alley and house numbers, street
+names after "đường/ngã tư", and word n-grams that later get weighted by how rare they are in the window.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ingest.text import fold
+
+# Common abbreviations of HCMC streets and admin words, folded. Street names spell the full form so that
+# "CMT8 - DBP" and "Cách Mạng Tháng Tám, Điện Biên Phủ" share tokens.
+ABBREVIATIONS: dict[str, str] = {
+    "cmt8": "cach mang thang tam",
+    "cmtt": "cach mang thang tam",
+    "dbp": "dien bien phu",
+    "3/2": "ba thang hai",
+    "3-2": "ba thang hai",
+    "30/4": "ba muoi thang tu",
+    "adv": "an duong vuong",
+    "htp": "huynh tan phat",
+    "nvl": "nguyen van linh",
+    "nkkn": "nam ky khoi nghia",
+    "ntmk": "nguyen thi minh khai",
+    "xvnt": "xo viet nghe tinh",
+    "pvd": "pham van dong",
+    "nhc": "nguyen huu canh",
+    "ltk": "ly thuong kiet",
+    "ql": "quoc lo",
+    "ql1": "quoc lo 1",
+    "ql1a": "quoc lo 1",
+    "ql13": "quoc lo 13",
+    "ql22": "quoc lo 22",
+    "kcn": "khu cong nghiep",
+    "gv": "go vap",
+    "bt": "binh thanh",
+    "tb": "tan binh",
+    "pn": "phu nhuan",
+    "hcm": "ho chi minh",
+    "tphcm": "ho chi minh",
+    "sg": "sai gon",
+}
+
+_NUMBER_WORDS = {
+    "mot": "1", "hai": "2", "ba": "3", "bon": "4", "tu": "4", "nam": "5", "sau": "6", "bay": "7", "tam": "8",
+    "chin": "9", "muoi": "10",
+}
+# Words after which a number names a place unit (district, ward, alley, street number).
+_UNIT_WORDS = {"quan": "quan", "q": "quan", "phuong": "phuong", "p": "phuong", "hem": "hem", "kiet": "hem",
+               "ngo": "hem", "so": "so", "khu pho": "kp", "kp": "kp", "to": "to", "ap": "ap", "tuyen": "tuyen"}
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:/[a-z0-9]+)*")
+_UNIT_NUM = re.compile(r"^(q|p)(\d{1,2})$")
+_HOUSE = re.compile(r"^\d+[a-z]?(?:/\d+[a-z]?)+$")  # 83/16/4, 25/3A
+
+# Words too common in reports to say anything about the place or the problem.
+STOPWORDS = frozenset("""
+a ad ai alo anh ba bac ban bao bi bo cac cai can cha chi cho chu co con cua da dang day de den di do doan
+duoc duong em gan gi gio giup gium gui hay het hien ho hoi hom hon kinh khi khong ko la lai lam len luc luon
+ma may minh mn mong moi mot muon nao nay ne nen neu nha nhe nho nhu nhung nua o oi ong qua quy rat roi ra
+sang se sao sau so ta tai the thi thay toi tong tren trong tu tui va vao vay ve vi voi vui xin xong da dai
+the of the a an and is in on at to for it this that there i we our my please
+""".split())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextFeatures:
+    """What dedupe reads from one report's text."""
+
+    tokens: tuple[str, ...]  # folded, abbreviations expanded, spoken unit numbers spelled as digits
+    grams: frozenset[str]  # content word uni- and bigrams (stopwords dropped), weighted later by rarity
+    numbers: frozenset[str]  # place numbers: "hem 25", "so 17", "83/16/4", "quan 5", "phuong 13"
+
+
+def tokenize(text: str) -> list[str]:
+    raw = _TOKEN.findall(fold(text).replace("đ", "d"))
+    out: list[str] = []
+    for tok in raw:
+        if tok in ABBREVIATIONS:
+            out.extend(ABBREVIATIONS[tok].split())
+            continue
+        m = _UNIT_NUM.match(tok)
+        if m:
+            out.extend(("quan" if m.group(1) == "q" else "phuong", m.group(2)))
+            continue
+        out.append(tok)
+    # "quan muoi" / "phuong muoi ba" / "hem hai lam" -> digits, only right after a unit word so that
+    # "nam" (year, south) or "ba" (mother, three) elsewhere stay words.
+    spelled: list[str] = []
+    i = 0
+    while i < len(out):
+        tok = out[i]
+        spelled.append(tok)
+        i += 1
+        if tok in ("quan", "phuong", "hem") and i < len(out) and out[i] in _NUMBER_WORDS:
+            value, i = _read_number(out, i)
+            spelled.append(str(value))
+    return spelled
+
+
+def _read_number(tokens: list[str], i: int) -> tuple[int, int]:
+    """Read a spoken Vietnamese number up to 99 ("muoi ba" 13, "hai muoi hai" 22)."""
+    first = tokens[i]
+    i += 1
+    if first == "muoi":
+        if i < len(tokens) and tokens[i] in _NUMBER_WORDS and tokens[i] != "muoi":
+            unit = int(_NUMBER_WORDS[tokens[i]])
+            return 10 + unit, i + 1
+        return 10, i
+    value = int(_NUMBER_WORDS[first])
+    if i < len(tokens) and tokens[i] == "muoi":
+        i += 1
+        value *= 10
+        if i < len(tokens) and tokens[i] in _NUMBER_WORDS and tokens[i] != "muoi":
+            value += int(_NUMBER_WORDS[tokens[i]])
+            i += 1
+    return value, i
+
+
+def extract(text: str) -> TextFeatures:
+    tokens = tokenize(text)
+    # Unigrams without stopwords; bigrams over the full sequence, since street names are made of common
+    # syllables ("hồ thị kỷ" -> "ho thi", "thi ky"); rarity weighting later discounts the generic ones.
+    grams = {t for t in tokens if t not in STOPWORDS and not t.isdigit()}
+    grams.update(f"{a} {b}" for a, b in zip(tokens, tokens[1:])
+                 if not (a in STOPWORDS and b in STOPWORDS) and not (a.isdigit() and b.isdigit()))
+    numbers: set[str] = set()
+    for i, tok in enumerate(tokens):
+        if _HOUSE.match(tok):
+            numbers.add(tok)
+        elif tok in ("hem", "so", "quan", "phuong") and i + 1 < len(tokens) and tokens[i + 1][:1].isdigit():
+            numbers.add(f"{tok} {tokens[i + 1]}")
+    return TextFeatures(tokens=tuple(tokens), grams=frozenset(grams), numbers=frozenset(numbers))
