@@ -177,10 +177,10 @@ class TelegramChannel:
                     tg.create_task(self.poll_forever())
                 tg.create_task(self._outbox_forever())
                 tg.create_task(self._sweep_forever())
-        except AuthError as exc:
+        except* AuthError as group:
             # Credentials rejected: stop this adapter and say so once, no hot retry loop.
-            self.stopped_reason = str(exc)
-            log.error("telegram %s stopped: %s", self.instance, exc)
+            self.stopped_reason = str(group.exceptions[0])
+            log.error("telegram %s stopped: %s", self.instance, self.stopped_reason)
         finally:
             self.accepting = False
             await self.close()

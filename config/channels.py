@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class ChannelEntry(BaseModel):
@@ -66,6 +66,14 @@ class TelegramOptions(ChannelOptions):
     max_photo_bytes: int = Field(10 * 1024 * 1024, gt=0)
     dialogue: bool = True  # ask for a missing place / phone before filing the report
     dialogue_timeout_seconds: float = Field(1800.0, gt=0)  # then file it with what we have
+
+    @field_validator("bot_token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr) -> SecretStr:
+        head, sep, rest = value.get_secret_value().partition(":")
+        if not (sep and head.isdigit() and rest):
+            raise ValueError("bot_token must look like <bot id>:<secret> (as BotFather gives it)")
+        return value
 
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> "TelegramOptions":

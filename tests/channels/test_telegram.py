@@ -295,3 +295,21 @@ async def test_the_bot_token_never_reaches_the_log(env: Env, caplog: pytest.LogC
     assert len(await reports(store)) == 1
     logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
     assert TOKEN not in logged and TOKEN.split(":")[1] not in logged
+
+
+async def test_a_rejected_token_stops_the_adapter_without_a_retry_loop(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    env.api.token = "7012345678:revoked-by-botfather"
+    await asyncio.wait_for(ch.run(), 10)  # returns by itself: no hot loop against a revoked token
+    assert ch.stopped_reason == "Telegram rejected the bot token"
+    assert env.api.get_updates_offsets == []
+
+
+def test_config_refuses_a_malformed_token_and_a_webhook_without_secret() -> None:
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="bot id"):
+        TelegramOptions(bot_token="not-a-token")
+    with pytest.raises(ValidationError, match="webhook_secret"):
+        TelegramOptions(bot_token=TOKEN, mode="webhook")
+    assert TOKEN not in repr(TelegramOptions(bot_token=TOKEN))
