@@ -24,7 +24,7 @@ import aiohttp
 from config.dispatch import DispatchConfig, EmailTarget, WebhookTarget
 from ingest.backoff import backoff_delay
 from ingest.errors import PermanentError, TransientError
-from ingest.store import Store
+from ingest.store import Store, Tx
 
 from . import messages, signing
 from .ssrf import BlockedAddress, GuardedResolver, check_url
@@ -110,30 +110,36 @@ class DeliverySender:
         if not rows:
             return 0
         async with asyncio.TaskGroup() as tg:
-            for row in rows:
-                tg.create_task(self._attempt(dict(row)))
+            tasks = [tg.create_task(self._attempt(dict(row))) for row in rows]
+        # One transaction (one fsync) records the whole batch's outcomes.
+        await self._record([t.result() for t in tasks])
         return len(rows)
 
-    async def _attempt(self, row: dict[str, Any]) -> None:
+    async def _attempt(self, row: dict[str, Any]) -> tuple[dict[str, Any], Outcome]:
         key = (row["agency"], row["target"])
         target = self._targets.get(key)
         if target is None:
-            outcome = Outcome("permanent", None, "target no longer configured")
-        else:
-            async with self._sems[key]:
-                if key in self._disabled:  # a 410 arrived while this row waited for its turn
-                    await self._record(row, Outcome("permanent", None, "endpoint disabled (410 Gone)"))
-                    return
-                try:
-                    if isinstance(target, WebhookTarget):
-                        outcome = await self._send_webhook(key, target, row)
-                    else:
-                        outcome = await self._send_email(target, row)
-                except BlockedAddress as exc:
-                    outcome = Outcome("permanent", None, f"SSRF guard: {exc}")
-                if outcome.kind == "gone":
-                    self._disabled.add(key)  # before the next waiter for this endpoint gets the semaphore
-        await self._record(row, outcome)
+            return row, Outcome("permanent", None, "target no longer configured")
+        async with self._sems[key]:
+            if key in self._disabled:  # a 410 arrived while this row waited for its turn
+                return row, Outcome("permanent", None, "endpoint disabled (410 Gone)")
+            try:
+                if isinstance(target, WebhookTarget):
+                    outcome = await self._send_webhook(key, target, row)
+                else:
+                    outcome = await self._send_email(target, row)
+            except BlockedAddress as exc:
+                outcome = Outcome("permanent", None, f"SSRF guard: {exc}")
+            if outcome.kind == "gone":
+                self._disabled.add(key)  # before the next waiter for this endpoint gets the semaphore
+        if outcome.kind == "delivered":
+            if key in self._down:
+                self._down.discard(key)
+                log.info("endpoint %s/%s delivering again", *key)
+        elif outcome.kind == "transient" and key not in self._down:
+            self._down.add(key)
+            log.warning("endpoint %s/%s failing: %s", key[0], key[1], outcome.error)
+        return row, outcome
 
     # -- webhook ---------------------------------------------------------------------------------
     def _session(self, key: tuple[str, str], target: WebhookTarget) -> aiohttp.ClientSession:
@@ -190,61 +196,56 @@ class DeliverySender:
         return Outcome("delivered", 250)
 
     # -- outcomes --------------------------------------------------------------------------------
-    async def _record(self, row: dict[str, Any], outcome: Outcome) -> None:
+    async def _record(self, results: list[tuple[dict[str, Any], Outcome]]) -> None:
         now = self.store.clock.now()
-        key = (row["agency"], row["target"])
-        case = await self.store.fetchone("SELECT report_id, agency FROM cases WHERE id=?", (row["case_id"],))
-        report_id = case["report_id"] if case else None
         async with self.store.transaction() as tx:
-            if outcome.kind == "delivered":
-                cur = await tx.execute(
-                    "UPDATE deliveries SET state='delivered', delivered_at=?, last_status=?, last_error=NULL,"
-                    " lease_until=NULL, updated_at=? WHERE id=? AND state='sending'",
-                    (now, outcome.status, now, row["id"]))
-                if cur.rowcount and case is not None and case["agency"] == row["agency"]:
-                    # Art. 6: the 5-minute forwarding clock stops when the agency has the case.
-                    await tx.execute(
-                        "UPDATE deadlines SET state=CASE WHEN state='missed' THEN 'met_late' ELSE 'met' END,"
-                        " closed_at=? WHERE case_id=? AND agency=? AND kind='forward' AND state IN ('open','missed')",
-                        (now, row["case_id"], row["agency"]))
-                    await tx.event(report_id, "delivered", "dispatch", {"case_id": row["case_id"],
-                                                                        "target": row["target"]})
-                self.sent += 1
-            elif outcome.kind == "transient" and now < row["deadline_at"]:
-                delay = backoff_delay(row["attempts"], base=self.cfg.delivery.backoff_base_seconds,
-                                      cap=self.cfg.delivery.backoff_cap_seconds, retry_after=outcome.retry_after)
-                await tx.execute(
-                    "UPDATE deliveries SET state='retry', next_at=?, last_status=?, last_error=?, lease_until=NULL,"
-                    " updated_at=? WHERE id=? AND state='sending'",
-                    (min(now + delay, row["deadline_at"]), outcome.status, outcome.error, now, row["id"]))
-            else:
-                reason = outcome.error or "failed"
-                if outcome.kind == "transient":
-                    reason = f"delivery deadline passed; last error: {reason}"
-                await tx.execute(
-                    "UPDATE deliveries SET state='dead', last_status=?, last_error=?, lease_until=NULL, updated_at=?"
-                    " WHERE id=? AND state='sending'", (outcome.status, reason, now, row["id"]))
-                alert: dict[str, Any] = {"alert": "delivery_dead", "case_id": row["case_id"], "agency": row["agency"],
-                                         "target": row["target"], "msg_id": row["msg_id"], "error": reason}
-                if outcome.kind == "gone":
-                    self._disabled.add(key)
-                    await tx.execute("INSERT OR REPLACE INTO endpoint_state(agency, target, disabled_at, reason)"
-                                     " VALUES (?,?,?,?)", (row["agency"], row["target"], now, "410 Gone"))
-                    # Everything else queued for the endpoint waits as a dead letter, replayable once re-enabled.
-                    await tx.execute("UPDATE deliveries SET state='dead', last_error='endpoint disabled (410 Gone)',"
-                                     " updated_at=? WHERE agency=? AND target=? AND state IN ('pending','retry')",
-                                     (now, row["agency"], row["target"]))
-                    alert["alert"] = "endpoint_disabled"
-                await tx.event(report_id, "alert", "dispatch", alert)
-                log.warning("delivery %s to %s/%s dead: %s", row["msg_id"], row["agency"], row["target"], reason)
-        if outcome.kind == "delivered":
-            if key in self._down:
-                self._down.discard(key)
-                log.info("endpoint %s/%s delivering again", *key)
-        elif outcome.kind == "transient" and key not in self._down:
-            self._down.add(key)
-            log.warning("endpoint %s/%s failing: %s", key[0], key[1], outcome.error)
+            for row, outcome in results:
+                await self._record_one(tx, row, outcome, now)
 
+    async def _record_one(self, tx: Tx, row: dict[str, Any], outcome: Outcome, now: float) -> None:
+        key = (row["agency"], row["target"])
+        case = await tx.fetchone("SELECT report_id, agency FROM cases WHERE id=?", (row["case_id"],))
+        report_id = case["report_id"] if case else None
+        if outcome.kind == "delivered":
+            cur = await tx.execute(
+                "UPDATE deliveries SET state='delivered', delivered_at=?, last_status=?, last_error=NULL,"
+                " lease_until=NULL, updated_at=? WHERE id=? AND state='sending'",
+                (now, outcome.status, now, row["id"]))
+            if cur.rowcount and case is not None and case["agency"] == row["agency"]:
+                # Art. 6: the 5-minute forwarding clock stops when the agency has the case.
+                await tx.execute(
+                    "UPDATE deadlines SET state=CASE WHEN state='missed' THEN 'met_late' ELSE 'met' END,"
+                    " closed_at=? WHERE case_id=? AND agency=? AND kind='forward' AND state IN ('open','missed')",
+                    (now, row["case_id"], row["agency"]))
+                await tx.event(report_id, "delivered", "dispatch", {"case_id": row["case_id"],
+                                                                    "target": row["target"]})
+            self.sent += 1
+        elif outcome.kind == "transient" and now < row["deadline_at"]:
+            delay = backoff_delay(row["attempts"], base=self.cfg.delivery.backoff_base_seconds,
+                                  cap=self.cfg.delivery.backoff_cap_seconds, retry_after=outcome.retry_after)
+            await tx.execute(
+                "UPDATE deliveries SET state='retry', next_at=?, last_status=?, last_error=?, lease_until=NULL,"
+                " updated_at=? WHERE id=? AND state='sending'",
+                (min(now + delay, row["deadline_at"]), outcome.status, outcome.error, now, row["id"]))
+        else:
+            reason = outcome.error or "failed"
+            if outcome.kind == "transient":
+                reason = f"delivery deadline passed; last error: {reason}"
+            await tx.execute(
+                "UPDATE deliveries SET state='dead', last_status=?, last_error=?, lease_until=NULL, updated_at=?"
+                " WHERE id=? AND state='sending'", (outcome.status, reason, now, row["id"]))
+            alert: dict[str, Any] = {"alert": "delivery_dead", "case_id": row["case_id"], "agency": row["agency"],
+                                     "target": row["target"], "msg_id": row["msg_id"], "error": reason}
+            if outcome.kind == "gone":
+                await tx.execute("INSERT OR REPLACE INTO endpoint_state(agency, target, disabled_at, reason)"
+                                 " VALUES (?,?,?,?)", (*key, now, "410 Gone"))
+                # Everything else queued for the endpoint waits as a dead letter, replayable once re-enabled.
+                await tx.execute("UPDATE deliveries SET state='dead', last_error='endpoint disabled (410 Gone)',"
+                                 " updated_at=? WHERE agency=? AND target=? AND state IN ('pending','retry')",
+                                 (now, *key))
+                alert["alert"] = "endpoint_disabled"
+            await tx.event(report_id, "alert", "dispatch", alert)
+            log.warning("delivery %s to %s/%s dead: %s", row["msg_id"], row["agency"], row["target"], reason)
 
 def build_email(cfg: DispatchConfig, target: EmailTarget, msg_id: str, payload: dict[str, Any],
                 attachments: list[tuple[dict[str, Any], bytes]]) -> EmailMessage:

@@ -102,6 +102,10 @@ class Notifier:
             state, error = "failed", f"gave up: {exc}"
         except PermanentError as exc:
             state, error = "failed", str(exc)
+        except Exception as exc:  # a channel's sender failing oddly: retry, then record; never fail the report
+            if job.attempts < self.max_attempts:
+                raise TransientError(f"reply sender: {type(exc).__name__}") from exc
+            state, error = "failed", f"gave up: {type(exc).__name__}"
         if state != "sent":
             log.info("notify %s for report %d: %s", template, report.id, state)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,5 +186,3 @@ def webhook_cfg(url: str, *, agency: str = "sawaco", secrets: list[str] | None =
     target.update(extra)
     return {agency: {"targets": [target]}}
 
-
-Factory = Callable[..., DispatchConfig]

@@ -19,7 +19,6 @@ from dispatch.delivery import DeliverySender
 from ingest.app import AppContext
 from ingest.records import Candidate, Reporter
 from ingest.store import Store, StoredReport
-from ingest.worker import StageWorker
 
 from .conftest import SECRET_A, seed_report
 
@@ -322,3 +321,20 @@ async def test_cli_lists_and_replays_dead_deliveries(dstore, directory, receiver
     await svc["dispatch-delivery"].close()
     assert (await dstore.fetchone("SELECT state FROM deliveries"))["state"] == "delivered"
     assert len({r["headers"]["webhook-id"] for r in receiver.requests}) == 1
+
+
+async def test_rejected_report_told_the_reason_in_english_by_sms(dstore, directory, receiver, sms_gateway):
+    ctx = AppContext(settings=settings_for(receiver.url, sms_gateway.url), directory=directory, store=dstore,
+                     clock=dstore.clock, http=web.Application())
+    svc = {s.name: s for s in service.build(ctx)}
+    rid = await seed_report(dstore, incident_id=None, channel="sms", language="en", status="rejected",
+                            reporter=Reporter(phone="0912345678"))
+    async with dstore.transaction() as tx:
+        await tx.enqueue("notify", rid, {"template": "rejected", "reason": "abusive language"})
+        await tx.enqueue("notify", rid, {"template": "rejected", "reason": "abusive language"})
+    await svc["dispatch-notify"].worker.run_once()
+    await svc["dispatch-notify"].notifier.sms.close()
+    await svc["dispatch-delivery"].close()
+    (msg,) = sms_gateway.messages  # the repeated job sent nothing twice
+    assert msg["to"] == "0912345678"
+    assert msg["text"] == "HCMC 1022 portal: we cannot accept your message. Reason: abusive language."
