@@ -31,6 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from aiohttp.abc import AbstractAccessLogger  # noqa: E402
+
 import config.loader as config_loader  # noqa: E402
 from config.directory import Directory, load_directory  # noqa: E402
 from config.schema import Settings  # noqa: E402
@@ -57,11 +59,22 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# Components that own tables: name recorded in schema_migrations -> module holding `MIGRATIONS`.
+MIGRATION_SOURCES = {
+    "classifier": "classifier.schema",
+    "dedupe": "dedupe.schema",
+    "dispatch": "dispatch.schema",
+    "console": "console.schema",
+    "ops": "ops.schema",
+    "channels.telegram": "channels.telegram",
+}
+
+
 def collect_migrations() -> dict[str, list[Migration]]:
     migrations: dict[str, list[Migration]] = {}
-    for name in (*COMPONENTS, "channels"):
-        if importlib.util.find_spec(f"{name}.schema") is not None:
-            migrations[name] = importlib.import_module(f"{name}.schema").MIGRATIONS
+    for component, module in MIGRATION_SOURCES.items():
+        if importlib.util.find_spec(module) is not None:
+            migrations[component] = importlib.import_module(module).MIGRATIONS
     return migrations
 
 
@@ -83,6 +96,13 @@ def build_pipeline(ctx: AppContext) -> list[Service]:
             continue
         services.extend(importlib.import_module(f"{name}.service").build(ctx))
     return services
+
+
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Access log without query strings: they carry secrets (Messenger's hub.verify_token) and search terms."""
+
+    def log(self, request: Any, response: Any, time: float) -> None:
+        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
 
 
 class Reclaimer:
@@ -123,7 +143,7 @@ class Generation:
         settings = self.ctx.settings
         pipeline = build_pipeline(self.ctx)
         channels = build_channels(self.ctx)
-        self.runner = web.AppRunner(self.ctx.http, handle_signals=False,
+        self.runner = web.AppRunner(self.ctx.http, handle_signals=False, access_log_class=PathOnlyAccessLogger,
                                     shutdown_timeout=settings.queue.drain_seconds / 2)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.http.host, settings.http.port, reuse_address=True)
