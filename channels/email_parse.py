@@ -197,6 +197,12 @@ class _Walker:
         if len(self.seen) > self.limits.max_parts:
             raise ParseError("too_many_parts")
         ctype = _content_type(part)
+        if ctype.startswith("multipart/") and not part.is_multipart():
+            recovered = _recover_boundary(part)
+            if recovered is not None:
+                self.walk(recovered, depth + 1)
+                return
+            ctype = "text/plain"  # no usable boundary at all: read the body as text
         if part.is_multipart():
             children = part.get_payload()
             if isinstance(children, list):
@@ -230,6 +236,22 @@ class _Walker:
         else:
             text = "\n".join(html_to_text(h) for h in self.html)
         return normalize(text)
+
+
+_BOUNDARY_LINE = re.compile(r"^--([^\s-][^\r\n]{0,69}?)\s*$", re.MULTILINE)
+
+
+def _recover_boundary(part: Message) -> Message | None:
+    """A multipart whose declared boundary never occurs: retry with the first boundary-like line in it."""
+    data = _payload_bytes(part)
+    payload = data.decode("ascii", "surrogateescape")
+    match = _BOUNDARY_LINE.search(payload)
+    if match is None:
+        return None
+    boundary = match.group(1).removesuffix("--")
+    head = f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n'.encode("ascii", "surrogateescape")
+    rebuilt = email.message_from_bytes(head + data, policy=email.policy.compat32)
+    return rebuilt if rebuilt.is_multipart() else None
 
 
 def _prefer_plain(children: list[Message]) -> list[Message]:
