@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.policy
 import shutil
 import smtplib
@@ -285,3 +286,54 @@ async def test_starttls_and_auth(listener: Factory, store: Store, tls_pair: tupl
         assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 0
         await asyncio.to_thread(attempt, smtp.port, "s3cret")
     assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 1
+
+
+async def test_reply_sender_delivers_marked_mail_that_our_listener_would_never_route(listener: Factory,
+                                                                                   store: Store) -> None:
+    """Our answer goes out over real SMTP; were it to loop back into an intake mailbox, it is flagged."""
+    from channels.email_reply import EmailReplySender
+    from config.channels import EmailReplyOptions
+
+    async with listener() as smtp:
+        await asyncio.to_thread(send, smtp.port, mail())
+        report = await store.get_report((await store.fetchone("SELECT id FROM reports"))["id"])
+        assert report is not None
+        # The reporter's address is the listener's recipient here, standing in for their mailbox.
+        report = dataclasses.replace(report, message=dataclasses.replace(
+            report.message, reporter=dataclasses.replace(report.message.reporter, email=RCPT)))
+        sender = EmailReplySender(store, EmailReplyOptions(host="127.0.0.1", port=smtp.port,
+                                                           from_address="1022@1022.hochiminhcity.gov.vn"))
+        try:
+            await sender.send_reply(report, "Cảm ơn bạn, phản ánh đã được chuyển đến UBND quận 7.")
+        finally:
+            sender.close()
+    rows = await store.fetchall("SELECT id, status FROM reports ORDER BY id")
+    assert [r["status"] for r in rows] == ["received", "ignored"]
+    echoed = await store.get_report(rows[1]["id"])
+    assert echoed is not None and "auto_reply" in echoed.message.flags
+    assert echoed.message.text == "Cảm ơn bạn, phản ánh đã được chuyển đến UBND quận 7."
+    sent = await store.fetchall("SELECT data FROM events WHERE kind='email_reply_sent' AND report_id=?", (report.id,))
+    assert len(sent) == 1
+
+
+async def test_reply_sender_maps_a_dead_relay_to_transient(store: Store) -> None:
+    from channels.email_reply import EmailReplySender
+    from config.channels import EmailReplyOptions
+    from ingest.errors import PermanentError, TransientError
+    from ingest.records import InboundMessage, Reporter
+    from ingest.store import StoredReport
+
+    msg = InboundMessage(channel="email", channel_instance="m", idempotency_key="<a@b>",
+                         received_at="2025-03-10T08:00:00+07:00", text="t", reporter=Reporter(email="a@b.vn"))
+    sender = EmailReplySender(store, EmailReplyOptions(host="127.0.0.1", port=1, from_address="x@1022.test",
+                                                       timeout_seconds=2))
+    try:
+        with pytest.raises(TransientError):
+            await sender.send_reply(StoredReport(id=1, message=msg, status="received", classification=None,
+                                                 incident_id=None), "hi")
+        flagged = StoredReport(id=1, message=dataclasses.replace(msg, flags=("auto_reply",)), status="ignored",
+                               classification=None, incident_id=None)
+        with pytest.raises(PermanentError):
+            await sender.send_reply(flagged, "never sent")
+    finally:
+        sender.close()
