@@ -10,7 +10,8 @@ Embedding cosine alone sees the topic, not the place, so the decision combines f
 
 A logistic model with a handful of weights (fit on the first half of the dev month, checked on the second,
 see tests and the report) turns the evidence into a probability. A few rules express the hard negatives the
-regulation's examples call for: far apart on the map, unrelated topics, or more than MAX_GAP_DAYS apart.
+regulation's examples call for: far apart on the map, on two different streets (by the classifier's canonical
+street), or more than MAX_GAP_DAYS apart.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from ingest.records import Place
 
-from .text import TextFeatures
+from .text import TextFeatures, same_street
 
 MAX_GAP_DAYS = 10.0  # the same place and problem this much later is a new incident (a recurrence)
 MAX_DISTANCE_KM = 1.5  # two GPS fixes further apart are two incidents, even on the same long street
@@ -40,14 +41,16 @@ RELATED_TOPICS: frozenset[frozenset[str]] = frozenset(frozenset(p) for p in _REL
 UNGROUPED_TOPICS = frozenset({"abusive", "suggestion", "complaint_denunciation"})
 
 # Logistic weights over PairEvidence.vector(), in FEATURE_NAMES order: an L2-regularised logistic regression
-# (C=1) over every pair of dev reports within the window, gold topic/district. Fit on 1-15 Sep alone it gave
-# the same signs and held-out (16-30 Sep) pairwise F1 0.967. Cosine comes out negative once word overlap and
-# topic are in: among same-topic reports a high cosine mostly means "same kind of problem", which the
-# topic term already counts, while the place is carried by the rare shared words.
-WEIGHTS: tuple[float, ...] = (-2.38, 0.91, 1.74, 2.64, -0.29, -4.36, -2.20, 0.18, -0.03, -0.01)
-BIAS = -3.11
+# (C=1) over every pair of dev reports 1-15 Sep within the window (gold topic/district, IDF over the dev set).
+# The second half of the month (16-30 Sep) was held out: through the real stage it scores pairwise F1 0.967.
+# Cosine comes out negative once word overlap and topic are in: among same-topic reports a high cosine mostly
+# means "the same kind of problem", which the topic term already counts, while the rare shared words carry
+# the place.
+WEIGHTS: tuple[float, ...] = (-2.18, 0.98, 1.87, 2.10, 0.14, -4.07, -1.92, 0.21, -0.13, -0.01, -0.95)
+BIAS = -3.45
 DEFAULT_THRESHOLD = 0.5
 
+MIN_WINDOW = 100  # smallest window whose word shares we trust (see rarity_from)
 FIT_CORPUS = 700  # reports the weights were fit with; rarity is rescaled to that corpus size (see rarity_from)
 
 
@@ -90,8 +93,10 @@ def rarity_from(doc_freq: Callable[[str], int], n_docs: int) -> Rarity:
     The weights were fit with IDF = log((N+1)/(df+0.5)) over N=700 reports. The live window holds anything
     from a handful to 140,000 reports, so we keep the token's document *share* df/N and express it as the
     count it would have in a FIT_CORPUS-sized corpus: the same share gives the same weight at any scale.
+    A window of fewer than MIN_WINDOW reports (a fresh daemon) says little about which words are common,
+    so its shares are taken over MIN_WINDOW reports: words seen there once or twice still count as rare.
     """
-    n = max(1, n_docs)
+    n = max(MIN_WINDOW, n_docs)
 
     def rarity(gram: str) -> float:
         return math.log((FIT_CORPUS + 1) / (FIT_CORPUS * doc_freq(gram) / n + 0.5))
@@ -111,6 +116,7 @@ class PairEvidence:
     number_match: bool  # a shared alley or house number
     number_conflict: bool  # both name alley numbers, none shared
     distance_km: float | None
+    street_conflict: bool = False  # both name streets, and no street is named by both
 
     def vector(self) -> tuple[float, ...]:
         return (
@@ -124,11 +130,12 @@ class PairEvidence:
             float(self.number_match),
             float(self.number_conflict),
             min(self.distance_km, 3.0) if self.distance_km is not None else 0.0,
+            float(self.street_conflict),
         )
 
 
 FEATURE_NAMES = ("cosine", "overlap", "log_shared", "same_topic", "related_topic", "district_conflict",
-                 "log_gap_hours", "number_match", "number_conflict", "distance_km")
+                 "log_gap_hours", "number_match", "number_conflict", "distance_km", "street_conflict")
 
 
 def evidence(new: ReportView, old: ReportView, rarity: Rarity) -> PairEvidence:
@@ -154,7 +161,22 @@ def evidence(new: ReportView, old: ReportView, rarity: Rarity) -> PairEvidence:
         number_match=bool(alleys_a & alleys_b),
         number_conflict=bool(alleys_a and alleys_b and not alleys_a & alleys_b),
         distance_km=_distance_km(new.place, old.place),
+        street_conflict=_street_conflict(new, old),
     )
+
+
+def _streets(view: ReportView) -> list[tuple[str, ...]]:
+    names = list(view.text.streets)
+    if view.place.street:
+        names.append(tuple(view.place.street.split()))
+    return names
+
+
+def _street_conflict(a: ReportView, b: ReportView) -> bool:
+    sa, sb = _streets(a), _streets(b)
+    if not sa or not sb:
+        return False
+    return not any(same_street(x, y) for x in sa for y in sb)
 
 
 def hard_negative(new: ReportView, old: ReportView, ev: PairEvidence) -> str | None:
@@ -165,7 +187,20 @@ def hard_negative(new: ReportView, old: ReportView, ev: PairEvidence) -> str | N
         return "too_far_apart_on_map"
     if new.topic in UNGROUPED_TOPICS or old.topic in UNGROUPED_TOPICS:
         return "ungrouped_topic"
+    if _on_other_streets(new, old):
+        return "different_street"
     return None
+
+
+def _on_other_streets(a: ReportView, b: ReportView) -> bool:
+    """The classifier put the two reports on two different streets and neither text names the other's street
+    (an intersection report names both, so it still joins reports from either street)."""
+    sa, sb = a.place.street, b.place.street
+    if not sa or not sb or sa == sb:
+        return False
+    text_a = f" {' '.join(a.text.tokens)} "
+    text_b = f" {' '.join(b.text.tokens)} "
+    return f" {sb} " not in text_a and f" {sa} " not in text_b
 
 
 def probability(ev: PairEvidence, weights: Sequence[float] | None = None, bias: float | None = None) -> float:

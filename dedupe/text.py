@@ -54,7 +54,8 @@ _NUMBER_WORDS = {
 _UNIT_WORDS = {"quan": "quan", "q": "quan", "phuong": "phuong", "p": "phuong", "hem": "hem", "kiet": "hem",
                "ngo": "hem", "so": "so", "khu pho": "kp", "kp": "kp", "to": "to", "ap": "ap", "tuyen": "tuyen"}
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:/[a-z0-9]+)*")
+_TOKEN = re.compile(r"[a-z0-9]+(?:/[a-z0-9]+)*|[-,;:()|]")
+BREAK = "|"  # punctuation between words: ends a street name, no bigram spans it
 _UNIT_NUM = re.compile(r"^(q|p)(\d{1,2})$")
 _HOUSE = re.compile(r"^\d+[a-z]?(?:/\d+[a-z]?)+$")  # 83/16/4, 25/3A
 
@@ -75,12 +76,15 @@ class TextFeatures:
     tokens: tuple[str, ...]  # folded, abbreviations expanded, spoken unit numbers spelled as digits
     grams: frozenset[str]  # content word uni- and bigrams (stopwords dropped), weighted later by rarity
     numbers: frozenset[str]  # place numbers: "hem 25", "so 17", "83/16/4", "quan 5", "phuong 13"
+    streets: tuple[tuple[str, ...], ...] = ()  # names after "đường" / "ngã tư": ("nguyen", "huu", "canh")
 
 
 def tokenize(text: str) -> list[str]:
     raw = _TOKEN.findall(fold(text).replace("đ", "d"))
     out: list[str] = []
     for tok in raw:
+        if not tok[0].isalnum():
+            tok = BREAK
         if tok in ABBREVIATIONS:
             out.extend(ABBREVIATIONS[tok].split())
             continue
@@ -126,13 +130,63 @@ def extract(text: str) -> TextFeatures:
     tokens = tokenize(text)
     # Unigrams without stopwords; bigrams over the full sequence, since street names are made of common
     # syllables ("hồ thị kỷ" -> "ho thi", "thi ky"); rarity weighting later discounts the generic ones.
-    grams = {t for t in tokens if t not in STOPWORDS and not t.isdigit()}
+    grams = {t for t in tokens if t not in STOPWORDS and not t.isdigit() and t != BREAK}
     grams.update(f"{a} {b}" for a, b in zip(tokens, tokens[1:])
-                 if not (a in STOPWORDS and b in STOPWORDS) and not (a.isdigit() and b.isdigit()))
+                 if not (a in STOPWORDS and b in STOPWORDS) and not (a.isdigit() and b.isdigit())
+                 and BREAK not in (a, b))
     numbers: set[str] = set()
     for i, tok in enumerate(tokens):
         if _HOUSE.match(tok):
             numbers.add(tok)
         elif tok in ("hem", "so", "quan", "phuong") and i + 1 < len(tokens) and tokens[i + 1][:1].isdigit():
             numbers.add(f"{tok} {tokens[i + 1]}")
-    return TextFeatures(tokens=tuple(tokens), grams=frozenset(grams), numbers=frozenset(numbers))
+    return TextFeatures(tokens=tuple(tokens), grams=frozenset(grams), numbers=frozenset(numbers),
+                        streets=street_names(tokens))
+
+
+_STREET_CUES = {("duong",), ("nga", "tu"), ("nga", "ba"), ("giao", "lo"), ("goc",), ("pho",), ("tuyen",)}
+_NUMERALS = {"mot", "hai", "ba", "bon", "nam", "sau", "bay", "tam", "chin", "muoi", "so"}
+# Words that end a street name: function words, plus the words reports put right after a street.
+_NAME_BREAK = frozenset(
+    "| doan khuc ngay truoc gan o tai tren qua cho toi den tu ve thi thanh huong chieu hem kiet ngap ket xe bi "
+    "co la cay nuoc luon nha cong cau nguoi mat lon nhieu sang dem va voi x nay kia do day roi nhe nha ne a "
+    "oi ma con cung dang vua moi rat qua bao hu hong be dut do sut ho o ga".split())
+_SEPARATORS = {"x", "va", "voi"}
+
+
+def street_names(tokens: list[str] | tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Street names a report mentions, as token tuples, read after a cue ("đường X", "ngã tư X - Y")."""
+    names: list[tuple[str, ...]] = []
+    i = 0
+    n = len(tokens)
+    while i < n:
+        cue = next((c for c in _STREET_CUES if tuple(tokens[i:i + len(c)]) == c), None)
+        if cue is None:
+            i += 1
+            continue
+        i += len(cue)
+        # After an intersection cue a second name may follow a separator ("ngã tư CMT8 x ĐBP").
+        for _ in range(2 if cue != ("duong",) else 1):
+            name: list[str] = []
+            while i < n and len(name) < 5 and tokens[i] not in _NAME_BREAK:
+                name.append(tokens[i])
+                i += 1
+            if len(name) >= 2:
+                names.append(tuple(name))
+            if i < n and tokens[i] in _SEPARATORS | {BREAK}:
+                i += 1
+                continue
+            if not name:
+                break
+    return tuple(dict.fromkeys(names))
+
+
+def same_street(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Two read names denote one street: equal up to the shorter one, with at least two syllables (names read
+    greedily may carry a trailing word), and three when both have three ("nguyen huu canh" != "nguyen huu tho")."""
+    common = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        common += 1
+    return common >= 2 and common >= min(3, len(a), len(b))

@@ -1,0 +1,198 @@
+"""The dedupe stage end to end on a real store: dispatch for the first report, duplicate_ack for the next,
+the window index rebuilt equal to the grown one, expiry, and operators' merge/split decisions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dedupe import schema
+from dedupe.evaluate import pairwise_scores
+from dedupe.index import VectorWindow
+from dedupe.operations import incident_cli, merge, split
+from dedupe.service import STAGE, DedupeStage, IncidentMatcher
+from ingest.clock import FakeClock, iso
+from ingest.records import Classification, InboundMessage, Place, to_json
+from ingest.store import Store
+from ingest.worker import StageWorker
+from config.schema import Settings
+
+T0 = 1_790_000_000.0
+HOUR = 3600.0
+
+
+async def _store(tmp_path: Path, clock: FakeClock) -> Store:
+    return await Store.open(tmp_path / "s.sqlite3", tmp_path / "blobs", clock=clock,
+                            migrations={"dedupe": schema.MIGRATIONS})
+
+
+def _vec(seed: int, base: np.ndarray | None = None, noise: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(384).astype(np.float32) if base is None else base + noise * rng.standard_normal(384)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+async def _classified(store: Store, key: str, at: float, text: str, *, topic: str, district: str | None,
+                      vector: np.ndarray, status: str = "routed", street: str | None = None) -> int:
+    """What the classify stage leaves behind: status, columns, classification JSON, vector, a dedupe job."""
+    msg = InboundMessage(channel="app", channel_instance="app", idempotency_key=key, received_at=iso(at), text=text)
+    rid = (await store.submit(msg, text.encode(), "text/plain")).report_id
+    cls = Classification(status="route" if status == "routed" else status, topic=topic, category="infrastructure",
+                         agency="thoat-nuoc", confidence=0.9, place=Place(district=district, street=street))
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE jobs SET state='done' WHERE report_id=? AND stage='classify'", (rid,))
+        await tx.execute("UPDATE reports SET status=?, topic=?, district=?, classification=? WHERE id=?",
+                         (status, topic, district, to_json(cls), rid))
+        await tx.execute("INSERT INTO embeddings VALUES (?,?,?,?)", (rid, "e5", 384, vector.tobytes()))
+        await tx.enqueue(STAGE, rid)
+    return rid
+
+
+async def _drain(store: Store, matcher: IncidentMatcher) -> None:
+    worker = StageWorker(store, STAGE, DedupeStage(store, matcher).handle)
+    while await worker.run_once():
+        pass
+
+
+async def _jobs(store: Store, rid: int) -> list[tuple[str, dict]]:
+    rows = await store.fetchall("SELECT stage, payload FROM jobs WHERE report_id=? AND stage IN ('dispatch','notify')"
+                                " ORDER BY id", (rid,))
+    return [(r["stage"], json.loads(r["payload"])) for r in rows]
+
+
+async def _flood_reports(store: Store) -> tuple[int, int, int]:
+    base = _vec(1)
+    first = await _classified(store, "a", T0, "Đường Nguyễn Hữu Cảnh ngập sâu 50cm đoạn gần chân cầu Thủ Thiêm",
+                              topic="drainage", district="binh-thanh", vector=base, street="nguyen huu canh")
+    second = await _classified(store, "b", T0 + 0.5 * HOUR, "Nguyen Huu Canh doan chan cau Thu Thiem ngap toi yen xe",
+                               topic="drainage", district="binh-thanh", vector=_vec(2, base, 0.02),
+                               street="nguyen huu canh")
+    other = await _classified(store, "c", T0 + HOUR, "Đường Điện Biên Phủ gần Hàng Xanh đèn đường tắt hết",
+                              topic="street_lighting", district="binh-thanh", vector=_vec(3, base, 0.05),
+                              street="dien bien phu")
+    return first, second, other
+
+
+async def test_first_report_is_dispatched_and_the_next_is_a_duplicate(tmp_path: Path) -> None:
+    store = await _store(tmp_path, FakeClock(T0 + 2 * HOUR))
+    try:
+        first, second, other = await _flood_reports(store)
+        await _drain(store, IncidentMatcher(store))
+        r1, r2, r3 = [await store.get_report(i) for i in (first, second, other)]
+        assert r1 and r2 and r3
+        assert r1.incident_id == "INC-000001" and r1.status == "routed"
+        assert await _jobs(store, first) == [("dispatch", {"incident_id": "INC-000001"})]
+        assert r2.incident_id == "INC-000001" and r2.status == "duplicate"
+        assert await _jobs(store, second) == [("notify", {"template": "duplicate_ack", "incident_id": "INC-000001"})]
+        # Same district, another street and problem: its own incident, dispatched.
+        assert r3.incident_id == "INC-000002"
+        assert await _jobs(store, other) == [("dispatch", {"incident_id": "INC-000002"})]
+    finally:
+        await store.close()
+
+
+async def test_review_report_gets_an_incident_and_after_review_dispatches_it(tmp_path: Path) -> None:
+    store = await _store(tmp_path, FakeClock(T0 + 2 * HOUR))
+    try:
+        base = _vec(1)
+        first = await _classified(store, "a", T0, "Cây đổ chắn ngang đường Võ Văn Tần gần Trương Định",
+                                  topic="trees", district="quan-3", vector=base, status="review")
+        matcher = IncidentMatcher(store)
+        await _drain(store, matcher)
+        r1 = await store.get_report(first)
+        assert r1 and r1.status == "review" and r1.incident_id == "INC-000001"
+        assert await _jobs(store, first) == []
+        # A routed report of the same incident arrives while the first still waits: it opens the case.
+        second = await _classified(store, "b", T0 + HOUR, "Cay do chan ngang duong Vo Van Tan gan Truong Dinh",
+                                   topic="trees", district="quan-3", vector=_vec(2, base, 0.02))
+        await _drain(store, matcher)
+        assert await _jobs(store, second) == [("dispatch", {"incident_id": "INC-000001"})]
+        # The operator approves the first report: the incident already has its case -> duplicate + ack.
+        async with store.transaction() as tx:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (first,))
+            await tx.enqueue(STAGE, first, {"after_review": True})
+        await _drain(store, matcher)
+        r1 = await store.get_report(first)
+        assert r1 and r1.status == "duplicate" and r1.incident_id == "INC-000001"
+        assert await _jobs(store, first) == [("notify", {"template": "duplicate_ack", "incident_id": "INC-000001"})]
+    finally:
+        await store.close()
+
+
+async def test_rebuilt_window_equals_the_grown_one_and_later_matches_still_join(tmp_path: Path) -> None:
+    clock = FakeClock(T0 + 2 * HOUR)
+    store = await _store(tmp_path, clock)
+    try:
+        await _flood_reports(store)
+        grown = IncidentMatcher(store)
+        await _drain(store, grown)
+        rebuilt = IncidentMatcher(store)
+        assert await rebuilt.rebuild() == 3
+        assert grown.index is not None and rebuilt.index is not None
+        assert rebuilt.index.report_ids() == grown.index.report_ids() == {1, 2, 3}
+        q = _vec(4, _vec(1), 0.02)
+        assert ([h.report_id for h in rebuilt.index.search(q, "binh-thanh", 5, T0 + 3 * HOUR)]
+                == [h.report_id for h in grown.index.search(q, "binh-thanh", 5, T0 + 3 * HOUR)])
+        assert rebuilt._df == grown._df
+        # After a restart (the rebuilt matcher) a new report of the flood still joins it.
+        late = await _classified(store, "d", T0 + 3 * HOUR, "Nguyễn Hữu Cảnh chân cầu Thủ Thiêm vẫn ngập, xe chết máy",
+                                 topic="drainage", district="binh-thanh", vector=q)
+        await _drain(store, rebuilt)
+        r = await store.get_report(late)
+        assert r and r.incident_id == "INC-000001" and r.status == "duplicate"
+    finally:
+        await store.close()
+
+
+def test_window_expires_whole_days_and_never_returns_old_reports() -> None:
+    window = VectorWindow(384, window_days=7)
+    v = _vec(1)
+    window.add(1, T0, "quan-1", v)
+    window.add(2, T0 + 3 * 86400, "quan-1", v)
+    assert {h.report_id for h in window.search(v, "quan-1", 10, T0 + 3 * 86400)} == {1, 2}
+    # Eight days on, report 1 is out of the window even before its day is dropped.
+    assert {h.report_id for h in window.search(v, "quan-1", 10, T0 + 8 * 86400)} == {2}
+    window.add(3, T0 + 9 * 86400, "quan-1", v)
+    assert window.expire() == 1 and len(window) == 2
+    assert window.add(4, T0, "quan-1", v) is False  # older than the window: refused
+    # Another district's reports are not searched; reports with no district are.
+    window.add(5, T0 + 9 * 86400, "quan-3", v)
+    window.add(6, T0 + 9 * 86400, None, v)
+    assert {h.report_id for h in window.search(v, "quan-1", 10, T0 + 9 * 86400)} == {2, 3, 6}
+
+
+async def test_merge_and_split_are_recorded_and_the_split_part_is_dispatched(tmp_path: Path, capsys) -> None:
+    clock = FakeClock(T0 + 2 * HOUR)
+    store = await _store(tmp_path, clock)
+    try:
+        first, second, other = await _flood_reports(store)
+        await _drain(store, IncidentMatcher(store))
+        assert await merge(store, "INC-000001", "INC-000002", actor="op-lan") == 1
+        r3 = await store.get_report(other)
+        assert r3 and r3.incident_id == "INC-000001"
+        new_id = await split(store, "INC-000001", [other], actor="op-minh")
+        assert new_id == "INC-000003"
+        r3 = await store.get_report(other)
+        assert r3 and r3.incident_id == "INC-000003" and r3.status == "routed"
+        assert (await _jobs(store, other))[-1] == ("dispatch", {"incident_id": "INC-000003"})
+        decisions = await store.fetchall("SELECT kind, actor, source, target, report_ids FROM incident_decisions"
+                                         " ORDER BY id")
+        assert [tuple(d) for d in decisions] == [("merge", "op-lan", "INC-000002", "INC-000001", f"[{other}]"),
+                                                 ("split", "op-minh", "INC-000001", "INC-000003", f"[{other}]")]
+        settings = Settings()
+        assert await incident_cli(store, settings, ["show", "INC-000001"]) == 0
+        out = capsys.readouterr().out
+        assert "merge by op-lan" in out and "split by op-minh" in out
+        assert await incident_cli(store, settings, ["split", "INC-000003", "--reports", str(other),
+                                                    "--actor", "x"]) == 1  # cannot empty an incident
+        assert await incident_cli(store, settings, ["merge", "INC-000001", "INC-000002", "--actor", "x"]) == 1
+    finally:
+        await store.close()
+
+
+def test_pairwise_scores_match_the_scoring_tool_definition() -> None:
+    s = pairwise_scores(["a", "a", "a", "b", "c"], ["X", "X", None, "Y", "Y"])
+    # gold pairs: (0,1),(0,2),(1,2); predicted: (0,1),(3,4); one true pair
+    assert (s["incident_p"], s["incident_r"]) == (0.5, 1 / 3)
+    assert abs(s["incident_f1"] - 0.4) < 1e-9
