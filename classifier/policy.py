@@ -1,0 +1,115 @@
+"""Routing and screening policy: topic probabilities + place in, a Classification out. Pure.
+
+- Topic + district -> agency through the directory (Art. 6): district-scoped topics go to `ubnd-<district>`,
+  with no district known to the operator unit; suggestions and delayed directives to `vp-ubnd`.
+- Abusive content is `rejected` with the reason the reporter is told (Art. 3.6); complaints and denunciations
+  are `out_of_scope` with guidance where to go (Art. 1.1.c). Both are kept, never dropped.
+- Confidence is the probability mass of the chosen agency (topics sharing an agency agree on the routing);
+  below the review threshold the report goes to operators with the best guess filled in.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from config.directory import Directory
+from ingest.records import Candidate, Classification, Place
+from ingest.text import fold
+
+REJECTED_TOPIC = "abusive"
+OUT_OF_SCOPE_TOPIC = "complaint_denunciation"
+
+DEFAULT_REASONS = {
+    REJECTED_TOPIC: "Nội dung có từ ngữ thô tục, xúc phạm; Cổng 1022 từ chối tiếp nhận theo Điều 3.6 Quy chế.",
+    OUT_OF_SCOPE_TOPIC: ("Nội dung khiếu nại, tố cáo không thuộc phạm vi tiếp nhận của Cổng 1022 (Điều 1.1.c); "
+                         "đề nghị gửi Ban Tiếp công dân Thành phố hoặc cơ quan có thẩm quyền."),
+}
+
+
+SCREENING_PATH = Path(__file__).with_name("data") / "screening.json"
+
+
+@lru_cache(maxsize=4)
+def _abusive_terms(path: Path = SCREENING_PATH) -> tuple[str, ...]:
+    return tuple(json.loads(path.read_text(encoding="utf-8"))["abusive_terms"])
+
+
+def abusive_terms_in(text: str) -> list[str]:
+    """Unambiguous insults/profanity found in the text (folded, word-bounded): screening, not a model guess."""
+    words = " " + re.sub(r"[^0-9a-z]+", " ", fold(text.replace("*", ""))).strip() + " "
+    return [t for t in _abusive_terms() if f" {t} " in words]
+
+
+def reason_for(topic: str, reasons: dict[str, str] | None = None) -> str | None:
+    if reasons and topic in reasons:
+        return reasons[topic]
+    return DEFAULT_REASONS.get(topic)
+
+
+def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence[float], place: Place, *,
+           review_threshold: float, reasons: dict[str, str] | None = None, model_version: str | None = None,
+           language: str = "vi", top: int = 3, abusive: bool = False) -> Classification:
+    """The routing decision for one report from its topic probabilities and the place found.
+
+    `abusive` (from `abusive_terms_in`) rejects the report whatever it describes (Art. 3.6)."""
+    by_agency: dict[str | None, float] = {}
+    candidates: list[Candidate] = []
+    for topic, p in zip(classes, probabilities):
+        if topic not in directory.topics:
+            continue
+        agency = directory.agency_for(topic, place.district)
+        # Refused topics have no agency; keep them apart from each other by their topic.
+        key = agency if agency is not None else f"!{topic}"
+        by_agency[key] = by_agency.get(key, 0.0) + float(p)
+        candidates.append(Candidate(topic=topic, agency=agency, score=round(float(p), 4)))
+    candidates.sort(key=lambda c: -c.score)
+    best_key = max(by_agency, key=lambda k: by_agency[k])
+    confidence = by_agency[best_key]
+    # The topic shown is the most likely topic that leads to the chosen agency.
+    topic = next(c.topic for c in candidates
+                 if (c.agency if c.agency is not None else f"!{c.topic}") == best_key)
+    spec = directory.topics[topic]
+    agency = directory.agency_for(topic, place.district)
+    if abusive:
+        topic, spec, agency, confidence = REJECTED_TOPIC, directory.topics[REJECTED_TOPIC], None, 1.0
+        status, reason = "rejected", reason_for(REJECTED_TOPIC, reasons)
+    elif topic == REJECTED_TOPIC and confidence >= review_threshold:
+        status, reason = "rejected", reason_for(topic, reasons)
+    elif topic == OUT_OF_SCOPE_TOPIC and confidence >= review_threshold:
+        status, reason = "out_of_scope", reason_for(topic, reasons)
+    elif confidence >= review_threshold:
+        status, reason = "routed", None
+    else:
+        status, reason = "review", None
+    return Classification(status=status, topic=topic, category=spec.category, agency=agency,
+                          confidence=round(confidence, 4), place=place, candidates=tuple(candidates[:top]),
+                          reason=reason, model_version=model_version, language=language)
+
+
+def operator_decision(directory: Directory, previous: Classification, *, topic: str | None = None,
+                      agency: str | None = None, reject: str | None = None,
+                      reasons: dict[str, str] | None = None) -> Classification:
+    """Apply an operator's review decision to a classification (pure; validation errors raise ValueError)."""
+    if reject is not None:
+        rtopic = OUT_OF_SCOPE_TOPIC if reject == "out_of_scope" else REJECTED_TOPIC
+        status = "out_of_scope" if rtopic == OUT_OF_SCOPE_TOPIC else "rejected"
+        return Classification(status=status, topic=rtopic, category=directory.topics[rtopic].category, agency=None,
+                              confidence=1.0, place=previous.place, candidates=previous.candidates,
+                              reason=reason_for(rtopic, reasons), model_version="operator",
+                              language=previous.language)
+    new_topic = topic or previous.topic
+    if new_topic not in directory.topics:
+        raise ValueError(f"unknown topic {new_topic!r}")
+    if new_topic in (REJECTED_TOPIC, OUT_OF_SCOPE_TOPIC):
+        return operator_decision(directory, previous,
+                                 reject="out_of_scope" if new_topic == OUT_OF_SCOPE_TOPIC else "abusive",
+                                 reasons=reasons)
+    new_agency = agency or directory.agency_for(new_topic, previous.place.district)
+    if new_agency not in directory.agencies:
+        raise ValueError(f"unknown agency {new_agency!r}")
+    return Classification(status="routed", topic=new_topic, category=directory.topics[new_topic].category,
+                          agency=new_agency, confidence=1.0, place=previous.place, candidates=previous.candidates,
+                          reason=None, model_version="operator", language=previous.language)

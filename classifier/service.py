@@ -1,0 +1,151 @@
+"""The `classify` stage: embed each report once, find its place, decide topic/agency/status, store the vector.
+
+Writes, atomically with finishing the job: reports.status/topic/category/agency/district/confidence/
+classification, the `embeddings` row, an event, and the next job (`dedupe` for routed/review, `notify` with
+the reason for rejected/out_of_scope). The model trains (or loads from cache) at start, off the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import numpy as np
+
+from ingest.app import AppContext, Service
+from ingest.errors import TransientError
+from ingest.records import Classification, Job, to_json
+from ingest.store import StoredReport, Tx
+from ingest.text import fold
+from ingest.worker import StageWorker, WorkerSettings, Writes
+
+from .embedder import EmbeddingThread, load_embedder, report_text
+from .trainer import Router
+
+log = logging.getLogger(__name__)
+
+STAGE = "classify"
+_EN_WORDS = re.compile(r"\b(the|is|are|and|on|in|at|of|please|there|street|near|since|my|our|this|for)\b")
+
+
+def guess_language(text: str) -> str:
+    """'vi' or 'en': English reports get English answers. Diacritics mean Vietnamese."""
+    if fold(text) != text.lower():
+        return "vi"
+    return "en" if len(_EN_WORDS.findall(text.lower())) >= 3 else "vi"
+
+
+def shared_embedder(ctx: AppContext) -> EmbeddingThread:
+    """The process-wide embedder: loaded once, reused across stages and config reloads."""
+    cfg = ctx.settings.classifier
+    key = (cfg.backend, cfg.model, cfg.variant)
+    current = ctx.shared.get("embedder")
+    if isinstance(current, EmbeddingThread) and ctx.shared.get("embedder_key") == key:
+        return current
+    thread = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant))
+    ctx.shared["embedder"], ctx.shared["embedder_key"] = thread, key
+    log.info("embedder loaded: %s (dim %d)", thread.name, thread.dim)
+    return thread
+
+
+class ClassifyStage:
+    name = "classifier"
+
+    def __init__(self, ctx: AppContext, router: Router) -> None:
+        self.ctx = ctx
+        self.router = router
+        q = ctx.settings.queue
+        self.worker = StageWorker(ctx.store, STAGE, self.handle,
+                                  WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds,
+                                                 max_attempts=q.max_attempts),
+                                  batch_handler=self.prepare)
+        self._prepared: dict[int, Classification] = {}
+        self._vectors: dict[int, np.ndarray] = {}
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        """Train or load the model without blocking the loop (first start embeds the seed set)."""
+        if self.router.model is None:
+            await asyncio.to_thread(self.router.load, await self._review_examples())
+        self.ready.set()
+
+    async def run(self) -> None:
+        await self.start()
+        await self.worker.run()
+
+    async def _review_examples(self) -> list[Any]:
+        from .review import review_examples
+
+        return await review_examples(self.ctx.store)
+
+    async def prepare(self, batch: list[tuple[Job, StoredReport]]) -> None:
+        """Embed and classify the whole leased batch in one model call."""
+        items = [(job, report) for job, report in batch if job.id not in self._prepared]
+        if not items:
+            return
+        texts = [report_text(r.message.text, r.message.subject) for _, r in items]
+        vectors = await self.router.embedder.encode(texts)
+        places = [self.router.place(t, r.message.lat, r.message.lon) for t, (_, r) in zip(texts, items)]
+        results = self.router.classify(texts, vectors, places, [guess_language(t) for t in texts])
+        for (job, _), vec, result in zip(items, vectors, results):
+            self._prepared[job.id] = result
+            self._vectors[job.id] = vec
+
+    async def handle(self, job: Job, report: StoredReport) -> Writes | None:
+        if job.id not in self._prepared:
+            try:
+                await self.prepare([(job, report)])
+            except RuntimeError as exc:
+                raise TransientError(str(exc), retry_after=5.0) from exc
+        result = self._prepared.pop(job.id)
+        vector = self._vectors.pop(job.id)
+        model_name, dim = self.router.embedder.name, int(vector.shape[0])
+        return classification_writes(report.id, result, vector, model_name, dim)
+
+
+def classification_writes(report_id: int, result: Classification, vector: np.ndarray | None,
+                          model_name: str | None, dim: int | None, actor: str = "classifier") -> Writes:
+    async def writes(tx: Tx) -> None:
+        await tx.execute(
+            "UPDATE reports SET status=?, topic=?, category=?, agency=?, district=?, confidence=?,"
+            " classification=?, updated_at=? WHERE id=?",
+            (result.status, result.topic, result.category, result.agency, result.place.district,
+             result.confidence, to_json(result), tx.store.clock.now(), report_id))
+        if vector is not None:
+            await tx.execute(
+                "INSERT INTO embeddings(report_id, model, dim, vector) VALUES (?,?,?,?)"
+                " ON CONFLICT(report_id) DO UPDATE SET model=excluded.model, dim=excluded.dim,"
+                " vector=excluded.vector",
+                (report_id, model_name, dim, np.asarray(vector, np.float32).tobytes()))
+        await tx.event(report_id, "classified", actor,
+                       {"status": result.status, "topic": result.topic, "agency": result.agency,
+                        "district": result.place.district, "confidence": result.confidence})
+        await enqueue_next(tx, report_id, result)
+    return writes
+
+
+async def enqueue_next(tx: Tx, report_id: int, result: Classification, after_review: bool = False) -> None:
+    if result.status in ("routed", "review"):
+        await tx.enqueue("dedupe", report_id, {"after_review": True} if after_review else {})
+    elif result.status in ("rejected", "out_of_scope"):
+        template = "rejected" if result.status == "rejected" else "out_of_scope"
+        await tx.enqueue("notify", report_id, {"template": template, "reason": result.reason})
+
+
+def build(ctx: AppContext) -> list[Service]:
+    if ctx.settings.classifier.backend == "none":
+        log.warning("classifier backend 'none': the classify stage is not running")
+        return []
+    embedder = shared_embedder(ctx)
+    router = ctx.shared.get("classifier.router")
+    if not isinstance(router, Router) or router.embedder is not embedder or router.settings != ctx.settings:
+        previous = router if isinstance(router, Router) else None
+        router = Router(ctx.settings, ctx.directory, embedder)
+        if previous is not None and previous.embedder is embedder:
+            router.model, router.model_version = previous.model, previous.model_version
+        ctx.shared["classifier.router"] = router
+    from .review import Retrainer
+
+    return [ClassifyStage(ctx, router),
+            Retrainer(ctx.store, router, ctx.settings.classifier.retrain_min_decisions)]

@@ -1,0 +1,178 @@
+"""Training data, the on-disk model cache, and the live `Router` whose model is swapped atomically on retrain.
+
+Training examples: the bundled seed reports (classifier/data/reports-seed.jsonl), the topic descriptions of
+the directory, and operator review decisions. The fitted model is cached under `[classifier] cache_dir`,
+keyed by a hash of the examples, the embedding model and the feature version; seed vectors are cached by
+(model, text) so a retrain embeds only new texts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from config.directory import BUNDLED, Directory
+from config.schema import Settings
+from ingest.records import Classification, Place
+
+from .embedder import EmbeddingThread, VectorCache, embed_cached, report_text
+from .model import MODEL_VERSION, TopicModel, load_cues
+from .place import Gazetteer, find_place, load_gazetteer
+from .policy import abusive_terms_in, decide
+
+log = logging.getLogger(__name__)
+
+SEED_PATH = Path(__file__).with_name("data") / "reports-seed.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    text: str
+    topic: str
+    weight: float = 1.0
+    source: str = "seed"  # seed, description, review
+    ref: str | None = None  # seed id or report id
+
+
+def load_seed(path: Path | None = None) -> list[dict[str, Any]]:
+    source = Path(path) if path else SEED_PATH
+    with source.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def seed_examples(rows: Sequence[dict[str, Any]]) -> list[Example]:
+    return [Example(text=report_text(r["text"], r.get("subject")), topic=r["expected"]["topic"], ref=r.get("id"))
+            for r in rows if r.get("expected", {}).get("topic")]
+
+
+def description_examples(directory: Directory) -> list[Example]:
+    out = []
+    for t in directory.topics.values():
+        for text in (t.description_vi, t.description_en):
+            if text:
+                out.append(Example(text=text, topic=t.id, weight=0.5, source="description"))
+    return out
+
+
+def reject_reasons(agencies_path: Path | None) -> dict[str, str]:
+    """Reasons told to reporters, per refused topic, from the directory file (admins edit them there)."""
+    try:
+        data = json.loads(Path(agencies_path or BUNDLED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {t["id"]: t["reject_reason_vi"] for t in data.get("topics", []) if t.get("reject_reason_vi")}
+
+
+def cache_key(examples: Sequence[Example], embedder_name: str) -> str:
+    h = hashlib.sha256()
+    h.update(f"{MODEL_VERSION}\n{embedder_name}\n".encode())
+    cues = Path(__file__).with_name("data") / "cues.json"
+    h.update(cues.read_bytes())
+    for ex in examples:
+        h.update(f"{ex.topic}\t{ex.weight}\t{ex.text}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def train(examples: Sequence[Example], embed: Any, cache: VectorCache, *, progress: bool = True) -> TopicModel:
+    """Fit a model; `embed` is a blocking encode (through the single inference thread)."""
+    texts = [ex.text for ex in examples]
+    t0 = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        if progress:
+            log.info("classifier training: embedded %d/%d examples", done, total)
+
+    vectors = embed_cached(embed, cache, texts, progress=report)
+    log.info("classifier training: fitting on %d examples", len(texts))
+    model = TopicModel(load_cues()).fit(texts, vectors, [ex.topic for ex in examples],
+                                        weights=[ex.weight for ex in examples])
+    log.info("classifier training: done in %.1fs", time.monotonic() - t0)
+    return model
+
+
+def load_or_train(examples: Sequence[Example], embed: Any, cache_dir: Path, embedder_name: str) -> TopicModel:
+    key = cache_key(examples, embedder_name)
+    path = Path(cache_dir) / f"topic-model-{key}.pkl"
+    if path.exists():
+        try:
+            with path.open("rb") as fh:
+                model = pickle.load(fh)  # our own cache file, written below; rebuilt if unreadable
+            if isinstance(model, TopicModel):
+                log.info("classifier: loaded cached model %s", path.name)
+                return model
+        except Exception as exc:
+            log.warning("classifier: cached model unreadable (%s); retraining", type(exc).__name__)
+    log.info("classifier: training a new model (%d examples, key %s)", len(examples), key)
+    model = train(examples, embed, VectorCache(cache_dir, embedder_name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with tmp.open("wb") as fh:
+        pickle.dump(model, fh)
+    os.replace(tmp, path)
+    return model
+
+
+class Router:
+    """Embedder + gazetteer + model: turns report texts into Classifications. The model reference is swapped
+    atomically by a background retrain; readers take one reference per batch."""
+
+    def __init__(self, settings: Settings, directory: Directory, embedder: EmbeddingThread,
+                 gazetteer: Gazetteer | None = None) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.embedder = embedder
+        self.gazetteer = gazetteer or load_gazetteer(directory)
+        self.reasons = reject_reasons(settings.data.agencies)
+        self.cache_dir = Path(settings.classifier.cache_dir)
+        self.seed_rows = load_seed(settings.classifier.seed_data)
+        self.model: TopicModel | None = None
+        self.model_version: str | None = None
+        self._retrain_lock = threading.Lock()
+
+    def base_examples(self) -> list[Example]:
+        return seed_examples(self.seed_rows) + description_examples(self.directory)
+
+    def load(self, extra: Sequence[Example] = ()) -> None:
+        """Blocking (call in a thread): train or load the cached model, then swap it in."""
+        examples = self.base_examples() + list(extra)
+        model = load_or_train(examples, self.embedder.encode_blocking, self.cache_dir, self.embedder.name)
+        self.model, self.model_version = model, f"{MODEL_VERSION}:{cache_key(examples, self.embedder.name)}"
+
+    def retrain(self, extra: Sequence[Example]) -> bool:
+        """Blocking: retrain with review decisions; the old model serves until the new one is ready."""
+        if not self._retrain_lock.acquire(blocking=False):
+            return False
+        try:
+            self.load(extra)
+            log.info("classifier: swapped in retrained model %s (%d review examples)", self.model_version,
+                     len(extra))
+            return True
+        finally:
+            self._retrain_lock.release()
+
+    def place(self, text: str, lat: float | None, lon: float | None) -> Place:
+        return find_place(text, self.gazetteer, lat=lat, lon=lon)
+
+    def classify(self, texts: Sequence[str], vectors: np.ndarray, places: Sequence[Place],
+                 languages: Sequence[str] | None = None) -> list[Classification]:
+        model, version = self.model, self.model_version
+        if model is None:
+            raise RuntimeError("classifier model not loaded")
+        probs = model.predict_proba(list(texts), vectors)
+        out = []
+        for i, place in enumerate(places):
+            out.append(decide(self.directory, model.classes_, probs[i], place,
+                              review_threshold=self.settings.classifier.review_threshold, reasons=self.reasons,
+                              model_version=version, language=languages[i] if languages else "vi",
+                              abusive=bool(abusive_terms_in(texts[i]))))
+        return out
