@@ -187,9 +187,16 @@ def hard_negative(new: ReportView, old: ReportView, ev: PairEvidence) -> str | N
         return "too_far_apart_on_map"
     if new.topic in UNGROUPED_TOPICS or old.topic in UNGROUPED_TOPICS:
         return "ungrouped_topic"
+    if not topics_compatible(new.topic, old.topic):
+        return "unrelated_topic"
     if _on_other_streets(new, old):
         return "different_street"
     return None
+
+
+def topics_compatible(a: str | None, b: str | None) -> bool:
+    """Same topic, topics one incident often spans, or a topic not known yet (nothing to hold against it)."""
+    return a is None or b is None or a == b or frozenset((a, b)) in RELATED_TOPICS
 
 
 def _on_other_streets(a: ReportView, b: ReportView) -> bool:

@@ -51,6 +51,7 @@ class IncidentMatcher:
         self._df: Counter[str] = Counter()
         self._df_by_day: dict[int, Counter[str]] = {}
         self._docs_by_day: Counter[int] = Counter()
+        self._expired_through = -1  # last day for which expiry ran: expiry runs once per new day, not per report
 
     # -- building -----------------------------------------------------------------------------
     async def rebuild(self) -> int:
@@ -83,7 +84,9 @@ class IncidentMatcher:
         self._df.update(grams)
         self._docs_by_day[day] += 1
         self._cache(view)
-        self._expire(view.received_at)
+        if day > self._expired_through:
+            self._expired_through = day
+            self._expire(view.received_at)
 
     def _expire(self, now: float) -> None:
         oldest = now - self.window_days * DAY
@@ -108,7 +111,7 @@ class IncidentMatcher:
         ids = [h.report_id for h in hits if h.report_id != view.report_id]
         if not ids:
             return policy.Match(None, 0.0, None, "no_candidates")
-        incident_of = await self._incidents_of(ids)
+        incident_of = await self._incidents_of(ids, view.topic)
         views = await self._views_of([i for i in ids if i in incident_of])
         own = view.all_grams()
         n_docs = sum(self._docs_by_day.values()) + 1
@@ -116,13 +119,18 @@ class IncidentMatcher:
         candidates = [(views[i], incident_of[i]) for i in ids if i in views]
         return policy.decide(view, candidates, rarity, self.threshold)
 
-    async def _incidents_of(self, ids: list[int]) -> dict[int, str]:
-        # Read from the store every time: an operator's merge or split (another process) moves reports.
+    async def _incidents_of(self, ids: list[int], topic: str | None) -> dict[int, str]:
+        """Open incidents of the candidate reports whose topic could be the same incident's.
+
+        Read from the store every time: an operator's merge or split (another process) moves reports. The
+        topic filter is the policy's own hard negative, applied here so that unrelated candidates are never
+        loaded."""
         marks = ",".join("?" * len(ids))
         rows = await self.store.fetchall(
-            f"SELECT m.report_id, m.incident_id FROM incident_reports m JOIN incidents i ON i.id = m.incident_id"
+            f"SELECT m.report_id, m.incident_id, r.topic FROM incident_reports m"
+            f" JOIN incidents i ON i.id = m.incident_id JOIN reports r ON r.id = m.report_id"
             f" WHERE m.report_id IN ({marks}) AND i.state = 'open'", ids)
-        return {r["report_id"]: r["incident_id"] for r in rows}
+        return {r["report_id"]: r["incident_id"] for r in rows if policy.topics_compatible(topic, r["topic"])}
 
     async def _views_of(self, ids: list[int]) -> dict[int, policy.ReportView]:
         out = {i: self._views[i] for i in ids if i in self._views}
