@@ -410,10 +410,13 @@ class Store:
 def _split_sql(script: str) -> list[str]:
     """Statements of a migration script; semicolons inside comments and strings do not split."""
     statements, current = [], ""
-    for line in script.splitlines(keepends=True):
-        current += line
+    # Cut at every semicolon that ends a complete statement, so two statements on one line also split.
+    pieces = script.split(";")
+    for i, piece in enumerate(pieces):
+        current += piece + (";" if i < len(pieces) - 1 else "")
         if sqlite3.complete_statement(current):
-            statements.append(current.strip())
+            if current.strip(" \t\r\n;"):
+                statements.append(current.strip())
             current = ""
     if current.strip() and not all(l.strip().startswith("--") or not l.strip() for l in current.splitlines()):
         statements.append(current.strip())
