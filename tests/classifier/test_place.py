@@ -1,0 +1,57 @@
+"""Place finding on the ways people really write addresses."""
+from __future__ import annotations
+
+import pytest
+
+from classifier.place import find_place, load_gazetteer
+from config.directory import load_directory
+
+
+@pytest.fixture(scope="module")
+def gaz():
+    return load_gazetteer(load_directory())
+
+
+@pytest.mark.parametrize("text,district", [
+    ("Ổ gà trên đường Lê Lợi, Quận 1", "quan-1"),
+    ("o ga tren duong le loi q1", "quan-1"),
+    ("ngap nuoc Q.1 qua troi", "quan-1"),
+    ("alo chị ơi ở quận nhất có cái cây đổ", "quan-1"),
+    ("alo o quan nhat co cay do", "quan-1"),
+    ("rác ở hẻm lạc long quân quận mười một", "quan-11"),
+    ("nuoc ngap o Q10 gan Bach Khoa", "quan-10"),
+    ("Pham Van Dong doan Hiep Binh Chanh dua xe", "thu-duc"),  # a ward name containing "Bình Chánh"
+    ("The building site on Nguyen Luong Bang street (Tan Phu ward, District 7) starts at 6am", "quan-7"),
+    ("Ho Thi Ky toi nay hang quan bay ra toi giua duong", "quan-10"),  # "quan bay" here is not District 7
+    ("đèn đường Võ Văn Ngân tắt hết", "thu-duc"),  # a street inside one district
+    ("kẹt xe vòng xoay Lăng Cha Cả", "tan-binh"),  # a landmark
+    ("rac o phuong Ben Nghe", "quan-1"),  # a ward with its prefix
+    ("ngã tư ADV - Nguyễn Tri Phương có ổ gà", "quan-5"),  # two streets meet in one district
+])
+def test_district_from_text(gaz, text, district):
+    assert find_place(text, gaz).district == district
+
+
+def test_no_place_means_no_district(gaz):
+    assert find_place("đèn đỏ ở ngã tư gần nhà tôi tắt 2 ngày nay", gaz).district is None
+
+
+def test_gps_decides_district_for_app_reports(gaz):
+    # A point in District 10 (near Ngô Gia Tự / Lý Thường Kiệt), while the text names no district.
+    place = find_place("Miệng cống trên đường Ngô Gia Tự bị rác bít kín", gaz, lat=10.761701, lon=106.668647)
+    assert place.district == "quan-10" and place.source == "gps"
+    assert find_place("cống nghẹt ở Quận 1", gaz, lat=10.761701, lon=106.668647).district == "quan-10"
+    # Outside the city: GPS ignored, text used.
+    assert find_place("cống nghẹt ở Quận 1", gaz, lat=21.02, lon=105.83).district == "quan-1"
+
+
+def test_street_house_number_ward_and_landmark(gaz):
+    place = find_place("Nước ngập trước nhà 83/16/4 Nguyễn Văn Linh, phường Tân Phong, Quận 7", gaz)
+    assert place.street == "nguyen van linh"
+    assert place.house_number == "83/16/4"
+    assert place.district == "quan-7"
+    assert place.ward == "Phường Tân Phong"
+    lm = find_place("cay do truoc cho Ben Thanh", gaz)
+    assert lm.landmark == "cho ben thanh" and lm.district == "quan-1"
+    numbered = find_place("hẻm 280 Quang Trung, Phường 10, quận Gò Vấp mất nước", gaz)
+    assert numbered.ward == "Phường 10" and numbered.district == "go-vap" and numbered.street == "quang trung"

@@ -1,0 +1,105 @@
+"""The classify stage end to end on a real store: vectors stored, statuses, next jobs; then operator review."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from classifier import review
+from classifier.schema import MIGRATIONS
+from classifier.service import ClassifyStage
+from config.directory import load_directory
+from ingest.app import AppContext
+from ingest.records import InboundMessage, Reporter
+from ingest.store import Store
+
+
+@pytest.fixture
+async def cstore(tmp_path):
+    s = await Store.open(tmp_path / "s.sqlite3", tmp_path / "blobs", migrations={"classifier": MIGRATIONS})
+    yield s
+    await s.close()
+
+
+def msg(key: str, text: str, **kw) -> InboundMessage:
+    return InboundMessage(channel=kw.pop("channel", "sms"), channel_instance="t", idempotency_key=key,
+                          received_at="2026-09-01T08:00:00+07:00", text=text, reporter=Reporter(phone="0900000000"),
+                          **kw)
+
+
+async def test_classify_stage_routes_screens_and_stores_vectors(cstore, settings, router):
+    from aiohttp import web
+
+    ctx = AppContext(settings=settings, directory=load_directory(), store=cstore, clock=cstore.clock,
+                     http=web.Application())
+    stage = ClassifyStage(ctx, router)
+    await stage.start()
+    ids = {}
+    for key, text, extra in [
+        ("water", "Bể ống nước trên đường Phạm Thế Hiển quận 8, nước phun mạnh tràn vào nhà dân", {}),
+        ("waste", "Rác tồn đọng 4 ngày không ai thu gom ở hẻm 12 Quang Trung, phường 10, quận Gò Vấp, đổ tràn ra đường", {}),
+        ("abuse", "tụi mày ngu như bò, đm cái tổng đài vô dụng", {}),
+        ("gps", "Đèn đường không sáng cả tuần nay, tối om rất nguy hiểm", {"channel": "app", "lat": 10.761701,
+                                                                          "lon": 106.668647}),
+    ]:
+        ids[key] = (await cstore.submit(msg(key, text, **extra), b"raw", "text/plain")).report_id
+    while await stage.worker.run_once():
+        pass
+    rows = {r["id"]: r for r in await cstore.fetchall("SELECT * FROM reports")}
+    water = rows[ids["water"]]
+    assert water["agency"] == "sawaco" and water["status"] in ("routed", "review")
+    assert water["district"] == "quan-8"
+    cls = json.loads(water["classification"])
+    assert cls["place"]["street"] == "pham the hien"
+    waste = rows[ids["waste"]]
+    assert waste["topic"] == "waste" and waste["agency"] == "ubnd-go-vap"
+    assert rows[ids["abuse"]]["status"] == "rejected"
+    assert rows[ids["gps"]]["district"] == "quan-10"
+    # One L2-normalised float32 vector per report.
+    embs = await cstore.fetchall("SELECT report_id, dim, vector FROM embeddings")
+    assert len(embs) == 4
+    for e in embs:
+        v = np.frombuffer(e["vector"], np.float32)
+        assert v.shape == (e["dim"],) and abs(float(np.linalg.norm(v)) - 1) < 1e-3
+    jobs = {(j["stage"], j["report_id"]): json.loads(j["payload"])
+            for j in await cstore.fetchall("SELECT * FROM jobs WHERE stage!='classify'")}
+    assert ("dedupe", ids["water"]) in jobs
+    assert jobs[("notify", ids["abuse"])]["template"] == "rejected"
+    assert jobs[("notify", ids["abuse"])]["reason"]
+
+    # Operator review: decide on the waste report, recorded with who and when; dedupe re-enqueued.
+    result = await review.decide(cstore, ctx.directory, ids["waste"], actor="op-lan", topic="illegal_construction")
+    assert result.agency == "ubnd-go-vap" and result.status == "routed"
+    dec = await cstore.fetchall("SELECT actor, at, topic FROM review_decisions WHERE report_id=?", (ids["waste"],))
+    assert dec[0]["actor"] == "op-lan" and dec[0]["topic"] == "illegal_construction" and dec[0]["at"] > 0
+    again = await cstore.fetchall("SELECT payload FROM jobs WHERE stage='dedupe' AND report_id=? ORDER BY id",
+                                  (ids["waste"],))
+    assert json.loads(again[-1]["payload"]) == {"after_review": True}
+    examples = await review.review_examples(cstore)
+    assert [e.topic for e in examples] == ["illegal_construction"]
+    info = await review.show(cstore, ids["water"])
+    assert info["candidates"] and info["place"]["district"] == "quan-8"
+
+
+async def test_review_cli_lists_shows_and_decides(cstore, settings, capsys):
+    from classifier.service import classification_writes
+    from ingest.records import Candidate, Classification, Place
+
+    rid = (await cstore.submit(msg("r1", "có cái gì đó hư ở đầu hẻm"), b"raw", "text/plain")).report_id
+    guess = Classification(status="review", topic="road_damage", category="infrastructure",
+                           agency="khu-qlgt-do-thi", confidence=0.31, place=Place(),
+                           candidates=(Candidate(topic="road_damage", agency="khu-qlgt-do-thi", score=0.31),))
+    async with cstore.transaction() as tx:
+        await classification_writes(rid, guess, None, None, None)(tx)
+    assert await review.review_cli(cstore, settings, ["list"]) == 0
+    assert "road_damage" in capsys.readouterr().out
+    assert await review.review_cli(cstore, settings, ["decide", str(rid), "--reject", "abusive"]) != 0  # no actor
+    assert await review.review_cli(cstore, settings, ["decide", str(rid), "--actor", "op-minh", "--reject",
+                                                      "out_of_scope"]) == 0
+    row = await cstore.fetchone("SELECT status FROM reports WHERE id=?", (rid,))
+    assert row["status"] == "out_of_scope"
+    notify = await cstore.fetchone("SELECT payload FROM jobs WHERE stage='notify' AND report_id=?", (rid,))
+    assert json.loads(notify["payload"])["template"] == "out_of_scope"
+    assert await review.review_cli(cstore, settings, ["list"]) == 0
+    assert "empty" in capsys.readouterr().out
