@@ -349,9 +349,11 @@ class Store:
         now = self.clock.now()
         async with self.transaction() as tx:
             if dead:
-                await tx.execute(
+                cur = await tx.execute(
                     "UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
                     " WHERE id=? AND state='leased' AND attempts=?", (error, now, job.id, job.attempts))
+                if cur.rowcount != 1:  # lease lost: another worker owns the job now, its report is not ours to fail
+                    return
                 await tx.execute("UPDATE reports SET status='failed', updated_at=? WHERE id=?", (now, job.report_id))
                 await tx.event(job.report_id, "dead_letter", "system", {"stage": job.stage, "error": error})
             else:
