@@ -1,0 +1,155 @@
+"""The leased queue: lease, finish with the next stage in one transaction, expiry, dead letters, replay, release."""
+from __future__ import annotations
+
+import pytest
+
+from ingest.clock import FakeClock
+from ingest.store import Store, Tx
+
+
+async def _job_row(store: Store, job_id: int) -> dict:
+    row = await store.fetchone("SELECT state, attempts, last_error, lease_until FROM jobs WHERE id=?", (job_id,))
+    assert row is not None
+    return dict(row)
+
+
+async def _submit(store: Store, make_message) -> int:
+    return (await store.submit(make_message(), b"raw", "text/plain")).report_id
+
+
+async def test_lease_takes_ready_jobs_once(clocked_store: Store, make_message) -> None:
+    ids = [await _submit(clocked_store, make_message) for _ in range(3)]
+    jobs = await clocked_store.lease("classify", 2, 60)
+    assert [j.report_id for j in jobs] == ids[:2] and all(j.attempts == 1 for j in jobs)
+    more = await clocked_store.lease("classify", 10, 60)
+    assert [j.report_id for j in more] == ids[2:]
+    assert await clocked_store.lease("classify", 10, 60) == []
+    assert await clocked_store.lease("dedupe", 10, 60) == []
+
+
+async def test_finish_and_next_stage_commit_together(clocked_store: Store, make_message) -> None:
+    report_id = await _submit(clocked_store, make_message)
+    (job,) = await clocked_store.lease("classify", 1, 60)
+
+    async def writes(tx: Tx) -> None:
+        await tx.execute("UPDATE reports SET status='routed', topic='drainage' WHERE id=?", (job.report_id,))
+        await tx.enqueue("dedupe", job.report_id, {"from": "classify"})
+
+    assert await clocked_store.finish(job, writes)
+    assert (await _job_row(clocked_store, job.id))["state"] == "done"
+    (nxt,) = await clocked_store.lease("dedupe", 1, 60)
+    assert nxt.report_id == report_id and nxt.payload == {"from": "classify"}
+    assert (await clocked_store.get_report(report_id)).status == "routed"
+
+
+async def test_failing_writes_roll_back_the_finish(clocked_store: Store, make_message) -> None:
+    report_id = await _submit(clocked_store, make_message)
+    (job,) = await clocked_store.lease("classify", 1, 60)
+
+    async def writes(tx: Tx) -> None:
+        await tx.enqueue("dedupe", job.report_id)
+        await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
+        raise RuntimeError("crash in the middle of the stage's writes")
+
+    with pytest.raises(RuntimeError):
+        await clocked_store.finish(job, writes)
+    # Neither half happened: the job is still leased (to be retried) and no dedupe job exists.
+    assert (await _job_row(clocked_store, job.id))["state"] == "leased"
+    assert await clocked_store.lease("dedupe", 1, 60) == []
+    assert (await clocked_store.get_report(report_id)).status == "received"
+
+
+async def test_expired_lease_is_reclaimed_and_the_old_result_discarded(clocked_store: Store, clock: FakeClock,
+                                                                       make_message) -> None:
+    report_id = await _submit(clocked_store, make_message)
+    (old,) = await clocked_store.lease("classify", 1, 30)
+    clock.advance(10)
+    assert await clocked_store.reclaim_expired() == 0  # not expired yet
+    clock.advance(25)
+    assert await clocked_store.reclaim_expired() == 1
+    assert (await _job_row(clocked_store, old.id))["last_error"] == "lease expired"
+    (new,) = await clocked_store.lease("classify", 1, 30)
+    assert new.id == old.id and new.attempts == 2
+
+    async def stale_writes(tx: Tx) -> None:
+        await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (report_id,))
+
+    # The first worker comes back late: its result must not be applied.
+    assert not await clocked_store.finish(old, stale_writes)
+    assert (await clocked_store.get_report(report_id)).status == "received"
+    assert await clocked_store.finish(new, None)
+    assert (await _job_row(clocked_store, new.id))["state"] == "done"
+
+
+async def test_late_failure_of_a_lost_lease_changes_nothing(clocked_store: Store, clock: FakeClock,
+                                                            make_message) -> None:
+    report_id = await _submit(clocked_store, make_message)
+    (old,) = await clocked_store.lease("classify", 1, 30)
+    clock.advance(31)
+    await clocked_store.reclaim_expired()
+    (new,) = await clocked_store.lease("classify", 1, 30)
+    await clocked_store.fail(old, "PermanentError: stale", retry_in=0, dead=True)
+    assert (await _job_row(clocked_store, new.id))["state"] == "leased"
+    assert (await clocked_store.get_report(report_id)).status == "received"
+    assert await clocked_store.finish(new, None)
+
+
+async def test_retry_waits_for_its_delay(clocked_store: Store, clock: FakeClock, make_message) -> None:
+    await _submit(clocked_store, make_message)
+    (job,) = await clocked_store.lease("classify", 1, 60)
+    await clocked_store.fail(job, "TransientError: peer down", retry_in=100, dead=False)
+    row = await _job_row(clocked_store, job.id)
+    assert row["state"] == "ready" and row["last_error"] == "TransientError: peer down"
+    clock.advance(99)
+    assert await clocked_store.lease("classify", 1, 60) == []
+    clock.advance(2)
+    (again,) = await clocked_store.lease("classify", 1, 60)
+    assert again.id == job.id and again.attempts == 2
+
+
+async def test_dead_letter_is_visible_and_replay_puts_it_back(clocked_store: Store, make_message) -> None:
+    report_id = await _submit(clocked_store, make_message)
+    (job,) = await clocked_store.lease("classify", 1, 60)
+    await clocked_store.fail(job, "PermanentError: bad record", retry_in=0, dead=True)
+    row = await _job_row(clocked_store, job.id)
+    assert row["state"] == "dead" and row["last_error"] == "PermanentError: bad record"
+    assert (await clocked_store.get_report(report_id)).status == "failed"
+    events = await clocked_store.fetchall("SELECT kind FROM events WHERE report_id=?", (report_id,))
+    assert [e["kind"] for e in events] == ["dead_letter"]
+    assert await clocked_store.queue_depths() == {("classify", "dead"): 1}
+
+    assert await clocked_store.replay_dead(stage="dedupe") == 0  # other stage: untouched
+    assert await clocked_store.replay_dead(stage="classify") == 1
+    assert (await clocked_store.get_report(report_id)).status == "received"
+    (again,) = await clocked_store.lease("classify", 1, 60)
+    assert again.id == job.id and again.attempts == 1  # a fresh set of attempts
+    assert await clocked_store.replay_dead() == 0
+
+
+async def test_replay_by_job_id_only_replays_those(clocked_store: Store, make_message) -> None:
+    for _ in range(2):
+        await _submit(clocked_store, make_message)
+    jobs = await clocked_store.lease("classify", 2, 60)
+    for job in jobs:
+        await clocked_store.fail(job, "PermanentError: x", retry_in=0, dead=True)
+    assert await clocked_store.replay_dead(job_ids=[jobs[1].id]) == 1
+    assert (await _job_row(clocked_store, jobs[0].id))["state"] == "dead"
+    assert (await _job_row(clocked_store, jobs[1].id))["state"] == "ready"
+
+
+async def test_release_on_shutdown_does_not_count_an_attempt(clocked_store: Store, make_message) -> None:
+    await _submit(clocked_store, make_message)
+    (job,) = await clocked_store.lease("classify", 1, 60)
+    await clocked_store.release([job])
+    row = await _job_row(clocked_store, job.id)
+    assert row["state"] == "ready" and row["attempts"] == 0 and row["lease_until"] is None
+    (again,) = await clocked_store.lease("classify", 1, 60)
+    assert again.attempts == 1
+
+
+async def test_release_does_not_touch_finished_jobs(clocked_store: Store, make_message) -> None:
+    await _submit(clocked_store, make_message)
+    (job,) = await clocked_store.lease("classify", 1, 60)
+    assert await clocked_store.finish(job, None)
+    await clocked_store.release([job])
+    assert (await _job_row(clocked_store, job.id))["state"] == "done"
