@@ -72,14 +72,21 @@ class DispatchApi:
         self.serve_lookup_page = serve_lookup_page
 
     def register(self, app: web.Application) -> None:
-        app.router.add_get("/api/v1/agency/cases", self.list_cases)
-        app.router.add_get("/api/v1/agency/cases/{case_id}", self.get_case)
-        app.router.add_post("/api/v1/agency/cases/{case_id}/answers", self.post_answer)
-        app.router.add_get("/api/v1/cases/{token}", self.public_case)
-        app.router.add_post("/api/v1/cases/{token}/rating", self.post_rating)
+        routes = [web.get("/api/v1/agency/cases", self.list_cases),
+                  web.get("/api/v1/agency/cases/{case_id}", self.get_case),
+                  web.post("/api/v1/agency/cases/{case_id}/answers", self.post_answer),
+                  web.get("/api/v1/cases/{token}", self.public_case),
+                  web.post("/api/v1/cases/{token}/rating", self.post_rating)]
         if self.serve_lookup_page:
-            app.router.add_get("/cases/{token}", self.lookup_page)
-            app.router.add_post("/cases/{token}/rating", self.rating_form)
+            routes += [web.get("/cases/{token}", self.lookup_page),
+                       web.post("/cases/{token}/rating", self.rating_form)]
+        # Another component may already serve a path (aiohttp would keep both and use the first): skip it, loudly.
+        taken = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+        for route in routes:
+            if (route.method, route.path) in taken:
+                log.warning("route %s %s already served by another component; dispatch skips it",
+                            route.method, route.path)
+        app.add_routes([r for r in routes if (r.method, r.path) not in taken])
 
     def _agency(self, request: web.Request) -> str | None:
         header = request.headers.get("Authorization", "")
