@@ -1,0 +1,155 @@
+"""StageWorker: handler results applied with the finish, transient retries with backoff, permanent dead letters."""
+from __future__ import annotations
+
+import asyncio
+
+from ingest.clock import FakeClock
+from ingest.errors import PermanentError, TransientError
+from ingest.records import Job
+from ingest.store import Store, StoredReport, Tx
+from ingest.worker import StageWorker, WorkerSettings
+
+
+async def _job(store: Store, report_id: int) -> dict:
+    row = await store.fetchone("SELECT id, state, attempts, last_error, available_at FROM jobs"
+                               " WHERE report_id=? AND stage='classify'", (report_id,))
+    assert row is not None
+    return dict(row)
+
+
+async def test_handler_writes_and_next_stage_are_applied(clocked_store: Store, make_message) -> None:
+    rid = (await clocked_store.submit(make_message(), b"r", "text/plain")).report_id
+    seen: list[str] = []
+
+    async def handler(job: Job, report: StoredReport):
+        seen.append(report.message.text)
+
+        async def writes(tx: Tx) -> None:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
+            await tx.enqueue("dedupe", job.report_id)
+        return writes
+
+    worker = StageWorker(clocked_store, "classify", handler)
+    assert await worker.run_once() == 1
+    assert worker.processed == 1 and seen == ["Ống nước vỡ trước nhà 12 Lê Lợi, Quận 1"]
+    assert (await clocked_store.get_report(rid)).status == "routed"
+    assert (await _job(clocked_store, rid))["state"] == "done"
+    assert len(await clocked_store.lease("dedupe", 5, 60)) == 1
+
+
+async def test_transient_errors_retry_with_backoff_then_dead_letter(clocked_store: Store, clock: FakeClock,
+                                                                    make_message) -> None:
+    rid = (await clocked_store.submit(make_message(), b"r", "text/plain")).report_id
+    calls = 0
+
+    async def handler(job: Job, report: StoredReport):
+        nonlocal calls
+        calls += 1
+        raise TransientError(f"agency webhook 503 (call {calls})", retry_after=30)
+
+    worker = StageWorker(clocked_store, "classify", handler,
+                         WorkerSettings(max_attempts=3, backoff_base=1.0, backoff_cap=10.0))
+    for attempt in (1, 2):
+        assert await worker.run_once() == 1
+        row = await _job(clocked_store, rid)
+        assert row["state"] == "ready" and row["attempts"] == attempt
+        # Retry-After (30 s) is a floor above the capped jitter (≤ 10 s).
+        assert row["available_at"] - clock.now() >= 30
+        assert await worker.run_once() == 0  # not due yet
+        clock.advance(31)
+    assert await worker.run_once() == 1
+    row = await _job(clocked_store, rid)
+    assert row["state"] == "dead" and row["last_error"] == "TransientError: agency webhook 503 (call 3)"
+    assert calls == 3 and worker.processed == 0
+    assert (await clocked_store.get_report(rid)).status == "failed"
+
+
+async def test_unexpected_exception_is_retried_like_a_transient_one(clocked_store: Store, make_message) -> None:
+    rid = (await clocked_store.submit(make_message(), b"r", "text/plain")).report_id
+
+    async def handler(job: Job, report: StoredReport):
+        raise KeyError("bug")
+
+    worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(max_attempts=2))
+    await worker.run_once()
+    row = await _job(clocked_store, rid)
+    assert row["state"] == "ready" and row["last_error"] == "KeyError: 'bug'"
+
+
+async def test_permanent_error_dead_letters_at_once(clocked_store: Store, make_message) -> None:
+    rid = (await clocked_store.submit(make_message(), b"r", "text/plain")).report_id
+
+    async def handler(job: Job, report: StoredReport):
+        raise PermanentError("record cannot be classified")
+
+    worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(max_attempts=5))
+    await worker.run_once()
+    row = await _job(clocked_store, rid)
+    assert row["state"] == "dead" and row["attempts"] == 1
+    assert row["last_error"] == "PermanentError: record cannot be classified"
+    assert await clocked_store.replay_dead() == 1
+    assert (await _job(clocked_store, rid))["state"] == "ready"
+
+
+async def test_lost_lease_result_is_discarded(clocked_store: Store, clock: FakeClock, make_message) -> None:
+    rid = (await clocked_store.submit(make_message(), b"r", "text/plain")).report_id
+    stolen = []
+
+    async def slow_handler(job: Job, report: StoredReport):
+        # The handler outlives its lease; another worker reclaims the job and takes it.
+        clock.advance(120)
+        await clocked_store.reclaim_expired()
+        stolen.extend(await clocked_store.lease("classify", 1, 60))
+
+        async def writes(tx: Tx) -> None:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
+            await tx.enqueue("dedupe", job.report_id)
+        return writes
+
+    worker = StageWorker(clocked_store, "classify", slow_handler, WorkerSettings(lease_seconds=60))
+    await worker.run_once()
+    assert worker.processed == 0 and len(stolen) == 1
+    assert (await clocked_store.get_report(rid)).status == "received"
+    assert await clocked_store.lease("dedupe", 5, 60) == []
+    assert (await _job(clocked_store, rid))["state"] == "leased"
+
+
+async def test_cancelled_worker_releases_its_leases(clocked_store: Store, make_message) -> None:
+    ids = [(await clocked_store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(3)]
+    started = asyncio.Event()
+
+    async def handler(job: Job, report: StoredReport):
+        started.set()
+        await asyncio.Event().wait()  # stuck until shutdown
+
+    worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(batch=3))
+    task = asyncio.create_task(worker.run_once())
+    await started.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    for rid in ids:
+        row = await _job(clocked_store, rid)
+        assert row["state"] == "ready" and row["attempts"] == 0
+
+
+async def test_run_wakes_on_new_work_and_stops(store: Store, make_message) -> None:
+    done = asyncio.Event()
+
+    async def handler(job: Job, report: StoredReport):
+        done.set()
+        return None
+
+    # A long idle poll: the worker must be woken by the enqueue, not by polling.
+    worker = StageWorker(store, "classify", handler, WorkerSettings(idle_poll=30))
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.05)
+    await store.submit(make_message(), b"r", "text/plain")
+    await asyncio.wait_for(done.wait(), 5)
+    for _ in range(100):  # the finish commits just after the handler returns
+        if worker.processed:
+            break
+        await asyncio.sleep(0.01)
+    worker.stop()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert worker.processed == 1
