@@ -141,8 +141,9 @@ class Generation:
         from channels.registry import build_channels
 
         settings = self.ctx.settings
-        pipeline = build_pipeline(self.ctx)
+        # Channels first: they register the ReplySenders that the dispatch stage's notifier looks up.
         channels = build_channels(self.ctx)
+        pipeline = build_pipeline(self.ctx)
         self.runner = web.AppRunner(self.ctx.http, handle_signals=False, access_log_class=PathOnlyAccessLogger,
                                     shutdown_timeout=settings.queue.drain_seconds / 2)
         await self.runner.setup()
