@@ -314,8 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "route":
             return asyncio.run(route(settings, args.input, args.output, args.store))
         if args.command == "eval":
-            from classifier.evaluate import evaluate_cli
-            return evaluate_cli(settings, args.input, cv=args.cv)
+            from classifier.evaluate import evaluate
+            print(evaluate(args.input, settings, cv=True if args.cv else None))
+            return 0
         if args.command == "replay":
             return asyncio.run(_replay(settings, args.stage, args.job))
         if args.command in ("review", "incident", "dispatch"):
