@@ -5,12 +5,14 @@ import re
 import unicodedata
 
 _SPACE = re.compile(r"\s+")
-_CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\n\t")
+# C0 and C1 controls and DEL; CR, LF, TAB and NEL stay so that every kind of line break still splits lines.
+_CONTROL = dict.fromkeys(c for c in (*range(32), *range(127, 160)) if chr(c) not in "\n\t\r\x85")
 
 
 def normalize(text: str) -> str:
     """NFC with control characters removed and runs of spaces collapsed; line breaks are kept."""
-    text = unicodedata.normalize("NFC", text).translate(_CONTROL)
+    # Controls go first: one between a letter and its combining mark would otherwise block composition.
+    text = unicodedata.normalize("NFC", text.translate(_CONTROL))
     lines = [_SPACE.sub(" ", line).strip() for line in text.splitlines()]
     return "\n".join(line for line in lines if line)
 
