@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from ingest.errors import ConfigError
 
-from .channels import CHANNEL_MODELS, ChannelOptions
+from .channels import CHANNEL_MODELS, ChannelEntry, ChannelOptions
 from .schema import Settings
 
 ENV_PREFIX = "HCMC1022__"
@@ -47,13 +47,16 @@ def validate(raw: dict[str, Any], env: Mapping[str, str], source: str = "<config
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         errors.extend(_format(exc))
-    if settings is not None:
-        errors.extend(_validate_channels(settings))
-        for name, model in EXTRA_SECTIONS.items():
-            try:
-                model.model_validate(getattr(settings, name))
-            except ValidationError as exc:
-                errors.extend(_format(exc, prefix=(name,)))
+    # Channels and stage-owned sections are checked even when the rest failed: every problem in one pass.
+    errors.extend(_validate_channels(settings.channels if settings is not None else _raw_channels(raw)))
+    for name, model in EXTRA_SECTIONS.items():
+        section = getattr(settings, name) if settings is not None else raw.get(name, {})
+        if not isinstance(section, dict):
+            continue  # already reported by the Settings validation
+        try:
+            model.model_validate(section)
+        except ValidationError as exc:
+            errors.extend(_format(exc, prefix=(name,)))
     if errors:
         raise ConfigError(f"{source}: {len(errors)} problem(s):\n" + "\n".join(f"  - {e}" for e in errors))
     assert settings is not None
@@ -64,10 +67,26 @@ def channel_options(entry: Any) -> ChannelOptions:
     return CHANNEL_MODELS[entry.kind].model_validate(entry.options())
 
 
-def _validate_channels(settings: Settings) -> list[str]:
+def _raw_channels(raw: dict[str, Any]) -> list[ChannelEntry | None]:
+    """The `[[channels]]` entries that are well-formed on their own (None keeps the index of a broken one)."""
+    items = raw.get("channels")
+    if not isinstance(items, list):
+        return []
+    entries: list[ChannelEntry | None] = []
+    for item in items:
+        try:
+            entries.append(ChannelEntry.model_validate(item))
+        except ValidationError:
+            entries.append(None)  # its problems are in the Settings errors already
+    return entries
+
+
+def _validate_channels(entries: Sequence[ChannelEntry | None]) -> list[str]:
     errors = []
     seen: set[str] = set()
-    for i, entry in enumerate(settings.channels):
+    for i, entry in enumerate(entries):
+        if entry is None:
+            continue
         where = f"channels[{i}]"
         if entry.name in seen:
             errors.append(f"{where}.name: duplicate channel name {entry.name!r}")
@@ -110,7 +129,8 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], errors: li
                     break
                 node = match[0]
             else:
-                node = node.setdefault(part, {})
+                # `channels` is a list addressed by name; an absent one must not become a table.
+                node = node.setdefault(part, [] if node is raw and part == "channels" else {})
         else:
             try:
                 parsed: Any = json.loads(value)
