@@ -1,10 +1,14 @@
-"""Logins for operators, agency staff and admins: argon2 password hashes, session cookies, CSRF tokens.
+"""Logins for operators, agency staff and admins: argon2 password hashes, session cookies, CSRF tokens, and the
+log of every view of a confidential reporter's personal data (Art. 9).
 
-Roles: `operator` (review, incidents, every case), `agency` (its own cases only), `admin` (everything and
-users). The public needs no login and sees only console/public.py.
+Roles: `operator` (review, incidents, every case), `agency` (its own agency's cases only), `admin` (everything
+and users). The public needs no login and sees only console/public.py.
+Session tokens are stored as sha256 digests, so a copy of the database lets nobody log in. argon2 runs in a
+worker thread: it is deliberately slow and must not stall the event loop that acknowledges reports.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -18,9 +22,14 @@ from ingest.store import Store
 ROLES = ("operator", "agency", "admin")
 SESSION_SECONDS = 12 * 3600
 COOKIE = "hcmc1022_session"
+MIN_PASSWORD = 10
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so a wrong username costs the same time as a wrong password.
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+class UserError(ValueError):
+    """A user request that cannot be applied (bad role, short password, unknown user...)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,8 +40,13 @@ class User:
     agency: str | None
     csrf: str = ""
 
+    @property
+    def is_staff(self) -> bool:
+        """Operators and admins: every case, review, incidents."""
+        return self.role in ("operator", "admin")
+
     def can_see_case_of(self, agency: str | None) -> bool:
-        return self.role in ("operator", "admin") or (self.role == "agency" and agency == self.agency)
+        return self.is_staff or (self.role == "agency" and agency is not None and agency == self.agency)
 
 
 def _digest(token: str) -> str:
@@ -41,23 +55,42 @@ def _digest(token: str) -> str:
 
 async def create_user(store: Store, username: str, role: str, password: str, agency: str | None = None) -> int:
     if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        raise UserError(f"role must be one of {', '.join(ROLES)}")
     if role == "agency" and not agency:
-        raise ValueError("an agency user needs --agency")
-    if len(password) < 10:
-        raise ValueError("passwords must be at least 10 characters")
+        raise UserError("an agency user needs --agency")
+    if role != "agency" and agency:
+        raise UserError("only agency users belong to an agency")
+    if not username or len(username) > 64 or not username.replace(".", "").replace("-", "").replace("_", "").isalnum():
+        raise UserError("username: 1 to 64 letters, digits, '.', '-' or '_'")
+    if len(password) < MIN_PASSWORD:
+        raise UserError(f"passwords must be at least {MIN_PASSWORD} characters")
+    hashed = await asyncio.to_thread(_hasher.hash, password)
     async with store.transaction() as tx:
+        if await tx.fetchone("SELECT 1 FROM users WHERE username=?", (username,)):
+            raise UserError(f"user {username!r} exists")
         cur = await tx.execute(
             "INSERT INTO users(username, role, agency, password_hash, created_at) VALUES (?,?,?,?,?)",
-            (username, role, agency, _hasher.hash(password), store.clock.now()))
+            (username, role, agency, hashed, store.clock.now()))
         return int(cur.lastrowid or 0)
 
 
-async def login(store: Store, username: str, password: str) -> tuple[str, User] | None:
+async def disable_user(store: Store, username: str) -> None:
+    """Disable a login and end its sessions at once."""
+    async with store.transaction() as tx:
+        row = await tx.fetchone("SELECT id FROM users WHERE username=?", (username,))
+        if row is None:
+            raise UserError(f"no user {username!r}")
+        await tx.execute("UPDATE users SET disabled=1 WHERE id=?", (row["id"],))
+        await tx.execute("DELETE FROM sessions WHERE user_id=?", (row["id"],))
+
+
+async def login(store: Store, username: str, password: str,
+                ttl: float = SESSION_SECONDS) -> tuple[str, User] | None:
     """A new session token and its user, or None; the same answer for an unknown user and a bad password."""
     row = await store.fetchone("SELECT * FROM users WHERE username=? AND disabled=0", (username,))
+    stored = row["password_hash"] if row and row["password_hash"] else _DUMMY_HASH
     try:
-        _hasher.verify(row["password_hash"] if row and row["password_hash"] else _DUMMY_HASH, password)
+        await asyncio.to_thread(_hasher.verify, stored, password)
     except (VerificationError, InvalidHashError):
         return None
     if row is None:
@@ -65,8 +98,11 @@ async def login(store: Store, username: str, password: str) -> tuple[str, User] 
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
     now = store.clock.now()
     async with store.transaction() as tx:
+        await tx.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
         await tx.execute("INSERT INTO sessions(token_hash, user_id, csrf, created_at, expires_at) VALUES (?,?,?,?,?)",
-                         (_digest(token), row["id"], csrf, now, now + SESSION_SECONDS))
+                         (_digest(token), row["id"], csrf, now, now + ttl))
+        if _hasher.check_needs_rehash(stored):
+            await tx.execute("UPDATE users SET password_hash=? WHERE id=?", (_hasher.hash(password), row["id"]))
     return token, User(id=row["id"], username=row["username"], role=row["role"], agency=row["agency"], csrf=csrf)
 
 
@@ -87,7 +123,7 @@ async def logout(store: Store, token: str) -> None:
 
 
 def csrf_ok(user: User, submitted: str | None) -> bool:
-    return bool(submitted) and hmac.compare_digest(user.csrf.encode(), (submitted or "").encode())
+    return bool(submitted) and bool(user.csrf) and hmac.compare_digest(user.csrf.encode(), (submitted or "").encode())
 
 
 async def log_pii_view(store: Store, user: User, report_id: int, what: str) -> None:

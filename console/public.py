@@ -1,25 +1,54 @@
 """Public transparency (Art. 8.2, 9): the Open311 GeoReport v2 read API in JSON and XML, and a public page.
 
+Open311 GeoReport v2 (GET only): `services.{json,xml}`, `requests.{json,xml}` with `service_request_id`,
+`service_code`, `start_date`, `end_date`, `status` (comma lists allowed, `jurisdiction_id` accepted and
+ignored) plus the common `page`/`page_size` extension, and `requests/{id}.{json,xml}`. The POST of the app
+channel (channels/open311.py) shares the prefix.
+
 Nothing here shows personal data: rows pass through ingest.public.public_request, which drops reporter
-fields and redacts contacts and the reporter's own name inside the text.
+fields, redacts contacts and the reporter's own name inside the text, and withholds confidential content.
+The public handling steps come from a whitelist of event kinds and whitelisted fields of their data only.
 """
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
+from config.directory import Directory
 from ingest.app import AppContext
 from ingest.clock import VN_TZ, iso
-from ingest.public import CLOSED_STATES, HIDDEN_STATES, public_request
+from ingest.public import CASE_STATE_VI, CLOSED_STATES, HIDDEN_STATES, public_request
+from ingest.store import Store
 
 from .render import render
 
 PREFIX = "/open311/v2"
 DEFAULT_WINDOW_DAYS = 90  # GeoReport v2: without dates, the last 90 days
 MAX_PAGE_SIZE = 1000
+PUBLIC_PAGE_SIZE = 50
+
+# The columns public_request reads, with the case of the report's incident when there is one.
+SELECT = ("SELECT r.id, r.status, r.topic, r.agency, r.district, r.received_at, r.updated_at, r.record,"
+          " r.classification, r.incident_id, c.agency AS case_agency, c.state AS case_state,"
+          " c.expected_completion, c.id AS case_id, c.report_id AS case_report_id"
+          " FROM reports r LEFT JOIN cases c ON c.incident_id = r.incident_id")
+
+ANSWER_VI = {
+    "acknowledged": "Đơn vị xử lý đã tiếp nhận",
+    "false_report": "Đơn vị xác minh: phản ánh không đúng sự thật, đóng hồ sơ",
+    "verified": "Đơn vị đã xác minh tại hiện trường",
+    "safety_measures": "Đã có biện pháp an toàn tạm thời (rào chắn, biển báo)",
+    "in_progress": "Đang khắc phục",
+    "progress_report": "Báo cáo tiến độ",
+    "resolved": "Đã xử lý xong",
+    "returned": "Đơn vị trả lại: không thuộc thẩm quyền",
+    "reassigned": "Tổ vận hành chuyển đơn vị xử lý khác",
+}
 
 
 class QueryError(Exception):
@@ -34,9 +63,13 @@ def _parse_date(value: str, name: str) -> float:
     return (dt if dt.tzinfo else dt.replace(tzinfo=VN_TZ)).timestamp()
 
 
+def _list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
     """SQL filter for the Open311 query parameters; raises QueryError with a message the client can act on."""
-    where = [f"status NOT IN ({','.join('?' * len(HIDDEN_STATES))})"]
+    where = [f"r.status NOT IN ({','.join('?' * len(HIDDEN_STATES))})"]
     args: list[Any] = sorted(HIDDEN_STATES)
     if params.get("service_request_id"):
         ids = []
@@ -44,32 +77,37 @@ def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
             if not part.strip().isdigit():
                 raise QueryError("service_request_id must be a comma-separated list of ids")
             ids.append(int(part))
-        where.append(f"id IN ({','.join('?' * len(ids))})")
+        if len(ids) > MAX_PAGE_SIZE:
+            raise QueryError(f"at most {MAX_PAGE_SIZE} service_request_id values")
+        where.append(f"r.id IN ({','.join('?' * len(ids))})")
         args.extend(ids)
     else:
+        # The spec: service_request_id overrides every other filter; dates default to the last 90 days.
         end = _parse_date(params["end_date"], "end_date") if params.get("end_date") else now
         start = (_parse_date(params["start_date"], "start_date") if params.get("start_date")
                  else end - DEFAULT_WINDOW_DAYS * 86400)
-        where.append("received_at BETWEEN ? AND ?")
+        if start > end:
+            raise QueryError("start_date must not be after end_date")
+        where.append("r.received_at BETWEEN ? AND ?")
         args.extend([start, end])
-    if params.get("service_code"):
-        codes = [c.strip() for c in params["service_code"].split(",") if c.strip()]
-        where.append(f"topic IN ({','.join('?' * len(codes))})")
-        args.extend(codes)
-    status = params.get("status")
-    if status:
-        closed = sorted(CLOSED_STATES)
-        if status == "closed":
-            where.append(f"status IN ({','.join('?' * len(closed))})")
-        elif status == "open":
-            where.append(f"status NOT IN ({','.join('?' * len(closed))})")
-        else:
-            raise QueryError("status must be open or closed")
-        args.extend(closed)
-    for name in ("agency_responsible", "district"):
-        if params.get(name):
-            where.append(f"{'agency' if name == 'agency_responsible' else 'district'} = ?")
-            args.append(params[name])
+        if params.get("service_code"):
+            codes = _list(params["service_code"])
+            where.append(f"r.topic IN ({','.join('?' * len(codes))})")
+            args.extend(codes)
+        statuses = set(_list(params.get("status") or ""))
+        if statuses - {"open", "closed"}:
+            raise QueryError("status must be open, closed, or both comma-separated")
+        if len(statuses) == 1:
+            closed = sorted(CLOSED_STATES)
+            negate = "" if statuses == {"closed"} else "NOT "
+            where.append(f"r.status {negate}IN ({','.join('?' * len(closed))})")
+            args.extend(closed)
+        if params.get("agency_responsible"):
+            where.append("COALESCE(c.agency, r.agency) = ?")
+            args.append(params["agency_responsible"])
+        if params.get("district"):
+            where.append("r.district = ?")
+            args.append(params["district"])
     try:
         page = int(params.get("page", "1"))
         size = int(params.get("page_size", "100"))
@@ -80,13 +118,26 @@ def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
     return " AND ".join(where), args, page, size
 
 
+def _xml(root: ET.Element) -> bytes:
+    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8")
+
+
 def to_xml(items: list[dict[str, Any]]) -> bytes:
     root = ET.Element("service_requests")
     for item in items:
         request = ET.SubElement(root, "request")
         for key, value in item.items():
             ET.SubElement(request, key).text = "" if value is None else str(value)
-    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8")
+    return _xml(root)
+
+
+def services_xml(items: list[dict[str, Any]]) -> bytes:
+    root = ET.Element("services")
+    for item in items:
+        service = ET.SubElement(root, "service")
+        for key, value in item.items():
+            ET.SubElement(service, key).text = str(value).lower() if isinstance(value, bool) else str(value)
+    return _xml(root)
 
 
 def xml_error(code: int, description: str) -> bytes:
@@ -94,7 +145,52 @@ def xml_error(code: int, description: str) -> bytes:
     error = ET.SubElement(root, "error")
     ET.SubElement(error, "code").text = str(code)
     ET.SubElement(error, "description").text = description
-    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8")
+    return _xml(root)
+
+
+def services(directory: Directory) -> list[dict[str, Any]]:
+    """GeoReport v2 service list: the topics one can report (refused categories are not services)."""
+    return [{"service_code": t.id, "service_name": t.description_vi.split(":")[0], "description": t.description_vi,
+             "metadata": False, "type": "realtime", "keywords": t.id.replace("_", ","), "group": t.category}
+            for t in directory.topics.values() if t.agency is not None]
+
+
+async def public_steps(store: Store, directory: Directory, row: Any) -> list[dict[str, str]]:
+    """The handling steps anyone may see: kind and time, and agency names; never notes, actors or free text."""
+    steps = [{"at": iso(row["received_at"]), "what": "Tiếp nhận phản ánh"}]
+    report_ids = sorted({int(row["id"]), *([int(row["case_report_id"])] if row["case_report_id"] else [])})
+    events = await store.fetchall(
+        f"SELECT report_id, kind, at, data FROM events WHERE report_id IN ({','.join('?' * len(report_ids))})"
+        " ORDER BY at, id", report_ids)
+
+    def agency_name(agency_id: Any) -> str:
+        agency = directory.agencies.get(str(agency_id or ""))
+        return agency.name_vi if agency else "đơn vị xử lý"
+
+    for e in events:
+        try:
+            data = json.loads(e["data"] or "{}")
+        except ValueError:
+            data = {}
+        kind, own = e["kind"], e["report_id"] == row["id"]
+        what = None
+        if kind == "case_created":
+            what = f"Chuyển {agency_name(data.get('agency'))} xử lý"
+        elif kind == "agency_answer":
+            what = ANSWER_VI.get(str(data.get("kind")), "Đơn vị xử lý cập nhật")
+        elif kind == "case_rerouted":
+            what = f"Chuyển lại cho {agency_name(data.get('to'))}"
+        elif kind == "case_closed":
+            what = "Đóng hồ sơ: " + CASE_STATE_VI.get(str(data.get("state")), "đã xử lý")
+        elif kind == "deadline_escalation":
+            what = f"Quá hạn xử lý, đã báo cáo ({agency_name(data.get('agency'))})"
+        elif kind == "reporter_notified" and own:
+            what = "Đã thông báo cho người phản ánh"
+        elif kind in ("incident_merge", "incident") and own and row["case_id"] and row["case_report_id"] != row["id"]:
+            what = "Gộp vào sự việc đang xử lý"
+        if what:
+            steps.append({"at": iso(e["at"]), "what": what})
+    return steps
 
 
 class PublicViews:
@@ -103,63 +199,103 @@ class PublicViews:
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            web.get(f"{PREFIX}/services.json", self.services_json),
+            web.get(f"{PREFIX}/services.xml", self.services_xml),
+            web.get(f"{PREFIX}/requests.json", self.list_json),
             web.get(f"{PREFIX}/requests.xml", self.list_xml),
-            web.get(f"{PREFIX}/requests/{{id}}.xml", self.one_xml),
+            web.get(PREFIX + "/requests/{id}.json", self.one_json),
+            web.get(PREFIX + "/requests/{id}.xml", self.one_xml),
             web.get("/public", self.page),
             web.get("/public/{id}", self.page_one),
         ]
 
-    async def _rows(self, params: Any) -> list[dict[str, Any]]:
+    async def _query(self, params: Any) -> tuple[list[Any], int, int]:
         where, args, page, size = build_query(params, self.ctx.clock.now())
         rows = await self.ctx.store.fetchall(
-            f"SELECT id, status, topic, agency, received_at, updated_at, record FROM reports WHERE {where}"
-            " ORDER BY received_at DESC, id DESC LIMIT ? OFFSET ?", [*args, size, (page - 1) * size])
-        return [public_request(r, self.ctx.directory) for r in rows]
+            f"{SELECT} WHERE {where} ORDER BY r.received_at DESC, r.id DESC LIMIT ? OFFSET ?",
+            [*args, size + 1, (page - 1) * size])
+        return rows, page, size
+
+    async def _items(self, params: Any) -> list[dict[str, Any]]:
+        rows, _, size = await self._query(params)
+        return [public_request(r, self.ctx.directory) for r in rows[:size]]
+
+    async def _one(self, rid: str) -> Any:
+        if not rid.isdigit():
+            return None
+        return await self.ctx.store.fetchone(
+            f"{SELECT} WHERE r.id=? AND r.status NOT IN ({','.join('?' * len(HIDDEN_STATES))})",
+            [int(rid), *sorted(HIDDEN_STATES)])
+
+    async def services_json(self, request: web.Request) -> web.Response:
+        return web.json_response(services(self.ctx.directory))
+
+    async def services_xml(self, request: web.Request) -> web.Response:
+        return web.Response(body=services_xml(services(self.ctx.directory)), content_type="text/xml",
+                            charset="utf-8")
 
     async def list_json(self, request: web.Request) -> web.Response:
         try:
-            return web.json_response(await self._rows(request.query))
+            return web.json_response(await self._items(request.query))
         except QueryError as exc:
             return web.json_response([{"code": 400, "description": str(exc)}], status=400)
 
     async def list_xml(self, request: web.Request) -> web.Response:
         try:
-            body = to_xml(await self._rows(request.query))
+            body = to_xml(await self._items(request.query))
         except QueryError as exc:
             return web.Response(body=xml_error(400, str(exc)), status=400, content_type="text/xml")
         return web.Response(body=body, content_type="text/xml", charset="utf-8")
 
-    async def one_xml(self, request: web.Request) -> web.Response:
-        rid = request.match_info["id"]
-        items = await self._rows({"service_request_id": rid}) if rid.isdigit() else []
-        if not items:
-            return web.Response(body=xml_error(404, "no such service request"), status=404, content_type="text/xml")
-        return web.Response(body=to_xml(items), content_type="text/xml", charset="utf-8")
+    async def one_json(self, request: web.Request) -> web.Response:
+        row = await self._one(request.match_info["id"])
+        if row is None:
+            return web.json_response([{"code": 404, "description": "no such service request"}], status=404)
+        return web.json_response([public_request(row, self.ctx.directory)])
 
-    async def _steps(self, report_id: int) -> list[dict[str, Any]]:
-        # Only the kind and time of each step: event data may hold notes with personal details.
-        rows = await self.ctx.store.fetchall("SELECT kind, at FROM events WHERE report_id=? ORDER BY at, id",
-                                             (report_id,))
-        return [{"kind": r["kind"], "at": iso(r["at"])} for r in rows]
+    async def one_xml(self, request: web.Request) -> web.Response:
+        row = await self._one(request.match_info["id"])
+        if row is None:
+            return web.Response(body=xml_error(404, "no such service request"), status=404, content_type="text/xml")
+        return web.Response(body=to_xml([public_request(row, self.ctx.directory)]), content_type="text/xml",
+                            charset="utf-8")
 
     async def page(self, request: web.Request) -> web.Response:
+        q = request.query
+        params = {k: q[k] for k in ("status", "service_code", "agency_responsible", "district", "page") if q.get(k)}
+        params["page_size"] = str(PUBLIC_PAGE_SIZE)
+        directory = self.ctx.directory
+        context: dict[str, Any] = {
+            "items": [], "error": None, "filters": params, "page": 1, "prev_url": None, "next_url": None,
+            "districts": sorted(directory.districts.values(), key=lambda d: d.name_vi),
+            "agencies": sorted(directory.agencies.values(), key=lambda a: a.name_vi),
+            "services": services(directory),
+        }
         try:
-            items = await self._rows(request.query)
+            rows, page, size = await self._query(params)
         except QueryError as exc:
-            return render(request, "public_list.html", {"items": [], "error": str(exc)}, status=400)
-        return render(request, "public_list.html", {"items": items, "error": None})
+            context["error"] = str(exc)
+            return render(request, "public_list.html", context, status=400)
+        context["items"] = [public_request(r, directory) for r in rows[:size]]
+        context["page"] = page
+        if page > 1:
+            context["prev_url"] = "/public?" + urlencode({**params, "page": str(page - 1)})
+        if len(rows) > size:
+            context["next_url"] = "/public?" + urlencode({**params, "page": str(page + 1)})
+        return render(request, "public_list.html", context)
 
     async def page_one(self, request: web.Request) -> web.Response:
-        rid = request.match_info["id"]
-        items = await self._rows({"service_request_id": rid}) if rid.isdigit() else []
-        if not items:
-            return render(request, "public_list.html", {"items": [], "error": "Không tìm thấy phản ánh"}, status=404)
-        return render(request, "public_one.html", {"item": items[0], "steps": await self._steps(int(rid))})
+        row = await self._one(request.match_info["id"])
+        if row is None:
+            return render(request, "public_missing.html", {}, status=404)
+        return render(request, "public_one.html", {
+            "item": public_request(row, self.ctx.directory),
+            "steps": await public_steps(self.ctx.store, self.ctx.directory, row)})
 
 
 def add_public_routes(ctx: AppContext) -> None:
+    """Add the public routes, skipping any GET the app channel already serves (it registers services.json and
+    requests/{id}.json when configured): aiohttp would otherwise keep two handlers and use the first."""
+    taken = {(r.method, r.resource.canonical) for r in ctx.http.router.routes() if r.resource is not None}
     views = PublicViews(ctx)
-    # The JSON list shares its path with the app channel's POST; aiohttp allows one GET beside it.
-    ctx.http.add_routes([web.get(f"{PREFIX}/requests.json", views.list_json), *views.routes()])
-
-
+    ctx.http.add_routes([r for r in views.routes() if ("GET", r.path) not in taken])

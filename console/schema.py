@@ -34,4 +34,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        -- The public list and the Open311 date window filter on arrival time; the console searches by it too.
+        CREATE INDEX IF NOT EXISTS reports_received ON reports(received_at);
+        CREATE INDEX pii_access_log_report ON pii_access_log(report_id);
+        CREATE INDEX sessions_user ON sessions(user_id);
+        """,
+    ),
 ]

@@ -1,10 +1,16 @@
 """What the public may see of a report (Art. 8.2, 9): handling status and redacted content, never the reporter.
 
-Pure functions over a `reports` row; used by the Open311 read API and the public page.
+Pure functions over a `reports` row (optionally joined with its case); used by the Open311 read API, the
+app channel's single-request lookup and the public page. Reports are public by default, except those under
+confidentiality (Art. 9): a confidential report shows its topic, place and handling steps but no content and
+no coordinates, since both can identify the reporter.
 """
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
 from config.directory import Directory
@@ -12,42 +18,134 @@ from config.directory import Directory
 from .clock import iso
 from .contacts import redact
 from .records import InboundMessage, from_json
+from .text import fold
 
 CLOSED_STATES = {"closed", "rejected", "out_of_scope"}
 # Reports in these states are never published: loops and auto-replies, abusive content, our own failures.
 HIDDEN_STATES = {"ignored", "rejected", "failed"}
+REDACTED = "[ẩn]"
+CONFIDENTIAL_NOTE = "Nội dung được bảo mật theo yêu cầu của người phản ánh."
+OUT_OF_SCOPE_NOTE = "Nội dung không thuộc phạm vi tiếp nhận của Cổng 1022; người phản ánh đã được hướng dẫn."
+
+# Report status -> what the public reads (status_notes).
+STATUS_VI = {
+    "received": "Đã tiếp nhận",
+    "review": "Đang phân loại",
+    "routed": "Đã phân loại",
+    "duplicate": "Đã tiếp nhận (trùng sự việc đang xử lý)",
+    "dispatched": "Đã chuyển đơn vị xử lý",
+    "closed": "Đã xử lý xong",
+    "out_of_scope": "Không thuộc phạm vi tiếp nhận",
+}
+# Case state -> what the public reads; more precise than the report's status once a case exists.
+CASE_STATE_VI = {
+    "forwarded": "Đã chuyển đơn vị xử lý",
+    "acknowledged": "Đơn vị đã tiếp nhận",
+    "verified": "Đã xác minh",
+    "safety_done": "Đã có biện pháp an toàn tạm thời",
+    "in_progress": "Đang xử lý",
+    "resolved": "Đã xử lý xong",
+    "closed_false": "Đã đóng: phản ánh không đúng sự thật",
+}
+
+
+def _folded_with_index(text: str) -> tuple[str, list[int]]:
+    """`fold(text)` char by char, with the index in `text` of each folded char, to map matches back."""
+    out: list[str] = []
+    index: list[int] = []
+    for i, ch in enumerate(text):
+        for f in fold(ch):
+            out.append(f)
+            index.append(i)
+    return "".join(out), index
+
+
+def redact_value(text: str, value: str | None) -> str:
+    """Remove `value` from `text`, also when typed without diacritics, in another case or spacing."""
+    if not value or len(value.strip()) < 3:
+        return text
+    text = unicodedata.normalize("NFC", text)
+    words = fold(unicodedata.normalize("NFC", value)).split()
+    if not words:
+        return text
+    pattern = re.compile(r"(?<!\w)" + r"[\s,.\-]+".join(re.escape(w) for w in words) + r"(?!\w)")
+    folded, index = _folded_with_index(text)
+    spans = [(index[m.start()], index[m.end() - 1] + 1) for m in pattern.finditer(folded) if m.end() > m.start()]
+    for start, end in reversed(spans):
+        text = text[:start] + REDACTED + text[end:]
+    return text
 
 
 def redact_text(message: InboundMessage) -> str:
     """The report text with contacts removed, and the reporter's own name and address where they repeat it."""
     text = redact(message.text)
-    for value in (message.reporter.name, message.reporter.address):
-        if value and len(value.strip()) >= 3:
-            text = re.sub(re.escape(value.strip()), "[ẩn]", text, flags=re.IGNORECASE)
+    for value in (message.reporter.name, message.reporter.address, message.reporter.email, message.reporter.phone):
+        text = redact_value(text, value)
     return text
 
 
+def _get(row: Any, key: str) -> Any:
+    if isinstance(row, Mapping):
+        return row.get(key)
+    return row[key] if key in row.keys() else None
+
+
+def public_address(classification: str | dict[str, Any] | None, directory: Directory) -> str | None:
+    """Street, ward and district the classifier found in the text or from GPS; never a house number, and
+    nothing taken from the reporter's own address."""
+    if not classification:
+        return None
+    try:
+        cls = json.loads(classification) if isinstance(classification, str) else classification
+    except ValueError:
+        return None
+    place = cls.get("place") or {}
+    if place.get("source") == "reporter_address":
+        return None
+    district = directory.districts.get(place.get("district") or "")
+    parts = [str(p) for p in (place.get("landmark"), place.get("street"), place.get("ward")) if p]
+    if district:
+        parts.append(district.name_vi)
+    return ", ".join(parts) or None
+
+
 def public_request(row: Any, directory: Directory) -> dict[str, Any]:
-    """One report in Open311 GeoReport v2 `service_request` shape, with no personal data."""
+    """One report in Open311 GeoReport v2 `service_request` shape, with no personal data.
+
+    `row` is a `reports` row with id, status, topic, agency, received_at, updated_at, record; when it also
+    carries `classification`, `case_agency`, `case_state` and `expected_completion` (a LEFT JOIN on cases),
+    those make the answer more precise.
+    """
     message = from_json(InboundMessage, row["record"])
-    agency = directory.agencies.get(row["agency"] or "")
+    status = row["status"]
+    confidential = message.reporter.confidential
+    case_state = _get(row, "case_state")
+    agency = directory.agencies.get(_get(row, "case_agency") or row["agency"] or "")
     topic = directory.topics.get(row["topic"] or message.service_code or "")
-    # The app's GPS may be the reporter's home: publish it rounded to about 100 m.
-    lat = round(message.lat, 3) if message.lat is not None else None
-    lon = round(message.lon, 3) if message.lon is not None else None
+    if confidential:
+        description = CONFIDENTIAL_NOTE
+    elif status == "out_of_scope":
+        # Complaints and denunciations name third parties; the public learns only that it was not ours.
+        description = OUT_OF_SCOPE_NOTE
+    else:
+        description = redact_text(message)
+    # The app's GPS may be the reporter's home: published rounded to about 100 m, and never when confidential.
+    lat = round(message.lat, 3) if message.lat is not None and not confidential else None
+    lon = round(message.lon, 3) if message.lon is not None and not confidential else None
+    expected = _get(row, "expected_completion")
     return {
         "service_request_id": str(row["id"]),
-        "status": "closed" if row["status"] in CLOSED_STATES else "open",
-        "status_notes": row["status"],
+        "status": "closed" if status in CLOSED_STATES else "open",
+        "status_notes": CASE_STATE_VI.get(case_state or "") or STATUS_VI.get(status, "Đang xử lý"),
         "service_name": topic.description_vi.split(":")[0] if topic else None,
         "service_code": topic.id if topic else None,
-        "description": redact_text(message),
+        "description": description,
         "agency_responsible": agency.name_vi if agency else None,
         "service_notice": None,
         "requested_datetime": iso(row["received_at"]),
         "updated_datetime": iso(row["updated_at"]),
-        "expected_datetime": None,
-        "address": None,
+        "expected_datetime": iso(expected) if expected else None,
+        "address": None if confidential else public_address(_get(row, "classification"), directory),
         "address_id": None,
         "zipcode": None,
         "lat": lat,

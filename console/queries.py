@@ -1,0 +1,168 @@
+"""Read-only views the console composes from the committed tables: a case timeline, search, incident listings.
+
+Decisions are never made here: they go through classifier.review, dedupe.operations and dispatch.cases.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ingest.clock import iso
+from ingest.contacts import normalize_phone, find_phones, redact
+from ingest.store import Store
+from ingest.text import fold
+
+# Search filters the structured columns in SQL, then text and phone in Python over at most this many of the
+# most recent matching reports (no full-text index; the console is used by a few dozen people).
+SEARCH_SCAN_LIMIT = 20000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimelineEntry:
+    at: float
+    who: str
+    what: str
+    detail: str = ""
+    report_id: int | None = None
+
+    @property
+    def when(self) -> str:
+        return iso(self.at)
+
+
+def _compact(data: str | None, drop: Sequence[str] = ()) -> str:
+    try:
+        obj = json.loads(data or "{}")
+    except ValueError:
+        return ""
+    if not isinstance(obj, dict):
+        return str(obj)
+    return ", ".join(f"{k}={v}" for k, v in obj.items() if k not in drop and v not in (None, "", [], {}))
+
+
+async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
+    """Every event of a case, who did it and when: the reports of its incident arriving, pipeline and operator
+    events, agency answers, outbox deliveries, messages to reporters and incident merges/splits."""
+    members = await store.fetchall("SELECT id, channel, received_at FROM reports WHERE incident_id=? ORDER BY id",
+                                   (case["incident_id"],))
+    ids = sorted({int(r["id"]) for r in members} | {int(case["report_id"])})
+    marks = ",".join("?" * len(ids))
+    out = [TimelineEntry(at=r["received_at"], who=f"kênh {r['channel']}", what="received", report_id=r["id"])
+           for r in members]
+    # agency_answer, delivered and reporter_notified events repeat rows shown below in more detail.
+    for e in await store.fetchall(
+            f"SELECT report_id, at, kind, actor, data FROM events WHERE report_id IN ({marks})"
+            " AND kind NOT IN ('agency_answer','delivered','reporter_notified','incident_merge','incident_split')"
+            " ORDER BY at, id", ids):
+        out.append(TimelineEntry(at=e["at"], who=e["actor"], what=e["kind"], detail=_compact(e["data"]),
+                                 report_id=e["report_id"]))
+    for a in await store.fetchall("SELECT agency, kind, source, note, data, at FROM answers WHERE case_id=?"
+                                  " ORDER BY id", (case["id"],)):
+        detail = "; ".join(x for x in (a["note"] or "", _compact(a["data"], drop=("photos",))) if x)
+        photos = json.loads(a["data"] or "{}").get("photos") or []
+        if photos:
+            detail += f" ({len(photos)} ảnh)"
+        out.append(TimelineEntry(at=a["at"], who=f"{a['agency']} ({a['source']})", what=f"answer: {a['kind']}",
+                                 detail=detail))
+    for d in await store.fetchall("SELECT agency, target, kind, event, state, attempts, last_status, last_error,"
+                                  " delivered_at, created_at FROM deliveries WHERE case_id=? ORDER BY id",
+                                  (case["id"],)):
+        out.append(TimelineEntry(at=d["created_at"], who="dispatch", what=f"outbox: {d['event']}",
+                                 detail=f"→ {d['agency']}/{d['target']} ({d['kind']})"))
+        if d["delivered_at"]:
+            out.append(TimelineEntry(at=d["delivered_at"], who=f"{d['agency']}/{d['target']}",
+                                     what="delivered", detail=f"after {d['attempts']} attempt(s)"))
+        elif d["state"] != "pending" or d["attempts"]:
+            out.append(TimelineEntry(at=d["created_at"], who=f"{d['agency']}/{d['target']}",
+                                     what=f"delivery {d['state']}",
+                                     detail=f"attempts={d['attempts']} status={d['last_status'] or '-'} "
+                                            f"{d['last_error'] or ''}".strip()))
+    for n in await store.fetchall(f"SELECT report_id, template, channel, state, at FROM notifications"
+                                  f" WHERE report_id IN ({marks}) ORDER BY id", ids):
+        out.append(TimelineEntry(at=n["at"], who="dispatch", what=f"reporter message: {n['template']}",
+                                 detail=f"{n['channel']}, {n['state']}", report_id=n["report_id"]))
+    for m in await store.fetchall("SELECT kind, actor, at, source, target, report_ids FROM incident_decisions"
+                                  " WHERE source=? OR target=? ORDER BY id", (case["incident_id"],) * 2):
+        out.append(TimelineEntry(at=m["at"], who=m["actor"], what=f"incident {m['kind']}",
+                                 detail=f"{m['source']} → {m['target']}, reports {m['report_ids']}"))
+    out.sort(key=lambda t: t.at)
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchHit:
+    report_id: int
+    received_at: float
+    status: str
+    agency: str | None
+    district: str | None
+    incident_id: str | None
+    case_id: str | None
+    excerpt: str  # contacts redacted: lists never show personal data
+    confidential: bool
+    phone_match: bool
+
+
+async def search(store: Store, *, text: str = "", phone: str = "", agency: str = "", district: str = "",
+                 status: str = "", only_case_agency: str | None = None, hide_confidential_phone: bool = False,
+                 limit: int = 50, offset: int = 0) -> list[SearchHit]:
+    """Reports matching every given filter, newest first.
+
+    `only_case_agency` restricts to reports whose incident's case that agency holds (agency staff);
+    `hide_confidential_phone` drops confidential reporters from phone matches (staff not authorised to
+    know who they are must not learn it by searching their number).
+    """
+    where, args = ["1=1"], []
+    if agency:
+        where.append("COALESCE(c.agency, r.agency) = ?")
+        args.append(agency)
+    if district:
+        where.append("r.district = ?")
+        args.append(district)
+    if status:
+        where.append("(r.status = ? OR c.state = ?)")
+        args.extend([status, status])
+    if only_case_agency is not None:
+        where.append("c.agency = ?")
+        args.append(only_case_agency)
+    needle = text.strip()
+    if needle.upper().startswith(("CASE-", "INC-")):
+        where.append("(c.id = ? OR r.incident_id = ?)")
+        args.extend([needle.upper(), needle.upper()])
+        needle = ""
+    elif needle.isdigit():
+        where.append("r.id = ?")
+        args.append(int(needle))
+        needle = ""
+    wanted_phone = normalize_phone(phone) if phone.strip() else None
+    if phone.strip() and wanted_phone is None:
+        return []
+    rows = await store.fetchall(
+        "SELECT r.id, r.received_at, r.status, r.agency, r.district, r.incident_id, r.record, c.id AS case_id"
+        " FROM reports r LEFT JOIN cases c ON c.incident_id = r.incident_id"
+        f" WHERE {' AND '.join(where)} ORDER BY r.received_at DESC, r.id DESC LIMIT ?",
+        [*args, SEARCH_SCAN_LIMIT if (needle or wanted_phone) else limit + offset])
+    folded = fold(needle)
+    hits: list[SearchHit] = []
+    for r in rows:
+        record = json.loads(r["record"])
+        body = record.get("text") or ""
+        reporter = record.get("reporter") or {}
+        confidential = bool(reporter.get("confidential"))
+        if folded and folded not in fold(f"{record.get('subject') or ''} {body}"):
+            continue
+        phone_match = False
+        if wanted_phone:
+            own = normalize_phone(reporter.get("phone") or "")
+            phone_match = own == wanted_phone or wanted_phone in find_phones(body)
+            if not phone_match or (confidential and hide_confidential_phone):
+                continue
+        hits.append(SearchHit(report_id=r["id"], received_at=r["received_at"], status=r["status"], agency=r["agency"],
+                              district=r["district"], incident_id=r["incident_id"], case_id=r["case_id"],
+                              excerpt=redact(" ".join(body.split()))[:160], confidential=confidential,
+                              phone_match=phone_match))
+        if len(hits) >= offset + limit:
+            break
+    return hits[offset:]

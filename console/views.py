@@ -1,0 +1,462 @@
+"""The operator console under /console: login, review queue, incidents, cases and their timelines, overdue
+list, search, report detail with the personal-data rules of Art. 9.
+
+A UI layer like run_daemon.py: every decision calls the owning stage's public function (classifier.review.decide,
+dedupe.operations.merge/split, dispatch CaseBook.apply_answer, dispatch.clocks.overdue); nothing here changes
+reports, incidents or cases by itself. Every POST carries the session's CSRF token; the session cookie is
+HttpOnly and SameSite=Strict.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+
+from config.console import ConsoleConfig
+from config.dispatch import dispatch_settings
+from ingest.app import AppContext
+from ingest.clock import VN_TZ, iso
+from ingest.contacts import redact
+from ingest.public import redact_text
+from ingest.records import InboundMessage, from_json
+
+from . import auth
+from .queries import case_timeline, search
+from .render import render
+
+log = logging.getLogger(__name__)
+
+LOGIN_CSRF_COOKIE = "hcmc1022_login_csrf"
+USER = web.RequestKey("console_user", auth.User)
+FORM = web.RequestKey("console_form", Any)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CASE_STATES = ("forwarded", "acknowledged", "verified", "safety_done", "in_progress", "resolved", "closed_false")
+REPORT_STATES = ("received", "review", "routed", "duplicate", "dispatched", "closed", "rejected", "out_of_scope",
+                 "ignored", "failed")
+# What agency staff may answer from the console: the dispatch answer kinds except the operator unit's own.
+AGENCY_ANSWERS = ("acknowledged", "verified", "safety_measures", "in_progress", "progress_report", "resolved",
+                  "false_report", "returned")
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+def _page(request: web.Request) -> int:
+    try:
+        return max(1, int(request.query.get("page", "1")))
+    except ValueError:
+        return 1
+
+
+class Console:
+    def __init__(self, ctx: AppContext, cfg: ConsoleConfig) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.cfg = cfg
+        self.dispatch_cfg = dispatch_settings(ctx.settings)
+        self._failures: dict[str, list[float]] = {}
+        self._book: Any = None
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def routes(self) -> list[web.RouteDef]:
+        g, p, op, any_ = web.get, web.post, self._staff, self._any
+        return [
+            g("/console", self.home), g("/console/", self.home),
+            g("/console/login", self.login_form), p("/console/login", self.login_post),
+            p("/console/logout", any_(self.logout)),
+            g("/console/review", op(self.review_list)), g("/console/review/{id}", op(self.review_one)),
+            p("/console/review/{id}/decide", op(self.review_decide)),
+            g("/console/incidents", op(self.incidents)), g("/console/incidents/{id}", op(self.incident_one)),
+            p("/console/incidents/merge", op(self.incident_merge)),
+            p("/console/incidents/{id}/split", op(self.incident_split)),
+            g("/console/cases", any_(self.cases)), g("/console/cases/{id}", any_(self.case_one)),
+            p("/console/cases/{id}/answer", any_(self.case_answer)),
+            g("/console/reports/{id}", any_(self.report_one)),
+            g("/console/overdue", any_(self.overdue)),
+            g("/console/search", any_(self.search)),
+            g("/console/pii-log", self._role(("admin",), self.pii_log)),
+        ]
+
+    def page(self, request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
+        user: auth.User | None = request.get(USER)
+        resp = render(request, template, {"user": user, "csrf": user.csrf if user else "",
+                                          "directory": self.ctx.directory, "iso": iso, **context}, status=status)
+        # Pages may hold personal data: never kept by a browser or proxy cache.
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    def error(self, request: web.Request, status: int, message: str) -> web.Response:
+        return self.page(request, "console_error.html", {"status": status, "message": message}, status=status)
+
+    def _role(self, roles: tuple[str, ...], handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            user = await auth.session_user(self.store, request.cookies.get(auth.COOKIE))
+            if user is None:
+                if request.method == "GET":
+                    return _redirect("/console/login?next=" + quote(request.path_qs, safe=""))
+                return web.Response(status=401, text="Phiên đăng nhập đã hết hạn.", content_type="text/plain")
+            request[USER] = user
+            if request.method == "POST":
+                form = await request.post()
+                request[FORM] = form
+                if not auth.csrf_ok(user, str(form.get("csrf") or "")):
+                    log.warning("CSRF token mismatch on %s by %s", request.path, user.username)
+                    return self.error(request, 403, "Yêu cầu không hợp lệ (mã CSRF sai). Vui lòng tải lại trang.")
+            if user.role not in roles:
+                return self.error(request, 403, "Tài khoản không có quyền xem trang này.")
+            return await handler(request)
+        return wrapped
+
+    def _staff(self, handler: Handler) -> Handler:
+        return self._role(("operator", "admin"), handler)
+
+    def _any(self, handler: Handler) -> Handler:
+        return self._role(auth.ROLES, handler)
+
+    def book(self) -> Any:
+        if self._book is None:
+            from dispatch.service import make_book
+            self._book = make_book(self.ctx, self.dispatch_cfg)
+        return self._book
+
+    def sees_confidential(self, user: auth.User) -> bool:
+        """Operators and admins may see a confidential reporter (logged); agency staff only when config
+        authorises their agency, the same rule that decides what the dispatch payload carries."""
+        if user.is_staff:
+            return True
+        agency = self.dispatch_cfg.agencies.get(user.agency or "")
+        return bool(agency and agency.receives_confidential)
+
+    # -- login -----------------------------------------------------------------------------------
+    async def home(self, request: web.Request) -> web.StreamResponse:
+        user = await auth.session_user(self.store, request.cookies.get(auth.COOKIE))
+        if user is None:
+            return _redirect("/console/login")
+        return _redirect("/console/review" if user.is_staff else "/console/cases")
+
+    def _login_page(self, request: web.Request, error: str | None, status: int = 200) -> web.Response:
+        token = secrets.token_urlsafe(24)
+        resp = self.page(request, "login.html", {"error": error, "login_csrf": token,
+                                                 "next": request.query.get("next", "")}, status=status)
+        resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=self.cfg.secure_cookie,
+                        path="/console/login", max_age=3600)
+        return resp
+
+    async def login_form(self, request: web.Request) -> web.StreamResponse:
+        return self._login_page(request, None)
+
+    def _throttled(self, username: str) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(username, []) if now - t < self.cfg.login_window_seconds]
+        self._failures[username] = recent
+        return len(recent) >= self.cfg.login_max_failures
+
+    async def login_post(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        # Before a session exists, CSRF is a double-submit: the form's token must equal the cookie's.
+        cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        submitted = str(form.get("csrf") or "")
+        if not cookie or not secrets.compare_digest(cookie.encode(), submitted.encode()):
+            return self._login_page(request, "Phiên đăng nhập không hợp lệ, vui lòng thử lại.", status=403)
+        username = str(form.get("username") or "").strip()
+        if self._throttled(username):
+            return self._login_page(request, "Quá nhiều lần đăng nhập sai, vui lòng thử lại sau.", status=429)
+        result = await auth.login(self.store, username, str(form.get("password") or ""),
+                                  ttl=self.cfg.session_hours * 3600)
+        if result is None:
+            self._failures.setdefault(username, []).append(time.monotonic())
+            return self._login_page(request, "Sai tên đăng nhập hoặc mật khẩu.", status=401)
+        self._failures.pop(username, None)
+        token, user = result
+        target = str(form.get("next") or "")
+        # Only a path inside the console: never an open redirect to another site.
+        if not target.startswith("/console/") or target.startswith("//"):
+            target = "/console/review" if user.is_staff else "/console/cases"
+        resp = _redirect(target)
+        resp.set_cookie(auth.COOKIE, token, httponly=True, samesite="Strict", secure=self.cfg.secure_cookie,
+                        path="/console", max_age=int(self.cfg.session_hours * 3600))
+        resp.del_cookie(LOGIN_CSRF_COOKIE, path="/console/login")
+        log.info("console login: %s (%s)", user.username, user.role)
+        return resp
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        await auth.logout(self.store, request.cookies.get(auth.COOKIE, ""))
+        resp = _redirect("/console/login")
+        resp.del_cookie(auth.COOKIE, path="/console")
+        return resp
+
+    # -- review ----------------------------------------------------------------------------------
+    async def review_list(self, request: web.Request) -> web.StreamResponse:
+        from classifier.review import review_queue
+
+        items = await review_queue(self.store, limit=self.cfg.page_size)
+        classifications = {}
+        if items:
+            ids = [it.report_id for it in items]
+            for r in await self.store.fetchall(f"SELECT id, classification FROM reports WHERE id IN"
+                                               f" ({','.join('?' * len(ids))})", ids):
+                classifications[r["id"]] = json.loads(r["classification"]) if r["classification"] else {}
+        rows = [{"item": it, "excerpt": redact(it.excerpt),
+                 "candidates": (classifications.get(it.report_id) or {}).get("candidates", [])[:3],
+                 "place": (classifications.get(it.report_id) or {}).get("place") or {}} for it in items]
+        return self.page(request, "review_list.html", {"rows": rows, "flash": request.query.get("done")})
+
+    async def review_one(self, request: web.Request) -> web.StreamResponse:
+        from classifier.review import show
+
+        try:
+            info = await show(self.store, int(request.match_info["id"]))
+        except (LookupError, ValueError):
+            return self.error(request, 404, "Không có phản ánh này.")
+        topics = sorted((t for t in self.ctx.directory.topics.values()), key=lambda t: t.id)
+        return self.page(request, "review_one.html", {"info": info, "topics": topics,
+                                                      "text": redact(info.get("text") or "")})
+
+    async def review_decide(self, request: web.Request) -> web.StreamResponse:
+        from classifier.review import decide
+        from classifier.trainer import reject_reasons
+
+        user: auth.User = request[USER]
+        form = request[FORM]
+        try:
+            report_id = int(request.match_info["id"])
+        except ValueError:
+            return self.error(request, 404, "Không có phản ánh này.")
+        row = await self.store.fetchone("SELECT status FROM reports WHERE id=?", (report_id,))
+        if row is None:
+            return self.error(request, 404, "Không có phản ánh này.")
+        if row["status"] != "review":
+            # A second click, or another operator was quicker: nothing is decided twice.
+            return self.error(request, 409, f"Phản ánh {report_id} đã được xử lý (trạng thái: {row['status']}).")
+        reject = str(form.get("reject") or "") or None
+        topic = str(form.get("topic") or "") or None
+        agency = str(form.get("agency") or "") or None
+        if reject not in (None, "abusive", "out_of_scope"):
+            return self.error(request, 400, "Lý do từ chối không hợp lệ.")
+        if reject is None and topic is None and agency is None:
+            return self.error(request, 400, "Chọn lĩnh vực hoặc đơn vị xử lý.")
+        try:
+            result = await decide(self.store, self.ctx.directory, report_id, actor=user.username, topic=topic,
+                                  agency=agency, reject=reject, reasons=reject_reasons(self.ctx.settings.data.agencies))
+        except (LookupError, ValueError) as exc:
+            return self.error(request, 400, f"Không thể quyết định: {exc}")
+        log.info("review decision on report %d by %s: %s", report_id, user.username, result.status)
+        return _redirect(f"/console/review?done={report_id}")
+
+    # -- incidents -------------------------------------------------------------------------------
+    async def incidents(self, request: web.Request) -> web.StreamResponse:
+        page = _page(request)
+        size = self.cfg.page_size
+        rows = await self.store.fetchall(
+            "SELECT i.id, i.topic, i.district, i.place, i.created_at, i.last_report_at, c.id AS case_id,"
+            " c.agency AS case_agency, c.state AS case_state, COUNT(m.report_id) AS n FROM incidents i"
+            " LEFT JOIN incident_reports m ON m.incident_id = i.id LEFT JOIN cases c ON c.incident_id = i.id"
+            " WHERE i.state='open' GROUP BY i.id ORDER BY i.last_report_at DESC LIMIT ? OFFSET ?",
+            (size + 1, (page - 1) * size))
+        return self.page(request, "incidents.html", {"rows": rows[:size], "page": page, "more": len(rows) > size,
+                                                     "flash": request.query.get("done")})
+
+    async def incident_one(self, request: web.Request) -> web.StreamResponse:
+        incident_id = request.match_info["id"]
+        inc = await self.store.fetchone("SELECT * FROM incidents WHERE id=?", (incident_id,))
+        if inc is None:
+            return self.error(request, 404, "Không có sự việc này.")
+        reports = await self.store.fetchall(
+            "SELECT r.id, r.status, r.channel, r.received_at, r.record, m.how, m.score FROM incident_reports m"
+            " JOIN reports r ON r.id = m.report_id WHERE m.incident_id=? ORDER BY r.received_at, r.id", (incident_id,))
+        members = [{"row": r, "excerpt": redact(" ".join((json.loads(r["record"]).get("text") or "").split()))[:200]}
+                   for r in reports]
+        decisions = await self.store.fetchall("SELECT * FROM incident_decisions WHERE source=? OR target=?"
+                                              " ORDER BY at", (incident_id,) * 2)
+        case = await self.store.fetchone("SELECT id, agency, state FROM cases WHERE incident_id=?", (incident_id,))
+        return self.page(request, "incident_one.html", {"inc": inc, "members": members, "decisions": decisions,
+                                                        "case": case, "place": json.loads(inc["place"] or "{}")})
+
+    async def incident_merge(self, request: web.Request) -> web.StreamResponse:
+        from dedupe.operations import IncidentError, merge
+
+        form = request[FORM]
+        keep, absorb = str(form.get("keep") or "").strip(), str(form.get("absorb") or "").strip()
+        try:
+            await merge(self.store, keep, absorb, actor=request[USER].username)
+        except IncidentError as exc:
+            return self.error(request, 400, f"Không gộp được: {exc}")
+        return _redirect(f"/console/incidents/{quote(keep)}")
+
+    async def incident_split(self, request: web.Request) -> web.StreamResponse:
+        from dedupe.operations import IncidentError, split
+
+        form = request[FORM]
+        try:
+            ids = [int(str(v)) for v in form.getall("report", [])]
+        except ValueError:
+            return self.error(request, 400, "Mã phản ánh không hợp lệ.")
+        try:
+            new_id = await split(self.store, request.match_info["id"], ids, actor=request[USER].username)
+        except IncidentError as exc:
+            return self.error(request, 400, f"Không tách được: {exc}")
+        return _redirect(f"/console/incidents/{quote(new_id)}")
+
+    # -- cases -----------------------------------------------------------------------------------
+    async def _case_for(self, request: web.Request) -> Any:
+        """The case, if this user may see it; agency staff get the same 404 for others' cases as for none."""
+        user: auth.User = request[USER]
+        case = await self.store.fetchone("SELECT * FROM cases WHERE id=?", (request.match_info["id"],))
+        if case is None or not user.can_see_case_of(case["agency"]):
+            return None
+        return case
+
+    async def cases(self, request: web.Request) -> web.StreamResponse:
+        user: auth.User = request[USER]
+        q = request.query
+        where, args = ["1=1"], []
+        agency = user.agency if not user.is_staff else q.get("agency", "")
+        if agency:
+            where.append("agency = ?")
+            args.append(agency)
+        for name in ("state", "district"):
+            if q.get(name):
+                where.append(f"{name} = ?")
+                args.append(q[name])
+        if q.get("open") == "1":
+            where.append("closed_at IS NULL")
+        page, size = _page(request), self.cfg.page_size
+        rows = await self.store.fetchall(
+            f"SELECT * FROM cases WHERE {' AND '.join(where)} ORDER BY forwarded_at DESC LIMIT ? OFFSET ?",
+            [*args, size + 1, (page - 1) * size])
+        filters = {k: q.get(k, "") for k in ("agency", "state", "district", "open")}
+        return self.page(request, "cases.html", {"rows": rows[:size], "page": page, "more": len(rows) > size,
+                                                 "filters": filters, "states": CASE_STATES,
+                                                 "query": urlencode({k: v for k, v in filters.items() if v})})
+
+    async def case_one(self, request: web.Request) -> web.StreamResponse:
+        user: auth.User = request[USER]
+        case = await self._case_for(request)
+        if case is None:
+            return self.error(request, 404, "Không có hồ sơ này, hoặc hồ sơ không thuộc đơn vị của bạn.")
+        timeline = await case_timeline(self.store, case)
+        deadlines = await self.store.fetchall("SELECT * FROM deadlines WHERE case_id=? ORDER BY due_at", (case["id"],))
+        report = await self.store.fetchone("SELECT record FROM reports WHERE id=?", (case["report_id"],))
+        text = ""
+        if report is not None:
+            message = from_json(InboundMessage, report["record"])
+            confidential = message.reporter.confidential
+            text = redact_text(message) if confidential and not self.sees_confidential(user) else message.text
+        answers = AGENCY_ANSWERS if not user.is_staff else (*AGENCY_ANSWERS, "reassigned")
+        agencies = sorted(self.ctx.directory.agencies.values(), key=lambda a: a.name_vi)
+        return self.page(request, "case_one.html", {
+            "case": case, "timeline": timeline, "deadlines": deadlines, "text": text, "answers": answers,
+            "agencies": agencies, "tried": json.loads(case["tried"] or "[]"), "now": self.store.clock.now(),
+            "flash": request.query.get("done")})
+
+    async def case_answer(self, request: web.Request) -> web.StreamResponse:
+        """An answer from the console goes through the same CaseBook.apply_answer as the agency API."""
+        from dispatch.cases import Forbidden, NotFound
+        from dispatch.policy import OPERATOR_UNIT, AnswerRejected
+
+        user: auth.User = request[USER]
+        case = await self._case_for(request)
+        if case is None:
+            return self.error(request, 404, "Không có hồ sơ này, hoặc hồ sơ không thuộc đơn vị của bạn.")
+        form = request[FORM]
+        kind = str(form.get("kind") or "")
+        allowed = AGENCY_ANSWERS if not user.is_staff else (*AGENCY_ANSWERS, "reassigned")
+        if kind not in allowed:
+            return self.error(request, 400, "Loại cập nhật không hợp lệ.")
+        note = str(form.get("note") or "").strip()[:8000] or None
+        data: dict[str, Any] = {}
+        if form.get("expected_completion"):
+            try:
+                when = datetime.fromisoformat(str(form["expected_completion"]))
+            except ValueError:
+                return self.error(request, 400, "Thời gian dự kiến không hợp lệ.")
+            data["expected_completion"] = (when if when.tzinfo else when.replace(tzinfo=VN_TZ)).timestamp()
+        if kind == "returned":
+            if not note:
+                return self.error(request, 400, "Trả lại hồ sơ cần nêu lý do.")
+            data["reason"] = note
+        if kind == "reassigned":
+            target = str(form.get("agency") or "")
+            if target not in self.ctx.directory.agencies:
+                return self.error(request, 400, "Chọn đơn vị nhận hồ sơ.")
+            data["agency"] = target
+        # Operators act as the operator unit, which the answer API lets act on any case (Art. 6 guidance).
+        acting = OPERATOR_UNIT if user.is_staff else str(user.agency)
+        try:
+            await self.book().apply_answer(acting, case["id"], kind, data, source=f"console:{user.username}",
+                                           note=note)
+        except NotFound:
+            return self.error(request, 404, "Không có hồ sơ này.")
+        except Forbidden as exc:
+            return self.error(request, 403, f"Không được phép: {exc}")
+        except AnswerRejected as exc:
+            return self.error(request, 409, f"Không áp dụng được: {exc}")
+        return _redirect(f"/console/cases/{quote(case['id'])}?done={kind}")
+
+    # -- reports ---------------------------------------------------------------------------------
+    async def report_one(self, request: web.Request) -> web.StreamResponse:
+        user: auth.User = request[USER]
+        try:
+            report_id = int(request.match_info["id"])
+        except ValueError:
+            return self.error(request, 404, "Không có phản ánh này.")
+        row = await self.store.fetchone(
+            "SELECT r.*, c.id AS case_id, c.agency AS case_agency FROM reports r LEFT JOIN cases c"
+            " ON c.incident_id = r.incident_id WHERE r.id=?", (report_id,))
+        if row is None or not (user.is_staff or (row["case_agency"] and user.can_see_case_of(row["case_agency"]))):
+            return self.error(request, 404, "Không có phản ánh này, hoặc phản ánh không thuộc đơn vị của bạn.")
+        message = from_json(InboundMessage, row["record"])
+        confidential = message.reporter.confidential
+        show_reporter = not confidential or self.sees_confidential(user)
+        if confidential and show_reporter:
+            # Art. 9: every view of a confidential reporter's personal data, by whom and when.
+            await auth.log_pii_view(self.store, user, report_id, "reporter")
+        events = await self.store.fetchall("SELECT at, kind, actor, data FROM events WHERE report_id=? ORDER BY at, id",
+                                           (report_id,))
+        cls = json.loads(row["classification"]) if row["classification"] else None
+        return self.page(request, "report_one.html", {
+            "row": row, "message": message, "confidential": confidential, "show_reporter": show_reporter,
+            "text": message.text if show_reporter else redact_text(message), "events": events, "cls": cls})
+
+    # -- overdue, search, audit ------------------------------------------------------------------
+    async def overdue(self, request: web.Request) -> web.StreamResponse:
+        from dispatch.clocks import overdue
+
+        user: auth.User = request[USER]
+        agency = (request.query.get("agency") or None) if user.is_staff else user.agency
+        items = await overdue(self.store, agency=agency)
+        return self.page(request, "overdue.html", {"items": items, "agency": agency or ""})
+
+    async def search(self, request: web.Request) -> web.StreamResponse:
+        user: auth.User = request[USER]
+        q = request.query
+        filters = {k: q.get(k, "").strip() for k in ("q", "phone", "agency", "district", "status")}
+        page, size = _page(request), self.cfg.page_size
+        hits = []
+        if any(filters.values()):
+            hits = await search(
+                self.store, text=filters["q"], phone=filters["phone"], agency=filters["agency"],
+                district=filters["district"], status=filters["status"],
+                only_case_agency=None if user.is_staff else str(user.agency),
+                hide_confidential_phone=not self.sees_confidential(user), limit=size + 1, offset=(page - 1) * size)
+            for hit in hits[:size]:
+                if hit.phone_match and hit.confidential:
+                    # Finding a confidential reporter by their number reveals who they are: logged like a view.
+                    await auth.log_pii_view(self.store, user, hit.report_id, "search:phone")
+        query = urlencode({k: v for k, v in filters.items() if v})
+        return self.page(request, "search.html", {
+            "filters": filters, "hits": hits[:size], "page": page, "more": len(hits) > size, "query": query,
+            "states": sorted(set(REPORT_STATES) | set(CASE_STATES))})
+
+    async def pii_log(self, request: web.Request) -> web.StreamResponse:
+        rows = await self.store.fetchall("SELECT * FROM pii_access_log ORDER BY id DESC LIMIT 500")
+        return self.page(request, "pii_log.html", {"rows": rows})

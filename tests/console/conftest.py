@@ -1,0 +1,171 @@
+"""Fixtures for the console tests: a real store with every component's tables on a FakeClock, the daemon's HTTP
+app with the console and public routes on a loopback port, console users, and seeding helpers that leave the
+rows the classify, dedupe and dispatch stages would leave."""
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from classifier.schema import MIGRATIONS as CLASSIFIER
+from config.directory import load_directory
+from config.loader import validate
+from console import service as console_service
+from console.auth import create_user
+from console.schema import MIGRATIONS as CONSOLE
+from dedupe.schema import MIGRATIONS as DEDUPE
+from dispatch.schema import MIGRATIONS as DISPATCH
+from dispatch.service import make_book
+from ingest.app import AppContext
+from ingest.clock import FakeClock, iso
+from ingest.http import make_app
+from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter, to_json
+from ingest.store import Store
+from ingest.worker import StageWorker
+
+MONDAY_9AM = 1788746400.0  # 2026-09-07 09:00 +07:00
+PASSWORD = "correct horse battery"
+
+
+def settings() -> Any:
+    email = {"kind": "email", "to": ["x@agency.example.vn"]}
+    return validate({
+        "http": {"public_base_url": "https://1022.example.vn"},
+        "dispatch": {"agencies": {
+            "sawaco": {"targets": [email]},
+            # Authorised by config to receive confidential reporters' details (Art. 9).
+            "thoat-nuoc": {"targets": [email], "receives_confidential": True},
+            "van-hanh-1022": {"targets": [email]},
+        }},
+    }, {})
+
+
+@dataclass
+class Server:
+    ctx: AppContext
+    url: str
+
+    @property
+    def store(self) -> Store:
+        return self.ctx.store
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    clock = FakeClock(start=MONDAY_9AM)
+    store = await Store.open(tmp_path / "db.sqlite3", tmp_path / "blobs", clock=clock,
+                             migrations={"classifier": CLASSIFIER, "dedupe": DEDUPE, "dispatch": DISPATCH,
+                                         "console": CONSOLE})
+    ctx = AppContext(settings=settings(), directory=load_directory(), store=store, clock=clock, http=make_app(10_000_000))
+    assert console_service.build(ctx) == []
+    runner = web.AppRunner(ctx.http, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    for role, agency in (("operator", None), ("admin", None), ("agency", "sawaco"), ("agency", "thoat-nuoc")):
+        await create_user(store, agency or role, role, PASSWORD, agency=agency)
+    yield Server(ctx, f"http://127.0.0.1:{runner.addresses[0][1]}")
+    await runner.cleanup()
+    await store.close()
+
+
+_seq = iter(range(1, 1_000_000))
+
+
+async def seed_report(store: Store, *, text: str, status: str = "routed", topic: str = "water_supply",
+                      agency: str | None = "sawaco", district: str | None = "quan-1", confidence: float = 0.9,
+                      reporter: Reporter | None = None, candidates: tuple[Candidate, ...] = (),
+                      place: Place | None = None, lat: float | None = None, lon: float | None = None,
+                      channel: str = "app", incident: str | None = None) -> int:
+    """A report as the classify stage leaves it (and, with `incident`, as dedupe leaves it)."""
+    n = next(_seq)
+    msg = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"k{n}",
+                         received_at=iso(store.clock.now()), text=text, reporter=reporter or Reporter(), lat=lat,
+                         lon=lon)
+    rid = (await store.submit(msg, text.encode(), "text/plain")).report_id
+    category = "infrastructure"
+    cls = Classification(status="route" if status == "routed" else status, topic=topic, category=category,
+                         agency=agency, confidence=confidence, place=place or Place(district=district),
+                         candidates=candidates)
+    async with store.transaction() as tx:
+        await tx.execute("DELETE FROM jobs WHERE report_id=?", (rid,))
+        await tx.execute("UPDATE reports SET status=?, topic=?, category=?, agency=?, district=?, confidence=?,"
+                         " classification=? WHERE id=?",
+                         (status, topic, category, agency, district, confidence, to_json(cls), rid))
+        await tx.event(rid, "classified", "classifier", {"status": status, "topic": topic})
+        if incident:
+            exists = await tx.fetchone("SELECT 1 FROM incidents WHERE id=?", (incident,))
+            if not exists:
+                await tx.execute("INSERT INTO incidents(id, seq, first_report_id, topic, district, created_at,"
+                                 " last_report_at) VALUES (?,?,?,?,?,?,?)",
+                                 (incident, int(incident.split("-")[1]), rid, topic, district, store.clock.now(),
+                                  store.clock.now()))
+            await tx.execute("INSERT INTO incident_reports(report_id, incident_id, joined_at) VALUES (?,?,?)",
+                             (rid, incident, store.clock.now()))
+            await tx.execute("UPDATE reports SET incident_id=? WHERE id=?", (incident, rid))
+    return rid
+
+
+async def seed_case(srv: Server, *, text: str, incident: str, agency: str = "sawaco", **kw: Any) -> str:
+    """A report dispatched by the real dispatch stage: its case, outbox rows and clocks."""
+    rid = await seed_report(srv.store, text=text, agency=agency, incident=incident, **kw)
+    async with srv.store.transaction() as tx:
+        await tx.execute("UPDATE incidents SET dispatch_report_id=? WHERE id=?", (rid, incident))
+        await tx.enqueue("dispatch", rid, {"incident_id": incident})
+    worker = StageWorker(srv.store, "dispatch", make_book(srv.ctx).handle_dispatch)
+    assert await worker.run_once() == 1
+    row = await srv.store.fetchone("SELECT id FROM cases WHERE incident_id=?", (incident,))
+    assert row is not None
+    return str(row["id"])
+
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+class Browser:
+    """A cookie-keeping HTTP client that logs in through the form, like a user's browser would."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.csrf = ""
+
+    async def login(self, username: str, password: str = PASSWORD) -> aiohttp.ClientResponse:
+        async with self.session.get(self.base + "/console/login") as resp:
+            token = CSRF.search(await resp.text())
+        assert token is not None
+        resp = await self.session.post(self.base + "/console/login", allow_redirects=False,
+                                       data={"username": username, "password": password, "csrf": token.group(1)})
+        if resp.status == 303:
+            page = await self.get("/console/search")
+            m = CSRF.search(page[1])
+            self.csrf = m.group(1) if m else ""
+        return resp
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with self.session.get(self.base + path, allow_redirects=False) as resp:
+            return resp.status, await resp.text()
+
+    async def post(self, path: str, data: dict[str, Any] | list[tuple[str, str]], *, csrf: bool = True
+                   ) -> tuple[int, str, str | None]:
+        fields = list(data.items()) if isinstance(data, dict) else list(data)
+        if csrf:
+            fields.append(("csrf", self.csrf))
+        async with self.session.post(self.base + path, data=fields, allow_redirects=False) as resp:
+            return resp.status, await resp.text(), resp.headers.get("Location")
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+@pytest.fixture
+async def browser(server: Server) -> AsyncIterator[Browser]:
+    b = Browser(server.url)
+    yield b
+    await b.close()
