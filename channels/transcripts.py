@@ -13,6 +13,7 @@ from pathlib import Path
 from config.channels import ChannelEntry, TranscriptOptions
 from ingest.app import AppContext, Service
 from ingest.clock import iso
+from ingest.errors import TransientError
 
 from .transcripts_parse import TranscriptError, parse_transcript
 
@@ -29,8 +30,19 @@ class TranscriptFolder:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     async def run(self) -> None:
+        failing = False
         while True:
-            await self.scan_once()
+            try:
+                await self.scan_once()
+            except (TransientError, OSError) as exc:
+                # Store or disk trouble: the file stays in new/ and is taken again at the next scan.
+                if not failing:
+                    log.error("transcripts %s: scan failed, will retry: %s", self.name, type(exc).__name__)
+                failing = True
+            else:
+                if failing:
+                    log.info("transcripts %s: scanning again", self.name)
+                failing = False
             await asyncio.sleep(self.options.poll_seconds)
 
     async def scan_once(self) -> int:
