@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.clock import iso
-from ingest.contacts import normalize_phone, find_phones, redact
+from ingest.contacts import find_phones, normalize_phone, redact
+from ingest.public import redact_text
+from ingest.records import InboundMessage, from_json
 from ingest.store import Store
 from ingest.text import fold
 
@@ -91,6 +93,12 @@ async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
     return out
 
 
+def _excerpt(record: dict[str, Any], confidential: bool) -> str:
+    if confidential:
+        return redact_text(from_json(InboundMessage, record))
+    return redact(record.get("text") or "")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SearchHit:
     report_id: int
@@ -161,7 +169,8 @@ async def search(store: Store, *, text: str = "", phone: str = "", agency: str =
                 continue
         hits.append(SearchHit(report_id=r["id"], received_at=r["received_at"], status=r["status"], agency=r["agency"],
                               district=r["district"], incident_id=r["incident_id"], case_id=r["case_id"],
-                              excerpt=redact(" ".join(body.split()))[:160], confidential=confidential,
+                              excerpt=" ".join(_excerpt(record, confidential).split())[:160],
+                              confidential=confidential,
                               phone_match=phone_match))
         if len(hits) >= offset + limit:
             break

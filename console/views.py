@@ -199,13 +199,16 @@ class Console:
         from classifier.review import review_queue
 
         items = await review_queue(self.store, limit=self.cfg.page_size)
-        classifications = {}
+        classifications: dict[int, dict[str, Any]] = {}
+        excerpts: dict[int, str] = {}
         if items:
             ids = [it.report_id for it in items]
-            for r in await self.store.fetchall(f"SELECT id, classification FROM reports WHERE id IN"
+            for r in await self.store.fetchall(f"SELECT id, record, classification FROM reports WHERE id IN"
                                                f" ({','.join('?' * len(ids))})", ids):
                 classifications[r["id"]] = json.loads(r["classification"]) if r["classification"] else {}
-        rows = [{"item": it, "excerpt": redact(it.excerpt),
+                # Lists never show personal data: contacts and the reporter's own name are redacted.
+                excerpts[r["id"]] = " ".join(redact_text(from_json(InboundMessage, r["record"])).split())[:160]
+        rows = [{"item": it, "excerpt": excerpts.get(it.report_id, redact(it.excerpt)),
                  "candidates": (classifications.get(it.report_id) or {}).get("candidates", [])[:3],
                  "place": (classifications.get(it.report_id) or {}).get("place") or {}} for it in items]
         return self.page(request, "review_list.html", {"rows": rows, "flash": request.query.get("done")})
@@ -218,8 +221,10 @@ class Console:
         except (LookupError, ValueError):
             return self.error(request, 404, "Không có phản ánh này.")
         topics = sorted((t for t in self.ctx.directory.topics.values()), key=lambda t: t.id)
-        return self.page(request, "review_one.html", {"info": info, "topics": topics,
-                                                      "text": redact(info.get("text") or "")})
+        row = await self.store.fetchone("SELECT record FROM reports WHERE id=?", (info["report_id"],))
+        # The reporter's details are on the report page, where confidential views are logged.
+        text = redact_text(from_json(InboundMessage, row["record"])) if row else ""
+        return self.page(request, "review_one.html", {"info": info, "topics": topics, "text": text})
 
     async def review_decide(self, request: web.Request) -> web.StreamResponse:
         from classifier.review import decide
@@ -349,8 +354,8 @@ class Console:
         text = ""
         if report is not None:
             message = from_json(InboundMessage, report["record"])
-            confidential = message.reporter.confidential
-            text = redact_text(message) if confidential and not self.sees_confidential(user) else message.text
+            # A confidential reporter's text may name them: in full only on the report page, where it is logged.
+            text = redact_text(message) if message.reporter.confidential else message.text
         answers = AGENCY_ANSWERS if not user.is_staff else (*AGENCY_ANSWERS, "reassigned")
         agencies = sorted(self.ctx.directory.agencies.values(), key=lambda a: a.name_vi)
         return self.page(request, "case_one.html", {

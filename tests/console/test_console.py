@@ -9,7 +9,7 @@ import pytest
 
 from console import auth
 from console.service import user_cli
-from ingest.records import Candidate, Reporter
+from ingest.records import Candidate, Place, Reporter
 
 from .conftest import PASSWORD, Browser, Server, seed_case, seed_report
 
@@ -99,6 +99,31 @@ async def test_review_decision_records_who_and_when_and_sends_the_report_on(serv
         assert (await agency.get("/console/review"))[0] == 403
     finally:
         await agency.close()
+
+
+async def test_review_page_shows_the_classifier_reasons_and_escapes_report_text(server: Server,
+                                                                               browser: Browser) -> None:
+    import numpy as np
+
+    store = server.store
+    known = await seed_report(store, text="Cống thoát nước bị nghẹt rác ở Bình Thạnh", topic="drainage",
+                              agency="thoat-nuoc", status="dispatched")
+    rid = await seed_report(store, text="Nước ngập <script>alert('x')</script> gọi 0901234567", status="review",
+                            place=Place(district="binh-thanh", ward="phuong-25", street="dien bien phu",
+                                        house_number="83/16/4", source="text"),
+                            candidates=(Candidate(topic="drainage", agency="thoat-nuoc", score=0.47),))
+    vec = np.ones(4, np.float32) / 2.0
+    async with store.transaction() as tx:
+        for report in (known, rid):
+            await tx.execute("INSERT INTO embeddings VALUES (?,?,?,?)", (report, "test", 4, vec.tobytes()))
+    await browser.login("operator")
+    status, page = await browser.get(f"/console/review/{rid}")
+    assert status == 200
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "0901234567" not in page  # contacts stay off review pages; the report page shows them
+    assert "83/16/4" in page and "dien bien phu" in page and "binh-thanh" in page  # the place found
+    nearest = page.split("Phản ánh tương tự")[1]
+    assert "Cống thoát nước bị nghẹt rác" in nearest and "1.0" in nearest
 
 
 async def test_agency_staff_see_and_answer_only_their_own_cases(server: Server) -> None:
