@@ -1,0 +1,73 @@
+"""`/healthz` (the process answers) and `/readyz` (it can do its work: the store takes a write transaction, and the
+classifier's model is loaded when the classifier runs in this process).
+
+A load balancer or systemd watchdog restarts on /healthz failing and stops sending traffic on /readyz failing; so
+/healthz checks nothing that a restart would not fix, and /readyz answers 503 with the reasons as JSON.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from ingest.app import AppContext
+
+
+class StoreProbe:
+    """Checks that the store takes a write transaction (BEGIN IMMEDIATE, empty COMMIT: nothing is written).
+
+    The probe is never cancelled half-way (a BEGIN cancelled in flight could leave the writer connection inside a
+    transaction); a probe still waiting for the write lock is shared by the next requests instead.
+    """
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self._task: asyncio.Task[None] | None = None
+
+    async def _probe(self) -> None:
+        async with self.ctx.store.transaction():
+            pass
+
+    async def check(self, timeout: float) -> str | None:
+        """None when the store is writable, else why not."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._probe())
+            # Retrieve the outcome even if no request is left waiting for it.
+            self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        if not done:
+            return f"store: no write lock within {timeout:g} s"
+        exc = self._task.exception()
+        if exc is not None:  # closed (AssertionError/AttributeError), disk full, read-only, corrupt
+            return f"store: not writable ({type(exc).__name__})"
+        return None
+
+
+def classifier_loaded(ctx: AppContext) -> str | None:
+    """The classifier publishes ctx.shared["embedder"] (None until loaded); absent: no classifier here."""
+    if "embedder" not in ctx.shared:
+        return None
+    embedder = ctx.shared["embedder"]
+    if embedder is None or getattr(embedder, "ready", True) is False:
+        return "classifier: model not loaded yet"
+    return None
+
+
+def add_routes(ctx: AppContext, timeout: float) -> StoreProbe:
+    probe = StoreProbe(ctx)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        reasons = [r for r in (await probe.check(timeout), classifier_loaded(ctx)) if r]
+        body: dict[str, Any] = {"status": "ready" if not reasons else "not ready"}
+        if reasons:
+            body["reasons"] = reasons
+            return web.json_response(body, status=503, headers={"Retry-After": "5", "Cache-Control": "no-store"})
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+    ctx.http.router.add_get("/healthz", healthz)
+    ctx.http.router.add_get("/readyz", readyz)
+    return probe

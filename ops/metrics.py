@@ -1,0 +1,241 @@
+"""`/metrics` in the Prometheus text exposition format (version 0.0.4), written by hand (no client library).
+
+Two sources:
+- in-process, fed by the stage workers through `ingest.worker.JOB_OBSERVERS`: how long after its receipt a report
+  finished each stage (received -> classified -> incident -> dispatched -> notified), handler time, job outcomes;
+  these reset when the process restarts, as Prometheus counters and histograms may;
+- the store, read at scrape time (cached a few seconds): queue depths and dead letters per stage, reports accepted
+  per channel, quarantined inputs, and with the dispatch tables: cases, deliveries and failed delivery attempts,
+  open, overdue and breached deadlines per kind. A store that cannot be read gives `hcmc1022_store_up 0`, never
+  a failed scrape.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ingest.clock import parse_iso
+from ingest.store import Store, StoredReport
+
+log = logging.getLogger(__name__)
+
+PREFIX = "hcmc1022_"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds; 300 is the regulation's 5-minute receive-classify-forward limit (Art. 6), 3600 the operator's hour.
+LATENCY_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
+
+
+@dataclass
+class Family:
+    """One metric family: its HELP/TYPE header and samples (suffix, labels, value)."""
+
+    name: str
+    help: str
+    kind: str  # counter | gauge | histogram
+    samples: list[tuple[str, Labels, float]] = field(default_factory=list)
+
+    def add(self, value: float, labels: Labels = (), suffix: str = "") -> None:
+        self.samples.append((suffix, labels, value))
+
+    def render(self) -> str:
+        full = PREFIX + self.name
+        help_text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
+        lines = [f"# HELP {full} {help_text}", f"# TYPE {full} {self.kind}"]
+        lines += [f"{full}{suffix}{_labels(labels)} {_number(value)}" for suffix, labels, value in self.samples]
+        return "\n".join(lines) + "\n"
+
+
+class Histogram:
+    def __init__(self, name: str, help: str, label_names: Sequence[str], buckets: Sequence[float]) -> None:
+        self.name, self.help, self.label_names = name, help, tuple(label_names)
+        self.buckets = tuple(sorted(buckets))
+        self._series: dict[tuple[str, ...], list[float]] = {}  # label values -> [count per bucket..., +Inf, sum]
+
+    def observe(self, value: float, *label_values: str) -> None:
+        series = self._series.setdefault(label_values, [0.0] * (len(self.buckets) + 2))
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                series[i] += 1
+        series[-2] += 1
+        series[-1] += value
+
+    def family(self) -> Family:
+        fam = Family(self.name, self.help, "histogram")
+        for values, series in sorted(self._series.items()):
+            base = tuple(zip(self.label_names, values))
+            for bound, count in zip((*self.buckets, math.inf), series[:-1]):
+                fam.add(count, (*base, ("le", _number(bound) if math.isinf(bound) else repr(float(bound)))), "_bucket")
+            fam.add(series[-1], base, "_sum")
+            fam.add(series[-2], base, "_count")
+        return fam
+
+
+class Counter:
+    def __init__(self, name: str, help: str, label_names: Sequence[str]) -> None:
+        self.name, self.help, self.label_names = name, help, tuple(label_names)
+        self._values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *label_values: str, by: float = 1.0) -> None:
+        self._values[label_values] = self._values.get(label_values, 0.0) + by
+
+    def family(self) -> Family:
+        fam = Family(self.name, self.help, "counter")
+        for values, value in sorted(self._values.items()):
+            fam.add(value, tuple(zip(self.label_names, values)), "_total")
+        return fam
+
+
+# Which milestone a stage's finished job marks, for the help text and dashboards.
+STAGE_MILESTONE = {"classify": "classified", "dedupe": "incident", "dispatch": "dispatched", "notify": "notified"}
+
+
+class OpsMetrics:
+    """The process's metrics; `observe_job` is the worker hook, `render` produces the exposition text."""
+
+    def __init__(self, store: Store, cache_seconds: float = 5.0) -> None:
+        self.store = store
+        self.cache_seconds = cache_seconds
+        self.stage_latency = Histogram(
+            "stage_latency_seconds",
+            "Seconds from a report's receipt to its job finishing in a stage (classify: classified, dedupe: "
+            "incident, dispatch: dispatched, notify: notified); the 5-minute forward limit is the 300 bucket.",
+            ("stage",), LATENCY_BUCKETS)
+        self.handler_seconds = Histogram("stage_handler_seconds", "Seconds a stage's handler spent on one job.",
+                                         ("stage",), HANDLER_BUCKETS)
+        self.job_outcomes = Counter("stage_jobs", "Jobs handled per stage and outcome (done, retry, dead, lost lease).",
+                                    ("stage", "outcome"))
+        self.scrape_errors = Counter("metrics_store_errors", "Scrapes whose store queries failed.", ())
+        self._cached: tuple[float, list[Family]] | None = None
+
+    # -- the worker hook ----------------------------------------------------------------------------
+    def observe_job(self, stage: str, outcome: str, report: StoredReport, seconds: float) -> None:
+        self.job_outcomes.inc(stage, outcome)
+        self.handler_seconds.observe(seconds, stage)
+        if outcome == "done":
+            try:
+                received = parse_iso(report.message.received_at)
+            except (TypeError, ValueError):
+                return
+            # A channel's clock may run a little ahead of ours: never a negative latency.
+            self.stage_latency.observe(max(0.0, self.store.clock.now() - received), stage)
+
+    # -- scrape -------------------------------------------------------------------------------------
+    async def render(self) -> str:
+        families = [self.stage_latency.family(), self.handler_seconds.family(), self.job_outcomes.family()]
+        families += await self._store_families()
+        families.append(self.scrape_errors.family())
+        return "".join(f.render() for f in families)
+
+    async def _store_families(self) -> list[Family]:
+        mono = time.monotonic()
+        if self._cached is not None and mono - self._cached[0] < self.cache_seconds:
+            return self._cached[1]
+        up = Family("store_up", "1 when the store answered the scrape's queries.", "gauge")
+        try:
+            families = await self._read_store()
+        except Exception as exc:  # closed, locked, corrupt: the scrape still answers, and says so
+            log.warning("metrics: store queries failed: %s", type(exc).__name__)
+            self.scrape_errors.inc()
+            up.add(0)
+            return [up]
+        up.add(1)
+        families.insert(0, up)
+        self._cached = (mono, families)
+        return families
+
+    async def _read_store(self) -> list[Family]:
+        store = self.store
+        now = store.clock.now()
+        out: list[Family] = []
+
+        depths = await store.queue_depths()
+        queue = Family("queue_jobs", "Jobs waiting (ready), in progress (leased) or dead-lettered, per stage.", "gauge")
+        dead = Family("dead_letters", "Dead-lettered jobs per stage (replay with `run_daemon.py replay`).", "gauge")
+        for (stage, state), n in sorted(depths.items()):
+            queue.add(n, (("stage", stage), ("state", state)))
+        for stage in sorted({s for s, _ in depths}):
+            dead.add(depths.get((stage, "dead"), 0), (("stage", stage),))
+        out += [queue, dead]
+
+        oldest = Family("queue_oldest_ready_seconds", "Age of the oldest job ready to run, per stage.", "gauge")
+        for row in await store.fetchall("SELECT stage, MIN(available_at) AS t FROM jobs WHERE state='ready'"
+                                        " AND available_at<=? GROUP BY stage ORDER BY stage", (now,)):
+            oldest.add(max(0.0, now - row["t"]), (("stage", row["stage"]),))
+        out.append(oldest)
+
+        accepted = Family("reports_accepted", "Reports stored, per channel kind and instance.", "counter")
+        for row in await store.fetchall("SELECT channel, channel_instance, COUNT(*) AS n FROM reports"
+                                        " GROUP BY channel, channel_instance ORDER BY channel, channel_instance"):
+            accepted.add(row["n"], (("channel", row["channel"]), ("instance", row["channel_instance"])), "_total")
+        status = Family("reports", "Reports per current status.", "gauge")
+        for row in await store.fetchall("SELECT status, COUNT(*) AS n FROM reports GROUP BY status ORDER BY status"):
+            status.add(row["n"], (("status", row["status"]),))
+        quarantined = Family("quarantined", "Inputs a channel could not accept, kept for operators.", "counter")
+        row = await store.fetchone("SELECT COUNT(*) AS n FROM quarantine")
+        quarantined.add(row["n"] if row else 0, (), "_total")
+        out += [accepted, status, quarantined]
+
+        tables = {r["name"] for r in await store.fetchall("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "cases" in tables:
+            cases = Family("cases", "Cases per state.", "gauge")
+            for row in await store.fetchall("SELECT state, COUNT(*) AS n FROM cases GROUP BY state ORDER BY state"):
+                cases.add(row["n"], (("state", row["state"]),))
+            out.append(cases)
+        if "deliveries" in tables:
+            deliveries = Family("deliveries", "Outbox rows to agencies, per agency and state.", "gauge")
+            failed = Family("delivery_failed_attempts", "Failed attempts to deliver a case to an agency.", "counter")
+            for row in await store.fetchall(
+                    "SELECT agency, state, COUNT(*) AS n FROM deliveries GROUP BY agency, state ORDER BY agency, state"):
+                deliveries.add(row["n"], (("agency", row["agency"]), ("state", row["state"])))
+            # A delivered row failed every attempt but its last; an undelivered one with an error, every attempt.
+            for row in await store.fetchall(
+                    "SELECT agency, SUM(CASE WHEN delivered_at IS NOT NULL THEN MAX(attempts-1, 0)"
+                    " WHEN last_error IS NOT NULL THEN attempts ELSE 0 END) AS n FROM deliveries"
+                    " GROUP BY agency ORDER BY agency"):
+                failed.add(row["n"] or 0, (("agency", row["agency"]),), "_total")
+            out += [deliveries, failed]
+        if "deadlines" in tables:
+            open_ = Family("deadlines_open", "Running deadline clocks per kind.", "gauge")
+            overdue = Family("deadlines_overdue", "Clocks past due and not met yet, per kind: act on these.", "gauge")
+            breaches = Family("deadline_breaches", "Clocks ever breached (missed, met late, or open past due), per kind.",
+                              "gauge")
+            for row in await store.fetchall(
+                    "SELECT kind, SUM(state='open') AS open,"
+                    " SUM(state='missed' OR (state='open' AND due_at<?)) AS overdue,"
+                    " SUM(state IN ('missed','met_late') OR (state='open' AND due_at<?)) AS breached"
+                    " FROM deadlines GROUP BY kind ORDER BY kind", (now, now)):
+                labels = (("kind", row["kind"]),)
+                open_.add(row["open"] or 0, labels)
+                overdue.add(row["overdue"] or 0, labels)
+                breaches.add(row["breached"] or 0, labels)
+            out += [open_, overdue, breaches]
+
+        commits = Family("store_commits", "Write transactions committed by this process.", "counter")
+        commits.add(store.commit_count, (), "_total")
+        out.append(commits)
+        return out
+

@@ -1,0 +1,329 @@
+"""Wires ops into the daemon: `/metrics`, `/healthz`, `/readyz` routes, the worker metrics hook, the periodic sender
+of weekly (and quarterly) reports to agency leadership, and `report_cli` for `run_daemon.py report ...`.
+
+Sending is at-least-once and idempotent per (kind, agency, period, channel) through `ops_report_sends`: a week
+already sent is not sent again after a restart; a failed send is retried each check until `max_send_attempts`.
+Email goes through SMTP (`[ops.smtp]`, else `[dispatch.smtp]`) with smtplib in a thread; SMS through the gateway
+client another component publishes as `ctx.shared["sms_sender"]` (see `SmsSender`), skipped while there is none.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import smtplib
+import ssl
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from config.directory import Directory, load_directory
+from config.dispatch import SmtpConfig, dispatch_settings
+from config.ops import OpsConfig, ops_settings
+from ingest import worker
+from ingest.app import AppContext, Service
+from ingest.errors import ConfigError, PermanentError
+from ingest.store import Store
+
+from . import health
+from .metrics import CONTENT_TYPE, OpsMetrics
+from .report_render import Rendered, email_message, render_quarterly, render_weekly, weekly_csv
+from .reports import (
+    Period,
+    agency_figures,
+    last_complete_quarter,
+    last_complete_week,
+    quarter_from,
+    rank,
+    suggestions,
+    week_from,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SmsSender(Protocol):
+    """The SMS gateway client, published by the component that owns it as ctx.shared["sms_sender"]."""
+
+    async def send_sms(self, to: str, text: str, *, key: str) -> None:
+        """`key` is stable per message (idempotency); raise TransientError / PermanentError on failure."""
+
+
+# -- building reports -----------------------------------------------------------------------------
+def agency_names(directory: Directory) -> dict[str, str]:
+    return {a.id: a.name_vi for a in directory.agencies.values()}
+
+
+async def weekly_reports(store: Store, directory: Directory, period: Period, agencies: Sequence[str] | None,
+                         now: float) -> tuple[list[Rendered], str]:
+    """One rendered report per agency (the given ones, else every agency active in the period) and the CSV of all."""
+    names = agency_names(directory)
+    figures = await agency_figures(store, period, names, now)
+    chosen = [figures[a] for a in agencies if a in figures] if agencies else [f for f in figures.values() if f.active]
+    chosen.sort(key=lambda f: f.agency)
+    rendered = await asyncio.to_thread(lambda: [render_weekly(f, period, now) for f in chosen])
+    return rendered, weekly_csv(chosen, period)
+
+
+async def quarterly_report(store: Store, directory: Directory, period: Period, agency: str | None,
+                           now: float) -> Rendered:
+    names = agency_names(directory)
+    figures = await agency_figures(store, period, names, now)
+    ranked = rank(list(figures.values()))
+    found = await suggestions(store, period, agency)
+    return await asyncio.to_thread(render_quarterly, ranked, found, period, now, agency)
+
+
+# -- sending --------------------------------------------------------------------------------------
+def smtp_config(settings: Any, cfg: OpsConfig) -> SmtpConfig:
+    return cfg.smtp or dispatch_settings(settings).smtp
+
+
+def smtp_send(cfg: SmtpConfig, message: Any, to: list[str]) -> None:
+    """Blocking: run in a thread. 5xx answers are permanent; anything else (4xx, network) is worth a retry."""
+    try:
+        if cfg.ssl:
+            client: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_seconds,
+                                                    context=ssl.create_default_context())
+        else:
+            client = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_seconds)
+        with client:
+            if cfg.starttls and not cfg.ssl:
+                client.starttls(context=ssl.create_default_context())
+            if cfg.username and cfg.password is not None:
+                client.login(cfg.username, cfg.password.get_secret_value())
+            client.send_message(message, from_addr=cfg.from_addr, to_addrs=to)
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = [code for code, _ in exc.recipients.values()]
+        if all(code >= 500 for code in codes):
+            raise PermanentError(f"recipients refused ({', '.join(map(str, codes))})") from None
+        raise
+    except smtplib.SMTPResponseException as exc:
+        if exc.smtp_code >= 500:
+            raise PermanentError(f"SMTP {exc.smtp_code}") from None
+        raise
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Due:
+    kind: str
+    period: Period
+    agency: str
+    channel: str  # "email" or "sms:<phone>"
+    to: list[str]
+
+
+class ReportSender:
+    """Finds the reports due, renders each once per check, and sends what is not yet recorded as sent."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self._warned_no_sms = False
+
+    def due(self, cfg: OpsConfig, now: float) -> list[Due]:
+        out: list[Due] = []
+        plans = []
+        if cfg.weekly_send:
+            plans.append(("weekly", last_complete_week(now), list(cfg.agencies)))
+        if cfg.quarterly_send:
+            plans.append(("quarterly", last_complete_quarter(now), list(cfg.quarterly_recipients)))
+        for kind, period, agencies in plans:
+            if now < period.end + cfg.weekly_send_hour * 3600:
+                continue
+            for agency in agencies:
+                contacts = cfg.agencies.get(agency)
+                if contacts is None:
+                    continue
+                if contacts.leadership_email:
+                    out.append(Due(kind=kind, period=period, agency=agency, channel="email",
+                                   to=list(contacts.leadership_email)))
+                out.extend(Due(kind=kind, period=period, agency=agency, channel=f"sms:{phone}", to=[phone])
+                           for phone in contacts.leadership_phone)
+        return out
+
+    async def send_due(self) -> int:
+        """One check: returns how many messages were sent."""
+        ctx = self.ctx
+        cfg = ops_settings(ctx.settings)  # read each time: a reloaded config takes effect at the next check
+        now = ctx.clock.now()
+        pending = [d for d in self.due(cfg, now) if await self._open(d, cfg)]
+        if not pending:
+            return 0
+        sms_sender = ctx.shared.get("sms_sender")
+        if sms_sender is None and any(d.channel.startswith("sms") for d in pending):
+            if not self._warned_no_sms:
+                log.warning("ops: leadership SMS configured but no SMS gateway is registered; SMS skipped")
+                self._warned_no_sms = True
+            pending = [d for d in pending if not d.channel.startswith("sms")]
+        rendered: dict[tuple[str, str, str], Rendered] = {}
+        sent = 0
+        for d in pending:
+            key = (d.kind, d.period.key, d.agency)
+            try:
+                if key not in rendered:
+                    if d.kind == "weekly":
+                        reports, _ = await weekly_reports(ctx.store, ctx.directory, d.period, [d.agency], now)
+                        if not reports:
+                            raise PermanentError(f"agency {d.agency!r} is not in the directory")
+                        rendered[key] = reports[0]
+                    else:
+                        rendered[key] = await quarterly_report(ctx.store, ctx.directory, d.period, None, now)
+                report = rendered[key]
+                msg_key = f"{report.slug}.{d.channel}"
+                if d.channel == "email":
+                    smtp = smtp_config(ctx.settings, cfg)
+                    message = email_message(report, sender=smtp.from_addr, to=d.to, now=now,
+                                            msgid_domain=smtp.message_id_domain)
+                    await asyncio.to_thread(smtp_send, smtp, message, d.to)
+                else:
+                    await sms_sender.send_sms(d.to[0], report.sms, key=msg_key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._record_failure(d, cfg, exc)
+                continue
+            await self._record_sent(d, msg_key)
+            sent += 1
+            log.info("ops: %s report %s sent to %s by %s", d.kind, d.period.key, d.agency, d.channel.split(":")[0])
+        return sent
+
+    async def _open(self, d: Due, cfg: OpsConfig) -> bool:
+        """True when this message still has to be sent (creating its row on first sight)."""
+        async with self.ctx.store.transaction() as tx:
+            await tx.execute(
+                "INSERT OR IGNORE INTO ops_report_sends(kind, agency, period, channel, updated_at) VALUES (?,?,?,?,?)",
+                (d.kind, d.agency, d.period.key, d.channel, self.ctx.clock.now()))
+            row = await tx.fetchone("SELECT state, attempts FROM ops_report_sends"
+                                    " WHERE kind=? AND agency=? AND period=? AND channel=?",
+                                    (d.kind, d.agency, d.period.key, d.channel))
+        return row is not None and row["state"] == "pending" and row["attempts"] < cfg.max_send_attempts
+
+    async def _record_sent(self, d: Due, message_id: str) -> None:
+        now = self.ctx.clock.now()
+        async with self.ctx.store.transaction() as tx:
+            await tx.execute(
+                "UPDATE ops_report_sends SET state='sent', attempts=attempts+1, sent_at=?, message_id=?, updated_at=?"
+                " WHERE kind=? AND agency=? AND period=? AND channel=?",
+                (now, message_id, now, d.kind, d.agency, d.period.key, d.channel))
+
+    async def _record_failure(self, d: Due, cfg: OpsConfig, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        permanent = isinstance(exc, PermanentError)
+        async with self.ctx.store.transaction() as tx:
+            row = await tx.fetchone(
+                "UPDATE ops_report_sends SET attempts=attempts+1, last_error=?, updated_at=?,"
+                " state=CASE WHEN ? OR attempts+1>=? THEN 'failed' ELSE 'pending' END"
+                " WHERE kind=? AND agency=? AND period=? AND channel=? RETURNING state, attempts",
+                (error, self.ctx.clock.now(), permanent, cfg.max_send_attempts,
+                 d.kind, d.agency, d.period.key, d.channel))
+        # Logged without addresses or phone numbers.
+        log.warning("ops: %s report %s to %s by %s failed (attempt %s, now %s): %s", d.kind, d.period.key, d.agency,
+                    d.channel.split(":")[0], row["attempts"] if row else "?", row["state"] if row else "?",
+                    type(exc).__name__)
+
+
+class OpsService:
+    """Keeps the metrics hook installed while the daemon runs, and checks periodically for reports to send."""
+
+    name = "ops"
+
+    def __init__(self, ctx: AppContext, metrics: OpsMetrics) -> None:
+        self.ctx = ctx
+        self.metrics = metrics
+        self.sender = ReportSender(ctx)
+
+    def close(self) -> None:
+        if self.metrics.observe_job in worker.JOB_OBSERVERS:
+            worker.JOB_OBSERVERS.remove(self.metrics.observe_job)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                cfg = ops_settings(self.ctx.settings)
+                if cfg.weekly_send or cfg.quarterly_send:
+                    try:
+                        await self.sender.send_due()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # e.g. the store briefly unavailable: next check
+                        log.exception("ops: report check failed")
+                await self.ctx.clock.sleep(cfg.check_interval_seconds)
+        finally:
+            self.close()
+
+
+def build(ctx: AppContext) -> list[Service]:
+    cfg = ops_settings(ctx.settings)
+    metrics = OpsMetrics(ctx.store, cache_seconds=cfg.metrics_cache_seconds)
+    worker.JOB_OBSERVERS.append(metrics.observe_job)
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        return web.Response(body=(await metrics.render()).encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    ctx.http.router.add_get("/metrics", metrics_handler)
+    health.add_routes(ctx, cfg.ready_timeout_seconds)
+    ctx.shared["ops_metrics"] = metrics
+    return [OpsService(ctx, metrics)]
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+async def report_cli(store: Store, settings: Any, argv: Sequence[str]) -> int:
+    """`run_daemon.py report weekly|quarterly [--agency ID] [--since DATE] [--output DIR]`.
+
+    --since: the period's first day (default: the last complete Monday-Sunday week, or calendar quarter).
+    Writes the HTML (charts inline), the PNG charts and the CSV files into DIR; prints the SMS summaries.
+    """
+    parser = argparse.ArgumentParser(prog="run_daemon.py report", description="weekly and quarterly reports")
+    parser.add_argument("kind", choices=("weekly", "quarterly"))
+    parser.add_argument("--agency", action="append", default=[], help="agency id (repeatable); default: all active")
+    parser.add_argument("--since", type=_date, help="first day of the period, YYYY-MM-DD (Vietnam time)")
+    parser.add_argument("--output", type=Path, default=Path("var/reports"))
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        directory = load_directory(settings.data.agencies)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    unknown = [a for a in args.agency if a not in directory.agencies]
+    if unknown:
+        print(f"unknown agency: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    now = store.clock.now()
+    written: list[Path] = []
+    if args.kind == "weekly":
+        period = week_from(args.since) if args.since else last_complete_week(now)
+        reports, combined = await weekly_reports(store, directory, period, args.agency or None, now)
+        for report in reports:
+            written += report.write(args.output)
+            print(report.sms)
+        if not args.agency:
+            path = args.output / f"weekly-{period.key}-all.csv"
+            args.output.mkdir(parents=True, exist_ok=True)
+            path.write_text(combined, encoding="utf-8-sig", newline="")
+            written.append(path)
+        if not reports:
+            print(f"no agency activity in the week {period.label}", file=sys.stderr)
+    else:
+        period = quarter_from(args.since) if args.since else last_complete_quarter(now)
+        agency = args.agency[0] if args.agency else None
+        report = await quarterly_report(store, directory, period, agency, now)
+        written += report.write(args.output)
+        print(report.sms)
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
