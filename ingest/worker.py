@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,20 @@ log = logging.getLogger(__name__)
 # A handler computes (off the write lock) and returns the writes to apply atomically with finishing the job.
 Writes = Callable[[Tx], Awaitable[None]]
 Handler = Callable[[Job, StoredReport], Awaitable[Writes | None]]
+
+# Optional observers of job outcomes, for metrics (ops/metrics.py registers one). Called after the outcome is
+# committed as observer(stage, outcome, report, handler_seconds), outcome one of "done", "retry", "dead",
+# "lost"; an observer must be cheap and must not raise (a failing one is logged and skipped).
+JobObserver = Callable[[str, str, StoredReport, float], None]
+JOB_OBSERVERS: list[JobObserver] = []
+
+
+def _observe(stage: str, outcome: str, report: StoredReport, seconds: float) -> None:
+    for observer in JOB_OBSERVERS:
+        try:
+            observer(stage, outcome, report, seconds)
+        except Exception:
+            log.exception("job observer failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +93,19 @@ class StageWorker:
 
     async def _handle(self, job: Job, report: StoredReport) -> None:
         s = self.settings
+        started = time.perf_counter()
         try:
             writes = await self.handler(job, report)
         except PermanentError as exc:
             log.warning("stage %s job %d: permanent failure: %s", self.stage, job.id, type(exc).__name__)
             await self.store.fail(job, f"{type(exc).__name__}: {exc}", retry_in=0, dead=True)
+            _observe(self.stage, "dead", report, time.perf_counter() - started)
             return
         except TransientError as exc:
             dead = job.attempts >= s.max_attempts
             delay = backoff_delay(job.attempts, base=s.backoff_base, cap=s.backoff_cap, retry_after=exc.retry_after)
             await self.store.fail(job, f"{type(exc).__name__}: {exc}", retry_in=delay, dead=dead)
+            _observe(self.stage, "dead" if dead else "retry", report, time.perf_counter() - started)
             return
         except asyncio.CancelledError:
             raise
@@ -96,8 +114,11 @@ class StageWorker:
             dead = job.attempts >= s.max_attempts
             delay = backoff_delay(job.attempts, base=s.backoff_base, cap=s.backoff_cap)
             await self.store.fail(job, f"{type(exc).__name__}: {exc}", retry_in=delay, dead=dead)
+            _observe(self.stage, "dead" if dead else "retry", report, time.perf_counter() - started)
             return
         if await self.store.finish(job, writes):
             self.processed += 1
+            _observe(self.stage, "done", report, time.perf_counter() - started)
         else:
             log.warning("stage %s job %d: lease lost, result discarded", self.stage, job.id)
+            _observe(self.stage, "lost", report, time.perf_counter() - started)

@@ -109,6 +109,8 @@ class Counter:
         return fam
 
 
+# Stages always listed in dead_letters (0 when none), so an alert on `> 0` never depends on a series appearing.
+KNOWN_STAGES = ("classify", "dedupe", "dispatch", "notify")
 # Which milestone a stage's finished job marks, for the help text and dashboards.
 STAGE_MILESTONE = {"classify": "classified", "dedupe": "incident", "dispatch": "dispatched", "notify": "notified"}
 
@@ -129,6 +131,7 @@ class OpsMetrics:
         self.job_outcomes = Counter("stage_jobs", "Jobs handled per stage and outcome (done, retry, dead, lost lease).",
                                     ("stage", "outcome"))
         self.scrape_errors = Counter("metrics_store_errors", "Scrapes whose store queries failed.", ())
+        self.scrape_errors.inc(by=0)
         self._cached: tuple[float, list[Family]] | None = None
 
     # -- the worker hook ----------------------------------------------------------------------------
@@ -177,7 +180,7 @@ class OpsMetrics:
         dead = Family("dead_letters", "Dead-lettered jobs per stage (replay with `run_daemon.py replay`).", "gauge")
         for (stage, state), n in sorted(depths.items()):
             queue.add(n, (("stage", stage), ("state", state)))
-        for stage in sorted({s for s, _ in depths}):
+        for stage in sorted({*KNOWN_STAGES, *(s for s, _ in depths)}):
             dead.add(depths.get((stage, "dead"), 0), (("stage", stage),))
         out += [queue, dead]
 

@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -315,7 +315,7 @@ def email_message(report: Rendered, *, sender: str, to: list[str], msgid_domain:
     msg["Message-ID"] = message_id or f"<{report.slug}@{msgid_domain}>"
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: autoresponders must not answer it
     msg.set_content(report.sms.replace("; ", ";\n") + "\n\nBáo cáo chi tiết ở phần HTML và tệp CSV đính kèm.\n")
-    cids = {name: make_msgid(idstring=name, domain=msgid_domain) for name in report.charts}
+    cids = {name: f"<{name}.{report.slug}@{msgid_domain}>" for name in report.charts}
     msg.add_alternative(report.html({name: "cid:" + cid[1:-1] for name, cid in cids.items()}), subtype="html")
     html_part = msg.get_payload()[1]
     for name, png in report.charts.items():

@@ -152,3 +152,38 @@ async def filled(world: World) -> World:
 @pytest.fixture
 def context_for() -> object:
     return make_context
+
+
+@dataclass
+class Served:
+    ctx: AppContext
+    url: str
+    service: object
+
+
+@pytest.fixture
+async def serve_ops():
+    """Start build(ctx)'s routes on a real loopback HTTP server (port 0); returns a factory taking the context."""
+    from aiohttp import web
+
+    from ops.service import build
+
+    runners: list[web.AppRunner] = []
+    services: list[object] = []
+
+    async def start(ctx: AppContext) -> Served:
+        (service,) = build(ctx)
+        services.append(service)
+        runner = web.AppRunner(ctx.http)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return Served(ctx=ctx, url=f"http://127.0.0.1:{port}", service=service)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+    for service in services:
+        service.close()  # type: ignore[attr-defined]
