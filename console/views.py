@@ -156,6 +156,10 @@ class Console:
 
     def _throttled(self, username: str) -> bool:
         now = time.monotonic()
+        if len(self._failures) > 10_000:
+            # Bounded memory when someone tries many usernames: forget the windows that are over.
+            self._failures = {u: ts for u, ts in self._failures.items()
+                              if ts and now - ts[-1] < self.cfg.login_window_seconds}
         recent = [t for t in self._failures.get(username, []) if now - t < self.cfg.login_window_seconds]
         self._failures[username] = recent
         return len(recent) >= self.cfg.login_max_failures

@@ -25,6 +25,7 @@ CLOSED_STATES = {"closed", "rejected", "out_of_scope"}
 HIDDEN_STATES = {"ignored", "rejected", "failed"}
 REDACTED = "[ẩn]"
 CONFIDENTIAL_NOTE = "Nội dung được bảo mật theo yêu cầu của người phản ánh."
+PENDING_NOTE = "Phản ánh đang được phân loại; nội dung sẽ được công bố sau khi kiểm duyệt."
 OUT_OF_SCOPE_NOTE = "Nội dung không thuộc phạm vi tiếp nhận của Cổng 1022; người phản ánh đã được hướng dẫn."
 
 # Report status -> what the public reads (status_notes).
@@ -124,6 +125,11 @@ def public_request(row: Any, directory: Directory) -> dict[str, Any]:
     topic = directory.topics.get(row["topic"] or message.service_code or "")
     if confidential:
         description = CONFIDENTIAL_NOTE
+    elif status == "review":
+        # The classifier was unsure: abusive content waits here too, and must not be published (Art. 3.6) before
+        # an operator decides. (`received` lasts the seconds before classification; the app shows the reporter
+        # their own text then.)
+        description = PENDING_NOTE
     elif status == "out_of_scope":
         # Complaints and denunciations name third parties; the public learns only that it was not ours.
         description = OUT_OF_SCOPE_NOTE

@@ -31,7 +31,7 @@ SECRET_ADDRESS = "9 Ngõ Ẩn Danh"
 SECRET_TEXT = "đường Nguyễn Huệ có người bán hàng chiếm vỉa hè, tôi ở ngay đối diện"
 CANARIES = [NAME, PHONE, EMAIL, ADDRESS, "0977111222", "0977 111 222", TEXT_EMAIL, "77 Hẻm", "Canary",
             "pham thi canary", SECRET_NAME, SECRET_PHONE, SECRET_EMAIL, SECRET_ADDRESS, SECRET_TEXT, "Ngõ Ẩn Danh",
-            "10.7769", "106.7009"]
+            "10.7769", "106.7009", "về rác"]  # the last: text still in review is not published yet
 
 
 async def _seed_canaries(server: Server) -> dict[str, Any]:
