@@ -47,6 +47,8 @@ log = logging.getLogger("run_daemon")
 
 # Pipeline components in stage order; each has `<pkg>.schema.MIGRATIONS` and `<pkg>.service.build(ctx)`.
 COMPONENTS = ("classifier", "dedupe", "dispatch")
+# Served beside the pipeline by the daemon, not in batch routing: operator console, public pages, metrics.
+SERVICE_COMPONENTS = ("console", "ops")
 PIPELINE_STAGES = ("classify", "dedupe", "dispatch")
 ROUTE_STATUS = {"dispatched": "dispatched", "duplicate": "duplicate", "review": "review", "rejected": "rejected",
                 "out_of_scope": "out_of_scope", "closed": "dispatched", "routed": "dispatched"}
@@ -88,9 +90,9 @@ def make_context(settings: Settings, directory: Directory, store: Store, *, rout
                       http=make_app(settings.http.max_body_bytes), route_mode=route_mode)
 
 
-def build_pipeline(ctx: AppContext) -> list[Service]:
+def build_pipeline(ctx: AppContext, components: Sequence[str] = COMPONENTS) -> list[Service]:
     services: list[Service] = []
-    for name in COMPONENTS:
+    for name in components:
         if importlib.util.find_spec(f"{name}.service") is None:
             log.warning("component %s is not installed: its stage will not run", name)
             continue
@@ -143,7 +145,7 @@ class Generation:
         settings = self.ctx.settings
         # Channels first: they register the ReplySenders that the dispatch stage's notifier looks up.
         channels = build_channels(self.ctx)
-        pipeline = build_pipeline(self.ctx)
+        pipeline = build_pipeline(self.ctx) + build_pipeline(self.ctx, SERVICE_COMPONENTS)
         self.runner = web.AppRunner(self.ctx.http, handle_signals=False, access_log_class=PathOnlyAccessLogger,
                                     shutdown_timeout=settings.queue.drain_seconds / 2)
         await self.runner.setup()
@@ -292,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stage")
     p.add_argument("--job", type=int, action="append", default=[])
     p.add_argument("--config")
-    for name in ("review", "incident", "dispatch"):
+    for name in ("review", "incident", "dispatch", "user"):
         p = sub.add_parser(name, help=f"{name} operations (see `{name} --help`)")
         p.add_argument("--config")
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -319,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "replay":
             return asyncio.run(_replay(settings, args.stage, args.job))
-        if args.command in ("review", "incident", "dispatch"):
+        if args.command in ("review", "incident", "dispatch", "user"):
             return asyncio.run(_component_cli(settings, args.command, args.rest))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -340,7 +342,7 @@ async def _replay(settings: Settings, stage: str | None, jobs: list[int]) -> int
 
 async def _component_cli(settings: Settings, command: str, rest: list[str]) -> int:
     module, func = {"review": ("classifier.review", "review_cli"), "incident": ("dedupe.operations", "incident_cli"),
-                    "dispatch": ("dispatch.cli", "dispatch_cli")}[command]
+                    "dispatch": ("dispatch.cli", "dispatch_cli"), "user": ("console.service", "user_cli")}[command]
     store = await open_store(settings)
     try:
         result: int = await getattr(importlib.import_module(module), func)(store, settings, rest)

@@ -1,2 +1,3 @@
 from . import dispatch as _dispatch  # noqa: F401  registers the [dispatch] section model
 from . import ops as _ops  # noqa: F401  registers the [ops] section model
+from . import console as _console  # noqa: F401  registers the [console] section model
