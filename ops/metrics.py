@@ -210,22 +210,25 @@ class OpsMetrics:
             out.append(cases)
         if "deliveries" in tables:
             deliveries = Family("deliveries", "Outbox rows to agencies, per agency and state.", "gauge")
-            failed = Family("delivery_failed_attempts", "Failed attempts to deliver a case to an agency.", "counter")
+            failed = Family("delivery_failed_attempts",
+                            "Failed attempts to deliver cases to an agency (a replay resets them).", "gauge")
             for row in await store.fetchall(
-                    "SELECT agency, state, COUNT(*) AS n FROM deliveries GROUP BY agency, state ORDER BY agency, state"):
+                    "SELECT agency, state, COUNT(*) AS n FROM deliveries"
+                    " GROUP BY agency, state ORDER BY agency, state"):
                 deliveries.add(row["n"], (("agency", row["agency"]), ("state", row["state"])))
-            # A delivered row failed every attempt but its last; an undelivered one with an error, every attempt.
+            # A delivered row failed every attempt but its last, one being sent every attempt but the current one,
+            # an undelivered one with an error every attempt.
             for row in await store.fetchall(
-                    "SELECT agency, SUM(CASE WHEN delivered_at IS NOT NULL THEN MAX(attempts-1, 0)"
+                    "SELECT agency, SUM(CASE WHEN delivered_at IS NOT NULL OR state='sending' THEN MAX(attempts-1, 0)"
                     " WHEN last_error IS NOT NULL THEN attempts ELSE 0 END) AS n FROM deliveries"
                     " GROUP BY agency ORDER BY agency"):
-                failed.add(row["n"] or 0, (("agency", row["agency"]),), "_total")
+                failed.add(row["n"] or 0, (("agency", row["agency"]),))
             out += [deliveries, failed]
         if "deadlines" in tables:
             open_ = Family("deadlines_open", "Running deadline clocks per kind.", "gauge")
             overdue = Family("deadlines_overdue", "Clocks past due and not met yet, per kind: act on these.", "gauge")
-            breaches = Family("deadline_breaches", "Clocks ever breached (missed, met late, or open past due), per kind.",
-                              "gauge")
+            breaches = Family("deadline_breaches",
+                              "Clocks ever breached (missed, met late, or open past due), per kind.", "gauge")
             for row in await store.fetchall(
                     "SELECT kind, SUM(state='open') AS open,"
                     " SUM(state='missed' OR (state='open' AND due_at<?)) AS overdue,"

@@ -4,7 +4,8 @@ of weekly (and quarterly) reports to agency leadership, and `report_cli` for `ru
 Sending is at-least-once and idempotent per (kind, agency, period, channel) through `ops_report_sends`: a week
 already sent is not sent again after a restart; a failed send is retried each check until `max_send_attempts`.
 Email goes through SMTP (`[ops.smtp]`, else `[dispatch.smtp]`) with smtplib in a thread; SMS through the gateway
-client another component publishes as `ctx.shared["sms_sender"]` (see `SmsSender`), skipped while there is none.
+client the dispatch component publishes as `ctx.shared["sms_gateway"]` (see `SmsGateway`), skipped while there is
+none or it is not configured.
 """
 from __future__ import annotations
 
@@ -47,11 +48,14 @@ from .reports import (
 log = logging.getLogger(__name__)
 
 
-class SmsSender(Protocol):
-    """The SMS gateway client, published by the component that owns it as ctx.shared["sms_sender"]."""
+class SmsGateway(Protocol):
+    """The SMS gateway client (dispatch.notify.SmsGateway), published as ctx.shared["sms_gateway"]."""
 
-    async def send_sms(self, to: str, text: str, *, key: str) -> None:
-        """`key` is stable per message (idempotency); raise TransientError / PermanentError on failure."""
+    @property
+    def configured(self) -> bool: ...
+
+    async def send(self, to: str, text: str, message_id: str, now: float) -> None:
+        """`message_id` is stable per message so the gateway drops repeats; raises Transient/PermanentError."""
 
 
 # -- building reports -----------------------------------------------------------------------------
@@ -154,8 +158,10 @@ class ReportSender:
         pending = [d for d in self.due(cfg, now) if await self._open(d, cfg)]
         if not pending:
             return 0
-        sms_sender = ctx.shared.get("sms_sender")
-        if sms_sender is None and any(d.channel.startswith("sms") for d in pending):
+        gateway: SmsGateway | None = ctx.shared.get("sms_gateway")
+        if gateway is not None and not gateway.configured:
+            gateway = None
+        if gateway is None and any(d.channel.startswith("sms") for d in pending):
             if not self._warned_no_sms:
                 log.warning("ops: leadership SMS configured but no SMS gateway is registered; SMS skipped")
                 self._warned_no_sms = True
@@ -181,7 +187,8 @@ class ReportSender:
                                             msgid_domain=smtp.message_id_domain)
                     await asyncio.to_thread(smtp_send, smtp, message, d.to)
                 else:
-                    await sms_sender.send_sms(d.to[0], report.sms, key=msg_key)
+                    assert gateway is not None
+                    await gateway.send(d.to[0], report.sms, msg_key, now)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -37,10 +37,12 @@ class World:
 
     async def report(self, at: float, *, agency: str | None, topic: str = "public_transport",
                      category: str = "civic", status: str = "dispatched", incident: str | None = None,
-                     text: str = "Xe buýt số 19 bỏ trạm, không đón khách ở trạm Bến Thành", channel: str = "app") -> int:
+                     text: str = "Xe buýt số 19 bỏ trạm, không đón khách ở trạm Bến Thành",
+                     channel: str = "app") -> int:
         n = next(self.seq)
-        message = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"k{n}", received_at=iso(at),
-                                 text=text, reporter=Reporter(name="Trần Thị B", phone=REPORTER_PHONE))
+        message = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"k{n}",
+                                 received_at=iso(at), text=text,
+                                 reporter=Reporter(name="Trần Thị B", phone=REPORTER_PHONE))
         result = await self.store.submit(message, text.encode(), "text/plain")
         async with self.store.transaction() as tx:
             await tx.execute("UPDATE reports SET status=?, topic=?, category=?, agency=?, incident_id=?, district=?"
@@ -105,7 +107,8 @@ async def fill_week(w: World) -> None:
     await w.deadline("C2", "so-gtvt", "answer", started=W + 2 * DAY, due=W + 9 * DAY, state="open")
 
     # Misrouted: so-gtvt returns it in 2 h, the operator re-routes it to cay-xanh, which is late on both clocks.
-    r3 = await w.report(W + DAY - 60, agency="so-gtvt", incident="INC-C3", topic="fallen_tree", category="infrastructure")
+    r3 = await w.report(W + DAY - 60, agency="so-gtvt", incident="INC-C3", topic="fallen_tree",
+                        category="infrastructure")
     t3 = W + DAY + 3 * HOUR
     await w.case("C3", agency="cay-xanh", forwarded_at=t3, report_id=r3, category="infrastructure", state="resolved")
     await w.deadline("C3", "so-gtvt", "answer", started=W + DAY, due=W + 8 * DAY, state="cancelled",

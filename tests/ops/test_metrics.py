@@ -116,7 +116,7 @@ async def test_deadline_breaches_cases_and_delivery_failures(filled, context_for
     assert get(samples, "hcmc1022_cases", state="resolved") == 3
     assert get(samples, "hcmc1022_deliveries", agency="so-gtvt", state="delivered") == 2
     # 2 failed before the first delivery succeeded, 2 failed on the pending one.
-    assert get(samples, "hcmc1022_delivery_failed_attempts_total", agency="so-gtvt") == 4
+    assert get(samples, "hcmc1022_delivery_failed_attempts", agency="so-gtvt") == 4
     assert "0903123456" not in text  # no reporter data in metrics
 
 

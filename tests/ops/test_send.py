@@ -1,5 +1,6 @@
 """The weekly report by email to a real SMTP server on loopback (aiosmtpd), once per week, retried on 4xx,
-given up on 5xx; the SMS summary through the gateway hook; the ops service sending on its own schedule."""
+given up on 5xx; the SMS summary through the dispatch SMS gateway client to a loopback gateway; the ops service
+sending on its own schedule."""
 from __future__ import annotations
 
 import asyncio
@@ -11,8 +12,11 @@ from dataclasses import dataclass, field
 from email import policy
 
 import pytest
+from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from config.dispatch import DispatchConfig
+from dispatch.notify import SmsGateway
 from ingest import worker
 from ops.service import ReportSender, build
 
@@ -117,29 +121,45 @@ async def test_a_4xx_is_retried_and_a_5xx_gives_up(filled, context_for, sink) ->
     assert [e.rcpt_tos for e in sink.envelopes] == [[LEADER]]
 
 
-@dataclass
-class RecordingSmsGateway:
-    """Stands in for the SMS gateway client that the dispatch component publishes in ctx.shared."""
+@pytest.fixture
+async def sms_gateway_server():
+    """A loopback HTTP SMS gateway recording what it is asked to send."""
+    received: list[dict] = []
 
-    sent: list[tuple[str, str, str]] = field(default_factory=list)
+    async def handle(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer gw-token"
+        received.append(await request.json())
+        return web.json_response({"status": "queued"})
 
-    async def send_sms(self, to: str, text: str, *, key: str) -> None:
-        self.sent.append((to, text, key))
+    app = web.Application()
+    app.router.add_post("/send", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/send", received
+    await runner.cleanup()
 
 
-async def test_the_sms_summary_goes_through_the_gateway_hook_once(filled, context_for, sink) -> None:
+async def test_the_sms_summary_goes_through_the_dispatch_sms_gateway_once(filled, context_for, sink,
+                                                                          sms_gateway_server) -> None:
+    url, received = sms_gateway_server
     cfg = ops_config(sink)
     cfg["agencies"]["so-gtvt"]["leadership_phone"] = ["+84903000111"]
     ctx = context_for(filled.store, filled.clock, ops=cfg)
     sender = ReportSender(ctx)
-    assert await sender.send_due() == 1  # no gateway registered yet: the email only, the SMS waits
-    gateway = RecordingSmsGateway()
-    ctx.shared["sms_sender"] = gateway
-    assert await sender.send_due() == 1
-    assert await sender.send_due() == 0
-    ((to, text, key),) = gateway.sent
-    assert to == "+84903000111" and key == "weekly-2026-09-21-so-gtvt.sms:+84903000111"
-    assert text.startswith("1022 TPHCM tuan 21/09-27/09, so-gtvt: tiep nhan 4") and len(text) <= 160
+    assert await sender.send_due() == 1  # no gateway published yet: the email only, the SMS waits
+    gateway = SmsGateway(DispatchConfig.model_validate(
+        {"sms": {"url": url, "token": "gw-token", "allow_private": True}}))
+    ctx.shared["sms_gateway"] = gateway
+    try:
+        assert await sender.send_due() == 1
+        assert await sender.send_due() == 0
+    finally:
+        await gateway.close()
+    (body,) = received
+    assert body["to"] == "+84903000111" and body["id"] == "weekly-2026-09-21-so-gtvt.sms:+84903000111"
+    assert body["text"].startswith("1022 TPHCM tuan 21/09-27/09, so-gtvt: tiep nhan 4") and len(body["text"]) <= 160
 
 
 async def test_the_ops_service_sends_on_its_own_and_unhooks_on_stop(filled, context_for, sink) -> None:
