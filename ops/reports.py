@@ -255,8 +255,11 @@ def score(f: AgencyFigures) -> tuple[float | None, float | None]:
 def rank(figures: list[AgencyFigures]) -> list[Ranked]:
     scored = [(f, *score(f)) for f in figures]
     ranked = sorted((s for s in scored if s[1] is not None),
-                    key=lambda s: (-(s[1] or 0.0), -(s[0].on_time_rate or 0.0), -s[0].received, s[0].agency))
-    out = [Ranked(rank=i + 1, figures=f, score=sc, answer_rate=ar) for i, (f, sc, ar) in enumerate(ranked)]
+                    key=lambda s: (-round(s[1] or 0.0, 1), -(s[0].on_time_rate or 0.0), -s[0].received, s[0].agency))
+    # Competition ranking on the score as published (one decimal): equal scores share a rank ("1, 2, 2, 4").
+    shown = [round(sc or 0.0, 1) for _, sc, _ in ranked]
+    out = [Ranked(rank=1 + sum(1 for other in shown if other > shown[i]), figures=f, score=sc, answer_rate=ar)
+           for i, (f, sc, ar) in enumerate(ranked)]
     out.extend(Ranked(rank=None, figures=f, score=None, answer_rate=ar)
                for f, sc, ar in sorted(scored, key=lambda s: s[0].agency) if sc is None)
     return out

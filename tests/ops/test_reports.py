@@ -10,6 +10,7 @@ import pytest
 
 from config.loader import validate
 from ops.report_render import sms_encoding, sms_segments
+from ops.reports import AgencyFigures, rank
 from ops.service import report_cli
 
 REPORTER_PHONE = "0903123456"
@@ -131,3 +132,11 @@ def test_sms_segments_follow_gsm7_and_ucs2_limits() -> None:
     parts = sms_segments(vi)
     assert len(vi) > 70 and all(len(p) <= 67 for p in parts) and "".join(parts) == vi
     assert sms_segments("x" * 70) == ["x" * 70] and sms_encoding("đ") == "UCS-2"
+
+
+def test_equal_scores_share_a_rank_and_idle_agencies_are_not_ranked() -> None:
+    def agency(name: str, received: int, answered: int) -> AgencyFigures:
+        return AgencyFigures(agency=name, name=name, received=received, answered=answered)
+
+    ranked = rank([agency("c", 4, 1), agency("a", 2, 2), agency("b", 4, 4), agency("idle", 0, 0)])
+    assert [(r.rank, r.figures.agency) for r in ranked] == [(1, "b"), (1, "a"), (3, "c"), (None, "idle")]
