@@ -5,12 +5,14 @@ Two sources:
   finished each stage (received -> classified -> incident -> dispatched -> notified), handler time, job outcomes;
   these reset when the process restarts, as Prometheus counters and histograms may;
 - the store, read at scrape time (cached a few seconds): queue depths and dead letters per stage, reports accepted
-  per channel, quarantined inputs, and with the dispatch tables: cases, deliveries and failed delivery attempts,
-  open, overdue and breached deadlines per kind. A store that cannot be read gives `hcmc1022_store_up 0`, never
-  a failed scrape.
+  per channel, quarantined inputs, deadline breaches (the dispatch stage's escalation events), and with the
+  dispatch tables: cases, deliveries and failed delivery attempts, open and overdue deadlines per agency and kind.
+  Append-only tables (reports, events) are counted incrementally by id, so a scrape costs O(new rows).
+  A store that cannot be read gives `hcmc1022_store_up 0`, never a failed scrape.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -133,6 +135,11 @@ class OpsMetrics:
         self.scrape_errors = Counter("metrics_store_errors", "Scrapes whose store queries failed.", ())
         self.scrape_errors.inc(by=0)
         self._cached: tuple[float, list[Family]] | None = None
+        # Running totals over append-only rows, advanced by id at each scrape.
+        self._reports_seen = 0
+        self._accepted: dict[tuple[str, str], int] = {}
+        self._events_seen = 0
+        self._breaches: dict[tuple[str, str], int] = {}
 
     # -- the worker hook ----------------------------------------------------------------------------
     def observe_job(self, stage: str, outcome: str, report: StoredReport, seconds: float) -> None:
@@ -191,9 +198,15 @@ class OpsMetrics:
         out.append(oldest)
 
         accepted = Family("reports_accepted", "Reports stored, per channel kind and instance.", "counter")
-        for row in await store.fetchall("SELECT channel, channel_instance, COUNT(*) AS n FROM reports"
-                                        " GROUP BY channel, channel_instance ORDER BY channel, channel_instance"):
-            accepted.add(row["n"], (("channel", row["channel"]), ("instance", row["channel_instance"])), "_total")
+        # Reports are never deleted and ids only grow: count the new rows since the last scrape, not the table.
+        for row in await store.fetchall("SELECT channel, channel_instance, COUNT(*) AS n, MAX(id) AS last"
+                                        " FROM reports WHERE id>? GROUP BY channel, channel_instance",
+                                        (self._reports_seen,)):
+            key = (row["channel"], row["channel_instance"])
+            self._accepted[key] = self._accepted.get(key, 0) + row["n"]
+            self._reports_seen = max(self._reports_seen, row["last"])
+        for (channel, instance), n in sorted(self._accepted.items()):
+            accepted.add(n, (("channel", channel), ("instance", instance)), "_total")
         status = Family("reports", "Reports per current status.", "gauge")
         for row in await store.fetchall("SELECT status, COUNT(*) AS n FROM reports GROUP BY status ORDER BY status"):
             status.add(row["n"], (("status", row["status"]),))
@@ -225,20 +238,40 @@ class OpsMetrics:
                 failed.add(row["n"] or 0, (("agency", row["agency"]),))
             out += [deliveries, failed]
         if "deadlines" in tables:
-            open_ = Family("deadlines_open", "Running deadline clocks per kind.", "gauge")
-            overdue = Family("deadlines_overdue", "Clocks past due and not met yet, per kind: act on these.", "gauge")
-            breaches = Family("deadline_breaches",
-                              "Clocks ever breached (missed, met late, or open past due), per kind.", "gauge")
+            open_ = Family("deadlines_open", "Running deadline clocks per agency and kind.", "gauge")
+            overdue = Family("deadlines_overdue", "Clocks past due and not met yet, per agency and kind: act on these.",
+                             "gauge")
+            # Only running and missed clocks: the (state, due_at) index keeps this off the met majority.
+            counts: dict[tuple[str, str], list[int]] = {}
             for row in await store.fetchall(
-                    "SELECT kind, SUM(state='open') AS open,"
-                    " SUM(state='missed' OR (state='open' AND due_at<?)) AS overdue,"
-                    " SUM(state IN ('missed','met_late') OR (state='open' AND due_at<?)) AS breached"
-                    " FROM deadlines GROUP BY kind ORDER BY kind", (now, now)):
-                labels = (("kind", row["kind"]),)
-                open_.add(row["open"] or 0, labels)
-                overdue.add(row["overdue"] or 0, labels)
-                breaches.add(row["breached"] or 0, labels)
-            out += [open_, overdue, breaches]
+                    "SELECT agency, kind, SUM(state='open') AS open,"
+                    " SUM(state='missed' OR (state='open' AND due_at<=?)) AS overdue"
+                    " FROM deadlines WHERE state IN ('open','missed') GROUP BY agency, kind", (now,)):
+                counts[(row["agency"], row["kind"])] = [row["open"] or 0, row["overdue"] or 0]
+            for (agency, kind), (n_open, n_overdue) in sorted(counts.items()):
+                labels = (("agency", agency), ("kind", kind))
+                open_.add(n_open, labels)
+                overdue.add(n_overdue, labels)
+            out += [open_, overdue]
+        breaches = Family("deadline_breaches",
+                          "Deadlines breached (escalated when missed, or judged late on the answer), per agency and"
+                          " kind, counted from the dispatch stage's escalation events.", "counter")
+        # One query (one snapshot) over the events added since the last scrape; only escalations carry their data.
+        for row in await store.fetchall("SELECT id, CASE WHEN kind='deadline_escalation' THEN data END AS data"
+                                        " FROM events WHERE id>? ORDER BY id", (self._events_seen,)):
+            self._events_seen = row["id"]
+            if row["data"] is None:
+                continue
+            try:
+                data = json.loads(row["data"])
+            except ValueError:
+                continue
+            # The ticker records {"deadline": kind}, a clock judged late on the answer {"kind": kind}.
+            key = (str(data.get("agency") or ""), str(data.get("deadline") or data.get("kind") or ""))
+            self._breaches[key] = self._breaches.get(key, 0) + 1
+        for (agency, kind), n in sorted(self._breaches.items()):
+            breaches.add(n, (("agency", agency), ("kind", kind)), "_total")
+        out.append(breaches)
 
         commits = Family("store_commits", "Write transactions committed by this process.", "counter")
         commits.add(store.commit_count, (), "_total")

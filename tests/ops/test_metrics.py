@@ -6,6 +6,7 @@ import re
 
 import aiohttp
 
+from dispatch.clocks import tick
 from ingest.clock import iso
 from ingest.errors import PermanentError
 from ingest.records import InboundMessage, Job
@@ -97,27 +98,40 @@ async def test_deadline_breaches_cases_and_delivery_failures(filled, context_for
     store, now = filled.store, filled.clock.now()
     async with store.transaction() as tx:
         for n, (state, attempts, error, delivered) in enumerate(
-                (("delivered", 3, "HTTP 503", now), ("pending", 2, "timeout", None), ("delivered", 1, None, now))):
+                (("delivered", 3, "HTTP 503", now), ("retry", 2, "timeout", None), ("delivered", 1, None, now))):
             await tx.execute(
                 "INSERT INTO deliveries(msg_id, case_id, agency, target, kind, event, payload, state, attempts,"
                 " next_at, deadline_at, last_error, delivered_at, created_at, updated_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (f"m{n}", "C1", "so-gtvt", "webhook", "webhook", "forwarded", "{}", state, attempts, now, now + 3600,
                  error, delivered, now, now))
-    served = await serve_ops(context_for(store, filled.clock))
+        # A return judged late on the answer, recorded as the dispatch stage's CaseBook does.
+        await tx.event(None, "deadline_escalation", "dispatch",
+                       {"case_id": "C3", "kind": "return_misroute", "agency": "so-gtvt", "late": True})
+    assert (await tick(store)).escalated == 1  # C5's fix clock, open past due, is escalated now
+    served = await serve_ops(context_for(store, filled.clock, ops={"metrics_cache_seconds": 0}))
     _, text, samples = await scrape(served.url)
-    # fix: C3 met late + C5 open past due; site_check: C3 missed; answer: C4 met late. C2's clock still runs.
-    assert get(samples, "hcmc1022_deadline_breaches", kind="fix") == 2
-    assert get(samples, "hcmc1022_deadline_breaches", kind="site_check") == 1
-    assert get(samples, "hcmc1022_deadline_breaches", kind="answer") == 1
-    assert get(samples, "hcmc1022_deadlines_overdue", kind="fix") == 1
-    assert get(samples, "hcmc1022_deadlines_open", kind="answer") == 1
-    assert get(samples, "hcmc1022_deadline_breaches", kind="forward") == 0
+    assert get(samples, "hcmc1022_deadline_breaches_total", agency="so-gtvt", kind="fix") == 1
+    assert get(samples, "hcmc1022_deadline_breaches_total", agency="so-gtvt", kind="return_misroute") == 1
+    assert get(samples, "hcmc1022_deadlines_overdue", agency="so-gtvt", kind="fix") == 1
+    assert get(samples, "hcmc1022_deadlines_overdue", agency="cay-xanh", kind="site_check") == 1
+    assert get(samples, "hcmc1022_deadlines_open", agency="so-gtvt", kind="answer") == 1
+    assert ("hcmc1022_deadlines_open", frozenset({("agency", "so-gtvt"), ("kind", "forward")})) not in samples
     assert get(samples, "hcmc1022_cases", state="resolved") == 3
     assert get(samples, "hcmc1022_deliveries", agency="so-gtvt", state="delivered") == 2
-    # 2 failed before the first delivery succeeded, 2 failed on the pending one.
+    # 2 failed before the first delivery succeeded, 2 failed on the one waiting for its retry.
     assert get(samples, "hcmc1022_delivery_failed_attempts", agency="so-gtvt") == 4
+    assert get(samples, "hcmc1022_reports_accepted_total", channel="app", instance="app") == 7
     assert "0903123456" not in text  # no reporter data in metrics
+
+    # Counters move on from where they were: the next escalation and the next report add one each.
+    filled.clock.advance(2 * 86400)
+    assert (await tick(store)).escalated == 1  # C2's answer clock
+    await filled.report(filled.clock.now(), agency="so-gtvt")
+    _, _, samples = await scrape(served.url)
+    assert get(samples, "hcmc1022_deadline_breaches_total", agency="so-gtvt", kind="answer") == 1
+    assert get(samples, "hcmc1022_deadline_breaches_total", agency="so-gtvt", kind="fix") == 1
+    assert get(samples, "hcmc1022_reports_accepted_total", channel="app", instance="app") == 8
 
 
 async def test_a_closed_store_still_gives_a_scrape_that_says_so(world, context_for, serve_ops) -> None:
