@@ -21,6 +21,8 @@ minus the engine's own int8 activation rounding.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -28,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +40,10 @@ from classifier.e5_format import E5File, read_e5_file, sha256_file
 from classifier.e5_tokenizer import build_tokenizer
 
 # Bump when the output layout or numerics change so ensure_converted() redoes it.
-CONVERTER_VERSION = 3
+CONVERTER_VERSION = 4
 MARKER = "e5convert.json"
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
-ONNX_FP32 = "onnx/model.onnx"
-ONNX_INT8 = "onnx/model_qint8.onnx"
 
 
 def repo_root() -> Path:
@@ -215,11 +216,35 @@ def write_weights(f: E5File, out: Path) -> None:
     _dump(out / "config.json", hf_config(f))
 
 
+@contextlib.contextmanager
+def _conversion_lock(output_dir: Path) -> Iterator[None]:
+    """Serialise converters of one output dir across processes.
+
+    While holding it, leftover staging / old trees of killed converters are
+    removed (each is ~0.5 GB).
+    """
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = output_dir.parent / f".{output_dir.name}.lock"
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            for stale in output_dir.parent.glob(f".{output_dir.name}.*"):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def convert(model_file: Path | None = None, output_dir: Path | None = None, *, onnx: bool = True) -> Path:
     """Convert ``model_file`` into ``output_dir`` atomically (temp dir + rename)."""
     model_file = Path(model_file or default_model_file()).resolve()
     output_dir = Path(output_dir or default_model_dir()).resolve()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _conversion_lock(output_dir):
+        return _convert_locked(model_file, output_dir, onnx=onnx)
+
+
+def _convert_locked(model_file: Path, output_dir: Path, *, onnx: bool) -> Path:
     digest = sha256_file(model_file)
     f = read_e5_file(model_file)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
@@ -231,7 +256,7 @@ def convert(model_file: Path | None = None, output_dir: Path | None = None, *, o
         if onnx:
             from classifier import e5_onnx
 
-            variants += e5_onnx.export_all(staging)
+            variants += e5_onnx.export_all(staging, f)
         # The marker goes last: its presence means the directory is complete.
         _dump(
             staging / MARKER,
@@ -257,6 +282,9 @@ def _swap_into_place(staging: Path, output_dir: Path) -> None:
     the new complete tree, never a half-written one.
     """
     os.chmod(staging, 0o755)
+    for p in staging.rglob("*"):
+        if p.is_file():
+            os.chmod(p, 0o644)  # safetensors writes 0600; readers may be other users
     old = None
     if output_dir.exists():
         old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")
@@ -273,13 +301,20 @@ def read_marker(output_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def _onnx_tools_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
 def is_current(output_dir: Path, model_file: Path) -> bool:
     m = read_marker(output_dir)
-    return bool(
+    if not (
         m
         and m.get("converter_version") == CONVERTER_VERSION
         and m.get("source_sha256") == sha256_file(model_file)
-    )
+    ):
+        return False
+    # An fp32-only tree made without ONNX tools is outdated once they exist.
+    return "int8" in m.get("variants", []) or not _onnx_tools_available()
 
 
 def ensure_converted(output_dir: Path | str | None = None, model_file: Path | str | None = None) -> Path:
@@ -292,7 +327,49 @@ def ensure_converted(output_dir: Path | str | None = None, model_file: Path | st
     src = Path(model_file) if model_file is not None else default_model_file()
     if is_current(out, src):
         return out
-    return convert(src, out)
+    out, src = out.resolve(), src.resolve()
+    with _conversion_lock(out):
+        # another process may have finished the job while we waited
+        if is_current(out, src):
+            return out
+        return _convert_locked(src, out, onnx=True)
+
+
+class _STEncoder:
+    """fp32 variant: the converted dir through sentence-transformers (torch)."""
+
+    def __init__(self, model_dir: Path, num_threads: int | None = None) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.model = SentenceTransformer(str(model_dir), device="cpu")
+        self.dim = self.model.get_sentence_embedding_dimension()
+
+    def encode(self, texts: list[str], *, prompt: str = QUERY_PREFIX, batch_size: int = 16) -> np.ndarray:
+        # ST sorts by length itself; prompt="" would fall back to the default
+        # prompt only when None, so pass it explicitly.
+        return self.model.encode(
+            list(texts), prompt=prompt, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True
+        ).astype(np.float32)
+
+
+def load_encoder(variant: str = "fp32", model_dir: Path | str | None = None, *, num_threads: int | None = None):
+    """An encoder with ``encode(texts, *, prompt="query: ", batch_size=16) -> (N, 384)``.
+
+    ``variant="fp32"``: sentence-transformers on ``model.safetensors``;
+    ``variant="int8"``: ONNX Runtime on ``onnx/model_qint8.onnx``.
+    Vectors are L2-normalised float32; the prompt is prepended to every text.
+    """
+    d = Path(model_dir) if model_dir is not None else default_model_dir()
+    if variant == "fp32":
+        return _STEncoder(d, num_threads)
+    if variant == "int8":
+        from classifier.e5_onnx import OnnxE5Encoder
+
+        return OnnxE5Encoder(d, num_threads=num_threads)
+    raise ValueError(f"unknown e5 variant {variant!r} (expected 'fp32' or 'int8')")
 
 
 def main(argv: list[str] | None = None) -> int:
