@@ -265,6 +265,8 @@ class OpsService:
 
 
 def build(ctx: AppContext) -> list[Service]:
+    if ctx.route_mode:  # a batch `route` run serves no HTTP and must never mail leadership
+        return []
     cfg = ops_settings(ctx.settings)
     metrics = OpsMetrics(ctx.store, cache_seconds=cfg.metrics_cache_seconds)
     worker.JOB_OBSERVERS.append(metrics.observe_job)

@@ -176,3 +176,11 @@ async def test_the_ops_service_sends_on_its_own_and_unhooks_on_stop(filled, cont
         await asyncio.gather(task, return_exceptions=True)
     assert len(sink.envelopes) == 1
     assert len(worker.JOB_OBSERVERS) == observers - 1
+
+
+async def test_batch_route_mode_builds_nothing(filled, context_for, sink) -> None:
+    ctx = context_for(filled.store, filled.clock, ops=ops_config(sink))
+    ctx.route_mode = True
+    observers = len(worker.JOB_OBSERVERS)
+    assert build(ctx) == [] and len(worker.JOB_OBSERVERS) == observers
+    assert not [r for r in ctx.http.router.routes() if r.resource and r.resource.canonical == "/metrics"]
