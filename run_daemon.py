@@ -6,7 +6,7 @@
     run_daemon.py route --input IN.jsonl --output OUT.jsonl [--config FILE] [--store PATH]
     run_daemon.py eval --input FILE.jsonl [--cv] [--config FILE]
     run_daemon.py replay [--stage STAGE] [--job ID ...] [--config FILE]
-    run_daemon.py review|incident|dispatch ... [--config FILE]
+    run_daemon.py review|incident|dispatch|user|report ... [--config FILE]
 
 Only this module knows every component; components meet through ingest (records, store, queue) and config.
 """
@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stage")
     p.add_argument("--job", type=int, action="append", default=[])
     p.add_argument("--config")
-    for name in ("review", "incident", "dispatch", "user"):
+    for name in ("review", "incident", "dispatch", "user", "report"):
         p = sub.add_parser(name, help=f"{name} operations (see `{name} --help`)")
         p.add_argument("--config")
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "replay":
             return asyncio.run(_replay(settings, args.stage, args.job))
-        if args.command in ("review", "incident", "dispatch", "user"):
+        if args.command in ("review", "incident", "dispatch", "user", "report"):
             return asyncio.run(_component_cli(settings, args.command, args.rest))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -342,7 +342,8 @@ async def _replay(settings: Settings, stage: str | None, jobs: list[int]) -> int
 
 async def _component_cli(settings: Settings, command: str, rest: list[str]) -> int:
     module, func = {"review": ("classifier.review", "review_cli"), "incident": ("dedupe.operations", "incident_cli"),
-                    "dispatch": ("dispatch.cli", "dispatch_cli"), "user": ("console.service", "user_cli")}[command]
+                    "dispatch": ("dispatch.cli", "dispatch_cli"), "user": ("console.service", "user_cli"),
+                    "report": ("ops.service", "report_cli")}[command]
     store = await open_store(settings)
     try:
         result: int = await getattr(importlib.import_module(module), func)(store, settings, rest)

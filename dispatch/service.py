@@ -69,6 +69,7 @@ def build(ctx: AppContext) -> list[Service]:
         return services
     notifier = Notifier(ctx.store, ctx.directory, cfg, ctx.replies, ctx.settings.http.public_base_url,
                         max_attempts=q.max_attempts)
+    ctx.shared["sms_gateway"] = notifier.sms  # the weekly reports (ops/) text agency leadership through it
     # Notify failures are recorded in `notifications`; the worker never dead-letters (which would fail the report).
     nsettings = WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts + 1)
     if cfg.notify.enabled:
