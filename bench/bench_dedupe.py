@@ -212,12 +212,19 @@ def main() -> None:
     s = sub.add_parser("search")
     s.add_argument("--vectors", type=int, default=140_000)
     s.add_argument("--queries", type=int, default=500)
+    s.add_argument("--blas-threads", type=int, default=None,
+                   help="limit numpy's BLAS pool (as OPENBLAS_NUM_THREADS would) to see its effect on the tail")
     d = sub.add_parser("dev")
     d.add_argument("--split", default="2026-09-16")
     d.add_argument("--dump", help="write {report id: predicted incident} JSON here")
     args = ap.parse_args()
     if args.cmd == "search":
-        asyncio.run(search(args.vectors, args.queries))
+        if args.blas_threads:
+            from threadpoolctl import threadpool_limits
+            with threadpool_limits(args.blas_threads, "blas"):
+                asyncio.run(search(args.vectors, args.queries))
+        else:
+            asyncio.run(search(args.vectors, args.queries))
     else:
         asyncio.run(dev(args.split, args.dump))
 

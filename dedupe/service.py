@@ -124,8 +124,8 @@ class IncidentMatcher:
                 "SELECT r.id, r.received_at, r.record, r.classification, r.topic, r.district, e.dim, e.vector"
                 " FROM reports r JOIN incident_reports m ON m.report_id = r.id"
                 " LEFT JOIN embeddings e ON e.report_id = r.id"
-                " WHERE r.received_at >= ? AND (r.received_at > ? OR r.id > ?)"
-                " ORDER BY r.received_at, r.id LIMIT ?", (since, last[0], last[1], chunk))
+                " WHERE r.received_at >= ? AND (r.received_at > ? OR (r.received_at = ? AND r.id > ?))"
+                " ORDER BY r.received_at, r.id LIMIT ?", (since, last[0], last[0], last[1], chunk))
             if not rows:
                 break
             self._load_chunk(rows)
