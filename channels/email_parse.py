@@ -365,10 +365,14 @@ def _looks_vietnamese_cp1258(data: bytes) -> bool:
     return vn >= 2 and vn * 2 >= len(high)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def _nfc(text: str) -> str:
     # Lone surrogates (from surrogateescape'd 8-bit headers) cannot be encoded later; drop them.
-    if any("\ud800" <= c <= "\udfff" for c in text):
-        text = "".join(c for c in text if not "\ud800" <= c <= "\udfff")
+    if not text.isascii():
+        text = _SURROGATE.sub("", text)
     return unicodedata.normalize("NFC", text)
 
 
@@ -378,7 +382,7 @@ _BETWEEN_WORDS = re.compile(r"(\?=)\s+(=\?)")
 
 def decode_header_value(value: str) -> str:
     """RFC 2047 encoded words and raw 8-bit bytes (surrogate-escaped by the parser) to one NFC line."""
-    if any("\udc80" <= c <= "\udcff" for c in value):
+    if not value.isascii() and _ESCAPED_BYTE.search(value):
         value = decode_text(value.encode("ascii", "surrogateescape"), None)
     # Whitespace between two adjacent encoded words is not part of the text (RFC 2047 section 6.2).
     value = _BETWEEN_WORDS.sub(r"\1\2", value)
