@@ -10,7 +10,9 @@ import asyncio
 import hashlib
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from config.channels import EmailLimitOptions
 from ingest.clock import iso
@@ -23,6 +25,17 @@ log = logging.getLogger(__name__)
 
 RAW_TYPE = "message/rfc822"
 REPLY_FLAG = "reporter_reply"
+AGENCY_ANSWER_FLAG = "agency_answer"
+AGENCY_ANSWER_REJECTED_FLAG = "agency_answer_rejected"
+
+
+class AgencyReplyHook(Protocol):
+    """Applies an agency's emailed answer to its case; returns applied, duplicate, unmatched, unauthorised or
+    rejected (dispatch.answers.apply_email_reply behind ctx.shared["agency_email_reply"])."""
+
+    async def __call__(self, *, from_addr: str, subject: str | None, body: str, in_reply_to: str | None,
+                       references: Sequence[str], attachments: Sequence[Attachment],
+                       message_id: str | None) -> str: ...
 # Message-IDs of our own outgoing mail carry the report id, so a reply finds its report without a lookup table.
 INLINE_PARSE_BYTES = 64 * 1024  # larger mail is parsed on a worker thread, under a hard time limit
 OUR_MESSAGE_ID = re.compile(r"^<1022\.r(\d{1,12})\.[0-9a-f]{4,64}@")
@@ -54,10 +67,13 @@ def limits_from(options: EmailLimitOptions) -> ParseLimits:
 
 
 class EmailIntake:
-    def __init__(self, store: Store, channel_instance: str, limits: ParseLimits) -> None:
+    def __init__(self, store: Store, channel_instance: str, limits: ParseLimits,
+                 agency_reply: Callable[[], AgencyReplyHook | None] = lambda: None) -> None:
         self.store = store
         self.channel_instance = channel_instance
         self.limits = limits
+        # Looked up per message: the dispatch stage registers its hook after the channels are built.
+        self.agency_reply = agency_reply
 
     # -- one message, acknowledged by the caller after this returns (SMTP) -------------------------------
     async def accept(self, raw: bytes, envelope_from: str | None = None) -> Outcome:
@@ -96,11 +112,25 @@ class EmailIntake:
             log.info("%s: %d attachment(s) over the caps kept only in the raw mail", self.channel_instance,
                      parsed.skipped_attachments)
         thread_report_id = None
-        if not parsed.flags and (parsed.references or parsed.case_token):
+        extra_flags: tuple[str, ...] = ()
+        hook = self.agency_reply()
+        if not parsed.flags and (parsed.references or parsed.case_token) and hook is not None:
+            # An agency answering a dispatch email. Applied before the mail is committed: the answer is
+            # idempotent by Message-ID, so a redelivery after a crash here applies nothing twice.
+            status = await hook(from_addr=parsed.sender_email or "", subject=parsed.subject, body=parsed.full_text,
+                                in_reply_to=parsed.references[0] if parsed.references else None,
+                                references=parsed.references, attachments=tuple(attachments),
+                                message_id=parsed.message_id)
+            if status in ("applied", "duplicate"):
+                extra_flags = (AGENCY_ANSWER_FLAG,)
+            elif status == "rejected":
+                extra_flags = (AGENCY_ANSWER_REJECTED_FLAG,)  # kept for operators, never routed as a report
+        if not extra_flags and not parsed.flags and (parsed.references or parsed.case_token):
             thread_report_id = await self.find_thread(parsed)
+            if thread_report_id is not None:
+                extra_flags = (REPLY_FLAG,)
         message = to_inbound(parsed, channel_instance=self.channel_instance, received_at=iso(self.store.clock.now()),
-                             attachments=tuple(attachments),
-                             extra_flags=(REPLY_FLAG,) if thread_report_id is not None else ())
+                             attachments=tuple(attachments), extra_flags=extra_flags)
         return Prepared(message=message, raw=raw, parsed=parsed, thread_report_id=thread_report_id)
 
     async def quarantine(self, raw: bytes, reason: str) -> int:

@@ -143,7 +143,8 @@ def _tls_context(options: SmtpOptions) -> ssl.SSLContext | None:
 
 
 def build(ctx: AppContext, entry: ChannelEntry, options: SmtpOptions) -> Service:
-    intake = EmailIntake(ctx.store, entry.name, limits_from(options))
+    intake = EmailIntake(ctx.store, entry.name, limits_from(options),
+                         agency_reply=lambda: ctx.shared.get("agency_email_reply"))
     if options.reply is not None:
         register_reply_sender(ctx, options.reply)
     return SmtpService(entry.name, intake, options)

@@ -4,11 +4,13 @@ deadline ticker and the HTTP routes. In route mode only the `dispatch` worker ru
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from config.dispatch import DispatchConfig, dispatch_settings
 from ingest.app import AppContext, Service
 from ingest.worker import StageWorker, WorkerSettings
 
+from .answers import apply_email_reply
 from .api import DispatchApi
 from .calendar import load_calendar
 from .cases import CaseBook
@@ -70,6 +72,13 @@ def build(ctx: AppContext) -> list[Service]:
     notifier = Notifier(ctx.store, ctx.directory, cfg, ctx.replies, ctx.settings.http.public_base_url,
                         max_attempts=q.max_attempts)
     ctx.shared["sms_gateway"] = notifier.sms  # the weekly reports (ops/) text agency leadership through it
+
+    async def agency_email_reply(**reply: Any) -> str:
+        outcome = await apply_email_reply(ctx.store, ctx.settings, directory=ctx.directory, **reply)
+        return outcome.status
+
+    # The email channels hand agencies' replies to dispatch emails here (channels never import a stage).
+    ctx.shared["agency_email_reply"] = agency_email_reply
     # Notify failures are recorded in `notifications`; the worker never dead-letters (which would fail the report).
     nsettings = WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts + 1)
     if cfg.notify.enabled:
