@@ -51,6 +51,10 @@ def classifier_loaded(ctx: AppContext) -> str | None:
     embedder = ctx.shared["embedder"]
     if embedder is None or getattr(embedder, "ready", True) is False:
         return "classifier: model not loaded yet"
+    # The embedder loads at build time, the topic model afterwards in the classify stage's own thread.
+    router = ctx.shared.get("classifier.router")
+    if router is not None and getattr(router, "model", True) is None:
+        return "classifier: model not loaded yet"
     return None
 
 
