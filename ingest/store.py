@@ -161,7 +161,13 @@ class Store:
         assert self._writer is not None, "store is closed"
         async with self._write_lock:
             tx = Tx(self._writer, self)
-            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+            except asyncio.CancelledError:
+                # The BEGIN still runs on the connection's thread when its awaiter is cancelled (a worker stopped
+                # at shutdown or reload): undo it, or the next transaction fails "within a transaction".
+                await asyncio.shield(self._rollback_quietly())
+                raise
             try:
                 yield tx
             except BaseException:
@@ -175,6 +181,13 @@ class Store:
             self.commit_count += 1
         for fn in tx._after_commit:
             fn()
+
+    async def _rollback_quietly(self) -> None:
+        assert self._writer is not None
+        try:
+            await self._writer.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            pass  # the BEGIN had failed: no transaction to undo
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         assert self._reader is not None, "store is closed"
