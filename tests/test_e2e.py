@@ -5,7 +5,6 @@ reporters get the result by SMS, and the public Open311 view shows the report cl
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from test_e2e_support import (  # noqa: E402
-    SMS_TOKEN, WEBHOOK_SECRET, Daemon, base_config, free_port, query, start_sink, toml_str,
+    SMS_TOKEN, WEBHOOK_SECRET, Daemon, base_config, drop_transcript, free_port, query, start_sink, toml_str,
     verify_standard_webhook, wait_for,
 )
 
@@ -57,15 +56,6 @@ allow_private = true
 "agency.cay-xanh" = "env:E2E_AGENCY_TOKEN"
 """, encoding="utf-8")
     return config
-
-
-def drop_transcript(folder: Path, name: str, record: dict[str, object]) -> None:
-    """The call centre's hand-off: write in tmp/, rename into new/."""
-    (folder / "tmp").mkdir(parents=True, exist_ok=True)
-    (folder / "new").mkdir(parents=True, exist_ok=True)
-    tmp = folder / "tmp" / name
-    tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, folder / "new" / name)
 
 
 @pytest.mark.timeout(400)

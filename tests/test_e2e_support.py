@@ -158,6 +158,15 @@ def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         conn.close()
 
 
+def drop_transcript(folder: Path, name: str, record: dict[str, object]) -> None:
+    """The call centre's hand-off: write in tmp/, rename into new/."""
+    (folder / "tmp").mkdir(parents=True, exist_ok=True)
+    (folder / "new").mkdir(parents=True, exist_ok=True)
+    tmp = folder / "tmp" / name
+    tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, folder / "new" / name)
+
+
 # -- loopback fakes ------------------------------------------------------------------------------
 def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -> bool:
     """Standard Webhooks: base64(HMAC-SHA256(key, "id.timestamp.body")) in a space-separated `v1,` list."""
