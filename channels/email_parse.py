@@ -431,7 +431,9 @@ def _references(msg: Message) -> tuple[str, ...]:
     return tuple(dict.fromkeys(refs))
 
 
-_CASE_TOKEN = re.compile(r"\[\s*((?:1022-[A-Za-z0-9]{1,20})|(?:(?:INC|CASE)-\d{1,12}))\s*\]", re.IGNORECASE)
+# "[1022-42]", "[CASE-000123]", and the dispatch emails' own "[1022 #CASE-000123]" (dispatch/messages.py).
+_CASE_TOKEN = re.compile(r"\[\s*(?:1022\s*#\s*)?((?:1022-[A-Za-z0-9]{1,20})|(?:(?:INC|CASE)-\d{1,12}))\s*\]",
+                         re.IGNORECASE)
 
 
 def case_token(subject: str) -> str | None:
