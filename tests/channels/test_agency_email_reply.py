@@ -22,6 +22,8 @@ import config.loader as config_loader
 from channels.registry import build_channels
 from channels.smtp import SmtpService
 from config.directory import load_directory
+from config.dispatch import dispatch_settings
+from dispatch.delivery import build_email
 from dispatch.service import build as build_dispatch
 from ingest.app import AppContext
 from ingest.records import Classification, InboundMessage, Place, Reporter, to_json
@@ -99,12 +101,23 @@ async def open_case(ctx: AppContext, dispatch_worker: Any) -> int:
     return result.report_id
 
 
-def reply(sender: str, body: str, message_id: str, *, subject: str = SUBJECT) -> bytes:
+async def dispatch_email(ctx: AppContext) -> EmailMessage:
+    """The email the delivery sender would send SAWACO for the case (same builder, same outbox row)."""
+    cfg = dispatch_settings(ctx.settings)
+    row = await ctx.store.fetchone("SELECT msg_id, payload FROM deliveries WHERE case_id=?", (CASE_ID,))
+    return build_email(cfg, cfg.agencies["sawaco"].targets[0], row["msg_id"], json.loads(row["payload"]), [])
+
+
+def reply(sender: str, body: str, message_id: str, *, subject: str = SUBJECT, in_reply_to: str | None = None
+          ) -> bytes:
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = MAILBOX
     msg["Subject"] = subject
     msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
     msg.set_content(body)
     return msg.as_bytes(policy=email.policy.SMTP)
 
@@ -144,8 +157,12 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
     assert await answers() == []
     assert (await store.fetchone("SELECT state FROM cases WHERE id=?", (CASE_ID,)))["state"] == "forwarded"
 
-    # 2. The agency acknowledges, and its mail server delivers the same mail twice: one answer.
-    ack = reply(f"Điều hành SAWACO <{AGENCY_ADDR}>", "Đã tiếp nhận, sẽ cử đội kiểm tra.", "<a1@sawaco.com.vn>")
+    # 2. The agency acknowledges (its client kept In-Reply-To but rewrote the subject), and its mail server
+    #    delivers the same mail twice: one answer.
+    dispatch_mail = await dispatch_email(ctx)
+    assert dispatch_mail["Reply-To"] == MAILBOX and dispatch_mail["Subject"].startswith(f"[1022 #{CASE_ID}]")
+    ack = reply(f"Điều hành SAWACO <{AGENCY_ADDR}>", "Đã tiếp nhận, sẽ cử đội kiểm tra.", "<a1@sawaco.com.vn>",
+                subject="TL: ống nước bể Lê Lợi", in_reply_to=dispatch_mail["Message-ID"])
     for _ in range(2):
         await asyncio.to_thread(send, smtp.port, ack, AGENCY_ADDR)
     assert await answers() == [("sawaco", "acknowledged", "email")]
@@ -154,7 +171,8 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
     # 3. The result, from the agency's mailbox address, quoting the dispatch mail (whose own words are ignored).
     body = ("Đã khắc phục xong, đã thay đoạn ống bị vỡ.\n\nVào 09:05 ngày 07/09/2026, 1022 đã viết:\n"
             "> Phản ánh CASE-000001 ... Trả lời: KHÔNG THUỘC THẨM QUYỀN")
-    resolved = reply(f"Hộp thư SAWACO <{AGENCY_BOX}>", body, "<a2@sawaco.com.vn>")
+    resolved = reply(f"Hộp thư SAWACO <{AGENCY_BOX}>", body, "<a2@sawaco.com.vn>",
+                     subject="Re: " + dispatch_mail["Subject"])
     for _ in range(2):
         await asyncio.to_thread(send, smtp.port, resolved, AGENCY_BOX)
     assert await answers() == [("sawaco", "acknowledged", "email"), ("sawaco", "resolved", "email")]
