@@ -1,15 +1,20 @@
 """The sliding-window vector index of reports that already belong to an incident (a cache of the store).
 
 Vectors live in the `embeddings` table; this index is rebuilt from it at start and kept up to date as
-reports are matched. It is partitioned by district (a report is only compared with reports of its own
-district and with reports whose district is unknown) and, inside a partition, by day: each (partition, day)
-block is a contiguous float32 matrix with the ids, times and topic codes of its rows beside it, so expiry
-drops whole blocks and a search is one matrix-vector product per block plus one top-k selection over the
-concatenated scores (exact, so a rebuilt and an incrementally grown index return the same hits).
+reports are matched. Search is exact inner product (the vectors are L2-normalised: cosine) over faiss flat
+indexes, one per block. A block holds the reports of one (district, topic):
+- district: a report is only compared with reports of its own district and with reports whose district is
+  unknown (a report with no district is compared with every district);
+- topic: the policy never groups unrelated topics, so a caller passes the topics it could accept and only
+  their blocks are scanned (a few thousand rows for a known district even at the peak of 140,000).
+Days are not blocks of their own: a query with no district would then make ~8x more faiss calls, and per-call
+overhead, not scanning, dominates a search over small blocks. Expiry instead removes the rows of the expired
+days from each block in one batched `remove_ids` per block (once a day; faiss compacts the rows in order and
+the row arrays beside the index are compacted the same way). Rows of the window's edge day that are already
+outside [at - window, at] are excluded at search time by asking faiss for k + (rows outside) hits and
+dropping those, which keeps the result exact, as a rebuilt and an incrementally grown index must agree.
 
-Why not faiss here: a single query over a few thousand rows is dominated by per-call overhead and by the
-per-bucket top-k merging in Python; numpy over contiguous blocks scores every eligible row once, and lets a
-caller drop rows by topic (a hard negative of the policy) before the top-k instead of after it.
+The whole process searches one query at a time, so faiss runs single-threaded (see `VectorWindow.__init__`).
 """
 from __future__ import annotations
 
@@ -17,41 +22,93 @@ import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 DAY = 86400.0
 UNKNOWN = "_"  # partition of reports with no district
-NO_TOPIC = 0  # topic code of a report without a topic
 
 
 class _Block:
-    """Rows of one (partition, day): grown by doubling, never reordered (a row number stays valid)."""
+    """The rows of one (district, topic): a flat inner-product index and, row for row, ids and times."""
 
-    __slots__ = ("vecs", "ids", "times", "topics", "n")
+    __slots__ = ("index", "ids", "times", "n", "rows", "tmin", "tmax")
 
-    def __init__(self, dim: int, capacity: int = 64) -> None:
-        self.vecs = np.empty((capacity, dim), np.float32)
-        self.ids = np.empty(capacity, np.int64)
-        self.times = np.empty(capacity, np.float64)
-        self.topics = np.empty(capacity, np.int32)
+    def __init__(self, dim: int) -> None:
+        self.index = faiss.IndexFlatIP(dim)
+        self.ids = np.empty(64, np.int64)
+        self.times = np.empty(64, np.float64)
         self.n = 0
+        self.rows: dict[int, int] = {}  # report_id -> row (vector_of); rebuilt when rows are compacted
+        self.tmin = float("inf")  # oldest and newest time in the block: most searches need no edge filter
+        self.tmax = float("-inf")
 
-    def extend(self, ids: np.ndarray, times: np.ndarray, topics: np.ndarray, vecs: np.ndarray) -> int:
-        """Append rows; returns the row number of the first one."""
+    def extend(self, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray) -> None:
         start, m = self.n, len(ids)
         if start + m > len(self.ids):
             cap = max(2 * len(self.ids), start + m)
-            for name in ("vecs", "ids", "times", "topics"):
+            for name in ("ids", "times"):
                 old = getattr(self, name)
-                new = np.empty((cap,) + old.shape[1:], old.dtype)
+                new = np.empty(cap, old.dtype)
                 new[:start] = old[:start]
                 setattr(self, name, new)
-        self.vecs[start:start + m] = vecs
+        self.index.add(vecs)
         self.ids[start:start + m] = ids
         self.times[start:start + m] = times
-        self.topics[start:start + m] = topics
         self.n = start + m
-        return start
+        self.rows.update(zip(ids.tolist(), range(start, start + m)))
+        self.tmin = min(self.tmin, float(times.min()))
+        self.tmax = max(self.tmax, float(times.max()))
+
+    def drop_before(self, first_day: int) -> np.ndarray:
+        """Remove the rows of days before `first_day` (one batched removal); returns their report ids."""
+        n = self.n
+        gone = (self.times[:n] // DAY) < first_day
+        rows = np.flatnonzero(gone)
+        if len(rows) == 0:
+            return rows
+        dropped = self.ids[rows].copy()
+        # faiss compacts the kept rows in their order; the arrays beside it are compacted with the same mask.
+        self.index.remove_ids(rows.astype(np.int64))
+        keep = ~gone
+        m = int(keep.sum())
+        self.ids[:m] = self.ids[:n][keep]
+        self.times[:m] = self.times[:n][keep]
+        self.n = m
+        self.rows = dict(zip(self.ids[:m].tolist(), range(m)))
+        self.tmin = float(self.times[:m].min()) if m else float("inf")
+        self.tmax = float(self.times[:m].max()) if m else float("-inf")
+        return dropped
+
+    def top(self, query: np.ndarray, k: int, lo: float, at: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Scores and rows of the block's k best rows received in [lo, at], plus every row tied with the k-th
+        (so the caller can break ties by report id whatever order faiss returned them in)."""
+        n = self.n
+        if n == 0 or self.tmax < lo or self.tmin > at:
+            return None
+        valid = None
+        outside = 0
+        if self.tmin < lo or self.tmax > at:
+            t = self.times[:n]
+            valid = (t >= lo) & (t <= at)
+            outside = n - int(np.count_nonzero(valid))
+            if outside == n:
+                return None
+        # At most `outside` of the best k + outside rows are outside the window: the rest hold the k best.
+        kk = min(n, k + outside)
+        scores, rows = self.index.search(query, kk)
+        scores, rows = scores[0], rows[0]
+        if valid is not None:
+            ok = valid[rows]
+            scores, rows = scores[ok], rows[ok]
+        if kk < n and len(scores) >= k and scores[k - 1] == scores[-1]:
+            # Rows tied with the k-th may lie beyond what faiss returned: score them all (rare: equal vectors).
+            scores, rows = self.index.search(query, n)
+            scores, rows = scores[0], rows[0]
+            if valid is not None:
+                ok = valid[rows]
+                scores, rows = scores[ok], rows[ok]
+        return scores, rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,25 +119,32 @@ class Hit:
 
 
 class VectorWindow:
-    """Report vectors of the last `window_days`, searchable by district. All methods are thread-safe."""
+    """Report vectors of the last `window_days`, searchable by district and topic. All methods are thread-safe."""
 
     def __init__(self, dim: int, window_days: float = 7.0) -> None:
+        # One query at a time over a few thousand rows: OpenMP threads only add spin-waiting, and on a busy
+        # machine (2 cores, shared) a two-thread flat search measured 8-10x slower than a single thread. This
+        # is faiss's own OpenMP runtime (the wheel bundles it), so torch's and numpy's pools are untouched.
+        faiss.omp_set_num_threads(1)
         self.dim = dim
         self.window = window_days * DAY
-        self._parts: dict[str, dict[int, _Block]] = {}
-        self._where: dict[int, tuple[_Block, int]] = {}  # report_id -> (block, row): double adds, vector_of
-        self._topic_codes: dict[str | None, int] = {None: NO_TOPIC}
+        self._parts: dict[str, dict[str | None, _Block]] = {}  # district -> topic -> block
+        self._where: dict[int, _Block] = {}  # report_id -> its block: double adds, vector_of
         self._lock = threading.Lock()  # serialises writes and keeps searches off half-written blocks
         self.horizon = 0.0  # latest received_at seen; the window ends here
+        self._blocks_of_topic: dict[str | None, int] = {}
+        self._topics: frozenset[str | None] | None = None  # topics(), recomputed after a change
 
     def __len__(self) -> int:
         return len(self._where)
 
-    def topic_code(self, topic: str | None) -> int:
-        code = self._topic_codes.get(topic)
-        if code is None:
-            code = self._topic_codes[topic] = len(self._topic_codes)
-        return code
+    def topics(self) -> frozenset[str | None]:
+        """Every topic with a block (None: reports without a topic). The same object until a topic appears
+        or its last block goes, so a caller may memoise on its identity."""
+        with self._lock:
+            if self._topics is None:
+                self._topics = frozenset(t for t, n in self._blocks_of_topic.items() if n)
+            return self._topics
 
     def add(self, report_id: int, received_at: float, district: str | None, vector: np.ndarray,
             topic: str | None = None) -> bool:
@@ -92,22 +156,21 @@ class VectorWindow:
             self.horizon = max(self.horizon, received_at)
             if received_at < self.horizon - self.window:
                 return False
-            self._append(district, int(received_at // DAY), np.array([report_id], np.int64),
-                         np.array([received_at], np.float64), np.array([self.topic_code(topic)], np.int32), vec)
+            self._append(district, topic, np.array([report_id], np.int64), np.array([received_at], np.float64), vec)
             return True
 
     def add_many(self, report_ids: Iterable[int], times: Iterable[float], districts: Iterable[str | None],
                  vectors: np.ndarray, topics: Iterable[str | None]) -> list[int]:
         """Bulk load (the rebuild at start): rows in received_at order; the same acceptance rules as `add`
-        applied row by row, but the vectors are copied one block at a time. Returns the ids added."""
+        applied row by row, but the vectors go to faiss one block at a time. Returns the ids added."""
         ids = np.asarray(list(report_ids), np.int64)
         ts = np.asarray(list(times), np.float64)
         dists = list(districts)
+        tops = list(topics)
         vecs = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim) if len(ids) else \
             np.empty((0, self.dim), np.float32)
-        codes = np.asarray([self.topic_code(t) for t in topics], np.int32)
         with self._lock:
-            keep: dict[tuple[str, int], list[int]] = {}
+            keep: dict[tuple[str, str | None], list[int]] = {}
             seen: dict[int, None] = {}
             for i in range(len(ids)):
                 rid, t = int(ids[i]), float(ts[i])
@@ -117,21 +180,23 @@ class VectorWindow:
                 if t < self.horizon - self.window:
                     continue
                 seen[rid] = None
-                keep.setdefault((dists[i] or UNKNOWN, int(t // DAY)), []).append(i)
-            for (part, day), rows in keep.items():
+                keep.setdefault((dists[i] or UNKNOWN, tops[i]), []).append(i)
+            for (part, topic), rows in keep.items():
                 idx = np.asarray(rows, np.intp)
-                self._append(part, day, ids[idx], ts[idx], codes[idx], vecs[idx])
+                self._append(part, topic, ids[idx], ts[idx], vecs[idx])
             return list(seen)
 
-    def _append(self, district: str | None, day: int, ids: np.ndarray, times: np.ndarray, topics: np.ndarray,
+    def _append(self, district: str | None, topic: str | None, ids: np.ndarray, times: np.ndarray,
                 vecs: np.ndarray) -> None:
         part = self._parts.setdefault(district or UNKNOWN, {})
-        block = part.get(day)
+        block = part.get(topic)
         if block is None:
-            block = part[day] = _Block(self.dim)
-        start = block.extend(ids, times, topics, vecs)
-        for j, rid in enumerate(ids.tolist()):
-            self._where[rid] = (block, start + j)
+            block = part[topic] = _Block(self.dim)
+            self._blocks_of_topic[topic] = self._blocks_of_topic.get(topic, 0) + 1
+            self._topics = None
+        block.extend(ids, times, np.ascontiguousarray(vecs, dtype=np.float32))
+        for rid in ids.tolist():
+            self._where[rid] = block
 
     def expire(self, now: float | None = None) -> int:
         """Drop the days that lie wholly before the window; returns how many vectors went."""
@@ -139,63 +204,57 @@ class VectorWindow:
             if now is not None:
                 self.horizon = max(self.horizon, now)
             oldest = self.horizon - self.window
+            first_day = int(oldest // DAY)  # the oldest day still (partly) inside the window
             dropped = 0
             for part in self._parts.values():
-                for day in [d for d in part if (d + 1) * DAY <= oldest]:
-                    block = part.pop(day)
-                    for rid in block.ids[:block.n].tolist():
+                for topic in list(part):
+                    block = part[topic]
+                    if block.tmin // DAY >= first_day:
+                        continue
+                    gone = block.drop_before(first_day)
+                    for rid in gone.tolist():
                         self._where.pop(rid, None)
-                    dropped += block.n
+                    dropped += len(gone)
+                    if block.n == 0:
+                        del part[topic]
+                        self._blocks_of_topic[topic] -= 1
+                        self._topics = None
             return dropped
 
     def search(self, vector: np.ndarray, district: str | None, k: int, at: float,
                topics: Collection[str | None] | None = None) -> list[Hit]:
         """The k most similar reports received in [at - window, at], from the district's partition and the
         unknown-district partition (all partitions when the report's own district is unknown), best first
-        (ties by report id). `topics`, when given, keeps only rows with one of those topics (None: no topic)."""
-        vec = _as_row(vector, self.dim)[0]
+        (ties by report id). `topics`, when given, keeps only reports with one of those topics (None: no
+        topic); only their blocks are searched."""
+        vec = _as_row(vector, self.dim)
         lo = at - self.window
+        scores: list[np.ndarray] = []
+        ids: list[np.ndarray] = []
+        times: list[np.ndarray] = []
         with self._lock:
             if district:
                 parts = [p for p in (self._parts.get(district), self._parts.get(UNKNOWN)) if p]
             else:
                 parts = list(self._parts.values())
-            allowed = None
-            if topics is not None:
-                allowed = np.zeros(len(self._topic_codes), bool)
-                for t in topics:
-                    code = self._topic_codes.get(t)
-                    if code is not None:
-                        allowed[code] = True
-            scores: list[np.ndarray] = []
-            ids: list[np.ndarray] = []
-            times: list[np.ndarray] = []
             for part in parts:
-                for day, block in part.items():
-                    if (day + 1) * DAY <= lo or day * DAY > at or block.n == 0:
+                if topics is None:
+                    blocks: Iterable[_Block] = part.values()
+                else:
+                    blocks = [b for b in (part.get(t) for t in topics) if b is not None]
+                for block in blocks:
+                    found = block.top(vec, k, lo, at)
+                    if found is None or len(found[0]) == 0:
                         continue
-                    n = block.n
-                    t = block.times[:n]
-                    keep = None
-                    if day * DAY < lo or (day + 1) * DAY > at:
-                        keep = (t >= lo) & (t <= at)  # a day on the window's edge: only the rows inside it
-                    if allowed is not None:
-                        ok = allowed[block.topics[:n]]
-                        keep = ok if keep is None else keep & ok
-                    if keep is None:
-                        scores.append(block.vecs[:n] @ vec)
-                        ids.append(block.ids[:n])
-                        times.append(t)
-                    elif keep.any():
-                        rows = np.flatnonzero(keep)
-                        scores.append(block.vecs[rows] @ vec if len(rows) < n // 2 else (block.vecs[:n] @ vec)[rows])
-                        ids.append(block.ids[rows])
-                        times.append(t[rows])
-            if not scores:
-                return []
-            all_scores = np.concatenate(scores)
-            all_ids = np.concatenate(ids)
-            all_times = np.concatenate(times)
+                    s, rows = found
+                    scores.append(s)
+                    ids.append(block.ids[rows])
+                    times.append(block.times[rows])
+        if not scores:
+            return []
+        all_scores = np.concatenate(scores)
+        all_ids = np.concatenate(ids)
+        all_times = np.concatenate(times)
         if len(all_scores) > k:
             # Everything scoring at least the k-th best, so ties at the cut are broken by id like the rest.
             kth = np.partition(all_scores, len(all_scores) - k)[len(all_scores) - k]
@@ -208,15 +267,12 @@ class VectorWindow:
                 zip(all_ids[top].tolist(), all_scores[top].tolist(), all_times[top].tolist())]
 
     def vector_of(self, report_id: int) -> np.ndarray | None:
-        """The stored vector of an indexed report (a read-only view, no copy)."""
+        """The stored vector of an indexed report (a copy out of its faiss index)."""
         with self._lock:
-            where = self._where.get(report_id)
-            if where is None:
+            block = self._where.get(report_id)
+            if block is None:
                 return None
-            block, row = where
-            vec = block.vecs[row]
-        vec.flags.writeable = False
-        return vec
+            return block.index.reconstruct(block.rows[report_id])
 
     def report_ids(self) -> set[int]:
         with self._lock:

@@ -199,6 +199,15 @@ def topics_compatible(a: str | None, b: str | None) -> bool:
     return a is None or b is None or a == b or frozenset((a, b)) in RELATED_TOPICS
 
 
+def groupable_topics(topic: str | None, known: Iterable[str | None]) -> frozenset[str | None]:
+    """The topics among `known` (None: a report without a topic) whose reports `hard_negative` would not reject
+    for their topic alone when compared with a report of `topic`: the scope of a candidate search. Empty for
+    a topic that is never grouped."""
+    if topic in UNGROUPED_TOPICS:
+        return frozenset()
+    return frozenset(t for t in known if t not in UNGROUPED_TOPICS and topics_compatible(topic, t))
+
+
 def _on_other_streets(a: ReportView, b: ReportView) -> bool:
     """The classifier put the two reports on two different streets and neither text names the other's street
     (an intersection report names both, so it still joins reports from either street)."""

@@ -107,6 +107,8 @@ class IncidentMatcher:
         self._docs_by_day: Counter[int] = Counter()
         self._n_docs = 0  # sum(self._docs_by_day.values()), kept as reports come and days go
         self._expired_through = -1  # last day for which expiry ran: expiry runs once per new day, not per report
+        self._scope_cache: dict[str | None, frozenset[str | None]] = {}  # topic -> topics it may group with
+        self._scope_known: frozenset[str | None] | None = None  # the window's topics when the cache was filled
 
     # -- building -----------------------------------------------------------------------------
     async def rebuild(self, chunk: int = REBUILD_CHUNK) -> int:
@@ -199,24 +201,54 @@ class IncidentMatcher:
     async def match(self, view: policy.ReportView) -> policy.Match:
         if self.index is None or view.vector is None:
             return policy.Match(None, 0.0, None, "no_candidates")
-        hits = self.index.search(view.vector, view.district, SEARCH_K, view.received_at)
+        scope = self._search_scope(view.topic)
+        if not scope:
+            return policy.Match(None, 0.0, None, "no_candidates")  # a topic never grouped, or none it could be
+        # Only the blocks of topics the policy could accept are searched: the k nearest are then all
+        # acceptable by topic (a superset of the acceptable ones an unrestricted top-k would hold).
+        hits = self.index.search(view.vector, view.district, SEARCH_K, view.received_at, topics=scope)
         ids = [h.report_id for h in hits if h.report_id != view.report_id]
         if not ids:
             return policy.Match(None, 0.0, None, "no_candidates")
         # Hard negatives the policy would skip anyway, checked on the compact features first: only the
-        # survivors' incidents are read from the store and only they are turned back into views.
+        # survivors are turned back into views.
         survivors = [i for i in ids if i in self._features and _may_match(view, self._features[i])]
         if not survivors:
             return policy.Match(None, 0.0, None, "hard_negative")
-        incident_of = await self._incidents_of(survivors, view.topic)
         own = view.all_grams()
         n_docs = self._n_docs + 1
         df = self._df
         rarity = _RarityMemo(policy.rarity_from(lambda g: df.get(g, 0) + (g in own), n_docs))
         index = self.index
-        candidates = [(self._features[i].view(i, index.vector_of(i)), incident_of[i])
-                      for i in survivors if i in incident_of]
+        views = [self._features[i].view(i, index.vector_of(i)) for i in survivors]
+        # The policy first judges every survivor as if all were in open incidents; the store is read only when
+        # one is likely enough. No candidate reaching the threshold means none of those in open incidents
+        # does: a new incident without any store read (the common case for a first report). Otherwise the
+        # winner is the first most probable survivor, which it stays among the survivors in open incidents
+        # as long as its own incident is open, so reading that one row decides as reading them all would.
+        first = policy.decide(view, [(v, _PENDING) for v in views], rarity.__getitem__, self.threshold)
+        if first.incident_id is None:
+            return first
+        assert first.matched_report is not None
+        incident_of = await self._incidents_of([first.matched_report], view.topic)
+        if first.matched_report in incident_of:
+            return policy.Match(incident_of[first.matched_report], first.score, first.matched_report, first.reason)
+        # The winner's incident was closed (or an operator moved the report): judge those in open incidents.
+        incident_of = await self._incidents_of(survivors, view.topic)
+        candidates = [(v, incident_of[v.report_id]) for v in views if v.report_id in incident_of]
         return policy.decide(view, candidates, rarity.__getitem__, self.threshold)
+
+    def _search_scope(self, topic: str | None) -> frozenset[str | None]:
+        """policy.groupable_topics over the topics in the window, memoised until a new topic appears."""
+        assert self.index is not None
+        known = self.index.topics()
+        if known is not self._scope_known:
+            self._scope_cache.clear()
+            self._scope_known = known
+        scope = self._scope_cache.get(topic)
+        if scope is None:
+            scope = self._scope_cache[topic] = policy.groupable_topics(topic, known)
+        return scope
 
     async def _incidents_of(self, ids: list[int], topic: str | None) -> dict[int, str]:
         """Open incidents of the candidate reports whose topic could be the same incident's.
@@ -228,6 +260,9 @@ class IncidentMatcher:
             f" JOIN incidents i ON i.id = m.incident_id JOIN reports r ON r.id = m.report_id"
             f" WHERE m.report_id IN ({marks}) AND i.state = 'open'", ids)
         return {r["report_id"]: r["incident_id"] for r in rows if policy.topics_compatible(topic, r["topic"])}
+
+
+_PENDING = "?"  # stands for a candidate's incident until the store is read
 
 
 def _may_match(new: policy.ReportView, old: _Features) -> bool:

@@ -241,3 +241,68 @@ async def test_window_features_after_a_rebuild_equal_the_ones_kept_while_matchin
         assert r and r.incident_id == (await store.get_report(4)).incident_id  # type: ignore[union-attr]
     finally:
         await store.close()
+
+
+async def test_a_report_whose_best_match_is_closed_joins_another_open_incident_or_opens_one(tmp_path: Path) -> None:
+    """The store is read only for the policy's winner; when the winner's incident is closed, the stage falls
+    back to the candidates whose incidents are open, as if it had read them all."""
+    store = await _store(tmp_path, FakeClock(T0 + 5 * HOUR))
+    try:
+        first, second, _ = await _flood_reports(store)
+        matcher = IncidentMatcher(store)
+        await _drain(store, matcher)
+        # An operator splits the second report off into its own incident, then the first one's case closes.
+        assert await split(store, "INC-000001", [second], actor="op-lan") == "INC-000003"
+        async with store.transaction() as tx:
+            await tx.execute("UPDATE incidents SET state='closed' WHERE id='INC-000001'")
+        # A copy of the first report: the first is the most probable match, but only the second is open.
+        again = await _classified(store, "e", T0 + 2 * HOUR, "Đường Nguyễn Hữu Cảnh ngập sâu 50cm đoạn gần chân cầu"
+                                  " Thủ Thiêm", topic="drainage", district="binh-thanh", vector=_vec(1),
+                                  street="nguyen huu canh")
+        await _drain(store, matcher)
+        r = await store.get_report(again)
+        assert r and r.incident_id == "INC-000003" and r.status == "duplicate"
+        # Once no incident of the flood is open, the next report opens a new one and is dispatched.
+        async with store.transaction() as tx:
+            await tx.execute("UPDATE incidents SET state='closed' WHERE id='INC-000003'")
+        later = await _classified(store, "f", T0 + 3 * HOUR, "Nguyễn Hữu Cảnh chân cầu Thủ Thiêm vẫn ngập sâu",
+                                  topic="drainage", district="binh-thanh", vector=_vec(5, _vec(1), 0.02),
+                                  street="nguyen huu canh")
+        await _drain(store, matcher)
+        r = await store.get_report(later)
+        assert r and r.incident_id == "INC-000004"
+        assert await _jobs(store, later) == [("dispatch", {"incident_id": "INC-000004"})]
+    finally:
+        await store.close()
+
+
+def test_window_searches_only_the_topics_asked_for_and_expiry_compacts_rows_in_place() -> None:
+    window = VectorWindow(384, window_days=7)
+    v = _vec(1)
+    window.add(1, T0, "quan-1", _vec(2, v, 0.01), "drainage")
+    window.add(2, T0 + 86400, "quan-1", _vec(3, v, 0.06), "drainage")
+    window.add(3, T0 + 86400, "quan-1", v, "noise")
+    window.add(4, T0 + 2 * 86400, "quan-1", _vec(4, v, 0.02), None)
+    at = T0 + 2 * 86400
+    assert [h.report_id for h in window.search(v, "quan-1", 10, at)] == [3, 1, 4, 2]
+    assert [h.report_id for h in window.search(v, "quan-1", 10, at, topics={"drainage", None})] == [1, 4, 2]
+    assert window.search(v, "quan-1", 10, at, topics={"trees"}) == []
+    assert window.topics() == {"drainage", "noise", None}
+    # Report 1's day leaves the window: its row goes, the rows after it move up and still map to their vectors.
+    window.add(5, T0 + 7.5 * 86400, "quan-1", v, "drainage")
+    assert window.expire() == 1 and window.vector_of(1) is None
+    np.testing.assert_array_equal(window.vector_of(2), _vec(3, v, 0.06))
+    np.testing.assert_array_equal(window.vector_of(5), v)
+    assert [h.report_id for h in window.search(v, "quan-1", 2, T0 + 7.5 * 86400, topics={"drainage"})] == [5, 2]
+
+
+def test_window_top_k_breaks_ties_by_report_id_at_the_cut() -> None:
+    """Equal vectors score equal: the k returned are the lowest ids whatever order faiss kept them in."""
+    window = VectorWindow(384, window_days=7)
+    v = _vec(1)
+    for rid in (9, 3, 7, 1, 8, 2):
+        window.add(rid, T0 + rid, "quan-1", v, "trees")
+    window.add(20, T0 - 1, "quan-1", _vec(7), "trees")
+    assert [h.report_id for h in window.search(v, "quan-1", 3, T0 + 100)] == [1, 2, 3]
+    # The edge of the window falls inside the block: rows before it are left out, the cut still by id.
+    assert [h.report_id for h in window.search(v, "quan-1", 3, T0 + 3 + 7 * 86400)] == [3, 7, 8]
