@@ -308,8 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
-            load_settings(args.file)
-            load_directory(None)
+            # The directory the file names (data.agencies), not the bundled one: serve would load that one.
+            load_directory(load_settings(args.file).data.agencies)
             print(f"{args.file}: OK")
             return 0
         settings = load_settings(getattr(args, "config", None))
