@@ -1,0 +1,212 @@
+"""Crash test (issue 2): kill -9 the daemon five times under HTTP load; every acknowledged report is stored exactly
+once, and after a clean run every report reaches a state an operator can see.
+
+The daemon runs as a real subprocess (`run_daemon.py serve`) on a temporary store and a free loopback port.
+Clients resend a report whose answer they did not get (connection reset, 503), with the same Idempotency-Key,
+as the mobile app does.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# 2,000 as issue 2 asks; HCMC1022_CRASH_REPORTS lowers it for a quick local run.
+REPORTS = int(os.environ.get("HCMC1022_CRASH_REPORTS", "2000"))
+CLIENTS = 16
+KILLS = 5
+# The pipeline stages are separate components; the final-state half of the test needs them installed.
+STAGES_PRESENT = all(importlib.util.find_spec(f"{m}.service") is not None for m in ("classifier", "dedupe", "dispatch"))
+FINAL_WAIT_SECONDS = 900.0
+STALL_SECONDS = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    def __init__(self, tmp: Path) -> None:
+        self.port = _free_port()
+        self.db = tmp / "store.sqlite3"
+        self.config = tmp / "config.toml"
+        self.log = tmp / "daemon.log"
+        self.config.write_text(f"""
+[store]
+path = "{self.db}"
+blob_dir = "{tmp / 'blobs'}"
+
+[http]
+host = "127.0.0.1"
+port = {self.port}
+
+[queue]
+lease_seconds = 5
+reclaim_interval = 1
+max_attempts = 3
+
+[classifier]
+cache_dir = "{REPO / 'var' / 'models'}"
+
+[logging]
+level = "WARNING"
+
+[[channels]]
+kind = "open311"
+name = "app"
+""", encoding="utf-8")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, str(REPO / "run_daemon.py"), "serve", "--config",
+                                          str(self.config)], cwd=REPO, env=env, stdout=log, stderr=log)
+        self.starts += 1
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.tail()
+            try:
+                async with session.get(f"http://127.0.0.1:{self.port}/open311/v2/services.json") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError("daemon did not start:\n" + self.tail())
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+def _query(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+async def _push_with_kills(daemon: Daemon, rng: random.Random) -> dict[str, int]:
+    """Send every report until acknowledged, while the daemon is killed at random points of the load."""
+    acked: dict[str, int] = {}
+    todo: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(REPORTS):
+        todo.put_nowait(i)
+    kill_at = sorted(rng.sample(range(REPORTS // 20, REPORTS - REPORTS // 20), KILLS))
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await daemon.wait_ready(session)
+
+        async def client() -> None:
+            while len(acked) < REPORTS:
+                try:
+                    i = todo.get_nowait()
+                except asyncio.QueueEmpty:
+                    await asyncio.sleep(0.01)
+                    continue
+                key = f"crash-test-{i}"
+                form = {"service_code": "drainage", "lat": "10.7617", "long": "106.6686",
+                        "description": f"Cống số {i} trên đường Ngô Gia Tự bị rác bít kín, nước ngập nửa bánh xe"}
+                try:
+                    async with session.post(f"http://127.0.0.1:{daemon.port}/open311/v2/requests.json", data=form,
+                                            headers={"Idempotency-Key": key}) as resp:
+                        body = await resp.json(content_type=None)
+                        if resp.status in (200, 201):
+                            acked[key] = int(body[0]["service_request_id"])
+                            continue
+                        assert resp.status == 503, (resp.status, body)  # shutting down / store busy: retry
+                except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+                    pass  # killed mid-request: the answer is unknown, so the app sends it again
+                todo.put_nowait(i)
+                await asyncio.sleep(0.05)
+
+        async def killer() -> None:
+            for threshold in kill_at:
+                while len(acked) < threshold:
+                    await asyncio.sleep(0.005)
+                await asyncio.sleep(rng.uniform(0, 0.05))
+                await asyncio.to_thread(daemon.kill9)
+                daemon.start()
+                await daemon.wait_ready(session)
+
+        await asyncio.gather(killer(), *(client() for _ in range(CLIENTS)))
+    return acked
+
+
+@pytest.mark.timeout(1200)
+async def test_kill9_under_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    seed = random.randrange(2**32)
+    print(f"crash test seed {seed}")
+    daemon = Daemon(tmp_path)
+    daemon.start()
+    try:
+        acked = await _push_with_kills(daemon, random.Random(seed))
+        assert daemon.starts == KILLS + 1
+        assert len(acked) == REPORTS
+
+        # Every acknowledged report is stored exactly once, under the id its acknowledgement gave.
+        rows = _query(daemon.db, "SELECT idem_key, id FROM reports WHERE channel='app'")
+        stored: dict[str, list[int]] = {}
+        for key, rid in rows:
+            stored.setdefault(key, []).append(rid)
+        assert len(rows) == REPORTS, f"{len(rows)} rows for {REPORTS} reports"
+        assert all(len(ids) == 1 for ids in stored.values())
+        assert {k: ids[0] for k, ids in stored.items()} == acked
+        # Each one was queued for classification exactly once.
+        assert _query(daemon.db, "SELECT COUNT(DISTINCT report_id), COUNT(*) FROM jobs WHERE stage='classify'") == \
+            [(REPORTS, REPORTS)]
+
+        if STAGES_PRESENT:
+            # A final clean run: every report leaves received/routed, or is visibly dead-lettered.
+            # Classifying 2,000 reports takes minutes on a shared 2-core box: wait as long as the pipeline makes
+            # progress, and fail when it stalls (a lost job) or the overall cap is reached.
+            pending: list[tuple] = []
+            deadline = time.monotonic() + FINAL_WAIT_SECONDS
+            last_progress, last_count = time.monotonic(), REPORTS + 1
+            while time.monotonic() < deadline and time.monotonic() - last_progress < STALL_SECONDS:
+                pending = _query(daemon.db,
+                                 "SELECT id, status FROM reports r WHERE status IN ('received', 'routed')"
+                                 " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.report_id=r.id AND j.state='dead')")
+                if not pending:
+                    break
+                if len(pending) < last_count:
+                    last_progress, last_count = time.monotonic(), len(pending)
+                assert daemon.proc is not None and daemon.proc.poll() is None, daemon.tail()
+                await asyncio.sleep(1)
+            assert not pending, f"{len(pending)} reports still not final, e.g. {pending[:5]}\n{daemon.tail()}"
+        # else: the classifier, dedupe and dispatch components are not installed yet; only intake is checked.
+        assert daemon.stop(timeout=20) == 0, daemon.tail()  # SIGTERM drains and exits cleanly
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+    leased = _query(daemon.db, "SELECT COUNT(*) FROM jobs WHERE state='leased'")
+    assert leased == [(0,)], "a clean stop gives every lease back"
