@@ -252,6 +252,9 @@ class OnnxE5Encoder:
 
         model_dir = Path(model_dir)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # not stored in tokenizer.json: specials typed in text are plain text
+        # to the engine (see e5_tokenizer.build_tokenizer)
+        self.tokenizer.encode_special_tokens = True
         cfg = json.loads((model_dir / "config.json").read_text())
         self.pad_id = int(cfg.get("pad_token_id", 1))
         self.max_length = max_length

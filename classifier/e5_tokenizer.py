@@ -201,7 +201,17 @@ def build_tokenizer(
         # Our grapheme trick relies on the map deleting the breaker.
         raise ValueError("normalisation map does not delete U+0001; cannot build exact normaliser")
     vocab = [(p, float(s)) for p, s in zip(pieces, scores, strict=True)]
+    # The engine never matches the <unk> piece itself when the text literally
+    # says "<unk>"; HF would (score 0).  A hopeless score keeps it out of the
+    # Viterbi; the unk *fallback* score (min - 10) then changes too, but
+    # unknown characters are isolated below, where unk is the only path.
+    vocab[unk] = (vocab[unk][0], -1e9)
     tok = Tokenizer(models.Unigram(vocab, unk_id=unk, byte_fallback=False))
+    # Declare the specials (for decoding and transformers) but keep matching
+    # them inside text as ordinary pieces, as the engine does: extracting them
+    # would restart the metaspace prefix after each one.
+    tok.add_special_tokens([pieces[i] for i in sorted({bos, pad, eos, unk})] + [p for p in pieces if p == "<mask>"])
+    tok.encode_special_tokens = True
     charsmap = build_precompiled_charsmap(norm_map)
     tok.normalizer = normalizers.Sequence(
         [

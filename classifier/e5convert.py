@@ -40,7 +40,7 @@ from classifier.e5_format import E5File, read_e5_file, sha256_file
 from classifier.e5_tokenizer import build_tokenizer
 
 # Bump when the output layout or numerics change so ensure_converted() redoes it.
-CONVERTER_VERSION = 4
+CONVERTER_VERSION = 5
 MARKER = "e5convert.json"
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
@@ -158,6 +158,8 @@ def write_tokenizer_files(f: E5File, out: Path) -> None:
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": f.header.max_pos,
             "clean_up_tokenization_spaces": False,
+            # specials typed in a report are text to the engine, not markers
+            "split_special_tokens": True,
             **special,
         },
     )
@@ -345,7 +347,7 @@ class _STEncoder:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.model = SentenceTransformer(str(model_dir), device="cpu")
-        self.dim = self.model.get_sentence_embedding_dimension()
+        self.dim = self.model.get_embedding_dimension()
 
     def encode(self, texts: list[str], *, prompt: str = QUERY_PREFIX, batch_size: int = 16) -> np.ndarray:
         # ST sorts by length itself; prompt="" would fall back to the default
