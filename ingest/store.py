@@ -32,6 +32,10 @@ PRAGMAS = (
 )
 
 
+# Report states from which a stage still has to move the report on: a dead job there leaves it `failed`.
+UNFINISHED_STATES = ("received", "routed", "review")
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     report_id: int
@@ -351,8 +355,14 @@ class Store:
                     " WHERE id=? AND state='leased' AND attempts=?", (error, now, job.id, job.attempts))
                 if cur.rowcount != 1:  # lease lost: another worker owns the job now, its report is not ours to fail
                     return
-                await tx.execute("UPDATE reports SET status='failed', updated_at=? WHERE id=?", (now, job.report_id))
-                await tx.event(job.report_id, "dead_letter", "system", {"stage": job.stage, "error": error})
+                # Only a report whose pipeline stopped short is `failed`; a dead side job (a reporter message,
+                # a late media fetch) must not hide that the report itself was dispatched.
+                row = await tx.fetchone("SELECT status FROM reports WHERE id=?", (job.report_id,))
+                previous = row["status"] if row else None
+                if previous in UNFINISHED_STATES:
+                    await tx.execute("UPDATE reports SET status='failed', updated_at=? WHERE id=?", (now, job.report_id))
+                await tx.event(job.report_id, "dead_letter", "system",
+                               {"stage": job.stage, "error": error, "previous_status": previous})
             else:
                 await tx.execute(
                     "UPDATE jobs SET state='ready', available_at=?, last_error=?, lease_until=NULL, updated_at=?"
@@ -396,8 +406,12 @@ class Store:
         async with self.transaction() as tx:
             rows = await tx.fetchall(sql + " RETURNING report_id", params)
             for row in rows:
-                await tx.execute("UPDATE reports SET status='received', updated_at=? WHERE id=? AND status='failed'",
-                                 (now, row["report_id"]))
+                last = await tx.fetchone(
+                    "SELECT json_extract(data, '$.previous_status') AS previous FROM events"
+                    " WHERE report_id=? AND kind='dead_letter' ORDER BY id DESC LIMIT 1", (row["report_id"],))
+                previous = last["previous"] if last and last["previous"] in UNFINISHED_STATES else "received"
+                await tx.execute("UPDATE reports SET status=?, updated_at=? WHERE id=? AND status='failed'",
+                                 (previous, now, row["report_id"]))
                 await tx.event(row["report_id"], "replayed", "operator", {})
         return len(rows)
 
