@@ -95,13 +95,15 @@ class _Block:
             if outside == n:
                 return None
         # At most `outside` of the best k + outside rows are outside the window: the rest hold the k best.
-        kk = min(n, k + outside)
+        # One row more shows whether a row tied with the k-th could have been left out.
+        kk = min(n, k + outside + 1)
         scores, rows = self.index.search(query, kk)
         scores, rows = scores[0], rows[0]
+        last = scores[-1]
         if valid is not None:
             ok = valid[rows]
             scores, rows = scores[ok], rows[ok]
-        if kk < n and len(scores) >= k and scores[k - 1] == scores[-1]:
+        if kk < n and len(scores) >= k and scores[k - 1] == last:
             # Rows tied with the k-th may lie beyond what faiss returned: score them all (rare: equal vectors).
             scores, rows = self.index.search(query, n)
             scores, rows = scores[0], rows[0]
