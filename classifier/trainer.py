@@ -28,7 +28,7 @@ from ingest.records import Classification, Place
 from .embedder import EmbeddingThread, VectorCache, embed_cached, report_text
 from .model import MODEL_VERSION, TopicModel, load_cues
 from .place import Gazetteer, find_place, load_gazetteer
-from .policy import abusive_terms_in, decide
+from .policy import abusive_terms_in, complaint_terms_in, decide
 
 log = logging.getLogger(__name__)
 
@@ -174,5 +174,6 @@ class Router:
             out.append(decide(self.directory, model.classes_, probs[i], place,
                               review_threshold=self.settings.classifier.review_threshold, reasons=self.reasons,
                               model_version=version, language=languages[i] if languages else "vi",
-                              abusive=bool(abusive_terms_in(texts[i]))))
+                              abusive=bool(abusive_terms_in(texts[i])),
+                              complaint=bool(complaint_terms_in(texts[i]))))
         return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from classifier.policy import abusive_terms_in, decide, operator_decision
+from classifier.policy import abusive_terms_in, complaint_terms_in, decide, operator_decision
 from config.directory import load_directory
 from ingest.records import Place
 
@@ -77,3 +77,36 @@ def test_operator_decision_reroutes_and_rejects(directory):
     assert rejected.status == "out_of_scope" and rejected.agency is None
     with pytest.raises(ValueError):
         operator_decision(directory, prev, agency="no-such-agency")
+
+
+@pytest.mark.parametrize("text", [
+    "Tôi muốn tố cáo cán bộ địa chính phường làm sai hồ sơ",
+    "toi khieu nai quyet dinh xu phat cua phuong",
+    "minh muon to cao to truong thu tien sai",
+    "Appeal against a traffic camera fine",
+])
+def test_complaint_phrases_are_screened(text):
+    assert complaint_terms_in(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Cây dầu to cao trước nhà nghiêng hẳn ra đường",  # "to cao" = big and tall, written with diacritics
+    "ống nước bể rồi nước phun lên cao cả thước",
+    "I want to complain about the noise from the bar",
+])
+def test_ordinary_reports_are_not_complaints(text):
+    assert complaint_terms_in(text) == []
+
+
+def test_complaint_phrase_is_never_dispatched(directory):
+    # The model agrees enough: refused with guidance.
+    classes = sorted(directory.topics)
+    probs = [0.6 if c == "education" else 0.3 if c == "complaint_denunciation" else 0.1 / (len(classes) - 2)
+             for c in classes]
+    c = decide(directory, classes, probs, Place(district="quan-6"), review_threshold=0.6, complaint=True)
+    assert c.status == "out_of_scope" and c.agency is None and "Ban Tiếp công dân" in (c.reason or "")
+    # "I complained to the ward, the pipe is still broken": the model sees a water report; an operator decides.
+    c = decide(directory, *one_hot(directory, "water_supply"), Place(district="quan-6"), review_threshold=0.6,
+               complaint=True)
+    assert c.status == "review" and c.topic == "complaint_denunciation" and c.agency is None
+    assert c.candidates[0].topic == "water_supply"
