@@ -20,6 +20,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +262,9 @@ class OnnxE5Encoder:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         threads = num_threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count() or 1
-        so.intra_op_num_threads = threads
+        # parallelism comes from running batches concurrently (see encode)
+        self.workers = threads
+        so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(model_dir / file_name), so, providers=["CPUExecutionProvider"])
         self.dim = int(cfg["hidden_size"])
@@ -276,7 +279,26 @@ class OnnxE5Encoder:
             out.append(ids)
         return out
 
-    def encode(self, texts: Sequence[str], *, prompt: str = "query: ", batch_size: int = 16) -> np.ndarray:
+    def _run_batch(self, ids: list[list[int]], idx: list[int], result: np.ndarray) -> None:
+        T = max(len(ids[i]) for i in idx)
+        inp = np.full((len(idx), T), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), T), dtype=np.int64)
+        for r, i in enumerate(idx):
+            inp[r, : len(ids[i])] = ids[i]
+            mask[r, : len(ids[i])] = 1
+        (hidden,) = self.session.run(None, {"input_ids": inp, "attention_mask": mask})
+        m = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * m).sum(1) / m.sum(1)
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        result[idx] = pooled
+
+    def encode(self, texts: Sequence[str], *, prompt: str = "query: ", batch_size: int = 4) -> np.ndarray:
+        """Small length-sorted batches (4) run concurrently, one per thread.
+
+        Measured on this model: single-thread throughput peaks at batch 2-8
+        (activations stay in cache, no padding) and one batch per core beats
+        splitting every matmul across cores.
+        """
         if isinstance(texts, str):
             raise TypeError("pass a list of texts")
         n = len(texts)
@@ -285,19 +307,14 @@ class OnnxE5Encoder:
             return result
         ids = self._tokenize([prompt + t for t in texts])
         order = sorted(range(n), key=lambda i: len(ids[i]))
-        for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            T = max(len(ids[i]) for i in idx)
-            inp = np.full((len(idx), T), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), T), dtype=np.int64)
-            for r, i in enumerate(idx):
-                inp[r, : len(ids[i])] = ids[i]
-                mask[r, : len(ids[i])] = 1
-            (hidden,) = self.session.run(None, {"input_ids": inp, "attention_mask": mask})
-            m = mask[:, :, None].astype(np.float32)
-            pooled = (hidden * m).sum(1) / m.sum(1)
-            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-            result[idx] = pooled
+        batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+        if self.workers <= 1 or len(batches) == 1:
+            for idx in batches:
+                self._run_batch(ids, idx, result)
+        else:
+            # ORT releases the GIL in run(); the session is thread-safe
+            with ThreadPoolExecutor(self.workers) as pool:
+                list(pool.map(lambda idx: self._run_batch(ids, idx, result), batches))
         return result
 
 

