@@ -46,9 +46,9 @@ def validate(raw: dict[str, Any], env: Mapping[str, str], source: str = "<config
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        errors.extend(_format(exc))
+        errors.extend(_format(exc, raw=raw))
     # Channels and stage-owned sections are checked even when the rest failed: every problem in one pass.
-    errors.extend(_validate_channels(settings.channels if settings is not None else _raw_channels(raw)))
+    errors.extend(_validate_channels(settings.channels if settings is not None else _raw_channels(raw), raw))
     for name, model in EXTRA_SECTIONS.items():
         section = getattr(settings, name) if settings is not None else raw.get(name, {})
         if not isinstance(section, dict):
@@ -56,7 +56,7 @@ def validate(raw: dict[str, Any], env: Mapping[str, str], source: str = "<config
         try:
             model.model_validate(section)
         except ValidationError as exc:
-            errors.extend(_format(exc, prefix=(name,)))
+            errors.extend(_format(exc, prefix=(name,), raw=raw))
     if errors:
         raise ConfigError(f"{source}: {len(errors)} problem(s):\n" + "\n".join(f"  - {e}" for e in errors))
     assert settings is not None
@@ -81,7 +81,7 @@ def _raw_channels(raw: dict[str, Any]) -> list[ChannelEntry | None]:
     return entries
 
 
-def _validate_channels(entries: Sequence[ChannelEntry | None]) -> list[str]:
+def _validate_channels(entries: Sequence[ChannelEntry | None], raw: Any = None) -> list[str]:
     errors = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
@@ -98,13 +98,28 @@ def _validate_channels(entries: Sequence[ChannelEntry | None]) -> list[str]:
         try:
             model.model_validate(entry.options())
         except ValidationError as exc:
-            errors.extend(_format(exc, prefix=("channels", i)))
+            errors.extend(_format(exc, prefix=("channels", i), raw=raw))
     return errors
 
 
-def _format(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+def _unresolved(raw: Any, loc: Sequence[Any]) -> bool:
+    """True when `loc` reaches an "env:NAME" still in place: its variable is unset, which is reported already."""
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        # other parts are pydantic's own (a union's tag): stay on the same value
+    values = node if isinstance(node, list) else [node]
+    return any(isinstance(v, str) and v.startswith("env:") for v in values)
+
+
+def _format(exc: ValidationError, prefix: tuple[Any, ...] = (), raw: Any = None) -> list[str]:
     out = []
     for err in exc.errors():
+        if raw is not None and _unresolved(raw, (*prefix, *err["loc"])):
+            continue  # a follow-on of an unset variable ("must start with whsec_"): only the cause is reported
         path = ""
         for part in (*prefix, *err["loc"]):
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
