@@ -57,6 +57,9 @@ def test_every_missing_variable_is_reported_at_once() -> None:
     assert result.returncode == 2
     missing = set(re.findall(r"environment variable (\w+) is not set", result.stderr))
     assert missing == names, result.stderr
+    # Only the causes: no follow-on complaint about the placeholder's format ("must start with 'whsec_'").
+    problems = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+    assert len(problems) == len(names), result.stderr
     assert "Traceback" not in result.stderr
     # With all but one set, only that one is named.
     values = secrets_for(names)

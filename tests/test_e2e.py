@@ -140,6 +140,14 @@ async def test_report_to_agency_to_result_for_every_reporter(tmp_path: Path) -> 
             assert set(texts) == {APP_PHONE, CALL_PHONE}
             for text in texts.values():
                 assert case_id in text and link in text
+            # Before that, the first reporter got the acknowledgement with the agency, the second was told the
+            # incident is already being handled.
+            by_phone: dict[str, list[str]] = {}
+            for body in sms.bodies():
+                by_phone.setdefault(body["to"], []).append(body["text"])
+            assert any("đã tiếp nhận" in t and link in t for t in by_phone[APP_PHONE]), by_phone
+            assert any("đã được tiếp nhận trước đó" in t and case_id in t for t in by_phone[CALL_PHONE]), by_phone
+            assert len(by_phone[APP_PHONE]) == len(by_phone[CALL_PHONE]) == 2
             # Still one delivery to the agency, and the link shows the closed case.
             assert len({r["headers"]["webhook-id"] for r in webhook.requests}) == 1
             async with http.get(f"{daemon.base}/api/v1/cases/{token}") as resp:
