@@ -2,11 +2,11 @@
 
 Owns ``<model dir>/onnx/model_qint8.onnx`` (and the optional fp32
 ``onnx/model.onnx``) and :class:`OnnxE5Encoder`, the ``variant = "int8"``
-runtime.  The graph has the layout optimum / sentence-transformers' ONNX
-backend expect (inputs ``input_ids``, ``attention_mask``; output
-``last_hidden_state``) so either runner can use it; ours does the mean
-pooling + L2 normalisation in numpy and needs only ``onnxruntime`` and
-``tokenizers``.
+runtime.  The graph keeps the feature-extraction layout (inputs
+``input_ids``, ``attention_mask``; output ``last_hidden_state``) that
+sentence-transformers' ONNX backend uses, but that backend needs ``optimum``
+(not installed, untested); our runner does the mean pooling + L2
+normalisation in numpy and needs only ``onnxruntime`` and ``tokenizers``.
 
 The exported module is a small hand-written BERT encoder that mirrors the
 engine's forward pass (positions from 0, token type 0, erf GELU, post-LN),

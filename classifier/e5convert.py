@@ -9,8 +9,9 @@ Owns: the ``python -m classifier.e5convert`` CLI, :func:`default_model_dir`,
     <out>/tokenizer_config.json, special_tokens_map.json
     <out>/modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/
     <out>/config_sentence_transformers.json   prompts; default "query: "
-    <out>/onnx/model.onnx           fp32 ONNX export            (if onnx present)
-    <out>/onnx/model_qint8.onnx     int8 per-channel weights    (if onnxruntime present)
+    <out>/onnx/model_qint8.onnx     int8 variant (if onnx + onnxruntime are installed):
+                                    per-channel int8 MatMul weights, dynamic int8
+                                    activations, the engine's 4-bit word embedding
     <out>/e5convert.json            marker: source sha256 + converter version
 
 The weights are the Q4_0 blocks dequantised exactly (scale * (nibble - 8));
