@@ -270,11 +270,29 @@ class VectorWindow:
 
     def vector_of(self, report_id: int) -> np.ndarray | None:
         """The stored vector of an indexed report (a copy out of its faiss index)."""
+        return self.vectors_of([report_id])[0]
+
+    def vectors_of(self, report_ids: Iterable[int]) -> list[np.ndarray | None]:
+        """The stored vectors of many reports at once (copies; None for a report not indexed): one gather per
+        block instead of one faiss call per report (64 reconstruct calls cost ~0.3 ms, a gather ~0.02)."""
+        ids = list(report_ids)
+        out: list[np.ndarray | None] = [None] * len(ids)
         with self._lock:
-            block = self._where.get(report_id)
-            if block is None:
-                return None
-            return block.index.reconstruct(block.rows[report_id])
+            wanted: dict[int, tuple[_Block, list[int], list[int]]] = {}  # id(block) -> (block, rows, positions)
+            for pos, rid in enumerate(ids):
+                block = self._where.get(rid)
+                if block is not None:
+                    entry = wanted.setdefault(id(block), (block, [], []))
+                    entry[1].append(block.rows[rid])
+                    entry[2].append(pos)
+            for block, rows, positions in wanted.values():
+                # The flat index's own storage seen as an array (valid until its next add or removal, which
+                # the lock excludes); fancy indexing copies the rows out.
+                stored = faiss.rev_swig_ptr(block.index.get_xb(), block.n * self.dim).reshape(block.n, self.dim)
+                taken = stored[rows]
+                for j, pos in enumerate(positions):
+                    out[pos] = taken[j]
+        return out
 
     def report_ids(self) -> set[int]:
         with self._lock:

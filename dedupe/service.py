@@ -221,13 +221,14 @@ class IncidentMatcher:
         n_docs = self._n_docs + 1
         df = self._df
         rarity = _RarityMemo(policy.rarity_from(lambda g: df.get(g, 0) + (g in own), n_docs))
-        index = self.index
-        views = [self._features[i].view(i, index.vector_of(i)) for i in survivors]
+        vectors = self.index.vectors_of(survivors)
+        views = [self._features[i].view(i, v) for i, v in zip(survivors, vectors)]
         # The policy first judges every survivor as if all were in open incidents; the store is read only when
-        # one is likely enough. No candidate reaching the threshold means none of those in open incidents
-        # does: a new incident without any store read (the common case for a first report). Otherwise the
-        # winner is the first most probable survivor, which it stays among the survivors in open incidents
-        # as long as its own incident is open, so reading that one row decides as reading them all would.
+        # one is likely enough. No survivor reaching the threshold means none of those in open incidents does:
+        # a new incident without any store read (the common case for a first report; the score and matched
+        # report it records are then the best survivor's, whatever its incident's state). Otherwise the winner
+        # is the first most probable survivor; if its own incident is open it is also the first most probable
+        # among the survivors in open incidents, so reading that one row decides as reading them all would.
         first = policy.decide(view, [(v, _PENDING) for v in views], rarity.__getitem__, self.threshold)
         if first.incident_id is None:
             return first
