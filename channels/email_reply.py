@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import smtplib
-import ssl
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 
 from config.channels import EmailReplyOptions
 from ingest.app import AppContext
+from ingest.mail import send_message
 from ingest.errors import PermanentError, TransientError
 from ingest.store import Store, StoredReport
 
@@ -78,34 +77,7 @@ class EmailReplySender:
             await tx.event(report.id, "email_reply_sent", "system", {"message_id": msg["Message-ID"]})
 
     def _send(self, msg: EmailMessage) -> None:
-        o = self.options
-        try:
-            if o.ssl:
-                client: smtplib.SMTP = smtplib.SMTP_SSL(o.host, o.port, timeout=o.timeout_seconds,
-                                                       context=ssl.create_default_context())
-            else:
-                client = smtplib.SMTP(o.host, o.port, timeout=o.timeout_seconds)
-            with client:
-                if o.starttls:
-                    client.starttls(context=ssl.create_default_context())
-                if o.username and o.password is not None:
-                    client.login(o.username, o.password.get_secret_value())
-                client.send_message(msg)
-        except smtplib.SMTPAuthenticationError:
-            # Our credentials, not the reporter's mail: retry once the admin fixes the relay account.
-            log.error("outgoing SMTP relay rejected our login")
-            raise TransientError("smtp relay login rejected", retry_after=300.0) from None
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            if all(400 <= c < 500 for c in codes):
-                raise TransientError("recipient temporarily refused") from None
-            raise PermanentError("recipient refused") from None
-        except smtplib.SMTPResponseException as exc:
-            if 400 <= exc.smtp_code < 500:
-                raise TransientError(f"smtp {exc.smtp_code}") from None
-            raise PermanentError(f"smtp {exc.smtp_code}") from None
-        except (smtplib.SMTPException, OSError) as exc:
-            raise TransientError(f"smtp relay unreachable ({type(exc).__name__})") from None
+        send_message(self.options, msg)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

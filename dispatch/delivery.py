@@ -13,8 +13,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import smtplib
-import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -23,6 +21,7 @@ import aiohttp
 
 from config.dispatch import DispatchConfig, EmailTarget, WebhookTarget
 from ingest.backoff import backoff_delay
+from ingest.mail import send_message
 from ingest.errors import PermanentError, TransientError
 from ingest.store import Store, Tx
 
@@ -272,38 +271,7 @@ def build_email(cfg: DispatchConfig, target: EmailTarget, msg_id: str, payload: 
 
 
 def _smtp_send(cfg: DispatchConfig, msg: EmailMessage) -> None:
-    """Blocking: runs in a worker thread. SMTP 4xx and network errors are transient, 5xx permanent."""
-    s = cfg.smtp
-    try:
-        client: smtplib.SMTP
-        if s.ssl:
-            client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout_seconds, context=ssl.create_default_context())
-        else:
-            client = smtplib.SMTP(s.host, s.port, timeout=s.timeout_seconds)
-        with client:
-            if s.starttls and not s.ssl:
-                client.starttls(context=ssl.create_default_context())
-            if s.username and s.password is not None:
-                client.login(s.username, s.password.get_secret_value())
-            refused = client.send_message(msg)
-            if refused:
-                codes = [code for code, _ in refused.values()]
-                if any(400 <= c < 500 for c in codes):
-                    raise TransientError(f"SMTP recipients deferred: {sorted(set(codes))}")
-                raise PermanentError(f"SMTP recipients refused: {sorted(set(codes))}")
-    except smtplib.SMTPRecipientsRefused as exc:
-        codes = [code for code, _ in exc.recipients.values()]
-        if any(400 <= c < 500 for c in codes):
-            raise TransientError(f"SMTP recipients deferred: {sorted(set(codes))}") from None
-        raise PermanentError(f"SMTP recipients refused: {sorted(set(codes))}") from None
-    except smtplib.SMTPResponseException as exc:
-        if 400 <= exc.smtp_code < 500:
-            raise TransientError(f"SMTP {exc.smtp_code}") from None
-        raise PermanentError(f"SMTP {exc.smtp_code}") from None
-    except smtplib.SMTPAuthenticationError:
-        raise PermanentError("SMTP authentication failed") from None
-    except (smtplib.SMTPException, OSError) as exc:
-        raise TransientError(f"SMTP {type(exc).__name__}") from None
+    send_message(cfg.smtp, msg)
 
 
 async def replay_deliveries(store: Store, *, ids: list[int] | None = None, agency: str | None = None,

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import smtplib
-import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from config.directory import Directory, load_directory
 from config.dispatch import SmtpConfig, dispatch_settings
 from config.ops import OpsConfig, ops_settings
 from ingest import worker
+from ingest.mail import send_message
 from ingest.app import AppContext, Service
 from ingest.errors import ConfigError, PermanentError
 from ingest.store import Store
@@ -90,27 +89,7 @@ def smtp_config(settings: Any, cfg: OpsConfig) -> SmtpConfig:
 
 def smtp_send(cfg: SmtpConfig, message: Any, to: list[str]) -> None:
     """Blocking: run in a thread. 5xx answers are permanent; anything else (4xx, network) is worth a retry."""
-    try:
-        if cfg.ssl:
-            client: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_seconds,
-                                                    context=ssl.create_default_context())
-        else:
-            client = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_seconds)
-        with client:
-            if cfg.starttls and not cfg.ssl:
-                client.starttls(context=ssl.create_default_context())
-            if cfg.username and cfg.password is not None:
-                client.login(cfg.username, cfg.password.get_secret_value())
-            client.send_message(message, from_addr=cfg.from_addr, to_addrs=to)
-    except smtplib.SMTPRecipientsRefused as exc:
-        codes = [code for code, _ in exc.recipients.values()]
-        if all(code >= 500 for code in codes):
-            raise PermanentError(f"recipients refused ({', '.join(map(str, codes))})") from None
-        raise
-    except smtplib.SMTPResponseException as exc:
-        if exc.smtp_code >= 500:
-            raise PermanentError(f"SMTP {exc.smtp_code}") from None
-        raise
+    send_message(cfg, message, from_addr=cfg.from_addr, to_addrs=to)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
