@@ -30,7 +30,8 @@ from .embedder import EmbeddingThread, VectorCache, embed_cached, load_embedder,
 from .model import TopicModel, load_cues
 from .place import find_place, load_gazetteer
 from .policy import abusive_terms_in, complaint_terms_in, decide
-from .trainer import SEED_PATH, description_examples, load_or_train, reject_reasons, seed_examples
+from .trainer import (SEED_PATH, description_examples, load_or_train, reject_reasons, seed_examples,
+                      vocabulary_texts)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _is_seed(rows: Sequence[dict[str, Any]]) -> bool:
 
 
 def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, embedder: Any = None,
-            folds: int = 5) -> list[Prediction]:
+            folds: int = 5, seed: int = 0) -> list[Prediction]:
     """Per-report predictions; with `cv`, each report is predicted by a model that did not see it."""
     directory = load_directory(settings.data.agencies)
     gazetteer = load_gazetteer(directory)
@@ -77,29 +78,31 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
     encode = embedder.encode_blocking if isinstance(embedder, EmbeddingThread) else embedder.encode
     cache = VectorCache(Path(cfg.cache_dir), embedder.name)
     texts = [report_text(r["text"], r.get("subject")) for r in rows]
-    vectors = embed_cached(encode, cache, texts)
+    vocabulary = vocabulary_texts(directory)
     places = [find_place(t, gazetteer, lat=r.get("lat"), lon=r.get("lon")) for t, r in zip(texts, rows)]
     probs: list[np.ndarray | None] = [None] * len(rows)
     classes: list[list[str] | None] = [None] * len(rows)
     if cv:
         labels = np.array([r["expected"]["topic"] for r in rows])
         desc = description_examples(directory)
-        desc_vecs = embed_cached(encode, cache, [d.text for d in desc])
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=0)
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
         for k, (train_idx, test_idx) in enumerate(splitter.split(texts, labels), 1):
             log.info("eval: fold %d/%d", k, folds)
             tr_texts = [texts[i] for i in train_idx] + [d.text for d in desc]
-            tr_vecs = np.vstack([vectors[train_idx], desc_vecs])
+            # As in training: the restorer learns from this fold's training texts only, then every text of
+            # the input is embedded as the fold's model would embed it.
+            model = TopicModel(load_cues()).fit_restorer(tr_texts, vocabulary)
+            vectors = embed_cached(encode, cache, [model.embedding_text(t) for t in texts])
+            tr_vecs = np.vstack([vectors[train_idx], embed_cached(encode, cache, [d.text for d in desc])])
             weights = [1.0] * len(train_idx) + [d.weight for d in desc]
-            model = TopicModel(load_cues()).fit(tr_texts, tr_vecs, list(labels[train_idx]) + [d.topic for d in desc],
-                                                weights=weights)
+            model.fit(tr_texts, tr_vecs, list(labels[train_idx]) + [d.topic for d in desc], weights=weights)
             p = model.predict_proba([texts[i] for i in test_idx], vectors[test_idx])
             for j, i in enumerate(test_idx):
                 probs[i], classes[i] = p[j], model.classes_
     else:
         examples = seed_examples(json.loads(line) for line in _seed_lines(cfg.seed_data)) + description_examples(directory)
-        model = load_or_train(examples, encode, Path(cfg.cache_dir), embedder.name)
-        p = model.predict_proba(texts, vectors)
+        model = load_or_train(examples, encode, Path(cfg.cache_dir), embedder.name, vocabulary)
+        p = model.predict_proba(texts, embed_cached(encode, cache, [model.embedding_text(t) for t in texts]))
         for i in range(len(rows)):
             probs[i], classes[i] = p[i], model.classes_
     out = []

@@ -8,8 +8,17 @@ The weights below were chosen by repeated 5-fold cross-validation on the seed se
 agency accuracy 0.891 -> 0.92. What did not help there: word bigrams (-0.5 point against unigrams), logistic
 regression instead of the SVM (-3 points, and 10x slower), stacking per-view models (-2), a cosine kNN vote
 over embeddings blended in (+-0), training copies of every text without diacritics with their own embedding
-(+-0 overall, +0.5 on no-diacritics text, at twice the embedding cost), isotonic calibration (worse ranking). Pure compute: the
-caller supplies vectors; no I/O here except `save`/`load` of the fitted model.
+(+-0 overall, +0.5 on no-diacritics text, at twice the embedding cost), isotonic calibration (worse ranking).
+
+topic-v3: a report typed without diacritics is embedded as its diacritics-restored text (classifier/restore.py;
+the restorer is fitted with the model, on its training texts and the names of the directory and gazetteer, so
+`embedding_text` must be used for every text whose vector is given to `fit`/`predict_proba`). Repeated CV
+(3 seeds): agency 0.920 -> 0.930, no-diacritics 0.904 -> 0.924 (gap to the rest 2.4 -> 0.9 points). Not kept:
+chat-shorthand expansion in the lexical features (+-0 on our data; it stays in the restoration), a mean of the
+folded and restored vectors (+0.6 only), a lexical/embedding agreement gate for auto-dispatch (no more coverage
+at 0.99 precision than the probability itself).
+
+Pure compute: the caller supplies vectors; no I/O here.
 """
 from __future__ import annotations
 
@@ -27,8 +36,10 @@ from sklearn.svm import LinearSVC
 
 from ingest.text import fold
 
+from .restore import Restorer
+
 CUES_PATH = Path(__file__).with_name("data") / "cues.json"
-MODEL_VERSION = "topic-v2"  # bump when features change: part of the cache key
+MODEL_VERSION = "topic-v3"  # bump when features change: part of the cache key
 
 
 def load_cues(path: Path = CUES_PATH) -> dict[str, tuple[str, ...]]:
@@ -47,6 +58,16 @@ class TopicModel:
     cue_weight: float = 0.3
     C: float = 1.0
     version: str = MODEL_VERSION
+
+    def fit_restorer(self, texts: Sequence[str], vocabulary: Sequence[str] = ()) -> TopicModel:
+        """First step of training: learn diacritics restoration from the training texts (and accented names)."""
+        self.restorer_ = Restorer().fit([*texts, *vocabulary])
+        return self
+
+    def embedding_text(self, text: str) -> str:
+        """The text to embed for this report: restored when typed without diacritics."""
+        restorer = getattr(self, "restorer_", None)
+        return restorer.restore(text) if restorer is not None else text
 
     def _cue_matrix(self, folded: Sequence[str]) -> csr_matrix:
         topics = sorted(self.cues)

@@ -33,6 +33,7 @@ from .policy import abusive_terms_in, complaint_terms_in, decide
 log = logging.getLogger(__name__)
 
 SEED_PATH = Path(__file__).with_name("data") / "reports-seed.jsonl"
+GAZETTEER_PATH = Path(__file__).with_name("data") / "gazetteer.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,35 +74,55 @@ def reject_reasons(agencies_path: Path | None) -> dict[str, str]:
     return {t["id"]: t["reject_reason_vi"] for t in data.get("topics", []) if t.get("reject_reason_vi")}
 
 
-def cache_key(examples: Sequence[Example], embedder_name: str) -> str:
+def vocabulary_texts(directory: Directory, gazetteer_path: Path | None = None) -> list[str]:
+    """Accented names the diacritics restorer learns from besides the training texts: agencies, districts,
+    wards, streets and landmarks."""
+    out = [a.name_vi for a in directory.agencies.values()]
+    for d in directory.districts.values():
+        out += [d.name_vi, *d.aliases, *d.wards]
+    try:
+        data = json.loads(Path(gazetteer_path or GAZETTEER_PATH).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    for item in (*data.get("streets", ()), *data.get("landmarks", ())):
+        out += [item["name"], *item.get("aliases", ())]
+    return out
+
+
+def cache_key(examples: Sequence[Example], embedder_name: str, vocabulary: Sequence[str] = ()) -> str:
     h = hashlib.sha256()
     h.update(f"{MODEL_VERSION}\n{embedder_name}\n".encode())
     cues = Path(__file__).with_name("data") / "cues.json"
     h.update(cues.read_bytes())
     for ex in examples:
         h.update(f"{ex.topic}\t{ex.weight}\t{ex.text}\n".encode())
+    for text in vocabulary:
+        h.update(f"v\t{text}\n".encode())
     return h.hexdigest()[:24]
 
 
-def train(examples: Sequence[Example], embed: Any, cache: VectorCache, *, progress: bool = True) -> TopicModel:
+def train(examples: Sequence[Example], embed: Any, cache: VectorCache, *, progress: bool = True,
+          vocabulary: Sequence[str] = ()) -> TopicModel:
     """Fit a model; `embed` is a blocking encode (through the single inference thread)."""
     texts = [ex.text for ex in examples]
+    model = TopicModel(load_cues()).fit_restorer(texts, vocabulary)
     t0 = time.monotonic()
 
     def report(done: int, total: int) -> None:
         if progress:
             log.info("classifier training: embedded %d/%d examples", done, total)
 
-    vectors = embed_cached(embed, cache, texts, progress=report)
+    vectors = embed_cached(embed, cache, [model.embedding_text(t) for t in texts], progress=report)
     log.info("classifier training: fitting on %d examples", len(texts))
-    model = TopicModel(load_cues()).fit(texts, vectors, [ex.topic for ex in examples],
+    model.fit(texts, vectors, [ex.topic for ex in examples],
                                         weights=[ex.weight for ex in examples])
     log.info("classifier training: done in %.1fs", time.monotonic() - t0)
     return model
 
 
-def load_or_train(examples: Sequence[Example], embed: Any, cache_dir: Path, embedder_name: str) -> TopicModel:
-    key = cache_key(examples, embedder_name)
+def load_or_train(examples: Sequence[Example], embed: Any, cache_dir: Path, embedder_name: str,
+                  vocabulary: Sequence[str] = ()) -> TopicModel:
+    key = cache_key(examples, embedder_name, vocabulary)
     path = Path(cache_dir) / f"topic-model-{key}.pkl"
     if path.exists():
         try:
@@ -113,7 +134,7 @@ def load_or_train(examples: Sequence[Example], embed: Any, cache_dir: Path, embe
         except Exception as exc:
             log.warning("classifier: cached model unreadable (%s); retraining", type(exc).__name__)
     log.info("classifier: training a new model (%d examples, key %s)", len(examples), key)
-    model = train(examples, embed, VectorCache(cache_dir, embedder_name))
+    model = train(examples, embed, VectorCache(cache_dir, embedder_name), vocabulary=vocabulary)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with tmp.open("wb") as fh:
@@ -145,8 +166,10 @@ class Router:
     def load(self, extra: Sequence[Example] = ()) -> None:
         """Blocking (call in a thread): train or load the cached model, then swap it in."""
         examples = self.base_examples() + list(extra)
-        model = load_or_train(examples, self.embedder.encode_blocking, self.cache_dir, self.embedder.name)
-        self.model, self.model_version = model, f"{MODEL_VERSION}:{cache_key(examples, self.embedder.name)}"
+        vocabulary = vocabulary_texts(self.directory)
+        model = load_or_train(examples, self.embedder.encode_blocking, self.cache_dir, self.embedder.name, vocabulary)
+        self.model = model
+        self.model_version = f"{MODEL_VERSION}:{cache_key(examples, self.embedder.name, vocabulary)}"
 
     def retrain(self, extra: Sequence[Example]) -> bool:
         """Blocking: retrain with review decisions; the old model serves until the new one is ready."""
@@ -159,6 +182,12 @@ class Router:
             return True
         finally:
             self._retrain_lock.release()
+
+    def embedding_texts(self, texts: Sequence[str]) -> list[str]:
+        """What to embed for these reports (diacritics restored where typed without); the vector of this text is
+        the report's vector, for classification and for the incident stage alike."""
+        model = self.model
+        return [model.embedding_text(t) for t in texts] if model is not None else list(texts)
 
     def place(self, text: str, lat: float | None, lon: float | None) -> Place:
         return find_place(text, self.gazetteer, lat=lat, lon=lon)

@@ -7,6 +7,7 @@ import numpy as np
 
 from classifier.evaluate import predict
 from classifier.trainer import SEED_PATH
+from ingest.text import has_diacritics
 
 
 def test_cross_validated_routing_does_not_regress(settings, embedder):
@@ -16,10 +17,14 @@ def test_cross_validated_routing_does_not_regress(settings, embedder):
     routed = np.array([p.status == "routed" for p in preds])
     abusive = [p for p in preds if p.expected["topic"] == "abusive"]
     complaints = [p for p in preds if p.expected["topic"] == "complaint_denunciation"]
-    # Measured (seed 0) 0.931 agency accuracy, 0.979 precision at 0.62 coverage, abusive recall 0.96 auto /
-    # 1.0 with review, complaints 0.96 auto / 1.0 with review (topic-v2, Sep 2026; was 0.891 / 0.975 / 0.63).
-    assert agency_ok.mean() >= 0.91
-    assert agency_ok[routed].mean() >= 0.97 and routed.mean() >= 0.58
+    nodia = np.array([not has_diacritics(p.text) for p in preds])
+    # Measured (seed 0) 0.936 agency accuracy (0.930 without diacritics, 0.939 with), 0.985 precision at 0.67
+    # coverage at threshold 0.6, abusive recall 0.96 auto / 1.0 with review, complaints 0.96 auto / 1.0 with
+    # review (topic-v3 with diacritics restoration; topic-v2 was 0.931, 0.918 / 0.939, 0.979 at 0.62).
+    assert agency_ok.mean() >= 0.925
+    # Reports typed without diacritics are routed nearly as well as the rest (target: within 2 points).
+    assert agency_ok[~nodia].mean() - agency_ok[nodia].mean() <= 0.02
+    assert agency_ok[routed].mean() >= 0.98 and routed.mean() >= 0.64
     assert sum(p.status == "rejected" for p in abusive) / len(abusive) >= 0.92
     # A complaint is refused automatically or at least shown to the operator as one, never dispatched.
     assert all(p.status in ("out_of_scope", "review") for p in complaints)

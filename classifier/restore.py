@@ -1,0 +1,117 @@
+"""Diacritics restoration and chat-abbreviation expansion for reports typed without diacritics.
+
+A third of the reports are typed without diacritics ("nuoc may bi mat 3 ngay"). The multilingual embedder
+understands accented Vietnamese far better than folded text, so before embedding such a report we put the
+diacritics back: a `Restorer` learns, from accented texts (training reports, topic descriptions, the directory
+and the gazetteer), which accented form each folded word takes, most often in the context of its neighbours
+(folded bigram -> accented bigram counts), and rewrites the folded text with the most likely forms. Words it has
+never seen stay as written; text that is mostly not Vietnamese (English reports) is left untouched.
+
+`expand_abbreviations` rewrites generic Vietnamese chat conventions ("ko" -> "khong", "dc" -> "duoc") on folded
+words; it is applied identically at training and prediction time, before the lexical features and before
+restoration. Pure compute; no I/O.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ingest.text import fold, has_diacritics
+
+# Generic Vietnamese chat shorthand, folded. Only expansions with one reading are listed: "k"/"ko" (không),
+# not "a"/"e" (anh/em, also words of their own) nor "v" (vậy/và/về).
+ABBREVIATIONS: dict[str, str] = {
+    "k": "khong", "ko": "khong", "kh": "khong", "hok": "khong", "hong": "khong", "khg": "khong", "kg": "khong",
+    "kô": "khong", "dc": "duoc", "dk": "duoc", "ng": "nguoi", "nc": "nuoc", "j": "gi", "r": "roi",
+    "vs": "voi", "mik": "minh", "mk": "minh", "bt": "biet", "bik": "biet", "ntn": "nhu the nao", "trc": "truoc",
+    "cx": "cung", "cg": "cung", "dt": "dien thoai", "sdt": "so dien thoai", "hqua": "hom qua",
+    "hnay": "hom nay", "ns": "noi", "lm": "lam", "bn": "bao nhieu", "bh": "bay gio", "h": "gio", "tg": "thoi gian",
+    "nt": "nhan tin", "ok": "ok", "uh": "u", "z": "vay", "zay": "vay", "wa": "qua", "qa": "qua", "ms": "moi",
+    "thik": "thich", "iu": "yeu", "ck": "chong", "vk": "vo", "tp": "thanh pho", "p": "phuong", "q": "quan",
+}
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def expand_abbreviations(folded_words: str) -> str:
+    """Expand chat shorthand in space-separated folded words (keeps the surrounding spaces)."""
+    return " ".join(ABBREVIATIONS.get(w, w) for w in folded_words.split(" "))
+
+
+def _pairs(tokens: Sequence[str]) -> Iterable[tuple[str, str]]:
+    return zip(tokens, tokens[1:])
+
+
+@dataclass
+class Restorer:
+    """Folded word (and word pair) -> counts of the accented forms seen in training text."""
+
+    min_known: float = 0.6  # share of a text's words that must be known Vietnamese before it is restored
+    unigrams: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    bigrams: dict[tuple[str, str], Counter[tuple[str, str]]] = field(default_factory=lambda: defaultdict(Counter))
+
+    def fit(self, texts: Iterable[str]) -> Restorer:
+        for text in texts:
+            if not has_diacritics(text):
+                continue  # folded text teaches nothing about diacritics
+            words = [unicodedata.normalize("NFC", w.lower()) for w in _TOKEN.findall(text)]
+            folded = [fold(w) for w in words]
+            for f, w in zip(folded, words):
+                if not f.isdigit():
+                    self.unigrams[f][w] += 1
+            for (f1, f2), (w1, w2) in zip(_pairs(folded), _pairs(words)):
+                self.bigrams[(f1, f2)][(w1, w2)] += 1
+        # Plain dicts: picklable, and lookups of unknown words do not grow the tables.
+        self.unigrams = {k: Counter(v) for k, v in self.unigrams.items()}
+        self.bigrams = {k: Counter(v) for k, v in self.bigrams.items()}
+        return self
+
+    def _choose(self, folded: list[str], i: int) -> str | None:
+        word = folded[i]
+        votes: Counter[str] = Counter()
+        # Neighbouring pairs weigh most: they settle "ban" as "bàn" (table) or "bán" (sell).
+        if i > 0:
+            for (_, w2), n in self.bigrams.get((folded[i - 1], word), Counter()).items():
+                votes[w2] += 3 * n
+        if i + 1 < len(folded):
+            for (w1, _), n in self.bigrams.get((word, folded[i + 1]), Counter()).items():
+                votes[w1] += 3 * n
+        for w, n in self.unigrams.get(word, Counter()).items():
+            votes[w] += n
+        return votes.most_common(1)[0][0] if votes else None
+
+    def restore(self, text: str) -> str:
+        """The text with diacritics put back; unchanged if it has diacritics or is mostly not Vietnamese."""
+        if has_diacritics(text):
+            return text
+        # Shorthand first, so "tp" becomes the two words "thanh pho", each restored in context.
+        text = _TOKEN.sub(lambda m: ABBREVIATIONS.get(m.group().lower(), m.group()), text)
+        spans = [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
+        if not spans:
+            return text
+        raw = [text[a:b].lower() for a, b in spans]
+        folded = raw
+        known = sum(1 for w in folded if w in self.unigrams or w.isdigit())
+        if known < self.min_known * len(folded):
+            return text
+        out, last = [], 0
+        for i, (a, b) in enumerate(spans):
+            out.append(text[last:a])
+            original = text[a:b]
+            choice = None if folded[i].isdigit() else self._choose(folded, i)
+            if choice is None:  # unknown word: keep it as written
+                choice = original
+            out.append(_match_case(original, choice))
+            last = b
+        out.append(text[last:])
+        return "".join(out)
+
+
+def _match_case(original: str, replacement: str) -> str:
+    if original.isupper() and len(original) > 1:
+        return replacement.upper()
+    if original[:1].isupper():
+        return replacement[:1].upper() + replacement[1:]
+    return replacement

@@ -1,0 +1,39 @@
+"""Diacritics restoration learned from accented text, and chat-shorthand expansion."""
+from __future__ import annotations
+
+from classifier.restore import Restorer, expand_abbreviations
+
+TRAINING = [
+    "Đèn đường hẻm 12 bị hư, tối om mấy ngày nay.",
+    "Nước máy bị mất từ sáng, không có nước sinh hoạt.",
+    "Bàn ghế quán bán hàng lấn chiếm vỉa hè.",
+    "Người bán hàng rong bày bán trên vỉa hè.",
+    "Cái bàn bị vứt ngoài đường.",
+]
+
+
+def test_restores_words_learned_from_accented_text_in_context():
+    r = Restorer().fit(TRAINING)
+    assert r.restore("Den duong hem 12 bi hu, toi om") == "Đèn đường hẻm 12 bị hư, tối om"
+    # "ban" is "bán" after "hàng"/before "hàng" but "bàn" before "ghế": the neighbours decide.
+    assert r.restore("ban ghe lan chiem via he") == "bàn ghế lấn chiếm vỉa hè"
+    assert r.restore("nguoi ban hang rong") == "người bán hàng rong"
+
+
+def test_shorthand_is_expanded_before_restoring_and_unknown_words_stay():
+    r = Restorer().fit(TRAINING)
+    assert r.restore("ko co nuoc may") == "không có nước máy"
+    assert expand_abbreviations("nha ko co dc nc") == "nha khong co duoc nuoc"
+    assert r.restore("den duong xyz bi hu") == "đèn đường xyz bị hư"
+
+
+def test_text_with_diacritics_or_in_english_is_left_alone():
+    r = Restorer().fit(TRAINING + ["Ở đây có một cái hố."])
+    assert r.restore("Đèn duong bị hư") == "Đèn duong bị hư"
+    english = "The street light on my road has been broken for a week"
+    assert r.restore(english) == english
+
+
+def test_folded_training_text_teaches_nothing():
+    r = Restorer().fit(["den duong bi hu"])
+    assert r.restore("den duong bi hu") == "den duong bi hu"
