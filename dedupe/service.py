@@ -233,11 +233,11 @@ class IncidentMatcher:
         if first.incident_id is None:
             return first
         assert first.matched_report is not None
-        incident_of = await self._incidents_of([first.matched_report], view.topic)
+        incident_of = await self._incidents_of([first.matched_report], view.topic, view.district)
         if first.matched_report in incident_of:
             return policy.Match(incident_of[first.matched_report], first.score, first.matched_report, first.reason)
         # The winner's incident was closed (or an operator moved the report): judge those in open incidents.
-        incident_of = await self._incidents_of(survivors, view.topic)
+        incident_of = await self._incidents_of(survivors, view.topic, view.district)
         candidates = [(v, incident_of[v.report_id]) for v in views if v.report_id in incident_of]
         return policy.decide(view, candidates, rarity.__getitem__, self.threshold)
 
@@ -253,8 +253,10 @@ class IncidentMatcher:
             scope = self._scope_cache[topic] = policy.groupable_topics(topic, known)
         return scope
 
-    async def _incidents_of(self, ids: list[int], topic: str | None) -> dict[int, str]:
-        """Open incidents of the candidate reports whose topic could be the same incident's.
+    async def _incidents_of(self, ids: list[int], topic: str | None, district: str | None) -> dict[int, str]:
+        """Open incidents of the candidate reports whose topic could be the same incident's, and whose reports
+        name no district other than `district`: a report without a district must not bridge two incidents
+        of different districts (it joins one; a later report of the other district must not follow it).
 
         Read from the store every time: an operator's merge or split (another process) moves reports. The
         read is a point lookup of a few primary keys, done on the matcher's own read-only connection in the
@@ -265,12 +267,17 @@ class IncidentMatcher:
         sql = (f"SELECT m.report_id, m.incident_id, r.topic FROM incident_reports m"
                f" JOIN incidents i ON i.id = m.incident_id JOIN reports r ON r.id = m.report_id"
                f" WHERE m.report_id IN ({marks}) AND i.state = 'open'")
+        params: list[Any] = list(ids)
+        if district is not None:
+            sql += (" AND NOT EXISTS (SELECT 1 FROM incident_reports o JOIN reports ro ON ro.id = o.report_id"
+                    " WHERE o.incident_id = m.incident_id AND ro.district IS NOT NULL AND ro.district != ?)")
+            params.append(district)
         try:
-            rows: list[Any] = self._lookup().execute(sql, ids).fetchall()
+            rows: list[Any] = self._lookup().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             log.warning("dedupe: direct incident lookup failed (%s); reading through the store", exc)
             self.close()
-            rows = await self.store.fetchall(sql, ids)
+            rows = await self.store.fetchall(sql, params)
         return {r[0]: r[1] for r in rows if policy.topics_compatible(topic, r[2])}
 
     def _lookup(self) -> sqlite3.Connection:
