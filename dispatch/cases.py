@@ -49,8 +49,10 @@ def case_id_for(incident_id: str) -> str:
 
 class CaseBook:
     def __init__(self, store: Store, directory: Directory, cfg: DispatchConfig, calendar: WorkCalendar,
-                 public_base_url: str) -> None:
+                 public_base_url: str, *, record_only: bool = False) -> None:
         self.store = store
+        # Batch routing records cases without delivering them: a missing target there is not worth a warning.
+        self.record_only = record_only
         self.directory = directory
         self.cfg = cfg
         self.calendar = calendar
@@ -118,7 +120,8 @@ class CaseBook:
             # Nobody to deliver to: the clocks still run, so the case shows up as overdue, and operators are told.
             await tx.event(report.id, "alert", "dispatch", {"alert": "no_targets", "case_id": case_id,
                                                             "agency": agency})
-            log.warning("case %s: agency %s has no dispatch targets configured", case_id, agency)
+            if not self.record_only:
+                log.warning("case %s: agency %s has no dispatch targets configured", case_id, agency)
             return
         case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
         assert case is not None

@@ -57,7 +57,8 @@ def agency_tokens(ctx: AppContext, cfg: DispatchConfig) -> dict[str, str]:
 def make_book(ctx: AppContext, cfg: DispatchConfig | None = None) -> CaseBook:
     cfg = cfg or dispatch_settings(ctx.settings)
     calendar = load_calendar(cfg.clocks.calendar, cfg.clocks.extra_holidays)
-    return CaseBook(ctx.store, ctx.directory, cfg, calendar, ctx.settings.http.public_base_url)
+    return CaseBook(ctx.store, ctx.directory, cfg, calendar, ctx.settings.http.public_base_url,
+                    record_only=ctx.route_mode)
 
 
 def build(ctx: AppContext) -> list[Service]:
