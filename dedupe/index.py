@@ -14,6 +14,15 @@ the row arrays beside the index are compacted the same way). Rows of the window'
 outside [at - window, at] are excluded at search time by asking faiss for k + (rows outside) hits and
 dropping those, which keeps the result exact, as a rebuilt and an incrementally grown index must agree.
 
+A report with no district is compared with every district: the groupable topics' blocks of all districts hold
+~44,000 rows at the peak, and scanning their float32 vectors (~67 MB, more than the cache) is bound by memory
+bandwidth. Those queries go through a second, coarse structure instead: per topic, one float16 copy of every
+district's rows (faiss IndexScalarQuantizer, half the bytes to read, one faiss call per topic). Its scores are
+within a bound of the exact ones (measured per vector when it is added, see `_Coarse`), so every row that
+could be in the exact top k is among the coarse candidates scoring at least (k-th coarse score - 2 x bound);
+those few are re-scored exactly from the float32 blocks with the same faiss kernel, so the answer is the
+block search's own, scores to the bit.
+
 The whole process searches one query at a time, so faiss runs single-threaded (see `VectorWindow.__init__`).
 """
 from __future__ import annotations
@@ -113,6 +122,102 @@ class _Block:
         return scores, rows
 
 
+# Rounding slack of one float32 dot product over `dim` terms, relative to |q| |x| (faiss sums in its own
+# order, numpy or another kernel in another): dim * 2^-24 is the textbook worst case; both the coarse and
+# the exact score carry it.
+def _dot_slack(dim: int) -> float:
+    return dim * 2.0 ** -24
+
+
+class _Coarse:
+    """The rows of one topic across every district, as float16 codes: the first pass of a no-district search.
+
+    `err` is the largest |x - float16(x)| of any vector ever added (not lowered by expiry: a bound only has to
+    hold), so for a query q every coarse score is within |q| err (+ rounding) of the exact one."""
+
+    __slots__ = ("index", "ids", "times", "n", "err", "norm", "tmin", "tmax")
+
+    def __init__(self, dim: int) -> None:
+        self.index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        self.ids = np.empty(64, np.int64)
+        self.times = np.empty(64, np.float64)
+        self.n = 0
+        self.err = 0.0
+        self.norm = 0.0  # the largest |x| added: the rounding slack scales with it
+        self.tmin = float("inf")
+        self.tmax = float("-inf")
+
+    def extend(self, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray) -> None:
+        start, m = self.n, len(ids)
+        if start + m > len(self.ids):
+            cap = max(2 * len(self.ids), start + m)
+            for name in ("ids", "times"):
+                old = getattr(self, name)
+                new = np.empty(cap, old.dtype)
+                new[:start] = old[:start]
+                setattr(self, name, new)
+        with np.errstate(over="ignore", invalid="ignore"):
+            # A value beyond float16's range becomes inf: the bound is then inf and the search exhaustive.
+            err = np.linalg.norm(vecs - vecs.astype(np.float16).astype(np.float32), axis=1).max()
+        self.err = max(self.err, float(err)) if np.isfinite(err) else float("inf")
+        self.norm = max(self.norm, float(np.linalg.norm(vecs, axis=1).max()))
+        self.index.add(vecs)
+        self.ids[start:start + m] = ids
+        self.times[start:start + m] = times
+        self.n = start + m
+        self.tmin = min(self.tmin, float(times.min()))
+        self.tmax = max(self.tmax, float(times.max()))
+
+    def drop_before(self, first_day: int) -> None:
+        n = self.n
+        gone = (self.times[:n] // DAY) < first_day
+        rows = np.flatnonzero(gone)
+        if len(rows) == 0:
+            return
+        self.index.remove_ids(rows.astype(np.int64))  # compacts in order, like _Block
+        keep = ~gone
+        m = int(keep.sum())
+        self.ids[:m] = self.ids[:n][keep]
+        self.times[:m] = self.times[:n][keep]
+        self.n = m
+        self.tmin = float(self.times[:m].min()) if m else float("inf")
+        self.tmax = float(self.times[:m].max()) if m else float("-inf")
+
+    def candidates(self, query: np.ndarray, qnorm: float, k: int, lo: float, at: float) -> np.ndarray | None:
+        """Rows received in [lo, at] that could be among the exact k best of this topic (ties with the k-th
+        included): every row whose coarse score is at least the k-th coarse score minus twice the bound."""
+        n = self.n
+        if n == 0 or self.tmax < lo or self.tmin > at:
+            return None
+        params = None
+        n_valid = n
+        if self.tmin < lo or self.tmax > at:
+            t = self.times[:n]
+            valid = (t >= lo) & (t <= at)
+            n_valid = int(np.count_nonzero(valid))
+            if n_valid == 0:
+                return None
+            # Rows outside the window are skipped inside the scan (a bitmap over rows, faiss's ids here).
+            bitmap = np.packbits(valid, bitorder="little")
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap)))
+        # Exact scores s and coarse scores a differ by at most e = |q| (err + rounding of both sums): a row of
+        # the exact top k scores s >= s_k >= a_k - e, so a >= a_k - 2e.
+        e = qnorm * (self.err + _dot_slack(self.index.d) * (2.0 * self.norm + self.err))
+        margin = 2.0 * e
+        kk = min(n_valid, 2 * k)
+        while True:
+            scores, rows = self.index.search(query, kk, params=params)
+            scores, rows = scores[0], rows[0]
+            keep = rows >= 0
+            scores, rows = scores[keep], rows[keep]
+            if kk >= n_valid or len(rows) < kk:
+                return rows  # every row in the window
+            cut = scores[k - 1] - margin
+            if scores[-1] < cut:
+                return rows[scores >= cut]
+            kk = min(n_valid, 4 * kk)  # rows this close to the cut were left out: widen (rare)
+
+
 @dataclass(frozen=True, slots=True)
 class Hit:
     report_id: int
@@ -136,6 +241,8 @@ class VectorWindow:
         self.horizon = 0.0  # latest received_at seen; the window ends here
         self._blocks_of_topic: dict[str | None, int] = {}
         self._topics: frozenset[str | None] | None = None  # topics(), recomputed after a change
+        self._coarse: dict[str | None, _Coarse] = {}  # topic -> every district's rows, float16 (no-district queries)
+        self.coarse = True  # False: no-district queries scan the float32 blocks (the bench's same-run baseline)
 
     def __len__(self) -> int:
         return len(self._where)
@@ -196,7 +303,12 @@ class VectorWindow:
             block = part[topic] = _Block(self.dim)
             self._blocks_of_topic[topic] = self._blocks_of_topic.get(topic, 0) + 1
             self._topics = None
-        block.extend(ids, times, np.ascontiguousarray(vecs, dtype=np.float32))
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        block.extend(ids, times, vecs)
+        coarse = self._coarse.get(topic)
+        if coarse is None:
+            coarse = self._coarse[topic] = _Coarse(self.dim)
+        coarse.extend(ids, times, vecs)
         for rid in ids.tolist():
             self._where[rid] = block
 
@@ -221,6 +333,12 @@ class VectorWindow:
                         del part[topic]
                         self._blocks_of_topic[topic] -= 1
                         self._topics = None
+            for topic in list(self._coarse):
+                coarse = self._coarse[topic]
+                if coarse.tmin // DAY < first_day:
+                    coarse.drop_before(first_day)  # one batched removal per topic, like the blocks
+                    if coarse.n == 0:
+                        del self._coarse[topic]
             return dropped
 
     def search(self, vector: np.ndarray, district: str | None, k: int, at: float,
@@ -235,7 +353,10 @@ class VectorWindow:
         ids: list[np.ndarray] = []
         times: list[np.ndarray] = []
         with self._lock:
-            if district:
+            if not district and self.coarse:
+                self._search_coarse(vec, k, lo, at, topics, scores, ids, times)
+                parts = []
+            elif district:
                 parts = [p for p in (self._parts.get(district), self._parts.get(UNKNOWN)) if p]
             else:
                 parts = list(self._parts.values())
@@ -267,6 +388,42 @@ class VectorWindow:
         top = top[order]
         return [Hit(int(i), float(s), float(t)) for i, s, t in
                 zip(all_ids[top].tolist(), all_scores[top].tolist(), all_times[top].tolist())]
+
+    def _search_coarse(self, vec: np.ndarray, k: int, lo: float, at: float, topics: Collection[str | None] | None,
+                       scores: list[np.ndarray], ids: list[np.ndarray], times: list[np.ndarray]) -> None:
+        """A no-district search (lock held): per topic, the coarse candidates re-scored exactly. The exact
+        scores come from a flat index over the candidates' float32 vectors: the kernel the blocks use, so the
+        merged result is the block search's to the bit."""
+        qnorm = float(np.linalg.norm(vec))
+        wanted = self._coarse.keys() if topics is None else topics
+        for topic in wanted:
+            coarse = self._coarse.get(topic)
+            if coarse is None:
+                continue
+            rows = coarse.candidates(vec, qnorm, k, lo, at)
+            if rows is None or len(rows) == 0:
+                continue
+            cand_ids = coarse.ids[rows]
+            exact = faiss.IndexFlatIP(self.dim)
+            exact.add(self._gather(cand_ids.tolist()))
+            s, r = exact.search(vec, len(rows))
+            scores.append(s[0])
+            ids.append(cand_ids[r[0]])
+            times.append(coarse.times[rows][r[0]])
+
+    def _gather(self, report_ids: list[int]) -> np.ndarray:
+        """The float32 vectors of indexed reports, in order (lock held; every id must be indexed)."""
+        out = np.empty((len(report_ids), self.dim), np.float32)
+        by_block: dict[int, tuple[_Block, list[int], list[int]]] = {}
+        for pos, rid in enumerate(report_ids):
+            block = self._where[rid]
+            entry = by_block.setdefault(id(block), (block, [], []))
+            entry[1].append(block.rows[rid])
+            entry[2].append(pos)
+        for block, rows, positions in by_block.values():
+            stored = faiss.rev_swig_ptr(block.index.get_xb(), block.n * self.dim).reshape(block.n, self.dim)
+            out[positions] = stored[rows]
+        return out
 
     def vector_of(self, report_id: int) -> np.ndarray | None:
         """The stored vector of an indexed report (a copy out of its faiss index)."""

@@ -1,0 +1,76 @@
+"""The window's no-district search: the float16 first pass with exact re-scoring must give the float32 block
+scan's answer exactly (same reports, same scores to the bit, same order), whatever the data."""
+from __future__ import annotations
+
+import numpy as np
+
+from dedupe.index import DAY, VectorWindow
+
+T0 = 1_790_000_000.0
+DISTRICTS = ["quan-1", "quan-3", "go-vap", None]
+TOPICS = ["drainage", "trees", "electricity", None]
+
+
+def _fill(rng: np.random.Generator, n: int, dim: int) -> tuple[np.ndarray, np.ndarray, list, list, np.ndarray]:
+    # Clusters of near-identical vectors (closer than float16 can tell apart) and exact duplicates: the
+    # coarse order is then wrong inside a cluster and only the margin keeps the exact top k.
+    centers = rng.standard_normal((12, dim)).astype(np.float32)
+    which = rng.integers(0, 12, n)
+    vecs = centers[which] + rng.choice([0.0, 1e-5, 3e-3], n)[:, None] * rng.standard_normal((n, dim)).astype(np.float32)
+    vecs[rng.random(n) < 0.05] = centers[0]  # exact ties
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    times = np.sort(T0 + rng.random(n) * 9 * DAY)
+    districts = [DISTRICTS[i] for i in rng.integers(0, len(DISTRICTS), n)]
+    topics = [TOPICS[i] for i in rng.integers(0, len(TOPICS), n)]
+    return np.arange(1, n + 1, dtype=np.int64), times, districts, topics, vecs.astype(np.float32)
+
+
+def _hits(window: VectorWindow, q: np.ndarray, k: int, at: float, topics) -> list[tuple[int, float, float]]:
+    return [(h.report_id, h.cosine, h.received_at) for h in window.search(q, None, k, at, topics=topics)]
+
+
+def _same_as_block_scan(window: VectorWindow, rng: np.random.Generator, vecs: np.ndarray, at: float) -> int:
+    checked = 0
+    for j in range(40):
+        q = vecs[rng.integers(len(vecs))] + 1e-3 * rng.standard_normal(vecs.shape[1]).astype(np.float32)
+        q /= np.linalg.norm(q)
+        k = int(rng.choice([1, 5, 64]))
+        topics = None if j % 3 == 0 else {"drainage", None} if j % 3 == 1 else {"trees"}
+        window.coarse = False
+        want = _hits(window, q, k, at, topics)
+        window.coarse = True
+        got = _hits(window, q, k, at, topics)
+        assert got == want, (j, k, topics)
+        checked += len(want)
+    return checked
+
+
+def test_no_district_search_equals_the_exact_block_scan_at_the_window_edge_and_after_expiry() -> None:
+    rng = np.random.default_rng(3)
+    ids, times, districts, topics, vecs = _fill(rng, 3000, 64)
+    window = VectorWindow(64, window_days=7)
+    for i in range(len(ids)):
+        window.add(int(ids[i]), float(times[i]), districts[i], vecs[i], topics[i])
+    # The window's edge falls inside every block: old rows are skipped, not just the expired days dropped.
+    assert _same_as_block_scan(window, rng, vecs, float(times[-1])) > 0
+    assert _same_as_block_scan(window, rng, vecs, float(times[-1] - 1.5 * DAY)) > 0
+    assert window.expire() > 0
+    assert _same_as_block_scan(window, rng, vecs, float(times[-1])) > 0
+
+
+def test_no_district_search_after_a_bulk_rebuild_equals_the_incrementally_grown_window() -> None:
+    rng = np.random.default_rng(5)
+    ids, times, districts, topics, vecs = _fill(rng, 1500, 32)
+    grown = VectorWindow(32, window_days=7)
+    for i in range(len(ids)):
+        grown.add(int(ids[i]), float(times[i]), districts[i], vecs[i], topics[i])
+    grown.expire()
+    rebuilt = VectorWindow(32, window_days=7)
+    rebuilt.add_many(ids, times, districts, vecs, topics)
+    rebuilt.expire()
+    assert rebuilt.report_ids() == grown.report_ids()
+    at = float(times[-1])
+    for j in range(30):
+        q = vecs[rng.integers(len(vecs))].copy()
+        topics_asked = None if j % 2 else {"electricity", None}
+        assert _hits(rebuilt, q, 64, at, topics_asked) == _hits(grown, q, 64, at, topics_asked)
