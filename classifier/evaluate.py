@@ -30,8 +30,8 @@ from .embedder import EmbeddingThread, VectorCache, embed_cached, load_embedder,
 from .model import TopicModel, load_cues
 from .place import find_place, load_gazetteer
 from .policy import abusive_terms_in, complaint_terms_in, decide
-from .trainer import (SEED_PATH, description_examples, load_or_train, reject_reasons, seed_examples,
-                      vocabulary_texts)
+from .trainer import (SEED_PATH, description_examples, load_or_train, reject_reasons, routing_groups,
+                      seed_examples, vocabulary_texts)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,9 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
     texts = [report_text(r["text"], r.get("subject")) for r in rows]
     vocabulary = vocabulary_texts(directory)
     places = [find_place(t, gazetteer, lat=r.get("lat"), lon=r.get("lon")) for t, r in zip(texts, rows)]
+    groups = routing_groups(directory)
     probs: list[np.ndarray | None] = [None] * len(rows)
+    safety = np.zeros(len(rows))
     classes: list[list[str] | None] = [None] * len(rows)
     if cv:
         labels = np.array([r["expected"]["topic"] for r in rows])
@@ -95,21 +97,22 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
             vectors = embed_cached(encode, cache, [model.embedding_text(t) for t in texts])
             tr_vecs = np.vstack([vectors[train_idx], embed_cached(encode, cache, [d.text for d in desc])])
             weights = [1.0] * len(train_idx) + [d.weight for d in desc]
-            model.fit(tr_texts, tr_vecs, list(labels[train_idx]) + [d.topic for d in desc], weights=weights)
-            p = model.predict_proba([texts[i] for i in test_idx], vectors[test_idx])
+            model.fit(tr_texts, tr_vecs, list(labels[train_idx]) + [d.topic for d in desc], weights=weights,
+                      groups=groups)
+            p, s = model.predict([texts[i] for i in test_idx], vectors[test_idx])
             for j, i in enumerate(test_idx):
-                probs[i], classes[i] = p[j], model.classes_
+                probs[i], classes[i], safety[i] = p[j], model.classes_, s[j]
     else:
         examples = seed_examples(json.loads(line) for line in _seed_lines(cfg.seed_data)) + description_examples(directory)
-        model = load_or_train(examples, encode, Path(cfg.cache_dir), embedder.name, vocabulary)
-        p = model.predict_proba(texts, embed_cached(encode, cache, [model.embedding_text(t) for t in texts]))
+        model = load_or_train(examples, encode, Path(cfg.cache_dir), embedder.name, vocabulary, groups)
+        p, safety = model.predict(texts, embed_cached(encode, cache, [model.embedding_text(t) for t in texts]))
         for i in range(len(rows)):
             probs[i], classes[i] = p[i], model.classes_
     out = []
     for i, r in enumerate(rows):
         c = decide(directory, classes[i] or [], probs[i] if probs[i] is not None else [], places[i],
                    review_threshold=cfg.review_threshold, reasons=reasons, abusive=bool(abusive_terms_in(texts[i])),
-                   complaint=bool(complaint_terms_in(texts[i])))
+                   complaint=bool(complaint_terms_in(texts[i])), safety=float(safety[i]))
         out.append(Prediction(id=str(r.get("id", i)), text=r["text"], expected=r["expected"], status=c.status,
                               topic=c.topic, agency=c.agency, district=c.place.district, confidence=c.confidence,
                               place=c.place))

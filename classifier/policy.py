@@ -75,13 +75,15 @@ def reason_for(topic: str, reasons: dict[str, str] | None = None) -> str | None:
 def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence[float], place: Place, *,
            review_threshold: float, reasons: dict[str, str] | None = None, model_version: str | None = None,
            language: str = "vi", top: int = 3, abusive: bool = False,
-           complaint: bool = False) -> Classification:
+           complaint: bool = False, safety: float | None = None) -> Classification:
     """The routing decision for one report from its topic probabilities and the place found.
 
     `abusive` (from `abusive_terms_in`) rejects the report whatever it describes (Art. 3.6). `complaint` (from
     `complaint_terms_in`) makes it out of scope when the model ranks the complaint topic first or gives it at
-    least COMPLAINT_SCREEN_MIN, and sends it to review as a probable complaint otherwise ("I complained to the ward and the pipe is still broken" is a
-    real report): never dispatched automatically."""
+    least COMPLAINT_SCREEN_MIN, and sends it to review as a probable complaint otherwise ("I complained to the
+    ward and the pipe is still broken" is a real report): never dispatched automatically. `safety` (from
+    `TopicModel.predict`) is the probability that the chosen routing is right; it replaces the agency's
+    probability mass as the confidence compared with the review threshold."""
     by_agency: dict[str | None, float] = {}
     candidates: list[Candidate] = []
     for topic, p in zip(classes, probabilities):
@@ -94,7 +96,8 @@ def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence
         candidates.append(Candidate(topic=topic, agency=agency, score=round(float(p), 4)))
     candidates.sort(key=lambda c: -c.score)
     best_key = max(by_agency, key=lambda k: by_agency[k])
-    confidence = by_agency[best_key]
+    # The safety model's P(this routing is right), when given, is the confidence thresholded; else the mass.
+    confidence = by_agency[best_key] if safety is None else float(safety)
     # The topic shown is the most likely topic that leads to the chosen agency.
     topic = next(c.topic for c in candidates
                  if (c.agency if c.agency is not None else f"!{c.topic}") == best_key)

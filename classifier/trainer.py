@@ -74,6 +74,12 @@ def reject_reasons(agencies_path: Path | None) -> dict[str, str]:
     return {t["id"]: t["reject_reason_vi"] for t in data.get("topics", []) if t.get("reject_reason_vi")}
 
 
+def routing_groups(directory: Directory) -> dict[str, str]:
+    """Topic -> routing group: topics that reach the same agency wherever the report is (the district-scoped
+    ones share "district"; each refused topic stands alone). The safety model judges the group, not the topic."""
+    return {t.id: (t.agency if t.agency is not None else f"!{t.id}") for t in directory.topics.values()}
+
+
 def vocabulary_texts(directory: Directory, gazetteer_path: Path | None = None) -> list[str]:
     """Accented names the diacritics restorer learns from besides the training texts: agencies, districts,
     wards, streets and landmarks."""
@@ -102,7 +108,7 @@ def cache_key(examples: Sequence[Example], embedder_name: str, vocabulary: Seque
 
 
 def train(examples: Sequence[Example], embed: Any, cache: VectorCache, *, progress: bool = True,
-          vocabulary: Sequence[str] = ()) -> TopicModel:
+          vocabulary: Sequence[str] = (), groups: dict[str, str] | None = None) -> TopicModel:
     """Fit a model; `embed` is a blocking encode (through the single inference thread)."""
     texts = [ex.text for ex in examples]
     model = TopicModel(load_cues()).fit_restorer(texts, vocabulary)
@@ -114,15 +120,15 @@ def train(examples: Sequence[Example], embed: Any, cache: VectorCache, *, progre
 
     vectors = embed_cached(embed, cache, [model.embedding_text(t) for t in texts], progress=report)
     log.info("classifier training: fitting on %d examples", len(texts))
-    model.fit(texts, vectors, [ex.topic for ex in examples],
-                                        weights=[ex.weight for ex in examples])
+    model.fit(texts, vectors, [ex.topic for ex in examples], weights=[ex.weight for ex in examples],
+              groups=groups)
     log.info("classifier training: done in %.1fs", time.monotonic() - t0)
     return model
 
 
 def load_or_train(examples: Sequence[Example], embed: Any, cache_dir: Path, embedder_name: str,
-                  vocabulary: Sequence[str] = ()) -> TopicModel:
-    key = cache_key(examples, embedder_name, vocabulary)
+                  vocabulary: Sequence[str] = (), groups: dict[str, str] | None = None) -> TopicModel:
+    key = cache_key(examples, embedder_name, [*vocabulary, *(f"g\t{k}\t{v}" for k, v in sorted((groups or {}).items()))])
     path = Path(cache_dir) / f"topic-model-{key}.pkl"
     if path.exists():
         try:
@@ -134,7 +140,7 @@ def load_or_train(examples: Sequence[Example], embed: Any, cache_dir: Path, embe
         except Exception as exc:
             log.warning("classifier: cached model unreadable (%s); retraining", type(exc).__name__)
     log.info("classifier: training a new model (%d examples, key %s)", len(examples), key)
-    model = train(examples, embed, VectorCache(cache_dir, embedder_name), vocabulary=vocabulary)
+    model = train(examples, embed, VectorCache(cache_dir, embedder_name), vocabulary=vocabulary, groups=groups)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with tmp.open("wb") as fh:
@@ -167,7 +173,8 @@ class Router:
         """Blocking (call in a thread): train or load the cached model, then swap it in."""
         examples = self.base_examples() + list(extra)
         vocabulary = vocabulary_texts(self.directory)
-        model = load_or_train(examples, self.embedder.encode_blocking, self.cache_dir, self.embedder.name, vocabulary)
+        model = load_or_train(examples, self.embedder.encode_blocking, self.cache_dir, self.embedder.name, vocabulary,
+                              routing_groups(self.directory))
         self.model = model
         self.model_version = f"{MODEL_VERSION}:{cache_key(examples, self.embedder.name, vocabulary)}"
 
@@ -197,12 +204,12 @@ class Router:
         model, version = self.model, self.model_version
         if model is None:
             raise RuntimeError("classifier model not loaded")
-        probs = model.predict_proba(list(texts), vectors)
+        probs, safety = model.predict(list(texts), vectors)
         out = []
         for i, place in enumerate(places):
             out.append(decide(self.directory, model.classes_, probs[i], place,
                               review_threshold=self.settings.classifier.review_threshold, reasons=self.reasons,
                               model_version=version, language=languages[i] if languages else "vi",
                               abusive=bool(abusive_terms_in(texts[i])),
-                              complaint=bool(complaint_terms_in(texts[i]))))
+                              complaint=bool(complaint_terms_in(texts[i])), safety=float(safety[i])))
         return out
