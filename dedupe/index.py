@@ -41,10 +41,11 @@ UNKNOWN = "_"  # partition of reports with no district
 class _Block:
     """The rows of one (district, topic): a flat inner-product index and, row for row, ids and times."""
 
-    __slots__ = ("index", "ids", "times", "n", "rows", "tmin", "tmax")
+    __slots__ = ("index", "ids", "times", "n", "rows", "tmin", "tmax", "_stored")
 
     def __init__(self, dim: int) -> None:
         self.index = faiss.IndexFlatIP(dim)
+        self._stored: np.ndarray | None = None  # stored(), dropped whenever faiss's storage changes
         self.ids = np.empty(64, np.int64)
         self.times = np.empty(64, np.float64)
         self.n = 0
@@ -61,6 +62,7 @@ class _Block:
                 new = np.empty(cap, old.dtype)
                 new[:start] = old[:start]
                 setattr(self, name, new)
+        self._stored = None  # the add may move faiss's storage
         self.index.add(vecs)
         self.ids[start:start + m] = ids
         self.times[start:start + m] = times
@@ -78,6 +80,7 @@ class _Block:
             return rows
         dropped = self.ids[rows].copy()
         # faiss compacts the kept rows in their order; the arrays beside it are compacted with the same mask.
+        self._stored = None
         self.index.remove_ids(rows.astype(np.int64))
         keep = ~gone
         m = int(keep.sum())
@@ -88,6 +91,14 @@ class _Block:
         self.tmin = float(self.times[:m].min()) if m else float("inf")
         self.tmax = float(self.times[:m].max()) if m else float("-inf")
         return dropped
+
+    def stored(self) -> np.ndarray:
+        """The flat index's own storage seen as an (n, dim) array: valid until the next add or removal (the
+        window's lock keeps those away from readers)."""
+        if self._stored is None:
+            d = self.index.d
+            self._stored = faiss.rev_swig_ptr(self.index.get_xb(), self.n * d).reshape(self.n, d)
+        return self._stored
 
     def top(self, query: np.ndarray, k: int, lo: float, at: float) -> tuple[np.ndarray, np.ndarray] | None:
         """Scores and rows of the block's k best rows received in [lo, at], plus every row tied with the k-th
@@ -412,18 +423,14 @@ class VectorWindow:
             times.append(coarse.times[rows][r[0]])
 
     def _gather(self, report_ids: list[int]) -> np.ndarray:
-        """The float32 vectors of indexed reports, in order (lock held; every id must be indexed)."""
-        out = np.empty((len(report_ids), self.dim), np.float32)
-        by_block: dict[int, tuple[_Block, list[int], list[int]]] = {}
-        for pos, rid in enumerate(report_ids):
-            block = self._where[rid]
-            entry = by_block.setdefault(id(block), (block, [], []))
-            entry[1].append(block.rows[rid])
-            entry[2].append(pos)
-        for block, rows, positions in by_block.values():
-            stored = faiss.rev_swig_ptr(block.index.get_xb(), block.n * self.dim).reshape(block.n, self.dim)
-            out[positions] = stored[rows]
-        return out
+        """The float32 vectors of indexed reports, in order (lock held; every id must be indexed). Row by row:
+        a no-district query's candidates are spread over dozens of blocks, a few rows each."""
+        where = self._where
+        rows = []
+        for rid in report_ids:
+            block = where[rid]
+            rows.append(block.stored()[block.rows[rid]])
+        return np.stack(rows) if rows else np.empty((0, self.dim), np.float32)
 
     def vector_of(self, report_id: int) -> np.ndarray | None:
         """The stored vector of an indexed report (a copy out of its faiss index)."""
@@ -443,10 +450,7 @@ class VectorWindow:
                     entry[1].append(block.rows[rid])
                     entry[2].append(pos)
             for block, rows, positions in wanted.values():
-                # The flat index's own storage seen as an array (valid until its next add or removal, which
-                # the lock excludes); fancy indexing copies the rows out.
-                stored = faiss.rev_swig_ptr(block.index.get_xb(), block.n * self.dim).reshape(block.n, self.dim)
-                taken = stored[rows]
+                taken = block.stored()[rows]  # fancy indexing copies the rows out
                 for j, pos in enumerate(positions):
                     out[pos] = taken[j]
         return out
