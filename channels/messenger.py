@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from config.channels import ChannelEntry, MessengerOptions
-from ingest.app import AppContext, Service
+from ingest.app import AppContext, Service, register_instance_reply
 from ingest.clock import parse_iso
 from ingest.errors import AuthError, PermanentError, TransientError
 from ingest.records import Attachment, InboundMessage, Job
@@ -294,27 +294,10 @@ class _MediaWorkerService:
             self.worker.stop()
 
 
-class MessengerReplies:
-    """The one ReplySender for kind "messenger": picks the page the report came in on (several may be configured)."""
-
-    def __init__(self) -> None:
-        self.channels: dict[str, MessengerChannel] = {}
-
-    async def send_reply(self, report: StoredReport, text: str) -> None:
-        channel = self.channels.get(report.message.channel_instance) or next(iter(self.channels.values()), None)
-        if channel is None:
-            raise PermanentError("no Messenger channel configured")
-        await channel.send_reply(report, text)
-
-
 def build(ctx: AppContext, entry: ChannelEntry, options: MessengerOptions) -> list[Service]:
     channel = MessengerChannel(ctx, entry, options)
     ctx.http.add_routes(channel.routes())
-    replies = ctx.shared.get("messenger_replies")
-    if not isinstance(replies, MessengerReplies):
-        replies = ctx.shared["messenger_replies"] = MessengerReplies()
-        ctx.replies.register("messenger", replies)
-    replies.channels[entry.name] = channel
+    register_instance_reply(ctx, "messenger", entry.name, channel)
     q = ctx.settings.queue
     worker = StageWorker(ctx.store, channel.media_stage, channel.handle_media_job,
                          WorkerSettings(batch=4, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts))

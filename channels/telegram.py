@@ -25,7 +25,7 @@ from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, Networ
 from telegram.request import HTTPXRequest
 
 from config.channels import ChannelEntry, TelegramOptions
-from ingest.app import AppContext, Service
+from ingest.app import AppContext, Service, register_instance_reply
 from ingest.backoff import backoff_delay
 from ingest.errors import AuthError, PermanentError, TransientError
 from ingest.records import Attachment, from_json, to_json
@@ -497,25 +497,8 @@ class TelegramChannel:
                 raise map_error(exc) from None
 
 
-class TelegramReplies:
-    """The one ReplySender for kind "telegram": answers through the bot the report came in on."""
-
-    def __init__(self) -> None:
-        self.channels: dict[str, TelegramChannel] = {}
-
-    async def send_reply(self, report: StoredReport, text: str) -> None:
-        channel = self.channels.get(report.message.channel_instance) or next(iter(self.channels.values()), None)
-        if channel is None:
-            raise PermanentError("no Telegram channel configured")
-        await channel.send_reply(report, text)
-
-
 def build(ctx: AppContext, entry: ChannelEntry, options: TelegramOptions) -> list[Service]:
     channel = TelegramChannel(ctx, entry, options)
     ctx.http.add_routes(channel.routes())
-    replies = ctx.shared.get("telegram_replies")
-    if not isinstance(replies, TelegramReplies):
-        replies = ctx.shared["telegram_replies"] = TelegramReplies()
-        ctx.replies.register("telegram", replies)
-    replies.channels[entry.name] = channel
+    register_instance_reply(ctx, "telegram", entry.name, channel)
     return [channel]

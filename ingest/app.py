@@ -14,6 +14,7 @@ from config.directory import Directory
 from config.schema import Settings
 
 from .clock import Clock
+from .errors import PermanentError
 from .store import Store, StoredReport
 
 
@@ -40,6 +41,30 @@ class ReplyRegistry:
 
     def get(self, channel_kind: str) -> ReplySender | None:
         return self.senders.get(channel_kind)
+
+
+class InstanceReplies:
+    """The one ReplySender of a channel kind with several configured instances (pages, bots): answers through
+    the instance the report came in on, or the first one left when that instance was removed from config."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.instances: dict[str, ReplySender] = {}
+
+    async def send_reply(self, report: StoredReport, text: str) -> None:
+        sender = self.instances.get(report.message.channel_instance) or next(iter(self.instances.values()), None)
+        if sender is None:
+            raise PermanentError(f"no {self.kind} channel configured")
+        await sender.send_reply(report, text)
+
+
+def register_instance_reply(ctx: AppContext, kind: str, instance: str, sender: ReplySender) -> None:
+    # Held in this generation's registry, not in ctx.shared: a reload builds new channel objects.
+    replies = ctx.replies.get(kind)
+    if not isinstance(replies, InstanceReplies):
+        replies = InstanceReplies(kind)
+        ctx.replies.register(kind, replies)
+    replies.instances[instance] = sender
 
 
 @dataclass
