@@ -16,7 +16,7 @@ street), or more than MAX_GAP_DAYS apart.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +39,12 @@ _RELATED = (
 RELATED_TOPICS: frozenset[frozenset[str]] = frozenset(frozenset(p) for p in _RELATED)
 # Topics the daemon never groups: each abusive message or suggestion stands alone.
 UNGROUPED_TOPICS = frozenset({"abusive", "suggestion", "complaint_denunciation"})
+# The classifier's topic is sometimes wrong where two topics are close (a blocked drain that floods the road:
+# drainage or road_damage?), and two reports of one incident then get two topics the compatibility rule keeps
+# apart. A report's topic for compatibility is therefore a small set: its top topic plus every candidate topic
+# the classifier found at least this fraction as likely as the top one. A ratio, not an absolute score, so a
+# confident report (top 0.95) keeps one topic and only a real tie between topics widens it.
+ALT_TOPIC_RATIO = 0.5
 
 # Logistic weights over PairEvidence.vector(), in FEATURE_NAMES order: an L2-regularised logistic regression
 # (C=1) over every pair of dev reports 1-15 Sep within the window (gold topic/district, IDF over the dev set).
@@ -65,6 +71,12 @@ class ReportView:
     text: TextFeatures
     place: Place = field(default_factory=Place)
     vector: np.ndarray | None = None  # L2-normalised
+    # Other topics the classifier found nearly as likely (see ALT_TOPIC_RATIO): they widen topic
+    # compatibility only; the "same topic" evidence keeps comparing the top topics, as the weights were fit.
+    alt_topics: frozenset[str] = frozenset()
+
+    def topic_set(self) -> frozenset[str | None]:
+        return topic_set(self.topic, self.alt_topics)
 
     def place_tokens(self) -> frozenset[str]:
         """The classifier's canonical place parts as tokens that join the word overlap."""
@@ -187,7 +199,7 @@ def hard_negative(new: ReportView, old: ReportView, ev: PairEvidence) -> str | N
         return "too_far_apart_on_map"
     if new.topic in UNGROUPED_TOPICS or old.topic in UNGROUPED_TOPICS:
         return "ungrouped_topic"
-    if not topics_compatible(new.topic, old.topic):
+    if not reports_compatible(new.topic, new.alt_topics, old.topic, old.alt_topics):
         return "unrelated_topic"
     if _on_other_streets(new, old):
         return "different_street"
@@ -199,13 +211,53 @@ def topics_compatible(a: str | None, b: str | None) -> bool:
     return a is None or b is None or a == b or frozenset((a, b)) in RELATED_TOPICS
 
 
-def groupable_topics(topic: str | None, known: Iterable[str | None]) -> frozenset[str | None]:
+def alt_topics_of(top: str | None, candidates: Iterable[tuple[str, float]]) -> frozenset[str]:
+    """The candidate topics (topic, probability) at least ALT_TOPIC_RATIO as likely as the most likely one,
+    other than `top` and never an ungrouped topic (a report that might be abusive groups by its other topics)."""
+    cands = [(t, float(p)) for t, p in candidates]
+    if top is None or not cands:
+        return frozenset()
+    best = max(p for _, p in cands)
+    if best <= 0.0:
+        return frozenset()
+    return frozenset(t for t, p in cands
+                     if t != top and t not in UNGROUPED_TOPICS and p >= ALT_TOPIC_RATIO * best)
+
+
+def topic_set(top: str | None, alts: Iterable[str] = ()) -> frozenset[str | None]:
+    """A report's topics for compatibility: the top topic and its alternatives (a set holding None: no topic)."""
+    return frozenset((top, *alts)) if top is not None else frozenset((None,))
+
+
+def topic_sets_compatible(a: frozenset[str | None], b: frozenset[str | None]) -> bool:
+    """Some topic of one report and some topic of the other are compatible (topics_compatible)."""
+    return any(topics_compatible(x, y) for x in a for y in b)
+
+
+def reports_compatible(a: str | None, a_alts: frozenset[str], b: str | None, b_alts: frozenset[str]) -> bool:
+    """topic_sets_compatible for two reports' top and alternative topics, without building the sets in the
+    common case (compatible top topics, or no alternatives): the matcher asks this for every candidate."""
+    if topics_compatible(a, b):
+        return True
+    if not a_alts and not b_alts:
+        return False
+    return topic_sets_compatible(topic_set(a, a_alts), topic_set(b, b_alts))
+
+
+def groupable_topics(topic: str | None, known: Iterable[str | None], *, alts: Iterable[str] = (),
+                     block_alts: Mapping[str | None, Collection[str]] | None = None) -> frozenset[str | None]:
     """The topics among `known` (None: a report without a topic) whose reports `hard_negative` would not reject
-    for their topic alone when compared with a report of `topic`: the scope of a candidate search. Empty for
-    a topic that is never grouped."""
+    for their topic alone when compared with a report of `topic` and alternative topics `alts`: the scope of a
+    candidate search. `block_alts` gives, per top topic in the window, the alternative topics its reports
+    carry (a block is in scope when its topic or one of those is compatible). Empty for a topic that is never
+    grouped."""
     if topic in UNGROUPED_TOPICS:
         return frozenset()
-    return frozenset(t for t in known if t not in UNGROUPED_TOPICS and topics_compatible(topic, t))
+    mine = topic_set(topic, alts)
+    block_alts = block_alts or {}
+    return frozenset(t for t in known if t not in UNGROUPED_TOPICS
+                     and (topic_sets_compatible(mine, topic_set(t))
+                          or (t is not None and topic_sets_compatible(mine, frozenset(block_alts.get(t, ()))))))
 
 
 def _on_other_streets(a: ReportView, b: ReportView) -> bool:

@@ -47,11 +47,12 @@ class _Features:
     frozenset per report costs ~2 KB; 140,000 of them would not fit), the tokens as one string, the vector
     stays in the index. `view()` turns it back into the policy's ReportView for the few candidates judged."""
 
-    __slots__ = ("received_at", "topic", "district", "place", "tokens", "grams", "numbers", "streets")
+    __slots__ = ("received_at", "topic", "alt_topics", "district", "place", "tokens", "grams", "numbers", "streets")
 
     def __init__(self, view: policy.ReportView, intern: dict[str, str]) -> None:
         self.received_at = view.received_at
         self.topic = view.topic
+        self.alt_topics = view.alt_topics
         self.district = view.district
         self.place = view.place
         # Tokens never contain a space (the tokenizer splits on it), so one joined string round-trips.
@@ -64,10 +65,11 @@ class _Features:
         text = TextFeatures(tokens=tuple(self.tokens.split(" ")) if self.tokens else (),
                             grams=frozenset(self.grams), numbers=frozenset(self.numbers), streets=self.streets)
         return policy.ReportView(report_id=report_id, received_at=self.received_at, topic=self.topic,
-                                 district=self.district, text=text, place=self.place, vector=vector)
+                                 district=self.district, text=text, place=self.place, vector=vector,
+                                 alt_topics=self.alt_topics)
 
     def _key(self) -> tuple[Any, ...]:
-        return (self.received_at, self.topic, self.district, self.place, self.tokens, frozenset(self.grams),
+        return (self.received_at, self.topic, self.alt_topics, self.district, self.place, self.tokens, frozenset(self.grams),
                 frozenset(self.numbers), self.streets)
 
     def __eq__(self, other: object) -> bool:
@@ -108,8 +110,13 @@ class IncidentMatcher:
         self._docs_by_day: Counter[int] = Counter()
         self._n_docs = 0  # sum(self._docs_by_day.values()), kept as reports come and days go
         self._expired_through = -1  # last day for which expiry ran: expiry runs once per new day, not per report
-        self._scope_cache: dict[str | None, frozenset[str | None]] = {}  # topic -> topics it may group with
+        self._scope_cache: dict[tuple[str | None, frozenset[str]], frozenset[str | None]] = {}  # -> groupable
         self._scope_known: frozenset[str | None] | None = None  # the window's topics when the cache was filled
+        # Per top topic in the window, how many of its reports carry each alternative topic: a block whose
+        # reports could be another topic is searched for that topic too.
+        self._block_alts: dict[str | None, Counter[str]] = {}
+        self._block_alts_version = 0  # bumped when an alternative appears in or leaves a block (scope changes)
+        self._scope_version = -1
         self._conn: sqlite3.Connection | None = None  # read-only, loop thread only: see _incidents_of
 
     # -- building -----------------------------------------------------------------------------
@@ -179,6 +186,12 @@ class IncidentMatcher:
         self._n_docs += 1
         if index_features:
             self._features[view.report_id] = _Features(view, self._intern)
+            if view.alt_topics:
+                alts = self._block_alts.setdefault(view.topic, Counter())
+                for t in view.alt_topics:
+                    alts[t] += 1
+                    if alts[t] == 1:
+                        self._block_alts_version += 1
         if day > self._expired_through:
             self._expired_through = day
             self._expire(view.received_at)
@@ -190,7 +203,14 @@ class IncidentMatcher:
             if len(self._features) > len(self.index):
                 live = self.index.report_ids()
                 for rid in [r for r in self._features if r not in live]:
-                    del self._features[rid]
+                    gone = self._features.pop(rid)
+                    if gone.alt_topics:
+                        alts = self._block_alts[gone.topic]
+                        for t in gone.alt_topics:
+                            alts[t] -= 1
+                            if alts[t] <= 0:
+                                del alts[t]
+                                self._block_alts_version += 1
         for day in [d for d in self._df_by_day if (d + 1) * DAY <= oldest]:
             self._df.subtract(self._df_by_day.pop(day))
             self._n_docs -= self._docs_by_day.pop(day, 0)
@@ -203,7 +223,7 @@ class IncidentMatcher:
     async def match(self, view: policy.ReportView) -> policy.Match:
         if self.index is None or view.vector is None:
             return policy.Match(None, 0.0, None, "no_candidates")
-        scope = self._search_scope(view.topic)
+        scope = self._search_scope(view.topic, view.alt_topics)
         if not scope:
             return policy.Match(None, 0.0, None, "no_candidates")  # a topic never grouped, or none it could be
         # Only the blocks of topics the policy could accept are searched: the k nearest are then all
@@ -233,27 +253,32 @@ class IncidentMatcher:
         if first.incident_id is None:
             return first
         assert first.matched_report is not None
-        incident_of = await self._incidents_of([first.matched_report], view.topic, view.district)
+        incident_of = await self._incidents_of([first.matched_report], view.topic_set(), view.district)
         if first.matched_report in incident_of:
             return policy.Match(incident_of[first.matched_report], first.score, first.matched_report, first.reason)
         # The winner's incident was closed (or an operator moved the report): judge those in open incidents.
-        incident_of = await self._incidents_of(survivors, view.topic, view.district)
+        incident_of = await self._incidents_of(survivors, view.topic_set(), view.district)
         candidates = [(v, incident_of[v.report_id]) for v in views if v.report_id in incident_of]
         return policy.decide(view, candidates, rarity.__getitem__, self.threshold)
 
-    def _search_scope(self, topic: str | None) -> frozenset[str | None]:
-        """policy.groupable_topics over the topics in the window, memoised until a new topic appears."""
+    def _search_scope(self, topic: str | None, alts: frozenset[str] = frozenset()) -> frozenset[str | None]:
+        """policy.groupable_topics over the topics in the window, memoised until a topic or an alternative topic
+        of a block appears or leaves."""
         assert self.index is not None
         known = self.index.topics()
-        if known is not self._scope_known:
+        if known is not self._scope_known or self._scope_version != self._block_alts_version:
             self._scope_cache.clear()
             self._scope_known = known
-        scope = self._scope_cache.get(topic)
+            self._scope_version = self._block_alts_version
+        key = (topic, alts)
+        scope = self._scope_cache.get(key)
         if scope is None:
-            scope = self._scope_cache[topic] = policy.groupable_topics(topic, known)
+            scope = self._scope_cache[key] = policy.groupable_topics(topic, known, alts=alts,
+                                                                     block_alts=self._block_alts)
         return scope
 
-    async def _incidents_of(self, ids: list[int], topic: str | None, district: str | None) -> dict[int, str]:
+    async def _incidents_of(self, ids: list[int], topics: frozenset[str | None],
+                            district: str | None) -> dict[int, str]:
         """Open incidents of the candidate reports whose topic could be the same incident's, and whose reports
         name no district other than `district`: a report without a district must not bridge two incidents
         of different districts (it joins one; a later report of the other district must not follow it).
@@ -278,7 +303,14 @@ class IncidentMatcher:
             log.warning("dedupe: direct incident lookup failed (%s); reading through the store", exc)
             self.close()
             rows = await self.store.fetchall(sql, params)
-        return {r[0]: r[1] for r in rows if policy.topics_compatible(topic, r[2])}
+        return {r[0]: r[1] for r in rows if policy.topic_sets_compatible(topics, self._topic_set_of(r[0], r[2]))}
+
+    def _topic_set_of(self, report_id: int, topic: str | None) -> frozenset[str | None]:
+        """A candidate's topics: its current topic (an operator may have changed it) and, while that is still
+        the topic it was indexed with, the alternatives the classifier gave."""
+        feats = self._features.get(report_id)
+        alts = feats.alt_topics if feats is not None and feats.topic == topic else frozenset()
+        return policy.topic_set(topic, alts)
 
     def _lookup(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -305,7 +337,7 @@ def _may_match(new: policy.ReportView, old: _Features) -> bool:
         return False
     if new.topic in policy.UNGROUPED_TOPICS or old.topic in policy.UNGROUPED_TOPICS:
         return False
-    if not policy.topics_compatible(new.topic, old.topic):
+    if not policy.reports_compatible(new.topic, new.alt_topics, old.topic, old.alt_topics):
         return False
     km = _distance_km(new.place, old.place)
     return km is None or km <= policy.MAX_DISTANCE_KM
@@ -319,25 +351,36 @@ def _distance_km(a: Place, b: Place) -> float | None:
 _PLACE_FIELDS = ("district", "ward", "street", "landmark", "house_number", "lat", "lon", "source")
 
 
-def _place_of(classification: str) -> tuple[Place, str | None]:
-    """The classification's Place and topic, as from_json(Classification, ...) gives them, without its
+def _place_of(classification: str) -> tuple[Place, str | None, frozenset[str]]:
+    """The classification's Place, topic and alternative topics (policy.alt_topics_of its candidates; none for
+    an operator's decision, which is certain), as from_json(Classification, ...) gives them, without its
     per-call type introspection (the rebuild reads 140,000 of these)."""
     raw = json.loads(classification)
     p = raw.get("place")
     if (raw.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION or not isinstance(p, (dict, type(None)))
             or (p is not None and p.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION)):
         cls = from_json(Classification, raw)  # the real decoder refuses (or reads) what this shortcut does not know
-        return cls.place or Place(), cls.topic
+        alts = (policy.alt_topics_of(cls.topic, ((c.topic, c.score) for c in cls.candidates))
+                if cls.model_version != "operator" else frozenset())
+        return cls.place or Place(), cls.topic, alts
     place = Place(**{k: p[k] for k in _PLACE_FIELDS if k in p}) if p is not None else Place()
-    return place, raw.get("topic")
+    alts: frozenset[str] = frozenset()
+    cands = raw.get("candidates")
+    if raw.get("model_version") != "operator" and isinstance(cands, list):
+        alts = policy.alt_topics_of(raw.get("topic"), ((c["topic"], c["score"]) for c in cands
+                                                       if isinstance(c, dict) and "topic" in c and "score" in c))
+    return place, raw.get("topic"), alts
 
 
 def _view_from_row(row: Any, with_vector: bool = True) -> policy.ReportView:
     record = json.loads(row["record"])
     place = Place()
     topic, district = row["topic"], row["district"]
+    alts: frozenset[str] = frozenset()
     if row["classification"]:
-        place, cls_topic = _place_of(row["classification"])
+        place, cls_topic, cls_alts = _place_of(row["classification"])
+        if topic is None or topic == cls_topic:
+            alts = cls_alts  # the classifier's alternatives hold only for the classifier's own topic
         topic = topic or cls_topic
         district = district or place.district
     if place.lat is None and record.get("lat") is not None:
@@ -348,7 +391,7 @@ def _view_from_row(row: Any, with_vector: bool = True) -> policy.ReportView:
     vector = decode_vector(row["vector"], row["dim"]) if with_vector and row["vector"] is not None else None
     text = " ".join(x for x in (record.get("subject"), record.get("text")) if x)
     return policy.ReportView(report_id=row["id"], received_at=row["received_at"], topic=topic, district=district,
-                             text=extract(text), place=place, vector=vector)
+                             text=extract(text), place=place, vector=vector, alt_topics=alts)
 
 
 async def load_view(store: Store, report_id: int) -> policy.ReportView | None:

@@ -1,6 +1,7 @@
 """The matching policy on the positives and hard negatives the regulation's examples call for."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from datetime import datetime
@@ -156,3 +157,34 @@ def test_spoken_district_and_abbreviations_fold_to_the_same_tokens() -> None:
                                                     "phu", "|", "phuong", "13", "quan", "3"]
     assert extract("Ngã tư CMT8 x ĐBP").streets == (("cach", "mang", "thang", "tam"), ("dien", "bien", "phu"))
     assert extract("Hẻm 25 đường số 17, nhà 83/16/4").numbers == {"hem 25", "so 17", "83/16/4"}
+
+
+def test_a_topic_the_classifier_found_nearly_as_likely_lets_two_topics_group(background: Counter[str]) -> None:
+    # Rubbish dumped on the pavement: the classifier hesitated between encroachment and waste for the first
+    # report and said waste for the second. Without the alternative the topics are unrelated and stay apart.
+    text_a = "Vỉa hè đường Lê Văn Sỹ trước số 212 bị đổ rác thành đống lớn, người đi bộ phải xuống lòng đường."
+    text_b = "Đống rác to trên vỉa hè Lê Văn Sỹ trước nhà 212, bốc mùi, lấn hết lối đi."
+    new, old = _pair(text_a, text_b, topic_a="sidewalk_encroachment", topic_b="waste", district="quan-3",
+                     gap_hours=0.5, cosine=0.9)
+    ev = policy.evidence(new, old, lambda g: 1.0)
+    assert policy.hard_negative(new, old, ev) == "unrelated_topic"
+    alts = policy.alt_topics_of("sidewalk_encroachment", [("sidewalk_encroachment", 0.48), ("waste", 0.41),
+                                                          ("traffic_order", 0.05)])
+    assert alts == {"waste"}
+    hesitant = dataclasses.replace(old, alt_topics=alts)
+    assert policy.hard_negative(new, hesitant, policy.evidence(new, hesitant, lambda g: 1.0)) is None
+    assert _decide(background, new, hesitant).incident_id == "INC-000001"
+    # The "same topic" evidence still compares the top topics: the alternative only lifts the hard negative.
+    assert not policy.evidence(new, hesitant, lambda g: 1.0).same_topic
+    # A confident classification keeps one topic, and an alternative unrelated to the other report's topics
+    # changes nothing: noise next to encroachment/traffic stays apart.
+    assert policy.alt_topics_of("waste", [("waste", 0.9), ("sidewalk_encroachment", 0.06)]) == frozenset()
+    noisy = dataclasses.replace(new, topic="noise")
+    other = dataclasses.replace(old, alt_topics=frozenset({"traffic_order"}))
+    assert policy.hard_negative(noisy, other, policy.evidence(noisy, other, lambda g: 1.0)) == "unrelated_topic"
+    # The search scope follows: a waste report searches the encroachment block once a report there may be waste.
+    known = frozenset({"waste", "sidewalk_encroachment", "noise"})
+    assert "sidewalk_encroachment" not in policy.groupable_topics("waste", known)
+    assert "sidewalk_encroachment" in policy.groupable_topics(
+        "waste", known, block_alts={"sidewalk_encroachment": {"waste"}})
+    assert "noise" not in policy.groupable_topics("waste", known, block_alts={"sidewalk_encroachment": {"waste"}})

@@ -13,7 +13,7 @@ from dedupe.index import VectorWindow
 from dedupe.operations import incident_cli, merge, split
 from dedupe.service import STAGE, DedupeStage, IncidentMatcher, load_view
 from ingest.clock import FakeClock, iso
-from ingest.records import Classification, InboundMessage, Place, to_json
+from ingest.records import Candidate, Classification, InboundMessage, Place, to_json
 from ingest.store import Store
 from ingest.worker import StageWorker
 from config.schema import Settings
@@ -34,12 +34,14 @@ def _vec(seed: int, base: np.ndarray | None = None, noise: float = 0.0) -> np.nd
 
 
 async def _classified(store: Store, key: str, at: float, text: str, *, topic: str, district: str | None,
-                      vector: np.ndarray, status: str = "routed", street: str | None = None) -> int:
+                      vector: np.ndarray, status: str = "routed", street: str | None = None,
+                      candidates: tuple[Candidate, ...] = ()) -> int:
     """What the classify stage leaves behind: status, columns, classification JSON, vector, a dedupe job."""
     msg = InboundMessage(channel="app", channel_instance="app", idempotency_key=key, received_at=iso(at), text=text)
     rid = (await store.submit(msg, text.encode(), "text/plain")).report_id
     cls = Classification(status="route" if status == "routed" else status, topic=topic, category="infrastructure",
-                         agency="thoat-nuoc", confidence=0.9, place=Place(district=district, street=street))
+                         agency="thoat-nuoc", confidence=0.9, place=Place(district=district, street=street),
+                         candidates=candidates)
     async with store.transaction() as tx:
         await tx.execute("UPDATE jobs SET state='done' WHERE report_id=? AND stage='classify'", (rid,))
         await tx.execute("UPDATE reports SET status=?, topic=?, district=?, classification=? WHERE id=?",
@@ -88,6 +90,37 @@ async def test_first_report_is_dispatched_and_the_next_is_a_duplicate(tmp_path: 
         # Same district, another street and problem: its own incident, dispatched.
         assert r3.incident_id == "INC-000002"
         assert await _jobs(store, other) == [("dispatch", {"incident_id": "INC-000002"})]
+    finally:
+        await store.close()
+
+
+async def test_a_report_the_classifier_hesitated_on_joins_a_report_of_its_second_topic(tmp_path: Path) -> None:
+    # The first report went to review torn between encroachment and waste; the second, confidently waste, is
+    # the same heap of rubbish. It must be searched for in the encroachment block and join that incident; an
+    # encroachment report of the same place that never hesitated stays apart from a later noise report.
+    store = await _store(tmp_path, FakeClock(T0 + 2 * HOUR))
+    try:
+        base = _vec(7)
+        first = await _classified(
+            store, "a", T0, "Vỉa hè Lê Văn Sỹ trước số 212 bị đổ rác thành đống, người đi bộ phải xuống lòng đường",
+            topic="sidewalk_encroachment", district="quan-3", vector=base, status="review", street="le van sy",
+            candidates=(Candidate(topic="sidewalk_encroachment", agency=None, score=0.48),
+                        Candidate(topic="waste", agency=None, score=0.41)))
+        second = await _classified(
+            store, "b", T0 + 0.5 * HOUR, "Dong rac to tren via he Le Van Sy truoc nha 212 boc mui, lan het loi di",
+            topic="waste", district="quan-3", vector=_vec(8, base, 0.02), street="le van sy",
+            candidates=(Candidate(topic="waste", agency=None, score=0.93),))
+        third = await _classified(
+            store, "c", T0 + HOUR, "Le Van Sy truoc nha 212 quan nhau hat karaoke on ao, via he bi lan",
+            topic="noise", district="quan-3", vector=_vec(9, base, 0.02), street="le van sy",
+            candidates=(Candidate(topic="noise", agency=None, score=0.95),))
+        await _drain(store, IncidentMatcher(store))
+        r1, r2, r3 = [await store.get_report(i) for i in (first, second, third)]
+        assert r1 and r2 and r3
+        assert r1.incident_id == r2.incident_id == "INC-000001"
+        # The routed report joined an incident whose first report is still in review: it triggers the dispatch.
+        assert await _jobs(store, second) == [("dispatch", {"incident_id": "INC-000001"})]
+        assert r3.incident_id == "INC-000002"
     finally:
         await store.close()
 
