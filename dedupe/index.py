@@ -30,6 +30,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -37,6 +38,18 @@ import numpy as np
 DAY = 86400.0
 UNKNOWN = "_"  # partition of reports with no district
 
+
+
+def _make_room(block: Any, used: int, more: int) -> None:
+    """Grow a block's `ids` and `times` arrays (doubling) so `more` rows fit after the `used` ones."""
+    if used + more <= len(block.ids):
+        return
+    cap = max(2 * len(block.ids), used + more)
+    for name in ("ids", "times"):
+        old = getattr(block, name)
+        new = np.empty(cap, old.dtype)
+        new[:used] = old[:used]
+        setattr(block, name, new)
 
 class _Block:
     """The rows of one (district, topic): a flat inner-product index and, row for row, ids and times."""
@@ -55,13 +68,7 @@ class _Block:
 
     def extend(self, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray) -> None:
         start, m = self.n, len(ids)
-        if start + m > len(self.ids):
-            cap = max(2 * len(self.ids), start + m)
-            for name in ("ids", "times"):
-                old = getattr(self, name)
-                new = np.empty(cap, old.dtype)
-                new[:start] = old[:start]
-                setattr(self, name, new)
+        _make_room(self, start, m)
         self._stored = None  # the add may move faiss's storage
         self.index.add(vecs)
         self.ids[start:start + m] = ids
@@ -160,13 +167,7 @@ class _Coarse:
 
     def extend(self, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray) -> None:
         start, m = self.n, len(ids)
-        if start + m > len(self.ids):
-            cap = max(2 * len(self.ids), start + m)
-            for name in ("ids", "times"):
-                old = getattr(self, name)
-                new = np.empty(cap, old.dtype)
-                new[:start] = old[:start]
-                setattr(self, name, new)
+        _make_room(self, start, m)
         with np.errstate(over="ignore", invalid="ignore"):
             # A value beyond float16's range becomes inf: the bound is then inf and the search exhaustive.
             err = np.linalg.norm(vecs - vecs.astype(np.float16).astype(np.float32), axis=1).max()
