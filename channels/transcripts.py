@@ -12,6 +12,7 @@ from pathlib import Path
 
 from config.channels import ChannelEntry, TranscriptOptions
 from ingest.app import AppContext, Service
+from ingest.blobs import fsync_dir
 from ingest.clock import iso
 from ingest.errors import TransientError
 
@@ -81,11 +82,7 @@ def _move(src: Path, dst: Path) -> None:
     if dst.exists():  # a second file of the same name: keep both
         dst = dst.with_name(f"{dst.stem}.{os.getpid()}.{int(src.stat().st_mtime_ns)}{dst.suffix}")
     os.replace(src, dst)
-    fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(dst.parent)
 
 
 def build(ctx: AppContext, entry: ChannelEntry, options: TranscriptOptions) -> list[Service]:

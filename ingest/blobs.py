@@ -6,6 +6,15 @@ import os
 from pathlib import Path
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename into `path` durable: the new directory entry survives a power cut only once fsynced."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -27,11 +36,7 @@ class BlobStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        dir_fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(final.parent)
         return digest
 
     def get(self, sha256: str) -> bytes:
