@@ -255,6 +255,7 @@ class VectorWindow:
         self._topics: frozenset[str | None] | None = None  # topics(), recomputed after a change
         self._coarse: dict[str | None, _Coarse] = {}  # topic -> every district's rows, float16 (no-district queries)
         self.coarse = True  # False: no-district queries scan the float32 blocks (the bench's same-run baseline)
+        self.max_norm = 0.0  # the largest |x| ever added (never lowered): bounds the rounding of a score
 
     def __len__(self) -> int:
         return len(self._where)
@@ -316,6 +317,8 @@ class VectorWindow:
             self._blocks_of_topic[topic] = self._blocks_of_topic.get(topic, 0) + 1
             self._topics = None
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        if len(vecs):
+            self.max_norm = max(self.max_norm, float(np.linalg.norm(vecs.astype(np.float64), axis=1).max()))
         block.extend(ids, times, vecs)
         coarse = self._coarse.get(topic)
         if coarse is None:

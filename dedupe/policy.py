@@ -37,6 +37,10 @@ _RELATED = (
     ("food_safety", "healthcare"),
 )
 RELATED_TOPICS: frozenset[frozenset[str]] = frozenset(frozenset(p) for p in _RELATED)
+# The same pairs as a map topic -> its related topics: `old in RELATED_OF.get(new, ())` is
+# `frozenset((new, old)) in RELATED_TOPICS` without building a set per candidate.
+RELATED_OF: dict[str, frozenset[str]] = {
+    t: frozenset(u for pair in _RELATED for u in pair if t in pair and u != t) for pair in _RELATED for t in pair}
 # Topics the daemon never groups: each abusive message or suggestion stands alone.
 UNGROUPED_TOPICS = frozenset({"abusive", "suggestion", "complaint_denunciation"})
 # The classifier's topic is sometimes wrong where two topics are close (a blocked drain that floods the road:
@@ -156,12 +160,8 @@ def evidence(new: ReportView, old: ReportView, rarity: Rarity) -> PairEvidence:
     shared = sum(rarity(g) for g in shared_grams)
     mass = min(sum(rarity(g) for g in ga), sum(rarity(g) for g in gb))
     cosine = float(np.dot(new.vector, old.vector)) if new.vector is not None and old.vector is not None else 0.0
-    alleys_a = {n for n in new.text.numbers if not n.startswith(("quan ", "phuong "))}
-    alleys_b = {n for n in old.text.numbers if not n.startswith(("quan ", "phuong "))}
-    if new.place.house_number:
-        alleys_a.add(new.place.house_number)
-    if old.place.house_number:
-        alleys_b.add(old.place.house_number)
+    alleys_a = alleys_of(new.text.numbers, new.place.house_number)
+    alleys_b = alleys_of(old.text.numbers, old.place.house_number)
     return PairEvidence(
         cosine=cosine,
         overlap=shared / mass if mass > 0 else 0.0,
@@ -175,6 +175,14 @@ def evidence(new: ReportView, old: ReportView, rarity: Rarity) -> PairEvidence:
         distance_km=_distance_km(new.place, old.place),
         street_conflict=_street_conflict(new, old),
     )
+
+
+def alleys_of(numbers: Iterable[str], house_number: str | None) -> frozenset[str]:
+    """The alley and house numbers a report names (district and ward numbers are place, not alley)."""
+    out = {n for n in numbers if not n.startswith(("quan ", "phuong "))}
+    if house_number:
+        out.add(house_number)
+    return frozenset(out)
 
 
 def _streets(view: ReportView) -> list[tuple[str, ...]]:
@@ -275,7 +283,24 @@ def probability(ev: PairEvidence, weights: Sequence[float] | None = None, bias: 
     w = WEIGHTS if weights is None else weights
     b = BIAS if bias is None else bias
     z = b + sum(wi * xi for wi, xi in zip(w, ev.vector()))
+    return sigmoid(z)
+
+
+def sigmoid(z: float) -> float:
+    """The logistic of a score, clamped as `probability` does (monotone: a larger z never gives a smaller p)."""
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+def finalists(z: np.ndarray, eps: float) -> list[int]:
+    """Positions that may hold the most probable candidate when each z is known only within +-eps: every one
+    whose best case reaches the worst case of the largest. Compared as probabilities, not scores, because the
+    sigmoid saturates (two z far apart can give p = 1.0 both, and then the first in order wins)."""
+    if len(z) == 0:
+        return []
+    if not (math.isfinite(eps) and np.isfinite(z).all()):
+        return list(range(len(z)))  # no bound to trust (a vector beyond float range): judge them all
+    floor = sigmoid(float(z.max()) - eps)
+    return [i for i, zi in enumerate(z.tolist()) if sigmoid(zi + eps) >= floor]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 from collections import Counter
 from typing import Any
@@ -28,7 +29,7 @@ from ingest.worker import StageWorker, WorkerSettings
 
 from . import policy
 from .index import DAY, VectorWindow, decode_vector
-from .text import TextFeatures, extract
+from .text import TextFeatures, extract, same_street
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,16 @@ def incident_id_for(seq: int) -> str:
     return f"INC-{seq:06d}"
 
 
+_EMPTY: tuple[Any, ...] = ()
+
+
 class _Features:
     """What the window keeps of one report for the policy, compactly: interned word strings in tuples (a
     frozenset per report costs ~2 KB; 140,000 of them would not fit), the tokens as one string, the vector
     stays in the index. `view()` turns it back into the policy's ReportView for the few candidates judged."""
 
-    __slots__ = ("received_at", "topic", "alt_topics", "district", "place", "tokens", "grams", "numbers", "streets")
+    __slots__ = ("received_at", "topic", "alt_topics", "district", "place", "tokens", "grams", "numbers", "streets",
+                 "ptoks", "alleys", "street_names")
 
     def __init__(self, view: policy.ReportView, intern: dict[str, str]) -> None:
         self.received_at = view.received_at
@@ -60,6 +65,11 @@ class _Features:
         self.grams = tuple(intern.setdefault(g, g) for g in view.text.grams)
         self.numbers = tuple(view.text.numbers)
         self.streets = view.text.streets
+        # Derived once here rather than per candidate per match (the batch screen reads them for every hit):
+        # the place tokens that join the word overlap, the alley numbers, every street name (text and place).
+        self.ptoks = tuple(intern.setdefault(g, g) for g in view.place_tokens()) or _EMPTY
+        self.alleys = tuple(policy.alleys_of(view.text.numbers, view.place.house_number)) or _EMPTY
+        self.street_names = tuple(policy._streets(view)) or _EMPTY
 
     def view(self, report_id: int, vector: np.ndarray | None) -> policy.ReportView:
         text = TextFeatures(tokens=tuple(self.tokens.split(" ")) if self.tokens else (),
@@ -118,6 +128,7 @@ class IncidentMatcher:
         self._block_alts_version = 0  # bumped when an alternative appears in or leaves a block (scope changes)
         self._scope_version = -1
         self._conn: sqlite3.Connection | None = None  # read-only, loop thread only: see _incidents_of
+        self.batch = True  # False: every candidate judged by policy.decide in full (the reference; bench, tests)
 
     # -- building -----------------------------------------------------------------------------
     async def rebuild(self, chunk: int = REBUILD_CHUNK) -> int:
@@ -221,45 +232,155 @@ class IncidentMatcher:
 
     # -- matching -----------------------------------------------------------------------------
     async def match(self, view: policy.ReportView) -> policy.Match:
-        if self.index is None or view.vector is None:
-            return policy.Match(None, 0.0, None, "no_candidates")
-        scope = self._search_scope(view.topic, view.alt_topics)
-        if not scope:
-            return policy.Match(None, 0.0, None, "no_candidates")  # a topic never grouped, or none it could be
-        # Only the blocks of topics the policy could accept are searched: the k nearest are then all
-        # acceptable by topic (a superset of the acceptable ones an unrestricted top-k would hold).
-        hits = self.index.search(view.vector, view.district, SEARCH_K, view.received_at, topics=scope)
-        ids = [h.report_id for h in hits if h.report_id != view.report_id]
-        if not ids:
-            return policy.Match(None, 0.0, None, "no_candidates")
-        # Hard negatives the policy would skip anyway, checked on the compact features first: only the
-        # survivors are turned back into views.
-        survivors = [i for i in ids if i in self._features and _may_match(view, self._features[i])]
-        if not survivors:
-            return policy.Match(None, 0.0, None, "hard_negative")
-        own = view.all_grams()
-        n_docs = self._n_docs + 1
-        df = self._df
-        rarity = _RarityMemo(policy.rarity_from(lambda g: df.get(g, 0) + (g in own), n_docs))
-        vectors = self.index.vectors_of(survivors)
-        views = [self._features[i].view(i, v) for i, v in zip(survivors, vectors)]
-        # The policy first judges every survivor as if all were in open incidents; the store is read only when
-        # one is likely enough. No survivor reaching the threshold means none of those in open incidents does:
-        # a new incident without any store read (the common case for a first report; the score and matched
-        # report it records are then the best survivor's, whatever its incident's state). Otherwise the winner
-        # is the first most probable survivor; if its own incident is open it is also the first most probable
-        # among the survivors in open incidents, so reading that one row decides as reading them all would.
-        first = policy.decide(view, [(v, _PENDING) for v in views], rarity.__getitem__, self.threshold)
-        if first.incident_id is None:
+        first, found = self.first_pass(view)
+        if first.incident_id is None or found is None:
             return first
+        survivors, cosines, rarity = found
         assert first.matched_report is not None
         incident_of = await self._incidents_of([first.matched_report], view.topic_set(), view.district)
         if first.matched_report in incident_of:
             return policy.Match(incident_of[first.matched_report], first.score, first.matched_report, first.reason)
         # The winner's incident was closed (or an operator moved the report): judge those in open incidents.
         incident_of = await self._incidents_of(survivors, view.topic_set(), view.district)
-        candidates = [(v, incident_of[v.report_id]) for v in views if v.report_id in incident_of]
-        return policy.decide(view, candidates, rarity.__getitem__, self.threshold)
+        return self._judge(view, [i for i in survivors if i in incident_of], cosines, rarity, incident_of)
+
+    def first_pass(self, view: policy.ReportView) -> tuple[policy.Match, tuple[list[int], dict[int, float],
+                                                                             _RarityMemo] | None]:
+        """The policy's judgement of the window's candidates as if all were in open incidents (a match names
+        incident `_PENDING`), and what the second pass needs: the candidates, their cosines, the rarity.
+
+        The store is read only when a candidate is likely enough (see `match`). No survivor reaching the
+        threshold means none of those in open incidents does: a new incident without any store read (the common
+        case for a first report; the score and matched report it records are then the best survivor's, whatever
+        its incident's state). Otherwise the winner is the first most probable survivor; if its own incident is
+        open it is also the first most probable among the survivors in open incidents, so reading that one row
+        decides as reading them all would."""
+        if self.index is None or view.vector is None:
+            return policy.Match(None, 0.0, None, "no_candidates"), None
+        scope = self._search_scope(view.topic, view.alt_topics)
+        if not scope:
+            # A topic never grouped, or none it could be.
+            return policy.Match(None, 0.0, None, "no_candidates"), None
+        # Only the blocks of topics the policy could accept are searched: the k nearest are then all
+        # acceptable by topic (a superset of the acceptable ones an unrestricted top-k would hold).
+        hits = self.index.search(view.vector, view.district, SEARCH_K, view.received_at, topics=scope)
+        ids = [h.report_id for h in hits if h.report_id != view.report_id]
+        if not ids:
+            return policy.Match(None, 0.0, None, "no_candidates"), None
+        # Hard negatives the policy would skip anyway, checked on the compact features first.
+        feats = self._features
+        survivors = [i for i in ids if i in feats and _may_match(view, feats[i])]
+        if not survivors:
+            return policy.Match(None, 0.0, None, "hard_negative"), None
+        cosines = {h.report_id: h.cosine for h in hits}
+        own = view.all_grams()
+        df = self._df
+        rarity = _RarityMemo(policy.rarity_from(lambda g: df.get(g, 0) + (g in own), self._n_docs + 1))
+        return self._judge(view, survivors, cosines, rarity, None), (survivors, cosines, rarity)
+
+    def _judge(self, view: policy.ReportView, ids: list[int], cosines: dict[int, float], rarity: _RarityMemo,
+               incident_of: dict[int, str] | None) -> policy.Match:
+        """policy.decide over the candidates `ids` (in search order; incident `_PENDING` when `incident_of` is
+        None). The batch screen when `self.batch`, else every candidate judged through the policy in full."""
+        if not self.batch:
+            assert self.index is not None
+            views = [self._features[i].view(i, v) for i, v in zip(ids, self.index.vectors_of(ids))]
+            return policy.decide(view, [(v, _PENDING if incident_of is None else incident_of[v.report_id])
+                                        for v in views], rarity.__getitem__, self.threshold)
+        return self._screen(view, ids, cosines, rarity, incident_of)
+
+    def _screen(self, view: policy.ReportView, ids: list[int], cosines: dict[int, float], rarity: _RarityMemo,
+                incident_of: dict[int, str] | None) -> policy.Match:
+        """policy.decide's answer, computed without judging every candidate in full.
+
+        The evidence of all candidates is computed at once (word rarity in one numpy pass over the flat list of
+        their words, the logistic score as array arithmetic), which agrees with the policy's own arithmetic
+        only up to rounding: sums in another order, faiss's cosine instead of numpy's dot product. With a bound
+        `eps` on that difference, only the candidates that could still be the most probable one (usually one)
+        are then judged by policy.evidence / hard_negative / probability themselves, in search order; the rest
+        provably score below the winner. So the match, its score and the matched report are decide()'s own."""
+        if not ids:
+            return policy.Match(None, 0.0, None, "no_candidates")
+        assert self.index is not None and view.vector is not None
+        feats = self._features
+        W = policy.WEIGHTS
+        nt, nd, nat, place = view.topic, view.district, view.received_at, view.place
+        street = place.street
+        text_new = f" {' '.join(view.text.tokens)} " if street else ""
+        related = policy.RELATED_OF.get(nt, frozenset()) if nt is not None else frozenset()
+        alleys = policy.alleys_of(view.text.numbers, place.house_number)
+        streets = policy._streets(view)
+        conflict: dict[tuple[tuple[str, ...], ...], bool] = {}  # candidates' street names repeat a lot
+        kept: list[int] = []
+        part: list[float] = []  # the score's terms that need no word rarity
+        flat: list[str] = []  # every kept candidate's words (text grams and place tokens), candidate after candidate
+        lens: list[int] = []
+        for rid in ids:
+            f = feats[rid]
+            # The one hard negative _may_match left to the policy: the classifier put them on other streets.
+            fs = f.place.street
+            if street and fs and fs != street and f" {fs} " not in text_new and f" {street} " not in f" {f.tokens} ":
+                continue
+            nm = not alleys.isdisjoint(f.alleys)
+            km = _distance_km(place, f.place)
+            sc = False
+            if streets and f.street_names:
+                sc = conflict.get(f.street_names)  # type: ignore[assignment]
+                if sc is None:
+                    sc = conflict[f.street_names] = not any(same_street(x, y) for x in streets
+                                                            for y in f.street_names)
+            part.append(W[3] * (nt is not None and nt == f.topic) + W[4] * (f.topic in related)
+                        + W[5] * bool(nd and f.district and nd != f.district)
+                        + W[6] * math.log1p(abs(nat - f.received_at) / 3600.0)
+                        + W[7] * nm + W[8] * bool(alleys and f.alleys and not nm)
+                        + W[9] * (min(km, 3.0) if km is not None else 0.0) + W[10] * sc)
+            kept.append(rid)
+            flat.extend(f.grams)
+            flat.extend(f.ptoks)
+            lens.append(len(f.grams) + len(f.ptoks))
+        if not kept:
+            return policy.Match(None, 0.0, None, "hard_negative")
+        m = len(kept)
+        df_get = self._df.get
+        n = max(policy.MIN_WINDOW, self._n_docs + 1)
+        fit = policy.FIT_CORPUS
+        # The new report's own words count once more (it is in the corpus the rarity is taken over); stored
+        # negated, so one lookup pass over the candidates' words gives both the count and "shared with new".
+        own = {g: -(df_get(g, 0) + 1) for g in view.all_grams()}
+        own_get = own.get
+        signed = np.array([own_get(g) or df_get(g, 0) for g in flat], np.float64)
+        shared_mask = signed < 0
+        r = np.log((fit + 1) / (fit * np.abs(signed) / n + 0.5))  # policy.rarity_from, elementwise
+        own_counts = -np.array(list(own.values()), np.float64)
+        mass_new = float(np.log((fit + 1) / (fit * own_counts / n + 0.5)).sum())
+        seg = np.repeat(np.arange(m), lens)
+        mass = np.minimum(np.bincount(seg, weights=r, minlength=m), mass_new)
+        shared = np.bincount(seg, weights=r * shared_mask, minlength=m)
+        overlap = np.divide(shared, mass, out=np.zeros(m), where=mass > 0)
+        cos = np.fromiter((cosines[i] for i in kept), np.float64, m)
+        z = policy.BIAS + np.asarray(part) + W[0] * cos + W[1] * overlap + W[2] * np.log1p(shared)
+        # faiss's score and numpy's dot product are float32 sums in different orders: each is within
+        # dim * 2^-24 |q| |x| of the true product (2.5x for the 1/(1 - n u) factor and margin); everything
+        # else is float64 arithmetic on values below ~1e4 (1e-6 is orders of magnitude above its rounding).
+        qn = float(np.linalg.norm(view.vector))
+        cos_err = 2.5 * len(view.vector) * 2.0 ** -24 * qn * self.index.max_norm
+        eps = abs(W[0]) * cos_err + 1e-6
+        fin = [kept[i] for i in policy.finalists(z, eps)]
+        best: tuple[float, int] | None = None
+        for rid, vec in zip(fin, self.index.vectors_of(fin)):
+            old = feats[rid].view(rid, vec)
+            ev = policy.evidence(view, old, rarity.__getitem__)
+            if policy.hard_negative(view, old, ev) is not None:
+                continue  # cannot happen (checked above); kept so this stays decide() whatever changes there
+            p = policy.probability(ev)
+            if best is None or p > best[0]:
+                best = (p, rid)
+        if best is None:
+            return policy.Match(None, 0.0, None, "hard_negative")
+        p, rid = best
+        if p >= self.threshold:
+            return policy.Match(_PENDING if incident_of is None else incident_of[rid], p, rid, "matched")
+        return policy.Match(None, p, rid, "below_threshold")
 
     def _search_scope(self, topic: str | None, alts: frozenset[str] = frozenset()) -> frozenset[str | None]:
         """policy.groupable_topics over the topics in the window, memoised until a topic or an alternative topic
