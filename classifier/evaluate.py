@@ -30,8 +30,8 @@ from .embedder import EmbeddingThread, VectorCache, embed_cached, load_embedder,
 from .model import TopicModel, load_cues
 from .place import find_place, load_gazetteer
 from .policy import abusive_terms_in, complaint_terms_in, decide
-from .trainer import (SEED_PATH, description_examples, load_or_train, reject_reasons, routing_groups,
-                      seed_examples, vocabulary_texts)
+from .trainer import (SEED_PATH, description_examples, load_or_train, load_synthetic, reject_reasons, routing_groups,
+                      seed_examples, synthetic_examples, vocabulary_texts)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
     classes: list[list[str] | None] = [None] * len(rows)
     if cv:
         labels = np.array([r["expected"]["topic"] for r in rows])
-        desc = description_examples(directory)
+        # Descriptions and hand-written examples train every fold; only dev reports are ever tested.
+        desc = description_examples(directory) + synthetic_examples(load_synthetic(cfg.synthetic_data),
+                                                                    cfg.synthetic_weight)
         splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
         for k, (train_idx, test_idx) in enumerate(splitter.split(texts, labels), 1):
             log.info("eval: fold %d/%d", k, folds)
@@ -103,7 +105,9 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
             for j, i in enumerate(test_idx):
                 probs[i], classes[i], safety[i] = p[j], model.classes_, s[j]
     else:
-        examples = seed_examples(json.loads(line) for line in _seed_lines(cfg.seed_data)) + description_examples(directory)
+        examples = (seed_examples(json.loads(line) for line in _seed_lines(cfg.seed_data))
+                    + description_examples(directory)
+                    + synthetic_examples(load_synthetic(cfg.synthetic_data), cfg.synthetic_weight))
         model = load_or_train(examples, encode, Path(cfg.cache_dir), embedder.name, vocabulary, groups)
         p, safety = model.predict(texts, embed_cached(encode, cache, [model.embedding_text(t) for t in texts]))
         for i in range(len(rows)):

@@ -33,6 +33,7 @@ from .policy import abusive_terms_in, complaint_terms_in, decide
 log = logging.getLogger(__name__)
 
 SEED_PATH = Path(__file__).with_name("data") / "reports-seed.jsonl"
+SYNTHETIC_PATH = Path(__file__).with_name("data") / "synthetic"
 GAZETTEER_PATH = Path(__file__).with_name("data") / "gazetteer.json"
 
 
@@ -54,6 +55,28 @@ def load_seed(path: Path | None = None) -> list[dict[str, Any]]:
 def seed_examples(rows: Sequence[dict[str, Any]]) -> list[Example]:
     return [Example(text=report_text(r["text"], r.get("subject")), topic=r["expected"]["topic"], ref=r.get("id"))
             for r in rows if r.get("expected", {}).get("topic")]
+
+
+def load_synthetic(path: Path | None = None) -> list[dict[str, Any]]:
+    """The hand-written examples: one .jsonl file, or every .jsonl file of a directory in name order."""
+    source = Path(path) if path else SYNTHETIC_PATH
+    if path is None and not source.exists():
+        return []
+    files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        rows += load_seed(f)
+    return rows
+
+
+def synthetic_examples(rows: Sequence[dict[str, Any]], weight: float) -> list[Example]:
+    """Written by the team from the topic definitions to widen the vocabulary of each topic beyond the seed
+    reports. They count less than real reports, and calibration ignores them (see TopicModel.fit: only
+    weight-1 examples calibrate), since a written example is cleaner than what arrives."""
+    if weight <= 0:
+        return []
+    return [Example(text=report_text(r["text"], r.get("subject")), topic=r["expected"]["topic"], weight=weight,
+                    source="synthetic", ref=r.get("id")) for r in rows if r.get("expected", {}).get("topic")]
 
 
 def description_examples(directory: Directory) -> list[Example]:
@@ -162,12 +185,14 @@ class Router:
         self.reasons = reject_reasons(settings.data.agencies)
         self.cache_dir = Path(settings.classifier.cache_dir)
         self.seed_rows = load_seed(settings.classifier.seed_data)
+        self.synthetic_rows = load_synthetic(settings.classifier.synthetic_data)
         self.model: TopicModel | None = None
         self.model_version: str | None = None
         self._retrain_lock = threading.Lock()
 
     def base_examples(self) -> list[Example]:
-        return seed_examples(self.seed_rows) + description_examples(self.directory)
+        return (seed_examples(self.seed_rows) + description_examples(self.directory)
+                + synthetic_examples(self.synthetic_rows, self.settings.classifier.synthetic_weight))
 
     def load(self, extra: Sequence[Example] = ()) -> None:
         """Blocking (call in a thread): train or load the cached model, then swap it in."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from .channels import ChannelEntry
 
@@ -48,7 +48,18 @@ class ClassifierConfig(Section):
     review_threshold: float = Field(0.9, ge=0.0, le=1.0)  # P(routing right); CV 0.98 precision, 0.73 coverage
     cache_dir: Path = Path("var/models")
     seed_data: Path | None = None  # None: bundled classifier/data/reports-seed.jsonl
+    # Hand-written extra examples (a .jsonl file or a directory of them); None: bundled classifier/data/synthetic/.
+    synthetic_data: Path | None = None
+    synthetic_weight: float = Field(0.5, ge=0.0, le=1.0)  # 0 leaves them out
     retrain_min_decisions: int = Field(5, ge=1)
+
+    @field_validator("seed_data", "synthetic_data")
+    @classmethod
+    def _training_data_exists(cls, value: Path | None) -> Path | None:
+        # Found at start, not at the first training minutes later.
+        if value is not None and not value.exists():
+            raise ValueError(f"no such file or directory: {value}")
+        return value
 
 
 class DedupeConfig(Section):

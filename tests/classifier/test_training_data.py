@@ -1,0 +1,51 @@
+"""The training examples a router learns from: seed reports, topic descriptions and the hand-written corpus."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from classifier.trainer import Router, load_seed, load_synthetic
+from config.directory import load_directory
+from config.schema import ClassifierConfig, Settings
+from ingest.text import fold
+
+
+def _router(tmp_path: Path, **classifier: object) -> Router:
+    settings = Settings(classifier=ClassifierConfig(cache_dir=tmp_path, **classifier))
+    return Router(settings, load_directory(), embedder=None)  # type: ignore[arg-type]  # not used here
+
+
+def test_bundled_written_examples_are_valid_and_independent_of_the_seed_reports():
+    directory = load_directory()
+    rows = load_synthetic()
+    assert len(rows) >= 900
+    assert {r["expected"]["topic"] for r in rows} <= set(directory.topics)
+    assert len({r["id"] for r in rows}) == len(rows)
+    # Written apart from the labelled reports: none repeats a seed text (that would inflate every evaluation).
+    seed = {fold(r["text"]).strip() for r in load_seed()}
+    assert not [r["id"] for r in rows if fold(r["text"]).strip() in seed]
+
+
+def test_written_examples_train_at_their_configured_weight(tmp_path):
+    default = [ex for ex in _router(tmp_path).base_examples() if ex.source == "synthetic"]
+    assert len(default) == len(load_synthetic()) and {ex.weight for ex in default} == {0.5}
+    assert not [ex for ex in _router(tmp_path, synthetic_weight=0).base_examples() if ex.source == "synthetic"]
+
+
+def test_an_admin_can_point_to_their_own_written_examples(tmp_path):
+    own = tmp_path / "mine.jsonl"
+    own.write_text(json.dumps({"id": "X1", "text": "Cây me gãy nhánh đè xe máy", "expected": {"topic": "trees"}},
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    examples = [ex for ex in _router(tmp_path, synthetic_data=own, synthetic_weight=1.0).base_examples()
+                if ex.source == "synthetic"]
+    assert [(ex.ref, ex.topic, ex.weight) for ex in examples] == [("X1", "trees", 1.0)]
+
+
+def test_a_missing_training_data_path_is_a_config_error_at_start(tmp_path):
+    with pytest.raises(ValidationError, match="no such file or directory"):
+        ClassifierConfig(synthetic_data=tmp_path / "absent.jsonl")
+    with pytest.raises(ValidationError, match="no such file or directory"):
+        ClassifierConfig(seed_data=tmp_path / "absent.jsonl")
