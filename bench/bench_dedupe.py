@@ -11,8 +11,10 @@ match step (search, hard-negative filter, policy, incident lookup), wall clock a
 has a district (without one every district is searched) and whether it joined an incident (the only case
 that reads the store). The baselines in the same run: a brute-force numpy scan of all vectors, and for the
 groupable-topic search and the full match step the same call with the window's float16 first pass for
-no-district queries switched off (`index.coarse = False`: the float32 blocks of every district scanned), the
-two timed in alternating order. `--no-district-share` raises the share of no-district queries (1/25 by
+no-district queries switched off (`index.coarse = False`: the float32 blocks of every district scanned), and
+for the full match step the per-pair policy the batch screen replaced (`matcher.batch = False`: every candidate
+judged by policy.decide in full; the bench counts the queries where both give the same match to the bit),
+timed in rotating order. `--no-district-share` raises the share of no-district queries (1/25 by
 default, as in the dev data) to get a steadier tail for them. The machine
 is noisy: run it 2-3 times and compare medians. `dev` replays ../shared/data/reports-dev.jsonl through the
 `dedupe` stage with the gold topic/district standing in for the classifier, using vectors cached in var/
@@ -188,7 +190,8 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
             # (search, hard-negative filter, policy, incident read), and the baseline numpy scan of all vectors.
             lat: dict[str, list[float]] = {"search": [], "topic_search": [], "topic_search_f32": [], "match": [],
                                            "match_f32": [], "match_cpu": [], "match_f32_cpu": [],
-                                           "brute": []}
+                                           "match_ref": [], "match_ref_cpu": [], "brute": []}
+            same = 0  # queries where the batch screen and the per-pair policy gave the same match, to the bit
             switch = hasattr(index, "coarse")  # an index from before the float16 first pass has no switch
             has_district: list[bool] = []
             joined: list[bool] = []
@@ -221,20 +224,33 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                     s0 = time.perf_counter()
                     index.search(v, d, SEARCH_K, t, topics=scope)
                     lat["topic_search" if coarse else "topic_search_f32"].append(time.perf_counter() - s0)
-                for coarse in ((True, False) if q % 2 else (False, True)) if switch else (True,):
+                # The full match step as it runs, with the float16 pass off, and with the per-pair policy (the
+                # reference path the batch screen replaced), in an order rotating per query.
+                variants = [("match", True, True)]
+                if switch:
+                    variants.append(("match_f32", False, True))
+                if hasattr(matcher, "batch"):
+                    variants.append(("match_ref", True, False))
+                r = q % len(variants)
+                outcomes: dict[str, tuple[object, ...]] = {}
+                for key, coarse, batch in variants[r:] + variants[:r]:
                     if switch:
                         index.coarse = coarse
+                    if hasattr(matcher, "batch"):
+                        matcher.batch = batch
                     s0, c0 = time.perf_counter(), time.thread_time()
                     m = await matcher.match(view)
-                    if not coarse:
-                        lat["match_f32"].append(time.perf_counter() - s0)
-                        lat["match_f32_cpu"].append(time.thread_time() - c0)
-                        continue
-                    lat["match"].append(time.perf_counter() - s0)
+                    lat[key].append(time.perf_counter() - s0)
                     # CPU time of the event-loop thread: on a busy machine the wall-clock tail is mostly waiting
                     # for a core, which this separates from the step's own work.
-                    lat["match_cpu"].append(time.thread_time() - c0)
-                    joined.append(m.incident_id is not None)
+                    lat[f"{key}_cpu"].append(time.thread_time() - c0)
+                    outcomes[key] = (m.incident_id, m.matched_report, m.score)
+                    if key == "match":
+                        joined.append(m.incident_id is not None)
+                if "match_ref" in outcomes:
+                    same += outcomes["match"] == outcomes["match_ref"]
+                if switch:
+                    index.coarse = True
                 s0 = time.perf_counter()
                 np.argpartition(-(vecs @ v), SEARCH_K)[:SEARCH_K]
                 lat["brute"].append(time.perf_counter() - s0)
@@ -261,6 +277,7 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
               "topic_search_f32": "  same, no float16 pass", "match": "full match step",
               "match_f32": "  same, no float16 pass", "match_cpu": "full match step, loop CPU time",
               "match_f32_cpu": "  same, no float16 pass",
+              "match_ref": "full match step, per-pair policy", "match_ref_cpu": "  same, loop CPU time",
               "brute": f"baseline numpy scan of all {n}"}
     for key, label in labels.items():
         if not lat[key]:
@@ -271,6 +288,17 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
     brute99 = np.percentile(lat["brute"], 99)
     print("ratio p99 / baseline p99: " + ", ".join(f"{k} {np.percentile(lat[k], 99) / brute99:.3f}"
                                                  for k in ("search", "topic_search", "match")))
+    if lat["match_ref"]:
+        # The batch screen against the per-pair policy it replaced, same queries, same run.
+        print(f"batch screen and per-pair policy agree on {same} of {queries} matches (incident, report, score)")
+        for key in ("match", "match_cpu"):
+            new, old = np.array(lat[key]), np.array(lat[key.replace("match", "match_ref")])
+            parts = []
+            for name, sel in (("all", slice(None)), ("district known", has), ("no district", ~has)):
+                if len(new[sel]):
+                    parts.append(f"{name} p50 {np.percentile(new[sel], 50) / np.percentile(old[sel], 50):.2f}"
+                                 f" p99 {np.percentile(new[sel], 99) / np.percentile(old[sel], 99):.2f}")
+            print(f"ratio batch screen / per-pair policy, {key}: " + ", ".join(parts))
     if lat["match_f32"]:
         # The float16 first pass against the float32 block scan, same queries, same run.
         for key in ("topic_search", "match", "match_cpu"):

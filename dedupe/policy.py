@@ -299,7 +299,13 @@ def finalists(z: np.ndarray, eps: float) -> list[int]:
         return []
     if not (math.isfinite(eps) and np.isfinite(z).all()):
         return list(range(len(z)))  # no bound to trust (a vector beyond float range): judge them all
-    floor = sigmoid(float(z.max()) - eps)
+    low = float(z.max()) - eps
+    if -49.0 < low < 20.0:
+        # Away from the clamp and from saturation two scores more than 1e-6 apart give two different floats
+        # (the sigmoid's slope there, p(1 - p), keeps their difference far above its rounding), so a plain
+        # score cut is a superset of the probability comparison below, without a sigmoid per candidate.
+        return np.flatnonzero(z + eps >= low - 1e-6).tolist()
+    floor = sigmoid(low)
     return [i for i, zi in enumerate(z.tolist()) if sigmoid(zi + eps) >= floor]
 
 

@@ -310,9 +310,13 @@ class IncidentMatcher:
         related = policy.RELATED_OF.get(nt, frozenset()) if nt is not None else frozenset()
         alleys = policy.alleys_of(view.text.numbers, place.house_number)
         streets = policy._streets(view)
-        conflict: dict[tuple[tuple[str, ...], ...], bool] = {}  # candidates' street names repeat a lot
+        conflict: dict[int, bool] = {}  # id(candidate's street names) -> conflict: names repeat across reports
+        gps = place.lat is not None and place.lon is not None
+        w_same, w_rel, w_dist, w_nm, w_nc, w_km, w_sc = W[3], W[4], W[5], W[7], W[8], W[9], W[10]
+        same_topic = w_same if nt is not None else 0.0
         kept: list[int] = []
-        part: list[float] = []  # the score's terms that need no word rarity
+        part: list[float] = []  # the score's terms that need neither word rarity nor the time gap
+        times: list[float] = []
         flat: list[str] = []  # every kept candidate's words (text grams and place tokens), candidate after candidate
         lens: list[int] = []
         for rid in ids:
@@ -321,22 +325,29 @@ class IncidentMatcher:
             fs = f.place.street
             if street and fs and fs != street and f" {fs} " not in text_new and f" {street} " not in f" {f.tokens} ":
                 continue
-            nm = not alleys.isdisjoint(f.alleys)
-            km = _distance_km(place, f.place)
-            sc = False
+            z = same_topic if f.topic == nt else 0.0
+            if f.topic in related:
+                z += w_rel
+            if nd and f.district and nd != f.district:
+                z += w_dist
+            if alleys and f.alleys:
+                z += w_nc if alleys.isdisjoint(f.alleys) else w_nm
+            if gps:
+                km = _distance_km(place, f.place)
+                if km is not None:
+                    z += w_km * min(km, 3.0)
             if streets and f.street_names:
-                sc = conflict.get(f.street_names)  # type: ignore[assignment]
+                sc = conflict.get(id(f.street_names))
                 if sc is None:
-                    sc = conflict[f.street_names] = not any(same_street(x, y) for x in streets
-                                                            for y in f.street_names)
-            part.append(W[3] * (nt is not None and nt == f.topic) + W[4] * (f.topic in related)
-                        + W[5] * bool(nd and f.district and nd != f.district)
-                        + W[6] * math.log1p(abs(nat - f.received_at) / 3600.0)
-                        + W[7] * nm + W[8] * bool(alleys and f.alleys and not nm)
-                        + W[9] * (min(km, 3.0) if km is not None else 0.0) + W[10] * sc)
+                    sc = conflict[id(f.street_names)] = not any(same_street(x, y) for x in streets
+                                                                for y in f.street_names)
+                if sc:
+                    z += w_sc
+            part.append(z)
+            times.append(f.received_at)
             kept.append(rid)
-            flat.extend(f.grams)
-            flat.extend(f.ptoks)
+            flat += f.grams
+            flat += f.ptoks
             lens.append(len(f.grams) + len(f.ptoks))
         if not kept:
             return policy.Match(None, 0.0, None, "hard_negative")
@@ -358,7 +369,9 @@ class IncidentMatcher:
         shared = np.bincount(seg, weights=r * shared_mask, minlength=m)
         overlap = np.divide(shared, mass, out=np.zeros(m), where=mass > 0)
         cos = np.fromiter((cosines[i] for i in kept), np.float64, m)
-        z = policy.BIAS + np.asarray(part) + W[0] * cos + W[1] * overlap + W[2] * np.log1p(shared)
+        gap_hours = np.abs(nat - np.asarray(times)) / 3600.0
+        z = (policy.BIAS + np.asarray(part) + W[0] * cos + W[1] * overlap + W[2] * np.log1p(shared)
+             + W[6] * np.log1p(gap_hours))
         # faiss's score and numpy's dot product are float32 sums in different orders: each is within
         # dim * 2^-24 |q| |x| of the true product (2.5x for the 1/(1 - n u) factor and margin); everything
         # else is float64 arithmetic on values below ~1e4 (1e-6 is orders of magnitude above its rounding).
