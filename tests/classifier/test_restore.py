@@ -37,3 +37,10 @@ def test_text_with_diacritics_or_in_english_is_left_alone():
 def test_folded_training_text_teaches_nothing():
     r = Restorer().fit(["den duong bi hu"])
     assert r.restore("den duong bi hu") == "den duong bi hu"
+
+
+def test_a_frequent_form_does_not_override_the_pair_it_sits_in():
+    # "đó" is ten times as common as "đồ", but "ăn" after it only ever follows "đồ": the whole sequence decides.
+    r = Restorer().fit(["Đó là cái hố sâu."] * 10 + ["Đồ ăn vặt bán trước cổng trường."])
+    assert r.restore("do an vat truoc cong truong") == "đồ ăn vặt trước cổng trường"
+    assert r.restore("do la cai ho") == "đó là cái hố"
