@@ -192,6 +192,7 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                                            "match_f32": [], "match_cpu": [], "match_f32_cpu": [],
                                            "match_ref": [], "match_ref_cpu": [], "brute": []}
             same = 0  # queries where the batch screen and the per-pair policy gave the same match, to the bit
+            same_f32 = 0  # queries where the float16 first pass and the float32 block scan gave the same match
             switch = hasattr(index, "coarse")  # an index from before the float16 first pass has no switch
             has_district: list[bool] = []
             joined: list[bool] = []
@@ -249,6 +250,8 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                         joined.append(m.incident_id is not None)
                 if "match_ref" in outcomes:
                     same += outcomes["match"] == outcomes["match_ref"]
+                if "match_f32" in outcomes:
+                    same_f32 += outcomes["match"] == outcomes["match_f32"]
                 if switch:
                     index.coarse = True
                 s0 = time.perf_counter()
@@ -301,6 +304,8 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
             print(f"ratio batch screen / per-pair policy, {key}: " + ", ".join(parts))
     if lat["match_f32"]:
         # The float16 first pass against the float32 block scan, same queries, same run.
+        print(f"float16 pass and float32 block scan agree on {same_f32} of {queries} matches"
+              " (incident, report, score)")
         for key in ("topic_search", "match", "match_cpu"):
             new, old = np.array(lat[key]), np.array(lat[key.replace("match", "match_f32") if key.startswith("match")
                                                          else f"{key}_f32"])

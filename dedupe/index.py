@@ -195,9 +195,14 @@ class _Coarse:
         self.tmin = float(self.times[:m].min()) if m else float("inf")
         self.tmax = float(self.times[:m].max()) if m else float("-inf")
 
-    def candidates(self, query: np.ndarray, qnorm: float, k: int, lo: float, at: float) -> np.ndarray | None:
-        """Rows received in [lo, at] that could be among the exact k best of this topic (ties with the k-th
-        included): every row whose coarse score is at least the k-th coarse score minus twice the bound."""
+    def bound(self, qnorm: float) -> float:
+        """e: every coarse score of this topic is within e of the exact one, for a query of norm `qnorm`
+        (err, plus the rounding of both sums)."""
+        return qnorm * (self.err + _dot_slack(self.index.d) * (2.0 * self.norm + self.err))
+
+    def scan(self, query: np.ndarray, kk: int, lo: float, at: float) -> tuple[np.ndarray, np.ndarray, bool] | None:
+        """The best `kk` coarse scores and rows received in [lo, at], best first, and whether that is every such
+        row (None: no row in the window)."""
         n = self.n
         if n == 0 or self.tmax < lo or self.tmin > at:
             return None
@@ -212,22 +217,12 @@ class _Coarse:
             # Rows outside the window are skipped inside the scan (a bitmap over rows, faiss's ids here).
             bitmap = np.packbits(valid, bitorder="little")
             params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap)))
-        # Exact scores s and coarse scores a differ by at most e = |q| (err + rounding of both sums): a row of
-        # the exact top k scores s >= s_k >= a_k - e, so a >= a_k - 2e.
-        e = qnorm * (self.err + _dot_slack(self.index.d) * (2.0 * self.norm + self.err))
-        margin = 2.0 * e
-        kk = min(n_valid, 2 * k)
-        while True:
-            scores, rows = self.index.search(query, kk, params=params)
-            scores, rows = scores[0], rows[0]
-            keep = rows >= 0
-            scores, rows = scores[keep], rows[keep]
-            if kk >= n_valid or len(rows) < kk:
-                return rows  # every row in the window
-            cut = scores[k - 1] - margin
-            if scores[-1] < cut:
-                return rows[scores >= cut]
-            kk = min(n_valid, 4 * kk)  # rows this close to the cut were left out: widen (rare)
+        kk = min(n_valid, kk)
+        scores, rows = self.index.search(query, kk, params=params)
+        scores, rows = scores[0], rows[0]
+        keep = rows >= 0
+        scores, rows = scores[keep], rows[keep]
+        return scores, rows, kk >= n_valid or len(rows) < kk
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,25 +401,58 @@ class VectorWindow:
 
     def _search_coarse(self, vec: np.ndarray, k: int, lo: float, at: float, topics: Collection[str | None] | None,
                        scores: list[np.ndarray], ids: list[np.ndarray], times: list[np.ndarray]) -> None:
-        """A no-district search (lock held): per topic, the coarse candidates re-scored exactly. The exact
-        scores come from a flat index over the candidates' float32 vectors: the kernel the blocks use, so the
-        merged result is the block search's to the bit."""
+        """A no-district search (lock held): one coarse scan per topic, then the candidates of all topics
+        re-scored exactly at once.
+
+        The cut is global, not per topic: with A_k the k-th best coarse score over all scanned topics and e_i
+        topic i's bound (e the largest), k rows have exact scores >= A_k - e, so the exact k-th S_k >= A_k - e,
+        and a row of topic i in the exact top k (ties included) has coarse score >= S_k - e_i >= A_k - e - e_i.
+        Each topic's first scan returns its best 2k (enough for A_k: no topic adds more than k rows to the
+        coarse top k); a topic whose last returned row is still above the cut is scanned again, wider (rare).
+        Against a cut per topic this re-scores ~k rows instead of ~k per topic. The exact scores come from a
+        flat index over the candidates' float32 vectors: the kernel the blocks use, so the merged result is the
+        block search's to the bit."""
         qnorm = float(np.linalg.norm(vec))
         wanted = self._coarse.keys() if topics is None else topics
+        found: list[tuple[_Coarse, np.ndarray, np.ndarray, bool, float]] = []
         for topic in wanted:
             coarse = self._coarse.get(topic)
             if coarse is None:
                 continue
-            rows = coarse.candidates(vec, qnorm, k, lo, at)
-            if rows is None or len(rows) == 0:
+            got = coarse.scan(vec, 2 * k, lo, at)
+            if got is None or len(got[1]) == 0:
                 continue
-            cand_ids = coarse.ids[rows]
-            exact = faiss.IndexFlatIP(self.dim)
-            exact.add(self._gather(cand_ids.tolist()))
-            s, r = exact.search(vec, len(rows))
-            scores.append(s[0])
-            ids.append(cand_ids[r[0]])
-            times.append(coarse.times[rows][r[0]])
+            found.append((coarse, *got, coarse.bound(qnorm)))
+        if not found:
+            return
+        all_coarse = np.concatenate([f[1] for f in found])
+        e_max = max(f[4] for f in found)
+        a_k = float(np.partition(all_coarse, len(all_coarse) - k)[len(all_coarse) - k]) \
+            if len(all_coarse) > k else float("-inf")
+        cand_ids: list[np.ndarray] = []
+        cand_times: list[np.ndarray] = []
+        for coarse, s, rows, complete, e_i in found:
+            cut = a_k - e_max - e_i
+            kk = len(rows)
+            while not complete and s[-1] >= cut:
+                # Rows this close to the cut may have been left out: widen this topic's scan.
+                kk *= 4
+                got = coarse.scan(vec, kk, lo, at)
+                assert got is not None
+                s, rows, complete = got
+            rows = rows[s >= cut]
+            cand_ids.append(coarse.ids[rows])
+            cand_times.append(coarse.times[rows])
+        c_ids = np.concatenate(cand_ids)
+        if len(c_ids) == 0:
+            return
+        c_times = np.concatenate(cand_times)
+        exact = faiss.IndexFlatIP(self.dim)
+        exact.add(self._gather(c_ids.tolist()))
+        s, r = exact.search(vec, len(c_ids))
+        scores.append(s[0])
+        ids.append(c_ids[r[0]])
+        times.append(c_times[r[0]])
 
     def _gather(self, report_ids: list[int]) -> np.ndarray:
         """The float32 vectors of indexed reports, in order (lock held; every id must be indexed). Row by row:

@@ -74,3 +74,30 @@ def test_no_district_search_after_a_bulk_rebuild_equals_the_incrementally_grown_
         q = vecs[rng.integers(len(vecs))].copy()
         topics_asked = None if j % 2 else {"electricity", None}
         assert _hits(rebuilt, q, 64, at, topics_asked) == _hits(grown, q, 64, at, topics_asked)
+
+
+def test_no_district_search_over_many_topics_equals_the_block_scan_on_random_vectors() -> None:
+    # The candidate cut is shared by all topics of a query (the k-th best coarse score over all of them): a
+    # topic holding none of the k best contributes only rows within the bound of that cut. Spread, random
+    # vectors (the bench's kind) with several topics per query, against the float32 block scan.
+    rng = np.random.default_rng(11)
+    n, dim = 4000, 96
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    times = np.sort(T0 + rng.random(n) * 8 * DAY)
+    names = ["drainage", "trees", "electricity", "waste", "noise", None]
+    window = VectorWindow(dim, window_days=7)
+    window.add_many(range(1, n + 1), times.tolist(), [DISTRICTS[i] for i in rng.integers(0, 4, n)], vecs,
+                    [names[i] for i in rng.integers(0, len(names), n)])
+    for j in range(60):
+        base = vecs[rng.integers(n)] if j % 2 else rng.standard_normal(dim).astype(np.float32)
+        q = base + 0.05 * rng.standard_normal(dim).astype(np.float32)
+        q /= np.linalg.norm(q)
+        k = int(rng.choice([1, 8, 64]))
+        topics = None if j % 4 == 0 else set(rng.choice(len(names), int(rng.integers(1, 5)), replace=False).tolist())
+        scope = None if topics is None else {names[i] for i in topics}
+        window.coarse = False
+        want = _hits(window, q, k, float(times[-1]), scope)
+        window.coarse = True
+        assert _hits(window, q, k, float(times[-1]), scope) == want, (j, k, scope)
+        assert len(want) == k
