@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from classifier.evaluate import predict
 from classifier.trainer import SEED_PATH
@@ -11,6 +12,8 @@ from config.schema import ClassifierConfig
 from ingest.text import has_diacritics
 
 
+# Embeds every training text (seed and written examples, their restorations per fold) once on a fresh machine.
+@pytest.mark.timeout(900)
 def test_cross_validated_routing_does_not_regress(settings, embedder):
     rows = [json.loads(line) for line in SEED_PATH.read_text(encoding="utf-8").splitlines() if line]
     # At the shipped review threshold (the confidence is the safety model's P(routing right) since topic-v4).
@@ -22,14 +25,14 @@ def test_cross_validated_routing_does_not_regress(settings, embedder):
     abusive = [p for p in preds if p.expected["topic"] == "abusive"]
     complaints = [p for p in preds if p.expected["topic"] == "complaint_denunciation"]
     nodia = np.array([not has_diacritics(p.text) for p in preds])
-    # Measured (seed 0) 0.936 agency accuracy (0.930 without diacritics, 0.939 with), 0.985 precision at 0.67
-    # coverage at threshold 0.6, abusive recall 0.96 auto / 1.0 with review, complaints 0.96 auto / 1.0 with
-    # review (topic-v3 with diacritics restoration; topic-v2 was 0.931, 0.918 / 0.939, 0.979 at 0.62).
-    assert agency_ok.mean() >= 0.925
+    # Measured (topic-v5, seed 0): 0.963 agency accuracy (0.951 without diacritics, 0.969 with), 0.988
+    # precision at 0.849 coverage at threshold 0.9, abusive and complaints 1.0 refused automatically (topic-v4
+    # without the written examples: 0.937, 0.980 at 0.73, 0.96 / 0.93).
+    assert agency_ok.mean() >= 0.95
     # Reports typed without diacritics are routed nearly as well as the rest (target: within 2 points).
     assert agency_ok[~nodia].mean() - agency_ok[nodia].mean() <= 0.02
-    assert agency_ok[routed].mean() >= 0.98 and routed.mean() >= 0.64
-    assert sum(p.status == "rejected" for p in abusive) / len(abusive) >= 0.92
+    assert agency_ok[routed].mean() >= 0.98 and routed.mean() >= 0.80
+    assert sum(p.status == "rejected" for p in abusive) / len(abusive) >= 0.96
     # A complaint is refused automatically or at least shown to the operator as one, never dispatched.
     assert all(p.status in ("out_of_scope", "review") for p in complaints)
     assert sum(p.status == "out_of_scope" or p.topic == "complaint_denunciation" for p in complaints) / len(complaints) >= 0.95
