@@ -19,9 +19,11 @@ A report with no district is compared with every district: the groupable topics'
 bandwidth. Those queries go through a second, coarse structure instead: per topic, one float16 copy of every
 district's rows (faiss IndexScalarQuantizer, half the bytes to read, one faiss call per topic). Its scores are
 within a bound of the exact ones (measured per vector when it is added, see `_Coarse`), so every row that
-could be in the exact top k is among the coarse candidates scoring at least (k-th coarse score - 2 x bound);
-those few are re-scored exactly from the float32 blocks with the same faiss kernel, so the answer is the
-block search's own, scores to the bit.
+could be in the exact top k is among the coarse candidates scoring at least (k-th coarse score over all the
+query's topics - 2 x bound); those few (~k, not ~k per topic) are re-scored exactly from the float32 blocks in
+one pass with the same faiss kernel, so the answer is the block search's own, scores to the bit.
+(faiss-cpu 1.15 is a dynamic-dispatch build: `faiss.SIMDConfig.get_level_name()` reports AVX512 here, even
+though the loader finds no swigfaiss_avx2 module; a float16 scan at SIMD level NONE is ~25x slower.)
 
 The whole process searches one query at a time, so faiss runs single-threaded (see `VectorWindow.__init__`).
 """
