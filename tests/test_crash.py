@@ -104,6 +104,22 @@ name = "app"
             await asyncio.sleep(0.1)
         raise AssertionError("daemon did not start:\n" + self.tail())
 
+    async def wait_model_loaded(self, timeout: float = 600) -> None:
+        """Until /readyz says the classifier's model is loaded: the first start on a fresh machine trains it, and
+        no report moves meanwhile (that wait is not a stall)."""
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                assert self.proc is not None and self.proc.poll() is None, self.tail()
+                try:
+                    async with session.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.5)
+        raise AssertionError("model not loaded:\n" + self.tail())
+
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
@@ -191,6 +207,7 @@ async def test_kill9_under_load_loses_and_duplicates_nothing(tmp_path: Path) -> 
             # Classifying 2,000 reports takes minutes on a shared 2-core box: wait as long as the pipeline makes
             # progress, and fail when it stalls (a lost job) or the overall cap is reached.
             pending: list[tuple] = []
+            await daemon.wait_model_loaded()
             deadline = time.monotonic() + FINAL_WAIT_SECONDS
             last_progress, last_count = time.monotonic(), REPORTS + 1
             while time.monotonic() < deadline and time.monotonic() - last_progress < STALL_SECONDS:
