@@ -29,15 +29,16 @@ split (train 1-15 Sep, route 16-30 Sep): agency 0.893 -> 0.904; precision 0.980 
 scaled group mass (coverage at 0.99 CV precision 0.53 vs 0.55), but its output is calibrated (what it says
 at 0.9 is what it gets, on both evaluations), so the threshold keeps its meaning out of time.
 
-topic-v5: training adds the hand-written examples (classifier/data/synthetic, weight 0.5, never calibrating),
-and the restorer decodes whole word sequences (classifier/restore.py). 5-fold CV: agency 0.937 -> 0.963,
-no-diacritics 0.930 -> 0.951 (gap 1.8 points), at threshold 0.9 precision 0.988 at coverage 0.847. Time splits
-(route + score_route.py; train 1-15 Sep / route 16-30, and the reverse): agency 0.904 -> 0.966 and
-0.882 -> 0.962. The model's defaults (C, embedding weight) and the written examples' weight (0.3-0.8) were
-re-checked on CV with the new data: flat within 0.2 points. The confidence is now capped at the square root of
-the group mass (see `predict`): a split model dispatched a report with flat probabilities (top 0.20) at 0.996.
-Time split 1: precision 0.977 -> 0.997 at coverage 0.859 -> 0.825; split 2 and CV unchanged (0.983 at 0.87;
-0.988 at 0.847).
+topic-v5: training adds the hand-written examples (classifier/data/synthetic, ~2,400 at weight 0.5, never
+calibrating), and the restorer decodes whole word sequences (classifier/restore.py). 5-fold CV, step by step:
+agency 0.937 -> 0.959 (first 1,032 written examples) -> 0.961 (962 more) -> 0.963 (sequence restoration;
+no-diacritics 0.942 -> 0.951) -> 0.970 (440 boundary examples: words of a neighbouring topic, labelled by the
+root problem). Now: no-diacritics 0.959 against 0.976 with diacritics; at threshold 0.9, precision 0.988 at
+coverage 0.857. The confidence is capped at the square root of the group mass (see `predict`): a split model had
+dispatched a report with flat topic probabilities (top 0.20) at 0.996. Time splits (route + score_route.py;
+train 1-15 Sep / route 16-30, and the reverse): agency 0.904 -> 0.963 and 0.882 -> 0.971; precision 0.997 at
+coverage 0.825 and 0.986 at 0.855. C, the embedding weight and the written examples' weight (0.3-0.8) were
+re-checked on CV with the new data: flat within 0.2 points.
 
 Pure compute: the caller supplies vectors; no I/O here.
 """
