@@ -91,34 +91,27 @@ name = "app"
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
-    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 180) -> None:
+    async def _wait_for_ok(self, session: aiohttp.ClientSession, path: str, timeout: float, failure: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None and self.proc.poll() is None, self.tail()
             try:
-                async with session.get(f"http://127.0.0.1:{self.port}/open311/v2/services.json") as resp:
+                async with session.get(f"http://127.0.0.1:{self.port}{path}") as resp:
                     if resp.status == 200:
                         return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
-        raise AssertionError("daemon did not start:\n" + self.tail())
+        raise AssertionError(f"{failure}:\n" + self.tail())
+
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 180) -> None:
+        await self._wait_for_ok(session, "/open311/v2/services.json", timeout, "daemon did not start")
 
     async def wait_model_loaded(self, timeout: float = 600) -> None:
         """Until /readyz says the classifier's model is loaded: the first start on a fresh machine trains it, and
         no report moves meanwhile (that wait is not a stall)."""
-        deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.proc is not None and self.proc.poll() is None, self.tail()
-                try:
-                    async with session.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.5)
-        raise AssertionError("model not loaded:\n" + self.tail())
+            await self._wait_for_ok(session, "/readyz", timeout, "model not loaded")
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
