@@ -31,7 +31,7 @@ run: setup
 	$(PY) run_daemon.py serve --config $(CONFIG)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 bench: setup
 	$(PY) bench/run_all.py

