@@ -72,7 +72,8 @@ def load_synthetic(path: Path | None = None) -> list[dict[str, Any]]:
 def synthetic_examples(rows: Sequence[dict[str, Any]], weight: float) -> list[Example]:
     """Written by the team from the topic definitions to widen the vocabulary of each topic beyond the seed
     reports. They count less than real reports, and calibration ignores them (see TopicModel.fit: only
-    weight-1 examples calibrate), since a written example is cleaner than what arrives."""
+    weight-1 examples calibrate), since a written example is cleaner than what arrives; an administrator who
+    sets the weight to 1 declares them as good as real reports, calibration included."""
     if weight <= 0:
         return []
     return [Example(text=report_text(r["text"], r.get("subject")), topic=r["expected"]["topic"], weight=weight,
