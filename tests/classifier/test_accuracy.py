@@ -25,12 +25,12 @@ def test_cross_validated_routing_does_not_regress(settings, embedder):
     abusive = [p for p in preds if p.expected["topic"] == "abusive"]
     complaints = [p for p in preds if p.expected["topic"] == "complaint_denunciation"]
     nodia = np.array([not has_diacritics(p.text) for p in preds])
-    # Measured (topic-v5, seed 0): 0.970 agency accuracy (0.959 without diacritics, 0.976 with), 0.988
-    # precision at 0.857 coverage at threshold 0.9, abusive and complaints 1.0 refused automatically (topic-v4
+    # Measured (topic-v5, seed 0): 0.970 agency accuracy (0.951 without diacritics, 0.980 with), 0.988
+    # precision at 0.867 coverage at threshold 0.9, abusive and complaints 1.0 refused automatically (topic-v4
     # without the written examples: 0.937, 0.980 at 0.73, 0.96 / 0.93).
     assert agency_ok.mean() >= 0.95
     # Reports typed without diacritics are routed nearly as well as the rest. The target is 2 points; measured
-    # 1.7-2.3 across machines (vectors differ in the last bits with batch composition, which moves a few
+    # 1.7-2.9 across machines and training sets (vectors differ in the last bits with batch composition, which moves a few
     # borderline reports), so the guard sits one report-share above: a broken restorer costs 5+ points.
     assert agency_ok[~nodia].mean() - agency_ok[nodia].mean() <= 0.03
     assert agency_ok[routed].mean() >= 0.98 and routed.mean() >= 0.80
