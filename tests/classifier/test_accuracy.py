@@ -30,9 +30,10 @@ def test_cross_validated_routing_does_not_regress(settings, embedder):
     # without the written examples: 0.937, 0.980 at 0.73, 0.96 / 0.93).
     assert agency_ok.mean() >= 0.95
     # Reports typed without diacritics are routed nearly as well as the rest. The target is 2 points; measured
-    # 1.7-2.9 across machines and training sets (vectors differ in the last bits with batch composition, which moves a few
-    # borderline reports), so the guard sits one report-share above: a broken restorer costs 5+ points.
-    assert agency_ok[~nodia].mean() - agency_ok[nodia].mean() <= 0.03
+    # 1.7-2.9 across machines and training sets (vectors differ in the last bits with batch composition, which
+    # moves a few borderline reports; one no-diacritics report is 0.4 points), so this guard only catches a
+    # gross regression such as the lexical features no longer folding diacritics.
+    assert agency_ok[~nodia].mean() - agency_ok[nodia].mean() <= 0.04
     assert agency_ok[routed].mean() >= 0.98 and routed.mean() >= 0.80
     assert sum(p.status == "rejected" for p in abusive) / len(abusive) >= 0.96
     # A complaint is refused automatically or at least shown to the operator as one, never dispatched.
