@@ -51,38 +51,29 @@ def _pairs(tokens: Sequence[str]) -> Iterable[tuple[str, str]]:
 
 @dataclass
 class Restorer:
-    """Folded word (and word pair) -> counts of the accented forms seen in training text."""
+    """Folded word -> counts of the accented forms seen in training text, and counts of accented word pairs."""
 
     min_known: float = 0.6  # share of a text's words that must be known Vietnamese before it is restored
+    bigram_weight: float = 0.8  # interpolation weight of the bigram estimate against the unigram one
     unigrams: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    bigrams: dict[tuple[str, str], Counter[tuple[str, str]]] = field(default_factory=lambda: defaultdict(Counter))
+    pair_counts_: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def fit(self, texts: Iterable[str]) -> Restorer:
         for text in texts:
             if not has_diacritics(text):
                 continue  # folded text teaches nothing about diacritics
             words = [unicodedata.normalize("NFC", w.lower()) for w in _TOKEN.findall(text)]
-            folded = [fold(w) for w in words]
-            for f, w in zip(folded, words):
-                if not f.isdigit():
-                    self.unigrams[f][w] += 1
-            for (f1, f2), (w1, w2) in zip(_pairs(folded), _pairs(words)):
-                self.bigrams[(f1, f2)][(w1, w2)] += 1
-        # Plain dicts: picklable, and lookups of unknown words do not grow the tables.
+            for w in words:
+                if not w.isdigit():
+                    self.unigrams[fold(w)][w] += 1
+            self.pair_counts_.update(_pairs(words))
+        # A plain dict: picklable, and lookups of unknown words do not grow the table.
         self.unigrams = {k: Counter(v) for k, v in self.unigrams.items()}
-        self.bigrams = {k: Counter(v) for k, v in self.bigrams.items()}
-        # Accented-word tables for the sequence model: word counts, and counts of accented pairs.
         self.word_counts_: Counter[str] = Counter()
         for forms in self.unigrams.values():
             self.word_counts_.update(forms)
-        self.pair_counts_: Counter[tuple[str, str]] = Counter()
-        for pairs in self.bigrams.values():
-            self.pair_counts_.update(pairs)
         self.total_ = max(1, sum(self.word_counts_.values()))
         return self
-
-    # Interpolation weight of the bigram estimate against the unigram one.
-    bigram_weight: float = 0.8
 
     def _log_transition(self, prev: str | None, word: str) -> float:
         p_uni = (self.word_counts_.get(word, 0) + 0.5) / (self.total_ + 0.5 * len(self.word_counts_))
@@ -117,20 +108,6 @@ class Restorer:
             i = j
         return out
 
-    def _choose(self, folded: list[str], i: int) -> str | None:
-        word = folded[i]
-        votes: Counter[str] = Counter()
-        # Neighbouring pairs weigh most: they settle "ban" as "bàn" (table) or "bán" (sell).
-        if i > 0:
-            for (_, w2), n in self.bigrams.get((folded[i - 1], word), Counter()).items():
-                votes[w2] += 3 * n
-        if i + 1 < len(folded):
-            for (w1, _), n in self.bigrams.get((word, folded[i + 1]), Counter()).items():
-                votes[w1] += 3 * n
-        for w, n in self.unigrams.get(word, Counter()).items():
-            votes[w] += n
-        return votes.most_common(1)[0][0] if votes else None
-
     def restore(self, text: str) -> str:
         """The text with diacritics put back; unchanged if it has diacritics or is mostly not Vietnamese."""
         if has_diacritics(text):
@@ -145,8 +122,7 @@ class Restorer:
         known = sum(1 for w in folded if w in self.unigrams or w.isdigit())
         if known < self.min_known * len(folded):
             return text
-        decoded = self._decode(folded) if hasattr(self, "pair_counts_") else [
-            None if w.isdigit() else self._choose(folded, i) for i, w in enumerate(folded)]
+        decoded = self._decode(folded)
         out, last = [], 0
         for i, (a, b) in enumerate(spans):
             out.append(text[last:a])

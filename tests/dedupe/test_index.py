@@ -29,6 +29,23 @@ def _hits(window: VectorWindow, q: np.ndarray, k: int, at: float, topics) -> lis
     return [(h.report_id, h.cosine, h.received_at) for h in window.search(q, None, k, at, topics=topics)]
 
 
+def _grown(dim: int, ids, times, districts, vecs, topics) -> VectorWindow:
+    """A window filled one report at a time, as the stage does between rebuilds."""
+    window = VectorWindow(dim, window_days=7)
+    for i in range(len(ids)):
+        window.add(int(ids[i]), float(times[i]), districts[i], vecs[i], topics[i])
+    return window
+
+
+def _exact_hits(window: VectorWindow, q: np.ndarray, k: int, at: float, topics) -> list[tuple[int, float, float]]:
+    """What the float32 block scan answers (the float16 first pass switched off), leaving the pass on."""
+    window.coarse = False
+    try:
+        return _hits(window, q, k, at, topics)
+    finally:
+        window.coarse = True
+
+
 def _same_as_block_scan(window: VectorWindow, rng: np.random.Generator, vecs: np.ndarray, at: float) -> int:
     checked = 0
     for j in range(40):
@@ -36,11 +53,8 @@ def _same_as_block_scan(window: VectorWindow, rng: np.random.Generator, vecs: np
         q /= np.linalg.norm(q)
         k = int(rng.choice([1, 5, 64]))
         topics = None if j % 3 == 0 else {"drainage", None} if j % 3 == 1 else {"trees"}
-        window.coarse = False
-        want = _hits(window, q, k, at, topics)
-        window.coarse = True
-        got = _hits(window, q, k, at, topics)
-        assert got == want, (j, k, topics)
+        want = _exact_hits(window, q, k, at, topics)
+        assert _hits(window, q, k, at, topics) == want, (j, k, topics)
         checked += len(want)
     return checked
 
@@ -48,9 +62,7 @@ def _same_as_block_scan(window: VectorWindow, rng: np.random.Generator, vecs: np
 def test_no_district_search_equals_the_exact_block_scan_at_the_window_edge_and_after_expiry() -> None:
     rng = np.random.default_rng(3)
     ids, times, districts, topics, vecs = _fill(rng, 3000, 64)
-    window = VectorWindow(64, window_days=7)
-    for i in range(len(ids)):
-        window.add(int(ids[i]), float(times[i]), districts[i], vecs[i], topics[i])
+    window = _grown(64, ids, times, districts, vecs, topics)
     # The window's edge falls inside every block: old rows are skipped, not just the expired days dropped.
     assert _same_as_block_scan(window, rng, vecs, float(times[-1])) > 0
     assert _same_as_block_scan(window, rng, vecs, float(times[-1] - 1.5 * DAY)) > 0
@@ -61,9 +73,7 @@ def test_no_district_search_equals_the_exact_block_scan_at_the_window_edge_and_a
 def test_no_district_search_after_a_bulk_rebuild_equals_the_incrementally_grown_window() -> None:
     rng = np.random.default_rng(5)
     ids, times, districts, topics, vecs = _fill(rng, 1500, 32)
-    grown = VectorWindow(32, window_days=7)
-    for i in range(len(ids)):
-        grown.add(int(ids[i]), float(times[i]), districts[i], vecs[i], topics[i])
+    grown = _grown(32, ids, times, districts, vecs, topics)
     grown.expire()
     rebuilt = VectorWindow(32, window_days=7)
     rebuilt.add_many(ids, times, districts, vecs, topics)
@@ -96,8 +106,6 @@ def test_no_district_search_over_many_topics_equals_the_block_scan_on_random_vec
         k = int(rng.choice([1, 8, 64]))
         topics = None if j % 4 == 0 else set(rng.choice(len(names), int(rng.integers(1, 5)), replace=False).tolist())
         scope = None if topics is None else {names[i] for i in topics}
-        window.coarse = False
-        want = _hits(window, q, k, float(times[-1]), scope)
-        window.coarse = True
+        want = _exact_hits(window, q, k, float(times[-1]), scope)
         assert _hits(window, q, k, float(times[-1]), scope) == want, (j, k, scope)
         assert len(want) == k
