@@ -26,12 +26,12 @@ from config.directory import load_directory
 from config.schema import Settings
 from ingest.text import has_diacritics
 
-from .embedder import EmbeddingThread, VectorCache, embed_cached, load_embedder, report_text
+from .embedder import EmbeddingThread, VectorCache, load_embedder, report_text
 from .model import TopicModel, load_cues
 from .place import find_place, load_gazetteer
 from .policy import abusive_terms_in, complaint_terms_in, decide
-from .trainer import (SEED_PATH, description_examples, load_or_train, load_synthetic, reject_reasons, routing_groups,
-                      seed_examples, synthetic_examples, vocabulary_texts)
+from .trainer import (SEED_PATH, description_examples, load_or_train, load_synthetic, model_vectors, reject_reasons,
+                      routing_groups, seed_examples, synthetic_examples, vocabulary_texts)
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +93,14 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
         for k, (train_idx, test_idx) in enumerate(splitter.split(texts, labels), 1):
             log.info("eval: fold %d/%d", k, folds)
             tr_texts = [texts[i] for i in train_idx] + [d.text for d in desc]
-            # As in training: the restorer learns from this fold's training texts only, then every text of
-            # the input is embedded as the fold's model would embed it.
+            # As in training: the restorer learns from this fold's training texts only, and every text, the
+            # written examples included, is embedded as the fold's model embeds it.
             model = TopicModel(load_cues()).fit_restorer(tr_texts, vocabulary)
-            vectors = embed_cached(encode, cache, [model.embedding_text(t) for t in texts])
-            tr_vecs = np.vstack([vectors[train_idx], embed_cached(encode, cache, [d.text for d in desc])])
             weights = [1.0] * len(train_idx) + [d.weight for d in desc]
-            model.fit(tr_texts, tr_vecs, list(labels[train_idx]) + [d.topic for d in desc], weights=weights,
-                      groups=groups)
-            p, s = model.predict([texts[i] for i in test_idx], vectors[test_idx])
+            model.fit(tr_texts, model_vectors(model, tr_texts, encode, cache),
+                      list(labels[train_idx]) + [d.topic for d in desc], weights=weights, groups=groups)
+            te_texts = [texts[i] for i in test_idx]
+            p, s = model.predict(te_texts, model_vectors(model, te_texts, encode, cache))
             for j, i in enumerate(test_idx):
                 probs[i], classes[i], safety[i] = p[j], model.classes_, s[j]
     else:
@@ -109,7 +108,7 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
                     + description_examples(directory)
                     + synthetic_examples(load_synthetic(cfg.synthetic_data), cfg.synthetic_weight))
         model = load_or_train(examples, encode, Path(cfg.cache_dir), embedder.name, vocabulary, groups)
-        p, safety = model.predict(texts, embed_cached(encode, cache, [model.embedding_text(t) for t in texts]))
+        p, safety = model.predict(texts, model_vectors(model, texts, encode, cache))
         for i in range(len(rows)):
             probs[i], classes[i] = p[i], model.classes_
     out = []

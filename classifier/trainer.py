@@ -131,6 +131,13 @@ def cache_key(examples: Sequence[Example], embedder_name: str, vocabulary: Seque
     return h.hexdigest()[:24]
 
 
+def model_vectors(model: TopicModel, texts: Sequence[str], embed: Any, cache: VectorCache,
+                  progress: Any = None) -> np.ndarray:
+    """The vectors `model` is fitted on or predicts from: each text as the model embeds it (restored where typed
+    without diacritics). Training and evaluation both go through here so they cannot drift apart."""
+    return embed_cached(embed, cache, [model.embedding_text(t) for t in texts], progress=progress)
+
+
 def train(examples: Sequence[Example], embed: Any, cache: VectorCache, *, progress: bool = True,
           vocabulary: Sequence[str] = (), groups: dict[str, str] | None = None) -> TopicModel:
     """Fit a model; `embed` is a blocking encode (through the single inference thread)."""
@@ -142,7 +149,7 @@ def train(examples: Sequence[Example], embed: Any, cache: VectorCache, *, progre
         if progress:
             log.info("classifier training: embedded %d/%d examples", done, total)
 
-    vectors = embed_cached(embed, cache, [model.embedding_text(t) for t in texts], progress=report)
+    vectors = model_vectors(model, texts, embed, cache, progress=report)
     log.info("classifier training: fitting on %d examples", len(texts))
     model.fit(texts, vectors, [ex.topic for ex in examples], weights=[ex.weight for ex in examples],
               groups=groups)

@@ -25,15 +25,15 @@ def test_cross_validated_routing_does_not_regress(settings, embedder):
     abusive = [p for p in preds if p.expected["topic"] == "abusive"]
     complaints = [p for p in preds if p.expected["topic"] == "complaint_denunciation"]
     nodia = np.array([not has_diacritics(p.text) for p in preds])
-    # Measured (topic-v5, seed 0): 0.970 agency accuracy (0.951 without diacritics, 0.980 with), 0.988
-    # precision at 0.867 coverage at threshold 0.9, abusive and complaints 1.0 refused automatically (topic-v4
+    # Measured (topic-v5, seed 0): 0.973 agency accuracy (0.967 without diacritics, 0.976 with), 0.990
+    # precision at 0.869 coverage at threshold 0.9, abusive and complaints 1.0 refused automatically (topic-v4
     # without the written examples: 0.937, 0.980 at 0.73, 0.96 / 0.93).
     assert agency_ok.mean() >= 0.95
-    # Reports typed without diacritics are routed nearly as well as the rest. The target is 2 points; measured
-    # 1.7-2.9 across machines and training sets (vectors differ in the last bits with batch composition, which
-    # moves a few borderline reports; one no-diacritics report is 0.4 points), so this guard only catches a
-    # gross regression such as the lexical features no longer folding diacritics.
-    assert agency_ok[~nodia].mean() - agency_ok[nodia].mean() <= 0.04
+    # Reports typed without diacritics are routed nearly as well as the rest: target 2 points, measured 0.9.
+    # One no-diacritics report is 0.4 points and vectors differ in the last bits across machines, hence the
+    # margin. The guard fails if, say, the lexical features stop folding diacritics or the written examples
+    # typed without diacritics are embedded unrestored (that alone measured 2.9).
+    assert agency_ok[~nodia].mean() - agency_ok[nodia].mean() <= 0.03
     assert agency_ok[routed].mean() >= 0.98 and routed.mean() >= 0.80
     assert sum(p.status == "rejected" for p in abusive) / len(abusive) >= 0.96
     # A complaint is refused automatically or at least shown to the operator as one, never dispatched.
