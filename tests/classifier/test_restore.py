@@ -44,3 +44,16 @@ def test_a_frequent_form_does_not_override_the_pair_it_sits_in():
     r = Restorer().fit(["Đó là cái hố sâu."] * 10 + ["Đồ ăn vặt bán trước cổng trường."])
     assert r.restore("do an vat truoc cong truong") == "đồ ăn vặt trước cổng trường"
     assert r.restore("do la cai ho") == "đó là cái hố"
+
+
+def test_text_with_only_a_word_or_two_accented_is_restored_around_them():
+    # Chat users often accent one word ("xe chạy ẩu"); the rest is still folded and must not reach the
+    # embedder as it was typed. The accented word stays exactly as typed.
+    r = Restorer().fit(TRAINING)
+    assert r.restore("den duong hem 12 bi hư, toi om") == "đèn đường hẻm 12 bị hư, tối om"
+    assert r.restore("Nuoc may bi mat tu sáng") == "Nước máy bị mất từ sáng"
+
+
+def test_half_accented_training_text_teaches_no_folded_forms():
+    r = Restorer().fit(TRAINING + ["den duong hem bi hư"] * 5)
+    assert r.restore("den duong hem 12 bi hu") == "đèn đường hẻm 12 bị hư"
