@@ -95,10 +95,15 @@ async def show(store: Store, report_id: int) -> dict[str, Any]:
     }
 
 
+class AlreadyDecided(ValueError):
+    """The report is no longer waiting for review: another operator (or a second click) decided it first."""
+
+
 async def decide(store: Store, directory: Directory, report_id: int, *, actor: str, topic: str | None = None,
                  agency: str | None = None, reject: str | None = None,
                  reasons: dict[str, str] | None = None) -> Classification:
-    """Record an operator decision and send the report on. Raises LookupError/ValueError on bad input."""
+    """Record an operator decision and send the report on. Raises LookupError/ValueError on bad input, and
+    AlreadyDecided when the report is not (or, by the time the decision is written, no longer) in review."""
     if not actor:
         raise ValueError("an operator name (--actor) is required")
     row = await store.fetchone("SELECT id, status, record, classification, topic, agency FROM reports WHERE id=?",
@@ -107,16 +112,21 @@ async def decide(store: Store, directory: Directory, report_id: int, *, actor: s
         raise LookupError(f"no report {report_id}")
     if row["classification"] is None:
         raise ValueError(f"report {report_id} has not been classified yet")
+    if row["status"] != "review":
+        raise AlreadyDecided(f"report {report_id} is not waiting for review (status: {row['status']})")
     previous = from_json(Classification, row["classification"])
     result = operator_decision(directory, previous, topic=topic, agency=agency, reject=reject, reasons=reasons)
     record = json.loads(row["record"])
     text = report_text(record.get("text", ""), record.get("subject"))
     now = store.clock.now()
     async with store.transaction() as tx:
-        await tx.execute(
+        # Checked again inside the write transaction: two operators deciding at once must not both dispatch.
+        cur = await tx.execute(
             "UPDATE reports SET status=?, topic=?, category=?, agency=?, confidence=?, classification=?, updated_at=?"
-            " WHERE id=?", (result.status, result.topic, result.category, result.agency, result.confidence,
-                            to_json(result), now, report_id))
+            " WHERE id=? AND status='review'", (result.status, result.topic, result.category, result.agency,
+                                                result.confidence, to_json(result), now, report_id))
+        if cur.rowcount != 1:
+            raise AlreadyDecided(f"report {report_id} was decided by someone else a moment ago")
         await tx.execute(
             "INSERT INTO review_decisions(report_id, actor, at, decision, topic, agency, previous_topic,"
             " previous_agency, text) VALUES (?,?,?,?,?,?,?,?,?)",

@@ -231,7 +231,7 @@ class Console:
         return self.page(request, "review_one.html", {"info": info, "topics": topics, "text": text})
 
     async def review_decide(self, request: web.Request) -> web.StreamResponse:
-        from classifier.review import decide
+        from classifier.review import AlreadyDecided, decide
         from classifier.trainer import reject_reasons
 
         user: auth.User = request[USER]
@@ -256,6 +256,8 @@ class Console:
         try:
             result = await decide(self.store, self.ctx.directory, report_id, actor=user.username, topic=topic,
                                   agency=agency, reject=reject, reasons=reject_reasons(self.ctx.settings.data.agencies))
+        except AlreadyDecided:
+            return self.error(request, 409, f"Phản ánh {report_id} vừa được người khác xử lý.")
         except (LookupError, ValueError) as exc:
             return self.error(request, 400, f"Không thể quyết định: {exc}")
         log.info("review decision on report %d by %s: %s", report_id, user.username, result.status)

@@ -1,6 +1,7 @@
 """The classify stage end to end on a real store: vectors stored, statuses, next jobs; then operator review."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -68,7 +69,14 @@ async def test_classify_stage_routes_screens_and_stores_vectors(cstore, settings
     assert jobs[("notify", ids["abuse"])]["template"] == "rejected"
     assert jobs[("notify", ids["abuse"])]["reason"]
 
-    # Operator review: decide on the waste report, recorded with who and when; dedupe re-enqueued.
+    # A report dispatched without review is not the operators' to decide here (it was routed confidently).
+    assert rows[ids["waste"]]["status"] == "routed"
+    with pytest.raises(review.AlreadyDecided):
+        await review.decide(cstore, ctx.directory, ids["waste"], actor="op-lan", topic="noise")
+    # Operator review: the waste report, as if it had scored below the threshold; the decision is recorded with
+    # who and when, and dedupe re-enqueued.
+    async with cstore.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='review' WHERE id=?", (ids["waste"],))
     result = await review.decide(cstore, ctx.directory, ids["waste"], actor="op-lan", topic="illegal_construction")
     assert result.agency == "ubnd-go-vap" and result.status == "routed"
     dec = await cstore.fetchall("SELECT actor, at, topic FROM review_decisions WHERE report_id=?", (ids["waste"],))
@@ -103,3 +111,31 @@ async def test_review_cli_lists_shows_and_decides(cstore, settings, capsys):
     assert json.loads(notify["payload"])["template"] == "out_of_scope"
     assert await review.review_cli(cstore, settings, ["list"]) == 0
     assert "empty" in capsys.readouterr().out
+
+
+async def test_two_operators_deciding_the_same_report_at_once_dispatch_it_once(cstore, settings):
+    from classifier.service import classification_writes
+    from config.directory import load_directory
+    from ingest.records import Candidate, Classification, Place
+
+    rid = (await cstore.submit(msg("r2", "rác ở đầu hẻm 5 quận 3 chưa ai gom"), b"raw", "text/plain")).report_id
+    guess = Classification(status="review", topic="waste", category="civic", agency="ubnd-quan-3", confidence=0.4,
+                           place=Place(district="quan-3"),
+                           candidates=(Candidate(topic="waste", agency="ubnd-quan-3", score=0.4),))
+    async with cstore.transaction() as tx:
+        await classification_writes(rid, guess, None, None, None)(tx)
+    directory = load_directory(settings.data.agencies)
+    outcomes = await asyncio.gather(
+        review.decide(cstore, directory, rid, actor="op-lan", topic="waste"),
+        review.decide(cstore, directory, rid, actor="op-minh", topic="noise"), return_exceptions=True)
+    won = [o for o in outcomes if isinstance(o, Classification)]
+    lost = [o for o in outcomes if isinstance(o, review.AlreadyDecided)]
+    assert len(won) == 1 and len(lost) == 1
+    decisions = await cstore.fetchall("SELECT actor, topic FROM review_decisions WHERE report_id=?", (rid,))
+    assert len(decisions) == 1 and decisions[0]["topic"] == won[0].topic
+    jobs = await cstore.fetchall("SELECT payload FROM jobs WHERE stage='dedupe' AND report_id=?", (rid,))
+    assert [json.loads(j["payload"]) for j in jobs].count({"after_review": True}) == 1
+    # Later, from the command line: refused with the reason, nothing changes.
+    assert await review.review_cli(cstore, settings, ["decide", str(rid), "--actor", "op-hoa", "--reject",
+                                                      "abusive"]) == 1
+    assert (await cstore.fetchone("SELECT topic FROM reports WHERE id=?", (rid,)))["topic"] == won[0].topic
