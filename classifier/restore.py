@@ -30,17 +30,26 @@ from dataclasses import dataclass, field
 from ingest.text import fold, has_diacritics
 
 # Generic Vietnamese chat shorthand, folded. Only expansions with one reading are listed: "k"/"ko" (không),
-# not "a"/"e" (anh/em, also words of their own) nor "v" (vậy/và/về).
+# not "a"/"e" (anh/em, also words of their own) nor "v" (vậy/và/về), nor "hong" (southern "không", but in
+# reports far more often hỏng/hông/hổng and the Hồng of street names: "Lê Hồng Phong"). "bt" is "bình thường"
+# ("sáng bt", "vẫn bt"), not "biết", in what reporters write.
 ABBREVIATIONS: dict[str, str] = {
-    "k": "khong", "ko": "khong", "kh": "khong", "hok": "khong", "hong": "khong", "khg": "khong", "kg": "khong",
+    "k": "khong", "ko": "khong", "kh": "khong", "hok": "khong", "khg": "khong", "kg": "khong",
     "kô": "khong", "dc": "duoc", "dk": "duoc", "ng": "nguoi", "nc": "nuoc", "j": "gi", "r": "roi",
-    "vs": "voi", "mik": "minh", "mk": "minh", "bt": "biet", "bik": "biet", "ntn": "nhu the nao", "trc": "truoc",
+    "vs": "voi", "mik": "minh", "mk": "minh", "bt": "binh thuong", "bik": "biet", "ntn": "nhu the nao", "trc": "truoc",
     "cx": "cung", "cg": "cung", "dt": "dien thoai", "sdt": "so dien thoai", "hqua": "hom qua",
     "hnay": "hom nay", "ns": "noi", "lm": "lam", "bn": "bao nhieu", "bh": "bay gio", "h": "gio", "tg": "thoi gian",
     "nt": "nhan tin", "ok": "ok", "uh": "u", "z": "vay", "zay": "vay", "wa": "qua", "qa": "qua", "ms": "moi",
     "thik": "thich", "iu": "yeu", "ck": "chong", "vk": "vo", "tp": "thanh pho", "p": "phuong", "q": "quan",
 }
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def _expand(token: str) -> str:
+    # A lone capital is an initial in a name ("Thị H.", "Anna K"), except the ward and district markers.
+    if len(token) == 1 and token.isupper() and token not in "PQ":
+        return token
+    return ABBREVIATIONS.get(token.lower(), token)
 
 
 def expand_abbreviations(folded_words: str) -> str:
@@ -134,7 +143,7 @@ class Restorer:
         if not self._mostly_folded(text):
             return text
         # Shorthand first, so "tp" becomes the two words "thanh pho", each restored in context.
-        text = _TOKEN.sub(lambda m: ABBREVIATIONS.get(m.group().lower(), m.group()), text)
+        text = _TOKEN.sub(lambda m: _expand(m.group()), text)
         spans = [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
         if not spans:
             return text

@@ -57,3 +57,10 @@ def test_text_with_only_a_word_or_two_accented_is_restored_around_them():
 def test_half_accented_training_text_teaches_no_folded_forms():
     r = Restorer().fit(TRAINING + ["den duong hem bi hư"] * 5)
     assert r.restore("den duong hem 12 bi hu") == "đèn đường hẻm 12 bị hư"
+
+
+def test_names_and_initials_are_not_read_as_chat_shorthand():
+    r = Restorer().fit(["Đường Lê Hồng Phong bị ngập.", "Đèn đường hỏng mấy ngày.", "Bà Nguyễn Thị H ở phường 5."])
+    assert r.restore("duong Le Hong Phong bi ngap") == "đường Lê Hồng Phong bị ngập"
+    assert r.restore("den duong hong may ngay") == "đèn đường hỏng mấy ngày"
+    assert r.restore("ba Nguyen Thi H o P 5") == "bà Nguyễn Thị H ở phường 5"
