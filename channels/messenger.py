@@ -20,7 +20,7 @@ from ingest.app import AppContext, Service, register_instance_reply
 from ingest.clock import parse_iso
 from ingest.errors import AuthError, PermanentError, TransientError
 from ingest.records import Attachment, InboundMessage, Job
-from ingest.store import Store, StoredReport
+from ingest.store import Store, StoredReport, SubmitResult, Tx
 from ingest.worker import StageWorker, WorkerSettings, Writes
 
 from .messenger_parse import (
@@ -167,15 +167,15 @@ class MessengerChannel:
             attachments = tuple(fetched.get(event.mid, ()))
             items.append((to_inbound(event, instance=self.instance, now=now, attachments=attachments),
                           event.raw, RAW_TYPE))
-        results = await self.store.submit_batch(items)
-        pending = [(result.report_id, late[event.mid]) for event, result in zip(events, results)
-                   if result.created and late.get(event.mid)]
-        if pending:
-            # A crash right here loses only the late fetch, never the report: its raw keeps the URLs.
-            async with self.store.transaction() as tx:
-                for report_id, refs in pending:
-                    await tx.enqueue(self.media_stage, report_id,
-                                     {"media": [{"kind": r.kind, "url": r.url} for r in refs]})
+
+        async def queue_late_media(tx: Tx, results: list[SubmitResult]) -> None:
+            # In the reports' own transaction: a crash cannot keep a report and forget the media still to fetch.
+            for event, result in zip(events, results):
+                if result.created and late.get(event.mid):
+                    await tx.enqueue(self.media_stage, result.report_id,
+                                     {"media": [{"kind": r.kind, "url": r.url} for r in late[event.mid]]})
+
+        await self.store.submit_batch(items, then=queue_late_media)
 
     async def _fetch_within_budget(
         self, events: list[MessengerEvent]

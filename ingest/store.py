@@ -247,12 +247,17 @@ class Store:
         return results
 
     async def submit_batch(self, items: Sequence[tuple[InboundMessage, bytes, str]],
-                           cursor: tuple[str, Any] | None = None) -> list[SubmitResult]:
-        """Store several reports and a channel cursor (IMAP UID, Telegram offset) in one transaction."""
+                           cursor: tuple[str, Any] | None = None,
+                           then: Callable[[Tx, list[SubmitResult]], Awaitable[None]] | None = None
+                           ) -> list[SubmitResult]:
+        """Store several reports and a channel cursor (IMAP UID, Telegram offset) in one transaction; `then`
+        adds the channel's own follow-up writes (a job per new report) to that same transaction."""
         async with self.transaction() as tx:
             results = await self._insert_reports(tx, items)
             if cursor is not None:
                 await tx.set_cursor(*cursor)
+            if then is not None:
+                await then(tx, results)
         return results
 
     async def _insert_reports(self, tx: Tx, items: Sequence[tuple[InboundMessage, bytes, str]]) -> list[SubmitResult]:

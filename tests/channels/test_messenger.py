@@ -199,6 +199,25 @@ async def test_slow_media_does_not_hold_the_ack_and_is_fetched_later_by_a_job(en
     assert env.store.blobs.get(data["sha256"]) == b"slow-photo"
 
 
+async def test_a_report_is_never_kept_without_its_late_media_job(env: Env) -> None:
+    # The late-media job is written in the report's own transaction: if it cannot be written, neither is the
+    # report, Meta gets a 503 and redelivers, and the redelivery files both.
+    env.graph.media["late.jpg"] = Media(b"late-photo", "image/jpeg", delay=1.5)
+    event = message_event("m_late", "Cây đổ chắn ngang hẻm", attachments=[
+        {"type": "image", "payload": {"url": env.graph.media_url("late.jpg")}}])
+    async with env.store.transaction() as tx:
+        await tx.execute("CREATE TRIGGER no_media_jobs BEFORE INSERT ON jobs WHEN NEW.stage LIKE 'messenger_media%'"
+                         " BEGIN SELECT RAISE(ABORT, 'disk'); END")
+    assert (await env.post(webhook_body(event))).status == 503
+    assert await env.count("SELECT COUNT(*) FROM reports WHERE idem_key='m_late'") == 0
+    async with env.store.transaction() as tx:
+        await tx.execute("DROP TRIGGER no_media_jobs")
+    assert (await env.post(webhook_body(event))).status == 200
+    row = await env.store.fetchone("SELECT id FROM reports WHERE idem_key='m_late'")
+    assert await env.count("SELECT COUNT(*) FROM jobs WHERE report_id=? AND stage LIKE 'messenger_media%'",
+                           (row["id"],)) == 1
+
+
 async def test_storage_failure_answers_503_and_the_redelivery_is_filed(env: Env) -> None:
     async with env.store.transaction() as tx:
         await tx.execute("CREATE TRIGGER no_reports BEFORE INSERT ON reports BEGIN SELECT RAISE(ABORT, 'disk'); END")
