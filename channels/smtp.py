@@ -23,14 +23,38 @@ from .email_reply import register_reply_sender
 log = logging.getLogger(__name__)
 
 TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
+BUSY = b"421 4.3.2 Too many connections, please try again later\r\n"
 
 
 class _LimitedSMTP(SMTP):
-    """aiosmtpd reads `line_length_limit` when it builds its stream reader, so it must be set first."""
+    """aiosmtpd reads `line_length_limit` when it builds its stream reader, so it must be set first.
+    `sessions` counts the open connections of one listener (the cap on them)."""
 
-    def __init__(self, handler: Any, *, line_length_limit: int, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, line_length_limit: int, sessions: list[int], **kwargs: Any) -> None:
         self.line_length_limit = line_length_limit
+        self._sessions = sessions
+        self._counted = False
         super().__init__(handler, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._sessions[0] += 1
+        self._counted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._sessions[0] -= 1
+        super().connection_lost(exc)
+
+
+class _Busy(asyncio.Protocol):
+    """Past the connection cap: RFC 5321 421 (the client queues the mail and retries), then close."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(BUSY)
+        transport.close()
 
 
 class IntakeHandler:
@@ -95,14 +119,19 @@ class SmtpService:
         self.handler = IntakeHandler(intake, options.recipients, options.max_recipients)
         self.started = asyncio.Event()
         self.port: int | None = None
+        self.sessions = [0]  # open connections; a list so each protocol instance updates the same count
         self._tls = _tls_context(options)
         self._authenticator = Authenticator(
             {k: v.get_secret_value() for k, v in options.auth_users.items()}) if options.auth_users else None
 
-    def protocol(self) -> SMTP:
+    def protocol(self) -> asyncio.Protocol:
         o = self.options
+        if self.sessions[0] >= o.max_connections:
+            log.warning("%s: %d SMTP connections open, refusing another with 421", self.name, self.sessions[0])
+            return _Busy()
         return _LimitedSMTP(
             self.handler,
+            sessions=self.sessions,
             line_length_limit=o.max_line_bytes,
             data_size_limit=o.max_message_bytes,
             enable_SMTPUTF8=True,

@@ -115,6 +115,7 @@ class SmtpOptions(EmailLimitOptions):
     max_line_bytes: int = Field(4096, ge=1001)  # RFC 5321 says 1000; real clients send longer HTML lines
     max_recipients: int = Field(20, ge=1)
     max_commands: int = Field(1000, ge=10)  # per command kind and connection
+    max_connections: int = Field(100, ge=1)  # open sessions at once; beyond it a new client gets 421 and retries
     timeout_seconds: float = Field(60.0, gt=0)  # idle time allowed between commands
     tls_cert: Path | None = None  # both set: STARTTLS offered
     tls_key: Path | None = None

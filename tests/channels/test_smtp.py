@@ -337,3 +337,25 @@ async def test_reply_sender_maps_a_dead_relay_to_transient(store: Store) -> None
             await sender.send_reply(flagged, "never sent")
     finally:
         sender.close()
+
+
+async def test_connections_past_the_cap_get_421_and_a_freed_slot_serves_again(listener: Factory,
+                                                                              store: Store) -> None:
+    async with listener(max_connections=2) as smtp:
+        held = []
+        for _ in range(2):  # two clients that connect and sit idle
+            reader, writer = await asyncio.open_connection("127.0.0.1", smtp.port)
+            assert (await reader.readline()).startswith(b"220")
+            held.append(writer)
+        with pytest.raises(smtplib.SMTPConnectError) as busy:
+            await asyncio.to_thread(send, smtp.port, mail())
+        assert busy.value.smtp_code == 421
+        held[0].close()
+        await held[0].wait_closed()
+        for _ in range(50):  # the listener sees the close on its next loop turn
+            if smtp.sessions[0] < 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(send, smtp.port, mail())
+        assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 1
+        held[1].close()
