@@ -10,7 +10,7 @@ pair settles its neighbours ("do an vat" -> "đồ ăn vặt", not the locally f
 seen stay as written (and cut the chain); text that is mostly not Vietnamese (English reports) is untouched.
 A text with only a word or two accented ("xe tải chay ẩu") counts as typed without diacritics: its accented words
 are kept as typed and constrain their neighbours, and it teaches the restorer nothing (5-fold CV agency 0.973 ->
-0.974; one dev report in 200 is typed so).
+0.974; 4 of the 700 dev reports are typed so).
 Against the earlier greedy vote per word (neighbouring pairs x3 + unigram): word accuracy on 300 held-out
 accented texts stripped of their diacritics 0.79 -> 0.91; 5-fold CV no-diacritics agency accuracy 0.942 -> 0.951.
 

@@ -359,3 +359,4 @@ async def test_connections_past_the_cap_get_421_and_a_freed_slot_serves_again(li
         await asyncio.to_thread(send, smtp.port, mail())
         assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 1
         held[1].close()
+        await held[1].wait_closed()
