@@ -14,9 +14,8 @@ are kept as typed and constrain their neighbours, and it teaches the restorer no
 Against the earlier greedy vote per word (neighbouring pairs x3 + unigram): word accuracy on 300 held-out
 accented texts stripped of their diacritics 0.79 -> 0.91; 5-fold CV no-diacritics agency accuracy 0.942 -> 0.951.
 
-`expand_abbreviations` rewrites generic Vietnamese chat conventions ("ko" -> "khong", "dc" -> "duoc") on folded
-words; it is applied identically at training and prediction time, before the lexical features and before
-restoration. Pure compute; no I/O.
+`expand_shorthand` rewrites generic Vietnamese chat conventions ("ko" -> "khong", "dc" -> "duoc") word by word;
+restoration applies it first. Pure compute; no I/O.
 """
 from __future__ import annotations
 
@@ -45,16 +44,12 @@ ABBREVIATIONS: dict[str, str] = {
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
-def _expand(token: str) -> str:
+def expand_shorthand(token: str) -> str:
+    """One word with chat shorthand expanded ("ko" -> "khong"); other words unchanged."""
     # A lone capital is an initial in a name ("Thị H.", "Anna K"), except the ward and district markers.
     if len(token) == 1 and token.isupper() and token not in "PQ":
         return token
     return ABBREVIATIONS.get(token.lower(), token)
-
-
-def expand_abbreviations(folded_words: str) -> str:
-    """Expand chat shorthand in space-separated folded words (keeps the surrounding spaces)."""
-    return " ".join(ABBREVIATIONS.get(w, w) for w in folded_words.split(" "))
 
 
 def _pairs(tokens: Sequence[str]) -> Iterable[tuple[str, str]]:
@@ -112,17 +107,17 @@ class Restorer:
             return (word,)
         return self.unigrams.get(word)
 
-    def _decode(self, words: Sequence[str]) -> list[str | None]:
-        """The most likely accented form of each word (None: unknown word or a number, kept as written)."""
-        out: list[str | None] = [None] * len(words)
-        options = [self._candidates(w) for w in words]
+    def _decode(self, options: Sequence[Iterable[str] | None]) -> list[str | None]:
+        """The most likely accented form of each word, given each word's candidate forms (None: unknown word or
+        a number, kept as written)."""
+        out: list[str | None] = [None] * len(options)
         i = 0
-        while i < len(words):
+        while i < len(options):
             if options[i] is None:
                 i += 1
                 continue
             j = i  # a run of known words, decoded together
-            while j < len(words) and options[j] is not None:
+            while j < len(options) and options[j] is not None:
                 j += 1
             best: dict[str, tuple[float, list[str]]] = {
                 w: (self._log_transition(None, w), [w]) for w in options[i]}
@@ -143,15 +138,16 @@ class Restorer:
         if not self._mostly_folded(text):
             return text
         # Shorthand first, so "tp" becomes the two words "thanh pho", each restored in context.
-        text = _TOKEN.sub(lambda m: _expand(m.group()), text)
+        text = _TOKEN.sub(lambda m: expand_shorthand(m.group()), text)
         spans = [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
         if not spans:
             return text
         words = [unicodedata.normalize("NFC", text[a:b].lower()) for a, b in spans]
-        known = sum(1 for w in words if self._candidates(w) is not None or w.isdigit())
+        options = [self._candidates(w) for w in words]
+        known = sum(1 for w, o in zip(words, options) if o is not None or w.isdigit())
         if known < self.min_known * len(words):
             return text
-        decoded = self._decode(words)
+        decoded = self._decode(options)
         out, last = [], 0
         for i, (a, b) in enumerate(spans):
             out.append(text[last:a])

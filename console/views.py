@@ -240,12 +240,6 @@ class Console:
             report_id = int(request.match_info["id"])
         except ValueError:
             return self.error(request, 404, "Không có phản ánh này.")
-        row = await self.store.fetchone("SELECT status FROM reports WHERE id=?", (report_id,))
-        if row is None:
-            return self.error(request, 404, "Không có phản ánh này.")
-        if row["status"] != "review":
-            # A second click, or another operator was quicker: nothing is decided twice.
-            return self.error(request, 409, f"Phản ánh {report_id} đã được xử lý (trạng thái: {row['status']}).")
         reject = str(form.get("reject") or "") or None
         topic = str(form.get("topic") or "") or None
         agency = str(form.get("agency") or "") or None
@@ -256,9 +250,12 @@ class Console:
         try:
             result = await decide(self.store, self.ctx.directory, report_id, actor=user.username, topic=topic,
                                   agency=agency, reject=reject, reasons=reject_reasons(self.ctx.settings.data.agencies))
+        except LookupError:
+            return self.error(request, 404, "Không có phản ánh này.")
         except AlreadyDecided:
-            return self.error(request, 409, f"Phản ánh {report_id} vừa được người khác xử lý.")
-        except (LookupError, ValueError) as exc:
+            # A second click, or another operator was quicker: nothing is decided twice.
+            return self.error(request, 409, f"Phản ánh {report_id} đã được xử lý.")
+        except ValueError as exc:
             return self.error(request, 400, f"Không thể quyết định: {exc}")
         log.info("review decision on report %d by %s: %s", report_id, user.username, result.status)
         return _redirect(f"/console/review?done={report_id}")
