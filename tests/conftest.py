@@ -14,7 +14,8 @@ from ingest.clock import FakeClock  # noqa: E402
 from ingest.store import Store  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The project's copy of the labelled dev reports; no test may read ../shared (a fresh clone has none).
+DEV_REPORTS = REPO / "classifier" / "data" / "reports-seed.jsonl"
 
 
 @pytest.fixture

@@ -32,13 +32,6 @@ def test_bundled_directory_loads_with_topics_districts_and_routing() -> None:
     assert d.agency_for(district_topics[0], None) == OPERATOR_UNIT
 
 
-def test_the_project_copy_matches_the_shared_data() -> None:
-    shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "agencies.json"
-    if not shared.exists():
-        pytest.skip("shared data not present")
-    assert load_directory(shared).topics.keys() == load_directory(None).topics.keys()
-
-
 def test_a_topic_with_an_unknown_agency_is_refused(tmp_path: Path) -> None:
     data = _data()
     data["topics"][0]["agency"] = "so-khong-ton-tai"

@@ -14,7 +14,7 @@ from dedupe.policy import ReportView
 from dedupe.text import extract, tokenize
 from ingest.records import Place
 
-from ..conftest import SHARED_DATA
+from ..conftest import DEV_REPORTS
 
 HOUR = 3600.0
 T0 = datetime.fromisoformat("2026-10-05T08:00:00+07:00").timestamp()
@@ -24,7 +24,7 @@ T0 = datetime.fromisoformat("2026-10-05T08:00:00+07:00").timestamp()
 def background() -> Counter[str]:
     """Document frequencies over the 700 dev reports: what 'a rare word' means in a real window."""
     df: Counter[str] = Counter()
-    with (SHARED_DATA / "reports-dev.jsonl").open(encoding="utf-8") as f:
+    with DEV_REPORTS.open(encoding="utf-8") as f:
         for line in f:
             df.update(extract(json.loads(line)["text"]).grams)
     return df
