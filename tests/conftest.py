@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,45 @@ from ingest.store import Store  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 # The project's copy of the labelled dev reports; no test may read ../shared (a fresh clone has none).
 DEV_REPORTS = REPO / "classifier" / "data" / "reports-seed.jsonl"
+
+
+# -- programs from Debian packages (tests/debian-packages.txt) ------------------------------------------------
+# `@pytest.mark.system("dovecot")`: the test runs that program. Missing, the test is skipped on a developer's
+# machine and the run ends naming the one command that installs what was missing; under CI (CI set, as .ci/run
+# runs) a missing program fails the test, so CI never passes by skipping.
+DEBIAN_PACKAGES = {line.split()[0]: line.split()[1]
+                   for line in (REPO / "tests" / "debian-packages.txt").read_text().splitlines()
+                   if line.strip() and not line.startswith("#")}
+_missing_packages: set[str] = set()
+
+
+def system_binary(name: str) -> str | None:
+    """The program's path: on PATH, or in /usr/sbin (dovecot is there, and /usr/sbin is not on every PATH)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "system(binary, ...): the test runs these programs (tests/debian-packages.txt)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("system"):
+        for binary in marker.args:
+            if system_binary(binary) is not None:
+                continue
+            package = DEBIAN_PACKAGES[binary]
+            if os.environ.get("CI"):
+                pytest.fail(f"{binary} is missing under CI: `apt-get install -y {package}` (tests/system-deps.sh)")
+            _missing_packages.add(package)
+            pytest.skip(f"{binary} is not installed (Debian package {package})")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # After pytest's own closing line, so that the run ends with the command.
+    if _missing_packages:
+        sudo = "" if os.geteuid() == 0 else "sudo "
+        print("tests were skipped for missing programs; install them with: "
+              f"{sudo}apt-get install -y --no-install-recommends {' '.join(sorted(_missing_packages))}")
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A real Dovecot IMAP server for tests: own config, loopback port, passwd-file user, maildir in a temp dir.
 
-Debian: `apt-get install -y dovecot-imapd` (pulls dovecot-core). Tests skip only when the binary is absent.
+Debian: `apt-get install -y dovecot-imapd` (pulls dovecot-core); tests using it carry `pytest.mark.system("dovecot")`.
 Runs in the foreground (`dovecot -F`) as a child process, so stopping it is terminating our own child.
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 from imapclient import IMAPClient
 
 BINARY = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
-SKIP_REASON = "dovecot binary not found: apt-get install -y dovecot-imapd"
 
 # Capabilities advertised when a test wants a server without MOVE (to exercise COPY + EXPUNGE).
 NO_MOVE_CAPS = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ UIDPLUS NAMESPACE"

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dovecot import BINARY, NO_MOVE_CAPS, SKIP_REASON, Dovecot, free_port, make_root  # noqa: E402
+from dovecot import NO_MOVE_CAPS, Dovecot, free_port, make_root  # noqa: E402
 
 from channels.email_intake import EmailIntake, limits_from  # noqa: E402
 from channels.imap import ImapService  # noqa: E402
 from config.channels import ImapOptions  # noqa: E402
 from ingest.store import Store  # noqa: E402
 
-pytestmark = pytest.mark.skipif(BINARY is None, reason=SKIP_REASON)
+pytestmark = pytest.mark.system("dovecot")
 
 
 def mail(n: int, body: str | None = None, message_id: str | None = "auto") -> bytes:

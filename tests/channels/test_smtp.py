@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import dataclasses
 import email.policy
-import shutil
 import smtplib
 import sqlite3
 import ssl
@@ -233,7 +232,7 @@ def _data_reply(port: int, raw: bytes) -> tuple[int, bytes]:
         return client.data(raw)
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed (apt-get install -y swaks)")
+@pytest.mark.system("swaks")
 async def test_swaks_delivers(listener: Factory, store: Store) -> None:
     async with listener() as smtp:
         proc = await asyncio.create_subprocess_exec(
@@ -255,14 +254,13 @@ async def test_swaks_delivers(listener: Factory, store: Store) -> None:
 
 @pytest.fixture
 def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl binary not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
     return cert, key
 
 
+@pytest.mark.system("openssl")
 async def test_starttls_and_auth(listener: Factory, store: Store, tls_pair: tuple[Path, Path]) -> None:
     cert, key = tls_pair
     client_ctx = ssl.create_default_context()

@@ -3,7 +3,6 @@ logs in, opens the review queue, clicks one decision, and the report leaves the 
 with who and when."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
@@ -16,7 +15,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 playwright_api = pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed")
+pytestmark = pytest.mark.system("chromium")
 
 
 async def test_operator_decides_a_review_in_the_browser(server: Server) -> None:
