@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 MODEL_STAMP := var/models/.e5-converted
 CONFIG ?= config/default.toml
 # torch's CPU build, pinned, from PyTorch's CPU wheel index (PyPI's torch is the CUDA build). A machine whose
-# pip already holds that wheel locally (find-links) installs it without reaching the index.
+# pip already holds that wheel locally (find-links) takes it from there; its dependencies come with the project.
 TORCH := torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
@@ -23,7 +23,7 @@ setup: $(STAMP) $(MODEL_STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-index "$(TORCH)" 2>/dev/null \
+	$(PY) -m pip install -q --no-deps --no-index "$(TORCH)" 2>/dev/null \
 	  || $(PY) -m pip install -q "$(TORCH)" --index-url $(TORCH_INDEX)
 	$(PY) -m pip install -q -c requirements.lock -e .
 	touch $(STAMP)
