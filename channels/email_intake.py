@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +19,7 @@ from ingest.clock import iso
 from ingest.records import Attachment, InboundMessage
 from ingest.store import Store, SubmitResult
 
+from .mail_auth import sender_verdict
 from .email_parse import ParsedEmail, ParseError, ParseLimits, parse_email, to_inbound
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,28 @@ AGENCY_ANSWER_FLAG = "agency_answer"
 AGENCY_ANSWER_REJECTED_FLAG = "agency_answer_rejected"
 
 
-class AgencyReplyHook(Protocol):
-    """Applies an agency's emailed answer to its case; returns applied, duplicate, unmatched, unauthorised or
-    rejected (dispatch.answers.apply_email_reply behind ctx.shared["agency_email_reply"])."""
+AGENCY_ANSWER_UNVERIFIED_FLAG = "agency_answer_unverified"
 
-    async def __call__(self, *, from_addr: str, subject: str | None, body: str, in_reply_to: str | None,
+
+class AgencyReplyHook(Protocol):
+    """Applies an agency's emailed answer to its case, or keeps it as a note for operators; returns applied,
+    duplicate, unmatched, unverified or rejected (dispatch.answers.apply_email_reply behind
+    ctx.shared["agency_email_reply"]). `from_addr` is the From address alone, `sender_auth` the trusted relay's
+    verdict on it, `reply_tokens` the sub-address tags of the addresses the mail was delivered to."""
+
+    async def __call__(self, *, from_addr: str | None, subject: str | None, body: str, in_reply_to: str | None,
                        references: Sequence[str], attachments: Sequence[Attachment],
-                       message_id: str | None) -> str: ...
+                       message_id: str | None, reply_tokens: Sequence[str], sender_auth: str) -> str: ...
+
+
+def subaddress_tags(addresses: Iterable[str]) -> tuple[str, ...]:
+    """`box+TAG@domain` -> TAG: our dispatch mail's reply address carries the case's reply token there."""
+    tags = []
+    for addr in addresses:
+        local = addr.strip().strip("<>").rpartition("@")[0]
+        if "+" in local:
+            tags.append(local.partition("+")[2][:64])
+    return tuple(dict.fromkeys(t for t in tags if t))[:20]
 # Message-IDs of our own outgoing mail carry the report id, so a reply finds its report without a lookup table.
 INLINE_PARSE_BYTES = 64 * 1024  # larger mail is parsed on a worker thread, under a hard time limit
 OUR_MESSAGE_ID = re.compile(r"^<1022\.r(\d{1,12})\.[0-9a-f]{4,64}@")
@@ -68,17 +84,20 @@ def limits_from(options: EmailLimitOptions) -> ParseLimits:
 
 class EmailIntake:
     def __init__(self, store: Store, channel_instance: str, limits: ParseLimits,
-                 agency_reply: Callable[[], AgencyReplyHook | None] = lambda: None) -> None:
+                 agency_reply: Callable[[], AgencyReplyHook | None] = lambda: None,
+                 trusted_authserv_ids: Sequence[str] = ()) -> None:
         self.store = store
         self.channel_instance = channel_instance
         self.limits = limits
+        # Authentication-Results under these ids were written by our own relay (channels/mail_auth.py).
+        self.trusted_authserv_ids = tuple(trusted_authserv_ids)
         # Looked up per message: the dispatch stage registers its hook after the channels are built.
         self.agency_reply = agency_reply
 
     # -- one message, acknowledged by the caller after this returns (SMTP) -------------------------------
-    async def accept(self, raw: bytes, envelope_from: str | None = None) -> Outcome:
+    async def accept(self, raw: bytes, envelope_from: str | None = None, envelope_to: Sequence[str] = ()) -> Outcome:
         """Store `raw` durably as a report or a quarantine row; raises StorageError (or any store error)."""
-        prepared = await self.prepare(raw, envelope_from)
+        prepared = await self.prepare(raw, envelope_from, envelope_to)
         if isinstance(prepared, Outcome):
             return prepared
         result = await self.store.submit(prepared.message, raw, RAW_TYPE)
@@ -87,7 +106,8 @@ class EmailIntake:
                        thread_report_id=prepared.thread_report_id)
 
     # -- the steps, used one by one by the IMAP poller to commit a batch with its cursor -----------------
-    async def prepare(self, raw: bytes, envelope_from: str | None = None) -> Prepared | Outcome:
+    async def prepare(self, raw: bytes, envelope_from: str | None = None,
+                      envelope_to: Sequence[str] = ()) -> Prepared | Outcome:
         """Parse and store blobs; returns an Outcome when the mail went to quarantine instead."""
         try:
             if len(raw) <= INLINE_PARSE_BYTES:
@@ -114,17 +134,21 @@ class EmailIntake:
         thread_report_id = None
         extra_flags: tuple[str, ...] = ()
         hook = self.agency_reply()
-        if not parsed.flags and (parsed.references or parsed.case_token) and hook is not None:
+        tags = subaddress_tags([*envelope_to, *parsed.header_recipients])
+        if not parsed.flags and (parsed.references or parsed.case_token or tags) and hook is not None:
             # An agency answering a dispatch email. Applied before the mail is committed: the answer is
             # idempotent by Message-ID, so a redelivery after a crash here applies nothing twice.
-            status = await hook(from_addr=parsed.sender_email or "", subject=parsed.subject, body=parsed.full_text,
+            verdict = sender_verdict(parsed.auth_results, self.trusted_authserv_ids, parsed.from_email or "")
+            status = await hook(from_addr=parsed.from_email, subject=parsed.subject, body=parsed.full_text,
                                 in_reply_to=parsed.references[0] if parsed.references else None,
                                 references=parsed.references, attachments=tuple(attachments),
-                                message_id=parsed.message_id)
+                                message_id=parsed.message_id, reply_tokens=tags, sender_auth=verdict)
             if status in ("applied", "duplicate"):
                 extra_flags = (AGENCY_ANSWER_FLAG,)
             elif status == "rejected":
                 extra_flags = (AGENCY_ANSWER_REJECTED_FLAG,)  # kept for operators, never routed as a report
+            elif status == "unverified":
+                extra_flags = (AGENCY_ANSWER_UNVERIFIED_FLAG,)  # a note on the case, never a report nor a change
         if not extra_flags and not parsed.flags and (parsed.references or parsed.case_token):
             thread_report_id = await self.find_thread(parsed)
             if thread_report_id is not None:

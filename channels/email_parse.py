@@ -69,6 +69,11 @@ class ParsedEmail:
     full_text: str  # the whole body text, NFC
     references: tuple[str, ...] = ()  # In-Reply-To first, then References newest first
     case_token: str | None = None  # "1022-123", "CASE-000123" or "INC-000123" found in the subject
+    # For agency answers (never the reporter's identity): the From address alone (Reply-To is anyone's claim),
+    # the Authentication-Results headers top to bottom, and the addresses the mail names as its recipients.
+    from_email: str | None = None
+    auth_results: tuple[str, ...] = ()
+    header_recipients: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     attachments: tuple[AttachmentPart, ...] = ()
     skipped_attachments: int = 0  # over the count or size cap; still inside the stored raw message
@@ -165,6 +170,9 @@ def _parse_message(raw: bytes, msg: Message, limits: ParseLimits, envelope_from:
         full_text=full_text,
         references=refs,
         case_token=token,
+        from_email=_from_only(msg),
+        auth_results=tuple(_all_headers(msg, "Authentication-Results")[:MAX_AUTH_HEADERS]),
+        header_recipients=_recipients(msg),
         flags=loop_flags(msg, envelope_from, sender_email, subject or ""),
         attachments=tuple(walker.attachments),
         skipped_attachments=walker.skipped,
@@ -412,7 +420,40 @@ def _header(msg: Message, name: str) -> str:
     return ""
 
 
+def _all_headers(msg: Message, name: str) -> list[str]:
+    lname = name.lower()
+    return [decode_header_value(v) for k, v in msg.raw_items() if k.lower() == lname and isinstance(v, str)]
+
+
 # -- addresses, ids, threads ---------------------------------------------------------------------------
+
+MAX_AUTH_HEADERS = 20  # more Authentication-Results than this is not a real relay chain
+RECIPIENT_HEADERS = ("To", "Cc", "Delivered-To", "X-Original-To")
+MAX_RECIPIENTS = 50
+
+
+def _from_only(msg: Message) -> str | None:
+    """The single From address; None when From is missing or names several mailboxes (then nobody is proven)."""
+    values = _all_headers(msg, "From")
+    if len(values) != 1:
+        return None
+    try:
+        pairs = [(n, a) for n, a in email.utils.getaddresses(values) if a]
+    except Exception:
+        return None
+    if len(pairs) != 1 or "@" not in pairs[0][1] or len(pairs[0][1]) > 320:
+        return None
+    return pairs[0][1].strip().lower()
+
+
+def _recipients(msg: Message) -> tuple[str, ...]:
+    values = [v for h in RECIPIENT_HEADERS for v in _all_headers(msg, h)]
+    try:
+        addrs = [a.strip().lower() for _, a in email.utils.getaddresses(values) if a and len(a) <= 320]
+    except Exception:
+        return ()
+    return tuple(dict.fromkeys(addrs))[:MAX_RECIPIENTS]
+
 
 _MSGID = re.compile(r"<([^<>\s]{1,900}@[^<>\s]{1,250})>")
 

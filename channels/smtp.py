@@ -57,6 +57,12 @@ class _Busy(asyncio.Protocol):
         transport.close()
 
 
+def base_address(address: str) -> str:
+    """`box+tag@domain` -> `box@domain`: a configured mailbox accepts its sub-addresses (our reply tokens)."""
+    local, at, domain = address.strip().strip("<>").lower().rpartition("@")
+    return f"{local.partition('+')[0]}{at}{domain}"
+
+
 class IntakeHandler:
     """aiosmtpd handler hooks: RCPT filtering, DATA -> durable intake, exceptions -> 451."""
 
@@ -68,7 +74,7 @@ class IntakeHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
-        if address.strip().lower() not in self.recipients:
+        if base_address(address) not in self.recipients:
             return "550 5.1.1 No such mailbox here"
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return "452 4.5.3 Too many recipients"
@@ -81,7 +87,8 @@ class IntakeHandler:
         if not isinstance(raw, (bytes, bytearray)):
             return TEMPFAIL
         try:
-            outcome = await self.intake.accept(bytes(raw), envelope_from=envelope.mail_from)
+            outcome = await self.intake.accept(bytes(raw), envelope_from=envelope.mail_from,
+                                               envelope_to=tuple(envelope.rcpt_tos))
         except Exception as exc:  # StorageError or anything else from the store: the sender must retry
             log.error("%s: mail not stored, answered 451 (%s)", self.intake.channel_instance, type(exc).__name__)
             return TEMPFAIL
@@ -173,7 +180,8 @@ def _tls_context(options: SmtpOptions) -> ssl.SSLContext | None:
 
 def build(ctx: AppContext, entry: ChannelEntry, options: SmtpOptions) -> Service:
     intake = EmailIntake(ctx.store, entry.name, limits_from(options),
-                         agency_reply=lambda: ctx.shared.get("agency_email_reply"))
+                         agency_reply=lambda: ctx.shared.get("agency_email_reply"),
+                         trusted_authserv_ids=options.trusted_authserv_ids)
     if options.reply is not None:
         register_reply_sender(ctx, options.reply)
     return SmtpService(entry.name, intake, options)

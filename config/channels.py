@@ -105,6 +105,11 @@ class EmailLimitOptions(ChannelOptions):
     max_attachment_bytes: int = Field(10 * 1024 * 1024, gt=0)
     parse_seconds: float = Field(5.0, gt=0)
     reply: EmailReplyOptions | None = None  # set on one email channel to answer reporters by email
+    # authserv-ids of the relays in front of this channel (our MX, the mailbox's server) whose
+    # Authentication-Results headers are believed; they must strip such headers arriving from outside
+    # (RFC 8601 §5). Empty: no sender verdict is known, so emailed agency answers wait for an operator unless
+    # [dispatch.email_answers] require_sender_auth = false.
+    trusted_authserv_ids: list[str] = []
 
 
 class SmtpOptions(EmailLimitOptions):

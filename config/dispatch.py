@@ -136,8 +136,17 @@ class NotifyConfig(_Model):
     sms_fallback: bool = True
 
 
+class EmailAnswersConfig(_Model):
+    # An emailed answer changes a case only with the dispatch mail's reply token AND a From address of the
+    # agency holding the case that a relay we trust (the email channel's `trusted_authserv_ids`) saw pass
+    # SPF/DKIM/DMARC. False: where no trusted verdict exists at all, token and address suffice (a trusted "fail"
+    # still stops the answer). Whatever fails becomes a note on the case for operators to confirm.
+    require_sender_auth: bool = True
+
+
 class DispatchConfig(_Model):
     agencies: dict[str, AgencyDispatch] = {}
+    email_answers: EmailAnswersConfig = EmailAnswersConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     smtp: SmtpConfig = SmtpConfig()
     sms: SmsGatewayConfig = SmsGatewayConfig()

@@ -397,11 +397,11 @@ class Console:
             if target not in self.ctx.directory.agencies:
                 return self.error(request, 400, "Chọn đơn vị nhận hồ sơ.")
             data["agency"] = target
-        # Operators act as the operator unit, which the answer API lets act on any case (Art. 6 guidance).
+        # Logged-in operators act as the operator unit on any case (Art. 6 guidance); agency staff on their own.
         acting = OPERATOR_UNIT if user.is_staff else str(user.agency)
         try:
             await self.book().apply_answer(acting, case["id"], kind, data, source=f"console:{user.username}",
-                                           note=note)
+                                           note=note, staff=user.is_staff)
         except NotFound:
             return self.error(request, 404, "Không có hồ sơ này.")
         except Forbidden as exc:

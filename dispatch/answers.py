@@ -1,24 +1,37 @@
-"""Agency answers that arrive as replies to the dispatch email.
+"""Agency answers that arrive as replies to the dispatch email, and the proof they need before a case changes.
 
-`parse_email_reply` is pure: it finds the case (subject token `[1022 #CASE-…]`, or the In-Reply-To/References
-Message-ID of the dispatch mail) and the answer (keywords in the reply's own text, Vietnamese with or without
-diacritics, or English). `apply_email_reply` checks the sender against the agency's addresses and applies it.
+`parse_email_reply` is pure: it reads the case the subject claims (`[1022 #CASE-…]`, a guessable claim, never
+proof), the Message-IDs the reply answers, and the answer (keywords in the reply's own text, Vietnamese with or
+without diacritics, or English). `email_answer_checks` is pure too: given what the store knows, it lists every
+reason the mail may not change the case. `apply_email_reply` does the lookups and either applies the answer or
+records it as a note on the case for operators to confirm (event `agency_answer_unverified`, shown in the
+console timeline), never a state change.
 
-For the email channel engineer:
+A state change needs all of:
+- proof the mail answers our dispatch of THIS case to THIS agency: the dispatch's random `msg_…` id (96 bits),
+  either in `In-Reply-To`/`References` (the dispatch Message-ID) or in the reply address we set
+  (`Reply-To: <mailbox>+msg_…@…`); a token of another case, or of the agency that held the case before a
+  re-route, proves nothing;
+- a `From` address (never `Reply-To`) among the addresses of the agency holding the case (its `reply_from`
+  and its email targets): the operator unit's mailbox acts only on the operator unit's cases;
+- sender authentication: a trusted relay's `Authentication-Results` verdict "pass" (channels/mail_auth.py);
+  "fail" always stops, "none" stops unless `[dispatch.email_answers] require_sender_auth = false`;
+- an answer the agency API would accept from that agency (CaseBook.apply_answer, the one rule for every path).
+
+For the email channel (channels/email_intake.py calls it through ctx.shared["agency_email_reply"]):
 
     outcome = await dispatch.answers.apply_email_reply(
-        store, settings,
-        from_addr="Phòng QLĐT <qldt@quan1.gov.vn>",  # the From header as received
-        subject=msg["Subject"], in_reply_to=msg["In-Reply-To"], references=msg.get_all("References") or [],
-        body=plain_text_part, attachments=(Attachment, ...),  # attachments already stored with store.put_blob
-        message_id=msg["Message-ID"])                          # makes a redelivered mail a no-op
-    outcome.status in {"applied", "duplicate", "unmatched", "unauthorised", "rejected"}
+        store, settings, from_addr="qldt@quan1.gov.vn",  # the From header's single address
+        subject=..., in_reply_to=..., references=[...], body=plain_text,
+        reply_tokens=("msg_…",),   # sub-address tags of the recipient addresses (RCPT TO, To, Delivered-To…)
+        sender_auth="pass",        # channels.mail_auth.sender_verdict
+        attachments=(Attachment, ...), message_id="<…>")   # a redelivered mail is a no-op
+    outcome.status in {"applied", "duplicate", "unmatched", "unverified", "rejected"}
 
-"unmatched" means the mail is not an answer to a case (treat it as a new report or quarantine it).
+"unmatched" means the mail neither carries one of our tokens nor names an existing case: an ordinary mail.
 """
 from __future__ import annotations
 
-import email.utils
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +39,7 @@ from datetime import datetime
 from typing import Any
 
 from config.directory import Directory, load_directory
-from config.dispatch import dispatch_settings
+from config.dispatch import DispatchConfig, dispatch_settings
 from ingest.clock import VN_TZ
 from ingest.records import Attachment
 from ingest.store import Store
@@ -34,7 +47,7 @@ from ingest.text import fold
 
 from .calendar import load_calendar
 from .cases import AnswerResult, CaseBook, Forbidden, NotFound
-from .policy import OPERATOR_UNIT, AnswerRejected
+from .policy import AnswerRejected
 
 SUBJECT_TOKEN = re.compile(r"\[1022\s*#\s*(CASE-[A-Za-z0-9-]+)\]")
 MSG_ID = re.compile(r"<(msg_[0-9a-f]+)@[^>]+>")
@@ -70,9 +83,12 @@ class ParsedReply:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+UNVERIFIED_EVENT = "agency_answer_unverified"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EmailReplyOutcome:
-    status: str  # applied, duplicate, unmatched, unauthorised, rejected
+    status: str  # applied, duplicate, unmatched, unverified, rejected
     case_id: str | None = None
     kind: str | None = None
     detail: str | None = None
@@ -132,43 +148,99 @@ def parse_email_reply(subject: str | None, in_reply_to: str | None, references: 
     return ParsedReply(case_id=case_id, msg_ids=msg_ids, kind=kind, note=text, data=data)
 
 
+REPLY_TOKEN = re.compile(r"msg_[0-9a-f]{24}")  # dispatch/cases.py writes "msg_" + token_hex(12)
+
+
+def agency_addresses(cfg: DispatchConfig, agency: str) -> frozenset[str]:
+    """The addresses that speak for `agency`: its `reply_from` and the mailboxes we dispatch to."""
+    a = cfg.agencies.get(agency)
+    if a is None:
+        return frozenset()
+    allowed = {x.lower() for x in a.reply_from}
+    for t in a.targets:
+        if t.kind == "email":
+            allowed |= {x.lower() for x in (*t.to, *t.cc)}
+    return frozenset(allowed)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evidence:
+    """What the store knows about one reply, for the pure check below."""
+
+    claimed_case: str | None  # from the subject: a claim, not proof
+    proven: frozenset[tuple[str, str]]  # (case_id, agency) of the dispatches whose token the mail carries
+    case_id: str | None  # the case the mail would act on
+    holder: str | None  # the agency holding that case now
+    sender: str | None  # the From address
+    sender_auth: str  # "pass", "fail" or "none"
+    kind: str | None  # the answer found in the text
+
+
+def email_answer_checks(ev: Evidence, addresses: frozenset[str], require_sender_auth: bool) -> list[str]:
+    """Every reason this reply may not change the case; empty means it may."""
+    reasons: list[str] = []
+    cases = {c for c, _ in ev.proven}
+    if not ev.proven:
+        reasons.append("no_reply_token")
+    elif len(cases) > 1:
+        reasons.append("tokens_of_several_cases")
+    elif ev.claimed_case is not None and ev.claimed_case not in cases:
+        reasons.append("token_of_another_case")
+    elif ev.holder not in {a for c, a in ev.proven if c == ev.case_id}:
+        reasons.append("token_of_another_agency")  # e.g. the agency that held the case before a re-route
+    if not ev.sender:
+        reasons.append("no_single_from_address")
+    elif ev.sender not in addresses:
+        reasons.append("sender_not_agency_address")
+    if ev.sender_auth == "fail":
+        reasons.append("sender_authentication_failed")
+    elif ev.sender_auth != "pass" and require_sender_auth:
+        reasons.append("sender_not_authenticated")
+    if ev.kind is None:
+        reasons.append("no_answer_keyword")
+    return reasons
+
+
 _DIRECTORY: dict[str, Directory] = {}
 
 
-async def apply_email_reply(store: Store, settings: Any, *, from_addr: str, subject: str | None, body: str,
+async def apply_email_reply(store: Store, settings: Any, *, from_addr: str | None, subject: str | None, body: str,
                             in_reply_to: str | None = None, references: Sequence[str] = (),
                             attachments: Sequence[Attachment] = (), message_id: str | None = None,
+                            reply_tokens: Sequence[str] = (), sender_auth: str = "none",
                             directory: Directory | None = None) -> EmailReplyOutcome:
-    """Map a parsed reply to an agency answer and apply it (see the module docstring)."""
+    """Apply the reply as the agency's answer when every check passes, else keep it as a note (module docstring)."""
     parsed = parse_email_reply(subject, in_reply_to, references, body)
-    case_id = parsed.case_id
-    if case_id is None and parsed.msg_ids:
-        marks = ",".join("?" * len(parsed.msg_ids))
-        row = await store.fetchone(f"SELECT case_id FROM deliveries WHERE msg_id IN ({marks})", parsed.msg_ids)
-        case_id = row["case_id"] if row else None
-    if case_id is None:
+    tokens = tuple(dict.fromkeys([*parsed.msg_ids, *(t.lower() for t in reply_tokens
+                                                     if REPLY_TOKEN.fullmatch(t.lower()))]))[:50]
+    proven: frozenset[tuple[str, str]] = frozenset()
+    if tokens:
+        marks = ",".join("?" * len(tokens))
+        rows = await store.fetchall(f"SELECT DISTINCT case_id, agency FROM deliveries WHERE msg_id IN ({marks})",
+                                    tokens)
+        proven = frozenset((r["case_id"], r["agency"]) for r in rows)
+    if not proven and parsed.case_id is None:
         return EmailReplyOutcome(status="unmatched")
-    case = await store.fetchone("SELECT agency FROM cases WHERE id=?", (case_id,))
+    proven_cases = sorted({c for c, _ in proven})
+    case_id = parsed.case_id if parsed.case_id is not None else (proven_cases[0] if proven_cases else None)
+    case = await store.fetchone("SELECT agency, report_id FROM cases WHERE id=?", (case_id,))
     if case is None:
-        return EmailReplyOutcome(status="unmatched", case_id=case_id)
+        if not proven_cases:
+            return EmailReplyOutcome(status="unmatched", case_id=case_id)
+        # The subject names a case that does not exist: the note goes on the case the token proves.
+        case_id = proven_cases[0]
+        case = await store.fetchone("SELECT agency, report_id FROM cases WHERE id=?", (case_id,))
+        assert case is not None
     cfg = dispatch_settings(settings)
-    sender = email.utils.parseaddr(from_addr)[1].lower()
-    agency = None
-    for candidate in (case["agency"], OPERATOR_UNIT):
-        a = cfg.agencies.get(candidate)
-        if a is None:
-            continue
-        allowed = {x.lower() for x in a.reply_from}
-        for t in a.targets:
-            if t.kind == "email":
-                allowed |= {x.lower() for x in (*t.to, *t.cc)}
-        if sender and sender in allowed:
-            agency = candidate
-            break
-    if agency is None:
-        return EmailReplyOutcome(status="unauthorised", case_id=case_id, detail="sender is not the agency's address")
-    if parsed.kind is None:
-        return EmailReplyOutcome(status="rejected", case_id=case_id, detail="no answer keyword found")
+    sender = (from_addr or "").strip().lower() or None
+    evidence = Evidence(claimed_case=parsed.case_id, proven=proven, case_id=case_id, holder=case["agency"],
+                        sender=sender, sender_auth=sender_auth, kind=parsed.kind)
+    reasons = email_answer_checks(evidence, agency_addresses(cfg, case["agency"]),
+                                  cfg.email_answers.require_sender_auth)
+    if reasons:
+        await _note(store, case["report_id"], case_id, sender, parsed, message_id, reasons)
+        return EmailReplyOutcome(status="unverified", case_id=case_id, kind=parsed.kind, detail=",".join(reasons))
+    assert parsed.kind is not None
     data = dict(parsed.data)
     if attachments:
         data["photos"] = [a.sha256 for a in attachments if a.content_type.startswith("image/")]
@@ -182,9 +254,23 @@ async def apply_email_reply(store: Store, settings: Any, *, from_addr: str, subj
                     settings.http.public_base_url)
     try:
         result: AnswerResult = await book.apply_answer(
-            agency, case_id, parsed.kind, data, source="email",
+            case["agency"], case_id, parsed.kind, data, source="email",
             idem_key=f"email:{message_id}" if message_id else None, note=parsed.note[:4000])
     except (AnswerRejected, Forbidden, NotFound) as exc:
+        await _note(store, case["report_id"], case_id, sender, parsed, message_id, [f"not_applicable: {exc}"])
         return EmailReplyOutcome(status="rejected", case_id=case_id, kind=parsed.kind, detail=str(exc))
     return EmailReplyOutcome(status="duplicate" if result.duplicate else "applied", case_id=case_id,
                              kind=parsed.kind)
+
+
+async def _note(store: Store, report_id: int, case_id: str, sender: str | None, parsed: ParsedReply,
+                message_id: str | None, reasons: list[str]) -> None:
+    """A reply that may not change the case, kept on it for operators to confirm (once per mail)."""
+    async with store.transaction() as tx:
+        if message_id and await tx.fetchone(
+                "SELECT 1 FROM events WHERE report_id=? AND kind=? AND json_extract(data, '$.message_id')=?",
+                (report_id, UNVERIFIED_EVENT, message_id)):
+            return
+        await tx.event(report_id, UNVERIFIED_EVENT, "email", {
+            "case_id": case_id, "from": sender, "kind": parsed.kind, "reasons": reasons,
+            "message_id": message_id, "note": parsed.note[:2000]})

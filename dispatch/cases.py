@@ -190,8 +190,14 @@ class CaseBook:
 
     # -- agency answers --------------------------------------------------------------------------
     async def apply_answer(self, agency: str, case_id: str, kind: str, data: dict[str, Any], *, source: str,
-                           idem_key: str | None = None, note: str | None = None) -> AnswerResult:
-        """Record one answer and apply its effects atomically. Raises NotFound, Forbidden, AnswerRejected."""
+                           idem_key: str | None = None, note: str | None = None, staff: bool = False) -> AnswerResult:
+        """Record one answer and apply its effects atomically. Raises NotFound, Forbidden, AnswerRejected.
+
+        One rule for every answer path (agency API token, agency mailbox, console): an agency acts only on the
+        cases it holds, and another agency's case is NotFound exactly like a missing one (nothing tells a prober
+        it exists). Only `staff` (an operator or admin logged into the console, acting as the operator unit) may
+        act on any case; the operator unit's API token and mailbox are scoped like every other agency's.
+        """
         async with self.store.transaction() as tx:
             if idem_key:
                 seen = await tx.fetchone("SELECT a.case_id, c.state, c.agency FROM answers a JOIN cases c"
@@ -200,10 +206,9 @@ class CaseBook:
                     return AnswerResult(case_id=seen["case_id"], state=seen["state"], agency=seen["agency"],
                                         duplicate=True)
             case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
-            if case is None:
+            oversees = staff and agency == OPERATOR_UNIT
+            if case is None or (case["agency"] != agency and not oversees):
                 raise NotFound(case_id)
-            if case["agency"] != agency and agency != OPERATOR_UNIT:
-                raise Forbidden(f"case {case_id} is not held by {agency}")
             if kind == "reassigned" and agency != OPERATOR_UNIT:
                 raise Forbidden("only the operator unit re-assigns cases")
             now = self.store.clock.now()

@@ -246,6 +246,15 @@ class DeliverySender:
             await tx.event(report_id, "alert", "dispatch", alert)
             log.warning("delivery %s to %s/%s dead: %s", row["msg_id"], row["agency"], row["target"], reason)
 
+def reply_address(mailbox: str, token: str) -> str:
+    name, addr = email.utils.parseaddr(mailbox)
+    local, at, domain = addr.rpartition("@")
+    if not at:
+        return mailbox
+    return email.utils.formataddr((name, f"{local.partition('+')[0]}+{token}@{domain}")) if name \
+        else f"{local.partition('+')[0]}+{token}@{domain}"
+
+
 def build_email(cfg: DispatchConfig, target: EmailTarget, msg_id: str, payload: dict[str, Any],
                 attachments: list[tuple[dict[str, Any], bytes]]) -> EmailMessage:
     msg = EmailMessage()
@@ -254,7 +263,9 @@ def build_email(cfg: DispatchConfig, target: EmailTarget, msg_id: str, payload: 
     if target.cc:
         msg["Cc"] = ", ".join(target.cc)
     if cfg.smtp.reply_to:
-        msg["Reply-To"] = cfg.smtp.reply_to
+        # The answer comes back to `box+msg_…@domain`: the random delivery id is the reply token that proves a
+        # mail answers this dispatch (dispatch/answers.py), even when the agency's client drops In-Reply-To.
+        msg["Reply-To"] = reply_address(cfg.smtp.reply_to, msg_id)
     msg["Subject"] = messages.agency_subject(payload)
     # Stable across retries, so an agency's mail system sees one message and replies thread to it.
     msg["Message-ID"] = f"<{msg_id}@{cfg.smtp.message_id_domain}>"

@@ -80,6 +80,11 @@ def build(ctx: AppContext) -> list[Service]:
 
     # The email channels hand agencies' replies to dispatch emails here (channels never import a stage).
     ctx.shared["agency_email_reply"] = agency_email_reply
+    email_channels = [c for c in ctx.settings.channels if c.kind in ("smtp", "imap") and c.enabled]
+    if cfg.email_answers.require_sender_auth and email_channels and not any(
+            c.options().get("trusted_authserv_ids") for c in email_channels):
+        log.warning("no email channel sets trusted_authserv_ids: agencies' emailed answers cannot be authenticated"
+                    " and will wait as notes for operators (see [dispatch.email_answers])")
     # Notify failures are recorded in `notifications`; the worker never dead-letters (which would fail the report).
     nsettings = WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts + 1)
     if cfg.notify.enabled:

@@ -2,12 +2,15 @@
 loopback), wired as the daemon wires it: channels first, then dispatch registers the `agency_email_reply` hook.
 
 The reply becomes the case's answer; the mail itself is kept, flagged and never classified as a new report; a
-redelivered mail applies nothing twice; a reply from an address the agency did not declare is not applied.
+redelivered mail applies nothing twice. Then the attacker's side: a forged From or Reply-To, a guessed case
+reference, another agency's (or the operator unit's) address, a missing, failed or forged
+Authentication-Results, a token replayed on another case: each becomes a note for operators, never a change.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
 import email.policy
 import json
 import smtplib
@@ -33,7 +36,10 @@ from run_daemon import collect_migrations, make_context
 MAILBOX = "tra-loi-1022@tphcm.gov.vn"
 AGENCY_ADDR = "dieuhanh@sawaco.com.vn"  # declared in reply_from
 AGENCY_BOX = "hopthu@sawaco.com.vn"  # the email target; its address may answer too
+OTHER_AGENCY = "phongkt@thoatnuoc.hcm.gov.vn"  # thoat-nuoc: a real agency, but not the case's
+OPERATOR_BOX = "vanhanh@1022.hochiminhcity.gov.vn"  # the operator unit: no master key over others' cases
 CASE_ID = "CASE-000001"
+RELAY = "mx.tphcm.gov.vn"  # our inbound relay: its Authentication-Results are trusted
 SUBJECT = f"Re: [1022 #{CASE_ID}] Cấp nước - Quận 1"
 
 CONFIG = f"""
@@ -43,6 +49,7 @@ name = "mail-smtp"
 host = "127.0.0.1"
 port = 0
 recipients = ["phananh@1022.hochiminhcity.gov.vn", "{MAILBOX}"]
+trusted_authserv_ids = ["{RELAY}"]
 
 [dispatch.smtp]
 reply_to = "{MAILBOX}"
@@ -54,6 +61,14 @@ reply_from = ["{AGENCY_ADDR}"]
 kind = "email"
 name = "mailbox"
 to = ["{AGENCY_BOX}"]
+
+[[dispatch.agencies.thoat-nuoc.targets]]
+kind = "email"
+to = ["{OTHER_AGENCY}"]
+
+[[dispatch.agencies.van-hanh-1022.targets]]
+kind = "email"
+to = ["{OPERATOR_BOX}"]
 """
 
 
@@ -79,39 +94,51 @@ async def daemon_parts(tmp_path: Path) -> AsyncIterator[tuple[AppContext, SmtpSe
         await store.close()
 
 
-async def open_case(ctx: AppContext, dispatch_worker: Any) -> int:
-    """A classified water report, dispatched by the real dispatch stage to SAWACO: case CASE-000001."""
+async def open_case(ctx: AppContext, dispatch_worker: Any, n: int = 1) -> int:
+    """A classified water report, dispatched by the real dispatch stage to SAWACO: case CASE-00000n."""
     store = ctx.store
-    msg = InboundMessage(channel="app", channel_instance="app", idempotency_key="r1",
+    msg = InboundMessage(channel="app", channel_instance="app", idempotency_key=f"r{n}",
                          received_at="2026-09-07T09:00:00+07:00",
-                         text="Ống nước bể trên đường Lê Lợi, Quận 1, nước tràn ra đường.",
+                         text=f"Ống nước bể trên đường Lê Lợi số {n}, Quận 1, nước tràn ra đường.",
                          reporter=Reporter(name="Nguyễn Văn An", phone="0901234567"))
     result = await store.submit(msg, msg.text.encode(), "text/plain")
     cls = Classification(status="route", topic="water_supply", category="infrastructure", agency="sawaco",
                          confidence=0.9, place=Place(district="quan-1", street="le loi"))
     async with store.transaction() as tx:
         await tx.execute("UPDATE reports SET status='routed', topic='water_supply', category='infrastructure',"
-                         " agency='sawaco', district='quan-1', classification=?, incident_id='INC-000001'"
-                         " WHERE id=?", (to_json(cls), result.report_id))
+                         " agency='sawaco', district='quan-1', classification=?, incident_id=?"
+                         " WHERE id=?", (to_json(cls), f"INC-00000{n}", result.report_id))
         await tx.execute("DELETE FROM jobs WHERE report_id=?", (result.report_id,))
-        await tx.enqueue("dispatch", result.report_id, {"incident_id": "INC-000001"})
+        await tx.enqueue("dispatch", result.report_id, {"incident_id": f"INC-00000{n}"})
     assert await dispatch_worker.run_once() == 1
-    case = await store.fetchone("SELECT id, state FROM cases")
-    assert (case["id"], case["state"]) == (CASE_ID, "forwarded")
+    case = await store.fetchone("SELECT id, state FROM cases WHERE report_id=?", (result.report_id,))
+    assert (case["id"], case["state"]) == (f"CASE-00000{n}", "forwarded")
     return result.report_id
 
 
-async def dispatch_email(ctx: AppContext) -> EmailMessage:
+async def dispatch_email(ctx: AppContext, case_id: str = CASE_ID) -> EmailMessage:
     """The email the delivery sender would send SAWACO for the case (same builder, same outbox row)."""
     cfg = dispatch_settings(ctx.settings)
-    row = await ctx.store.fetchone("SELECT msg_id, payload FROM deliveries WHERE case_id=?", (CASE_ID,))
+    row = await ctx.store.fetchone("SELECT msg_id, payload FROM deliveries WHERE case_id=?", (case_id,))
     return build_email(cfg, cfg.agencies["sawaco"].targets[0], row["msg_id"], json.loads(row["payload"]), [])
 
 
-def reply(sender: str, body: str, message_id: str, *, subject: str = SUBJECT, in_reply_to: str | None = None
-          ) -> bytes:
+def passed(domain: str, relay: str = RELAY) -> str:
+    """The Authentication-Results our relay writes for a mail that passed SPF, DKIM and DMARC for `domain`."""
+    return (f"{relay}; spf=pass smtp.mailfrom={domain}; dkim=pass header.d={domain} header.s=s1;"
+            f" dmarc=pass (p=reject) header.from={domain}")
+
+
+def reply(sender: str, body: str, message_id: str, *, subject: str = SUBJECT, in_reply_to: str | None = None,
+          auth: list[str] | None = None, reply_to: str | None = None) -> bytes:
     msg = EmailMessage()
+    if auth is None:  # by default, what our relay says about the From domain: passed
+        auth = [passed(sender.rpartition("@")[2].strip(">"))]
+    for value in auth:
+        msg["Authentication-Results"] = value
     msg["From"] = sender
+    if reply_to:
+        msg["Reply-To"] = reply_to
     msg["To"] = MAILBOX
     msg["Subject"] = subject
     msg["Message-ID"] = message_id
@@ -122,12 +149,12 @@ def reply(sender: str, body: str, message_id: str, *, subject: str = SUBJECT, in
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
-def send(port: int, raw: bytes, sender: str) -> str:
+def send(port: int, raw: bytes, sender: str, rcpt: str = MAILBOX) -> str:
     """Send over SMTP on loopback; returns the server's final reply to DATA."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo()
         client.mail(sender)
-        code, _ = client.rcpt(MAILBOX)
+        code, _ = client.rcpt(rcpt)
         assert code == 250
         code, text = client.data(raw)
         assert code == 250, text
@@ -160,7 +187,7 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
     # 2. The agency acknowledges (its client kept In-Reply-To but rewrote the subject), and its mail server
     #    delivers the same mail twice: one answer.
     dispatch_mail = await dispatch_email(ctx)
-    assert dispatch_mail["Reply-To"] == MAILBOX and dispatch_mail["Subject"].startswith(f"[1022 #{CASE_ID}]")
+    assert dispatch_mail["Subject"].startswith(f"[1022 #{CASE_ID}]")
     ack = reply(f"Điều hành SAWACO <{AGENCY_ADDR}>", "Đã tiếp nhận, sẽ cử đội kiểm tra.", "<a1@sawaco.com.vn>",
                 subject="TL: ống nước bể Lê Lợi", in_reply_to=dispatch_mail["Message-ID"])
     for _ in range(2):
@@ -169,12 +196,15 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
     assert (await store.fetchone("SELECT state FROM cases WHERE id=?", (CASE_ID,)))["state"] == "acknowledged"
 
     # 3. The result, from the agency's mailbox address, quoting the dispatch mail (whose own words are ignored).
+    #    Its client dropped In-Reply-To: the reply address (Reply-To box+token) is the proof.
+    reply_address = dispatch_mail["Reply-To"]
+    assert reply_address.startswith(MAILBOX.split("@")[0] + "+msg_")
     body = ("Đã khắc phục xong, đã thay đoạn ống bị vỡ.\n\nVào 09:05 ngày 07/09/2026, 1022 đã viết:\n"
             "> Phản ánh CASE-000001 ... Trả lời: KHÔNG THUỘC THẨM QUYỀN")
     resolved = reply(f"Hộp thư SAWACO <{AGENCY_BOX}>", body, "<a2@sawaco.com.vn>",
                      subject="Re: " + dispatch_mail["Subject"])
     for _ in range(2):
-        await asyncio.to_thread(send, smtp.port, resolved, AGENCY_BOX)
+        await asyncio.to_thread(send, smtp.port, resolved, AGENCY_BOX, reply_address)
     assert await answers() == [("sawaco", "acknowledged", "email"), ("sawaco", "resolved", "email")]
     case = await store.fetchone("SELECT state, closed_at, result FROM cases WHERE id=?", (CASE_ID,))
     assert case["state"] == "resolved" and case["closed_at"] is not None
@@ -185,7 +215,7 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
 
     # 4. Every mail is kept (once per Message-ID) and flagged; none became a report to classify.
     for message_id, flag in (("<a1@sawaco.com.vn>", "agency_answer"), ("<a2@sawaco.com.vn>", "agency_answer"),
-                             ("<x1@example.com>", None)):
+                             ("<x1@example.com>", "agency_answer_unverified")):
         row = await mail_report(store, message_id)
         assert row is not None and row["status"] == "ignored", message_id
         if flag:
@@ -194,3 +224,110 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
     classify = await store.fetchone("SELECT COUNT(*) AS n FROM jobs j JOIN reports r ON r.id=j.report_id"
                                     " WHERE j.stage='classify' AND r.channel='email'")
     assert classify["n"] == 0
+
+
+# -- the attacker's side ---------------------------------------------------------------------------------
+
+SPOOFED_BODY = "Đã xử lý xong. Hoàn tiền: gọi 0900000000 hoặc truy cập http://evil.example/refund"
+
+
+def attacks(token_ref: str, reply_box: str) -> list[tuple[str, bytes, str, str, str]]:
+    """(name, raw mail, envelope sender, RCPT TO, the reason the note must give). `token_ref` is the real
+    dispatch Message-ID and `reply_box` the real reply address: some variants assume they leaked, to show
+    that the token alone is not enough either."""
+    agency = f"Điều hành SAWACO <{AGENCY_ADDR}>"
+    evil_pass = f"mx.evil.example; spf=pass smtp.mailfrom=sawaco.com.vn; dkim=pass header.d=sawaco.com.vn;" \
+                f" dmarc=pass header.from=sawaco.com.vn"
+    return [
+        # The report's attack: forged From, the guessable subject reference, no token.
+        ("from_spoof_guessed_ref", reply(agency, SPOOFED_BODY, "<e1@evil.example>", subject=SUBJECT,
+                                         auth=[f"{RELAY}; spf=fail smtp.mailfrom=evil.example; dmarc=fail"
+                                               f" header.from=sawaco.com.vn"]),
+         "bounce@evil.example", MAILBOX, "no_reply_token"),
+        # The same with our relay's verdict missing entirely (mail that bypassed the relay).
+        ("from_spoof_no_auth", reply(agency, SPOOFED_BODY, "<e2@evil.example>", auth=[]),
+         "x@evil.example", MAILBOX, "no_reply_token"),
+        # Reply-To is the agency's address, From is the attacker's: Reply-To never counts as the sender.
+        ("reply_to_only", reply("Kẻ gian <kegian@evil.example>", SPOOFED_BODY, "<e3@evil.example>",
+                                reply_to=AGENCY_ADDR, in_reply_to=token_ref),
+         "kegian@evil.example", MAILBOX, "sender_not_agency_address"),
+        # A guessed token in the reply address: not a dispatch of ours.
+        ("guessed_token", reply(agency, SPOOFED_BODY, "<e4@evil.example>"),
+         AGENCY_ADDR, MAILBOX.replace("@", "+msg_000000000000000000000001@"), "no_reply_token"),
+        # Another agency's authenticated address with the real (leaked) token.
+        ("other_agency_address", reply(f"Thoát nước <{OTHER_AGENCY}>", SPOOFED_BODY, "<e5@thoatnuoc.hcm.gov.vn>",
+                                       in_reply_to=token_ref),
+         OTHER_AGENCY, MAILBOX, "sender_not_agency_address"),
+        # The operator unit's mailbox is no master key.
+        ("operator_unit_address", reply(f"Vận hành <{OPERATOR_BOX}>", SPOOFED_BODY,
+                                        "<e6@1022.hochiminhcity.gov.vn>", in_reply_to=token_ref),
+         OPERATOR_BOX, MAILBOX, "sender_not_agency_address"),
+        # The agency's From and the real token, but no verdict from our relay at all.
+        ("missing_auth_results", reply(agency, SPOOFED_BODY, "<e7@evil.example>", auth=[]),
+         AGENCY_ADDR, reply_box, "sender_not_authenticated"),
+        # Our relay says it failed.
+        ("failed_auth", reply(agency, SPOOFED_BODY, "<e8@evil.example>",
+                              auth=[f"{RELAY}; spf=softfail smtp.mailfrom=sawaco.com.vn; dkim=none;"
+                                    f" dmarc=fail header.from=sawaco.com.vn"]),
+         AGENCY_ADDR, reply_box, "sender_authentication_failed"),
+        # A pass written by someone else's authserv-id (the attacker's own server) is no evidence.
+        ("forged_auth_untrusted_id", reply(agency, SPOOFED_BODY, "<e9@evil.example>", auth=[evil_pass],
+                                           in_reply_to=token_ref),
+         AGENCY_ADDR, MAILBOX, "sender_not_authenticated"),
+        # Our relay's pass, but for the attacker's own domain (DKIM/SPF not aligned with From).
+        ("unaligned_pass", reply(agency, SPOOFED_BODY, "<e10@evil.example>", in_reply_to=token_ref,
+                                 auth=[f"{RELAY}; spf=pass smtp.mailfrom=evil.example; dkim=pass"
+                                       f" header.d=evil.example"]),
+         AGENCY_ADDR, MAILBOX, "sender_authentication_failed"),
+    ]
+
+
+async def notes(store: Store) -> dict[str | None, list[str]]:
+    rows = await store.fetchall("SELECT data FROM events WHERE kind='agency_answer_unverified'")
+    return {json.loads(r["data"])["message_id"]: json.loads(r["data"])["reasons"] for r in rows}
+
+
+async def test_forged_agency_answers_become_notes_never_changes(daemon_parts: tuple[AppContext, SmtpService, Any]
+                                                                ) -> None:
+    ctx, smtp, dispatch_worker = daemon_parts
+    store = ctx.store
+    await open_case(ctx, dispatch_worker)
+    await open_case(ctx, dispatch_worker, 2)
+    dispatch_mail = await dispatch_email(ctx)
+    token_ref, reply_box = dispatch_mail["Message-ID"], dispatch_mail["Reply-To"]
+    for name, raw, env_from, rcpt, reason in attacks(token_ref, reply_box):
+        answer = await asyncio.to_thread(send, smtp.port, raw, env_from, rcpt)
+        assert answer.startswith("2.0.0"), (name, answer)
+        states = {r["id"]: r["state"] for r in await store.fetchall("SELECT id, state FROM cases")}
+        assert states == {CASE_ID: "forwarded", "CASE-000002": "forwarded"}, name
+        assert (await store.fetchone("SELECT COUNT(*) AS n FROM answers"))["n"] == 0, name
+        message_id = email.message_from_bytes(raw)["Message-ID"]
+        assert reason in (await notes(store)).get(message_id, []), (name, await notes(store))
+        row = await mail_report(store, message_id)
+        assert row["status"] == "ignored" and "agency_answer_unverified" in json.loads(row["record"])["flags"], name
+    # Nothing was sent to any reporter, and the notes are on the case's timeline in the console.
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM jobs WHERE stage='notify'"
+                                 " AND json_extract(payload, '$.template')='result'"))["n"] == 0
+    from console.queries import case_timeline
+    case = await store.fetchone("SELECT * FROM cases WHERE id=?", (CASE_ID,))
+    shown = [t for t in await case_timeline(store, case) if t.what == "agency_answer_unverified"]
+    assert len(shown) == len(attacks(token_ref, reply_box))
+
+    # A token of CASE-000001 replayed on CASE-000002 (by the real, authenticated agency): a note on 000002.
+    replay = reply(f"SAWACO <{AGENCY_ADDR}>", "Đã xử lý xong.", "<r2@sawaco.com.vn>",
+                   subject="Re: [1022 #CASE-000002] Cấp nước", in_reply_to=token_ref)
+    await asyncio.to_thread(send, smtp.port, replay, AGENCY_ADDR)
+    assert (await notes(store))["<r2@sawaco.com.vn>"] == ["token_of_another_case"]
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM answers"))["n"] == 0
+
+    # The control: the real agency, its real token, our relay's pass -> applied (so the checks above, not a
+    # broken setup, stopped the forgeries). The swaks client this time.
+    good = reply(f"SAWACO <{AGENCY_ADDR}>", "Đã tiếp nhận.", "<ok@sawaco.com.vn>", subject="TL: ống nước")
+    proc = await asyncio.create_subprocess_exec(
+        "swaks", "--server", f"127.0.0.1:{smtp.port}", "--from", AGENCY_ADDR, "--to", reply_box,
+        "--data", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(good.replace(b"\r\n", b"\n")), 60)
+    assert proc.returncode == 0, out.decode()
+    rows = await store.fetchall("SELECT case_id, agency, kind FROM answers")
+    assert [(r["case_id"], r["agency"], r["kind"]) for r in rows] == [(CASE_ID, "sawaco", "acknowledged")]

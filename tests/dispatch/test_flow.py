@@ -39,7 +39,7 @@ class RecordingReplies:
 def settings_for(receiver_url: str, sms_url: str | None = None, **agencies: Any) -> Any:
     hook = {"kind": "webhook", "name": "main", "url": receiver_url, "secrets": [SECRET_A], "allow_private": True,
             "timeout_seconds": 1.0}
-    table = {"sawaco": {"targets": [hook]},
+    table = {"sawaco": {"targets": [hook], "reply_from": ["dieuhanh@sawaco.com.vn"]},
              "thoat-nuoc": {"targets": [dict(hook, name="tn")], "receives_confidential": True},
              "van-hanh-1022": {"targets": [{"kind": "email", "to": ["vanhanh@1022.example.vn"]}]}}
     table.update(agencies)
@@ -151,8 +151,16 @@ async def test_answer_api_authentication(app_ctx):
     await pump(ctx)
     assert (await answer(base, None, "CASE-000001", {"kind": "acknowledged"}))[0] == 401
     assert (await answer(base, "wrong", "CASE-000001", {"kind": "acknowledged"}))[0] == 401
-    assert (await answer(base, TOKENS["agency.thoat-nuoc"], "CASE-000001", {"kind": "acknowledged"}))[0] == 403
-    assert (await answer(base, TOKENS["agency.sawaco"], "CASE-999999", {"kind": "acknowledged"}))[0] == 404
+    # Another agency's case answers exactly like a missing one: nothing tells a prober it exists.
+    foreign = await answer(base, TOKENS["agency.thoat-nuoc"], "CASE-000001", {"kind": "acknowledged"})
+    missing = await answer(base, TOKENS["agency.sawaco"], "CASE-999999", {"kind": "acknowledged"})
+    assert foreign == missing == (404, {"error": "no such case"})
+    # The operator unit's token is scoped like any agency's: no master key over others' cases.
+    assert (await answer(base, TOKENS["agency.van-hanh-1022"], "CASE-000001", {"kind": "resolved"}))[0] == 404
+    for token in (TOKENS["agency.thoat-nuoc"], TOKENS["agency.van-hanh-1022"]):
+        async with aiohttp.ClientSession() as s, s.get(f"{base}/api/v1/agency/cases/CASE-000001",
+                                                       headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 404
     assert (await answer(base, TOKENS["agency.sawaco"], "CASE-000001", {"kind": "dance"}))[0] == 422
     ok = await answer(base, TOKENS["agency.sawaco"], "CASE-000001", {"kind": "acknowledged"}, idem="a1")
     again = await answer(base, TOKENS["agency.sawaco"], "CASE-000001", {"kind": "acknowledged"}, idem="a1")
@@ -235,18 +243,24 @@ async def test_email_reply_from_the_agency_applies_the_answer(app_ctx):
     await pump(ctx)
     row = await ctx.store.fetchone("SELECT msg_id FROM deliveries")
     kwargs = dict(subject="Re: phản ánh", in_reply_to=f"<{row['msg_id']}@1022.tphcm.gov.vn>",
-                  body="Đã rào chắn tạm, đặt biển báo.\n\n> nội dung cũ", message_id="<r1@sawaco>")
+                  body="Đã rào chắn tạm, đặt biển báo.\n\n> nội dung cũ", message_id="<r1@sawaco>",
+                  sender_auth="pass")
     stranger = await apply_email_reply(ctx.store, ctx.settings, from_addr="ke-la@example.com", **kwargs)
-    assert stranger.status == "unauthorised"
-    # The operator unit's mailbox is allowed to answer any case; sawaco has only a webhook here.
-    ok = await apply_email_reply(ctx.store, ctx.settings, from_addr="Vận hành <vanhanh@1022.example.vn>", **kwargs)
+    assert stranger.status == "unverified" and stranger.detail == "sender_not_agency_address"
+    # The operator unit's mailbox is no master key: sawaco's case needs sawaco's address.
+    op = await apply_email_reply(ctx.store, ctx.settings, from_addr="vanhanh@1022.example.vn", **kwargs)
+    assert op.status == "unverified" and op.detail == "sender_not_agency_address"
+    unauthenticated = await apply_email_reply(ctx.store, ctx.settings, from_addr="dieuhanh@sawaco.com.vn",
+                                              **{**kwargs, "sender_auth": "none"})
+    assert unauthenticated.status == "unverified" and unauthenticated.detail == "sender_not_authenticated"
+    ok = await apply_email_reply(ctx.store, ctx.settings, from_addr="dieuhanh@sawaco.com.vn", **kwargs)
     assert ok.status == "applied" and ok.kind == "safety_measures"
-    again = await apply_email_reply(ctx.store, ctx.settings, from_addr="vanhanh@1022.example.vn", **kwargs)
+    again = await apply_email_reply(ctx.store, ctx.settings, from_addr="dieuhanh@sawaco.com.vn", **kwargs)
     assert again.status == "duplicate"
     fix = await ctx.store.fetchone("SELECT due_at - started_at AS span FROM deadlines WHERE kind='fix'")
     assert fix["span"] == 8 * 3600
-    none = await apply_email_reply(ctx.store, ctx.settings, from_addr="vanhanh@1022.example.vn",
-                                   subject="hello", body="Đã xử lý xong")
+    none = await apply_email_reply(ctx.store, ctx.settings, from_addr="dieuhanh@sawaco.com.vn",
+                                   subject="hello", body="Đã xử lý xong", sender_auth="pass")
     assert none.status == "unmatched"
 
 
