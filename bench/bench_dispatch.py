@@ -27,6 +27,7 @@ from dispatch import signing  # noqa: E402
 from dispatch.calendar import load_calendar  # noqa: E402
 from dispatch.cases import CaseBook  # noqa: E402
 from dispatch.delivery import DeliverySender  # noqa: E402
+from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS  # noqa: E402
 from dispatch.schema import MIGRATIONS  # noqa: E402
 from ingest.clock import iso  # noqa: E402
 from ingest.records import Classification, InboundMessage, Place, Reporter, to_json  # noqa: E402
@@ -54,7 +55,7 @@ async def main(n: int, concurrency: int) -> None:
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = await Store.open(Path(tmp) / "db.sqlite3", Path(tmp) / "blobs", migrations={"dispatch": MIGRATIONS})
+        store = await Store.open(Path(tmp) / "db.sqlite3", Path(tmp) / "blobs", migrations={"dedupe": DEDUPE_MIGRATIONS, "dispatch": MIGRATIONS})
         cfg = DispatchConfig.model_validate({
             "agencies": {"sawaco": {"targets": [{"kind": "webhook", "name": "main", "url": url, "secrets": [SECRET],
                                                  "allow_private": True, "concurrency": concurrency}]}},

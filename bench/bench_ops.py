@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config.directory import load_directory  # noqa: E402
+from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
 from dispatch.schema import MIGRATIONS as DISPATCH_MIGRATIONS  # noqa: E402
 from ingest.clock import FakeClock  # noqa: E402
 from ingest.store import Store  # noqa: E402
@@ -86,7 +87,7 @@ async def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clock = FakeClock(quarter.end + DAY)
         store = await Store.open(Path(tmp) / "bench.sqlite3", Path(tmp) / "blobs", clock=clock,
-                                 migrations={"dispatch": DISPATCH_MIGRATIONS, "ops": OPS_MIGRATIONS})
+                                 migrations={"dedupe": DEDUPE_MIGRATIONS, "dispatch": DISPATCH_MIGRATIONS, "ops": OPS_MIGRATIONS})
         try:
             await fill(store, n, sorted(names), quarter.start)
             metrics = OpsMetrics(store, cache_seconds=0)

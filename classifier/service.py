@@ -139,7 +139,9 @@ def build(ctx: AppContext) -> list[Service]:
         return []
     embedder = shared_embedder(ctx)
     router = ctx.shared.get("classifier.router")
-    if not isinstance(router, Router) or router.embedder is not embedder or router.settings != ctx.settings:
+    # A reload that changed only the agency directory file (routing rules) must still route by the new rules.
+    if (not isinstance(router, Router) or router.embedder is not embedder or router.settings != ctx.settings
+            or router.directory != ctx.directory):
         previous = router if isinstance(router, Router) else None
         router = Router(ctx.settings, ctx.directory, embedder)
         if previous is not None and previous.embedder is embedder:

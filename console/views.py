@@ -38,7 +38,7 @@ USER = web.RequestKey("console_user", auth.User)
 FORM = web.RequestKey("console_form", Any)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-CASE_STATES = ("forwarded", "acknowledged", "verified", "safety_done", "in_progress", "resolved", "closed_false")
+CASE_STATES = ("forwarded", "acknowledged", "verified", "safety_done", "in_progress", "resolved", "closed_false", "refused", "merged")
 REPORT_STATES = ("received", "review", "routed", "duplicate", "dispatched", "closed", "rejected", "out_of_scope",
                  "ignored", "failed")
 # What agency staff may answer from the console: the dispatch answer kinds except the operator unit's own.
@@ -286,8 +286,14 @@ class Console:
         decisions = await self.store.fetchall("SELECT * FROM incident_decisions WHERE source=? OR target=?"
                                               " ORDER BY at", (incident_id,) * 2)
         case = await self.store.fetchone("SELECT id, agency, state FROM cases WHERE incident_id=?", (incident_id,))
+        from dispatch.cases import recurrence_of
+
+        recurrence = await recurrence_of(self.store, incident_id)
+        recurrences = await self.store.fetchall("SELECT id, created_at FROM incidents WHERE recurrence_of=?"
+                                                " ORDER BY created_at", (incident_id,))
         return self.page(request, "incident_one.html", {"inc": inc, "members": members, "decisions": decisions,
-                                                        "case": case, "place": json.loads(inc["place"] or "{}")})
+                                                        "case": case, "place": json.loads(inc["place"] or "{}"),
+                                                        "recurrence": recurrence, "recurrences": recurrences})
 
     async def incident_merge(self, request: web.Request) -> web.StreamResponse:
         from dedupe.operations import IncidentError, merge

@@ -42,6 +42,11 @@ async def merge(store: Store, keep: str, absorb: str, actor: str) -> int:
              keep))
         await tx.execute("UPDATE incidents SET state='merged', merged_into=? WHERE id=?", (keep, absorb))
         await _record(tx, "merge", actor, absorb, keep, members)
+        if b["dispatch_report_id"] is not None:
+            # The absorbed incident's case (if one was opened) is dispatch's to move or close, and its agency's to
+            # hear about: handed over through the queue, in this transaction, like every stage hand-off.
+            await tx.enqueue("dispatch", int(b["dispatch_report_id"]),
+                             {"incident_id": absorb, "merged_into": keep, "actor": actor})
     return len(members)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -309,12 +309,23 @@ def finalists(z: np.ndarray, eps: float) -> list[int]:
     return [i for i, zi in enumerate(z.tolist()) if sigmoid(zi + eps) >= floor]
 
 
+def recurrence_probability(new: ReportView, old: ReportView, ev: PairEvidence) -> float | None:
+    """How likely `new` reports the same place and problem as `old`, whose incident is already closed: the pair
+    judged as if reported side by side (the days between them say when it came back, not whether it is the same
+    thing). None when the pair can never be one problem (a hard negative other than time)."""
+    if hard_negative(new, old, ev) is not None:
+        return None
+    return probability(replace(ev, gap_hours=0.0))
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     incident_id: str | None  # None: the report opens a new incident
     score: float
     matched_report: int | None
     reason: str  # why: "matched", "below_threshold", "no_candidates"
+    # A new incident whose most probable earlier report belongs to an incident already closed: a recurrence.
+    recurrence_of: str | None = None
 
 
 def decide(new: ReportView, candidates: Iterable[tuple[ReportView, str]], rarity: Rarity,

@@ -43,3 +43,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
 ]
+
+MIGRATIONS.append((
+    2,
+    """
+    -- An incident closes with its case (resolved, false report, refused); a report of the same place and problem
+    -- after that opens a new incident that names the closed one (a recurrence), so people see the history.
+    ALTER TABLE incidents ADD COLUMN closed_at REAL;
+    ALTER TABLE incidents ADD COLUMN closed_as TEXT;
+    ALTER TABLE incidents ADD COLUMN recurrence_of TEXT;
+    CREATE INDEX incidents_recurrence ON incidents(recurrence_of);
+    """,
+))

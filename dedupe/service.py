@@ -17,6 +17,7 @@ import logging
 import math
 import sqlite3
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -233,16 +234,53 @@ class IncidentMatcher:
     # -- matching -----------------------------------------------------------------------------
     async def match(self, view: policy.ReportView) -> policy.Match:
         first, found = self.first_pass(view)
-        if first.incident_id is None or found is None:
+        if found is None:
             return first
         survivors, cosines, rarity = found
-        assert first.matched_report is not None
-        incident_of = await self._incidents_of([first.matched_report], view.topic_set(), view.district)
-        if first.matched_report in incident_of:
-            return policy.Match(incident_of[first.matched_report], first.score, first.matched_report, first.reason)
-        # The winner's incident was closed (or an operator moved the report): judge those in open incidents.
-        incident_of = await self._incidents_of(survivors, view.topic_set(), view.district)
-        return self._judge(view, [i for i in survivors if i in incident_of], cosines, rarity, incident_of)
+        result = first
+        if first.incident_id is not None:
+            assert first.matched_report is not None
+            incident_of = await self._incidents_of([first.matched_report], view.topic_set(), view.district)
+            if first.matched_report in incident_of:
+                return policy.Match(incident_of[first.matched_report], first.score, first.matched_report,
+                                    first.reason)
+            # The winner's incident was closed (or an operator moved the report): judge those in open incidents.
+            incident_of = await self._incidents_of(survivors, view.topic_set(), view.district)
+            result = self._judge(view, [i for i in survivors if i in incident_of], cosines, rarity, incident_of)
+        if result.incident_id is None:
+            closed = await self._recurrence(view, survivors, rarity)
+            if closed is not None:
+                return replace(result, recurrence_of=closed)
+        return result
+
+    async def _recurrence(self, view: policy.ReportView, survivors: list[int], rarity: _RarityMemo) -> str | None:
+        """The closed incident (its case closed) whose reports name the same place and problem as `view`, the
+        most likely one; None when there is none. Read only when `view` opens a new incident and the window
+        holds candidates, so a report that joins an open incident costs nothing more."""
+        if not survivors or self.index is None:
+            return None
+        marks = ",".join("?" * len(survivors))
+        sql = (f"SELECT m.report_id, m.incident_id, i.closed_at FROM incident_reports m JOIN incidents i"
+               f" ON i.id = m.incident_id WHERE m.report_id IN ({marks}) AND i.state = 'closed'")
+        try:
+            rows: list[Any] = self._lookup().execute(sql, survivors).fetchall()
+        except sqlite3.Error:
+            self.close()
+            rows = [tuple(r) for r in await self.store.fetchall(sql, survivors)]
+        if not rows:
+            return None
+        closed = {r[0]: (r[1], r[2] or 0.0) for r in rows}
+        ids = [i for i in survivors if i in closed]
+        best: tuple[float, float, str] | None = None
+        for rid, vec in zip(ids, self.index.vectors_of(ids)):
+            old = self._features[rid].view(rid, vec)
+            p = policy.recurrence_probability(view, old, policy.evidence(view, old, rarity.__getitem__))
+            if p is None or p < self.threshold:
+                continue
+            incident, closed_at = closed[rid]
+            if best is None or (p, closed_at) > best[:2]:
+                best = (p, closed_at, incident)
+        return best[2] if best is not None else None
 
     def first_pass(self, view: policy.ReportView) -> tuple[policy.Match, tuple[list[int], dict[int, float],
                                                                              _RarityMemo] | None]:
@@ -541,16 +579,17 @@ def _place_summary(place: Place) -> str:
     return json.dumps(summary, ensure_ascii=False)
 
 
-async def new_incident(tx: Tx, view: policy.ReportView) -> str:
-    """Open an incident whose first report is `view` (inside the caller's transaction)."""
+async def new_incident(tx: Tx, view: policy.ReportView, recurrence_of: str | None = None) -> str:
+    """Open an incident whose first report is `view` (inside the caller's transaction); `recurrence_of` names
+    the closed incident of the same place and problem that this one repeats."""
     row = await tx.fetchone("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM incidents")
     seq = int(row["seq"]) if row is not None else 1
     incident_id = incident_id_for(seq)
     await tx.execute(
-        "INSERT INTO incidents(id, seq, first_report_id, topic, district, place, created_at, last_report_at)"
-        " VALUES (?,?,?,?,?,?,?,?)",
+        "INSERT INTO incidents(id, seq, first_report_id, topic, district, place, created_at, last_report_at,"
+        " recurrence_of) VALUES (?,?,?,?,?,?,?,?,?)",
         (incident_id, seq, view.report_id, view.topic, view.district, _place_summary(view.place),
-         view.received_at, view.received_at))
+         view.received_at, view.received_at, recurrence_of))
     return incident_id
 
 
@@ -572,8 +611,16 @@ async def route_member(tx: Tx, report_id: int, incident_id: str, status: str) ->
     """Dispatch or acknowledge a member report by the contract; returns what was done."""
     now = tx.store.clock.now()
     if status != "routed":
+        # Art. 6: every report is acknowledged within 5 minutes, also one an operator has yet to classify.
+        await tx.enqueue("notify", report_id, {"template": "received"})
         return "held_for_review"
-    row = await tx.fetchone("SELECT dispatch_report_id FROM incidents WHERE id=?", (incident_id,))
+    row = await tx.fetchone("SELECT dispatch_report_id, state FROM incidents WHERE id=?", (incident_id,))
+    if row is not None and row["state"] == "closed":
+        # It arrived while the case was open and was held for review until after the case closed: it shares
+        # the incident's result (a new report of the problem, after the closure, opens a recurrence instead).
+        await tx.execute("UPDATE reports SET status='closed', updated_at=? WHERE id=?", (now, report_id))
+        await tx.enqueue("notify", report_id, {"template": "result", "incident_id": incident_id})
+        return "closed"
     if row is not None and row["dispatch_report_id"] is None:
         await tx.execute("UPDATE incidents SET dispatch_report_id=? WHERE id=?", (report_id, incident_id))
         await tx.enqueue("dispatch", report_id, {"incident_id": incident_id})
@@ -618,12 +665,14 @@ class DedupeStage:
                 await join_incident(tx, report.id, incident_id, view.received_at, score=match.score,
                                     matched_report=match.matched_report)
             else:
-                incident_id = await new_incident(tx, view)
+                incident_id = await new_incident(tx, view, match.recurrence_of)
                 await join_incident(tx, report.id, incident_id, view.received_at)
             done = await route_member(tx, report.id, incident_id, status)
-            await tx.event(report.id, "incident", "dedupe", {
-                "incident_id": incident_id, "new": match.incident_id is None, "score": round(match.score, 4),
-                "matched_report": match.matched_report, "action": done})
+            data = {"incident_id": incident_id, "new": match.incident_id is None, "score": round(match.score, 4),
+                    "matched_report": match.matched_report, "action": done}
+            if match.recurrence_of:
+                data["recurrence_of"] = match.recurrence_of
+            await tx.event(report.id, "incident", "dedupe", data)
             tx.after_commit(lambda: self.matcher.remember(view))
         return writes
 

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 MAX_PHOTOS = 10
 STATE_VI = {"forwarded": "Đã chuyển đơn vị xử lý", "acknowledged": "Đơn vị đã tiếp nhận",
             "verified": "Đã xác minh", "safety_done": "Đã có biện pháp an toàn tạm thời",
-            "in_progress": "Đang xử lý", "resolved": "Đã xử lý xong", "closed_false": "Đã đóng: phản ánh không đúng"}
+            "in_progress": "Đang xử lý", "resolved": "Đã xử lý xong", "closed_false": "Đã đóng: phản ánh không đúng",
+            "refused": "Đã đóng: không thuộc phạm vi tiếp nhận", "merged": "Đã gộp vào phản ánh khác cùng sự việc"}
 
 
 class Photo(BaseModel):

@@ -22,7 +22,8 @@ from ingest.worker import Writes
 
 from . import policy
 from .calendar import WorkCalendar
-from .policy import OPERATOR_UNIT, AnswerRejected, CaseView, DeadlineSpec, WarnPolicy
+from .messages import recurrence_text
+from .policy import DAY, OPERATOR_UNIT, AnswerRejected, CaseView, DeadlineSpec, WarnPolicy
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,22 @@ def case_id_for(incident_id: str) -> str:
     return "CASE-" + incident_id.removeprefix("INC-")
 
 
+async def recurrence_of(tx: Tx | Store, incident_id: str) -> dict[str, Any] | None:
+    """The closed incident that `incident_id` repeats, for operators and the agency: which one, its case, how it
+    was closed and how long after ("reported again 3 days after it was closed as resolved"); None otherwise."""
+    row = await tx.fetchone(
+        "SELECT i.created_at, p.id AS prev, p.closed_at, p.closed_as, c.id AS case_id FROM incidents i"
+        " JOIN incidents p ON p.id = i.recurrence_of LEFT JOIN cases c ON c.incident_id = p.id WHERE i.id=?",
+        (incident_id,))
+    if row is None:
+        return None
+    days = max(0, int((row["created_at"] - (row["closed_at"] or row["created_at"])) // DAY))
+    closed_as = row["closed_as"] or "resolved"
+    return {"incident_id": row["prev"], "case_id": row["case_id"], "closed_as": closed_as,
+            "closed_at": iso(row["closed_at"]) if row["closed_at"] else None, "days_after_close": days,
+            "summary_vi": recurrence_text(days, closed_as, "vi"), "summary_en": recurrence_text(days, closed_as, "en")}
+
+
 class CaseBook:
     def __init__(self, store: Store, directory: Directory, cfg: DispatchConfig, calendar: WorkCalendar,
                  public_base_url: str, *, record_only: bool = False) -> None:
@@ -61,6 +78,9 @@ class CaseBook:
 
     # -- the dispatch stage ----------------------------------------------------------------------
     async def handle_dispatch(self, job: Job, report: StoredReport) -> Writes | None:
+        if job.payload.get("merged_into"):
+            return self._merge_writes(str(job.payload["incident_id"]), str(job.payload["merged_into"]),
+                                      str(job.payload.get("actor") or "operator"))
         incident_id = job.payload.get("incident_id") or report.incident_id
         if not incident_id:
             raise PermanentError("dispatch job without an incident")
@@ -98,8 +118,41 @@ class CaseBook:
             await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE id=?", (now, report.id))
             await self._forward(tx, case_id, report, agency, category, "case.created",
                                 first=policy.forward_deadline(received_at, self.warn))
-            await tx.event(report.id, "case_created", "dispatch", {"case_id": case_id, "agency": agency})
+            event = {"case_id": case_id, "agency": agency}
+            recurrence = await recurrence_of(tx, incident_id)
+            if recurrence is not None:
+                event["recurrence_of"] = recurrence["incident_id"]
+                event["recurrence"] = recurrence["summary_vi"]
+            await tx.event(report.id, "case_created", "dispatch", event)
             await tx.enqueue("notify", report.id, {"template": "ack", "case_id": case_id, "incident_id": incident_id})
+
+        return writes
+
+    def _merge_writes(self, absorbed: str, kept: str, actor: str) -> Writes:
+        """An operator merged incident `absorbed` into `kept` (dedupe.operations.merge). Its case, if any, moves
+        to the kept incident when that has none; otherwise it closes as `merged` and its agency is told which
+        case now carries the incident, so nobody handles the same thing twice."""
+
+        async def writes(tx: Tx) -> None:
+            case = await tx.fetchone("SELECT * FROM cases WHERE incident_id=?", (absorbed,))
+            if case is None or case["state"] in policy.CLOSED_STATES:
+                return
+            now = self.store.clock.now()
+            target = await tx.fetchone("SELECT id FROM cases WHERE incident_id=?", (kept,))
+            if target is None:
+                await tx.execute("UPDATE cases SET incident_id=?, updated_at=? WHERE id=?", (kept, now, case["id"]))
+                await tx.event(case["report_id"], "case_moved", actor, {"case_id": case["id"], "from": absorbed,
+                                                                       "to": kept})
+                return
+            await tx.execute("UPDATE cases SET state='merged', closed_at=?, result=?, updated_at=? WHERE id=?",
+                             (now, f"merged into {target['id']}", now, case["id"]))
+            await tx.execute("UPDATE deadlines SET state='cancelled', closed_at=? WHERE case_id=?"
+                             " AND state IN ('open','missed')", (now, case["id"]))
+            await tx.event(case["report_id"], "case_merged", actor, {"case_id": case["id"], "into": target["id"]})
+            report = await self.store.get_report(case["report_id"])
+            assert report is not None
+            await self._deliver(tx, case, report, case["agency"], "case.merged", [], None,
+                                extra={"merged_into_case": target["id"], "merged_into_incident": kept})
 
         return writes
 
@@ -115,6 +168,17 @@ class CaseBook:
             await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at)"
                              " VALUES (?,?,?,?,?,?)", (case_id, agency, spec.kind, spec.started_at, spec.due_at,
                                                        spec.warn_at))
+        case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
+        assert case is not None
+        deadlines = [{"kind": s.kind, "due_at": iso(s.due_at)} for s in specs]
+        await self._deliver(tx, case, report, agency, event, deadlines, return_reason)
+
+    async def _deliver(self, tx: Tx, case: sqlite3.Row, report: StoredReport, agency: str, event: str,
+                       deadlines: list[dict[str, Any]], return_reason: str | None,
+                       extra: dict[str, Any] | None = None) -> None:
+        """One outbox row per target of `agency` carrying `event` about `case`."""
+        case_id = case["id"]
+        now = self.store.clock.now()
         targets = self.cfg.agencies.get(agency)
         if targets is None or not targets.targets:
             # Nobody to deliver to: the clocks still run, so the case shows up as overdue, and operators are told.
@@ -123,11 +187,11 @@ class CaseBook:
             if not self.record_only:
                 log.warning("case %s: agency %s has no dispatch targets configured", case_id, agency)
             return
-        case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
-        assert case is not None
-        deadlines = [{"kind": s.kind, "due_at": iso(s.due_at)} for s in specs]
         payload = self.agency_payload(case, report, agency, event, deadlines, return_reason,
-                                      with_reporter=targets.receives_confidential)
+                                      with_reporter=targets.receives_confidential,
+                                      recurrence=await recurrence_of(tx, case["incident_id"]))
+        if extra:
+            payload["data"].update(extra)
         body = json.dumps(payload, ensure_ascii=False)
         disabled = {r["target"] for r in await tx.fetchall("SELECT target FROM endpoint_state WHERE agency=?",
                                                            (agency,))}
@@ -142,7 +206,7 @@ class CaseBook:
 
     def agency_payload(self, case: sqlite3.Row, report: StoredReport, agency: str, event: str,
                        deadlines: list[dict[str, Any]], return_reason: str | None, *,
-                       with_reporter: bool) -> dict[str, Any]:
+                       with_reporter: bool, recurrence: dict[str, Any] | None = None) -> dict[str, Any]:
         msg = report.message
         cls = report.classification or {}
         reporter: dict[str, Any]
@@ -184,6 +248,7 @@ class CaseBook:
                 "deadlines": deadlines,
                 "return_reason": return_reason,
                 "previous_agencies": json.loads(case["tried"])[:-1],
+                "recurrence": recurrence,
                 "answer_url": f"{self.base_url}/api/v1/agency/cases/{case['id']}/answers",
             },
         }
@@ -209,8 +274,8 @@ class CaseBook:
             oversees = staff and agency == OPERATOR_UNIT
             if case is None or (case["agency"] != agency and not oversees):
                 raise NotFound(case_id)
-            if kind == "reassigned" and agency != OPERATOR_UNIT:
-                raise Forbidden("only the operator unit re-assigns cases")
+            if kind in ("reassigned", "refused") and agency != OPERATOR_UNIT:
+                raise Forbidden(f"only the operator unit may answer {kind!r}")
             now = self.store.clock.now()
             view = CaseView(id=case_id, category=case["category"], agency=case["agency"], state=case["state"],
                             forwarded_at=case["forwarded_at"], complex=bool(case["complex"]),
@@ -302,6 +367,10 @@ class CaseBook:
 
     async def _close(self, tx: Tx, case: sqlite3.Row, state: str, note: str | None, now: float) -> None:
         await tx.execute("UPDATE cases SET closed_at=?, result=? WHERE id=?", (now, note, case["id"]))
+        # The incident closes with its case: a later report of the same place and problem is a recurrence
+        # (a new incident, a new case), not a duplicate of something already handled.
+        await tx.execute("UPDATE incidents SET state='closed', closed_at=?, closed_as=? WHERE id=? AND state='open'",
+                         (now, state, case["incident_id"]))
         rows = await tx.fetchall("SELECT id FROM reports WHERE incident_id=? AND status NOT IN"
                                  " ('rejected','out_of_scope','ignored')", (case["incident_id"],))
         for row in rows:

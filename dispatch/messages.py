@@ -47,6 +47,31 @@ REPORTER_TEMPLATES: dict[str, dict[str, str]] = {
     },
 }
 
+# What a reporter's report looks like before an operator has classified it (Art. 6: acknowledged within 5 min).
+REPORTER_TEMPLATES["received"] = {
+    "vi": "Cổng 1022 TP.HCM đã tiếp nhận phản ánh của Ông/Bà. Phản ánh đang được phân loại để chuyển đến đơn vị có "
+          "thẩm quyền xử lý; Ông/Bà sẽ nhận được mã theo dõi khi phản ánh được chuyển đi.",
+    "en": "HCMC 1022 portal: we have received your report. It is being classified for the competent agency; you will "
+          "receive a reference to follow it once it is forwarded.",
+}
+REPORTER_TEMPLATES["refused"] = {
+    "vi": "Phản ánh mã {case_id} không thuộc phạm vi tiếp nhận của Cổng 1022 TP.HCM. {result}Xem chi tiết tại: {link}",
+    "en": "Report {case_id} is outside what the HCMC 1022 portal handles. {result}Details at: {link}",
+}
+
+CLOSED_AS = {"resolved": {"vi": "đã xử lý xong", "en": "resolved"},
+             "closed_false": {"vi": "phản ánh không đúng", "en": "a false report"},
+             "refused": {"vi": "không thuộc phạm vi tiếp nhận", "en": "refused"}}
+
+
+def recurrence_text(days: int, closed_as: str, language: str) -> str:
+    """"Reported again 3 days after it was closed as resolved", for operators and the agency."""
+    how = CLOSED_AS.get(closed_as, CLOSED_AS["resolved"])
+    if language == "en":
+        return f"reported again {days} day{'s' if days != 1 else ''} after it was closed as {how['en']}"
+    return f"phản ánh lại {days} ngày sau khi sự việc được đóng ({how['vi']})"
+
+
 DEFAULT_REASON = {
     "rejected": {"vi": "nội dung không phù hợp với quy định của Cổng 1022",
                  "en": "the content is outside the portal's rules"},
@@ -85,6 +110,10 @@ ANSWER_HELP_VI = (
 
 def agency_text(payload: dict[str, Any]) -> str:
     d = payload["data"]
+    if payload["type"] == "case.merged":
+        return "\n".join([f"Phản ánh {d['case_id']} đã được gộp vào hồ sơ {d.get('merged_into_case')} (cùng sự việc).",
+                          "Hồ sơ này được đóng; Quý đơn vị không cần xử lý riêng hồ sơ này.", "",
+                          f"Lĩnh vực: {d['topic_name']}", f"Địa bàn: {d.get('district_name') or 'chưa xác định'}"])
     lines = [
         f"Phản ánh {d['case_id']} ({'chuyển lại' if payload['type'] == 'case.rerouted' else 'mới'})",
         f"Lĩnh vực: {d['topic_name']}",
@@ -100,6 +129,9 @@ def agency_text(payload: dict[str, Any]) -> str:
     ]
     if d.get("return_reason"):
         lines += ["", f"Đơn vị trước trả lại với lý do: {d['return_reason']}"]
+    if d.get("recurrence"):
+        r = d["recurrence"]
+        lines += ["", f"Tái diễn: {r['summary_vi']} (sự việc {r['incident_id']}, hồ sơ {r.get('case_id') or '—'})."]
     if d.get("deadlines"):
         lines += ["", "Thời hạn:"] + [f"- {x['kind']}: {x['due_at']}" for x in d["deadlines"]]
     lines += ["", f"Trả lời qua API: {d['answer_url']}", ANSWER_HELP_VI]

@@ -135,7 +135,8 @@ class Notifier:
             fields.update(case_id=case["id"], link=f"{self.base_url}/cases/{case['token']}", result=case["result"],
                           agency=(agency.name_en if language == "en" else agency.name_vi) if agency else case["agency"])
         if template == "result":
-            template = "closed_false" if case is not None and case["state"] == "closed_false" else "resolved"
-        if template in ("ack", "resolved", "closed_false") and case is None:
+            state = case["state"] if case is not None else None
+            template = state if state in ("closed_false", "refused") else "resolved"
+        if template in ("ack", "resolved", "closed_false", "refused") and case is None:
             raise PermanentError(f"template {template} needs a case")
         return reporter_text(template, language, **fields)

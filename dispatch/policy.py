@@ -19,7 +19,7 @@ HOUR = 3600.0
 DAY = 86400.0
 
 OPEN_STATES = ("forwarded", "acknowledged", "verified", "safety_done", "in_progress")
-CLOSED_STATES = ("resolved", "closed_false")
+CLOSED_STATES = ("resolved", "closed_false", "refused", "merged")
 
 ANSWER_KINDS = (
     "acknowledged",  # the agency has taken the case
@@ -31,6 +31,7 @@ ANSWER_KINDS = (
     "resolved",  # done, with photos of the site; closes the case
     "returned",  # not ours, with a reason: re-routed
     "reassigned",  # the operator unit sends the case to a named agency (its guidance, Art. 6)
+    "refused",  # the operator unit refuses it (Art. 4: outside the regulation), with the reason; closes the case
 )
 
 # Which answers satisfy which running clock.
@@ -170,6 +171,8 @@ def answer_effect(case: CaseView, kind: str, data: dict[str, Any], now: float, c
                             new_deadlines=(_spec("completion", now, expected, warn),))
     if kind == "resolved":
         return AnswerEffect(state="resolved", closes=True, meets=meets, cancel_all=True)
+    if kind == "refused":
+        return AnswerEffect(state="refused", closes=True, meets=meets, cancel_all=True)
     if kind == "returned":
         due = return_allowance(case.category, case.forwarded_at, calendar, bool(data.get("field_check")))
         return AnswerEffect(state="forwarded", meets=meets, cancel_all=True, reroute=True,

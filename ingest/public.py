@@ -47,6 +47,8 @@ CASE_STATE_VI = {
     "in_progress": "Đang xử lý",
     "resolved": "Đã xử lý xong",
     "closed_false": "Đã đóng: phản ánh không đúng sự thật",
+    "refused": "Đã đóng: không thuộc phạm vi tiếp nhận",
+    "merged": "Đã gộp vào phản ánh khác cùng sự việc",
 }
 
 

@@ -39,6 +39,8 @@ DEADLINE_LABELS = {
 CASE_STATE_LABELS = {
     "forwarded": "đã chuyển", "acknowledged": "đã tiếp nhận", "verified": "đã kiểm tra", "safety_done": "đã rào chắn",
     "in_progress": "đang xử lý", "resolved": "đã xử lý xong", "closed_false": "không đúng sự việc",
+    "refused": "không thuộc phạm vi",
+    "merged": "đã gộp",
 }
 STATUS_LABELS = {"review": "chờ phân loại", "routed": "đã phân loại", "duplicate": "trùng vụ việc",
                  "dispatched": "đã chuyển", "closed": "đã đóng", "failed": "lỗi xử lý"}

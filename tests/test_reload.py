@@ -5,6 +5,7 @@ reload is lost or stored twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from config.directory import BUNDLED as BUNDLED_DIRECTORY  # noqa: E402
 from test_e2e_support import Daemon, base_config, drop_transcript, free_port, query, toml_str, wait_for  # noqa: E402
 
 TIMEOUT = 60.0
@@ -48,7 +50,10 @@ async def post_until_acknowledged(http: aiohttp.ClientSession, url: str, key: st
 @pytest.mark.timeout(300)
 async def test_sighup_adds_channels_refuses_bad_files_and_loses_nothing(tmp_path: Path) -> None:
     port = free_port()
-    head = base_config(tmp_path, port)
+    # The agency directory (routing rules) is a file of its own: editing it and reloading must take effect too.
+    agencies = tmp_path / "agencies.json"
+    agencies.write_text(BUNDLED_DIRECTORY.read_text(encoding="utf-8"), encoding="utf-8")
+    head = base_config(tmp_path, port) + f"\n[data]\nagencies = {toml_str(agencies)}\n"
     config = tmp_path / "config.toml"
     config.write_text(head + channels(tmp_path, "call-centre"), encoding="utf-8")
     daemon = Daemon(config, port, tmp_path / "daemon.log")
@@ -128,6 +133,30 @@ async def test_sighup_adds_channels_refuses_bad_files_and_loses_nothing(tmp_path
         async def classified() -> bool:
             return not query(db, "SELECT id FROM reports WHERE status='received'")
         await wait_for(classified, 120.0, "reports stuck in 'received' after reload; log:\n{log}", log=daemon.log)
+
+        # 4. A routing rule changed in the directory file alone (the config file is the same) takes effect on
+        # SIGHUP: street lighting goes to the power company instead of the lighting company.
+        before = query(db, "SELECT DISTINCT agency FROM reports WHERE idem_key LIKE 'reload-%' AND agency IS NOT NULL")
+        assert {r["agency"] for r in before} == {"chieu-sang"}
+        directory = json.loads(agencies.read_text(encoding="utf-8"))
+        for topic in directory["topics"]:
+            if topic["id"] == "street_lighting":
+                topic["agency"] = "evnhcmc"
+        agencies.write_text(json.dumps(directory, ensure_ascii=False), encoding="utf-8")
+        daemon.signal(signal.SIGHUP)
+
+        async def fifth() -> bool:
+            return generations() == 5
+        await wait_for(fifth, TIMEOUT, "no reload after the directory changed; log:\n{log}", log=daemon.log)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+            rid = await post_until_acknowledged(http, url, "after-directory",
+                                                "Đèn đường trước số 300 đường Nguyễn Trãi quận 5 bị tắt.")
+
+        async def routed() -> list[object]:
+            return query(db, "SELECT agency FROM reports WHERE id=? AND agency IS NOT NULL", (rid,))
+        await wait_for(routed, 120.0, "the report after the directory change was not routed; log:\n{log}",
+                       log=daemon.log)
+        assert query(db, "SELECT agency FROM reports WHERE id=?", (rid,))[0]["agency"] == "evnhcmc"
         assert "Traceback" not in daemon.log()
         assert daemon.stop() == 0
     finally:

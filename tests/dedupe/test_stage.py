@@ -135,7 +135,8 @@ async def test_review_report_gets_an_incident_and_after_review_dispatches_it(tmp
         await _drain(store, matcher)
         r1 = await store.get_report(first)
         assert r1 and r1.status == "review" and r1.incident_id == "INC-000001"
-        assert await _jobs(store, first) == []
+        # Acknowledged at once (Art. 6), nothing dispatched while an operator has yet to decide.
+        assert await _jobs(store, first) == [("notify", {"template": "received"})]
         # A routed report of the same incident arrives while the first still waits: it opens the case.
         second = await _classified(store, "b", T0 + HOUR, "Cay do chan ngang duong Vo Van Tan gan Truong Dinh",
                                    topic="trees", district="quan-3", vector=_vec(2, base, 0.02))
@@ -148,7 +149,8 @@ async def test_review_report_gets_an_incident_and_after_review_dispatches_it(tmp
         await _drain(store, matcher)
         r1 = await store.get_report(first)
         assert r1 and r1.status == "duplicate" and r1.incident_id == "INC-000001"
-        assert await _jobs(store, first) == [("notify", {"template": "duplicate_ack", "incident_id": "INC-000001"})]
+        assert await _jobs(store, first) == [("notify", {"template": "received"}),
+                                            ("notify", {"template": "duplicate_ack", "incident_id": "INC-000001"})]
     finally:
         await store.close()
 

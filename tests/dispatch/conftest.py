@@ -17,6 +17,7 @@ from config.directory import Directory, load_directory
 from config.dispatch import DispatchConfig
 from dispatch.calendar import load_calendar
 from dispatch.cases import CaseBook
+from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
 from dispatch.schema import MIGRATIONS
 from ingest.clock import FakeClock, iso
 from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter, to_json
@@ -37,7 +38,7 @@ def fclock() -> FakeClock:
 @pytest.fixture
 async def dstore(tmp_path: Path, fclock: FakeClock) -> AsyncIterator[Store]:
     s = await Store.open(tmp_path / "db.sqlite3", tmp_path / "blobs", clock=fclock,
-                         migrations={"dispatch": MIGRATIONS})
+                         migrations={"dedupe": DEDUPE_MIGRATIONS, "dispatch": MIGRATIONS})
     yield s
     await s.close()
 

@@ -12,6 +12,7 @@ import pytest
 
 from config.directory import load_directory
 from config.loader import validate
+from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
 from dispatch.schema import MIGRATIONS as DISPATCH_MIGRATIONS
 from ingest.app import AppContext
 from ingest.clock import VN_TZ, FakeClock, iso
@@ -79,7 +80,8 @@ class World:
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = FakeClock(NOW)
     store = await Store.open(tmp_path / "store.sqlite3", tmp_path / "blobs", clock=clock,
-                             migrations={"dispatch": DISPATCH_MIGRATIONS, "ops": OPS_MIGRATIONS})
+                             migrations={"dedupe": DEDUPE_MIGRATIONS, "dispatch": DISPATCH_MIGRATIONS,
+                                         "ops": OPS_MIGRATIONS})
     yield World(store=store, clock=clock, seq=itertools.count(1))
     await store.close()
 

@@ -12,6 +12,7 @@ from config.loader import validate
 from dispatch.calendar import load_calendar
 from dispatch.cases import CaseBook
 from dispatch.clocks import tick
+from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
 from dispatch.schema import MIGRATIONS as DISPATCH_MIGRATIONS
 from ingest.clock import VN_TZ, FakeClock, iso
 from ingest.records import Classification, InboundMessage, Place, Reporter, to_json
@@ -27,7 +28,7 @@ async def test_weekly_figures_follow_the_dispatch_stage(tmp_path: Path, capsys) 
     week = datetime(2026, 9, 21, tzinfo=VN_TZ).timestamp()
     clock = FakeClock(week + 9 * HOUR)
     store = await Store.open(tmp_path / "db.sqlite3", tmp_path / "blobs", clock=clock,
-                             migrations={"dispatch": DISPATCH_MIGRATIONS, "ops": OPS_MIGRATIONS})
+                             migrations={"dedupe": DEDUPE_MIGRATIONS, "dispatch": DISPATCH_MIGRATIONS, "ops": OPS_MIGRATIONS})
     try:
         book = CaseBook(store, load_directory(), DispatchConfig(), load_calendar(), "https://1022.example.vn")
         dispatcher = StageWorker(store, "dispatch", book.handle_dispatch)

@@ -1,0 +1,181 @@
+"""The incident's life with its case (Art. 6.4, 7.4): reports while the case is open join it; the incident closes
+when the case closes; the same place and problem reported after that opens a new incident and case, linked to
+the old one as a recurrence that the agency and operators see. Dedupe and dispatch on one real store, agency
+answers over the real HTTP API, time moved by the fake clock."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from dedupe.service import STAGE, DedupeStage, IncidentMatcher
+from ingest.clock import iso
+from ingest.records import Classification, InboundMessage, Place, Reporter, to_json
+from ingest.store import Store
+from ingest.worker import StageWorker
+
+from .test_flow import TOKENS, answer, app_ctx, pump  # noqa: F401  (app_ctx is a fixture)
+
+DAY = 86400.0
+BASE = np.random.default_rng(11).standard_normal(384).astype(np.float32)
+
+
+def _vec(seed: int, base: np.ndarray = BASE) -> np.ndarray:
+    v = base + 0.02 * np.random.default_rng(seed).standard_normal(384).astype(np.float32)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+_keys = iter(range(1, 10_000))
+
+
+async def classified_report(store: Store, text: str, *, status: str = "routed", channel: str = "email",
+                            base: np.ndarray = BASE, street: str = "le loi") -> int:
+    """What the classify stage leaves behind for a water-main report on Lê Lợi: columns, vector, a dedupe job."""
+    n = next(_keys)
+    msg = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"lc{n}",
+                         received_at=iso(store.clock.now()), text=text,
+                         reporter=Reporter(name="Lê Thị Hoa", phone=f"09011100{n:02d}", email=f"hoa{n}@example.vn"))
+    rid = (await store.submit(msg, text.encode(), "text/plain")).report_id
+    cls = Classification(status="route" if status == "routed" else status, topic="water_supply",
+                         category="infrastructure", agency="sawaco", confidence=0.95,
+                         place=Place(district="quan-1", street=street))
+    async with store.transaction() as tx:
+        await tx.execute("DELETE FROM jobs WHERE report_id=?", (rid,))
+        await tx.execute("UPDATE reports SET status=?, topic='water_supply', category='infrastructure',"
+                         " agency='sawaco', district='quan-1', classification=? WHERE id=?",
+                         (status, to_json(cls), rid))
+        await tx.execute("INSERT INTO embeddings VALUES (?,?,?,?)", (rid, "e5", 384, _vec(n, base).tobytes()))
+        await tx.enqueue(STAGE, rid)
+    return rid
+
+
+async def dedupe(store: Store, matcher: IncidentMatcher) -> None:
+    worker = StageWorker(store, STAGE, DedupeStage(store, matcher).handle)
+    while await worker.run_once():
+        pass
+
+
+async def test_incident_closes_with_its_case_and_a_later_report_is_a_recurrence(app_ctx, receiver):  # noqa: F811
+    ctx, base = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    first = await classified_report(store, "Ống nước bể trước số 20 Lê Lợi quận 1, nước tràn ra đường")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    case = await store.fetchone("SELECT * FROM cases")
+    assert case["incident_id"] == "INC-000001"
+
+    # While the case is open, another report of the same leak joins it (a duplicate, nothing dispatched).
+    ctx.clock.advance(3600)
+    joined = await classified_report(store, "Lê Lợi quận 1 trước nhà số 20 bể ống nước, nước chảy lênh láng")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    assert (await store.get_report(joined)).incident_id == "INC-000001"
+    assert (await store.get_report(joined)).status == "duplicate"
+    assert len(await store.fetchall("SELECT id FROM cases")) == 1
+
+    status, _ = await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "resolved", "note": "Đã thay ống",
+                             "photos": [{"content_type": "image/jpeg", "data": "aGVsbG8="}]})
+    assert status == 201
+    await pump(ctx)
+    inc = await store.fetchone("SELECT state, closed_as FROM incidents WHERE id='INC-000001'")
+    assert (inc["state"], inc["closed_as"]) == ("closed", "resolved")
+    assert {(await store.get_report(r)).status for r in (first, joined)} == {"closed"}
+
+    # Three days later the same leak is reported again: a new incident, a new case, linked as a recurrence.
+    ctx.clock.advance(3 * DAY)
+    again = await classified_report(store, "Ống nước trước số 20 Lê Lợi quận 1 lại bể, nước tràn ra đường")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    report = await store.get_report(again)
+    assert report.incident_id == "INC-000002" and report.status == "dispatched"
+    inc2 = await store.fetchone("SELECT recurrence_of FROM incidents WHERE id='INC-000002'")
+    assert inc2["recurrence_of"] == "INC-000001"
+    case2 = await store.fetchone("SELECT * FROM cases WHERE incident_id='INC-000002'")
+    assert case2["state"] == "forwarded" and case2["agency"] == "sawaco"
+    # The agency sees it in the delivery...
+    created = [b["data"] for b in receiver.accepted.values() if b["data"]["case_id"] == case2["id"]]
+    assert created and created[0]["recurrence"]["incident_id"] == "INC-000001"
+    assert created[0]["recurrence"]["days_after_close"] == 3
+    assert created[0]["recurrence"]["summary_en"] == "reported again 3 days after it was closed as resolved"
+    # ...operators in the report's timeline, and the reporter is told it was forwarded, not "being handled".
+    events = await store.fetchall("SELECT kind, data FROM events WHERE report_id=? AND kind='case_created'", (again,))
+    assert json.loads(events[0]["data"])["recurrence_of"] == "INC-000001"
+    sent = ctx.replies.get("email").sent
+    assert any(rid == again and case2["id"] in text for rid, text in sent)
+    assert not any(rid == again and "đang được xử lý" in text for rid, text in sent)
+
+    # A further report while the new case is open joins the new incident, not the closed one.
+    ctx.clock.advance(3600)
+    fourth = await classified_report(store, "Số 20 Lê Lợi quận 1 ống nước bể lại, nước ngập lề đường")
+    await dedupe(store, matcher)
+    assert (await store.get_report(fourth)).incident_id == "INC-000002"
+
+
+async def test_a_report_in_review_is_acknowledged_and_shares_the_result_if_the_case_closed_meanwhile(
+        app_ctx):  # noqa: F811
+    ctx, base = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    await classified_report(store, "Ống nước bể trước số 20 Lê Lợi quận 1, nước tràn ra đường")
+    held = await classified_report(store, "Lê Lợi q1 số 20 bể ống nước", status="review")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    # Art. 6: acknowledged within minutes although no operator has classified it yet.
+    assert any(rid == held and "đang được phân loại" in text for rid, text in ctx.replies.get("email").sent)
+    case = await store.fetchone("SELECT * FROM cases")
+    assert (await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "false_report"}))[0] == 201
+    # The operator then confirms the routing: the report joins the closed incident's result.
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (held,))
+        await tx.enqueue(STAGE, held, {"after_review": True})
+    await dedupe(store, matcher)
+    await pump(ctx)
+    assert (await store.get_report(held)).status == "closed"
+    assert any(rid == held and "không ghi nhận" in text for rid, text in ctx.replies.get("email").sent)
+
+
+async def test_merge_closes_the_absorbed_case_and_tells_its_agency(app_ctx, receiver):  # noqa: F811
+    from dedupe.operations import merge
+
+    ctx, base = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    await classified_report(store, "Ống nước bể trước số 20 Lê Lợi quận 1, nước tràn ra đường")
+    other = np.random.default_rng(99).standard_normal(384).astype(np.float32)
+    await classified_report(store, "Đường Hai Bà Trưng quận 1 mất nước từ sáng", base=other, street="hai ba trung")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    cases = {r["incident_id"]: r for r in await store.fetchall("SELECT * FROM cases")}
+    assert set(cases) == {"INC-000001", "INC-000002"}
+
+    await merge(store, "INC-000001", "INC-000002", actor="op-lan")
+    await pump(ctx)
+    absorbed = await store.fetchone("SELECT * FROM cases WHERE incident_id='INC-000002'")
+    assert absorbed["state"] == "merged" and absorbed["closed_at"] is not None
+    assert not await store.fetchall("SELECT id FROM deadlines WHERE case_id=? AND state IN ('open','missed')",
+                                    (absorbed["id"],))
+    told = [b["data"] for b in receiver.accepted.values() if b["type"] == "case.merged"]
+    assert [(d["case_id"], d["merged_into_case"]) for d in told] == [(absorbed["id"], cases["INC-000001"]["id"])]
+    # The agency can no longer answer the merged case; the kept one carries on.
+    assert (await answer(base, TOKENS["agency.sawaco"], absorbed["id"], {"kind": "verified"}))[0] == 409
+    kept = await store.fetchone("SELECT state FROM cases WHERE incident_id='INC-000001'")
+    assert kept["state"] == "forwarded"
+
+
+async def test_merge_moves_the_case_when_the_kept_incident_has_none(app_ctx):  # noqa: F811
+    from dedupe.operations import merge
+
+    ctx, _ = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    other = np.random.default_rng(98).standard_normal(384).astype(np.float32)
+    await classified_report(store, "Lê Lợi q1 số 20 bể ống nước", status="review")
+    await classified_report(store, "Đường Hai Bà Trưng quận 1 mất nước từ sáng", base=other, street="hai ba trung")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    assert [r["incident_id"] for r in await store.fetchall("SELECT incident_id FROM cases")] == ["INC-000002"]
+    await merge(store, "INC-000001", "INC-000002", actor="op-lan")
+    await pump(ctx)
+    case = await store.fetchone("SELECT * FROM cases")
+    assert case["incident_id"] == "INC-000001" and case["state"] == "forwarded"
