@@ -13,12 +13,11 @@ from aiohttp import web
 
 from config.channels import ChannelEntry, Open311Options
 from ingest.app import AppContext, Service
-from ingest.clock import iso
 from ingest.public import HIDDEN_STATES, public_request
-from ingest.records import Attachment
 from ingest.store import Store
 
-from .open311_parse import Open311Error, error_body, parse_request
+from .open311_intake import Intake
+from .open311_parse import Open311Error, error_body
 
 log = logging.getLogger(__name__)
 PREFIX = "/open311/v2"
@@ -31,6 +30,7 @@ class Open311Channel:
         self.options = options
         self.store: Store = ctx.store
         self.accepting = True
+        self.intake = Intake(ctx.store, ctx.clock, self._service_codes, entry.name, options.max_photos)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -61,23 +61,9 @@ class Open311Channel:
         if key is not None and not (0 < len(key) <= 255):
             return self._fail(400, "Idempotency-Key must be 1 to 255 characters")
         try:
-            parsed = parse_request(
-                raw, content_type, idempotency_key=key, received_at=iso(self.ctx.clock.now()),
-                service_codes=self._service_codes(), channel_instance=self.name, max_photos=self.options.max_photos)
+            result = await self.intake.accept(raw, content_type, idempotency_key=key)
         except Open311Error as exc:
-            # Kept for inspection (never silently dropped), refused with a reason the app can show.
-            await self.store.quarantine(self.name, raw, exc.description, {"content_type": content_type, "status": exc.code})
             return self._fail(exc.code, exc.description)
-        attachments = []
-        for photo in parsed.photos:
-            digest = await self.store.put_blob(photo.data, photo.content_type)
-            attachments.append(Attachment(sha256=digest, content_type=photo.content_type, size=len(photo.data),
-                                          filename=photo.filename))
-        message = parsed.message
-        if attachments:
-            from dataclasses import replace
-            message = replace(message, attachments=tuple(attachments))
-        result = await self.store.submit(message, raw, content_type or "application/x-www-form-urlencoded")
         body = [{"service_request_id": str(result.report_id), "service_notice": "Đã tiếp nhận phản ánh",
                  "account_id": None}]
         return web.json_response(body, status=201 if result.created else 200)

@@ -20,12 +20,18 @@ MAX_TEXT_CHARS = 20_000
 
 
 class Open311Error(Exception):
-    """A request we refuse; `code` is the HTTP status, `description` is safe to show to the client."""
+    """A request we refuse; `code` is the HTTP status, `description` is safe to show to the client.
 
-    def __init__(self, code: int, description: str) -> None:
+    `field` names the form field at fault and `reason` is a stable key for it, so the web portal can put a
+    message in the person's language next to that field (portal/catalogue.py has one text per reason).
+    """
+
+    def __init__(self, code: int, description: str, *, field: str | None = None, reason: str = "invalid") -> None:
         super().__init__(description)
         self.code = code
         self.description = description
+        self.field = field
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +92,8 @@ def _parse_multipart(raw: bytes, content_type: str) -> tuple[dict[str, str], lis
             raise ValueError("multipart part without a name")
         payload = part.get_payload(decode=True) or b""
         filename = part.get_filename()
+        if filename == "" and not payload:
+            continue  # a browser's file input left empty sends a nameless, empty part: no photo
         if filename is not None or name == "media":
             photos.append(Photo(data=payload, content_type=part.get_content_type(), filename=filename))
         else:
@@ -94,36 +102,55 @@ def _parse_multipart(raw: bytes, content_type: str) -> tuple[dict[str, str], lis
 
 
 def parse_request(raw: bytes, content_type: str, *, idempotency_key: str | None, received_at: str,
-                  service_codes: set[str], channel_instance: str, max_photos: int) -> ParsedRequest:
+                  service_codes: set[str], channel_instance: str, max_photos: int,
+                  max_photo_bytes: int | None = None, require_service_code: bool = True) -> ParsedRequest:
     fields, photos = parse_body(raw, content_type)
+    return request_from_fields(
+        fields, photos, raw, idempotency_key=idempotency_key, received_at=received_at, service_codes=service_codes,
+        channel_instance=channel_instance, max_photos=max_photos, max_photo_bytes=max_photo_bytes,
+        require_service_code=require_service_code)
+
+
+def request_from_fields(fields: dict[str, str], photos: list[Photo], raw: bytes, *, idempotency_key: str | None,
+                        received_at: str, service_codes: set[str], channel_instance: str, max_photos: int,
+                        max_photo_bytes: int | None = None, require_service_code: bool = True) -> ParsedRequest:
+    """The record of an already-parsed body. The app must name a service (GeoReport v2 requires it); the web
+    portal's topic is only a hint (`require_service_code=False`): the classifier decides."""
     code = fields.get("service_code", "").strip()
-    if not code:
-        raise Open311Error(400, "service_code is required")
-    if code not in service_codes:
-        raise Open311Error(404, f"unknown service_code {code!r}: see services.json")
+    if not code and require_service_code:
+        raise Open311Error(400, "service_code is required", field="service_code", reason="required")
+    if code and code not in service_codes:
+        raise Open311Error(404, f"unknown service_code {code!r}: see services.json", field="service_code",
+                           reason="unknown")
     text = normalize(fields.get("description", ""))
     if not text:
-        raise Open311Error(400, "description is required")
+        raise Open311Error(400, "description is required", field="description", reason="required")
     if len(text) > MAX_TEXT_CHARS:
-        raise Open311Error(400, f"description is longer than {MAX_TEXT_CHARS} characters")
+        raise Open311Error(400, f"description is longer than {MAX_TEXT_CHARS} characters", field="description",
+                           reason="too_long")
     lat, lon = _coordinate(fields, "lat", -90, 90), _coordinate(fields, "long", -180, 180)
     if (lat is None) != (lon is None):
-        raise Open311Error(400, "lat and long must be given together")
+        raise Open311Error(400, "lat and long must be given together", field="lat", reason="pair")
     address = normalize(fields.get("address_string", "")) or None
     if lat is None and address is None and not fields.get("address_id"):
-        raise Open311Error(400, "a location is required: lat and long, or address_string")
+        raise Open311Error(400, "a location is required: lat and long, or address_string", field="address_string",
+                           reason="location_required")
     if len(photos) > max_photos:
-        raise Open311Error(400, f"at most {max_photos} photos per request")
+        raise Open311Error(400, f"at most {max_photos} photos per request", field="media", reason="too_many")
     for photo in photos:
         if not photo.content_type.startswith(("image/", "video/", "application/octet-stream")):
-            raise Open311Error(400, f"media must be an image or video, not {photo.content_type}")
+            raise Open311Error(400, f"media must be an image or video, not {photo.content_type}", field="media",
+                               reason="not_image")
+        if max_photo_bytes is not None and len(photo.data) > max_photo_bytes:
+            raise Open311Error(413, f"each photo must be at most {max_photo_bytes} bytes", field="media",
+                               reason="too_large")
     name = " ".join(p for p in (fields.get("last_name", "").strip(), fields.get("first_name", "").strip()) if p)
     reporter = Reporter(
         name=name or None,
         phone=fields.get("phone", "").strip() or None,
         email=fields.get("email", "").strip() or None,
         address=address,
-        confidential=fields.get("confidential", "").lower() in ("1", "true", "yes"),
+        confidential=fields.get("confidential", "").lower() in ("1", "true", "yes", "on"),
         reply_to=fields.get("device_id") or None,
     )
     key = idempotency_key or hashlib.sha256(raw).hexdigest()
@@ -136,7 +163,7 @@ def parse_request(raw: bytes, content_type: str, *, idempotency_key: str | None,
         reporter=reporter,
         lat=lat,
         lon=lon,
-        service_code=code,
+        service_code=code or None,
         external_id=fields.get("account_id") or None,
     )
     return ParsedRequest(message=message, photos=tuple(photos))
@@ -149,9 +176,9 @@ def _coordinate(fields: dict[str, str], name: str, low: float, high: float) -> f
     try:
         number = float(value)
     except ValueError:
-        raise Open311Error(400, f"{name} must be a number") from None
+        raise Open311Error(400, f"{name} must be a number", field=name, reason="number") from None
     if not math.isfinite(number) or not low <= number <= high:
-        raise Open311Error(400, f"{name} is out of range")
+        raise Open311Error(400, f"{name} is out of range", field=name, reason="range")
     return number
 
 

@@ -1,0 +1,54 @@
+"""The one way a service request enters the store, for the app's Open311 API and the web portal alike.
+
+Parse (or take the fields a caller already parsed), refuse with a reason and keep the refused body in quarantine,
+store the photos, then submit: the caller acknowledges only after `accept` returns, which is after the commit.
+The idempotency key is the client's (the app's `Idempotency-Key` header, the portal form's hidden key), else the
+body's sha256.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from ingest.clock import Clock, iso
+from ingest.records import Attachment
+from ingest.store import Store, SubmitResult
+
+from .open311_parse import Open311Error, Photo, request_from_fields, parse_body
+
+
+class Intake:
+    def __init__(self, store: Store, clock: Clock, service_codes: Callable[[], set[str]], channel_instance: str,
+                 max_photos: int, max_photo_bytes: int | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.service_codes = service_codes
+        self.channel_instance = channel_instance
+        self.max_photos = max_photos
+        self.max_photo_bytes = max_photo_bytes
+
+    async def accept(self, raw: bytes, content_type: str, *, idempotency_key: str | None,
+                     require_service_code: bool = True,
+                     parsed: tuple[dict[str, str], list[Photo]] | None = None) -> SubmitResult:
+        """Store one request durably; raises Open311Error (after quarantining the body) when it is refused."""
+        try:
+            fields, photos = parsed if parsed is not None else parse_body(raw, content_type)
+            request = request_from_fields(
+                fields, photos, raw, idempotency_key=idempotency_key, received_at=iso(self.clock.now()),
+                service_codes=self.service_codes(), channel_instance=self.channel_instance,
+                max_photos=self.max_photos, max_photo_bytes=self.max_photo_bytes,
+                require_service_code=require_service_code)
+        except Open311Error as exc:
+            # Kept for inspection (never silently dropped), refused with a reason the client can show.
+            await self.store.quarantine(self.channel_instance, raw, exc.description,
+                                        {"content_type": content_type, "status": exc.code})
+            raise
+        attachments = []
+        for photo in request.photos:
+            digest = await self.store.put_blob(photo.data, photo.content_type)
+            attachments.append(Attachment(sha256=digest, content_type=photo.content_type, size=len(photo.data),
+                                          filename=photo.filename))
+        message = request.message
+        if attachments:
+            message = replace(message, attachments=tuple(attachments))
+        return await self.store.submit(message, raw, content_type or "application/x-www-form-urlencoded")
