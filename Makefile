@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 MODEL_STAMP := var/models/.e5-converted
+# The portal's browser assets (map library; axe-core for the tests), from the npm registry, never committed.
+NPM_STAMP := portal/vendor/node_modules/.installed
 CONFIG ?= config/default.toml
 # torch's CPU build, pinned, from PyTorch's CPU wheel index (PyPI's torch is the CUDA build). A machine whose
 # pip already holds that wheel locally (find-links) takes it from there; its dependencies come with the project.
@@ -18,7 +20,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup run test bench clean system-deps
 
-setup: $(STAMP) $(MODEL_STAMP)
+setup: $(STAMP) $(MODEL_STAMP) $(NPM_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -37,6 +39,11 @@ $(TEST_STAMP): $(STAMP)
 $(MODEL_STAMP): $(STAMP)
 	$(PY) -m classifier.e5convert
 	mkdir -p $(dir $@) && touch $@
+
+# Served by the daemon itself (no CDN): exact versions from package-lock.json, no install scripts.
+$(NPM_STAMP): portal/vendor/package.json portal/vendor/package-lock.json
+	npm ci --prefix portal/vendor --no-audit --no-fund --ignore-scripts
+	touch $@
 
 run: setup
 	$(PY) run_daemon.py serve --config $(CONFIG)

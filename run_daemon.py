@@ -48,8 +48,8 @@ log = logging.getLogger("run_daemon")
 
 # Pipeline components in stage order; each has `<pkg>.schema.MIGRATIONS` and `<pkg>.service.build(ctx)`.
 COMPONENTS = ("classifier", "dedupe", "dispatch")
-# Served beside the pipeline by the daemon, not in batch routing: operator console, public pages, metrics.
-SERVICE_COMPONENTS = ("console", "ops")
+# Served beside the pipeline by the daemon, not in batch routing: operator console, metrics, citizen portal.
+SERVICE_COMPONENTS = ("console", "ops", "portal")
 PIPELINE_STAGES = ("classify", "dedupe", "dispatch")
 ROUTE_STATUS = {"dispatched": "dispatched", "duplicate": "duplicate", "review": "review", "rejected": "rejected",
                 "out_of_scope": "out_of_scope", "closed": "dispatched", "routed": "dispatched"}
@@ -68,6 +68,7 @@ MIGRATION_SOURCES = {
     "dedupe": "dedupe.schema",
     "dispatch": "dispatch.schema",
     "console": "console.schema",
+    "portal": "portal.schema",
     "ops": "ops.schema",
     "channels.telegram": "channels.telegram",
 }

@@ -83,5 +83,6 @@ class Settings(Section):
     # Sections owned by later stages are validated by their own models (see config/loader.py EXTRA_SECTIONS).
     dispatch: dict[str, Any] = {}
     console: dict[str, Any] = {}
+    portal: dict[str, Any] = {}
     ops: dict[str, Any] = {}
     secrets: dict[str, SecretStr] = {}

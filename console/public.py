@@ -1,4 +1,5 @@
-"""Public transparency (Art. 8.2, 9): the Open311 GeoReport v2 read API in JSON and XML, and a public page.
+"""Public transparency (Art. 8.2, 9): the Open311 GeoReport v2 read API in JSON and XML. The public pages for
+people (`/public`, in Vietnamese and English, with a map) are the web portal's (portal/views.py), on this query.
 
 Open311 GeoReport v2 (GET only): `services.{json,xml}`, `requests.{json,xml}` with `service_request_id`,
 `service_code`, `start_date`, `end_date`, `status` (comma lists allowed, `jurisdiction_id` accepted and
@@ -11,45 +12,26 @@ The public handling steps come from a whitelist of event kinds and whitelisted f
 """
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
 
 from aiohttp import web
 
 from config.directory import Directory
 from ingest.app import AppContext
-from ingest.clock import VN_TZ, iso
-from ingest.public import CASE_STATE_VI, CLOSED_STATES, HIDDEN_STATES, public_request
-from ingest.store import Store
-
-from .render import render
+from ingest.clock import VN_TZ
+from ingest.public import CLOSED_STATES, HIDDEN_STATES, public_request
 
 PREFIX = "/open311/v2"
 DEFAULT_WINDOW_DAYS = 90  # GeoReport v2: without dates, the last 90 days
 MAX_PAGE_SIZE = 1000
-PUBLIC_PAGE_SIZE = 50
 
 # The columns public_request reads, with the case of the report's incident when there is one.
 SELECT = ("SELECT r.id, r.status, r.topic, r.agency, r.district, r.received_at, r.updated_at, r.record,"
           " r.classification, r.incident_id, c.agency AS case_agency, c.state AS case_state,"
           " c.expected_completion, c.id AS case_id, c.report_id AS case_report_id"
           " FROM reports r LEFT JOIN cases c ON c.incident_id = r.incident_id")
-
-ANSWER_VI = {
-    "acknowledged": "Đơn vị xử lý đã tiếp nhận",
-    "false_report": "Đơn vị xác minh: phản ánh không đúng sự thật, đóng hồ sơ",
-    "verified": "Đơn vị đã xác minh tại hiện trường",
-    "safety_measures": "Đã có biện pháp an toàn tạm thời (rào chắn, biển báo)",
-    "in_progress": "Đang khắc phục",
-    "progress_report": "Báo cáo tiến độ",
-    "resolved": "Đã xử lý xong",
-    "returned": "Đơn vị trả lại: không thuộc thẩm quyền",
-    "reassigned": "Tổ vận hành chuyển đơn vị xử lý khác",
-}
-
 
 class QueryError(Exception):
     pass
@@ -155,44 +137,6 @@ def services(directory: Directory) -> list[dict[str, Any]]:
             for t in directory.topics.values() if t.agency is not None]
 
 
-async def public_steps(store: Store, directory: Directory, row: Any) -> list[dict[str, str]]:
-    """The handling steps anyone may see: kind and time, and agency names; never notes, actors or free text."""
-    steps = [{"at": iso(row["received_at"]), "what": "Tiếp nhận phản ánh"}]
-    report_ids = sorted({int(row["id"]), *([int(row["case_report_id"])] if row["case_report_id"] else [])})
-    events = await store.fetchall(
-        f"SELECT report_id, kind, at, data FROM events WHERE report_id IN ({','.join('?' * len(report_ids))})"
-        " ORDER BY at, id", report_ids)
-
-    def agency_name(agency_id: Any) -> str:
-        agency = directory.agencies.get(str(agency_id or ""))
-        return agency.name_vi if agency else "đơn vị xử lý"
-
-    for e in events:
-        try:
-            data = json.loads(e["data"] or "{}")
-        except ValueError:
-            data = {}
-        kind, own = e["kind"], e["report_id"] == row["id"]
-        what = None
-        if kind == "case_created":
-            what = f"Chuyển {agency_name(data.get('agency'))} xử lý"
-        elif kind == "agency_answer":
-            what = ANSWER_VI.get(str(data.get("kind")), "Đơn vị xử lý cập nhật")
-        elif kind == "case_rerouted":
-            what = f"Chuyển lại cho {agency_name(data.get('to'))}"
-        elif kind == "case_closed":
-            what = "Đóng hồ sơ: " + CASE_STATE_VI.get(str(data.get("state")), "đã xử lý")
-        elif kind == "deadline_escalation":
-            what = f"Quá hạn xử lý, đã báo cáo ({agency_name(data.get('agency'))})"
-        elif kind == "reporter_notified" and own:
-            what = "Đã thông báo cho người phản ánh"
-        elif kind in ("incident_merge", "incident") and own and row["case_id"] and row["case_report_id"] != row["id"]:
-            what = "Gộp vào sự việc đang xử lý"
-        if what:
-            steps.append({"at": iso(e["at"]), "what": what})
-    return steps
-
-
 class PublicViews:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
@@ -205,8 +149,6 @@ class PublicViews:
             web.get(f"{PREFIX}/requests.xml", self.list_xml),
             web.get(PREFIX + "/requests/{id}.json", self.one_json),
             web.get(PREFIX + "/requests/{id}.xml", self.one_xml),
-            web.get("/public", self.page),
-            web.get("/public/{id}", self.page_one),
         ]
 
     async def _query(self, params: Any) -> tuple[list[Any], int, int]:
@@ -259,38 +201,6 @@ class PublicViews:
             return web.Response(body=xml_error(404, "no such service request"), status=404, content_type="text/xml")
         return web.Response(body=to_xml([public_request(row, self.ctx.directory)]), content_type="text/xml",
                             charset="utf-8")
-
-    async def page(self, request: web.Request) -> web.Response:
-        q = request.query
-        params = {k: q[k] for k in ("status", "service_code", "agency_responsible", "district", "page") if q.get(k)}
-        params["page_size"] = str(PUBLIC_PAGE_SIZE)
-        directory = self.ctx.directory
-        context: dict[str, Any] = {
-            "items": [], "error": None, "filters": params, "page": 1, "prev_url": None, "next_url": None,
-            "districts": sorted(directory.districts.values(), key=lambda d: d.name_vi),
-            "agencies": sorted(directory.agencies.values(), key=lambda a: a.name_vi),
-            "services": services(directory),
-        }
-        try:
-            rows, page, size = await self._query(params)
-        except QueryError as exc:
-            context["error"] = str(exc)
-            return render(request, "public_list.html", context, status=400)
-        context["items"] = [public_request(r, directory) for r in rows[:size]]
-        context["page"] = page
-        if page > 1:
-            context["prev_url"] = "/public?" + urlencode({**params, "page": str(page - 1)})
-        if len(rows) > size:
-            context["next_url"] = "/public?" + urlencode({**params, "page": str(page + 1)})
-        return render(request, "public_list.html", context)
-
-    async def page_one(self, request: web.Request) -> web.Response:
-        row = await self._one(request.match_info["id"])
-        if row is None:
-            return render(request, "public_missing.html", {}, status=404)
-        return render(request, "public_one.html", {
-            "item": public_request(row, self.ctx.directory),
-            "steps": await public_steps(self.ctx.store, self.ctx.directory, row)})
 
 
 def add_public_routes(ctx: AppContext) -> None:

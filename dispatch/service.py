@@ -85,6 +85,8 @@ def build(ctx: AppContext) -> list[Service]:
             c.options().get("trusted_authserv_ids") for c in email_channels):
         log.warning("no email channel sets trusted_authserv_ids: agencies' emailed answers cannot be authenticated"
                     " and will wait as notes for operators (see [dispatch.email_answers])")
+    # The web portal's lookup page records a reporter's rating through the case book (the portal imports no stage).
+    ctx.shared["case_rating"] = book.rate
     # Notify failures are recorded in `notifications`; the worker never dead-letters (which would fail the report).
     nsettings = WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts + 1)
     if cfg.notify.enabled:

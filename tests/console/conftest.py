@@ -1,5 +1,5 @@
 """Fixtures for the console tests: a real store with every component's tables on a FakeClock, the daemon's HTTP
-app with the console and public routes on a loopback port, console users, and seeding helpers that leave the
+app with the console, public and portal routes on a loopback port, console users, and seeding helpers that leave the
 rows the classify, dedupe and dispatch stages would leave."""
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ from ingest.http import make_app
 from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter, to_json
 from ingest.store import Store
 from ingest.worker import StageWorker
+from portal import service as portal_service
+from portal.schema import MIGRATIONS as PORTAL
 
 MONDAY_9AM = 1788746400.0  # 2026-09-07 09:00 +07:00
 PASSWORD = "correct horse battery"
@@ -61,9 +63,10 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     clock = FakeClock(start=MONDAY_9AM)
     store = await Store.open(tmp_path / "db.sqlite3", tmp_path / "blobs", clock=clock,
                              migrations={"classifier": CLASSIFIER, "dedupe": DEDUPE, "dispatch": DISPATCH,
-                                         "console": CONSOLE})
+                                         "console": CONSOLE, "portal": PORTAL})
     ctx = AppContext(settings=settings(), directory=load_directory(), store=store, clock=clock, http=make_app(10_000_000))
     assert console_service.build(ctx) == []
+    assert portal_service.build(ctx) == []  # the public pages for people (/public) are the portal's
     runner = web.AppRunner(ctx.http, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -1,0 +1,174 @@
+"""Fixtures for the portal tests: the daemon's HTTP app with the portal, the public Open311 read API and the real
+dispatch API (agency answers, ratings) on a loopback port, over a real store on a FakeClock; helpers that make
+photos with GPS in their EXIF, and that move a report through classification and dispatch as those stages do."""
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from classifier.schema import MIGRATIONS as CLASSIFIER
+from config.directory import load_directory
+from config.loader import validate
+from console import service as console_service
+from console.schema import MIGRATIONS as CONSOLE
+from dedupe.schema import MIGRATIONS as DEDUPE
+from dispatch.api import DispatchApi
+from dispatch.schema import MIGRATIONS as DISPATCH
+from dispatch.service import make_book
+from ingest.app import AppContext
+from ingest.clock import FakeClock
+from ingest.http import make_app
+from ingest.records import Classification, Place, to_json
+from ingest.store import Store
+from ingest.worker import StageWorker
+from portal import service as portal_service
+from portal.schema import MIGRATIONS as PORTAL
+
+MONDAY_9AM = 1788746400.0  # 2026-09-07 09:00 +07:00
+AGENCY_TOKEN = "chieu-sang-portal-test-token"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+FORM_KEY = re.compile(r'name="form_key" value="([^"]+)"')
+
+
+def settings(portal: dict[str, Any] | None = None) -> Any:
+    email = {"kind": "email", "to": ["x@agency.example.vn"]}
+    return validate({
+        "http": {"public_base_url": "https://1022.example.vn"},
+        "dispatch": {"agencies": {"chieu-sang": {"targets": [email]}, "sawaco": {"targets": [email]}}},
+        "portal": {"rate_burst": 50, "rate_per_minute": 60.0, **(portal or {})},
+    }, {})
+
+
+@dataclass
+class Server:
+    ctx: AppContext
+    url: str
+
+    @property
+    def store(self) -> Store:
+        return self.ctx.store
+
+
+@asynccontextmanager
+async def running_server(tmp_path: Path, portal: dict[str, Any] | None = None) -> AsyncIterator[Server]:
+    clock = FakeClock(start=MONDAY_9AM)
+    store = await Store.open(tmp_path / "db.sqlite3", tmp_path / "blobs", clock=clock,
+                             migrations={"classifier": CLASSIFIER, "dedupe": DEDUPE, "dispatch": DISPATCH,
+                                         "console": CONSOLE, "portal": PORTAL})
+    ctx = AppContext(settings=settings(portal), directory=load_directory(), store=store, clock=clock,
+                     http=make_app(10_000_000))
+    book = make_book(ctx)
+    # The dispatch component's routes and its rating hook, as dispatch/service.py registers them.
+    DispatchApi(book, {"chieu-sang": AGENCY_TOKEN}, serve_lookup_page=True).register(ctx.http)
+    ctx.shared["case_rating"] = book.rate
+    console_service.build(ctx)
+    assert portal_service.build(ctx) == []
+    runner = web.AppRunner(ctx.http, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield Server(ctx, f"http://127.0.0.1:{runner.addresses[0][1]}")
+    finally:
+        await runner.cleanup()
+        await store.close()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(tmp_path) as srv:
+        yield srv
+
+
+def photo_with_gps(width: int = 1200, height: int = 900, color: tuple[int, int, int] = (200, 60, 40)) -> bytes:
+    """A JPEG whose EXIF holds a camera model and a GPS position, as phones write them."""
+    img = Image.new("RGB", (width, height), color)
+    exif = Image.Exif()
+    exif[0x010F] = "CanaryPhone Maker"  # Make
+    exif[0x0110] = "CanaryPhone 12"  # Model
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (10.0, 46.0, 37.0)
+    gps[3], gps[4] = "E", (106.0, 42.0, 3.0)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", exif=exif, quality=80)
+    return out.getvalue()
+
+
+def has_metadata(data: bytes) -> bool:
+    with Image.open(io.BytesIO(data)) as img:
+        return bool(img.getexif()) or "exif" in img.info or b"CanaryPhone" in data
+
+
+async def classify_and_dispatch(srv: Server, report_id: int, *, topic: str = "street_lighting",
+                                agency: str = "chieu-sang", district: str = "quan-1") -> str:
+    """Leave the rows the classify and dedupe stages would, then run the real dispatch stage: the case id."""
+    store = srv.store
+    incident = f"INC-{report_id:06d}"
+    cls = Classification(status="route", topic=topic, category="infrastructure", agency=agency, confidence=0.97,
+                         place=Place(district=district, street="le loi", source="text"))
+    now = store.clock.now()
+    async with store.transaction() as tx:
+        await tx.execute("DELETE FROM jobs WHERE report_id=?", (report_id,))
+        await tx.execute("UPDATE reports SET status='routed', topic=?, category='infrastructure', agency=?, district=?,"
+                         " confidence=0.97, classification=?, incident_id=? WHERE id=?",
+                         (topic, agency, district, to_json(cls), incident, report_id))
+        await tx.event(report_id, "classified", "classifier", {"status": "routed", "topic": topic})
+        await tx.execute("INSERT INTO incidents(id, seq, first_report_id, topic, district, created_at, last_report_at,"
+                         " dispatch_report_id) VALUES (?,?,?,?,?,?,?,?)",
+                         (incident, report_id, report_id, topic, district, now, now, report_id))
+        await tx.execute("INSERT INTO incident_reports(report_id, incident_id, joined_at) VALUES (?,?,?)",
+                         (report_id, incident, now))
+        await tx.enqueue("dispatch", report_id, {"incident_id": incident})
+    assert await StageWorker(store, "dispatch", make_book(srv.ctx).handle_dispatch).run_once() == 1
+    row = await store.fetchone("SELECT id FROM cases WHERE incident_id=?", (incident,))
+    assert row is not None
+    return str(row["id"])
+
+
+class FormClient:
+    """A cookie-keeping client that gets the form first (its CSRF cookie and token), as a browser would."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    async def form(self, path: str = "/") -> tuple[str, str, str]:
+        async with self.session.get(self.base + path) as resp:
+            page = await resp.text()
+        csrf, key = CSRF.search(page), FORM_KEY.search(page)
+        assert csrf is not None and key is not None
+        return page, csrf.group(1), key.group(1)
+
+    async def post(self, path: str, fields: dict[str, str], files: list[tuple[str, bytes]] = (),  # type: ignore[assignment]
+                   ) -> tuple[int, str, str | None]:
+        data = aiohttp.FormData()
+        for name, value in fields.items():
+            data.add_field(name, value)
+        for filename, content in files:
+            data.add_field("media", content, filename=filename, content_type="image/jpeg")
+        async with self.session.post(self.base + path, data=data, allow_redirects=False) as resp:
+            return resp.status, await resp.text(), resp.headers.get("Location")
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with self.session.get(self.base + path, allow_redirects=False) as resp:
+            return resp.status, await resp.text()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[FormClient]:
+    c = FormClient(server.url)
+    yield c
+    await c.close()

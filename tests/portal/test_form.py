@@ -1,0 +1,165 @@
+"""The report form without a browser, as a phone without JavaScript posts it: one intake with the app API (same
+record, same idempotency), errors next to the field with nothing typed lost, CSRF, honeypot, rate limits, the
+receipt and the private lookup, photos shown only without metadata, address suggestions, the language switch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ingest.records import InboundMessage, from_json
+
+from .conftest import FormClient, Server, has_metadata, photo_with_gps, running_server
+
+DESCRIPTION = "Đèn đường trước số 12 Lê Lợi tắt cả tuần nay, buổi tối rất tối"
+
+
+def report_fields(csrf: str, key: str, **extra: str) -> dict[str, str]:
+    fields = {"csrf": csrf, "form_key": key, "description": DESCRIPTION, "service_code": "",
+              "address_string": "12 Lê Lợi, Phường Bến Nghé, Quận 1", "lat": "10.7741", "long": "106.7012",
+              "last_name": "Nguyễn", "first_name": "Thị Canary", "phone": "0909 123 456",
+              "email": "canary@example.vn", "website": ""}
+    fields.update(extra)
+    return fields
+
+
+async def test_form_posts_through_the_app_intake_and_gives_a_private_receipt(server: Server,
+                                                                           client: FormClient) -> None:
+    page, csrf, key = await client.form()
+    assert '<html lang="vi">' in page and "Gửi phản ánh" in page
+    for name in ("description", "address_string", "lat", "long", "media", "first_name", "last_name", "phone",
+                 "email", "confidential", "service_code"):
+        assert f'name="{name}"' in page, name
+    status, _, location = await client.post("/report", report_fields(csrf, key), [("a.jpg", photo_with_gps())])
+    assert status == 303 and location is not None and location.startswith("/receipt/")
+    rows = await server.store.fetchall("SELECT id, channel, channel_instance, record FROM reports")
+    assert len(rows) == 1
+    message = from_json(InboundMessage, rows[0]["record"])
+    assert (rows[0]["channel"], rows[0]["channel_instance"]) == ("app", "portal")
+    assert message.text == DESCRIPTION and message.service_code is None  # the topic is the classifier's to decide
+    assert (message.lat, message.lon) == (10.7741, 106.7012)
+    assert message.reporter.name == "Nguyễn Thị Canary" and message.reporter.phone == "0909 123 456"
+    assert len(message.attachments) == 1
+    # A second press of "send" (or a retry after a lost answer) carries the same form key: the same report.
+    status, _, again = await client.post("/report", report_fields(csrf, key), [("a.jpg", photo_with_gps())])
+    assert status == 303 and again == location
+    assert len(await server.store.fetchall("SELECT id FROM reports")) == 1
+
+    status, receipt = await client.get(location)
+    token = location.rsplit("/", 1)[1]
+    assert status == 200 and f"Số phản ánh của bạn: {rows[0]['id']}" in receipt
+    assert f"https://1022.example.vn/lookup/{token}" in receipt and len(token) >= 24
+    status, lookup = await client.get(f"/lookup/{token}")
+    assert status == 200 and DESCRIPTION in lookup and "Đang phân loại" in lookup
+    # The reporter's photo is shown to them re-encoded without EXIF: no camera, no GPS.
+    sha = message.attachments[0].sha256
+    assert has_metadata(server.store.blobs.get(sha))  # the original is kept as received
+    async with client.session.get(f"{server.url}/lookup/{token}/photos/{sha}") as resp:
+        assert resp.status == 200 and resp.content_type == "image/jpeg"
+        assert not has_metadata(await resp.read())
+    # Tokens are the only key: a wrong one, or a photo of another report, is not found.
+    assert (await client.get("/lookup/" + "x" * 32))[0] == 404
+    async with client.session.get(f"{server.url}/lookup/{token}/photos/{'0' * 64}") as resp:
+        assert resp.status == 404
+
+
+async def test_errors_are_shown_next_to_the_field_and_nothing_typed_is_lost(server: Server,
+                                                                          client: FormClient) -> None:
+    _, csrf, key = await client.form()
+    status, page, _ = await client.post("/report", report_fields(
+        csrf, key, description="  ", address_string="", lat="", long="", email="not-an-address"))
+    assert status == 400
+    assert 'id="email-error">Địa chỉ thư điện tử không hợp lệ.' in page
+    assert 'aria-invalid="true"' in page and 'role="alert"' in page
+    # Everything typed comes back; the form key too, so a corrected post is still one report.
+    assert 'value="Thị Canary"' in page and 'value="0909 123 456"' in page and 'value="not-an-address"' in page
+    assert f'name="form_key" value="{key}"' in page
+    status, page, _ = await client.post("/report", report_fields(
+        csrf, key, description="  ", address_string="", lat="", long=""))
+    assert status == 400 and 'id="description-error">Vui lòng mô tả sự việc.' in page
+    status, page, _ = await client.post("/report", report_fields(csrf, key, address_string="", lat="", long=""))
+    assert status == 400 and "Vui lòng nhập địa chỉ hoặc chọn vị trí trên bản đồ." in page
+    assert DESCRIPTION in page
+    status, page, _ = await client.post("/report", report_fields(csrf, key, lat="91"))
+    assert status == 400 and 'id="lat-error">Vĩ độ không hợp lệ.' in page
+    status, page, _ = await client.post("/report", report_fields(csrf, key), [(f"{i}.jpg", b"\xff\xd8x") for i in range(6)])
+    assert status == 400 and "tối đa 5 ảnh" in page and "vui lòng chọn lại ảnh" in page
+    assert await server.store.fetchall("SELECT id FROM reports") == []
+    # Refused bodies are kept for operators, as the app API's are.
+    assert len(await server.store.fetchall("SELECT id FROM quarantine WHERE channel_instance='portal'")) == 4
+    # In English, the same errors in English.
+    status, page, _ = await client.post("/report?lang=en", report_fields(csrf, key, description=""))
+    assert status == 400 and '<html lang="en">' in page and "Please describe the problem." in page
+
+
+async def test_csrf_and_honeypot_refuse_politely_and_keep_the_text(server: Server, client: FormClient) -> None:
+    _, csrf, key = await client.form()
+    status, page, _ = await client.post("/report", report_fields("forged", key))
+    assert status == 403 and "Phiên làm việc đã hết hạn" in page and DESCRIPTION in page
+    # The page carries a valid token again: pressing send once more works.
+    fresh = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    status, _, location = await client.post("/report", report_fields(fresh, key))
+    assert status == 303 and location is not None
+    # Another site's form has no cookie at all.
+    other = FormClient(server.url)
+    try:
+        status, page, _ = await other.post("/report", report_fields(csrf, "k" * 24))
+        assert status == 403
+    finally:
+        await other.close()
+    status, page, _ = await client.post("/report", report_fields(csrf, "h" * 24, website="http://spam.example"))
+    assert status == 400
+    assert len(await server.store.fetchall("SELECT id FROM reports")) == 1
+    row = await server.store.fetchone("SELECT reason FROM quarantine WHERE channel_instance='portal'")
+    assert row is not None and row["reason"] == "honeypot field filled"
+
+
+async def test_rate_limit_per_client_answers_429_and_keeps_the_text(tmp_path: Path) -> None:
+    async with running_server(tmp_path, {"rate_burst": 2, "rate_per_minute": 1.0}) as srv:
+        client = FormClient(srv.url)
+        try:
+            _, csrf, _ = await client.form()
+            for i in range(2):
+                status, _, _ = await client.post("/report", report_fields(csrf, f"key-{i}-" + "k" * 20))
+                assert status == 303
+            status, page, _ = await client.post("/report", report_fields(csrf, "key-3-" + "k" * 20))
+            assert status == 429 and "Vui lòng thử lại sau 60 giây" in page and DESCRIPTION in page
+            srv.ctx.clock.advance(60)
+            status, _, _ = await client.post("/report", report_fields(csrf, "key-4-" + "k" * 20))
+            assert status == 303
+        finally:
+            await client.close()
+        assert len(await srv.store.fetchall("SELECT id FROM reports")) == 3
+
+
+async def test_too_large_a_body_gets_a_polite_page(server: Server, client: FormClient) -> None:
+    _, csrf, key = await client.form()
+    status, page, _ = await client.post("/report", report_fields(csrf, key), [("big.jpg", b"\xff" * 10_100_000)])
+    assert status == 413 and "quá lớn" in page and "Quay lại biểu mẫu" in page
+    assert "Traceback" not in page
+
+
+async def test_address_suggestions_language_switch_and_no_open_redirect(server: Server, client: FormClient) -> None:
+    async with client.session.get(f"{server.url}/places", params={"q": "ben nghe"}) as resp:
+        labels = [p["label"] for p in await resp.json()]
+    assert "Phường Bến Nghé, Quận 1" in labels
+    async with client.session.get(f"{server.url}/places", params={"q": "le loi q1"}) as resp:
+        assert "Lê Lợi, Quận 1" in [p["label"] for p in await resp.json()]
+    async with client.session.get(f"{server.url}/lang/en?next=/public", allow_redirects=False) as resp:
+        assert resp.status == 303 and resp.headers["Location"] == "/public"
+    status, page = await client.get("/")
+    assert '<html lang="en">' in page and "Report a problem" in page and "Tiếng Việt" in page
+    async with client.session.get(f"{server.url}/lang/vi?next=//evil.example/x", allow_redirects=False) as resp:
+        assert resp.headers["Location"] == "/"
+    status, page = await client.get("/")
+    assert '<html lang="vi">' in page
+
+
+async def test_receipt_token_is_written_once_per_report(server: Server, client: FormClient) -> None:
+    _, csrf, key = await client.form()
+    first = await client.post("/report", report_fields(csrf, key))
+    second = await client.post("/report", report_fields(csrf, key))
+    assert first[2] == second[2] and first[2] is not None
+    rows = await server.store.fetchall("SELECT report_id, token FROM portal_receipts")
+    assert len(rows) == 1 and first[2].endswith(rows[0]["token"])
+    _, _, other = await client.post("/report", report_fields(csrf, "another-key-" + "k" * 12))
+    assert other is not None and other != first[2]
+    assert len(await server.store.fetchall("SELECT token FROM portal_receipts")) == 2
