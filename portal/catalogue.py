@@ -16,7 +16,6 @@ TEXTS: dict[str, dict[str, str]] = {
     "nav_report": {"vi": "Gửi phản ánh", "en": "Report a problem"},
     "nav_public": {"vi": "Phản ánh công khai", "en": "Public reports"},
     "switch_language": {"vi": "English", "en": "Tiếng Việt"},
-    "switch_language_label": {"vi": "Xem bằng tiếng Anh", "en": "Xem bằng tiếng Việt (Vietnamese)"},
     "footer": {"vi": "Cổng tiếp nhận, trả lời thông tin cho người dân, doanh nghiệp (Quyết định 4874/QĐ-UBND). "
                      "Thông tin cá nhân của người phản ánh không được công bố.",
                "en": "Portal for receiving and answering information from people and businesses (Decision "
@@ -204,6 +203,8 @@ TEXTS: dict[str, dict[str, str]] = {
                         "en": "Returned by the agency: not its responsibility"},
     "answer.reassigned": {"vi": "Tổ vận hành chuyển đơn vị xử lý khác",
                           "en": "The operator unit assigned another agency"},
+    "answer.refused": {"vi": "Tổ vận hành đóng hồ sơ: không thuộc phạm vi tiếp nhận",
+                       "en": "The operator unit closed the case: outside what the portal handles"},
     "agency_generic": {"vi": "đơn vị xử lý", "en": "the agency"},
     # -- report/case states (what the public reads)
     "state.received": {"vi": "Đã tiếp nhận", "en": "Received"},
@@ -221,6 +222,9 @@ TEXTS: dict[str, dict[str, str]] = {
     "state.in_progress": {"vi": "Đang xử lý", "en": "Being handled"},
     "state.resolved": {"vi": "Đã xử lý xong", "en": "Resolved"},
     "state.closed_false": {"vi": "Đã đóng: phản ánh không đúng sự thật", "en": "Closed: the report was untrue"},
+    "state.refused": {"vi": "Đã đóng: không thuộc phạm vi tiếp nhận", "en": "Closed: outside what the portal handles"},
+    "state.merged": {"vi": "Đã gộp vào phản ánh khác cùng sự việc", "en": "Merged into another report of the same "
+                     "incident"},
     "state.unknown": {"vi": "Đang xử lý", "en": "Being handled"},
     "confidential_note": {"vi": "Nội dung được bảo mật theo yêu cầu của người phản ánh.",
                           "en": "The content is confidential at the reporter's request."},
