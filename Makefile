@@ -42,6 +42,7 @@ $(MODEL_STAMP): $(STAMP)
 
 # Served by the daemon itself (no CDN): exact versions from package-lock.json, no install scripts.
 $(NPM_STAMP): portal/vendor/package.json portal/vendor/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "make setup needs npm (Debian: apt-get install -y npm)" >&2; exit 1; }
 	npm ci --prefix portal/vendor --no-audit --no-fund --ignore-scripts
 	touch $@
 
@@ -51,7 +52,7 @@ run: setup
 system-deps:
 	@sh tests/system-deps.sh
 
-test: setup $(TEST_STAMP) system-deps
+test: system-deps setup $(TEST_STAMP)
 	$(PY) -m pytest -q --durations=12
 
 bench: setup $(TEST_STAMP)

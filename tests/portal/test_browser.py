@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 PHONE = {"width": 360, "height": 740}
 
 playwright_api = pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed")
+pytestmark = pytest.mark.system("chromium")
 
 
 def tile_png() -> bytes:
@@ -103,7 +102,11 @@ async def site(tmp_path: Path) -> AsyncIterator[tuple[Server, str]]:
 async def test_report_follow_and_rate_in_the_browser(site: tuple[Server, str], tmp_path: Path) -> None:
     server, tiles = site
     if not AXE.is_file():
-        pytest.fail(f"{AXE} is missing: run `make setup` (npm ci installs the portal's assets)")
+        # `make setup` installs them (npm ci); a worktree that never ran it skips, CI never passes by skipping.
+        message = f"{AXE.relative_to(AXE.parents[4])} is missing: run `make setup` (npm ci of the portal's assets)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     photo = tmp_path / "den-duong.jpg"
     photo.write_bytes(photo_with_gps(2400, 1800))
     weights: dict[str, int] = {}
