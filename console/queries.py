@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.clock import iso
-from ingest.contacts import find_phones, normalize_phone, redact
+from ingest.contacts import find_phones, normalize_phone
+from ingest.pii import is_confidential, redact
 from ingest.public import redact_text
 from ingest.records import InboundMessage, from_json
 from ingest.store import Store
@@ -158,7 +159,7 @@ async def search(store: Store, *, text: str = "", phone: str = "", agency: str =
         record = json.loads(r["record"])
         body = record.get("text") or ""
         reporter = record.get("reporter") or {}
-        confidential = bool(reporter.get("confidential"))
+        confidential = bool(reporter.get("confidential")) or is_confidential(from_json(InboundMessage, r["record"]))
         if folded and folded not in fold(f"{record.get('subject') or ''} {body}"):
             continue
         phone_match = False

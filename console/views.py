@@ -23,7 +23,7 @@ from config.console import ConsoleConfig
 from config.dispatch import dispatch_settings
 from ingest.app import AppContext
 from ingest.clock import VN_TZ, iso
-from ingest.contacts import redact
+from ingest.pii import is_confidential, redact
 from ingest.public import redact_text
 from ingest.records import InboundMessage, from_json
 
@@ -364,7 +364,7 @@ class Console:
         if report is not None:
             message = from_json(InboundMessage, report["record"])
             # A confidential reporter's text may name them: in full only on the report page, where it is logged.
-            text = redact_text(message) if message.reporter.confidential else message.text
+            text = redact_text(message) if is_confidential(message) else message.text
         answers = AGENCY_ANSWERS if not user.is_staff else (*AGENCY_ANSWERS, "reassigned")
         agencies = sorted(self.ctx.directory.agencies.values(), key=lambda a: a.name_vi)
         return self.page(request, "case_one.html", {
@@ -429,7 +429,7 @@ class Console:
         if row is None or not (user.is_staff or (row["case_agency"] and user.can_see_case_of(row["case_agency"]))):
             return self.error(request, 404, "Không có phản ánh này, hoặc phản ánh không thuộc đơn vị của bạn.")
         message = from_json(InboundMessage, row["record"])
-        confidential = message.reporter.confidential
+        confidential = is_confidential(message)
         show_reporter = not confidential or self.sees_confidential(user)
         if confidential and show_reporter:
             # Art. 9: every view of a confidential reporter's personal data, by whom and when.

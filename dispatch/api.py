@@ -24,6 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingest.clock import VN_TZ, iso
+from ingest.pii import redact
 
 from .cases import CaseBook, Forbidden, NotFound
 from .policy import ANSWER_KINDS, CLOSED_STATES, AnswerRejected
@@ -192,7 +193,7 @@ class DispatchApi:
         return {"case_id": case["id"], "state": case["state"], "topic": topic.description_vi if topic else case["topic"],
                 "agency": agency.name_vi if agency else case["agency"], "received_at": iso(case["received_at"]),
                 "closed_at": iso(case["closed_at"]) if case["closed_at"] else None,
-                "result": case["result"] if case["closed_at"] else None,
+                "result": redact(case["result"]) if case["closed_at"] and case["result"] else None,
                 "timeline": [{"kind": a["kind"], "at": iso(a["at"])} for a in answers]}
 
     async def public_case(self, request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from config.directory import Directory
 from config.dispatch import DispatchConfig
 from ingest.clock import iso
 from ingest.errors import PermanentError
+from ingest.pii import is_confidential, redact_message
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import Writes
@@ -210,16 +211,17 @@ class CaseBook:
         msg = report.message
         cls = report.classification or {}
         reporter: dict[str, Any]
-        if msg.reporter.confidential and not with_reporter:
+        # The app's flag or a request written in the text ("xin giữ bí mật danh tính"), on every channel.
+        confidential = is_confidential(msg)
+        if confidential and not with_reporter:
             reporter = {"confidential": True}  # Art. 9: no name, no contacts, no reply address
         else:
             r = msg.reporter
             reporter = {"name": r.name, "phone": r.phone, "email": r.email, "address": r.address,
-                        "confidential": r.confidential}
+                        "confidential": confidential}
         text = msg.text
-        if msg.reporter.confidential and not with_reporter:
-            from ingest.contacts import redact
-            text = redact(text)
+        if confidential and not with_reporter:
+            text = redact_message(msg)
         topic = self.directory.topics.get(case["topic"])
         district = self.directory.districts.get(case["district"]) if case["district"] else None
         place = dict(cls.get("place") or {})

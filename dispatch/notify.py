@@ -16,6 +16,7 @@ from config.directory import Directory
 from config.dispatch import DispatchConfig
 from ingest.app import ReplyRegistry
 from ingest.errors import PermanentError, TransientError
+from ingest.pii import redact
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import Writes
@@ -132,7 +133,9 @@ class Notifier:
         fields: dict[str, Any] = {"reason": payload.get("reason")}
         if case is not None:
             agency = self.directory.agencies.get(case["agency"])
-            fields.update(case_id=case["id"], link=f"{self.base_url}/cases/{case['token']}", result=case["result"],
+            # The agency's result reaches every reporter of the incident: none may read another's details.
+            fields.update(case_id=case["id"], link=f"{self.base_url}/cases/{case['token']}",
+                          result=redact(case["result"] or ""),
                           agency=(agency.name_en if language == "en" else agency.name_vi) if agency else case["agency"])
         if template == "result":
             state = case["state"] if case is not None else None

@@ -27,8 +27,4 @@ def find_phones(text: str) -> list[str]:
 def find_emails(text: str) -> list[str]:
     return list(dict.fromkeys(m.group().lower() for m in EMAIL.finditer(text)))
 
-
-def redact(text: str) -> str:
-    """Replace phone numbers and emails in text meant for the public (Art. 9)."""
-    text = EMAIL.sub("[email ẩn]", text)
-    return PHONE.sub("[số điện thoại ẩn]", text)
+# Redaction for anything public lives in ingest/pii.py (one redactor for every kind of personal data).

@@ -8,22 +8,19 @@ no coordinates, since both can identify the reporter.
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
 from config.directory import Directory
 
 from .clock import iso
-from .contacts import redact
+from .pii import REDACTED, is_confidential, redact_message
 from .records import InboundMessage, from_json
-from .text import fold
 
 CLOSED_STATES = {"closed", "rejected", "out_of_scope"}
 # Reports in these states are never published: loops and auto-replies, abusive content, our own failures.
 HIDDEN_STATES = {"ignored", "rejected", "failed"}
-REDACTED = "[ẩn]"
+__all__ = ["REDACTED", "public_request", "redact_text"]
 CONFIDENTIAL_NOTE = "Nội dung được bảo mật theo yêu cầu của người phản ánh."
 PENDING_NOTE = "Phản ánh đang được phân loại; nội dung sẽ được công bố sau khi kiểm duyệt."
 OUT_OF_SCOPE_NOTE = "Nội dung không thuộc phạm vi tiếp nhận của Cổng 1022; người phản ánh đã được hướng dẫn."
@@ -52,39 +49,9 @@ CASE_STATE_VI = {
 }
 
 
-def _folded_with_index(text: str) -> tuple[str, list[int]]:
-    """`fold(text)` char by char, with the index in `text` of each folded char, to map matches back."""
-    out: list[str] = []
-    index: list[int] = []
-    for i, ch in enumerate(text):
-        for f in fold(ch):
-            out.append(f)
-            index.append(i)
-    return "".join(out), index
-
-
-def redact_value(text: str, value: str | None) -> str:
-    """Remove `value` from `text`, also when typed without diacritics, in another case or spacing."""
-    if not value or len(value.strip()) < 3:
-        return text
-    text = unicodedata.normalize("NFC", text)
-    words = fold(unicodedata.normalize("NFC", value)).split()
-    if not words:
-        return text
-    pattern = re.compile(r"(?<!\w)" + r"[\s,.\-]+".join(re.escape(w) for w in words) + r"(?!\w)")
-    folded, index = _folded_with_index(text)
-    spans = [(index[m.start()], index[m.end() - 1] + 1) for m in pattern.finditer(folded) if m.end() > m.start()]
-    for start, end in reversed(spans):
-        text = text[:start] + REDACTED + text[end:]
-    return text
-
-
 def redact_text(message: InboundMessage) -> str:
-    """The report text with contacts removed, and the reporter's own name and address where they repeat it."""
-    text = redact(message.text)
-    for value in (message.reporter.name, message.reporter.address, message.reporter.email, message.reporter.phone):
-        text = redact_value(text, value)
-    return text
+    """The report text as the public may read it (ingest/pii.py, the one redactor)."""
+    return redact_message(message)
 
 
 def _get(row: Any, key: str) -> Any:
@@ -121,7 +88,7 @@ def public_request(row: Any, directory: Directory) -> dict[str, Any]:
     """
     message = from_json(InboundMessage, row["record"])
     status = row["status"]
-    confidential = message.reporter.confidential
+    confidential = is_confidential(message)  # the app's flag or a request written in the text, any channel
     case_state = _get(row, "case_state")
     agency = directory.agencies.get(_get(row, "case_agency") or row["agency"] or "")
     topic = directory.topics.get(row["topic"] or message.service_code or "")

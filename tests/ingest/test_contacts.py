@@ -6,7 +6,8 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.contacts import find_emails, find_phones, normalize_phone, redact
+from ingest.contacts import find_emails, find_phones, normalize_phone
+from ingest.pii import redact
 
 
 def test_phones_with_separators_and_country_code() -> None:

@@ -1,0 +1,257 @@
+"""Personal data in free text (Decree 13/2023/NĐ-CP; Art. 9 of the regulation): the one redactor.
+
+Everything that shows a report's text outside the operators' own view of it goes through here: the public page,
+the Open311 read API, the reporter's lookup page, an agency not authorised to see a confidential reporter, the
+console's excerpts. It removes:
+- phone numbers, mobile and landline, in any spacing, with 0, 84 or +84 ("(028) 3829 1234", "028.3829.1234",
+  "+84 909 123 456"), and short local numbers after a phone word ("sđt 3829 1234");
+- identity numbers (CCCD 12 digits, CMND 9 or 12, "079 203 005 678"), passports ("B1234567"), bank accounts
+  ("STK 0123 4567 89"): any run of 9 or more digits, and 6 to 8 digits after an identity, account or phone word;
+- e-mail addresses;
+- names introduced as such: "tên tôi là …", "tôi tên …", "người báo: …", "tôi là Nguyễn Văn A" (with or without
+  diacritics, any case), or after an honorific ("ông Nguyễn Văn A", "chị Lan");
+- where the reporter lives: "nhà 12 hẻm …", "địa chỉ: …", "sống tại …" (the incident's place is published from
+  the classifier's street and ward, never a house number);
+- the reporter's own name, address, e-mail and phone wherever the text repeats them.
+A written request for confidentiality ("xin giữ bí mật danh tính", "giu bi mat", "không muốn lộ tên") makes the
+report confidential exactly like the app's `confidential` flag (`is_confidential`), on every channel.
+
+Pure functions, no I/O. Over-redaction (an amount of 9+ digits, a year list) is accepted: a missing number costs
+the public little, a published ID number cannot be taken back.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+
+from .records import InboundMessage
+from .text import fold
+
+# What the public reads in place of what was removed.
+REDACTED = "[ẩn]"
+PHONE_MARK = "[số điện thoại ẩn]"
+EMAIL_MARK = "[email ẩn]"
+NUMBER_MARK = "[số giấy tờ ẩn]"
+NAME_MARK = "[tên ẩn]"
+ADDRESS_MARK = "[địa chỉ ẩn]"
+
+EMAIL = re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+# A run of digit groups joined by at most two separators (space, dot, dash, NBSP), groups possibly in brackets,
+# the whole possibly led by "+": "(028) 3829 1234", "+84 909.123.456", "079 203 005 678".
+_GROUP = r"(?:\(\s?\+?\d+\s?\)|\d+)"
+NUMBER = re.compile(r"(?<!\d)\+?" + _GROUP + r"(?:[ .\-\u00a0]{1,2}" + _GROUP + r")*(?!\d)")
+PASSPORT = re.compile(r"(?<![\w])[A-Za-z]\s?\d{7,8}(?!\d)")
+# Words after which even a short number is personal (folded): identity papers and bank accounts, or phones.
+_ID_WORDS = (r"cccd|cmnd|cmt|can cuoc|chung minh|dinh danh|ho chieu|passport|stk|so tk|tai khoan|\btk\b|account|"
+             r"ngan hang|\bbank")
+_PHONE_WORDS = r"sdt|\bdt\b|dien thoai|di dong|phone|\btel\b|hotline|zalo|lien he|\bgoi\b|so may"
+_CONTEXT = re.compile(rf"(?P<id>{_ID_WORDS})|(?P<phone>{_PHONE_WORDS})")
+_AMOUNT = re.compile(r"^\d{1,3}(?:[.,]\d{3})+$")
+_CURRENCY = re.compile(r"^\s*(d\b|dong|vnd|trieu|ty|usd|nghin|ngan)")
+
+# Confidentiality asked for in the text (folded): "xin giữ bí mật danh tính", "đề nghị giấu tên", "ẩn danh".
+_CONFIDENTIAL = re.compile(
+    r"(giu bi mat|bao mat (danh tinh|thong tin|ten|ho ten|ca nhan|nguoi)|giau (ten|danh tinh|thong tin)|"
+    r"khong (muon |duoc |nen )?(lo|tiet lo|cong khai|cong bo|de lo|neu) ?(ten|danh tinh|thong tin|ho ten)|"
+    r"\ban danh\b|xin dau ten|keep (my )?(name|identity) (confidential|secret|private)|anonymous|"
+    r"do not (publish|disclose|share) my (name|identity|details))")
+
+# Phrases that introduce a name (folded, longest first). `any_case`: the name may be typed in lower case
+# ("toi ten la nguyen van an"); otherwise only capitalised words count ("Tôi là Nguyễn Văn An", not
+# "tôi là người dân ở đây").
+_NAME_TRIGGERS: tuple[tuple[str, bool], ...] = tuple(sorted((
+    ("ten toi la", True), ("toi ten la", True), ("toi ten", True), ("ten toi", True), ("ten em la", True),
+    ("em ten la", True), ("em ten", True), ("ten minh la", True), ("minh ten la", True), ("minh ten", True),
+    ("chau ten la", True), ("chau ten", True), ("con ten la", True), ("con ten", True), ("ho ten", True),
+    ("ho va ten", True), ("ten nguoi bao", True), ("nguoi bao tin", False), ("nguoi bao", False),
+    ("nguoi phan anh", False), ("nguoi gui", False), ("toi la", False), ("em la", False), ("minh la", False),
+    ("chau la", False), ("chi la", False), ("anh la", False), ("co la", False), ("my name is", True),
+    ("i am", False), ("ten la", True), ("ky ten", False),
+), key=lambda t: -len(t[0])))
+# Honorifics before a capitalised name ("ông Canarylong", "chị Lan"); only when written in lower case, so
+# place names that begin with one ("cầu Ông Lãnh", "chợ Bà Chiểu") stay.
+_HONORIFIC = re.compile(r"(?<![\w])(ông|bà|anh|chị|cô|chú|bác|dì|cậu|em|ong|ba|chi|co|chu|bac|di|cau|mr\.?|mrs\.?|ms\.?)"
+                        r"[ \u00a0]+(?=[^\W\d_])")
+# Where the reporter lives ("nhà 12 hẻm …", "địa chỉ: …", "sống tại …"): up to the end of the clause. The place
+# of the incident is published from the classifier's street and ward (ingest/public.py), never a house number.
+_RESIDENCE = re.compile(
+    r"(?<!\w)(dia chi|song o|song tai|ngu o|ngu tai|cu tru|thuong tru|tam tru|o tai nha|"
+    r"nha (?:toi|em|minh|tui|chi|anh|con|chau)(?: o| tai| so)?|nha so|nha o|nha(?= ?\d))(?!\w)")
+_TRIGGER = re.compile(r"(?<!\w)(" + "|".join(re.escape(t) for t, _ in _NAME_TRIGGERS) + r")(?!\w)")
+_ANY_CASE = dict(_NAME_TRIGGERS)
+# Words that end a lower-case name ("toi ten la nguyen van an o quan 1"): places, verbs, fillers (folded).
+_NAME_STOP = frozenset("""o tai song nha so phan anh xin muon bao va co dang hien la sdt dt dien thoai
+so duong pho phuong quan huyen xa ap to khu can ho chung cu gan ben canh truoc sau trong ngoai cua cho nay
+the and from at in of living live call phone email gui goi nam tuoi""".split())
+_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+MAX_NAME_WORDS = 5
+
+
+def requests_confidentiality(text: str | None) -> bool:
+    return bool(text) and _CONFIDENTIAL.search(fold(text or "")) is not None
+
+
+def is_confidential(message: InboundMessage) -> bool:
+    """The app's flag, or a request written in the text or subject, on any channel (Art. 5, 9)."""
+    return (message.reporter.confidential or requests_confidentiality(message.text)
+            or requests_confidentiality(message.subject))
+
+
+def _folded_with_index(text: str) -> tuple[str, list[int]]:
+    """`fold(text)` char by char, with the index in `text` of each folded char, to map matches back."""
+    out: list[str] = []
+    index: list[int] = []
+    for i, ch in enumerate(text):
+        for f in fold(ch):
+            out.append(f)
+            index.append(i)
+    return "".join(out), index
+
+
+def _replace(text: str, spans: Iterable[tuple[int, int, str]]) -> str:
+    """Replace non-overlapping spans (the earliest, then longest, wins an overlap)."""
+    chosen: list[tuple[int, int, str]] = []
+    for start, end, mark in sorted(spans, key=lambda s: (s[0], -(s[1] - s[0]))):
+        if chosen and start < chosen[-1][1]:
+            continue
+        chosen.append((start, end, mark))
+    for start, end, mark in reversed(chosen):
+        text = text[:start] + mark + text[end:]
+    return text
+
+
+def _number_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, int, str]]:
+    spans: list[tuple[int, int, str]] = []
+    for m in NUMBER.finditer(text):
+        raw = m.group()
+        digits = "".join(ch for ch in raw if ch.isdecimal())
+        n = len(digits)
+        if n < 6:
+            continue
+        # The nearest context word in the 30 characters before says what a number is.
+        context = [c.lastgroup for c in _CONTEXT.finditer(fold(text[max(0, m.start() - 30):m.start()]))]
+        nearest = context[-1] if context else None
+        account = nearest == "id"
+        is_phone = not account and ((digits.startswith("0") and n in (10, 11))
+                                    or (digits.startswith("84") and n in (11, 12)))
+        if not is_phone and _AMOUNT.match(raw.strip()) and _CURRENCY.match(fold(text[m.end():m.end() + 8])):
+            continue  # "12.500.000.000 đồng": an amount, not an account
+        if not is_phone and n < 9:
+            # Short numbers are personal only after an identity, account or phone word.
+            if nearest is None:
+                continue
+            is_phone = nearest == "phone"
+        spans.append((m.start(), m.end(), PHONE_MARK if is_phone else NUMBER_MARK))
+    for m in PASSPORT.finditer(text):
+        spans.append((m.start(), m.end(), NUMBER_MARK))
+    return spans
+
+
+def _name_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, int, str]]:
+    spans: list[tuple[int, int, str]] = []
+    for m in _TRIGGER.finditer(folded):
+        any_case = _ANY_CASE[m.group(1)]
+        pos = index[m.end() - 1] + 1  # in `text`, just after the trigger
+        rest = text[pos:pos + 120]
+        lead = re.match(r"[\s:\-–—]*(?:(?:là|la)\b)?[\s:\-–—]*", rest, re.IGNORECASE)
+        assert lead is not None
+        colon = ":" in lead.group()
+        cursor = lead.end()
+        words: list[tuple[int, int]] = []
+        capitalised: bool | None = None
+        while len(words) < MAX_NAME_WORDS:
+            w = _WORD.match(rest, cursor)
+            if w is None:
+                break
+            word = w.group()
+            upper = word[0].isupper()
+            if capitalised is None:
+                capitalised = upper
+                if not upper and not (any_case or colon):
+                    break
+            if capitalised and not upper:
+                break
+            if not capitalised and fold(word) in _NAME_STOP:
+                break
+            words.append((w.start(), w.end()))
+            gap = re.match(r"[ \u00a0]+", rest[w.end():])
+            if gap is None:
+                break  # punctuation or a line break ends the name
+            cursor = w.end() + gap.end()
+        if words:
+            spans.append((pos + words[0][0], pos + words[-1][1], NAME_MARK))
+    return spans
+
+
+def _honorific_spans(text: str) -> list[tuple[int, int, str]]:
+    spans: list[tuple[int, int, str]] = []
+    for m in _HONORIFIC.finditer(text):
+        if not m.group(1)[0].islower():
+            continue
+        cursor, words = m.end(), []
+        while len(words) < MAX_NAME_WORDS:
+            w = _WORD.match(text, cursor)
+            if w is None or not w.group()[0].isupper():
+                break
+            words.append((w.start(), w.end()))
+            gap = re.match(r"[ \u00a0]+", text[w.end():])
+            if gap is None:
+                break
+            cursor = w.end() + gap.end()
+        if words:
+            spans.append((words[0][0], words[-1][1], NAME_MARK))
+    return spans
+
+
+def _residence_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, int, str]]:
+    spans: list[tuple[int, int, str]] = []
+    for m in _RESIDENCE.finditer(folded):
+        start = index[m.end() - 1] + 1
+        clause = re.match(r"[\s:\-–]*([^,.;\n()]{1,80})", text[start:])
+        if clause is None or not clause.group(1).strip():
+            continue
+        # "nhà" alone counts only before a house number ("nhà 12 hẻm …"), not "trước nhà bị ngập".
+        if m.group(1) == "nha" and not clause.group(1).lstrip()[:1].isdigit():
+            continue
+        spans.append((start + clause.start(1), start + clause.end(1), ADDRESS_MARK))
+    return spans
+
+
+def redact(text: str) -> str:
+    """The text with every kind of personal data above replaced by a marker."""
+    if not text:
+        return text
+    text = unicodedata.normalize("NFC", text)
+    spans = [(m.start(), m.end(), EMAIL_MARK) for m in EMAIL.finditer(text)]
+    folded, index = _folded_with_index(text)
+    spans += _number_spans(text, folded, index)
+    spans += _name_spans(text, folded, index)
+    spans += _honorific_spans(text)
+    spans += _residence_spans(text, folded, index)
+    return _replace(text, spans)
+
+
+def redact_value(text: str, value: str | None) -> str:
+    """Remove `value` from `text`, also when typed without diacritics, in another case or spacing."""
+    if not value or len(value.strip()) < 3:
+        return text
+    text = unicodedata.normalize("NFC", text)
+    words = fold(unicodedata.normalize("NFC", value)).split()
+    if not words:
+        return text
+    pattern = re.compile(r"(?<!\w)" + r"[\s,.\-]+".join(re.escape(w) for w in words) + r"(?!\w)")
+    folded, index = _folded_with_index(text)
+    spans = [(index[m.start()], index[m.end() - 1] + 1, REDACTED) for m in pattern.finditer(folded)
+             if m.end() > m.start()]
+    return _replace(text, spans)
+
+
+def redact_message(message: InboundMessage, text: str | None = None) -> str:
+    """`text` (default: the report's own) with personal data removed, and the reporter's own name, address,
+    e-mail and phone wherever it repeats them."""
+    out = message.text if text is None else text
+    r = message.reporter
+    for value in (r.name, r.address, r.email, r.phone):
+        out = redact_value(out, value)
+    return redact(out)

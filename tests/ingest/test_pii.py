@@ -1,0 +1,79 @@
+"""The one redactor (ingest/pii.py): every kind of personal data the Decree names, in the spellings people type,
+and nothing that the public needs to understand the incident."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest.pii import is_confidential, redact, redact_message, requests_confidentiality
+from ingest.records import InboundMessage, Reporter
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("CCCD 079 203 005 678", "079"), ("cccd: 079203005678", "079203005678"), ("CMND 023456789", "023456789"),
+    ("số CMND 023 456 789 012", "789 012"), ("căn cước 079.203.005.678", "005"), ("Hộ chiếu B1234567", "1234567"),
+    ("passport C 12345678", "12345678"), ("(028) 3829 1234", "3829"), ("028.3829.1234", "3829"),
+    ("028-3829-1234", "3829"), ("+84 28 3829 1234", "3829"), ("0909 123 456", "123 456"), ("0909.123.456", "123"),
+    ("+84 909 123 456", "909"), ("84909123456", "909123456"), ("(+84) 909123456", "909123456"),
+    ("SĐT:0909123456,gọi giúp", "0909"), ("sdt 3829 1234", "3829"), ("điện thoại bàn 38291234", "38291234"),
+    ("STK 1903 3322 2111 Techcombank", "2111"), ("số tài khoản: 0071000123456", "0071000123456"),
+    ("tk 123456 vcb", "123456"), ("email an.nguyen@gmail.com", "an.nguyen"), ("AN.NGUYEN@GMAIL.COM", "GMAIL"),
+    ("Tên tôi là Nguyễn Văn An, ở quận 1", "Nguyễn Văn An"), ("ten toi la nguyen van an o quan 1", "nguyen van an"),
+    ("Tôi tên Lê Thị Hoa.", "Hoa"), ("toi ten hoa, nha o quan 3", "hoa"), ("Người báo: Trần Văn Bình", "Bình"),
+    ("nguoi bao tin: tran van binh", "binh"), ("Tôi là Phạm Minh Đức, cư dân phường 5", "Đức"),
+    ("TÔI TÊN LÀ PHẠM VĂN CƯỜNG", "CƯỜNG"), ("Họ tên: Võ Thị Lan", "Lan"), ("đã liên hệ ông Nguyễn Văn Tư", "Tư"),
+    ("nhà 12 hẻm 34 Lê Lai bị ngập", "12 hẻm 34"), ("địa chỉ: 45/7 Nguyễn Trãi", "45/7"),
+    ("sống tại 9 Trần Hưng Đạo, Quận 5", "9 Trần Hưng Đạo"),
+])
+def test_personal_data_is_removed(text: str, secret: str) -> None:
+    out = redact(text)
+    assert secret not in out, out
+    assert "ẩn]" in out
+
+
+@pytest.mark.parametrize("text", [
+    "Ổ gà lớn trên đường Lê Lợi, Quận 1, gần số 45, sâu 20 cm, từ 12/09/2026 lúc 10:30.",
+    "tôi là người dân ở đây, cống bị nghẹt ở hẻm 83/16/4 Lý Chính Thắng, Phường 7, Quận 3",
+    "Đèn đường tắt ở cầu Ông Lãnh và chợ Bà Chiểu, Quận Bình Thạnh",
+    "Thiệt hại khoảng 12.500.000.000 đồng, xe 51F-123.45 đậu trái phép trước nhà văn hóa",
+    "Cây xanh ngã trên Quốc lộ 13, km 5, anh ấy nói sẽ báo lại",
+])
+def test_the_incident_stays_readable(text: str) -> None:
+    assert redact(text) == text
+
+
+@given(digits=st.text(alphabet="0123456789", min_size=8, max_size=8),
+       prefix=st.sampled_from(["09", "03", "07", "08", "05", "+849", "849", "+84 9", "(+84) 9", "84-9", "0"]),
+       sep=st.sampled_from(["", " ", ".", "-", "  ", ". "]))
+@settings(max_examples=200, deadline=None)
+def test_mobiles_in_any_spacing(digits: str, prefix: str, sep: str) -> None:
+    body = ("09" if prefix == "0" else prefix) + digits  # 0 + 9 digits, or 84 + 9 digits
+    groups = [body[i:i + 3] for i in range(0, len(body), 3)]
+    phone = sep.join(groups)
+    out = redact(f"Liên hệ {phone} nhé")
+    assert not re.search(r"\d{3}", out.replace("Liên hệ", "")), (phone, out)
+
+
+@pytest.mark.parametrize(("text", "asked"), [
+    ("Tôi xin được giữ bí mật danh tính.", True), ("giu bi mat giup em", True), ("Tôi không muốn lộ tên", True),
+    ("đề nghị giấu tên người phản ánh", True), ("xin bảo mật thông tin cá nhân", True), ("Tôi muốn ẩn danh", True),
+    ("please keep my name confidential", True), ("Đèn đường tắt cả tuần", False), ("cần giữ vệ sinh", False),
+])
+def test_confidentiality_written_in_the_text(text: str, asked: bool) -> None:
+    assert requests_confidentiality(text) is asked
+    message = InboundMessage(channel="email", channel_instance="m", idempotency_key="k",
+                             received_at="2026-09-07T09:00:00+07:00", text=text)
+    assert is_confidential(message) is asked
+
+
+def test_the_reporters_own_details_are_removed_wherever_repeated() -> None:
+    message = InboundMessage(channel="phone", channel_instance="cc", idempotency_key="k",
+                             received_at="2026-09-07T09:00:00+07:00",
+                             text="alo chi la vo thi lan o 5 hem 12 ba huyen thanh quan, den duong tat",
+                             reporter=Reporter(name="Võ Thị Lan", address="5 hẻm 12 Bà Huyện Thanh Quan"))
+    out = redact_message(message)
+    assert "lan" not in out.split() and "huyen" not in out, out
+    assert out.endswith("den duong tat")

@@ -1,0 +1,275 @@
+"""Canary corpus: personal data sent through the real intake (Open311 over HTTP, SMTP with smtplib, a call-centre
+transcript dropped in the watched folder) never appears on any public URL, nor in the log.
+
+The public URLs are not listed by hand: every GET route of the daemon's aiohttp app, built as run_daemon builds
+it (channels, pipeline components, console, ops and whatever SERVICE_COMPONENTS holds later), is fetched without
+credentials, each path parameter filled with every report id, case id and lookup token there is. A new public
+route is covered the day it is added.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import html
+import json
+import logging
+import re
+import smtplib
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+import config.loader as config_loader
+from channels.registry import build_channels
+from config.directory import load_directory
+from dispatch.service import make_book
+from ingest.app import AppContext
+from ingest.public import CONFIDENTIAL_NOTE
+from ingest.records import Classification, Place, to_json
+from ingest.text import fold
+from run_daemon import (COMPONENTS, SERVICE_COMPONENTS, build_pipeline, collect_migrations, make_context,
+                        setup_logging)
+from ingest.store import Store
+
+MAILBOX = "phananh@1022.hochiminhcity.gov.vn"
+
+# Each canary appears once in the corpus below, in the spelling a reporter would use; the test searches the
+# folded (no diacritics, lower case) form of names and the digits-only form of numbers.
+NAMES = ["canaryan", "canarybinh", "canarychi", "canarydung", "canaryem", "canaryphuong", "canarygiang",
+         "canaryhem", "canarykhanh", "canarylong"]
+NUMBERS = ["079203005678", "023456789", "02838291234", "02838291235", "0909555111", "0912345678",
+           "190333222111", "0977888999", "0933444555", "0988111222", "7654321", "0966123123", "0944555666"]
+EMAILS = ["canary.mail@gmail.com", "canaryfield@example.com", "canary.sender@yahoo.com.vn"]
+
+APP_TEXT = ("Tên tôi là Nguyễn Văn Canaryan, CCCD 079 203 005 678, CMND 023456789. Ống nước bể trên đường Lê Lợi, "
+            "gọi (028) 3829 1234 hoặc 028.3829.1235, di động +84 909 555 111, email canary.mail@gmail.com.")
+APP_TEXT_2 = ("toi ten la tran thi canarybinh, sdt 0912.345.678, stk 1903 3322 2111 vietcombank. Cong thoat nuoc "
+              "bi nghet o duong Hai Ba Trung quan 1")
+CONFIDENTIAL_APP = "Người báo: Lê Canarychi, hộ chiếu B7654321. Đèn đường tắt cả tuần ở đường Pasteur, Quận 3."
+MAIL_TEXT = ("Kính gửi Cổng 1022. Tôi là Phạm Canarydung, nhà 12 hẻm Canaryhem. Cây xanh ngã chắn ngang đường "
+             "Điện Biên Phủ, Quận Bình Thạnh. Liên hệ 0933 444 555.")
+MAIL_CONFIDENTIAL = ("Tôi xin được giữ bí mật danh tính. Quán karaoke trên đường Nguyễn Trãi, Quận 5 hát đến 2 giờ "
+                     "sáng mỗi đêm. Em tên Canarykhanh, 0988 111 222.")
+TRANSCRIPT = {"call_id": "CC-CANARY-1", "received_at": "2026-09-07T09:10:00+07:00",
+              "reporter": {"name": "Võ Canaryphuong", "phone": "0966 123 123", "address": "5 hẻm Canarygiang"},
+              "text": "alo em ơi chị là Võ Canaryphuong ở 5 hẻm Canarygiang, cái đèn đường trước nhà chị tắt cả tuần nay,"
+                      " số chị 0966123123"}
+RESULT_NOTE = "Đã xử lý xong, đã liên hệ ông Canarylong 0944 555 666 để kiểm tra."
+
+
+def readable(body: str) -> str:
+    """A response body as a person reads it: JSON unescaped, HTML entities decoded, diacritics folded."""
+    try:
+        body = json.dumps(json.loads(body), ensure_ascii=False)
+    except ValueError:
+        body = html.unescape(body)
+    return fold(body)
+
+
+def leaks(body: str) -> list[str]:
+    """The canaries present in a response body."""
+    folded = readable(body)
+    digits = re.sub(r"(?<=\d)[\s.\-()+\u00a0]+(?=\d)", "", folded).replace("+84", "0")
+    found = [n for n in NAMES if n in folded] + [e for e in EMAILS if e in folded]
+    found += [n for n in NUMBERS if n in digits or (n.startswith("0") and "84" + n[1:] in digits)]
+    return found
+
+
+CONFIG = """
+[http]
+public_base_url = "https://1022.example.vn"
+
+[[channels]]
+kind = "open311"
+name = "app"
+
+[[channels]]
+kind = "smtp"
+name = "mail"
+host = "127.0.0.1"
+port = 0
+recipients = ["{mailbox}"]
+
+[[channels]]
+kind = "transcripts"
+name = "call-centre"
+folder = "{folder}"
+poll_seconds = 0.05
+
+[[dispatch.agencies.sawaco.targets]]
+kind = "email"
+to = ["hopthu@sawaco.com.vn"]
+
+[[dispatch.agencies.cay-xanh.targets]]
+kind = "email"
+to = ["hopthu@cayxanh.example.vn"]
+
+[[dispatch.agencies.chieu-sang.targets]]
+kind = "email"
+to = ["hopthu@chieusang.example.vn"]
+
+[[dispatch.agencies.cong-an-tp.targets]]
+kind = "email"
+to = ["hopthu@congan.example.vn"]
+"""
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[tuple[AppContext, str, Any]]:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[store]\npath = "{tmp_path / "s.sqlite3"}"\nblob_dir = "{tmp_path / "blobs"}"\n'
+                    + CONFIG.format(mailbox=MAILBOX, folder=tmp_path / "transcripts"), encoding="utf-8")
+    settings = config_loader.load(path)
+    store = await Store.open(settings.store.path, settings.store.blob_dir, migrations=collect_migrations())
+    ctx = make_context(settings, load_directory(settings.data.agencies), store)
+    channels = build_channels(ctx)
+    # Every component as the daemon builds it, except the classifier's model (the test classifies by hand).
+    build_pipeline(ctx, [c for c in COMPONENTS if c != "classifier"])
+    build_pipeline(ctx, SERVICE_COMPONENTS)
+    tasks = [asyncio.create_task(c.run()) for c in channels]
+    runner = web.AppRunner(ctx.http, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    smtp = next(c for c in channels if hasattr(c, "started"))
+    await asyncio.wait_for(smtp.started.wait(), 10)
+    try:
+        yield ctx, f"http://127.0.0.1:{runner.addresses[0][1]}", smtp
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+        await store.close()
+
+
+def send_mail(port: int, sender: str, subject: str, body: str, message_id: str) -> None:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = MAILBOX
+    msg["Subject"] = subject
+    msg["Message-ID"] = message_id
+    msg.set_content(body)
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.send_message(msg)
+
+
+async def seed(ctx: AppContext, base: str, smtp: Any, folder: Path) -> list[int]:
+    async with aiohttp.ClientSession() as s:
+        ids = []
+        for fields in (
+            {"service_code": "water_supply", "description": APP_TEXT, "lat": "10.7731", "long": "106.7004",
+             "first_name": "Canaryem", "last_name": "Hoàng", "phone": "0977 888 999", "email": "canaryfield@example.com"},
+            {"service_code": "drainage", "description": APP_TEXT_2, "address_string": "Hai Bà Trưng, Quận 1"},
+            {"service_code": "street_lighting", "description": CONFIDENTIAL_APP, "address_string": "Pasteur, Quận 3",
+             "confidential": "true"},
+        ):
+            async with s.post(f"{base}/open311/v2/requests.json", data=fields) as resp:
+                assert resp.status == 201, await resp.text()
+                ids.append(int((await resp.json())[0]["service_request_id"]))
+    await asyncio.to_thread(send_mail, smtp.port, "Phạm Canarydung <canary.sender@yahoo.com.vn>",
+                            "Cây ngã đường Điện Biên Phủ", MAIL_TEXT, "<m1@yahoo.com.vn>")
+    await asyncio.to_thread(send_mail, smtp.port, "canary.sender@yahoo.com.vn", "Karaoke ồn", MAIL_CONFIDENTIAL,
+                            "<m2@yahoo.com.vn>")
+    (folder / "tmp").mkdir(parents=True, exist_ok=True)
+    (folder / "new").mkdir(parents=True, exist_ok=True)
+    (folder / "tmp" / "call.json").write_text(json.dumps(TRANSCRIPT, ensure_ascii=False), encoding="utf-8")
+    (folder / "tmp" / "call.json").rename(folder / "new" / "call.json")
+    for _ in range(200):
+        rows = await ctx.store.fetchall("SELECT id FROM reports ORDER BY id")
+        if len(rows) == 6:
+            return [r["id"] for r in rows]
+        await asyncio.sleep(0.05)
+    raise AssertionError("the transcript was not taken in")
+
+
+async def classify_and_dispatch(ctx: AppContext, report_id: int, n: int, topic: str, agency: str) -> None:
+    """What the classify and dedupe stages would leave, then the real dispatch stage makes the case."""
+    cls = Classification(status="route", topic=topic, category="infrastructure", agency=agency, confidence=0.95,
+                         place=Place(district="quan-1", street="le loi"))
+    async with ctx.store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='routed', topic=?, category='infrastructure', agency=?,"
+                         " district='quan-1', classification=?, incident_id=? WHERE id=?",
+                         (topic, agency, to_json(cls), f"INC-{n:06d}", report_id))
+        await tx.execute("DELETE FROM jobs WHERE report_id=?", (report_id,))
+        await tx.enqueue("dispatch", report_id, {"incident_id": f"INC-{n:06d}"})
+
+
+async def test_no_canary_on_any_public_url_nor_in_the_log(daemon: tuple[AppContext, str, Any], tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    setup_logging("DEBUG")  # the daemon's own policy: its loggers at DEBUG, chatty libraries held at WARNING
+    caplog.set_level(logging.DEBUG)
+    ctx, base, smtp = daemon
+    ids = await seed(ctx, base, smtp, tmp_path / "transcripts")
+    # The corpus really carries the canaries (else the test could not fail).
+    records = " ".join(r["record"] for r in await ctx.store.fetchall("SELECT record FROM reports"))
+    assert len(leaks(records)) >= len(NAMES + NUMBERS + EMAILS) - 2, leaks(records)
+    # Three become cases (one confidential), one waits for review, the rest stay as received.
+    for n, (rid, topic, agency) in enumerate([(ids[0], "water_supply", "sawaco"), (ids[2], "street_lighting",
+                                                                                 "chieu-sang"),
+                                              (ids[3], "trees", "cay-xanh"), (ids[4], "noise", "cong-an-tp")], 1):
+        await classify_and_dispatch(ctx, rid, n, topic, agency)
+    from ingest.worker import StageWorker, WorkerSettings
+    book = make_book(ctx)
+    worker = StageWorker(ctx.store, "dispatch", book.handle_dispatch, WorkerSettings(batch=16))
+    while await worker.run_once():
+        pass
+    async with ctx.store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='review' WHERE id=?", (ids[1],))
+    await book.apply_answer("sawaco", "CASE-000001", "resolved", {}, source="api", note=RESULT_NOTE)
+    assert (await ctx.store.fetchone("SELECT COUNT(*) AS n FROM cases"))["n"] == 4
+
+    pool: dict[str, list[str]] = {
+        "report": [str(i) for i in ids],
+        "case": [r["id"] for r in await ctx.store.fetchall("SELECT id FROM cases")],
+        "token": [r["token"] for r in await ctx.store.fetchall("SELECT token FROM cases")],
+    }
+    everything = [v for values in pool.values() for v in values]
+    listing = {"service_request_id": ",".join(pool["report"]), "page_size": "1000",
+               "start_date": "2000-01-01T00:00:00Z"}
+    urls: set[str] = set()
+    for route in ctx.http.router.routes():
+        if route.method not in ("GET", "*") or route.resource is None:
+            continue
+        canonical = route.resource.canonical
+        params = re.findall(r"\{(\w+)", canonical)
+        if not params:
+            urls |= {canonical, canonical + "?" + "&".join(f"{k}={v}" for k, v in listing.items()),
+                     canonical + "?page_size=1000&start_date=2000-01-01T00:00:00Z&status=open,closed"}
+            continue
+        for value in everything:
+            try:
+                urls.add(str(route.resource.url_for(**{p: value for p in params})))
+            except (KeyError, ValueError, TypeError):
+                continue
+    assert {"/public", "/open311/v2/requests.json", "/open311/v2/requests.xml"} <= {u.split("?")[0] for u in urls}
+    assert any(u.startswith("/cases/") for u in urls) and any(u.startswith("/public/") for u in urls)
+
+    found: dict[str, list[str]] = {}
+    shown_text = 0
+    async with aiohttp.ClientSession() as s:
+        for url in sorted(urls):
+            async with s.get(base + url, allow_redirects=False) as resp:
+                body = await resp.text(errors="replace")
+            bad = leaks(body)
+            if bad:
+                found[url] = bad
+            shown_text += "ong nuoc be tren duong le loi" in readable(body)
+    assert found == {}, (sorted({c for v in found.values() for c in v}), found)
+    assert shown_text > 0  # the reports' content is published, only the personal data is not
+    assert leaks(caplog.text) == [], leaks(caplog.text)
+
+    # A confidentiality request written in a mail is honoured like the app's flag: the public sees no content,
+    # and the agency (not authorised by config) gets neither the reporter nor their details in the text.
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/open311/v2/requests/{ids[4]}.json") as resp:
+        (item,) = await resp.json()
+    assert item["description"] == CONFIDENTIAL_NOTE and item["lat"] is None
+    payload = json.loads((await ctx.store.fetchone("SELECT payload FROM deliveries WHERE case_id='CASE-000004'"))
+                         ["payload"])["data"]
+    assert payload["reporter"] == {"confidential": True} and leaks(json.dumps(payload)) == []
+    assert "karaoke" in payload["text"].lower()
