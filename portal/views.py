@@ -28,7 +28,7 @@ from config.portal import PortalConfig
 from console.public import SELECT, QueryError, build_query, services
 from ingest.app import AppContext
 from ingest.clock import VN_TZ
-from ingest.contacts import redact
+from ingest.pii import is_confidential, redact
 from ingest.errors import StorageError
 from ingest.public import CONFIDENTIAL_NOTE, HIDDEN_STATES, OUT_OF_SCOPE_NOTE, PENDING_NOTE, public_request
 from ingest.records import InboundMessage, from_json
@@ -330,7 +330,7 @@ class Portal:
             if (row["case_agency"] or row["agency"]) else None,
             "deadline": await self._deadline(row["case_id"]), "expected": row["expected_completion"],
             "steps": await public_steps(self.store, directory, row, lang),
-            "result": row["case_result"] if closed else None, "closed": closed,
+            "result": redact(row["case_result"]) if closed and row["case_result"] else None, "closed": closed,
             "answer_photos": await self._answer_photos(row["case_id"]),
             "can_rate": closed and row["rated_score"] is None and "case_rating" in self.ctx.shared,
             "rated": row["rated_score"], "errors": errors or {}, "notice": notice,
@@ -413,7 +413,7 @@ class Portal:
             item["service_name"] = topic.description_en.split(":")[0]
         agency_id = row["case_agency"] or row["agency"]
         item["agency_name"] = agency_name(self.ctx.directory, agency_id, lang) if agency_id else None
-        item["confidential"] = from_json(InboundMessage, row["record"]).reporter.confidential
+        item["confidential"] = is_confidential(from_json(InboundMessage, row["record"]))
         return item
 
     async def public_list(self, request: web.Request) -> web.Response:
@@ -455,7 +455,7 @@ class Portal:
 
     async def _public_photos(self, row: Any) -> list[str]:
         # After-photos of the agency's work; none for a confidential report (a photo can show where it is).
-        if from_json(InboundMessage, row["record"]).reporter.confidential:
+        if is_confidential(from_json(InboundMessage, row["record"])):
             return []
         return await self._answer_photos(row["case_id"])
 
