@@ -156,6 +156,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "dispute_title": {"vi": "Chưa đồng ý với kết quả?", "en": "Disagree with the result?"},
     "dispute_reason": {"vi": "Lý do", "en": "Reason"},
     "dispute_submit": {"vi": "Đề nghị xem xét lại", "en": "Ask for a review"},
+    "dispute_reason_required": {"vi": "Vui lòng ghi lý do chưa đồng ý với kết quả.",
+                                "en": "Please say why you disagree with the result."},
     "dispute_sent": {"vi": "Đã gửi đề nghị xem xét lại.", "en": "Your request for a review was sent."},
     # -- public pages
     "public_title": {"vi": "Phản ánh và kết quả xử lý", "en": "Reports and how they were handled"},

@@ -105,6 +105,8 @@ class Portal:
             web.get("/receipt/{token}", self.receipt),
             web.get("/lookup/{token}", self.lookup),
             web.post("/lookup/{token}/rating", self.rate),
+            web.post("/lookup/{token}/dispute", self.dispute),
+            web.get("/report", self.form_redirect),
             web.get("/lookup/{token}/photos/{sha}", self.lookup_photo),
             web.get("/public", self.public_list),
             web.get("/public/{id}", self.public_one),
@@ -190,6 +192,9 @@ class Portal:
     # -- the form --------------------------------------------------------------------------------
     async def form_page(self, request: web.Request) -> web.Response:
         return await self._form(request, self._lang(request), {}, {})
+
+    async def form_redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPSeeOther("/")  # a bookmarked or reloaded result page of a post: back to the form
 
     async def submit(self, request: web.Request) -> web.Response:
         lang = self._lang(request)
@@ -321,6 +326,8 @@ class Portal:
             secret = abuse.new_browser_secret()
         assert secret is not None
         closed = bool(row["case_closed_at"])
+        if notice is None and request.query.get("disputed"):
+            notice = text(lang, "dispute_sent")
         resp = self.render(request, "lookup.html", lang, {
             "token": token, "report_id": row["id"], "status": self._status(row, lang),
             "received_at": row["received_at"], "text": message.text,
@@ -342,21 +349,30 @@ class Portal:
                             path="/")
         return resp
 
-    async def rate(self, request: web.Request) -> web.Response:
+    async def _lookup_post(self, request: web.Request) -> tuple[Any, Any, web.Response | None]:
+        """The report row and form of a post from the lookup page, or the page to answer instead (missing report,
+        rate limit, bad CSRF token)."""
         lang = self._lang(request)
-        token = request.match_info["token"]
-        row = await self._by_token(token)
+        row = await self._by_token(request.match_info["token"])
         if row is None:
-            return self._missing(request, lang)
+            return None, None, self._missing(request, lang)
         form = await request.post()
         wait = self.limiter.take(self._client(request), self.ctx.clock.now())
         if wait > 0:
             resp = await self.lookup(request, status=429, notice=text(lang, "rate_limited", seconds=math.ceil(wait)))
             resp.headers["Retry-After"] = str(math.ceil(wait))
-            return resp
+            return row, form, resp
         if not abuse.csrf_ok(await self._csrf_key(), request.cookies.get(abuse.CSRF_COOKIE),
                              str(form.get(abuse.CSRF_FIELD) or "")):
-            return await self.lookup(request, status=403, notice=text(lang, "form.expired"))
+            return row, form, await self.lookup(request, status=403, notice=text(lang, "form.expired"))
+        return row, form, None
+
+    async def rate(self, request: web.Request) -> web.Response:
+        lang = self._lang(request)
+        token = request.match_info["token"]
+        row, form, answer = await self._lookup_post(request)
+        if answer is not None:
+            return answer
         score = str(form.get("score") or "")
         if score not in ("1", "2", "3", "4", "5"):
             return await self.lookup(request, errors={"score": text(lang, "score.required")}, status=400)
@@ -369,6 +385,24 @@ class Portal:
             await tx.execute("UPDATE portal_receipts SET rated_score=?, rated_at=? WHERE report_id=?",
                              (int(score), self.ctx.clock.now(), row["id"]))
         raise web.HTTPSeeOther(f"/lookup/{token}#rating")
+
+    async def dispute(self, request: web.Request) -> web.Response:
+        """The reporter disputes the result. The lifecycle component owns what a dispute does; it publishes
+        `ctx.shared["case_dispute"]`, an async callable taking report_id, case_id and reason. Without it the
+        lookup page shows no dispute button and this route answers 404."""
+        lang = self._lang(request)
+        token = request.match_info["token"]
+        handler = self.ctx.shared.get("case_dispute")
+        if handler is None:
+            return self._missing(request, lang)
+        row, form, answer = await self._lookup_post(request)
+        if answer is not None:
+            return answer
+        reason = str(form.get("reason") or "").strip()[:2000]
+        if not reason or not row["case_closed_at"]:
+            return await self.lookup(request, status=400, notice=text(lang, "dispute_reason_required"))
+        await handler(report_id=int(row["id"]), case_id=str(row["case_id"]), reason=reason)
+        raise web.HTTPSeeOther(f"/lookup/{token}?disputed=1#dispute")
 
     async def _photo(self, sha: str) -> web.Response:
         """The stored photo `sha` re-encoded without metadata (made once, then served from the blob store)."""

@@ -125,6 +125,7 @@ async def test_report_follow_and_rate_in_the_browser(site: tuple[Server, str], t
             await page.goto(server.url + "/")
             await page.wait_for_selector("#map .leaflet-tile-loaded")
             weights["form"] = await page_bytes(page, tiles)
+            assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # no sideways scroll
             violations["form"] = await axe_violations(page)
             # The address box suggests places from the bundled gazetteer.
             await page.locator("#address_string").press_sequentially("ben ng", delay=20)
@@ -193,6 +194,7 @@ async def test_report_follow_and_rate_in_the_browser(site: tuple[Server, str], t
                     assert resp.status == 200 and not has_metadata(await resp.read())
             assert "Đã xử lý xong" in await page.inner_text("#timeline")
             weights["lookup"] = await page_bytes(page, tiles)
+            assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
             violations["lookup"] = await axe_violations(page)
             await screenshot(page, "lookup")
             await page.check("#score-5")

@@ -105,3 +105,32 @@ async def test_public_list_filters_and_speaks_english(server: Server, client: Fo
     status, page = await client.get("/public?lang=en&agency_responsible=chieu-sang")
     assert '<html lang="en">' in page and f'href="/public/{row["id"]}"' in page and "Forwarded to the agency" in page
     assert (await client.get("/public/999"))[0] == 404
+
+
+async def test_the_dispute_hook_reaches_the_lifecycle_handler_once_there_is_a_result(server: Server,
+                                                                                   client: FormClient) -> None:
+    calls: list[dict[str, object]] = []
+
+    async def dispute(**kw: object) -> None:  # stands in for the lifecycle component's handler, recording calls
+        calls.append(kw)
+
+    token, csrf = await _file(client)
+    (row,) = await server.store.fetchall("SELECT id FROM reports")
+    case_id = await classify_and_dispatch(server, row["id"])
+    _, page = await client.get(f"/lookup/{token}")
+    assert 'id="dispute"' not in page  # no handler published: no button
+    assert (await client.post(f"/lookup/{token}/dispute", {"csrf": csrf, "reason": "x"}))[0] == 404
+    server.ctx.shared["case_dispute"] = dispute
+    _, page = await client.get(f"/lookup/{token}")
+    assert 'id="dispute"' not in page  # not before a result
+    await _answer(server, case_id, "resolved", note="Đã sửa.",
+                  photos=[{"content_type": "image/jpeg", "data": base64.b64encode(photo_with_gps(64, 64)).decode()}])
+    _, page = await client.get(f"/lookup/{token}")
+    assert 'id="dispute"' in page
+    status, page, _ = await client.post(f"/lookup/{token}/dispute", {"csrf": csrf, "reason": "  "})
+    assert status == 400 and "Vui lòng ghi lý do" in page and calls == []
+    status, _, location = await client.post(f"/lookup/{token}/dispute", {"csrf": csrf, "reason": "Đèn vẫn tắt"})
+    assert status == 303 and location is not None
+    assert calls == [{"report_id": row["id"], "case_id": case_id, "reason": "Đèn vẫn tắt"}]
+    _, page = await client.get(location.split("#")[0])
+    assert "Đã gửi đề nghị xem xét lại." in page
