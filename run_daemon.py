@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -102,11 +103,17 @@ def build_pipeline(ctx: AppContext, components: Sequence[str] = COMPONENTS) -> l
     return services
 
 
+# Paths whose next segment is a credential: a reporter's private lookup/receipt token, a case token.
+PRIVATE_PATH = re.compile(r"^(/lookup|/receipt|/cases|/api/v1/cases)/[^/]+")
+
+
 class PathOnlyAccessLogger(AbstractAccessLogger):
-    """Access log without query strings: they carry secrets (Messenger's hub.verify_token) and search terms."""
+    """Access log without query strings (they carry secrets, e.g. Messenger's hub.verify_token, and search terms)
+    and without the tokens in private paths (whoever reads the log must not be able to open a reporter's page)."""
 
     def log(self, request: Any, response: Any, time: float) -> None:
-        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
+        path = PRIVATE_PATH.sub(r"\1/[token]", request.path)
+        self.logger.info("%s %s %s %.1fms", request.method, path, response.status, time * 1000)
 
 
 class Reclaimer:

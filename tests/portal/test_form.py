@@ -3,7 +3,10 @@ record, same idempotency), errors next to the field with nothing typed lost, CSR
 receipt and the private lookup, photos shown only without metadata, address suggestions, the language switch."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import pytest
 
 from ingest.records import InboundMessage, from_json
 
@@ -163,3 +166,23 @@ async def test_receipt_token_is_written_once_per_report(server: Server, client: 
     _, _, other = await client.post("/report", report_fields(csrf, "another-key-" + "k" * 12))
     assert other is not None and other != first[2]
     assert len(await server.store.fetchall("SELECT token FROM portal_receipts")) == 2
+
+
+def test_the_access_log_never_holds_a_private_token(caplog: pytest.LogCaptureFixture) -> None:
+    from run_daemon import PathOnlyAccessLogger
+
+    class Request:
+        method = "GET"
+
+    class Response:
+        status = 200
+
+    logger = PathOnlyAccessLogger(logging.getLogger("aiohttp.access"), "")
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    for path in ("/lookup/SECRETtoken1234567890abcd", "/receipt/SECRETtoken1234567890abcd",
+                 "/lookup/SECRETtoken1234567890abcd/photos/" + "a" * 64, "/cases/SECRETcasetoken",
+                 "/api/v1/cases/SECRETcasetoken", "/public/12"):
+        Request.path = path  # type: ignore[attr-defined]
+        logger.log(Request(), Response(), 0.01)
+    assert "SECRET" not in caplog.text
+    assert "GET /lookup/[token]/photos/" in caplog.text and "GET /public/12 200" in caplog.text
