@@ -177,7 +177,7 @@ class Generation:
 
 
 async def serve(settings: Settings, config_path: Path | None = None, stop: asyncio.Event | None = None) -> None:
-    directory = load_directory(settings.data.agencies)
+    directory = load_directory(settings.data.agencies, settings.data.structure)
     store = await open_store(settings)
     await store.reclaim_expired()  # leases held by a previous process that died
     stop = stop or asyncio.Event()
@@ -203,7 +203,7 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
                 reload.clear()
                 try:
                     new_settings = config_loader.load(config_path)
-                    new_directory = load_directory(new_settings.data.agencies)
+                    new_directory = load_directory(new_settings.data.agencies, new_settings.data.structure)
                 except ConfigError as exc:
                     log.error("reload refused, the running configuration stays: %s", exc)
                     continue
@@ -243,7 +243,7 @@ async def route(settings: Settings, input_path: Path, output_path: Path, store_p
     records = read_jsonl(input_path)
     from channels.jsonl_parse import parse_line
 
-    directory = load_directory(settings.data.agencies)
+    directory = load_directory(settings.data.agencies, settings.data.structure)
     with tempfile.TemporaryDirectory(prefix="route-") as tmp:
         path = store_path or Path(tmp) / "route.sqlite3"
         settings = settings.model_copy(update={"store": settings.store.model_copy(
@@ -258,7 +258,8 @@ async def route(settings: Settings, input_path: Path, output_path: Path, store_p
             await store.submit_batch(batch)
             await run_until_drained(store, build_pipeline(ctx))
             rows = await store.fetchall(
-                "SELECT external_id, status, topic, category, agency, district, confidence, incident_id FROM reports"
+                "SELECT external_id, status, topic, category, agency, district, confidence, incident_id, classification"
+                " FROM reports"
                 " WHERE channel_instance='batch'")
         finally:
             await store.close()
@@ -273,8 +274,18 @@ async def route(settings: Settings, input_path: Path, output_path: Path, store_p
                 "district": row["district"],
                 "confidence": round(row["confidence"], 4) if row["confidence"] is not None else None,
                 "incident": row["incident_id"],
+                "ward": route_ward(row["classification"]),
             }, ensure_ascii=False) + "\n")
     return 0
+
+
+def route_ward(classification: str | None) -> str | None:
+    """The new unit's slug on the 2025 map (hcmc-2025-wards.json); None when unknown and always on the 2023 map,
+    so the key set of a route line is the same under both structures."""
+    if not classification:
+        return None
+    unit = json.loads(classification).get("place", {}).get("unit")
+    return unit if isinstance(unit, str) else None
 
 
 # -- CLI -----------------------------------------------------------------------------------------
@@ -317,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             # The directory the file names (data.agencies), not the bundled one: serve would load that one.
-            load_directory(load_settings(args.file).data.agencies)
+            checked = load_settings(args.file)
+            load_directory(checked.data.agencies, checked.data.structure)
             print(f"{args.file}: OK")
             return 0
         settings = load_settings(getattr(args, "config", None))

@@ -69,7 +69,7 @@ def _is_seed(rows: Sequence[dict[str, Any]]) -> bool:
 def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, embedder: Any = None,
             folds: int = 5, seed: int = 0) -> list[Prediction]:
     """Per-report predictions; with `cv`, each report is predicted by a model that did not see it."""
-    directory = load_directory(settings.data.agencies)
+    directory = load_directory(settings.data.agencies, settings.data.structure)
     gazetteer = load_gazetteer(directory)
     reasons = reject_reasons(settings.data.agencies)
     cfg = settings.classifier

@@ -89,7 +89,7 @@ def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence
     for topic, p in zip(classes, probabilities):
         if topic not in directory.topics:
             continue
-        agency = directory.agency_for(topic, place.district)
+        agency = directory.agency_for(topic, place.district, place.unit)
         # Refused topics have no agency; keep them apart from each other by their topic.
         key = agency if agency is not None else f"!{topic}"
         by_agency[key] = by_agency.get(key, 0.0) + float(p)
@@ -102,7 +102,7 @@ def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence
     topic = next(c.topic for c in candidates
                  if (c.agency if c.agency is not None else f"!{c.topic}") == best_key)
     spec = directory.topics[topic]
-    agency = directory.agency_for(topic, place.district)
+    agency = directory.agency_for(topic, place.district, place.unit)
     if abusive:
         topic, spec, agency, confidence = REJECTED_TOPIC, directory.topics[REJECTED_TOPIC], None, 1.0
         status, reason = "rejected", reason_for(REJECTED_TOPIC, reasons)
@@ -116,13 +116,20 @@ def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence
         status, reason = "rejected", reason_for(topic, reasons)
     elif topic == OUT_OF_SCOPE_TOPIC and confidence >= review_threshold:
         status, reason = "out_of_scope", reason_for(topic, reasons)
-    elif confidence >= review_threshold:
+    elif confidence >= review_threshold and not _unit_undecided(directory, spec.agency, place):
         status, reason = "routed", None
     else:
         status, reason = "review", None
     return Classification(status=status, topic=topic, category=spec.category, agency=agency,
                           confidence=round(confidence, 4), place=place, candidates=tuple(candidates[:top]),
                           reason=reason, model_version=model_version, language=language)
+
+
+def _unit_undecided(directory: Directory, topic_agency: str | None, place: Place) -> bool:
+    """On the 2025 map a local topic whose words name several candidate units (an old district alone, a split
+    old ward) needs a person to pick the unit: never the operator unit by default, never a guess."""
+    return (directory.structure == "2025" and topic_agency == "district" and place.unit is None
+            and bool(place.unit_candidates))
 
 
 def operator_decision(directory: Directory, previous: Classification, *, topic: str | None = None,
@@ -143,7 +150,7 @@ def operator_decision(directory: Directory, previous: Classification, *, topic: 
         return operator_decision(directory, previous,
                                  reject="out_of_scope" if new_topic == OUT_OF_SCOPE_TOPIC else "abusive",
                                  reasons=reasons)
-    new_agency = agency or directory.agency_for(new_topic, previous.place.district)
+    new_agency = agency or directory.agency_for(new_topic, previous.place.district, previous.place.unit)
     if new_agency not in directory.agencies:
         raise ValueError(f"unknown agency {new_agency!r}")
     return Classification(status="routed", topic=new_topic, category=directory.topics[new_topic].category,

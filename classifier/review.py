@@ -225,7 +225,7 @@ async def review_cli(store: Store, settings: Settings, argv: list[str]) -> int:
             return 1
         print(json.dumps(info, ensure_ascii=False, indent=2))
         return 0
-    directory = load_directory(settings.data.agencies)
+    directory = load_directory(settings.data.agencies, settings.data.structure)
     try:
         result = await decide(store, directory, args.report_id, actor=args.actor,
                               topic=args.topic or args.with_topic, agency=args.agency, reject=args.reject,

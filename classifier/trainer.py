@@ -15,13 +15,13 @@ import pickle
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from config.directory import BUNDLED, Directory
+from config.directory import BUNDLED, Directory, load_directory
 from config.schema import Settings
 from ingest.records import Classification, Place
 
@@ -29,6 +29,7 @@ from .embedder import EmbeddingThread, VectorCache, embed_cached, report_text
 from .model import MODEL_VERSION, TopicModel, load_cues
 from .place import Gazetteer, find_place, load_gazetteer
 from .policy import abusive_terms_in, complaint_terms_in, decide
+from .wards2025 import load_ward_map, resolve_unit
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,13 @@ class Router:
         self.directory = directory
         self.embedder = embedder
         self.gazetteer = gazetteer or load_gazetteer(directory)
+        # The topic model learns from the 2023 directory on either map (same topics; the 2025 edit only renames
+        # agencies), so switching [data] structure neither retrains nor changes the topic decisions.
+        self.training_directory = (directory if directory.structure == "2023"
+                                   else load_directory(settings.data.agencies, "2023"))
+        self.ward_map = (load_ward_map({k: d.name_vi for k, d in directory.districts.items()},
+                                       street_names=tuple(dict.fromkeys(s for _, s, _ in self.gazetteer.streets)))
+                         if directory.structure == "2025" else None)
         self.reasons = reject_reasons(settings.data.agencies)
         self.cache_dir = Path(settings.classifier.cache_dir)
         self.seed_rows = load_seed(settings.classifier.seed_data)
@@ -199,15 +207,15 @@ class Router:
         self._retrain_lock = threading.Lock()
 
     def base_examples(self) -> list[Example]:
-        return (seed_examples(self.seed_rows) + description_examples(self.directory)
+        return (seed_examples(self.seed_rows) + description_examples(self.training_directory)
                 + synthetic_examples(self.synthetic_rows, self.settings.classifier.synthetic_weight))
 
     def load(self, extra: Sequence[Example] = ()) -> None:
         """Blocking (call in a thread): train or load the cached model, then swap it in."""
         examples = self.base_examples() + list(extra)
-        vocabulary = vocabulary_texts(self.directory)
+        vocabulary = vocabulary_texts(self.training_directory)
         model = load_or_train(examples, self.embedder.encode_blocking, self.cache_dir, self.embedder.name, vocabulary,
-                              routing_groups(self.directory))
+                              routing_groups(self.training_directory))
         self.model = model
         self.model_version = f"{MODEL_VERSION}:{cache_key(examples, self.embedder.name, vocabulary)}"
 
@@ -230,7 +238,15 @@ class Router:
         return [model.embedding_text(t) for t in texts] if model is not None else list(texts)
 
     def place(self, text: str, lat: float | None, lon: float | None) -> Place:
-        return find_place(text, self.gazetteer, lat=lat, lon=lon)
+        return self.with_unit(text, find_place(text, self.gazetteer, lat=lat, lon=lon))
+
+    def with_unit(self, text: str, place: Place) -> Place:
+        """On the 2025 map, the new unit (or its candidates) and the label people read, beside the old names."""
+        if self.ward_map is None:
+            return place
+        match = resolve_unit(text, self.ward_map, place)
+        return replace(place, unit=match.unit, unit_candidates=match.candidates,
+                       unit_label=self.ward_map.label(match))
 
     def classify(self, texts: Sequence[str], vectors: np.ndarray, places: Sequence[Place],
                  languages: Sequence[str] | None = None) -> list[Classification]:

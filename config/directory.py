@@ -5,13 +5,19 @@ Routing rules are data an administrator edits (Art. 11.6, 17.3), never code.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ingest.errors import ConfigError
 
-BUNDLED = Path(__file__).with_name("data") / "agencies.json"
+DATA_DIR = Path(__file__).with_name("data")
+BUNDLED = DATA_DIR / "agencies.json"
+WARDS_2025 = DATA_DIR / "hcmc-2025-wards.json"
+EDITS_2025 = DATA_DIR / "directory-2025.json"
 OPERATOR_UNIT = "van-hanh-1022"
+STRUCTURES = ("2023", "2025")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,6 +40,18 @@ class District:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Unit:
+    """A ward, commune or special zone of the 2025 map (config/data/hcmc-2025-wards.json)."""
+
+    slug: str
+    name: str  # "Bình Tiên"
+    full_name: str  # "Phường Bình Tiên"
+    type: str  # phuong, xa, dac-khu
+    former_province: str
+    former_districts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topic:
     id: str
     category: str
@@ -47,19 +65,78 @@ class Directory:
     agencies: dict[str, Agency]
     districts: dict[str, District]
     topics: dict[str, Topic]
+    structure: str = "2023"
+    units: dict[str, Unit] = field(default_factory=dict)  # slug -> unit; empty under "2023"
 
-    def agency_for(self, topic_id: str, district: str | None) -> str | None:
-        """The responsible agency for a topic at a place (Art. 6), or None for refused topics."""
+    def agency_for(self, topic_id: str, district: str | None, unit: str | None = None) -> str | None:
+        """The responsible agency for a topic at a place (Art. 6), or None for refused topics. Local topics go to
+        the district committee on the 2023 map, to the unit's committee on the 2025 map (`unit` = its slug)."""
         topic = self.topics[topic_id]
         if topic.agency != "district":
             return topic.agency
+        if self.structure == "2025":
+            return unit_agency(unit) if unit is not None and unit_agency(unit) in self.agencies else OPERATOR_UNIT
         if district is None:
             return OPERATOR_UNIT
         agency = f"ubnd-{district}"
         return agency if agency in self.agencies else OPERATOR_UNIT
 
 
-def load_directory(path: Path | None = None) -> Directory:
+def unit_agency(slug: str) -> str:
+    return f"ubnd-{slug}"
+
+
+def load_units(path: Path = WARDS_2025) -> dict[str, Unit]:
+    rows = json.loads(path.read_text(encoding="utf-8"))["units"]
+    return {u["slug"]: Unit(slug=u["slug"], name=u["name"], full_name=u["full_name"], type=u["type"],
+                            former_province=u["former_province"], former_districts=tuple(u["former_districts"]))
+            for u in rows}
+
+
+def _to_2025(directory: Directory, units: dict[str, Unit], edits: dict[str, Any]) -> Directory:
+    """The data edit of directory-2025.json: district committees out, unit committees in, merged departments."""
+    agencies = {k: a for k, a in directory.agencies.items() if a.kind != "district"}
+    renamed: dict[str, str] = {}
+    for merge in edits.get("merges", []):
+        into = merge["into"]
+        for old in merge["replaces"]:
+            agencies.pop(old, None)
+            renamed[old] = into["id"]
+        agencies[into["id"]] = Agency(id=into["id"], name_vi=into["name_vi"], name_en=into["name_en"],
+                                      kind=into["kind"], scope=into["scope"], district=None)
+    spec = edits["unit_agency"]
+    for u in units.values():
+        agency_id = spec["id"].format(slug=u.slug)
+        agencies[agency_id] = Agency(
+            id=agency_id, name_vi=spec["name_vi"].format(full_name=u.full_name),
+            name_en=spec["name_en"].format(name=fold_name(u.name), type_en=spec["type_en"][u.type]),
+            kind="ward", scope="ward", district=None)
+    topics = {k: replace(t, agency=renamed.get(t.agency or "", t.agency)) for k, t in directory.topics.items()}
+    return Directory(agencies, directory.districts, topics, "2025", units)
+
+
+def fold_name(name: str) -> str:
+    """'Bình Tiên' -> 'Binh Tien' for English names."""
+    return "".join(c for c in unicodedata.normalize("NFD", name.replace("Đ", "D").replace("đ", "d"))
+                   if unicodedata.category(c) != "Mn")
+
+
+def load_directory(path: Path | None = None, structure: str = "2023") -> Directory:
+    """The directory of `path` (default: the bundled one), turned into the 2025 one when structure is "2025"."""
+    directory = _load_2023(path)
+    if structure not in STRUCTURES:
+        raise ConfigError(f"data.structure: {structure!r} is not one of {', '.join(STRUCTURES)}")
+    if structure == "2023":
+        return directory
+    try:
+        units = load_units()
+        edits = json.loads(EDITS_2025.read_text(encoding="utf-8"))
+        return _to_2025(directory, units, edits)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{EDITS_2025}: 2025 directory unreadable: {type(exc).__name__}: {exc}") from None
+
+
+def _load_2023(path: Path | None = None) -> Directory:
     source = Path(path) if path else BUNDLED
     try:
         data = json.loads(source.read_text(encoding="utf-8"))

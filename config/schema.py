@@ -39,6 +39,10 @@ class QueueConfig(Section):
 class DataConfig(Section):
     # None means the directory bundled with the daemon (config/data/agencies.json).
     agencies: Path | None = None
+    # Which map routes local topics: "2023" = 22 district People's Committees (Decision 4874/QD-UBND's map);
+    # "2025" = the 168 ward/commune committees of Resolution 1685/NQ-UBTVQH15 and the merged departments
+    # (config/data/directory-2025.json). The default stays "2023" until the city confirms the 2025 agency list.
+    structure: Literal["2023", "2025"] = "2023"
 
 
 class ClassifierConfig(Section):

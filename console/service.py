@@ -55,7 +55,7 @@ async def user_cli(store: Store, settings: Any, argv: list[str]) -> int:
                 print(f"error: environment variable {args.password_env} is not set or empty")
                 return 2
             if args.agency:
-                directory = load_directory(settings.data.agencies)
+                directory = load_directory(settings.data.agencies, settings.data.structure)
                 if args.agency not in directory.agencies:
                     print(f"error: unknown agency {args.agency!r}")
                     return 2

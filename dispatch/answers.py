@@ -246,9 +246,9 @@ async def apply_email_reply(store: Store, settings: Any, *, from_addr: str | Non
         data["photos"] = [a.sha256 for a in attachments if a.content_type.startswith("image/")]
     if directory is None:
         path = settings.data.agencies
-        key = str(path)
+        key = f"{path}|{settings.data.structure}"
         if key not in _DIRECTORY:
-            _DIRECTORY[key] = load_directory(path)
+            _DIRECTORY[key] = load_directory(path, settings.data.structure)
         directory = _DIRECTORY[key]
     book = CaseBook(store, directory, cfg, load_calendar(cfg.clocks.calendar, cfg.clocks.extra_holidays),
                     settings.http.public_base_url)

@@ -66,6 +66,11 @@ class Place:
     lat: float | None = None
     lon: float | None = None
     source: str | None = None  # "gps", "text", "reporter_address"
+    # The 2025 map ([data] structure = "2025"): the new ward/commune's slug when one is certain, else the
+    # candidate slugs the words allow (an old district alone, a split old ward). Old names stay in district/ward.
+    unit: str | None = None
+    unit_candidates: tuple[str, ...] = ()
+    unit_label: str | None = None  # "Phường Bình Tiên (P.7, Q.6 cũ)": the new name with the old one people know
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

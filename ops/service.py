@@ -283,7 +283,7 @@ async def report_cli(store: Store, settings: Any, argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        directory = load_directory(settings.data.agencies)
+        directory = load_directory(settings.data.agencies, settings.data.structure)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

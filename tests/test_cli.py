@@ -17,7 +17,8 @@ from ingest.store import Store
 REPO = Path(__file__).resolve().parent.parent
 # The project's own copy of the 700 labelled dev reports (contacts stripped): no test reads outside the repository.
 DEV = REPO / "classifier" / "data" / "reports-seed.jsonl"
-ROUTE_KEYS = {"id", "status", "topic", "category", "agency", "district", "confidence", "incident"}
+# `ward` (the 2025 unit's slug) is null on the 2023 map: the key set is the same under both structures.
+ROUTE_KEYS = {"id", "status", "topic", "category", "agency", "district", "confidence", "incident", "ward"}
 STATUSES = {"dispatched", "duplicate", "review", "rejected", "out_of_scope"}
 CLASSIFIER_PRESENT = importlib.util.find_spec("classifier.service") is not None
 
@@ -28,10 +29,10 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "config.toml"
     path.write_text(f'[store]\npath = "{tmp_path / "store.sqlite3"}"\nblob_dir = "{tmp_path / "blobs"}"\n'
-                    f'[classifier]\ncache_dir = "{REPO / "var" / "models"}"\n[logging]\nlevel = "WARNING"\n',
+                    f'[classifier]\ncache_dir = "{REPO / "var" / "models"}"\n[logging]\nlevel = "WARNING"\n{extra}',
                     encoding="utf-8")
     return path
 
@@ -52,6 +53,7 @@ def test_route_writes_one_line_per_report_with_the_stable_keys(tmp_path: Path) -
     assert [r["id"] for r in rows] == [i["id"] for i in inputs]
     for row in rows:
         assert set(row) == ROUTE_KEYS
+        assert row["ward"] is None  # the default map is 2023's
         assert row["status"] in STATUSES
         assert row["confidence"] is None or 0.0 <= row["confidence"] <= 1.0
         if row["status"] in ("dispatched", "duplicate", "review"):
@@ -70,6 +72,34 @@ def test_route_writes_one_line_per_report_with_the_stable_keys(tmp_path: Path) -
     if CLASSIFIER_PRESENT:
         right = sum(r["topic"] == i["expected"]["topic"] for r, i in zip(rows, inputs))
         assert right >= len(rows) // 2, f"only {right}/{len(rows)} topics right"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not CLASSIFIER_PRESENT, reason="needs the classifier")
+def test_route_on_the_2025_map_names_the_unit_and_its_committee(tmp_path: Path) -> None:
+    reports = [
+        ("r1", "Rác chất đống bốc mùi ở hẻm 12 Hậu Giang P.7 Q.6 cả tuần không ai gom", "binh-tien"),
+        ("r2", "rac chat dong boc mui o phuong tam thang vung tau ca tuan khong ai gom", "tam-thang"),
+        ("r3", "Quán nhậu hát karaoke ồn tới 1 giờ sáng ở phường Phú Cường, TP Thủ Dầu Một", "thu-dau-mot"),
+        ("r4", "Quận 6 có người xây nhà không phép lấn ra hẻm", None),
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "channel": "app", "received_at": f"2026-09-0{n + 1}T08:00:00+07:00",
+                                          "text": t}, ensure_ascii=False) + "\n"
+                              for n, (i, t, _) in enumerate(reports)), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = _run("route", "--input", str(source), "--output", str(out),
+                  "--config", str(_config(tmp_path, '[data]\nstructure = "2025"\n')))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["id"]: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
+    for report_id, _, ward in reports:
+        row = rows[report_id]
+        assert set(row) == ROUTE_KEYS and row["ward"] == ward, row
+        if ward is not None and row["status"] == "dispatched":
+            assert row["agency"] == f"ubnd-{ward}", row
+    # An old district alone names four candidate units: a person picks one, nothing is dispatched to a guess.
+    assert rows["r4"]["status"] == "review" and rows["r4"]["agency"] == "van-hanh-1022"
+    assert sum(rows[i]["agency"] == f"ubnd-{w}" for i, _, w in reports if w) >= 2
 
 
 def test_route_on_an_empty_input(tmp_path: Path) -> None:
