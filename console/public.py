@@ -90,6 +90,9 @@ def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
         if params.get("district"):
             where.append("r.district = ?")
             args.append(params["district"])
+        if params.get("ward"):  # the 2025 unit's slug, as in route output
+            where.append("json_extract(r.classification, '$.place.unit') = ?")
+            args.append(params["ward"])
     try:
         page = int(params.get("page", "1"))
         size = int(params.get("page_size", "100"))

@@ -238,7 +238,8 @@ class CaseBook:
                 "topic_name": topic.description_vi if topic else case["topic"],
                 "category": case["category"],
                 "district": case["district"],
-                "district_name": district.name_vi if district else None,
+                # On the 2025 map, the unit with the old names beside it ("Phường Bình Tiên (P.7, Q.6 cũ)").
+                "district_name": place.get("unit_label") or (district.name_vi if district else None),
                 "place": place,
                 "text": text,
                 "subject": msg.subject,

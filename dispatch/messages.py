@@ -71,6 +71,14 @@ def recurrence_text(days: int, closed_as: str, language: str) -> str:
         return f"reported again {days} day{'s' if days != 1 else ''} after it was closed as {how['en']}"
     return f"phản ánh lại {days} ngày sau khi sự việc được đóng ({how['vi']})"
 
+# A ward/commune committee of the 2025 map, named with the old ward and district people know beside the new
+# name: "Ủy ban nhân dân Phường Bình Tiên (P.7, Q.6 cũ)".
+UNIT_COMMITTEE = {"vi": "Ủy ban nhân dân {label}", "en": "the People's Committee of {label}"}
+
+
+def unit_committee_name(label: str, language: str) -> str:
+    return UNIT_COMMITTEE["en" if language == "en" else "vi"].format(label=label)
+
 
 DEFAULT_REASON = {
     "rejected": {"vi": "nội dung không phù hợp với quy định của Cổng 1022",

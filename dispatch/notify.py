@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from config.directory import Directory
+from config.directory import Directory, unit_agency
 from config.dispatch import DispatchConfig
 from ingest.app import ReplyRegistry
 from ingest.errors import PermanentError, TransientError
@@ -22,7 +22,7 @@ from ingest.store import Store, StoredReport, Tx
 from ingest.worker import Writes
 
 from .delivery import classify_status, parse_retry_after
-from .messages import reporter_text
+from .messages import reporter_text, unit_committee_name
 from .ssrf import GuardedResolver, check_url
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,14 @@ class Notifier:
         fields: dict[str, Any] = {"reason": payload.get("reason")}
         if case is not None:
             agency = self.directory.agencies.get(case["agency"])
+            name = (agency.name_en if language == "en" else agency.name_vi) if agency else case["agency"]
+            place = (report.classification or {}).get("place") or {}
+            label = place.get("unit_label")
+            if agency is not None and label and agency.id == unit_agency(str(place.get("unit"))):
+                name = unit_committee_name(label, language)  # "Ủy ban nhân dân Phường Bình Tiên (P.7, Q.6 cũ)"
             # The agency's result reaches every reporter of the incident: none may read another's details.
             fields.update(case_id=case["id"], link=f"{self.base_url}/cases/{case['token']}",
-                          result=redact(case["result"] or ""),
-                          agency=(agency.name_en if language == "en" else agency.name_vi) if agency else case["agency"])
+                          result=redact(case["result"] or ""), agency=name)
         if template == "result":
             state = case["state"] if case is not None else None
             template = state if state in ("closed_false", "refused") else "resolved"

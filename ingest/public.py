@@ -72,6 +72,9 @@ def public_address(classification: str | dict[str, Any] | None, directory: Direc
     place = cls.get("place") or {}
     if place.get("source") == "reporter_address":
         return None
+    if place.get("unit_label"):
+        # The 2025 map: the new unit with the old ward and district people know beside it.
+        return ", ".join(str(p) for p in (place.get("landmark"), place.get("street"), place["unit_label"]) if p)
     district = directory.districts.get(place.get("district") or "")
     parts = [str(p) for p in (place.get("landmark"), place.get("street"), place.get("ward")) if p]
     if district:

@@ -164,6 +164,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "filters": {"vi": "Lọc danh sách", "en": "Filter the list"},
     "filter_status": {"vi": "Trạng thái", "en": "Status"},
     "filter_district": {"vi": "Quận/huyện", "en": "District"},
+    "filter_ward": {"vi": "Phường/xã (từ 1/7/2025)", "en": "Ward/commune (since 1 July 2025)"},
+    "unit_formerly": {"vi": "{unit} ({old} cũ)", "en": "{unit} (formerly {old})"},
     "filter_topic": {"vi": "Lĩnh vực", "en": "Topic"},
     "filter_agency": {"vi": "Đơn vị", "en": "Agency"},
     "all": {"vi": "Tất cả", "en": "All"},

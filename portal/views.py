@@ -453,12 +453,15 @@ class Portal:
     async def public_list(self, request: web.Request) -> web.Response:
         lang = self._lang(request)
         q = request.query
-        params = {k: q[k] for k in ("status", "service_code", "agency_responsible", "district", "page") if q.get(k)}
+        params = {k: q[k] for k in ("status", "service_code", "agency_responsible", "district", "ward", "page")
+                  if q.get(k)}
         params["page_size"] = str(self.cfg.page_size)
         directory = self.ctx.directory
         context: dict[str, Any] = {
             "items": [], "error": None, "filters": params, "page": 1, "prev_url": None, "next_url": None,
             "districts": sorted(directory.districts.values(), key=lambda d: d.name_vi),
+            # The 2025 map's units with their former districts; empty on the 2023 map (no filter shown).
+            "units": sorted(directory.units.values(), key=lambda u: (u.type, u.name)),
             "agencies": sorted(({"id": a.id, "name": agency_name(directory, a.id, lang)}
                                 for a in directory.agencies.values()), key=lambda a: a["name"]),
             "topics": self._topics(lang),
