@@ -1,5 +1,5 @@
-"""Fixtures for the portal tests: the daemon's HTTP app with the portal, the public Open311 read API and the real
-dispatch API (agency answers, ratings) on a loopback port, over a real store on a FakeClock; helpers that make
+"""Fixtures for the portal tests: the daemon's HTTP app as run_daemon builds it (the portal, the public Open311 read
+API, the real dispatch API for agency answers and ratings) on a loopback port, over a real store on a FakeClock; helpers that make
 photos with GPS in their EXIF, and that move a report through classification and dispatch as those stages do."""
 from __future__ import annotations
 
@@ -16,23 +16,15 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from classifier.schema import MIGRATIONS as CLASSIFIER
+import run_daemon
 from config.directory import load_directory
 from config.loader import validate
-from console import service as console_service
-from console.schema import MIGRATIONS as CONSOLE
-from dedupe.schema import MIGRATIONS as DEDUPE
-from dispatch.api import DispatchApi
-from dispatch.schema import MIGRATIONS as DISPATCH
 from dispatch.service import make_book
 from ingest.app import AppContext
 from ingest.clock import FakeClock
-from ingest.http import make_app
 from ingest.records import Classification, Place, to_json
 from ingest.store import Store
 from ingest.worker import StageWorker
-from portal import service as portal_service
-from portal.schema import MIGRATIONS as PORTAL
 
 MONDAY_9AM = 1788746400.0  # 2026-09-07 09:00 +07:00
 AGENCY_TOKEN = "chieu-sang-portal-test-token"
@@ -40,12 +32,14 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 FORM_KEY = re.compile(r'name="form_key" value="([^"]+)"')
 
 
-def settings(portal: dict[str, Any] | None = None) -> Any:
+def settings(tmp_path: Path, portal: dict[str, Any] | None = None) -> Any:
     email = {"kind": "email", "to": ["x@agency.example.vn"]}
     return validate({
+        "store": {"path": str(tmp_path / "db.sqlite3"), "blob_dir": str(tmp_path / "blobs")},
         "http": {"public_base_url": "https://1022.example.vn"},
-        "dispatch": {"agencies": {"chieu-sang": {"targets": [email]}, "sawaco": {"targets": [email]}}},
+        "dispatch": {"agencies": {"chieu-sang": {"targets": [email]}}},
         "portal": {"rate_burst": 50, "rate_per_minute": 60.0, **(portal or {})},
+        "secrets": {"agency.chieu-sang": AGENCY_TOKEN},
     }, {})
 
 
@@ -61,18 +55,14 @@ class Server:
 
 @asynccontextmanager
 async def running_server(tmp_path: Path, portal: dict[str, Any] | None = None) -> AsyncIterator[Server]:
-    clock = FakeClock(start=MONDAY_9AM)
-    store = await Store.open(tmp_path / "db.sqlite3", tmp_path / "blobs", clock=clock,
-                             migrations={"classifier": CLASSIFIER, "dedupe": DEDUPE, "dispatch": DISPATCH,
-                                         "console": CONSOLE, "portal": PORTAL})
-    ctx = AppContext(settings=settings(portal), directory=load_directory(), store=store, clock=clock,
-                     http=make_app(10_000_000))
-    book = make_book(ctx)
-    # The dispatch component's routes and its rating hook, as dispatch/service.py registers them.
-    DispatchApi(book, {"chieu-sang": AGENCY_TOKEN}, serve_lookup_page=True).register(ctx.http)
-    ctx.shared["case_rating"] = book.rate
-    console_service.build(ctx)
-    assert portal_service.build(ctx) == []
+    # Wired as run_daemon wires the daemon: every component's tables, then the dispatch component (agency API,
+    # rating hook), the console's public API and the portal. Stage workers are built but not run: the tests move
+    # reports through the stages themselves.
+    cfg = settings(tmp_path, portal)
+    store = await run_daemon.open_store(cfg, FakeClock(start=MONDAY_9AM))
+    ctx = run_daemon.make_context(cfg, load_directory(), store)
+    run_daemon.build_pipeline(ctx, ("dispatch",))
+    run_daemon.build_pipeline(ctx, ("console", "portal"))
     runner = web.AppRunner(ctx.http, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

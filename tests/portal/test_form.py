@@ -135,9 +135,14 @@ async def test_rate_limit_per_client_answers_429_and_keeps_the_text(tmp_path: Pa
 
 async def test_too_large_a_body_gets_a_polite_page(server: Server, client: FormClient) -> None:
     _, csrf, key = await client.form()
-    status, page, _ = await client.post("/report", report_fields(csrf, key), [("big.jpg", b"\xff" * 10_100_000)])
-    assert status == 413 and "quá lớn" in page and "Quay lại biểu mẫu" in page
+    # Over the HTTP body limit (10 MB): a page that says so and leads back (the browser still holds the text).
+    status, page, _ = await client.post("/report", report_fields(csrf, key), [("big.jpg", b"\xff" * 11_000_000)])
+    assert status == 413 and "quá lớn (tối đa 10 MB)" in page and "Quay lại biểu mẫu" in page
     assert "Traceback" not in page
+    # Under it, but one photo over the per-photo limit: the form again, with the text and a message at the photos.
+    status, page, _ = await client.post("/report", report_fields(csrf, key), [("big.jpg", b"\xff" * 9_000_000)])
+    assert status == 413 and 'id="media-error">Mỗi ảnh tối đa 8 MB' in page and DESCRIPTION in page
+    assert await server.store.fetchall("SELECT id FROM reports") == []
 
 
 async def test_address_suggestions_language_switch_and_no_open_redirect(server: Server, client: FormClient) -> None:
