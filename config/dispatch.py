@@ -71,8 +71,16 @@ class EmailTarget(_Model):
 Target = Annotated[WebhookTarget | EmailTarget, Field(discriminator="kind")]
 
 
+class EscalationContacts(_Model):
+    # Who hears when this agency's clocks near or pass their deadlines (a digest per tick, not a message per
+    # case); the operator unit's contacts hear about every agency.
+    email: list[str] = []
+    sms: list[str] = []  # phone numbers, through the `[dispatch.sms]` gateway
+
+
 class AgencyDispatch(_Model):
     targets: list[Target] = []
+    escalation: EscalationContacts = EscalationContacts()
     # Art. 9: a confidential reporter's name and contacts reach this agency only when this is true.
     receives_confidential: bool = False
     # Name of the key in `[secrets]` holding this agency's answer-API token; default "agency.<agency-id>".
@@ -144,6 +152,12 @@ class EmailAnswersConfig(_Model):
     require_sender_auth: bool = True
 
 
+class EvidenceConfig(_Model):
+    # Topics whose cases may be closed as resolved only with at least one photo of the site (Art. 7.1 "record
+    # the result with photos"); None: every infrastructure topic.
+    photo_topics: list[str] | None = None
+
+
 class DispatchConfig(_Model):
     agencies: dict[str, AgencyDispatch] = {}
     email_answers: EmailAnswersConfig = EmailAnswersConfig()
@@ -152,6 +166,7 @@ class DispatchConfig(_Model):
     sms: SmsGatewayConfig = SmsGatewayConfig()
     clocks: ClockConfig = ClockConfig()
     notify: NotifyConfig = NotifyConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     # Serve the public `/cases/<token>` lookup page and rating form (off if another component serves it).
     serve_lookup_page: bool = True
 

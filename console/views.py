@@ -447,7 +447,7 @@ class Console:
 
         user: auth.User = request[USER]
         agency = (request.query.get("agency") or None) if user.is_staff else user.agency
-        items = await overdue(self.store, agency=agency)
+        items = await overdue(self.store, agency=agency, include_warnings=True)
         return self.page(request, "overdue.html", {"items": items, "agency": agency or ""})
 
     async def search(self, request: web.Request) -> web.StreamResponse:

@@ -53,6 +53,7 @@ class AnswerBody(BaseModel):
     expected_completion: datetime | None = None
     several_agencies: bool = False
     field_check: bool = False
+    complex: bool = False  # with `verified`: a complex incident (7.1b: safety measures in 2 h, 8 h to fix)
     agency: str | None = None  # reassigned (operator unit only)
     photos: list[Photo] = Field(default_factory=list, max_length=MAX_PHOTOS)
 
@@ -149,6 +150,8 @@ class DispatchApi:
             data["several_agencies"] = True
         if body.field_check:
             data["field_check"] = True
+        if body.complex:
+            data["complex"] = True
         if body.kind == "returned" and not (body.reason or body.note):
             return _error(422, "a returned case needs a reason")
         photos = []

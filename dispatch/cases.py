@@ -24,7 +24,7 @@ from ingest.worker import Writes
 from . import policy
 from .calendar import WorkCalendar
 from .messages import recurrence_text
-from .policy import DAY, OPERATOR_UNIT, AnswerRejected, CaseView, DeadlineSpec, WarnPolicy
+from .policy import CITY_OFFICE, DAY, OPERATOR_UNIT, AnswerRejected, CaseView, DeadlineSpec, WarnPolicy
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,11 @@ class CaseBook:
         self.warn = WarnPolicy(fraction=cfg.clocks.warn_fraction, min_seconds=cfg.clocks.warn_min_seconds)
         self.base_url = public_base_url.rstrip("/")
 
+    def photo_required(self, topic: str, category: str) -> bool:
+        """Whether a resolved case of `topic` must carry a photo of the site (config; default: infrastructure)."""
+        topics = self.cfg.evidence.photo_topics
+        return topic in topics if topics is not None else category == "infrastructure"
+
     # -- the dispatch stage ----------------------------------------------------------------------
     async def handle_dispatch(self, job: Job, report: StoredReport) -> Writes | None:
         if job.payload.get("merged_into"):
@@ -118,7 +123,12 @@ class CaseBook:
                  language, json.dumps([agency]), received_at, now, now, now))
             await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE id=?", (now, report.id))
             await self._forward(tx, case_id, report, agency, category, "case.created",
-                                first=policy.forward_deadline(received_at, self.warn))
+                                first=policy.forward_deadline(received_at, self.warn), received_at=received_at)
+            # 6.3: a report held for review was waiting on the operator unit from receipt: its hour ends now.
+            await tx.execute("UPDATE deadlines SET state=CASE WHEN state='missed' OR due_at<? THEN 'met_late' ELSE 'met' END,"
+                             " closed_at=? WHERE report_id=? AND case_id IS NULL AND kind='operator_guidance'"
+                             " AND state IN ('open','missed')", (now, now, report.id))
+            await tx.execute("UPDATE deadlines SET case_id=? WHERE report_id=? AND case_id IS NULL", (case_id, report.id))
             event = {"case_id": case_id, "agency": agency}
             recurrence = await recurrence_of(tx, incident_id)
             if recurrence is not None:
@@ -159,12 +169,12 @@ class CaseBook:
 
     async def _forward(self, tx: Tx, case_id: str, report: StoredReport, agency: str, category: str, event: str,
                        *, first: DeadlineSpec | None = None, return_reason: str | None = None,
-                       coordination: bool = False) -> None:
+                       coordination: bool = False, received_at: float | None = None) -> None:
         """Start the agency's clocks and write one outbox row per target of the agency."""
         now = self.store.clock.now()
         specs = [first] if first else [policy.forward_deadline(now, self.warn)]
         specs += policy.agency_deadlines(category=category, agency=agency, at=now, calendar=self.calendar,
-                                         warn=self.warn, coordination=coordination)
+                                         warn=self.warn, coordination=coordination, received_at=received_at)
         for spec in specs:
             await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at)"
                              " VALUES (?,?,?,?,?,?)", (case_id, agency, spec.kind, spec.started_at, spec.due_at,
@@ -277,13 +287,16 @@ class CaseBook:
             oversees = staff and agency == OPERATOR_UNIT
             if case is None or (case["agency"] != agency and not oversees):
                 raise NotFound(case_id)
-            if kind in ("reassigned", "refused") and agency != OPERATOR_UNIT:
-                raise Forbidden(f"only the operator unit may answer {kind!r}")
+            if kind == "refused" and agency != OPERATOR_UNIT:
+                raise Forbidden("only the operator unit refuses cases")
+            if kind == "reassigned" and agency not in (OPERATOR_UNIT, CITY_OFFICE):
+                raise Forbidden("only the operator unit and the City Office forward cases to a named agency")
             now = self.store.clock.now()
             view = CaseView(id=case_id, category=case["category"], agency=case["agency"], state=case["state"],
                             forwarded_at=case["forwarded_at"], complex=bool(case["complex"]),
                             coordination=bool(case["coordination"]))
-            effect = policy.answer_effect(view, kind, data, now, self.calendar, self.warn)
+            effect = policy.answer_effect(view, kind, data, now, self.calendar, self.warn,
+                                          photo_required=self.photo_required(case["topic"], case["category"]))
             await tx.execute("INSERT INTO answers(case_id, agency, kind, source, idem_key, note, data, at)"
                              " VALUES (?,?,?,?,?,?,?,?)", (case_id, agency, kind, source, idem_key, note,
                                                            json.dumps(data, ensure_ascii=False), now))
@@ -319,13 +332,11 @@ class CaseBook:
                 " expected_completion=COALESCE(?, expected_completion), updated_at=? WHERE id=?",
                 (effect.state, int(effect.set_complex), int(effect.set_coordination), effect.expected_completion,
                  now, case_id))
-            if effect.set_coordination:
-                # 7.3: fifteen days instead of ten when several agencies coordinate.
-                await tx.execute("UPDATE deadlines SET due_at=started_at+15*86400 WHERE case_id=? AND kind='answer'"
-                                 " AND state='open'", (case_id,))
+            if effect.set_category:
+                await tx.execute("UPDATE cases SET category=? WHERE id=?", (effect.set_category, case_id))
             holder = case["agency"]
             if effect.reroute:
-                holder = await self._reroute(tx, case, kind, data, note)
+                holder = await self._reroute(tx, case, kind, data, note, to=effect.reroute_to)
             if effect.closes:
                 await self._close(tx, case, effect.state, note, now)
             return AnswerResult(case_id=case_id, state=effect.state, agency=holder)
@@ -335,13 +346,16 @@ class CaseBook:
             return
         marks = ",".join("?" * len(kinds))
         await tx.execute(
-            f"UPDATE deadlines SET state=CASE WHEN state='missed' THEN 'met_late' ELSE 'met' END, closed_at=?"
+            f"UPDATE deadlines SET state=CASE WHEN state='missed' OR due_at<? THEN 'met_late' ELSE 'met' END, closed_at=?"
             f" WHERE case_id=? AND agency=? AND state IN ('open','missed') AND kind IN ({marks})",
-            (now, case["id"], case["agency"], *sorted(kinds)))
+            (now, now, case["id"], case["agency"], *sorted(kinds)))
 
-    async def _reroute(self, tx: Tx, case: sqlite3.Row, kind: str, data: dict[str, Any], note: str | None) -> str:
+    async def _reroute(self, tx: Tx, case: sqlite3.Row, kind: str, data: dict[str, Any], note: str | None,
+                       to: str | None = None) -> str:
         tried = json.loads(case["tried"])
-        if kind == "reassigned":
+        if to is not None:
+            target = to
+        elif kind == "reassigned":
             target = str(data.get("agency") or "")
             if target not in self.directory.agencies:
                 raise AnswerRejected(f"unknown agency {target!r}")

@@ -1,83 +1,233 @@
-"""The regulation's clocks at run time: a warning before each deadline, an escalation after it, the overdue list.
+"""The regulation's clocks at run time: a warning before each deadline, an escalation after it, the overdue list,
+and the escalation digests that tell people.
 
-Deadlines are rows (dispatch/schema.py), started and met by dispatch/cases.py and the delivery sender; this
-module only watches the time. `overdue()` is what the operators' console and the CLI show.
+Deadlines are rows (dispatch/schema.py), started and met by dispatch/cases.py, the notifier and the delivery
+sender; this module watches the time. Each tick writes, in the same transaction that marks the clocks warned or
+missed (so each clock and level fires once), one digest per agency and recipient: the agency's configured
+escalation contacts and the operator unit's. `EscalationSender` sends them (email through the SMTP relay, SMS
+through the gateway), with retries. `overdue()` is what the operators' console and the CLI show: the same items.
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
 
-from ingest.clock import Clock
-from ingest.store import Store
+from config.dispatch import DispatchConfig
+from ingest.backoff import backoff_delay
+from ingest.clock import Clock, iso
+from ingest.errors import PermanentError, TransientError
+from ingest.mail import send_message
+from ingest.store import Store, Tx
+
+from . import messages
+from .policy import OPERATOR_UNIT
 
 log = logging.getLogger(__name__)
+
+LEVELS = ("warning", "breach")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Overdue:
-    case_id: str
-    incident_id: str
+    case_id: str | None  # None: a report still waiting for the operator unit (held for review)
+    incident_id: str | None
+    report_id: int | None
     agency: str
     kind: str
     due_at: float
-    overdue_seconds: float
+    overdue_seconds: float  # negative for a warning not yet due
     case_state: str
+    level: str = "breach"
 
 
 @dataclass(frozen=True, slots=True)
 class TickResult:
     warned: int
     escalated: int
+    digests: int = 0
 
 
-async def tick(store: Store) -> TickResult:
-    """Raise the warnings and escalations that are due now; each fires once per deadline."""
+async def tick(store: Store, cfg: DispatchConfig | None = None) -> TickResult:
+    """Raise the warnings and escalations that are due now; each fires once per deadline. With `cfg`, write the
+    digests for the agencies' contacts and the operator unit in the same transaction."""
     now = store.clock.now()
     async with store.transaction() as tx:
+        # 6.3: a report held for review stops the operator unit's clock when it leaves review (decided, joined).
+        await tx.execute(
+            "UPDATE deadlines SET state=CASE WHEN (SELECT updated_at FROM reports r WHERE r.id=deadlines.report_id)"
+            " <= due_at THEN 'met' ELSE 'met_late' END,"
+            " closed_at=(SELECT updated_at FROM reports r WHERE r.id=deadlines.report_id)"
+            " WHERE case_id IS NULL AND kind='operator_guidance' AND state IN ('open','missed')"
+            " AND (SELECT status FROM reports r WHERE r.id=deadlines.report_id) != 'review'")
         warn_rows = await tx.fetchall(
             "UPDATE deadlines SET warned_at=? WHERE state='open' AND warned_at IS NULL AND warn_at<=? AND due_at>?"
-            " RETURNING id, case_id, agency, kind, due_at", (now, now, now))
+            " RETURNING id, case_id, report_id, agency, kind, due_at", (now, now, now))
         late_rows = await tx.fetchall(
             "UPDATE deadlines SET state='missed', escalated_at=? WHERE state='open' AND due_at<=?"
-            " RETURNING id, case_id, agency, kind, due_at", (now, now))
+            " RETURNING id, case_id, report_id, agency, kind, due_at", (now, now))
         for kind, rows in (("deadline_warning", warn_rows), ("deadline_escalation", late_rows)):
             for row in rows:
-                case = await tx.fetchone("SELECT report_id FROM cases WHERE id=?", (row["case_id"],))
-                await tx.event(case["report_id"] if case else None, kind, "dispatch",
+                report_id = row["report_id"]
+                if report_id is None:
+                    case = await tx.fetchone("SELECT report_id FROM cases WHERE id=?", (row["case_id"],))
+                    report_id = case["report_id"] if case else None
+                await tx.event(report_id, kind, "dispatch",
                                {"case_id": row["case_id"], "agency": row["agency"], "deadline": row["kind"],
                                 "due_at": row["due_at"]})
+        digests = 0
+        if cfg is not None:
+            for level, rows in (("warning", warn_rows), ("breach", late_rows)):
+                digests += await write_digests(tx, cfg, level, [dict(r) for r in rows], now)
     for row in late_rows:
-        log.warning("case %s: %s deadline missed by %s", row["case_id"], row["kind"], row["agency"])
-    return TickResult(len(warn_rows), len(late_rows))
+        log.warning("case %s: %s deadline missed by %s", row["case_id"] or f"report {row['report_id']}",
+                    row["kind"], row["agency"])
+    return TickResult(len(warn_rows), len(late_rows), digests)
 
 
-async def overdue(store: Store, now: float | None = None, agency: str | None = None) -> list[Overdue]:
-    """Every running deadline past due (escalated or not yet ticked), most overdue first."""
+def recipients(cfg: DispatchConfig, agency: str) -> list[tuple[str, str]]:
+    """(channel, address) of who hears about `agency`'s clocks: its own contacts, then the operator unit's."""
+    out: list[tuple[str, str]] = []
+    for who in dict.fromkeys((agency, OPERATOR_UNIT)):
+        a = cfg.agencies.get(who)
+        if a is None:
+            continue
+        out += [("email", x) for x in a.escalation.email] + [("sms", x) for x in a.escalation.sms]
+    return list(dict.fromkeys(out))
+
+
+async def write_digests(tx: Tx, cfg: DispatchConfig, level: str, rows: list[dict[str, Any]], now: float) -> int:
+    """One escalation row per agency and recipient, carrying every clock of that agency at this level."""
+    by_agency: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_agency[row["agency"]].append({"case_id": row["case_id"], "report_id": row["report_id"],
+                                         "kind": row["kind"], "due_at": row["due_at"]})
+    written = 0
+    for agency, items in sorted(by_agency.items()):
+        targets = recipients(cfg, agency)
+        if not targets:
+            log.warning("%s of %d clock(s) of %s: no escalation contact configured", level, len(items), agency)
+            continue
+        body = json.dumps(items, ensure_ascii=False)
+        for channel, address in targets:
+            await tx.execute("INSERT INTO escalations(agency, level, channel, recipient, items, next_at, created_at)"
+                             " VALUES (?,?,?,?,?,?,?)", (agency, level, channel, address, body, now, now))
+            written += 1
+    if written:
+        tx.after_commit(lambda: tx.store._wake("escalations"))
+    return written
+
+
+async def overdue(store: Store, now: float | None = None, agency: str | None = None,
+                  include_warnings: bool = False) -> list[Overdue]:
+    """Every running deadline past due (escalated or not yet ticked), most overdue first; with
+    `include_warnings`, also those already warned about and not yet due (what the digests said)."""
     now = store.clock.now() if now is None else now
-    sql = ("SELECT d.case_id, c.incident_id, d.agency, d.kind, d.due_at, c.state FROM deadlines d"
-           " JOIN cases c ON c.id=d.case_id WHERE d.state IN ('open','missed') AND d.due_at<=?")
+    cond = "d.due_at<=?" if not include_warnings else "(d.due_at<=? OR d.warned_at IS NOT NULL)"
+    sql = ("SELECT d.case_id, d.report_id, COALESCE(c.incident_id, r.incident_id) AS incident_id, d.agency, d.kind,"
+           " d.due_at, COALESCE(c.state, r.status) AS state FROM deadlines d LEFT JOIN cases c ON c.id=d.case_id"
+           " LEFT JOIN reports r ON r.id=d.report_id"
+           f" WHERE d.state IN ('open','missed') AND {cond}")
     params: list[object] = [now]
     if agency:
         sql += " AND d.agency=?"
         params.append(agency)
     rows = await store.fetchall(sql + " ORDER BY d.due_at", params)
-    return [Overdue(case_id=r["case_id"], incident_id=r["incident_id"], agency=r["agency"], kind=r["kind"],
-                    due_at=r["due_at"], overdue_seconds=now - r["due_at"], case_state=r["state"]) for r in rows]
+    return [Overdue(case_id=r["case_id"], report_id=r["report_id"], incident_id=r["incident_id"], agency=r["agency"],
+                    kind=r["kind"], due_at=r["due_at"], overdue_seconds=now - r["due_at"],
+                    case_state=r["state"] or "", level="breach" if r["due_at"] <= now else "warning")
+            for r in rows]
 
 
 class DeadlineTicker:
     name = "dispatch-clocks"
 
-    def __init__(self, store: Store, clock: Clock, interval: float) -> None:
+    def __init__(self, store: Store, clock: Clock, interval: float, cfg: DispatchConfig | None = None) -> None:
         self.store = store
         self.clock = clock
         self.interval = interval
+        self.cfg = cfg
 
     async def run(self) -> None:
         while True:
             try:
-                await tick(self.store)
+                await tick(self.store, self.cfg)
             except Exception:  # a failed tick is retried at the next one; the clocks are rows, nothing is lost
                 log.exception("deadline tick failed")
             await self.clock.sleep(self.interval)
+
+
+class EscalationSender:
+    """Sends the escalation digests: email through the SMTP relay, SMS through the gateway; retried with
+    backoff on transient failures, given up (state `failed`, kept for operators) on permanent ones."""
+
+    name = "dispatch-escalations"
+
+    def __init__(self, store: Store, cfg: DispatchConfig, directory: Any, sms: Any, *,
+                 max_attempts: int = 8) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.directory = directory
+        self.sms = sms  # dispatch.notify.SmsGateway
+        self.max_attempts = max_attempts
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("escalation sender failed; retrying")
+            await self.store.wait_for_work("escalations", self.cfg.delivery.poll_seconds)
+
+    async def run_once(self) -> int:
+        now = self.store.clock.now()
+        rows = await self.store.fetchall("SELECT * FROM escalations WHERE state='pending' AND next_at<=?"
+                                         " ORDER BY id LIMIT 64", (now,))
+        for row in rows:
+            state, error, next_at = "sent", None, now
+            try:
+                await self._send(row)
+            except TransientError as exc:
+                if row["attempts"] + 1 >= self.max_attempts:
+                    state, error = "failed", f"gave up: {exc}"
+                else:
+                    state, error = "pending", str(exc)
+                    next_at = now + max(backoff_delay(row["attempts"] + 1, base=self.cfg.delivery.backoff_base_seconds,
+                                                      cap=self.cfg.delivery.backoff_cap_seconds),
+                                        exc.retry_after or 0.0)
+            except PermanentError as exc:
+                state, error = "failed", str(exc)
+            async with self.store.transaction() as tx:
+                await tx.execute("UPDATE escalations SET state=?, attempts=attempts+1, last_error=?, next_at=?,"
+                                 " sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END WHERE id=?",
+                                 (state, error, next_at, state, now, row["id"]))
+            if state == "failed":
+                log.warning("escalation %d to %s by %s failed: %s", row["id"], row["agency"], row["channel"], error)
+        return len(rows)
+
+    async def _send(self, row: Any) -> None:
+        items = json.loads(row["items"])
+        agency = self.directory.agencies.get(row["agency"])
+        name = agency.name_vi if agency else row["agency"]
+        subject, text = messages.escalation_digest(name, row["level"], items)
+        if row["channel"] == "sms":
+            if not self.sms.configured:
+                raise PermanentError("no SMS gateway configured")
+            await self.sms.send(row["recipient"], messages.escalation_sms(name, row["level"], items),
+                                f"esc{row['id']}", self.store.clock.now())
+            return
+        msg = EmailMessage()
+        msg["From"] = self.cfg.smtp.from_addr
+        msg["To"] = row["recipient"]
+        msg["Subject"] = subject
+        msg["Auto-Submitted"] = "auto-generated"
+        msg.set_content(text)
+        await asyncio.to_thread(send_message, self.cfg.smtp, msg)
+
+
+def due_text(ts: float) -> str:
+    return iso(ts)

@@ -213,9 +213,9 @@ class DeliverySender:
             if cur.rowcount and case is not None and case["agency"] == row["agency"]:
                 # Art. 6: the 5-minute forwarding clock stops when the agency has the case.
                 await tx.execute(
-                    "UPDATE deadlines SET state=CASE WHEN state='missed' THEN 'met_late' ELSE 'met' END,"
+                    "UPDATE deadlines SET state=CASE WHEN state='missed' OR due_at<? THEN 'met_late' ELSE 'met' END,"
                     " closed_at=? WHERE case_id=? AND agency=? AND kind='forward' AND state IN ('open','missed')",
-                    (now, row["case_id"], row["agency"]))
+                    (now, now, row["case_id"], row["agency"]))
                 await tx.event(report_id, "delivered", "dispatch", {"case_id": row["case_id"],
                                                                     "target": row["target"]})
             self.sent += 1

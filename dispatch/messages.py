@@ -64,6 +64,44 @@ CLOSED_AS = {"resolved": {"vi": "đã xử lý xong", "en": "resolved"},
              "refused": {"vi": "không thuộc phạm vi tiếp nhận", "en": "refused"}}
 
 
+# The regulation's clocks as people read them (escalation digests, the console).
+CLOCK_LABELS_VI = {
+    "forward": "Chuyển xử lý (5 phút)",
+    "acknowledge": "Báo đã tiếp nhận cho người phản ánh (5 phút)",
+    "operator_guidance": "Hướng dẫn của đơn vị vận hành (1 giờ)",
+    "duplicate_notice": "Báo người phản ánh trùng sự việc (5 phút)",
+    "subordinate_forward": "Chuyển đơn vị trực thuộc (5 phút)",
+    "site_check": "Kiểm tra hiện trường (2 giờ)",
+    "close_false": "Đóng phản ánh không đúng (1 giờ)",
+    "safety_measures": "Biện pháp an toàn tạm thời (2 giờ)",
+    "fix": "Khắc phục sự cố (2 giờ / 8 giờ)",
+    "return_misroute": "Trả lại do không thuộc thẩm quyền",
+    "answer": "Trả lời kết quả",
+    "completion": "Hoàn thành theo thời gian cam kết",
+    "review": "Văn phòng UBND TP xem xét, chuyển (1 ngày làm việc)",
+}
+LEVEL_VI = {"warning": "sắp đến hạn", "breach": "đã quá hạn"}
+
+
+def escalation_digest(agency_name: str, level: str, items: list[dict[str, Any]]) -> tuple[str, str]:
+    """Subject and text of one digest to an agency's contacts: every clock of theirs at this level."""
+    label = LEVEL_VI.get(level, level)
+    subject = f"[1022] {agency_name}: {len(items)} thời hạn {label}"
+    lines = [f"Kính gửi {agency_name},", "",
+             f"Các phản ánh sau có thời hạn xử lý {label} theo Quyết định 4874/QĐ-UBND:", ""]
+    for item in items:
+        ref = item.get("case_id") or f"phản ánh số {item.get('report_id')}"
+        lines.append(f"- {ref}: {CLOCK_LABELS_VI.get(item['kind'], item['kind'])}, hạn {iso(item['due_at'])}")
+    lines += ["", "Đề nghị Quý đơn vị khẩn trương xử lý và cập nhật kết quả trên hệ thống."]
+    return subject, "\n".join(lines)
+
+
+def escalation_sms(agency_name: str, level: str, items: list[dict[str, Any]]) -> str:
+    refs = ", ".join(str(i.get("case_id") or i.get("report_id")) for i in items[:5])
+    more = f" và {len(items) - 5} hồ sơ khác" if len(items) > 5 else ""
+    return f"[1022] {agency_name}: {len(items)} thời hạn {LEVEL_VI.get(level, level)}: {refs}{more}."
+
+
 def recurrence_text(days: int, closed_as: str, language: str) -> str:
     """"Reported again 3 days after it was closed as resolved", for operators and the agency."""
     how = CLOSED_AS.get(closed_as, CLOSED_AS["resolved"])

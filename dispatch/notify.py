@@ -21,6 +21,7 @@ from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import Writes
 
+from . import policy
 from .delivery import classify_status, parse_retry_after
 from .messages import reporter_text, unit_committee_name
 from .ssrf import GuardedResolver, check_url
@@ -28,6 +29,9 @@ from .ssrf import GuardedResolver, check_url
 log = logging.getLogger(__name__)
 
 SMS_CHANNELS = ("phone", "sms")
+# Messages that end a reporter-facing 5-minute clock from receipt (the first of them for each report).
+RECEIPT_CLOCKS = {"ack": "acknowledge", "received": "acknowledge", "rejected": "acknowledge",
+                  "out_of_scope": "acknowledge", "duplicate_ack": "duplicate_notice"}
 
 
 class SmsGateway:
@@ -75,6 +79,7 @@ class Notifier:
         self.replies = replies
         self.base_url = public_base_url.rstrip("/")
         self.sms = SmsGateway(cfg)
+        self.warn = policy.WarnPolicy(fraction=cfg.clocks.warn_fraction, min_seconds=cfg.clocks.warn_min_seconds)
         self.max_attempts = max_attempts
 
     async def handle(self, job: Job, report: StoredReport) -> Writes | None:
@@ -111,14 +116,42 @@ class Notifier:
             log.info("notify %s for report %d: %s", template, report.id, state)
 
         async def writes(tx: Tx) -> None:
+            now = self.store.clock.now()
             await tx.execute("INSERT OR IGNORE INTO notifications(report_id, case_id, template, dedupe_key, channel,"
                              " state, error, at) VALUES (?,?,?,?,?,?,?,?)",
-                             (report.id, case["id"] if case else None, template, key, via, state, error,
-                              self.store.clock.now()))
+                             (report.id, case["id"] if case else None, template, key, via, state, error, now))
+            await self._clocks(tx, report, template, case, sent=state == "sent", now=now)
             await tx.event(report.id, "reporter_notified", "dispatch",
                            {"template": template, "channel": via, "state": state})
 
         return writes
+
+    async def _clocks(self, tx: Tx, report: StoredReport, template: str, case: Any, *, sent: bool,
+                      now: float) -> None:
+        """The reporter-facing clocks this message ends (6.2 acknowledge, 6.4 duplicate notice: 5 minutes from
+        receipt, judged now, once per report), and the operator unit's hour for a report held for review (6.3),
+        which starts at receipt and ends when the report leaves review (clocks.tick)."""
+        kind = RECEIPT_CLOCKS.get(template)
+        row = await tx.fetchone("SELECT received_at, status FROM reports WHERE id=?", (report.id,))
+        if row is None:
+            return
+        received_at = float(row["received_at"])
+        case_id = case["id"] if case is not None else None
+        if kind is not None and sent:
+            judged = policy.receipt_clock(kind, received_at, now)
+            await tx.execute(
+                "INSERT INTO deadlines(case_id, report_id, agency, kind, started_at, due_at, warn_at, state, closed_at)"
+                " SELECT ?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM deadlines WHERE report_id=? AND kind IN"
+                " ('acknowledge','duplicate_notice'))",
+                (case_id, report.id, policy.OPERATOR_UNIT, judged.kind, judged.started_at, judged.due_at,
+                 judged.due_at, "met" if judged.met else "met_late", now, report.id))
+        if template == "received" and row["status"] == "review":
+            due = received_at + policy.HOUR
+            await tx.execute(
+                "INSERT INTO deadlines(report_id, agency, kind, started_at, due_at, warn_at) SELECT ?,?,?,?,?,?"
+                " WHERE NOT EXISTS (SELECT 1 FROM deadlines WHERE report_id=? AND kind='operator_guidance')",
+                (report.id, policy.OPERATOR_UNIT, "operator_guidance", received_at, due,
+                 self.warn.warn_at(received_at, due), report.id))
 
     async def _case(self, job: Job, report: StoredReport) -> Any:
         if job.payload.get("case_id"):

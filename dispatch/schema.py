@@ -123,3 +123,75 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
 ]
+
+MIGRATIONS.append((
+    2,
+    """
+    -- Clocks of a report before (or beside) its case: the operator unit's hour for a report held for review
+    -- (Art. 6.3), the reporter's 5-minute acknowledgement and duplicate notice (6.2, 6.4). So `case_id` may be
+    -- empty and `report_id` names the report. (SQLite cannot drop NOT NULL: the table is rebuilt.)
+    CREATE TABLE deadlines_v2 (
+        id INTEGER PRIMARY KEY,
+        case_id TEXT REFERENCES cases(id),
+        report_id INTEGER,
+        agency TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        due_at REAL NOT NULL,
+        warn_at REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'open',
+        warned_at REAL,
+        escalated_at REAL,
+        closed_at REAL
+    );
+    INSERT INTO deadlines_v2(id, case_id, agency, kind, started_at, due_at, warn_at, state, warned_at, escalated_at,
+                             closed_at)
+        SELECT id, case_id, agency, kind, started_at, due_at, warn_at, state, warned_at, escalated_at, closed_at
+        FROM deadlines;
+    DROP TABLE deadlines;
+    ALTER TABLE deadlines_v2 RENAME TO deadlines;
+    CREATE INDEX deadlines_open ON deadlines(state, due_at);
+    CREATE INDEX deadlines_case ON deadlines(case_id);
+    CREATE INDEX deadlines_report ON deadlines(report_id);
+
+    -- Escalation digests: one message per agency, level and recipient, written in the same transaction as the
+    -- clocks that raised them (so each clock warns and escalates once), sent by the escalation sender.
+    CREATE TABLE escalations (
+        id INTEGER PRIMARY KEY,
+        agency TEXT NOT NULL,
+        level TEXT NOT NULL,              -- warning | breach
+        channel TEXT NOT NULL,            -- email | sms
+        recipient TEXT NOT NULL,
+        items TEXT NOT NULL,              -- JSON list of the clocks in the digest
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX escalations_due ON escalations(state, next_at);
+
+    -- Each reporter of an incident has their own lookup token (rating, dispute), not the case's shared one.
+    CREATE TABLE reporter_links (
+        report_id INTEGER PRIMARY KEY,
+        case_id TEXT NOT NULL REFERENCES cases(id),
+        token TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX reporter_links_case ON reporter_links(case_id);
+    ALTER TABLE ratings ADD COLUMN report_id INTEGER;
+    CREATE UNIQUE INDEX ratings_report ON ratings(report_id);
+
+    -- A reporter's dispute of a result: the case reopens at the same agency with it attached.
+    CREATE TABLE disputes (
+        id INTEGER PRIMARY KEY,
+        case_id TEXT NOT NULL REFERENCES cases(id),
+        report_id INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        source TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX disputes_case ON disputes(case_id);
+    """,
+))

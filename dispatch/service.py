@@ -14,7 +14,7 @@ from .answers import apply_email_reply
 from .api import DispatchApi
 from .calendar import load_calendar
 from .cases import CaseBook
-from .clocks import DeadlineTicker
+from .clocks import DeadlineTicker, EscalationSender
 from .delivery import DeliverySender
 from .notify import Notifier
 
@@ -92,7 +92,8 @@ def build(ctx: AppContext) -> list[Service]:
     if cfg.notify.enabled:
         services.append(_NotifyService(StageWorker(ctx.store, "notify", notifier.handle, nsettings), notifier))
     services.append(DeliverySender(ctx.store, cfg))
-    services.append(DeadlineTicker(ctx.store, ctx.clock, cfg.clocks.tick_seconds))
+    services.append(DeadlineTicker(ctx.store, ctx.clock, cfg.clocks.tick_seconds, cfg))
+    services.append(EscalationSender(ctx.store, cfg, ctx.directory, notifier.sms))
     tokens = agency_tokens(ctx, cfg)
     missing = sorted(set(cfg.agencies) - set(tokens))
     if missing:

@@ -27,6 +27,10 @@ from .reports import SCORE_WEIGHTS, AgencyFigures, Period, Ranked, Suggestion, d
 
 DEADLINE_LABELS = {
     "forward": "Chuyển xử lý (5 phút)",
+    "acknowledge": "Báo đã tiếp nhận (5 phút)",
+    "duplicate_notice": "Báo người phản ánh trùng (5 phút)",
+    "subordinate_forward": "Chuyển đơn vị trực thuộc (5 phút)",
+    "safety_measures": "Biện pháp an toàn tạm thời (2 giờ)",
     "operator_guidance": "Hướng dẫn của đơn vị vận hành (1 giờ)",
     "review": "Xem xét, chuyển hiến kế (1 ngày làm việc)",
     "site_check": "Kiểm tra hiện trường (2 giờ)",

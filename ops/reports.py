@@ -25,8 +25,8 @@ from config.directory import OPERATOR_UNIT
 from ingest.clock import VN_TZ
 from ingest.store import Store
 
-DEADLINE_KINDS = ("forward", "operator_guidance", "review", "site_check", "fix", "close_false", "answer",
-                  "completion", "return_misroute")
+DEADLINE_KINDS = ("forward", "acknowledge", "operator_guidance", "duplicate_notice", "review", "subordinate_forward",
+                  "site_check", "safety_measures", "fix", "close_false", "answer", "completion", "return_misroute")
 CLOSING_ANSWERS = ("resolved", "false_report")
 # Reports that never became work for an agency.
 NOT_ROUTED = ("received", "review", "rejected", "out_of_scope", "ignored", "failed")
@@ -180,7 +180,8 @@ async def agency_figures(store: Store, period: Period, names: dict[str, str],
     received: dict[str, set[str]] = {}
     for row in await store.fetchall(
             "SELECT agency, id AS case_id FROM cases WHERE forwarded_at>=? AND forwarded_at<?"
-            " UNION SELECT agency, case_id FROM deadlines WHERE kind!='forward' AND started_at>=? AND started_at<?",
+            " UNION SELECT agency, case_id FROM deadlines WHERE kind!='forward' AND case_id IS NOT NULL"
+            " AND started_at>=? AND started_at<?",
             (start, end, start, end)):
         received.setdefault(row["agency"], set()).add(row["case_id"])
     for agency, cases in received.items():

@@ -25,6 +25,9 @@ CALL_PHONE, CALL_NAME = "0918765432", "Lê Văn Cường"
 LAT, LON = 10.7740, 106.7010
 FLOW_TIMEOUT = 90.0
 
+# A resolved infrastructure case carries a photo of the site (Art. 7.1): a tiny JPEG header is enough here.
+SITE_PHOTO = {"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}
+
 
 def write_config(tmp: Path, port: int, webhook_url: str, sms_url: str) -> Path:
     config = tmp / "config.toml"
@@ -120,10 +123,12 @@ async def test_report_to_agency_to_result_for_every_reporter(tmp_path: Path) -> 
 
             # 4. The agency closes the case through its API.
             answer_url = f"{daemon.base}/api/v1/agency/cases/{case_id}/answers"
-            async with http.post(answer_url, json={"kind": "resolved", "note": "Đã cưa dọn cây, thông đường."},
+            async with http.post(answer_url, json={"kind": "resolved", "note": "Đã cưa dọn cây, thông đường.",
+                                                   "photos": [SITE_PHOTO]},
                                  headers={"Authorization": "Bearer wrong-token"}) as resp:
                 assert resp.status == 401
-            async with http.post(answer_url, json={"kind": "resolved", "note": "Đã cưa dọn cây, thông đường."},
+            async with http.post(answer_url, json={"kind": "resolved", "note": "Đã cưa dọn cây, thông đường.",
+                                                   "photos": [SITE_PHOTO]},
                                  headers={"Authorization": f"Bearer {AGENCY_TOKEN}",
                                           "Idempotency-Key": "answer-1"}) as resp:
                 assert resp.status == 201, await resp.text()

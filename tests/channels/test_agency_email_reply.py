@@ -130,7 +130,7 @@ def passed(domain: str, relay: str = RELAY) -> str:
 
 
 def reply(sender: str, body: str, message_id: str, *, subject: str = SUBJECT, in_reply_to: str | None = None,
-          auth: list[str] | None = None, reply_to: str | None = None) -> bytes:
+          auth: list[str] | None = None, reply_to: str | None = None, photo: bytes | None = None) -> bytes:
     msg = EmailMessage()
     if auth is None:  # by default, what our relay says about the From domain: passed
         auth = [passed(sender.rpartition("@")[2].strip(">"))]
@@ -146,6 +146,8 @@ def reply(sender: str, body: str, message_id: str, *, subject: str = SUBJECT, in
         msg["In-Reply-To"] = in_reply_to
         msg["References"] = in_reply_to
     msg.set_content(body)
+    if photo is not None:
+        msg.add_attachment(photo, maintype="image", subtype="jpeg", filename="hien-truong.jpg")
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
@@ -201,8 +203,9 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
     assert reply_address.startswith(MAILBOX.split("@")[0] + "+msg_")
     body = ("Đã khắc phục xong, đã thay đoạn ống bị vỡ.\n\nVào 09:05 ngày 07/09/2026, 1022 đã viết:\n"
             "> Phản ánh CASE-000001 ... Trả lời: KHÔNG THUỘC THẨM QUYỀN")
+    # A resolved infrastructure case carries a photo of the site (Art. 7.1).
     resolved = reply(f"Hộp thư SAWACO <{AGENCY_BOX}>", body, "<a2@sawaco.com.vn>",
-                     subject="Re: " + dispatch_mail["Subject"])
+                     subject="Re: " + dispatch_mail["Subject"], photo=b"\xff\xd8\xff\xe0 site photo")
     for _ in range(2):
         await asyncio.to_thread(send, smtp.port, resolved, AGENCY_BOX, reply_address)
     assert await answers() == [("sawaco", "acknowledged", "email"), ("sawaco", "resolved", "email")]

@@ -104,7 +104,8 @@ async def test_open311_read_api_with_the_georeport_client(server: Server) -> Non
     closed_case = await seed_case(server, text="Cống nghẹt đường Pasteur", incident="INC-000002",
                                   topic="drainage", agency="thoat-nuoc", district="quan-3")
     from dispatch.service import make_book
-    await make_book(server.ctx).apply_answer("thoat-nuoc", closed_case, "resolved", {}, source="api",
+    await make_book(server.ctx).apply_answer("thoat-nuoc", closed_case, "resolved", {"photos": ["a" * 64]},
+                                             source="api",
                                              note="Đã nạo vét")
     server.ctx.clock.advance(60)
     for i in range(5):

@@ -212,21 +212,24 @@ async def test_clocks_warn_then_escalate_and_show_overdue(app_ctx):
     await dispatch_job(store, rid, "INC-000009")
     await svc_dispatch(ctx)  # recorded but not delivered yet: the 5-minute forwarding clock runs
     clock.advance(60)
-    assert (await tick(store)).warned == 1  # forward: warned 5 min ahead = at once (min lead)
+    # forward (6.2) and the agency's forwarding to its unit on the ground (7.1a): both 5 minutes, both warned
+    # 5 minutes ahead = at once (min lead).
+    assert (await tick(store)).warned == 2
     clock.advance(300)
-    assert (await tick(store)).escalated == 1
-    assert [o.kind for o in await overdue(store)] == ["forward"]
+    assert (await tick(store)).escalated == 2
+    assert sorted(o.kind for o in await overdue(store)) == ["forward", "subordinate_forward"]
     await pump(ctx)  # delivered late: met_late, no longer overdue
-    assert await overdue(store) == []
+    assert [o.kind for o in await overdue(store)] == ["subordinate_forward"]
     assert (await store.fetchone("SELECT state FROM deadlines WHERE kind='forward'"))["state"] == "met_late"
     # Site check (2 h) and fix (2 h): verified meets the site check; the fix clock escalates.
     await answer(base, TOKENS["agency.sawaco"], "CASE-000009", {"kind": "verified"})
+    assert (await store.fetchone("SELECT state FROM deadlines WHERE kind='subordinate_forward'"))["state"] == "met_late"
     clock.advance(2 * 3600)
     result = await tick(store)
     assert result.escalated == 1
     assert [(o.case_id, o.kind) for o in await overdue(store)] == [("CASE-000009", "fix")]
     escalations = await store.fetchall("SELECT data FROM events WHERE kind='deadline_escalation'")
-    assert [json.loads(e["data"])["deadline"] for e in escalations] == ["forward", "fix"]
+    assert sorted(json.loads(e["data"])["deadline"] for e in escalations) == ["fix", "forward", "subordinate_forward"]
     assert await tick(store) == type(result)(0, 0)  # each fires once
     code = await dispatch_cli(store, ctx.settings, ["overdue"])
     assert code == 0

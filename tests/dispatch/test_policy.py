@@ -40,14 +40,22 @@ def test_clocks_started_per_category():
     at = ts(2026, 9, 7, 9)
     infra = {d.kind: d.due_at - at for d in policy.agency_deadlines(category="infrastructure", agency="sawaco",
                                                                      at=at, calendar=CAL, warn=WARN)}
-    assert infra == {"site_check": 7200, "fix": 7200}
+    assert infra == {"subordinate_forward": 300, "site_check": 7200, "fix": 7200}
     civic = policy.agency_deadlines(category="civic", agency="ubnd-quan-1", at=at, calendar=CAL, warn=WARN)
     assert [(d.kind, d.due_at) for d in civic] == [("answer", ts(2026, 9, 14, 9))]
-    sugg = {d.kind: d.due_at for d in policy.agency_deadlines(category="suggestion", agency="vp-ubnd", at=at,
+    # 7.3: the City Office reviews and forwards within 1 working day; the agency it forwards to has 10 days.
+    office = {d.kind: d.due_at for d in policy.agency_deadlines(category="suggestion", agency="vp-ubnd", at=at,
+                                                                calendar=CAL, warn=WARN)}
+    assert office == {"review": ts(2026, 9, 8, 9)}
+    sugg = {d.kind: d.due_at for d in policy.agency_deadlines(category="suggestion", agency="so-gtvt", at=at,
                                                               calendar=CAL, warn=WARN)}
-    assert sugg == {"review": ts(2026, 9, 8, 9), "answer": at + 10 * 86400}
+    assert sugg == {"answer": at + 10 * 86400}
     op = policy.agency_deadlines(category="civic", agency=policy.OPERATOR_UNIT, at=at, calendar=CAL, warn=WARN)
     assert [(d.kind, d.due_at - at) for d in op] == [("operator_guidance", 3600)]
+    # 6.3: no handler found at classification: the operator unit's hour runs from receipt.
+    op = policy.agency_deadlines(category="civic", agency=policy.OPERATOR_UNIT, at=at, calendar=CAL, warn=WARN,
+                                 received_at=at - 600)
+    assert [(d.kind, d.due_at - at) for d in op] == [("operator_guidance", 3000)]
     assert all(d.started_at < d.warn_at < d.due_at for d in civic + op)
 
 

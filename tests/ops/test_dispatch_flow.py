@@ -58,7 +58,8 @@ async def test_weekly_figures_follow_the_dispatch_stage(tmp_path: Path, capsys) 
         await book.apply_answer("sawaco", returned, "returned", {"reason": "đường ống của đơn vị khác"},
                                 source="api")  # within the hour: goes to the operator unit
         clock.advance(HOUR / 2)
-        await book.apply_answer("sawaco", fixed, "resolved", {}, source="api", note="Đã thay ống")  # fix on time
+        await book.apply_answer("sawaco", fixed, "resolved", {"photos": ["a" * 64]}, source="api",
+                                note="Đã thay ống")  # fix on time
         token = (await store.fetchone("SELECT token FROM cases WHERE id=?", (fixed,)))["token"]
         await book.rate(token, 4, None)
         clock.advance(2 * HOUR)
@@ -78,7 +79,9 @@ async def test_weekly_figures_follow_the_dispatch_stage(tmp_path: Path, capsys) 
                                        "late_site_check", "late_fix")} == \
             {"on_time_site_check": "1", "on_time_fix": "1", "on_time_return_misroute": "1",
              "late_site_check": "1", "late_fix": "1"}
-        assert (sawaco["on_time"], sawaco["late"], sawaco["ratings"], sawaco["rating_4"]) == ("3", "2", "1", "1")
+        # 7.1a: none of the three cases was passed to the unit on the ground within 5 minutes (answers after 1 h).
+        assert (sawaco["on_time_subordinate_forward"], sawaco["late_subordinate_forward"]) == ("0", "3")
+        assert (sawaco["on_time"], sawaco["late"], sawaco["ratings"], sawaco["rating_4"]) == ("3", "5", "1", "1")
         # The returned case reached the operator unit, whose 1-hour guidance clock ran out unanswered.
         operator = rows["van-hanh-1022"]
         assert (operator["received"], operator["late_operator_guidance"]) == ("1", "1")

@@ -1,0 +1,365 @@
+"""Every deadline of the regulation with its own clock (README "Deadlines"): for each, the event that starts it,
+the one that stops it, its length and unit, judged on a fake clock through the real HTTP API and store; and the
+escalation digests that tell the agencies' contacts and the operator unit (email on a real SMTP server on
+loopback, SMS through the gateway fake), once per clock and level."""
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiosmtpd.smtp import SMTP
+
+from config.loader import validate
+from dispatch import policy, service
+from dispatch.clocks import overdue, tick
+from dispatch.delivery import DeliverySender
+from ingest.app import AppContext
+from ingest.records import Reporter
+from ingest.store import Store
+
+from .conftest import SECRET_A, seed_report
+from .test_flow import RecordingReplies, answer, dispatch_job
+
+HOUR, DAY, MINUTE = 3600.0, 86400.0, 60.0
+TOKENS = {"agency.sawaco": "tok-sawaco", "agency.van-hanh-1022": "tok-op", "agency.vp-ubnd": "tok-office",
+          "agency.so-gtvt": "tok-gtvt", "agency.ubnd-quan-1": "tok-q1"}
+PHOTO = {"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd hook
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        for rcpt in envelope.rcpt_tos:
+            msg["X-Rcpt"] = rcpt
+        self.messages.append(msg)  # type: ignore[arg-type]
+        return "250 OK"
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[tuple[Sink, int]]:
+    sink = Sink()
+    server = await asyncio.get_running_loop().create_server(lambda: SMTP(sink, hostname="sink.test"), "127.0.0.1", 0)
+    yield sink, server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+async def world(dstore: Store, directory, receiver, sms_gateway, smtp) -> AsyncIterator[tuple[AppContext, str]]:
+    sink, port = smtp
+    hook = {"kind": "webhook", "name": "main", "url": receiver.url, "secrets": [SECRET_A], "allow_private": True,
+            "timeout_seconds": 1.0}
+    agencies = {a: {"targets": [dict(hook, name=a)]} for a in ("sawaco", "vp-ubnd", "so-gtvt", "ubnd-quan-1")}
+    agencies["sawaco"]["escalation"] = {"email": ["lanhdao@sawaco.example.vn"], "sms": ["0909000111"]}
+    agencies["van-hanh-1022"] = {"targets": [dict(hook, name="op")], "escalation": {"email": ["truc@1022.example.vn"]}}
+    raw = {"http": {"public_base_url": "https://1022.example.vn"},
+           "dispatch": {"agencies": agencies, "smtp": {"host": "127.0.0.1", "port": port},
+                        "sms": {"url": sms_gateway.url, "token": "sms-token", "allow_private": True}},
+           "secrets": dict(TOKENS)}
+    app = web.Application()
+    ctx = AppContext(settings=validate(raw, {}), directory=directory, store=dstore, clock=dstore.clock, http=app)
+    ctx.replies.register("email", RecordingReplies())
+    ctx.shared["services"] = service.build(ctx)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield ctx, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+    for svc in ctx.shared["services"]:
+        if isinstance(svc, DeliverySender):
+            await svc.close()
+        if hasattr(svc, "notifier"):
+            await svc.notifier.sms.close()
+
+
+def svc(ctx: AppContext, name: str) -> Any:
+    return next(s for s in ctx.shared["services"] if s.name == name)
+
+
+async def pump(ctx: AppContext) -> None:
+    for _ in range(10):
+        n = await svc(ctx, "dispatch").worker.run_once() + await svc(ctx, "dispatch-notify").worker.run_once()
+        n += await svc(ctx, "dispatch-delivery").run_once()
+        if not n:
+            return
+
+
+async def clock_row(store: Store, kind: str, case_id: str | None = None) -> Any:
+    sql = "SELECT * FROM deadlines WHERE kind=?" + (" AND case_id=?" if case_id else "") + " ORDER BY id DESC"
+    return await store.fetchone(sql, (kind, case_id) if case_id else (kind,))
+
+
+async def new_case(ctx: AppContext, incident: str, **kw: Any) -> str:
+    rid = await seed_report(ctx.store, incident_id=incident, **kw)
+    await dispatch_job(ctx.store, rid, incident)
+    await pump(ctx)
+    return "CASE-" + incident.removeprefix("INC-")
+
+
+def span(row: Any) -> float:
+    return row["due_at"] - row["started_at"]
+
+
+# -- Art. 6 -----------------------------------------------------------------------------------------
+async def test_6_2_forward_and_acknowledge_five_minutes_from_receipt(world):
+    ctx, _ = world
+    case = await new_case(ctx, "INC-000001")
+    fwd, ack = await clock_row(ctx.store, "forward", case), await clock_row(ctx.store, "acknowledge")
+    assert span(fwd) == span(ack) == 5 * MINUTE and fwd["state"] == ack["state"] == "met"
+    # A report whose acknowledgement goes out 10 minutes after receipt: judged late.
+    rid = await seed_report(ctx.store, incident_id="INC-000002")
+    ctx.clock.advance(10 * MINUTE)
+    await dispatch_job(ctx.store, rid, "INC-000002")
+    await pump(ctx)
+    late = await ctx.store.fetchone("SELECT state FROM deadlines WHERE kind='acknowledge' AND report_id=?", (rid,))
+    assert late["state"] == "met_late"
+    assert (await clock_row(ctx.store, "forward", "CASE-000002"))["state"] == "met_late"
+
+
+async def test_6_3_operator_hour_runs_from_receipt_for_a_report_held_for_review(world):
+    ctx, _ = world
+    rid = await seed_report(ctx.store, incident_id="INC-000003", status="review")
+    async with ctx.store.transaction() as tx:
+        await tx.enqueue("notify", rid, {"template": "received"})
+    ctx.clock.advance(2 * MINUTE)
+    await pump(ctx)
+    # Acknowledged within 5 minutes like any other report, and the operator unit's hour started at receipt.
+    assert (await clock_row(ctx.store, "acknowledge"))["state"] == "met"
+    guidance = await clock_row(ctx.store, "operator_guidance")
+    assert guidance["case_id"] is None and guidance["started_at"] == ctx.clock.now() - 2 * MINUTE
+    assert span(guidance) == HOUR
+    ctx.clock.advance(HOUR)
+    assert (await tick(ctx.store)).escalated == 1
+    assert [(o.report_id, o.kind, o.level) for o in await overdue(ctx.store)] == [(rid, "operator_guidance", "breach")]
+    # The operator decides: the report leaves review, its clock stops (late), the case gets it.
+    async with ctx.store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='routed', updated_at=? WHERE id=?", (ctx.clock.now(), rid))
+    await dispatch_job(ctx.store, rid, "INC-000003")
+    await pump(ctx)
+    row = await ctx.store.fetchone("SELECT * FROM deadlines WHERE kind='operator_guidance' AND report_id=?", (rid,))
+    assert row["state"] == "met_late" and row["case_id"] == "CASE-000003"
+
+
+async def test_6_3_no_handler_found_operator_hour_from_receipt(world):
+    ctx, _ = world
+    rid = await seed_report(ctx.store, incident_id="INC-000004", agency=None, topic="unknown", category="civic")
+    ctx.clock.advance(20 * MINUTE)  # the case is recorded 20 minutes after receipt
+    await dispatch_job(ctx.store, rid, "INC-000004")
+    await pump(ctx)
+    guidance = await clock_row(ctx.store, "operator_guidance", "CASE-000004")
+    assert guidance["due_at"] - ctx.clock.now() == 40 * MINUTE
+
+
+async def test_6_4_every_reporter_of_a_duplicate_told_within_five_minutes(world):
+    ctx, _ = world
+    await new_case(ctx, "INC-000005")
+    dup = await seed_report(ctx.store, incident_id="INC-000005", status="duplicate",
+                            reporter=Reporter(email="b@example.vn"))
+    ctx.clock.advance(7 * MINUTE)
+    async with ctx.store.transaction() as tx:
+        await tx.enqueue("notify", dup, {"template": "duplicate_ack", "incident_id": "INC-000005"})
+    await pump(ctx)
+    row = await ctx.store.fetchone("SELECT * FROM deadlines WHERE kind='duplicate_notice' AND report_id=?", (dup,))
+    assert span(row) == 5 * MINUTE and row["state"] == "met_late"
+
+
+# -- Art. 7.1 ---------------------------------------------------------------------------------------
+async def test_7_1a_forward_to_the_unit_on_the_ground_within_five_minutes(world):
+    ctx, base = world
+    case = await new_case(ctx, "INC-000006")
+    assert span(await clock_row(ctx.store, "subordinate_forward", case)) == 5 * MINUTE
+    ctx.clock.advance(4 * MINUTE)
+    assert (await answer(base, TOKENS["agency.sawaco"], case, {"kind": "acknowledged"}))[0] == 201
+    assert (await clock_row(ctx.store, "subordinate_forward", case))["state"] == "met"
+
+
+async def test_7_1b_complex_incident_safety_measures_within_two_hours_then_eight_to_fix(world):
+    ctx, base = world
+    case = await new_case(ctx, "INC-000007")
+    ctx.clock.advance(30 * MINUTE)
+    status, _ = await answer(base, TOKENS["agency.sawaco"], case, {"kind": "verified", "complex": True})
+    assert status == 201
+    safety = await clock_row(ctx.store, "safety_measures", case)
+    assert span(safety) == 2 * HOUR and safety["state"] == "open"
+    assert span(await clock_row(ctx.store, "fix", case)) == 8 * HOUR
+    ctx.clock.advance(2 * HOUR)
+    await tick(ctx.store)
+    assert (await clock_row(ctx.store, "safety_measures", case))["state"] == "missed"
+    await answer(base, TOKENS["agency.sawaco"], case, {"kind": "safety_measures"})
+    assert (await clock_row(ctx.store, "safety_measures", case))["state"] == "met_late"
+    # The result of a complex incident is recorded with photos of the site.
+    status, body = await answer(base, TOKENS["agency.sawaco"], case, {"kind": "resolved", "note": "Xong"})
+    assert status == 409 and "photo" in body["error"]
+    assert (await answer(base, TOKENS["agency.sawaco"], case, {"kind": "resolved", "photos": [PHOTO]}))[0] == 201
+    assert (await clock_row(ctx.store, "fix", case))["state"] == "met"
+
+
+async def test_7_1_site_check_fix_false_report_and_return(world):
+    ctx, base = world
+    case = await new_case(ctx, "INC-000008")
+    assert span(await clock_row(ctx.store, "site_check", case)) == span(await clock_row(ctx.store, "fix", case)) \
+        == 2 * HOUR
+    ctx.clock.advance(90 * MINUTE)
+    await answer(base, TOKENS["agency.sawaco"], case, {"kind": "false_report"})
+    close_false = await clock_row(ctx.store, "close_false", case)
+    assert span(close_false) == HOUR and close_false["state"] == "met_late"
+    returned = await new_case(ctx, "INC-000009")
+    ctx.clock.advance(30 * MINUTE)
+    status, body = await answer(base, TOKENS["agency.sawaco"], returned, {"kind": "returned", "reason": "Không phải"})
+    assert status == 201 and body["agency"] == policy.OPERATOR_UNIT
+    misroute = await clock_row(ctx.store, "return_misroute", returned)
+    assert span(misroute) == HOUR and misroute["state"] == "met"
+
+
+async def test_7_1d_not_an_incident_is_handled_like_category_2(world):
+    ctx, base = world
+    case = await new_case(ctx, "INC-000010")
+    status, body = await answer(base, TOKENS["agency.sawaco"], case, {"kind": "not_incident",
+                                                                      "note": "Đề nghị lắp đồng hồ nước mới"})
+    assert status == 201
+    row = await ctx.store.fetchone("SELECT category FROM cases WHERE id=?", (case,))
+    assert row["category"] == "civic"
+    assert {r["kind"]: r["state"] for r in await ctx.store.fetchall(
+        "SELECT kind, state FROM deadlines WHERE case_id=? AND kind IN ('site_check','fix')", (case,))} == \
+        {"site_check": "met", "fix": "cancelled"}
+    answer_clock = await clock_row(ctx.store, "answer", case)
+    # Monday 09:00 + 5 working days = next Monday 09:00.
+    assert answer_clock["state"] == "open" and span(answer_clock) == 7 * DAY
+
+
+async def test_7_1e_dangerous_or_multi_agency_goes_to_the_operator_unit_which_coordinates(world):
+    ctx, base = world
+    case = await new_case(ctx, "INC-000011")
+    status, body = await answer(base, TOKENS["agency.sawaco"], case, {"kind": "coordination",
+                                                                      "note": "Sụt lún lớn, cần nhiều đơn vị"})
+    assert status == 201 and body["agency"] == policy.OPERATOR_UNIT
+    row = await ctx.store.fetchone("SELECT coordination FROM cases WHERE id=?", (case,))
+    assert row["coordination"] == 1
+    assert span(await clock_row(ctx.store, "operator_guidance", case)) == HOUR
+
+
+# -- Art. 7.2 -----------------------------------------------------------------------------------------
+async def test_7_2_answer_in_five_working_days_or_a_progress_report_with_photos_and_a_date(world):
+    ctx, base = world
+    case = await new_case(ctx, "INC-000012", topic="waste", category="civic", agency="ubnd-quan-1")
+    answer_clock = await clock_row(ctx.store, "answer", case)
+    assert span(answer_clock) == 7 * DAY  # Monday 09:00 + 5 working days
+    ctx.clock.advance(4 * DAY)
+    committed = "2026-09-18T17:00:00+07:00"
+    status, body = await answer(base, TOKENS["agency.ubnd-quan-1"], case,
+                                {"kind": "progress_report", "expected_completion": committed})
+    assert status == 409 and "photo" in body["error"]
+    status, _ = await answer(base, TOKENS["agency.ubnd-quan-1"], case,
+                             {"kind": "progress_report", "photos": [PHOTO]})
+    assert status == 409  # no committed date
+    status, _ = await answer(base, TOKENS["agency.ubnd-quan-1"], case,
+                             {"kind": "progress_report", "photos": [PHOTO], "expected_completion": committed})
+    assert status == 201
+    assert (await clock_row(ctx.store, "answer", case))["state"] == "met"
+    completion = await clock_row(ctx.store, "completion", case)
+    assert completion["state"] == "open" and completion["due_at"] == 1789725600.0  # 18/09/2026 17:00
+
+
+# -- Art. 7.3 -----------------------------------------------------------------------------------------
+async def test_7_3_city_office_forwards_in_one_working_day_agency_answers_in_ten_or_fifteen(world, receiver):
+    ctx, base = world
+    # Friday 11/09 09:00: a suggestion reaches the City Office; one working day ends Monday 09:00.
+    ctx.clock.advance(4 * DAY)
+    case = await new_case(ctx, "INC-000013", topic="suggestion", category="suggestion", agency="vp-ubnd")
+    review = await clock_row(ctx.store, "review", case)
+    assert review["agency"] == "vp-ubnd" and span(review) == 3 * DAY
+    ctx.clock.advance(2 * HOUR)
+    # Only the City Office and the operator unit forward to a named agency.
+    assert (await answer(base, TOKENS["agency.sawaco"], case, {"kind": "reassigned", "agency": "so-gtvt"}))[0] == 404
+    status, body = await answer(base, TOKENS["agency.vp-ubnd"], case, {"kind": "reassigned", "agency": "so-gtvt"})
+    assert status == 201 and body["agency"] == "so-gtvt"
+    assert (await clock_row(ctx.store, "review", case))["state"] == "met"
+    ten = await clock_row(ctx.store, "answer", case)
+    assert ten["agency"] == "so-gtvt" and span(ten) == 10 * DAY
+    # Several agencies must coordinate: the open answer clock is extended to 15 days, and stays open.
+    ctx.clock.advance(DAY)
+    status, _ = await answer(base, TOKENS["agency.so-gtvt"], case, {"kind": "in_progress", "several_agencies": True,
+                                                                     "expected_completion": "2026-10-05T17:00:00+07:00"})
+    assert status == 201
+    fifteen = await clock_row(ctx.store, "answer", case)
+    assert fifteen["state"] == "open" and span(fifteen) == 15 * DAY
+    # A returned case of category 3-4 goes back to the City Office for another review.
+    status, body = await answer(base, TOKENS["agency.so-gtvt"], case, {"kind": "returned", "reason": "Thuộc Sở XD"})
+    assert body["agency"] == "vp-ubnd"
+    assert (await clock_row(ctx.store, "review", case))["state"] == "open"
+
+
+# -- escalation that reaches people -------------------------------------------------------------------
+async def test_warnings_and_breaches_reach_the_agency_and_the_operator_unit_as_one_digest_each(
+        world, smtp, sms_gateway):
+    ctx, base = world
+    sink, _ = smtp
+    cases = [await new_case(ctx, f"INC-0000{20 + i}") for i in range(3)]
+    for case in cases:
+        await answer(base, TOKENS["agency.sawaco"], case, {"kind": "acknowledged"})
+    ctx.clock.advance(100 * MINUTE)  # site check and fix (2 h) warned 24 min ahead
+    result = await tick(ctx.store, svc(ctx, "dispatch-clocks").cfg)
+    assert result.warned == 6
+    sender = svc(ctx, "dispatch-escalations")
+    await sender.run_once()
+    # One email to the agency's leadership, one to the operator unit, one SMS: each lists all three cases.
+    by_rcpt = {m["X-Rcpt"]: m for m in sink.messages}
+    assert set(by_rcpt) == {"lanhdao@sawaco.example.vn", "truc@1022.example.vn"}
+    for msg in by_rcpt.values():
+        text = msg.get_content()
+        assert all(c in text for c in cases) and "sắp đến hạn" in msg["Subject"]
+        assert len(re.findall(r"Kiểm tra hiện trường", text)) == 3
+    (sms,) = [m for m in sms_gateway.messages if m["to"] == "0909000111"]
+    assert "6 thời hạn sắp đến hạn" in sms["text"]
+    # Nothing new: nothing sent again. Past due: one breach digest per recipient.
+    assert (await tick(ctx.store, sender.cfg)).digests == 0
+    ctx.clock.advance(25 * MINUTE)
+    assert (await tick(ctx.store, sender.cfg)).digests == 3
+    await sender.run_once()
+    assert len(sink.messages) == 4 and "đã quá hạn" in sink.messages[-1]["Subject"]
+    assert (await tick(ctx.store, sender.cfg)).digests == 0
+    # The console's overdue list shows the same clocks.
+    assert sorted((o.case_id, o.kind) for o in await overdue(ctx.store, include_warnings=True)) == \
+        sorted((c, k) for c in cases for k in ("site_check", "fix"))
+
+
+async def test_a_digest_that_cannot_be_sent_is_retried_then_kept(world, smtp, sms_gateway):
+    ctx, base = world
+    await new_case(ctx, "INC-000030")
+    sms_gateway.status = 503
+    ctx.clock.advance(3 * HOUR)
+    sender = svc(ctx, "dispatch-escalations")
+    await tick(ctx.store, sender.cfg)
+    await sender.run_once()
+    rows = {r["channel"]: r for r in await ctx.store.fetchall("SELECT * FROM escalations")}
+    assert rows["sms"]["state"] == "pending" and rows["sms"]["next_at"] > ctx.clock.now()
+    assert rows["email"]["state"] == "sent"
+    sms_gateway.status = 200
+    ctx.clock.advance(3600)
+    await sender.run_once()
+    assert (await ctx.store.fetchone("SELECT state FROM escalations WHERE channel='sms'"))["state"] == "sent"
+
+
+def test_readme_lists_every_clock_with_its_article_unit_and_length():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Deadlines"):]
+    table = section[:section.index("\n\n", section.index("| Article"))]
+    rows = {line.split("|")[2].strip(" `"): line for line in table.splitlines()
+            if line.startswith("| ") and "`" in line}
+    for rule in policy.CLOCKS:
+        assert rule.kind in rows, rule.kind
+        line = rows[rule.kind]
+        assert rule.article in line and rule.unit in line and rule.length in line, line
+    assert json.dumps(sorted(rows)) == json.dumps(sorted(policy.CLOCK_KINDS))
