@@ -28,7 +28,7 @@ class PortalConfig(BaseModel):
     rate_per_minute: float = Field(2.0, gt=0)
     # Behind a reverse proxy that sets X-Forwarded-For, count clients by its first address instead of the peer.
     trust_forwarded_for: bool = False
-    secure_cookie: bool = False  # set true behind TLS
+    secure_cookie: bool = False  # also on whenever http.public_base_url is https
     page_size: int = Field(30, ge=5, le=200)
 
 

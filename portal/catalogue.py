@@ -169,6 +169,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "filter_topic": {"vi": "Lĩnh vực", "en": "Topic"},
     "filter_agency": {"vi": "Đơn vị", "en": "Agency"},
     "all": {"vi": "Tất cả", "en": "All"},
+    "filter_invalid": {"vi": "Bộ lọc không hợp lệ; hãy chọn lại.", "en": "The filter is not valid; please choose again."},
     "open": {"vi": "Đang xử lý", "en": "Open"},
     "closed": {"vi": "Đã xử lý", "en": "Closed"},
     "apply": {"vi": "Lọc", "en": "Apply"},

@@ -95,6 +95,8 @@ class Portal:
         self.csp = (f"default-src 'self'; img-src 'self' data: blob: {tiles}".rstrip()
                     + "; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none';"
                     " form-action 'self'; frame-ancestors 'none'")
+        # Cookies never travel in clear once the portal is published over https (or when config says so).
+        self.secure = cfg.secure_cookie or ctx.settings.http.public_base_url.startswith("https://")
         self._key: bytes | None = None
         self._key_lock = asyncio.Lock()
 
@@ -185,7 +187,7 @@ class Portal:
             "honeypot": abuse.HONEYPOT_FIELD, "max_photo_mb": self.cfg.max_photo_bytes // (1024 * 1024),
         }, status=status)
         if fresh:
-            resp.set_cookie(abuse.CSRF_COOKIE, secret, httponly=True, samesite="Lax", secure=self.cfg.secure_cookie,
+            resp.set_cookie(abuse.CSRF_COOKIE, secret, httponly=True, samesite="Lax", secure=self.secure,
                             path="/")
         return resp
 
@@ -345,7 +347,7 @@ class Portal:
             "csrf": abuse.csrf_token(await self._csrf_key(), secret),
         }, status=status)
         if fresh:
-            resp.set_cookie(abuse.CSRF_COOKIE, secret, httponly=True, samesite="Lax", secure=self.cfg.secure_cookie,
+            resp.set_cookie(abuse.CSRF_COOKIE, secret, httponly=True, samesite="Lax", secure=self.secure,
                             path="/")
         return resp
 
@@ -468,8 +470,8 @@ class Portal:
         }
         try:
             where, args, page, size = build_query(params, self.ctx.clock.now())
-        except QueryError as exc:
-            context["error"] = str(exc)
+        except QueryError:
+            context["error"] = text(lang, "filter_invalid")
             return self.render(request, "public_list.html", lang, context, status=400)
         rows = await self.store.fetchall(
             f"{SELECT} WHERE {where} ORDER BY r.received_at DESC, r.id DESC LIMIT ? OFFSET ?",
@@ -530,5 +532,5 @@ class Portal:
         resp = web.HTTPSeeOther(target)
         if lang in LANGUAGES:
             resp.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="Lax", path="/",
-                            secure=self.cfg.secure_cookie)
+                            secure=self.secure)
         raise resp

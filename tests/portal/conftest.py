@@ -32,11 +32,11 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 FORM_KEY = re.compile(r'name="form_key" value="([^"]+)"')
 
 
-def settings(tmp_path: Path, portal: dict[str, Any] | None = None) -> Any:
+def settings(tmp_path: Path, portal: dict[str, Any] | None = None, base_url: str = "http://1022.example.vn") -> Any:
     email = {"kind": "email", "to": ["x@agency.example.vn"]}
     return validate({
         "store": {"path": str(tmp_path / "db.sqlite3"), "blob_dir": str(tmp_path / "blobs")},
-        "http": {"public_base_url": "https://1022.example.vn"},
+        "http": {"public_base_url": base_url},
         "dispatch": {"agencies": {"chieu-sang": {"targets": [email]}}},
         "portal": {"rate_burst": 50, "rate_per_minute": 60.0, **(portal or {})},
         "secrets": {"agency.chieu-sang": AGENCY_TOKEN},
@@ -54,11 +54,12 @@ class Server:
 
 
 @asynccontextmanager
-async def running_server(tmp_path: Path, portal: dict[str, Any] | None = None) -> AsyncIterator[Server]:
+async def running_server(tmp_path: Path, portal: dict[str, Any] | None = None,
+                         base_url: str = "http://1022.example.vn") -> AsyncIterator[Server]:
     # Wired as run_daemon wires the daemon: every component's tables, then the dispatch component (agency API,
     # rating hook), the console's public API and the portal. Stage workers are built but not run: the tests move
     # reports through the stages themselves.
-    cfg = settings(tmp_path, portal)
+    cfg = settings(tmp_path, portal, base_url)
     store = await run_daemon.open_store(cfg, FakeClock(start=MONDAY_9AM))
     ctx = run_daemon.make_context(cfg, load_directory(), store)
     run_daemon.build_pipeline(ctx, ("dispatch",))

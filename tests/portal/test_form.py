@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from ingest.records import InboundMessage, from_json
@@ -49,7 +50,7 @@ async def test_form_posts_through_the_app_intake_and_gives_a_private_receipt(ser
     status, receipt = await client.get(location)
     token = location.rsplit("/", 1)[1]
     assert status == 200 and f"Số phản ánh của bạn: {rows[0]['id']}" in receipt
-    assert f"https://1022.example.vn/lookup/{token}" in receipt and len(token) >= 24
+    assert f"http://1022.example.vn/lookup/{token}" in receipt and len(token) >= 24
     status, lookup = await client.get(f"/lookup/{token}")
     assert status == 200 and DESCRIPTION in lookup and "Đang phân loại" in lookup
     # The reporter's photo is shown to them re-encoded without EXIF: no camera, no GPS.
@@ -191,3 +192,10 @@ def test_the_access_log_never_holds_a_private_token(caplog: pytest.LogCaptureFix
         logger.log(Request(), Response(), 0.01)
     assert "SECRET" not in caplog.text
     assert "GET /lookup/[token]/photos/" in caplog.text and "GET /public/12 200" in caplog.text
+
+
+async def test_cookies_are_secure_when_the_portal_is_published_over_https(tmp_path: Path) -> None:
+    async with running_server(tmp_path, base_url="https://1022.example.vn") as srv:
+        async with aiohttp.ClientSession() as http, http.get(srv.url + "/") as resp:
+            cookie = resp.headers["Set-Cookie"]
+    assert "portal_csrf=" in cookie and "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie

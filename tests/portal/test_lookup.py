@@ -101,7 +101,7 @@ async def test_public_list_filters_and_speaks_english(server: Server, client: Fo
     status, page = await client.get("/public?district=quan-3")
     assert f'href="/public/{row["id"]}"' not in page and "Chưa có phản ánh." in page
     status, page = await client.get("/public?status=pending")
-    assert status == 400 and 'role="alert"' in page
+    assert status == 400 and 'role="alert">Bộ lọc không hợp lệ; hãy chọn lại.' in page
     status, page = await client.get("/public?lang=en&agency_responsible=chieu-sang")
     assert '<html lang="en">' in page and f'href="/public/{row["id"]}"' in page and "Forwarded to the agency" in page
     assert (await client.get("/public/999"))[0] == 404
