@@ -28,8 +28,10 @@ from ingest.text import has_diacritics
 
 from .embedder import EmbeddingThread, VectorCache, load_embedder, report_text
 from .model import TopicModel, load_cues
-from .place import find_place, load_gazetteer
-from .policy import abusive_terms_in, complaint_terms_in, decide
+from .locate import locate
+from .place import load_gazetteer
+from .policy import abusive_probability, complaint_terms_in, decide
+from .screening import screen
 from .trainer import (SEED_PATH, description_examples, load_or_train, load_synthetic, model_vectors, reject_reasons,
                       routing_groups, seed_examples, synthetic_examples, vocabulary_texts)
 
@@ -79,10 +81,13 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
     cache = VectorCache(Path(cfg.cache_dir), embedder.name)
     texts = [report_text(r["text"], r.get("subject")) for r in rows]
     vocabulary = vocabulary_texts(directory)
-    places = [find_place(t, gazetteer, lat=r.get("lat"), lon=r.get("lon")) for t, r in zip(texts, rows)]
+    places = [locate(t, gazetteer, lat=r.get("lat"), lon=r.get("lon"),
+                     reporter_address=(r.get("reporter") or {}).get("address") or r.get("reporter_address"))
+              for t, r in zip(texts, rows)]
     groups = routing_groups(directory)
     probs: list[np.ndarray | None] = [None] * len(rows)
     safety = np.zeros(len(rows))
+    as_written: list[float | None] = [None] * len(rows)
     classes: list[list[str] | None] = [None] * len(rows)
     if cv:
         labels = np.array([r["expected"]["topic"] for r in rows])
@@ -100,22 +105,25 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
             model.fit(tr_texts, model_vectors(model, tr_texts, encode, cache),
                       list(labels[train_idx]) + [d.topic for d in desc], weights=weights, groups=groups)
             te_texts = [texts[i] for i in test_idx]
-            p, s = model.predict(te_texts, model_vectors(model, te_texts, encode, cache))
+            p, s, w = model.predict_views(te_texts, model_vectors(model, te_texts, encode, cache))
             for j, i in enumerate(test_idx):
                 probs[i], classes[i], safety[i] = p[j], model.classes_, s[j]
+                as_written[i] = abusive_probability(model.classes_, w, j)
     else:
         examples = (seed_examples(json.loads(line) for line in _seed_lines(cfg.seed_data))
                     + description_examples(directory)
                     + synthetic_examples(load_synthetic(cfg.synthetic_data), cfg.synthetic_weight))
         model = load_or_train(examples, encode, Path(cfg.cache_dir), embedder.name, vocabulary, groups)
-        p, safety = model.predict(texts, model_vectors(model, texts, encode, cache))
+        p, safety, w = model.predict_views(texts, model_vectors(model, texts, encode, cache))
         for i in range(len(rows)):
             probs[i], classes[i] = p[i], model.classes_
+            as_written[i] = abusive_probability(model.classes_, w, i)
     out = []
     for i, r in enumerate(rows):
         c = decide(directory, classes[i] or [], probs[i] if probs[i] is not None else [], places[i],
-                   review_threshold=cfg.review_threshold, reasons=reasons, abusive=bool(abusive_terms_in(texts[i])),
-                   complaint=bool(complaint_terms_in(texts[i])), safety=float(safety[i]))
+                   review_threshold=cfg.review_threshold, reasons=reasons, screening=screen(texts[i]),
+                   complaint=bool(complaint_terms_in(texts[i])), safety=float(safety[i]),
+                   abusive_as_written=as_written[i])
         out.append(Prediction(id=str(r.get("id", i)), text=r["text"], expected=r["expected"], status=c.status,
                               topic=c.topic, agency=c.agency, district=c.place.district, confidence=c.confidence,
                               place=c.place))

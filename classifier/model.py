@@ -230,18 +230,27 @@ class TopicModel:
 
     def predict(self, texts: Sequence[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Topic probabilities and, per report, P(the routing group of the most probable group is right)."""
+        probs, safety, _ = self.predict_views(texts, vectors)
+        return probs, safety
+
+    def predict_views(self, texts: Sequence[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                 np.ndarray | None]:
+        """`predict`, plus the embedding-only sub-model's topic probabilities (None without vectors). That view
+        reads the words as written (restored where typed without diacritics), while the lexical features fold
+        them: "đeo khẩu trang" and "đéo" share the feature "deo". Screening asks it to confirm a rejection."""
         if not texts:
-            return np.zeros((0, len(self.classes_))), np.zeros(0)
+            return np.zeros((0, len(self.classes_))), np.zeros(0), None
         X = self._features(texts, vectors, fit=False)
         lex, emb = self._views(X)
         scores = {"all": self.svm_.decision_function(X), "lex": self.lex_svm_.decision_function(lex),
                   "emb": self.emb_svm_.decision_function(emb) if self.emb_svm_ is not None else np.zeros((len(texts), len(self.classes_)))}
         probs = softmax(scores["all"] / self.temperature_["all"], axis=1)
+        written = softmax(scores["emb"] / self.temperature_["emb"], axis=1) if self.emb_svm_ is not None else None
         feats, _ = self._safety_features(scores, texts)
         if self.safety_ is None:
-            return probs, self._group_mass(probs)[1].max(axis=1)
+            return probs, self._group_mass(probs)[1].max(axis=1), written
         safety = self.safety_.predict_proba(feats)[:, 1]
         # The safety model is a logistic fit over a handful of features; far outside the range it was fitted on
         # (a report no topic claims, all probabilities flat) it can extrapolate to near-certainty. It may never
         # be surer than the square root of the topic model's own calibrated mass on that group.
-        return probs, np.minimum(safety, np.sqrt(self._group_mass(probs)[1].max(axis=1)))
+        return probs, np.minimum(safety, np.sqrt(self._group_mass(probs)[1].max(axis=1))), written

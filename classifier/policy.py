@@ -15,10 +15,13 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from config.directory import Directory
 from ingest.records import Candidate, Classification, Place
 from ingest.text import fold, has_diacritics
+
+from .screening import Screening
 
 REJECTED_TOPIC = "abusive"
 # With a complaint phrase in the text, the model needs only to rank the complaint topic as a serious candidate
@@ -34,17 +37,13 @@ DEFAULT_REASONS = {
 
 
 SCREENING_PATH = Path(__file__).with_name("data") / "screening.json"
-
-
-@lru_cache(maxsize=4)
-def _abusive_terms(path: Path = SCREENING_PATH) -> tuple[str, ...]:
-    return tuple(json.loads(path.read_text(encoding="utf-8"))["abusive_terms"])
-
-
-def abusive_terms_in(text: str) -> list[str]:
-    """Unambiguous insults/profanity found in the text (folded, word-bounded): screening, not a model guess."""
-    words = " " + re.sub(r"[^0-9a-z]+", " ", fold(text.replace("*", ""))).strip() + " "
-    return [t for t in _abusive_terms() if f" {t} " in words]
+# For operators (never sent to the reporter): why a report with an ambiguous word waits for them.
+# The embedding-only view must give `abusive` at least this for the model to reject a report on its own.
+ABUSIVE_AS_WRITTEN_MIN = 0.5
+MODEL_ONLY_NOTE = ("Bộ phân loại nghi nội dung thô tục, xúc phạm nhưng cách viết có dấu không xác nhận: "
+                   "kiểm tra trước khi chuyển hoặc từ chối theo Điều 3.6.")
+AMBIGUOUS_NOTE = ("Có từ có thể là từ thô tục hoặc là từ thường ({words}): kiểm tra nội dung trước khi chuyển "
+                  "hoặc từ chối theo Điều 3.6.")
 
 
 @lru_cache(maxsize=4)
@@ -66,6 +65,13 @@ def complaint_terms_in(text: str) -> list[str]:
     return [t for t in _complaint_terms() if f" {fold(t)} " in words]
 
 
+def abusive_probability(classes: Sequence[str], written: Any, row: int) -> float | None:
+    """P(abusive) for one report from the model's as-written view (`TopicModel.predict_views`), if it has one."""
+    if written is None or REJECTED_TOPIC not in classes:
+        return None
+    return float(written[row][list(classes).index(REJECTED_TOPIC)])
+
+
 def reason_for(topic: str, reasons: dict[str, str] | None = None) -> str | None:
     if reasons and topic in reasons:
         return reasons[topic]
@@ -74,11 +80,19 @@ def reason_for(topic: str, reasons: dict[str, str] | None = None) -> str | None:
 
 def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence[float], place: Place, *,
            review_threshold: float, reasons: dict[str, str] | None = None, model_version: str | None = None,
-           language: str = "vi", top: int = 3, abusive: bool = False,
-           complaint: bool = False, safety: float | None = None) -> Classification:
+           language: str = "vi", top: int = 3, screening: Screening = Screening(),
+           complaint: bool = False, safety: float | None = None,
+           abusive_as_written: float | None = None) -> Classification:
     """The routing decision for one report from its topic probabilities and the place found.
 
-    `abusive` (from `abusive_terms_in`) rejects the report whatever it describes (Art. 3.6). `complaint` (from
+    Screening (Art. 3.6) is decided here and only here (README, "Screening"): `screening` (from
+    `screening.screen`) with a certain word (written with its diacritics, masked, or an abbreviation that is no
+    ordinary word) rejects the report whatever it describes; so does the model, ranking `abusive` first with a
+    confidence at the review threshold, when its view of the words as written agrees (`abusive_as_written`, the
+    embedding-only sub-model's P(abusive), at least ABUSIVE_AS_WRITTEN_MIN; its folded lexical features alone
+    cannot tell "đeo" from "đéo"); without that agreement the report goes to review. An ambiguous word (typed without diacritics, also an ordinary word or
+    abbreviation: deo, cc, vl...) never rejects: a report that would have been dispatched goes to review with a
+    note naming the words, and an operator decides. `complaint` (from
     `complaint_terms_in`) makes it out of scope when the model ranks the complaint topic first or gives it at
     least COMPLAINT_SCREEN_MIN, and sends it to review as a probable complaint otherwise ("I complained to the
     ward and the pipe is still broken" is a real report): never dispatched automatically. `safety` (from
@@ -103,7 +117,8 @@ def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence
                  if (c.agency if c.agency is not None else f"!{c.topic}") == best_key)
     spec = directory.topics[topic]
     agency = directory.agency_for(topic, place.district, place.unit)
-    if abusive:
+    note: str | None = None
+    if screening.certain:
         topic, spec, agency, confidence = REJECTED_TOPIC, directory.topics[REJECTED_TOPIC], None, 1.0
         status, reason = "rejected", reason_for(REJECTED_TOPIC, reasons)
     elif complaint:
@@ -113,16 +128,21 @@ def decide(directory: Directory, classes: Sequence[str], probabilities: Sequence
         topic, confidence = OUT_OF_SCOPE_TOPIC, p_complaint
         reason = reason_for(topic, reasons) if status == "out_of_scope" else None
     elif topic == REJECTED_TOPIC and confidence >= review_threshold:
-        status, reason = "rejected", reason_for(topic, reasons)
+        if abusive_as_written is None or abusive_as_written >= ABUSIVE_AS_WRITTEN_MIN:
+            status, reason = "rejected", reason_for(topic, reasons)
+        else:
+            status, reason, note = "review", None, MODEL_ONLY_NOTE
     elif topic == OUT_OF_SCOPE_TOPIC and confidence >= review_threshold:
         status, reason = "out_of_scope", reason_for(topic, reasons)
     elif confidence >= review_threshold and not _unit_undecided(directory, spec.agency, place):
         status, reason = "routed", None
     else:
         status, reason = "review", None
+    if screening.ambiguous and status in ("routed", "review"):
+        status, note = "review", AMBIGUOUS_NOTE.format(words=", ".join(f"«{w}»" for w in screening.ambiguous))
     return Classification(status=status, topic=topic, category=spec.category, agency=agency,
                           confidence=round(confidence, 4), place=place, candidates=tuple(candidates[:top]),
-                          reason=reason, model_version=model_version, language=language)
+                          reason=reason, model_version=model_version, language=language, note=note)
 
 
 def _unit_undecided(directory: Directory, topic_agency: str | None, place: Place) -> bool:

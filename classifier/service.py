@@ -86,7 +86,8 @@ class ClassifyStage:
             return
         texts = [report_text(r.message.text, r.message.subject) for _, r in items]
         vectors = await self.router.embedder.encode(self.router.embedding_texts(texts))
-        places = [self.router.place(t, r.message.lat, r.message.lon) for t, (_, r) in zip(texts, items)]
+        places = [self.router.place(t, r.message.lat, r.message.lon, r.message.reporter.address)
+                  for t, (_, r) in zip(texts, items)]
         results = self.router.classify(texts, vectors, places, [guess_language(t) for t in texts])
         for (job, _), vec, result in zip(items, vectors, results):
             self._prepared[job.id] = result

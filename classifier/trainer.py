@@ -27,8 +27,10 @@ from ingest.records import Classification, Place
 
 from .embedder import EmbeddingThread, VectorCache, embed_cached, report_text
 from .model import MODEL_VERSION, TopicModel, load_cues
-from .place import Gazetteer, find_place, load_gazetteer
-from .policy import abusive_terms_in, complaint_terms_in, decide
+from .locate import locate
+from .place import Gazetteer, load_gazetteer
+from .policy import abusive_probability, complaint_terms_in, decide
+from .screening import screen
 from .wards2025 import load_ward_map, resolve_unit
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,14 @@ class Example:
 
 
 def load_seed(path: Path | None = None) -> list[dict[str, Any]]:
+    """Labelled rows of a training file. Rows marked `"holdout": true` (the test corpora under
+    tests/classifier/corpus) are never training data: a file holding one is refused."""
     source = Path(path) if path else SEED_PATH
     with source.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        rows = [json.loads(line) for line in fh if line.strip()]
+    if any(r.get("holdout") for r in rows):
+        raise ValueError(f"{source}: a held-out test corpus, never training data")
+    return rows
 
 
 def seed_examples(rows: Sequence[dict[str, Any]]) -> list[Example]:
@@ -237,8 +244,11 @@ class Router:
         model = self.model
         return [model.embedding_text(t) for t in texts] if model is not None else list(texts)
 
-    def place(self, text: str, lat: float | None, lon: float | None) -> Place:
-        return self.with_unit(text, find_place(text, self.gazetteer, lat=lat, lon=lon))
+    def place(self, text: str, lat: float | None, lon: float | None, reporter_address: str | None = None) -> Place:
+        place = locate(text, self.gazetteer, lat=lat, lon=lon, reporter_address=reporter_address)
+        # A place taken from the reporter's address is resolved to its unit from that address, not the text.
+        return self.with_unit(reporter_address if place.source == "reporter_address" and reporter_address else text,
+                              place)
 
     def with_unit(self, text: str, place: Place) -> Place:
         """On the 2025 map, the new unit (or its candidates) and the label people read, beside the old names."""
@@ -253,12 +263,13 @@ class Router:
         model, version = self.model, self.model_version
         if model is None:
             raise RuntimeError("classifier model not loaded")
-        probs, safety = model.predict(list(texts), vectors)
+        probs, safety, written = model.predict_views(list(texts), vectors)
         out = []
         for i, place in enumerate(places):
             out.append(decide(self.directory, model.classes_, probs[i], place,
                               review_threshold=self.settings.classifier.review_threshold, reasons=self.reasons,
                               model_version=version, language=languages[i] if languages else "vi",
-                              abusive=bool(abusive_terms_in(texts[i])),
-                              complaint=bool(complaint_terms_in(texts[i])), safety=float(safety[i])))
+                              screening=screen(texts[i]),
+                              complaint=bool(complaint_terms_in(texts[i])), safety=float(safety[i]),
+                              abusive_as_written=abusive_probability(model.classes_, written, i)))
         return out

@@ -94,6 +94,7 @@ class Classification:
     reason: str | None = None  # stated reason for rejected / out_of_scope, shown to the reporter
     model_version: str | None = None
     language: str = "vi"
+    note: str | None = None  # for operators only: why a report waits for review (e.g. an ambiguous word)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from classifier.policy import abusive_terms_in, complaint_terms_in, decide, operator_decision
+from classifier.policy import complaint_terms_in, decide, operator_decision
+from classifier.screening import Screening, screen
 from config.directory import load_directory
 from ingest.records import Place
 
@@ -54,9 +55,9 @@ def test_complaint_is_out_of_scope_with_guidance(directory):
 
 def test_abusive_text_is_rejected_even_when_it_reports_a_real_problem(directory):
     text = "đường trước nhà tao ổ gà cả năm đụ má tụi bây ăn lương của dân"
-    assert abusive_terms_in(text)
+    assert screen(text).certain
     c = decide(directory, *one_hot(directory, "road_damage"), Place(district="quan-8"), review_threshold=0.6,
-               abusive=bool(abusive_terms_in(text)))
+               screening=screen(text))
     assert c.status == "rejected" and c.agency is None and "Điều 3.6" in (c.reason or "")
 
 
@@ -66,7 +67,7 @@ def test_abusive_text_is_rejected_even_when_it_reports_a_real_problem(directory)
     "Xe container chạy giờ cấm trên đường Nguyễn Văn Linh",
 ])
 def test_ordinary_reports_are_not_screened_out(text):
-    assert abusive_terms_in(text) == []
+    assert screen(text) == Screening()
 
 
 def test_operator_decision_reroutes_and_rejects(directory):

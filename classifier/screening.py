@@ -1,0 +1,176 @@
+"""Screening evidence for Art. 3.6 (vulgar or insulting content): which listed words a report contains, and how
+sure each one is. Pure; the verdict is `policy.decide`'s, not this module's.
+
+Words are compared as written. A term written with diacritics matches only those letters ("đéo" is not
+"đeo", "địt" is not "đít"); a term typed without them matches only words typed without them, so an accented
+ordinary word never meets a folded swear word. Typed without diacritics, many swear words are also ordinary
+words or abbreviations ("deo" = đeo, "cc" = chung cư, "vl" = vật liệu, "du ma" = đủ mà): those are
+`ambiguous` and never enough on their own. A word masked with asterisks ("đ**", "c*t") is certain: people mask
+what they know is obscene.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ingest.text import fold
+
+SCREENING_PATH = Path(__file__).with_name("data") / "screening.json"
+_TOKEN = re.compile(r"[^\W_]+(?:\*+[^\W_]*)*|\*+[^\W_]+(?:\*+[^\W_]*)*", re.UNICODE)
+_MASKED = re.compile(r"^([^\W\d_]{1,3})\*+([^\W\d_]*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Screening:
+    """The evidence found in one report: `certain` words (the report is abusive) and `ambiguous` ones (it may be:
+    an operator looks). Each entry is the words as the reporter wrote them."""
+
+    certain: tuple[str, ...] = ()
+    ambiguous: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    written: str  # lower-case NFC, asterisks kept
+    folded: str  # without diacritics and asterisks
+    masked: bool
+
+    @property
+    def accented(self) -> bool:
+        return self.folded != self.written.replace("*", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    written: tuple[tuple[str, ...], ...]
+    unambiguous: tuple[tuple[str, ...], ...]
+    ambiguous: tuple[tuple[str, ...], ...]
+    ordinary: tuple[tuple[str, ...], ...]
+    profane: tuple[str, ...]
+    quoting: tuple[tuple[str, ...], ...]
+
+
+def _split(term: str) -> tuple[str, ...]:
+    return tuple(unicodedata.normalize("NFC", term.lower()).split())
+
+
+@lru_cache(maxsize=4)
+def load_terms(path: Path = SCREENING_PATH) -> Terms:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return Terms(written=tuple(_split(t) for t in data.get("written", ())),
+                 unambiguous=tuple(_split(t) for t in data.get("unambiguous", ())),
+                 ambiguous=tuple(_split(t) for t in data.get("ambiguous", ())),
+                 ordinary=tuple(_split(t) for t in data.get("ordinary_context", ())),
+                 profane=tuple(data.get("profane_words", ())),
+                 quoting=tuple(_split(t) for t in data.get("quoting_words", ())))
+
+
+def _tokens(text: str) -> tuple[list[_Token], list[str], list[int]]:
+    """Tokens (lower-case), the same words with their case as typed, and where each starts (NFC text)."""
+    out, cased, starts = [], [], []
+    for m in _TOKEN.finditer(text):
+        raw = m.group(0)
+        written = raw.lower()
+        out.append(_Token(written=written, folded=fold(written.replace("*", "")), masked="*" in written))
+        cased.append(raw)
+        starts.append(m.start())
+    return out, cased, starts
+
+
+def _masked_profane(token: _Token, profane: tuple[str, ...]) -> bool:
+    m = _MASKED.match(fold(token.written))
+    if not m:
+        return False
+    head, tail = m.group(1), m.group(2)
+    return any(w.startswith(head) and w.endswith(tail) and len(w) > len(head) + len(tail) for w in profane)
+
+
+def _spans(tokens: list[_Token], term: tuple[str, ...], key: str) -> list[tuple[int, int]]:
+    n = len(term)
+    return [(i, i + n) for i in range(len(tokens) - n + 1)
+            if tuple(getattr(t, key) for t in tokens[i:i + n]) == term]
+
+
+_QUOTE_WINDOW = 6  # tokens before an insult searched for a word that says someone else said it
+_QUOTES = "\"“”«»"
+
+
+def _quoted(tokens: list[_Token], text_before: str, span: tuple[int, int], quoting: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether the words at `span` report what someone else said: after "chửi ... là", or inside quotation marks."""
+    if sum(text_before.count(q) for q in _QUOTES) % 2 == 1:
+        return True
+    window = tokens[max(0, span[0] - _QUOTE_WINDOW):span[0]]
+    for term in quoting:
+        key = "written" if term != tuple(fold(w) for w in term) else "folded"
+        if _spans(window, term, key):
+            return True
+    return False
+
+
+def _names_a_building(cased: list[str], span: tuple[int, int], tokens: list[_Token]) -> bool:
+    """"cc Bàu Cát 2", "cc 312 Lạc Long Quân": chung cư followed by its name or number."""
+    if tokens[span[0]].folded != "cc" or span[1] - span[0] != 1 or span[1] >= len(cased):
+        return False
+    nxt = cased[span[1]]
+    return nxt[:1].isupper() or nxt[:1].isdigit()
+
+
+def screen(text: str, terms: Terms | None = None) -> Screening:
+    """The screening evidence in one report's text (subject included by the caller)."""
+    terms = terms or load_terms()
+    text = unicodedata.normalize("NFC", text)
+    tokens, cased, starts = _tokens(text)
+    certain: dict[tuple[int, int], str] = {}
+    ambiguous: dict[tuple[int, int], str] = {}
+
+    def shown(span: tuple[int, int]) -> str:
+        return " ".join(cased[span[0]:span[1]])
+
+    def quoted(span: tuple[int, int]) -> bool:
+        return _quoted(tokens, text[:starts[span[0]]], span, terms.quoting)
+
+    typed_without = not any(t.accented for t in tokens)
+    for term in terms.written:  # diacritics as written: certain, unless it quotes someone else
+        # A written term with no diacritics of its own ("con hoang") in a text typed without any is also a
+        # folded ordinary phrase ("còn hoang", still wasteland): only ambiguous there.
+        plain = all(fold(w) == w for w in term)
+        for span in _spans(tokens, term, "written"):
+            (ambiguous if quoted(span) or (plain and typed_without) else certain)[span] = shown(span)
+    for i, tok in enumerate(tokens):  # masked swear words: certain
+        if tok.masked and _masked_profane(tok, terms.profane):
+            certain[(i, i + 1)] = shown((i, i + 1))
+    ordinary = [s for term in terms.ordinary for s in _spans(tokens, term, "folded")]
+
+    def folded_hits(term_list: tuple[tuple[str, ...], ...]) -> list[tuple[int, int]]:
+        out = []
+        for term in term_list:
+            for span in _spans(tokens, term, "folded"):
+                words = tokens[span[0]:span[1]]
+                # A word typed with diacritics is read as written (đeo, đít): a folded term never matches it.
+                if any(t.accented for t in words):
+                    continue
+                if any(o[0] <= span[0] and span[1] <= o[1] for o in ordinary):
+                    continue
+                out.append(span)
+        return out
+
+    for span in folded_hits(terms.unambiguous):
+        words = cased[span[0]:span[1]]
+        # "DM", "CC", "VL" in capitals are acronyms more often than swearing: then they only count as ambiguous.
+        if (len(words) == 1 and len(words[0]) <= 3 and words[0].isupper()) or quoted(span):
+            ambiguous[span] = shown(span)
+        else:
+            certain[span] = shown(span)
+    for span in folded_hits(terms.ambiguous):
+        if any(tokens[k].masked for k in range(*span)):  # "Đ** m**": masked, so meant
+            certain[span] = shown(span)
+        elif _names_a_building(cased, span, tokens):
+            continue
+        elif not any(s[0] <= span[0] and span[1] <= s[1] for s in certain):
+            ambiguous[span] = shown(span)
+    return Screening(certain=tuple(dict.fromkeys(certain[s] for s in sorted(certain))),
+                     ambiguous=tuple(dict.fromkeys(ambiguous[s] for s in sorted(ambiguous))))
