@@ -210,6 +210,10 @@ TEXTS: dict[str, dict[str, str]] = {
                           "en": "The operator unit assigned another agency"},
     "answer.refused": {"vi": "Tổ vận hành đóng hồ sơ: không thuộc phạm vi tiếp nhận",
                        "en": "The operator unit closed the case: outside what the portal handles"},
+    "answer.not_incident": {"vi": "Đơn vị xác định đây là yêu cầu, không phải sự cố: xử lý trong 5 ngày làm việc",
+                            "en": "The agency found a request, not a failure: handled within 5 working days"},
+    "answer.coordination": {"vi": "Chuyển Tổ vận hành chủ trì phối hợp nhiều đơn vị",
+                            "en": "Passed to the operator unit to coordinate several agencies"},
     "agency_generic": {"vi": "đơn vị xử lý", "en": "the agency"},
     # -- report/case states (what the public reads)
     "state.received": {"vi": "Đã tiếp nhận", "en": "Received"},
