@@ -330,6 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The directory the file names (data.agencies), not the bundled one: serve would load that one.
             checked = load_settings(args.file)
             load_directory(checked.data.agencies, checked.data.structure)
+            # Endpoints whose names resolve to private addresses: refused at every attempt, so refused now.
+            from config.dispatch import dispatch_settings
+            from dispatch.ssrf import target_problems
+            problems = target_problems(dispatch_settings(checked))
+            if problems:
+                raise ConfigError(f"{args.file}: {len(problems)} problem(s):\n"
+                                  + "\n".join(f"  - {p}" for p in problems))
             print(f"{args.file}: OK")
             return 0
         settings = load_settings(getattr(args, "config", None))

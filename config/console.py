@@ -18,10 +18,15 @@ class ConsoleConfig(BaseModel):
 
     enabled: bool = True
     session_hours: float = Field(12.0, gt=0, le=24 * 30)
-    # Set when the console is served over https (behind a TLS proxy): the cookie is then never sent in clear.
+    # Cookies carry `Secure` (never sent in clear) when this is true OR http.public_base_url is https.
     secure_cookie: bool = False
-    # Failed logins per username within the window before further attempts are refused for that window.
+    # Login throttling per (username, client address): after this many failures, each further failure makes that
+    # pair wait twice as long as the last (from login_backoff_seconds up to login_backoff_cap_seconds). Another
+    # client is not affected, so nobody can lock a known user out from elsewhere.
     login_max_failures: int = Field(5, ge=1)
+    login_backoff_seconds: float = Field(2.0, gt=0)
+    login_backoff_cap_seconds: float = Field(900.0, gt=0)
+    # A pair's failures are forgotten after this long without one.
     login_window_seconds: float = Field(900.0, gt=0)
     page_size: int = Field(50, ge=5, le=500)
 

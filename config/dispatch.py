@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from ingest.addresses import refused_host
 
 from .loader import EXTRA_SECTIONS
 
@@ -28,6 +30,13 @@ def _check_http_url(value: str) -> str:
     return value
 
 
+def _check_public(url: str, allow_private: bool) -> None:
+    # Refused at every attempt by the SSRF guard: a configuration error now, not three days of retries.
+    if not allow_private and (reason := refused_host(url)) is not None:
+        raise ValueError(f"url: {reason}; the SSRF guard refuses it (set allow_private = true only for an"
+                         " endpoint on a private network)")
+
+
 class WebhookTarget(_Model):
     kind: Literal["webhook"]
     name: str = "webhook"
@@ -43,6 +52,11 @@ class WebhookTarget(_Model):
     @classmethod
     def _url(cls, value: str) -> str:
         return _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _public(self) -> "WebhookTarget":
+        _check_public(self.url, self.allow_private)
+        return self
 
     @field_validator("secrets")
     @classmethod
@@ -115,6 +129,12 @@ class SmsGatewayConfig(_Model):
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         return None if value is None else _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _public(self) -> "SmsGatewayConfig":
+        if self.url is not None:
+            _check_public(self.url, self.allow_private)
+        return self
 
 
 class DeliveryConfig(_Model):

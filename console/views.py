@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -28,6 +27,7 @@ from ingest.public import redact_text
 from ingest.records import InboundMessage, from_json
 
 from . import auth
+from .lockout import LoginThrottle
 from .queries import case_timeline, search
 from .render import render
 
@@ -63,7 +63,10 @@ class Console:
         self.store = ctx.store
         self.cfg = cfg
         self.dispatch_cfg = dispatch_settings(ctx.settings)
-        self._failures: dict[str, list[float]] = {}
+        self.throttle = LoginThrottle(free=cfg.login_max_failures, base=cfg.login_backoff_seconds,
+                                      cap=cfg.login_backoff_cap_seconds, forget_after=cfg.login_window_seconds)
+        # The session cookie is never sent in clear when the public address is https (or config says so).
+        self.secure_cookie = cfg.secure_cookie or ctx.settings.http.public_base_url.lower().startswith("https://")
         self._book: Any = None
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -147,22 +150,12 @@ class Console:
         token = secrets.token_urlsafe(24)
         resp = self.page(request, "login.html", {"error": error, "login_csrf": token,
                                                  "next": request.query.get("next", "")}, status=status)
-        resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=self.cfg.secure_cookie,
+        resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=self.secure_cookie,
                         path="/console/login", max_age=3600)
         return resp
 
     async def login_form(self, request: web.Request) -> web.StreamResponse:
         return self._login_page(request, None)
-
-    def _throttled(self, username: str) -> bool:
-        now = time.monotonic()
-        if len(self._failures) > 10_000:
-            # Bounded memory when someone tries many usernames: forget the windows that are over.
-            self._failures = {u: ts for u, ts in self._failures.items()
-                              if ts and now - ts[-1] < self.cfg.login_window_seconds}
-        recent = [t for t in self._failures.get(username, []) if now - t < self.cfg.login_window_seconds]
-        self._failures[username] = recent
-        return len(recent) >= self.cfg.login_max_failures
 
     async def login_post(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -172,21 +165,26 @@ class Console:
         if not cookie or not secrets.compare_digest(cookie.encode(), submitted.encode()):
             return self._login_page(request, "Phiên đăng nhập không hợp lệ, vui lòng thử lại.", status=403)
         username = str(form.get("username") or "").strip()
-        if self._throttled(username):
-            return self._login_page(request, "Quá nhiều lần đăng nhập sai, vui lòng thử lại sau.", status=429)
+        client = request.remote or "-"
+        now = self.store.clock.now()
+        wait = self.throttle.wait(username, client, now)
+        if wait > 0:
+            resp = self._login_page(request, "Quá nhiều lần đăng nhập sai, vui lòng thử lại sau.", status=429)
+            resp.headers["Retry-After"] = str(max(1, round(wait)))
+            return resp
         result = await auth.login(self.store, username, str(form.get("password") or ""),
                                   ttl=self.cfg.session_hours * 3600)
         if result is None:
-            self._failures.setdefault(username, []).append(time.monotonic())
+            self.throttle.failed(username, client, now)
             return self._login_page(request, "Sai tên đăng nhập hoặc mật khẩu.", status=401)
-        self._failures.pop(username, None)
+        self.throttle.succeeded(username, client)
         token, user = result
         target = str(form.get("next") or "")
         # Only a path inside the console: never an open redirect to another site.
         if not target.startswith("/console/") or target.startswith("//"):
             target = "/console/review" if user.is_staff else "/console/cases"
         resp = _redirect(target)
-        resp.set_cookie(auth.COOKIE, token, httponly=True, samesite="Strict", secure=self.cfg.secure_cookie,
+        resp.set_cookie(auth.COOKIE, token, httponly=True, samesite="Strict", secure=self.secure_cookie,
                         path="/console", max_age=int(self.cfg.session_hours * 3600))
         resp.del_cookie(LOGIN_CSRF_COOKIE, path="/console/login")
         log.info("console login: %s (%s)", user.username, user.role)

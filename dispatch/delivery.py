@@ -26,7 +26,7 @@ from ingest.errors import PermanentError, TransientError
 from ingest.store import Store, Tx
 
 from . import messages, signing
-from .ssrf import BlockedAddress, GuardedResolver, check_url
+from .ssrf import BlockedAddress, GuardedResolver, check_url, target_problems
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ class DeliverySender:
         self.sent = 0
 
     async def run(self) -> None:
+        # A target the SSRF guard refuses is a configuration error: said at start (and on reload, which builds a
+        # new sender), and each of its deliveries fails at once instead of being retried for days.
+        for problem in await asyncio.to_thread(target_problems, self.cfg):
+            log.error("configuration error: %s", problem)
         try:
             while True:
                 if not await self.run_once():

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
+from config.dispatch import DispatchConfig, WebhookTarget
+from ingest.addresses import address_allowed, refused_host
 from ingest.errors import PermanentError
 
 
@@ -20,24 +23,51 @@ class BlockedAddress(PermanentError):
     """The target resolves to an address the guard forbids."""
 
 
-def address_allowed(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-                                 or ip.is_reserved or ip.is_unspecified)
-
-
 def check_url(url: str, allow_private: bool) -> None:
+    if not allow_private and (reason := refused_host(url)) is not None:
+        raise BlockedAddress(reason)
+
+
+def resolved_problems(url: str, allow_private: bool, timeout: float = 5.0) -> str | None:
+    """At start, reload and check-config: a name that resolves to a non-public address is a configuration error
+    (it would be refused at every attempt). A name that does not resolve now is not: DNS may come back."""
+    if allow_private:
+        return None
+    if (reason := refused_host(url)) is not None:
+        return reason
     host = urlsplit(url).hostname or ""
     try:
-        ipaddress.ip_address(host.split("%", 1)[0])
+        ipaddress.ip_address(host)
+        return None  # a public address literal
     except ValueError:
-        if host.lower() in ("localhost",) and not allow_private:
-            raise BlockedAddress(f"{host} is a loopback name") from None
-        return  # a name: the resolver checks what it resolves to
-    if not allow_private and not address_allowed(host):
-        raise BlockedAddress(f"{host} is not a public address")
+        pass
+    done: list[list[str]] = []
+
+    def lookup() -> None:
+        try:
+            done.append([str(info[4][0]) for info in socket.getaddrinfo(host, None)])
+        except OSError:
+            done.append([])
+
+    worker = threading.Thread(target=lookup, daemon=True)  # getaddrinfo has no timeout of its own
+    worker.start()
+    worker.join(timeout)
+    bad = [a for a in (done[0] if done else []) if not address_allowed(a)]
+    return f"{host} resolves to a non-public address ({bad[0]})" if bad else None
+
+
+def target_problems(cfg: DispatchConfig) -> list[str]:
+    """Every configured endpoint the SSRF guard would refuse, with its key path (check-config, start, reload)."""
+    problems = []
+    for agency, a in cfg.agencies.items():
+        for i, target in enumerate(a.targets):
+            if isinstance(target, WebhookTarget):
+                reason = resolved_problems(target.url, target.allow_private)
+                if reason:
+                    problems.append(f"dispatch.agencies.{agency}.targets[{i}].url: {reason} (SSRF guard)")
+    if cfg.sms.url and (reason := resolved_problems(cfg.sms.url, cfg.sms.allow_private)):
+        problems.append(f"dispatch.sms.url: {reason} (SSRF guard)")
+    return problems
 
 
 class GuardedResolver(AbstractResolver):

@@ -79,3 +79,14 @@ def test_check_config_reads_the_agency_directory_the_file_names(tmp_path: Path) 
     result = check_config(secrets_for(env_refs(EXAMPLE)), config)
     assert result.returncode == 2, result.stdout
     assert str(broken) in result.stderr and "agency directory unreadable" in result.stderr
+
+
+def test_a_webhook_the_ssrf_guard_refuses_is_a_configuration_error(tmp_path: Path) -> None:
+    # Refused by check-config (and so at start and on reload), not retried for three days at every delivery.
+    config = tmp_path / "config.toml"
+    config.write_text(EXAMPLE.read_text(encoding="utf-8").replace(
+        "https://api.sawaco.com.vn/1022/webhook", "http://169.254.169.254/latest/meta-data"), encoding="utf-8")
+    result = check_config(secrets_for(env_refs(EXAMPLE)), config)
+    assert result.returncode == 2, result.stdout
+    assert "dispatch.agencies.sawaco.targets[0]" in result.stderr and "SSRF guard" in result.stderr
+    assert "Traceback" not in result.stderr

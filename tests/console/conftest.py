@@ -134,9 +134,13 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 class Browser:
     """A cookie-keeping HTTP client that logs in through the form, like a user's browser would."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, client_address: str = "127.0.0.1") -> None:
         self.base = base
-        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        # The console's cookies are `Secure` (the public URL is https); like a real browser, the client treats
+        # the loopback origin as a secure context. `client_address`: another loopback address is another client.
+        self.session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=base),
+            connector=aiohttp.TCPConnector(local_addr=(client_address, 0)))
         self.csrf = ""
 
     async def login(self, username: str, password: str = PASSWORD) -> aiohttp.ClientResponse:

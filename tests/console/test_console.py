@@ -8,6 +8,7 @@ import re
 import pytest
 
 from console import auth
+from config.loader import validate
 from console.service import user_cli
 from ingest.records import Candidate, Place, Reporter
 
@@ -31,6 +32,7 @@ async def test_login_sets_a_strict_httponly_cookie_and_wrong_passwords_are_refus
         cookie = resp.headers.getall("Set-Cookie")
         session = next(c for c in cookie if c.startswith(auth.COOKIE + "="))
         assert "HttpOnly" in session and "SameSite=Strict" in session and "Path=/console" in session
+        assert "Secure" in session  # the configured public URL is https: never sent in clear
         status, page = await b.get("/console/review")
         assert status == 200 and "operator" in page
         # Logging out ends the session on the server, not only in the browser.
@@ -42,14 +44,40 @@ async def test_login_sets_a_strict_httponly_cookie_and_wrong_passwords_are_refus
         await b.close()
 
 
-async def test_repeated_failures_lock_the_username_for_a_while(server: Server) -> None:
-    b = Browser(server.url)
+async def test_repeated_failures_slow_that_client_down_not_the_user_elsewhere(server: Server) -> None:
+    clock = server.store.clock
+    attacker, operator = Browser(server.url, "127.0.0.2"), Browser(server.url)
     try:
         for _ in range(5):
-            assert (await b.login("operator", "not the password")).status == 401
-        assert (await b.login("operator")).status == 429  # even the right password, for the window
+            assert (await attacker.login("operator", "not the password")).status == 401
+        locked = await attacker.login("operator")
+        assert locked.status == 429 and locked.headers["Retry-After"] == "2"  # even the right password
+        # The operator, from their own machine, is not locked out by the stranger.
+        assert (await operator.login("operator")).status == 303
+        # Exponential backoff for the stranger: each failure doubles the wait (2, 4, 8, 16 s ...).
+        waits = [2]
+        for _ in range(4):
+            clock.advance(waits[-1])  # the wait is over: one more attempt is checked (and fails)
+            assert (await attacker.login("operator", "still not it")).status == 401
+            waits.append(int((await attacker.login("operator", "x")).headers["Retry-After"]))
+        assert waits == [2, 4, 8, 16, 32]
+        # Forgotten after the window without failures: the right password works again from there.
+        clock.advance(3600)
+        assert (await attacker.login("operator")).status == 303
     finally:
-        await b.close()
+        await attacker.close()
+        await operator.close()
+
+
+async def test_cookie_is_secure_only_when_the_public_url_is_https(tmp_path) -> None:
+    from config.console import ConsoleConfig
+    from console.views import Console
+
+    for url, secure in (("https://1022.tphcm.gov.vn", True), ("http://127.0.0.1:8022", False)):
+        ctx = type("Ctx", (), {"store": None, "settings": validate({"http": {"public_base_url": url}}, {})})()
+        assert Console(ctx, ConsoleConfig()).secure_cookie is secure  # type: ignore[arg-type]
+    ctx = type("Ctx", (), {"store": None, "settings": validate({"http": {"public_base_url": "http://x"}}, {})})()
+    assert Console(ctx, ConsoleConfig(secure_cookie=True)).secure_cookie is True  # type: ignore[arg-type]
 
 
 async def test_posts_without_the_session_csrf_token_are_rejected(server: Server, browser: Browser) -> None:

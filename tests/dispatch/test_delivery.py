@@ -6,14 +6,17 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 from email import message_from_bytes, policy as email_policy
 from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
+from pydantic import ValidationError
 
 from config.dispatch import DispatchConfig
 from dispatch.delivery import DeliverySender, replay_deliveries
+from dispatch.ssrf import target_problems
 from ingest.records import Attachment
 
 from .conftest import SECRET_A, SECRET_B, make_book, run_dispatch, seed_report, webhook_cfg
@@ -152,23 +155,56 @@ async def test_concurrency_limit_per_endpoint(dstore, directory, receiver):
     assert receiver.max_in_flight == 2
 
 
+def refusing(cfg: DispatchConfig) -> DispatchConfig:
+    """The same config with the guard on: as if the endpoint's address turned private after the config was
+    checked (DNS rebinding), since a config naming a private address no longer validates."""
+    target = cfg.agencies["sawaco"].targets[0].model_copy(update={"allow_private": False})
+    return cfg.model_copy(update={"agencies": {"sawaco": cfg.agencies["sawaco"].model_copy(
+        update={"targets": [target]})}})
+
+
 async def test_ssrf_guard_refuses_loopback_without_explicit_allowance(dstore, directory, receiver):
-    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url, allow_private=False))
+    cfg, _ = await setup_case(dstore, directory, webhook_cfg(receiver.url))
+    sender = DeliverySender(dstore, refusing(cfg))
     await sender.run_once()
     await sender.close()
     (row,) = await delivery_rows(dstore)
-    assert row["state"] == "dead" and "SSRF" in row["last_error"]
+    # Dead after one attempt (with an alert), not retried for the three-day delivery deadline.
+    assert row["state"] == "dead" and "SSRF" in row["last_error"] and row["attempts"] == 1
     assert receiver.requests == []
 
 
 async def test_ssrf_guard_checks_resolved_names(dstore, directory, receiver):
-    url = receiver.url.replace("127.0.0.1", "localhost.localdomain")
-    _, sender = await setup_case(dstore, directory, webhook_cfg(url, allow_private=False))
+    cfg, _ = await setup_case(dstore, directory, webhook_cfg(receiver.url.replace("127.0.0.1", "localhost")))
+    sender = DeliverySender(dstore, refusing(cfg))
     await sender.run_once()
     await sender.close()
     (row,) = await delivery_rows(dstore)
-    assert row["state"] in ("dead", "retry")  # refused (resolves to loopback) or not resolvable here
+    assert row["state"] == "dead" and row["attempts"] == 1
     assert receiver.requests == []
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hook", "https://10.1.2.3/hook", "http://[::1]/hook",
+                                 "http://169.254.169.254/latest/meta-data", "https://localhost/hook",
+                                 "http://api.localhost/hook", "http://[::ffff:192.168.1.5]/hook"])
+def test_a_private_target_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(ValidationError, match="SSRF guard"):
+        DispatchConfig.model_validate({"agencies": webhook_cfg(url, allow_private=False)})
+    with pytest.raises(ValidationError, match="SSRF guard"):
+        DispatchConfig.model_validate({"sms": {"url": url}})
+    DispatchConfig.model_validate({"agencies": webhook_cfg(url, allow_private=True)})  # said explicitly: allowed
+
+
+def test_a_name_resolving_to_a_private_address_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No DNS here: the resolver's answer is the one part stood in for.
+    answers = {"hooks.sawaco.example": "10.0.0.7", "api.example.vn": "203.113.131.1"}
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port: [(0, 0, 0, "", (answers[host], 0))])
+    cfg = DispatchConfig.model_validate({"agencies": {
+        **webhook_cfg("https://hooks.sawaco.example/1022", allow_private=False),
+        **webhook_cfg("https://api.example.vn/1022", agency="thoat-nuoc", allow_private=False)}})
+    assert target_problems(cfg) == [
+        "dispatch.agencies.sawaco.targets[0].url: hooks.sawaco.example resolves to a non-public address (10.0.0.7)"
+        " (SSRF guard)"]
 
 
 class Sink:
