@@ -221,7 +221,9 @@ async def test_no_canary_on_any_public_url_nor_in_the_log(daemon: tuple[AppConte
         pass
     async with ctx.store.transaction() as tx:
         await tx.execute("UPDATE reports SET status='review' WHERE id=?", (ids[1],))
-    await book.apply_answer("sawaco", "CASE-000001", "resolved", {}, source="api", note=RESULT_NOTE)
+    photo = await ctx.store.put_blob(b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "image/png")
+    await book.apply_answer("sawaco", "CASE-000001", "resolved", {"photos": [photo]}, source="api",
+                            note=RESULT_NOTE)
     assert (await ctx.store.fetchone("SELECT COUNT(*) AS n FROM cases"))["n"] == 4
 
     pool: dict[str, list[str]] = {
