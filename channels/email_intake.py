@@ -7,7 +7,6 @@ message), storing attachments as blobs, and threading a reporter's reply onto th
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -16,6 +15,7 @@ from typing import Protocol
 
 from config.channels import EmailLimitOptions
 from ingest.clock import iso
+from ingest.faults import ThrottledLog
 from ingest.records import Attachment, InboundMessage
 from ingest.store import Store, SubmitResult
 
@@ -23,6 +23,7 @@ from .mail_auth import sender_verdict
 from .email_parse import ParsedEmail, ParseError, ParseLimits, parse_email, to_inbound
 
 log = logging.getLogger(__name__)
+_throttled = ThrottledLog(log)
 
 RAW_TYPE = "message/rfc822"
 REPLY_FLAG = "reporter_reply"
@@ -158,16 +159,10 @@ class EmailIntake:
         return Prepared(message=message, raw=raw, parsed=parsed, thread_report_id=thread_report_id)
 
     async def quarantine(self, raw: bytes, reason: str) -> int:
-        """One quarantine row per distinct raw mail, even when the sender or the mailbox retries it."""
-        digest = hashlib.sha256(raw).hexdigest()
-        row = await self.store.fetchone(
-            "SELECT id FROM quarantine WHERE channel_instance=? AND json_extract(meta, '$.sha256')=?",
-            (self.channel_instance, digest))
-        if row is not None:
-            return int(row["id"])
-        log.warning("%s: mail quarantined (%s)", self.channel_instance, reason)
-        return await self.store.quarantine(self.channel_instance, raw, reason,
-                                           {"sha256": digest, "channel": "email", "size": len(raw)})
+        """One quarantine row per distinct raw mail (the store counts a retry on that row), bounded in size."""
+        _throttled.log(logging.WARNING, f"{self.channel_instance}:{reason}", "%s: mail quarantined (%s)",
+                       self.channel_instance, reason)
+        return await self.store.quarantine(self.channel_instance, raw, reason, {"channel": "email"})
 
     async def find_thread(self, parsed: ParsedEmail) -> int | None:
         """The report this mail answers: our own Message-ID, the reporter's earlier Message-ID, a case token."""

@@ -16,7 +16,7 @@ from email.utils import format_datetime, formataddr
 
 from config.channels import EmailReplyOptions
 from ingest.app import AppContext
-from ingest.mail import send_message
+from ingest.mail import header_text, send_message, single_address
 from ingest.errors import PermanentError, TransientError
 from ingest.store import Store, StoredReport
 
@@ -38,8 +38,8 @@ def compose_reply(report: StoredReport, text: str, options: EmailReplyOptions, w
     domain = options.from_address.rpartition("@")[2] or "localhost"
     msg = EmailMessage()
     msg["From"] = formataddr((options.from_name, options.from_address))
-    msg["To"] = to
-    base = (report.message.subject or "").strip()
+    msg["To"] = single_address(to)
+    base = header_text(report.message.subject or "")
     token = f"[1022-{report.id}]"
     if token in base:
         subject = base

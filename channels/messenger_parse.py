@@ -15,6 +15,7 @@ from typing import Any
 from ingest.clock import iso
 from ingest.records import Attachment, InboundMessage, Reporter
 from ingest.text import normalize
+from ingest.untrusted import BodyError, loads_json
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 # Attachment types whose payload carries a downloadable URL.
@@ -80,9 +81,9 @@ def verification_challenge(params: Mapping[str, str], verify_token: str) -> str 
 def parse_webhook(raw: bytes) -> ParsedBatch:
     """Every entry and every messaging event of a (verified) page webhook body."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise BadPayload("body is not JSON") from None
+        body = loads_json(raw)
+    except BodyError as exc:
+        raise BadPayload(exc.reason) from None
     if not isinstance(body, dict):
         raise BadPayload("body is not a JSON object")
     if body.get("object") != "page":

@@ -15,6 +15,7 @@ from config.channels import ChannelEntry, Open311Options
 from ingest.app import AppContext, Service
 from ingest.public import HIDDEN_STATES, public_request
 from ingest.store import Store
+from ingest.untrusted import BodyError, single_line
 
 from .open311_intake import Intake
 from .open311_parse import Open311Error, error_body
@@ -60,6 +61,11 @@ class Open311Channel:
         key = request.headers.get("Idempotency-Key")
         if key is not None and not (0 < len(key) <= 255):
             return self._fail(400, "Idempotency-Key must be 1 to 255 characters")
+        if key is not None:
+            try:
+                single_line(key, "Idempotency-Key")
+            except BodyError as exc:
+                return self._fail(400, exc.reason)
         try:
             result = await self.intake.accept(raw, content_type, idempotency_key=key)
         except Open311Error as exc:

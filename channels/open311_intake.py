@@ -7,14 +7,18 @@ body's sha256.
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 
 from ingest.clock import Clock, iso
+from ingest.errors import RecordError
 from ingest.records import Attachment
 from ingest.store import Store, SubmitResult
 
-from .open311_parse import Open311Error, Photo, request_from_fields, parse_body
+from .open311_parse import Open311Error, Photo, parse_body, request_from_fields
+
+INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed on a worker thread
 
 
 class Intake:
@@ -32,16 +36,21 @@ class Intake:
                      parsed: tuple[dict[str, str], list[Photo]] | None = None) -> SubmitResult:
         """Store one request durably; raises Open311Error (after quarantining the body) when it is refused."""
         try:
-            fields, photos = parsed if parsed is not None else parse_body(raw, content_type)
+            if parsed is not None:
+                fields, photos = parsed
+            elif len(raw) <= INLINE_PARSE_BYTES:
+                fields, photos = parse_body(raw, content_type)
+            else:
+                # Bounded parsing is linear and fast, but megabytes of JSON still cost milliseconds: on a worker
+                # thread, so the event loop keeps answering everyone else meanwhile.
+                fields, photos = await asyncio.to_thread(parse_body, raw, content_type)
             request = request_from_fields(
                 fields, photos, raw, idempotency_key=idempotency_key, received_at=iso(self.clock.now()),
                 service_codes=self.service_codes(), channel_instance=self.channel_instance,
                 max_photos=self.max_photos, max_photo_bytes=self.max_photo_bytes,
                 require_service_code=require_service_code)
         except Open311Error as exc:
-            # Kept for inspection (never silently dropped), refused with a reason the client can show.
-            await self.store.quarantine(self.channel_instance, raw, exc.description,
-                                        {"content_type": content_type, "status": exc.code})
+            await self._quarantine(raw, content_type, exc)
             raise
         attachments = []
         for photo in request.photos:
@@ -51,4 +60,15 @@ class Intake:
         message = request.message
         if attachments:
             message = replace(message, attachments=tuple(attachments))
-        return await self.store.submit(message, raw, content_type or "application/x-www-form-urlencoded")
+        try:
+            return await self.store.submit(message, raw, content_type or "application/x-www-form-urlencoded")
+        except RecordError:
+            # Refused alone by the store (its neighbours in the group commit were stored): the client's fault.
+            exc = Open311Error(400, "the request cannot be stored as given")
+            await self._quarantine(raw, content_type, exc)
+            raise exc from None
+
+    async def _quarantine(self, raw: bytes, content_type: str, exc: Open311Error) -> None:
+        # Kept for inspection (never silently dropped; bounded by the store), refused with a reason to show.
+        await self.store.quarantine(self.channel_instance, raw, exc.description,
+                                    {"content_type": content_type[:200], "status": exc.code})

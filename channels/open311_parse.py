@@ -4,10 +4,7 @@ No I/O: the adapter in channels/open311.py reads the body, stores photos and sub
 """
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +12,13 @@ from urllib.parse import parse_qsl
 
 from ingest.records import InboundMessage, Reporter
 from ingest.text import normalize
+from ingest.untrusted import MAX_PARTS, BodyError, check_text, decode_charset, loads_json, parse_multipart, single_line
 
 MAX_TEXT_CHARS = 20_000
+MAX_FIELDS = 64  # form fields in one body: Open311 defines about twenty
+MAX_LINE_FIELD_CHARS = 320  # name, phone, email, device id: one line each, never a paragraph
+# Fields that may reach a mail header or an address (reporter name and email, device id): one line, no controls.
+SINGLE_LINE_FIELDS = ("first_name", "last_name", "phone", "email", "device_id", "account_id", "service_code")
 
 
 class Open311Error(Exception):
@@ -47,20 +49,24 @@ class ParsedRequest:
     photos: tuple[Photo, ...]
 
 
-def parse_body(raw: bytes, content_type: str) -> tuple[dict[str, str], list[Photo]]:
-    """Fields and uploaded files of a form-encoded, JSON or multipart body."""
+def parse_body(raw: bytes, content_type: str, *, max_parts: int = MAX_PARTS) -> tuple[dict[str, str], list[Photo]]:
+    """Fields and uploaded files of a form-encoded, JSON or multipart body, bounded in parts, depth and Unicode."""
     mime = content_type.split(";", 1)[0].strip().lower()
     try:
         if mime == "application/json":
-            data = json.loads(raw.decode("utf-8"))
+            data = loads_json(raw)
             if not isinstance(data, dict):
                 raise Open311Error(400, "JSON body must be an object")
             return {k: _scalar(v) for k, v in data.items() if v is not None}, []
         if mime in ("application/x-www-form-urlencoded", ""):
             text = raw.decode("utf-8")
-            return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))), []
+            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
+                              max_num_fields=MAX_FIELDS, errors="strict")
+            return {check_text(k, "a field name"): check_text(v, "a field") for k, v in pairs}, []
         if mime == "multipart/form-data":
-            return _parse_multipart(raw, content_type)
+            return _parse_multipart(raw, content_type, max_parts)
+    except BodyError as exc:
+        raise Open311Error(400, exc.reason) from None
     except UnicodeDecodeError:
         raise Open311Error(400, "body is not valid UTF-8") from None
     except ValueError as exc:
@@ -76,28 +82,19 @@ def _scalar(value: Any) -> str:
     raise ValueError("nested values are not accepted")
 
 
-def _parse_multipart(raw: bytes, content_type: str) -> tuple[dict[str, str], list[Photo]]:
-    if "boundary=" not in content_type:
-        raise ValueError("multipart body without boundary")
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
-    if not msg.is_multipart():
-        raise ValueError("multipart body has no parts")
+def _parse_multipart(raw: bytes, content_type: str, max_parts: int) -> tuple[dict[str, str], list[Photo]]:
+    parts = parse_multipart(raw, content_type, max_parts=max_parts)
+    # RFC 7578 4.6: a `_charset_` field names the default charset of the text fields.
+    default = next((p.data.decode("ascii", "replace").strip() for p in parts if p.name == "_charset_"), None)
     fields: dict[str, str] = {}
     photos: list[Photo] = []
-    for part in msg.iter_parts():
-        disposition = part.get("Content-Disposition", "")
-        name = part.get_param("name", header="content-disposition")
-        if not disposition or not name:
-            raise ValueError("multipart part without a name")
-        payload = part.get_payload(decode=True) or b""
-        filename = part.get_filename()
-        if filename == "" and not payload:
+    for part in parts:
+        if part.filename == "" and not part.data:
             continue  # a browser's file input left empty sends a nameless, empty part: no photo
-        if filename is not None or name == "media":
-            photos.append(Photo(data=payload, content_type=part.get_content_type(), filename=filename))
-        else:
-            fields[str(name)] = payload.decode(part.get_content_charset() or "utf-8")
+        if part.filename is not None or part.name == "media":
+            photos.append(Photo(data=part.data, content_type=part.content_type, filename=part.filename))
+        elif part.name != "_charset_":
+            fields[part.name] = decode_charset(part.data, part.charset or default, f"field {part.name[:40]!r}")
     return fields, photos
 
 
@@ -116,6 +113,15 @@ def request_from_fields(fields: dict[str, str], photos: list[Photo], raw: bytes,
                         max_photo_bytes: int | None = None, require_service_code: bool = True) -> ParsedRequest:
     """The record of an already-parsed body. The app must name a service (GeoReport v2 requires it); the web
     portal's topic is only a hint (`require_service_code=False`): the classifier decides."""
+    for field_name in SINGLE_LINE_FIELDS:
+        value = fields.get(field_name, "")
+        try:
+            single_line(value, field_name)
+        except BodyError as exc:
+            raise Open311Error(400, exc.reason, field=field_name, reason="invalid") from None
+        if len(value) > MAX_LINE_FIELD_CHARS:
+            raise Open311Error(400, f"{field_name} is longer than {MAX_LINE_FIELD_CHARS} characters",
+                               field=field_name, reason="too_long")
     code = fields.get("service_code", "").strip()
     if not code and require_service_code:
         raise Open311Error(400, "service_code is required", field="service_code", reason="required")

@@ -30,6 +30,7 @@ from ingest.backoff import backoff_delay
 from ingest.errors import AuthError, PermanentError, TransientError
 from ingest.records import Attachment, from_json, to_json
 from ingest.store import Store, StoredReport, Tx
+from ingest.untrusted import BodyError, check_tree, loads_json
 
 from .telegram_dialogue import Draft, Reply, expire, step, to_inbound
 from .telegram_parse import BadUpdate, TelegramInput, bot_id_from_token, parse_update, secret_token_ok, update_id_of
@@ -267,10 +268,10 @@ class TelegramChannel:
             log.warning("telegram %s: refused a webhook call: %s", self.instance, reason)
             return web.Response(status=401, text=reason)
         try:
-            update = json.loads(raw)
+            update = loads_json(raw)
             update_id_of(update)
-        except (ValueError, BadUpdate) as exc:
-            reason = str(exc) if isinstance(exc, BadUpdate) else "body is not JSON"
+        except (BodyError, BadUpdate) as exc:
+            reason = exc.reason if isinstance(exc, BodyError) else str(exc)
             await self.store.quarantine(self.instance, raw, reason, {"status": 400})
             return web.Response(status=400, text=reason)
         try:
@@ -298,7 +299,13 @@ class TelegramChannel:
             parsed: list[tuple[int, dict[str, Any], TelegramInput | None]] = []
             for raw in updates:
                 try:
+                    # Polled updates were decoded by the HTTP client, not by loads_json: same bounds here.
+                    check_tree(raw)
                     update_id = update_id_of(raw)
+                except BodyError as exc:
+                    await self.store.quarantine(self.instance, repr(raw)[:65536].encode("utf-8", "replace"),
+                                                exc.reason, {})
+                    continue
                 except BadUpdate as exc:
                     await self.store.quarantine(self.instance, json.dumps(raw).encode(), str(exc), {})
                     continue

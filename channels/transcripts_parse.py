@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from ingest.clock import parse_iso
 from ingest.records import InboundMessage, Reporter
 from ingest.text import normalize
+from ingest.untrusted import BodyError, loads_json, single_line
 
 HEADER_KEYS = {"call-id", "received-at", "name", "phone", "email", "address", "confidential", "agent", "lat", "lon"}
 
@@ -36,6 +36,12 @@ def parse_transcript(raw: bytes, *, filename: str, channel_instance: str, defaul
     reporter = fields.get("reporter") or {}
     if not isinstance(reporter, dict):
         raise TranscriptError("reporter must be an object")
+    for key in ("name", "phone", "email"):  # may reach a mail header: one line each
+        if isinstance(reporter.get(key), str):
+            try:
+                single_line(reporter[key], f"reporter {key}")
+            except BodyError as exc:
+                raise TranscriptError(exc.reason) from None
     lat, lon = fields.get("lat"), fields.get("lon")
     try:
         lat = float(lat) if lat not in (None, "") else None
@@ -60,9 +66,9 @@ def parse_transcript(raw: bytes, *, filename: str, channel_instance: str, defaul
 
 def _from_json(text: str) -> dict[str, Any]:
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise TranscriptError(f"malformed JSON: {exc}") from None
+        data = loads_json(text)
+    except BodyError as exc:
+        raise TranscriptError(f"malformed JSON: {exc.reason}") from None
     if not isinstance(data, dict):
         raise TranscriptError("JSON transcript must be an object")
     return data

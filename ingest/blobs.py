@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from pathlib import Path
 
 
@@ -30,12 +31,18 @@ class BlobStore:
         if final.exists():
             return digest
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{digest}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        # Unique per writer: two threads storing the same photo must not write into one temporary file.
+        tmp = final.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            # A full disk stops the write half-way: never leave the partial file behind.
+            tmp.unlink(missing_ok=True)
+            raise
         fsync_dir(final.parent)
         return digest
 

@@ -24,3 +24,8 @@ class ConfigError(Exception):
 
 class StorageError(TransientError):
     """The store could not commit; the sender must retry (SMTP 451, HTTP 503)."""
+
+
+class RecordError(PermanentError):
+    """One submitted record cannot be stored as given (e.g. text that is not valid Unicode): the sender's fault,
+    refused alone; the other records of its group commit are stored."""

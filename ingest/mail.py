@@ -6,6 +6,7 @@ reports alike, so a 4xx is retried and a 5xx given up the same way everywhere.
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import ssl
 from collections.abc import Sequence
@@ -57,6 +58,25 @@ def send_message(relay: RelaySettings, message: EmailMessage | Message, *, from_
         _raise_for_codes([exc.smtp_code])
     except (smtplib.SMTPException, OSError) as exc:
         raise TransientError(f"SMTP relay unreachable ({type(exc).__name__})") from None
+
+
+# CR, LF and every other control or line separator: nothing from a reporter may start a new header line.
+_NOT_IN_HEADER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_ADDR_SPEC = re.compile(r"[^\s@<>,;:\"()\[\]\\]{1,64}@[A-Za-z0-9.-]{1,253}")
+
+
+def header_text(value: str, max_chars: int = 200) -> str:
+    """Text from outside (a reporter's subject or name) made safe for one header: line breaks and controls
+    become spaces, length bounded. Intake refuses such fields already; this is the last line at the boundary."""
+    return " ".join(_NOT_IN_HEADER.sub(" ", value).split())[:max_chars]
+
+
+def single_address(value: str) -> str:
+    """A reporter's email as exactly one addr-spec for a To header, or PermanentError (never a header list)."""
+    candidate = value.strip()
+    if not _ADDR_SPEC.fullmatch(candidate):
+        raise PermanentError("not a single email address")
+    return candidate
 
 
 def _raise_for_codes(codes: list[int]) -> None:

@@ -98,3 +98,16 @@ INGEST.append((
     );
     """,
 ))
+
+INGEST.append((
+    3,
+    """
+    -- Quarantine keeps a bounded head of each input plus the whole input's sha256 and size; a repeat of the same
+    -- input for the same reason counts on its first row instead of adding one (ingest/store.py quarantine).
+    ALTER TABLE quarantine ADD COLUMN sha256 TEXT;
+    ALTER TABLE quarantine ADD COLUMN size INTEGER;
+    ALTER TABLE quarantine ADD COLUMN repeats INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE quarantine ADD COLUMN last_at REAL;
+    CREATE INDEX quarantine_digest ON quarantine(channel_instance, sha256);
+    """,
+))

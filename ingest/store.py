@@ -5,6 +5,7 @@ Everything the daemon knows lives here; indexes and models elsewhere are caches 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import sqlite3
@@ -18,7 +19,8 @@ import aiosqlite
 
 from .blobs import BlobStore
 from .clock import Clock, parse_iso
-from .errors import StorageError
+from .errors import RecordError, StorageError
+from .faults import StoreHealth, storage_reason
 from .migrations import INGEST, Migration
 from .records import InboundMessage, Job, to_json
 
@@ -34,6 +36,17 @@ PRAGMAS = (
 
 # Report states from which a stage still has to move the report on: a dead job there leaves it `failed`.
 UNFINISHED_STATES = ("received", "routed", "review")
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineLimits:
+    """Quarantine is for operators to see what was refused, not an archive: each input keeps its first
+    `head_bytes` (plus the whole input's sha256 and size); past `max_bytes` of heads the oldest heads are dropped,
+    past `max_rows` the oldest rows."""
+
+    head_bytes: int = 64 * 1024
+    max_bytes: int = 64 * 1024 * 1024
+    max_rows: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +125,12 @@ class Store:
         self._flush_task: asyncio.Task[None] | None = None
         self._stage_events: dict[str, asyncio.Event] = {}
         self.commit_count = 0
+        self.health = StoreHealth()
+        self.quarantine_limits = QuarantineLimits()
+        # Running totals of the quarantine table (read once, then kept up to date), for the caps and for metrics.
+        self._quarantine_totals: list[int] | None = None  # [rows, head bytes]
+        self.quarantine_evicted = {"head": 0, "row": 0}  # heads dropped past max_bytes, rows past max_rows
+        self.records_refused = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod
@@ -172,26 +191,41 @@ class Store:
                 # at shutdown or reload): undo it, or the next transaction fails "within a transaction".
                 await asyncio.shield(self._rollback_quietly())
                 raise
+            except Exception as exc:
+                raise self._storage_failure(exc) from exc
             try:
                 yield tx
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
+            except BaseException as exc:
+                # SQLite may already have rolled back by itself (a full disk does): that must not raise anew.
+                await asyncio.shield(self._rollback_quietly())
+                if isinstance(exc, Exception) and storage_reason(exc) is not None:
+                    raise self._storage_failure(exc) from exc
                 raise
             try:
                 await self._writer.execute("COMMIT")
-            except sqlite3.Error:
-                await self._writer.execute("ROLLBACK")
-                raise
+            except Exception as exc:
+                await asyncio.shield(self._rollback_quietly())
+                raise self._storage_failure(exc) from exc
             self.commit_count += 1
+            self.health.succeeded(log)
         for fn in tx._after_commit:
             fn()
 
+    def _storage_failure(self, exc: Exception) -> Exception:
+        """The exception to raise for a failed write: StorageError (retry later) for a storage fault."""
+        reason = storage_reason(exc)
+        if reason is None:
+            return exc
+        self.health.failed(reason, log)
+        return StorageError(f"store unavailable ({reason})")
+
     async def _rollback_quietly(self) -> None:
-        assert self._writer is not None
+        if self._writer is None:
+            return
         try:
             await self._writer.execute("ROLLBACK")
-        except sqlite3.OperationalError:
-            pass  # the BEGIN had failed: no transaction to undo
+        except sqlite3.Error:
+            pass  # no transaction to undo (the BEGIN failed, or SQLite rolled back on a full disk)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         assert self._reader is not None, "store is closed"
@@ -220,17 +254,25 @@ class Store:
             batch, self._pending = self._pending[:512], self._pending[512:]
             try:
                 results = await self._commit_reports([(m, r, t) for m, r, t, _ in batch])
-            except Exception as exc:  # any storage failure: every waiter must retry, none is acked
-                log.error("commit of %d reports failed: %s", len(batch), type(exc).__name__)
+            except Exception as exc:  # the commit itself failed: every waiter must retry, none is acked
+                reason = storage_reason(exc) or type(exc).__name__
+                self.health.failed(reason, log)
                 for *_, fut in batch:
                     if not fut.done():
-                        fut.set_exception(StorageError("store unavailable"))
+                        fut.set_exception(StorageError(f"store unavailable ({reason})"))
                 continue
+            self.health.succeeded(log)
+            # A record refused on its own (RecordError) fails only its own waiter: its neighbours are committed.
             for (*_, fut), result in zip(batch, results):
-                if not fut.done():
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
                     fut.set_result(result)
 
-    async def _commit_reports(self, items: Sequence[tuple[InboundMessage, bytes, str]]) -> list[SubmitResult]:
+    async def _commit_reports(self, items: Sequence[tuple[InboundMessage, bytes, str]]
+                              ) -> list[SubmitResult | RecordError]:
         """BEGIN, insert, COMMIT in a single trip to the writer's thread: the group commit's hot path.
 
         Every aiosqlite call is a hand-off between threads, and on a busy machine each hand-off waits for a
@@ -244,6 +286,11 @@ class Store:
             self.commit_count += 1
         if queued:
             self._wake("classify")
+        refused = sum(isinstance(r, RecordError) for r in results)
+        if refused:
+            self.records_refused += refused
+            log.warning("group commit: %d of %d records refused alone (not storable), the others committed",
+                        refused, len(results))
         return results
 
     async def submit_batch(self, items: Sequence[tuple[InboundMessage, bytes, str]],
@@ -270,20 +317,87 @@ class Store:
         results, queued = await tx.conn._execute(_insert_rows, tx.conn._conn, rows, flagged, now)
         if queued:
             tx.after_commit(lambda: self._wake("classify"))
-        return results
+        # One transaction for a channel's own batch (with its cursor): a record that cannot be stored fails it all,
+        # and the channel refuses or quarantines that batch.
+        for result in results:
+            if isinstance(result, RecordError):
+                raise result
+        return [r for r in results if isinstance(r, SubmitResult)]
 
     async def quarantine(self, channel_instance: str, raw: bytes, reason: str,
                          meta: dict[str, Any] | None = None) -> int:
-        """Keep input we could not accept, for operators to inspect; never silently dropped."""
+        """Keep input we could not accept, for operators to inspect; never silently dropped, always bounded.
+
+        The row keeps the input's first `head_bytes`, its sha256 and size; the same input refused again for the
+        same reason counts `repeats` on its row. Past the caps the oldest heads, then the oldest rows, give way.
+        """
+        limits = self.quarantine_limits
+        digest = (await asyncio.to_thread(_sha256, raw)) if len(raw) > 1 << 20 else _sha256(raw)
+        head = bytes(raw[:limits.head_bytes])
+        info = {**(meta or {}), "sha256": digest, "size": len(raw)}
+        if len(head) < len(raw):
+            info["truncated"] = True
+        now = self.clock.now()
         async with self.transaction() as tx:
+            totals = await self._quarantine_state(tx)
+            row = await tx.fetchone("SELECT id FROM quarantine WHERE channel_instance=? AND sha256=? AND reason=?",
+                                    (channel_instance, digest, reason))
+            if row is not None:
+                await tx.execute("UPDATE quarantine SET repeats=repeats+1, last_at=? WHERE id=?", (now, row["id"]))
+                return int(row["id"])
             cur = await tx.execute(
-                "INSERT INTO quarantine(channel_instance, received_at, reason, raw, meta) VALUES (?,?,?,?,?)",
-                (channel_instance, self.clock.now(), reason, raw, json.dumps(meta or {}, ensure_ascii=False)),
-            )
-            return int(cur.lastrowid or 0)
+                "INSERT INTO quarantine(channel_instance, received_at, reason, raw, meta, sha256, size, last_at)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (channel_instance, now, reason, head, json.dumps(info, ensure_ascii=False), digest, len(raw), now))
+            qid = int(cur.lastrowid or 0)
+            new_totals = [totals[0] + 1, totals[1] + len(head)]
+            await self._evict_quarantine(tx, new_totals)
+        self._quarantine_totals = new_totals  # only once committed
+        return qid
+
+    async def _quarantine_state(self, tx: Tx) -> list[int]:
+        if self._quarantine_totals is None:
+            row = await tx.fetchone("SELECT COUNT(*) AS n, COALESCE(SUM(length(raw)), 0) AS b FROM quarantine")
+            self._quarantine_totals = [int(row["n"]), int(row["b"])] if row else [0, 0]
+        return list(self._quarantine_totals)
+
+    async def _evict_quarantine(self, tx: Tx, totals: list[int]) -> None:
+        """Drop the oldest heads past max_bytes (the row, hash and reason stay), the oldest rows past max_rows."""
+        limits = self.quarantine_limits
+        if totals[1] > limits.max_bytes:
+            excess, freed = totals[1] - limits.max_bytes, 0
+            rows = await tx.fetchall("SELECT id, length(raw) AS n FROM quarantine WHERE length(raw) > 0"
+                                     " ORDER BY id LIMIT 1000")
+            ids = []
+            for row in rows:
+                if freed >= excess:
+                    break
+                ids.append(row["id"])
+                freed += row["n"]
+            if ids:
+                await tx.execute(f"UPDATE quarantine SET raw=x'', meta=json_set(meta, '$.head_evicted', json('true'))"
+                                 f" WHERE id IN ({','.join('?' * len(ids))})", ids)
+                totals[1] -= freed
+                self.quarantine_evicted["head"] += len(ids)
+        if totals[0] > limits.max_rows:
+            excess = totals[0] - limits.max_rows
+            cur = await tx.execute("DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?)"
+                                   " RETURNING length(raw) AS n", (excess,))
+            gone = list(await cur.fetchall())
+            totals[0] -= len(gone)
+            totals[1] -= sum(int(r["n"] or 0) for r in gone)
+            self.quarantine_evicted["row"] += len(gone)
+
+    def quarantine_totals(self) -> tuple[int, int] | None:
+        """(rows, head bytes) of the quarantine once known to this process, for metrics."""
+        t = self._quarantine_totals
+        return (t[0], t[1]) if t is not None else None
 
     async def put_blob(self, data: bytes, content_type: str) -> str:
-        digest = await asyncio.to_thread(self.blobs.put, data)
+        try:
+            digest = await asyncio.to_thread(self.blobs.put, data)
+        except OSError as exc:  # a full disk or an I/O error: the sender retries, the partial file is gone
+            raise self._storage_failure(exc) from exc
         async with self.transaction() as tx:
             await tx.execute("INSERT OR IGNORE INTO blobs VALUES (?,?,?,?)",
                              (digest, content_type, len(data), self.clock.now()))
@@ -425,18 +539,28 @@ class Store:
         return {(r["stage"], r["state"]): r["n"] for r in rows}
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+Row = tuple[Any, ...] | RecordError  # a record that could not even be turned into a row is refused alone
+
+
 def _report_rows(items: Sequence[tuple[InboundMessage, bytes, str]],
-                 now: float) -> tuple[list[tuple[Any, ...]], list[bool]]:
-    rows = []
+                 now: float) -> tuple[list[Row], list[bool]]:
+    rows: list[Row] = []
     for msg, raw, raw_type in items:
         status = "ignored" if msg.flags else "received"
-        rows.append((msg.channel, msg.channel_instance, msg.idempotency_key, msg.external_id,
-                     parse_iso(msg.received_at), now, raw, raw_type, to_json(msg), status, now))
+        try:
+            rows.append((msg.channel, msg.channel_instance, msg.idempotency_key, msg.external_id,
+                         parse_iso(msg.received_at), now, raw, raw_type, to_json(msg), status, now))
+        except (ValueError, TypeError) as exc:
+            rows.append(RecordError(f"record not storable ({type(exc).__name__})"))
     return rows, [bool(m.flags) for m, _, _ in items]
 
 
-def _commit_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], flagged: list[bool],
-                 now: float) -> tuple[list[SubmitResult], bool]:
+def _commit_rows(conn: sqlite3.Connection, rows: list[Row], flagged: list[bool],
+                 now: float) -> tuple[list[SubmitResult | RecordError], bool]:
     """One whole intake transaction on the writer's thread (the connection is in autocommit mode)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -449,24 +573,34 @@ def _commit_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], flagged:
     return out
 
 
-def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], flagged: list[bool],
-                 now: float) -> tuple[list[SubmitResult], bool]:
+def _insert_rows(conn: sqlite3.Connection, rows: list[Row], flagged: list[bool],
+                 now: float) -> tuple[list[SubmitResult | RecordError], bool]:
     """Insert reports idempotently and queue the new ones for classification (runs on the writer's thread).
 
     A key already stored, or repeated inside the batch, answers with the existing id and `created=False`.
+    A row SQLite refuses for its content (text that is not valid Unicode, a constraint) is refused alone: a
+    failed statement changes nothing, so the transaction goes on with the others. A storage fault (disk full,
+    I/O) is an OperationalError and still fails the whole transaction, for every waiter to retry.
     """
-    results: list[SubmitResult] = []
+    results: list[SubmitResult | RecordError] = []
     seen: dict[tuple[str, str], int] = {}
     jobs = []
     for row, is_flagged in zip(rows, flagged):
+        if isinstance(row, RecordError):
+            results.append(row)
+            continue
         key = (row[0], row[2])
         if key in seen:
             results.append(SubmitResult(seen[key], False))
             continue
-        inserted = conn.execute(
-            "INSERT INTO reports(channel, channel_instance, idem_key, external_id, received_at, stored_at,"
-            " raw, raw_type, record, status, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(channel, idem_key) DO NOTHING RETURNING id", row).fetchone()
+        try:
+            inserted = conn.execute(
+                "INSERT INTO reports(channel, channel_instance, idem_key, external_id, received_at, stored_at,"
+                " raw, raw_type, record, status, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(channel, idem_key) DO NOTHING RETURNING id", row).fetchone()
+        except (UnicodeError, ValueError, OverflowError, TypeError, sqlite3.InterfaceError) as exc:
+            results.append(RecordError(f"record not storable ({type(exc).__name__})"))
+            continue
         if inserted is None:
             existing = conn.execute("SELECT id FROM reports WHERE channel=? AND idem_key=?", key).fetchone()
             seen[key] = existing[0]

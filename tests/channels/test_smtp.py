@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import contextlib
 import dataclasses
 import email.policy
@@ -219,8 +220,11 @@ async def test_unparseable_mail_is_quarantined_and_acknowledged(listener: Factor
         code, _ = await asyncio.to_thread(_data_reply, smtp.port, raw)
         await asyncio.to_thread(_data_reply, smtp.port, raw)  # a retry does not add a second row
     assert code == 250
-    rows = await store.fetchall("SELECT reason, raw FROM quarantine")
-    assert [r["reason"] for r in rows] == ["header_too_large"] and rows[0]["raw"] == raw
+    rows = await store.fetchall("SELECT reason, raw, sha256, size, repeats FROM quarantine")
+    assert [r["reason"] for r in rows] == ["header_too_large"]
+    # Kept bounded: the head of the mail, and the whole mail's hash and size.
+    assert rows[0]["raw"] == raw[:store.quarantine_limits.head_bytes] and len(raw) > len(rows[0]["raw"])
+    assert (rows[0]["sha256"], rows[0]["size"], rows[0]["repeats"]) == (hashlib.sha256(raw).hexdigest(), len(raw), 2)
     assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 0
 
 

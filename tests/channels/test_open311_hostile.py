@@ -1,0 +1,120 @@
+"""Hostile bodies against the Open311 endpoint on a real aiohttp server: each gets a clear 4xx, is kept (bounded) in
+quarantine, and leaves the server answering everyone else."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from channels.open311 import build
+from config.channels import ChannelEntry, Open311Options
+from config.directory import load_directory
+from config.schema import Settings
+from ingest.app import AppContext
+from ingest.http import make_app
+from ingest.store import Store
+from ops import health
+
+MAX_BODY = 11 * 1024 * 1024
+REQUESTS = "/open311/v2/requests.json"
+GOOD = {"service_code": "drainage", "description": "Cống bị rác bít kín, nước ngập nửa bánh xe",
+        "lat": "10.761701", "long": "106.668647"}
+
+
+@dataclass
+class Server:
+    url: str
+    store: Store
+    session: aiohttp.ClientSession
+
+    async def post(self, data: bytes | dict, content_type: str | None = None) -> tuple[int, list]:
+        headers = {"Content-Type": content_type} if content_type else {}
+        async with self.session.post(self.url + REQUESTS, data=data, headers=headers) as resp:
+            text = await resp.text()
+            assert "Traceback" not in text
+            return resp.status, json.loads(text)
+
+
+@pytest.fixture
+async def server(store: Store) -> AsyncIterator[Server]:
+    ctx = AppContext(settings=Settings(), directory=load_directory(None), store=store, clock=store.clock,
+                     http=make_app(MAX_BODY))
+    build(ctx, ChannelEntry(kind="open311", name="app"), Open311Options())
+    health.add_routes(ctx, timeout=2.0)
+    runner = web.AppRunner(ctx.http)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with aiohttp.ClientSession() as session:
+        yield Server(f"http://127.0.0.1:{port}", store, session)
+    await runner.cleanup()
+
+
+async def _quarantined(store: Store) -> list:
+    return await store.fetchall("SELECT reason, raw, sha256, size, meta FROM quarantine ORDER BY id")
+
+
+@pytest.mark.parametrize(("raw", "content_type", "says"), [
+    (json.dumps({**GOOD, "description": "x \ud800"}).encode(), "application/json", "lone surrogate"),
+    (b'{"service_code": "drainage", "description": ' + b"[" * 1000 + b"]" * 1000 + b"}", "application/json",
+     "nested deeper"),
+    (b'--b\r\nContent-Disposition: form-data; name="service_code"\r\n\r\ndrainage\r\n'
+     b'--b\r\nContent-Disposition: form-data; name="description"\r\nContent-Type: text/plain; charset=rot13\r\n\r\n'
+     b"Pbat ovg\r\n--b--\r\n", "multipart/form-data; boundary=b", "unknown charset"),
+    (b'--b\r\nContent-Disposition: form-data; name="description"\r\nContent-Type: text/plain; charset=x-nope\r\n\r\n'
+     b"abc\r\n--b--\r\n", "multipart/form-data; boundary=b", "unknown charset"),
+])
+async def test_invalid_unicode_depth_and_charsets_are_400_and_quarantined(
+        server: Server, raw: bytes, content_type: str, says: str) -> None:
+    status, body = await server.post(raw, content_type)
+    assert status == 400 and says in body[0]["description"]
+    (row,) = await _quarantined(server.store)
+    assert row["raw"] == raw and row["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert await server.store.fetchone("SELECT 1 FROM reports") is None
+
+
+@pytest.mark.parametrize("field", ["first_name", "last_name", "email", "phone", "device_id"])
+async def test_line_breaks_in_single_line_fields_are_refused(server: Server, field: str) -> None:
+    status, body = await server.post({**GOOD, field: "a@b.vn\r\nBcc: victim@example.vn"})
+    assert status == 400 and field in body[0]["description"]
+    assert await server.store.fetchone("SELECT 1 FROM reports") is None
+
+
+async def test_ten_megabytes_of_tiny_parts_is_refused_and_others_are_served(server: Server) -> None:
+    part = b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\nx\r\n'
+    raw = part * (10 * 1024 * 1024 // len(part)) + b"--b--\r\n"
+    big = asyncio.ensure_future(server.post(raw, "multipart/form-data; boundary=b"))
+    answered = 0
+    while not big.done():  # /healthz and a legitimate report are answered while the big body is in flight
+        async with server.session.get(server.url + "/healthz") as resp:
+            assert resp.status == 200
+        answered += 1
+    status, body = await big
+    assert status == 400 and "more than" in body[0]["description"]
+    assert (await server.post(dict(GOOD)))[0] == 201
+    (row,) = await _quarantined(server.store)
+    # Kept bounded: a head, the hash and the size of the whole body.
+    assert row["size"] == len(raw) and len(row["raw"]) == server.store.quarantine_limits.head_bytes
+    assert row["sha256"] == hashlib.sha256(raw).hexdigest() and json.loads(row["meta"])["truncated"] is True
+    assert answered >= 1
+
+
+async def test_legitimate_reports_survive_a_stream_of_bad_bodies(server: Server) -> None:
+    bad = json.dumps({**GOOD, "description": "x \ud800"}).encode()
+    goods = [dict(GOOD, description=f"Cống bị rác bít kín số {i}") for i in range(40)]
+    outcomes = await asyncio.gather(*(server.post(g) for g in goods),
+                                    *(server.post(bad, "application/json") for _ in range(40)))
+    assert [s for s, _ in outcomes[:40]] == [201] * 40
+    assert {s for s, _ in outcomes[40:]} == {400}
+    row = await server.store.fetchone("SELECT COUNT(*) AS n FROM reports")
+    assert row["n"] == 40
+    # Forty identical bad bodies are one quarantine row with a repeat count, not forty copies.
+    (q,) = await server.store.fetchall("SELECT repeats FROM quarantine")
+    assert q["repeats"] == 40
