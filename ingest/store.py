@@ -198,7 +198,8 @@ class Store:
             except BaseException as exc:
                 # SQLite may already have rolled back by itself (a full disk does): that must not raise anew.
                 await asyncio.shield(self._rollback_quietly())
-                if isinstance(exc, Exception) and storage_reason(exc) is not None:
+                # Only SQLite's own faults: the body may raise domain errors of any type (even OSError subclasses).
+                if isinstance(exc, sqlite3.Error) and storage_reason(exc) is not None:
                     raise self._storage_failure(exc) from exc
                 raise
             try:
