@@ -163,6 +163,9 @@ def operator_decision(directory: Directory, previous: Classification, *, topic: 
                               confidence=1.0, place=previous.place, candidates=previous.candidates,
                               reason=reason_for(rtopic, reasons), model_version="operator",
                               language=previous.language)
+    if topic is None and agency is not None:
+        # The agency alone was corrected: the model's topic was wrong too unless it leads to that agency.
+        topic = topic_for_agency(directory, previous, agency)
     new_topic = topic or previous.topic
     if new_topic not in directory.topics:
         raise ValueError(f"unknown topic {new_topic!r}")
@@ -176,3 +179,29 @@ def operator_decision(directory: Directory, previous: Classification, *, topic: 
     return Classification(status="routed", topic=new_topic, category=directory.topics[new_topic].category,
                           agency=new_agency, confidence=1.0, place=previous.place, candidates=previous.candidates,
                           reason=None, model_version="operator", language=previous.language)
+
+
+def topic_for_agency(directory: Directory, previous: Classification, agency: str) -> str | None:
+    """The topic an agency-only decision implies: the previous topic if it leads there, else the only topic that
+    can reach that agency at this place, else the likeliest candidate that does; None when nothing does."""
+    place = previous.place
+
+    def reaches(t: str) -> bool:
+        return directory.agency_for(t, place.district, place.unit) == agency
+
+    if previous.topic in directory.topics and reaches(previous.topic):
+        return previous.topic
+    possible = [t for t in directory.topics if reaches(t)]
+    if len(possible) == 1:
+        return possible[0]
+    return next((c.topic for c in previous.candidates if c.topic in possible), None)
+
+
+def training_label(directory: Directory, result: Classification, *, topic: str | None) -> str | None:
+    """The topic an operator's decision teaches the model: the one they chose, or the one the decided agency
+    implies; None (no training example) when the routing they chose says nothing certain about the topic (an
+    agency-only correction must never teach the model's old, wrong topic)."""
+    if topic is not None or result.status in ("rejected", "out_of_scope"):
+        return result.topic
+    place = result.place
+    return result.topic if directory.agency_for(result.topic, place.district, place.unit) == result.agency else None

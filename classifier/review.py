@@ -3,7 +3,9 @@ decisions (agency, topic, or reject) recorded with who and when.
 
 A decision updates the report, records an event and a `review_decisions` row, and re-enqueues `dedupe`
 {"after_review": true} (or `notify` for a rejection) in one transaction. Decisions are training examples:
-`maybe_retrain` retrains in the background and swaps the model atomically.
+`maybe_retrain` retrains in the background and swaps the model atomically. The example's topic is the one the
+operator chose or the one their agency implies (`policy.training_label`); an agency-only correction that implies
+none records no topic, so the model's old, wrong topic is never taught back to it.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from ingest.records import Classification, from_json, to_json
 from ingest.store import Store
 
 from .embedder import report_text
-from .policy import operator_decision
+from .policy import operator_decision, training_label
 from .service import enqueue_next
 from .trainer import Example, reject_reasons
 
@@ -116,6 +118,7 @@ async def decide(store: Store, directory: Directory, report_id: int, *, actor: s
         raise AlreadyDecided(f"report {report_id} is not waiting for review (status: {row['status']})")
     previous = from_json(Classification, row["classification"])
     result = operator_decision(directory, previous, topic=topic, agency=agency, reject=reject, reasons=reasons)
+    label = training_label(directory, result, topic=topic)
     record = json.loads(row["record"])
     text = report_text(record.get("text", ""), record.get("subject"))
     now = store.clock.now()
@@ -131,7 +134,7 @@ async def decide(store: Store, directory: Directory, report_id: int, *, actor: s
             "INSERT INTO review_decisions(report_id, actor, at, decision, topic, agency, previous_topic,"
             " previous_agency, text) VALUES (?,?,?,?,?,?,?,?,?)",
             (report_id, actor, now, "reject" if result.status in ("rejected", "out_of_scope") else "route",
-             result.topic, result.agency, row["topic"], row["agency"], text))
+             label, result.agency, row["topic"], row["agency"], text))
         await tx.event(report_id, "review_decision", actor,
                        {"status": result.status, "topic": result.topic, "agency": result.agency,
                         "previous_topic": row["topic"], "previous_agency": row["agency"]})
