@@ -7,6 +7,7 @@ message), storing attachments as blobs, and threading a reporter's reply onto th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -165,10 +166,16 @@ class EmailIntake:
         return await self.store.quarantine(self.channel_instance, raw, reason, {"channel": "email"})
 
     async def find_thread(self, parsed: ParsedEmail) -> int | None:
-        """The report this mail answers: our own Message-ID, the reporter's earlier Message-ID, a case token."""
+        """The report this mail answers: a Message-ID we really sent for it, the reporter's own earlier Message-ID,
+        or a report reference in the subject from the same address as that report's reporter.
+
+        A reference anyone can guess (a report number in `<1022.rN…>` or `[1022-N]`, a case number) is never
+        enough on its own: it would let anyone write into someone else's report."""
         for ref in parsed.references:
             match = OUR_MESSAGE_ID.match(ref)
-            if match and await self.store.fetchone("SELECT 1 FROM reports WHERE id=?", (int(match.group(1)),)):
+            if match and await self.store.fetchone(
+                    "SELECT 1 FROM events WHERE report_id=? AND kind='email_reply_sent'"
+                    " AND json_extract(data, '$.message_id')=?", (int(match.group(1)), ref)):
                 return int(match.group(1))
         refs = [r for r in parsed.references if r != parsed.message_id]
         if refs:
@@ -178,15 +185,21 @@ class EmailIntake:
             if row is not None and row["id"] is not None:
                 return int(row["id"])
         token = parsed.case_token
-        if token:
-            if token.startswith("1022-") and token[5:].isdigit():
-                if await self.store.fetchone("SELECT 1 FROM reports WHERE id=?", (int(token[5:]),)):
-                    return int(token[5:])
-            elif token.startswith(("INC-", "CASE-")):
-                incident = "INC-" + token.split("-", 1)[1]
-                row = await self.store.fetchone("SELECT MIN(id) AS id FROM reports WHERE incident_id=?", (incident,))
-                if row is not None and row["id"] is not None:
-                    return int(row["id"])
+        senders = {a for a in (parsed.from_email, parsed.sender_email) if a}
+        if not token or not senders:
+            return None
+        if token.startswith("1022-") and token[5:].isdigit():
+            rows = await self.store.fetchall("SELECT id, record FROM reports WHERE id=?", (int(token[5:]),))
+        elif token.startswith(("INC-", "CASE-")):
+            incident = "INC-" + token.split("-", 1)[1]
+            rows = await self.store.fetchall("SELECT id, record FROM reports WHERE incident_id=? ORDER BY id",
+                                             (incident,))
+        else:
+            return None
+        for row in rows:
+            reporter = (json.loads(row["record"]).get("reporter") or {})
+            if str(reporter.get("email") or "").lower() in senders:
+                return int(row["id"])
         return None
 
     async def record_replies(self, stored: list[tuple[Prepared, SubmitResult]]) -> None:

@@ -23,9 +23,11 @@ from ingest.store import Store, StoredReport
 log = logging.getLogger(__name__)
 
 
-def reply_message_id(report_id: int, text: str, domain: str) -> str:
-    # Derived from the content, so a retried send carries the same id and receivers can drop the repeat.
-    digest = hashlib.sha256(f"{report_id}\0{text}".encode()).hexdigest()[:20]
+def reply_message_id(report_id: int, text: str, domain: str, secret: str = "") -> str:
+    # Derived from the content, so a retried send carries the same id and receivers can drop the repeat; and
+    # from `secret` (the reporter's own Message-ID, known only to their thread), so nobody else can forge a
+    # reply that threads onto this report (channels/email_intake.py find_thread also wants it recorded as sent).
+    digest = hashlib.sha256(f"{report_id}\0{text}\0{secret}".encode()).hexdigest()[:24]
     return f"<1022.r{report_id}.{digest}@{domain}>"
 
 
@@ -49,7 +51,7 @@ def compose_reply(report: StoredReport, text: str, options: EmailReplyOptions, w
         subject = f"Cổng 1022 TP.HCM: phản ánh của bạn {token}"
     msg["Subject"] = subject
     msg["Date"] = format_datetime(datetime.fromtimestamp(when_ts, timezone.utc))
-    msg["Message-ID"] = reply_message_id(report.id, text, domain)
+    msg["Message-ID"] = reply_message_id(report.id, text, domain, report.message.idempotency_key)
     original = report.message.reporter.reply_to or report.message.external_id
     if original:
         msg["In-Reply-To"] = original

@@ -213,6 +213,22 @@ async def test_reporter_reply_threads_onto_the_earlier_report(listener: Factory,
     assert await store.queue_depths() == {("classify", "ready"): 1}
 
 
+async def test_a_guessed_reference_never_writes_into_someone_elses_report(listener: Factory, store: Store) -> None:
+    async with listener() as smtp:
+        await asyncio.to_thread(send, smtp.port, mail())
+        first = (await store.fetchone("SELECT id FROM reports"))["id"]
+        # A stranger guesses the report number: in the subject, and as one of our reply Message-IDs.
+        for n, extra in enumerate(({"subject": f"Re: [1022-{first}]"},
+                                   {"headers": {"In-Reply-To": f"<1022.r{first}.abcdef0123@1022.hochiminhcity.gov.vn>"}},
+                                   {"subject": "Re: [1022 #CASE-000001]"})):
+            await asyncio.to_thread(send, smtp.port, mail("Sự việc đã xong, gọi 0900000000", sender="x@evil.example",
+                                                          message_id=f"<g{n}@evil.example>", **extra))
+    assert await store.fetchall("SELECT 1 FROM events WHERE kind='reporter_reply'") == []
+    # Each is an ordinary new report instead (classified like any other), not a note on report `first`.
+    rows = await store.fetchall("SELECT status FROM reports WHERE id<>?", (first,))
+    assert [r["status"] for r in rows] == ["received"] * 3
+
+
 async def test_unparseable_mail_is_quarantined_and_acknowledged(listener: Factory, store: Store) -> None:
     huge = b"From: a@example.vn\r\n" + b"".join(b"X-Filler-%d: %s\r\n" % (i, b"z" * 900) for i in range(80))
     raw = huge + b"Subject: big\r\n\r\nbody\r\n"
