@@ -340,7 +340,8 @@ class TelegramChannel:
         row = await tx.fetchone("SELECT id, data FROM telegram_drafts WHERE instance=? AND chat_id=?"
                                 " AND state!='complete'", (self.instance, inp.chat_id))
         draft = from_json(Draft, row["data"]) if row else None
-        outcome = step(draft, inp, raw, now=now, photo=photo, dialogue=self.options.dialogue)
+        outcome = step(draft, inp, raw, now=now, photo=photo, dialogue=self.options.dialogue,
+                       unit_candidates=self.ctx.shared.get("place.unit_candidates"))
         if outcome.draft is not None:
             await self._save_draft(tx, row["id"] if row else None, outcome.draft, now)
         await self._queue_replies(tx, outcome.replies, now)

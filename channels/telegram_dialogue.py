@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +29,9 @@ ASK_PLACE = ("Sự việc xảy ra ở đâu? Bấm nút «Gửi vị trí» ho�
 ASK_PHONE = ("Bạn vui lòng để lại số điện thoại để cơ quan chức năng liên hệ khi cần: bấm nút "
              "«Chia sẻ số điện thoại» hoặc nhập số. Gõ «bỏ qua» nếu không muốn cung cấp.")
 BAD_PHONE = "Số điện thoại chưa đúng (ví dụ 0903 123 456). " + ASK_PHONE
+# The 2025 map: an old district alone or a split old ward names several wards/communes; the bot asks which.
+ASK_UNIT = ("Địa chỉ này nay thuộc một trong các phường/xã: {units}. Sự việc ở phường/xã nào? "
+            "Gõ «bỏ qua» nếu không rõ.")
 PHOTO_TOO_LARGE = "Ảnh quá lớn nên không nhận được; bạn có thể gửi ảnh nhỏ hơn."
 CONFIRM = ("Đã tiếp nhận phản ánh của bạn. Cổng 1022 sẽ chuyển đến cơ quan có thẩm quyền "
            "và báo kết quả qua Telegram.")
@@ -59,7 +63,7 @@ class Draft:
     phone: str | None = None
     photos: tuple[Attachment, ...] = ()
     updates: tuple[dict[str, Any], ...] = ()  # the raw updates, kept as the report's raw input
-    state: str = "new"  # ask_text | ask_place | ask_phone | complete
+    state: str = "new"  # ask_text | ask_place | ask_unit | ask_phone | complete
     skipped: tuple[str, ...] = ()
 
 
@@ -99,12 +103,20 @@ def is_skip(text: str) -> bool:
     return fold(text).strip(" .!") in SKIP_WORDS
 
 
-def missing(d: Draft) -> str | None:
+# Given the report's words and GPS, the names of the 2025 units it could be in when they are several, else ().
+# Published by the classifier on the 2025 map (ctx.shared["place.unit_candidates"]); None on the 2023 map.
+UnitCandidates = Callable[[str, float | None, float | None], tuple[str, ...]]
+
+
+def missing(d: Draft, unit_candidates: UnitCandidates | None = None) -> str | None:
     """The first thing the report still lacks, in the order we ask for it."""
     if not d.text and "text" not in d.skipped:
         return "text"
     if d.lat is None and not d.address and not has_place(d.text) and "place" not in d.skipped:
         return "place"
+    if (unit_candidates is not None and "unit" not in d.skipped
+            and unit_candidates(_join(d.text, d.address or ""), d.lat, d.lon)):
+        return "unit"
     if not d.phone and "phone" not in d.skipped:
         return "phone"
     return None
@@ -115,7 +127,8 @@ def _join(a: str, b: str) -> str:
 
 
 def step(draft: Draft | None, inp: TelegramInput, raw_update: dict[str, Any], *, now: float,
-         photo: Attachment | None = None, dialogue: bool = True) -> Outcome:
+         photo: Attachment | None = None, dialogue: bool = True,
+         unit_candidates: UnitCandidates | None = None) -> Outcome:
     """Apply one incoming message to the chat's draft; returns the new draft and what to answer."""
     if inp.command == "/start" and draft is None and not inp.text.removeprefix("/start").strip():
         return Outcome(draft=None, replies=(Reply(chat_id=inp.chat_id, text=GREETING),))
@@ -142,6 +155,9 @@ def step(draft: Draft | None, inp: TelegramInput, raw_update: dict[str, Any], *,
             d = replace(d, skipped=d.skipped + (d.state.removeprefix("ask_"),))
         elif d.state == "ask_place":
             d = replace(d, address=text)  # whatever the reporter calls the place is the place
+        elif d.state == "ask_unit":
+            # Asked once: the answer joins the address; an operator picks the unit if it still does not decide.
+            d = replace(d, address=", ".join(p for p in (d.address, text) if p), skipped=d.skipped + ("unit",))
             if not d.phone and find_phones(text):
                 d = replace(d, phone=find_phones(text)[0])
         elif d.state == "ask_phone":
@@ -155,20 +171,24 @@ def step(draft: Draft | None, inp: TelegramInput, raw_update: dict[str, Any], *,
             d = replace(d, text=_join(d.text, text))
             if not d.phone and find_phones(text):
                 d = replace(d, phone=find_phones(text)[0])
-    need = missing(d) if dialogue else None
+    need = missing(d, unit_candidates) if dialogue else None
     if need is None:
         d = replace(d, state="complete")
         replies.append(Reply(chat_id=d.chat_id, text=CONFIRM, keyboard="remove"))
         return Outcome(draft=d, replies=tuple(replies))
     new_state = f"ask_{need}"
     if new_state != d.state or re_ask:
-        replies.append(_question(d.chat_id, need, bad_phone=re_ask))
+        units = unit_candidates(_join(d.text, d.address or ""), d.lat, d.lon) if need == "unit" and unit_candidates else ()
+        replies.append(_question(d.chat_id, need, bad_phone=re_ask, units=units))
     return Outcome(draft=replace(d, state=new_state), replies=tuple(replies))
 
 
-def _question(chat_id: int, need: str, *, bad_phone: bool = False) -> Reply:
+def _question(chat_id: int, need: str, *, bad_phone: bool = False, units: tuple[str, ...] = ()) -> Reply:
     if need == "text":
         return Reply(chat_id=chat_id, text=ASK_TEXT)
+    if need == "unit":
+        shown = ", ".join(units[:8]) + (", …" if len(units) > 8 else "")
+        return Reply(chat_id=chat_id, text=ASK_UNIT.format(units=shown))
     if need == "place":
         return Reply(chat_id=chat_id, text=ASK_PLACE, keyboard="location")
     return Reply(chat_id=chat_id, text=BAD_PHONE if bad_phone else ASK_PHONE, keyboard="contact")

@@ -150,5 +150,11 @@ def build(ctx: AppContext) -> list[Service]:
         ctx.shared["classifier.router"] = router
     from .review import Retrainer
 
+    if ctx.directory.structure == "2025":
+        # Chat channels ask which ward/commune when the words name several (channels/telegram_dialogue.py).
+        ctx.shared["place.unit_candidates"] = router.unit_candidates
+    else:
+        ctx.shared.pop("place.unit_candidates", None)
+
     return [ClassifyStage(ctx, router),
             Retrainer(ctx.store, router, ctx.settings.classifier.retrain_min_decisions)]

@@ -250,6 +250,16 @@ class Router:
         return self.with_unit(reporter_address if place.source == "reporter_address" and reporter_address else text,
                               place)
 
+    def unit_candidates(self, text: str, lat: float | None, lon: float | None) -> tuple[str, ...]:
+        """The names of the 2025 units a text could be in when its words do not decide one (for the chat bot's
+        question): "Phường Bình Tiên (Quận 6 cũ)", ...; () when one unit or none is found, or on the 2023 map."""
+        place = self.place(text, lat, lon)
+        if place.unit is not None or not place.unit_candidates:
+            return ()
+        units = self.directory.units
+        return tuple(f"{units[s].full_name} ({', '.join(units[s].former_districts)} cũ)" if s in units else s
+                     for s in place.unit_candidates)
+
     def with_unit(self, text: str, place: Place) -> Place:
         """On the 2025 map, the new unit (or its candidates) and the label people read, beside the old names."""
         if self.ward_map is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,26 @@ _DISTRICT_PREFIX = re.compile(r"^(quan|huyen|thanh pho|thi xa|tp|tx|h) ")
 _WARD_PREFIX = re.compile(r"^(phuong|xa|thi tran|dac khu) ")
 # A bare unit name right after these words is a road, market, bridge... named after the place, not the place.
 _NOT_A_PLACE_BEFORE = ("duong", "d", "cho", "cau", "ben xe", "kcn", "khu", "truong", "benh vien", "bv", "cong vien",
-                       "nga tu", "nga ba", "vong xoay", "hem", "kenh", "rach", "song", "cong ty", "ngan hang", "ben")
+                       "nga tu", "nga ba", "vong xoay", "hem", "kenh", "rach", "song", "cong ty", "ngan hang", "ben", "ga",
+                       "tram", "nha ga")
 
 
 def _words(text: str) -> str:
     return " " + re.sub(r"[^0-9a-z]+", " ", fold(text)).strip() + " "
+
+
+# Old and new tone placement ("Hoà"/"Hòa", "Thuỷ"/"Thủy") written one way, for comparing names with their marks.
+_TONE_PLACEMENT = {f"o{a}": f"{b}a" for a, b in zip("àáảãạ", "òóỏõọ")}
+_TONE_PLACEMENT.update({f"o{a}": f"{b}e" for a, b in zip("èéẻẽẹ", "òóỏõọ")})
+_TONE_PLACEMENT.update({f"u{a}": f"{b}y" for a, b in zip("ỳýỷỹỵ", "ùúủũụ")})
+_TONE = re.compile("|".join(_TONE_PLACEMENT))
+
+
+def _marked_words(text: str) -> str:
+    """Lower-case words with their diacritics: where the writer typed marks, "Tân Quý" is not "Tân Quy", and
+    "đọng thành" (water pooling) is not the commune Đông Thạnh."""
+    lowered = _TONE.sub(lambda m: _TONE_PLACEMENT[m.group(0)], unicodedata.normalize("NFC", text.lower()))
+    return " " + " ".join(re.findall(r"[^\W_]+", lowered)) + " "
 
 
 def _key(name: str) -> str:
@@ -266,6 +282,7 @@ def resolve_unit(text: str, ward_map: WardMap, place: Place | None = None) -> Un
     """The 2025 unit a report is in. `place` is the 2023 place finder's result for the same text (district from
     its richer aliases or GPS inside former TP.HCM; lat/lon are read from it too)."""
     words = _words(text)
+    marked = _marked_words(text) if fold(text) != text.lower() else None  # None: typed without diacritics
     spans = _Spans()
     for shadow in ward_map.shadows:
         for pos in _occurrences(words, shadow):
@@ -276,6 +293,10 @@ def resolve_unit(text: str, ward_map: WardMap, place: Place | None = None) -> Un
     for key, idx in ward_map.old_ward_keys:
         for pos in _occurrences(words, key):
             if not spans.inside(pos, key):
+                if marked is not None and len(idx) > 1:
+                    # Names equal once folded: keep those written with the very marks used, if any is.
+                    exact = tuple(i for i in idx if f" {_bare_marked(ward_map.old_wards[i].ward)} " in marked)
+                    idx = exact or idx
                 old_hits.append((pos, idx))
                 spans.add(pos, key)
     unit_hits: list[tuple[int, str]] = []
@@ -289,6 +310,8 @@ def resolve_unit(text: str, ward_map: WardMap, place: Place | None = None) -> Un
             before = words[:pos + 1]
             if spans.inside(pos, key) or any(before.endswith(f" {w} ") for w in _NOT_A_PLACE_BEFORE):
                 continue
+            if marked is not None and f" {_bare_marked(ward_map.units[slug].name)} " not in marked:
+                continue  # a bare name must be written as it is spelled when marks are typed at all
             unit_hits.append((pos, slug))
             spans.add(pos, key)
 
@@ -307,7 +330,7 @@ def resolve_unit(text: str, ward_map: WardMap, place: Place | None = None) -> Un
         dk = ward_map.hcmc_ids[place.district]
         if place.source == "gps":
             districts, source = [(0, dk)], "gps"
-        elif all(d != dk for _, d in districts) and not (unit_hits or districts):
+        elif not (unit_hits or districts or old_hits):
             districts.append((len(words), dk))  # an alias only the 2023 finder knows ("quận nhứt", "D1")
     if source != "gps" and place is not None and place.lat is not None and place.lon is not None:
         gps = ward_map.district_at(place.lat, place.lon)
@@ -341,7 +364,17 @@ def resolve_unit(text: str, ward_map: WardMap, place: Place | None = None) -> Un
                 w = ward_map.old_wards[i]
                 if f"{w.province}|{w.district}" == dk:
                     return found(i)
-        # A bare old ward name only the 2023 finder recognised ("Thảo Điền, Thủ Đức").
+        # An old ward named without its prefix beside its district ("an phú thủ đức", "Thảo Điền, Thủ Đức").
+        for i, w in enumerate(ward_map.old_wards):
+            if f"{w.province}|{w.district}" != dk:
+                continue
+            bare = _WARD_PREFIX.sub("", _key(w.ward))
+            # (Not a ward named like its district, "thị trấn Củ Chi": the bare name is the district's.)
+            if " " in bare and bare != district_key(w.district) and any(not spans.inside(pos, bare)
+                                                          for pos in _occurrences(words, bare)):
+                if marked is None or f" {_bare_marked(w.ward)} " in marked:
+                    return found(i)
+        # A bare old ward name only the 2023 finder recognised.
         if place is not None and place.ward and dk == ward_map.hcmc_ids.get(place.district or ""):
             for i, w in enumerate(ward_map.old_wards):
                 if f"{w.province}|{w.district}" == dk and _key(w.ward) == _key(place.ward):
@@ -353,9 +386,10 @@ def resolve_unit(text: str, ward_map: WardMap, place: Place | None = None) -> Un
             inside = [s for s in ordered if any(s in ward_map.district_units[dk] for dk in named)]
             if inside:
                 return UnitMatch(unit=inside[0], old_district=ward_map.district_names[named[0]], source="text")
-            if source == "gps":  # the phone was elsewhere than the name typed: the place under the phone wins
-                return _candidates(ward_map, named, source)
-        return UnitMatch(unit=ordered[0], source="text")
+            # A name outside the district named (or under the phone) is an old name, a station, a bridge...:
+            # the district decides, below.
+        else:
+            return UnitMatch(unit=ordered[0], source="text")
     # 3. An old ward name that exists once in the whole city.
     for _, idx in sorted(old_hits):
         if len(idx) == 1:
@@ -364,6 +398,14 @@ def resolve_unit(text: str, ward_map: WardMap, place: Place | None = None) -> Un
     if named:
         return _candidates(ward_map, named, source)
     return UnitMatch()
+
+
+def _bare_marked(name: str) -> str:
+    """'Phường Tân Quý' -> 'tân quý', the way _marked_words writes it."""
+    return _WARD_PREFIX_MARKED.sub("", _marked_words(name).strip())
+
+
+_WARD_PREFIX_MARKED = re.compile(r"^(phường|xã|thị trấn|đặc khu) ")
 
 
 def _candidates(ward_map: WardMap, named: list[str], source: str) -> UnitMatch:
