@@ -46,6 +46,13 @@ class AgencyReplyHook(Protocol):
                        message_id: str | None, reply_tokens: Sequence[str], sender_auth: str) -> str: ...
 
 
+class ReporterFollowUpHook(Protocol):
+    """A reporter's reply about their earlier report: a dispute of its result when it says so, within the window
+    (dispatch behind ctx.shared["reporter_follow_up"]); returns "disputed" or "noted"."""
+
+    async def __call__(self, *, report_id: int, text: str, channel: str) -> str: ...
+
+
 def subaddress_tags(addresses: Iterable[str]) -> tuple[str, ...]:
     """`box+TAG@domain` -> TAG: our dispatch mail's reply address carries the case's reply token there."""
     tags = []
@@ -87,7 +94,8 @@ def limits_from(options: EmailLimitOptions) -> ParseLimits:
 class EmailIntake:
     def __init__(self, store: Store, channel_instance: str, limits: ParseLimits,
                  agency_reply: Callable[[], AgencyReplyHook | None] = lambda: None,
-                 trusted_authserv_ids: Sequence[str] = ()) -> None:
+                 trusted_authserv_ids: Sequence[str] = (),
+                 reporter_follow_up: Callable[[], ReporterFollowUpHook | None] = lambda: None) -> None:
         self.store = store
         self.channel_instance = channel_instance
         self.limits = limits
@@ -95,6 +103,7 @@ class EmailIntake:
         self.trusted_authserv_ids = tuple(trusted_authserv_ids)
         # Looked up per message: the dispatch stage registers its hook after the channels are built.
         self.agency_reply = agency_reply
+        self.reporter_follow_up = reporter_follow_up
 
     # -- one message, acknowledged by the caller after this returns (SMTP) -------------------------------
     async def accept(self, raw: bytes, envelope_from: str | None = None, envelope_to: Sequence[str] = ()) -> Outcome:
@@ -207,6 +216,7 @@ class EmailIntake:
         replies = [(p, r) for p, r in stored if p.thread_report_id is not None]
         if not replies:
             return
+        fresh: list[Prepared] = []
         async with self.store.transaction() as tx:
             for prepared, result in replies:
                 seen = await tx.fetchone(
@@ -214,6 +224,7 @@ class EmailIntake:
                     (prepared.thread_report_id, REPLY_FLAG, result.report_id))
                 if seen is not None:
                     continue
+                fresh.append(prepared)
                 await tx.event(prepared.thread_report_id, REPLY_FLAG, "reporter", {
                     "reply_report_id": result.report_id,
                     "channel": "email",
@@ -221,3 +232,11 @@ class EmailIntake:
                     "subject": prepared.parsed.subject,
                     "text": prepared.parsed.text[:4000],
                 })
+        hook = self.reporter_follow_up()
+        for prepared in fresh if hook is not None else ():
+            assert hook is not None and prepared.thread_report_id is not None
+            try:
+                # After a result, "not fixed" in the reply disputes it (the case reopens at the same agency).
+                await hook(report_id=prepared.thread_report_id, text=prepared.parsed.text[:4000], channel="email")
+            except Exception:  # the reply is stored and on the timeline; a failed hook must not fail intake
+                log.exception("%s: reporter follow-up hook failed", self.channel_instance)

@@ -178,6 +178,14 @@ class EvidenceConfig(_Model):
     photo_topics: list[str] | None = None
 
 
+class ReportersConfig(_Model):
+    # A reporter may dispute a result this many days after it (Art. 7.4); the case reopens at the same agency.
+    dispute_days: float = Field(7.0, gt=0)
+    # A message from the same reporter on the same channel this many hours after their report, while it is
+    # open, joins that report's timeline instead of opening a new report.
+    follow_up_hours: float = Field(48.0, ge=0)
+
+
 class DispatchConfig(_Model):
     agencies: dict[str, AgencyDispatch] = {}
     email_answers: EmailAnswersConfig = EmailAnswersConfig()
@@ -187,6 +195,7 @@ class DispatchConfig(_Model):
     clocks: ClockConfig = ClockConfig()
     notify: NotifyConfig = NotifyConfig()
     evidence: EvidenceConfig = EvidenceConfig()
+    reporters: ReportersConfig = ReportersConfig()
     # Serve the public `/cases/<token>` lookup page and rating form (off if another component serves it).
     serve_lookup_page: bool = True
 

@@ -6,7 +6,8 @@ Agencies (bearer token per agency, from `[secrets]`):
   POST /api/v1/agency/cases/{case_id}/answers    an answer; `Idempotency-Key` makes a repeat harmless
 Reporters (the case token in the lookup link is the credential; no personal data is ever shown):
   GET  /api/v1/cases/{token}                     status and timeline as JSON
-  POST /api/v1/cases/{token}/rating              {"score": 1..5, "comment": "..."}
+  POST /api/v1/cases/{token}/rating              {"score": 1..5, "comment": "..."}: once per reporter, after the result
+  POST /api/v1/cases/{token}/dispute             {"reason": "..."}: within the dispute window after the result
   GET  /cases/{token}, POST /cases/{token}/rating   the same as an HTML page and form (optional)
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ingest.clock import VN_TZ, iso
 from ingest.pii import redact
 
-from .cases import CaseBook, Forbidden, NotFound
+from .cases import CaseBook, Forbidden, NotFound, ReporterRejected
 from .policy import ANSWER_KINDS, CLOSED_STATES, AnswerRejected
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ class AnswerBody(BaseModel):
     photos: list[Photo] = Field(default_factory=list, max_length=MAX_PHOTOS)
 
 
+class DisputeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=4000)
+
+
 class RatingBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     score: int = Field(ge=1, le=5)
@@ -79,7 +85,8 @@ class DispatchApi:
                   web.get("/api/v1/agency/cases/{case_id}", self.get_case),
                   web.post("/api/v1/agency/cases/{case_id}/answers", self.post_answer),
                   web.get("/api/v1/cases/{token}", self.public_case),
-                  web.post("/api/v1/cases/{token}/rating", self.post_rating)]
+                  web.post("/api/v1/cases/{token}/rating", self.post_rating),
+                  web.post("/api/v1/cases/{token}/dispute", self.post_dispute)]
         if self.serve_lookup_page:
             routes += [web.get("/cases/{token}", self.lookup_page),
                        web.post("/cases/{token}/rating", self.rating_form)]
@@ -212,7 +219,23 @@ class DispatchApi:
             case_id = await self.book.rate(request.match_info["token"], body.score, body.comment)
         except NotFound:
             return _error(404, "no such case")
+        except ReporterRejected as exc:
+            return _error(409, str(exc))
         return web.json_response({"case_id": case_id, "score": body.score}, status=201)
+
+    async def post_dispute(self, request: web.Request) -> web.Response:
+        try:
+            body = DisputeBody.model_validate(await request.json())
+        except (ValueError, ValidationError):
+            return _error(422, "reason is required (up to 4000 characters)")
+        try:
+            report_id = await self.book.reporter_of(request.match_info["token"])
+            case_id = await self.book.dispute(report_id, body.reason, source="lookup")
+        except NotFound:
+            return _error(404, "no such case")
+        except ReporterRejected as exc:
+            return _error(409, str(exc))
+        return web.json_response({"case_id": case_id, "state": "forwarded"}, status=201)
 
     async def lookup_page(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
@@ -237,6 +260,9 @@ class DispatchApi:
         try:
             body = RatingBody(score=int(str(form.get("score", ""))), comment=str(form.get("comment") or "") or None)
             await self.book.rate(request.match_info["token"], body.score, body.comment)
+        except ReporterRejected:
+            return web.Response(status=409, text="Phản ánh chưa có kết quả hoặc Ông/Bà đã đánh giá.",
+                                content_type="text/plain")
         except (ValueError, ValidationError):
             return web.Response(status=422, text="Vui lòng chọn từ 1 đến 5 sao.", content_type="text/plain")
         except NotFound:

@@ -37,6 +37,14 @@ class AnswerResult:
     duplicate: bool = False
 
 
+class ReporterRejected(ValueError):
+    """A reporter's rating or dispute that does not fit the case (no result yet, already rated, too late)."""
+
+
+# Results a reporter may dispute (a refusal or a merge is not the agency's result).
+DISPUTABLE = ("resolved", "closed_false")
+
+
 class NotFound(LookupError):
     pass
 
@@ -169,7 +177,8 @@ class CaseBook:
 
     async def _forward(self, tx: Tx, case_id: str, report: StoredReport, agency: str, category: str, event: str,
                        *, first: DeadlineSpec | None = None, return_reason: str | None = None,
-                       coordination: bool = False, received_at: float | None = None) -> None:
+                       coordination: bool = False, received_at: float | None = None,
+                       extra: dict[str, Any] | None = None) -> None:
         """Start the agency's clocks and write one outbox row per target of the agency."""
         now = self.store.clock.now()
         specs = [first] if first else [policy.forward_deadline(now, self.warn)]
@@ -182,7 +191,7 @@ class CaseBook:
         case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
         assert case is not None
         deadlines = [{"kind": s.kind, "due_at": iso(s.due_at)} for s in specs]
-        await self._deliver(tx, case, report, agency, event, deadlines, return_reason)
+        await self._deliver(tx, case, report, agency, event, deadlines, return_reason, extra)
 
     async def _deliver(self, tx: Tx, case: sqlite3.Row, report: StoredReport, agency: str, event: str,
                        deadlines: list[dict[str, Any]], return_reason: str | None,
@@ -398,14 +407,91 @@ class CaseBook:
 
     # -- reads -----------------------------------------------------------------------------------
     async def case_by_token(self, token: str) -> sqlite3.Row | None:
-        return await self.store.fetchone("SELECT * FROM cases WHERE token=?", (token,))
+        """The case behind a lookup link: a reporter's own token, or the case's (older links)."""
+        row = await self.store.fetchone("SELECT c.* FROM reporter_links l JOIN cases c ON c.id=l.case_id"
+                                        " WHERE l.token=?", (token,))
+        return row if row is not None else await self.store.fetchone("SELECT * FROM cases WHERE token=?", (token,))
+
+    async def reporter_token(self, report_id: int, case_id: str) -> str:
+        """This reporter's own lookup token for the case (made once): rating and dispute are theirs alone."""
+        async with self.store.transaction() as tx:
+            await tx.execute("INSERT OR IGNORE INTO reporter_links(report_id, case_id, token, created_at)"
+                             " VALUES (?,?,?,?)", (report_id, case_id, secrets.token_urlsafe(16),
+                                                   self.store.clock.now()))
+            row = await tx.fetchone("SELECT token FROM reporter_links WHERE report_id=?", (report_id,))
+        return str(row["token"])
+
+    async def reporter_of(self, token: str) -> int:
+        """The report a lookup token stands for; a case's own token (older links) stands for its first report."""
+        row = await self.store.fetchone("SELECT report_id FROM reporter_links WHERE token=?", (token,))
+        if row is None:
+            row = await self.store.fetchone("SELECT report_id FROM cases WHERE token=?", (token,))
+        if row is None:
+            raise NotFound(token)
+        return int(row["report_id"])
+
+    async def _case_of_report(self, tx: Tx, report_id: int) -> sqlite3.Row:
+        case = await tx.fetchone(
+            "SELECT c.* FROM reports r JOIN cases c ON c.incident_id=r.incident_id WHERE r.id=?", (report_id,))
+        if case is None:
+            case = await tx.fetchone("SELECT c.* FROM reporter_links l JOIN cases c ON c.id=l.case_id"
+                                     " WHERE l.report_id=?", (report_id,))
+        if case is None:
+            raise NotFound(str(report_id))
+        return case
 
     async def rate(self, token: str, score: int, comment: str | None) -> str:
+        """A rating through a lookup token (see `rate_report`); returns the case id."""
+        return await self.rate_report(await self.reporter_of(token), score, comment)
+
+    async def rate_report(self, report_id: int, score: int, comment: str | None) -> str:
+        """Art. 7.4: the reporter of `report_id` rates the handling, once, and only once there is a result.
+        Raises NotFound, ReporterRejected (no result yet, already rated, score out of range)."""
+        if not 1 <= score <= 5:
+            raise ReporterRejected("score must be from 1 to 5")
         async with self.store.transaction() as tx:
-            case = await tx.fetchone("SELECT id, state, report_id FROM cases WHERE token=?", (token,))
-            if case is None:
-                raise NotFound(token)
-            await tx.execute("INSERT INTO ratings(case_id, score, comment, at) VALUES (?,?,?,?)",
-                             (case["id"], score, comment, self.store.clock.now()))
-            await tx.event(case["report_id"], "rating", "reporter", {"case_id": case["id"], "score": score})
+            case = await self._case_of_report(tx, report_id)
+            if case["closed_at"] is None or case["state"] not in ("resolved", "closed_false", "refused"):
+                raise ReporterRejected("there is no result to rate yet")
+            if await tx.fetchone("SELECT 1 FROM ratings WHERE report_id=?", (report_id,)):
+                raise ReporterRejected("this report is already rated")
+            await tx.execute("INSERT INTO ratings(case_id, report_id, score, comment, at) VALUES (?,?,?,?,?)",
+                             (case["id"], report_id, score, comment, self.store.clock.now()))
+            await tx.event(report_id, "rating", "reporter", {"case_id": case["id"], "score": score})
+            return str(case["id"])
+
+    async def dispute(self, report_id: int, reason: str, *, source: str,
+                      case_id: str | None = None) -> str:
+        """The reporter of `report_id` disputes the result within `[dispatch.reporters] dispute_days`: the case
+        reopens at the same agency, with the dispute attached to a new delivery, and a new answer clock; the
+        incident reopens, so its reports wait for the new result. Returns the case id. Raises NotFound,
+        ReporterRejected (no result, result too old, nothing written)."""
+        reason = " ".join(reason.split())[:4000]
+        if not reason:
+            raise ReporterRejected("a dispute needs the reporter's reason")
+        async with self.store.transaction() as tx:
+            case = await self._case_of_report(tx, report_id)
+            if case_id is not None and case["id"] != case_id:
+                raise NotFound(case_id)
+            now = self.store.clock.now()
+            if case["closed_at"] is None or case["state"] not in DISPUTABLE:
+                raise ReporterRejected("there is no result to dispute")
+            if now - case["closed_at"] > self.cfg.reporters.dispute_days * DAY:
+                raise ReporterRejected(f"a result can be disputed within {self.cfg.reporters.dispute_days:g} days")
+            await tx.execute("INSERT INTO disputes(case_id, report_id, text, source, at) VALUES (?,?,?,?,?)",
+                             (case["id"], report_id, reason, source, now))
+            previous = {"state": case["state"], "result": case["result"], "closed_at": iso(case["closed_at"])}
+            await tx.execute("UPDATE cases SET state='forwarded', closed_at=NULL, forwarded_at=?, complex=0,"
+                             " expected_completion=NULL, updated_at=? WHERE id=?", (now, now, case["id"]))
+            await tx.execute("UPDATE incidents SET state='open', closed_at=NULL, closed_as=NULL WHERE id=?"
+                             " AND state='closed'", (case["incident_id"],))
+            await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE incident_id=?"
+                             " AND status='closed'", (now, case["incident_id"]))
+            await tx.event(report_id, "case_disputed", "reporter", {"case_id": case["id"], "source": source,
+                                                                   "previous": previous})
+            report = await self.store.get_report(case["report_id"])
+            assert report is not None
+            await self._forward(tx, case["id"], report, case["agency"], case["category"], "case.disputed",
+                                extra={"dispute": {"text": reason, "at": iso(now), "previous": previous}})
+            await tx.enqueue("notify", report_id, {"template": "dispute_ack", "case_id": case["id"]})
             return str(case["id"])

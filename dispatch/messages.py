@@ -59,6 +59,25 @@ REPORTER_TEMPLATES["refused"] = {
     "en": "Report {case_id} is outside what the HCMC 1022 portal handles. {result}Details at: {link}",
 }
 
+REPORTER_TEMPLATES["dispute_ack"] = {
+    "vi": "Cổng 1022 TP.HCM đã ghi nhận ý kiến của Ông/Bà về kết quả xử lý phản ánh mã {case_id}. Phản ánh đã được "
+          "chuyển lại cho {agency} để xử lý tiếp. Theo dõi tại: {link}",
+    "en": "HCMC 1022 portal: we have recorded that you dispute the result of report {case_id}. It has been sent back "
+          "to {agency} for further handling. Follow it at: {link}",
+}
+# Said after every result: how to dispute it (Art. 7.4), on the reporter's own channel or the lookup page.
+DISPUTE_HINT = {
+    "vi": " Nếu sự việc chưa được xử lý, Ông/Bà trả lời tin nhắn này (ví dụ: \"chưa xử lý\") hoặc bấm \"Không đồng ý "
+          "với kết quả\" trên trang theo dõi trong vòng {days} ngày.",
+    "en": " If it is not fixed, reply to this message (e.g. \"not fixed\") or use \"Dispute the result\" on the "
+          "lookup page within {days} days.",
+}
+# What in a reporter's reply after a result says it is not fixed (folded: no diacritics, lower case).
+DISPUTE_PHRASES = ("chua xu ly", "chua duoc xu ly", "chua khac phuc", "van con", "van chua", "van bi", "chua sua",
+                   "khong dong y", "khong dung su that", "khong hai long voi ket qua", "van y nguyen", "lai bi",
+                   "not fixed", "still broken", "still there", "dispute", "not resolved")
+
+
 CLOSED_AS = {"resolved": {"vi": "đã xử lý xong", "en": "resolved"},
              "closed_false": {"vi": "phản ánh không đúng", "en": "a false report"},
              "refused": {"vi": "không thuộc phạm vi tiếp nhận", "en": "refused"}}
@@ -144,6 +163,8 @@ def reporter_text(template: str, language: str, **fields: Any) -> str:
     else:
         fields["case_part"] = f" (ref. {case_id})" if case_id else ""
     text = body.format_map({k: ("" if v is None else v) for k, v in fields.items()})
+    if template in ("resolved", "closed_false") and fields.get("dispute_days"):
+        text += DISPUTE_HINT[lang].format(days=f"{fields['dispute_days']:g}")
     return " ".join(text.split())
 
 
@@ -156,6 +177,14 @@ ANSWER_HELP_VI = (
 
 def agency_text(payload: dict[str, Any]) -> str:
     d = payload["data"]
+    if payload["type"] == "case.disputed":
+        dispute = d.get("dispute") or {}
+        previous = dispute.get("previous") or {}
+        head = [f"Phản ánh {d['case_id']}: người phản ánh không đồng ý với kết quả xử lý ({dispute.get('at', '')}).",
+                f"Ý kiến: {dispute.get('text', '')}",
+                f"Kết quả đã báo trước đó: {previous.get('result') or '—'}", "", "Hồ sơ được mở lại; thời hạn mới:"]
+        head += [f"- {x['kind']}: {x['due_at']}" for x in d.get("deadlines") or []]
+        return "\n".join(head + ["", f"Trả lời qua API: {d['answer_url']}", ANSWER_HELP_VI])
     if payload["type"] == "case.merged":
         return "\n".join([f"Phản ánh {d['case_id']} đã được gộp vào hồ sơ {d.get('merged_into_case')} (cùng sự việc).",
                           "Hồ sơ này được đóng; Quý đơn vị không cần xử lý riêng hồ sơ này.", "",
@@ -188,6 +217,11 @@ def agency_html(payload: dict[str, Any]) -> str:
     text = agency_text(payload)
     paragraphs = "".join(f"<p>{html.escape(block).replace(chr(10), '<br>')}</p>" for block in text.split("\n\n"))
     return f"<!doctype html><html><body>{paragraphs}</body></html>"
+
+
+def is_dispute(folded_text: str) -> bool:
+    """Whether a reporter's reply (folded) after a result says it is not fixed."""
+    return any(p in folded_text for p in DISPUTE_PHRASES)
 
 
 def agency_subject(payload: dict[str, Any]) -> str:

@@ -81,6 +81,7 @@ class Notifier:
         self.sms = SmsGateway(cfg)
         self.warn = policy.WarnPolicy(fraction=cfg.clocks.warn_fraction, min_seconds=cfg.clocks.warn_min_seconds)
         self.max_attempts = max_attempts
+        self.book: Any = None  # the CaseBook, for each reporter's own lookup token (set by dispatch.service)
 
     async def handle(self, job: Job, report: StoredReport) -> Writes | None:
         template = str(job.payload.get("template") or "")
@@ -93,7 +94,8 @@ class Notifier:
         phone = report.message.reporter.phone
         state, error, via = "sent", None, channel
         try:
-            text = self.render(template, job.payload, report, case)
+            link_token = await self.book.reporter_token(report.id, case["id"]) if case is not None and self.book else None
+            text = self.render(template, job.payload, report, case, link_token)
             if sender is not None and channel not in SMS_CHANNELS:
                 await sender.send_reply(report, text)
             elif phone and self.sms.configured and (channel in SMS_CHANNELS or self.cfg.notify.sms_fallback):
@@ -161,7 +163,8 @@ class Notifier:
             return await self.store.fetchone("SELECT * FROM cases WHERE incident_id=?", (incident,))
         return None
 
-    def render(self, template: str, payload: dict[str, Any], report: StoredReport, case: Any) -> str:
+    def render(self, template: str, payload: dict[str, Any], report: StoredReport, case: Any,
+               link_token: str | None = None) -> str:
         language = (report.classification or {}).get("language") or (case["language"] if case else "vi")
         fields: dict[str, Any] = {"reason": payload.get("reason")}
         if case is not None:
@@ -172,11 +175,12 @@ class Notifier:
             if agency is not None and label and agency.id == unit_agency(str(place.get("unit"))):
                 name = unit_committee_name(label, language)  # "Ủy ban nhân dân Phường Bình Tiên (P.7, Q.6 cũ)"
             # The agency's result reaches every reporter of the incident: none may read another's details.
-            fields.update(case_id=case["id"], link=f"{self.base_url}/cases/{case['token']}",
-                          result=redact(case["result"] or ""), agency=name)
+            fields.update(case_id=case["id"], link=f"{self.base_url}/cases/{link_token or case['token']}",
+                          result=redact(case["result"] or ""), agency=name,
+                          dispute_days=self.cfg.reporters.dispute_days)
         if template == "result":
             state = case["state"] if case is not None else None
             template = state if state in ("closed_false", "refused") else "resolved"
-        if template in ("ack", "resolved", "closed_false", "refused") and case is None:
+        if template in ("ack", "resolved", "closed_false", "refused", "dispute_ack") and case is None:
             raise PermanentError(f"template {template} needs a case")
         return reporter_text(template, language, **fields)

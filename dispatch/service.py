@@ -13,7 +13,7 @@ from ingest.worker import StageWorker, WorkerSettings
 from .answers import apply_email_reply
 from .api import DispatchApi
 from .calendar import load_calendar
-from .cases import CaseBook
+from .cases import CaseBook, NotFound
 from .clocks import DeadlineTicker, EscalationSender
 from .delivery import DeliverySender
 from .notify import Notifier
@@ -85,8 +85,35 @@ def build(ctx: AppContext) -> list[Service]:
             c.options().get("trusted_authserv_ids") for c in email_channels):
         log.warning("no email channel sets trusted_authserv_ids: agencies' emailed answers cannot be authenticated"
                     " and will wait as notes for operators (see [dispatch.email_answers])")
-    # The web portal's lookup page records a reporter's rating through the case book (the portal imports no stage).
+    notifier.book = book
+    # The web portal's lookup page records a reporter's rating and dispute through the case book (the portal
+    # imports no stage): report_rating(report_id, score, comment), case_dispute(report_id=, case_id=, reason=);
+    # case_rating(token, score, comment) takes a reporter's lookup token.
     ctx.shared["case_rating"] = book.rate
+    ctx.shared["report_rating"] = book.rate_report
+
+    async def case_dispute(*, report_id: int, case_id: str, reason: str) -> str:
+        return await book.dispute(report_id, reason, source="lookup", case_id=case_id)
+
+    ctx.shared["case_dispute"] = case_dispute
+
+    async def reporter_follow_up(*, report_id: int, text: str, channel: str) -> str:
+        """A reporter wrote again on their channel about `report_id` (a reply, a chat message): after a result,
+        within the dispute window, and saying it is not fixed, it is a dispute; otherwise it stays a note on the
+        report's timeline. Returns "disputed" or "noted"."""
+        from ingest.text import fold
+
+        from .cases import ReporterRejected
+        from .messages import is_dispute
+        if not is_dispute(fold(text)):
+            return "noted"
+        try:
+            await book.dispute(report_id, text, source=channel)
+        except (ReporterRejected, NotFound):
+            return "noted"
+        return "disputed"
+
+    ctx.shared["reporter_follow_up"] = reporter_follow_up
     # Notify failures are recorded in `notifications`; the worker never dead-letters (which would fail the report).
     nsettings = WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts + 1)
     if cfg.notify.enabled:

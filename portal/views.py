@@ -341,7 +341,7 @@ class Portal:
             "steps": await public_steps(self.store, directory, row, lang),
             "result": redact(row["case_result"]) if closed and row["case_result"] else None, "closed": closed,
             "answer_photos": await self._answer_photos(row["case_id"]),
-            "can_rate": closed and row["rated_score"] is None and "case_rating" in self.ctx.shared,
+            "can_rate": closed and row["rated_score"] is None and "report_rating" in self.ctx.shared,
             "rated": row["rated_score"], "errors": errors or {}, "notice": notice,
             "dispute": closed and "case_dispute" in self.ctx.shared,
             "csrf": abuse.csrf_token(await self._csrf_key(), secret),
@@ -378,11 +378,15 @@ class Portal:
         score = str(form.get("score") or "")
         if score not in ("1", "2", "3", "4", "5"):
             return await self.lookup(request, errors={"score": text(lang, "score.required")}, status=400)
-        rating = self.ctx.shared.get("case_rating")
+        # Published by dispatch: report_rating(report_id, score, comment), one rating per reporter, after the result.
+        rating = self.ctx.shared.get("report_rating")
         if rating is None or not row["case_closed_at"] or row["rated_score"] is not None:
             return await self.lookup(request, status=409, notice=text(lang, "rating_unavailable"))
         comment = str(form.get("comment") or "").strip()[:2000] or None
-        await rating(row["case_token"], int(score), comment)
+        try:
+            await rating(int(row["id"]), int(score), comment)
+        except (LookupError, ValueError):  # no result yet, or already rated on another page
+            return await self.lookup(request, status=409, notice=text(lang, "rating_unavailable"))
         async with self.store.transaction() as tx:
             await tx.execute("UPDATE portal_receipts SET rated_score=?, rated_at=? WHERE report_id=?",
                              (int(score), self.ctx.clock.now(), row["id"]))

@@ -143,14 +143,18 @@ async def test_report_to_agency_to_result_for_every_reporter(tmp_path: Path) -> 
                 return found if len(found) == 2 else {}
             texts = await wait_for(results, FLOW_TIMEOUT, "result SMS missing; log:\n{log}", log=daemon.log)
             assert set(texts) == {APP_PHONE, CALL_PHONE}
-            for text in texts.values():
-                assert case_id in text and link in text
+            # Each reporter's message carries their own lookup token (their rating and dispute are theirs alone).
+            own = {r["report_id"]: f"{daemon.base}/cases/{r['token']}"
+                   for r in query(db, "SELECT report_id, token FROM reporter_links")}
+            links = {APP_PHONE: own[app_id], CALL_PHONE: own[call_id]}
+            for phone, text in texts.items():
+                assert case_id in text and links[phone] in text
             # Before that, the first reporter got the acknowledgement with the agency, the second was told the
             # incident is already being handled.
             by_phone: dict[str, list[str]] = {}
             for body in sms.bodies():
                 by_phone.setdefault(body["to"], []).append(body["text"])
-            assert any("đã tiếp nhận" in t and link in t for t in by_phone[APP_PHONE]), by_phone
+            assert any("đã tiếp nhận" in t and links[APP_PHONE] in t for t in by_phone[APP_PHONE]), by_phone
             assert any("đã được tiếp nhận trước đó" in t and case_id in t for t in by_phone[CALL_PHONE]), by_phone
             assert len(by_phone[APP_PHONE]) == len(by_phone[CALL_PHONE]) == 2
             # Still one delivery to the agency, and the link shows the closed case.

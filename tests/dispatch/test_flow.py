@@ -111,7 +111,13 @@ async def test_case_lifecycle_every_reporter_gets_ack_or_result(app_ctx, receive
     assert len(receiver.accepted) == 1
     replies = ctx.replies.get("email").sent
     assert replies[0][0] == first and "CASE-000042" in replies[0][1]
-    assert f"https://1022.example.vn/cases/{case['token']}" in replies[0][1]
+    # Each reporter's link carries their own token (their rating and dispute are theirs alone).
+    links = {r["report_id"]: r["token"] for r in await store.fetchall("SELECT * FROM reporter_links")}
+    assert f"https://1022.example.vn/cases/{links[first]}" in replies[0][1] and case["token"] not in replies[0][1]
+    # Before the result there is nothing to rate.
+    async with aiohttp.ClientSession() as s, s.post(f"{base}/api/v1/cases/{links[first]}/rating",
+                                                    json={"score": 5}) as resp:
+        assert resp.status == 409
 
     # A second reporter of the same incident, by phone: joined by dedupe as a duplicate.
     second = await seed_report(store, incident_id="INC-000042", channel="phone", status="duplicate",
@@ -125,20 +131,26 @@ async def test_case_lifecycle_every_reporter_gets_ack_or_result(app_ctx, receive
     assert any(rid == first and "đã được" in text and "xử lý xong" in text for rid, text in replies)
     # The phone reporter gets the result by SMS (only the result: their acknowledgement came from dedupe).
     (sms,) = sms_gateway.messages
-    assert sms["to"] == "0907654321" and "Đã thay đoạn ống bị vỡ" in sms["text"] and case["token"] in sms["text"]
-    # The reporter rates the handling through the lookup link's token.
+    links = {r["report_id"]: r["token"] for r in await store.fetchall("SELECT * FROM reporter_links")}
+    assert sms["to"] == "0907654321" and "Đã thay đoạn ống bị vỡ" in sms["text"] and links[second] in sms["text"]
+    assert "7 ngày" in sms["text"]  # how to dispute the result, and until when
+    # Each reporter rates the handling once, through their own link's token.
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{base}/api/v1/cases/{case['token']}/rating", json={"score": 6}) as resp:
+        async with s.post(f"{base}/api/v1/cases/{links[first]}/rating", json={"score": 6}) as resp:
             assert resp.status == 422
-        async with s.post(f"{base}/api/v1/cases/{case['token']}/rating", json={"score": 4}) as resp:
+        async with s.post(f"{base}/api/v1/cases/{links[first]}/rating", json={"score": 4}) as resp:
             assert resp.status == 201
-        async with s.get(f"{base}/api/v1/cases/{case['token']}") as resp:
+        async with s.post(f"{base}/api/v1/cases/{links[first]}/rating", json={"score": 1}) as resp:
+            assert resp.status == 409  # one rating per reporter
+        async with s.post(f"{base}/api/v1/cases/{links[second]}/rating", json={"score": 2}) as resp:
+            assert resp.status == 201
+        async with s.get(f"{base}/api/v1/cases/{links[second]}") as resp:
             public = await resp.json()
-        async with s.get(f"{base}/cases/{case['token']}") as resp:
+        async with s.get(f"{base}/cases/{links[second]}") as resp:
             page = await resp.text()
     assert public["state"] == "resolved" and "Nguyễn" not in json.dumps(public, ensure_ascii=False)
     assert "Đã xử lý xong" in page
-    assert (await store.fetchone("SELECT score FROM ratings"))["score"] == 4
+    assert {r["report_id"]: r["score"] for r in await store.fetchall("SELECT * FROM ratings")} == {first: 4, second: 2}
     # Answers after closing are refused.
     status, _ = await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "verified"})
     assert status == 409

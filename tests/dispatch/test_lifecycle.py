@@ -179,3 +179,73 @@ async def test_merge_moves_the_case_when_the_kept_incident_has_none(app_ctx):  #
     await pump(ctx)
     case = await store.fetchone("SELECT * FROM cases")
     assert case["incident_id"] == "INC-000001" and case["state"] == "forwarded"
+
+
+async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_page(app_ctx, receiver):  # noqa: F811
+    import aiohttp
+
+    from .conftest import seed_report
+    from .test_flow import dispatch_job
+
+    ctx, base = app_ctx
+    store = ctx.store
+    first = await seed_report(store, incident_id="INC-000050")
+    async with store.transaction() as tx:
+        await tx.execute("INSERT INTO incidents(id, seq, first_report_id, created_at, last_report_at)"
+                         " VALUES ('INC-000050', 50, ?, ?, ?)", (first, store.clock.now(), store.clock.now()))
+    await dispatch_job(store, first, "INC-000050")
+    await pump(ctx)
+    second = await seed_report(store, incident_id="INC-000050", status="duplicate", channel="phone",
+                               reporter=Reporter(phone="0907000222"))
+    case = await store.fetchone("SELECT * FROM cases")
+    photo = [{"content_type": "image/jpeg", "data": "aGVsbG8="}]
+
+    async def resolve() -> None:
+        status, _ = await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "resolved", "note": "Đã sửa",
+                                                                            "photos": photo})
+        assert status == 201
+        await pump(ctx)
+
+    follow_up = ctx.shared["reporter_follow_up"]
+    # Nothing to dispute before the result.
+    assert await follow_up(report_id=first, text="Vẫn chưa xử lý", channel="email") == "noted"
+    await resolve()
+    # A thank-you on the reporter's channel is a note; "still not fixed" within 7 days is a dispute.
+    assert await follow_up(report_id=first, text="Cảm ơn nhiều!", channel="email") == "noted"
+    ctx.clock.advance(2 * DAY)
+    assert await follow_up(report_id=first, text="Ống nước vẫn còn bể, chưa xử lý gì cả", channel="email") \
+        == "disputed"
+    reopened = await store.fetchone("SELECT * FROM cases WHERE id=?", (case["id"],))
+    assert (reopened["state"], reopened["agency"], reopened["closed_at"]) == ("forwarded", "sawaco", None)
+    assert (await store.fetchone("SELECT state FROM incidents WHERE id='INC-000050'"))["state"] == "open"
+    assert (await store.get_report(second)).status == "dispatched"
+    # The agency gets the case back with the dispute attached, and a new answer clock runs from now.
+    await pump(ctx)
+    disputed = [b["data"] for b in receiver.accepted.values() if b["type"] == "case.disputed"]
+    assert len(disputed) == 1 and "vẫn còn bể" in disputed[0]["dispute"]["text"]
+    assert disputed[0]["dispute"]["previous"]["result"] == "Đã sửa"
+    fix = await store.fetchone("SELECT * FROM deadlines WHERE case_id=? AND kind='fix' AND state='open'",
+                               (case["id"],))
+    assert fix["started_at"] == ctx.clock.now() and fix["due_at"] - fix["started_at"] == 2 * 3600
+    assert any(rid == first and "không đồng ý" not in text and "chuyển lại" in text
+               for rid, text in ctx.replies.get("email").sent)
+
+    # The second reporter disputes the next result on the lookup page, with their own token.
+    await resolve()
+    links = {r["report_id"]: r["token"] for r in await store.fetchall("SELECT * FROM reporter_links")}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{base}/api/v1/cases/{links[second]}/dispute", json={"reason": ""}) as resp:
+            assert resp.status == 422
+        async with s.post(f"{base}/api/v1/cases/{links[second]}/dispute",
+                          json={"reason": "Nước vẫn rò rỉ"}) as resp:
+            assert resp.status == 201
+    assert (await store.fetchone("SELECT state FROM cases"))["state"] == "forwarded"
+    disputes = await store.fetchall("SELECT report_id, source FROM disputes ORDER BY id")
+    assert [(d["report_id"], d["source"]) for d in disputes] == [(first, "email"), (second, "lookup")]
+    # More than 7 days after the result it can no longer be disputed.
+    await resolve()
+    ctx.clock.advance(8 * DAY)
+    async with aiohttp.ClientSession() as s, s.post(f"{base}/api/v1/cases/{links[second]}/dispute",
+                                                    json={"reason": "Lại hỏng"}) as resp:
+        assert resp.status == 409
+    assert await follow_up(report_id=first, text="Vẫn chưa xử lý", channel="email") == "noted"
