@@ -305,6 +305,7 @@ def resolve_unit(text: str, ward_map: WardMap, place: Place | None = None) -> Un
             if not spans.inside(pos, key):
                 unit_hits.append((pos, slug))
                 spans.add(pos, key)
+    prefixed_units = len(unit_hits)  # "phường X" is strong; a bare "X" may be a road or station named after it
     for key, slug in ward_map.bare_unit_keys:
         for pos in _occurrences(words, key):
             before = words[:pos + 1]
@@ -330,7 +331,7 @@ def resolve_unit(text: str, ward_map: WardMap, place: Place | None = None) -> Un
         dk = ward_map.hcmc_ids[place.district]
         if place.source == "gps":
             districts, source = [(0, dk)], "gps"
-        elif not (unit_hits or districts or old_hits):
+        elif not (districts or old_hits or prefixed_units):
             districts.append((len(words), dk))  # an alias only the 2023 finder knows ("quận nhứt", "D1")
     if source != "gps" and place is not None and place.lat is not None and place.lon is not None:
         gps = ward_map.district_at(place.lat, place.lon)

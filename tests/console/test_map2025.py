@@ -35,3 +35,24 @@ def test_labels_in_messages_and_public_address() -> None:
                                      "district": "quan-6"}}, d) == "hau giang, Phường Bình Tiên (P.7, Q.6 cũ)"
     # Without a unit (2023 map) the address is as before.
     assert public_address({"place": {"ward": "Phường 7", "district": "quan-6"}}, d) == "Phường 7, Quận 6"
+
+
+def test_the_acknowledgement_names_the_unit_committee_with_the_old_names() -> None:
+    from types import SimpleNamespace
+
+    from config.dispatch import DispatchConfig
+    from dispatch.notify import Notifier
+    from ingest.app import ReplyRegistry
+
+    d = load_directory(None, "2025")
+    notifier = Notifier(None, d, DispatchConfig(), ReplyRegistry(), "https://1022.example.vn", 5)  # type: ignore[arg-type]
+    place = {"district": "quan-6", "unit": "binh-tien", "unit_label": "Phường Bình Tiên (P.7, Q.6 cũ)"}
+    report = SimpleNamespace(classification={"language": "vi", "place": place})
+    case = {"id": "C-1", "token": "t", "result": None, "agency": "ubnd-binh-tien", "language": "vi", "state": "new"}
+    ack = notifier.render("ack", {}, report, case)  # type: ignore[arg-type]
+    assert "chuyển đến Ủy ban nhân dân Phường Bình Tiên (P.7, Q.6 cũ) để xử lý" in ack
+    # Reassigned to another unit's committee: that committee's own name, not this label.
+    other = notifier.render("ack", {}, report, {**case, "agency": "ubnd-an-dong"})  # type: ignore[arg-type]
+    assert "Ủy ban nhân dân Phường An Đông" in other and "P.7" not in other
+    # A city-wide agency keeps its name.
+    assert "SAWACO" in notifier.render("ack", {}, report, {**case, "agency": "sawaco"})  # type: ignore[arg-type]
