@@ -47,7 +47,7 @@ $(NPM_STAMP): portal/vendor/package.json portal/vendor/package-lock.json
 	touch $@
 
 run: setup
-	$(PY) run_daemon.py serve --config $(CONFIG)
+	$(PY) run_daemon.py serve --first-run --config $(CONFIG)
 
 system-deps:
 	@sh tests/system-deps.sh

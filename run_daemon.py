@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Entry point of the 1022 routing daemon: wires channels and stages together, and the operator CLI.
+"""Entry point of the 1022 routing daemon (`run_daemon.py` or the `hcmc1022` console script): wires channels and
+stages together, and the operator CLI. `--config FILE` goes before or after the command; `COMMAND --help`
+never opens the store.
 
     run_daemon.py [serve] [--config FILE]
-    run_daemon.py check-config FILE
+    run_daemon.py check-config [FILE]
     run_daemon.py route --input IN.jsonl --output OUT.jsonl [--config FILE] [--store PATH]
     run_daemon.py eval --input FILE.jsonl [--cv] [--config FILE]
     run_daemon.py replay [--stage STAGE] [--job ID ...] [--config FILE]
@@ -43,6 +45,7 @@ from ingest.clock import Clock, parse_iso  # noqa: E402
 from ingest.errors import ConfigError  # noqa: E402
 from ingest.http import make_app  # noqa: E402
 from ingest.migrations import Migration  # noqa: E402
+from ingest.progress import progress_bar  # noqa: E402
 from ingest.store import Store  # noqa: E402
 
 log = logging.getLogger("run_daemon")
@@ -56,8 +59,14 @@ ROUTE_STATUS = {"dispatched": "dispatched", "duplicate": "duplicate", "review": 
                 "out_of_scope": "out_of_scope", "closed": "dispatched", "routed": "dispatched"}
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def setup_logging(level: str, fmt: str = "text", journald: str = "auto") -> None:
+    from ingest.logs import make_handler
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(make_handler(fmt, None if journald == "auto" else journald == "on"))
+    root.setLevel(level)
     # httpx logs full URLs, and Telegram puts the bot token in the URL.
     for noisy in ("httpx", "httpcore", "telegram", "aiosqlite", "mail.log", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -216,6 +225,50 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
         log.info("stopped")
 
 
+# -- first run -----------------------------------------------------------------------------------
+def welcome(settings: Settings) -> str:
+    """What a person starting the daemon for the first time needs: where everything is."""
+    base = f"http://{settings.http.host}:{settings.http.port}"
+    return "\n".join([
+        f"1022 routing daemon {version()} on {base}",
+        f"  console (operators, agencies): {base}/console",
+        f"  public list and map:           {base}/public",
+        f"  Open311 app API:               {base}/open311/v2/services.json, discovery {base}/open311/discovery.json",
+        f"  agency API:                    {base}/api/v1/agency/cases (OpenAPI: {base}/openapi.json)",
+        f"  health:                        {base}/healthz, {base}/readyz; metrics {base}/metrics",
+        *(f"  channel {c.name} ({c.kind}):{' ' * max(1, 20 - len(c.name) - len(c.kind))}"
+          + (f"files into {c.options().get('folder')}/new/" if c.kind == "transcripts" else "enabled")
+          for c in settings.channels if c.enabled and c.kind != "open311"),
+    ])
+
+
+async def ensure_first_admin(settings: Settings, config_path: str | None) -> None:
+    """With no console login yet: ask for the first admin when a person is at the terminal, else say how."""
+    from console import auth
+
+    store = await open_store(settings)
+    try:
+        row = await store.fetchone("SELECT COUNT(*) AS n FROM users")
+        if row is None or row["n"] > 0:
+            return
+        if sys.stdin.isatty():
+            from console.service import ask_password
+
+            print("No console login exists yet: create the first administrator (Enter to skip).", file=sys.stderr)
+            name = input("administrator name [admin]: ").strip() or "admin"
+            password = ask_password(name)
+            if password:
+                await auth.create_user(store, name, "admin", password)
+                print(f"administrator {name} created: log in at /console", file=sys.stderr)
+                return
+        config = f" --config {config_path}" if config_path else ""
+        print("No console login exists yet. Create the first administrator with:\n"
+              f"  .venv/bin/python run_daemon.py user add admin --role admin{config}\n"
+              "(it asks for the password in a terminal; or give --password-env VAR)", file=sys.stderr)
+    finally:
+        await store.close()
+
+
 # -- route ---------------------------------------------------------------------------------------
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
@@ -223,15 +276,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 async def run_until_drained(store: Store, services: list[Service], stages: Sequence[str] = PIPELINE_STAGES,
-                            timeout: float = 24 * 3600) -> None:
-    """Run stage workers until no job of `stages` is waiting or leased (batch mode)."""
+                            timeout: float = 24 * 3600, bar: Any = None) -> None:
+    """Run stage workers until no job of `stages` is waiting or leased (batch mode). `bar` (a progress bar
+    whose total is the number of reports) is moved to the number of reports with no job left."""
     marks = ",".join("?" * len(stages))
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(s.run()) for s in services]
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
             row = await store.fetchone(
-                f"SELECT COUNT(*) AS n FROM jobs WHERE stage IN ({marks}) AND state IN ('ready','leased')", stages)
+                f"SELECT COUNT(*) AS n, COUNT(DISTINCT report_id) AS reports FROM jobs"
+                f" WHERE stage IN ({marks}) AND state IN ('ready','leased')", stages)
+            if row is not None and bar is not None and not bar.disable:
+                bar.update(max(0, bar.total - row["reports"] - bar.n))
             if row is not None and row["n"] == 0:
                 break
             await asyncio.sleep(0.05)
@@ -256,7 +313,8 @@ async def route(settings: Settings, input_path: Path, output_path: Path, store_p
             batch = sorted(((m, json.dumps(r, ensure_ascii=False).encode(), "application/json")
                             for m, r in zip(messages, records)), key=lambda item: parse_iso(item[0].received_at))
             await store.submit_batch(batch)
-            await run_until_drained(store, build_pipeline(ctx))
+            with progress_bar(len(batch), "routing", unit="report") as bar:
+                await run_until_drained(store, build_pipeline(ctx), bar=bar)
             rows = await store.fetchall(
                 "SELECT external_id, status, topic, category, agency, district, confidence, incident_id, classification"
                 " FROM reports"
@@ -289,78 +347,163 @@ def route_ward(classification: str | None) -> str | None:
 
 
 # -- CLI -----------------------------------------------------------------------------------------
+EXIT_CODES = """exit codes:
+  0  done
+  1  the operation was refused or failed (unknown id, a decision already taken, a failed integrity check)
+  2  usage or configuration error (bad arguments, invalid config file, unknown agency)
+  3  the store could not be opened or written
+  130  interrupted (Ctrl-C)"""
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+# Operator commands owned by a component: name -> (module with `add_arguments(parser)` and
+# `async run_cli(store, settings, args)`, help). The module is imported only when its command is used, so
+# `--help` and the other commands do not pay for loading every component.
+COMPONENT_COMMANDS = {
+    "review": ("classifier.review", "the review queue of reports the classifier was not sure of"),
+    "incident": ("dedupe.operations", "incidents: list, show, merge, split"),
+    "dispatch": ("dispatch.cli", "cases past their deadline, agency deliveries, replaying dead ones"),
+    "user": ("console.service", "console logins: add, list, disable"),
+    "report": ("ops.service", "the regulation's weekly and quarterly reports"),
+}
+
+
+def version() -> str:
+    """The installed package's version; from pyproject.toml when run from a checkout that is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("hcmc1022")
+    except PackageNotFoundError:
+        import tomllib
+
+        with open(Path(__file__).resolve().parent / "pyproject.toml", "rb") as fh:
+            return str(tomllib.load(fh)["project"]["version"])
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The command word in argv (skipping `--config FILE`), before argparse runs: only its component is loaded."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _complete_tree(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """`--config FILE` and the exit codes on every parser of the tree, so `--config` may stand before or after
+    any (sub)command word. Below the top its default is SUPPRESS: a value given before the command stays."""
+    parser.add_argument("--config", metavar="FILE", default=None if top else argparse.SUPPRESS,
+                        help="configuration file (default: config/default.toml)")
+    parser.epilog = parser.epilog or EXIT_CODES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _complete_tree(child, top=False)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The one parser of the CLI. `command`: the component command whose own arguments to load."""
+    parser = argparse.ArgumentParser(prog=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hcmc1022",
+                                     description="1022 routing daemon")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help)
+
+    p = add("serve", "run the daemon (the default command)")
+    p.add_argument("--first-run", action="store_true",
+                   help="print the URLs, and create the first console administrator if there is none (asks when "
+                        "run in a terminal, else prints the command); `make run` does this")
+    p = add("check-config", "validate a config file without starting (exit 2 and every problem if invalid)")
+    p.add_argument("file", nargs="?", help="the file to check (default: --config, else the embedded default)")
+    p = add("route", "route a JSONL batch of reports (stable output format)")
+    p.add_argument("--input", required=True, type=Path)
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--store", type=Path, help="keep the routed store here (default: a temporary one)")
+    p = add("eval", "measure routing and incident grouping against `expected` fields")
+    p.add_argument("--input", required=True, type=Path)
+    p.add_argument("--cv", action="store_true", help="5-fold cross-validation of the classifier on this set")
+    p = add("backup", "online, consistent copy of the store while the daemon runs")
+    p.add_argument("dest", type=Path)
+    p = add("replay", "put dead-lettered jobs back in their queue")
+    p.add_argument("--stage")
+    p.add_argument("--job", type=int, action="append", default=[])
+    for name, (module, help) in COMPONENT_COMMANDS.items():
+        p = add(name, help)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
+    _complete_tree(parser)
+    return parser
+
+
 def load_settings(path: str | None) -> Settings:
     return config_loader.load(Path(path) if path else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="run_daemon.py", description="1022 routing daemon")
-    sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("serve", help="run the daemon (the default)")
-    p.add_argument("--config")
-    p = sub.add_parser("check-config", help="validate a config file without starting")
-    p.add_argument("file")
-    p = sub.add_parser("route", help="route a JSONL batch of reports (stable output format)")
-    p.add_argument("--input", required=True, type=Path)
-    p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--config")
-    p.add_argument("--store", type=Path)
-    p = sub.add_parser("eval", help="measure routing and incident grouping against `expected` fields")
-    p.add_argument("--input", required=True, type=Path)
-    p.add_argument("--cv", action="store_true", help="5-fold cross-validation of the classifier on this set")
-    p.add_argument("--config")
-    p = sub.add_parser("backup", help="online, consistent copy of the store while the daemon runs")
-    p.add_argument("dest", type=Path)
-    p.add_argument("--config")
-    p = sub.add_parser("replay", help="put dead-lettered jobs back in their queue")
-    p.add_argument("--stage")
-    p.add_argument("--job", type=int, action="append", default=[])
-    p.add_argument("--config")
-    for name in ("review", "incident", "dispatch", "user", "report"):
-        p = sub.add_parser(name, help=f"{name} operations (see `{name} --help`)")
-        p.add_argument("--config")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-
-    if not argv or argv[0].startswith("-"):
-        argv = ["serve", *argv]
-    args = parser.parse_args(argv)
+    command = _chosen_command(argv)
+    if command is None and not {"-h", "--help", "--version"} & set(argv):
+        argv, command = ["serve", *argv], "serve"
+    args = build_parser(command).parse_args(argv)
     try:
-        if args.command == "check-config":
-            # The directory the file names (data.agencies), not the bundled one: serve would load that one.
-            checked = load_settings(args.file)
-            load_directory(checked.data.agencies, checked.data.structure)
-            # Endpoints whose names resolve to private addresses: refused at every attempt, so refused now.
-            from config.dispatch import dispatch_settings
-            from dispatch.ssrf import target_problems
-            problems = target_problems(dispatch_settings(checked))
-            if problems:
-                raise ConfigError(f"{args.file}: {len(problems)} problem(s):\n"
-                                  + "\n".join(f"  - {p}" for p in problems))
-            print(f"{args.file}: OK")
-            return 0
-        settings = load_settings(getattr(args, "config", None))
-        setup_logging(settings.logging.level)
+        return _run(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from ingest.errors import StorageError
+
+    if args.command == "check-config":
+        # The directory the file names (data.agencies), not the bundled one: serve would load that one.
+        path = args.file or args.config
+        checked = load_settings(path)
+        load_directory(checked.data.agencies, checked.data.structure)
+        # Endpoints whose names resolve to private addresses: refused at every attempt, so refused now.
+        from config.dispatch import dispatch_settings
+        from dispatch.ssrf import target_problems
+        problems = target_problems(dispatch_settings(checked))
+        if problems:
+            raise ConfigError(f"{path or config_loader.DEFAULT_PATH}: {len(problems)} problem(s):\n"
+                              + "\n".join(f"  - {p}" for p in problems))
+        print(f"{path or config_loader.DEFAULT_PATH}: OK")
+        return EXIT_OK
+    settings = load_settings(args.config)
+    setup_logging(settings.logging.level, settings.logging.format, settings.logging.journald)
+    try:
         if args.command == "serve":
+            if args.first_run:
+                print(welcome(settings), file=sys.stderr)
+                asyncio.run(ensure_first_admin(settings, args.config))
             asyncio.run(serve(settings, Path(args.config) if args.config else None))
-            return 0
+            return EXIT_OK
         if args.command == "route":
             return asyncio.run(route(settings, args.input, args.output, args.store))
         if args.command == "eval":
             from classifier.evaluate import evaluate
             print(evaluate(args.input, settings, cv=True if args.cv else None))
-            return 0
+            return EXIT_OK
         if args.command == "backup":
             return backup(settings, args.dest)
         if args.command == "replay":
             return asyncio.run(_replay(settings, args.stage, args.job))
-        if args.command in ("review", "incident", "dispatch", "user", "report"):
-            return asyncio.run(_component_cli(settings, args.command, args.rest))
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    parser.print_help()
-    return 1
+        return asyncio.run(_component_cli(settings, args))
+    except (StorageError, sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+        print(f"storage error: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
 
 
 def backup(settings: Settings, dest: Path) -> int:
@@ -393,13 +536,11 @@ async def _replay(settings: Settings, stage: str | None, jobs: list[int]) -> int
     return 0
 
 
-async def _component_cli(settings: Settings, command: str, rest: list[str]) -> int:
-    module, func = {"review": ("classifier.review", "review_cli"), "incident": ("dedupe.operations", "incident_cli"),
-                    "dispatch": ("dispatch.cli", "dispatch_cli"), "user": ("console.service", "user_cli"),
-                    "report": ("ops.service", "report_cli")}[command]
+async def _component_cli(settings: Settings, args: argparse.Namespace) -> int:
+    module = COMPONENT_COMMANDS[args.command][0]
     store = await open_store(settings)
     try:
-        result: int = await getattr(importlib.import_module(module), func)(store, settings, rest)
+        result: int = await importlib.import_module(module).run_cli(store, settings, args)
         return result
     finally:
         await store.close()

@@ -83,7 +83,7 @@ class Open311Channel:
             if topic.agency is None:
                 continue  # refused categories are not services one can request
             out.append({
-                "service_code": topic.id, "service_name": topic.description_vi.split(":")[0],
+                "service_code": topic.id, "service_name": topic.name_vi,
                 "description": topic.description_vi, "metadata": False, "type": "realtime",
                 "keywords": topic.id.replace("_", ","), "group": topic.category,
             })

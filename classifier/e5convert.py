@@ -39,6 +39,7 @@ import numpy as np
 
 from classifier.e5_format import E5File, read_e5_file, sha256_file
 from classifier.e5_tokenizer import build_tokenizer
+from ingest.progress import progress_bar
 
 # Bump when the output layout or numerics change so ensure_converted() redoes it.
 CONVERTER_VERSION = 5
@@ -251,15 +252,21 @@ def _convert_locked(model_file: Path, output_dir: Path, *, onnx: bool) -> Path:
     digest = sha256_file(model_file)
     f = read_e5_file(model_file)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    bar = progress_bar(4 if onnx else 3, "converting the embedder", unit="step")
     try:
-        write_weights(f, staging)
-        write_tokenizer_files(f, staging)
-        write_st_files(f, staging)
-        variants = ["fp32"]
-        if onnx:
-            from classifier import e5_onnx
+        with bar:
+            write_weights(f, staging)
+            bar.update()
+            write_tokenizer_files(f, staging)
+            bar.update()
+            write_st_files(f, staging)
+            bar.update()
+            variants = ["fp32"]
+            if onnx:
+                from classifier import e5_onnx
 
-            variants += e5_onnx.export_all(staging, f)
+                variants += e5_onnx.export_all(staging, f)
+                bar.update()
         # The marker goes last: its presence means the directory is complete.
         _dump(
             staging / MARKER,

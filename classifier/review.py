@@ -188,9 +188,9 @@ class Retrainer:
 
 
 # -- CLI -----------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_daemon.py review", description="Operator review of low-confidence reports")
-    sub = p.add_subparsers(dest="cmd", required=True)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`review list | show ID | decide ID ...`, added to the daemon's one parser (run_daemon.py)."""
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="ACTION")
     ls = sub.add_parser("list", help="reports waiting for review")
     ls.add_argument("--limit", type=int, default=50)
     sh = sub.add_parser("show", help="one report with candidates, place and nearest examples")
@@ -203,14 +203,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--agency")
     g.add_argument("--reject", choices=["abusive", "out_of_scope"])
     de.add_argument("--with-topic", dest="with_topic", help="topic to record with --agency")
-    return p
 
 
 async def review_cli(store: Store, settings: Settings, argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_daemon.py review", description="Operator review of low-confidence reports")
+    add_arguments(p)
     try:
-        args = _parser().parse_args(argv)
+        args = p.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    return await run_cli(store, settings, args)
+
+
+async def run_cli(store: Store, settings: Settings, args: argparse.Namespace) -> int:
     if args.cmd == "list":
         items = await review_queue(store, args.limit)
         if not items:

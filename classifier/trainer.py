@@ -23,6 +23,7 @@ import numpy as np
 
 from config.directory import BUNDLED, Directory, load_directory
 from config.schema import Settings
+from ingest.progress import progress_bar
 from ingest.records import Classification, Place
 
 from .embedder import EmbeddingThread, VectorCache, embed_cached, report_text
@@ -152,12 +153,16 @@ def train(examples: Sequence[Example], embed: Any, cache: VectorCache, *, progre
     texts = [ex.text for ex in examples]
     model = TopicModel(load_cues()).fit_restorer(texts, vocabulary)
     t0 = time.monotonic()
+    bar = progress_bar(None, "training: embedding examples", unit="text")
 
     def report(done: int, total: int) -> None:
         if progress:
             log.info("classifier training: embedded %d/%d examples", done, total)
+            bar.total = total
+            bar.update(done - bar.n)
 
-    vectors = model_vectors(model, texts, embed, cache, progress=report)
+    with bar:
+        vectors = model_vectors(model, texts, embed, cache, progress=report)
     log.info("classifier training: fitting on %d examples", len(texts))
     model.fit(texts, vectors, [ex.topic for ex in examples], weights=[ex.weight for ex in examples],
               groups=groups)

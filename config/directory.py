@@ -59,6 +59,11 @@ class Topic:
     description_vi: str
     description_en: str
 
+    @property
+    def name_vi(self) -> str:
+        """The topic's short name: its Vietnamese description up to the colon (the Open311 service_name)."""
+        return self.description_vi.split(":")[0]
+
 
 @dataclass(frozen=True, slots=True)
 class Directory:
@@ -67,6 +72,23 @@ class Directory:
     topics: dict[str, Topic]
     structure: str = "2023"
     units: dict[str, Unit] = field(default_factory=dict)  # slug -> unit; empty under "2023"
+
+    # Names shown to people (console, Open311) for ids kept in records; an unknown id is shown as it is.
+    def agency_name(self, agency_id: str | None) -> str:
+        agency = self.agencies.get(agency_id or "")
+        return agency.name_vi if agency else agency_id or ""
+
+    def district_name(self, district_id: str | None) -> str:
+        """A 2023 district's name, or on the 2025 map a unit's full name (its slug is the place's id)."""
+        district = self.districts.get(district_id or "")
+        if district is not None:
+            return district.name_vi
+        unit = self.units.get(district_id or "")
+        return unit.full_name if unit else district_id or ""
+
+    def topic_name(self, topic_id: str | None) -> str:
+        topic = self.topics.get(topic_id or "")
+        return topic.name_vi if topic else topic_id or ""
 
     def agency_for(self, topic_id: str, district: str | None, unit: str | None = None) -> str | None:
         """The responsible agency for a topic at a place (Art. 6), or None for refused topics. Local topics go to

@@ -10,9 +10,10 @@ import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from ingest.errors import ConfigError
 
@@ -103,7 +104,7 @@ def _validate_channels(entries: Sequence[ChannelEntry | None], raw: Any = None) 
 
 
 def _unresolved(raw: Any, loc: Sequence[Any]) -> bool:
-    """True when `loc` reaches an "env:NAME" still in place: its variable is unset, which is reported already."""
+    """True when `loc` reaches a secret reference still in place: its source is missing, reported already."""
     node = raw
     for part in loc:
         if isinstance(node, dict) and part in node:
@@ -112,7 +113,7 @@ def _unresolved(raw: Any, loc: Sequence[Any]) -> bool:
             node = node[part]
         # other parts are pydantic's own (a union's tag): stay on the same value
     values = node if isinstance(node, list) else [node]
-    return any(isinstance(v, str) and v.startswith("env:") for v in values)
+    return any(isinstance(v, str) and v.startswith(("env:", "file:", "credential:")) for v in values)
 
 
 def _format(exc: ValidationError, prefix: tuple[Any, ...] = (), raw: Any = None) -> list[str]:
@@ -128,7 +129,9 @@ def _format(exc: ValidationError, prefix: tuple[Any, ...] = (), raw: Any = None)
 
 
 def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], errors: list[str]) -> None:
-    """`HCMC1022__HTTP__PORT=9000` sets http.port; values are parsed as JSON when they can be."""
+    """`HCMC1022__HTTP__PORT=9000` sets http.port. The value is read as the schema types that key: kept as
+    text where the key is a string (`HCMC1022__DISPATCH__SMS__SENDER=1022` stays "1022"), parsed as JSON
+    elsewhere (numbers, booleans, lists, tables), and as JSON, else text, where the schema says nothing."""
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
@@ -136,34 +139,107 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], errors: li
         if not parts:
             continue
         node: Any = raw
+        channel: dict[str, Any] | None = None
         for part in parts[:-1]:
             if isinstance(node, list):
                 match = [x for x in node if isinstance(x, dict) and x.get("name") == part]
                 if not match:
                     errors.append(f"{key}: no channel named {part!r} to override")
                     break
-                node = match[0]
+                node = channel = match[0]
             else:
                 # `channels` is a list addressed by name; an absent one must not become a table.
                 node = node.setdefault(part, [] if node is raw and part == "channels" else {})
         else:
-            try:
-                parsed: Any = json.loads(value)
-            except ValueError:
-                parsed = value
-            node[parts[-1]] = parsed
+            node[parts[-1]] = _typed(value, _annotation(parts, channel))
+
+
+def _annotation(parts: Sequence[str], channel: Mapping[str, Any] | None) -> Any:
+    """The schema's type for the key at `parts`, or None when no model declares it."""
+    if parts[0] == "channels":
+        model = CHANNEL_MODELS.get(str(channel.get("kind"))) if channel is not None else None
+        names: Sequence[str] = parts[2:]
+        if model is None or len(names) != 1:
+            return None
+        fields = {**ChannelEntry.model_fields, **model.model_fields}
+        return fields[names[0]].annotation if names[0] in fields else None
+    model: Any = EXTRA_SECTIONS.get(parts[0]) or Settings.model_fields.get(parts[0], None)
+    annotation = model if isinstance(model, type) else getattr(model, "annotation", None)
+    for name in parts[1:]:
+        if get_origin(annotation) is dict:  # a table of values keyed by the admin's names (agencies, secrets)
+            annotation = get_args(annotation)[1]
+            continue
+        model = _model_in(annotation)
+        if model is None or name not in model.model_fields:
+            return None
+        annotation = model.model_fields[name].annotation
+    return annotation
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model an annotation holds (itself, or inside Optional/Union), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_text(annotation: Any) -> bool:
+    """True when the key takes a string only: str, SecretStr, Path, a Literal of strings, or one of them | None."""
+    if annotation in (str, SecretStr, Path):
+        return True
+    if get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in get_args(annotation))
+    if get_origin(annotation) in (Union, UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        return bool(options) and all(_is_text(a) for a in options)
+    return False
+
+
+def _typed(value: str, annotation: Any) -> Any:
+    if _is_text(annotation):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _resolve_env_refs(node: Any, env: Mapping[str, str], path: tuple[Any, ...], errors: list[str]) -> None:
-    """Replace `"env:NAME"` strings by the environment variable NAME, so secrets never sit in the file."""
+    """Replace secret references, so secrets never sit in the file:
+    - `"env:NAME"`: the environment variable NAME;
+    - `"file:PATH"`: the file's content without its final newline (a mounted secret, a 0600 file);
+    - `"credential:NAME"`: the systemd credential NAME (`LoadCredential=`/`SetCredential=` in the unit), read
+      from `$CREDENTIALS_DIRECTORY/NAME`."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in list(items):
-        if isinstance(value, str) and value.startswith("env:"):
-            name = value[4:]
-            if name in env:
-                node[key] = env[name]
+        if isinstance(value, str) and value.startswith(("env:", "file:", "credential:")):
+            dotted = ".".join(str(p) for p in (*path, key))
+            kind, _, name = value.partition(":")
+            if kind == "env":
+                if name in env:
+                    node[key] = env[name]
+                else:
+                    errors.append(f"{dotted}: environment variable {name} is not set")
+                continue
+            if kind == "credential":
+                directory = env.get("CREDENTIALS_DIRECTORY")
+                if not directory:
+                    errors.append(f"{dotted}: credential {name} asked for, but CREDENTIALS_DIRECTORY is not set "
+                                  "(LoadCredential= in the systemd unit)")
+                    continue
+                if not name or "/" in name or name in (".", ".."):
+                    errors.append(f"{dotted}: {name!r} is not a credential name")
+                    continue
+                file = Path(directory) / name
             else:
-                dotted = ".".join(str(p) for p in (*path, key))
-                errors.append(f"{dotted}: environment variable {name} is not set")
+                file = Path(name)
+            try:
+                node[key] = file.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+            except (OSError, UnicodeDecodeError) as exc:
+                errors.append(f"{dotted}: secret file {file} unreadable ({type(exc).__name__})")
         elif isinstance(value, (dict, list)):
             _resolve_env_refs(value, env, (*path, key), errors)

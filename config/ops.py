@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from .dispatch import SmtpConfig
 from .loader import EXTRA_SECTIONS
@@ -59,6 +59,27 @@ class OpsConfig(_Model):
     metrics_cache_seconds: float = Field(5.0, ge=0)
     # /readyz answers 503 when the store's write lock cannot be taken within this time.
     ready_timeout_seconds: float = Field(2.0, gt=0)
+    # Who may read /metrics. A token: scrapers send `Authorization: Bearer <token>` (use "env:NAME" or a file).
+    # A listener ("127.0.0.1:9022"): /metrics moves off the public port to its own one. With neither, /metrics
+    # is served on the main port only while [http] host is a loopback address.
+    metrics_token: SecretStr | None = None
+    metrics_listen: str | None = None
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        if self.metrics_listen is None:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 def ops_settings(settings: Any) -> OpsConfig:

@@ -73,6 +73,10 @@ class DedupeConfig(Section):
 
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "json": one JSON object per line (time, level, logger, message, report_id, job, stage, channel).
+    format: Literal["text", "json"] = "text"
+    # journald priorities (`<3>` prefixes) and no time of our own: "auto" when systemd's JOURNAL_STREAM is stderr.
+    journald: Literal["auto", "on", "off"] = "auto"
 
 
 class Settings(Section):

@@ -135,7 +135,7 @@ def xml_error(code: int, description: str) -> bytes:
 
 def services(directory: Directory) -> list[dict[str, Any]]:
     """GeoReport v2 service list: the topics one can report (refused categories are not services)."""
-    return [{"service_code": t.id, "service_name": t.description_vi.split(":")[0], "description": t.description_vi,
+    return [{"service_code": t.id, "service_name": t.name_vi, "description": t.description_vi,
              "metadata": False, "type": "realtime", "keywords": t.id.replace("_", ","), "group": t.category}
             for t in directory.topics.values() if t.agency is not None]
 

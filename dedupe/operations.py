@@ -112,11 +112,9 @@ async def _record(tx: Tx, kind: str, actor: str, source: str, target: str, repor
 
 
 # -- CLI -----------------------------------------------------------------------------------------
-async def incident_cli(store: Store, settings: Settings, argv: list[str]) -> int:
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     """`incident list | show ID | merge KEEP ABSORB --actor X | split ID --reports 1,2 --actor X`."""
-    del settings  # the CLI needs nothing from config yet; kept for the lead's uniform call
-    ap = argparse.ArgumentParser(prog="incident")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="ACTION")
     ls = sub.add_parser("list", help="open incidents, most recent first")
     ls.add_argument("--limit", type=int, default=50)
     sh = sub.add_parser("show", help="one incident, its reports and decisions")
@@ -129,10 +127,20 @@ async def incident_cli(store: Store, settings: Settings, argv: list[str]) -> int
     sp.add_argument("incident")
     sp.add_argument("--reports", required=True, help="comma-separated report ids")
     sp.add_argument("--actor", required=True)
+
+
+async def incident_cli(store: Store, settings: Settings, argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="incident")
+    add_arguments(ap)
     try:
         args = ap.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    return await run_cli(store, settings, args)
+
+
+async def run_cli(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    del settings  # the CLI needs nothing from config yet; kept for the uniform call
     try:
         if args.cmd == "list":
             rows = await store.fetchall(

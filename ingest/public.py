@@ -115,7 +115,7 @@ def public_request(row: Any, directory: Directory) -> dict[str, Any]:
         "service_request_id": str(row["id"]),
         "status": "closed" if status in CLOSED_STATES else "open",
         "status_notes": CASE_STATE_VI.get(case_state or "") or STATUS_VI.get(status, "Đang xử lý"),
-        "service_name": topic.description_vi.split(":")[0] if topic else None,
+        "service_name": topic.name_vi if topic else None,
         "service_code": topic.id if topic else None,
         "description": description,
         "agency_responsible": agency.name_vi if agency else None,

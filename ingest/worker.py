@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .backoff import backoff_delay
 from .errors import PermanentError, TransientError
+from .logs import log_context
 from .records import Job
 from .store import Store, StoredReport, Tx
 
@@ -83,7 +84,9 @@ class StageWorker:
                 except Exception:  # the per-job handler will retry alone and record the error per job
                     log.exception("stage %s: batch preparation failed", self.stage)
             for job, report in loaded:
-                await self._handle(job, report)
+                with log_context(report_id=job.report_id, job=job.id, stage=self.stage,
+                                 channel=report.message.channel_instance):
+                    await self._handle(job, report)
                 pending.remove(job)
         except asyncio.CancelledError:
             # Shutdown: give unfinished leases back at once rather than waiting for them to expire.

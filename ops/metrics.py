@@ -1,9 +1,12 @@
-"""`/metrics` in the Prometheus text exposition format (version 0.0.4), written by hand (no client library).
+"""`/metrics` in the Prometheus text exposition format (version 0.0.4), through `prometheus_client`.
 
-Two sources:
+Three sources, each in the process's own registry (not the library's global one: a reload or a test builds a
+fresh OpsMetrics without name clashes):
+- the process: CPU, memory, open files, start time (`process_*`), Python's GC and version (`python_*`);
 - in-process, fed by the stage workers through `ingest.worker.JOB_OBSERVERS`: how long after its receipt a report
-  finished each stage (received -> classified -> incident -> dispatched -> notified), handler time, job outcomes;
-  these reset when the process restarts, as Prometheus counters and histograms may;
+  finished each stage (received -> classified -> incident -> dispatched -> notified), handler time, job outcomes,
+  and by the HTTP middleware: requests per method, route template and status, and their duration. These reset when
+  the process restarts, as Prometheus counters and histograms may;
 - the store, read at scrape time (cached a few seconds): queue depths and dead letters per stage, reports accepted
   per channel, quarantined inputs, deadline breaches (the dispatch stage's escalation events), and with the
   dispatch tables: cases, deliveries and failed delivery attempts, open and overdue deadlines per agency and kind.
@@ -14,101 +17,64 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import prometheus_client
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 
 from ingest.clock import parse_iso
 from ingest.store import Store, StoredReport
 
 log = logging.getLogger(__name__)
 
-PREFIX = "hcmc1022_"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+NAMESPACE = "hcmc1022"
+PREFIX = NAMESPACE + "_"
+# What generate_latest writes for these (classic) names; scrapers of every Prometheus version read it.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Seconds; 300 is the regulation's 5-minute receive-classify-forward limit (Art. 6), 3600 the operator's hour.
 LATENCY_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Counters without their `_created` twin samples: the start time is already `process_start_time_seconds`.
+prometheus_client.disable_created_metrics()
 
 Labels = tuple[tuple[str, str], ...]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
-
-
-@dataclass
 class Family:
-    """One metric family: its HELP/TYPE header and samples (suffix, labels, value)."""
+    """One metric family read from the store at scrape time, turned into a prometheus_client family."""
 
-    name: str
-    help: str
-    kind: str  # counter | gauge | histogram
-    samples: list[tuple[str, Labels, float]] = field(default_factory=list)
+    def __init__(self, name: str, help: str, kind: str) -> None:
+        self.name, self.help, self.kind = name, help, kind  # kind: counter | gauge
+        self.samples: list[tuple[Labels, float]] = []
 
     def add(self, value: float, labels: Labels = (), suffix: str = "") -> None:
-        self.samples.append((suffix, labels, value))
+        del suffix  # the library adds `_total` to counters itself
+        self.samples.append((labels, value))
 
-    def render(self) -> str:
-        full = PREFIX + self.name
-        help_text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
-        lines = [f"# HELP {full} {help_text}", f"# TYPE {full} {self.kind}"]
-        lines += [f"{full}{suffix}{_labels(labels)} {_number(value)}" for suffix, labels, value in self.samples]
-        return "\n".join(lines) + "\n"
-
-
-class Histogram:
-    def __init__(self, name: str, help: str, label_names: Sequence[str], buckets: Sequence[float]) -> None:
-        self.name, self.help, self.label_names = name, help, tuple(label_names)
-        self.buckets = tuple(sorted(buckets))
-        self._series: dict[tuple[str, ...], list[float]] = {}  # label values -> [count per bucket..., +Inf, sum]
-
-    def observe(self, value: float, *label_values: str) -> None:
-        series = self._series.setdefault(label_values, [0.0] * (len(self.buckets) + 2))
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                series[i] += 1
-        series[-2] += 1
-        series[-1] += value
-
-    def family(self) -> Family:
-        fam = Family(self.name, self.help, "histogram")
-        for values, series in sorted(self._series.items()):
-            base = tuple(zip(self.label_names, values))
-            for bound, count in zip((*self.buckets, math.inf), series[:-1]):
-                fam.add(count, (*base, ("le", _number(bound) if math.isinf(bound) else repr(float(bound)))), "_bucket")
-            fam.add(series[-1], base, "_sum")
-            fam.add(series[-2], base, "_count")
-        return fam
+    def metric(self) -> Metric:
+        names = [k for k, _ in self.samples[0][0]] if self.samples else []
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        family = cls(PREFIX + self.name, self.help, labels=names)
+        for labels, value in self.samples:
+            family.add_metric([v for _, v in labels], value)
+        return family
 
 
-class Counter:
-    def __init__(self, name: str, help: str, label_names: Sequence[str]) -> None:
-        self.name, self.help, self.label_names = name, help, tuple(label_names)
-        self._values: dict[tuple[str, ...], float] = {}
+class _StoreFamilies(Collector):
+    """Hands the registry the families the last scrape read from the store (collect() itself cannot await)."""
 
-    def inc(self, *label_values: str, by: float = 1.0) -> None:
-        self._values[label_values] = self._values.get(label_values, 0.0) + by
+    def __init__(self) -> None:
+        self.families: list[Family] = []
 
-    def family(self) -> Family:
-        fam = Family(self.name, self.help, "counter")
-        for values, value in sorted(self._values.items()):
-            fam.add(value, tuple(zip(self.label_names, values)), "_total")
-        return fam
+    def collect(self) -> Iterable[Metric]:
+        return [f.metric() for f in self.families]
 
 
 # Stages always listed in dead_letters (0 when none), so an alert on `> 0` never depends on a series appearing.
@@ -123,17 +89,28 @@ class OpsMetrics:
     def __init__(self, store: Store, cache_seconds: float = 5.0) -> None:
         self.store = store
         self.cache_seconds = cache_seconds
+        self.registry = registry = CollectorRegistry()
+        prometheus_client.ProcessCollector(registry=registry)
+        prometheus_client.PlatformCollector(registry=registry)
+        prometheus_client.GCCollector(registry=registry)
         self.stage_latency = Histogram(
             "stage_latency_seconds",
             "Seconds from a report's receipt to its job finishing in a stage (classify: classified, dedupe: "
             "incident, dispatch: dispatched, notify: notified); the 5-minute forward limit is the 300 bucket.",
-            ("stage",), LATENCY_BUCKETS)
+            ("stage",), namespace=NAMESPACE, buckets=LATENCY_BUCKETS, registry=registry)
         self.handler_seconds = Histogram("stage_handler_seconds", "Seconds a stage's handler spent on one job.",
-                                         ("stage",), HANDLER_BUCKETS)
+                                         ("stage",), namespace=NAMESPACE, buckets=HANDLER_BUCKETS, registry=registry)
         self.job_outcomes = Counter("stage_jobs", "Jobs handled per stage and outcome (done, retry, dead, lost lease).",
-                                    ("stage", "outcome"))
-        self.scrape_errors = Counter("metrics_store_errors", "Scrapes whose store queries failed.", ())
-        self.scrape_errors.inc(by=0)
+                                    ("stage", "outcome"), namespace=NAMESPACE, registry=registry)
+        self.http_requests = Counter("http_requests", "HTTP requests answered, per method, route template and status.",
+                                     ("method", "route", "status"), namespace=NAMESPACE, registry=registry)
+        self.http_seconds = Histogram("http_request_duration_seconds", "Seconds to answer an HTTP request, per method"
+                                      " and route template.", ("method", "route"), namespace=NAMESPACE,
+                                      buckets=HTTP_BUCKETS, registry=registry)
+        self.scrape_errors = Counter("metrics_store_errors", "Scrapes whose store queries failed.",
+                                     namespace=NAMESPACE, registry=registry)
+        self._store_families = _StoreFamilies()
+        registry.register(self._store_families)
         self._cached: tuple[float, list[Family]] | None = None
         # Running totals over append-only rows, advanced by id at each scrape.
         self._reports_seen = 0
@@ -143,24 +120,43 @@ class OpsMetrics:
 
     # -- the worker hook ----------------------------------------------------------------------------
     def observe_job(self, stage: str, outcome: str, report: StoredReport, seconds: float) -> None:
-        self.job_outcomes.inc(stage, outcome)
-        self.handler_seconds.observe(seconds, stage)
+        self.job_outcomes.labels(stage, outcome).inc()
+        self.handler_seconds.labels(stage).observe(seconds)
         if outcome == "done":
             try:
                 received = parse_iso(report.message.received_at)
             except (TypeError, ValueError):
                 return
             # A channel's clock may run a little ahead of ours: never a negative latency.
-            self.stage_latency.observe(max(0.0, self.store.clock.now() - received), stage)
+            self.stage_latency.labels(stage).observe(max(0.0, self.store.clock.now() - received))
 
     # -- scrape -------------------------------------------------------------------------------------
     async def render(self) -> str:
-        families = [self.stage_latency.family(), self.handler_seconds.family(), self.job_outcomes.family()]
-        families += await self._store_families()
-        families.append(self.scrape_errors.family())
-        return "".join(f.render() for f in families)
+        self._store_families.families = await self._read_store_cached()
+        return prometheus_client.generate_latest(self.registry).decode()
 
-    async def _store_families(self) -> list[Family]:
+    # -- HTTP requests ------------------------------------------------------------------------------
+    @web.middleware
+    async def http_middleware(self, request: web.Request,
+                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Counts and times every request by its route template (`/open311/v2/requests/{id}.json`), never by
+        the path itself: ids and tokens must not become label values (nor grow the series without bound)."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            info = request.match_info
+            route = info.route.resource.canonical if info.route.resource is not None else "unmatched"
+            self.http_requests.labels(request.method, route, str(status)).inc()
+            self.http_seconds.labels(request.method, route).observe(time.perf_counter() - started)
+
+    async def _read_store_cached(self) -> list[Family]:
         mono = time.monotonic()
         if self._cached is not None and mono - self._cached[0] < self.cache_seconds:
             return self._cached[1]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
+import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
@@ -243,20 +245,85 @@ class OpsService:
             self.close()
 
 
+class MetricsListener:
+    """`/metrics` on its own listener (`[ops] metrics_listen`, e.g. loopback for a local Prometheus), off the
+    public port; a service of the generation, so a reload moves or closes it like the main site."""
+
+    name = "metrics-listener"
+
+    def __init__(self, handler: Any, host: str, port: int) -> None:
+        self.app = web.Application()
+        self.app.router.add_get("/metrics", handler)
+        self.host, self.port = host, port
+        self.started = asyncio.Event()
+
+    async def run(self) -> None:
+        runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+            self.port = runner.addresses[0][1]
+            log.info("metrics on http://%s:%s/metrics", self.host, self.port)
+            self.started.set()
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def metrics_handler(metrics: OpsMetrics, token: str | None, refusal: str | None = None) -> Any:
+    """The /metrics handler: with a token, only `Authorization: Bearer <token>` reads (compared in constant
+    time); `refusal` set, nobody does (public port, no token), and the answer says what to configure."""
+    expected = f"Bearer {token}".encode() if token is not None else None
+
+    async def handler(request: web.Request) -> web.Response:
+        if refusal is not None:
+            return web.Response(status=403, text=refusal + "\n")
+        if expected is not None and not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                                            expected):
+            return web.Response(status=401, text="a bearer token is required\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        return web.Response(body=(await metrics.render()).encode(), headers={"Content-Type": CONTENT_TYPE})
+    return handler
+
+
 def build(ctx: AppContext) -> list[Service]:
     if ctx.route_mode:  # a batch `route` run serves no HTTP and must never mail leadership
         return []
     cfg = ops_settings(ctx.settings)
-    metrics = OpsMetrics(ctx.store, cache_seconds=cfg.metrics_cache_seconds)
+    # One set of counters for the process: a reload's new generation keeps counting where the old one was.
+    metrics = ctx.shared.get("ops_metrics")
+    if not isinstance(metrics, OpsMetrics) or metrics.store is not ctx.store:
+        metrics = OpsMetrics(ctx.store, cache_seconds=cfg.metrics_cache_seconds)
+        ctx.shared["ops_metrics"] = metrics
+    metrics.cache_seconds = cfg.metrics_cache_seconds
     worker.JOB_OBSERVERS.append(metrics.observe_job)
+    ctx.http.middlewares.insert(0, metrics.http_middleware)  # outermost: times and counts every answer
 
-    async def metrics_handler(request: web.Request) -> web.Response:
-        return web.Response(body=(await metrics.render()).encode(), headers={"Content-Type": CONTENT_TYPE})
-
-    ctx.http.router.add_get("/metrics", metrics_handler)
+    token = cfg.metrics_token.get_secret_value() if cfg.metrics_token is not None else None
+    services: list[Service] = []
+    address = cfg.metrics_address()
+    if address is not None:
+        listener = MetricsListener(metrics_handler(metrics, token), *address)
+        services.append(listener)
+        ctx.shared["metrics_listener"] = listener
+    elif token is None and not _loopback(ctx.settings.http.host):
+        log.warning("/metrics is refused on the public port %s: set [ops] metrics_token or metrics_listen",
+                    ctx.settings.http.host)
+        ctx.http.router.add_get("/metrics", metrics_handler(
+            metrics, None, "metrics are not served on a public address: set [ops] metrics_token or metrics_listen"))
+    else:
+        ctx.http.router.add_get("/metrics", metrics_handler(metrics, token))
     health.add_routes(ctx, cfg.ready_timeout_seconds)
-    ctx.shared["ops_metrics"] = metrics
-    return [OpsService(ctx, metrics)]
+    return [OpsService(ctx, metrics), *services]
 
 
 # -- CLI ------------------------------------------------------------------------------------------
@@ -274,14 +341,22 @@ async def report_cli(store: Store, settings: Any, argv: Sequence[str]) -> int:
     Writes the HTML (charts inline), the PNG charts and the CSV files into DIR; prints the SMS summaries.
     """
     parser = argparse.ArgumentParser(prog="run_daemon.py report", description="weekly and quarterly reports")
-    parser.add_argument("kind", choices=("weekly", "quarterly"))
-    parser.add_argument("--agency", action="append", default=[], help="agency id (repeatable); default: all active")
-    parser.add_argument("--since", type=_date, help="first day of the period, YYYY-MM-DD (Vietnam time)")
-    parser.add_argument("--output", type=Path, default=Path("var/reports"))
+    add_arguments(parser)
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:
         return int(exc.code or 0)
+    return await run_cli(store, settings, args)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=("weekly", "quarterly"))
+    parser.add_argument("--agency", action="append", default=[], help="agency id (repeatable); default: all active")
+    parser.add_argument("--since", type=_date, help="first day of the period, YYYY-MM-DD (Vietnam time)")
+    parser.add_argument("--output", type=Path, default=Path("var/reports"))
+
+
+async def run_cli(store: Store, settings: Any, args: argparse.Namespace) -> int:
     try:
         directory = load_directory(settings.data.agencies, settings.data.structure)
     except ConfigError as exc:

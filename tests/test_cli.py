@@ -150,3 +150,61 @@ def test_unknown_command_and_bad_config_exit_nonzero(tmp_path: Path) -> None:
     bad.write_text("[http]\nport = 'x'\n", encoding="utf-8")
     result = _run("replay", "--config", str(bad), timeout=60)
     assert result.returncode == 2 and "http.port" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- one parser: --config anywhere, --help without the store, --version ----------------------------------------
+def test_config_before_or_after_the_command_and_user_add(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    env_password = {"FIRST_ADMIN_PW": "mat-khau-dai-du-16"}
+    os.environ.update(env_password)
+    try:
+        added = _run("user", "add", "quan-tri", "--role", "admin", "--password-env", "FIRST_ADMIN_PW",
+                     "--config", config, timeout=60)
+    finally:
+        os.environ.pop("FIRST_ADMIN_PW")
+    assert added.returncode == 0, added.stderr
+    listed = _run("--config", config, "user", "list", timeout=60)
+    assert listed.returncode == 0 and "quan-tri\tadmin" in listed.stdout
+    # Without a password source and without a terminal, `user add` says what to give (exit 2, usage).
+    missing = _run("user", "add", "x", "--role", "operator", "--config", config, timeout=60)
+    assert missing.returncode == 2 and "--password-env" in missing.stdout
+    assert _run("user", "disable", "nobody", "--config", config, timeout=60).returncode == 1
+
+
+@pytest.mark.parametrize("command", [["serve"], ["review", "decide"], ["incident"], ["dispatch", "overdue"],
+                                     ["user", "add"], ["report"]])
+def test_help_on_every_command_never_opens_the_store(tmp_path: Path, command: list[str]) -> None:
+    config = str(_config(tmp_path))
+    result = _run(*command, "--help", "--config", config, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and "--config FILE" in result.stdout and "exit codes:" in result.stdout
+    assert not (tmp_path / "store.sqlite3").exists()
+
+
+def test_version_and_unknown_arguments() -> None:
+    import tomllib
+
+    expected = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    result = _run("--version", timeout=60)
+    assert result.returncode == 0 and result.stdout.strip().endswith(expected)
+    assert _run("review", "frobnicate", timeout=60).returncode == 2
+
+
+async def test_first_run_says_how_to_create_the_first_admin(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import run_daemon
+    from console.auth import create_user
+
+    config = _config(tmp_path)
+    settings = run_daemon.load_settings(str(config))
+    assert "/console" in run_daemon.welcome(settings) and "/metrics" in run_daemon.welcome(settings)
+    await run_daemon.ensure_first_admin(settings, str(config))  # stdin is no terminal under pytest: no question
+    told = capsys.readouterr().err
+    assert f"run_daemon.py user add admin --role admin --config {config}" in told
+    store = await run_daemon.open_store(settings)
+    try:
+        await create_user(store, "admin", "admin", "mat-khau-dai-du-16")
+    finally:
+        await store.close()
+    await run_daemon.ensure_first_admin(settings, str(config))
+    assert capsys.readouterr().err == ""  # a login exists: nothing to say

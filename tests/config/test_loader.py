@@ -109,6 +109,48 @@ def test_env_secret_is_read_and_never_printed(tmp_path: Path) -> None:
     assert [k.get_secret_value() for k in options.api_keys] == ["k-123"]
 
 
+def test_overrides_are_typed_by_the_schema(tmp_path: Path) -> None:
+    """Digits stay text where the schema says text (an SMS sender id, a secret), and are numbers where it says so."""
+    path = _write(tmp_path, "[[channels]]\nkind='open311'\nname='app'\n")
+    settings = load(path, env={"HCMC1022__DISPATCH__SMS__SENDER": "1022", "HCMC1022__SECRETS__PIN": "0042",
+                               "HCMC1022__OPS__METRICS_TOKEN": "123456", "HCMC1022__HTTP__PORT": "9000",
+                               "HCMC1022__LOGGING__FORMAT": "json", "HCMC1022__CHANNELS__app__MAX_PHOTOS": "3",
+                               "HCMC1022__CONSOLE__ENABLED": "false"})
+    from config.console import console_settings
+    from config.dispatch import dispatch_settings
+    from config.ops import ops_settings
+
+    assert dispatch_settings(settings).sms.sender == "1022"
+    assert settings.secrets["pin"].get_secret_value() == "0042"  # not the number 42
+    metrics_token = ops_settings(settings).metrics_token
+    assert metrics_token is not None and metrics_token.get_secret_value() == "123456"
+    assert settings.http.port == 9000 and settings.logging.format == "json"
+    assert channel_options(settings.channels[0]).max_photos == 3  # type: ignore[attr-defined]
+    assert console_settings(settings).enabled is False
+
+
+def test_secrets_from_files_and_systemd_credentials(tmp_path: Path) -> None:
+    (tmp_path / "sms.token").write_text("tok-from-file\n", encoding="utf-8")
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "app-key").write_text("k-from-systemd", encoding="utf-8")
+    path = _write(tmp_path, f"[secrets]\nsms_gateway = 'file:{tmp_path / 'sms.token'}'\n"
+                            "[[channels]]\nkind='open311'\nname='app'\napi_keys=['credential:app-key']\n")
+    settings = load(path, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert settings.secrets["sms_gateway"].get_secret_value() == "tok-from-file"  # final newline dropped
+    options = channel_options(settings.channels[0])
+    assert [k.get_secret_value() for k in options.api_keys] == ["k-from-systemd"]  # type: ignore[attr-defined]
+    # Missing sources are reported with the rest, by key path.
+    path = _write(tmp_path, f"[secrets]\na = 'file:{tmp_path / 'nope'}'\nb = 'credential:x'\nc = 'credential:../etc'\n")
+    with pytest.raises(ConfigError) as exc:
+        load(path, env={})
+    problems = _problems(exc)
+    assert any(p.startswith("secrets.a: secret file") for p in problems)
+    assert any(p.startswith("secrets.b: credential x asked for, but CREDENTIALS_DIRECTORY") for p in problems)
+    with pytest.raises(ConfigError, match="secrets.c: '../etc' is not a credential name"):
+        load(path, env={"CREDENTIALS_DIRECTORY": str(creds)})
+
+
 def test_missing_secret_variables_are_all_reported(tmp_path: Path) -> None:
     path = _write(tmp_path, "[secrets]\na = 'env:MISSING_ONE'\nb = 'env:MISSING_TWO'\n[http]\nport = -1\n")
     with pytest.raises(ConfigError) as exc:

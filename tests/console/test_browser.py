@@ -48,7 +48,8 @@ async def test_operator_decides_a_review_in_the_browser(server: Server) -> None:
             assert str(rid) in await page.locator("#flash").inner_text()
             # The report page shows the decision in the report's own history.
             await page.goto(f"{server.url}/console/review/{rid}")
-            assert "operator: route drainage → thoat-nuoc" in await page.locator("#decisions").inner_text()
+            decisions = await page.locator("#decisions").inner_text()
+            assert "operator: route Thoát nước → Công ty TNHH MTV Thoát nước đô thị TP.HCM" in decisions
         finally:
             await browser.close()
     decision = await server.store.fetchone("SELECT actor, at, topic, agency FROM review_decisions WHERE report_id=?",

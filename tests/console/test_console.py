@@ -105,7 +105,9 @@ async def test_review_decision_records_who_and_when_and_sends_the_report_on(serv
                                         Candidate(topic="drainage", agency="thoat-nuoc", score=0.38)))
     await browser.login("operator")
     status, page = await browser.get("/console/review")
-    assert f"report-{rid}" in page and "drainage → thoat-nuoc" in page
+    # People's names of topics and agencies, not the ids the records keep.
+    assert f"report-{rid}" in page and "Thoát nước → Công ty TNHH MTV Thoát nước đô thị TP.HCM" in page
+    assert "drainage → thoat-nuoc" not in page
     status, page = await browser.get(f"/console/review/{rid}")
     assert status == 200 and "Cống nghẹt" in page
     status, _, location = await browser.post(f"/console/review/{rid}/decide",
@@ -149,7 +151,7 @@ async def test_review_page_shows_the_classifier_reasons_and_escapes_report_text(
     assert status == 200
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "0901234567" not in page  # contacts stay off review pages; the report page shows them
-    assert "83/16/4" in page and "dien bien phu" in page and "binh-thanh" in page  # the place found
+    assert "83/16/4" in page and "dien bien phu" in page and "Quận Bình Thạnh" in page  # the place found
     nearest = page.split("Phản ánh tương tự")[1]
     assert "Cống thoát nước bị nghẹt rác" in nearest and "1.0" in nearest
 

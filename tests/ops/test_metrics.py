@@ -2,9 +2,9 @@
 dead letters, reports per channel, and deadline breaches from the dispatch tables."""
 from __future__ import annotations
 
-import re
-
 import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch.clocks import tick
 from ingest.clock import iso
@@ -13,41 +13,20 @@ from ingest.records import InboundMessage, Job
 from ingest.store import StoredReport, Tx
 from ingest.worker import StageWorker
 
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
-LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*(?:,|$)')
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def parse(text: str) -> Samples:
-    """A strict reader of the text format: every sample belongs to a family declared by HELP and TYPE first."""
-    assert text.endswith("\n")
-    types: dict[str, str] = {}
+    """Parsed by prometheus_client's own text-format parser. Every sample must belong to a family declared by
+    HELP and TYPE (an undeclared one comes back typed "unknown"), and no sample may repeat."""
     samples: Samples = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            assert len(line.split(" ", 3)) == 4, line
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert kind in ("counter", "gauge", "histogram") and name not in types, line
-            types[name] = kind
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not a sample line: {line!r}"
-        name, raw_labels, value = match.groups()
-        family = re.sub(r"_(bucket|sum|count|total)$", "", name)
-        assert name in types or family in types, f"sample before its TYPE: {line!r}"
-        labels: list[tuple[str, str]] = []
-        if raw_labels:
-            pos = 0
-            while pos < len(raw_labels):
-                m = LABEL.match(raw_labels, pos)
-                assert m, f"bad labels in {line!r}"
-                labels.append((m.group(1), m.group(2)))
-                pos = m.end()
-        key = (name, frozenset(labels))
-        assert key not in samples, f"duplicate sample {line!r}"
-        samples[key] = float(value)
+    for family in text_string_to_metric_families(text):
+        assert family.type in ("counter", "gauge", "histogram"), f"{family.name}: samples without their TYPE"
+        assert family.documentation, f"{family.name}: no HELP"
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"duplicate sample {key}"
+            samples[key] = sample.value
     return samples
 
 
@@ -146,9 +125,76 @@ async def test_a_closed_store_still_gives_a_scrape_that_says_so(world, context_f
 
 
 def test_label_values_are_escaped() -> None:
-    from ops.metrics import Family
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ops.metrics import Family, _StoreFamilies
 
     fam = Family("x", "help with \\ backslash", "gauge")
     fam.add(1.5, (("path", 'a"b\\c\nd'),))
-    samples = parse(fam.render())
-    assert get(samples, "hcmc1022_x", path='a\\"b\\\\c\\nd') == 1.5
+    collector = _StoreFamilies()
+    collector.families = [fam]
+    registry = CollectorRegistry()
+    registry.register(collector)
+    samples = parse(generate_latest(registry).decode())
+    assert get(samples, "hcmc1022_x", path='a"b\\c\nd') == 1.5
+
+
+async def test_http_and_process_metrics(world, context_for, serve_ops) -> None:
+    served = await serve_ops(context_for(world.store, world.clock))
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):
+            async with http.get(served.url + "/healthz") as resp:
+                assert resp.status == 200
+        async with http.get(served.url + "/no/such/page") as resp:
+            assert resp.status == 404
+    _, text, samples = await scrape(served.url)
+    assert get(samples, "hcmc1022_http_requests_total", method="GET", route="/healthz", status="200") == 2
+    # Unknown paths are one series, not one per path.
+    assert get(samples, "hcmc1022_http_requests_total", method="GET", route="unmatched", status="404") == 1
+    assert get(samples, "hcmc1022_http_request_duration_seconds_count", method="GET", route="/healthz") == 2
+    assert get(samples, "process_resident_memory_bytes") > 0 and get(samples, "process_open_fds") > 0
+    assert ("python_info", frozenset()) not in samples and "python_info{" in text
+    # The counters' TYPE lines name the samples they declare (no `# TYPE x counter` above `x_total` samples).
+    assert "# TYPE hcmc1022_stage_jobs_total counter" in text or "hcmc1022_stage_jobs" not in text
+    assert "# TYPE hcmc1022_reports_accepted_total counter" in text
+
+
+async def test_metrics_behind_a_bearer_token(world, context_for, serve_ops) -> None:
+    served = await serve_ops(context_for(world.store, world.clock, ops={"metrics_token": "s3cret-token-for-scrapes"}))
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token-for-scrapes"}):
+            async with http.get(served.url + "/metrics", headers=headers) as resp:
+                assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+        async with http.get(served.url + "/metrics",
+                            headers={"Authorization": "Bearer s3cret-token-for-scrapes"}) as resp:
+            assert resp.status == 200 and get(parse(await resp.text()), "hcmc1022_store_up") == 1
+
+
+async def test_metrics_on_their_own_loopback_listener(world, context_for) -> None:
+    import asyncio
+
+    from ops.service import build
+
+    ctx = context_for(world.store, world.clock, ops={"metrics_listen": "127.0.0.1:0"})
+    services = build(ctx)
+    assert ("GET", "/metrics") not in {(r.method, r.resource.canonical) for r in ctx.http.router.routes()
+                                       if r.resource is not None}
+    listener = ctx.shared["metrics_listener"]
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.started.wait(), 10)
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{listener.port}/metrics") as resp:
+            assert resp.status == 200 and get(parse(await resp.text()), "hcmc1022_store_up") == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        services[0].close()
+
+
+@pytest.mark.parametrize("listen", ["9022", "host:", ":x"])
+def test_metrics_listen_must_be_host_and_port(listen: str) -> None:
+    from config.loader import validate
+    from ingest.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ops.metrics_listen"):
+        validate({"ops": {"metrics_listen": listen}}, {})
