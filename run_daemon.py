@@ -231,6 +231,7 @@ def welcome(settings: Settings) -> str:
     base = f"http://{settings.http.host}:{settings.http.port}"
     return "\n".join([
         f"1022 routing daemon {version()} on {base}",
+        f"  citizen portal:                {base}/",
         f"  console (operators, agencies): {base}/console",
         f"  public list and map:           {base}/public",
         f"  Open311 app API:               {base}/open311/v2/services.json, discovery {base}/open311/discovery.json",
