@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ingest.clock import VN_TZ, iso
 from ingest.pii import redact
 
-from .cases import CaseBook, Forbidden, NotFound, ReporterRejected
+from .cases import CaseBook, Forbidden, NotFound, ReporterRejected, public_ref
 from .policy import ANSWER_KINDS, CLOSED_STATES, AnswerRejected
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,8 @@ class DispatchApi:
         topic = self.book.directory.topics.get(case["topic"])
         # Art. 9: the public view has no reporter data and no free text an agency might have put a name in,
         # except the closing result.
-        return {"case_id": case["id"], "state": case["state"], "topic": topic.description_vi if topic else case["topic"],
+        # The reference reporters read, never the sequential internal id.
+        return {"reference": public_ref(case["token"]), "state": case["state"], "topic": topic.description_vi if topic else case["topic"],
                 "agency": agency.name_vi if agency else case["agency"], "received_at": iso(case["received_at"]),
                 "closed_at": iso(case["closed_at"]) if case["closed_at"] else None,
                 "result": redact(case["result"]) if case["closed_at"] and case["result"] else None,
@@ -221,7 +222,8 @@ class DispatchApi:
             return _error(404, "no such case")
         except ReporterRejected as exc:
             return _error(409, str(exc))
-        return web.json_response({"case_id": case_id, "score": body.score}, status=201)
+        case = await self.book.store.fetchone("SELECT token FROM cases WHERE id=?", (case_id,))
+        return web.json_response({"reference": public_ref(case["token"]), "score": body.score}, status=201)
 
     async def post_dispute(self, request: web.Request) -> web.Response:
         try:
@@ -235,7 +237,8 @@ class DispatchApi:
             return _error(404, "no such case")
         except ReporterRejected as exc:
             return _error(409, str(exc))
-        return web.json_response({"case_id": case_id, "state": "forwarded"}, status=201)
+        case = await self.book.store.fetchone("SELECT token FROM cases WHERE id=?", (case_id,))
+        return web.json_response({"reference": public_ref(case["token"]), "state": "forwarded"}, status=201)
 
     async def lookup_page(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
@@ -246,8 +249,8 @@ class DispatchApi:
         rows = "".join(f"<li>{e(a['at'])}: {e(a['kind'])}</li>" for a in data["timeline"])
         stars = "".join(f'<label><input type="radio" name="score" value="{i}" required> {i}</label> '
                         for i in range(1, 6))
-        page = (f"<!doctype html><html lang='vi'><head><meta charset='utf-8'><title>{e(data['case_id'])}</title>"
-                f"</head><body><h1>Phản ánh {e(data['case_id'])}</h1><p>Lĩnh vực: {e(data['topic'])}</p>"
+        page = (f"<!doctype html><html lang='vi'><head><meta charset='utf-8'><title>{e(data['reference'])}</title>"
+                f"</head><body><h1>Phản ánh {e(data['reference'])}</h1><p>Lĩnh vực: {e(data['topic'])}</p>"
                 f"<p>Đơn vị xử lý: {e(data['agency'])}</p><p>Tình trạng: {e(STATE_VI.get(data['state'], data['state']))}"
                 f"</p><p>{e(data['result'] or '')}</p><ul>{rows}</ul>"
                 f"<form method='post' action='/cases/{e(token)}/rating'><p>Mức độ hài lòng:</p>{stars}"

@@ -5,6 +5,7 @@ Decisions come from dispatch/policy.py; this module only reads and writes the st
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -55,6 +56,18 @@ class Forbidden(PermissionError):
 
 def case_id_for(incident_id: str) -> str:
     return "CASE-" + incident_id.removeprefix("INC-")
+
+
+_REF_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U to misread on the phone
+
+
+def public_ref(token: str) -> str:
+    """The reference reporters read ("mã PA-7K3Q-M9XW"): one-way from the case's random lookup token, so it says
+    nothing about how many cases exist, cannot be guessed from another, and cannot be turned into the token.
+    Internal ids (CASE-000123) stay for agencies and the console; neither is ever proof of anything."""
+    n = int.from_bytes(hashlib.sha256(b"1022-public-ref\0" + token.encode()).digest()[:5], "big")
+    chars = "".join(_REF_ALPHABET[(n >> (5 * i)) & 31] for i in range(8))
+    return f"PA-{chars[:4]}-{chars[4:]}"
 
 
 async def recurrence_of(tx: Tx | Store, incident_id: str) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from ingest.worker import Writes
 
 from . import policy
 from .delivery import classify_status, parse_retry_after
+from .cases import public_ref
 from .messages import reporter_text, unit_committee_name
 from .ssrf import GuardedResolver, check_url
 
@@ -175,7 +176,8 @@ class Notifier:
             if agency is not None and label and agency.id == unit_agency(str(place.get("unit"))):
                 name = unit_committee_name(label, language)  # "Ủy ban nhân dân Phường Bình Tiên (P.7, Q.6 cũ)"
             # The agency's result reaches every reporter of the incident: none may read another's details.
-            fields.update(case_id=case["id"], link=f"{self.base_url}/cases/{link_token or case['token']}",
+            # Reporters read the case's public reference, never its sequential internal id.
+            fields.update(case_id=public_ref(case["token"]), link=f"{self.base_url}/cases/{link_token or case['token']}",
                           result=redact(case["result"] or ""), agency=name,
                           dispute_days=self.cfg.reporters.dispute_days)
         if template == "result":

@@ -11,6 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from dispatch.cases import public_ref
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from test_e2e_support import (  # noqa: E402
@@ -143,19 +145,21 @@ async def test_report_to_agency_to_result_for_every_reporter(tmp_path: Path) -> 
                 return found if len(found) == 2 else {}
             texts = await wait_for(results, FLOW_TIMEOUT, "result SMS missing; log:\n{log}", log=daemon.log)
             assert set(texts) == {APP_PHONE, CALL_PHONE}
-            # Each reporter's message carries their own lookup token (their rating and dispute are theirs alone).
+            # Each reporter's message carries their own lookup token (their rating and dispute are theirs alone),
+            # and the case's public reference, never the sequential internal id.
             own = {r["report_id"]: f"{daemon.base}/cases/{r['token']}"
                    for r in query(db, "SELECT report_id, token FROM reporter_links")}
             links = {APP_PHONE: own[app_id], CALL_PHONE: own[call_id]}
+            ref = public_ref(token)
             for phone, text in texts.items():
-                assert case_id in text and links[phone] in text
+                assert ref in text and links[phone] in text and case_id not in text
             # Before that, the first reporter got the acknowledgement with the agency, the second was told the
             # incident is already being handled.
             by_phone: dict[str, list[str]] = {}
             for body in sms.bodies():
                 by_phone.setdefault(body["to"], []).append(body["text"])
             assert any("đã tiếp nhận" in t and links[APP_PHONE] in t for t in by_phone[APP_PHONE]), by_phone
-            assert any("đã được tiếp nhận trước đó" in t and case_id in t for t in by_phone[CALL_PHONE]), by_phone
+            assert any("đã được tiếp nhận trước đó" in t and ref in t for t in by_phone[CALL_PHONE]), by_phone
             assert len(by_phone[APP_PHONE]) == len(by_phone[CALL_PHONE]) == 2
             # Still one delivery to the agency, and the link shows the closed case.
             assert len({r["headers"]["webhook-id"] for r in webhook.requests}) == 1

@@ -32,3 +32,18 @@ def test_each_missing_proof_is_named() -> None:
     assert email_answer_checks(ev(sender_auth="none"), ADDR, True) == ["sender_not_authenticated"]
     assert email_answer_checks(ev(sender_auth="none"), ADDR, False) == []  # where it cannot be known
     assert email_answer_checks(ev(kind=None), ADDR, True) == ["no_answer_keyword"]
+
+
+def test_public_references_are_not_guessable() -> None:
+    import re
+    import secrets
+
+    from dispatch.cases import public_ref
+    tokens = [secrets.token_urlsafe(16) for _ in range(2000)]
+    refs = [public_ref(t) for t in tokens]
+    assert all(re.fullmatch(r"PA-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}", r) for r in refs)
+    assert len(set(refs)) == len(refs)  # 40 bits: no collision among 2,000 cases
+    assert public_ref(tokens[0]) == refs[0]  # stable: the reporter quotes the same one every time
+    # Nothing of the sequence shows: neighbouring cases share no prefix more than chance allows.
+    same_prefix = sum(a[3] == b[3] for a, b in zip(refs, refs[1:]))
+    assert same_prefix < 200  # about 1/32 of 1,999 pairs by chance

@@ -15,6 +15,7 @@ from dispatch import service
 from dispatch.answers import apply_email_reply
 from dispatch.cli import dispatch_cli
 from dispatch.clocks import overdue, tick
+from dispatch.cases import public_ref
 from dispatch.delivery import DeliverySender
 from ingest.app import AppContext
 from ingest.records import Candidate, Reporter
@@ -110,7 +111,7 @@ async def test_case_lifecycle_every_reporter_gets_ack_or_result(app_ctx, receive
     assert (await store.get_report(first)).status == "dispatched"
     assert len(receiver.accepted) == 1
     replies = ctx.replies.get("email").sent
-    assert replies[0][0] == first and "CASE-000042" in replies[0][1]
+    assert replies[0][0] == first and public_ref(case["token"]) in replies[0][1] and "CASE-000042" not in replies[0][1]
     # Each reporter's link carries their own token (their rating and dispute are theirs alone).
     links = {r["report_id"]: r["token"] for r in await store.fetchall("SELECT * FROM reporter_links")}
     assert f"https://1022.example.vn/cases/{links[first]}" in replies[0][1] and case["token"] not in replies[0][1]
@@ -286,7 +287,10 @@ async def test_english_report_gets_english_messages(app_ctx):
     await dispatch_job(ctx.store, rid, "INC-000012")
     await pump(ctx)
     ((_, text),) = ctx.replies.get("email").sent
-    assert text.startswith("HCMC 1022 portal: we have received your report (ref. CASE-000012)")
+    case = await ctx.store.fetchone("SELECT token FROM cases WHERE id='CASE-000012'")
+    # The reporter reads the case's public reference, not the sequential internal id.
+    assert text.startswith(f"HCMC 1022 portal: we have received your report (ref. {public_ref(case['token'])})")
+    assert "CASE-000012" not in text
     assert "Saigon Water" in text or "Water" in text
 
 

@@ -9,6 +9,7 @@ import json
 import numpy as np
 
 from dedupe.service import STAGE, DedupeStage, IncidentMatcher
+from dispatch.cases import public_ref
 from ingest.clock import iso
 from ingest.records import Classification, InboundMessage, Place, Reporter, to_json
 from ingest.store import Store
@@ -102,7 +103,7 @@ async def test_incident_closes_with_its_case_and_a_later_report_is_a_recurrence(
     events = await store.fetchall("SELECT kind, data FROM events WHERE report_id=? AND kind='case_created'", (again,))
     assert json.loads(events[0]["data"])["recurrence_of"] == "INC-000001"
     sent = ctx.replies.get("email").sent
-    assert any(rid == again and case2["id"] in text for rid, text in sent)
+    assert any(rid == again and public_ref(case2["token"]) in text for rid, text in sent)
     assert not any(rid == again and "đang được xử lý" in text for rid, text in sent)
 
     # A further report while the new case is open joins the new incident, not the closed one.
