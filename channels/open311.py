@@ -13,7 +13,7 @@ from aiohttp import web
 
 from config.channels import ChannelEntry, Open311Options
 from ingest.app import AppContext, Service
-from ingest.public import HIDDEN_STATES, public_request
+from ingest.public import fetch_public_request, public_request, services
 from ingest.store import Store
 from ingest.untrusted import BodyError, single_line
 
@@ -78,27 +78,14 @@ class Open311Channel:
         return {t.id for t in self.ctx.directory.topics.values() if t.agency is not None}
 
     async def services(self, request: web.Request) -> web.Response:
-        out: list[dict[str, Any]] = []
-        for topic in self.ctx.directory.topics.values():
-            if topic.agency is None:
-                continue  # refused categories are not services one can request
-            out.append({
-                "service_code": topic.id, "service_name": topic.name_vi,
-                "description": topic.description_vi, "metadata": False, "type": "realtime",
-                "keywords": topic.id.replace("_", ","), "group": topic.category,
-            })
-        return web.json_response(out)
+        return web.json_response(services(self.ctx.directory))
 
     async def get_request(self, request: web.Request) -> web.Response:
-        try:
-            report_id = int(request.match_info["id"])
-        except ValueError:
+        # The same row and renderer as requests/{id}.xml and the list (ingest/public.py).
+        row = await fetch_public_request(self.store, request.match_info["id"])
+        if row is None:
             return self._fail(404, "no such service request")
-        row = await self.store.fetchone(
-            "SELECT id, status, topic, agency, received_at, updated_at, record FROM reports WHERE id=?", (report_id,))
-        if row is None or row["status"] in HIDDEN_STATES:
-            return self._fail(404, "no such service request")
-        return web.json_response([public_request(row, self.ctx.directory)])
+        return web.json_response([public_request(row, self.ctx.directory, self.ctx.settings.http.public_base_url)])
 
 
 def _equal(a: str, b: str) -> bool:

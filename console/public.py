@@ -18,20 +18,18 @@ from typing import Any
 
 from aiohttp import web
 
-from config.directory import Directory
 from ingest.app import AppContext
 from ingest.clock import VN_TZ
-from ingest.public import CLOSED_STATES, HIDDEN_STATES, public_request
+from ingest.public import (CLOSED_STATES, HIDDEN_STATES, PUBLIC_SELECT, fetch_public_request, public_request,
+                           services)
 
 PREFIX = "/open311/v2"
 DEFAULT_WINDOW_DAYS = 90  # GeoReport v2: without dates, the last 90 days
 MAX_PAGE_SIZE = 1000
+# When the endpoints below last changed in a way clients notice (Open311 discovery `changeset`).
+DISCOVERY_CHANGESET = "2026-12-07T00:00:00+07:00"
 
-# The columns public_request reads, with the case of the report's incident when there is one.
-SELECT = ("SELECT r.id, r.status, r.topic, r.agency, r.district, r.received_at, r.updated_at, r.record,"
-          " r.classification, r.incident_id, c.agency AS case_agency, c.state AS case_state,"
-          " c.expected_completion, c.id AS case_id, c.report_id AS case_report_id"
-          " FROM reports r LEFT JOIN cases c ON c.incident_id = r.incident_id")
+SELECT = PUBLIC_SELECT  # the one query behind every public view of a report
 
 class QueryError(Exception):
     pass
@@ -133,19 +131,13 @@ def xml_error(code: int, description: str) -> bytes:
     return _xml(root)
 
 
-def services(directory: Directory) -> list[dict[str, Any]]:
-    """GeoReport v2 service list: the topics one can report (refused categories are not services)."""
-    return [{"service_code": t.id, "service_name": t.name_vi, "description": t.description_vi,
-             "metadata": False, "type": "realtime", "keywords": t.id.replace("_", ","), "group": t.category}
-            for t in directory.topics.values() if t.agency is not None]
-
-
 class PublicViews:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            web.get("/open311/discovery.json", self.discovery_json),
             web.get(f"{PREFIX}/services.json", self.services_json),
             web.get(f"{PREFIX}/services.xml", self.services_xml),
             web.get(f"{PREFIX}/requests.json", self.list_json),
@@ -161,16 +153,27 @@ class PublicViews:
             [*args, size + 1, (page - 1) * size])
         return rows, page, size
 
+    def _render(self, row: Any) -> dict[str, Any]:
+        return public_request(row, self.ctx.directory, self.ctx.settings.http.public_base_url)
+
     async def _items(self, params: Any) -> list[dict[str, Any]]:
         rows, _, size = await self._query(params)
-        return [public_request(r, self.ctx.directory) for r in rows[:size]]
+        return [self._render(r) for r in rows[:size]]
 
     async def _one(self, rid: str) -> Any:
-        if not rid.isdigit():
-            return None
-        return await self.ctx.store.fetchone(
-            f"{SELECT} WHERE r.id=? AND r.status NOT IN ({','.join('?' * len(HIDDEN_STATES))})",
-            [int(rid), *sorted(HIDDEN_STATES)])
+        return await fetch_public_request(self.ctx.store, rid)
+
+    async def discovery_json(self, request: web.Request) -> web.Response:
+        """Open311 service discovery: where the GeoReport v2 endpoint is and which formats it speaks."""
+        base = self.ctx.settings.http.public_base_url.rstrip("/")
+        return web.json_response({
+            "changeset": DISCOVERY_CHANGESET,
+            "contact": f"Cổng 1022 TP. Hồ Chí Minh: {base}/",
+            "key_service": "Không cần khóa để đọc; ứng dụng gửi phản ánh dùng khóa do Tổng đài 1022 cấp.",
+            "endpoints": [{"specification": "http://wiki.open311.org/GeoReport_v2", "url": base + PREFIX,
+                           "changeset": DISCOVERY_CHANGESET, "type": "production",
+                           "formats": ["application/json", "text/xml"]}],
+        })
 
     async def services_json(self, request: web.Request) -> web.Response:
         return web.json_response(services(self.ctx.directory))
@@ -196,13 +199,13 @@ class PublicViews:
         row = await self._one(request.match_info["id"])
         if row is None:
             return web.json_response([{"code": 404, "description": "no such service request"}], status=404)
-        return web.json_response([public_request(row, self.ctx.directory)])
+        return web.json_response([self._render(row)])
 
     async def one_xml(self, request: web.Request) -> web.Response:
         row = await self._one(request.match_info["id"])
         if row is None:
             return web.Response(body=xml_error(404, "no such service request"), status=404, content_type="text/xml")
-        return web.Response(body=to_xml([public_request(row, self.ctx.directory)]), content_type="text/xml",
+        return web.Response(body=to_xml([self._render(row)]), content_type="text/xml",
                             charset="utf-8")
 
 

@@ -20,7 +20,7 @@ from .records import InboundMessage, from_json
 CLOSED_STATES = {"closed", "rejected", "out_of_scope"}
 # Reports in these states are never published: loops and auto-replies, abusive content, our own failures.
 HIDDEN_STATES = {"ignored", "rejected", "failed"}
-__all__ = ["REDACTED", "public_request", "redact_text"]
+__all__ = ["REDACTED", "PUBLIC_SELECT", "fetch_public_request", "public_request", "redact_text", "services"]
 CONFIDENTIAL_NOTE = "Nội dung được bảo mật theo yêu cầu của người phản ánh."
 PENDING_NOTE = "Phản ánh đang được phân loại; nội dung sẽ được công bố sau khi kiểm duyệt."
 OUT_OF_SCOPE_NOTE = "Nội dung không thuộc phạm vi tiếp nhận của Cổng 1022; người phản ánh đã được hướng dẫn."
@@ -47,6 +47,56 @@ CASE_STATE_VI = {
     "refused": "Đã đóng: không thuộc phạm vi tiếp nhận",
     "merged": "Đã gộp vào phản ánh khác cùng sự việc",
 }
+
+
+# The columns public_request reads, with the case of the report's incident when there is one and the data of
+# that case's answers (where the agency's after-photos are). The Open311 JSON and XML, the app channel's
+# lookup and the public pages all read a report through this one query.
+PUBLIC_SELECT = ("SELECT r.id, r.status, r.topic, r.agency, r.district, r.received_at, r.updated_at, r.record,"
+                 " r.classification, r.incident_id, c.agency AS case_agency, c.state AS case_state,"
+                 " c.expected_completion, c.id AS case_id, c.report_id AS case_report_id,"
+                 " (SELECT json_group_array(a.data) FROM answers a WHERE a.case_id = c.id) AS answer_data"
+                 " FROM reports r LEFT JOIN cases c ON c.incident_id = r.incident_id")
+# Where the public pages serve a report's published photos (re-encoded, without EXIF; portal/views.py).
+PUBLIC_PHOTO_PATH = "/public/{id}/photos/{sha}"
+
+
+async def fetch_public_request(store: Any, request_id: str) -> Any:
+    """The row of one public service request, or None when there is none the public may see."""
+    if not request_id.isdigit():
+        return None
+    return await store.fetchone(
+        f"{PUBLIC_SELECT} WHERE r.id=? AND r.status NOT IN ({','.join('?' * len(HIDDEN_STATES))})",
+        [int(request_id), *sorted(HIDDEN_STATES)])
+
+
+def services(directory: Directory) -> list[dict[str, Any]]:
+    """GeoReport v2 service list: the topics one can report (refused categories are not services)."""
+    return [{"service_code": t.id, "service_name": t.name_vi, "description": t.description_vi,
+             "metadata": False, "type": "realtime", "keywords": t.id.replace("_", ","), "group": t.category}
+            for t in directory.topics.values() if t.agency is not None]
+
+
+def public_photos(row: Any) -> list[str]:
+    """The photos of a report the public may see: the agency's after-photos on its case (sha256 ids, in answer
+    order), none for a confidential report (a photo can show where the reporter lives). Reporters' own photos
+    are never published: they may show faces and homes."""
+    raw = _get(row, "answer_data")
+    if not raw or is_confidential(from_json(InboundMessage, row["record"])):
+        return []
+    out: list[str] = []
+    try:
+        answers = json.loads(raw)
+    except ValueError:
+        return []
+    for data in answers:
+        try:
+            photos = json.loads(data or "{}").get("photos") or []
+        except (ValueError, AttributeError):
+            continue
+        out += [p for p in photos if isinstance(p, str) and len(p) == 64 and p not in out
+                and all(c in "0123456789abcdef" for c in p)]
+    return out
 
 
 def redact_text(message: InboundMessage) -> str:
@@ -82,12 +132,14 @@ def public_address(classification: str | dict[str, Any] | None, directory: Direc
     return ", ".join(parts) or None
 
 
-def public_request(row: Any, directory: Directory) -> dict[str, Any]:
-    """One report in Open311 GeoReport v2 `service_request` shape, with no personal data.
+def public_request(row: Any, directory: Directory, base_url: str = "") -> dict[str, Any]:
+    """One report in Open311 GeoReport v2 `service_request` shape, with no personal data: the one renderer of
+    the JSON and XML answers.
 
     `row` is a `reports` row with id, status, topic, agency, received_at, updated_at, record; when it also
-    carries `classification`, `case_agency`, `case_state` and `expected_completion` (a LEFT JOIN on cases),
-    those make the answer more precise.
+    carries `classification`, `case_agency`, `case_state`, `expected_completion` and `answer_data`
+    (PUBLIC_SELECT), those make the answer more precise. `media_url`: the first published photo, under
+    `base_url` (the public base URL).
     """
     message = from_json(InboundMessage, row["record"])
     status = row["status"]
@@ -128,5 +180,6 @@ def public_request(row: Any, directory: Directory) -> dict[str, Any]:
         "zipcode": None,
         "lat": lat,
         "long": lon,
-        "media_url": None,
+        "media_url": (base_url.rstrip("/") + PUBLIC_PHOTO_PATH.format(id=row["id"], sha=photos[0])
+                      if (photos := public_photos(row)) else None),
     }

@@ -49,7 +49,11 @@ class Server:
 
 
 @pytest.fixture
-async def server(store: Store) -> AsyncIterator[Server]:
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    # Every component's tables: a public request is read with its case and the case's answers.
+    from run_daemon import collect_migrations
+
+    store = await Store.open(tmp_path / "store.sqlite3", tmp_path / "blobs", migrations=collect_migrations())
     directory = load_directory(None)
     ctx = AppContext(settings=Settings(), directory=directory, store=store, clock=store.clock,
                      http=make_app(MAX_BODY))
@@ -63,6 +67,7 @@ async def server(store: Store) -> AsyncIterator[Server]:
     async with aiohttp.ClientSession() as session:
         yield Server(f"http://127.0.0.1:{port}", store, session)
     await runner.cleanup()
+    await store.close()
     del channel
 
 

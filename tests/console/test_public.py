@@ -145,6 +145,13 @@ async def test_open311_read_api_with_the_georeport_client(server: Server) -> Non
     assert got["one"]["status"] == "closed" and got["one"]["status_notes"] == "Đã xử lý xong"
     assert got["one_xml"]["status"] == "closed" and got["one_xml"]["service_code"] == "drainage"
     assert got["one_xml"]["description"] == got["one"]["description"]
+    # One renderer for both formats (and the app channel's own requests/{id}.json): the same answer in each.
+    for field in ("status_notes", "agency_responsible", "expected_datetime", "media_url", "address"):
+        assert got["one_xml"].get(field) == got["one"][field], field
+    assert got["one"]["agency_responsible"] == server.ctx.directory.agency_name("thoat-nuoc")
+    # The agency's after-photo is the request's media, served by the public pages.
+    assert got["one"]["media_url"] == f"https://1022.example.vn/public/2/photos/{'a' * 64}"
+    assert [r["media_url"] for r in got["all"] if r["service_request_id"] == "2"] == [got["one"]["media_url"]]
     assert len(got["window"]) == 5
     for field in ("service_request_id", "status", "status_notes", "service_name", "service_code", "description",
                   "agency_responsible", "service_notice", "requested_datetime", "updated_datetime",
@@ -180,3 +187,13 @@ async def test_paging_on_the_api_and_the_public_page(server: Server, browser: Br
     assert status == 200 and "Đèn đường hỏng số 6" in page and 'rel="next"' not in page
     status, page = await browser.get("/public/999")
     assert status == 404
+
+
+async def test_open311_discovery_names_the_endpoint(server: Server) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/open311/discovery.json") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    (endpoint,) = doc["endpoints"]
+    assert endpoint["url"] == "https://1022.example.vn/open311/v2" and endpoint["type"] == "production"
+    assert set(endpoint["formats"]) == {"application/json", "text/xml"}
+    assert endpoint["specification"].endswith("GeoReport_v2") and doc["changeset"]
