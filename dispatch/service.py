@@ -12,7 +12,7 @@ from ingest.worker import StageWorker, WorkerSettings
 
 from .answers import apply_email_reply
 from .api import DispatchApi
-from .calendar import load_calendar
+from .calendar import CalendarWatch, load_calendar
 from .cases import CaseBook, NotFound
 from .clocks import DeadlineTicker, EscalationSender
 from .delivery import DeliverySender
@@ -121,6 +121,7 @@ def build(ctx: AppContext) -> list[Service]:
     services.append(DeliverySender(ctx.store, cfg))
     services.append(DeadlineTicker(ctx.store, ctx.clock, cfg.clocks.tick_seconds, cfg))
     services.append(EscalationSender(ctx.store, cfg, ctx.directory, notifier.sms))
+    services.append(CalendarWatch(book.calendar, ctx.clock, ctx.shared))
     tokens = agency_tokens(ctx, cfg)
     missing = sorted(set(cfg.agencies) - set(tokens))
     if missing:

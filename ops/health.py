@@ -67,6 +67,10 @@ def add_routes(ctx: AppContext, timeout: float) -> StoreProbe:
     async def readyz(request: web.Request) -> web.Response:
         reasons = [r for r in (await probe.check(timeout), classifier_loaded(ctx)) if r]
         body: dict[str, Any] = {"status": "ready" if not reasons else "not ready"}
+        # Conditions operators must act on that do not stop the work (a calendar without next year's holidays).
+        notes = sorted(str(n) for n in (ctx.shared.get("status_notes") or {}).values() if n)
+        if notes:
+            body["notes"] = notes
         if reasons:
             body["reasons"] = reasons
             return web.json_response(body, status=503, headers={"Retry-After": "5", "Cache-Control": "no-store"})

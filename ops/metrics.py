@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
@@ -77,6 +78,22 @@ class _StoreFamilies(Collector):
         return [f.metric() for f in self.families]
 
 
+class _PublishedGauges(Collector):
+    """Gauges other components publish in ctx.shared["gauges"] as name -> (help, value), e.g. the calendar's
+    `calendar_missing_decision_years`; read at each scrape."""
+
+    def __init__(self) -> None:
+        self.shared: dict[str, Any] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        out = []
+        for name, (help_text, value) in sorted((self.shared.get("gauges") or {}).items()):
+            gauge = GaugeMetricFamily(PREFIX + name, help_text)
+            gauge.add_metric([], float(value))
+            out.append(gauge)
+        return out
+
+
 # Stages always listed in dead_letters (0 when none), so an alert on `> 0` never depends on a series appearing.
 KNOWN_STAGES = ("classify", "dedupe", "dispatch", "notify")
 # Which milestone a stage's finished job marks, for the help text and dashboards.
@@ -111,6 +128,8 @@ class OpsMetrics:
                                      namespace=NAMESPACE, registry=registry)
         self._store_families = _StoreFamilies()
         registry.register(self._store_families)
+        self.published = _PublishedGauges()  # ops.service points it at ctx.shared
+        registry.register(self.published)
         self._cached: tuple[float, list[Family]] | None = None
         # Running totals over append-only rows, advanced by id at each scrape.
         self._reports_seen = 0

@@ -305,6 +305,7 @@ def build(ctx: AppContext) -> list[Service]:
         metrics = OpsMetrics(ctx.store, cache_seconds=cfg.metrics_cache_seconds)
         ctx.shared["ops_metrics"] = metrics
     metrics.cache_seconds = cfg.metrics_cache_seconds
+    metrics.published.shared = ctx.shared
     worker.JOB_OBSERVERS.append(metrics.observe_job)
     ctx.http.middlewares.insert(0, metrics.http_middleware)  # outermost: times and counts every answer
 

@@ -24,8 +24,9 @@ def test_one_working_day_from_friday_ends_monday():
 
 
 def test_working_days_skip_national_day_and_tet():
-    # Monday 31/08/2026 10:00 + 1 working day: 1 and 2 September are National Day, so Thursday 3/9.
-    assert CAL.add_working_days(ts(2026, 8, 31, 10), 1) == ts(2026, 9, 3, 10)
+    # Friday 28/08/2026 10:00 + 1 working day: Monday 31/08 is swapped off (worked on 22/08) and 1 and 2 September
+    # are National Day, so Thursday 3/9.
+    assert CAL.add_working_days(ts(2026, 8, 28, 10), 1) == ts(2026, 9, 3, 10)
     # Forwarded on Friday 13/02/2026, the last working day before Tết Bính Ngọ: 5 working days end 27/02.
     assert CAL.add_working_days(ts(2026, 2, 13, 15), 5) == ts(2026, 2, 27, 15)
 
