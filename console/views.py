@@ -357,8 +357,12 @@ class Console:
             return self.error(request, 404, "Không có hồ sơ này, hoặc hồ sơ không thuộc đơn vị của bạn.")
         timeline = await case_timeline(self.store, case)
         deadlines = await self.store.fetchall("SELECT * FROM deadlines WHERE case_id=? ORDER BY due_at", (case["id"],))
-        report = await self.store.fetchone("SELECT record FROM reports WHERE id=?", (case["report_id"],))
+        report = await self.store.fetchone("SELECT record, classification FROM reports WHERE id=?",
+                                           (case["report_id"],))
         text = ""
+        unit_label = None  # the 2025 map: "Phường Bình Tiên (P.7, Q.6 cũ)"
+        if report is not None and report["classification"]:
+            unit_label = (json.loads(report["classification"]).get("place") or {}).get("unit_label")
         if report is not None:
             message = from_json(InboundMessage, report["record"])
             # A confidential reporter's text may name them: in full only on the report page, where it is logged.
@@ -368,7 +372,7 @@ class Console:
         return self.page(request, "case_one.html", {
             "case": case, "timeline": timeline, "deadlines": deadlines, "text": text, "answers": answers,
             "agencies": agencies, "tried": json.loads(case["tried"] or "[]"), "now": self.store.clock.now(),
-            "flash": request.query.get("done")})
+            "flash": request.query.get("done"), "unit_label": unit_label})
 
     async def case_answer(self, request: web.Request) -> web.StreamResponse:
         """An answer from the console goes through the same CaseBook.apply_answer as the agency API."""

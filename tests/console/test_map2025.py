@@ -8,7 +8,7 @@ from dispatch.messages import reporter_text, unit_committee_name
 from ingest.public import public_address
 from ingest.records import Candidate, Place
 
-from .conftest import Browser, Server, seed_report
+from .conftest import Browser, Server, seed_case, seed_report
 
 async def test_review_page_offers_the_candidate_units(server: Server, browser: Browser) -> None:
     server.ctx.directory = load_directory(None, "2025")
@@ -56,3 +56,12 @@ def test_the_acknowledgement_names_the_unit_committee_with_the_old_names() -> No
     assert "Ủy ban nhân dân Phường An Đông" in other and "P.7" not in other
     # A city-wide agency keeps its name.
     assert "SAWACO" in notifier.render("ack", {}, report, {**case, "agency": "sawaco"})  # type: ignore[arg-type]
+
+
+async def test_case_page_shows_the_unit_with_the_old_names(server: Server, browser: Browser) -> None:
+    case = await seed_case(server, text="bể ống nước trước nhà, P.7 Q.6", incident="INC-000001", agency="sawaco",
+                           place=Place(district="quan-6", ward="Phường 7", unit="binh-tien", source="text",
+                                       unit_label="Phường Bình Tiên (P.7, Q.6 cũ)"))
+    await browser.login("operator")
+    status, body = await browser.get(f"/console/cases/{case}")
+    assert status == 200 and "<strong>Phường Bình Tiên (P.7, Q.6 cũ)</strong>" in body
