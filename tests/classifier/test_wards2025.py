@@ -156,3 +156,14 @@ def test_undecided_unit_goes_to_review_on_the_2025_map():
     # No place at all: the operator unit, as on the 2023 map (Art. 6).
     none = decide(d, classes, probs, Place(), review_threshold=0.5, safety=0.99)
     assert none.status == "routed" and none.agency == OPERATOR_UNIT
+
+
+def test_structure_is_checked_at_start_and_settable_from_the_environment():
+    from config.loader import validate
+    from ingest.errors import ConfigError
+
+    assert validate({}, {}).data.structure == "2023"  # the regulation's map stays the default
+    assert validate({"data": {"structure": "2025"}}, {}).data.structure == "2025"
+    assert validate({}, {"HCMC1022__DATA__STRUCTURE": "2025"}).data.structure == "2025"
+    with pytest.raises(ConfigError, match="data.structure"):
+        validate({"data": {"structure": "2024"}}, {})
