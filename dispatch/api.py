@@ -1,5 +1,6 @@
 """HTTP routes of the dispatch stage, on the daemon's aiohttp app.
 
+The OpenAPI document of all this and of the webhook payloads: GET /openapi.json (dispatch/openapi.py).
 Agencies (bearer token per agency, from `[secrets]`):
   GET  /api/v1/agency/cases                      the cases the agency holds and that are open
   GET  /api/v1/agency/cases/{case_id}            one case
@@ -42,7 +43,9 @@ STATE_VI = {"forwarded": "Đã chuyển đơn vị xử lý", "acknowledged": "�
 class Photo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     content_type: str = Field(pattern=r"^image/[a-z0-9.+-]+$")
-    data: str  # base64
+    # Standard base64 (with padding): described in the OpenAPI document, so a client knows before it sends.
+    data: str = Field(pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+                      json_schema_extra={"contentEncoding": "base64"})
     filename: str | None = None
 
 
@@ -79,9 +82,11 @@ class DispatchApi:
         self.book = book
         self.tokens = tokens  # agency id -> token
         self.serve_lookup_page = serve_lookup_page
+        self._openapi: dict[str, Any] | None = None
 
     def register(self, app: web.Application) -> None:
-        routes = [web.get("/api/v1/agency/cases", self.list_cases),
+        routes = [web.get("/openapi.json", self.openapi),
+                  web.get("/api/v1/agency/cases", self.list_cases),
                   web.get("/api/v1/agency/cases/{case_id}", self.get_case),
                   web.post("/api/v1/agency/cases/{case_id}/answers", self.post_answer),
                   web.get("/api/v1/cases/{token}", self.public_case),
@@ -97,6 +102,14 @@ class DispatchApi:
                 log.warning("route %s %s already served by another component; dispatch skips it",
                             route.method, route.path)
         app.add_routes([r for r in routes if (r.method, r.path) not in taken])
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI document of this API and of the webhooks agencies receive (dispatch/openapi.py)."""
+        from .openapi import openapi_document
+
+        if self._openapi is None:
+            self._openapi = openapi_document(self.book.base_url)
+        return web.json_response(self._openapi)
 
     def _agency(self, request: web.Request) -> str | None:
         header = request.headers.get("Authorization", "")
