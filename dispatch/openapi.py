@@ -99,7 +99,13 @@ def openapi_document(base_url: str) -> dict[str, Any]:
         "CaseSummary": CASE_SUMMARY, "CaseDetail": CASE_DETAIL, "WebhookPayload": webhook_payload_schema(),
     }
     answer = _model(AnswerBody, schemas)
-    schemas["AnswerBody"]["properties"]["kind"]["enum"] = list(ANSWER_KINDS)
+    body = schemas["AnswerBody"]
+    body["properties"]["kind"]["enum"] = list(ANSWER_KINDS)
+    # The handler's own rule beyond the model: a returned case says why (in `reason` or `note`).
+    text = {"type": "string", "minLength": 1}
+    body["if"] = {"properties": {"kind": {"const": "returned"}}, "required": ["kind"]}
+    body["then"] = {"anyOf": [{"required": ["reason"], "properties": {"reason": text}},
+                              {"required": ["note"], "properties": {"note": text}}]}
     rating, dispute = _model(RatingBody, schemas), _model(DisputeBody, schemas)
     case_id = {"name": "case_id", "in": "path", "required": True, "schema": {"type": "string"}}
     token = {"name": "token", "in": "path", "required": True,
