@@ -79,6 +79,20 @@ class ClassifyStage:
 
         return await review_examples(self.ctx.store)
 
+    async def _follow_up(self, report: StoredReport) -> Writes | None:
+        """A message from the same reporter on the same chat or app within the window of their open report joins
+        that report's timeline (ingest/followup.py) instead of being classified as a new report."""
+        from ingest import followup
+
+        earlier = await _follow_up_of(self.ctx, report)
+        if earlier is None:
+            return None
+
+        async def writes(tx: Tx) -> None:
+            await followup.join_timeline(tx, earlier, report)
+            await tx.enqueue("notify", report.id, {"template": "follow_up", "report_id": earlier})
+        return writes
+
     async def prepare(self, batch: list[tuple[Job, StoredReport]]) -> None:
         """Embed and classify the whole leased batch in one model call."""
         items = [(job, report) for job, report in batch if job.id not in self._prepared]
@@ -94,6 +108,12 @@ class ClassifyStage:
             self._vectors[job.id] = vec
 
     async def handle(self, job: Job, report: StoredReport) -> Writes | None:
+        if not self.ctx.route_mode:
+            follow = await self._follow_up(report)
+            if follow is not None:
+                self._prepared.pop(job.id, None)
+                self._vectors.pop(job.id, None)
+                return follow
         if job.id not in self._prepared:
             try:
                 await self.prepare([(job, report)])
@@ -103,6 +123,17 @@ class ClassifyStage:
         vector = self._vectors.pop(job.id)
         model_name, dim = self.router.embedder.name, int(vector.shape[0])
         return classification_writes(report.id, result, vector, model_name, dim)
+
+
+async def _follow_up_of(ctx: AppContext, report: StoredReport) -> int | None:
+    from config.dispatch import dispatch_settings
+    from ingest import followup
+
+    hours = dispatch_settings(ctx.settings).reporters.follow_up_hours
+    row = await ctx.store.fetchone("SELECT received_at FROM reports WHERE id=?", (report.id,))
+    if row is None:
+        return None
+    return await followup.earlier_open_report(ctx.store, report, float(row["received_at"]), hours * 3600.0)
 
 
 def classification_writes(report_id: int, result: Classification, vector: np.ndarray | None,

@@ -40,7 +40,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CASE_STATES = ("forwarded", "acknowledged", "verified", "safety_done", "in_progress", "resolved", "closed_false", "refused", "merged")
 REPORT_STATES = ("received", "review", "routed", "duplicate", "dispatched", "closed", "rejected", "out_of_scope",
-                 "ignored", "failed")
+                 "ignored", "failed", "follow_up")
 # What agency staff may answer from the console: the dispatch answer kinds except the operator unit's own.
 AGENCY_ANSWERS = ("acknowledged", "verified", "safety_measures", "in_progress", "progress_report", "resolved",
                   "false_report", "returned")

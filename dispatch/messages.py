@@ -78,6 +78,12 @@ DISPUTE_PHRASES = ("chua xu ly", "chua duoc xu ly", "chua khac phuc", "van con",
                    "not fixed", "still broken", "still there", "dispute", "not resolved")
 
 
+REPORTER_TEMPLATES["follow_up"] = {
+    "vi": "Cổng 1022 TP.HCM đã bổ sung tin nhắn của Ông/Bà vào phản ánh Ông/Bà đã gửi trước đó (số {report_ref}).",
+    "en": "HCMC 1022 portal: your message was added to the report you sent earlier (no. {report_ref}).",
+}
+
+
 CLOSED_AS = {"resolved": {"vi": "đã xử lý xong", "en": "resolved"},
              "closed_false": {"vi": "phản ánh không đúng", "en": "a false report"},
              "refused": {"vi": "không thuộc phạm vi tiếp nhận", "en": "refused"}}

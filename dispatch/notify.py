@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 SMS_CHANNELS = ("phone", "sms")
 # Messages that end a reporter-facing 5-minute clock from receipt (the first of them for each report).
 RECEIPT_CLOCKS = {"ack": "acknowledge", "received": "acknowledge", "rejected": "acknowledge",
-                  "out_of_scope": "acknowledge", "duplicate_ack": "duplicate_notice"}
+                  "out_of_scope": "acknowledge", "duplicate_ack": "duplicate_notice", "follow_up": "acknowledge"}
 
 
 class SmsGateway:
@@ -167,7 +167,7 @@ class Notifier:
     def render(self, template: str, payload: dict[str, Any], report: StoredReport, case: Any,
                link_token: str | None = None) -> str:
         language = (report.classification or {}).get("language") or (case["language"] if case else "vi")
-        fields: dict[str, Any] = {"reason": payload.get("reason")}
+        fields: dict[str, Any] = {"reason": payload.get("reason"), "report_ref": payload.get("report_id")}
         if case is not None:
             agency = self.directory.agencies.get(case["agency"])
             name = (agency.name_en if language == "en" else agency.name_vi) if agency else case["agency"]

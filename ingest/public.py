@@ -19,7 +19,8 @@ from .records import InboundMessage, from_json
 
 CLOSED_STATES = {"closed", "rejected", "out_of_scope"}
 # Reports in these states are never published: loops and auto-replies, abusive content, our own failures.
-HIDDEN_STATES = {"ignored", "rejected", "failed"}
+# A follow-up message lives on its earlier report's timeline (ingest/followup.py), not as a report of its own.
+HIDDEN_STATES = {"ignored", "rejected", "failed", "follow_up"}
 __all__ = ["REDACTED", "PUBLIC_SELECT", "fetch_public_request", "public_request", "redact_text", "services"]
 CONFIDENTIAL_NOTE = "Nội dung được bảo mật theo yêu cầu của người phản ánh."
 PENDING_NOTE = "Phản ánh đang được phân loại; nội dung sẽ được công bố sau khi kiểm duyệt."

@@ -1,0 +1,70 @@
+"""A reporter writing again on the same chat or app within 48 hours of their open report: the message joins that
+report's timeline instead of opening a new report (ingest/followup.py, applied by the classify stage before it
+classifies); another sender, another channel, a closed report or an older one: a new report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from classifier.service import ClassifyStage
+from config.loader import validate
+from ingest.app import AppContext
+from ingest.clock import FakeClock, iso
+from ingest.http import make_app
+from ingest.records import Attachment, InboundMessage, Reporter
+from ingest.store import Store
+from ingest.worker import StageWorker
+from config.directory import load_directory
+
+HOUR = 3600.0
+
+
+async def submit(store: Store, channel: str, text: str, **reporter: str) -> int:
+    n = (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"]
+    msg = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"f{n}",
+                         received_at=iso(store.clock.now()), text=text, reporter=Reporter(**reporter),
+                         attachments=(Attachment(sha256="ab" * 32, content_type="image/jpeg", size=10),)
+                         if "ảnh" in text else ())
+    return (await store.submit(msg, text.encode(), "text/plain")).report_id
+
+
+async def test_follow_ups_join_the_open_report_of_the_same_sender(tmp_path: Path) -> None:
+    clock = FakeClock(1_790_000_000.0)
+    store = await Store.open(tmp_path / "s.sqlite3", tmp_path / "blobs", clock=clock)
+    try:
+        ctx = AppContext(settings=validate({}, {}), directory=load_directory(), store=store, clock=clock,
+                         http=make_app(1 << 20))
+        stage = ClassifyStage.__new__(ClassifyStage)  # no model needed: follow-ups are decided before it
+        stage.ctx, stage._prepared, stage._vectors = ctx, {}, {}
+        worker = StageWorker(store, "classify", stage.handle)
+        first = await submit(store, "telegram", "Cống nghẹt trước chợ Bến Thành", reply_to="chat-1")
+        async with store.transaction() as tx:  # what classify and dedupe made of it
+            await tx.execute("UPDATE reports SET status='dispatched' WHERE id=?", (first,))
+            await tx.execute("UPDATE jobs SET state='done' WHERE report_id=?", (first,))
+        app_first = await submit(store, "app", "Đèn đường tắt", reply_to="device-9", phone="0901234567")
+        async with store.transaction() as tx:
+            await tx.execute("UPDATE reports SET status='review' WHERE id=?", (app_first,))
+            await tx.execute("UPDATE jobs SET state='done' WHERE report_id=?", (app_first,))
+
+        clock.advance(20 * HOUR)
+        follow = await submit(store, "telegram", "Gửi thêm ảnh nè", reply_to="chat-1")
+        by_phone = await submit(store, "app", "Vẫn chưa sáng", reply_to="device-other", phone="0901234567")
+        assert await worker.run_once() == 2
+        for rid, earlier in ((follow, first), (by_phone, app_first)):
+            assert (await store.get_report(rid)).status == "follow_up"
+            event = await store.fetchone("SELECT data FROM events WHERE report_id=? AND kind='reporter_follow_up'"
+                                         " AND json_extract(data, '$.follow_up_report_id')=?", (earlier, rid))
+            assert event is not None
+        row = await store.fetchone("SELECT json_extract(data, '$.attachments') AS a FROM events"
+                                   " WHERE kind='reporter_follow_up' AND report_id=?", (first,))
+        assert "ab" * 32 in row["a"]
+        notify = await store.fetchall("SELECT payload FROM jobs WHERE stage='notify' AND report_id=?", (follow,))
+        assert len(notify) == 1 and '"follow_up"' in notify[0]["payload"]
+
+        # Another chat, or past 48 hours, or a closed report: classified as a new report (the model is needed).
+        other = await submit(store, "telegram", "Cây đổ", reply_to="chat-2")
+        clock.advance(30 * HOUR)
+        late = await submit(store, "telegram", "Cống lại nghẹt", reply_to="chat-1")
+        for rid in (other, late):
+            assert await stage._follow_up(await store.get_report(rid)) is None
+    finally:
+        await store.close()
