@@ -42,11 +42,13 @@ from config.directory import Directory, load_directory  # noqa: E402
 from config.schema import Settings  # noqa: E402
 from ingest.app import AppContext, Service  # noqa: E402
 from ingest.clock import Clock, parse_iso  # noqa: E402
-from ingest.errors import ConfigError  # noqa: E402
+from ingest.errors import ConfigError, StorageError  # noqa: E402
 from ingest.http import make_app  # noqa: E402
 from ingest.migrations import Migration  # noqa: E402
+from ingest.degraded import open_or_serve_degraded  # noqa: E402
 from ingest.progress import progress_bar  # noqa: E402
-from ingest.store import Store  # noqa: E402
+from ingest.store import QuarantineLimits, Store  # noqa: E402
+from ingest.supervise import supervised  # noqa: E402
 
 log = logging.getLogger("run_daemon")
 
@@ -93,8 +95,12 @@ def collect_migrations() -> dict[str, list[Migration]]:
 
 
 async def open_store(settings: Settings, clock: Clock | None = None, path: Path | None = None) -> Store:
-    return await Store.open(path or settings.store.path, settings.store.blob_dir, clock=clock,
-                            migrations=collect_migrations())
+    store = await Store.open(path or settings.store.path, settings.store.blob_dir, clock=clock,
+                             migrations=collect_migrations())
+    cfg = settings.store
+    store.quarantine_limits = QuarantineLimits(head_bytes=cfg.quarantine_head_bytes,
+                                               max_bytes=cfg.quarantine_max_bytes, max_rows=cfg.quarantine_max_rows)
+    return store
 
 
 def make_context(settings: Settings, directory: Directory, store: Store, *, route_mode: bool = False) -> AppContext:
@@ -136,7 +142,10 @@ class Reclaimer:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.store.reclaim_expired()
+            try:
+                await self.store.reclaim_expired()
+            except StorageError:
+                pass  # the store's outage is logged by the store; try again next interval
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -169,9 +178,14 @@ class Generation:
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.http.host, settings.http.port, reuse_address=True)
         await site.start()
-        self.intake = [tg.create_task(s.run(), name=getattr(s, "name", "channel")) for s in channels]
-        self.workers = [tg.create_task(s.run(), name=getattr(s, "name", "stage")) for s in pipeline]
-        self.workers.append(tg.create_task(Reclaimer(self.ctx.store, settings.queue.reclaim_interval).run()))
+        # Supervised: a storage outage or a bug in one service restarts that service after a backoff; it never
+        # ends the process (the TaskGroup would cancel every other service with it).
+        self.intake = [tg.create_task(supervised(s, getattr(s, "name", "channel")), name=getattr(s, "name", "channel"))
+                       for s in channels]
+        self.workers = [tg.create_task(supervised(s, getattr(s, "name", "stage")), name=getattr(s, "name", "stage"))
+                        for s in pipeline]
+        reclaimer = Reclaimer(self.ctx.store, settings.queue.reclaim_interval)
+        self.workers.append(tg.create_task(supervised(reclaimer, reclaimer.name)))
         log.info("listening on http://%s:%s with %d channel service(s) and %d pipeline service(s)",
                  settings.http.host, settings.http.port, len(channels), len(pipeline))
 
@@ -187,14 +201,21 @@ class Generation:
 
 async def serve(settings: Settings, config_path: Path | None = None, stop: asyncio.Event | None = None) -> None:
     directory = load_directory(settings.data.agencies, settings.data.structure)
-    store = await open_store(settings)
-    await store.reclaim_expired()  # leases held by a previous process that died
     stop = stop or asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
+    # A store that cannot even be opened (a full disk at start) is waited for, serving degraded meanwhile.
+    store = await open_or_serve_degraded(lambda: open_store(settings), settings.http.host, settings.http.port, stop)
+    if store is None:
+        return  # stopped before the store could be opened
+    try:
+        await store.reclaim_expired()  # leases held by a previous process that died
+    except StorageError:
+        # Opened but not writable (full disk): serve degraded (/readyz 503, intake 503/451); the Reclaimer retries.
+        log.error("store not writable at start: serving degraded until it is")
     shared: dict[str, Any] = {}
     try:
         async with asyncio.TaskGroup() as tg:

@@ -16,11 +16,13 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from config.channels import ChannelEntry, SmtpOptions
 from ingest.app import AppContext, Service
+from ingest.faults import ThrottledLog
 
 from .email_intake import EmailIntake, limits_from
 from .email_reply import register_reply_sender
 
 log = logging.getLogger(__name__)
+_throttled = ThrottledLog(log)  # a disk staying full or a flood of clients: said once a minute, not per message
 
 TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
 BUSY = b"421 4.3.2 Too many connections, please try again later\r\n"
@@ -90,7 +92,8 @@ class IntakeHandler:
             outcome = await self.intake.accept(bytes(raw), envelope_from=envelope.mail_from,
                                                envelope_to=tuple(envelope.rcpt_tos))
         except Exception as exc:  # StorageError or anything else from the store: the sender must retry
-            log.error("%s: mail not stored, answered 451 (%s)", self.intake.channel_instance, type(exc).__name__)
+            _throttled.log(logging.ERROR, f"451:{type(exc).__name__}", "%s: mail not stored, answered 451 (%s)",
+                           self.intake.channel_instance, type(exc).__name__)
             return TEMPFAIL
         self.accepted += 1
         if outcome.quarantine_id is not None:
@@ -99,7 +102,8 @@ class IntakeHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default answers "500 Error: (Type) message": a permanent failure that leaks internals.
-        log.error("%s: SMTP session error (%s)", self.intake.channel_instance, type(error).__name__)
+        _throttled.log(logging.ERROR, f"session:{type(error).__name__}", "%s: SMTP session error (%s)",
+                       self.intake.channel_instance, type(error).__name__)
         return TEMPFAIL
 
 
@@ -134,7 +138,8 @@ class SmtpService:
     def protocol(self) -> asyncio.Protocol:
         o = self.options
         if self.sessions[0] >= o.max_connections:
-            log.warning("%s: %d SMTP connections open, refusing another with 421", self.name, self.sessions[0])
+            _throttled.log(logging.WARNING, "421", "%s: %d SMTP connections open, refusing another with 421",
+                           self.name, self.sessions[0])
             return _Busy()
         return _LimitedSMTP(
             self.handler,

@@ -19,6 +19,14 @@ class Section(BaseModel):
 class StoreConfig(Section):
     path: Path = Path("var/1022.sqlite3")
     blob_dir: Path = Path("var/blobs")
+    # /readyz answers 503 below this much free space on the store's or the blobs' file system, so a load balancer
+    # moves traffic away before SQLite hits a full disk (the daemon keeps running and recovers by itself).
+    min_free_bytes: int = Field(32 * 1024 * 1024, ge=0)
+    # Refused input kept for operators: the first `quarantine_head_bytes` of each, with its sha256 and size;
+    # past `quarantine_max_bytes` of heads the oldest heads are dropped, past `quarantine_max_rows` the oldest rows.
+    quarantine_head_bytes: int = Field(64 * 1024, ge=0)
+    quarantine_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    quarantine_max_rows: int = Field(100_000, ge=1)
 
 
 class HttpConfig(Section):

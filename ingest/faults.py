@@ -59,7 +59,8 @@ class ThrottledLog:
         self.max_keys = max_keys
         self._last: dict[str, tuple[float, int]] = {}  # key -> (time logged, repeats held back since)
 
-    def log(self, level: int, key: str, msg: str, *args: object, now: float | None = None) -> bool:
+    def log(self, level: int, key: str, msg: str, *args: object, now: float | None = None,
+            exc_info: bool = False) -> bool:
         now = time.monotonic() if now is None else now
         last = self._last.get(key)
         if last is not None and now - last[0] < self.interval:
@@ -71,7 +72,7 @@ class ThrottledLog:
             del self._last[oldest]
         held = last[1] if last is not None else 0
         suffix = f" (and {held} more like it in the last {self.interval:g} s)" if held else ""
-        self.logger.log(level, msg + suffix, *args)
+        self.logger.log(level, msg + suffix, *args, exc_info=exc_info)
         self._last[key] = (now, 0)
         return True
 

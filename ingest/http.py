@@ -7,8 +7,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .errors import StorageError
+from .faults import ThrottledLog
 
 log = logging.getLogger(__name__)
+_throttled = ThrottledLog(log)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -35,8 +37,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         resp = _error(request, 503, "temporarily unable to store the request, please retry")
         resp.headers["Retry-After"] = "5"
         return resp
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+    except Exception as exc:
+        # With its trace the first time, then once a minute per route and error type: a client repeating the
+        # request that triggers a bug must not flood the log.
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "?"
+        _throttled.log(logging.ERROR, f"{request.method} {route}:{type(exc).__name__}", "unhandled error on %s %s",
+                       request.method, request.path, exc_info=True)
         return _error(request, 500, "internal error")
 
 

@@ -138,17 +138,26 @@ class Store:
                    migrations: dict[str, list[Migration]] | None = None) -> Store:
         store = cls(path, blob_dir, clock)
         store.path.parent.mkdir(parents=True, exist_ok=True)
-        store._writer = await store._connect()
-        await store._migrate({"ingest": INGEST, **(migrations or {})})
-        store._reader = await store._connect()
+        try:
+            store._writer = await store._connect()
+            await store._migrate({"ingest": INGEST, **(migrations or {})})
+            store._reader = await store._connect()
+        except BaseException:
+            # Close what was opened (a full disk fails here): a leftover connection thread keeps the process alive.
+            await store.close()
+            raise
         return store
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so that taking work never deadlocks.
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        for pragma in PRAGMAS:
-            await conn.execute(pragma)
+        try:
+            for pragma in PRAGMAS:
+                await conn.execute(pragma)
+        except BaseException:
+            await conn.close()
+            raise
         return conn
 
     async def _migrate(self, components: dict[str, list[Migration]]) -> None:
@@ -184,6 +193,7 @@ class Store:
         assert self._writer is not None, "store is closed"
         async with self._write_lock:
             tx = Tx(self._writer, self)
+            changes = self._writer.total_changes
             try:
                 await self._writer.execute("BEGIN IMMEDIATE")
             except asyncio.CancelledError:
@@ -208,7 +218,8 @@ class Store:
                 await asyncio.shield(self._rollback_quietly())
                 raise self._storage_failure(exc) from exc
             self.commit_count += 1
-            self.health.succeeded(log)
+            if self._writer.total_changes != changes:  # an empty transaction proves nothing about free space
+                self.health.succeeded(log)
         for fn in tx._after_commit:
             fn()
 
@@ -388,6 +399,11 @@ class Store:
             totals[0] -= len(gone)
             totals[1] -= sum(int(r["n"] or 0) for r in gone)
             self.quarantine_evicted["row"] += len(gone)
+
+    async def probe_write(self) -> None:
+        """A real (tiny) write: how /readyz finds out that a failing store works again when nothing else writes."""
+        async with self.transaction() as tx:
+            await tx.set_cursor("store.write_probe", self.clock.now())
 
     def quarantine_totals(self) -> tuple[int, int] | None:
         """(rows, head bytes) of the quarantine once known to this process, for metrics."""

@@ -8,12 +8,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .backoff import backoff_delay
-from .errors import PermanentError, TransientError
+from .errors import PermanentError, StorageError, TransientError
+from .faults import ThrottledLog
 from .logs import log_context
 from .records import Job
 from .store import Store, StoredReport, Tx
 
 log = logging.getLogger(__name__)
+_throttled = ThrottledLog(log)
 
 # A handler computes (off the write lock) and returns the writes to apply atomically with finishing the job.
 Writes = Callable[[Tx], Awaitable[None]]
@@ -59,8 +61,24 @@ class StageWorker:
         self._stopping.set()
 
     async def run(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
-            if not await self.run_once():
+            try:
+                taken = await self.run_once()
+            except StorageError as exc:
+                # The store cannot write (disk full, I/O): wait it out. Jobs leased in this round come back when
+                # their lease expires; nothing was acknowledged that is not stored.
+                failures += 1
+                delay = backoff_delay(failures, base=self.settings.backoff_base / 2, cap=30.0)
+                _throttled.log(logging.WARNING, f"{self.stage}:storage", "stage %s: store unavailable (%s);"
+                               " backing off %.1f s", self.stage, exc, delay)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+                continue
+            failures = 0
+            if not taken:
                 await self.store.wait_for_work(self.stage, self.settings.idle_poll)
 
     async def run_once(self) -> int:

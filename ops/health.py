@@ -7,11 +7,13 @@ A load balancer or systemd watchdog restarts on /healthz failing and stops sendi
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
 
 from ingest.app import AppContext
+from ingest.faults import free_bytes
 
 
 class StoreProbe:
@@ -26,8 +28,13 @@ class StoreProbe:
         self._task: asyncio.Task[None] | None = None
 
     async def _probe(self) -> None:
-        async with self.ctx.store.transaction():
-            pass
+        store = self.ctx.store
+        if store.health.ok:
+            async with store.transaction():
+                pass
+        else:
+            # Writes were failing: only a real write tells whether they work again (and clears the outage).
+            await store.probe_write()
 
     async def check(self, timeout: float) -> str | None:
         """None when the store is writable, else why not."""
@@ -42,6 +49,21 @@ class StoreProbe:
         if exc is not None:  # closed (AssertionError/AttributeError), disk full, read-only, corrupt
             return f"store: not writable ({type(exc).__name__})"
         return None
+
+
+def storage_state(ctx: AppContext) -> list[str]:
+    """Why the store cannot take writes now: too little free space, or writes failing since some time."""
+    reasons = []
+    minimum = ctx.settings.store.min_free_bytes
+    for what, path in (("store", ctx.store.path.parent), ("blobs", ctx.store.blobs.root)):
+        free = free_bytes(path)
+        if free is not None and free < minimum:
+            reasons.append(f"{what}: disk nearly full ({free // 1024} KiB free, {minimum // 1024} KiB needed)")
+    health = ctx.store.health
+    if not health.ok and health.failing_since is not None:
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(health.failing_since))
+        reasons.append(f"store: writes failing since {since} ({health.reason})")
+    return reasons
 
 
 def classifier_loaded(ctx: AppContext) -> str | None:
@@ -65,7 +87,8 @@ def add_routes(ctx: AppContext, timeout: float) -> StoreProbe:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        reasons = [r for r in (await probe.check(timeout), classifier_loaded(ctx)) if r]
+        probed = await probe.check(timeout)
+        reasons = [r for r in (probed, *storage_state(ctx), classifier_loaded(ctx)) if r]
         body: dict[str, Any] = {"status": "ready" if not reasons else "not ready"}
         # Conditions operators must act on that do not stop the work (a calendar without next year's holidays).
         notes = sorted(str(n) for n in (ctx.shared.get("status_notes") or {}).values() if n)
