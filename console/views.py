@@ -43,7 +43,28 @@ REPORT_STATES = ("received", "review", "routed", "duplicate", "dispatched", "clo
                  "ignored", "failed", "follow_up")
 # What agency staff may answer from the console: the dispatch answer kinds except the operator unit's own.
 AGENCY_ANSWERS = ("acknowledged", "verified", "safety_measures", "in_progress", "progress_report", "resolved",
-                  "false_report", "returned")
+                  "false_report", "returned", "not_incident", "coordination")
+CITY_OFFICE = "vp-ubnd"  # its staff review categories 3-4 and returned cases and forward them (Art. 7.3)
+MAX_PHOTO_BYTES = 10 * 1024 * 1024
+
+
+def answer_kinds(user: auth.User) -> tuple[str, ...]:
+    """What this console user may answer: agency staff their unit's kinds; the City Office's staff also forward
+    to a named agency; operators (acting as the operator unit) also re-assign."""
+    if user.is_staff or user.agency == CITY_OFFICE:
+        return (*AGENCY_ANSWERS, "reassigned")
+    return AGENCY_ANSWERS
+
+
+def _image_type(raw: bytes) -> str | None:
+    """The image type by its magic bytes (a browser's Content-Type is a claim, not proof)."""
+    if raw.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "image/webp"
+    return None
 
 
 def _redirect(location: str) -> web.Response:
@@ -367,7 +388,7 @@ class Console:
             message = from_json(InboundMessage, report["record"])
             # A confidential reporter's text may name them: in full only on the report page, where it is logged.
             text = redact_text(message) if is_confidential(message) else message.text
-        answers = AGENCY_ANSWERS if not user.is_staff else (*AGENCY_ANSWERS, "reassigned")
+        answers = answer_kinds(user)
         agencies = sorted(self.ctx.directory.agencies.values(), key=lambda a: a.name_vi)
         return self.page(request, "case_one.html", {
             "case": case, "timeline": timeline, "deadlines": deadlines, "text": text, "answers": answers,
@@ -385,7 +406,7 @@ class Console:
             return self.error(request, 404, "Không có hồ sơ này, hoặc hồ sơ không thuộc đơn vị của bạn.")
         form = request[FORM]
         kind = str(form.get("kind") or "")
-        allowed = AGENCY_ANSWERS if not user.is_staff else (*AGENCY_ANSWERS, "reassigned")
+        allowed = answer_kinds(user)
         if kind not in allowed:
             return self.error(request, 400, "Loại cập nhật không hợp lệ.")
         note = str(form.get("note") or "").strip()[:8000] or None
@@ -405,7 +426,26 @@ class Console:
             if target not in self.ctx.directory.agencies:
                 return self.error(request, 400, "Chọn đơn vị nhận hồ sơ.")
             data["agency"] = target
-        # Logged-in operators act as the operator unit on any case (Art. 6 guidance); agency staff on their own.
+        if form.get("complex"):
+            data["complex"] = True
+        if form.get("several_agencies"):
+            data["several_agencies"] = True
+        # Photos of the site (Art. 7.1: the result with photos): uploaded files, kept in the blob store.
+        photos = []
+        for item in form.getall("photo", []):
+            if not isinstance(item, web.FileField) or not item.filename:
+                continue
+            raw = item.file.read(MAX_PHOTO_BYTES + 1)
+            if len(raw) > MAX_PHOTO_BYTES or not raw:
+                return self.error(request, 413, "Ảnh quá lớn (tối đa 10 MB).")
+            content_type = _image_type(raw)
+            if content_type is None:
+                return self.error(request, 400, "Tệp tải lên không phải ảnh (JPEG, PNG, WebP).")
+            photos.append(await self.store.put_blob(raw, content_type))
+        if photos:
+            data["photos"] = photos
+        # Logged-in operators act as the operator unit on any case (Art. 6 guidance); agency staff (the City
+        # Office's included) on their own.
         acting = OPERATOR_UNIT if user.is_staff else str(user.agency)
         try:
             await self.book().apply_answer(acting, case["id"], kind, data, source=f"console:{user.username}",
