@@ -373,7 +373,7 @@ EXIT_CODES = """exit codes:
   0  done
   1  the operation was refused or failed (unknown id, a decision already taken, a failed integrity check)
   2  usage or configuration error (bad arguments, invalid config file, unknown agency)
-  3  the store could not be opened or written
+  3  the store (or an input or output file) could not be opened or written
   130  interrupted (Ctrl-C)"""
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -523,8 +523,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "replay":
             return asyncio.run(_replay(settings, args.stage, args.job))
         return asyncio.run(_component_cli(settings, args))
-    except (StorageError, sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+    except (StorageError, sqlite3.Error) as exc:
         print(f"storage error: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    except OSError as exc:  # a store directory, input or output file that cannot be opened or written
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return EXIT_STORAGE
 
 

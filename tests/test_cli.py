@@ -190,6 +190,15 @@ def test_version_and_unknown_arguments() -> None:
     assert _run("review", "frobnicate", timeout=60).returncode == 2
 
 
+def test_a_store_that_cannot_be_opened_exits_3_without_a_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("", encoding="utf-8")  # a file where the store's directory should be
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\npath = "{blocker / "x.sqlite3"}"\nblob_dir = "{blocker / "blobs"}"\n', encoding="utf-8")
+    result = _run("replay", "--config", str(config), timeout=60)
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
+
+
 async def test_first_run_says_how_to_create_the_first_admin(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     import run_daemon
