@@ -172,22 +172,32 @@ def test_config_before_or_after_the_command_and_user_add(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("command", [["serve"], ["review", "decide"], ["incident"], ["dispatch", "overdue"],
-                                     ["user", "add"], ["report"]])
-def test_help_on_every_command_never_opens_the_store(tmp_path: Path, command: list[str]) -> None:
+                                     ["user", "add"], ["report"], ["route"], ["check-config"]])
+def test_help_on_every_command_never_opens_the_store(tmp_path: Path, command: list[str],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import run_daemon
+
     config = str(_config(tmp_path))
-    result = _run(*command, "--help", "--config", config, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert "usage:" in result.stdout and "--config FILE" in result.stdout and "exit codes:" in result.stdout
+    with pytest.raises(SystemExit) as exited:
+        run_daemon.main([*command, "--help", "--config", config])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and "--config FILE" in out and "exit codes:" in out
     assert not (tmp_path / "store.sqlite3").exists()
 
 
-def test_version_and_unknown_arguments() -> None:
+def test_version_and_unknown_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     import tomllib
 
+    import run_daemon
+
     expected = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
-    result = _run("--version", timeout=60)
-    assert result.returncode == 0 and result.stdout.strip().endswith(expected)
-    assert _run("review", "frobnicate", timeout=60).returncode == 2
+    with pytest.raises(SystemExit) as exited:
+        run_daemon.main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip().endswith(expected)
+    with pytest.raises(SystemExit) as exited:
+        run_daemon.main(["review", "frobnicate"])
+    assert exited.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_a_store_that_cannot_be_opened_exits_3_without_a_traceback(tmp_path: Path) -> None:
