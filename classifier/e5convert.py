@@ -362,6 +362,7 @@ class _STEncoder:
         torch.set_num_threads(1 if self.workers > 1 else self.workers)
         self.model = SentenceTransformer(str(model_dir), device="cpu")
         self.dim = self.model.get_embedding_dimension()
+        self._pool: Any = None  # the batch streams' threads, started once (not per call: the daemon calls often)
 
     def _encode(self, texts: list[str], prompt: str, batch_size: int) -> np.ndarray:
         # prompt is passed explicitly: "" must mean no prefix, not the default
@@ -373,14 +374,15 @@ class _STEncoder:
         texts = list(texts)
         if self.workers <= 1 or len(texts) <= batch_size:
             return self._encode(texts, prompt, batch_size)
-        from concurrent.futures import ThreadPoolExecutor
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="e5-fp32")
         # deal length-sorted texts round-robin so workers get similar loads
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         parts = [order[k :: self.workers] for k in range(self.workers)]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        with ThreadPoolExecutor(self.workers) as pool:
-            vecs = list(pool.map(lambda p: self._encode([texts[i] for i in p], prompt, batch_size), parts))
+        vecs = list(self._pool.map(lambda p: self._encode([texts[i] for i in p], prompt, batch_size), parts))
         for p, v in zip(parts, vecs, strict=True):
             out[p] = v
         return out

@@ -57,8 +57,10 @@ class ClassifyStage:
         self.router = router
         q = ctx.settings.queue
         self.worker = StageWorker(ctx.store, STAGE, self.handle,
-                                  WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds,
-                                                 max_attempts=q.max_attempts),
+                                  # Reports are classified independently: the next batch is embedded while
+                                  # this one is committed, and a batch commits once (see WorkerSettings).
+                                  WorkerSettings(batch=ctx.settings.classifier.batch, lease_seconds=q.lease_seconds,
+                                                 max_attempts=q.max_attempts, prefetch=True, group_commit=True),
                                   batch_handler=self.prepare)
         self._prepared: dict[int, Classification] = {}
         self._vectors: dict[int, np.ndarray] = {}

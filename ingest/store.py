@@ -425,19 +425,24 @@ class Store:
         return json.loads(row["value"]) if row else None
 
     async def get_report(self, report_id: int) -> StoredReport | None:
+        return (await self.get_reports([report_id])).get(report_id)
+
+    async def get_reports(self, report_ids: Sequence[int]) -> dict[int, StoredReport]:
+        """Several reports in one query (a worker reads its whole leased batch at once); missing ids are absent."""
         from .records import from_json
 
-        row = await self.fetchone(
-            "SELECT id, record, status, classification, incident_id FROM reports WHERE id=?", (report_id,))
-        if row is None:
-            return None
-        return StoredReport(
+        if not report_ids:
+            return {}
+        rows = await self.fetchall(
+            "SELECT id, record, status, classification, incident_id FROM reports"
+            f" WHERE id IN ({','.join('?' * len(report_ids))})", list(report_ids))
+        return {row["id"]: StoredReport(
             id=row["id"],
             message=from_json(InboundMessage, row["record"]),
             status=row["status"],
             classification=json.loads(row["classification"]) if row["classification"] else None,
             incident_id=row["incident_id"],
-        )
+        ) for row in rows}
 
     # -- queue -----------------------------------------------------------------------------------
     def _wake(self, stage: str) -> None:
@@ -481,6 +486,46 @@ class Store:
             if writes is not None:
                 await writes(tx)
         return True
+
+    async def finish_many(self, items: Sequence[tuple[Job, Callable[[Tx], Awaitable[None]] | None]]
+                          ) -> list[bool | Exception]:
+        """`finish` for several jobs in one transaction (one fsync), each job in a savepoint of its own: per job,
+        True when applied, False when its lease was lost, or the exception its writes raised (that job's writes
+        are undone, the others' kept). A failure of the transaction itself raises, with nothing applied."""
+        outcomes: list[bool | Exception] = []
+        async with self.transaction() as tx:
+            for job, writes in items:
+                hooks = len(tx._after_commit)
+                await tx.execute("SAVEPOINT job")
+                try:
+                    cur = await tx.execute(
+                        "UPDATE jobs SET state='done', lease_until=NULL, updated_at=?"
+                        " WHERE id=? AND state='leased' AND attempts=?", (self.clock.now(), job.id, job.attempts))
+                    applied = cur.rowcount == 1
+                    if applied and writes is not None:
+                        await writes(tx)
+                except sqlite3.Error as exc:
+                    if storage_reason(exc) is not None or not tx.conn.in_transaction:
+                        raise  # a storage fault, or SQLite rolled the whole transaction back: nothing to keep
+                    await self._undo_savepoint(tx, hooks)
+                    outcomes.append(exc)
+                    continue
+                except Exception as exc:
+                    await self._undo_savepoint(tx, hooks)
+                    outcomes.append(exc)
+                    continue
+                if not applied:
+                    await self._undo_savepoint(tx, hooks)
+                else:
+                    await tx.execute("RELEASE job")
+                outcomes.append(applied)
+        return outcomes
+
+    @staticmethod
+    async def _undo_savepoint(tx: Tx, hooks: int) -> None:
+        await tx.execute("ROLLBACK TO job")
+        await tx.execute("RELEASE job")
+        del tx._after_commit[hooks:]  # the undone job's wake-ups and cache updates must not run
 
     async def fail(self, job: Job, error: str, *, retry_in: float, dead: bool) -> None:
         now = self.clock.now()

@@ -17,10 +17,28 @@ def normalize(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+class _NonspacingMarks(dict[int, int | None]):
+    """str.translate table deleting every nonspacing mark (category Mn) and keeping every other character,
+    filled per code point on first sight: a C-level lookup per character instead of a Python-level category
+    test (fold runs ~30 times per report and was the largest pure-Python cost of routing). Only the Basic
+    Multilingual Plane is remembered, so hostile input cannot grow the table past 65,536 entries."""
+
+    def __missing__(self, code: int) -> int | None:
+        value = None if unicodedata.category(chr(code)) == "Mn" else code
+        if code < 0x10000:
+            self[code] = value
+        return value
+
+
+_DROP_MARKS = _NonspacingMarks()
+
+
 def fold(text: str) -> str:
     """Lower-case, strip Vietnamese diacritics (đ -> d), so 'Quận Gò Vấp' and 'quan go vap' compare equal."""
-    decomposed = unicodedata.normalize("NFD", text.lower()).replace("đ", "d")
-    return "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+    lowered = text.lower()
+    if lowered.isascii():  # nothing to decompose, no marks: the common case for text typed without diacritics
+        return lowered
+    return unicodedata.normalize("NFD", lowered).replace("đ", "d").translate(_DROP_MARKS)
 
 
 def has_diacritics(text: str) -> bool:

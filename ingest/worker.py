@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .backoff import backoff_delay
 from .errors import PermanentError, StorageError, TransientError
@@ -44,6 +45,21 @@ class WorkerSettings:
     idle_poll: float = 1.0
     backoff_base: float = 2.0
     backoff_cap: float = 600.0
+    # For stages whose jobs do not depend on each other's results (classify): lease and prepare the next batch
+    # while this one is finished, so the embedder never waits for the store; and finish a batch's jobs in one
+    # transaction (a savepoint per job: a job whose writes fail is undone alone and retried) instead of one
+    # fsync'd commit per job. Off for stages that must see each earlier job committed (dedupe, dispatch).
+    prefetch: bool = False
+    group_commit: bool = False
+
+
+@dataclass(slots=True)
+class _Taken:
+    """One leased batch: the jobs not yet finished, their reports, and the batch preparation under way."""
+
+    jobs: list[Job]
+    loaded: list[tuple[Job, StoredReport]]
+    prepared: asyncio.Task[None] | None
 
 
 class StageWorker:
@@ -62,84 +78,182 @@ class StageWorker:
 
     async def run(self) -> None:
         failures = 0
-        while not self._stopping.is_set():
-            try:
-                taken = await self.run_once()
-            except StorageError as exc:
-                # The store cannot write (disk full, I/O): wait it out. Jobs leased in this round come back when
-                # their lease expires; nothing was acknowledged that is not stored.
-                failures += 1
-                delay = backoff_delay(failures, base=self.settings.backoff_base / 2, cap=30.0)
-                _throttled.log(logging.WARNING, f"{self.stage}:storage", "stage %s: store unavailable (%s);"
-                               " backing off %.1f s", self.stage, exc, delay)
+        ahead: _Taken | None = None
+        try:
+            while not self._stopping.is_set():
+                taken: _Taken | None = None
                 try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    pass
-                continue
-            failures = 0
-            if not taken:
-                await self.store.wait_for_work(self.stage, self.settings.idle_poll)
+                    taken, ahead = ahead or await self._take(), None
+                    if taken is not None:
+                        if self.settings.prefetch:
+                            ahead = await self._take()  # its preparation runs while `taken` is handled and finished
+                        await self._complete(taken)
+                except StorageError as exc:
+                    # The store cannot write (disk full, I/O): wait it out. Jobs leased in this round come back when
+                    # their lease expires; nothing was acknowledged that is not stored.
+                    for batch in (taken, ahead):
+                        if batch is not None and batch.prepared is not None:
+                            batch.prepared.cancel()
+                    ahead = None
+                    failures += 1
+                    delay = backoff_delay(failures, base=self.settings.backoff_base / 2, cap=30.0)
+                    _throttled.log(logging.WARNING, f"{self.stage}:storage", "stage %s: store unavailable (%s);"
+                                   " backing off %.1f s", self.stage, exc, delay)
+                    try:
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                    except TimeoutError:
+                        pass
+                    continue
+                failures = 0
+                if taken is None:
+                    await self.store.wait_for_work(self.stage, self.settings.idle_poll)
+        except asyncio.CancelledError:
+            if ahead is not None:
+                await asyncio.shield(self._give_back(ahead))
+            raise
 
     async def run_once(self) -> int:
         """Lease and handle one batch; returns how many jobs were taken."""
+        taken = await self._take()
+        if taken is None:
+            return 0
+        count = len(taken.jobs)
+        await self._complete(taken)
+        return count
+
+    async def _take(self) -> _Taken | None:
+        """Lease a batch, read its reports and start preparing it (the batch handler, as a task of its own)."""
         jobs = await self.store.lease(self.stage, self.settings.batch, self.settings.lease_seconds)
         if not jobs:
-            return 0
-        pending = list(jobs)
+            return None
+        taken = _Taken(list(jobs), [], None)
         try:
-            loaded: list[tuple[Job, StoredReport]] = []
+            reports = await self.store.get_reports([job.report_id for job in jobs])
             for job in jobs:
-                report = await self.store.get_report(job.report_id)
+                report = reports.get(job.report_id)
                 if report is None:
                     await self.store.fail(job, "report row missing", retry_in=0, dead=True)
-                    pending.remove(job)
+                    taken.jobs.remove(job)
                     continue
-                loaded.append((job, report))
-            if self.batch_handler is not None and loaded:
+                taken.loaded.append((job, report))
+        except asyncio.CancelledError:
+            await asyncio.shield(self.store.release(taken.jobs))
+            raise
+        if self.batch_handler is not None and taken.loaded:
+            taken.prepared = asyncio.ensure_future(self.batch_handler(taken.loaded))
+        return taken
+
+    async def _give_back(self, taken: _Taken) -> None:
+        if taken.prepared is not None:
+            taken.prepared.cancel()
+            await asyncio.gather(taken.prepared, return_exceptions=True)
+        await self.store.release(taken.jobs)
+
+    async def _complete(self, taken: _Taken) -> None:
+        """Wait for the batch's preparation, then handle and finish every job of it."""
+        try:
+            if taken.prepared is not None:
                 try:
-                    await self.batch_handler(loaded)
+                    await taken.prepared
+                except asyncio.CancelledError:
+                    raise
                 except Exception:  # the per-job handler will retry alone and record the error per job
                     log.exception("stage %s: batch preparation failed", self.stage)
-            for job, report in loaded:
-                with log_context(report_id=job.report_id, job=job.id, stage=self.stage,
-                                 channel=report.message.channel_instance):
-                    await self._handle(job, report)
-                pending.remove(job)
+            if self.settings.group_commit:
+                await self._handle_group(taken)
+            else:
+                for job, report in taken.loaded:
+                    with self._context(job, report):
+                        await self._handle(job, report)
+                    taken.jobs.remove(job)
         except asyncio.CancelledError:
             # Shutdown: give unfinished leases back at once rather than waiting for them to expire.
-            await asyncio.shield(self.store.release(pending))
+            await asyncio.shield(self._give_back(taken))
             raise
-        return len(jobs)
+
+    async def _handle_group(self, taken: _Taken) -> None:
+        """Handle every job, then finish all that produced writes in one transaction (group commit)."""
+        ready: list[tuple[Job, StoredReport, Writes | None, float]] = []
+        for job, report in taken.loaded:
+            started = time.perf_counter()
+            with self._context(job, report):
+                writes = await self._compute(job, report, started)
+            if writes is _FAILED:
+                taken.jobs.remove(job)
+                continue
+            ready.append((job, report, writes, started))  # type: ignore[arg-type]
+        if not ready:
+            return
+        try:
+            outcomes = await self.store.finish_many([(job, writes) for job, _, writes, _ in ready])
+        except (asyncio.CancelledError, StorageError):
+            raise  # a store outage: the run loop backs off; the leases come back when they expire
+        except Exception:
+            # The shared commit failed as a whole (nothing of it applied): finish the jobs one by one, so the
+            # fault is met, and recorded, job by job as without grouping.
+            log.exception("stage %s: group commit of %d jobs failed; finishing them one by one", self.stage,
+                          len(ready))
+            for job, report, writes, started in ready:
+                with self._context(job, report):
+                    await self._finish(job, report, writes, started)
+                taken.jobs.remove(job)
+            return
+        for (job, report, _, started), outcome in zip(ready, outcomes):
+            taken.jobs.remove(job)
+            with self._context(job, report):
+                if isinstance(outcome, BaseException):
+                    await self._failed(job, report, outcome, started)
+                else:
+                    self._finished(job, report, outcome, started)
+
+    def _context(self, job: Job, report: StoredReport) -> Any:
+        """Log fields of the job being worked on (ingest/logs.py)."""
+        return log_context(report_id=job.report_id, job=job.id, stage=self.stage,
+                           channel=report.message.channel_instance)
 
     async def _handle(self, job: Job, report: StoredReport) -> None:
-        s = self.settings
         started = time.perf_counter()
+        writes = await self._compute(job, report, started)
+        if writes is not _FAILED:
+            await self._finish(job, report, writes, started)  # type: ignore[arg-type]
+
+    async def _compute(self, job: Job, report: StoredReport, started: float) -> Writes | None | object:
+        """The handler's writes, or _FAILED once the handler's error has been recorded on the job."""
         try:
-            writes = await self.handler(job, report)
-        except PermanentError as exc:
+            return await self.handler(job, report)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._failed(job, report, exc, started)
+            return _FAILED
+
+    async def _failed(self, job: Job, report: StoredReport, exc: BaseException, started: float) -> None:
+        s = self.settings
+        if isinstance(exc, PermanentError):
             log.warning("stage %s job %d: permanent failure: %s", self.stage, job.id, type(exc).__name__)
             await self.store.fail(job, f"{type(exc).__name__}: {exc}", retry_in=0, dead=True)
             _observe(self.stage, "dead", report, time.perf_counter() - started)
             return
-        except TransientError as exc:
-            dead = job.attempts >= s.max_attempts
+        dead = job.attempts >= s.max_attempts
+        if isinstance(exc, TransientError):
             delay = backoff_delay(job.attempts, base=s.backoff_base, cap=s.backoff_cap, retry_after=exc.retry_after)
-            await self.store.fail(job, f"{type(exc).__name__}: {exc}", retry_in=delay, dead=dead)
-            _observe(self.stage, "dead" if dead else "retry", report, time.perf_counter() - started)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("stage %s job %d failed (attempt %d)", self.stage, job.id, job.attempts)
-            dead = job.attempts >= s.max_attempts
+        else:
+            log.error("stage %s job %d failed (attempt %d)", self.stage, job.id, job.attempts,
+                      exc_info=(type(exc), exc, exc.__traceback__))
             delay = backoff_delay(job.attempts, base=s.backoff_base, cap=s.backoff_cap)
-            await self.store.fail(job, f"{type(exc).__name__}: {exc}", retry_in=delay, dead=dead)
-            _observe(self.stage, "dead" if dead else "retry", report, time.perf_counter() - started)
-            return
-        if await self.store.finish(job, writes):
+        await self.store.fail(job, f"{type(exc).__name__}: {exc}", retry_in=delay, dead=dead)
+        _observe(self.stage, "dead" if dead else "retry", report, time.perf_counter() - started)
+
+    async def _finish(self, job: Job, report: StoredReport, writes: Writes | None, started: float) -> None:
+        self._finished(job, report, await self.store.finish(job, writes), started)
+
+    def _finished(self, job: Job, report: StoredReport, applied: bool, started: float) -> None:
+        if applied:
             self.processed += 1
             _observe(self.stage, "done", report, time.perf_counter() - started)
         else:
             log.warning("stage %s job %d: lease lost, result discarded", self.stage, job.id)
             _observe(self.stage, "lost", report, time.perf_counter() - started)
+
+
+_FAILED = object()  # _compute's answer when the handler raised (its failure is already recorded)

@@ -153,3 +153,104 @@ async def test_run_wakes_on_new_work_and_stops(store: Store, make_message) -> No
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert worker.processed == 1
+
+
+async def test_group_commit_applies_a_batch_at_once_and_undoes_only_the_failing_job(clocked_store: Store,
+                                                                                    make_message) -> None:
+    ids = [(await clocked_store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(3)]
+    bad = ids[1]
+
+    async def handler(job: Job, report: StoredReport):
+        async def writes(tx: Tx) -> None:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
+            await tx.enqueue("dedupe", job.report_id)
+            if job.report_id == bad:
+                raise ValueError("writes failed half-way")
+        return writes
+
+    worker = StageWorker(clocked_store, "classify", handler,
+                         WorkerSettings(batch=3, group_commit=True, max_attempts=3))
+    commits = clocked_store.commit_count
+    assert await worker.run_once() == 3
+    assert worker.processed == 2
+    statuses = {rid: (await clocked_store.get_report(rid)).status for rid in ids}
+    assert statuses == {ids[0]: "routed", bad: "received", ids[2]: "routed"}  # the bad job's update is undone
+    row = await _job(clocked_store, bad)
+    assert row["state"] == "ready" and row["last_error"] == "ValueError: writes failed half-way"
+    assert sorted(j.report_id for j in await clocked_store.lease("dedupe", 5, 60)) == [ids[0], ids[2]]
+    # lease + one commit for the two good jobs + the bad job's retry record + the dedupe lease just above
+    assert clocked_store.commit_count - commits == 4
+
+
+async def test_group_commit_discards_a_lost_lease_and_keeps_the_rest(clocked_store: Store, make_message) -> None:
+    ids = [(await clocked_store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(2)]
+
+    async def handler(job: Job, report: StoredReport):
+        if job.report_id == ids[1]:  # meanwhile its lease expired and another worker took this job
+            async with clocked_store.transaction() as tx:
+                await tx.execute("UPDATE jobs SET attempts=attempts+1 WHERE id=?", (job.id,))
+
+        async def writes(tx: Tx) -> None:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
+        return writes
+
+    worker = StageWorker(clocked_store, "classify", handler,
+                         WorkerSettings(batch=2, lease_seconds=60, group_commit=True))
+    await worker.run_once()
+    assert worker.processed == 1
+    assert (await clocked_store.get_report(ids[1])).status == "received"
+    assert (await _job(clocked_store, ids[1]))["state"] == "leased"  # still the other worker's
+
+
+async def test_prefetch_prepares_the_next_batch_before_finishing_this_one(store: Store, make_message) -> None:
+    ids = [(await store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(4)]
+    log: list[str] = []
+    second_prepared = asyncio.Event()
+
+    async def prepare(batch: list[tuple[Job, StoredReport]]) -> None:
+        log.append("prepare " + ",".join(str(r.id) for _, r in batch))
+        if batch[0][1].id == ids[2]:
+            second_prepared.set()
+
+    async def handler(job: Job, report: StoredReport):
+        if report.id == ids[0]:
+            # The first batch is finished only once the second is being prepared.
+            await asyncio.wait_for(second_prepared.wait(), 5)
+        log.append(f"handle {report.id}")
+        return None
+
+    worker = StageWorker(store, "classify", handler, WorkerSettings(batch=2, prefetch=True, idle_poll=30),
+                         batch_handler=prepare)
+    task = asyncio.create_task(worker.run())
+    for _ in range(500):
+        if worker.processed == 4:
+            break
+        await asyncio.sleep(0.01)
+    worker.stop()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert worker.processed == 4
+    assert log[:2] == [f"prepare {ids[0]},{ids[1]}", f"prepare {ids[2]},{ids[3]}"]
+    assert log[2:] == [f"handle {i}" for i in ids]
+
+
+async def test_prefetching_worker_cancelled_gives_back_both_batches(clocked_store: Store, make_message) -> None:
+    ids = [(await clocked_store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(4)]
+    started = asyncio.Event()
+
+    async def handler(job: Job, report: StoredReport):
+        started.set()
+        await asyncio.Event().wait()  # stuck until shutdown
+
+    async def prepare(batch: list[tuple[Job, StoredReport]]) -> None:
+        return None
+
+    worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(batch=2, prefetch=True),
+                         batch_handler=prepare)
+    task = asyncio.create_task(worker.run())
+    await started.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    for rid in ids:
+        row = await _job(clocked_store, rid)
+        assert row["state"] == "ready" and row["attempts"] == 0
