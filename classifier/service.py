@@ -16,7 +16,7 @@ import numpy as np
 from ingest.app import AppContext, Service
 from ingest.errors import TransientError
 from ingest.records import Classification, Job, to_json
-from ingest.store import StoredReport, Tx
+from ingest.store import Store, StoredReport, Tx
 from ingest.text import fold
 from ingest.worker import StageWorker, WorkerSettings, Writes
 
@@ -86,11 +86,16 @@ class ClassifyStage:
         that report's timeline (ingest/followup.py) instead of being classified as a new report."""
         from ingest import followup
 
-        earlier = await _follow_up_of(self.ctx, report)
-        if earlier is None:
+        if await _follow_up_of(self.ctx, report, self.ctx.store) is None:
             return None
 
         async def writes(tx: Tx) -> None:
+            # Decided again inside the commit: a batch commits at once, and a message must see what the ones
+            # before it in the batch became (a follow-up or a refused report is no longer open).
+            earlier = await _follow_up_of(self.ctx, report, tx)
+            if earlier is None:
+                raise TransientError("the reporter's open report changed in this batch: classify again",
+                                     retry_after=0.0)
             await followup.join_timeline(tx, earlier, report)
             await tx.enqueue("notify", report.id, {"template": "follow_up", "report_id": earlier})
         return writes
@@ -127,15 +132,15 @@ class ClassifyStage:
         return classification_writes(report.id, result, vector, model_name, dim)
 
 
-async def _follow_up_of(ctx: AppContext, report: StoredReport) -> int | None:
+async def _follow_up_of(ctx: AppContext, report: StoredReport, reader: Store | Tx) -> int | None:
     from config.dispatch import dispatch_settings
     from ingest import followup
 
     hours = dispatch_settings(ctx.settings).reporters.follow_up_hours
-    row = await ctx.store.fetchone("SELECT received_at FROM reports WHERE id=?", (report.id,))
+    row = await reader.fetchone("SELECT received_at FROM reports WHERE id=?", (report.id,))
     if row is None:
         return None
-    return await followup.earlier_open_report(ctx.store, report, float(row["received_at"]), hours * 3600.0)
+    return await followup.earlier_open_report(reader, report, float(row["received_at"]), hours * 3600.0)
 
 
 def classification_writes(report_id: int, result: Classification, vector: np.ndarray | None,

@@ -12,7 +12,7 @@ from ingest.clock import FakeClock, iso
 from ingest.http import make_app
 from ingest.records import Attachment, InboundMessage, Reporter
 from ingest.store import Store
-from ingest.worker import StageWorker
+from ingest.worker import StageWorker, WorkerSettings
 from config.directory import load_directory
 
 HOUR = 3600.0
@@ -66,5 +66,33 @@ async def test_follow_ups_join_the_open_report_of_the_same_sender(tmp_path: Path
         late = await submit(store, "telegram", "Cống lại nghẹt", reply_to="chat-1")
         for rid in (other, late):
             assert await stage._follow_up(await store.get_report(rid)) is None
+    finally:
+        await store.close()
+
+
+async def test_follow_ups_in_one_committed_batch_see_the_messages_before_them(tmp_path: Path) -> None:
+    """The classify stage commits a batch at once: a message whose sender's earlier message in the same batch
+    became a follow-up joins the report that one joined, as if each message had been committed in turn."""
+    clock = FakeClock(1_790_000_000.0)
+    store = await Store.open(tmp_path / "s.sqlite3", tmp_path / "blobs", clock=clock)
+    try:
+        ctx = AppContext(settings=validate({}, {}), directory=load_directory(), store=store, clock=clock,
+                         http=make_app(1 << 20))
+        stage = ClassifyStage.__new__(ClassifyStage)  # no model needed: both are follow-ups
+        stage.ctx, stage._prepared, stage._vectors = ctx, {}, {}
+        worker = StageWorker(store, "classify", stage.handle, WorkerSettings(batch=8, group_commit=True))
+        first = await submit(store, "telegram", "Cống nghẹt trước chợ Bến Thành", reply_to="chat-1")
+        async with store.transaction() as tx:
+            await tx.execute("UPDATE reports SET status='dispatched' WHERE id=?", (first,))
+            await tx.execute("UPDATE jobs SET state='done' WHERE report_id=?", (first,))
+        clock.advance(HOUR)
+        second = await submit(store, "telegram", "Gửi thêm ảnh nè", reply_to="chat-1")
+        clock.advance(60)
+        third = await submit(store, "telegram", "Nước tràn vào nhà rồi", reply_to="chat-1")
+        assert await worker.run_once() == 2
+        for rid in (second, third):
+            assert (await store.get_report(rid)).status == "follow_up"
+            row = await store.fetchone("SELECT data FROM events WHERE report_id=? AND kind='joined_report'", (rid,))
+            assert row is not None and f'"report_id": {first}' in row["data"]
     finally:
         await store.close()
