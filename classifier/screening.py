@@ -22,6 +22,9 @@ from ingest.text import fold
 SCREENING_PATH = Path(__file__).with_name("data") / "screening.json"
 _TOKEN = re.compile(r"[^\W_]+(?:\*+[^\W_]*)*|\*+[^\W_]+(?:\*+[^\W_]*)*", re.UNICODE)
 _MASKED = re.compile(r"^([^\W\d_]{1,3})\*+([^\W\d_]*)$")
+# A mask hides letters of a word: a letter then asterisks ("đ*", "c*t", "f***ing"), or two letters then asterisks
+# inside the word or at least two at its end. Asterisks around a word ("*cc*", "*lưu ý*") are emphasis.
+_MASK = re.compile(r"[^\W\d_]\*+[^\W\d_]*|[^\W\d_]{2}(?:\*+[^\W\d_]+|\*{2,})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,7 @@ def _tokens(text: str) -> tuple[list[_Token], list[str], list[int]]:
     for m in _TOKEN.finditer(text):
         raw = m.group(0)
         written = raw.lower()
-        out.append(_Token(written=written, folded=fold(written.replace("*", "")), masked="*" in written))
+        out.append(_Token(written=written, folded=fold(written.replace("*", "")), masked=bool(_MASK.fullmatch(written))))
         cased.append(raw)
         starts.append(m.start())
     return out, cased, starts

@@ -33,6 +33,7 @@ def confident(directory, topic, p=0.97):
     "ko deo khau trang, ko deo bao tay",  # folded, but in its ordinary phrase
     "có con chó chết nằm giữa đường",
     "*lưu ý*: đèn đường hư",  # asterisks for emphasis are no mask
+    "*cc Bàu Cát* bị cúp nước",
 ])
 def test_ordinary_words_are_no_evidence(text):
     assert screen(text) == Screening()
@@ -46,6 +47,7 @@ def test_ordinary_words_are_no_evidence(text):
     ("khu dat con hoang bi do rac", "con hoang"),  # còn hoang, typed without diacritics
     ("cô giáo chửi học sinh là đồ ngu", "đồ ngu"),  # quoted, not said to us
     ("da nhan DM cho fanpage", "DM"),  # an acronym in capitals
+    ("*cc* bi cup nuoc", "*cc*"),  # emphasis, not a mask
 ])
 def test_ambiguous_words_are_only_ambiguous(text, word):
     s = screen(text)
@@ -58,6 +60,7 @@ def test_ambiguous_words_are_only_ambiguous(text, word):
     "địt mẹ cái tổng đài",
     "dm cai tong dai 1022",
     "Đ** m** cái công trình",  # masked, so meant
+    "đ* m* cái tổng đài",
     "useless f***ing idiots",
     "đồ chó má, tao đập nát cái văn phòng",
     "vcl den duong hu 2 tuan",
