@@ -71,7 +71,9 @@ _NAME_TRIGGERS: tuple[tuple[str, bool], ...] = tuple(sorted((
 ), key=lambda t: -len(t[0])))
 # Honorifics before a capitalised name ("ông Canarylong", "chị Lan"); only when written in lower case, so
 # place names that begin with one ("cầu Ông Lãnh", "chợ Bà Chiểu") stay.
-_HONORIFIC = re.compile(r"(?<![\w])(ông|bà|anh|chị|cô|chú|bác|dì|cậu|em|ong|ba|chi|co|chu|bac|di|cau|mr\.?|mrs\.?|ms\.?)"
+# Without diacritics only the unambiguous ones: "ba", "co", "di", "cau", "bac" are also "bà/bá", "có", "đi",
+# "cầu", "Bắc" before place names ("toi di Cho Ben Thanh", "cau Ong Lanh").
+_HONORIFIC = re.compile(r"(?<![\w])(ông|bà|anh|chị|cô|chú|bác|dì|cậu|em|ong|chu|mr\.?|mrs\.?|ms\.?)"
                         r"[ \u00a0]+(?=[^\W\d_])")
 # Where the reporter lives ("nhà 12 hẻm …", "địa chỉ: …", "sống tại …"): up to the end of the clause. The place
 # of the incident is published from the classifier's street and ward (ingest/public.py), never a house number.

@@ -40,6 +40,7 @@ def test_personal_data_is_removed(text: str, secret: str) -> None:
     "Đèn đường tắt ở cầu Ông Lãnh và chợ Bà Chiểu, Quận Bình Thạnh",
     "Thiệt hại khoảng 12.500.000.000 đồng, xe 51F-123.45 đậu trái phép trước nhà văn hóa",
     "Cây xanh ngã trên Quốc lộ 13, km 5, anh ấy nói sẽ báo lại",
+    "toi di Cho Ben Thanh thay cau Ong Lanh bi nut, co Cong an phuong dang xu ly",
 ])
 def test_the_incident_stays_readable(text: str) -> None:
     assert redact(text) == text
