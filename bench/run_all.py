@@ -21,6 +21,7 @@ BENCHES: dict[str, list[str]] = {
     "dedupe": ["search"],
     "embedder": [],
     "classifier": [],
+    "pipeline": [],
     "ops": [],
 }
 
