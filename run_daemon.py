@@ -44,6 +44,7 @@ from ingest.app import AppContext, Service  # noqa: E402
 from ingest.clock import Clock, parse_iso  # noqa: E402
 from ingest.errors import ConfigError, StorageError  # noqa: E402
 from ingest.http import make_app  # noqa: E402
+from ingest.limits import GuardedSite  # noqa: E402
 from ingest.migrations import Migration  # noqa: E402
 from ingest.degraded import open_or_serve_degraded  # noqa: E402
 from ingest.progress import progress_bar  # noqa: E402
@@ -105,7 +106,7 @@ async def open_store(settings: Settings, clock: Clock | None = None, path: Path 
 
 def make_context(settings: Settings, directory: Directory, store: Store, *, route_mode: bool = False) -> AppContext:
     return AppContext(settings=settings, directory=directory, store=store, clock=store.clock,
-                      http=make_app(settings.http.max_body_bytes), route_mode=route_mode)
+                      http=make_app(settings.http.max_body_bytes, settings.http.limits), route_mode=route_mode)
 
 
 def build_pipeline(ctx: AppContext, components: Sequence[str] = COMPONENTS) -> list[Service]:
@@ -174,9 +175,12 @@ class Generation:
         channels = build_channels(self.ctx)
         pipeline = build_pipeline(self.ctx) + build_pipeline(self.ctx, SERVICE_COMPONENTS)
         self.runner = web.AppRunner(self.ctx.http, handle_signals=False, access_log_class=PathOnlyAccessLogger,
-                                    shutdown_timeout=settings.queue.drain_seconds / 2)
+                                    shutdown_timeout=settings.queue.drain_seconds / 2,
+                                    keepalive_timeout=settings.http.limits.keepalive_timeout_seconds)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, settings.http.host, settings.http.port, reuse_address=True)
+        limits = settings.http.limits
+        site = GuardedSite(self.runner, settings.http.host, settings.http.port, reuse_address=True,
+                           max_connections=limits.max_connections, header_timeout=limits.header_timeout_seconds)
         await site.start()
         # Supervised: a storage outage or a bug in one service restarts that service after a backoff; it never
         # ends the process (the TaskGroup would cancel every other service with it).

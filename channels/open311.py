@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from config.channels import ChannelEntry, Open311Options
 from ingest.app import AppContext, Service
 from ingest.public import fetch_public_request, public_request, services
 from ingest.store import Store
+from ingest.limits import CLIENT_LIMITS, RateLimited, too_many
 from ingest.untrusted import BodyError, single_line
 
 from .open311_intake import Intake
@@ -67,9 +69,14 @@ class Open311Channel:
             except BodyError as exc:
                 return self._fail(400, exc.reason)
         try:
-            result = await self.intake.accept(raw, content_type, idempotency_key=key)
+            limits = request.get(CLIENT_LIMITS)
+            result = await self.intake.accept(
+                raw, content_type, idempotency_key=key,
+                device_limit=(lambda d: limits.device.take(d, time.monotonic())) if limits is not None else None)
         except Open311Error as exc:
             return self._fail(exc.code, exc.description)
+        except RateLimited as exc:
+            return too_many(request, exc.kind, exc.retry_after)
         body = [{"service_request_id": str(result.report_id), "service_notice": "Đã tiếp nhận phản ánh",
                  "account_id": None}]
         return web.json_response(body, status=201 if result.created else 200)

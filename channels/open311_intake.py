@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from ingest.clock import Clock, iso
 from ingest.errors import RecordError
+from ingest.limits import RateLimited
 from ingest.records import Attachment
 from ingest.store import Store, SubmitResult
 
@@ -33,7 +34,8 @@ class Intake:
 
     async def accept(self, raw: bytes, content_type: str, *, idempotency_key: str | None,
                      require_service_code: bool = True,
-                     parsed: tuple[dict[str, str], list[Photo]] | None = None) -> SubmitResult:
+                     parsed: tuple[dict[str, str], list[Photo]] | None = None,
+                     device_limit: Callable[[str], float] | None = None) -> SubmitResult:
         """Store one request durably; raises Open311Error (after quarantining the body) when it is refused."""
         try:
             if parsed is not None:
@@ -52,6 +54,11 @@ class Intake:
         except Open311Error as exc:
             await self._quarantine(raw, content_type, exc)
             raise
+        device = request.message.reporter.reply_to
+        if device and device_limit is not None:
+            wait = device_limit(device)  # per device id: known only once the body is parsed
+            if wait > 0:
+                raise RateLimited("device", wait)
         attachments = []
         for photo in request.photos:
             digest = await self.store.put_blob(photo.data, photo.content_type)

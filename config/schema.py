@@ -29,11 +29,28 @@ class StoreConfig(Section):
     quarantine_max_rows: int = Field(100_000, ge=1)
 
 
+class HttpLimits(Section):
+    """What one client may make the HTTP server do (ingest/limits.py). A rate of 0 turns that limit off."""
+
+    max_connections: int = Field(1000, ge=1)  # open at once; past it a new connection gets 503 + Retry-After
+    header_timeout_seconds: float = Field(10.0, gt=0)  # a request head not complete by then: connection closed
+    body_timeout_seconds: float = Field(60.0, gt=0)  # an intake POST not complete (body included) by then: 408
+    keepalive_timeout_seconds: float = Field(15.0, gt=0)  # an idle keep-alive connection is closed after this
+    # Intake POSTs (Open311, webhooks, portal) per client, per minute, with a burst allowance; 429 + Retry-After.
+    per_ip_per_minute: float = Field(0.0, ge=0)
+    per_ip_burst: int = Field(30, ge=1)
+    per_api_key_per_minute: float = Field(0.0, ge=0)
+    per_api_key_burst: int = Field(200, ge=1)
+    per_device_per_minute: float = Field(0.0, ge=0)
+    per_device_burst: int = Field(10, ge=1)
+
+
 class HttpConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8022, ge=0, le=65535)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
     public_base_url: str = "http://127.0.0.1:8022"
+    limits: HttpLimits = HttpLimits()
 
 
 class QueueConfig(Section):

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from .errors import StorageError
 from .faults import ThrottledLog
+from .limits import ClientLimits, Rate, TokenBuckets, limits_middleware
 
 log = logging.getLogger(__name__)
 _throttled = ThrottledLog(log)
@@ -47,5 +50,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(request, 500, "internal error")
 
 
-def make_app(max_body_bytes: int) -> web.Application:
-    return web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
+def make_app(max_body_bytes: int, limits: Any = None, now: Callable[[], float] = time.monotonic) -> web.Application:
+    """The daemon's Application; with `limits` (config HttpLimits) intake POSTs are rate-limited per client and
+    bounded in time (ingest/limits.py)."""
+    middlewares: list[Any] = [error_middleware]
+    if limits is not None:
+        buckets = ClientLimits(
+            ip=TokenBuckets(Rate(limits.per_ip_per_minute, limits.per_ip_burst)),
+            api_key=TokenBuckets(Rate(limits.per_api_key_per_minute, limits.per_api_key_burst)),
+            device=TokenBuckets(Rate(limits.per_device_per_minute, limits.per_device_burst)))
+        middlewares.append(limits_middleware(buckets, limits.body_timeout_seconds, now))
+    return web.Application(client_max_size=max_body_bytes, middlewares=middlewares)

@@ -29,6 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from ingest.clock import parse_iso
+from ingest.limits import REFUSALS
 from ingest.store import Store, StoredReport
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,36 @@ class OpsMetrics:
         self._cached = (mono, families)
         return families
 
+    def _intake_guard_families(self) -> list[Family]:
+        """Bounded quarantine, records refused alone, store outage, and what the HTTP limits refused."""
+        store = self.store
+        totals = store.quarantine_totals()
+        out = []
+        if totals is not None:
+            rows = Family("quarantine_rows", "Rows in quarantine (bounded by store.quarantine_max_rows).", "gauge")
+            rows.add(totals[0])
+            heads = Family("quarantine_head_bytes", "Bytes of input heads kept in quarantine (bounded by"
+                           " store.quarantine_max_bytes).", "gauge")
+            heads.add(totals[1])
+            out += [rows, heads]
+        evicted = Family("quarantine_evictions", "Quarantine heads dropped (kind=head) and rows deleted (kind=row)"
+                         " to stay under the caps.", "counter")
+        for kind, n in sorted(store.quarantine_evicted.items()):
+            evicted.add(n, (("kind", kind),), "_total")
+        refused = Family("records_refused", "Records the store refused alone (not storable); their group commit"
+                         " went on without them.", "counter")
+        refused.add(store.records_refused, (), "_total")
+        failing = Family("store_writes_failing", "1 while the store's writes fail (disk full, I/O error).", "gauge")
+        failing.add(0 if store.health.ok else 1)
+        http = Family("http_refusals", "Requests and connections refused by the HTTP limits: rate_limited (per ip,"
+                      " api_key, device), connection_refused, header_timeout, body_timeout.", "counter")
+        for (what, kind), n in sorted(REFUSALS.items()):
+            http.add(n, (("reason", what), ("key", kind)), "_total")
+        out += [evicted, refused, failing]
+        if http.samples:
+            out.append(http)
+        return out
+
     async def _read_store(self) -> list[Family]:
         store = self.store
         now = store.clock.now()
@@ -291,5 +322,6 @@ class OpsMetrics:
         commits = Family("store_commits", "Write transactions committed by this process.", "counter")
         commits.add(store.commit_count, (), "_total")
         out.append(commits)
+        out += self._intake_guard_families()
         return out
 

@@ -1,0 +1,190 @@
+"""Limits on what one client can make the HTTP server do: per-client rate limits (IP, API key, device id) answered
+429 with Retry-After, a cap on open connections answered 503, and deadlines for a request's head, its body and an
+idle keep-alive connection (a slow client cannot hold a connection, and so a file descriptor, for ever).
+
+The token buckets are pure (time passed in); the middleware and the protocol factory are the thin aiohttp side.
+Counters of what was refused are kept in `REFUSALS` for /metrics (ops/metrics.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .faults import ThrottledLog
+
+log = logging.getLogger(__name__)
+_throttled = ThrottledLog(log)
+
+# (what, key kind) -> count: ("rate_limited", "ip"), ("connection_refused", ""), ("header_timeout", "")...
+REFUSALS: Counter[tuple[str, str]] = Counter()
+# Paths where strangers submit input: rate limits and the body deadline apply to their POSTs.
+INTAKE_PREFIXES = ("/open311/", "/webhooks/", "/report")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    per_minute: float  # sustained rate; 0 disables the limit
+    burst: int  # requests allowed at once before the rate applies
+
+
+class TokenBuckets:
+    """One token bucket per key, the least recently used keys forgotten past `max_keys` (bounded memory whatever
+    the number of clients)."""
+
+    def __init__(self, rate: Rate, max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, updated at)
+
+    def take(self, key: str, now: float) -> float:
+        """0 when the request may go ahead (a token is taken), else the seconds until one is available."""
+        if self.rate.per_minute <= 0:
+            return 0.0
+        per_second = self.rate.per_minute / 60.0
+        tokens, then = self._buckets.pop(key, (float(self.rate.burst), now))
+        tokens = min(float(self.rate.burst), tokens + max(0.0, now - then) * per_second)
+        if tokens >= 1.0:
+            tokens -= 1.0
+            wait = 0.0
+        else:
+            wait = (1.0 - tokens) / per_second
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    ip: TokenBuckets
+    api_key: TokenBuckets
+    device: TokenBuckets
+
+
+# Set on an intake request by the middleware: the Open311 intake takes the device limit from it.
+CLIENT_LIMITS = web.RequestKey("client_limits", ClientLimits)
+
+
+class RateLimited(Exception):
+    def __init__(self, kind: str, retry_after: float) -> None:
+        super().__init__(f"rate limited by {kind}")
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+def too_many(request: web.Request, kind: str, retry_after: float) -> web.Response:
+    """429 in the shape the client expects (Open311 error list, else a JSON object), with Retry-After."""
+    REFUSALS[("rate_limited", kind)] += 1
+    seconds = max(1, math.ceil(retry_after))
+    _throttled.log(logging.WARNING, f"429:{kind}", "rate limit (%s) reached: answering 429", kind)
+    text = f"too many requests from this {kind.replace('_', ' ')}; retry in {seconds} s"
+    body: Any = ([{"code": 429, "description": text}] if request.path.startswith("/open311/")
+                 else {"error": text})
+    return web.json_response(body, status=429, headers={"Retry-After": str(seconds)})
+
+
+def client_ip(request: web.Request) -> str:
+    # The peer address: X-Forwarded-For is a claim anyone can make, so it is not trusted here.
+    return request.remote or "?"
+
+
+def limits_middleware(limits: ClientLimits, body_timeout: float,
+                      now: Callable[[], float]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        if request.method != "POST" or not request.path.startswith(INTAKE_PREFIXES):
+            return await handler(request)
+        t = now()
+        wait = limits.ip.take(client_ip(request), t)
+        if wait > 0:
+            return too_many(request, "ip", wait)
+        api_key = request.headers.get("X-Api-Key") or request.query.get("api_key")
+        if api_key:
+            wait = limits.api_key.take(api_key, t)
+            if wait > 0:
+                return too_many(request, "api_key", wait)
+        request[CLIENT_LIMITS] = limits  # the Open311 intake applies the device limit once it has parsed the body
+        try:
+            # The whole request, body upload included: a client dribbling its body cannot hold the connection.
+            async with asyncio.timeout(body_timeout):
+                return await handler(request)
+        except TimeoutError:
+            REFUSALS[("body_timeout", "")] += 1
+            _throttled.log(logging.WARNING, "408", "request on %s not complete within %g s: 408", request.path,
+                           body_timeout)
+            return web.json_response({"error": "request not received in time"}, status=408,
+                                     headers={"Connection": "close"})
+
+    return middleware
+
+
+_BUSY_BODY = json.dumps({"error": "too many connections, please retry"}).encode()
+BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: application/json\r\n"
+                 b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+
+
+class _Busy(asyncio.Protocol):
+    """Past the connection cap: answer 503 at once and close, without reading the request."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(BUSY_RESPONSE)
+        transport.close()
+
+
+class GuardedFactory:
+    """The listening socket's protocol factory around aiohttp's Server: past `max_connections` open connections a
+    new one gets 503; a connection that has not sent a complete request head within `header_timeout` is closed."""
+
+    def __init__(self, server: web.Server, max_connections: int, header_timeout: float) -> None:
+        self.server = server
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self.server.connections) >= self.max_connections:
+            REFUSALS[("connection_refused", "")] += 1
+            _throttled.log(logging.WARNING, "503:connections", "%d HTTP connections open: answering 503",
+                           len(self.server.connections))
+            return _Busy()
+        handler = self.server()
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.header_timeout, _close_if_no_request, handler)
+        return handler
+
+
+def _close_if_no_request(handler: Any) -> None:
+    # aiohttp counts a request once its head is parsed; none yet after the deadline: a slow or idle client.
+    if getattr(handler, "_request_count", 1) == 0 and handler.transport is not None:
+        REFUSALS[("header_timeout", "")] += 1
+        handler.force_close()
+        handler.transport.close()
+
+
+class GuardedSite(web.TCPSite):
+    """A TCPSite whose listening socket uses GuardedFactory."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, max_connections: int,
+                 header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._max_connections = max_connections
+        self._header_timeout = header_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        factory = GuardedFactory(server, self._max_connections, self._header_timeout)
+        self._server = await asyncio.get_running_loop().create_server(
+            factory, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port

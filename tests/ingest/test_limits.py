@@ -1,0 +1,125 @@
+"""Per-client limits on a real aiohttp server on loopback: 429 with Retry-After per IP, API key and device id; a
+connection cap answered 503; a slow request head closed; a dribbled body answered 408."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from channels.open311 import build
+from config.channels import ChannelEntry, Open311Options
+from config.directory import load_directory
+from config.schema import HttpLimits, Settings
+from ingest.app import AppContext
+from ingest.http import make_app
+from ingest.limits import REFUSALS, GuardedSite, Rate, TokenBuckets
+from ingest.store import Store
+from ops import health
+
+REPORT = {"service_code": "drainage", "description": "Cống bị rác bít kín", "lat": "10.76", "long": "106.66"}
+
+
+def test_token_bucket_allows_a_burst_then_the_rate() -> None:
+    buckets = TokenBuckets(Rate(per_minute=60, burst=3), max_keys=2)
+    assert [buckets.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a", 0.0) == pytest.approx(1.0)  # one token a second
+    assert buckets.take("a", 1.0) == 0.0
+    assert buckets.take("b", 1.0) == 0.0  # another client has its own bucket
+    buckets.take("c", 1.0)
+    assert len(buckets._buckets) == 2  # bounded: the least recently used key is forgotten
+    assert TokenBuckets(Rate(0, 1)).take("x", 0.0) == 0.0  # 0 turns the limit off
+
+
+@dataclass
+class Served:
+    url: str
+    port: int
+    session: aiohttp.ClientSession
+
+
+@pytest.fixture
+async def serve(store: Store):
+    runners = []
+
+    async def start(limits: HttpLimits) -> Served:
+        ctx = AppContext(settings=Settings(), directory=load_directory(None), store=store, clock=store.clock,
+                         http=make_app(1 << 20, limits))
+        build(ctx, ChannelEntry(kind="open311", name="app"), Open311Options())
+        health.add_routes(ctx, timeout=2.0)
+        runner = web.AppRunner(ctx.http, keepalive_timeout=limits.keepalive_timeout_seconds)
+        await runner.setup()
+        runners.append(runner)
+        site = GuardedSite(runner, "127.0.0.1", 0, max_connections=limits.max_connections,
+                           header_timeout=limits.header_timeout_seconds)
+        await site.start()
+        return Served(f"http://127.0.0.1:{site.port}", site.port, session)
+
+    async with aiohttp.ClientSession() as session:
+        yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def _post(served: Served, data: dict, headers: dict | None = None) -> tuple[int, dict, str]:
+    async with served.session.post(served.url + "/open311/v2/requests.json", data=data, headers=headers or {}) as r:
+        return r.status, dict(r.headers), await r.text()
+
+
+async def test_per_ip_limit_answers_429_with_retry_after(serve) -> None:
+    served = await serve(HttpLimits(per_ip_per_minute=6, per_ip_burst=3))
+    statuses = [(await _post(served, dict(REPORT, description=f"Cống số {i}")))[0] for i in range(5)]
+    assert statuses == [201, 201, 201, 429, 429]
+    status, headers, text = await _post(served, REPORT)
+    assert status == 429 and int(headers["Retry-After"]) >= 1 and "too many requests" in text
+    async with served.session.get(served.url + "/healthz") as resp:  # reading is not limited
+        assert resp.status == 200
+
+
+async def test_per_api_key_and_per_device_limits(serve) -> None:
+    served = await serve(HttpLimits(per_api_key_per_minute=1, per_api_key_burst=2,
+                                    per_device_per_minute=1, per_device_burst=1))
+    keyed = [(await _post(served, dict(REPORT, description=f"k{i}"), {"X-Api-Key": "k1"}))[0] for i in range(3)]
+    assert keyed == [201, 201, 429]
+    assert (await _post(served, dict(REPORT, description="other key"), {"X-Api-Key": "k2"}))[0] == 201
+    assert (await _post(served, dict(REPORT, description="d1", device_id="phone-1")))[0] == 201
+    assert (await _post(served, dict(REPORT, description="d2", device_id="phone-1")))[0] == 429
+    assert (await _post(served, dict(REPORT, description="d3", device_id="phone-2")))[0] == 201
+    assert REFUSALS[("rate_limited", "device")] >= 1
+
+
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.read(), 10)
+
+
+async def test_connection_cap_answers_503(serve) -> None:
+    served = await serve(HttpLimits(max_connections=2, header_timeout_seconds=30))
+    held = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    answer = await _read_all(reader)
+    assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 5" in answer
+    writer.close()
+    for _, w in held:
+        w.close()
+
+
+async def test_a_request_head_that_never_completes_is_closed(serve) -> None:
+    served = await serve(HttpLimits(header_timeout_seconds=0.2))
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(b"POST /open311/v2/requests.json HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+    assert await _read_all(reader) == b""  # closed by the server, not by this test's timeout
+    writer.close()
+
+
+async def test_a_dribbled_body_gets_408(serve) -> None:
+    served = await serve(HttpLimits(body_timeout_seconds=0.3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(b"POST /open311/v2/requests.json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"service_code\":")
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert status_line.startswith(b"HTTP/1.1 408")
+    writer.close()
