@@ -334,3 +334,56 @@ async def test_forged_agency_answers_become_notes_never_changes(daemon_parts: tu
     assert proc.returncode == 0, out.decode()
     rows = await store.fetchall("SELECT case_id, agency, kind FROM answers")
     assert [(r["case_id"], r["agency"], r["kind"]) for r in rows] == [(CASE_ID, "sawaco", "acknowledged")]
+
+
+@pytest.mark.system("dovecot")
+async def test_the_same_rule_on_the_imap_path(daemon_parts: tuple[AppContext, SmtpService, Any]) -> None:
+    """The agency's mailbox server (Dovecot here) stamps its own verdict; the poller sees only headers, so the
+    token comes from the address the mail was delivered to (To / Delivered-To), never from the subject."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dovecot import Dovecot, free_port, make_root
+
+    from channels.email_intake import EmailIntake, limits_from
+    from channels.imap import ImapService
+    from config.channels import ImapOptions
+
+    ctx, _, dispatch_worker = daemon_parts
+    store = ctx.store
+    await open_case(ctx, dispatch_worker)
+    reply_box = (await dispatch_email(ctx))["Reply-To"]
+    imap_relay = "imap.tphcm.gov.vn"
+    forged = reply(f"SAWACO <{AGENCY_ADDR}>", SPOOFED_BODY, "<i1@evil.example>",
+                   auth=[f"{imap_relay}; spf=fail smtp.mailfrom=sawaco.com.vn; dmarc=fail header.from=sawaco.com.vn"])
+    real = reply(f"SAWACO <{AGENCY_ADDR}>", "Đã tiếp nhận.", "<i2@sawaco.com.vn>", subject="TL: ống nước",
+                 auth=[passed("sawaco.com.vn", imap_relay)])
+    real = real.replace(f"To: {MAILBOX}".encode(), f"To: {reply_box}".encode(), 1)
+    server = Dovecot(root=make_root(), port=free_port())
+    server.start()
+    try:
+        await asyncio.to_thread(server.deliver, forged, real)
+        opts = ImapOptions(host="127.0.0.1", port=server.port, ssl=False, username=server.user,
+                           password=server.password, idle=False, poll_seconds=0.2, timeout_seconds=10,
+                           trusted_authserv_ids=[imap_relay])
+        intake = EmailIntake(store, "mailbox-2", limits_from(opts),
+                             agency_reply=lambda: ctx.shared.get("agency_email_reply"),
+                             trusted_authserv_ids=opts.trusted_authserv_ids)
+        service = ImapService("mailbox-2", store, intake, opts, ctx.clock)
+        task = asyncio.create_task(service.run())
+        try:
+            for _ in range(400):
+                if (await store.fetchone("SELECT COUNT(*) AS n FROM reports WHERE channel='email'"))["n"] == 2:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 15)
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+    rows = await store.fetchall("SELECT agency, kind, source FROM answers")
+    assert [(r["agency"], r["kind"], r["source"]) for r in rows] == [("sawaco", "acknowledged", "email")]
+    assert (await notes(store))["<i1@evil.example>"] == ["no_reply_token", "sender_authentication_failed"]
