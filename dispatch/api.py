@@ -58,7 +58,8 @@ class AnswerBody(BaseModel):
     several_agencies: bool = False
     field_check: bool = False
     complex: bool = False  # with `verified`: a complex incident (7.1b: safety measures in 2 h, 8 h to fix)
-    agency: str | None = None  # reassigned (operator unit only)
+    agency: str | None = None  # reassigned (operator unit and City Office only): the lead agency
+    supporting: list[str] = Field(default_factory=list, max_length=10)  # with reassigned: supporting agencies
     photos: list[Photo] = Field(default_factory=list, max_length=MAX_PHOTOS)
 
 
@@ -128,20 +129,26 @@ class DispatchApi:
         if agency is None:
             return _error(401, "missing or invalid token")
         rows = await self.book.store.fetchall(
-            "SELECT id, incident_id, topic, category, district, state, forwarded_at, expected_completion FROM cases"
-            f" WHERE agency=? AND state NOT IN ({','.join('?' * len(CLOSED_STATES))}) ORDER BY forwarded_at",
-            (agency, *CLOSED_STATES))
-        return web.json_response({"cases": [self._summary(r) for r in rows]})
+            "SELECT id, incident_id, topic, category, district, state, forwarded_at, expected_completion, 'lead' AS role"
+            f" FROM cases WHERE agency=? AND state NOT IN ({','.join('?' * len(CLOSED_STATES))})"
+            " UNION ALL SELECT c.id, c.incident_id, c.topic, c.category, c.district, c.state, s.forwarded_at,"
+            " c.expected_completion, 'supporting' AS role FROM case_supporters s JOIN cases c ON c.id=s.case_id"
+            f" WHERE s.agency=? AND s.state NOT IN ('done','withdrawn') AND c.state NOT IN"
+            f" ({','.join('?' * len(CLOSED_STATES))}) ORDER BY forwarded_at",
+            (agency, *CLOSED_STATES, agency, *CLOSED_STATES))
+        return web.json_response({"cases": [dict(self._summary(r), role=r["role"]) for r in rows]})
 
     async def get_case(self, request: web.Request) -> web.Response:
         agency = self._agency(request)
         if agency is None:
             return _error(401, "missing or invalid token")
         case = await self.book.store.fetchone("SELECT * FROM cases WHERE id=?", (request.match_info["case_id"],))
-        if case is None or case["agency"] != agency:
+        supporting = case is not None and case["agency"] != agency and await self.book.store.fetchone(
+            "SELECT 1 FROM case_supporters WHERE case_id=? AND agency=?", (case["id"], agency)) is not None
+        if case is None or (case["agency"] != agency and not supporting):
             return _error(404, "no such case")  # another agency's case looks exactly like a missing one
         delivery = await self.book.store.fetchone("SELECT payload FROM deliveries WHERE case_id=? AND agency=?"
-                                                  " ORDER BY id DESC LIMIT 1", (case["id"], case["agency"]))
+                                                  " ORDER BY id DESC LIMIT 1", (case["id"], agency))
         body = self._summary(case)
         if delivery is not None:
             body["detail"] = json.loads(delivery["payload"])["data"]
@@ -172,6 +179,8 @@ class DispatchApi:
             data["field_check"] = True
         if body.complex:
             data["complex"] = True
+        if body.supporting:
+            data["supporting"] = list(dict.fromkeys(body.supporting))
         if body.kind == "returned" and not (body.reason or body.note):
             return _error(422, "a returned case needs a reason")
         photos = []

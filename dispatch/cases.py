@@ -307,6 +307,11 @@ class CaseBook:
                                         duplicate=True)
             case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
             oversees = staff and agency == OPERATOR_UNIT
+            if case is not None and case["agency"] != agency and not oversees:
+                supporter = await tx.fetchone("SELECT * FROM case_supporters WHERE case_id=? AND agency=? AND state"
+                                              " NOT IN ('done','withdrawn')", (case_id, agency))
+                if supporter is not None:
+                    return await self._supporter_answer(tx, case, agency, kind, data, source, idem_key, note)
             if case is None or (case["agency"] != agency and not oversees):
                 raise NotFound(case_id)
             if kind == "refused" and agency != OPERATOR_UNIT:
@@ -359,9 +364,70 @@ class CaseBook:
             holder = case["agency"]
             if effect.reroute:
                 holder = await self._reroute(tx, case, kind, data, note, to=effect.reroute_to)
+                supporters = [a for a in data.get("supporting") or [] if a != holder]
+                if kind == "reassigned" and supporters:
+                    # The coordinating unit names a lead (the holder) and supporting agencies (Art. 7.1, 7.3).
+                    await tx.execute("UPDATE cases SET coordination=1 WHERE id=?", (case_id,))
+                    report = await self.store.get_report(case["report_id"])
+                    assert report is not None
+                    await self._add_supporters(tx, case_id, supporters, report)
             if effect.closes:
                 await self._close(tx, case, effect.state, note, now)
             return AnswerResult(case_id=case_id, state=effect.state, agency=holder)
+
+    async def _supporter_answer(self, tx: Tx, case: sqlite3.Row, agency: str, kind: str, data: dict[str, Any],
+                                source: str, idem_key: str | None, note: str | None) -> AnswerResult:
+        """A supporting agency's answer on a coordinated case: its own clocks and part, never the case's result
+        (the lead's answer resolves the case). `resolved` ends its part; `returned` withdraws it."""
+        if kind not in policy.SUPPORTER_KINDS:
+            raise AnswerRejected(f"a supporting agency answers one of {', '.join(policy.SUPPORTER_KINDS)}")
+        if case["state"] in policy.CLOSED_STATES:
+            raise AnswerRejected("the case is closed")
+        now = self.store.clock.now()
+        await tx.execute("INSERT INTO answers(case_id, agency, kind, source, idem_key, note, data, at)"
+                         " VALUES (?,?,?,?,?,?,?,?)", (case["id"], agency, kind, source, idem_key, note,
+                                                       json.dumps(data, ensure_ascii=False), now))
+        await tx.event(case["report_id"], "agency_answer", agency, {"case_id": case["id"], "kind": kind,
+                                                                    "source": source, "role": "supporting"})
+        part = policy.supporter_state(kind)
+        meets = frozenset(k for k, kinds in policy.MEETS.items() if kind in kinds)
+        if kind in ("in_progress", "progress_report") and data.get("expected_completion"):
+            meets |= {"fix", "answer"}
+        marks = ",".join("?" * len(meets))
+        if meets:
+            await tx.execute(
+                f"UPDATE deadlines SET state=CASE WHEN state='missed' OR due_at<? THEN 'met_late' ELSE 'met' END,"
+                f" closed_at=? WHERE case_id=? AND agency=? AND state IN ('open','missed') AND kind IN ({marks})",
+                (now, now, case["id"], agency, *sorted(meets)))
+        if part in ("done", "withdrawn"):
+            await tx.execute("UPDATE deadlines SET state='cancelled', closed_at=? WHERE case_id=? AND agency=?"
+                             " AND state IN ('open','missed')", (now, case["id"], agency))
+        await tx.execute("UPDATE case_supporters SET state=?, answered_at=? WHERE case_id=? AND agency=?",
+                         (part, now, case["id"], agency))
+        return AnswerResult(case_id=case["id"], state=case["state"], agency=case["agency"])
+
+    async def _add_supporters(self, tx: Tx, case_id: str, supporters: list[str], report: StoredReport) -> None:
+        """Deliver the case to each supporting agency with its own clocks (a coordinated case, Art. 7.1, 7.3)."""
+        now = self.store.clock.now()
+        for agency in supporters:
+            if agency not in self.directory.agencies:
+                raise AnswerRejected(f"unknown supporting agency {agency!r}")
+            await tx.execute("INSERT INTO case_supporters(case_id, agency, forwarded_at) VALUES (?,?,?)"
+                             " ON CONFLICT(case_id, agency) DO UPDATE SET state='forwarded', forwarded_at=excluded"
+                             ".forwarded_at, answered_at=NULL", (case_id, agency, now))
+            case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
+            assert case is not None
+            specs = policy.agency_deadlines(category=case["category"], agency=agency, at=now,
+                                            calendar=self.calendar, warn=self.warn, coordination=True)
+            for spec in specs:
+                await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at)"
+                                 " VALUES (?,?,?,?,?,?)", (case_id, agency, spec.kind, spec.started_at,
+                                                           spec.due_at, spec.warn_at))
+            await self._deliver(tx, case, report, agency, "case.support",
+                                [{"kind": s.kind, "due_at": iso(s.due_at)} for s in specs], None,
+                                {"role": "supporting", "lead_agency": case["agency"]})
+            await tx.event(case["report_id"], "case_supporter_added", "dispatch",
+                           {"case_id": case_id, "agency": agency, "lead": case["agency"]})
 
     async def _meet(self, tx: Tx, case: sqlite3.Row, kinds: frozenset[str], now: float) -> None:
         if not kinds:

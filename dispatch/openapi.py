@@ -44,6 +44,8 @@ CASE_SUMMARY = {
         "category": NULLABLE_STRING, "district": NULLABLE_STRING, "state": {"type": "string"},
         "forwarded_at": {"type": "string", "format": "date-time"}, "expected_completion": NULLABLE_TIME,
         "detail": {"$ref": REF.format(model="CaseDetail")},
+        "role": {"type": "string", "enum": ["lead", "supporting"],
+                 "description": "in the list: whether the agency holds the case or supports its lead"},
     },
 }
 
@@ -72,6 +74,11 @@ CASE_DETAIL = {
         "return_reason": NULLABLE_STRING,
         "previous_agencies": {"type": "array", "items": {"type": "string"}},
         "recurrence": {"type": ["object", "null"]},
+        "dispute": {"type": "object", "description": "case.disputed: the reporter's text, when, the previous result"},
+        "role": {"type": "string", "description": "case.support: `supporting`"},
+        "lead_agency": {"type": "string", "description": "case.support: the agency that leads"},
+        "merged_into_case": {"type": "string", "description": "case.merged: the case that carries the incident"},
+        "merged_into_incident": {"type": "string"},
         "answer_url": {"type": "string", "format": "uri"},
     },
 }
@@ -81,6 +88,7 @@ WEBHOOK_EVENTS = {
     "case.rerouted": "A case returned or reassigned by another agency now lies with this one.",
     "case.disputed": "The reporter says the result does not fix the problem: the case is open again.",
     "case.merged": "The case was merged into another incident's case.",
+    "case.support": "A coordinated case: this agency supports the lead agency, with its own clocks and answers.",
 }
 
 

@@ -39,6 +39,16 @@ ANSWER_KINDS = (
     "not_incident",  # 7.1: a request, not a failure: handled like category 2 from now on (5 working days)
     "coordination",  # 7.1: dangerous, large-scale or several agencies: back to the operator unit, which leads
 )
+# What a supporting agency of a coordinated case answers (its part, never the case's result).
+SUPPORTER_KINDS = ("acknowledged", "verified", "in_progress", "progress_report", "resolved", "returned")
+
+
+def supporter_state(kind: str) -> str:
+    """A supporting agency's part after its answer `kind`."""
+    return {"resolved": "done", "returned": "withdrawn", "in_progress": "in_progress",
+            "progress_report": "in_progress"}.get(kind, "acknowledged")
+
+
 # Answers only a coordinating unit gives.
 COORDINATOR_KINDS = frozenset({"reassigned", "refused"})
 

@@ -195,3 +195,21 @@ MIGRATIONS.append((
     CREATE INDEX disputes_case ON disputes(case_id);
     """,
 ))
+
+MIGRATIONS.append((
+    3,
+    """
+    -- Coordinated cases (Art. 7.1 dangerous or multi-agency, 7.3 several agencies): besides the lead agency that
+    -- holds the case (cases.agency) and whose answer resolves it, supporting agencies, each with its own delivery,
+    -- answers and clocks (deadlines rows with agency = the supporter).
+    CREATE TABLE case_supporters (
+        case_id TEXT NOT NULL REFERENCES cases(id),
+        agency TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'forwarded',   -- forwarded | acknowledged | in_progress | done | withdrawn
+        forwarded_at REAL NOT NULL,
+        answered_at REAL,
+        PRIMARY KEY (case_id, agency)
+    );
+    CREATE INDEX case_supporters_agency ON case_supporters(agency, state);
+    """,
+))

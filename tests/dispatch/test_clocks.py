@@ -363,3 +363,45 @@ def test_readme_lists_every_clock_with_its_article_unit_and_length():
         line = rows[rule.kind]
         assert rule.article in line and rule.unit in line and rule.length in line, line
     assert json.dumps(sorted(rows)) == json.dumps(sorted(policy.CLOCK_KINDS))
+
+
+async def test_coordinated_case_lead_and_supporting_agencies_each_with_delivery_answers_and_clocks(world, receiver):
+    ctx, base = world
+    case = await new_case(ctx, "INC-000040")
+    assert (await answer(base, TOKENS["agency.sawaco"], case, {"kind": "coordination"}))[1]["agency"] == \
+        policy.OPERATOR_UNIT
+    # The operator unit names the lead (holds the case, resolves it) and a supporting agency.
+    status, body = await answer(base, TOKENS["agency.van-hanh-1022"], case,
+                                {"kind": "reassigned", "agency": "sawaco", "supporting": ["ubnd-quan-1"]})
+    assert status == 201 and body["agency"] == "sawaco"
+    await pump(ctx)
+    support = [b["data"] for b in receiver.accepted.values() if b["type"] == "case.support"]
+    assert [(d["agency"], d["role"], d["lead_agency"]) for d in support] == [("ubnd-quan-1", "supporting", "sawaco")]
+    own = {r["kind"]: r["state"] for r in await ctx.store.fetchall(
+        "SELECT kind, state FROM deadlines WHERE case_id=? AND agency='ubnd-quan-1'", (case,))}
+    assert own == {"subordinate_forward": "open", "site_check": "open", "fix": "open"}
+    async with aiohttp_session() as http, http.get(f"{base}/api/v1/agency/cases",
+                                                   headers={"Authorization": f"Bearer {TOKENS['agency.ubnd-quan-1']}"}
+                                                   ) as resp:
+        listed = (await resp.json())["cases"]
+    assert [(c["case_id"], c["role"]) for c in listed] == [(case, "supporting")]
+    # The supporter's answers move its own clocks and part, never the case's result.
+    assert (await answer(base, TOKENS["agency.ubnd-quan-1"], case, {"kind": "acknowledged"}))[0] == 201
+    assert (await answer(base, TOKENS["agency.ubnd-quan-1"], case, {"kind": "false_report"}))[0] == 409
+    assert (await answer(base, TOKENS["agency.ubnd-quan-1"], case, {"kind": "resolved", "note": "Đã rào"}))[0] == 201
+    part = await ctx.store.fetchone("SELECT state FROM case_supporters WHERE case_id=?", (case,))
+    assert part["state"] == "done"
+    own = {r["kind"]: r["state"] for r in await ctx.store.fetchall(
+        "SELECT kind, state FROM deadlines WHERE case_id=? AND agency='ubnd-quan-1'", (case,))}
+    assert own == {"subordinate_forward": "met", "site_check": "met", "fix": "met"}
+    assert (await ctx.store.fetchone("SELECT state FROM cases WHERE id=?", (case,)))["state"] == "forwarded"
+    # The lead's answer resolves the case.
+    status, body = await answer(base, TOKENS["agency.sawaco"], case, {"kind": "resolved", "photos": [PHOTO]})
+    assert status == 201 and body["state"] == "resolved"
+    assert (await answer(base, TOKENS["agency.ubnd-quan-1"], case, {"kind": "verified"}))[0] == 404
+
+
+def aiohttp_session() -> Any:
+    import aiohttp
+
+    return aiohttp.ClientSession()

@@ -93,7 +93,8 @@ def test_the_document_covers_the_api_and_every_webhook(api_server: ApiServer) ->
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) >= {"/api/v1/agency/cases", "/api/v1/agency/cases/{case_id}",
                                  "/api/v1/agency/cases/{case_id}/answers"}
-    assert set(doc["webhooks"]) == {"case.created", "case.rerouted", "case.disputed", "case.merged"}
+    assert set(doc["webhooks"]) == {"case.created", "case.rerouted", "case.disputed", "case.merged",
+                                    "case.support"}
     # The case the agency holds, read with its token, has the documented shape (checked by schemathesis above
     # on generated ids; here on the real one).
     got = requests.get(f"{api_server.url}/api/v1/agency/cases/{api_server.case_id}",
