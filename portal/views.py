@@ -123,7 +123,7 @@ class Portal:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _service_codes(self) -> set[str]:
-        return {t.id for t in self.ctx.directory.topics.values() if t.agency is not None}
+        return {s["service_code"] for s in services(self.ctx.directory)}  # the topics one can report
 
     def _lang(self, request: web.Request) -> str:
         lang = request.query.get("lang") or request.cookies.get(LANG_COOKIE) or DEFAULT_LANGUAGE
