@@ -3,6 +3,7 @@ report; the reporter's acknowledgement and the public address name the unit the 
 (The public list's unit filter is tested with the portal, which serves it: tests/portal/test_map2025.py.)"""
 from __future__ import annotations
 
+import json
 from config.directory import load_directory
 from dispatch.messages import reporter_text, unit_committee_name
 from ingest.public import public_address
@@ -65,3 +66,11 @@ async def test_case_page_shows_the_unit_with_the_old_names(server: Server, brows
     await browser.login("operator")
     status, body = await browser.get(f"/console/cases/{case}")
     assert status == 200 and "<strong>Phường Bình Tiên (P.7, Q.6 cũ)</strong>" in body
+    # The agency's dispatch names the place the same way (payload and email subject).
+    from dispatch.messages import agency_subject, agency_text
+
+    row = await server.store.fetchone("SELECT payload FROM deliveries WHERE case_id=?", (case,))
+    payload = json.loads(row["payload"])
+    assert payload["data"]["district_name"] == "Phường Bình Tiên (P.7, Q.6 cũ)"
+    assert agency_subject(payload).endswith(" - Phường Bình Tiên (P.7, Q.6 cũ)")
+    assert "Địa bàn: Phường Bình Tiên (P.7, Q.6 cũ)" in agency_text(payload)
