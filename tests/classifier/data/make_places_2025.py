@@ -166,8 +166,8 @@ def main() -> int:
                      "Quận Bình Thạnh", "Quận 8", "Thành phố Thủ Đức"):
         for place in (district, fold(district).lower()):
             add("old-district-alone", place, {"review": sorted(district_units[district])}, plain=False)
-    # Wards of the 2023 list merged into neighbours on 1 January 2025, before the reform: the mapping does not
-    # list them, so only their district is known and a person picks the unit.
+    # Wards of the 2023 list merged into neighbours before the 2025 reform: the mapping does not list them, so
+    # only their district is known and a person picks the unit.
     directory = json.loads((REPO / "config/data/agencies.json").read_text(encoding="utf-8"))
     known = {(m["district"], fold(m["ward"]).lower()) for m in hcmc}
     known |= {(m["district"], fold(m["alt_spelling"]).lower()) for m in hcmc if m.get("alt_spelling")}
