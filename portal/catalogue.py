@@ -158,6 +158,9 @@ TEXTS: dict[str, dict[str, str]] = {
     "dispute_submit": {"vi": "Đề nghị xem xét lại", "en": "Ask for a review"},
     "dispute_reason_required": {"vi": "Vui lòng ghi lý do chưa đồng ý với kết quả.",
                                 "en": "Please say why you disagree with the result."},
+    "dispute_unavailable": {"vi": "Không thể đề nghị xem xét lại: chưa có kết quả, hoặc đã quá thời hạn đề nghị.",
+                            "en": "A review cannot be asked for: there is no result yet, or the time allowed has "
+                                  "passed."},
     "dispute_sent": {"vi": "Đã gửi đề nghị xem xét lại.", "en": "Your request for a review was sent."},
     # -- public pages
     "public_title": {"vi": "Phản ánh và kết quả xử lý", "en": "Reports and how they were handled"},

@@ -407,7 +407,10 @@ class Portal:
         reason = str(form.get("reason") or "").strip()[:2000]
         if not reason or not row["case_closed_at"]:
             return await self.lookup(request, status=400, notice=text(lang, "dispute_reason_required"))
-        await handler(report_id=int(row["id"]), case_id=str(row["case_id"]), reason=reason)
+        try:
+            await handler(report_id=int(row["id"]), case_id=str(row["case_id"]), reason=reason)
+        except (LookupError, ValueError):  # no result to dispute, or past the days allowed for a dispute
+            return await self.lookup(request, status=409, notice=text(lang, "dispute_unavailable"))
         raise web.HTTPSeeOther(f"/lookup/{token}?disputed=1#dispute")
 
     async def _photo(self, sha: str) -> web.Response:

@@ -136,3 +136,25 @@ async def test_the_dispute_hook_reaches_the_lifecycle_handler_once_there_is_a_re
     assert calls == [{"report_id": row["id"], "case_id": case_id, "reason": "Đèn vẫn tắt"}]
     _, page = await client.get(location.split("#")[0])
     assert "Đã gửi đề nghị xem xét lại." in page
+
+
+async def test_a_dispute_on_the_lookup_page_reopens_the_case_at_its_agency(server: Server, client: FormClient) -> None:
+    token, csrf = await _file(client)
+    (row,) = await server.store.fetchall("SELECT id FROM reports")
+    case_id = await classify_and_dispatch(server, row["id"])
+    await _answer(server, case_id, "resolved", note="Đã sửa.",
+                  photos=[{"content_type": "image/jpeg", "data": base64.b64encode(photo_with_gps(64, 64)).decode()}])
+    status, _, location = await client.post(f"/lookup/{token}/dispute", {"csrf": csrf, "reason": "Đèn vẫn tắt"})
+    assert status == 303 and location is not None
+    case = await server.store.fetchone("SELECT state, closed_at FROM cases WHERE id=?", (case_id,))
+    assert (case["state"], case["closed_at"]) == ("forwarded", None)
+    status, page = await client.get(location.split("#")[0])
+    assert "Đã gửi đề nghị xem xét lại." in page and 'id="dispute"' not in page and 'id="rating-form"' not in page
+    # Past the days allowed after the next result: refused politely, nothing changes.
+    await _answer(server, case_id, "resolved", note="Đã thay bộ đèn mới.",
+                  photos=[{"content_type": "image/jpeg", "data": base64.b64encode(photo_with_gps(64, 64)).decode()}])
+    server.ctx.clock.advance(30 * 86400)
+    status, page, _ = await client.post(f"/lookup/{token}/dispute", {"csrf": csrf, "reason": "Lại tắt"})
+    assert status == 409 and "quá thời hạn" in page
+    case = await server.store.fetchone("SELECT state FROM cases WHERE id=?", (case_id,))
+    assert case["state"] == "resolved"
