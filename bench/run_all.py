@@ -23,6 +23,7 @@ BENCHES: dict[str, list[str]] = {
     "classifier": [],
     "pipeline": [],
     "ops": [],
+    "fuzz": [],
 }
 
 
