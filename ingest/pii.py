@@ -37,6 +37,13 @@ NAME_MARK = "[tên ẩn]"
 ADDRESS_MARK = "[địa chỉ ẩn]"
 
 EMAIL = re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+# An address written so that scrapers miss it, which people also do when they type it for us: "abc at gmail dot
+# com", "abc(at)gmail.com", "abc [a còng] gmail [chấm] com", "abc @ gmail . com". The "at" word must be
+# bracketed or spaced and be followed by a dotted domain, so an ordinary "at" in English text stays.
+_AT = r"(?:\s*@\s*|\s*[(\[{<]\s*(?:at|@|a còng|a cong)\s*[)\]}>]\s*|\s+(?:at|a còng|a cong)\s+)"
+_DOT = r"(?:\s?\.\s?|\s*[(\[{<]\s*(?:dot|chấm|cham)\s*[)\]}>]\s*|\s+(?:dot|chấm|cham)\s+)"
+OBFUSCATED_EMAIL = re.compile(r"(?<![\w.])[\w.%+\-]+" + _AT + r"[\w\-]+(?:" + _DOT + r"[A-Za-z]{2,})+(?!\w)",
+                              re.IGNORECASE)
 # A run of digit groups joined by at most two separators (space, dot, dash, NBSP), groups possibly in brackets,
 # the whole possibly led by "+": "(028) 3829 1234", "+84 909.123.456", "079 203 005 678".
 _GROUP = r"(?:\(\s?\+?\d+\s?\)|\d+)"
@@ -67,7 +74,8 @@ _NAME_TRIGGERS: tuple[tuple[str, bool], ...] = tuple(sorted((
     ("ho va ten", True), ("ten nguoi bao", True), ("nguoi bao tin", False), ("nguoi bao", False),
     ("nguoi phan anh", False), ("nguoi gui", False), ("toi la", False), ("em la", False), ("minh la", False),
     ("chau la", False), ("chi la", False), ("anh la", False), ("co la", False), ("my name is", True),
-    ("i am", False), ("ten la", True), ("ky ten", False),
+    ("i am", False), ("ten la", True), ("ky ten", False), ("tui ten la", True), ("tui ten", True),
+    ("ten tui la", True), ("ten tui", True), ("tui la", False), ("ten", False),
 ), key=lambda t: -len(t[0])))
 # Honorifics before a capitalised name ("ông Canarylong", "chị Lan"); only when written in lower case, so
 # place names that begin with one ("cầu Ông Lãnh", "chợ Bà Chiểu") stay.
@@ -82,6 +90,8 @@ _RESIDENCE = re.compile(
     r"nha (?:toi|em|minh|tui|chi|anh|con|chau)(?: o| tai| so)?|nha so|nha o|nha(?= ?\d))(?!\w)")
 _TRIGGER = re.compile(r"(?<!\w)(" + "|".join(re.escape(t) for t, _ in _NAME_TRIGGERS) + r")(?!\w)")
 _ANY_CASE = dict(_NAME_TRIGGERS)
+# Triggers that are ordinary words too ("con đường tên Lê Lợi"): they introduce a name only before a colon.
+_COLON_ONLY = frozenset({"ten"})
 # Words that end a lower-case name ("toi ten la nguyen van an o quan 1"): places, verbs, fillers (folded).
 _NAME_STOP = frozenset("""o tai song nha so phan anh xin muon bao va co dang hien la sdt dt dien thoai
 so duong pho phuong quan huyen xa ap to khu can ho chung cu gan ben canh truoc sau trong ngoai cua cho nay
@@ -159,6 +169,8 @@ def _name_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, int
         lead = re.match(r"[\s:\-–—]*(?:(?:là|la)\b)?[\s:\-–—]*", rest, re.IGNORECASE)
         assert lead is not None
         colon = ":" in lead.group()
+        if m.group(1) in _COLON_ONLY and not colon:
+            continue
         cursor = lead.end()
         words: list[tuple[int, int]] = []
         capitalised: bool | None = None
@@ -226,6 +238,7 @@ def redact(text: str) -> str:
         return text
     text = unicodedata.normalize("NFC", text)
     spans = [(m.start(), m.end(), EMAIL_MARK) for m in EMAIL.finditer(text)]
+    spans += [(m.start(), m.end(), EMAIL_MARK) for m in OBFUSCATED_EMAIL.finditer(text)]
     folded, index = _folded_with_index(text)
     spans += _number_spans(text, folded, index)
     spans += _name_spans(text, folded, index)

@@ -27,6 +27,11 @@ from ingest.records import InboundMessage, Reporter
     ("TÔI TÊN LÀ PHẠM VĂN CƯỜNG", "CƯỜNG"), ("Họ tên: Võ Thị Lan", "Lan"), ("đã liên hệ ông Nguyễn Văn Tư", "Tư"),
     ("nhà 12 hẻm 34 Lê Lai bị ngập", "12 hẻm 34"), ("địa chỉ: 45/7 Nguyễn Trãi", "45/7"),
     ("sống tại 9 Trần Hưng Đạo, Quận 5", "9 Trần Hưng Đạo"),
+    # Spellings from the red-team probe (emails written to dodge scrapers, southern "tui", "tên:").
+    ("email abc at gmail dot com", "abc"), ("mail: abc(at)gmail.com", "abc"),
+    ("email abc [at] gmail [dot] com", "abc"), ("nguyenvana @ gmail . com", "nguyenvana"),
+    ("lien he tuan.le [a còng] yahoo [chấm] com", "tuan.le"), ("tui ten Tuan nha", "Tuan"),
+    ("ten: Vo Minh Tuan", "Tuan"), ("Tên: Lê Văn Tám", "Tám"), ("tên tui là Ngọc Ánh", "Ánh"),
 ])
 def test_personal_data_is_removed(text: str, secret: str) -> None:
     out = redact(text)
@@ -38,6 +43,8 @@ def test_personal_data_is_removed(text: str, secret: str) -> None:
     "Ổ gà lớn trên đường Lê Lợi, Quận 1, gần số 45, sâu 20 cm, từ 12/09/2026 lúc 10:30.",
     "tôi là người dân ở đây, cống bị nghẹt ở hẻm 83/16/4 Lý Chính Thắng, Phường 7, Quận 3",
     "Đèn đường tắt ở cầu Ông Lãnh và chợ Bà Chiểu, Quận Bình Thạnh",
+    "con đường tên Lê Lợi bị ngập, xe chết máy at least 20 chiếc",
+    "hố sâu 1.5 m ở đường Võ Văn Kiệt, tui la dan o day",
     "Thiệt hại khoảng 12.500.000.000 đồng, xe 51F-123.45 đậu trái phép trước nhà văn hóa",
     "Cây xanh ngã trên Quốc lộ 13, km 5, anh ấy nói sẽ báo lại",
     "toi di Cho Ben Thanh thay cau Ong Lanh bi nut, co Cong an phuong dang xu ly",
