@@ -71,3 +71,17 @@ def test_nowhere_is_nowhere(gazetteer):
 ])
 def test_pointers_at_home(text, kind):
     assert points_at(text) == kind
+
+
+def test_a_place_from_the_reporters_address_is_never_public(directory, gazetteer):
+    from ingest.public import public_address
+    from ingest.records import Classification, to_json
+
+    def shown(place):
+        return public_address(to_json(Classification(status="routed", topic="waste", category="civic",
+                                                     agency="ubnd-quan-6", confidence=1.0, place=place)), directory)
+
+    home = locate("rác trước nhà tôi không ai lấy", gazetteer, reporter_address=HOME)
+    assert home.source == "reporter_address" and shown(home) is None
+    named = locate("rác ở đường Bình Tiên quận 6 không ai lấy", gazetteer, reporter_address=HOME)
+    assert named.source == "text" and "Quận 6" in (shown(named) or "")
