@@ -434,14 +434,17 @@ MAX_RECIPIENTS = 50
 
 def _from_only(msg: Message) -> str | None:
     """The single From address; None when From is missing or names several mailboxes (then nobody is proven)."""
-    values = _all_headers(msg, "From")
+    # The address is read from the header as sent, before RFC 2047 decoding: an encoded word may only hold a
+    # display name, and decoding first would turn "=?utf-8?q?hopthu=40sawaco.com.vn?=" (text, which a DMARC
+    # relay does not read as an address) into the agency's address.
+    values = [" ".join(v.split()) for k, v in msg.raw_items() if k.lower() == "from" and isinstance(v, str)]
     if len(values) != 1:
         return None
     try:
         pairs = [(n, a) for n, a in email.utils.getaddresses(values) if a]
     except Exception:
         return None
-    if len(pairs) != 1 or "@" not in pairs[0][1] or len(pairs[0][1]) > 320:
+    if len(pairs) != 1 or "@" not in pairs[0][1] or len(pairs[0][1]) > 320 or "=?" in pairs[0][1]:
         return None
     return pairs[0][1].strip().lower()
 

@@ -257,3 +257,17 @@ def _cp1258(text: str) -> bytes:
                 break
         out += base.encode("cp1258") + "".join(marks).encode("cp1258")
     return out
+
+
+@pytest.mark.parametrize("from_value", [
+    "=?utf-8?q?dieuhanh=40sawaco=2Ecom=2Evn?=",  # an encoded word is display text, never an address
+    "=?utf-8?b?ZGlldWhhbmhAc2F3YWNvLmNvbS52bg==?=",
+    "=?utf-8?q?dieuhanh=40sawaco=2Ecom=2Evn?= <x@evil.example>",
+])
+def test_an_encoded_word_never_becomes_the_from_address(from_value: str) -> None:
+    """Red team: decoding RFC 2047 before reading the address turned a display text into the agency's
+    address, the one the email-answer check trusts (a DMARC relay reads the raw header and sees no such
+    address)."""
+    raw = (f"From: {from_value}\r\nTo: tra-loi@tphcm.gov.vn\r\nSubject: Re: [1022 #CASE-000001]\r\n"
+           "Message-ID: <f@evil.example>\r\n\r\nDa xu ly xong.\r\n").encode()
+    assert parse_email(raw).from_email in (None, "x@evil.example")
