@@ -20,11 +20,12 @@ from aiohttp import web
 
 from config.console import ConsoleConfig
 from config.dispatch import dispatch_settings
+from dispatch.policy import CASE_STATES
 from ingest.app import AppContext
 from ingest.clock import VN_TZ, iso
 from ingest.pii import is_confidential, redact
 from ingest.public import redact_text
-from ingest.records import InboundMessage, from_json
+from ingest.records import REPORT_STATES, InboundMessage, from_json
 
 from . import auth
 from .lockout import LoginThrottle
@@ -38,9 +39,6 @@ USER = web.RequestKey("console_user", auth.User)
 FORM = web.RequestKey("console_form", Any)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-CASE_STATES = ("forwarded", "acknowledged", "verified", "safety_done", "in_progress", "resolved", "closed_false", "refused", "merged")
-REPORT_STATES = ("received", "review", "routed", "duplicate", "dispatched", "closed", "rejected", "out_of_scope",
-                 "ignored", "failed", "follow_up")
 # What agency staff may answer from the console: the dispatch answer kinds except the operator unit's own.
 AGENCY_ANSWERS = ("acknowledged", "verified", "safety_measures", "in_progress", "progress_report", "resolved",
                   "false_report", "returned", "not_incident", "coordination")

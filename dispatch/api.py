@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingest.clock import VN_TZ, iso
 from ingest.pii import redact
+from ingest.vocabulary import CASE_STATE_TEXTS
 
 from .cases import CaseBook, Forbidden, NotFound, ReporterRejected, public_ref
 from .policy import ANSWER_KINDS, CLOSED_STATES, AnswerRejected
@@ -34,10 +35,8 @@ from .policy import ANSWER_KINDS, CLOSED_STATES, AnswerRejected
 log = logging.getLogger(__name__)
 
 MAX_PHOTOS = 10
-STATE_VI = {"forwarded": "Đã chuyển đơn vị xử lý", "acknowledged": "Đơn vị đã tiếp nhận",
-            "verified": "Đã xác minh", "safety_done": "Đã có biện pháp an toàn tạm thời",
-            "in_progress": "Đang xử lý", "resolved": "Đã xử lý xong", "closed_false": "Đã đóng: phản ánh không đúng",
-            "refused": "Đã đóng: không thuộc phạm vi tiếp nhận", "merged": "Đã gộp vào phản ánh khác cùng sự việc"}
+# What the reporter's lookup page says of each case state (one catalogue: ingest/vocabulary.py).
+STATE_VI = {state: texts["vi"] for state, texts in CASE_STATE_TEXTS.items()}
 
 
 class Photo(BaseModel):

@@ -22,6 +22,8 @@ MINUTE = 60.0
 
 OPEN_STATES = ("forwarded", "acknowledged", "verified", "safety_done", "in_progress")
 CLOSED_STATES = ("resolved", "closed_false", "refused", "merged")
+# Every state a case can be in: dispatch owns this list; views read it here (texts: ingest/vocabulary.py).
+CASE_STATES = (*OPEN_STATES, *CLOSED_STATES)
 # Categories whose cases pass through the City Office (Art. 6 step 2, 7.3).
 CITY_OFFICE_CATEGORIES = ("suggestion", "directive")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from config.directory import Directory
 
+from . import vocabulary
 from .clock import iso
 from .pii import REDACTED, is_confidential, redact_message
 from .records import InboundMessage, from_json
@@ -22,32 +23,14 @@ CLOSED_STATES = {"closed", "rejected", "out_of_scope"}
 # A follow-up message lives on its earlier report's timeline (ingest/followup.py), not as a report of its own.
 HIDDEN_STATES = {"ignored", "rejected", "failed", "follow_up"}
 __all__ = ["REDACTED", "PUBLIC_SELECT", "fetch_public_request", "public_request", "redact_text", "services"]
-CONFIDENTIAL_NOTE = "Nội dung được bảo mật theo yêu cầu của người phản ánh."
-PENDING_NOTE = "Phản ánh đang được phân loại; nội dung sẽ được công bố sau khi kiểm duyệt."
-OUT_OF_SCOPE_NOTE = "Nội dung không thuộc phạm vi tiếp nhận của Cổng 1022; người phản ánh đã được hướng dẫn."
+CONFIDENTIAL_NOTE = vocabulary.CONFIDENTIAL_NOTE["vi"]
+PENDING_NOTE = vocabulary.PENDING_NOTE["vi"]
+OUT_OF_SCOPE_NOTE = vocabulary.OUT_OF_SCOPE_NOTE["vi"]
 
-# Report status -> what the public reads (status_notes).
-STATUS_VI = {
-    "received": "Đã tiếp nhận",
-    "review": "Đang phân loại",
-    "routed": "Đã phân loại",
-    "duplicate": "Đã tiếp nhận (trùng sự việc đang xử lý)",
-    "dispatched": "Đã chuyển đơn vị xử lý",
-    "closed": "Đã xử lý xong",
-    "out_of_scope": "Không thuộc phạm vi tiếp nhận",
-}
-# Case state -> what the public reads; more precise than the report's status once a case exists.
-CASE_STATE_VI = {
-    "forwarded": "Đã chuyển đơn vị xử lý",
-    "acknowledged": "Đơn vị đã tiếp nhận",
-    "verified": "Đã xác minh",
-    "safety_done": "Đã có biện pháp an toàn tạm thời",
-    "in_progress": "Đang xử lý",
-    "resolved": "Đã xử lý xong",
-    "closed_false": "Đã đóng: phản ánh không đúng sự thật",
-    "refused": "Đã đóng: không thuộc phạm vi tiếp nhận",
-    "merged": "Đã gộp vào phản ánh khác cùng sự việc",
-}
+# Report status / case state -> what the public reads (status_notes); the case's state, once there is a case,
+# is more precise than the report's status. Texts: ingest/vocabulary.py.
+STATUS_VI = {status: texts["vi"] for status, texts in vocabulary.REPORT_STATUS_TEXTS.items()}
+CASE_STATE_VI = {state: texts["vi"] for state, texts in vocabulary.CASE_STATE_TEXTS.items()}
 
 
 # The columns public_request reads, with the case of the report's incident when there is one and the data of
@@ -167,7 +150,7 @@ def public_request(row: Any, directory: Directory, base_url: str = "") -> dict[s
     return {
         "service_request_id": str(row["id"]),
         "status": "closed" if status in CLOSED_STATES else "open",
-        "status_notes": CASE_STATE_VI.get(case_state or "") or STATUS_VI.get(status, "Đang xử lý"),
+        "status_notes": CASE_STATE_VI.get(case_state or "") or STATUS_VI.get(status, vocabulary.UNKNOWN_STATE_TEXT["vi"]),
         "service_name": topic.name_vi if topic else None,
         "service_code": topic.id if topic else None,
         "description": description,

@@ -127,6 +127,7 @@ REPORT_STATES = (
     "closed",
     "ignored",  # auto-replies, bounces: kept, never routed
     "failed",  # dead-lettered in some stage
+    "follow_up",  # a later message of an earlier report: lives on that report's timeline (ingest/followup.py)
 )
 
 

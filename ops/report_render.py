@@ -22,6 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ingest.clock import VN_TZ
+from ingest.vocabulary import CASE_STATE_LABELS
+from ingest.vocabulary import REPORT_STATUS_LABELS as STATUS_LABELS
 
 from .reports import SCORE_WEIGHTS, AgencyFigures, Period, Ranked, Suggestion, deadline_kinds
 
@@ -40,14 +42,6 @@ DEADLINE_LABELS = {
     "completion": "Hoàn thành theo thời gian cam kết",
     "return_misroute": "Trả lại do không thuộc thẩm quyền",
 }
-CASE_STATE_LABELS = {
-    "forwarded": "đã chuyển", "acknowledged": "đã tiếp nhận", "verified": "đã kiểm tra", "safety_done": "đã rào chắn",
-    "in_progress": "đang xử lý", "resolved": "đã xử lý xong", "closed_false": "không đúng sự việc",
-    "refused": "không thuộc phạm vi",
-    "merged": "đã gộp",
-}
-STATUS_LABELS = {"review": "chờ phân loại", "routed": "đã phân loại", "duplicate": "trùng vụ việc",
-                 "dispatched": "đã chuyển", "closed": "đã đóng", "failed": "lỗi xử lý"}
 
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
                           autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)

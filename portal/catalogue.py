@@ -5,6 +5,8 @@ missing everywhere is a programming error (KeyError), caught by the tests that r
 """
 from __future__ import annotations
 
+from ingest import vocabulary
+
 LANGUAGES = ("vi", "en")
 DEFAULT_LANGUAGE = "vi"
 
@@ -218,33 +220,13 @@ TEXTS: dict[str, dict[str, str]] = {
     "answer.coordination": {"vi": "Chuyển Tổ vận hành chủ trì phối hợp nhiều đơn vị",
                             "en": "Passed to the operator unit to coordinate several agencies"},
     "agency_generic": {"vi": "đơn vị xử lý", "en": "the agency"},
-    # -- report/case states (what the public reads)
-    "state.received": {"vi": "Đã tiếp nhận", "en": "Received"},
-    "state.review": {"vi": "Đang phân loại", "en": "Being classified"},
-    "state.routed": {"vi": "Đã phân loại", "en": "Classified"},
-    "state.duplicate": {"vi": "Đã tiếp nhận (trùng sự việc đang xử lý)",
-                        "en": "Received (same incident as one being handled)"},
-    "state.dispatched": {"vi": "Đã chuyển đơn vị xử lý", "en": "Forwarded to the agency"},
-    "state.closed": {"vi": "Đã xử lý xong", "en": "Handled"},
-    "state.out_of_scope": {"vi": "Không thuộc phạm vi tiếp nhận", "en": "Outside what the portal handles"},
-    "state.forwarded": {"vi": "Đã chuyển đơn vị xử lý", "en": "Forwarded to the agency"},
-    "state.acknowledged": {"vi": "Đơn vị đã tiếp nhận", "en": "Acknowledged by the agency"},
-    "state.verified": {"vi": "Đã xác minh", "en": "Checked on site"},
-    "state.safety_done": {"vi": "Đã có biện pháp an toàn tạm thời", "en": "Temporary safety measures in place"},
-    "state.in_progress": {"vi": "Đang xử lý", "en": "Being handled"},
-    "state.resolved": {"vi": "Đã xử lý xong", "en": "Resolved"},
-    "state.closed_false": {"vi": "Đã đóng: phản ánh không đúng sự thật", "en": "Closed: the report was untrue"},
-    "state.refused": {"vi": "Đã đóng: không thuộc phạm vi tiếp nhận", "en": "Closed: outside what the portal handles"},
-    "state.merged": {"vi": "Đã gộp vào phản ánh khác cùng sự việc", "en": "Merged into another report of the same "
-                     "incident"},
-    "state.unknown": {"vi": "Đang xử lý", "en": "Being handled"},
-    "confidential_note": {"vi": "Nội dung được bảo mật theo yêu cầu của người phản ánh.",
-                          "en": "The content is confidential at the reporter's request."},
-    "pending_note": {"vi": "Phản ánh đang được phân loại; nội dung sẽ được công bố sau khi kiểm duyệt.",
-                     "en": "The report is being classified; its content is published once checked."},
-    "out_of_scope_note": {"vi": "Nội dung không thuộc phạm vi tiếp nhận của Cổng 1022; người phản ánh đã được "
-                                "hướng dẫn.",
-                          "en": "The content is outside what the 1022 portal handles; the reporter was advised."},
+    # report/case states and the notes shown instead of content: one catalogue for every view (ingest/vocabulary.py)
+    **{f"state.{state}": texts for state, texts in
+       {**vocabulary.REPORT_STATUS_TEXTS, **vocabulary.CASE_STATE_TEXTS}.items()},
+    "state.unknown": vocabulary.UNKNOWN_STATE_TEXT,
+    "confidential_note": vocabulary.CONFIDENTIAL_NOTE,
+    "pending_note": vocabulary.PENDING_NOTE,
+    "out_of_scope_note": vocabulary.OUT_OF_SCOPE_NOTE,
 }
 
 
