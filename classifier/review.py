@@ -24,8 +24,8 @@ from ingest.records import Classification, from_json, to_json
 from ingest.store import Store
 
 from .embedder import report_text
+from .handoff import enqueue_next
 from .policy import operator_decision, training_label
-from .service import enqueue_next
 from .trainer import Example, reject_reasons
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,8 @@ from ingest.text import fold
 from ingest.worker import StageWorker, WorkerSettings, Writes
 
 from .embedder import EmbeddingThread, load_embedder, report_text
+from .handoff import enqueue_next
+from .review import Retrainer, review_examples
 from .trainer import Router
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,6 @@ class ClassifyStage:
         await self.worker.run()
 
     async def _review_examples(self) -> list[Any]:
-        from .review import review_examples
-
         return await review_examples(self.ctx.store)
 
     async def _follow_up(self, report: StoredReport) -> Writes | None:
@@ -164,14 +164,6 @@ def classification_writes(report_id: int, result: Classification, vector: np.nda
     return writes
 
 
-async def enqueue_next(tx: Tx, report_id: int, result: Classification, after_review: bool = False) -> None:
-    if result.status in ("routed", "review"):
-        await tx.enqueue("dedupe", report_id, {"after_review": True} if after_review else {})
-    elif result.status in ("rejected", "out_of_scope"):
-        template = "rejected" if result.status == "rejected" else "out_of_scope"
-        await tx.enqueue("notify", report_id, {"template": template, "reason": result.reason})
-
-
 def build(ctx: AppContext) -> list[Service]:
     if ctx.settings.classifier.backend == "none":
         log.warning("classifier backend 'none': the classify stage is not running")
@@ -186,8 +178,6 @@ def build(ctx: AppContext) -> list[Service]:
         if previous is not None and previous.embedder is embedder:
             router.model, router.model_version = previous.model, previous.model_version
         ctx.shared["classifier.router"] = router
-    from .review import Retrainer
-
     if ctx.directory.structure == "2025":
         # Chat channels ask which ward/commune when the words name several (channels/telegram_dialogue.py).
         ctx.shared["place.unit_candidates"] = router.unit_candidates

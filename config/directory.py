@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ingest.errors import ConfigError
+from .errors import ConfigError
 
 DATA_DIR = Path(__file__).with_name("data")
 BUNDLED = DATA_DIR / "agencies.json"

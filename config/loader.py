@@ -15,9 +15,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from ingest.errors import ConfigError
-
 from .channels import CHANNEL_MODELS, ChannelEntry, ChannelOptions
+from .errors import ConfigError
 from .schema import Settings
 
 ENV_PREFIX = "HCMC1022__"

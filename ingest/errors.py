@@ -1,6 +1,10 @@
 """The few error types every boundary maps to; callers decide by type, never by message text."""
 from __future__ import annotations
 
+from config.errors import ConfigError
+
+__all__ = ["AuthError", "ConfigError", "PermanentError", "RecordError", "StorageError", "TransientError"]
+
 
 class TransientError(Exception):
     """Worth retrying later; `retry_after` in seconds when the peer said so."""
@@ -16,10 +20,6 @@ class PermanentError(Exception):
 
 class AuthError(Exception):
     """Credentials rejected: stop the adapter and alert, no hot retry loop."""
-
-
-class ConfigError(Exception):
-    """The configuration cannot work; the message lists every problem with its key path."""
 
 
 class StorageError(TransientError):
