@@ -176,6 +176,9 @@ class EvidenceConfig(_Model):
     # Topics whose cases may be closed as resolved only with at least one photo of the site (Art. 7.1 "record
     # the result with photos"); None: every infrastructure topic.
     photo_topics: list[str] | None = None
+    # Photos an agency names by URL are fetched through the SSRF guard: only public addresses unless true.
+    fetch_allow_private: bool = False
+    fetch_timeout_seconds: float = Field(10.0, gt=0)
 
 
 class ReportersConfig(_Model):

@@ -20,7 +20,7 @@ import html
 import json
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +29,7 @@ from ingest.clock import VN_TZ, iso
 from ingest.pii import redact
 from ingest.vocabulary import CASE_STATE_TEXTS
 
+from . import evidence
 from .cases import CaseBook, Forbidden, NotFound, ReporterRejected, public_ref
 from .policy import ANSWER_KINDS, CLOSED_STATES, AnswerRejected
 
@@ -60,6 +61,9 @@ class AnswerBody(BaseModel):
     agency: str | None = None  # reassigned (operator unit and City Office only): the lead agency
     supporting: list[str] = Field(default_factory=list, max_length=10)  # with reassigned: supporting agencies
     photos: list[Photo] = Field(default_factory=list, max_length=MAX_PHOTOS)
+    # Photos the agency publishes elsewhere: fetched through the SSRF guard (dispatch/evidence.py).
+    photo_urls: list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=2000)]] = Field(
+        default_factory=list, max_length=MAX_PHOTOS)
 
 
 class DisputeBody(BaseModel):
@@ -71,6 +75,27 @@ class RatingBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     score: int = Field(ge=1, le=5)
     comment: str | None = Field(None, max_length=2000)
+
+
+async def _multipart_answer(request: web.Request) -> tuple[dict[str, Any], list[bytes]]:
+    """An answer posted as a form: its fields as AnswerBody takes them, and the bytes of its `photo` parts."""
+    form = await request.post()
+    fields: dict[str, Any] = {}
+    uploads: list[bytes] = []
+    for name, value in form.items():
+        if isinstance(value, web.FileField):
+            if name == "photo":
+                uploads.append(value.file.read(evidence.MAX_PHOTO_BYTES + 1))
+            continue
+        if name in ("supporting", "photo_urls"):
+            fields.setdefault(name, []).append(value)
+        elif name in ("several_agencies", "field_check", "complex"):
+            fields[name] = value.lower() in ("1", "true", "on", "yes")
+        else:
+            fields[name] = value
+    if len(uploads) > MAX_PHOTOS:
+        raise ValueError(f"at most {MAX_PHOTOS} photos")
+    return fields, uploads
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -157,8 +182,13 @@ class DispatchApi:
         agency = self._agency(request)
         if agency is None:
             return _error(401, "missing or invalid token")
+        uploads: list[bytes] = []
         try:
-            body = AnswerBody.model_validate(await request.json())
+            if request.content_type == "multipart/form-data":
+                fields, uploads = await _multipart_answer(request)
+                body = AnswerBody.model_validate(fields)
+            else:
+                body = AnswerBody.model_validate(await request.json())
         except (ValueError, ValidationError) as exc:
             detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()) \
                 if isinstance(exc, ValidationError) else "body is not JSON"
@@ -183,12 +213,22 @@ class DispatchApi:
         if body.kind == "returned" and not (body.reason or body.note):
             return _error(422, "a returned case needs a reason")
         photos = []
-        for photo in body.photos:
-            try:
-                raw = base64.b64decode(photo.data, validate=True)
-            except (binascii.Error, ValueError):
-                return _error(422, "photos: data is not base64")
-            photos.append(await self.book.store.put_blob(raw, photo.content_type))
+        try:
+            blobs = [evidence.checked(raw) for raw in uploads]
+            for photo in body.photos:
+                try:
+                    raw = base64.b64decode(photo.data, validate=True)
+                except (binascii.Error, ValueError):
+                    return _error(422, "photos: data is not base64")
+                # JSON photos declare their image type (the documented schema); uploads and URLs are sniffed.
+                blobs.append((raw, photo.content_type))
+            for url in body.photo_urls:
+                blobs.append(await evidence.fetch_photo(url, self.book.cfg))
+        except evidence.PhotoRejected as exc:
+            # Well-formed, but what it names is not a usable photo (not an image, unreachable, refused).
+            return _error(409, f"photos: {exc}")
+        for raw, content_type in blobs:
+            photos.append(await self.book.store.put_blob(raw, content_type))
         if photos:
             data["photos"] = photos
         idem = request.headers.get("Idempotency-Key")

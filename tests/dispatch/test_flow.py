@@ -125,7 +125,7 @@ async def test_case_lifecycle_every_reporter_gets_ack_or_result(app_ctx, receive
                                reporter=Reporter(phone="0907654321"))
     status, body = await answer(base, TOKENS["agency.sawaco"], case["id"],
                                 {"kind": "resolved", "note": "Đã thay đoạn ống bị vỡ", "photos": [
-                                    {"content_type": "image/jpeg", "data": "aGVsbG8="}]})
+                                    {"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}]})
     assert status == 201 and body["state"] == "resolved"
     await pump(ctx)
     assert (await store.get_report(second)).status == "closed"

@@ -76,7 +76,7 @@ async def test_incident_closes_with_its_case_and_a_later_report_is_a_recurrence(
     assert len(await store.fetchall("SELECT id FROM cases")) == 1
 
     status, _ = await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "resolved", "note": "Đã thay ống",
-                             "photos": [{"content_type": "image/jpeg", "data": "aGVsbG8="}]})
+                             "photos": [{"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}]})
     assert status == 201
     await pump(ctx)
     inc = await store.fetchone("SELECT state, closed_as FROM incidents WHERE id='INC-000001'")
@@ -199,7 +199,7 @@ async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_pag
     second = await seed_report(store, incident_id="INC-000050", status="duplicate", channel="phone",
                                reporter=Reporter(phone="0907000222"))
     case = await store.fetchone("SELECT * FROM cases")
-    photo = [{"content_type": "image/jpeg", "data": "aGVsbG8="}]
+    photo = [{"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}]
 
     async def resolve() -> None:
         status, _ = await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "resolved", "note": "Đã sửa",
