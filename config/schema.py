@@ -36,7 +36,7 @@ class HttpLimits(Section):
     header_timeout_seconds: float = Field(10.0, gt=0)  # a request head not complete by then: connection closed
     body_timeout_seconds: float = Field(60.0, gt=0)  # an intake POST not complete (body included) by then: 408
     keepalive_timeout_seconds: float = Field(15.0, gt=0)  # an idle keep-alive connection is closed after this
-    # Intake POSTs (Open311, webhooks, portal) per client, per minute, with a burst allowance; 429 + Retry-After.
+    # Public intake POSTs (Open311, portal; not signed webhooks) per client and minute, with a burst; 429 + Retry-After.
     per_ip_per_minute: float = Field(0.0, ge=0)
     per_ip_burst: int = Field(30, ge=1)
     per_api_key_per_minute: float = Field(0.0, ge=0)

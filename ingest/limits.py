@@ -25,8 +25,11 @@ _throttled = ThrottledLog(log)
 
 # (what, key kind) -> count: ("rate_limited", "ip"), ("connection_refused", ""), ("header_timeout", "")...
 REFUSALS: Counter[tuple[str, str]] = Counter()
-# Paths where strangers submit input: rate limits and the body deadline apply to their POSTs.
+# Paths where input arrives: the body deadline applies to their POSTs.
 INTAKE_PREFIXES = ("/open311/", "/webhooks/", "/report")
+# Of those, where anyone may post: the per-client rate limits apply. Webhooks are signed by their platform and
+# come from its few addresses at its own rate (Meta retries a 429 and would fall behind), so they are not limited.
+PUBLIC_PREFIXES = ("/open311/", "/report")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +106,16 @@ def limits_middleware(limits: ClientLimits, body_timeout: float,
                          ) -> web.StreamResponse:
         if request.method != "POST" or not request.path.startswith(INTAKE_PREFIXES):
             return await handler(request)
-        t = now()
-        wait = limits.ip.take(client_ip(request), t)
-        if wait > 0:
-            return too_many(request, "ip", wait)
-        api_key = request.headers.get("X-Api-Key") or request.query.get("api_key")
-        if api_key:
-            wait = limits.api_key.take(api_key, t)
+        if request.path.startswith(PUBLIC_PREFIXES):
+            t = now()
+            wait = limits.ip.take(client_ip(request), t)
             if wait > 0:
-                return too_many(request, "api_key", wait)
+                return too_many(request, "ip", wait)
+            api_key = request.headers.get("X-Api-Key") or request.query.get("api_key")
+            if api_key:
+                wait = limits.api_key.take(api_key, t)
+                if wait > 0:
+                    return too_many(request, "api_key", wait)
         request[CLIENT_LIMITS] = limits  # the Open311 intake applies the device limit once it has parsed the body
         try:
             # The whole request, body upload included: a client dribbling its body cannot hold the connection.

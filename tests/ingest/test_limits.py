@@ -123,3 +123,32 @@ async def test_a_dribbled_body_gets_408(serve) -> None:
     status_line = await asyncio.wait_for(reader.readline(), 10)
     assert status_line.startswith(b"HTTP/1.1 408")
     writer.close()
+
+
+async def test_signed_webhooks_are_not_rate_limited_per_ip(store: Store) -> None:
+    from ingest.limits import ClientLimits, limits_middleware
+
+    buckets = ClientLimits(ip=TokenBuckets(Rate(1, 1)), api_key=TokenBuckets(Rate(1, 1)),
+                           device=TokenBuckets(Rate(1, 1)))
+    seen = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.Response(text="ok")
+
+    app = web.Application(middlewares=[limits_middleware(buckets, 5.0, lambda: 0.0)])
+    app.router.add_post("/webhooks/messenger/page", handler)
+    app.router.add_post("/open311/v2/requests.json", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            hooks = [(await http.post(f"http://127.0.0.1:{site.port}/webhooks/messenger/page", data=b"{}")).status
+                     for _ in range(3)]
+            public = [(await http.post(f"http://127.0.0.1:{site.port}/open311/v2/requests.json", data=b"")).status
+                      for _ in range(2)]
+    finally:
+        await runner.cleanup()
+    assert hooks == [200, 200, 200] and public == [200, 429]
