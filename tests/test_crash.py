@@ -12,7 +12,6 @@ import importlib.util
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
+from tests.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # 2,000 as issue 2 asks; HCMC1022_CRASH_REPORTS lowers it for a quick local run.
@@ -33,15 +34,9 @@ FINAL_WAIT_SECONDS = 900.0
 STALL_SECONDS = 30.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Daemon:
     def __init__(self, tmp: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.db = tmp / "store.sqlite3"
         self.config = tmp / "config.toml"
         self.log = tmp / "daemon.log"

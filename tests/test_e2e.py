@@ -5,7 +5,6 @@ reporters get the result by SMS, and the public Open311 view shows the report cl
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -13,10 +12,9 @@ import pytest
 
 from dispatch.cases import public_ref
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from test_e2e_support import (  # noqa: E402
-    SMS_TOKEN, WEBHOOK_SECRET, Daemon, base_config, drop_transcript, free_port, query, start_sink, toml_str,
+from tests.net import free_port
+from tests.test_e2e_support import (
+    SMS_TOKEN, WEBHOOK_SECRET, Daemon, base_config, drop_transcript, query, start_sink, toml_str,
     verify_standard_webhook, wait_for,
 )
 

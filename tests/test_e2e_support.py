@@ -14,7 +14,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from tests.net import free_port  # noqa: F401  (re-exported for tests that take every helper from here)
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL_CACHE = REPO / "var" / "models"
 # First start on a cold cache embeds the seed set; later starts load the cached model in seconds.
@@ -35,12 +36,6 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"e2e-webhook-secret-0123456789ab")
 SMS_TOKEN = "sms-e2e-token"
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def toml_str(value: Any) -> str:

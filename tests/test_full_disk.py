@@ -12,16 +12,14 @@ import errno
 import os
 import smtplib
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from test_e2e_support import Daemon, free_port, query, toml_str, wait_for  # noqa: E402
+from tests.net import free_port
+from tests.test_e2e_support import Daemon, query, toml_str, wait_for
 
 FS_BYTES = 8 * 1024 * 1024
 RCPT = "1022@intake.test"

@@ -15,7 +15,6 @@ import http.client
 import json
 import smtplib
 import sqlite3
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,19 +25,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "channels" / "fakes"))
-
-import fuzz_strategies as fs  # noqa: E402
-from fake_graph_api import sign  # noqa: E402
-
-from channels.email_parse import ParseError, parse_email, to_inbound as email_inbound  # noqa: E402
-from channels.messenger_parse import BadPayload, parse_webhook, to_inbound as messenger_inbound  # noqa: E402
-from channels.open311_parse import Open311Error, parse_request  # noqa: E402
-from channels.telegram_parse import BadUpdate, parse_update  # noqa: E402
-from channels.transcripts_parse import TranscriptError, parse_transcript  # noqa: E402
-from ingest.records import InboundMessage, to_json  # noqa: E402
-from ingest.untrusted import BodyError, check_tree  # noqa: E402
+from channels.email_parse import ParseError, parse_email, to_inbound as email_inbound
+from channels.messenger_parse import BadPayload, parse_webhook, to_inbound as messenger_inbound
+from channels.open311_parse import Open311Error, parse_request
+from channels.telegram_parse import BadUpdate, parse_update
+from channels.transcripts_parse import TranscriptError, parse_transcript
+from ingest.records import InboundMessage, to_json
+from ingest.untrusted import BodyError, check_tree
+from tests import fuzz_strategies as fs
+from tests.channels.fakes.fake_graph_api import sign
 
 CODES = {"drainage", "street_lighting", "road_damage"}
 APP_SECRET = "fuzz-app-secret"

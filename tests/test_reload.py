@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from config.directory import BUNDLED as BUNDLED_DIRECTORY  # noqa: E402
-from test_e2e_support import Daemon, base_config, drop_transcript, free_port, query, toml_str, wait_for  # noqa: E402
+from config.directory import BUNDLED as BUNDLED_DIRECTORY
+from tests.net import free_port
+from tests.test_e2e_support import Daemon, base_config, drop_transcript, query, toml_str, wait_for
 
 TIMEOUT = 60.0
 CLIENTS = 4

@@ -24,12 +24,6 @@ BINARY = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr
 NO_MOVE_CAPS = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ UIDPLUS NAMESPACE"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Dovecot:
     root: Path

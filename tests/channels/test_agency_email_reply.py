@@ -341,10 +341,9 @@ async def test_the_same_rule_on_the_imap_path(daemon_parts: tuple[AppContext, Sm
     """The agency's mailbox server (Dovecot here) stamps its own verdict; the poller sees only headers, so the
     token comes from the address the mail was delivered to (To / Delivered-To), never from the subject."""
     import shutil
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from dovecot import Dovecot, free_port, make_root
+    from tests.channels.dovecot import Dovecot, make_root
+    from tests.net import free_port
 
     from channels.email_intake import EmailIntake, limits_from
     from channels.imap import ImapService

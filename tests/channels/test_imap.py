@@ -6,7 +6,6 @@ import contextlib
 import email.policy
 import logging
 import shutil
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -14,13 +13,12 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from dovecot import NO_MOVE_CAPS, Dovecot, free_port, make_root  # noqa: E402
-
-from channels.email_intake import EmailIntake, limits_from  # noqa: E402
-from channels.imap import ImapService  # noqa: E402
-from config.channels import ImapOptions  # noqa: E402
-from ingest.store import Store  # noqa: E402
+from channels.email_intake import EmailIntake, limits_from
+from channels.imap import ImapService
+from config.channels import ImapOptions
+from ingest.store import Store
+from tests.channels.dovecot import NO_MOVE_CAPS, Dovecot, make_root
+from tests.net import free_port
 
 pytestmark = pytest.mark.system("dovecot")
 

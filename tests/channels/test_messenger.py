@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,18 +12,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from fake_graph_api import FakeGraphApi, Media, message_event, sign, webhook_body  # noqa: E402
-
-from channels import messenger  # noqa: E402
-from config.channels import ChannelEntry, MessengerOptions  # noqa: E402
-from config.directory import load_directory  # noqa: E402
-from config.schema import Settings  # noqa: E402
-from ingest.app import AppContext  # noqa: E402
-from ingest.clock import Clock, iso  # noqa: E402
-from ingest.errors import AuthError, PermanentError, TransientError  # noqa: E402
-from ingest.store import Store  # noqa: E402
-from ingest.worker import StageWorker  # noqa: E402
+from channels import messenger
+from config.channels import ChannelEntry, MessengerOptions
+from config.directory import load_directory
+from config.schema import Settings
+from ingest.app import AppContext
+from ingest.clock import Clock, iso
+from ingest.errors import AuthError, PermanentError, TransientError
+from ingest.store import Store
+from ingest.worker import StageWorker
+from tests.channels.fakes.fake_graph_api import FakeGraphApi, Media, message_event, sign, webhook_body
 
 APP_SECRET = "app-secret-7f3a9c"
 PAGE_TOKEN = "EAAB-page-token-0042"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +13,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from fake_bot_api import FakeBotApi  # noqa: E402
-
-from channels import telegram  # noqa: E402
-from channels.telegram_dialogue import ASK_PHONE, ASK_PLACE, CONFIRM  # noqa: E402
-from config.channels import ChannelEntry, TelegramOptions  # noqa: E402
-from config.directory import load_directory  # noqa: E402
-from config.schema import Settings  # noqa: E402
-from ingest.app import AppContext  # noqa: E402
-from ingest.clock import FakeClock  # noqa: E402
-from ingest.errors import PermanentError, TransientError  # noqa: E402
-from ingest.store import Store, StoredReport  # noqa: E402
+from channels import telegram
+from channels.telegram_dialogue import ASK_PHONE, ASK_PLACE, CONFIRM
+from config.channels import ChannelEntry, TelegramOptions
+from config.directory import load_directory
+from config.schema import Settings
+from ingest.app import AppContext
+from ingest.clock import FakeClock
+from ingest.errors import PermanentError, TransientError
+from ingest.store import Store, StoredReport
+from tests.channels.fakes.fake_bot_api import FakeBotApi
 
 TOKEN = "7012345678:AAH-secret-part-of-the-token-xyz"
 SECRET = "hook-secret-42"

@@ -9,16 +9,11 @@ import aiohttp
 import pytest
 
 from ingest.degraded import open_or_serve_degraded
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.net import free_port
 
 
 async def test_serves_degraded_until_the_store_opens() -> None:
-    port = _free_port()
+    port = free_port()
     allowed = asyncio.Event()
     attempts = 0
 
@@ -58,7 +53,7 @@ async def test_a_bug_is_not_mistaken_for_an_outage() -> None:
         raise KeyError("bug")
 
     with pytest.raises(KeyError):
-        await open_or_serve_degraded(broken, "127.0.0.1", _free_port(), asyncio.Event())
+        await open_or_serve_degraded(broken, "127.0.0.1", free_port(), asyncio.Event())
 
 
 async def test_stop_while_degraded_returns_none() -> None:
@@ -68,4 +63,4 @@ async def test_stop_while_degraded_returns_none() -> None:
         stop.set()
         raise OSError(errno.EIO, "I/O error")
 
-    assert await open_or_serve_degraded(never, "127.0.0.1", _free_port(), stop) is None
+    assert await open_or_serve_degraded(never, "127.0.0.1", free_port(), stop) is None
