@@ -34,6 +34,9 @@ class Screening:
 
     certain: tuple[str, ...] = ()
     ambiguous: tuple[str, ...] = ()
+    # Listed words read in an ordinary phrase ("lũ chó hoang", "cứt chó"): evidence the words are NOT abuse,
+    # so the model alone (which learnt those words as abuse) may not reject the report either.
+    excused: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,7 @@ class Terms:
     ordinary: tuple[tuple[str, ...], ...]
     profane: tuple[str, ...]
     quoting: tuple[tuple[str, ...], ...]
+    units: frozenset[str] = frozenset()
 
 
 def _split(term: str) -> tuple[str, ...]:
@@ -69,7 +73,8 @@ def load_terms(path: Path = SCREENING_PATH) -> Terms:
                  ambiguous=tuple(_split(t) for t in data.get("ambiguous", ())),
                  ordinary=tuple(_split(t) for t in data.get("ordinary_context", ())),
                  profane=tuple(data.get("profane_words", ())),
-                 quoting=tuple(_split(t) for t in data.get("quoting_words", ())))
+                 quoting=tuple(_split(t) for t in data.get("quoting_words", ())),
+                 units=frozenset(data.get("unit_words", ())))
 
 
 def _tokens(text: str) -> tuple[list[_Token], list[str], list[int]]:
@@ -129,6 +134,7 @@ def screen(text: str, terms: Terms | None = None) -> Screening:
     tokens, cased, starts = _tokens(text)
     certain: dict[tuple[int, int], str] = {}
     ambiguous: dict[tuple[int, int], str] = {}
+    excused: dict[tuple[int, int], str] = {}
 
     def shown(span: tuple[int, int]) -> str:
         return " ".join(cased[span[0]:span[1]])
@@ -137,17 +143,24 @@ def screen(text: str, terms: Terms | None = None) -> Screening:
         return _quoted(tokens, text[:starts[span[0]]], span, terms.quoting)
 
     typed_without = not any(t.accented for t in tokens)
+    ordinary = [s for term in terms.ordinary for s in _spans(tokens, term, "folded")]
+
+    def in_ordinary(span: tuple[int, int]) -> bool:
+        return any(o[0] <= span[0] and span[1] <= o[1] for o in ordinary)
+
     for term in terms.written:  # diacritics as written: certain, unless it quotes someone else
         # A written term with no diacritics of its own ("con hoang") in a text typed without any is also a
-        # folded ordinary phrase ("còn hoang", still wasteland): only ambiguous there.
+        # folded ordinary phrase ("còn hoang", still wasteland): only ambiguous there. So is one inside an
+        # ordinary phrase ("lũ chó hoang" are stray dogs, "cứt chó" on the pavement): an operator reads it.
         plain = all(fold(w) == w for w in term)
         for span in _spans(tokens, term, "written"):
-            (ambiguous if quoted(span) or (plain and typed_without) else certain)[span] = shown(span)
+            if in_ordinary(span):
+                excused[span] = shown(span)
+            doubtful = quoted(span) or (plain and typed_without) or in_ordinary(span)
+            (ambiguous if doubtful else certain)[span] = shown(span)
     for i, tok in enumerate(tokens):  # masked swear words: certain
         if tok.masked and _masked_profane(tok, terms.profane):
             certain[(i, i + 1)] = shown((i, i + 1))
-    ordinary = [s for term in terms.ordinary for s in _spans(tokens, term, "folded")]
-
     def folded_hits(term_list: tuple[tuple[str, ...], ...]) -> list[tuple[int, int]]:
         out = []
         for term in term_list:
@@ -156,7 +169,11 @@ def screen(text: str, terms: Terms | None = None) -> Screening:
                 # A word typed with diacritics is read as written (đeo, đít): a folded term never matches it.
                 if any(t.accented for t in words):
                     continue
-                if any(o[0] <= span[0] and span[1] <= o[1] for o in ordinary):
+                if in_ordinary(span):
+                    continue
+                # "hố sâu 5 dm": a unit of measure after a number.
+                if span[1] - span[0] == 1 and words[0].folded in terms.units and span[0] > 0 \
+                        and tokens[span[0] - 1].folded.replace(",", "").isdigit():
                     continue
                 out.append(span)
         return out
@@ -176,4 +193,5 @@ def screen(text: str, terms: Terms | None = None) -> Screening:
         elif not any(s[0] <= span[0] and span[1] <= s[1] for s in certain):
             ambiguous[span] = shown(span)
     return Screening(certain=tuple(dict.fromkeys(certain[s] for s in sorted(certain))),
-                     ambiguous=tuple(dict.fromkeys(ambiguous[s] for s in sorted(ambiguous))))
+                     ambiguous=tuple(dict.fromkeys(ambiguous[s] for s in sorted(ambiguous))),
+                     excused=tuple(dict.fromkeys(excused[s] for s in sorted(excused) if s not in certain)))

@@ -104,3 +104,34 @@ def test_the_model_rejects_alone_only_when_the_words_as_written_agree(directory)
     agreed = decide(directory, *confident(directory, "abusive"), place, review_threshold=0.9,
                     screening=Screening(), abusive_as_written=0.9)
     assert agreed.status == "rejected" and agreed.reason
+
+
+@pytest.mark.parametrize(("text", "excused"), [
+    ("một lũ chó hoang sủa cả đêm ở hẻm 12", "lũ chó"),  # stray dogs, not officials
+    ("vỉa hè đầy cứt chó", "cứt"),
+    ("quán bán đồ ăn hại sức khỏe trước cổng trường", "đồ ăn hại"),  # unhealthy food
+    ("người ta vứt đồ vô dụng ra lề đường", "đồ vô dụng"),  # useless things
+])
+def test_a_written_term_in_an_ordinary_phrase_is_only_ambiguous(text, excused):
+    """Red team: each of these was `certain` (rejected) before."""
+    s = screen(text)
+    assert s.certain == () and excused in s.ambiguous and excused in s.excused
+
+
+@pytest.mark.parametrize("text", ["hố sâu 5 dm giữa đường", "ho sau khoang 5 dm tren duong",
+                                  "bon ngu dan danh ca bang xung dien", "mẹ bà Tư bị té ở vỉa hè"])
+def test_units_fishermen_and_someones_mother_are_no_evidence(text):
+    assert screen(text) == Screening()
+
+
+@pytest.mark.parametrize("text", ["lũ chó ở phường ăn tiền", "mẹ bà mày, cúp nước hoài", "dm bọn phường",
+                                  "ăn cứt đi bọn ủy ban", "tổ sư bọn điện lực"])
+def test_the_insults_beside_those_phrases_stay_certain(text):
+    assert screen(text).certain
+
+
+def test_the_model_alone_never_rejects_words_excused_by_their_phrase(directory):
+    classes, p = confident(directory, "abusive", 0.99)
+    c = decide(directory, classes, p, Place(district="quan-3"), review_threshold=0.9,
+               screening=screen("một lũ chó hoang cắn người"), abusive_as_written=0.99)
+    assert c.status == "review" and c.note
