@@ -7,7 +7,8 @@ console's excerpts. It removes:
   "+84 909 123 456"), and short local numbers after a phone word ("sđt 3829 1234");
 - identity numbers (CCCD 12 digits, CMND 9 or 12, "079 203 005 678"), passports ("B1234567"), bank accounts
   ("STK 0123 4567 89"): any run of 9 or more digits, and 6 to 8 digits after an identity, account or phone word;
-- e-mail addresses;
+- e-mail addresses, also written to dodge scrapers ("abc at gmail dot com"); social profile links and chat
+  handles ("facebook.com/…", "zalo: nguyenvana92");
 - names introduced as such: "tên tôi là …", "tôi tên …", "người báo: …", "tôi là Nguyễn Văn A" (with or without
   diacritics, any case), or after an honorific ("ông Nguyễn Văn A", "chị Lan");
 - where the reporter lives: "nhà 12 hẻm …", "địa chỉ: …", "sống tại …" (the incident's place is published from
@@ -51,8 +52,13 @@ NUMBER = re.compile(r"(?<!\d)\+?" + _GROUP + r"(?:[ .\-\u00a0]{1,2}" + _GROUP + 
 PASSPORT = re.compile(r"(?<![\w])[A-Za-z]\s?\d{7,8}(?!\d)")
 # Words after which even a short number is personal (folded): identity papers and bank accounts, or phones.
 _ID_WORDS = (r"cccd|cmnd|cmt|can cuoc|chung minh|dinh danh|ho chieu|passport|stk|so tk|tai khoan|\btk\b|account|"
-             r"ngan hang|\bbank")
+             r"ngan hang|\bbank|mssv|ma so|\bmst\b|bhxh|bhyt|\bgplx\b|bang lai|so the")
 _PHONE_WORDS = r"sdt|\bdt\b|dien thoai|di dong|phone|\btel\b|hotline|zalo|lien he|\bgoi\b|so may"
+# Social profiles and chat handles: "facebook.com/nguyenvana", "zalo.me/0903…", "zalo: nguyenvana92".
+PROFILE = re.compile(r"(?<![\w.])(?:https?://)?(?:www\.|m\.)?(?:facebook\.com|fb\.com|fb\.me|zalo\.me|"
+                     r"instagram\.com|tiktok\.com|t\.me)/[\w.\-/@?=%]+", re.IGNORECASE)
+HANDLE = re.compile(r"(?<!\w)(?:zalo|fb|facebook|face|insta|instagram|ig|tiktok|telegram|tele|skype|nick|nickname)"
+                    r"\s*:\s*@?([\w.\-]*[\d_.][\w.\-]*|[\w.\-]{3,})", re.IGNORECASE)
 _CONTEXT = re.compile(rf"(?P<id>{_ID_WORDS})|(?P<phone>{_PHONE_WORDS})")
 _AMOUNT = re.compile(r"^\d{1,3}(?:[.,]\d{3})+$")
 _CURRENCY = re.compile(r"^\s*(d\b|dong|vnd|trieu|ty|usd|nghin|ngan)")
@@ -75,7 +81,10 @@ _NAME_TRIGGERS: tuple[tuple[str, bool], ...] = tuple(sorted((
     ("nguoi phan anh", False), ("nguoi gui", False), ("toi la", False), ("em la", False), ("minh la", False),
     ("chau la", False), ("chi la", False), ("anh la", False), ("co la", False), ("my name is", True),
     ("i am", False), ("ten la", True), ("ky ten", False), ("tui ten la", True), ("tui ten", True),
-    ("ten tui la", True), ("ten tui", True), ("tui la", False), ("ten", False),
+    ("ten tui la", True), ("ten tui", True), ("tui la", False), ("ten", False), ("chi ten", False),
+    ("anh ten", False), ("chu ten", False), ("bac ten", False), ("di ten", False),
+    # A signature under the closing formula ("Trân trọng,\nNguyễn Văn An").
+    ("tran trong", False), ("kinh thu", False), ("than ai", False), ("tran trong cam on", False),
 ), key=lambda t: -len(t[0])))
 # Honorifics before a capitalised name ("ông Canarylong", "chị Lan"); only when written in lower case, so
 # place names that begin with one ("cầu Ông Lãnh", "chợ Bà Chiểu") stay.
@@ -166,7 +175,7 @@ def _name_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, int
         any_case = _ANY_CASE[m.group(1)]
         pos = index[m.end() - 1] + 1  # in `text`, just after the trigger
         rest = text[pos:pos + 120]
-        lead = re.match(r"[\s:\-–—]*(?:(?:là|la)\b)?[\s:\-–—]*", rest, re.IGNORECASE)
+        lead = re.match(r"[\s:,\-–—]*(?:(?:là|la)\b)?[\s:\-–—]*", rest, re.IGNORECASE)
         assert lead is not None
         colon = ":" in lead.group()
         if m.group(1) in _COLON_ONLY and not colon:
@@ -239,6 +248,8 @@ def redact(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     spans = [(m.start(), m.end(), EMAIL_MARK) for m in EMAIL.finditer(text)]
     spans += [(m.start(), m.end(), EMAIL_MARK) for m in OBFUSCATED_EMAIL.finditer(text)]
+    spans += [(m.start(), m.end(), REDACTED) for m in PROFILE.finditer(text)]
+    spans += [(m.start(1), m.end(1), REDACTED) for m in HANDLE.finditer(text)]
     folded, index = _folded_with_index(text)
     spans += _number_spans(text, folded, index)
     spans += _name_spans(text, folded, index)

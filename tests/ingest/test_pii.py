@@ -32,6 +32,8 @@ from ingest.records import InboundMessage, Reporter
     ("email abc [at] gmail [dot] com", "abc"), ("nguyenvana @ gmail . com", "nguyenvana"),
     ("lien he tuan.le [a còng] yahoo [chấm] com", "tuan.le"), ("tui ten Tuan nha", "Tuan"),
     ("ten: Vo Minh Tuan", "Tuan"), ("Tên: Lê Văn Tám", "Tám"), ("tên tui là Ngọc Ánh", "Ánh"),
+    ("Trân trọng,\nNguyễn Văn An", "An"), ("fb: facebook.com/nguyenvana.123", "nguyenvana"),
+    ("zalo: nguyenvana92", "nguyenvana92"), ("MSSV 2012345", "2012345"), ("Chị tên Mai", "Mai"),
 ])
 def test_personal_data_is_removed(text: str, secret: str) -> None:
     out = redact(text)
@@ -44,6 +46,7 @@ def test_personal_data_is_removed(text: str, secret: str) -> None:
     "tôi là người dân ở đây, cống bị nghẹt ở hẻm 83/16/4 Lý Chính Thắng, Phường 7, Quận 3",
     "Đèn đường tắt ở cầu Ông Lãnh và chợ Bà Chiểu, Quận Bình Thạnh",
     "con đường tên Lê Lợi bị ngập, xe chết máy at least 20 chiếc",
+    "Zalo của phường không trả lời. Trân trọng cảm ơn quý cơ quan",
     "hố sâu 1.5 m ở đường Võ Văn Kiệt, tui la dan o day",
     "Thiệt hại khoảng 12.500.000.000 đồng, xe 51F-123.45 đậu trái phép trước nhà văn hóa",
     "Cây xanh ngã trên Quốc lộ 13, km 5, anh ấy nói sẽ báo lại",
