@@ -142,21 +142,21 @@ def screen(text: str, terms: Terms | None = None) -> Screening:
     def quoted(span: tuple[int, int]) -> bool:
         return _quoted(tokens, text[:starts[span[0]]], span, terms.quoting)
 
-    typed_without = not any(t.accented for t in tokens)
     ordinary = [s for term in terms.ordinary for s in _spans(tokens, term, "folded")]
 
     def in_ordinary(span: tuple[int, int]) -> bool:
         return any(o[0] <= span[0] and span[1] <= o[1] for o in ordinary)
 
     for term in terms.written:  # diacritics as written: certain, unless it quotes someone else
-        # A written term with no diacritics of its own ("con hoang") in a text typed without any is also a
-        # folded ordinary phrase ("còn hoang", still wasteland): only ambiguous there. So is one inside an
+        # A written term with no diacritics of its own ("con hoang", "con ngu") is also a folded ordinary
+        # phrase ("còn hoang", still wasteland; "còn ngủ"), whatever the rest of the text: only ambiguous
+        # (people type one phrase with diacritics and the next without). So is one inside an
         # ordinary phrase ("lũ chó hoang" are stray dogs, "cứt chó" on the pavement): an operator reads it.
         plain = all(fold(w) == w for w in term)
         for span in _spans(tokens, term, "written"):
             if in_ordinary(span):
                 excused[span] = shown(span)
-            doubtful = quoted(span) or (plain and typed_without) or in_ordinary(span)
+            doubtful = quoted(span) or plain or in_ordinary(span)
             (ambiguous if doubtful else certain)[span] = shown(span)
     for i, tok in enumerate(tokens):  # masked swear words: certain
         if tok.masked and _masked_profane(tok, terms.profane):

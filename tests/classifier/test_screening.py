@@ -135,3 +135,11 @@ def test_the_model_alone_never_rejects_words_excused_by_their_phrase(directory):
     c = decide(directory, classes, p, Place(district="quan-3"), review_threshold=0.9,
                screening=screen("một lũ chó hoang cắn người"), abusive_as_written=0.99)
     assert c.status == "review" and c.note
+
+
+@pytest.mark.parametrize("text", ["thang ngu o gam cau Chu Y", "bon ngu o via he cau Cho Y",
+                                  "khu đất con hoang vu o Binh Chanh", "bo lao dong thuong binh xa hoi",
+                                  "lũ chó trong xóm sợ không dám ra", "bãi đất đầy phân và cứt người"])
+def test_sleepers_wasteland_the_ministry_and_the_neighbours_dogs_are_never_certain(text):
+    """Red team, third round: each was a certain (rejecting) word before."""
+    assert screen(text).certain == ()
