@@ -20,7 +20,7 @@ from aiohttp import web
 
 from config.console import ConsoleConfig
 from config.dispatch import dispatch_settings
-from dispatch.policy import CASE_STATES
+from dispatch.policy import CASE_STATES, CITY_OFFICE  # its staff also forward to a named agency (Art. 7.3)
 from ingest.app import AppContext
 from ingest.clock import VN_TZ, iso
 from ingest.pii import is_confidential, redact
@@ -42,7 +42,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What agency staff may answer from the console: the dispatch answer kinds except the operator unit's own.
 AGENCY_ANSWERS = ("acknowledged", "verified", "safety_measures", "in_progress", "progress_report", "resolved",
                   "false_report", "returned", "not_incident", "coordination")
-CITY_OFFICE = "vp-ubnd"  # its staff review categories 3-4 and returned cases and forward them (Art. 7.3)
 MAX_PHOTO_BYTES = 10 * 1024 * 1024
 
 
