@@ -70,8 +70,9 @@ def setup_logging(level: str, fmt: str = "text", journald: str = "auto") -> None
         root.removeHandler(old)
     root.addHandler(make_handler(fmt, None if journald == "auto" else journald == "on"))
     root.setLevel(level)
-    # httpx logs full URLs, and Telegram puts the bot token in the URL.
-    for noisy in ("httpx", "httpcore", "telegram", "aiosqlite", "mail.log", "sentence_transformers"):
+    # httpx logs full URLs, and Telegram puts the bot token in the URL. faiss's loader reports every CPU build it
+    # could not load at INFO, which reads like a failure on a healthy start.
+    for noisy in ("httpx", "httpcore", "telegram", "aiosqlite", "mail.log", "sentence_transformers", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
