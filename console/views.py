@@ -8,6 +8,7 @@ HttpOnly and SameSite=Strict.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from config.console import ConsoleConfig
 from config.dispatch import dispatch_settings
+from dispatch.evidence import answer_photos, image_type
 from dispatch.policy import CASE_STATES, CITY_OFFICE  # its staff also forward to a named agency (Art. 7.3)
 from ingest.app import AppContext
 from ingest.clock import VN_TZ, iso
@@ -100,6 +102,7 @@ class Console:
             p("/console/incidents/merge", op(self.incident_merge)),
             p("/console/incidents/{id}/split", op(self.incident_split)),
             g("/console/cases", any_(self.cases)), g("/console/cases/{id}", any_(self.case_one)),
+            g("/console/cases/{id}/photos/{sha}", any_(self.case_photo)),
             p("/console/cases/{id}/answer", any_(self.case_answer)),
             g("/console/reports/{id}", any_(self.report_one)),
             g("/console/overdue", any_(self.overdue)),
@@ -387,10 +390,28 @@ class Console:
             text = redact_text(message) if is_confidential(message) else message.text
         answers = answer_kinds(user)
         agencies = sorted(self.ctx.directory.agencies.values(), key=lambda a: a.name_vi)
+        photos = await answer_photos(self.store, case["id"])
         return self.page(request, "case_one.html", {
+            "photos": photos,
             "case": case, "timeline": timeline, "deadlines": deadlines, "text": text, "answers": answers,
             "agencies": agencies, "tried": json.loads(case["tried"] or "[]"), "now": self.store.clock.now(),
             "flash": request.query.get("done"), "unit_label": unit_label})
+
+    async def case_photo(self, request: web.Request) -> web.StreamResponse:
+        """A photo of the case's answers, for those who may see the case: as stored (operators judge the evidence,
+        metadata included; the public pages show it stripped). Only a photo of this case's answers is served."""
+        case = await self._case_for(request)
+        sha = request.match_info["sha"]
+        if case is None or sha not in await answer_photos(self.store, case["id"]):
+            return self.error(request, 404, "Không có ảnh này.")
+        try:
+            raw = await asyncio.to_thread(self.store.blobs.get, sha)
+        except OSError:
+            return self.error(request, 404, "Không có ảnh này.")
+        resp = web.Response(body=raw, content_type=image_type(raw) or "application/octet-stream")
+        resp.headers["Cache-Control"] = "private, no-store"
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        return resp
 
     async def case_answer(self, request: web.Request) -> web.StreamResponse:
         """An answer from the console goes through the same CaseBook.apply_answer as the agency API."""

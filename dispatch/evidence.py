@@ -4,6 +4,10 @@ bounded in size and time, and accepted only when their bytes are an image (JPEG,
 store; the public pages show them re-encoded without metadata (portal/photos.py)."""
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 import aiohttp
 
 from config.dispatch import DispatchConfig
@@ -12,6 +16,7 @@ from ingest.errors import PermanentError
 from .ssrf import BlockedAddress, GuardedResolver, check_url
 
 MAX_PHOTO_BYTES = 10 * 1024 * 1024
+_SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 class PhotoRejected(PermanentError):
@@ -62,3 +67,19 @@ async def fetch_photo(url: str, cfg: DispatchConfig) -> tuple[bytes, str]:
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         raise PhotoRejected(f"photo URL unreachable ({type(exc).__name__})") from None
     return checked(raw)
+
+
+async def answer_photos(store: Any, case_id: str | None) -> list[str]:
+    """The blob keys of every photo attached to the case's answers, oldest first, each once: the one reading of
+    dispatch's answers that the console (operators) and the portal (stripped, for the public) both use."""
+    if not case_id:
+        return []
+    out: list[str] = []
+    for row in await store.fetchall("SELECT data FROM answers WHERE case_id=? ORDER BY id", (case_id,)):
+        try:
+            data = json.loads(row["data"] or "{}")
+        except ValueError:
+            continue
+        photos = data.get("photos") if isinstance(data, dict) else None
+        out += [p for p in photos or [] if isinstance(p, str) and _SHA.match(p) and p not in out]
+    return out

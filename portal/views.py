@@ -26,6 +26,7 @@ from channels.open311_intake import Intake
 from channels.open311_parse import Open311Error, Photo, parse_body
 from config.portal import PortalConfig
 from console.public import SELECT, QueryError, build_query, services
+from dispatch.evidence import answer_photos
 from ingest.app import AppContext
 from ingest.clock import VN_TZ
 from ingest.pii import is_confidential, redact
@@ -291,16 +292,7 @@ class Portal:
             "path": f"/lookup/{row['lookup_token']}"})
 
     async def _answer_photos(self, case_id: str | None) -> list[str]:
-        if not case_id:
-            return []
-        out: list[str] = []
-        for a in await self.store.fetchall("SELECT data FROM answers WHERE case_id=? ORDER BY id", (case_id,)):
-            try:
-                data = json.loads(a["data"] or "{}")
-            except ValueError:
-                continue
-            out += [p for p in data.get("photos") or [] if isinstance(p, str) and SHA.match(p) and p not in out]
-        return out
+        return await answer_photos(self.store, case_id)
 
     async def _deadline(self, case_id: str | None) -> float | None:
         if not case_id:

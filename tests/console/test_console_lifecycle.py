@@ -48,8 +48,25 @@ async def test_agency_uploads_site_photos_with_its_result(server: Server) -> Non
                                              " WHERE case_id=? AND kind='resolved'", (case,))
         (sha,) = json.loads(answer["p"])
         assert server.store.blobs.get(sha) == jpeg()
+        # The agency and operators see the evidence on the case page, served only as a photo of this case.
+        status, page = await b.get(f"/console/cases/{case}")
+        assert f"/console/cases/{case}/photos/{sha}" in page
+        async with b.session.get(f"{b.base}/console/cases/{case}/photos/{sha}") as resp:
+            assert resp.status == 200 and resp.content_type == "image/jpeg"
+            assert await resp.read() == jpeg()
+        stranger = server.store.blobs.put(b"\xff\xd8\xff another case's photo")
+        async with b.session.get(f"{b.base}/console/cases/{case}/photos/{stranger}") as resp:
+            assert resp.status == 404
     finally:
         await b.close()
+    await create_user(server.store, "evnhcmc", "agency", PASSWORD, agency="evnhcmc")
+    other = Browser(server.url)
+    try:
+        await other.login("evnhcmc")
+        async with other.session.get(f"{other.base}/console/cases/{case}/photos/{sha}") as resp:
+            assert resp.status == 404  # another agency's case: the same 404 as a missing one
+    finally:
+        await other.close()
 
 
 async def test_city_office_staff_forward_a_suggestion_to_an_agency(server: Server) -> None:
