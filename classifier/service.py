@@ -87,7 +87,7 @@ class ClassifyStage:
         from ingest import followup
 
         if await _follow_up_of(self.ctx, report, self.ctx.store) is None:
-            return None
+            return await self._dispute(report)
 
         async def writes(tx: Tx) -> None:
             # Decided again inside the commit: a batch commits at once, and a message must see what the ones
@@ -98,6 +98,32 @@ class ClassifyStage:
                                      retry_after=0.0)
             await followup.join_timeline(tx, earlier, report)
             await tx.enqueue("notify", report.id, {"template": "follow_up", "report_id": earlier})
+        return writes
+
+    async def _dispute(self, report: StoredReport) -> Writes | None:
+        """A message from the same reporter on the same chat or app after their report's result, saying it is not
+        fixed, disputes the result (Art. 7.4) like a reply by email: dispatch decides whether it is a dispute
+        (its words, its window) and reopens the case; the message then lives on the disputed report's timeline.
+        Anything else (a thank-you, a new problem) is classified as a new report."""
+        from config.dispatch import dispatch_settings
+        from ingest import followup
+
+        handler = self.ctx.shared.get("reporter_follow_up")
+        row = await self.ctx.store.fetchone("SELECT received_at FROM reports WHERE id=?", (report.id,))
+        if handler is None or row is None:
+            return None
+        days = dispatch_settings(self.ctx.settings).reporters.dispute_days
+        earlier = await followup.earlier_closed_report(self.ctx.store, report, float(row["received_at"]),
+                                                       days * 86400.0)
+        if earlier is None:
+            return None
+        outcome = await handler(report_id=earlier, text=report.message.text, channel=report.message.channel)
+        if outcome != "disputed":
+            return None
+
+        async def writes(tx: Tx) -> None:
+            # dispatch has told the reporter the case went back to the agency: no second message here.
+            await followup.join_timeline(tx, earlier, report)
         return writes
 
     async def prepare(self, batch: list[tuple[Job, StoredReport]]) -> None:

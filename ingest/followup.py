@@ -17,6 +17,8 @@ CHAT_CHANNELS = ("messenger", "telegram", "zalo")
 APP_CHANNELS = ("app", "open311")
 # An earlier report still waiting for, or under, handling.
 OPEN_STATUSES = ("received", "review", "routed", "duplicate", "dispatched")
+# An earlier report whose case has its result (the incident closed with it).
+CLOSED_STATUSES = ("closed",)
 FLAG = "reporter_follow_up"
 
 
@@ -33,15 +35,27 @@ def sender_keys(message: InboundMessage) -> list[tuple[str, str]]:
 async def earlier_open_report(tx: Any, report: StoredReport, received_at: float, window_seconds: float
                               ) -> int | None:
     """The latest open report of the same sender on the same channel within the window before this one."""
+    return await _latest_of_sender(tx, report, received_at, window_seconds, OPEN_STATUSES)
+
+
+async def earlier_closed_report(tx: Any, report: StoredReport, received_at: float, window_seconds: float
+                                ) -> int | None:
+    """The latest report of the same sender on the same channel whose result came in the window before this one:
+    a "still not fixed" message after the result may dispute it (Art. 7.4; dispatch decides whether it does)."""
+    return await _latest_of_sender(tx, report, received_at, window_seconds, CLOSED_STATUSES, since="updated_at")
+
+
+async def _latest_of_sender(tx: Any, report: StoredReport, received_at: float, window_seconds: float,
+                            statuses: tuple[str, ...], since: str = "received_at") -> int | None:
     keys = sender_keys(report.message)
     if not keys or window_seconds <= 0:
         return None
-    marks = ",".join("?" * len(OPEN_STATUSES))
+    marks = ",".join("?" * len(statuses))
     match = " OR ".join(f"json_extract(record, '$.reporter.{field}')=?" for field, _ in keys)
     row = await tx.fetchone(
-        f"SELECT id FROM reports WHERE channel=? AND id<? AND received_at>=? AND status IN ({marks})"
+        f"SELECT id FROM reports WHERE channel=? AND id<? AND {since}>=? AND status IN ({marks})"
         f" AND ({match}) ORDER BY received_at DESC, id DESC LIMIT 1",
-        (report.message.channel, report.id, received_at - window_seconds, *OPEN_STATUSES, *(v for _, v in keys)))
+        (report.message.channel, report.id, received_at - window_seconds, *statuses, *(v for _, v in keys)))
     return int(row["id"]) if row is not None else None
 
 

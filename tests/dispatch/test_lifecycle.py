@@ -250,3 +250,60 @@ async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_pag
                                                     json={"reason": "Lại hỏng"}) as resp:
         assert resp.status == 409
     assert await follow_up(report_id=first, text="Vẫn chưa xử lý", channel="email") == "noted"
+
+
+async def test_a_not_fixed_message_on_the_same_chat_after_the_result_disputes_it(app_ctx, receiver):  # noqa: F811
+    """Art. 7.4 on chat: the reporter writes "still not fixed" to the bot after the result; the case goes back to
+    the same agency and the message joins their report. A thank-you, or another chat, is a new report."""
+    from classifier.service import ClassifyStage
+
+    from .conftest import seed_report
+    from .test_flow import dispatch_job
+
+    ctx, base = app_ctx
+    store = ctx.store
+    first = await seed_report(store, incident_id="INC-000060", channel="telegram",
+                              reporter=Reporter(name="Trần Bình", reply_to="chat-77"))
+    async with store.transaction() as tx:
+        await tx.execute("INSERT INTO incidents(id, seq, first_report_id, created_at, last_report_at)"
+                         " VALUES ('INC-000060', 60, ?, ?, ?)", (first, store.clock.now(), store.clock.now()))
+    await dispatch_job(store, first, "INC-000060")
+    await pump(ctx)
+    case = await store.fetchone("SELECT * FROM cases WHERE incident_id='INC-000060'")
+    status, _ = await answer(base, TOKENS["agency.sawaco"], case["id"], {
+        "kind": "resolved", "note": "Đã sửa", "photos": [{"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}]})
+    assert status == 201
+    await pump(ctx)
+    assert (await store.get_report(first)).status == "closed"
+
+    stage = ClassifyStage.__new__(ClassifyStage)  # follow-ups and disputes are decided before the model
+    stage.ctx, stage._prepared, stage._vectors = ctx, {}, {}
+
+    async def chat(text: str, chat_id: str = "chat-77") -> int:
+        msg = InboundMessage(channel="telegram", channel_instance="telegram", idempotency_key=f"d{text}{chat_id}",
+                             received_at=iso(store.clock.now()), text=text, reporter=Reporter(reply_to=chat_id))
+        return (await store.submit(msg, text.encode(), "text/plain")).report_id
+
+    ctx.clock.advance(DAY)
+    thanks = await chat("Cảm ơn các anh nhiều nha")
+    stranger = await chat("ong nuoc van chua sua", chat_id="chat-99")
+    for rid in (thanks, stranger):
+        assert await stage._follow_up(await store.get_report(rid)) is None  # classified as a new report
+    assert (await store.fetchone("SELECT state FROM cases WHERE id=?", (case["id"],)))["state"] == "resolved"
+    async with store.transaction() as tx:  # what the classifier made of them: no problem to handle
+        await tx.execute("UPDATE reports SET status='out_of_scope' WHERE id IN (?,?)", (thanks, stranger))
+
+    ctx.clock.advance(DAY)
+    dispute = await chat("ong nuoc van chua sua, nuoc van tran ra duong")
+    writes = await stage._follow_up(await store.get_report(dispute))
+    assert writes is not None
+    async with store.transaction() as tx:
+        await writes(tx)
+    reopened = await store.fetchone("SELECT * FROM cases WHERE id=?", (case["id"],))
+    assert (reopened["state"], reopened["agency"], reopened["closed_at"]) == ("forwarded", "sawaco", None)
+    assert (await store.get_report(dispute)).status == "follow_up"
+    row = await store.fetchone("SELECT source, text FROM disputes WHERE case_id=?", (case["id"],))
+    assert row["source"] == "telegram" and "van chua sua" in row["text"]
+    await pump(ctx)
+    disputed = [b["data"] for b in receiver.accepted.values() if b["type"] == "case.disputed"]
+    assert len(disputed) == 1 and "van chua sua" in disputed[0]["dispute"]["text"]
