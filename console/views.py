@@ -55,17 +55,6 @@ def answer_kinds(user: auth.User) -> tuple[str, ...]:
     return AGENCY_ANSWERS
 
 
-def _image_type(raw: bytes) -> str | None:
-    """The image type by its magic bytes (a browser's Content-Type is a claim, not proof)."""
-    if raw.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
 def _redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
@@ -456,7 +445,7 @@ class Console:
             raw = item.file.read(MAX_PHOTO_BYTES + 1)
             if len(raw) > MAX_PHOTO_BYTES or not raw:
                 return self.error(request, 413, "Ảnh quá lớn (tối đa 10 MB).")
-            content_type = _image_type(raw)
+            content_type = image_type(raw)
             if content_type is None:
                 return self.error(request, 400, "Tệp tải lên không phải ảnh (JPEG, PNG, WebP).")
             photos.append(await self.store.put_blob(raw, content_type))
