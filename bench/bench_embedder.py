@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from classifier.e5convert import ensure_converted, load_encoder  # noqa: E402
 
-DEV = REPO.parent / "shared" / "data" / "reports-dev.jsonl"
+DEV = REPO / "classifier" / "data" / "reports-seed.jsonl"  # the project's copy: a clone has no ../shared
 
 
 def load_texts(limit: int | None) -> list[str]:
