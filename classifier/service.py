@@ -101,7 +101,7 @@ class ClassifyStage:
         return writes
 
     async def _dispute(self, report: StoredReport) -> Writes | None:
-        """A message from the same reporter on the same chat or app after their report's result, saying it is not
+        """A message from the same reporter on the same chat after their report's result, saying it is not
         fixed, disputes the result (Art. 7.4) like a reply by email: dispatch decides whether it is a dispute
         (its words, its window) and reopens the case; the message then lives on the disputed report's timeline.
         Anything else (a thank-you, a new problem) is classified as a new report."""
@@ -109,8 +109,12 @@ class ClassifyStage:
         from ingest import followup
 
         handler = self.ctx.shared.get("reporter_follow_up")
+        # Only a chat answers the bot's result message; on the app every submission is a new report (its
+        # reporters dispute on the lookup page), so "rác vẫn còn" there is never taken for an old case's dispute.
+        if handler is None or report.message.channel not in followup.CHAT_CHANNELS:
+            return None
         row = await self.ctx.store.fetchone("SELECT received_at FROM reports WHERE id=?", (report.id,))
-        if handler is None or row is None:
+        if row is None:
             return None
         days = dispatch_settings(self.ctx.settings).reporters.dispute_days
         earlier = await followup.earlier_closed_report(self.ctx.store, report, float(row["received_at"]),
