@@ -15,7 +15,7 @@ from ingest.clock import FakeClock  # noqa: E402
 from ingest.store import Store  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-# The project's copy of the labelled dev reports: tests read only the repository (a fresh clone has no shared data beside it).
+# The project's copy of the labelled dev reports: tests read only the repository.
 DEV_REPORTS = REPO / "classifier" / "data" / "reports-seed.jsonl"
 
 
