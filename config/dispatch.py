@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from ingest.addresses import refused_host
+from .network import refused_host
 
 from .loader import EXTRA_SECTIONS
 

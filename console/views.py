@@ -20,9 +20,16 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from config.console import ConsoleConfig
+from classifier.review import AlreadyDecided, decide, review_queue, show
+from classifier.trainer import reject_reasons
 from config.dispatch import dispatch_settings
+from dedupe.operations import IncidentError, merge, split
+from dispatch import clocks
+from dispatch.book import make_book
+from dispatch.cases import Forbidden, NotFound, recurrence_of
 from dispatch.evidence import answer_photos, image_type
-from dispatch.policy import CASE_STATES, CITY_OFFICE  # its staff also forward to a named agency (Art. 7.3)
+# The City Office's staff also forward to a named agency (Art. 7.3).
+from dispatch.policy import CASE_STATES, CITY_OFFICE, OPERATOR_UNIT, AnswerRejected
 from ingest.app import AppContext
 from ingest.clock import VN_TZ, iso
 from ingest.pii import is_confidential, redact
@@ -137,7 +144,6 @@ class Console:
 
     def book(self) -> Any:
         if self._book is None:
-            from dispatch.service import make_book
             self._book = make_book(self.ctx, self.dispatch_cfg)
         return self._book
 
@@ -208,8 +214,6 @@ class Console:
 
     # -- review ----------------------------------------------------------------------------------
     async def review_list(self, request: web.Request) -> web.StreamResponse:
-        from classifier.review import review_queue
-
         items = await review_queue(self.store, limit=self.cfg.page_size)
         classifications: dict[int, dict[str, Any]] = {}
         excerpts: dict[int, str] = {}
@@ -226,8 +230,6 @@ class Console:
         return self.page(request, "review_list.html", {"rows": rows, "flash": request.query.get("done")})
 
     async def review_one(self, request: web.Request) -> web.StreamResponse:
-        from classifier.review import show
-
         try:
             info = await show(self.store, int(request.match_info["id"]))
         except (LookupError, ValueError):
@@ -239,9 +241,6 @@ class Console:
         return self.page(request, "review_one.html", {"info": info, "topics": topics, "text": text})
 
     async def review_decide(self, request: web.Request) -> web.StreamResponse:
-        from classifier.review import AlreadyDecided, decide
-        from classifier.trainer import reject_reasons
-
         user: auth.User = request[USER]
         form = request[FORM]
         try:
@@ -294,8 +293,6 @@ class Console:
         decisions = await self.store.fetchall("SELECT * FROM incident_decisions WHERE source=? OR target=?"
                                               " ORDER BY at", (incident_id,) * 2)
         case = await self.store.fetchone("SELECT id, agency, state FROM cases WHERE incident_id=?", (incident_id,))
-        from dispatch.cases import recurrence_of
-
         recurrence = await recurrence_of(self.store, incident_id)
         recurrences = await self.store.fetchall("SELECT id, created_at FROM incidents WHERE recurrence_of=?"
                                                 " ORDER BY created_at", (incident_id,))
@@ -304,8 +301,6 @@ class Console:
                                                         "recurrence": recurrence, "recurrences": recurrences})
 
     async def incident_merge(self, request: web.Request) -> web.StreamResponse:
-        from dedupe.operations import IncidentError, merge
-
         form = request[FORM]
         keep, absorb = str(form.get("keep") or "").strip(), str(form.get("absorb") or "").strip()
         try:
@@ -315,8 +310,6 @@ class Console:
         return _redirect(f"/console/incidents/{quote(keep)}")
 
     async def incident_split(self, request: web.Request) -> web.StreamResponse:
-        from dedupe.operations import IncidentError, split
-
         form = request[FORM]
         try:
             ids = [int(str(v)) for v in form.getall("report", [])]
@@ -404,9 +397,6 @@ class Console:
 
     async def case_answer(self, request: web.Request) -> web.StreamResponse:
         """An answer from the console goes through the same CaseBook.apply_answer as the agency API."""
-        from dispatch.cases import Forbidden, NotFound
-        from dispatch.policy import OPERATOR_UNIT, AnswerRejected
-
         user: auth.User = request[USER]
         case = await self._case_for(request)
         if case is None:
@@ -492,11 +482,9 @@ class Console:
 
     # -- overdue, search, audit ------------------------------------------------------------------
     async def overdue(self, request: web.Request) -> web.StreamResponse:
-        from dispatch.clocks import overdue
-
         user: auth.User = request[USER]
         agency = (request.query.get("agency") or None) if user.is_staff else user.agency
-        items = await overdue(self.store, agency=agency, include_warnings=True)
+        items = await clocks.overdue(self.store, agency=agency, include_warnings=True)
         return self.page(request, "overdue.html", {"items": items, "agency": agency or ""})
 
     async def search(self, request: web.Request) -> web.StreamResponse:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .api import AnswerBody, DisputeBody, RatingBody
+from .bodies import AnswerBody, DisputeBody, RatingBody
 from .policy import ANSWER_KINDS
 
 REF = "#/components/schemas/{model}"

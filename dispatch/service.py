@@ -12,7 +12,8 @@ from ingest.worker import StageWorker, WorkerSettings
 
 from .answers import apply_email_reply
 from .api import DispatchApi
-from .calendar import CalendarWatch, load_calendar
+from .book import make_book
+from .calendar import CalendarWatch
 from .cases import CaseBook, NotFound
 from .clocks import DeadlineTicker, EscalationSender
 from .delivery import DeliverySender
@@ -52,13 +53,6 @@ def agency_tokens(ctx: AppContext, cfg: DispatchConfig) -> dict[str, str]:
         if secret is not None and secret.get_secret_value():
             tokens[agency] = secret.get_secret_value()
     return tokens
-
-
-def make_book(ctx: AppContext, cfg: DispatchConfig | None = None) -> CaseBook:
-    cfg = cfg or dispatch_settings(ctx.settings)
-    calendar = load_calendar(cfg.clocks.calendar, cfg.clocks.extra_holidays)
-    return CaseBook(ctx.store, ctx.directory, cfg, calendar, ctx.settings.http.public_base_url,
-                    record_only=ctx.route_mode)
 
 
 def build(ctx: AppContext) -> list[Service]:

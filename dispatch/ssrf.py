@@ -15,7 +15,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 from config.dispatch import DispatchConfig, WebhookTarget
-from ingest.addresses import address_allowed, refused_host
+from config.network import address_allowed, refused_host
 from ingest.errors import PermanentError
 
 

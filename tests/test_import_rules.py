@@ -5,7 +5,7 @@ never each other; channels use only the base, never a stage; the views (console,
 only run_daemon.py and the channel registry wire components (import the modules that build services); no module
 imports in a circle. Imports inside functions and `importlib.import_module("constant")` count too.
 
-KNOWN_* list the edges the tree still has today (issue 19 remains open for them). Any other violation fails.
+No exception is listed: any violation fails.
 """
 from __future__ import annotations
 
@@ -28,21 +28,6 @@ ALLOWED: dict[str, frozenset[str]] = {
     "portal": BASE | STAGES | {"channels", "console"},
 }
 WIRING = frozenset({"run_daemon", "channels.registry"})
-
-# (importing file, imported module) edges that break a rule today; each is issue 19's to remove.
-KNOWN_LAYER_EXCEPTIONS = {
-    # The SSRF rule for URLs in config (sec-trust): a pure function that config should own or receive.
-    ("config/dispatch.py", "ingest.addresses"),
-}
-KNOWN_WIRING_EXCEPTIONS = {
-    # The console builds its own CaseBook; it should read and act through dispatch's own functions.
-    ("console/views.py", "dispatch.service"),
-}
-KNOWN_CYCLE_EDGES = {
-    # api serves the document lazily, openapi reads api's request models: the models should live apart.
-    ("dispatch.api", "dispatch.openapi"),
-}
-
 
 def _modules() -> dict[str, Path]:
     found = {"run_daemon": REPO / "run_daemon.py"}
@@ -169,16 +154,34 @@ def test_the_layout_itself_has_no_circle() -> None:
 
 
 def test_stages_import_only_ingest_and_config_and_channels_no_stage() -> None:
-    assert layer_violations() - KNOWN_LAYER_EXCEPTIONS == set()
+    assert layer_violations() == set()
 
 
 def test_only_run_daemon_and_the_channel_registry_wire_components() -> None:
-    assert wiring_violations() - KNOWN_WIRING_EXCEPTIONS == set()
+    assert wiring_violations() == set()
 
 
 def test_no_module_imports_in_a_circle() -> None:
-    graph = {module: {t for t in targets if (module, t) not in KNOWN_CYCLE_EDGES} for module, targets in GRAPH.items()}
-    assert cycles(graph) == []
+    assert cycles(GRAPH) == []
+
+
+def imports_inside_functions(package: str) -> set[tuple[str, str]]:
+    """(file, module) for every project module a function of `package` imports: a hidden edge a reader of the
+    file's head does not see."""
+    found = set()
+    for module, path in MODULES.items():
+        if module.split(".")[0] != package:
+            continue
+        for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(function):
+                    if isinstance(node, ast.ImportFrom) and (node.level or _resolve(node.module or "")):
+                        found.add((_file(module), node.module or "."))
+    return found
+
+
+def test_views_import_the_stages_at_the_top_never_inside_a_function() -> None:
+    assert {hit for package in ("console", "ops", "portal") for hit in imports_inside_functions(package)} == set()
 
 
 def test_the_checker_sees_a_violation_and_a_circle() -> None:
@@ -186,4 +189,5 @@ def test_the_checker_sees_a_violation_and_a_circle() -> None:
     assert "config.errors" in GRAPH["ingest.errors"]
     assert "dispatch.openapi" in GRAPH["dispatch.api"]  # an import inside a function
     assert "classifier.e5convert" in GRAPH["classifier.embedder"]  # importlib.import_module("constant")
+    assert ("dispatch/api.py", "openapi") in imports_inside_functions("dispatch")
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -20,7 +20,7 @@ from aiohttp import web
 import config.loader as config_loader
 from channels.registry import build_channels
 from config.directory import load_directory
-from dispatch.service import make_book
+from dispatch.book import make_book
 from ingest.app import AppContext
 from ingest.records import Classification, Place, to_json
 from ingest.store import Store

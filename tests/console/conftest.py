@@ -21,7 +21,7 @@ from console.auth import create_user
 from console.schema import MIGRATIONS as CONSOLE
 from dedupe.schema import MIGRATIONS as DEDUPE
 from dispatch.schema import MIGRATIONS as DISPATCH
-from dispatch.service import make_book
+from dispatch.book import make_book
 from ingest.app import AppContext
 from ingest.clock import FakeClock, iso
 from ingest.http import make_app

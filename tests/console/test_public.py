@@ -52,7 +52,7 @@ async def _seed_canaries(server: Server) -> dict[str, Any]:
     review = await seed_report(server.store, text=f"Liên hệ {EMAIL} về rác", status="review", topic="waste",
                                agency="ubnd-quan-3", district="quan-3", reporter=reporter)
     # The agency answers, with a note that names the reporter: notes are never public.
-    from dispatch.service import make_book
+    from dispatch.book import make_book
     await make_book(server.ctx).apply_answer("sawaco", case, "in_progress",
                                              {"expected_completion": server.store.clock.now() + 7200},
                                              source="api", note=f"Đã gọi cho {NAME} số {PHONE}")
@@ -103,7 +103,7 @@ async def test_open311_read_api_with_the_georeport_client(server: Server) -> Non
     server.ctx.clock.advance(60)
     closed_case = await seed_case(server, text="Cống nghẹt đường Pasteur", incident="INC-000002",
                                   topic="drainage", agency="thoat-nuoc", district="quan-3")
-    from dispatch.service import make_book
+    from dispatch.book import make_book
     await make_book(server.ctx).apply_answer("thoat-nuoc", closed_case, "resolved", {"photos": ["a" * 64]},
                                              source="api",
                                              note="Đã nạo vét")

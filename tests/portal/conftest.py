@@ -19,7 +19,7 @@ from PIL import Image
 import run_daemon
 from config.directory import load_directory
 from config.loader import validate
-from dispatch.service import make_book
+from dispatch.book import make_book
 from ingest.app import AppContext
 from ingest.clock import FakeClock
 from ingest.records import Classification, Place, to_json
