@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from .channels import ChannelEntry
 
@@ -19,6 +19,14 @@ class Section(BaseModel):
 class StoreConfig(Section):
     path: Path = Path("var/1022.sqlite3")
     blob_dir: Path = Path("var/blobs")
+    # PostgreSQL instead of the SQLite file, so several instances share one store: "postgresql://USER@HOST:PORT/DB"
+    # (a password belongs in the environment: url = "env:NAME"). Unset: the embedded SQLite file at `path`.
+    url: SecretStr | None = None
+    # Where attachments live: "directory" is `blob_dir` (on PostgreSQL every instance must mount it, shared);
+    # "database" keeps them in the store itself (content-addressed bytea, PostgreSQL only). "auto": the
+    # database on PostgreSQL, the directory on SQLite.
+    blobs: Literal["auto", "database", "directory"] = "auto"
+    pool_size: int = Field(8, ge=2, le=100)  # PostgreSQL connections per instance (one of them writes intake)
     # /readyz answers 503 below this much free space on the store's or the blobs' file system, so a load balancer
     # moves traffic away before SQLite hits a full disk (the daemon keeps running and recovers by itself).
     min_free_bytes: int = Field(32 * 1024 * 1024, ge=0)
@@ -27,6 +35,24 @@ class StoreConfig(Section):
     quarantine_head_bytes: int = Field(64 * 1024, ge=0)
     quarantine_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     quarantine_max_rows: int = Field(100_000, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never repeats the value: it may hold a password.
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a PostgreSQL URL: postgresql://USER@HOST:PORT/DB")
+        return value
+
+    @model_validator(mode="after")
+    def _database_blobs_need_postgresql(self) -> StoreConfig:
+        if self.blobs == "database" and self.url is None:
+            raise ValueError("blobs = \"database\" needs a PostgreSQL url (SQLite keeps blobs in blob_dir)")
+        return self
+
+    @property
+    def blobs_in_database(self) -> bool:
+        return self.url is not None and self.blobs != "directory"
 
 
 class HttpLimits(Section):

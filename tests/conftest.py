@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,35 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sudo = "" if os.geteuid() == 0 else "sudo "
         print("tests were skipped for missing programs; install them with: "
               f"{sudo}apt-get install -y --no-install-recommends {' '.join(sorted(_missing_packages))}")
+
+
+# -- the machine's PostgreSQL (tests/pg.py) -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """This run's own database on 127.0.0.1:5432, dropped at the end. No server: skipped, or failed under CI."""
+    from tests import pg
+
+    admin = pg.admin_url()
+    if admin is None:
+        message = f"no PostgreSQL answers on {pg.HOST}:{pg.PORT} (trust auth, user postgres or root)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} under CI: the machine runs PostgreSQL, so this is a fault")
+        pytest.skip(message)
+    name, url = pg.create_database(admin)
+    try:
+        yield url
+    finally:
+        pg.drop_database(admin, name)
+
+
+@pytest.fixture
+async def pg_url(pg_database: str) -> AsyncIterator[str]:
+    """A URL onto an empty schema of its own for this test (the run's database is shared)."""
+    from tests import pg
+
+    schema, url = await pg.create_schema(pg_database)
+    yield url
+    await pg.drop_schema(pg_database, schema)
 
 
 @pytest.fixture
