@@ -26,8 +26,8 @@ import re
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +48,12 @@ from ingest.limits import GuardedSite  # noqa: E402
 from ingest.migrations import Migration  # noqa: E402
 from ingest.degraded import open_or_serve_degraded  # noqa: E402
 from ingest.progress import progress_bar  # noqa: E402
+from ingest.reclaim import Reclaimer  # noqa: E402
 from ingest.store import QuarantineLimits, Store  # noqa: E402
 from ingest.supervise import supervised  # noqa: E402
 
 log = logging.getLogger("run_daemon")
 
-# Pipeline components in stage order; each has `<pkg>.schema.MIGRATIONS` and `<pkg>.service.build(ctx)`.
-COMPONENTS = ("classifier", "dedupe", "dispatch")
-# Served beside the pipeline by the daemon, not in batch routing: operator console, metrics, citizen portal.
-SERVICE_COMPONENTS = ("console", "ops", "portal")
 PIPELINE_STAGES = ("classify", "dedupe", "dispatch")
 ROUTE_STATUS = {"dispatched": "dispatched", "duplicate": "duplicate", "review": "review", "rejected": "rejected",
                 "out_of_scope": "out_of_scope", "closed": "dispatched", "routed": "dispatched"}
@@ -76,23 +73,64 @@ def setup_logging(level: str, fmt: str = "text", journald: str = "auto") -> None
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-# Components that own tables: name recorded in schema_migrations -> module holding `MIGRATIONS`.
-MIGRATION_SOURCES = {
-    "classifier": "classifier.schema",
-    "dedupe": "dedupe.schema",
-    "dispatch": "dispatch.schema",
-    "console": "console.schema",
-    "portal": "portal.schema",
-    "ops": "ops.schema",
-    "channels.telegram": "channels.telegram",
-}
+@dataclass(frozen=True)
+class Command:
+    """An operator command a component owns: `module` has `add_arguments(parser)` and
+    `async run_cli(store, settings, args)`. It is imported only when its command is used, so `--help` and the
+    other commands do not pay for loading every component."""
+
+    name: str
+    module: str
+    help: str
+
+
+@dataclass(frozen=True)
+class Component:
+    """One entry of the registry the CLI, the migrations and the service start all read.
+
+    role: "intake" (built first: channels register the reply senders the stages look up; stopped first),
+    "stage" (a pipeline stage: also run by batch routing), "view" (served beside the pipeline by the daemon).
+    """
+
+    name: str  # the name its migrations are recorded under in schema_migrations
+    role: str = "view"
+    migrations: str | None = None  # module holding `MIGRATIONS`
+    builder: str | None = None  # "module:function" taking the AppContext, returning its services
+    commands: tuple[Command, ...] = ()
+
+
+# Every component, pipeline stages in stage order.
+COMPONENTS: tuple[Component, ...] = (
+    Component("channels", "intake", builder="channels.registry:build_channels"),
+    Component("channels.telegram", "intake", migrations="channels.telegram"),
+    Component("classifier", "stage", "classifier.schema", "classifier.service:build", (
+        Command("review", "classifier.review", "the review queue of reports the classifier was not sure of"),)),
+    Component("dedupe", "stage", "dedupe.schema", "dedupe.service:build", (
+        Command("incident", "dedupe.operations", "incidents: list, show, merge, split"),)),
+    Component("dispatch", "stage", "dispatch.schema", "dispatch.service:build", (
+        Command("dispatch", "dispatch.cli", "cases past their deadline, agency deliveries, replaying dead ones"),)),
+    Component("console", "view", "console.schema", "console.service:build", (
+        Command("user", "console.service", "console logins: add, list, disable"),)),
+    Component("ops", "view", "ops.schema", "ops.service:build", (
+        Command("report", "ops.service", "the regulation's weekly and quarterly reports"),)),
+    Component("portal", "view", "portal.schema", "portal.service:build"),
+)
+
+
+def component_names(role: str) -> tuple[str, ...]:
+    return tuple(c.name for c in COMPONENTS if c.role == role and c.builder)
+
+
+STAGE_COMPONENTS = component_names("stage")
+VIEW_COMPONENTS = component_names("view")
+COMMANDS = {command.name: command for component in COMPONENTS for command in component.commands}
 
 
 def collect_migrations() -> dict[str, list[Migration]]:
     migrations: dict[str, list[Migration]] = {}
-    for component, module in MIGRATION_SOURCES.items():
-        if importlib.util.find_spec(module) is not None:
-            migrations[component] = importlib.import_module(module).MIGRATIONS
+    for component in COMPONENTS:
+        if component.migrations and importlib.util.find_spec(component.migrations) is not None:
+            migrations[component.name] = importlib.import_module(component.migrations).MIGRATIONS
     return migrations
 
 
@@ -110,13 +148,17 @@ def make_context(settings: Settings, directory: Directory, store: Store, *, rout
                       http=make_app(settings.http.max_body_bytes, settings.http.limits), route_mode=route_mode)
 
 
-def build_pipeline(ctx: AppContext, components: Sequence[str] = COMPONENTS) -> list[Service]:
+def build_components(ctx: AppContext, names: Sequence[str] = STAGE_COMPONENTS) -> list[Service]:
+    """The services of the named components, in registry order; one that is not installed is skipped."""
     services: list[Service] = []
-    for name in components:
-        if importlib.util.find_spec(f"{name}.service") is None:
-            log.warning("component %s is not installed: its stage will not run", name)
+    for component in COMPONENTS:
+        if component.name not in names or component.builder is None:
             continue
-        services.extend(importlib.import_module(f"{name}.service").build(ctx))
+        module, _, function = component.builder.partition(":")
+        if importlib.util.find_spec(module) is None:
+            log.warning("component %s is not installed: it will not run", component.name)
+            continue
+        services.extend(getattr(importlib.import_module(module), function)(ctx))
     return services
 
 
@@ -131,23 +173,6 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
     def log(self, request: Any, response: Any, time: float) -> None:
         path = PRIVATE_PATH.sub(r"\1/[token]", request.path)
         self.logger.info("%s %s %s %.1fms", request.method, path, response.status, time * 1000)
-
-
-class Reclaimer:
-    """Puts jobs whose lease expired (a worker died) back in the queue, periodically."""
-
-    name = "lease-reclaimer"
-
-    def __init__(self, store: Store, interval: float) -> None:
-        self.store, self.interval = store, interval
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.store.reclaim_expired()
-            except StorageError:
-                pass  # the store's outage is logged by the store; try again next interval
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -169,12 +194,10 @@ class Generation:
     async def start(self, tg: asyncio.TaskGroup) -> None:
         from aiohttp import web
 
-        from channels.registry import build_channels
-
         settings = self.ctx.settings
         # Channels first: they register the ReplySenders that the dispatch stage's notifier looks up.
-        channels = build_channels(self.ctx)
-        pipeline = build_pipeline(self.ctx) + build_pipeline(self.ctx, SERVICE_COMPONENTS)
+        channels = build_components(self.ctx, component_names("intake"))
+        pipeline = build_components(self.ctx, STAGE_COMPONENTS + VIEW_COMPONENTS)
         self.runner = web.AppRunner(self.ctx.http, handle_signals=False, access_log_class=PathOnlyAccessLogger,
                                     shutdown_timeout=settings.queue.drain_seconds / 2,
                                     keepalive_timeout=settings.http.limits.keepalive_timeout_seconds)
@@ -341,7 +364,7 @@ async def route(settings: Settings, input_path: Path, output_path: Path, store_p
                             for m, r in zip(messages, records)), key=lambda item: parse_iso(item[0].received_at))
             await store.submit_batch(batch)
             with progress_bar(len(batch), "routing", unit="report") as bar:
-                await run_until_drained(store, build_pipeline(ctx), bar=bar)
+                await run_until_drained(store, build_components(ctx), bar=bar)
             rows = await store.fetchall(
                 "SELECT external_id, status, topic, category, agency, district, confidence, incident_id, classification"
                 " FROM reports"
@@ -381,18 +404,6 @@ EXIT_CODES = """exit codes:
   3  the store (or an input or output file) could not be opened or written
   130  interrupted (Ctrl-C)"""
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-# Operator commands owned by a component: name -> (module with `add_arguments(parser)` and
-# `async run_cli(store, settings, args)`, help). The module is imported only when its command is used, so
-# `--help` and the other commands do not pay for loading every component.
-COMPONENT_COMMANDS = {
-    "review": ("classifier.review", "the review queue of reports the classifier was not sure of"),
-    "incident": ("dedupe.operations", "incidents: list, show, merge, split"),
-    "dispatch": ("dispatch.cli", "cases past their deadline, agency deliveries, replaying dead ones"),
-    "user": ("console.service", "console logins: add, list, disable"),
-    "report": ("ops.service", "the regulation's weekly and quarterly reports"),
-}
-
 
 def version() -> str:
     """The installed package's version; from pyproject.toml when run from a checkout that is not installed."""
@@ -462,10 +473,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = add("replay", "put dead-lettered jobs back in their queue")
     p.add_argument("--stage")
     p.add_argument("--job", type=int, action="append", default=[])
-    for name, (module, help) in COMPONENT_COMMANDS.items():
-        p = add(name, help)
+    for name, owned in COMMANDS.items():
+        p = add(name, owned.help)
         if name == command:
-            importlib.import_module(module).add_arguments(p)
+            importlib.import_module(owned.module).add_arguments(p)
     _complete_tree(parser)
     return parser
 
@@ -489,44 +500,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def check_config(args: argparse.Namespace) -> int:
+    # The directory the file names (data.agencies), not the bundled one: serve would load that one.
+    path = args.file or args.config
+    checked = load_settings(path)
+    load_directory(checked.data.agencies, checked.data.structure)
+    # Endpoints whose names resolve to private addresses: refused at every attempt, so refused now.
+    from config.dispatch import dispatch_settings
+    from dispatch.ssrf import target_problems
+    problems = target_problems(dispatch_settings(checked))
+    if problems:
+        raise ConfigError(f"{path or config_loader.DEFAULT_PATH}: {len(problems)} problem(s):\n"
+                          + "\n".join(f"  - {p}" for p in problems))
+    print(f"{path or config_loader.DEFAULT_PATH}: OK")
+    return EXIT_OK
+
+
+def _serve_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.first_run:
+        print(welcome(settings), file=sys.stderr)
+        asyncio.run(ensure_first_admin(settings, args.config))
+    asyncio.run(serve(settings, Path(args.config) if args.config else None))
+    return EXIT_OK
+
+
+def _eval_command(settings: Settings, args: argparse.Namespace) -> int:
+    from classifier.evaluate import evaluate
+    print(evaluate(args.input, settings, cv=True if args.cv else None))
+    return EXIT_OK
+
+
+# The daemon's own commands that run on loaded settings; components' commands are in COMMANDS.
+BUILTIN_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "serve": _serve_command,
+    "route": lambda settings, args: asyncio.run(route(settings, args.input, args.output, args.store)),
+    "eval": _eval_command,
+    "backup": lambda settings, args: backup(settings, args.dest),
+    "replay": lambda settings, args: asyncio.run(_replay(settings, args.stage, args.job)),
+}
+
+
 def _run(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from ingest.errors import StorageError
-
     if args.command == "check-config":
-        # The directory the file names (data.agencies), not the bundled one: serve would load that one.
-        path = args.file or args.config
-        checked = load_settings(path)
-        load_directory(checked.data.agencies, checked.data.structure)
-        # Endpoints whose names resolve to private addresses: refused at every attempt, so refused now.
-        from config.dispatch import dispatch_settings
-        from dispatch.ssrf import target_problems
-        problems = target_problems(dispatch_settings(checked))
-        if problems:
-            raise ConfigError(f"{path or config_loader.DEFAULT_PATH}: {len(problems)} problem(s):\n"
-                              + "\n".join(f"  - {p}" for p in problems))
-        print(f"{path or config_loader.DEFAULT_PATH}: OK")
-        return EXIT_OK
+        return check_config(args)
     settings = load_settings(args.config)
     setup_logging(settings.logging.level, settings.logging.format, settings.logging.journald)
     try:
-        if args.command == "serve":
-            if args.first_run:
-                print(welcome(settings), file=sys.stderr)
-                asyncio.run(ensure_first_admin(settings, args.config))
-            asyncio.run(serve(settings, Path(args.config) if args.config else None))
-            return EXIT_OK
-        if args.command == "route":
-            return asyncio.run(route(settings, args.input, args.output, args.store))
-        if args.command == "eval":
-            from classifier.evaluate import evaluate
-            print(evaluate(args.input, settings, cv=True if args.cv else None))
-            return EXIT_OK
-        if args.command == "backup":
-            return backup(settings, args.dest)
-        if args.command == "replay":
-            return asyncio.run(_replay(settings, args.stage, args.job))
+        if args.command in BUILTIN_COMMANDS:
+            return BUILTIN_COMMANDS[args.command](settings, args)
         return asyncio.run(_component_cli(settings, args))
     except (StorageError, sqlite3.Error) as exc:
         print(f"storage error: {exc}", file=sys.stderr)
@@ -567,7 +590,7 @@ async def _replay(settings: Settings, stage: str | None, jobs: list[int]) -> int
 
 
 async def _component_cli(settings: Settings, args: argparse.Namespace) -> int:
-    module = COMPONENT_COMMANDS[args.command][0]
+    module = COMMANDS[args.command].module
     store = await open_store(settings)
     try:
         result: int = await importlib.import_module(module).run_cli(store, settings, args)

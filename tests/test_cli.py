@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.util
 import json
 import os
@@ -227,3 +228,24 @@ async def test_first_run_says_how_to_create_the_first_admin(tmp_path: Path,
         await store.close()
     await run_daemon.ensure_first_admin(settings, str(config))
     assert capsys.readouterr().err == ""  # a login exists: nothing to say
+
+
+def test_the_component_registry_names_every_package_that_owns_tables_or_services() -> None:
+    """One registry: a package with a schema, a service builder or operator commands is found there, and everything
+    the registry names exists, so the CLI, the migrations and the service start cannot drift apart."""
+    import run_daemon
+
+    registered = {component.migrations for component in run_daemon.COMPONENTS if component.migrations}
+    schemas = {f"{path.parent.name}.schema" for path in REPO.glob("*/schema.py")} - {"config.schema"}
+    assert schemas <= registered
+    for component in run_daemon.COMPONENTS:
+        for module in filter(None, (component.migrations, (component.builder or "").partition(":")[0],
+                                    *(command.module for command in component.commands))):
+            assert importlib.util.find_spec(module) is not None, (component.name, module)
+        if component.builder:
+            module, _, function = component.builder.partition(":")
+            assert callable(getattr(importlib.import_module(module), function)), component.builder
+    # Every operator command of a component is on the CLI, each once.
+    commands = [command.name for component in run_daemon.COMPONENTS for command in component.commands]
+    assert len(commands) == len(set(commands)) and set(commands) <= set(run_daemon.build_parser()._subparsers
+                                                                       ._group_actions[0].choices)

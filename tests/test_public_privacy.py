@@ -2,7 +2,7 @@
 transcript dropped in the watched folder) never appears on any public URL, nor in the log.
 
 The public URLs are not listed by hand: every GET route of the daemon's aiohttp app, built as run_daemon builds
-it (channels, pipeline components, console, ops and whatever SERVICE_COMPONENTS holds later), is fetched without
+it (channels, pipeline components, console, ops and whatever VIEW_COMPONENTS holds later), is fetched without
 credentials, each path parameter filled with every report id, case id and lookup token there is. A new public
 route is covered the day it is added.
 """
@@ -32,7 +32,7 @@ from ingest.app import AppContext
 from ingest.public import CONFIDENTIAL_NOTE
 from ingest.records import Classification, Place, to_json
 from ingest.text import fold
-from run_daemon import (COMPONENTS, SERVICE_COMPONENTS, build_pipeline, collect_migrations, make_context,
+from run_daemon import (STAGE_COMPONENTS, VIEW_COMPONENTS, build_components, collect_migrations, make_context,
                         setup_logging)
 from ingest.store import Store
 
@@ -129,8 +129,8 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[AppContext, str, Any]]:
     ctx = make_context(settings, load_directory(settings.data.agencies), store)
     channels = build_channels(ctx)
     # Every component as the daemon builds it, except the classifier's model (the test classifies by hand).
-    build_pipeline(ctx, [c for c in COMPONENTS if c != "classifier"])
-    build_pipeline(ctx, SERVICE_COMPONENTS)
+    build_components(ctx, [c for c in STAGE_COMPONENTS if c != "classifier"])
+    build_components(ctx, VIEW_COMPONENTS)
     tasks = [asyncio.create_task(c.run()) for c in channels]
     runner = web.AppRunner(ctx.http, shutdown_timeout=0.1)
     await runner.setup()

@@ -25,7 +25,7 @@ from ingest.app import AppContext
 from ingest.records import Classification, Place, to_json
 from ingest.store import Store
 from ingest.text import fold
-from run_daemon import COMPONENTS, SERVICE_COMPONENTS, build_pipeline, collect_migrations, make_context
+from run_daemon import STAGE_COMPONENTS, VIEW_COMPONENTS, build_components, collect_migrations, make_context
 
 MAILBOX = "phananh@1022.hochiminhcity.gov.vn"
 CONFIG = """
@@ -79,8 +79,8 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[AppContext, str, Any]]:
     store = await Store.open(settings.store.path, settings.store.blob_dir, migrations=collect_migrations())
     ctx = make_context(settings, load_directory(settings.data.agencies), store)
     channels = build_channels(ctx)
-    build_pipeline(ctx, [c for c in COMPONENTS if c != "classifier"])
-    build_pipeline(ctx, SERVICE_COMPONENTS)
+    build_components(ctx, [c for c in STAGE_COMPONENTS if c != "classifier"])
+    build_components(ctx, VIEW_COMPONENTS)
     tasks = [asyncio.create_task(c.run()) for c in channels]
     runner = web.AppRunner(ctx.http, shutdown_timeout=0.1)
     await runner.setup()
