@@ -39,7 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from dedupe import policy, schema  # noqa: E402
 from dedupe.evaluate import pairwise_scores  # noqa: E402
-from dedupe.service import SEARCH_K, STAGE, DedupeStage, IncidentMatcher, load_view  # noqa: E402
+from dedupe.features import load_view  # noqa: E402
+from dedupe.matcher import SEARCH_K, IncidentMatcher  # noqa: E402
+from dedupe.service import STAGE, DedupeStage  # noqa: E402
 from ingest.clock import FakeClock, iso  # noqa: E402
 from ingest.records import Classification, InboundMessage, Place, to_json  # noqa: E402
 from ingest.store import Store  # noqa: E402

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -112,12 +113,17 @@ def rarity_from(doc_freq: Callable[[str], int], n_docs: int) -> Rarity:
     A window of fewer than MIN_WINDOW reports (a fresh daemon) says little about which words are common,
     so its shares are taken over MIN_WINDOW reports: words seen there once or twice still count as rare.
     """
-    n = max(MIN_WINDOW, n_docs)
+    n = window_size(n_docs)
 
     def rarity(gram: str) -> float:
-        return math.log((FIT_CORPUS + 1) / (FIT_CORPUS * doc_freq(gram) / n + 0.5))
+        return idf(doc_freq(gram), n)
 
     return rarity
+
+
+def window_size(n_docs: int) -> int:
+    """The number of reports word shares are taken over (see rarity_from)."""
+    return max(MIN_WINDOW, n_docs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,24 +140,61 @@ class PairEvidence:
     distance_km: float | None
     street_conflict: bool = False  # both name streets, and no street is named by both
 
+    def features(self) -> dict[str, float]:
+        """The model's inputs by name (see `feature_values`)."""
+        return feature_values(cosine=self.cosine, overlap=self.overlap, shared=self.shared,
+                              same_topic=float(self.same_topic), related_topic=float(self.related_topic),
+                              district_conflict=float(self.district_conflict), gap_hours=self.gap_hours,
+                              number_match=float(self.number_match), number_conflict=float(self.number_conflict),
+                              distance=distance_feature(self.distance_km),
+                              street_conflict=float(self.street_conflict))
+
     def vector(self) -> tuple[float, ...]:
-        return (
-            self.cosine,
-            self.overlap,
-            math.log1p(self.shared),
-            float(self.same_topic),
-            float(self.related_topic),
-            float(self.district_conflict),
-            math.log1p(self.gap_hours),
-            float(self.number_match),
-            float(self.number_conflict),
-            min(self.distance_km, 3.0) if self.distance_km is not None else 0.0,
-            float(self.street_conflict),
-        )
+        """The model's inputs in FEATURE_NAMES order."""
+        return tuple(self.features().values())
 
 
 FEATURE_NAMES = ("cosine", "overlap", "log_shared", "same_topic", "related_topic", "district_conflict",
                  "log_gap_hours", "number_match", "number_conflict", "distance_km", "street_conflict")
+# The weights by feature name (the same numbers as WEIGHTS, which stays the ordered form the fit produces).
+WEIGHT_OF: dict[str, float] = dict(zip(FEATURE_NAMES, WEIGHTS, strict=True))
+
+# The scoring below is written once for one pair (Python floats: `evidence` / `probability`, the reference) and
+# for many candidates at once (numpy float64 arrays: the matcher's batch screen). Each function only uses
+# arithmetic that means the same on both, so the two paths cannot drift apart; `log` / `log1p` are passed in
+# because math's and numpy's agree only to the last bit (the screen bounds that difference, see matcher).
+Num = Any  # float, or a numpy float64 array of one value per candidate
+
+
+def feature_values(*, cosine: Num, overlap: Num, shared: Num, same_topic: Num, related_topic: Num,
+                   district_conflict: Num, gap_hours: Num, number_match: Num, number_conflict: Num, distance: Num,
+                   street_conflict: Num, log1p: Callable[[Num], Num] = math.log1p) -> dict[str, Num]:
+    """The model's inputs by name from the evidence (booleans as 0.0/1.0, `distance` from distance_feature)."""
+    return {"cosine": cosine, "overlap": overlap, "log_shared": log1p(shared), "same_topic": same_topic,
+            "related_topic": related_topic, "district_conflict": district_conflict,
+            "log_gap_hours": log1p(gap_hours), "number_match": number_match, "number_conflict": number_conflict,
+            "distance_km": distance, "street_conflict": street_conflict}
+
+
+def distance_feature(km: float | None) -> float:
+    """The distance input: capped at 3 km (beyond that the hard negative decides anyway), 0 without two fixes."""
+    return min(km, 3.0) if km is not None else 0.0
+
+
+def linear_score(features: Mapping[str, Num], weights: Sequence[float] | None = None,
+                 bias: float | None = None) -> Num:
+    """The logistic model's score: bias + sum of weight x input, summed in FEATURE_NAMES order."""
+    w = WEIGHTS if weights is None else weights
+    b = BIAS if bias is None else bias
+    total: Num = 0
+    for wi, name in zip(w, FEATURE_NAMES):
+        total = total + wi * features[name]
+    return b + total
+
+
+def idf(doc_freq: Num, n: float, log: Callable[[Num], Num] = math.log) -> Num:
+    """A word's rarity from its document count in a window of `n` reports (see rarity_from)."""
+    return log((FIT_CORPUS + 1) / (FIT_CORPUS * doc_freq / n + 0.5))
 
 
 def evidence(new: ReportView, old: ReportView, rarity: Rarity) -> PairEvidence:
@@ -160,21 +203,56 @@ def evidence(new: ReportView, old: ReportView, rarity: Rarity) -> PairEvidence:
     shared = sum(rarity(g) for g in shared_grams)
     mass = min(sum(rarity(g) for g in ga), sum(rarity(g) for g in gb))
     cosine = float(np.dot(new.vector, old.vector)) if new.vector is not None and old.vector is not None else 0.0
-    alleys_a = alleys_of(new.text.numbers, new.place.house_number)
-    alleys_b = alleys_of(old.text.numbers, old.place.house_number)
+    number_match, number_conflict = number_evidence(alleys_of(new.text.numbers, new.place.house_number),
+                                                    alleys_of(old.text.numbers, old.place.house_number))
     return PairEvidence(
         cosine=cosine,
         overlap=shared / mass if mass > 0 else 0.0,
         shared=shared,
-        same_topic=new.topic is not None and new.topic == old.topic,
-        related_topic=frozenset((new.topic, old.topic)) in RELATED_TOPICS,
-        district_conflict=bool(new.district and old.district and new.district != old.district),
-        gap_hours=abs(new.received_at - old.received_at) / 3600.0,
-        number_match=bool(alleys_a & alleys_b),
-        number_conflict=bool(alleys_a and alleys_b and not alleys_a & alleys_b),
-        distance_km=_distance_km(new.place, old.place),
-        street_conflict=_street_conflict(new, old),
+        same_topic=same_topic(new.topic, old.topic),
+        related_topic=related_topic(new.topic, old.topic),
+        district_conflict=district_conflict(new.district, old.district),
+        gap_hours=gap_hours(new.received_at, old.received_at),
+        number_match=number_match,
+        number_conflict=number_conflict,
+        distance_km=distance_km(new.place, old.place),
+        street_conflict=streets_conflict(street_names(new), street_names(old)),
     )
+
+
+# The pieces of evidence one by one, on the parts of a report the matcher keeps for every report of its window
+# (topic, district, time, alley numbers, street names), so its batch screen reads each as `evidence` does.
+def same_topic(a: str | None, b: str | None) -> bool:
+    return a is not None and a == b
+
+
+def related_topic(a: str | None, b: str | None) -> bool:
+    """Two topics one incident often spans (RELATED_TOPICS; a topic is not related to itself)."""
+    return b in RELATED_OF.get(a, ()) if a is not None else False
+
+
+def district_conflict(a: str | None, b: str | None) -> bool:
+    """Both districts known and different."""
+    return bool(a and b and a != b)
+
+
+def gap_hours(a: float, b: float) -> float:
+    return abs(a - b) / 3600.0
+
+
+def number_evidence(a: Collection[str], b: Collection[str]) -> tuple[bool, bool]:
+    """(a shared alley or house number, both name some and none is shared) for two reports' alleys_of."""
+    if not a or not b:
+        return False, False
+    shared = not frozenset(a).isdisjoint(b)
+    return shared, not shared
+
+
+def streets_conflict(a: Sequence[tuple[str, ...]], b: Sequence[tuple[str, ...]]) -> bool:
+    """Both name streets (street_names) and no street is named by both."""
+    if not a or not b:
+        return False
+    return not any(same_street(x, y) for x in a for y in b)
 
 
 def alleys_of(numbers: Iterable[str], house_number: str | None) -> frozenset[str]:
@@ -185,25 +263,19 @@ def alleys_of(numbers: Iterable[str], house_number: str | None) -> frozenset[str
     return frozenset(out)
 
 
-def _streets(view: ReportView) -> list[tuple[str, ...]]:
+def street_names(view: ReportView) -> list[tuple[str, ...]]:
+    """Every street a report names: read in its text, and the classifier's canonical street."""
     names = list(view.text.streets)
     if view.place.street:
         names.append(tuple(view.place.street.split()))
     return names
 
 
-def _street_conflict(a: ReportView, b: ReportView) -> bool:
-    sa, sb = _streets(a), _streets(b)
-    if not sa or not sb:
-        return False
-    return not any(same_street(x, y) for x in sa for y in sb)
-
-
 def hard_negative(new: ReportView, old: ReportView, ev: PairEvidence) -> str | None:
     """A reason the two reports can never be one incident, whatever the scores say."""
-    if ev.gap_hours > MAX_GAP_DAYS * 24:
+    if too_far_in_time(ev.gap_hours):
         return "too_far_apart_in_time"
-    if ev.distance_km is not None and ev.distance_km > MAX_DISTANCE_KM:
+    if too_far_on_map(ev.distance_km):
         return "too_far_apart_on_map"
     if new.topic in UNGROUPED_TOPICS or old.topic in UNGROUPED_TOPICS:
         return "ungrouped_topic"
@@ -268,22 +340,36 @@ def groupable_topics(topic: str | None, known: Iterable[str | None], *, alts: It
                           or (t is not None and topic_sets_compatible(mine, frozenset(block_alts.get(t, ()))))))
 
 
+def too_far_in_time(hours: float) -> bool:
+    return hours > MAX_GAP_DAYS * 24
+
+
+def too_far_on_map(km: float | None) -> bool:
+    return km is not None and km > MAX_DISTANCE_KM
+
+
 def _on_other_streets(a: ReportView, b: ReportView) -> bool:
-    """The classifier put the two reports on two different streets and neither text names the other's street
-    (an intersection report names both, so it still joins reports from either street)."""
     sa, sb = a.place.street, b.place.street
     if not sa or not sb or sa == sb:
         return False
-    text_a = f" {' '.join(a.text.tokens)} "
-    text_b = f" {' '.join(b.text.tokens)} "
-    return f" {sb} " not in text_a and f" {sa} " not in text_b
+    return on_other_streets(sa, padded_text(a.text.tokens), sb, padded_text(b.text.tokens))
+
+
+def padded_text(tokens: Iterable[str]) -> str:
+    """A report's tokens as one string with a space at both ends, for whole-word searches of a street name."""
+    return f" {' '.join(tokens)} "
+
+
+def on_other_streets(street_a: str | None, text_a: str, street_b: str | None, text_b: str) -> bool:
+    """The classifier put the two reports on two different streets and neither text (padded_text) names the
+    other's street (an intersection report names both, so it still joins reports from either street)."""
+    if not street_a or not street_b or street_a == street_b:
+        return False
+    return f" {street_b} " not in text_a and f" {street_a} " not in text_b
 
 
 def probability(ev: PairEvidence, weights: Sequence[float] | None = None, bias: float | None = None) -> float:
-    w = WEIGHTS if weights is None else weights
-    b = BIAS if bias is None else bias
-    z = b + sum(wi * xi for wi, xi in zip(w, ev.vector()))
-    return sigmoid(z)
+    return sigmoid(linear_score(ev.features(), weights, bias))
 
 
 def sigmoid(z: float) -> float:
@@ -355,7 +441,8 @@ def decide(new: ReportView, candidates: Iterable[tuple[ReportView, str]], rarity
     return Match(None, p, old.report_id, "below_threshold")
 
 
-def _distance_km(a: Place, b: Place) -> float | None:
+def distance_km(a: Place, b: Place) -> float | None:
+    """Between two GPS fixes; None unless both reports have one."""
     if a.lat is None or a.lon is None or b.lat is None or b.lon is None:
         return None
     # Equirectangular is plenty within one city.

@@ -8,7 +8,7 @@ import random
 import numpy as np
 
 from dedupe import policy
-from dedupe.service import IncidentMatcher
+from dedupe.matcher import IncidentMatcher
 from dedupe.text import extract
 from ingest.records import Place
 from ingest.store import Store

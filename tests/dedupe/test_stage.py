@@ -9,9 +9,11 @@ import numpy as np
 
 from dedupe import schema
 from dedupe.evaluate import pairwise_scores
+from dedupe.features import load_view
 from dedupe.index import VectorWindow
+from dedupe.matcher import IncidentMatcher
 from dedupe.operations import incident_cli, merge, split
-from dedupe.service import STAGE, DedupeStage, IncidentMatcher, load_view
+from dedupe.service import STAGE, DedupeStage
 from ingest.clock import FakeClock, iso
 from ingest.records import Candidate, Classification, InboundMessage, Place, to_json
 from ingest.store import Store

@@ -8,7 +8,8 @@ import json
 
 import numpy as np
 
-from dedupe.service import STAGE, DedupeStage, IncidentMatcher
+from dedupe.matcher import IncidentMatcher
+from dedupe.service import STAGE, DedupeStage
 from dispatch.cases import public_ref
 from ingest.clock import iso
 from ingest.records import Classification, InboundMessage, Place, Reporter, to_json

@@ -18,7 +18,8 @@ from aiohttp import web
 
 from channels.registry import build_channels
 from config.loader import validate
-from dedupe.service import STAGE, DedupeStage, IncidentMatcher
+from dedupe.matcher import IncidentMatcher
+from dedupe.service import STAGE, DedupeStage
 from dispatch import service
 from dispatch.clocks import overdue, tick
 from dispatch.delivery import DeliverySender

@@ -1,0 +1,196 @@
+"""The incident repository: every read and write of the stage's tables (dedupe/schema.py) and of a report's
+incident column, for the stage (matching, joining, routing) and for the operators' merge and split alike.
+
+Writes take the caller's transaction (`Tx`), so they commit with the job or decision that causes them. Reads
+take a `reader`: the store (its reader connection, off the event loop) or a transaction (which also sees its
+own uncommitted writes).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ingest.records import Place
+from ingest.store import Tx
+
+
+class Reader(Protocol):
+    async def fetchall(self, sql: str, params: Sequence[Any] = ...) -> list[Any]: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
+
+
+def incident_id_for(seq: int) -> str:
+    return f"INC-{seq:06d}"
+
+
+def place_summary(place: Place) -> str:
+    """What an incident records of its first report's place (JSON)."""
+    summary = {k: getattr(place, k) for k in ("ward", "street", "landmark", "house_number", "lat", "lon")
+               if getattr(place, k) is not None}
+    return json.dumps(summary, ensure_ascii=False)
+
+
+# -- reads ----------------------------------------------------------------------------------------
+async def incident_of_report(reader: Reader, report_id: int) -> str | None:
+    """The incident a report belongs to (any state), None when it has none yet."""
+    row = await reader.fetchone("SELECT incident_id FROM incident_reports WHERE report_id=?", (report_id,))
+    return row["incident_id"] if row is not None else None
+
+
+async def open_incidents_of(reader: Reader, report_ids: Sequence[int],
+                            district: str | None) -> list[tuple[int, str, str | None]]:
+    """(report, its open incident, the report's current topic) for the reports among `report_ids` in an open
+    incident whose reports name no district other than `district` (when `district` is given): a report without
+    a district must not bridge two incidents of different districts."""
+    if not report_ids:
+        return []
+    marks = ",".join("?" * len(report_ids))
+    sql = (f"SELECT m.report_id, m.incident_id, r.topic FROM incident_reports m"
+           f" JOIN incidents i ON i.id = m.incident_id JOIN reports r ON r.id = m.report_id"
+           f" WHERE m.report_id IN ({marks}) AND i.state = 'open'")
+    params: list[Any] = list(report_ids)
+    if district is not None:
+        sql += (" AND NOT EXISTS (SELECT 1 FROM incident_reports o JOIN reports ro ON ro.id = o.report_id"
+                " WHERE o.incident_id = m.incident_id AND ro.district IS NOT NULL AND ro.district != ?)")
+        params.append(district)
+    return [(r[0], r[1], r[2]) for r in await reader.fetchall(sql, params)]
+
+
+async def closed_incidents_of(reader: Reader, report_ids: Sequence[int]) -> dict[int, tuple[str, float]]:
+    """report -> (its incident, when that closed) for the reports among `report_ids` in a closed incident."""
+    if not report_ids:
+        return {}
+    marks = ",".join("?" * len(report_ids))
+    rows = await reader.fetchall(
+        f"SELECT m.report_id, m.incident_id, i.closed_at FROM incident_reports m JOIN incidents i"
+        f" ON i.id = m.incident_id WHERE m.report_id IN ({marks}) AND i.state = 'closed'", list(report_ids))
+    return {r[0]: (r[1], r[2] or 0.0) for r in rows}
+
+
+async def get(reader: Reader, incident_id: str) -> Any:
+    """The incident's row, None when unknown."""
+    return await reader.fetchone("SELECT * FROM incidents WHERE id=?", (incident_id,))
+
+
+async def member_ids(reader: Reader, incident_id: str) -> list[int]:
+    rows = await reader.fetchall("SELECT report_id FROM incident_reports WHERE incident_id=? ORDER BY report_id",
+                                 (incident_id,))
+    return [r["report_id"] for r in rows]
+
+
+async def members_among(reader: Reader, incident_id: str, report_ids: Sequence[int]) -> list[Any]:
+    """The rows (id, status, received_at, topic, district) of those of `report_ids` that belong to the
+    incident, by arrival."""
+    marks = ",".join("?" * len(report_ids))
+    return await reader.fetchall(
+        f"SELECT r.id, r.status, r.received_at, r.topic, r.district FROM reports r"
+        f" JOIN incident_reports m ON m.report_id = r.id WHERE m.incident_id=? AND r.id IN ({marks})"
+        f" ORDER BY r.received_at, r.id", (incident_id, *report_ids))
+
+
+async def count_members(reader: Reader, incident_id: str) -> int:
+    row = await reader.fetchone("SELECT COUNT(*) AS n FROM incident_reports WHERE incident_id=?", (incident_id,))
+    return int(row["n"]) if row is not None else 0
+
+
+async def list_open(reader: Reader, limit: int) -> list[Any]:
+    """Open incidents, most recent first, with their number of reports."""
+    return await reader.fetchall(
+        "SELECT i.id, i.topic, i.district, i.last_report_at, i.dispatch_report_id, COUNT(m.report_id) AS n"
+        " FROM incidents i LEFT JOIN incident_reports m ON m.incident_id = i.id WHERE i.state='open'"
+        " GROUP BY i.id ORDER BY i.last_report_at DESC LIMIT ?", (limit,))
+
+
+async def member_rows(reader: Reader, incident_id: str) -> list[Any]:
+    """The incident's reports (id, status, channel, how, score) by arrival."""
+    return await reader.fetchall(
+        "SELECT r.id, r.status, r.channel, m.how, m.score FROM incident_reports m JOIN reports r"
+        " ON r.id = m.report_id WHERE m.incident_id=? ORDER BY r.received_at", (incident_id,))
+
+
+async def decisions_about(reader: Reader, incident_id: str) -> list[Any]:
+    """Operators' merge and split decisions naming the incident, oldest first."""
+    return await reader.fetchall("SELECT * FROM incident_decisions WHERE source=? OR target=? ORDER BY at",
+                                 (incident_id, incident_id))
+
+
+# -- writes ---------------------------------------------------------------------------------------
+async def create(tx: Tx, *, first_report_id: int, topic: str | None, district: str | None, created_at: float,
+                 last_report_at: float, place: str = "{}", recurrence_of: str | None = None) -> str:
+    """Open a new incident numbered after the last one; returns its id."""
+    row = await tx.fetchone("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM incidents")
+    seq = int(row["seq"]) if row is not None else 1
+    incident_id = incident_id_for(seq)
+    await tx.execute(
+        "INSERT INTO incidents(id, seq, first_report_id, topic, district, place, created_at, last_report_at,"
+        " recurrence_of) VALUES (?,?,?,?,?,?,?,?,?)",
+        (incident_id, seq, first_report_id, topic, district, place, created_at, last_report_at, recurrence_of))
+    return incident_id
+
+
+async def join(tx: Tx, report_id: int, incident_id: str, received_at: float, *, score: float = 1.0,
+               matched_report: int | None = None, how: str = "auto") -> None:
+    """Make the report a member of the incident (moving it if it had one)."""
+    now = tx.store.clock.now()
+    await tx.execute(
+        "INSERT INTO incident_reports(report_id, incident_id, joined_at, score, matched_report, how)"
+        " VALUES (?,?,?,?,?,?) ON CONFLICT(report_id) DO UPDATE SET incident_id=excluded.incident_id,"
+        " joined_at=excluded.joined_at, score=excluded.score, matched_report=excluded.matched_report,"
+        " how=excluded.how",
+        (report_id, incident_id, now, score, matched_report, how))
+    await tx.execute("UPDATE reports SET incident_id=?, updated_at=? WHERE id=?", (incident_id, now, report_id))
+    await tx.execute("UPDATE incidents SET last_report_at=MAX(last_report_at, ?) WHERE id=?",
+                     (received_at, incident_id))
+
+
+async def routing_state(tx: Tx, incident_id: str) -> Any:
+    """The incident's state and the report that opened its case (dispatch_report_id; NULL: no case yet)."""
+    return await tx.fetchone("SELECT dispatch_report_id, state FROM incidents WHERE id=?", (incident_id,))
+
+
+async def set_dispatch_report(tx: Tx, incident_id: str, report_id: int) -> None:
+    await tx.execute("UPDATE incidents SET dispatch_report_id=? WHERE id=?", (report_id, incident_id))
+
+
+async def absorb(tx: Tx, keep: str, absorbed: Any) -> None:
+    """Move every report of the incident row `absorbed` into `keep`, which takes the earlier first report and
+    dates and, when it has none, the absorbed case; `absorbed` is marked merged into `keep`."""
+    now = tx.store.clock.now()
+    source = absorbed["id"]
+    await tx.execute("UPDATE incident_reports SET incident_id=?, how='merge', joined_at=? WHERE incident_id=?",
+                     (keep, now, source))
+    await tx.execute("UPDATE reports SET incident_id=?, updated_at=? WHERE incident_id=?", (keep, now, source))
+    await tx.execute(
+        "UPDATE incidents SET last_report_at=MAX(last_report_at, ?), first_report_id=CASE WHEN created_at > ?"
+        " THEN ? ELSE first_report_id END, created_at=MIN(created_at, ?),"
+        " dispatch_report_id=COALESCE(dispatch_report_id, ?) WHERE id=?",
+        (absorbed["last_report_at"], absorbed["created_at"], absorbed["first_report_id"], absorbed["created_at"],
+         absorbed["dispatch_report_id"], keep))
+    await tx.execute("UPDATE incidents SET state='merged', merged_into=? WHERE id=?", (keep, source))
+
+
+async def move(tx: Tx, report_ids: Sequence[int], incident_id: str, how: str) -> None:
+    """Move the reports into the incident (an operator's decision: `how` says which)."""
+    now = tx.store.clock.now()
+    marks = ",".join("?" * len(report_ids))
+    await tx.execute(f"UPDATE incident_reports SET incident_id=?, how=?, joined_at=?"
+                     f" WHERE report_id IN ({marks})", (incident_id, how, now, *report_ids))
+    await tx.execute(f"UPDATE reports SET incident_id=?, updated_at=? WHERE id IN ({marks})",
+                     (incident_id, now, *report_ids))
+
+
+async def refresh_last_report(tx: Tx, incident_id: str) -> None:
+    """Set the incident's last report time from the reports it holds now."""
+    await tx.execute(
+        "UPDATE incidents SET last_report_at=(SELECT MAX(r.received_at) FROM reports r JOIN incident_reports m"
+        " ON m.report_id=r.id WHERE m.incident_id=?) WHERE id=?", (incident_id, incident_id))
+
+
+async def record_decision(tx: Tx, kind: str, actor: str, source: str, target: str, report_ids: list[int]) -> None:
+    """An operator's merge or split, in `incident_decisions` and as an event on every report it moved."""
+    await tx.execute("INSERT INTO incident_decisions(kind, actor, at, source, target, report_ids) VALUES (?,?,?,?,?,?)",
+                     (kind, actor, tx.store.clock.now(), source, target, json.dumps(report_ids)))
+    for rid in report_ids:
+        await tx.event(rid, f"incident_{kind}", actor, {"from": source, "to": target})
