@@ -111,3 +111,37 @@ INGEST.append((
     CREATE INDEX quarantine_digest ON quarantine(channel_instance, sha256);
     """,
 ))
+
+INGEST.append((
+    4,
+    """
+    -- One queue for every kind of work (ingest/queue.py): stage jobs, agency deliveries, channel outboxes. A job
+    -- need not name a report (a Telegram question before anything is filed), may carry a deadline past which it
+    -- stops being retried, and a subject operators filter on. (SQLite cannot drop NOT NULL: the table is rebuilt.)
+    CREATE TABLE jobs_v4 (
+        id INTEGER PRIMARY KEY,
+        stage TEXT NOT NULL,
+        report_id INTEGER,
+        state TEXT NOT NULL DEFAULT 'ready',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        available_at REAL NOT NULL,
+        lease_until REAL,
+        deadline_at REAL,
+        subject TEXT,
+        last_error TEXT,
+        payload TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    INSERT INTO jobs_v4(id, stage, report_id, state, attempts, available_at, lease_until, last_error, payload,
+                        created_at, updated_at)
+        SELECT id, stage, report_id, state, attempts, available_at, lease_until, last_error, payload, created_at,
+               updated_at FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v4 RENAME TO jobs;
+    CREATE INDEX jobs_take ON jobs(stage, state, available_at);
+    CREATE INDEX jobs_report ON jobs(report_id);
+    CREATE INDEX jobs_leased ON jobs(state, lease_until);
+    CREATE INDEX jobs_subject ON jobs(subject) WHERE subject IS NOT NULL;
+    """,
+))

@@ -108,11 +108,15 @@ class IncidentDecision:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
+    """A leased unit of work of the queue (ingest/queue.py): `stage` is its kind, `payload` its kind's record."""
+
     id: int
     stage: str
-    report_id: int
+    report_id: int | None
     attempts: int
-    payload: dict[str, Any]
+    payload: Any
+    deadline_at: float | None = None  # past it a failing job is dead-lettered instead of retried
+    subject: str | None = None  # what it acts on, for operators' filters (an endpoint, a chat)
 
 
 # Report lifecycle states visible to operators.

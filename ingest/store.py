@@ -22,6 +22,7 @@ from .clock import Clock, parse_iso
 from .errors import RecordError, StorageError
 from .faults import StoreHealth, storage_reason
 from .migrations import INGEST, Migration
+from .queue import UNFINISHED_STATES, QueueSql, SqliteQueue  # noqa: F401  (UNFINISHED_STATES: older importers)
 from .records import InboundMessage, Job, to_json
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,6 @@ PRAGMAS = (
 )
 
 
-# Report states from which a stage still has to move the report on: a dead job there leaves it `failed`.
-UNFINISHED_STATES = ("received", "routed", "review")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +85,16 @@ class Tx:
         cur = await self.conn.execute(sql, params)
         return await cur.fetchone()
 
-    async def enqueue(self, stage: str, report_id: int, payload: dict[str, Any] | None = None,
-                      delay: float = 0.0) -> None:
-        now = self.store.clock.now()
-        await self.conn.execute(
-            "INSERT INTO jobs(stage, report_id, available_at, payload, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?)",
-            (stage, report_id, now + delay, json.dumps(payload or {}), now, now),
-        )
-        self._after_commit.append(lambda: self.store._wake(stage))
+    @property
+    def in_transaction(self) -> bool:
+        """False once the database rolled the whole transaction back by itself (SQLite does on a full disk)."""
+        return bool(self.conn.in_transaction)
+
+    async def enqueue(self, stage: str, report_id: int | None, payload: Any = None, delay: float = 0.0, *,
+                      deadline: float | None = None, subject: str | None = None) -> int:
+        """Queue a job of kind `stage` in this transaction (ingest/queue.py `enqueue`)."""
+        return await self.store.queue.enqueue(self, stage, payload, report_id=report_id, delay=delay,
+                                              deadline=deadline, subject=subject)
 
     async def event(self, report_id: int | None, kind: str, actor: str, data: dict[str, Any] | None = None) -> None:
         await self.conn.execute(
@@ -123,7 +123,7 @@ class Store:
         self._write_lock = asyncio.Lock()
         self._pending: list[tuple[InboundMessage, bytes, str, asyncio.Future[SubmitResult]]] = []
         self._flush_task: asyncio.Task[None] | None = None
-        self._stage_events: dict[str, asyncio.Event] = {}
+        self.queue = SqliteQueue(self)
         self.commit_count = 0
         self.health = StoreHealth()
         self.quarantine_limits = QuarantineLimits()
@@ -444,161 +444,41 @@ class Store:
             incident_id=row["incident_id"],
         ) for row in rows}
 
-    # -- queue -----------------------------------------------------------------------------------
+    # -- queue (ingest/queue.py; these delegate, for the stage workers and older callers) --------------
     def _wake(self, stage: str) -> None:
-        self._stage_events.setdefault(stage, asyncio.Event()).set()
+        self.queue.wake(stage)
 
     async def wait_for_work(self, stage: str, timeout: float) -> None:
-        event = self._stage_events.setdefault(stage, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
-        event.clear()
+        await self.queue.wait(stage, timeout)
 
     async def lease(self, stage: str, limit: int, lease_seconds: float) -> list[Job]:
-        now = self.clock.now()
-        async with self.transaction() as tx:
-            rows = await tx.fetchall(
-                "UPDATE jobs SET state='leased', lease_until=?, attempts=attempts+1, updated_at=?"
-                " WHERE id IN (SELECT id FROM jobs WHERE stage=? AND state='ready' AND available_at<=?"
-                " ORDER BY available_at, id LIMIT ?)"
-                " RETURNING id, stage, report_id, attempts, payload",
-                (now + lease_seconds, now, stage, now, limit),
-            )
-        jobs = [Job(id=r["id"], stage=r["stage"], report_id=r["report_id"], attempts=r["attempts"],
-                    payload=json.loads(r["payload"])) for r in rows]
-        jobs.sort(key=lambda j: j.id)
-        return jobs
+        return await self.queue.lease(stage, limit, lease_seconds)
 
     async def finish(self, job: Job, writes: Callable[[Tx], Awaitable[None]] | None = None) -> bool:
-        """Mark a leased job done and apply the stage's writes (next-stage enqueue included) atomically.
-
-        Returns False, writing nothing, when the lease was lost (reclaimed after expiry and taken again).
-        """
-        async with self.transaction() as tx:
-            cur = await tx.execute(
-                "UPDATE jobs SET state='done', lease_until=NULL, updated_at=? WHERE id=? AND state='leased' AND attempts=?",
-                (self.clock.now(), job.id, job.attempts),
-            )
-            if cur.rowcount != 1:
-                return False
-            if writes is not None:
-                await writes(tx)
-        return True
+        """Mark a leased job done and apply the stage's writes atomically; False when the lease was lost."""
+        return await self.queue.finish(job, writes)
 
     async def finish_many(self, items: Sequence[tuple[Job, Callable[[Tx], Awaitable[None]] | None]]
                           ) -> list[bool | Exception]:
-        """`finish` for several jobs in one transaction (one fsync), each job in a savepoint of its own: per job,
-        True when applied, False when its lease was lost, or the exception its writes raised (that job's writes
-        are undone, the others' kept). A failure of the transaction itself raises, with nothing applied."""
-        outcomes: list[bool | Exception] = []
-        async with self.transaction() as tx:
-            for job, writes in items:
-                hooks = len(tx._after_commit)
-                await tx.execute("SAVEPOINT job")
-                try:
-                    cur = await tx.execute(
-                        "UPDATE jobs SET state='done', lease_until=NULL, updated_at=?"
-                        " WHERE id=? AND state='leased' AND attempts=?", (self.clock.now(), job.id, job.attempts))
-                    applied = cur.rowcount == 1
-                    if applied and writes is not None:
-                        await writes(tx)
-                except sqlite3.Error as exc:
-                    if storage_reason(exc) is not None or not tx.conn.in_transaction:
-                        raise  # a storage fault, or SQLite rolled the whole transaction back: nothing to keep
-                    await self._undo_savepoint(tx, hooks)
-                    outcomes.append(exc)
-                    continue
-                except Exception as exc:
-                    await self._undo_savepoint(tx, hooks)
-                    outcomes.append(exc)
-                    continue
-                if not applied:
-                    await self._undo_savepoint(tx, hooks)
-                else:
-                    await tx.execute("RELEASE job")
-                outcomes.append(applied)
-        return outcomes
-
-    @staticmethod
-    async def _undo_savepoint(tx: Tx, hooks: int) -> None:
-        await tx.execute("ROLLBACK TO job")
-        await tx.execute("RELEASE job")
-        del tx._after_commit[hooks:]  # the undone job's wake-ups and cache updates must not run
+        return await self.queue.finish_many(items)
 
     async def fail(self, job: Job, error: str, *, retry_in: float, dead: bool) -> None:
-        now = self.clock.now()
-        async with self.transaction() as tx:
-            if dead:
-                cur = await tx.execute(
-                    "UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
-                    " WHERE id=? AND state='leased' AND attempts=?", (error, now, job.id, job.attempts))
-                if cur.rowcount != 1:  # lease lost: another worker owns the job now, its report is not ours to fail
-                    return
-                # Only a report whose pipeline stopped short is `failed`; a dead side job (a reporter message,
-                # a late media fetch) must not hide that the report itself was dispatched.
-                row = await tx.fetchone("SELECT status FROM reports WHERE id=?", (job.report_id,))
-                previous = row["status"] if row else None
-                if previous in UNFINISHED_STATES:
-                    await tx.execute("UPDATE reports SET status='failed', updated_at=? WHERE id=?", (now, job.report_id))
-                await tx.event(job.report_id, "dead_letter", "system",
-                               {"stage": job.stage, "error": error, "previous_status": previous})
-            else:
-                await tx.execute(
-                    "UPDATE jobs SET state='ready', available_at=?, last_error=?, lease_until=NULL, updated_at=?"
-                    " WHERE id=? AND state='leased' AND attempts=?",
-                    (now + retry_in, error, now, job.id, job.attempts))
+        await self.queue.fail(job, error, retry_in=retry_in, dead=dead)
 
     async def release(self, jobs: Iterable[Job]) -> None:
-        """Give leases back on shutdown, without counting the attempt."""
-        ids = [j.id for j in jobs]
-        if not ids:
-            return
-        async with self.transaction() as tx:
-            await tx.execute(
-                f"UPDATE jobs SET state='ready', attempts=MAX(attempts-1,0), lease_until=NULL"
-                f" WHERE state='leased' AND id IN ({','.join('?' * len(ids))})", ids)
+        await self.queue.release(jobs)
 
     async def reclaim_expired(self) -> int:
-        now = self.clock.now()
-        async with self.transaction() as tx:
-            cur = await tx.execute(
-                "UPDATE jobs SET state='ready', available_at=?, lease_until=NULL, updated_at=?,"
-                " last_error=COALESCE(last_error, 'lease expired') WHERE state='leased' AND lease_until < ?",
-                (now, now, now))
-            count = cur.rowcount
-        if count:
-            log.warning("reclaimed %d expired leases", count)
-            for stage in list(self._stage_events):
-                self._wake(stage)
-        return count
+        return await self.queue.reclaim_expired()
 
     async def replay_dead(self, stage: str | None = None, job_ids: Sequence[int] = ()) -> int:
-        now = self.clock.now()
-        sql = "UPDATE jobs SET state='ready', attempts=0, available_at=?, updated_at=? WHERE state='dead'"
-        params: list[Any] = [now, now]
-        if stage:
-            sql += " AND stage=?"
-            params.append(stage)
-        if job_ids:
-            sql += f" AND id IN ({','.join('?' * len(job_ids))})"
-            params.extend(job_ids)
-        async with self.transaction() as tx:
-            rows = await tx.fetchall(sql + " RETURNING report_id", params)
-            for row in rows:
-                last = await tx.fetchone(
-                    "SELECT json_extract(data, '$.previous_status') AS previous FROM events"
-                    " WHERE report_id=? AND kind='dead_letter' ORDER BY id DESC LIMIT 1", (row["report_id"],))
-                previous = last["previous"] if last and last["previous"] in UNFINISHED_STATES else "received"
-                await tx.execute("UPDATE reports SET status=?, updated_at=? WHERE id=? AND status='failed'",
-                                 (previous, now, row["report_id"]))
-                await tx.event(row["report_id"], "replayed", "operator", {})
-        return len(rows)
+        return await self.queue.replay(stage, job_ids)
 
     async def queue_depths(self) -> dict[tuple[str, str], int]:
-        rows = await self.fetchall("SELECT stage, state, COUNT(*) AS n FROM jobs WHERE state!='done' GROUP BY stage, state")
-        return {(r["stage"], r["state"]): r["n"] for r in rows}
+        return await self.queue.depths()
+
+
+_INSERT_JOB = QueueSql().insert  # the queue's own statement, run on the writer's thread by the group commit
 
 
 def _sha256(data: bytes) -> str:
@@ -671,10 +551,9 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[Row], flagged: list[bool],
         seen[key] = inserted[0]
         results.append(SubmitResult(inserted[0], True))
         if not is_flagged:
-            jobs.append(("classify", inserted[0], now, "{}", now, now))
+            jobs.append(("classify", inserted[0], now, None, None, "{}", now, now))
     if jobs:
-        conn.executemany("INSERT INTO jobs(stage, report_id, available_at, payload, created_at, updated_at)"
-                         " VALUES (?,?,?,?,?,?)", jobs)
+        conn.executemany(_INSERT_JOB, jobs)
     return results, bool(jobs)
 
 

@@ -1,0 +1,418 @@
+"""The one durable queue: every unit of work that must happen at least once, whatever its kind.
+
+Stage jobs (classify, dedupe, dispatch, notify...), agency deliveries and channel outboxes (Telegram sends) are
+all rows of the `jobs` table, told apart by their kind (column `stage`), each with one typed payload record
+(`ingest/jobs.py`). One code path leases, fences, retries with backoff, dead-letters, reclaims and replays them.
+
+Interface (what a backend implements; `SqliteQueue` is SQLite's; a PostgreSQL one implements the same methods,
+taking work with `FOR UPDATE SKIP LOCKED` (`Dialect.lock`) and waking workers with LISTEN/NOTIFY (`wake`/`wait`)):
+
+Inside the caller's transaction, so the job exists exactly when the writes that asked for it committed:
+
+    job_id = await queue.enqueue(tx, kind, payload, report_id=None, delay=0.0, deadline=None, subject=None)
+
+`payload` is the kind's record (`ingest.jobs`), or None for kinds without one; `deadline` (epoch seconds) is when
+a job still failing stops being retried (agency deliveries); `subject` names what the job acts on for operators'
+filters (an agency endpoint "agency/target", a chat).
+
+Taking and ending work. Every end of an attempt is fenced by (id, state 'leased', attempts): when a lease expired
+and the job was reclaimed and taken again, the late worker's outcome changes nothing and answers False / "lost".
+
+    jobs = await queue.lease(kind, limit, lease_seconds)        # due 'ready' jobs, oldest first; attempts += 1
+    ok = await queue.finish(job, writes)                         # done + the caller's writes in one transaction
+    oks = await queue.finish_many([(job, writes), ...])          # one transaction, a savepoint per job
+    outcome = await queue.retry_or_dead(job, error, policy, retry_after=None, permanent=False)  # "retry"/"dead"/"lost"
+    await queue.fail(job, error, retry_in=seconds, dead=bool)    # the same with the delay decided by the caller
+    await queue.release(jobs)                                    # shutdown: back to 'ready', attempt not counted
+    queue.wake(kind); await queue.wait(kind, timeout)            # a worker sleeps until work is committed
+
+Both `finish` and `retry_or_dead`/`fail` accept `writes(tx)`, the caller's own writes in the same transaction
+(a delivery's outcome on its `deliveries` row, an alert event).
+
+Housekeeping, for every kind alike:
+
+    n = await queue.reclaim_expired()                            # leases past their end back to 'ready'
+    n = await queue.replay(kind=None, ids=(), subject_prefix=None)  # dead letters back, attempts reset
+    rows = await queue.dead_letters(kind=None, limit=100)        # for the CLI, console and ops
+    depths = await queue.depths()                                # {(kind, state): count} of unfinished jobs
+
+What happens around a death or a replay besides the job row is the kind's (`JobKind.on_dead`, `on_replay`,
+registered by the module that owns the kind); a kind without hooks whose job names a report gets the report rule:
+a report whose pipeline stopped short becomes `failed`, and a replay restores the status it had.
+
+States: ready -> leased -> done | ready (retry) | dead; dead -> ready (replay).
+
+The SQL lives in `QueueSql`, written once in the SQL both SQLite and PostgreSQL accept except for the `?`
+placeholders (a PostgreSQL backend numbers them) and the lock clause of the lease.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from .backoff import backoff_delay
+from .faults import storage_reason
+from .records import Job, from_json, to_json
+
+log = logging.getLogger(__name__)
+
+
+class Tx(Protocol):
+    """What the queue needs of a write transaction (ingest.store.Tx is SQLite's)."""
+
+    _after_commit: list[Callable[[], None]]
+
+    @property
+    def in_transaction(self) -> bool: ...
+    async def execute(self, sql: str, params: Any = ()) -> Any: ...
+    async def fetchall(self, sql: str, params: Any = ()) -> list[Any]: ...
+    async def fetchone(self, sql: str, params: Any = ()) -> Any: ...
+    async def event(self, report_id: int | None, kind: str, actor: str, data: dict[str, Any] | None = None
+                    ) -> None: ...
+    def after_commit(self, fn: Callable[[], None]) -> None: ...
+
+
+class Database(Protocol):
+    """What the queue needs of the store: its clock, write transactions and reads (ingest.store.Store)."""
+
+    @property
+    def clock(self) -> Any: ...
+    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
+    async def fetchall(self, sql: str, params: Any = ()) -> list[Any]: ...
+
+
+Writes = Callable[[Any], Awaitable[None]]
+JobHook = Callable[[Any, Job, str], Awaitable[None]]  # (tx, job, error)
+
+# Report states from which a stage still has to move the report on: a dead job there leaves it `failed`.
+UNFINISHED_STATES = ("received", "routed", "review")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failing job of a kind is retried: full-jitter exponential backoff between `base` and `cap` seconds,
+    a peer's Retry-After as a floor; dead after `max_attempts` attempts (None: only the job's deadline ends it)."""
+
+    max_attempts: int | None = 5
+    base: float = 2.0
+    cap: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobKind:
+    """A kind of job: its payload record and what its death and replay mean beyond the job row.
+
+    `on_dead(tx, job, error)` runs in the transaction that dead-letters the job; `on_replay(tx, job, "")` in the
+    one that puts it back (e.g. re-enabling an endpoint, a fresh delivery deadline)."""
+
+    name: str
+    payload: type | None = None
+    on_dead: JobHook | None = None
+    on_replay: JobHook | None = None
+    replay_deadline: float | None = None  # seconds from the replay for jobs that carry a deadline
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def register_kind(kind: JobKind) -> JobKind:
+    """Declare a kind (at import of the module that owns it); registering the same name again replaces it."""
+    KINDS[kind.name] = kind
+    return kind
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    kind: str
+    report_id: int | None
+    subject: str | None
+    attempts: int
+    last_error: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the backends' SQL for the queue (placeholders are `?` here; see module docstring)."""
+
+    lock: str = ""  # PostgreSQL: " FOR UPDATE SKIP LOCKED"
+
+
+class QueueSql:
+    """Every statement the queue runs, in one place. Columns of `jobs`: id, stage (the kind), report_id, state,
+    attempts, available_at, lease_until, deadline_at, subject, last_error, payload, created_at, updated_at."""
+
+    COLUMNS = "id, stage, report_id, attempts, payload, deadline_at, subject"
+
+    def __init__(self, dialect: Dialect = Dialect()) -> None:
+        self.insert = ("INSERT INTO jobs(stage, report_id, available_at, deadline_at, subject, payload, created_at,"
+                       " updated_at) VALUES (?,?,?,?,?,?,?,?)")
+        self.lease = (
+            "UPDATE jobs SET state='leased', lease_until=?, attempts=attempts+1, updated_at=?"
+            " WHERE id IN (SELECT id FROM jobs WHERE stage=? AND state='ready' AND available_at<=?"
+            f" ORDER BY available_at, id LIMIT ?{dialect.lock}) RETURNING {self.COLUMNS}")
+        fence = " WHERE id=? AND state='leased' AND attempts=?"
+        self.finish = "UPDATE jobs SET state='done', lease_until=NULL, updated_at=?" + fence
+        self.retry = ("UPDATE jobs SET state='ready', available_at=?, last_error=?, lease_until=NULL, updated_at=?"
+                      + fence)
+        self.dead = "UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?" + fence
+        self.release = ("UPDATE jobs SET state='ready', lease_until=NULL,"
+                        " attempts=CASE WHEN attempts > 0 THEN attempts-1 ELSE 0 END"
+                        " WHERE state='leased' AND id IN ({ids})")
+        self.reclaim = ("UPDATE jobs SET state='ready', available_at=?, lease_until=NULL, updated_at=?,"
+                        " last_error=COALESCE(last_error, 'lease expired') WHERE state='leased' AND lease_until < ?"
+                        " RETURNING stage")
+        self.replay = (f"UPDATE jobs SET state='ready', attempts=0, available_at=?, updated_at=? WHERE state='dead'"
+                       "{where} RETURNING " + self.COLUMNS)
+        self.dead_letters = ("SELECT id, stage, report_id, subject, attempts, last_error, updated_at FROM jobs"
+                             " WHERE state='dead'{where} ORDER BY id DESC LIMIT ?")
+        self.depths = "SELECT stage, state, COUNT(*) AS n FROM jobs WHERE state!='done' GROUP BY stage, state"
+        self.set_deadline = "UPDATE jobs SET deadline_at=? WHERE id=?"
+
+
+def encode_payload(payload: Any) -> str:
+    """A payload record (or, for old callers, a plain dict) as the JSON stored in `jobs.payload`."""
+    if payload is None:
+        return "{}"
+    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+        return to_json(payload)
+    return json.dumps(payload, ensure_ascii=False)
+
+
+def decode_payload(kind: str, text: str | None) -> Any:
+    """The stored payload as the kind's record; a kind without a record type gets the JSON object."""
+    spec = KINDS.get(kind)
+    raw = json.loads(text or "{}")
+    if spec is None or spec.payload is None:
+        return raw
+    return from_json(spec.payload, raw)
+
+
+class SqliteQueue:
+    """The queue on the store's SQLite file (module docstring); one per Store."""
+
+    def __init__(self, store: Database, dialect: Dialect = Dialect()) -> None:
+        self.store = store
+        self.sql = QueueSql(dialect)
+        self._events: dict[str, asyncio.Event] = {}
+
+    # -- enqueue (in the caller's transaction) ------------------------------------------------------
+    async def enqueue(self, tx: Tx, kind: str, payload: Any = None, *, report_id: int | None = None,
+                      delay: float = 0.0, deadline: float | None = None, subject: str | None = None) -> int:
+        now = self.store.clock.now()
+        cur = await tx.execute(self.sql.insert, (kind, report_id, now + delay, deadline, subject,
+                                                 encode_payload(payload), now, now))
+        tx.after_commit(lambda: self.wake(kind))
+        return int(cur.lastrowid or 0)
+
+    # -- waking workers -----------------------------------------------------------------------------
+    def wake(self, kind: str) -> None:
+        self._events.setdefault(kind, asyncio.Event()).set()
+
+    def wake_all(self) -> None:
+        for kind in list(self._events):
+            self.wake(kind)
+
+    async def wait(self, kind: str, timeout: float) -> None:
+        event = self._events.setdefault(kind, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        event.clear()
+
+    # -- taking work --------------------------------------------------------------------------------
+    async def lease(self, kind: str, limit: int, lease_seconds: float) -> list[Job]:
+        now = self.store.clock.now()
+        async with self.store.transaction() as tx:
+            rows = await tx.fetchall(self.sql.lease, (now + lease_seconds, now, kind, now, limit))
+        jobs = [self._job(r) for r in rows]
+        jobs.sort(key=lambda j: j.id)
+        return jobs
+
+    @staticmethod
+    def _job(row: Any) -> Job:
+        return Job(id=row["id"], stage=row["stage"], report_id=row["report_id"], attempts=row["attempts"],
+                   payload=decode_payload(row["stage"], row["payload"]), deadline_at=row["deadline_at"],
+                   subject=row["subject"])
+
+    # -- ending an attempt (fenced) -----------------------------------------------------------------
+    async def finish(self, job: Job, writes: Writes | None = None) -> bool:
+        """Mark a leased job done and apply the caller's writes (the next stage's enqueue included) atomically.
+
+        Returns False, writing nothing, when the lease was lost (reclaimed after expiry and taken again)."""
+        async with self.store.transaction() as tx:
+            cur = await tx.execute(self.sql.finish, (self.store.clock.now(), job.id, job.attempts))
+            if cur.rowcount != 1:
+                return False
+            if writes is not None:
+                await writes(tx)
+        return True
+
+    async def finish_many(self, items: Sequence[tuple[Job, Writes | None]]) -> list[bool | Exception]:
+        """`finish` for several jobs in one transaction (one fsync), each job in a savepoint of its own: per job,
+        True when applied, False when its lease was lost, or the exception its writes raised (that job's writes
+        are undone, the others' kept). A failure of the transaction itself raises, with nothing applied."""
+        outcomes: list[bool | Exception] = []
+        async with self.store.transaction() as tx:
+            for job, writes in items:
+                hooks = len(tx._after_commit)
+                await tx.execute("SAVEPOINT job")
+                try:
+                    cur = await tx.execute(self.sql.finish, (self.store.clock.now(), job.id, job.attempts))
+                    applied = cur.rowcount == 1
+                    if applied and writes is not None:
+                        await writes(tx)
+                except Exception as exc:
+                    if isinstance(exc, sqlite3.Error) and (storage_reason(exc) is not None or not tx.in_transaction):
+                        raise  # a storage fault, or SQLite rolled the whole transaction back: nothing to keep
+                    await _undo_savepoint(tx, hooks)
+                    outcomes.append(exc)
+                    continue
+                if not applied:
+                    await _undo_savepoint(tx, hooks)
+                else:
+                    await tx.execute("RELEASE job")
+                outcomes.append(applied)
+        return outcomes
+
+    def retry_delay(self, job: Job, policy: RetryPolicy, retry_after: float | None = None) -> float:
+        return backoff_delay(job.attempts, base=policy.base, cap=policy.cap, retry_after=retry_after)
+
+    async def retry_or_dead(self, job: Job, error: str, policy: RetryPolicy, *, retry_after: float | None = None,
+                            permanent: bool = False, writes: Writes | None = None) -> str:
+        """Retry the job after the policy's backoff (Retry-After a floor, never past its deadline), or dead-letter
+        it when the failure is permanent, its attempts are spent or its deadline passed. Returns "retry", "dead"
+        or "lost" (the lease was lost: nothing written, `writes` not applied)."""
+        now = self.store.clock.now()
+        dead = permanent or (policy.max_attempts is not None and job.attempts >= policy.max_attempts)
+        delay = self.retry_delay(job, policy, retry_after)
+        if job.deadline_at is not None:
+            if now >= job.deadline_at:
+                dead = True
+                error = f"deadline passed; last error: {error}"
+            delay = min(delay, job.deadline_at - now)
+        applied = await self.fail(job, error, retry_in=delay, dead=dead, writes=writes)
+        return "lost" if not applied else "dead" if dead else "retry"
+
+    async def fail(self, job: Job, error: str, *, retry_in: float, dead: bool, writes: Writes | None = None) -> bool:
+        """Record a failed attempt: back to 'ready' in `retry_in` seconds, or dead-lettered (the kind's on_dead
+        hook, else the report rule, in the same transaction). False when the lease was lost."""
+        now = self.store.clock.now()
+        async with self.store.transaction() as tx:
+            if dead:
+                cur = await tx.execute(self.sql.dead, (error, now, job.id, job.attempts))
+            else:
+                cur = await tx.execute(self.sql.retry, (now + retry_in, error, now, job.id, job.attempts))
+            if cur.rowcount != 1:  # lease lost: another worker owns the job now
+                return False
+            if dead:
+                spec = KINDS.get(job.stage)
+                if spec is not None and spec.on_dead is not None:
+                    await spec.on_dead(tx, job, error)
+                elif job.report_id is not None:
+                    await _report_dead(tx, job, error, now)
+            if writes is not None:
+                await writes(tx)
+        return True
+
+    async def release(self, jobs: Iterable[Job]) -> None:
+        """Give leases back on shutdown, without counting the attempt."""
+        ids = [j.id for j in jobs]
+        if not ids:
+            return
+        async with self.store.transaction() as tx:
+            await tx.execute(self.sql.release.format(ids=",".join("?" * len(ids))), ids)
+
+    # -- housekeeping -------------------------------------------------------------------------------
+    async def reclaim_expired(self) -> int:
+        now = self.store.clock.now()
+        async with self.store.transaction() as tx:
+            rows = await tx.fetchall(self.sql.reclaim, (now, now, now))
+        if rows:
+            log.warning("reclaimed %d expired leases", len(rows))
+            for kind in {r["stage"] for r in rows} | set(self._events):
+                self.wake(kind)
+        return len(rows)
+
+    async def replay(self, kind: str | None = None, ids: Sequence[int] = (), subject_prefix: str | None = None
+                     ) -> int:
+        """Put dead letters back ('ready', attempts 0), each kind's on_replay hook in the same transaction."""
+        now = self.store.clock.now()
+        where, params = _filters(kind, ids, subject_prefix)
+        async with self.store.transaction() as tx:
+            rows = await tx.fetchall(self.sql.replay.format(where=where), [now, now, *params])
+            jobs = [self._job(r) for r in rows]
+            for job in sorted(jobs, key=lambda j: j.id):
+                spec = KINDS.get(job.stage)
+                if spec is not None and spec.replay_deadline is not None and job.deadline_at is not None:
+                    await tx.execute(self.sql.set_deadline, (now + spec.replay_deadline, job.id))
+                if spec is not None and spec.on_replay is not None:
+                    await spec.on_replay(tx, job, "")
+                elif job.report_id is not None:
+                    await _report_replayed(tx, job, now)
+            for name in {j.stage for j in jobs}:
+                tx.after_commit(lambda name=name: self.wake(name))
+        return len(rows)
+
+    async def dead_letters(self, kind: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        where, params = _filters(kind, (), None)
+        rows = await self.store.fetchall(self.sql.dead_letters.format(where=where), [*params, limit])
+        return [DeadLetter(id=r["id"], kind=r["stage"], report_id=r["report_id"], subject=r["subject"],
+                           attempts=r["attempts"], last_error=r["last_error"], updated_at=r["updated_at"])
+                for r in rows]
+
+    async def depths(self) -> dict[tuple[str, str], int]:
+        rows = await self.store.fetchall(self.sql.depths)
+        return {(r["stage"], r["state"]): r["n"] for r in rows}
+
+
+def _filters(kind: str | None, ids: Sequence[int], subject_prefix: str | None) -> tuple[str, list[Any]]:
+    where, params = "", []  # type: tuple[str, list[Any]]
+    if kind:
+        where += " AND stage=?"
+        params.append(kind)
+    if ids:
+        where += f" AND id IN ({','.join('?' * len(ids))})"
+        params.extend(ids)
+    if subject_prefix:
+        # A prefix match without LIKE's wildcards: `subject` values contain `_` and `%` freely.
+        where += " AND substr(subject, 1, ?)=?"
+        params.extend([len(subject_prefix), subject_prefix])
+    return where, params
+
+
+async def _undo_savepoint(tx: Tx, hooks: int) -> None:
+    await tx.execute("ROLLBACK TO job")
+    await tx.execute("RELEASE job")
+    del tx._after_commit[hooks:]  # the undone job's wake-ups and cache updates must not run
+
+
+async def _report_dead(tx: Tx, job: Job, error: str, now: float) -> None:
+    """Only a report whose pipeline stopped short is `failed`; a dead side job (a reporter message, a late media
+    fetch) must not hide that the report itself was dispatched."""
+    row = await tx.fetchone("SELECT status FROM reports WHERE id=?", (job.report_id,))
+    previous = row["status"] if row else None
+    if previous in UNFINISHED_STATES:
+        await tx.execute("UPDATE reports SET status='failed', updated_at=? WHERE id=?", (now, job.report_id))
+    await tx.event(job.report_id, "dead_letter", "system",
+                   {"stage": job.stage, "error": error, "previous_status": previous})
+
+
+async def _report_replayed(tx: Tx, job: Job, now: float) -> None:
+    """A replayed job's report gets back the status it had before it failed."""
+    last = await tx.fetchone("SELECT data FROM events WHERE report_id=? AND kind='dead_letter'"
+                             " ORDER BY id DESC LIMIT 1", (job.report_id,))
+    previous = json.loads(last["data"]).get("previous_status") if last else None
+    previous = previous if previous in UNFINISHED_STATES else "received"
+    await tx.execute("UPDATE reports SET status=?, updated_at=? WHERE id=? AND status='failed'",
+                     (previous, now, job.report_id))
+    await tx.event(job.report_id, "replayed", "operator", {})

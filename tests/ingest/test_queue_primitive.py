@@ -1,0 +1,148 @@
+"""The queue primitive for every kind (ingest/queue.py): jobs without a report, deadlines, Retry-After, fencing,
+kind hooks on death and replay, subject filters, and the migration of a store written before it."""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ingest.clock import FakeClock
+from ingest.migrations import INGEST
+from ingest.queue import JobKind, RetryPolicy, register_kind, KINDS
+from ingest.records import Job
+from ingest.store import Store, Tx, _split_sql
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    chat: str
+    text: str
+
+
+@pytest.fixture
+def ping_kind():
+    seen: list[tuple[str, int]] = []
+
+    async def on_dead(tx: Tx, job: Job, error: str) -> None:
+        seen.append(("dead", job.id))
+        await tx.event(None, "ping_dead", "system", {"error": error})
+
+    async def on_replay(tx: Tx, job: Job, _: str) -> None:
+        seen.append(("replay", job.id))
+
+    register_kind(JobKind("test.ping", Ping, on_dead=on_dead, on_replay=on_replay, replay_deadline=100.0))
+    yield seen
+    KINDS.pop("test.ping", None)
+
+
+async def _enqueue(store: Store, **kw) -> int:
+    async with store.transaction() as tx:
+        return await store.queue.enqueue(tx, "test.ping", Ping(chat="42", text="xin chào"), **kw)
+
+
+async def test_a_job_without_report_carries_its_typed_payload(clocked_store: Store, ping_kind) -> None:
+    job_id = await _enqueue(clocked_store, subject="bot/42")
+    (job,) = await clocked_store.queue.lease("test.ping", 5, 30)
+    assert job.id == job_id and job.report_id is None and job.subject == "bot/42"
+    assert job.payload == Ping(chat="42", text="xin chào")
+    assert await clocked_store.queue.finish(job)
+    assert await clocked_store.queue.lease("test.ping", 5, 30) == []
+
+
+async def test_retry_after_is_a_floor_and_attempts_run_out(clocked_store: Store, clock: FakeClock,
+                                                           ping_kind) -> None:
+    await _enqueue(clocked_store)
+    policy = RetryPolicy(max_attempts=2, base=1.0, cap=2.0)
+    (job,) = await clocked_store.queue.lease("test.ping", 1, 30)
+    assert await clocked_store.queue.retry_or_dead(job, "HTTP 429", policy, retry_after=120.0) == "retry"
+    clock.advance(119)
+    assert await clocked_store.queue.lease("test.ping", 1, 30) == []  # the cap (2 s) does not beat Retry-After
+    clock.advance(1)
+    (again,) = await clocked_store.queue.lease("test.ping", 1, 30)
+    assert again.attempts == 2
+    assert await clocked_store.queue.retry_or_dead(again, "HTTP 503", policy) == "dead"
+    assert ping_kind == [("dead", again.id)]
+    (letter,) = await clocked_store.queue.dead_letters("test.ping")
+    assert letter.id == again.id and letter.last_error == "HTTP 503" and letter.attempts == 2
+
+
+async def test_a_deadline_ends_retries_and_replay_gives_a_fresh_one(clocked_store: Store, clock: FakeClock,
+                                                                    ping_kind) -> None:
+    job_id = await _enqueue(clocked_store, deadline=clock.now() + 50)
+    policy = RetryPolicy(max_attempts=None, base=1000.0, cap=1000.0)
+    (job,) = await clocked_store.queue.lease("test.ping", 1, 30)
+    assert await clocked_store.queue.retry_or_dead(job, "timeout", policy) == "retry"
+    row = await clocked_store.fetchone("SELECT available_at, deadline_at FROM jobs WHERE id=?", (job_id,))
+    assert row["available_at"] <= row["deadline_at"]  # never retried later than the deadline
+    clock.advance(50)
+    (job,) = await clocked_store.queue.lease("test.ping", 1, 30)
+    assert await clocked_store.queue.retry_or_dead(job, "timeout", policy) == "dead"
+    assert "deadline passed" in (await clocked_store.queue.dead_letters())[0].last_error
+    assert await clocked_store.queue.replay("test.ping") == 1
+    assert ping_kind == [("dead", job_id), ("replay", job_id)]
+    (back,) = await clocked_store.queue.lease("test.ping", 1, 30)
+    assert back.attempts == 1 and back.deadline_at == clock.now() + 100.0
+
+
+async def test_a_late_worker_changes_nothing(clocked_store: Store, clock: FakeClock, ping_kind) -> None:
+    await _enqueue(clocked_store)
+    (first,) = await clocked_store.queue.lease("test.ping", 1, 10)
+    clock.advance(11)
+    assert await clocked_store.queue.reclaim_expired() == 1
+    (second,) = await clocked_store.queue.lease("test.ping", 1, 10)
+    policy = RetryPolicy(max_attempts=1)
+    assert await clocked_store.queue.retry_or_dead(first, "late", policy, permanent=True) == "lost"
+    assert not await clocked_store.queue.finish(first)
+    assert ping_kind == []
+    assert await clocked_store.queue.finish(second)
+
+
+async def test_replay_by_subject_prefix_takes_only_that_endpoint(clocked_store: Store, ping_kind) -> None:
+    for subject in ("so-gtvt/hook", "so-gtvt/mail", "cay-xanh/hook", "so-gtvt_x/hook"):
+        await _enqueue(clocked_store, subject=subject)
+    for job in await clocked_store.queue.lease("test.ping", 10, 30):
+        await clocked_store.queue.fail(job, "410 Gone", retry_in=0, dead=True)
+    assert await clocked_store.queue.replay(subject_prefix="so-gtvt/") == 2
+    left = {d.subject for d in await clocked_store.queue.dead_letters()}
+    assert left == {"cay-xanh/hook", "so-gtvt_x/hook"}
+
+
+async def test_a_store_written_before_the_one_queue_migrates_with_its_jobs(tmp_path: Path) -> None:
+    # The schema as the previous daemon left it: ingest migrations 1-3, a job leased, one dead, one ready.
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations(component TEXT NOT NULL, version INTEGER NOT NULL,"
+                 " applied_at REAL NOT NULL, PRIMARY KEY(component, version))")
+    for version, sql in sorted(INGEST):
+        if version > 3:
+            break
+        for statement in _split_sql(sql):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES ('ingest', ?, 0)", (version,))
+    conn.execute("INSERT INTO reports(id, channel, channel_instance, idem_key, received_at, stored_at, raw, raw_type,"
+                 " record, status, updated_at) VALUES (7, 'app', 'app', 'k', 0, 0, x'00', 'text/plain', '{}',"
+                 " 'routed', 0)")
+    conn.executemany("INSERT INTO jobs(id, stage, report_id, state, attempts, available_at, lease_until, last_error,"
+                     " payload, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,0,0)",
+                     [(1, "classify", 7, "done", 1, 0, None, None, "{}"),
+                      (2, "dedupe", 7, "dead", 5, 0, None, "boom", '{"after_review": true}'),
+                      (3, "notify", 7, "leased", 1, 0, 5.0, None, '{"template": "ack"}')])
+    conn.commit()
+    conn.close()
+    store = await Store.open(path, tmp_path / "blobs", clock=FakeClock(100.0))
+    try:
+        rows = [dict(r) for r in await store.fetchall("SELECT id, stage, report_id, state, attempts, last_error,"
+                                                       " payload, deadline_at, subject FROM jobs ORDER BY id")]
+        assert [(r["id"], r["stage"], r["state"], r["attempts"]) for r in rows] == [
+            (1, "classify", "done", 1), (2, "dedupe", "dead", 5), (3, "notify", "leased", 1)]
+        assert rows[1]["last_error"] == "boom" and all(r["deadline_at"] is None for r in rows)
+        assert await store.queue.reclaim_expired() == 1  # the old lease expired at t=5
+        (notify,) = await store.queue.lease("notify", 5, 30)
+        assert notify.report_id == 7 and notify.attempts == 2
+        assert await store.queue.replay("dedupe") == 1
+        (dedupe,) = await store.queue.lease("dedupe", 5, 30)
+        assert dedupe.id == 2
+    finally:
+        await store.close()
