@@ -103,6 +103,7 @@ class Component:
 COMPONENTS: tuple[Component, ...] = (
     Component("channels", "intake", builder="channels.registry:build_channels"),
     Component("channels.telegram", "intake", migrations="channels.telegram"),
+    Component("channels.messenger", "intake", migrations="channels.messenger"),
     Component("classifier", "stage", "classifier.schema", "classifier.service:build", (
         Command("review", "classifier.review", "the review queue of reports the classifier was not sure of"),)),
     Component("dedupe", "stage", "dedupe.schema", "dedupe.service:build", (

@@ -4,12 +4,18 @@ A POST is answered 200 only after every message of its batch is committed; its s
 raw bytes before anything is parsed. Media are fetched before the commit within a time budget (Messenger wants
 its answer fast); media that miss the budget become a durable `messenger_media:<name>` job, so the text is
 never held back and no media is forgotten.
+
+A report placed nowhere (Art. 6; channels/place_question.py decides, as for Telegram) is stored as any other,
+but its classification waits `place_wait_seconds` while a durable `messenger_ask:<name>` job asks the reporter
+where. The sender's next message within the wait is the answer: it fills the report's place (its raw kept on
+the report's timeline) and the classification runs at once. Without an answer the report is classified as it
+is when the wait ends, and goes to the operator unit as before.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -19,7 +25,7 @@ from config.channels import ChannelEntry, MessengerOptions
 from ingest.app import AppContext, Service, register_instance_reply
 from ingest.clock import parse_iso
 from ingest.errors import AuthError, PermanentError, TransientError
-from ingest.records import Attachment, InboundMessage, Job
+from ingest.records import Attachment, InboundMessage, Job, from_json, to_json
 from ingest.store import Store, StoredReport, SubmitResult, Tx
 from ingest.worker import StageWorker, WorkerSettings, Writes
 
@@ -35,6 +41,7 @@ from .messenger_parse import (
     verification_challenge,
     verify_signature,
 )
+from .place_question import ASK_PLACE, SHARED_KEY as PLACE_FOUND, place_missing, read_answer, with_place
 
 log = logging.getLogger(__name__)
 PREFIX = "/webhooks/messenger"
@@ -42,6 +49,29 @@ RAW_TYPE = "application/vnd.messenger-event+json"
 # Messenger's standard messaging window, with a margin for clock skew and queueing.
 REPLY_WINDOW_SECONDS = 23.5 * 3600
 QUARANTINE_PREFIX = 64 * 1024
+
+COMPONENT = "channels.messenger"
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        -- A stored report whose classification waits for the reporter to say where (state open), then
+        -- answered (answer_mid: the message that answered, so its redelivery changes nothing) or unsent.
+        CREATE TABLE messenger_place_questions (
+            report_id INTEGER PRIMARY KEY,
+            instance TEXT NOT NULL,
+            psid TEXT NOT NULL,
+            asked_at REAL NOT NULL,
+            until REAL NOT NULL,
+            state TEXT NOT NULL,
+            answer_mid TEXT
+        );
+        CREATE INDEX messenger_place_open ON messenger_place_questions(instance, psid) WHERE state = 'open';
+        CREATE UNIQUE INDEX messenger_place_answer ON messenger_place_questions(answer_mid)
+            WHERE answer_mid IS NOT NULL
+        """,
+    ),
+]
 
 
 class BodyTooLarge(Exception):
@@ -85,6 +115,8 @@ class MessengerChannel:
         self.options = options
         self.store: Store = ctx.store
         self.media_stage = f"messenger_media:{entry.name}"
+        self.ask_stage = f"messenger_ask:{entry.name}"
+        self._lock = asyncio.Lock()  # one batch at a time: an answer is matched to its open question once
         self._app_secret = options.app_secret.get_secret_value().encode()
         self._session: aiohttp.ClientSession | None = None
         self.accepting = True
@@ -159,23 +191,102 @@ class MessengerChannel:
         return web.Response(text="EVENT_RECEIVED")
 
     async def ingest(self, events: list[MessengerEvent]) -> None:
-        """Fetch what media fit in the budget, commit every event, queue the media that did not fit."""
-        fetched, late = await self._fetch_within_budget(events)
-        now = self.ctx.clock.now()
-        items: list[tuple[InboundMessage, bytes, str]] = []
+        """Fetch what media fit in the budget, commit every event, queue the media that did not fit; a
+        report placed nowhere waits for the answer to the place question, and an answer fills its report."""
+        async with self._lock:
+            fetched, late = await self._fetch_within_budget(events)
+            now = self.ctx.clock.now()
+            answers, reports, asking = await self._sort_answers(events, now)
+            found = self.ctx.shared.get(PLACE_FOUND) if self.options.ask_place else None
+            # Asked only where the classifier's place finder runs: it is the one that would send the report
+            # to the operator unit. One open question per reporter.
+            ask = {e.mid for e in reports
+                   if found is not None and e.sender_id not in asking
+                   and place_missing(e.text, lat=e.lat, lon=e.lon, found=found)}
+            items: list[tuple[InboundMessage, bytes, str]] = []
+            for event in reports:
+                attachments = tuple(fetched.get(event.mid, ()))
+                items.append((to_inbound(event, instance=self.instance, now=now, attachments=attachments),
+                              event.raw, RAW_TYPE))
+
+            async def then(tx: Tx, results: list[SubmitResult]) -> None:
+                # In the reports' own transaction: a crash cannot keep a report and forget the media still to
+                # fetch, its question, or an answer.
+                for event, result in zip(reports, results):
+                    if result.created and late.get(event.mid):
+                        await self._queue_media(tx, result.report_id, late[event.mid])
+                asked: set[str] = set()
+                for event, result in zip(reports, results):
+                    if result.created and event.mid in ask and event.sender_id not in asked:
+                        asked.add(event.sender_id)
+                        await self._hold_for_place(tx, result.report_id, event.sender_id, now)
+                for event, report_id in answers:
+                    await self._apply_answer(tx, report_id, event, tuple(fetched.get(event.mid, ())), now)
+                    if late.get(event.mid):
+                        await self._queue_media(tx, report_id, late[event.mid])
+
+            await self.store.submit_batch(items, then=then)
+
+    async def _queue_media(self, tx: Tx, report_id: int, refs: list[MediaRef]) -> None:
+        await tx.enqueue(self.media_stage, report_id, {"media": [{"kind": r.kind, "url": r.url} for r in refs]})
+
+    async def _sort_answers(self, events: list[MessengerEvent], now: float
+                            ) -> tuple[list[tuple[MessengerEvent, int]], list[MessengerEvent], set[str]]:
+        """Which events answer an open place question (sender's first message with words or a location after
+        it was asked), which are reports; and the senders with a question still open after this batch."""
+        senders = sorted({e.sender_id for e in events})
+        mids = sorted({e.mid for e in events})
+        if not senders:
+            return [], [], set()
+        open_rows = await self.store.fetchall(
+            f"SELECT report_id, psid FROM messenger_place_questions WHERE instance=? AND state='open' AND until>?"
+            f" AND psid IN ({','.join('?' * len(senders))})", [self.instance, now, *senders])
+        pending = {r["psid"]: r["report_id"] for r in open_rows}
+        answered = {r["answer_mid"] for r in await self.store.fetchall(
+            f"SELECT answer_mid FROM messenger_place_questions WHERE answer_mid IN ({','.join('?' * len(mids))})",
+            mids)}
+        stored = await self._known_mids(set(mids))
+        answers: list[tuple[MessengerEvent, int]] = []
+        reports: list[MessengerEvent] = []
         for event in events:
-            attachments = tuple(fetched.get(event.mid, ()))
-            items.append((to_inbound(event, instance=self.instance, now=now, attachments=attachments),
-                          event.raw, RAW_TYPE))
+            if event.mid in answered:
+                continue  # a redelivered answer: already on its report
+            if (event.mid not in stored and event.sender_id in pending
+                    and (event.text.strip() or event.lat is not None)):
+                answers.append((event, pending.pop(event.sender_id)))
+                answered.add(event.mid)
+            else:
+                reports.append(event)
+        return answers, reports, set(pending)
 
-        async def queue_late_media(tx: Tx, results: list[SubmitResult]) -> None:
-            # In the reports' own transaction: a crash cannot keep a report and forget the media still to fetch.
-            for event, result in zip(events, results):
-                if result.created and late.get(event.mid):
-                    await tx.enqueue(self.media_stage, result.report_id,
-                                     {"media": [{"kind": r.kind, "url": r.url} for r in late[event.mid]]})
+    async def _hold_for_place(self, tx: Tx, report_id: int, psid: str, now: float) -> None:
+        until = now + self.options.place_wait_seconds
+        await tx.execute("UPDATE jobs SET available_at=? WHERE stage='classify' AND report_id=? AND state='ready'",
+                         (until, report_id))
+        await tx.execute("INSERT INTO messenger_place_questions(report_id, instance, psid, asked_at, until, state)"
+                         " VALUES (?,?,?,?,?,'open')", (report_id, self.instance, psid, now, until))
+        await tx.enqueue(self.ask_stage, report_id)
 
-        await self.store.submit_batch(items, then=queue_late_media)
+    async def _apply_answer(self, tx: Tx, report_id: int, event: MessengerEvent,
+                            attachments: tuple[Attachment, ...], now: float) -> None:
+        await tx.execute("UPDATE messenger_place_questions SET state='answered', answer_mid=? WHERE report_id=?",
+                         (event.mid, report_id))
+        answer = read_answer(event.text, event.lat, event.lon)
+        await tx.event(report_id, "place_answer", "reporter",
+                       {"mid": event.mid, "skipped": answer.skipped, "raw": event.raw.decode("utf-8", "replace")})
+        row = await tx.fetchone("SELECT record FROM reports WHERE id=? AND status='received'", (report_id,))
+        if row is None:  # classified meanwhile (the wait ended): the answer stays on the timeline for operators
+            return
+        message = from_json(InboundMessage, row["record"])
+        message = replace(message, attachments=message.attachments + attachments)
+        if not answer.skipped:
+            message = replace(message, text=with_place(message.text, answer.address))
+            if message.lat is None and answer.lat is not None:
+                message = replace(message, lat=answer.lat, lon=answer.lon)
+        await tx.execute("UPDATE reports SET record=?, updated_at=? WHERE id=?", (to_json(message), now, report_id))
+        # Due now: the classify worker finds it at its next look (it polls the queue about every second).
+        await tx.execute("UPDATE jobs SET available_at=? WHERE stage='classify' AND report_id=? AND state='ready'",
+                         (now, report_id))
 
     async def _fetch_within_budget(
         self, events: list[MessengerEvent]
@@ -238,6 +349,35 @@ class MessengerChannel:
                                "messenger", data)
         return writes
 
+    # -- place question job ------------------------------------------------------------------------
+    async def handle_ask_job(self, job: Job, report: StoredReport) -> Writes | None:
+        """Send the place question; if it cannot be sent, the report is classified now, as it is."""
+        row = await self.store.fetchone("SELECT state FROM messenger_place_questions WHERE report_id=?",
+                                        (report.id,))
+        if row is None or row["state"] != "open":
+            return None  # answered (or given up) before the question went out
+        try:
+            await self._send(send_api_body(report.message.reporter.reply_to or "", ASK_PLACE, within_window=True,
+                                           tag=self.options.late_reply_tag))
+        except (PermanentError, AuthError, TransientError) as exc:
+            if isinstance(exc, TransientError) and job.attempts < self.ctx.settings.queue.max_attempts:
+                raise  # retried with backoff, the report still waiting
+            log.info("messenger %s: place question not sent: %s", self.instance, exc)
+            error = str(exc)[:200]
+
+            async def give_up(tx: Tx) -> None:
+                now = self.ctx.clock.now()
+                await tx.execute("UPDATE messenger_place_questions SET state='unsent' WHERE report_id=?"
+                                 " AND state='open'", (report.id,))
+                await tx.execute("UPDATE jobs SET available_at=? WHERE stage='classify' AND report_id=?"
+                                 " AND state='ready'", (now, report.id))
+                await tx.event(report.id, "place_question_unsent", "messenger", {"error": error})
+            return give_up
+
+        async def asked(tx: Tx) -> None:
+            await tx.event(report.id, "place_asked", "messenger", {})
+        return asked
+
     # -- replies -----------------------------------------------------------------------------------
     async def send_reply(self, report: StoredReport, text: str) -> None:
         psid = report.message.reporter.reply_to
@@ -283,7 +423,7 @@ def _retry_after(value: str | None) -> float | None:
 
 
 @dataclass
-class _MediaWorkerService:
+class _WorkerService:
     name: str
     worker: StageWorker
 
@@ -301,4 +441,7 @@ def build(ctx: AppContext, entry: ChannelEntry, options: MessengerOptions) -> li
     q = ctx.settings.queue
     worker = StageWorker(ctx.store, channel.media_stage, channel.handle_media_job,
                          WorkerSettings(batch=4, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts))
-    return [channel, _MediaWorkerService(name=f"{channel.name}:media", worker=worker)]
+    asker = StageWorker(ctx.store, channel.ask_stage, channel.handle_ask_job,
+                        WorkerSettings(batch=4, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts))
+    return [channel, _WorkerService(name=f"{channel.name}:media", worker=worker),
+            _WorkerService(name=f"{channel.name}:ask", worker=asker)]

@@ -8,8 +8,6 @@ decides.
 """
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -17,8 +15,8 @@ from typing import Any
 from ingest.clock import iso
 from ingest.contacts import find_phones
 from ingest.records import Attachment, InboundMessage, Reporter
-from ingest.text import fold
 
+from .place_question import PlaceFinder, is_skip, place_missing, with_place
 from .telegram_parse import TelegramInput
 
 GREETING = ("Xin chào! Đây là kênh tiếp nhận phản ánh của Cổng 1022 TP.HCM. "
@@ -35,19 +33,6 @@ ASK_UNIT = ("Địa chỉ này nay thuộc một trong các phường/xã: {unit
 PHOTO_TOO_LARGE = "Ảnh quá lớn nên không nhận được; bạn có thể gửi ảnh nhỏ hơn."
 CONFIRM = ("Đã tiếp nhận phản ánh của bạn. Cổng 1022 sẽ chuyển đến cơ quan có thẩm quyền "
            "và báo kết quả qua Telegram.")
-
-SKIP_WORDS = {"bo qua", "/skip", "skip", "khong", "ko", "khong biet", "khong ro"}
-# Words that name a place in a Vietnamese address; folded (no diacritics).
-# Words that name a place on their own (folded, no diacritics).
-PLACE_WORDS = re.compile(
-    r"\b(khu pho|kp|chung cu|nga tu|nga ba|nga nam|vong xoay|cong vien|benh vien|so nha|thu duc|binh thanh|"
-    r"go vap|tan binh|phu nhuan|binh tan|tan phu|nha be|cu chi|hoc mon|binh chanh|can gio)\b")
-# Words that name a place only when a proper name or a number follows: "đường Lê Lợi", "quận 7", "chợ Bến
-# Thành" — but not "lề đường ban đêm", "quán ăn", "cho", "xả rác".
-NAMED_PLACE_WORDS = re.compile(r"\b(duong|pho|phuong|quan|huyen|hem|ngo|kiet|cho|cau|truong|xa|ap|thon)\b")
-HOUSE_NUMBER = re.compile(r"\b\d+[a-z]?(?:/\d+[a-z]?)+\b|\bso \d+[a-z]?\b")
-SHORT_UNIT = re.compile(r"\b(?:p|q)\.?\s?\d{1,2}\b")
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Draft:
@@ -84,23 +69,9 @@ class Outcome:
         return self.draft is not None and self.draft.state == "complete"
 
 
-def has_place(text: str) -> bool:
-    """Whether the text already says where: an address, a named street / ward / district, a landmark."""
-    text = unicodedata.normalize("NFC", text)
-    folded = fold(text)
-    if PLACE_WORDS.search(folded) or HOUSE_NUMBER.search(folded) or SHORT_UNIT.search(folded):
-        return True
-    if len(folded) != len(text):  # folding kept positions for Vietnamese; anything else: no guessing
-        return False
-    for match in NAMED_PLACE_WORDS.finditer(folded):
-        rest = text[match.end():].lstrip(" :,.")
-        if rest and (rest[0].isupper() or rest[0].isdigit()):
-            return True
-    return False
-
-
-def is_skip(text: str) -> bool:
-    return fold(text).strip(" .!") in SKIP_WORDS
+def has_place(text: str, found: PlaceFinder | None = None) -> bool:
+    """Whether the text already says where (channels/place_question.py decides, for every chat channel)."""
+    return not place_missing(text, found=found)
 
 
 # Given the report's words and GPS, the names of the 2025 units it could be in when they are several, else ().
@@ -108,11 +79,12 @@ def is_skip(text: str) -> bool:
 UnitCandidates = Callable[[str, float | None, float | None], tuple[str, ...]]
 
 
-def missing(d: Draft, unit_candidates: UnitCandidates | None = None) -> str | None:
+def missing(d: Draft, unit_candidates: UnitCandidates | None = None,
+            place_found: PlaceFinder | None = None) -> str | None:
     """The first thing the report still lacks, in the order we ask for it."""
     if not d.text and "text" not in d.skipped:
         return "text"
-    if d.lat is None and not d.address and not has_place(d.text) and "place" not in d.skipped:
+    if "place" not in d.skipped and place_missing(d.text, lat=d.lat, lon=d.lon, address=d.address, found=place_found):
         return "place"
     if (unit_candidates is not None and "unit" not in d.skipped
             and unit_candidates(_join(d.text, d.address or ""), d.lat, d.lon)):
@@ -128,7 +100,7 @@ def _join(a: str, b: str) -> str:
 
 def step(draft: Draft | None, inp: TelegramInput, raw_update: dict[str, Any], *, now: float,
          photo: Attachment | None = None, dialogue: bool = True,
-         unit_candidates: UnitCandidates | None = None) -> Outcome:
+         unit_candidates: UnitCandidates | None = None, place_found: PlaceFinder | None = None) -> Outcome:
     """Apply one incoming message to the chat's draft; returns the new draft and what to answer."""
     if inp.command == "/start" and draft is None and not inp.text.removeprefix("/start").strip():
         return Outcome(draft=None, replies=(Reply(chat_id=inp.chat_id, text=GREETING),))
@@ -171,7 +143,7 @@ def step(draft: Draft | None, inp: TelegramInput, raw_update: dict[str, Any], *,
             d = replace(d, text=_join(d.text, text))
             if not d.phone and find_phones(text):
                 d = replace(d, phone=find_phones(text)[0])
-    need = missing(d, unit_candidates) if dialogue else None
+    need = missing(d, unit_candidates, place_found) if dialogue else None
     if need is None:
         d = replace(d, state="complete")
         replies.append(Reply(chat_id=d.chat_id, text=CONFIRM, keyboard="remove"))
@@ -201,9 +173,7 @@ def expire(d: Draft) -> Outcome:
 
 
 def to_inbound(d: Draft, *, bot_id: str, instance: str) -> InboundMessage:
-    text = d.text
-    if d.address:
-        text = _join(text, f"Địa điểm: {d.address}")
+    text = with_place(d.text, d.address)
     return InboundMessage(
         channel="telegram",
         channel_instance=instance,

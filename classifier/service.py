@@ -208,6 +208,8 @@ def build(ctx: AppContext) -> list[Service]:
         if previous is not None and previous.embedder is embedder:
             router.model, router.model_version = previous.model, previous.model_version
         ctx.shared["classifier.router"] = router
+    # Chat channels ask for the place when the words and GPS give none (channels/place_question.py).
+    ctx.shared["place.found"] = router.place_found
     if ctx.directory.structure == "2025":
         # Chat channels ask which ward/commune when the words name several (channels/telegram_dialogue.py).
         ctx.shared["place.unit_candidates"] = router.unit_candidates

@@ -255,6 +255,12 @@ class Router:
         return self.with_unit(reporter_address if place.source == "reporter_address" and reporter_address else text,
                               place)
 
+    def place_found(self, text: str, lat: float | None, lon: float | None) -> bool:
+        """Whether the words or the GPS fix place a report in a district (or a 2025 unit): when not, a chat
+        channel asks the reporter before the report would go to the operator unit (channels/place_question.py)."""
+        place = self.place(text, lat, lon)
+        return place.district is not None or place.unit is not None
+
     def unit_candidates(self, text: str, lat: float | None, lon: float | None) -> tuple[str, ...]:
         """The names of the 2025 units a text could be in when its words do not decide one (for the chat bot's
         question): "Phường Bình Tiên (Quận 6 cũ)", ...; () when one unit or none is found, or on the 2023 map."""

@@ -52,6 +52,10 @@ class MessengerOptions(ChannelOptions):
     send_timeout_seconds: float = Field(10.0, gt=0)
     # Replies later than Messenger's 24 h window need a message tag.
     late_reply_tag: str = "ACCOUNT_UPDATE"
+    # A report placed nowhere (no place in its words, no location shared) is held while the page asks where;
+    # the answer fills the place, and without one the report is classified as it is when the wait ends.
+    ask_place: bool = True
+    place_wait_seconds: float = Field(1800.0, gt=0)
 
 
 class TelegramOptions(ChannelOptions):

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,7 +18,7 @@ from config.channels import ChannelEntry, MessengerOptions
 from config.directory import load_directory
 from config.schema import Settings
 from ingest.app import AppContext
-from ingest.clock import Clock, iso
+from ingest.clock import Clock, FakeClock, iso
 from ingest.errors import AuthError, PermanentError, TransientError
 from ingest.store import Store
 from ingest.worker import StageWorker
@@ -57,11 +58,25 @@ class Env:
 
 
 @pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "store.sqlite3", tmp_path / "blobs",
+                         migrations={messenger.COMPONENT: messenger.MIGRATIONS})
+    yield s
+    await s.close()
+
+
+@pytest.fixture
 async def env(store: Store) -> AsyncIterator[Env]:
+    async for e in _env(store, Clock()):
+        yield e
+
+
+async def _env(store: Store, clock: Clock, shared: dict | None = None) -> AsyncIterator[Env]:
     graph = FakeGraphApi(page_token=PAGE_TOKEN)
     await graph.start()
     app = web.Application()
-    ctx = AppContext(settings=Settings(), directory=load_directory(), store=store, clock=Clock(), http=app)
+    ctx = AppContext(settings=Settings(), directory=load_directory(), store=store, clock=clock, http=app)
+    ctx.shared.update(shared or {})
     entry = ChannelEntry(kind="messenger", name="page")
     options = MessengerOptions(app_secret=APP_SECRET, page_token=PAGE_TOKEN, verify_token=VERIFY_TOKEN,
                                graph_base_url=graph.base_url, max_body_bytes=64 * 1024,
@@ -282,3 +297,112 @@ async def test_secrets_never_reach_the_log(env: Env, caplog: pytest.LogCaptureFi
     for secret in (APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN):
         assert secret not in logged
     assert "signature mismatch" in logged
+
+
+# -- the place question (Art. 6: only a report placed nowhere goes to the operator unit; the page asks first) --
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT = MessengerOptions.model_fields["place_wait_seconds"].default
+NO_PLACE = "Rác thải sinh hoạt tồn đọng cả tuần nay không ai thu gom, bốc mùi hôi thối, ruồi nhặng bu đầy"
+
+
+@pytest.fixture(scope="module")
+def router():
+    """The daemon's own classifier (the trained model is cached under var/models): its place finder decides
+    whether to ask, and its classification shows where the answered report goes."""
+    from classifier.embedder import EmbeddingThread, load_embedder
+    from classifier.trainer import Router
+    from config.schema import ClassifierConfig
+
+    embedder = EmbeddingThread(load_embedder("e5-converted"))
+    settings = Settings(classifier=ClassifierConfig(backend="e5-converted", cache_dir=REPO / "var" / "models"))
+    r = Router(settings, load_directory(), embedder)
+    r.load()
+    yield r
+    embedder.close()
+
+
+@dataclass
+class Chat:
+    env: Env
+    clock: FakeClock
+    stage: Any  # classifier.service.ClassifyStage
+
+    @property
+    def asker(self) -> StageWorker:
+        return self.env.services[2].worker
+
+    async def classify(self) -> int:
+        done = 0
+        while n := await self.stage.worker.run_once():
+            done += n
+        return done
+
+
+@pytest.fixture
+async def chat(tmp_path: Path, router) -> AsyncIterator[Chat]:
+    from classifier.schema import MIGRATIONS as CLASSIFIER
+    from classifier.service import ClassifyStage
+
+    clock = FakeClock()
+    s = await Store.open(tmp_path / "chat.sqlite3", tmp_path / "blobs", clock=clock,
+                         migrations={"classifier": CLASSIFIER, messenger.COMPONENT: messenger.MIGRATIONS})
+    async for e in _env(s, clock, {"place.found": router.place_found}):
+        stage = ClassifyStage(e.ctx, router)
+        await stage.start()
+        yield Chat(e, clock, stage)
+    await s.close()
+
+
+async def test_a_report_placed_nowhere_gets_the_question_and_the_answer_routes_it_to_the_district(chat: Chat) -> None:
+    env = chat.env
+    assert (await env.post(webhook_body(message_event("m_rac", NO_PLACE, sender="PSID7")))).status == 200
+    report_id = (await env.store.fetchone("SELECT id FROM reports WHERE idem_key='m_rac'"))["id"]
+    # Stored at once (acknowledged only after the commit), but not classified while the page asks where.
+    assert await chat.classify() == 0
+    assert await chat.asker.run_once() == 1
+    assert env.graph.sent == [{"recipient": {"id": "PSID7"}, "messaging_type": "RESPONSE",
+                               "message": {"text": messenger.ASK_PLACE}}]
+    # The answer fills the place: no second report, and the classification runs at once.
+    answer = "hẻm 12 Quang Trung, phường 10, quận Gò Vấp"
+    assert (await env.post(webhook_body(message_event("m_where", answer, sender="PSID7")))).status == 200
+    assert (await env.post(webhook_body(message_event("m_where", answer, sender="PSID7")))).status == 200
+    assert await env.count("SELECT COUNT(*) FROM reports") == 1
+    assert await chat.classify() == 1
+    row = await env.store.fetchone("SELECT * FROM reports WHERE id=?", (report_id,))
+    assert (row["district"], row["agency"]) == ("go-vap", "ubnd-go-vap")
+    report = await env.store.get_report(report_id)
+    assert report.message.text.startswith(NO_PLACE) and answer in report.message.text
+    events = await env.store.fetchall("SELECT kind FROM events WHERE report_id=? ORDER BY id", (report_id,))
+    assert [e["kind"] for e in events if e["kind"].startswith("place_")] == ["place_asked", "place_answer"]
+    # The next message is a report of its own again.
+    assert (await env.post(webhook_body(message_event("m_next", NO_PLACE + " ở chợ Bà Chiểu",
+                                                      sender="PSID7")))).status == 200
+    assert await env.count("SELECT COUNT(*) FROM reports") == 2
+
+
+async def test_without_an_answer_the_report_goes_to_the_operator_unit_when_the_wait_ends(chat: Chat) -> None:
+    env = chat.env
+    await env.post(webhook_body(message_event("m_rac2", NO_PLACE, sender="PSID8"),
+                                message_event("m_cay", "Cây đổ chắn ngang đường Nguyễn Thị Minh Khai, quận 3",
+                                              sender="PSID9")))
+    assert await chat.classify() == 1  # the placed report runs at once; the other waits
+    assert await chat.asker.run_once() == 1 and len(env.graph.sent) == 1
+    chat.clock.advance(WAIT - 1)
+    assert await chat.classify() == 0
+    chat.clock.advance(2)
+    assert await chat.classify() == 1
+    row = await env.store.fetchone("SELECT * FROM reports WHERE idem_key='m_rac2'")
+    assert row["district"] is None and row["agency"] == "van-hanh-1022"
+    # A message after the wait is a new report, not an answer.
+    await env.post(webhook_body(message_event("m_late", "quận Gò Vấp", sender="PSID8")))
+    assert await env.count("SELECT COUNT(*) FROM reports") == 3
+
+
+async def test_a_question_that_cannot_be_sent_releases_the_report_at_once(chat: Chat) -> None:
+    env = chat.env
+    env.graph.fail_next.append((400, 551, {}))  # "This person isn't available right now"
+    await env.post(webhook_body(message_event("m_rac3", NO_PLACE, sender="PSID10")))
+    assert await chat.classify() == 0
+    assert await chat.asker.run_once() == 1 and env.graph.sent == []
+    assert await chat.classify() == 1

@@ -1,0 +1,92 @@
+"""Asking a chat reporter where it happened, the same way on every chat channel (Art. 6). Pure.
+
+Only a report placed nowhere (its words, the GPS fix, the reporter's address) goes to the operator unit; on a
+chat channel the bot asks first. This module decides whether to ask, what to ask, and what an answer gives;
+each channel keeps its own state and sending (Telegram files a draft once it is complete, Messenger holds the
+stored report's classification until the answer or the end of the wait).
+
+Whether a text names a place is the classifier's own judgement when it runs: it publishes `place.found`
+(text, lat, lon -> bool: a district from the gazetteer's districts, wards, streets and landmarks, or the GPS
+fix over one) in `AppContext.shared`. Without it, `mentions_place` looks for the words of an address; no
+place names are written here, they live in the directory and the gazetteer.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ingest.text import fold
+
+# (text, lat, lon) -> whether the classifier finds the report's district there.
+PlaceFinder = Callable[[str, float | None, float | None], bool]
+SHARED_KEY = "place.found"
+
+ASK_PLACE = ("Sự việc xảy ra ở đâu? Bạn vui lòng nhập địa chỉ (số nhà, đường, phường, quận) hoặc gửi vị trí. "
+             "Gõ «bỏ qua» nếu không rõ.")
+PLACE_LABEL = "Địa điểm"
+
+SKIP_WORDS = {"bo qua", "/skip", "skip", "khong", "ko", "khong biet", "khong ro"}
+# Words that name a place on their own (folded, no diacritics).
+PLACE_WORDS = re.compile(r"\b(khu pho|kp|chung cu|nga tu|nga ba|nga nam|vong xoay|cong vien|benh vien|so nha)\b")
+# Words that name a place only when a proper name or a number follows: "đường Lê Lợi", "quận 7", "chợ Bến
+# Thành" — but not "lề đường ban đêm", "quán ăn", "cho", "xả rác".
+NAMED_PLACE_WORDS = re.compile(r"\b(duong|pho|phuong|quan|huyen|hem|ngo|kiet|cho|cau|truong|xa|ap|thon)\b")
+HOUSE_NUMBER = re.compile(r"\b\d+[a-z]?(?:/\d+[a-z]?)+\b|\bso \d+[a-z]?\b")
+SHORT_UNIT = re.compile(r"\b(?:p|q)\.?\s?\d{1,2}\b")
+
+
+def mentions_place(text: str) -> bool:
+    """Whether the text has the words of an address: a house number, a named street / ward / district, a
+    landmark. The fallback when the classifier's place finder is not running."""
+    text = unicodedata.normalize("NFC", text)
+    folded = fold(text)
+    if PLACE_WORDS.search(folded) or HOUSE_NUMBER.search(folded) or SHORT_UNIT.search(folded):
+        return True
+    if len(folded) != len(text):  # folding kept positions for Vietnamese; anything else: no guessing
+        return False
+    for match in NAMED_PLACE_WORDS.finditer(folded):
+        rest = text[match.end():].lstrip(" :,.")
+        if rest and (rest[0].isupper() or rest[0].isdigit()):
+            return True
+    return False
+
+
+def place_missing(text: str, *, lat: float | None = None, lon: float | None = None, address: str | None = None,
+                  found: PlaceFinder | None = None) -> bool:
+    """True when nothing the reporter gave says where: no GPS, no address, and no place in the words."""
+    if lat is not None or address:
+        return False
+    if found is not None:
+        return not found(text, lat, lon)
+    return not mentions_place(text)
+
+
+def is_skip(text: str) -> bool:
+    return fold(text).strip(" .!") in SKIP_WORDS
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceAnswer:
+    """What a reply to the question gives: a shared location, the place in words, or a refusal to say."""
+    address: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    skipped: bool = False
+
+
+def read_answer(text: str, lat: float | None = None, lon: float | None = None) -> PlaceAnswer:
+    """Whatever the reporter calls the place is the place; "bỏ qua" says they do not know."""
+    text = text.strip()
+    if text and is_skip(text) and lat is None:
+        return PlaceAnswer(skipped=True)
+    return PlaceAnswer(address=text or None, lat=lat, lon=lon)
+
+
+def with_place(text: str, address: str | None) -> str:
+    """The report's text with the place given in answer on its own line, where the classifier reads it."""
+    if not address:
+        return text
+    line = f"{PLACE_LABEL}: {address}"
+    return f"{text}\n{line}" if text else line
