@@ -5,7 +5,20 @@ tables by passing its own list to `Store.open`, so no stage edits another's sche
 """
 from __future__ import annotations
 
-Migration = tuple[int, str]
+from collections.abc import Mapping
+
+from .dialect import POSTGRESQL, SQLITE, postgresql_ddl
+
+# A migration's text is SQLite DDL, which PostgreSQL runs through `postgresql_ddl`; where that is not enough, a
+# mapping gives each dialect its own text ({"sqlite": ..., "postgresql": ...}; a dialect left out runs nothing).
+Migration = tuple[int, str | Mapping[str, str]]
+
+
+def for_dialect(sql: str | Mapping[str, str], dialect: str) -> str:
+    if not isinstance(sql, str):
+        return sql.get(dialect, "")
+    return sql if dialect == SQLITE else postgresql_ddl(sql)
+
 
 INGEST: list[Migration] = [
     (
@@ -145,3 +158,15 @@ INGEST.append((
     CREATE INDEX jobs_subject ON jobs(subject) WHERE subject IS NOT NULL;
     """,
 ))
+
+# What only PostgreSQL needs: its blobs live in the database (shared by every instance), and the queue takes work
+# from a partial index of ready jobs. Its own component, so the shared INGEST list keeps one numbering.
+POSTGRESQL_ONLY: list[Migration] = [
+    (1, {POSTGRESQL: """
+        CREATE TABLE blob_data (
+            sha256 TEXT PRIMARY KEY,
+            data BYTEA NOT NULL
+        );
+        CREATE INDEX jobs_ready ON jobs(stage, available_at, id) WHERE state = 'ready';
+        """}),
+]

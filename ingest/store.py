@@ -21,7 +21,8 @@ from .blobs import BlobStore
 from .clock import Clock, parse_iso
 from .errors import RecordError, StorageError
 from .faults import StoreHealth, storage_reason
-from .migrations import INGEST, Migration
+from .dialect import SQLITE
+from .migrations import INGEST, Migration, for_dialect
 from .queue import UNFINISHED_STATES, QueueSql, SqliteQueue  # noqa: F401  (UNFINISHED_STATES: older importers)
 from .records import InboundMessage, Job, to_json
 
@@ -173,7 +174,7 @@ class Store:
                 for version, sql in sorted(steps):
                     if version in done:
                         continue
-                    for statement in _split_sql(sql):
+                    for statement in _split_sql(for_dialect(sql, SQLITE)):
                         await tx.execute(statement)
                     await tx.execute("INSERT INTO schema_migrations VALUES (?,?,?)",
                                      (component, version, self.clock.now()))
@@ -419,6 +420,10 @@ class Store:
             await tx.execute("INSERT OR IGNORE INTO blobs VALUES (?,?,?,?)",
                              (digest, content_type, len(data), self.clock.now()))
         return digest
+
+    async def get_blob(self, sha256: str) -> bytes:
+        """A blob's bytes (FileNotFoundError when not stored); the same call reads PostgreSQL's in-database blobs."""
+        return await asyncio.to_thread(self.blobs.get, sha256)
 
     async def get_cursor(self, name: str) -> Any:
         row = await self.fetchone("SELECT value FROM cursors WHERE name=?", (name,))

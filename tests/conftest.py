@@ -78,13 +78,14 @@ def pg_database() -> Iterator[str]:
 
 
 @pytest.fixture
-async def pg_url(pg_database: str) -> AsyncIterator[str]:
-    """A URL onto an empty schema of its own for this test (the run's database is shared)."""
+def pg_url(pg_database: str) -> Iterator[str]:
+    """A URL onto an empty schema of its own for this test (the run's database is shared). Synchronous, so that
+    a fixture choosing its backend at run time can ask for it (request.getfixturevalue)."""
     from tests import pg
 
-    schema, url = await pg.create_schema(pg_database)
+    schema, url = pg.create_schema(pg_database)
     yield url
-    await pg.drop_schema(pg_database, schema)
+    pg.drop_schema(pg_database, schema)
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 from urllib.parse import quote
 
 import asyncpg
@@ -17,6 +20,15 @@ import asyncpg
 HOST = os.environ.get("HCMC1022_TEST_PG_HOST", "127.0.0.1")
 PORT = int(os.environ.get("HCMC1022_TEST_PG_PORT", "5432"))
 USERS = ("postgres", "root")  # the trust-auth roles a machine of this kind has
+
+T = TypeVar("T")
+
+
+def run_sync(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from synchronous code, even while an event loop runs in this thread (a sync
+    fixture asked for by an async one): on a thread of its own, with a loop of its own."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(fn())).result()  # type: ignore[arg-type]
 
 
 def admin_url(database: str = "postgres") -> str | None:
@@ -32,7 +44,7 @@ def admin_url(database: str = "postgres") -> str | None:
             return url
         return None
 
-    return asyncio.run(probe())
+    return run_sync(probe)
 
 
 def create_database(admin: str) -> tuple[str, str]:
@@ -46,7 +58,7 @@ def create_database(admin: str) -> tuple[str, str]:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    run_sync(create)
     return name, admin.rsplit("/", 1)[0] + "/" + name
 
 
@@ -59,23 +71,30 @@ def drop_database(admin: str, name: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(drop())
+    run_sync(drop)
 
 
-async def create_schema(database_url: str) -> tuple[str, str]:
+def create_schema(database_url: str) -> tuple[str, str]:
     """A fresh schema in the run's database; returns (its name, a URL whose connections use it)."""
     schema = f"t_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-    finally:
-        await conn.close()
+
+    async def create() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+        finally:
+            await conn.close()
+
+    run_sync(create)
     return schema, f"{database_url}?search_path={quote(schema)}"
 
 
-async def drop_schema(database_url: str, schema: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+def drop_schema(database_url: str, schema: str) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    run_sync(drop)

@@ -1,8 +1,16 @@
 """A dead job marks its report `failed` only while the report's own pipeline is unfinished; replay restores it."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
+
 from ingest.records import InboundMessage
-from ingest.store import Store
+from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> AsyncIterator[AnyStore]:
+    yield await store_factory.open()
 
 
 def _message(key: str) -> InboundMessage:
@@ -10,13 +18,13 @@ def _message(key: str) -> InboundMessage:
                           received_at="2026-09-01T08:00:00+07:00", text="Đèn đường tắt")
 
 
-async def _status(store: Store, report_id: int) -> str:
+async def _status(store: AnyStore, report_id: int) -> str:
     row = await store.fetchone("SELECT status FROM reports WHERE id=?", (report_id,))
     assert row is not None
     return str(row["status"])
 
 
-async def test_dead_side_job_leaves_dispatched_report_alone(store: Store) -> None:
+async def test_dead_side_job_leaves_dispatched_report_alone(store: AnyStore) -> None:
     result = await store.submit(_message("a"), b"raw", "text/plain")
     async with store.transaction() as tx:
         await tx.execute("UPDATE reports SET status='dispatched' WHERE id=?", (result.report_id,))
@@ -28,7 +36,7 @@ async def test_dead_side_job_leaves_dispatched_report_alone(store: Store) -> Non
     assert dead is not None and dead["state"] == "dead" and "SMS" in dead["last_error"]
 
 
-async def test_replay_restores_the_status_before_failure(store: Store) -> None:
+async def test_replay_restores_the_status_before_failure(store: AnyStore) -> None:
     result = await store.submit(_message("b"), b"raw", "text/plain")
     (classify,) = await store.lease("classify", 1, 30)
 

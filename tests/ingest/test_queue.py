@@ -1,10 +1,17 @@
 """The leased queue: lease, finish with the next stage in one transaction, expiry, dead letters, replay, release."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from ingest.clock import FakeClock
 from ingest.store import Store, Tx
+from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
+
+@pytest.fixture
+async def clocked_store(store_factory: StoreFactory, clock: FakeClock) -> AsyncIterator[AnyStore]:
+    yield await store_factory.open(clock=clock)
 
 
 async def _job_row(store: Store, job_id: int) -> dict:

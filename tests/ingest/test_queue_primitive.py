@@ -3,6 +3,7 @@ kind hooks on death and replay, subject filters, and the migration of a store wr
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from ingest.migrations import INGEST
 from ingest.queue import JobKind, RetryPolicy, register_kind, KINDS
 from ingest.records import Job
 from ingest.store import Store, Tx, _split_sql
+from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
+
+
+@pytest.fixture
+async def clocked_store(store_factory: StoreFactory, clock: FakeClock) -> AsyncIterator[AnyStore]:
+    """Both backends: the queue's contract is the same on SQLite and PostgreSQL."""
+    yield await store_factory.open(clock=clock)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,13 +6,20 @@ import hashlib
 import json
 from dataclasses import replace
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from ingest.errors import RecordError, StorageError
-from ingest.store import QuarantineLimits, Store
+from ingest.store import QuarantineLimits
+from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> AsyncIterator[AnyStore]:
+    yield await store_factory.open()
 
 
-async def test_one_unstorable_record_never_fails_its_group_commit(store: Store, make_message) -> None:
+async def test_one_unstorable_record_never_fails_its_group_commit(store: AnyStore, make_message) -> None:
     # A lone surrogate cannot be encoded for SQLite: that record alone is refused, its 44 neighbours are stored.
     good = [store.submit(make_message(f"g{i}"), b"r", "text/plain") for i in range(44)]
     bad = store.submit(replace(make_message("bad"), text="x \ud800"), b"r", "text/plain")
@@ -25,14 +32,14 @@ async def test_one_unstorable_record_never_fails_its_group_commit(store: Store, 
     assert store.records_refused == 1
 
 
-async def test_a_bad_received_at_is_refused_alone(store: Store, make_message) -> None:
+async def test_a_bad_received_at_is_refused_alone(store: AnyStore, make_message) -> None:
     bad = replace(make_message("late"), received_at="not a time")
     outcomes = await asyncio.gather(store.submit(bad, b"r", "text/plain"),
                                     store.submit(make_message("ok"), b"r", "text/plain"), return_exceptions=True)
     assert isinstance(outcomes[0], RecordError) and outcomes[1].created
 
 
-async def test_quarantine_keeps_a_head_and_the_hash(store: Store) -> None:
+async def test_quarantine_keeps_a_head_and_the_hash(store: AnyStore) -> None:
     store.quarantine_limits = QuarantineLimits(head_bytes=100, max_bytes=10_000, max_rows=1000)
     raw = bytes(range(256)) * 40
     qid = await store.quarantine("app", raw, "bad body", {"status": 400})
@@ -46,7 +53,7 @@ async def test_quarantine_keeps_a_head_and_the_hash(store: Store) -> None:
     assert await store.quarantine("app", raw, "another reason") != qid
 
 
-async def test_quarantine_total_is_capped_oldest_first(store: Store) -> None:
+async def test_quarantine_total_is_capped_oldest_first(store: AnyStore) -> None:
     store.quarantine_limits = QuarantineLimits(head_bytes=1000, max_bytes=5000, max_rows=8)
     for i in range(20):
         await store.quarantine("app", b"%04d" % i * 250, f"reason {i}")
@@ -61,12 +68,11 @@ async def test_quarantine_total_is_capped_oldest_first(store: Store) -> None:
 
 
 @pytest.mark.parametrize("reopen", [False, True])
-async def test_quarantine_totals_survive_a_restart(tmp_path, reopen: bool) -> None:
-    s = await Store.open(tmp_path / "q.sqlite3", tmp_path / "blobs")
+async def test_quarantine_totals_survive_a_restart(store_factory: StoreFactory, reopen: bool) -> None:
+    s = await store_factory.open()
     await s.quarantine("app", b"x" * 300, "r1")
     if reopen:
         await s.close()
-        s = await Store.open(tmp_path / "q.sqlite3", tmp_path / "blobs")
+        s = await store_factory.open()
     await s.quarantine("app", b"y" * 200, "r2")
     assert s.quarantine_totals() == (2, 500)
-    await s.close()

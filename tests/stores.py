@@ -1,0 +1,75 @@
+"""Both store backends for the store's contract tests: a factory opening SQLite or PostgreSQL on one location,
+and reading what is committed through a connection of its own (what an acknowledgement promises)."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ingest.clock import Clock
+from ingest.dialect import placeholders
+from ingest.migrations import Migration
+from ingest.pgstore import PgStore
+from ingest.store import Store
+
+BACKENDS = ["sqlite", "postgresql"]
+
+AnyStore = Store | PgStore
+
+
+class StoreFactory:
+    """Opens (and reopens) a store of one backend at one place, closing whatever it opened at the end."""
+
+    def __init__(self, backend: str, tmp_path: Path, url: str | None) -> None:
+        self.backend = backend
+        self.tmp_path = tmp_path
+        self.url = url
+        self._opened: list[AnyStore] = []
+        # One side session for every read (the server's connections are shared by the whole machine), in turn.
+        self._side: asyncpg.Connection | None = None
+        self._side_lock = asyncio.Lock()
+
+    async def open(self, clock: Clock | None = None,
+                   migrations: dict[str, list[Migration]] | None = None) -> AnyStore:
+        store: AnyStore
+        if self.backend == "postgresql":
+            assert self.url is not None
+            store = await PgStore.open(self.url, self.tmp_path / "blobs", clock, migrations)
+        else:
+            store = await Store.open(self.tmp_path / "store.sqlite3", self.tmp_path / "blobs", clock=clock,
+                                     migrations=migrations)
+        self._opened.append(store)
+        return store
+
+    async def committed(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows as another connection sees them: only what is committed. SQL written with `?` placeholders."""
+        if self.backend == "sqlite":
+            conn = sqlite3.connect(self.tmp_path / "store.sqlite3")
+            try:
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        assert self.url is not None
+        async with self._side_lock:
+            if self._side is None:
+                self._side = await asyncpg.connect(self.url)
+            return [tuple(r) for r in await self._side.fetch(placeholders(sql), *params)]
+
+    async def close_all(self) -> None:
+        for store in self._opened:
+            await store.close()
+        if self._side is not None:
+            await self._side.close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    factory = StoreFactory(request.param, tmp_path, url)
+    yield factory
+    await factory.close_all()
