@@ -18,6 +18,7 @@ from ingest.public import fetch_public_request, public_request, services
 from ingest.store import Store
 from ingest.limits import CLIENT_LIMITS, RateLimited, too_many
 from ingest.untrusted import BodyError, single_line
+from ingest.vocabulary import RECEIVED_NOTICE
 
 from .open311_intake import Intake
 from .open311_parse import Open311Error, error_body
@@ -77,7 +78,7 @@ class Open311Channel:
             return self._fail(exc.code, exc.description)
         except RateLimited as exc:
             return too_many(request, exc.kind, exc.retry_after)
-        body = [{"service_request_id": str(result.report_id), "service_notice": "Đã tiếp nhận phản ánh",
+        body = [{"service_request_id": str(result.report_id), "service_notice": RECEIVED_NOTICE["vi"],
                  "account_id": None}]
         return web.json_response(body, status=201 if result.created else 200)
 

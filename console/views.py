@@ -35,6 +35,7 @@ from ingest.clock import VN_TZ, iso
 from ingest.pii import is_confidential, redact
 from ingest.public import redact_text
 from ingest.records import REPORT_STATES, InboundMessage, from_json
+from ingest.vocabulary import console_text as say
 
 from . import auth
 from .lockout import LoginThrottle
@@ -123,16 +124,16 @@ class Console:
             if user is None:
                 if request.method == "GET":
                     return _redirect("/console/login?next=" + quote(request.path_qs, safe=""))
-                return web.Response(status=401, text="Phiên đăng nhập đã hết hạn.", content_type="text/plain")
+                return web.Response(status=401, text=say("session_expired"), content_type="text/plain")
             request[USER] = user
             if request.method == "POST":
                 form = await request.post()
                 request[FORM] = form
                 if not auth.csrf_ok(user, str(form.get("csrf") or "")):
                     log.warning("CSRF token mismatch on %s by %s", request.path, user.username)
-                    return self.error(request, 403, "Yêu cầu không hợp lệ (mã CSRF sai). Vui lòng tải lại trang.")
+                    return self.error(request, 403, say("bad_csrf"))
             if user.role not in roles:
-                return self.error(request, 403, "Tài khoản không có quyền xem trang này.")
+                return self.error(request, 403, say("forbidden_page"))
             return await handler(request)
         return wrapped
 
@@ -179,20 +180,20 @@ class Console:
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         submitted = str(form.get("csrf") or "")
         if not cookie or not secrets.compare_digest(cookie.encode(), submitted.encode()):
-            return self._login_page(request, "Phiên đăng nhập không hợp lệ, vui lòng thử lại.", status=403)
+            return self._login_page(request, say("bad_login_session"), status=403)
         username = str(form.get("username") or "").strip()
         client = request.remote or "-"
         now = self.store.clock.now()
         wait = self.throttle.wait(username, client, now)
         if wait > 0:
-            resp = self._login_page(request, "Quá nhiều lần đăng nhập sai, vui lòng thử lại sau.", status=429)
+            resp = self._login_page(request, say("login_throttled"), status=429)
             resp.headers["Retry-After"] = str(max(1, round(wait)))
             return resp
         result = await auth.login(self.store, username, str(form.get("password") or ""),
                                   ttl=self.cfg.session_hours * 3600)
         if result is None:
             self.throttle.failed(username, client, now)
-            return self._login_page(request, "Sai tên đăng nhập hoặc mật khẩu.", status=401)
+            return self._login_page(request, say("bad_login"), status=401)
         self.throttle.succeeded(username, client)
         token, user = result
         target = str(form.get("next") or "")
@@ -233,7 +234,7 @@ class Console:
         try:
             info = await show(self.store, int(request.match_info["id"]))
         except (LookupError, ValueError):
-            return self.error(request, 404, "Không có phản ánh này.")
+            return self.error(request, 404, say("no_report"))
         topics = sorted((t for t in self.ctx.directory.topics.values()), key=lambda t: t.id)
         row = await self.store.fetchone("SELECT record FROM reports WHERE id=?", (info["report_id"],))
         # The reporter's details are on the report page, where confidential views are logged.
@@ -246,24 +247,24 @@ class Console:
         try:
             report_id = int(request.match_info["id"])
         except ValueError:
-            return self.error(request, 404, "Không có phản ánh này.")
+            return self.error(request, 404, say("no_report"))
         reject = str(form.get("reject") or "") or None
         topic = str(form.get("topic") or "") or None
         agency = str(form.get("agency") or "") or None
         if reject not in (None, "abusive", "out_of_scope"):
-            return self.error(request, 400, "Lý do từ chối không hợp lệ.")
+            return self.error(request, 400, say("bad_reject_reason"))
         if reject is None and topic is None and agency is None:
-            return self.error(request, 400, "Chọn lĩnh vực hoặc đơn vị xử lý.")
+            return self.error(request, 400, say("choose_topic_or_agency"))
         try:
             result = await decide(self.store, self.ctx.directory, report_id, actor=user.username, topic=topic,
                                   agency=agency, reject=reject, reasons=reject_reasons(self.ctx.settings.data.agencies))
         except LookupError:
-            return self.error(request, 404, "Không có phản ánh này.")
+            return self.error(request, 404, say("no_report"))
         except AlreadyDecided:
             # A second click, or another operator was quicker: nothing is decided twice.
-            return self.error(request, 409, f"Phản ánh {report_id} đã được xử lý.")
+            return self.error(request, 409, say("already_decided", report_id=report_id))
         except ValueError as exc:
-            return self.error(request, 400, f"Không thể quyết định: {exc}")
+            return self.error(request, 400, say("cannot_decide", exc=exc))
         log.info("review decision on report %d by %s: %s", report_id, user.username, result.status)
         return _redirect(f"/console/review?done={report_id}")
 
@@ -284,7 +285,7 @@ class Console:
         incident_id = request.match_info["id"]
         inc = await self.store.fetchone("SELECT * FROM incidents WHERE id=?", (incident_id,))
         if inc is None:
-            return self.error(request, 404, "Không có sự việc này.")
+            return self.error(request, 404, say("no_incident"))
         reports = await self.store.fetchall(
             "SELECT r.id, r.status, r.channel, r.received_at, r.record, m.how, m.score FROM incident_reports m"
             " JOIN reports r ON r.id = m.report_id WHERE m.incident_id=? ORDER BY r.received_at, r.id", (incident_id,))
@@ -306,7 +307,7 @@ class Console:
         try:
             await merge(self.store, keep, absorb, actor=request[USER].username)
         except IncidentError as exc:
-            return self.error(request, 400, f"Không gộp được: {exc}")
+            return self.error(request, 400, say("cannot_merge", exc=exc))
         return _redirect(f"/console/incidents/{quote(keep)}")
 
     async def incident_split(self, request: web.Request) -> web.StreamResponse:
@@ -314,11 +315,11 @@ class Console:
         try:
             ids = [int(str(v)) for v in form.getall("report", [])]
         except ValueError:
-            return self.error(request, 400, "Mã phản ánh không hợp lệ.")
+            return self.error(request, 400, say("bad_report_id"))
         try:
             new_id = await split(self.store, request.match_info["id"], ids, actor=request[USER].username)
         except IncidentError as exc:
-            return self.error(request, 400, f"Không tách được: {exc}")
+            return self.error(request, 400, say("cannot_split", exc=exc))
         return _redirect(f"/console/incidents/{quote(new_id)}")
 
     # -- cases -----------------------------------------------------------------------------------
@@ -357,7 +358,7 @@ class Console:
         user: auth.User = request[USER]
         case = await self._case_for(request)
         if case is None:
-            return self.error(request, 404, "Không có hồ sơ này, hoặc hồ sơ không thuộc đơn vị của bạn.")
+            return self.error(request, 404, say("no_case_here"))
         timeline = await case_timeline(self.store, case)
         deadlines = await self.store.fetchall("SELECT * FROM deadlines WHERE case_id=? ORDER BY due_at", (case["id"],))
         report = await self.store.fetchone("SELECT record, classification FROM reports WHERE id=?",
@@ -385,11 +386,11 @@ class Console:
         case = await self._case_for(request)
         sha = request.match_info["sha"]
         if case is None or sha not in await answer_photos(self.store, case["id"]):
-            return self.error(request, 404, "Không có ảnh này.")
+            return self.error(request, 404, say("no_photo"))
         try:
             raw = await asyncio.to_thread(self.store.blobs.get, sha)
         except OSError:
-            return self.error(request, 404, "Không có ảnh này.")
+            return self.error(request, 404, say("no_photo"))
         resp = web.Response(body=raw, content_type=image_type(raw) or "application/octet-stream")
         resp.headers["Cache-Control"] = "private, no-store"
         resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -400,28 +401,28 @@ class Console:
         user: auth.User = request[USER]
         case = await self._case_for(request)
         if case is None:
-            return self.error(request, 404, "Không có hồ sơ này, hoặc hồ sơ không thuộc đơn vị của bạn.")
+            return self.error(request, 404, say("no_case_here"))
         form = request[FORM]
         kind = str(form.get("kind") or "")
         allowed = answer_kinds(user)
         if kind not in allowed:
-            return self.error(request, 400, "Loại cập nhật không hợp lệ.")
+            return self.error(request, 400, say("bad_answer_kind"))
         note = str(form.get("note") or "").strip()[:8000] or None
         data: dict[str, Any] = {}
         if form.get("expected_completion"):
             try:
                 when = datetime.fromisoformat(str(form["expected_completion"]))
             except ValueError:
-                return self.error(request, 400, "Thời gian dự kiến không hợp lệ.")
+                return self.error(request, 400, say("bad_expected_time"))
             data["expected_completion"] = (when if when.tzinfo else when.replace(tzinfo=VN_TZ)).timestamp()
         if kind == "returned":
             if not note:
-                return self.error(request, 400, "Trả lại hồ sơ cần nêu lý do.")
+                return self.error(request, 400, say("return_needs_reason"))
             data["reason"] = note
         if kind == "reassigned":
             target = str(form.get("agency") or "")
             if target not in self.ctx.directory.agencies:
-                return self.error(request, 400, "Chọn đơn vị nhận hồ sơ.")
+                return self.error(request, 400, say("choose_agency"))
             data["agency"] = target
         if form.get("complex"):
             data["complex"] = True
@@ -434,10 +435,10 @@ class Console:
                 continue
             raw = item.file.read(MAX_PHOTO_BYTES + 1)
             if len(raw) > MAX_PHOTO_BYTES or not raw:
-                return self.error(request, 413, "Ảnh quá lớn (tối đa 10 MB).")
+                return self.error(request, 413, say("photo_too_large"))
             content_type = image_type(raw)
             if content_type is None:
-                return self.error(request, 400, "Tệp tải lên không phải ảnh (JPEG, PNG, WebP).")
+                return self.error(request, 400, say("not_a_photo"))
             photos.append(await self.store.put_blob(raw, content_type))
         if photos:
             data["photos"] = photos
@@ -448,11 +449,11 @@ class Console:
             await self.book().apply_answer(acting, case["id"], kind, data, source=f"console:{user.username}",
                                            note=note, staff=user.is_staff)
         except NotFound:
-            return self.error(request, 404, "Không có hồ sơ này.")
+            return self.error(request, 404, say("no_case"))
         except Forbidden as exc:
-            return self.error(request, 403, f"Không được phép: {exc}")
+            return self.error(request, 403, say("not_allowed", exc=exc))
         except AnswerRejected as exc:
-            return self.error(request, 409, f"Không áp dụng được: {exc}")
+            return self.error(request, 409, say("cannot_apply", exc=exc))
         return _redirect(f"/console/cases/{quote(case['id'])}?done={kind}")
 
     # -- reports ---------------------------------------------------------------------------------
@@ -461,12 +462,12 @@ class Console:
         try:
             report_id = int(request.match_info["id"])
         except ValueError:
-            return self.error(request, 404, "Không có phản ánh này.")
+            return self.error(request, 404, say("no_report"))
         row = await self.store.fetchone(
             "SELECT r.*, c.id AS case_id, c.agency AS case_agency FROM reports r LEFT JOIN cases c"
             " ON c.incident_id = r.incident_id WHERE r.id=?", (report_id,))
         if row is None or not (user.is_staff or (row["case_agency"] and user.can_see_case_of(row["case_agency"]))):
-            return self.error(request, 404, "Không có phản ánh này, hoặc phản ánh không thuộc đơn vị của bạn.")
+            return self.error(request, 404, say("no_report_here"))
         message = from_json(InboundMessage, row["record"])
         confidential = is_confidential(message)
         show_reporter = not confidential or self.sees_confidential(user)

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from ingest.clock import VN_TZ, iso
 from ingest.pii import redact
-from ingest.vocabulary import CASE_STATE_TEXTS
+from ingest.vocabulary import CASE_STATE_TEXTS, LOOKUP_TEXTS
 
 from . import evidence
 from .cases import CaseBook, Forbidden, NotFound, ReporterRejected, public_ref
@@ -267,18 +267,20 @@ class DispatchApi:
         token = request.match_info["token"]
         data = await self._public(token)
         if data is None:
-            return web.Response(status=404, text="Không tìm thấy phản ánh.", content_type="text/plain")
+            return web.Response(status=404, text=LOOKUP_TEXTS["not_found"]["vi"], content_type="text/plain")
         e = html.escape
         rows = "".join(f"<li>{e(a['at'])}: {e(a['kind'])}</li>" for a in data["timeline"])
         stars = "".join(f'<label><input type="radio" name="score" value="{i}" required> {i}</label> '
                         for i in range(1, 6))
+        say = {key: e(texts["vi"]) for key, texts in LOOKUP_TEXTS.items()}
         page = (f"<!doctype html><html lang='vi'><head><meta charset='utf-8'><title>{e(data['reference'])}</title>"
-                f"</head><body><h1>Phản ánh {e(data['reference'])}</h1><p>Lĩnh vực: {e(data['topic'])}</p>"
-                f"<p>Đơn vị xử lý: {e(data['agency'])}</p><p>Tình trạng: {e(STATE_VI.get(data['state'], data['state']))}"
+                f"</head><body><h1>{say['report']} {e(data['reference'])}</h1><p>{say['topic']} {e(data['topic'])}</p>"
+                f"<p>{say['agency']} {e(data['agency'])}</p>"
+                f"<p>{say['state']} {e(STATE_VI.get(data['state'], data['state']))}"
                 f"</p><p>{e(data['result'] or '')}</p><ul>{rows}</ul>"
-                f"<form method='post' action='/cases/{e(token)}/rating'><p>Mức độ hài lòng:</p>{stars}"
-                f"<p><textarea name='comment' maxlength='2000'></textarea></p><button>Gửi đánh giá</button></form>"
-                f"</body></html>")
+                f"<form method='post' action='/cases/{e(token)}/rating'><p>{say['rating']}</p>{stars}"
+                f"<p><textarea name='comment' maxlength='2000'></textarea></p><button>{say['send_rating']}</button>"
+                f"</form></body></html>")
         return web.Response(text=page, content_type="text/html")
 
     async def rating_form(self, request: web.Request) -> web.Response:
@@ -287,10 +289,10 @@ class DispatchApi:
             body = RatingBody(score=int(str(form.get("score", ""))), comment=str(form.get("comment") or "") or None)
             await self.book.rate(request.match_info["token"], body.score, body.comment)
         except ReporterRejected:
-            return web.Response(status=409, text="Phản ánh chưa có kết quả hoặc Ông/Bà đã đánh giá.",
+            return web.Response(status=409, text=LOOKUP_TEXTS["not_rateable"]["vi"],
                                 content_type="text/plain")
         except (ValueError, ValidationError):
-            return web.Response(status=422, text="Vui lòng chọn từ 1 đến 5 sao.", content_type="text/plain")
+            return web.Response(status=422, text=LOOKUP_TEXTS["pick_stars"]["vi"], content_type="text/plain")
         except NotFound:
-            return web.Response(status=404, text="Không tìm thấy phản ánh.", content_type="text/plain")
-        return web.Response(text="Cảm ơn Ông/Bà đã đánh giá.", content_type="text/plain")
+            return web.Response(status=404, text=LOOKUP_TEXTS["not_found"]["vi"], content_type="text/plain")
+        return web.Response(text=LOOKUP_TEXTS["thanks"]["vi"], content_type="text/plain")

@@ -33,6 +33,8 @@ CASE_STATE_TEXTS: dict[str, dict[str, str]] = {
 }
 # A state a public view does not know (a new one, or none yet).
 UNKNOWN_STATE_TEXT: dict[str, str] = {"vi": "Đang xử lý", "en": "Being handled"}
+# What a channel answers once a report is stored (the Open311 notice, the portal's receipt).
+RECEIVED_NOTICE: dict[str, str] = {"vi": "Đã tiếp nhận phản ánh", "en": "Report received"}
 
 # Short Vietnamese labels for tables and charts in the operators' and agencies' periodic reports (ops/).
 CASE_STATE_LABELS: dict[str, str] = {
@@ -52,3 +54,254 @@ PENDING_NOTE = {"vi": "Phản ánh đang được phân loại; nội dung sẽ 
                 "en": "The report is being classified; its content is published once checked."}
 OUT_OF_SCOPE_NOTE = {"vi": "Nội dung không thuộc phạm vi tiếp nhận của Cổng 1022; người phản ánh đã được hướng dẫn.",
                      "en": "The content is outside what the 1022 portal handles; the reporter was advised."}
+
+# The regulation's clocks (dispatch.policy.CLOCK_KINDS) as people read them: agencies' escalation digests and the
+# operators' and agencies' periodic reports.
+CLOCK_TEXTS: dict[str, dict[str, str]] = {
+    "forward": {"vi": "Chuyển xử lý (5 phút)", "en": "Forward to the agency (5 minutes)"},
+    "acknowledge": {"vi": "Báo đã tiếp nhận cho người phản ánh (5 phút)",
+                    "en": "Tell the reporter it is received (5 minutes)"},
+    "operator_guidance": {"vi": "Hướng dẫn của đơn vị vận hành (1 giờ)", "en": "Operator unit's guidance (1 hour)"},
+    "duplicate_notice": {"vi": "Báo người phản ánh trùng sự việc (5 phút)",
+                         "en": "Tell the reporter of a known incident (5 minutes)"},
+    "subordinate_forward": {"vi": "Chuyển đơn vị trực thuộc (5 phút)",
+                            "en": "Forward to a subordinate unit (5 minutes)"},
+    "site_check": {"vi": "Kiểm tra hiện trường (2 giờ)", "en": "Check on site (2 hours)"},
+    "close_false": {"vi": "Đóng phản ánh không đúng (1 giờ)", "en": "Close a false report (1 hour)"},
+    "safety_measures": {"vi": "Biện pháp an toàn tạm thời (2 giờ)", "en": "Temporary safety measures (2 hours)"},
+    "fix": {"vi": "Khắc phục sự cố (2 giờ / 8 giờ)", "en": "Fix the incident (2 hours / 8 hours)"},
+    "return_misroute": {"vi": "Trả lại do không thuộc thẩm quyền", "en": "Return a case that is not the agency's"},
+    "answer": {"vi": "Trả lời kết quả (5 ngày làm việc / 10-15 ngày)",
+               "en": "Answer with the result (5 working days / 10-15 days)"},
+    "completion": {"vi": "Hoàn thành theo thời gian cam kết", "en": "Complete by the committed time"},
+    "review": {"vi": "Văn phòng UBND TP xem xét, chuyển (1 ngày làm việc)",
+               "en": "City Office review and forward (1 working day)"},
+}
+# How close a clock is to its deadline, in an escalation.
+ALERT_LEVEL_TEXTS: dict[str, dict[str, str]] = {
+    "warning": {"vi": "sắp đến hạn", "en": "due soon"},
+    "breach": {"vi": "đã quá hạn", "en": "overdue"},
+}
+# How a closed case ended, in "reported again N days after it was closed as ...".
+CLOSED_AS_TEXTS: dict[str, dict[str, str]] = {
+    "resolved": {"vi": "đã xử lý xong", "en": "resolved"},
+    "closed_false": {"vi": "phản ánh không đúng", "en": "a false report"},
+    "refused": {"vi": "không thuộc phạm vi tiếp nhận", "en": "refused"},
+}
+
+# -- what reporters and agencies read from dispatch (dispatch/messages.py fills them in) --------------------
+REPORTER_TEMPLATES: dict[str, dict[str, str]] = {
+    "ack": {
+        "vi": "Cổng 1022 TP.HCM đã tiếp nhận phản ánh của Ông/Bà (mã {case_id}) và chuyển đến {agency} để xử lý. "
+              "Theo dõi kết quả tại: {link}",
+        "en": "HCMC 1022 portal: we have received your report (ref. {case_id}) and forwarded it to {agency}. "
+              "Follow its progress at: {link}",
+    },
+    "duplicate_ack": {
+        "vi": "Cổng 1022 TP.HCM đã ghi nhận phản ánh của Ông/Bà. Sự việc này đã được tiếp nhận trước đó và đang được "
+              "xử lý{case_part}. Cảm ơn Ông/Bà đã thông tin.",
+        "en": "HCMC 1022 portal: thank you, your report is recorded. This issue was already reported and is being "
+              "handled{case_part}.",
+    },
+    "rejected": {
+        "vi": "Cổng 1022 TP.HCM không tiếp nhận nội dung Ông/Bà gửi. Lý do: {reason}.",
+        "en": "HCMC 1022 portal: we cannot accept your message. Reason: {reason}.",
+    },
+    "out_of_scope": {
+        "vi": "Cổng 1022 TP.HCM không giải quyết khiếu nại, tố cáo. {reason} Ông/Bà vui lòng gửi đến cơ quan có "
+              "thẩm quyền theo quy định của Luật Khiếu nại, Luật Tố cáo.",
+        "en": "HCMC 1022 portal: complaints and denunciations are not handled here. {reason} Please send them to "
+              "the competent authority under the Law on Complaints and the Law on Denunciations.",
+    },
+    "resolved": {
+        "vi": "Phản ánh mã {case_id} của Ông/Bà đã được {agency} xử lý xong. {result}Xem kết quả và đánh giá mức độ "
+              "hài lòng (1-5 sao) tại: {link}",
+        "en": "Your report {case_id} has been resolved by {agency}. {result}See the result and rate the handling "
+              "(1-5 stars) at: {link}",
+    },
+    "closed_false": {
+        "vi": "Phản ánh mã {case_id}: {agency} đã kiểm tra và không ghi nhận sự việc như nội dung phản ánh. {result}"
+              "Xem chi tiết và đánh giá tại: {link}",
+        "en": "Report {case_id}: {agency} checked on site and did not find the reported issue. {result}"
+              "Details and rating at: {link}",
+    },
+}
+
+# What a reporter's report looks like before an operator has classified it (Art. 6: acknowledged within 5 min).
+REPORTER_TEMPLATES["received"] = {
+    "vi": "Cổng 1022 TP.HCM đã tiếp nhận phản ánh của Ông/Bà. Phản ánh đang được phân loại để chuyển đến đơn vị có "
+          "thẩm quyền xử lý; Ông/Bà sẽ nhận được mã theo dõi khi phản ánh được chuyển đi.",
+    "en": "HCMC 1022 portal: we have received your report. It is being classified for the competent agency; you will "
+          "receive a reference to follow it once it is forwarded.",
+}
+REPORTER_TEMPLATES["refused"] = {
+    "vi": "Phản ánh mã {case_id} không thuộc phạm vi tiếp nhận của Cổng 1022 TP.HCM. {result}Xem chi tiết tại: {link}",
+    "en": "Report {case_id} is outside what the HCMC 1022 portal handles. {result}Details at: {link}",
+}
+
+REPORTER_TEMPLATES["dispute_ack"] = {
+    "vi": "Cổng 1022 TP.HCM đã ghi nhận ý kiến của Ông/Bà về kết quả xử lý phản ánh mã {case_id}. Phản ánh đã được "
+          "chuyển lại cho {agency} để xử lý tiếp. Theo dõi tại: {link}",
+    "en": "HCMC 1022 portal: we have recorded that you dispute the result of report {case_id}. It has been sent back "
+          "to {agency} for further handling. Follow it at: {link}",
+}
+# Said after every result: how to dispute it (Art. 7.4), on the reporter's own channel or the lookup page.
+DISPUTE_HINT = {
+    "vi": " Nếu sự việc chưa được xử lý, Ông/Bà trả lời tin nhắn này (ví dụ: \"chưa xử lý\") hoặc bấm \"Không đồng ý "
+          "với kết quả\" trên trang theo dõi trong vòng {days} ngày.",
+    "en": " If it is not fixed, reply to this message (e.g. \"not fixed\") or use \"Dispute the result\" on the "
+          "lookup page within {days} days.",
+}
+
+REPORTER_TEMPLATES["follow_up"] = {
+    "vi": "Cổng 1022 TP.HCM đã bổ sung tin nhắn của Ông/Bà vào phản ánh Ông/Bà đã gửi trước đó (số {report_ref}).",
+    "en": "HCMC 1022 portal: your message was added to the report you sent earlier (no. {report_ref}).",
+}
+
+# A ward/commune committee of the 2025 map, named with the old ward and district people know beside the new
+# name: "Ủy ban nhân dân Phường Bình Tiên (P.7, Q.6 cũ)".
+UNIT_COMMITTEE = {"vi": "Ủy ban nhân dân {label}", "en": "the People's Committee of {label}"}
+
+DEFAULT_REASON = {
+    "rejected": {"vi": "nội dung không phù hợp với quy định của Cổng 1022",
+                 "en": "the content is outside the portal's rules"},
+    "out_of_scope": {"vi": "", "en": ""},
+}
+
+ANSWER_HELP_VI = (
+    "Trả lời email này (giữ nguyên tiêu đề) với một trong các từ khóa ở dòng đầu: ĐÃ TIẾP NHẬN; XÁC MINH ĐÚNG; "
+    "PHẢN ÁNH SAI; ĐÃ RÀO CHẮN TẠM; ĐANG XỬ LÝ, DỰ KIẾN HOÀN THÀNH <ngày giờ>; BÁO CÁO TIẾN ĐỘ; ĐÃ XỬ LÝ XONG "
+    "(kèm ảnh); KHÔNG THUỘC THẨM QUYỀN: <lý do>."
+)
+# What an agency reads in a case email and in the escalations of its clocks (dispatch/messages.py).
+AGENCY_TEXTS: dict[str, dict[str, str]] = {
+    "case_head": {"vi": "Phản ánh {case_id} ({kind})", "en": "Report {case_id} ({kind})"},
+    "kind_new": {"vi": "mới", "en": "new"},
+    "kind_rerouted": {"vi": "chuyển lại", "en": "re-routed"},
+    "topic": {"vi": "Lĩnh vực: {topic}", "en": "Topic: {topic}"},
+    "district": {"vi": "Địa bàn: {district}", "en": "District: {district}"},
+    "unknown_district": {"vi": "chưa xác định", "en": "not known"},
+    "place": {"vi": "Địa điểm: {place}", "en": "Place: {place}"},
+    "unknown_place": {"vi": "không rõ", "en": "unknown"},
+    "received_at": {"vi": "Thời điểm tiếp nhận: {at}", "en": "Received at: {at}"},
+    "channel": {"vi": "Kênh: {channel}", "en": "Channel: {channel}"},
+    "content": {"vi": "Nội dung:", "en": "Content:"},
+    "reporter": {"vi": "Người phản ánh: {reporter}", "en": "Reporter: {reporter}"},
+    "confidential_reporter": {"vi": "được bảo mật theo yêu cầu", "en": "kept confidential at their request"},
+    "anonymous_reporter": {"vi": "không để lại thông tin", "en": "left no contact"},
+    "returned_because": {"vi": "Đơn vị trước trả lại với lý do: {reason}",
+                         "en": "The previous agency returned it because: {reason}"},
+    "recurrence": {"vi": "Tái diễn: {summary} (sự việc {incident_id}, hồ sơ {case_id}).",
+                   "en": "Recurrence: {summary} (incident {incident_id}, case {case_id})."},
+    "deadlines": {"vi": "Thời hạn:", "en": "Deadlines:"},
+    "answer_at": {"vi": "Trả lời qua API: {url}", "en": "Answer through the API: {url}"},
+    "disputed": {"vi": "Phản ánh {case_id}: người phản ánh không đồng ý với kết quả xử lý ({at}).",
+                 "en": "Report {case_id}: the reporter disputes the result ({at})."},
+    "dispute_text": {"vi": "Ý kiến: {text}", "en": "Their words: {text}"},
+    "previous_result": {"vi": "Kết quả đã báo trước đó: {result}", "en": "The result reported before: {result}"},
+    "reopened": {"vi": "Hồ sơ được mở lại; thời hạn mới:", "en": "The case is reopened; new deadlines:"},
+    "merged": {"vi": "Phản ánh {case_id} đã được gộp vào hồ sơ {into} (cùng sự việc).",
+               "en": "Report {case_id} was merged into case {into} (the same incident)."},
+    "merged_closed": {"vi": "Hồ sơ này được đóng; Quý đơn vị không cần xử lý riêng hồ sơ này.",
+                      "en": "This case is closed; it needs no handling of its own."},
+    "digest_subject": {"vi": "[1022] {agency}: {count} thời hạn {level}",
+                       "en": "[1022] {agency}: {count} deadlines {level}"},
+    "digest_greeting": {"vi": "Kính gửi {agency},", "en": "To {agency},"},
+    "digest_intro": {"vi": "Các phản ánh sau có thời hạn xử lý {level} theo Quyết định 4874/QĐ-UBND:",
+                     "en": "These reports have deadlines {level} under Decision 4874/QD-UBND:"},
+    "digest_line": {"vi": "- {ref}: {clock}, hạn {due}", "en": "- {ref}: {clock}, due {due}"},
+    "report_number": {"vi": "phản ánh số {report_id}", "en": "report no. {report_id}"},
+    "digest_close": {"vi": "Đề nghị Quý đơn vị khẩn trương xử lý và cập nhật kết quả trên hệ thống.",
+                     "en": "Please handle them promptly and record the results in the system."},
+    "sms": {"vi": "[1022] {agency}: {count} thời hạn {level}: {refs}{more}.",
+            "en": "[1022] {agency}: {count} deadlines {level}: {refs}{more}."},
+    "sms_more": {"vi": " và {count} hồ sơ khác", "en": " and {count} more"},
+}
+
+# -- the periodic reports' charts, titles and mail (ops/report_render.py); the tables read the labels above ----
+OPS_TEXTS: dict[str, dict[str, str]] = {
+    "received": {"vi": "Tiếp nhận", "en": "Received"},
+    "handled": {"vi": "Đã xử lý", "en": "Handled"},
+    "answered": {"vi": "Đã trả lời", "en": "Answered"},
+    "returned": {"vi": "Trả lại", "en": "Returned"},
+    "cases": {"vi": "Vụ việc", "en": "Cases"},
+    "volume_title": {"vi": "Tiếp nhận, xử lý, trả lời trong tuần", "en": "Received, handled, answered this week"},
+    "on_time": {"vi": "Đúng hạn", "en": "On time"},
+    "late": {"vi": "Trễ hạn", "en": "Late"},
+    "deadline_count": {"vi": "Số thời hạn", "en": "Deadlines"},
+    "score": {"vi": "Điểm", "en": "Score"},
+    "weekly_title": {"vi": "Báo cáo tuần {period} - {agency}", "en": "Weekly report {period} - {agency}"},
+    "quarterly_title": {"vi": "Báo cáo quý {period} - Cổng 1022 TP.HCM",
+                        "en": "Quarterly report {period} - HCMC 1022 portal"},
+    "on_time_rate": {"vi": "tỷ lệ đúng hạn", "en": "on-time rate"},
+    "answer_rate": {"vi": "tỷ lệ trả lời", "en": "answer rate"},
+    "satisfaction": {"vi": "mức hài lòng", "en": "satisfaction"},
+    "details_attached": {"vi": "Báo cáo chi tiết ở phần HTML và tệp CSV đính kèm.",
+                         "en": "The full report is in the HTML part and the attached CSV files."},
+    # A strftime format: the time a report was made.
+    "generated_at": {"vi": "%H:%M ngày %d/%m/%Y", "en": "%H:%M on %d/%m/%Y"},
+}
+
+
+def ops_text(key: str, language: str = "vi", **fields: object) -> str:
+    """A periodic report's text, filled in (the reports go to Vietnamese agencies unless asked otherwise)."""
+    return OPS_TEXTS[key][language].format(**fields) if fields else OPS_TEXTS[key][language]
+
+
+# -- what the operator console answers (console/views.py) ----------------------------------------------------
+CONSOLE_TEXTS: dict[str, dict[str, str]] = {
+    "session_expired": {"vi": "Phiên đăng nhập đã hết hạn.", "en": "The session has expired."},
+    "bad_csrf": {"vi": "Yêu cầu không hợp lệ (mã CSRF sai). Vui lòng tải lại trang.",
+                 "en": "Invalid request (wrong CSRF token). Please reload the page."},
+    "forbidden_page": {"vi": "Tài khoản không có quyền xem trang này.", "en": "This account may not see this page."},
+    "bad_login_session": {"vi": "Phiên đăng nhập không hợp lệ, vui lòng thử lại.",
+                          "en": "Invalid login session, please try again."},
+    "login_throttled": {"vi": "Quá nhiều lần đăng nhập sai, vui lòng thử lại sau.",
+                        "en": "Too many failed logins, please try again later."},
+    "bad_login": {"vi": "Sai tên đăng nhập hoặc mật khẩu.", "en": "Wrong user name or password."},
+    "no_report": {"vi": "Không có phản ánh này.", "en": "No such report."},
+    "bad_reject_reason": {"vi": "Lý do từ chối không hợp lệ.", "en": "Invalid reason for rejecting."},
+    "choose_topic_or_agency": {"vi": "Chọn lĩnh vực hoặc đơn vị xử lý.", "en": "Choose a topic or an agency."},
+    "already_decided": {"vi": "Phản ánh {report_id} đã được xử lý.", "en": "Report {report_id} was already decided."},
+    "cannot_decide": {"vi": "Không thể quyết định: {exc}", "en": "Cannot decide: {exc}"},
+    "no_incident": {"vi": "Không có sự việc này.", "en": "No such incident."},
+    "cannot_merge": {"vi": "Không gộp được: {exc}", "en": "Cannot merge: {exc}"},
+    "bad_report_id": {"vi": "Mã phản ánh không hợp lệ.", "en": "Invalid report number."},
+    "cannot_split": {"vi": "Không tách được: {exc}", "en": "Cannot split: {exc}"},
+    "no_case_here": {"vi": "Không có hồ sơ này, hoặc hồ sơ không thuộc đơn vị của bạn.",
+                     "en": "No such case, or the case is not your agency's."},
+    "no_photo": {"vi": "Không có ảnh này.", "en": "No such photo."},
+    "bad_answer_kind": {"vi": "Loại cập nhật không hợp lệ.", "en": "Invalid kind of update."},
+    "bad_expected_time": {"vi": "Thời gian dự kiến không hợp lệ.", "en": "Invalid expected time."},
+    "return_needs_reason": {"vi": "Trả lại hồ sơ cần nêu lý do.", "en": "Returning a case needs a reason."},
+    "choose_agency": {"vi": "Chọn đơn vị nhận hồ sơ.", "en": "Choose the agency that receives the case."},
+    "photo_too_large": {"vi": "Ảnh quá lớn (tối đa 10 MB).", "en": "The photo is too large (10 MB at most)."},
+    "not_a_photo": {"vi": "Tệp tải lên không phải ảnh (JPEG, PNG, WebP).",
+                    "en": "The uploaded file is not a photo (JPEG, PNG, WebP)."},
+    "no_case": {"vi": "Không có hồ sơ này.", "en": "No such case."},
+    "not_allowed": {"vi": "Không được phép: {exc}", "en": "Not allowed: {exc}"},
+    "cannot_apply": {"vi": "Không áp dụng được: {exc}", "en": "Cannot apply: {exc}"},
+    "no_report_here": {"vi": "Không có phản ánh này, hoặc phản ánh không thuộc đơn vị của bạn.",
+                       "en": "No such report, or the report is not your agency's."},
+}
+
+
+def console_text(key: str, language: str = "vi", **fields: object) -> str:
+    """A console message, filled in; the console is in Vietnamese unless a view asks for English."""
+    return CONSOLE_TEXTS[key][language].format(**fields) if fields else CONSOLE_TEXTS[key][language]
+
+
+# -- the reporter's lookup page served by dispatch's API (dispatch/api.py) -----------------------------------
+LOOKUP_TEXTS: dict[str, dict[str, str]] = {
+    "report": {"vi": "Phản ánh", "en": "Report"},
+    "topic": {"vi": "Lĩnh vực:", "en": "Topic:"},
+    "agency": {"vi": "Đơn vị xử lý:", "en": "Agency:"},
+    "state": {"vi": "Tình trạng:", "en": "Status:"},
+    "rating": {"vi": "Mức độ hài lòng:", "en": "How satisfied are you:"},
+    "send_rating": {"vi": "Gửi đánh giá", "en": "Send the rating"},
+    "not_found": {"vi": "Không tìm thấy phản ánh.", "en": "No such report."},
+    "not_rateable": {"vi": "Phản ánh chưa có kết quả hoặc Ông/Bà đã đánh giá.",
+                     "en": "The report has no result yet, or you have already rated it."},
+    "pick_stars": {"vi": "Vui lòng chọn từ 1 đến 5 sao.", "en": "Please choose from 1 to 5 stars."},
+    "thanks": {"vi": "Cảm ơn Ông/Bà đã đánh giá.", "en": "Thank you for your rating."},
+}

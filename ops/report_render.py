@@ -22,26 +22,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ingest.clock import VN_TZ
-from ingest.vocabulary import CASE_STATE_LABELS
+from ingest.vocabulary import CASE_STATE_LABELS, CLOCK_TEXTS, ops_text as say
 from ingest.vocabulary import REPORT_STATUS_LABELS as STATUS_LABELS
 
 from .reports import SCORE_WEIGHTS, AgencyFigures, Period, Ranked, Suggestion, deadline_kinds
 
-DEADLINE_LABELS = {
-    "forward": "Chuyển xử lý (5 phút)",
-    "acknowledge": "Báo đã tiếp nhận (5 phút)",
-    "duplicate_notice": "Báo người phản ánh trùng (5 phút)",
-    "subordinate_forward": "Chuyển đơn vị trực thuộc (5 phút)",
-    "safety_measures": "Biện pháp an toàn tạm thời (2 giờ)",
-    "operator_guidance": "Hướng dẫn của đơn vị vận hành (1 giờ)",
-    "review": "Xem xét, chuyển hiến kế (1 ngày làm việc)",
-    "site_check": "Kiểm tra hiện trường (2 giờ)",
-    "fix": "Khắc phục sự cố (2 giờ / 8 giờ)",
-    "close_false": "Đóng phản ánh không đúng (1 giờ)",
-    "answer": "Trả lời kết quả (5 ngày làm việc / 10-15 ngày)",
-    "completion": "Hoàn thành theo thời gian cam kết",
-    "return_misroute": "Trả lại do không thuộc thẩm quyền",
-}
+# The clocks as the reports name them: one catalogue with dispatch's escalations (ingest/vocabulary.py).
+DEADLINE_LABELS = {kind: texts["vi"] for kind, texts in CLOCK_TEXTS.items()}
 
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
                           autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
@@ -84,7 +71,7 @@ class Rendered:
 
 
 def _now_label(now: float) -> str:
-    return datetime.fromtimestamp(now, VN_TZ).strftime("%H:%M ngày %d/%m/%Y")
+    return datetime.fromtimestamp(now, VN_TZ).strftime(say("generated_at"))
 
 
 # -- charts ---------------------------------------------------------------------------------------
@@ -95,16 +82,16 @@ def _png(fig: Figure) -> bytes:
 
 
 def volume_chart(f: AgencyFigures) -> bytes:
-    labels = ["Tiếp nhận", "Đã xử lý", "Đã trả lời", "Trả lại"]
+    labels = [say("received"), say("handled"), say("answered"), say("returned")]
     values = [f.received, f.handled, f.answered, f.returned]
     fig = Figure(figsize=(6.4, 3.0), dpi=100)
     ax = fig.add_subplot()
     bars = ax.bar(labels, values, color=["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"])
     ax.bar_label(bars)
-    ax.set_ylabel("Vụ việc")
+    ax.set_ylabel(say("cases"))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, max(values + [1]) * 1.2)
-    ax.set_title("Tiếp nhận, xử lý, trả lời trong tuần")
+    ax.set_title(say("volume_title"))
     fig.tight_layout()
     return _png(fig)
 
@@ -119,10 +106,10 @@ def deadline_chart(f: AgencyFigures) -> bytes | None:
     names = [r[0] for r in rows]
     on_time = [r[1].on_time for r in rows]
     late = [r[1].late for r in rows]
-    ax.barh(names, on_time, color="#2ca02c", label="Đúng hạn")
-    ax.barh(names, late, left=on_time, color="#d62728", label="Trễ hạn")
+    ax.barh(names, on_time, color="#2ca02c", label=say("on_time"))
+    ax.barh(names, late, left=on_time, color="#d62728", label=say("late"))
     ax.invert_yaxis()
-    ax.set_xlabel("Số thời hạn")
+    ax.set_xlabel(say("deadline_count"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.tight_layout()
@@ -138,7 +125,7 @@ def ranking_chart(ranked: list[Ranked]) -> bytes | None:
     ax.barh([f"{r.rank}. {r.figures.agency}" for r in rows], [r.score or 0.0 for r in rows], color="#1f77b4")
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
-    ax.set_xlabel("Điểm")
+    ax.set_xlabel(say("score"))
     ax.tick_params(axis="y", labelsize="small")
     fig.tight_layout()
     return _png(fig)
@@ -260,7 +247,7 @@ def render_weekly(f: AgencyFigures, period: Period, now: float) -> Rendered:
         charts["deadlines"] = deadlines
     kinds = [k for k in deadline_kinds([f]) if k in f.deadlines]
     slug = f"weekly-{period.key}-{f.agency}"
-    title = f"Báo cáo tuần {period.label} - {f.name}"
+    title = say("weekly_title", period=period.label, agency=f.name)
     context = {"title": title, "f": f, "period": period, "generated": _now_label(now),
                "deadline_rows": [(DEADLINE_LABELS.get(k, k), f.deadlines[k]) for k in kinds]}
     return Rendered(kind="weekly", slug=slug, title=title, charts=charts, csv={f"{slug}.csv": weekly_csv([f], period)},
@@ -283,9 +270,9 @@ def render_quarterly(ranked: list[Ranked], suggestions: list[Suggestion], period
                         s.channel, s.district or "", s.agency or "", s.status, s.incident_id or "", s.case_id or "",
                         s.case_state or "", s.excerpt] for s in suggestions]
     slug = f"quarterly-{period.key}" + (f"-{highlight}" if highlight else "")
-    title = f"Báo cáo quý {period.label} - Cổng 1022 TP.HCM"
+    title = say("quarterly_title", period=period.label)
     weights = ", ".join(f"{int(100 * w)}% {label}" for label, w in
-                        zip(("tỷ lệ đúng hạn", "tỷ lệ trả lời", "mức hài lòng"), SCORE_WEIGHTS.values()))
+                        zip((say("on_time_rate"), say("answer_rate"), say("satisfaction")), SCORE_WEIGHTS.values()))
     view = [{"report_id": s.report_id, "received": datetime.fromtimestamp(s.received_at, VN_TZ).strftime("%d/%m/%Y"),
              "channel": s.channel, "district": s.district,
              "state": CASE_STATE_LABELS.get(s.case_state or "", STATUS_LABELS.get(s.status, s.status)),
@@ -314,7 +301,7 @@ def email_message(report: Rendered, *, sender: str, to: list[str], msgid_domain:
     # A fixed Message-ID per report lets a resend after a crash be recognised as the same message.
     msg["Message-ID"] = message_id or f"<{report.slug}@{msgid_domain}>"
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: autoresponders must not answer it
-    msg.set_content(report.sms.replace("; ", ";\n") + "\n\nBáo cáo chi tiết ở phần HTML và tệp CSV đính kèm.\n")
+    msg.set_content(report.sms.replace("; ", ";\n") + "\n\n" + say("details_attached") + "\n")
     cids = {name: f"<{name}.{report.slug}@{msgid_domain}>" for name in report.charts}
     msg.add_alternative(report.html({name: "cid:" + cid[1:-1] for name, cid in cids.items()}), subtype="html")
     html_part = msg.get_payload()[1]

@@ -110,7 +110,7 @@ TEXTS: dict[str, dict[str, str]] = {
                     "en": "The system is busy and could not store the report yet. Please send again in a few "
                           "minutes; your text is kept."},
     # -- receipt
-    "receipt_title": {"vi": "Đã tiếp nhận phản ánh", "en": "Report received"},
+    "receipt_title": vocabulary.RECEIVED_NOTICE,
     "receipt_number": {"vi": "Số phản ánh của bạn: {id}", "en": "Your report number: {id}"},
     "receipt_saved": {"vi": "Phản ánh đã được lưu và đang được phân loại để chuyển đơn vị xử lý.",
                       "en": "Your report is stored and is being classified to be forwarded to the agency."},
