@@ -53,6 +53,25 @@ def _make_room(block: Any, used: int, more: int) -> None:
         new[:used] = old[:used]
         setattr(block, name, new)
 
+def _drop_rows(block: Any, gone: np.ndarray) -> np.ndarray:
+    """Remove a block's rows where `gone` is set, in one batched removal; returns their report ids. faiss
+    compacts the kept rows in their order; the arrays beside it are compacted with the same mask."""
+    n = block.n
+    rows = np.flatnonzero(gone)
+    if len(rows) == 0:
+        return block.ids[:0].copy()
+    dropped = block.ids[rows].copy()
+    block.index.remove_ids(rows.astype(np.int64))
+    keep = ~gone
+    m = int(keep.sum())
+    block.ids[:m] = block.ids[:n][keep]
+    block.times[:m] = block.times[:n][keep]
+    block.n = m
+    block.tmin = float(block.times[:m].min()) if m else float("inf")
+    block.tmax = float(block.times[:m].max()) if m else float("-inf")
+    return dropped
+
+
 class _Block:
     """The rows of one (district, topic): a flat inner-product index and, row for row, ids and times."""
 
@@ -82,23 +101,13 @@ class _Block:
 
     def drop_before(self, first_day: int) -> np.ndarray:
         """Remove the rows of days before `first_day` (one batched removal); returns their report ids."""
-        n = self.n
-        gone = (self.times[:n] // DAY) < first_day
-        rows = np.flatnonzero(gone)
-        if len(rows) == 0:
-            return rows
-        dropped = self.ids[rows].copy()
-        # faiss compacts the kept rows in their order; the arrays beside it are compacted with the same mask.
+        return self.drop((self.times[:self.n] // DAY) < first_day)
+
+    def drop(self, gone: np.ndarray) -> np.ndarray:
+        """Remove the rows where the mask `gone` (one per row) is set; returns their report ids."""
         self._stored = None
-        self.index.remove_ids(rows.astype(np.int64))
-        keep = ~gone
-        m = int(keep.sum())
-        self.ids[:m] = self.ids[:n][keep]
-        self.times[:m] = self.times[:n][keep]
-        self.n = m
-        self.rows = dict(zip(self.ids[:m].tolist(), range(m)))
-        self.tmin = float(self.times[:m].min()) if m else float("inf")
-        self.tmax = float(self.times[:m].max()) if m else float("-inf")
+        dropped = _drop_rows(self, gone)
+        self.rows = dict(zip(self.ids[:self.n].tolist(), range(self.n)))
         return dropped
 
     def stored(self) -> np.ndarray:
@@ -183,19 +192,10 @@ class _Coarse:
         self.tmax = max(self.tmax, float(times.max()))
 
     def drop_before(self, first_day: int) -> None:
-        n = self.n
-        gone = (self.times[:n] // DAY) < first_day
-        rows = np.flatnonzero(gone)
-        if len(rows) == 0:
-            return
-        self.index.remove_ids(rows.astype(np.int64))  # compacts in order, like _Block
-        keep = ~gone
-        m = int(keep.sum())
-        self.ids[:m] = self.ids[:n][keep]
-        self.times[:m] = self.times[:n][keep]
-        self.n = m
-        self.tmin = float(self.times[:m].min()) if m else float("inf")
-        self.tmax = float(self.times[:m].max()) if m else float("-inf")
+        _drop_rows(self, (self.times[:self.n] // DAY) < first_day)
+
+    def drop(self, gone: np.ndarray) -> None:
+        _drop_rows(self, gone)
 
     def bound(self, qnorm: float) -> float:
         """e: every coarse score of this topic is within e of the exact one, for a query of norm `qnorm`
@@ -352,6 +352,30 @@ class VectorWindow:
                     if coarse.n == 0:
                         del self._coarse[topic]
             return dropped
+
+    def remove(self, report_id: int) -> bool:
+        """Take one report out (an add that did not commit); False when it is not indexed. The window's horizon
+        stays where that add moved it."""
+        with self._lock:
+            block = self._where.pop(report_id, None)
+            if block is None:
+                return False
+            block.drop(block.ids[:block.n] == report_id)
+            for (part_name, topic), b in self._blocks():
+                if b is block and block.n == 0:
+                    del self._parts[part_name][topic]
+                    self._blocks_of_topic[topic] -= 1
+                    self._topics = None
+            for topic, coarse in list(self._coarse.items()):
+                hit = coarse.ids[:coarse.n] == report_id
+                if hit.any():
+                    coarse.drop(hit)
+                    if coarse.n == 0:
+                        del self._coarse[topic]
+            return True
+
+    def _blocks(self) -> list[tuple[tuple[str, str | None], _Block]]:
+        return [((name, topic), block) for name, part in self._parts.items() for topic, block in part.items()]
 
     def search(self, vector: np.ndarray, district: str | None, k: int, at: float,
                topics: Collection[str | None] | None = None) -> list[Hit]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ingest.store import Store
+from ingest.store import Store, Tx
 
 from . import incidents, policy
 from .features import VIEW_COLUMNS, WindowFeatures, view_from_row
@@ -66,6 +66,7 @@ class IncidentMatcher:
         self._block_alts: dict[str | None, Counter[str]] = {}
         self._block_alts_version = 0  # bumped when an alternative appears in or leaves a block (scope changes)
         self._scope_version = -1
+        self._held: list[tuple[object, policy.ReportView]] = []  # (transaction, report): see hold()
         self.batch = True  # False: every candidate judged by policy.decide in full (the reference; bench, tests)
 
     # -- building -----------------------------------------------------------------------------
@@ -116,14 +117,60 @@ class IncidentMatcher:
                 continue  # like remember(): a vector the index refused (old, already there) changes nothing
             self._count(view, index_features=view.report_id in added)
 
-    def remember(self, view: policy.ReportView) -> None:
-        """Add a report that now belongs to an incident to the window (after its commit)."""
+    def remember(self, view: policy.ReportView) -> bool:
+        """Add a report that now belongs to an incident to the window; False when that changed nothing (its
+        vector is already indexed, or older than the window)."""
         if view.vector is not None:
             if self.index is None:
                 self.index = VectorWindow(view.vector.shape[0], self.window_days)
             if not self.index.add(view.report_id, view.received_at, view.district, view.vector, view.topic):
-                return
+                return False
         self._count(view, index_features=view.vector is not None)
+        return True
+
+    def hold(self, tx: Tx, view: policy.ReportView) -> None:
+        """remember() a report whose incident is written in `tx`, before `tx` commits: the next report matched in
+        the same transaction (the stage commits a batch of jobs at once) must see it. Confirmed when `tx`
+        commits; should it not, the next match in another transaction takes it out again (`_settle`)."""
+        self._settle(tx)
+        if self.remember(view):
+            self._held.append((tx, view))
+            tx.after_commit(lambda: self._confirm(view.report_id))
+
+    def _confirm(self, report_id: int) -> None:
+        self._held = [(t, v) for t, v in self._held if v.report_id != report_id]
+
+    def _settle(self, reader: object) -> None:
+        """Forget the reports held by a transaction other than `reader` and never confirmed: it did not commit
+        (a committed one has run its hooks before the next transaction could begin)."""
+        if not self._held or all(t is reader for t, _ in self._held):
+            return
+        stale = [v for t, v in self._held if t is not reader]
+        self._held = [(t, v) for t, v in self._held if t is reader]
+        for view in reversed(stale):
+            self._forget(view)
+        log.info("dedupe: %d report(s) of a batch that did not commit left the window again", len(stale))
+
+    def _forget(self, view: policy.ReportView) -> None:
+        """Undo remember(view) (not the expiry it may have run: the report is stored and comes back, with the
+        same time, when its job is retried)."""
+        if view.vector is not None and (self.index is None or not self.index.remove(view.report_id)):
+            return
+        day = int(view.received_at // DAY)
+        grams = view.all_grams()
+        if day in self._df_by_day:
+            self._df_by_day[day].subtract(grams)
+            self._df.subtract(grams)
+            self._docs_by_day[day] -= 1
+            self._n_docs -= 1
+        gone = self._features.pop(view.report_id, None)
+        if gone is not None and gone.alt_topics:
+            alts = self._block_alts.get(gone.topic, Counter())
+            for t in gone.alt_topics:
+                alts[t] -= 1
+                if alts[t] <= 0:
+                    del alts[t]
+                    self._block_alts_version += 1
 
     def _count(self, view: policy.ReportView, *, index_features: bool) -> None:
         day = int(view.received_at // DAY)
@@ -173,6 +220,7 @@ class IncidentMatcher:
         store is read through `reader` (default: the store's reader connection; a transaction sees its own
         writes)."""
         reader = reader or self.store
+        self._settle(reader)
         first, found = self.first_pass(view)
         if found is None:
             return first

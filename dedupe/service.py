@@ -7,8 +7,8 @@ Contract (see the pipeline notes in the README):
   report joining an incident that has no case yet (its first report is still in review) triggers it;
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
   incident has no case yet, else `duplicate` + `duplicate_ack`.
-Jobs are handled one at a time in queue order and the window index is updated after each commit, so
-matching a report sees every earlier one.
+Jobs are handled in queue order, a leased batch finished in one transaction; each match runs inside it and
+sees every earlier report, of this batch too.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import StageWorker, WorkerSettings
 
-from . import incidents
+from . import incidents, policy
 from .features import load_view
 from .matcher import IncidentMatcher
 
@@ -62,45 +62,48 @@ class DedupeStage:
         self.matcher = matcher
 
     async def handle(self, job: Job, report: StoredReport) -> Any:
+        """The job's writes. Matching runs inside them, in the transaction that finishes the job: the worker
+        commits a batch of jobs at once, and each match must see the reports and incidents of the jobs before it
+        (read through the transaction, which sees its own writes; the window holds them, see matcher.hold)."""
         if report.status not in MATCH_STATUSES:
             log.info("dedupe: report %d has status %s, nothing to do", report.id, report.status)
             return None
         status = report.status
-        existing = await incidents.incident_of_report(self.store, report.id)
-        if existing is not None:
-            # After review (or a replayed job): the report keeps its incident; only routing is decided.
-            incident_id = existing
-
-            async def reroute(tx: Tx) -> None:
-                done = await route_member(tx, report.id, incident_id, status)
-                await tx.event(report.id, "incident_routed", "dedupe", {"incident_id": incident_id, "action": done,
-                                                                       "after_review": bool(job.payload.get("after_review"))})
-            return reroute
-
-        view = await load_view(self.store, report.id)
+        after_review = bool(job.payload.get("after_review"))
+        view = await load_view(self.store, report.id)  # the report's own records: no other job changes them
         if view is None:
             raise TransientError("report row vanished")
-        match = await self.matcher.match(view)
 
         async def writes(tx: Tx) -> None:
-            if match.incident_id is not None:
-                incident_id = match.incident_id
-                await incidents.join(tx, report.id, incident_id, view.received_at, score=match.score,
-                                     matched_report=match.matched_report)
-            else:
-                incident_id = await incidents.create(
-                    tx, first_report_id=view.report_id, topic=view.topic, district=view.district,
-                    created_at=view.received_at, last_report_at=view.received_at,
-                    place=incidents.place_summary(view.place), recurrence_of=match.recurrence_of)
-                await incidents.join(tx, report.id, incident_id, view.received_at)
-            done = await route_member(tx, report.id, incident_id, status)
-            data = {"incident_id": incident_id, "new": match.incident_id is None, "score": round(match.score, 4),
-                    "matched_report": match.matched_report, "action": done}
-            if match.recurrence_of:
-                data["recurrence_of"] = match.recurrence_of
-            await tx.event(report.id, "incident", "dedupe", data)
-            tx.after_commit(lambda: self.matcher.remember(view))
+            await self.apply(tx, view, status, after_review)
         return writes
+
+    async def apply(self, tx: Tx, view: policy.ReportView, status: str, after_review: bool) -> None:
+        existing = await incidents.incident_of_report(tx, view.report_id)
+        if existing is not None:
+            # After review (or a replayed job): the report keeps its incident; only routing is decided.
+            done = await route_member(tx, view.report_id, existing, status)
+            await tx.event(view.report_id, "incident_routed", "dedupe",
+                           {"incident_id": existing, "action": done, "after_review": after_review})
+            return
+        match = await self.matcher.match(view, reader=tx)
+        if match.incident_id is not None:
+            incident_id = match.incident_id
+            await incidents.join(tx, view.report_id, incident_id, view.received_at, score=match.score,
+                                 matched_report=match.matched_report)
+        else:
+            incident_id = await incidents.create(
+                tx, first_report_id=view.report_id, topic=view.topic, district=view.district,
+                created_at=view.received_at, last_report_at=view.received_at,
+                place=incidents.place_summary(view.place), recurrence_of=match.recurrence_of)
+            await incidents.join(tx, view.report_id, incident_id, view.received_at)
+        done = await route_member(tx, view.report_id, incident_id, status)
+        data = {"incident_id": incident_id, "new": match.incident_id is None, "score": round(match.score, 4),
+                "matched_report": match.matched_report, "action": done}
+        if match.recurrence_of:
+            data["recurrence_of"] = match.recurrence_of
+        await tx.event(view.report_id, "incident", "dedupe", data)
+        self.matcher.hold(tx, view)
 
 
 class DedupeService:
@@ -112,10 +115,11 @@ class DedupeService:
         self.store = ctx.store
         self.matcher = IncidentMatcher(ctx.store, cfg.window_days, cfg.match_threshold)
         self.stage = DedupeStage(ctx.store, self.matcher)
-        # The worker handles jobs one by one in lease order: each match must see the commit before it.
+        # Jobs in lease order, a batch finished in one commit (each job in a savepoint): every match runs inside
+        # that transaction and sees the jobs before it (see DedupeStage.handle).
         self.worker = StageWorker(ctx.store, STAGE, self.stage.handle,
                                   WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds,
-                                                 max_attempts=q.max_attempts))
+                                                 max_attempts=q.max_attempts, group_commit=True))
 
     async def run(self) -> None:
         loaded = await self.matcher.rebuild()
