@@ -44,6 +44,7 @@ from ingest.app import AppContext, Service  # noqa: E402
 from ingest.clock import Clock, parse_iso  # noqa: E402
 from ingest.errors import ConfigError, StorageError  # noqa: E402
 from ingest.http import make_app  # noqa: E402
+from ingest.leases import Lease, Leadership, LocalLeadership, PgLeadership, run_while_held  # noqa: E402
 from ingest.limits import GuardedSite  # noqa: E402
 from ingest.migrations import Migration  # noqa: E402
 from ingest.degraded import open_or_serve_degraded  # noqa: E402
@@ -97,6 +98,9 @@ class Component:
     migrations: str | None = None  # module holding `MIGRATIONS`
     builder: str | None = None  # "module:function" taking the AppContext, returning its services
     commands: tuple[Command, ...] = ()
+    # A stage whose builder also registers HTTP routes or shared services that intake serves (the agency API, the
+    # case book the portal uses): built by an intake-only instance too, its workers left to the workers' instance.
+    serves_intake: bool = False
 
 
 # Every component, pipeline stages in stage order.
@@ -109,7 +113,8 @@ COMPONENTS: tuple[Component, ...] = (
     Component("dedupe", "stage", "dedupe.schema", "dedupe.service:build", (
         Command("incident", "dedupe.operations", "incidents: list, show, merge, split"),)),
     Component("dispatch", "stage", "dispatch.schema", "dispatch.service:build", (
-        Command("dispatch", "dispatch.cli", "cases past their deadline, agency deliveries, replaying dead ones"),)),
+        Command("dispatch", "dispatch.cli", "cases past their deadline, agency deliveries, replaying dead ones"),),
+        serves_intake=True),
     Component("console", "view", "console.schema", "console.service:build", (
         Command("user", "console.service", "console logins: add, list, disable"),)),
     Component("ops", "view", "ops.schema", "ops.service:build", (
@@ -124,6 +129,8 @@ def component_names(role: str) -> tuple[str, ...]:
 
 STAGE_COMPONENTS = component_names("stage")
 VIEW_COMPONENTS = component_names("view")
+# `serve --role`: intake (HTTP and channels: never starved by the embedder), workers (the stages), or all.
+ROLES = ("all", "intake", "workers")
 COMMANDS = {command.name: command for component in COMPONENTS for command in component.commands}
 
 
@@ -136,9 +143,17 @@ def collect_migrations() -> dict[str, list[Migration]]:
 
 
 async def open_store(settings: Settings, clock: Clock | None = None, path: Path | None = None) -> Store:
-    store = await Store.open(path or settings.store.path, settings.store.blob_dir, clock=clock,
-                             migrations=collect_migrations())
+    """The configured store: PostgreSQL when `[store] url` is set (several instances share it), else the SQLite
+    file (an explicit `path`, as batch routing gives, is always SQLite)."""
     cfg = settings.store
+    store: Any
+    if cfg.url is not None and path is None:
+        from ingest.pgstore import PgStore
+
+        store = await PgStore.open(cfg.url.get_secret_value(), cfg.blob_dir, clock, collect_migrations(),
+                                   blobs_in_database=cfg.blobs_in_database, pool_size=cfg.pool_size)
+    else:
+        store = await Store.open(path or cfg.path, cfg.blob_dir, clock=clock, migrations=collect_migrations())
     store.quarantine_limits = QuarantineLimits(head_bytes=cfg.quarantine_head_bytes,
                                                max_bytes=cfg.quarantine_max_bytes, max_rows=cfg.quarantine_max_rows)
     return store
@@ -177,6 +192,31 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 
 
 # -- serve ---------------------------------------------------------------------------------------
+class Singleton:
+    """A service that must run on one instance only (its `singleton` names the lease): runs while this instance
+    holds the lease, is cancelled the moment it is lost, and starts again when the lease comes back."""
+
+    def __init__(self, service: Service, lease: Lease) -> None:
+        self.service = service
+        self.lease = lease
+        self.name = getattr(service, "name", lease.name)
+
+    async def run(self) -> None:
+        await run_while_held(self.lease, self.service.run)
+
+
+def singleton(service: Service, leases: Leadership) -> Service:
+    name = getattr(service, "singleton", None)
+    return Singleton(service, leases.lease(name)) if name else service
+
+
+def make_leadership(settings: Settings) -> Leadership:
+    """PostgreSQL: advisory-lock leases shared by every instance of the database. SQLite: one instance, all held."""
+    if settings.store.url is not None:
+        return PgLeadership(settings.store.url.get_secret_value())
+    return LocalLeadership()
+
+
 class Generation:
     """One configuration's set of running services: HTTP site, channels, stage workers.
 
@@ -185,9 +225,13 @@ class Generation:
     store. Nothing acknowledged is lost, since everything acknowledged is already committed.
     """
 
-    def __init__(self, settings: Settings, directory: Directory, store: Store, shared: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, directory: Directory, store: Store, shared: dict[str, Any],
+                 role: str = "all", leases: Leadership | None = None) -> None:
         self.ctx = make_context(settings, directory, store)
         self.ctx.shared = shared  # loaded models survive a reload
+        if leases is not None:
+            self.ctx.leases = leases
+        self.role = role
         self.runner: Any = None
         self.intake: list[asyncio.Task[None]] = []
         self.workers: list[asyncio.Task[None]] = []
@@ -196,9 +240,30 @@ class Generation:
         from aiohttp import web
 
         settings = self.ctx.settings
-        # Channels first: they register the ReplySenders that the dispatch stage's notifier looks up.
+        # Channels first: they register the ReplySenders that the dispatch stage's notifier looks up (a workers'
+        # instance builds them for that, and runs none of them).
         channels = build_components(self.ctx, component_names("intake"))
-        pipeline = build_components(self.ctx, STAGE_COMPONENTS + VIEW_COMPONENTS)
+        if self.role == "intake":
+            # No embedder, no incident index here: those are the workers'. Stages that serve intake are built
+            # for their routes, their workers dropped.
+            build_components(self.ctx, tuple(c.name for c in COMPONENTS if c.role == "stage" and c.serves_intake))
+            pipeline = build_components(self.ctx, VIEW_COMPONENTS)
+        else:
+            pipeline = build_components(self.ctx, STAGE_COMPONENTS + VIEW_COMPONENTS)
+        if self.role == "workers":
+            channels = []
+        channels = [singleton(s, self.ctx.leases) for s in channels]
+        pipeline = [singleton(s, self.ctx.leases) for s in pipeline]
+        reclaimer = Reclaimer(self.ctx.store, settings.queue.reclaim_interval)
+        if self.role != "intake":
+            pipeline.append(reclaimer)
+        if self.role == "workers":
+            # No public HTTP: the intake instances serve it. Workers are watched through their own metrics listener
+            # (`[ops] metrics_listen`) and systemd.
+            self.workers = [tg.create_task(supervised(s, getattr(s, "name", "stage")), name=getattr(s, "name", "stage"))
+                            for s in pipeline]
+            log.info("workers: %d pipeline service(s), no HTTP site", len(pipeline))
+            return
         self.runner = web.AppRunner(self.ctx.http, handle_signals=False, access_log_class=PathOnlyAccessLogger,
                                     shutdown_timeout=settings.queue.drain_seconds / 2,
                                     keepalive_timeout=settings.http.limits.keepalive_timeout_seconds)
@@ -213,10 +278,8 @@ class Generation:
                        for s in channels]
         self.workers = [tg.create_task(supervised(s, getattr(s, "name", "stage")), name=getattr(s, "name", "stage"))
                         for s in pipeline]
-        reclaimer = Reclaimer(self.ctx.store, settings.queue.reclaim_interval)
-        self.workers.append(tg.create_task(supervised(reclaimer, reclaimer.name)))
-        log.info("listening on http://%s:%s with %d channel service(s) and %d pipeline service(s)",
-                 settings.http.host, settings.http.port, len(channels), len(pipeline))
+        log.info("listening on http://%s:%s with %d channel service(s) and %d pipeline service(s) (role %s)",
+                 settings.http.host, settings.http.port, len(channels), len(pipeline), self.role)
 
     async def stop(self) -> None:
         for task in self.intake:
@@ -228,7 +291,8 @@ class Generation:
         await asyncio.gather(*self.intake, *self.workers, return_exceptions=True)
 
 
-async def serve(settings: Settings, config_path: Path | None = None, stop: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings, config_path: Path | None = None, stop: asyncio.Event | None = None,
+                role: str = "all") -> None:
     directory = load_directory(settings.data.agencies, settings.data.structure)
     stop = stop or asyncio.Event()
     reload = asyncio.Event()
@@ -246,9 +310,11 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
         # Opened but not writable (full disk): serve degraded (/readyz 503, intake 503/451); the Reclaimer retries.
         log.error("store not writable at start: serving degraded until it is")
     shared: dict[str, Any] = {}
+    leases = make_leadership(settings)
+    await leases.start()
     try:
         async with asyncio.TaskGroup() as tg:
-            generation = Generation(settings, directory, store, shared)
+            generation = Generation(settings, directory, store, shared, role, leases)
             await generation.start(tg)
             while True:
                 waiters = [tg.create_task(stop.wait()), tg.create_task(reload.wait())]
@@ -268,9 +334,10 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
                     continue
                 log.info("reloading configuration from %s", config_path or config_loader.DEFAULT_PATH)
                 await generation.stop()
-                generation = Generation(new_settings, new_directory, store, shared)
+                generation = Generation(new_settings, new_directory, store, shared, role, leases)
                 await generation.start(tg)
     finally:
+        await leases.close()  # frees this instance's leases for the others at once
         await store.close()
         log.info("stopped")
 
@@ -460,6 +527,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--first-run", action="store_true",
                    help="print the URLs, and create the first console administrator if there is none (asks when "
                         "run in a terminal, else prints the command); `make run` does this")
+    p.add_argument("--role", choices=ROLES, default="all",
+                   help="intake: HTTP and channels only; workers: the pipeline stages only (no HTTP site); "
+                        "all: both in one process (default). Run intake and workers as two processes, on one host "
+                        "or several, on one PostgreSQL store (README: deployment)")
     p = add("check-config", "validate a config file without starting (exit 2 and every problem if invalid)")
     p.add_argument("file", nargs="?", help="the file to check (default: --config, else the embedded default)")
     p = add("route", "route a JSONL batch of reports (stable output format)")
@@ -521,7 +592,7 @@ def _serve_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.first_run:
         print(welcome(settings), file=sys.stderr)
         asyncio.run(ensure_first_admin(settings, args.config))
-    asyncio.run(serve(settings, Path(args.config) if args.config else None))
+    asyncio.run(serve(settings, Path(args.config) if args.config else None, role=args.role))
     return EXIT_OK
 
 
@@ -564,6 +635,10 @@ def backup(settings: Settings, dest: Path) -> int:
     """SQLite's online backup API: a consistent snapshot even while the daemon writes."""
     import sqlite3
 
+    if settings.store.url is not None:
+        print("the store is PostgreSQL: back it up with PostgreSQL's own tools (pg_basebackup and WAL archiving,"
+              " or pg_dump; README: deployment)", file=sys.stderr)
+        return EXIT_USAGE
     if dest.exists():
         print(f"{dest} exists: choose a new file", file=sys.stderr)
         return 1

@@ -152,6 +152,7 @@ class ImapService:
         self.clock = clock or store.clock
         self.mailbox = Mailbox(options, use_move=use_move)
         self.cursor_name = f"imap:{name}:{options.folder}"
+        self.singleton = self.cursor_name  # one instance polls a mailbox folder (a leader lease, run_daemon)
         self.state = "starting"  # connected, waiting, retrying, auth_failed: for operators and tests
         self.cycles = 0
         self._stop = threading.Event()

@@ -28,6 +28,7 @@ from config.channels import ChannelEntry, TelegramOptions
 from ingest.app import AppContext, Service, register_instance_reply
 from ingest.backoff import backoff_delay
 from ingest.errors import AuthError, PermanentError, TransientError
+from ingest.leases import run_while_held
 from ingest.records import Attachment, from_json, to_json
 from ingest.store import Store, StoredReport, Tx
 from ingest.untrusted import BodyError, check_tree, loads_json
@@ -176,7 +177,9 @@ class TelegramChannel:
             await self._start()
             async with asyncio.TaskGroup() as tg:
                 if self.options.mode == "polling":
-                    tg.create_task(self.poll_forever())
+                    # One instance polls a bot (getUpdates answers one caller); the others take over its lease
+                    # within seconds when it dies.
+                    tg.create_task(run_while_held(self.ctx.leases.lease(self.cursor_name), self.poll_forever))
                 tg.create_task(self._outbox_forever())
                 tg.create_task(self._sweep_forever())
         except* AuthError as group:

@@ -145,6 +145,7 @@ async def overdue(store: Store, now: float | None = None, agency: str | None = N
 
 class DeadlineTicker:
     name = "dispatch-clocks"
+    singleton = "dispatch-clocks"  # one instance ticks the clocks (run_daemon wraps it in a leader lease)
 
     def __init__(self, store: Store, clock: Clock, interval: float, cfg: DispatchConfig | None = None) -> None:
         self.store = store
@@ -166,6 +167,7 @@ class EscalationSender:
     backoff on transient failures, given up (state `failed`, kept for operators) on permanent ones."""
 
     name = "dispatch-escalations"
+    singleton = "dispatch-escalations"  # one instance sends the digests
 
     def __init__(self, store: Store, cfg: DispatchConfig, directory: Any, sms: Any, *,
                  max_attempts: int = 8) -> None:

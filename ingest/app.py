@@ -15,6 +15,7 @@ from config.schema import Settings
 
 from .clock import Clock
 from .errors import PermanentError
+from .leases import Leadership, LocalLeadership
 from .store import Store, StoredReport
 
 
@@ -78,3 +79,5 @@ class AppContext:
     # Batch `route` mode: every stage runs, dispatch is recorded, nothing is sent to anyone.
     route_mode: bool = False
     shared: dict[str, Any] = field(default_factory=dict)  # e.g. the loaded embedder, for reuse across stages
+    # What must run once across instances asks here (ingest/leases.py); SQLite: one instance, every lease held.
+    leases: Leadership = field(default_factory=LocalLeadership)

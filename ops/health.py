@@ -55,7 +55,12 @@ def storage_state(ctx: AppContext) -> list[str]:
     """Why the store cannot take writes now: too little free space, or writes failing since some time."""
     reasons = []
     minimum = ctx.settings.store.min_free_bytes
-    for what, path in (("store", ctx.store.path.parent), ("blobs", ctx.store.blobs.root)):
+    # On PostgreSQL there is no local database file (the server watches its own disk), and blobs in the database
+    # have no local folder either: only what lives on this host's disks is checked here.
+    store_dir = ctx.store.path.parent if ctx.store.path is not None else None
+    for what, path in (("store", store_dir), ("blobs", ctx.store.blobs.root)):
+        if path is None:
+            continue
         free = free_bytes(path)
         if free is not None and free < minimum:
             reasons.append(f"{what}: disk nearly full ({free // 1024} KiB free, {minimum // 1024} KiB needed)")

@@ -233,7 +233,8 @@ class OpsService:
         try:
             while True:
                 cfg = ops_settings(self.ctx.settings)
-                if cfg.weekly_send or cfg.quarterly_send:
+                # The sender runs on one instance (a leader lease); every instance keeps its metrics hook.
+                if (cfg.weekly_send or cfg.quarterly_send) and self.ctx.leases.lease("ops-report-sender").held:
                     try:
                         await self.sender.send_due()
                     except asyncio.CancelledError:
