@@ -542,6 +542,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--cv", action="store_true", help="5-fold cross-validation of the classifier on this set")
     p = add("backup", "online, consistent copy of the store while the daemon runs")
     p.add_argument("dest", type=Path)
+    p = add("migrate-store", "copy the SQLite store (every table, and the blobs) into an empty PostgreSQL database,"
+                             " verified by row counts and checksums; stop the daemon first")
+    p.add_argument("--to", required=True, metavar="postgresql://USER@HOST:PORT/DB",
+                   help="the target database (or env:NAME to read the URL from the environment)")
+    p.add_argument("--blobs", choices=("database", "directory"), default="database",
+                   help="database: blobs copied into PostgreSQL (default); directory: left in blob_dir, which "
+                        "the instances then share (copy it yourself)")
     p = add("replay", "put dead-lettered jobs back in their queue")
     p.add_argument("--stage")
     p.add_argument("--job", type=int, action="append", default=[])
@@ -609,7 +616,43 @@ BUILTIN_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "eval": _eval_command,
     "backup": lambda settings, args: backup(settings, args.dest),
     "replay": lambda settings, args: asyncio.run(_replay(settings, args.stage, args.job)),
+    "migrate-store": lambda settings, args: asyncio.run(migrate_store(settings, args.to, args.blobs)),
 }
+
+
+async def migrate_store(settings: Settings, to: str, blobs: str) -> int:
+    """`migrate-store`: the SQLite store at [store] path into PostgreSQL, then a verification table."""
+    from ingest.move_store import MoveError, move_store
+
+    url = os.environ.get(to[4:], "") if to.startswith("env:") else to
+    if not url.startswith(("postgresql://", "postgres://")):
+        print(f"--to must be a PostgreSQL URL (postgresql://USER@HOST:PORT/DB){' in ' + to if to.startswith('env:') else ''}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if not settings.store.path.exists():
+        print(f"no SQLite store at {settings.store.path}", file=sys.stderr)
+        return EXIT_USAGE
+    # The source first reaches the current schema, as the daemon would bring it at start.
+    source = await Store.open(settings.store.path, settings.store.blob_dir, migrations=collect_migrations())
+    await source.close()
+    try:
+        tables, blob_result = await move_store(settings.store.path, settings.store.blob_dir, url, collect_migrations(),
+                                               blobs_in_database=blobs == "database",
+                                               progress=lambda line: print(line, file=sys.stderr))
+    except MoveError as exc:
+        print(f"migrate-store: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    width = max(len(t.table) for t in tables)
+    print(f"{'table':<{width}}  {'source':>9}  {'target':>9}  checksum")
+    for t in tables:
+        verdict = "same" if t.ok else f"DIFFERENT ({t.altered_values} values altered)" if t.altered_values else "DIFFERENT"
+        print(f"{t.table:<{width}}  {t.source_rows:>9}  {t.target_rows:>9}  {verdict} {t.target_checksum[:16]}")
+    print(f"blobs: {blob_result.listed} listed, {blob_result.copied} copied into the database, "
+          f"{len(blob_result.missing)} missing, {len(blob_result.corrupt)} corrupt"
+          + ("" if blobs == "database" else f" (left in {settings.store.blob_dir}: copy it to the shared directory)"))
+    ok = all(t.ok for t in tables) and blob_result.ok
+    print("verified: every row and blob copied" if ok else "NOT verified: see the lines above", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_STORAGE
 
 
 def _run(args: argparse.Namespace) -> int:
