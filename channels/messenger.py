@@ -25,6 +25,8 @@ from config.channels import ChannelEntry, MessengerOptions
 from ingest.app import AppContext, Service, register_instance_reply
 from ingest.clock import parse_iso
 from ingest.errors import AuthError, PermanentError, TransientError
+from ingest.jobs import MESSENGER_MEDIA, MessengerMediaJob
+from ingest.jobs import MediaRef as MediaJobRef
 from ingest.records import Attachment, InboundMessage, Job, from_json, to_json
 from ingest.store import Store, StoredReport, SubmitResult, Tx
 from ingest.worker import StageWorker, WorkerSettings, Writes
@@ -114,7 +116,7 @@ class MessengerChannel:
         self.instance = entry.name
         self.options = options
         self.store: Store = ctx.store
-        self.media_stage = f"messenger_media:{entry.name}"
+        self.media_stage = f"{MESSENGER_MEDIA}:{entry.name}"
         self.ask_stage = f"messenger_ask:{entry.name}"
         self._lock = asyncio.Lock()  # one batch at a time: an answer is matched to its open question once
         self._app_secret = options.app_secret.get_secret_value().encode()
@@ -228,7 +230,8 @@ class MessengerChannel:
             await self.store.submit_batch(items, then=then)
 
     async def _queue_media(self, tx: Tx, report_id: int, refs: list[MediaRef]) -> None:
-        await tx.enqueue(self.media_stage, report_id, {"media": [{"kind": r.kind, "url": r.url} for r in refs]})
+        await tx.enqueue(self.media_stage, report_id,
+                         MessengerMediaJob(media=tuple(MediaJobRef(kind=r.kind, url=r.url) for r in refs)))
 
     async def _sort_answers(self, events: list[MessengerEvent], now: float
                             ) -> tuple[list[tuple[MessengerEvent, int]], list[MessengerEvent], set[str]]:
@@ -333,8 +336,9 @@ class MessengerChannel:
     # -- late media job ----------------------------------------------------------------------------
     async def handle_media_job(self, job: Job, report: StoredReport) -> Writes:
         added: list[dict[str, Any]] = []
-        for item in job.payload.get("media", []):
-            ref = MediaRef(kind=str(item["kind"]), url=str(item["url"]))
+        payload: MessengerMediaJob = job.payload
+        for item in payload.media:
+            ref = MediaRef(kind=item.kind, url=item.url)
             try:
                 attachment = await self._fetch_and_store(ref)
             except PermanentError as exc:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ingest.app import AppContext, Service
 from ingest.errors import TransientError
+from ingest.jobs import NOTIFY, NotifyJob
 from ingest.records import Classification, Job, to_json
 from ingest.store import Store, StoredReport, Tx
 from ingest.text import fold
@@ -97,7 +98,7 @@ class ClassifyStage:
                 raise TransientError("the reporter's open report changed in this batch: classify again",
                                      retry_after=0.0)
             await followup.join_timeline(tx, earlier, report)
-            await tx.enqueue("notify", report.id, {"template": "follow_up", "report_id": earlier})
+            await tx.enqueue(NOTIFY, report.id, NotifyJob(template="follow_up", report_id=earlier))
         return writes
 
     async def _dispute(self, report: StoredReport) -> Writes | None:

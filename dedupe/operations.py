@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from config.schema import Settings
+from ingest.jobs import DISPATCH, DispatchJob
 from ingest.store import Store, Tx
 
 from . import incidents
@@ -33,8 +34,8 @@ async def merge(store: Store, keep: str, absorb: str, actor: str) -> int:
         if b["dispatch_report_id"] is not None:
             # The absorbed incident's case (if one was opened) is dispatch's to move or close, and its agency's to
             # hear about: handed over through the queue, in this transaction, like every stage hand-off.
-            await tx.enqueue("dispatch", int(b["dispatch_report_id"]),
-                             {"incident_id": absorb, "merged_into": keep, "actor": actor})
+            await tx.enqueue(DISPATCH, int(b["dispatch_report_id"]),
+                             DispatchJob(incident_id=absorb, merged_into=keep, actor=actor))
     return len(members)
 
 
@@ -64,7 +65,7 @@ async def split(store: Store, incident_id: str, report_ids: list[int], actor: st
             await tx.execute("UPDATE reports SET status='routed', updated_at=? WHERE id=?",
                              (store.clock.now(), lead["id"]))
             await incidents.set_dispatch_report(tx, new_id, lead["id"])
-            await tx.enqueue("dispatch", lead["id"], {"incident_id": new_id})
+            await tx.enqueue(DISPATCH, lead["id"], DispatchJob(incident_id=new_id))
         await incidents.record_decision(tx, "split", actor, incident_id, new_id, ids)
     return new_id
 

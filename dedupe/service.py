@@ -17,6 +17,7 @@ from typing import Any
 
 from ingest.app import AppContext, Service
 from ingest.errors import TransientError
+from ingest.jobs import DISPATCH, NOTIFY, DispatchJob, NotifyJob
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import StageWorker, WorkerSettings
@@ -36,21 +37,21 @@ async def route_member(tx: Tx, report_id: int, incident_id: str, status: str) ->
     now = tx.store.clock.now()
     if status != "routed":
         # Art. 6: every report is acknowledged within 5 minutes, also one an operator has yet to classify.
-        await tx.enqueue("notify", report_id, {"template": "received"})
+        await tx.enqueue(NOTIFY, report_id, NotifyJob(template="received"))
         return "held_for_review"
     row = await incidents.routing_state(tx, incident_id)
     if row is not None and row["state"] == "closed":
         # It arrived while the case was open and was held for review until after the case closed: it shares
         # the incident's result (a new report of the problem, after the closure, opens a recurrence instead).
         await tx.execute("UPDATE reports SET status='closed', updated_at=? WHERE id=?", (now, report_id))
-        await tx.enqueue("notify", report_id, {"template": "result", "incident_id": incident_id})
+        await tx.enqueue(NOTIFY, report_id, NotifyJob(template="result", incident_id=incident_id))
         return "closed"
     if row is not None and row["dispatch_report_id"] is None:
         await incidents.set_dispatch_report(tx, incident_id, report_id)
-        await tx.enqueue("dispatch", report_id, {"incident_id": incident_id})
+        await tx.enqueue(DISPATCH, report_id, DispatchJob(incident_id=incident_id))
         return "dispatch"
     await tx.execute("UPDATE reports SET status='duplicate', updated_at=? WHERE id=?", (now, report_id))
-    await tx.enqueue("notify", report_id, {"template": "duplicate_ack", "incident_id": incident_id})
+    await tx.enqueue(NOTIFY, report_id, NotifyJob(template="duplicate_ack", incident_id=incident_id))
     return "duplicate"
 
 
@@ -69,7 +70,7 @@ class DedupeStage:
             log.info("dedupe: report %d has status %s, nothing to do", report.id, report.status)
             return None
         status = report.status
-        after_review = bool(job.payload.get("after_review"))
+        after_review = job.payload.after_review
         view = await load_view(self.store, report.id)  # the report's own records: no other job changes them
         if view is None:
             raise TransientError("report row vanished")

@@ -18,6 +18,7 @@ from config.dispatch import DispatchConfig
 from ingest.clock import iso
 from ingest.errors import PermanentError
 from ingest.pii import is_confidential, redact_message
+from ingest.jobs import NOTIFY, DispatchJob, NotifyJob
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import Writes
@@ -105,10 +106,10 @@ class CaseBook:
 
     # -- the dispatch stage ----------------------------------------------------------------------
     async def handle_dispatch(self, job: Job, report: StoredReport) -> Writes | None:
-        if job.payload.get("merged_into"):
-            return self._merge_writes(str(job.payload["incident_id"]), str(job.payload["merged_into"]),
-                                      str(job.payload.get("actor") or "operator"))
-        incident_id = job.payload.get("incident_id") or report.incident_id
+        payload: DispatchJob = job.payload
+        if payload.merged_into:
+            return self._merge_writes(str(payload.incident_id), payload.merged_into, payload.actor or "operator")
+        incident_id = payload.incident_id or report.incident_id
         if not incident_id:
             raise PermanentError("dispatch job without an incident")
         row = await self.store.fetchone("SELECT topic, category, agency, district, received_at FROM reports WHERE id=?",
@@ -131,8 +132,8 @@ class CaseBook:
                 if existing["report_id"] != report.id:
                     await tx.execute("UPDATE reports SET status='duplicate', updated_at=? WHERE id=?"
                                      " AND status IN ('routed','review')", (self.store.clock.now(), report.id))
-                    await tx.enqueue("notify", report.id, {"template": "duplicate_ack", "incident_id": incident_id,
-                                                           "case_id": existing["id"]})
+                    await tx.enqueue(NOTIFY, report.id, NotifyJob(template="duplicate_ack", incident_id=incident_id,
+                                                                    case_id=existing["id"]))
                 return
             now = self.store.clock.now()
             case_id = case_id_for(incident_id)
@@ -156,7 +157,7 @@ class CaseBook:
                 event["recurrence_of"] = recurrence["incident_id"]
                 event["recurrence"] = recurrence["summary_vi"]
             await tx.event(report.id, "case_created", "dispatch", event)
-            await tx.enqueue("notify", report.id, {"template": "ack", "case_id": case_id, "incident_id": incident_id})
+            await tx.enqueue(NOTIFY, report.id, NotifyJob(template="ack", case_id=case_id, incident_id=incident_id))
 
         return writes
 
@@ -481,7 +482,7 @@ class CaseBook:
         for row in rows:
             await tx.execute("UPDATE reports SET status='closed', updated_at=? WHERE id=?", (now, row["id"]))
             # Art. 7.4: every reporter of the incident gets the result and the lookup link.
-            await tx.enqueue("notify", row["id"], {"template": "result", "case_id": case["id"]})
+            await tx.enqueue(NOTIFY, row["id"], NotifyJob(template="result", case_id=case["id"]))
         await tx.event(case["report_id"], "case_closed", case["agency"], {"case_id": case["id"], "state": state})
 
     # -- reads -----------------------------------------------------------------------------------
@@ -572,5 +573,5 @@ class CaseBook:
             assert report is not None
             await self._forward(tx, case["id"], report, case["agency"], case["category"], "case.disputed",
                                 extra={"dispute": {"text": reason, "at": iso(now), "previous": previous}})
-            await tx.enqueue("notify", report_id, {"template": "dispute_ack", "case_id": case["id"]})
+            await tx.enqueue(NOTIFY, report_id, NotifyJob(template="dispute_ack", case_id=case["id"]))
             return str(case["id"])

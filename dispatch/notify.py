@@ -17,6 +17,7 @@ from config.dispatch import DispatchConfig
 from ingest.app import ReplyRegistry
 from ingest.errors import PermanentError, TransientError
 from ingest.pii import redact
+from ingest.jobs import NotifyJob
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import Writes
@@ -85,7 +86,8 @@ class Notifier:
         self.book: Any = None  # the CaseBook, for each reporter's own lookup token (set by dispatch.service)
 
     async def handle(self, job: Job, report: StoredReport) -> Writes | None:
-        template = str(job.payload.get("template") or "")
+        payload: NotifyJob = job.payload
+        template = payload.template
         case = await self._case(job, report)
         key = f"{report.id}:{template}:{case['id'] if case else ''}"
         if await self.store.fetchone("SELECT 1 FROM notifications WHERE dedupe_key=?", (key,)):
@@ -96,7 +98,7 @@ class Notifier:
         state, error, via = "sent", None, channel
         try:
             link_token = await self.book.reporter_token(report.id, case["id"]) if case is not None and self.book else None
-            text = self.render(template, job.payload, report, case, link_token)
+            text = self.render(template, payload, report, case, link_token)
             if sender is not None and channel not in SMS_CHANNELS:
                 await sender.send_reply(report, text)
             elif phone and self.sms.configured and (channel in SMS_CHANNELS or self.cfg.notify.sms_fallback):
@@ -157,17 +159,18 @@ class Notifier:
                  self.warn.warn_at(received_at, due), report.id))
 
     async def _case(self, job: Job, report: StoredReport) -> Any:
-        if job.payload.get("case_id"):
-            return await self.store.fetchone("SELECT * FROM cases WHERE id=?", (job.payload["case_id"],))
-        incident = job.payload.get("incident_id") or report.incident_id
+        payload: NotifyJob = job.payload
+        if payload.case_id:
+            return await self.store.fetchone("SELECT * FROM cases WHERE id=?", (payload.case_id,))
+        incident = payload.incident_id or report.incident_id
         if incident:
             return await self.store.fetchone("SELECT * FROM cases WHERE incident_id=?", (incident,))
         return None
 
-    def render(self, template: str, payload: dict[str, Any], report: StoredReport, case: Any,
+    def render(self, template: str, payload: NotifyJob, report: StoredReport, case: Any,
                link_token: str | None = None) -> str:
         language = (report.classification or {}).get("language") or (case["language"] if case else "vi")
-        fields: dict[str, Any] = {"reason": payload.get("reason"), "report_ref": payload.get("report_id")}
+        fields: dict[str, Any] = {"reason": payload.reason, "report_ref": payload.report_id}
         if case is not None:
             agency = self.directory.agencies.get(case["agency"])
             name = (agency.name_en if language == "en" else agency.name_vi) if agency else case["agency"]

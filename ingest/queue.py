@@ -123,9 +123,19 @@ KINDS: dict[str, JobKind] = {}
 
 
 def register_kind(kind: JobKind) -> JobKind:
-    """Declare a kind (at import of the module that owns it); registering the same name again replaces it."""
+    """Declare a kind, or add to its declaration: fields left None keep what an earlier registration gave (the
+    payload record comes from ingest/jobs.py, the hooks from the module that owns the kind, in either order)."""
+    old = KINDS.get(kind.name)
+    if old is not None:
+        kind = dataclasses.replace(old, **{f.name: getattr(kind, f.name) for f in dataclasses.fields(kind)
+                                           if getattr(kind, f.name) is not None})
     KINDS[kind.name] = kind
     return kind
+
+
+def kind_spec(name: str) -> JobKind | None:
+    """The declaration of a kind; "family:instance" kinds (one queue per channel instance) share their family's."""
+    return KINDS.get(name) or KINDS.get(name.partition(":")[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +188,15 @@ class QueueSql:
         self.set_deadline = "UPDATE jobs SET deadline_at=? WHERE id=?"
 
 
-def encode_payload(payload: Any) -> str:
-    """A payload record (or, for old callers, a plain dict) as the JSON stored in `jobs.payload`."""
+def encode_payload(kind: str, payload: Any) -> str:
+    """The kind's payload record as the JSON stored in `jobs.payload`. A plain dict (an older caller) is read into
+    the kind's record first, so what is stored is always the record's shape."""
+    spec = kind_spec(kind)
+    if spec is not None and spec.payload is not None:
+        if payload is None or isinstance(payload, dict):
+            payload = from_json(spec.payload, payload or {})
+        elif not isinstance(payload, spec.payload):
+            raise TypeError(f"a {kind} job carries a {spec.payload.__name__}, not a {type(payload).__name__}")
     if payload is None:
         return "{}"
     if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
@@ -189,7 +206,7 @@ def encode_payload(payload: Any) -> str:
 
 def decode_payload(kind: str, text: str | None) -> Any:
     """The stored payload as the kind's record; a kind without a record type gets the JSON object."""
-    spec = KINDS.get(kind)
+    spec = kind_spec(kind)
     raw = json.loads(text or "{}")
     if spec is None or spec.payload is None:
         return raw
@@ -209,7 +226,7 @@ class SqliteQueue:
                       delay: float = 0.0, deadline: float | None = None, subject: str | None = None) -> int:
         now = self.store.clock.now()
         cur = await tx.execute(self.sql.insert, (kind, report_id, now + delay, deadline, subject,
-                                                 encode_payload(payload), now, now))
+                                                 encode_payload(kind, payload), now, now))
         tx.after_commit(lambda: self.wake(kind))
         return int(cur.lastrowid or 0)
 
@@ -315,7 +332,7 @@ class SqliteQueue:
             if cur.rowcount != 1:  # lease lost: another worker owns the job now
                 return False
             if dead:
-                spec = KINDS.get(job.stage)
+                spec = kind_spec(job.stage)
                 if spec is not None and spec.on_dead is not None:
                     await spec.on_dead(tx, job, error)
                 elif job.report_id is not None:
@@ -352,7 +369,7 @@ class SqliteQueue:
             rows = await tx.fetchall(self.sql.replay.format(where=where), [now, now, *params])
             jobs = [self._job(r) for r in rows]
             for job in sorted(jobs, key=lambda j: j.id):
-                spec = KINDS.get(job.stage)
+                spec = kind_spec(job.stage)
                 if spec is not None and spec.replay_deadline is not None and job.deadline_at is not None:
                     await tx.execute(self.sql.set_deadline, (now + spec.replay_deadline, job.id))
                 if spec is not None and spec.on_replay is not None:

@@ -23,6 +23,7 @@ from .errors import RecordError, StorageError
 from .faults import StoreHealth, storage_reason
 from .dialect import SQLITE
 from .migrations import INGEST, Migration, for_dialect
+from . import jobs as _job_kinds  # noqa: F401  (registers every kind's payload record)
 from .queue import UNFINISHED_STATES, QueueSql, SqliteQueue  # noqa: F401  (UNFINISHED_STATES: older importers)
 from .records import InboundMessage, Job, to_json
 

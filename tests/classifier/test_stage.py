@@ -12,6 +12,8 @@ from classifier.schema import MIGRATIONS
 from classifier.service import ClassifyStage
 from config.directory import load_directory
 from ingest.app import AppContext
+from ingest.jobs import DedupeJob
+from ingest.queue import decode_payload
 from ingest.records import InboundMessage, Reporter
 from ingest.store import Store
 
@@ -83,7 +85,7 @@ async def test_classify_stage_routes_screens_and_stores_vectors(cstore, settings
     assert dec[0]["actor"] == "op-lan" and dec[0]["topic"] == "illegal_construction" and dec[0]["at"] > 0
     again = await cstore.fetchall("SELECT payload FROM jobs WHERE stage='dedupe' AND report_id=? ORDER BY id",
                                   (ids["waste"],))
-    assert json.loads(again[-1]["payload"]) == {"after_review": True}
+    assert decode_payload("dedupe", again[-1]["payload"]) == DedupeJob(after_review=True)
     examples = await review.review_examples(cstore)
     assert [e.topic for e in examples] == ["illegal_construction"]
     info = await review.show(cstore, ids["water"])
@@ -134,7 +136,7 @@ async def test_two_operators_deciding_the_same_report_at_once_dispatch_it_once(c
     decisions = await cstore.fetchall("SELECT actor, topic FROM review_decisions WHERE report_id=?", (rid,))
     assert len(decisions) == 1 and decisions[0]["topic"] == won[0].topic
     jobs = await cstore.fetchall("SELECT payload FROM jobs WHERE stage='dedupe' AND report_id=?", (rid,))
-    assert [json.loads(j["payload"]) for j in jobs].count({"after_review": True}) == 1
+    assert [decode_payload("dedupe", j["payload"]) for j in jobs].count(DedupeJob(after_review=True)) == 1
     # Later, from the command line: refused with the reason, nothing changes.
     assert await review.review_cli(cstore, settings, ["decide", str(rid), "--actor", "op-hoa", "--reject",
                                                       "abusive"]) == 1

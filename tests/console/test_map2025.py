@@ -4,6 +4,7 @@ report; the reporter's acknowledgement and the public address name the unit the 
 from __future__ import annotations
 
 import json
+from ingest.jobs import NotifyJob
 from config.directory import load_directory
 from dispatch.messages import reporter_text, unit_committee_name
 from ingest.public import public_address
@@ -50,13 +51,13 @@ def test_the_acknowledgement_names_the_unit_committee_with_the_old_names() -> No
     place = {"district": "quan-6", "unit": "binh-tien", "unit_label": "Phường Bình Tiên (P.7, Q.6 cũ)"}
     report = SimpleNamespace(classification={"language": "vi", "place": place})
     case = {"id": "C-1", "token": "t", "result": None, "agency": "ubnd-binh-tien", "language": "vi", "state": "new"}
-    ack = notifier.render("ack", {}, report, case)  # type: ignore[arg-type]
+    ack = notifier.render("ack", NotifyJob(template="ack"), report, case)  # type: ignore[arg-type]
     assert "chuyển đến Ủy ban nhân dân Phường Bình Tiên (P.7, Q.6 cũ) để xử lý" in ack
     # Reassigned to another unit's committee: that committee's own name, not this label.
-    other = notifier.render("ack", {}, report, {**case, "agency": "ubnd-an-dong"})  # type: ignore[arg-type]
+    other = notifier.render("ack", NotifyJob(template="ack"), report, {**case, "agency": "ubnd-an-dong"})  # type: ignore[arg-type]
     assert "Ủy ban nhân dân Phường An Đông" in other and "P.7" not in other
     # A city-wide agency keeps its name.
-    assert "SAWACO" in notifier.render("ack", {}, report, {**case, "agency": "sawaco"})  # type: ignore[arg-type]
+    assert "SAWACO" in notifier.render("ack", NotifyJob(template="ack"), report, {**case, "agency": "sawaco"})  # type: ignore[arg-type]
 
 
 async def test_case_page_shows_the_unit_with_the_old_names(server: Server, browser: Browser) -> None:

@@ -3,6 +3,7 @@ the window index rebuilt equal to the grown one, expiry, and operators' merge/sp
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from dedupe.index import VectorWindow
 from dedupe.matcher import IncidentMatcher
 from dedupe.operations import incident_cli, merge, split
 from dedupe.service import STAGE, DedupeStage
+from ingest.queue import decode_payload
 from ingest.clock import FakeClock, iso
 from ingest.records import Candidate, Classification, InboundMessage, Place, to_json
 from ingest.store import Store
@@ -60,9 +62,11 @@ async def _drain(store: Store, matcher: IncidentMatcher) -> None:
 
 
 async def _jobs(store: Store, rid: int) -> list[tuple[str, dict]]:
+    """The dispatch and notify jobs queued for a report, each payload as its record's fields that are set."""
     rows = await store.fetchall("SELECT stage, payload FROM jobs WHERE report_id=? AND stage IN ('dispatch','notify')"
                                 " ORDER BY id", (rid,))
-    return [(r["stage"], json.loads(r["payload"])) for r in rows]
+    return [(r["stage"], {k: v for k, v in asdict(decode_payload(r["stage"], r["payload"])).items() if v is not None})
+            for r in rows]
 
 
 async def _flood_reports(store: Store) -> tuple[int, int, int]:

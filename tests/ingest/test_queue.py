@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ingest.clock import FakeClock
+from ingest.jobs import DedupeJob
 from ingest.store import Store, Tx
 from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
 
@@ -40,12 +41,12 @@ async def test_finish_and_next_stage_commit_together(clocked_store: Store, make_
 
     async def writes(tx: Tx) -> None:
         await tx.execute("UPDATE reports SET status='routed', topic='drainage' WHERE id=?", (job.report_id,))
-        await tx.enqueue("dedupe", job.report_id, {"from": "classify"})
+        await tx.enqueue("dedupe", job.report_id, DedupeJob(after_review=True))
 
     assert await clocked_store.finish(job, writes)
     assert (await _job_row(clocked_store, job.id))["state"] == "done"
     (nxt,) = await clocked_store.lease("dedupe", 1, 60)
-    assert nxt.report_id == report_id and nxt.payload == {"from": "classify"}
+    assert nxt.report_id == report_id and nxt.payload == DedupeJob(after_review=True)
     assert (await clocked_store.get_report(report_id)).status == "routed"
 
 

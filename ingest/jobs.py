@@ -1,0 +1,100 @@
+"""The kinds of queued work and one typed payload record for each (frozen, JSON with a schema version, like
+`ingest/records.py`): what one stage hands to another through the queue (ingest/queue.py).
+
+A stage enqueues `tx.enqueue(kind, report_id, Record(...))` and its worker reads `job.payload` as that record.
+Payloads stored by an older daemon as plain JSON objects decode into the same records (unknown keys ignored).
+What a kind's death or replay means beyond the job row is registered by the module that owns the kind
+(`ingest.queue.register_kind` with hooks), replacing the plain registration made here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .queue import JobKind, register_kind
+from .records import Attachment
+
+CLASSIFY, DEDUPE, DISPATCH, NOTIFY = "classify", "dedupe", "dispatch", "notify"
+DELIVER = "deliver"  # one agency delivery (dispatch/delivery.py)
+TELEGRAM_SEND = "telegram_send"  # one message of a Telegram bot (channels/telegram.py)
+AGENCY_EMAIL_REPLY = "agency_email_reply"  # an agency's emailed answer, applied by dispatch (dispatch/answers.py)
+MESSENGER_MEDIA = "messenger_media"  # per instance: "messenger_media:<channel name>"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClassifyJob:
+    """A stored report to classify (queued by the store with the report itself)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DedupeJob:
+    # True when an operator's review decision sends the report back: it already has its incident.
+    after_review: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchJob:
+    incident_id: str | None = None  # None: the report's own incident
+    # An operator merged `incident_id` into `merged_into`: its case is moved or closed (dedupe/operations.py).
+    merged_into: str | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifyJob:
+    """A message to the reporter of the job's report (dispatch/notify.py renders `template`)."""
+
+    template: str
+    case_id: str | None = None
+    incident_id: str | None = None
+    reason: str | None = None  # why a report was rejected or is out of scope
+    report_id: int | None = None  # the earlier report a follow-up joined
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaRef:
+    kind: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessengerMediaJob:
+    """Media of a Messenger report that did not arrive within the intake budget, fetched later."""
+
+    media: tuple[MediaRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliverJob:
+    """One outbox row (`deliveries.id`) to send to its agency endpoint; its webhook-id never changes."""
+
+    delivery_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelegramSendJob:
+    instance: str
+    chat_id: int
+    text: str
+    keyboard: str | None = None  # "location" | "contact" | "remove"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgencyEmailReplyJob:
+    """An agency's mail answering a dispatch email, stored as report `report_id` (raw kept, never routed) and
+    applied by dispatch in its own transaction. Every field is what the mail said; proof is checked by dispatch."""
+
+    from_addr: str | None
+    subject: str | None
+    body: str
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+    message_id: str | None = None
+    reply_tokens: tuple[str, ...] = ()  # sub-address tags of the addresses the mail was delivered to
+    sender_auth: str = "none"  # our relay's Authentication-Results verdict: pass, fail or none
+
+
+for _name, _payload in ((CLASSIFY, ClassifyJob), (DEDUPE, DedupeJob), (DISPATCH, DispatchJob), (NOTIFY, NotifyJob),
+                        (MESSENGER_MEDIA, MessengerMediaJob), (DELIVER, DeliverJob),
+                        (TELEGRAM_SEND, TelegramSendJob), (AGENCY_EMAIL_REPLY, AgencyEmailReplyJob)):
+    register_kind(JobKind(_name, _payload))
