@@ -597,7 +597,7 @@ class PgQueue(SqliteQueue):
                       delay: float = 0.0, deadline: float | None = None, subject: str | None = None) -> int:
         now = self.store.clock.now()
         row = await tx.fetchone(self.sql.insert + " RETURNING id", (kind, report_id, now + delay, deadline,
-                                                                    subject, _text(encode_payload(payload)), now, now))
+                                                                    subject, _text(encode_payload(payload, kind)), now, now))
         tx._notify.add(kind)
         tx.after_commit(lambda: self.wake(kind))
         return int(row["id"])

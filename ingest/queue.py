@@ -188,10 +188,10 @@ class QueueSql:
         self.set_deadline = "UPDATE jobs SET deadline_at=? WHERE id=?"
 
 
-def encode_payload(kind: str, payload: Any) -> str:
+def encode_payload(payload: Any, kind: str | None = None) -> str:
     """The kind's payload record as the JSON stored in `jobs.payload`. A plain dict (an older caller) is read into
     the kind's record first, so what is stored is always the record's shape."""
-    spec = kind_spec(kind)
+    spec = kind_spec(kind) if kind is not None else None
     if spec is not None and spec.payload is not None:
         if payload is None or isinstance(payload, dict):
             payload = from_json(spec.payload, payload or {})
@@ -226,7 +226,7 @@ class SqliteQueue:
                       delay: float = 0.0, deadline: float | None = None, subject: str | None = None) -> int:
         now = self.store.clock.now()
         cur = await tx.execute(self.sql.insert, (kind, report_id, now + delay, deadline, subject,
-                                                 encode_payload(kind, payload), now, now))
+                                                 encode_payload(payload, kind), now, now))
         tx.after_commit(lambda: self.wake(kind))
         return int(cur.lastrowid or 0)
 
