@@ -7,16 +7,16 @@ stored report's classification until the answer or the end of the wait).
 
 Whether a text names a place is the classifier's own judgement when it runs: it publishes `place.found`
 (text, lat, lon -> bool: a district from the gazetteer's districts, wards, streets and landmarks, or the GPS
-fix over one) in `AppContext.shared`. Without it, `mentions_place` looks for the words of an address; no
-place names are written here, they live in the directory and the gazetteer.
+fix over one) in `AppContext.shared`. Without it, the base's address reader (`ingest.addresses.mentions_place`)
+looks for the words of an address; no place names are written here, they live in the directory and the
+gazetteer.
 """
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ingest.addresses import mentions_place
 from ingest.text import fold
 
 # (text, lat, lon) -> whether the classifier finds the report's district there.
@@ -28,29 +28,6 @@ ASK_PLACE = ("Sự việc xảy ra ở đâu? Bạn vui lòng nhập địa ch�
 PLACE_LABEL = "Địa điểm"
 
 SKIP_WORDS = {"bo qua", "/skip", "skip", "khong", "ko", "khong biet", "khong ro"}
-# Words that name a place on their own (folded, no diacritics).
-PLACE_WORDS = re.compile(r"\b(khu pho|kp|chung cu|nga tu|nga ba|nga nam|vong xoay|cong vien|benh vien|so nha)\b")
-# Words that name a place only when a proper name or a number follows: "đường Lê Lợi", "quận 7", "chợ Bến
-# Thành" — but not "lề đường ban đêm", "quán ăn", "cho", "xả rác".
-NAMED_PLACE_WORDS = re.compile(r"\b(duong|pho|phuong|quan|huyen|hem|ngo|kiet|cho|cau|truong|xa|ap|thon)\b")
-HOUSE_NUMBER = re.compile(r"\b\d+[a-z]?(?:/\d+[a-z]?)+\b|\bso \d+[a-z]?\b")
-SHORT_UNIT = re.compile(r"\b(?:p|q)\.?\s?\d{1,2}\b")
-
-
-def mentions_place(text: str) -> bool:
-    """Whether the text has the words of an address: a house number, a named street / ward / district, a
-    landmark. The fallback when the classifier's place finder is not running."""
-    text = unicodedata.normalize("NFC", text)
-    folded = fold(text)
-    if PLACE_WORDS.search(folded) or HOUSE_NUMBER.search(folded) or SHORT_UNIT.search(folded):
-        return True
-    if len(folded) != len(text):  # folding kept positions for Vietnamese; anything else: no guessing
-        return False
-    for match in NAMED_PLACE_WORDS.finditer(folded):
-        rest = text[match.end():].lstrip(" :,.")
-        if rest and (rest[0].isupper() or rest[0].isdigit()):
-            return True
-    return False
 
 
 def place_missing(text: str, *, lat: float | None = None, lon: float | None = None, address: str | None = None,

@@ -16,10 +16,9 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
+from ingest.addresses import Gazetteer, find_place
 from ingest.records import Place
 from ingest.text import fold
-
-from .place import Gazetteer, find_place
 
 PHRASES_PATH = Path(__file__).with_name("data") / "reporter_place.json"
 

@@ -23,13 +23,14 @@ import numpy as np
 
 from config.directory import BUNDLED, Directory, load_directory
 from config.schema import Settings
+from ingest.addresses import Gazetteer
 from ingest.progress import progress_bar
 from ingest.records import Classification, Place
 
 from .embedder import EmbeddingThread, VectorCache, embed_cached, report_text
 from .model import MODEL_VERSION, TopicModel, load_cues
 from .locate import locate
-from .place import Gazetteer, load_gazetteer
+from .place import load_gazetteer
 from .policy import abusive_probability, complaint_terms_in, decide
 from .screening import screen
 from .wards2025 import load_ward_map, resolve_unit

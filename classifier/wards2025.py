@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.directory import DATA_DIR
+from ingest.addresses import Polygon
 from ingest.records import Place
 from ingest.text import fold
-
-from .place import Polygon
 
 WARDS_PATH = DATA_DIR / "hcmc-2025-wards.json"
 OLD_TO_NEW_PATH = DATA_DIR / "hcmc-2025-old-to-new.json"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ingest.addresses import ALLEY_NUMBER, SPOKEN_DIGITS, UNIT_LETTERS, read_spoken_number
 from ingest.text import fold
 
 # Common abbreviations of HCMC streets and admin words, folded. Street names spell the full form so that
@@ -46,18 +47,16 @@ ABBREVIATIONS: dict[str, str] = {
     "sg": "sai gon",
 }
 
-_NUMBER_WORDS = {
-    "mot": "1", "hai": "2", "ba": "3", "bon": "4", "tu": "4", "nam": "5", "sau": "6", "bay": "7", "tam": "8",
-    "chin": "9", "muoi": "10",
-}
+# Spoken digits as phone transcripts say them ("tư" is four after a unit word here).
+_NUMBER_WORDS = {**SPOKEN_DIGITS, "tu": "4"}
 # Words after which a number names a place unit (district, ward, alley, street number).
 _UNIT_WORDS = {"quan": "quan", "q": "quan", "phuong": "phuong", "p": "phuong", "hem": "hem", "kiet": "hem",
                "ngo": "hem", "so": "so", "khu pho": "kp", "kp": "kp", "to": "to", "ap": "ap", "tuyen": "tuyen"}
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:/[a-z0-9]+)*|[-,;:()|]")
 BREAK = "|"  # punctuation between words: ends a street name, no bigram spans it
-_UNIT_NUM = re.compile(r"^(q|p)(\d{1,2})$")
-_HOUSE = re.compile(r"^\d+[a-z]?(?:/\d+[a-z]?)+$")  # 83/16/4, 25/3A
+_UNIT_NUM = re.compile(rf"^({'|'.join(UNIT_LETTERS)})(\d{{1,2}})$")
+_HOUSE = re.compile(rf"^{ALLEY_NUMBER}$")  # 83/16/4, 25/3A
 
 # Words too common in reports to say anything about the place or the problem.
 STOPWORDS = frozenset("""
@@ -90,7 +89,7 @@ def tokenize(text: str) -> list[str]:
             continue
         m = _UNIT_NUM.match(tok)
         if m:
-            out.extend(("quan" if m.group(1) == "q" else "phuong", m.group(2)))
+            out.extend((UNIT_LETTERS[m.group(1)], m.group(2)))
             continue
         out.append(tok)
     # "quan muoi" / "phuong muoi ba" / "hem hai lam" -> digits, only right after a unit word so that
@@ -102,28 +101,9 @@ def tokenize(text: str) -> list[str]:
         spelled.append(tok)
         i += 1
         if tok in ("quan", "phuong", "hem") and i < len(out) and out[i] in _NUMBER_WORDS:
-            value, i = _read_number(out, i)
+            value, i = read_spoken_number(out, i, _NUMBER_WORDS)
             spelled.append(str(value))
     return spelled
-
-
-def _read_number(tokens: list[str], i: int) -> tuple[int, int]:
-    """Read a spoken Vietnamese number up to 99 ("muoi ba" 13, "hai muoi hai" 22)."""
-    first = tokens[i]
-    i += 1
-    if first == "muoi":
-        if i < len(tokens) and tokens[i] in _NUMBER_WORDS and tokens[i] != "muoi":
-            unit = int(_NUMBER_WORDS[tokens[i]])
-            return 10 + unit, i + 1
-        return 10, i
-    value = int(_NUMBER_WORDS[first])
-    if i < len(tokens) and tokens[i] == "muoi":
-        i += 1
-        value *= 10
-        if i < len(tokens) and tokens[i] in _NUMBER_WORDS and tokens[i] != "muoi":
-            value += int(_NUMBER_WORDS[tokens[i]])
-            i += 1
-    return value, i
 
 
 def extract(text: str) -> TextFeatures:

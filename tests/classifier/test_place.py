@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from classifier.place import find_place, load_gazetteer
+from classifier.place import load_gazetteer
 from config.directory import load_directory
+from ingest.addresses import find_place
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from classifier.place import find_place, load_gazetteer
+from classifier.place import load_gazetteer
 from classifier.policy import decide
 from classifier.wards2025 import UnitMatch, WardMap, load_ward_map, resolve_unit, short_name
 from config.directory import OPERATOR_UNIT, load_directory
+from ingest.addresses import find_place
 from ingest.records import Place
 
 DATA = Path(__file__).with_name("data")
