@@ -25,6 +25,7 @@ from ingest.worker import Writes
 
 from . import policy
 from .calendar import WorkCalendar
+from .delivery import DISABLED, enqueue_delivery
 from .messages import recurrence_text
 from .policy import CITY_OFFICE, DAY, OPERATOR_UNIT, AnswerRejected, CaseView, DeadlineSpec, WarnPolicy
 
@@ -229,14 +230,16 @@ class CaseBook:
         body = json.dumps(payload, ensure_ascii=False)
         disabled = {r["target"] for r in await tx.fetchall("SELECT target FROM endpoint_state WHERE agency=?",
                                                            (agency,))}
+        deadline = now + self.cfg.delivery.deadline_seconds
         for target in targets.targets:
-            state, error = ("dead", "endpoint disabled (410 Gone)") if target.name in disabled else ("pending", None)
-            await tx.execute(
+            off = target.name in disabled
+            state, error = ("dead", DISABLED) if off else ("pending", None)
+            row = await tx.fetchone(
                 "INSERT INTO deliveries(msg_id, case_id, agency, target, kind, event, payload, state, next_at,"
-                " deadline_at, last_error, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " deadline_at, last_error, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 ("msg_" + secrets.token_hex(12), case_id, agency, target.name, target.kind, event, body, state, now,
-                 now + self.cfg.delivery.deadline_seconds, error, now, now))
-        tx.after_commit(lambda: self.store._wake("deliveries"))
+                 deadline, error, now, now))
+            await enqueue_delivery(tx, int(row["id"]), agency, target.name, deadline, disabled=off)
 
     def agency_payload(self, case: sqlite3.Row, report: StoredReport, agency: str, event: str,
                        deadlines: list[dict[str, Any]], return_reason: str | None, *,

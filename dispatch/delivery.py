@@ -1,7 +1,9 @@
 """The delivery sender: drains the outbox to agency webhooks and mailboxes, at least once.
 
-- A row is leased (`sending`, lease_until) before the attempt, so a crash mid-send retries it after the lease;
-  the `webhook-id` / Message-ID was fixed when the row was written and never changes.
+- Each `deliveries` row (what to send, to whom, its outcome) has a `deliver` job in the one queue
+  (ingest/queue.py), written in the same transaction: the queue leases it before the attempt, so a crash mid-send
+  retries it after the lease, and fences, backs off, dead-letters and replays it as it does every job. The
+  `webhook-id` / Message-ID was fixed when the row was written and never changes.
 - Only 2xx is success; 410 disables the endpoint; 408/429/5xx, timeouts and resets are retried with full-jitter
   backoff (Retry-After is a floor); other 4xx and redirects are permanent. Past the deadline, a row is
   dead-lettered with an alert and can be replayed.
@@ -20,10 +22,13 @@ from typing import Any
 import aiohttp
 
 from config.dispatch import DispatchConfig, EmailTarget, WebhookTarget
-from ingest.backoff import backoff_delay
 from ingest.mail import send_message
 from ingest.errors import PermanentError, TransientError
+from ingest.jobs import DELIVER, DeliverJob
+from ingest.queue import JobKind, RetryPolicy, Settlement, register_kind
+from ingest.records import Job
 from ingest.store import Store, Tx
+from ingest.worker import Writes
 
 from . import messages, signing
 from .ssrf import BlockedAddress, GuardedResolver, check_url, target_problems
@@ -88,7 +93,7 @@ class DeliverySender:
         try:
             while True:
                 if not await self.run_once():
-                    await self.store.wait_for_work("deliveries", self.cfg.delivery.poll_seconds)
+                    await self.store.queue.wait(DELIVER, self.cfg.delivery.poll_seconds)
         finally:
             await self.close()
 
@@ -98,27 +103,26 @@ class DeliverySender:
             await session.close()
 
     async def run_once(self) -> int:
-        """Lease the due rows and attempt each one (endpoint limits apply); returns how many were attempted."""
-        now = self.store.clock.now()
+        """Lease the due deliveries and attempt each one (endpoint limits apply); returns how many were attempted."""
         d = self.cfg.delivery
-        async with self.store.transaction() as tx:
-            await tx.execute("UPDATE deliveries SET state='retry', lease_until=NULL WHERE state='sending'"
-                             " AND lease_until<?", (now,))
-            rows = await tx.fetchall(
-                "UPDATE deliveries SET state='sending', lease_until=?, attempts=attempts+1, updated_at=?"
-                " WHERE id IN (SELECT id FROM deliveries WHERE state IN ('pending','retry') AND next_at<=?"
-                " ORDER BY next_at, id LIMIT ?) RETURNING *", (now + d.lease_seconds, now, now, d.batch))
-            self._disabled = {(r["agency"], r["target"])
-                              for r in await tx.fetchall("SELECT agency, target FROM endpoint_state")}
-        if not rows:
+        jobs = await self.store.queue.lease(DELIVER, d.batch, d.lease_seconds)
+        if not jobs:
             return 0
+        ids = [job.payload.delivery_id for job in jobs]
+        marks = ",".join("?" * len(ids))
+        rows = {r["id"]: dict(r) for r in await self.store.fetchall(
+            f"SELECT * FROM deliveries WHERE id IN ({marks})", ids)}
+        self._disabled = {(r["agency"], r["target"])
+                          for r in await self.store.fetchall("SELECT agency, target FROM endpoint_state")}
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._attempt(dict(row))) for row in rows]
+            tasks = [tg.create_task(self._attempt(rows.get(job.payload.delivery_id))) for job in jobs]
         # One transaction (one fsync) records the whole batch's outcomes.
-        await self._record([t.result() for t in tasks])
-        return len(rows)
+        await self._record([(job, *t.result()) for job, t in zip(jobs, tasks)])
+        return len(jobs)
 
-    async def _attempt(self, row: dict[str, Any]) -> tuple[dict[str, Any], Outcome]:
+    async def _attempt(self, row: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Outcome]:
+        if row is None:
+            return row, Outcome("permanent", None, "delivery row missing")
         key = (row["agency"], row["target"])
         target = self._targets.get(key)
         if target is None:
@@ -199,56 +203,124 @@ class DeliverySender:
         return Outcome("delivered", 250)
 
     # -- outcomes --------------------------------------------------------------------------------
-    async def _record(self, results: list[tuple[dict[str, Any], Outcome]]) -> None:
-        now = self.store.clock.now()
-        async with self.store.transaction() as tx:
-            for row, outcome in results:
-                await self._record_one(tx, row, outcome, now)
+    async def _record(self, results: list[tuple[Job, dict[str, Any] | None, Outcome]]) -> None:
+        d = self.cfg.delivery
+        policy = RetryPolicy(max_attempts=None, base=d.backoff_base_seconds, cap=d.backoff_cap_seconds)
+        settlements = []
+        for job, row, outcome in results:
+            if outcome.kind == "delivered" and row is not None:
+                settlements.append(Settlement(job, "done", writes=self._delivered(job, row, outcome)))
+                self.sent += 1
+                continue
+            error = outcome.error or "failed"
+            plan = self.store.queue.plan_retry(job, error, policy, retry_after=outcome.retry_after,
+                                               permanent=outcome.kind != "transient")
+            if plan.dead:
+                # The kind's on_dead hook marks the row dead and raises the alert, in the same transaction.
+                writes = self._gone(job, row) if outcome.kind == "gone" and row is not None else None
+                settlements.append(Settlement(job, "dead", plan.error, writes=_then(
+                    _attempt_writes(job, outcome), writes)))
+            else:
+                settlements.append(Settlement(job, "retry", plan.error, plan.delay,
+                                              writes=_retry_writes(job, outcome, plan.delay)))
+        await self.store.queue.settle(settlements)
 
-    async def _record_one(self, tx: Tx, row: dict[str, Any], outcome: Outcome, now: float) -> None:
-        key = (row["agency"], row["target"])
-        case = await tx.fetchone("SELECT report_id, agency FROM cases WHERE id=?", (row["case_id"],))
-        report_id = case["report_id"] if case else None
-        if outcome.kind == "delivered":
-            cur = await tx.execute(
-                "UPDATE deliveries SET state='delivered', delivered_at=?, last_status=?, last_error=NULL,"
-                " lease_until=NULL, updated_at=? WHERE id=? AND state='sending'",
-                (now, outcome.status, now, row["id"]))
-            if cur.rowcount and case is not None and case["agency"] == row["agency"]:
+    def _delivered(self, job: Job, row: dict[str, Any], outcome: Outcome) -> Writes:
+        async def writes(tx: Tx) -> None:
+            now = self.store.clock.now()
+            await tx.execute(
+                "UPDATE deliveries SET state='delivered', delivered_at=?, last_status=?, last_error=NULL, attempts=?,"
+                " updated_at=? WHERE id=?", (now, outcome.status, job.attempts, now, row["id"]))
+            case = await tx.fetchone("SELECT report_id, agency FROM cases WHERE id=?", (row["case_id"],))
+            if case is not None and case["agency"] == row["agency"]:
                 # Art. 6: the 5-minute forwarding clock stops when the agency has the case.
                 await tx.execute(
                     "UPDATE deadlines SET state=CASE WHEN state='missed' OR due_at<? THEN 'met_late' ELSE 'met' END,"
                     " closed_at=? WHERE case_id=? AND agency=? AND kind='forward' AND state IN ('open','missed')",
                     (now, now, row["case_id"], row["agency"]))
-                await tx.event(report_id, "delivered", "dispatch", {"case_id": row["case_id"],
-                                                                    "target": row["target"]})
-            self.sent += 1
-        elif outcome.kind == "transient" and now < row["deadline_at"]:
-            delay = backoff_delay(row["attempts"], base=self.cfg.delivery.backoff_base_seconds,
-                                  cap=self.cfg.delivery.backoff_cap_seconds, retry_after=outcome.retry_after)
-            await tx.execute(
-                "UPDATE deliveries SET state='retry', next_at=?, last_status=?, last_error=?, lease_until=NULL,"
-                " updated_at=? WHERE id=? AND state='sending'",
-                (min(now + delay, row["deadline_at"]), outcome.status, outcome.error, now, row["id"]))
-        else:
-            reason = outcome.error or "failed"
-            if outcome.kind == "transient":
-                reason = f"delivery deadline passed; last error: {reason}"
-            await tx.execute(
-                "UPDATE deliveries SET state='dead', last_status=?, last_error=?, lease_until=NULL, updated_at=?"
-                " WHERE id=? AND state='sending'", (outcome.status, reason, now, row["id"]))
-            alert: dict[str, Any] = {"alert": "delivery_dead", "case_id": row["case_id"], "agency": row["agency"],
-                                     "target": row["target"], "msg_id": row["msg_id"], "error": reason}
-            if outcome.kind == "gone":
-                await tx.execute("INSERT OR REPLACE INTO endpoint_state(agency, target, disabled_at, reason)"
-                                 " VALUES (?,?,?,?)", (*key, now, "410 Gone"))
-                # Everything else queued for the endpoint waits as a dead letter, replayable once re-enabled.
-                await tx.execute("UPDATE deliveries SET state='dead', last_error='endpoint disabled (410 Gone)',"
-                                 " updated_at=? WHERE agency=? AND target=? AND state IN ('pending','retry')",
-                                 (now, *key))
-                alert["alert"] = "endpoint_disabled"
-            await tx.event(report_id, "alert", "dispatch", alert)
-            log.warning("delivery %s to %s/%s dead: %s", row["msg_id"], row["agency"], row["target"], reason)
+                await tx.event(case["report_id"], "delivered", "dispatch", {"case_id": row["case_id"],
+                                                                           "target": row["target"]})
+        return writes
+
+    def _gone(self, job: Job, row: dict[str, Any]) -> Writes:
+        """410 Gone: the endpoint is switched off, and everything else queued for it waits as a dead letter,
+        replayable once re-enabled."""
+        async def writes(tx: Tx) -> None:
+            now = self.store.clock.now()
+            await tx.execute("INSERT OR REPLACE INTO endpoint_state(agency, target, disabled_at, reason)"
+                             " VALUES (?,?,?,?)", (row["agency"], row["target"], now, "410 Gone"))
+            await self.store.queue.bury_subject(tx, DELIVER, endpoint_subject(row["agency"], row["target"]),
+                                                DISABLED)
+            await tx.execute("UPDATE deliveries SET state='dead', last_error=?, updated_at=? WHERE agency=? AND"
+                             " target=? AND state IN ('pending','retry')", (DISABLED, now, row["agency"], row["target"]))
+        return writes
+
+
+DISABLED = "endpoint disabled (410 Gone)"
+
+
+def endpoint_subject(agency: str, target: str) -> str:
+    """The `subject` of an endpoint's deliver jobs: what an operator replays or buries by."""
+    return f"{agency}/{target}"
+
+
+def _then(first: Writes, second: Writes | None) -> Writes:
+    async def both(tx: Tx) -> None:
+        await first(tx)
+        if second is not None:
+            await second(tx)
+    return both
+
+
+def _attempt_writes(job: Job, outcome: Outcome) -> Writes:
+    async def writes(tx: Tx) -> None:
+        await tx.execute("UPDATE deliveries SET last_status=?, attempts=? WHERE id=?",
+                         (outcome.status, job.attempts, job.payload.delivery_id))
+    return writes
+
+
+def _retry_writes(job: Job, outcome: Outcome, delay: float) -> Writes:
+    async def writes(tx: Tx) -> None:
+        now = tx.store.clock.now()
+        await tx.execute("UPDATE deliveries SET state='retry', next_at=?, last_status=?, last_error=?, attempts=?,"
+                         " updated_at=? WHERE id=?", (now + delay, outcome.status, outcome.error, job.attempts, now,
+                                                     job.payload.delivery_id))
+    return writes
+
+
+async def _delivery_dead(tx: Tx, job: Job, error: str) -> None:
+    """The `deliver` kind's death: the row is dead, operators are alerted (an endpoint's 410 says so)."""
+    now = tx.store.clock.now()
+    row = await tx.fetchone("SELECT * FROM deliveries WHERE id=?", (job.payload.delivery_id,))
+    if row is None:
+        return
+    await tx.execute("UPDATE deliveries SET state='dead', last_error=?, updated_at=? WHERE id=?",
+                     (error, now, row["id"]))
+    case = await tx.fetchone("SELECT report_id FROM cases WHERE id=?", (row["case_id"],))
+    alert: dict[str, Any] = {"alert": "endpoint_disabled" if error == "410 Gone" else "delivery_dead",
+                             "case_id": row["case_id"], "agency": row["agency"], "target": row["target"],
+                             "msg_id": row["msg_id"], "error": error}
+    await tx.event(case["report_id"] if case else None, "alert", "dispatch", alert)
+    log.warning("delivery %s to %s/%s dead: %s", row["msg_id"], row["agency"], row["target"], error)
+
+
+async def _delivery_replayed(tx: Tx, job: Job, _: str) -> None:
+    """A replayed delivery goes out again with the same webhook-id; its endpoint is re-enabled."""
+    now = tx.store.clock.now()
+    row = await tx.fetchone("SELECT * FROM deliveries WHERE id=?", (job.payload.delivery_id,))
+    if row is None:
+        return
+    await tx.execute("UPDATE deliveries SET state='pending', attempts=0, next_at=?, deadline_at=?, updated_at=?"
+                     " WHERE id=?", (now, job.deadline_at or row["deadline_at"], now, row["id"]))
+    await tx.execute("DELETE FROM endpoint_state WHERE agency=? AND target=?", (row["agency"], row["target"]))
+    case = await tx.fetchone("SELECT report_id FROM cases WHERE id=?", (row["case_id"],))
+    await tx.event(case["report_id"] if case else None, "deliveries_replayed", "operator",
+                   {"case_id": row["case_id"]})
+
+
+register_kind(JobKind(DELIVER, on_dead=_delivery_dead, on_replay=_delivery_replayed,
+                      replay_deadline=3 * 86400.0))
+
 
 def reply_address(mailbox: str, token: str) -> str:
     name, addr = email.utils.parseaddr(mailbox)
@@ -289,26 +361,26 @@ def _smtp_send(cfg: DispatchConfig, msg: EmailMessage) -> None:
     send_message(cfg.smtp, msg)
 
 
+async def enqueue_delivery(tx: Tx, delivery_id: int, agency: str, target: str, deadline: float, *,
+                           disabled: bool = False) -> None:
+    """The `deliver` job of a new outbox row, in the row's own transaction; born dead (replayable) when its
+    endpoint is switched off (the row is written dead by the caller)."""
+    job_id = await tx.enqueue(DELIVER, None, DeliverJob(delivery_id=delivery_id), deadline=deadline,
+                              subject=endpoint_subject(agency, target))
+    if disabled:
+        await tx.store.queue.bury(tx, [job_id], DISABLED)
+
+
 async def replay_deliveries(store: Store, *, ids: list[int] | None = None, agency: str | None = None,
                             deadline_seconds: float = 3 * 86400.0) -> int:
-    """Put dead letters back in the outbox (same webhook-id), re-enabling their endpoints; returns the count."""
-    now = store.clock.now()
-    sql = ("UPDATE deliveries SET state='pending', attempts=0, next_at=?, deadline_at=?, lease_until=NULL,"
-           " updated_at=? WHERE state='dead'")
-    params: list[Any] = [now, now + deadline_seconds, now]
+    """Put dead deliveries back in the outbox (same webhook-id), re-enabling their endpoints; returns the count.
+    `ids` are delivery ids (as `run_daemon.py dispatch deliveries` lists them)."""
+    job_ids: list[int] = []
     if ids:
-        sql += f" AND id IN ({','.join('?' * len(ids))})"
-        params += ids
-    if agency:
-        sql += " AND agency=?"
-        params.append(agency)
-    async with store.transaction() as tx:
-        rows = await tx.fetchall(sql + " RETURNING agency, target, case_id", params)
-        for pair in {(r["agency"], r["target"]) for r in rows}:
-            await tx.execute("DELETE FROM endpoint_state WHERE agency=? AND target=?", pair)
-        for case_id in {r["case_id"] for r in rows}:
-            case = await tx.fetchone("SELECT report_id FROM cases WHERE id=?", (case_id,))
-            await tx.event(case["report_id"] if case else None, "deliveries_replayed", "operator",
-                           {"case_id": case_id})
-        tx.after_commit(lambda: store._wake("deliveries"))
-    return len(rows)
+        wanted = set(ids)
+        job_ids = [d.id for d in await store.queue.dead_letters(DELIVER, limit=1_000_000)
+                   if d.payload is not None and d.payload.delivery_id in wanted]
+        if not job_ids:
+            return 0
+    return await store.queue.replay(DELIVER, job_ids, subject_prefix=f"{agency}/" if agency else None,
+                                    deadline_seconds=deadline_seconds)

@@ -213,3 +213,23 @@ MIGRATIONS.append((
     CREATE INDEX case_supporters_agency ON case_supporters(agency, state);
     """,
 ))
+
+MIGRATIONS.append((
+    4,
+    """
+    -- Deliveries are driven by the one queue (ingest/queue.py): every row not yet delivered gets its `deliver` job,
+    -- which carries its attempts, next attempt, lease, deadline and dead letter from now on (subject
+    -- "agency/target", what operators replay by). `deliveries.state` keeps the outcome operators see: pending,
+    -- retry, delivered, dead; a row being sent when the old daemon stopped is pending again, its job leased until
+    -- the reclaimer gives it back.
+    INSERT INTO jobs(stage, report_id, state, attempts, available_at, lease_until, deadline_at, subject, last_error,
+                     payload, created_at, updated_at)
+        SELECT 'deliver', NULL,
+               CASE state WHEN 'dead' THEN 'dead' WHEN 'sending' THEN 'leased' ELSE 'ready' END,
+               attempts, next_at, lease_until, deadline_at, agency || '/' || target, last_error,
+               '{"type":"DeliverJob","schema_version":1,"delivery_id":' || id || '}', created_at, updated_at
+        FROM deliveries WHERE state != 'delivered' ORDER BY id;
+    UPDATE deliveries SET state='pending' WHERE state='sending';
+    DROP INDEX IF EXISTS deliveries_due;
+    """,
+))

@@ -23,7 +23,14 @@ and the job was reclaimed and taken again, the late worker's outcome changes not
     oks = await queue.finish_many([(job, writes), ...])          # one transaction, a savepoint per job
     outcome = await queue.retry_or_dead(job, error, policy, retry_after=None, permanent=False)  # "retry"/"dead"/"lost"
     await queue.fail(job, error, retry_in=seconds, dead=bool)    # the same with the delay decided by the caller
+    ok = await queue.settle([Settlement(job, "done"|"retry"|"dead", error, retry_in, writes), ...])
+                                                                 # a batch's outcomes in one transaction
+    plan = queue.plan_retry(job, error, policy, retry_after=None, permanent=False)  # RetryPlan(dead, delay, error)
     await queue.release(jobs)                                    # shutdown: back to 'ready', attempt not counted
+    await queue.bury(tx, job_ids, error) / bury_subject(tx, kind, subject, error)
+                                                                 # dead-letter waiting jobs in the caller's
+                                                                 # transaction (an endpoint that answered 410);
+                                                                 # no on_dead hook: the caller records it
     queue.wake(kind); await queue.wait(kind, timeout)            # a worker sleeps until work is committed
 
 Both `finish` and `retry_or_dead`/`fail` accept `writes(tx)`, the caller's own writes in the same transaction
@@ -139,6 +146,25 @@ def kind_spec(name: str) -> JobKind | None:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPlan:
+    dead: bool
+    delay: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The outcome of one leased job's attempt: "done", "retry" (in `retry_in` seconds) or "dead", and the
+    caller's writes to apply with it (skipped when the lease was lost)."""
+
+    job: Job
+    result: str
+    error: str | None = None
+    retry_in: float = 0.0
+    writes: Writes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     id: int
     kind: str
@@ -147,6 +173,7 @@ class DeadLetter:
     attempts: int
     last_error: str | None
     updated_at: float
+    payload: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +209,14 @@ class QueueSql:
                         " RETURNING stage")
         self.replay = (f"UPDATE jobs SET state='ready', attempts=0, available_at=?, updated_at=? WHERE state='dead'"
                        "{where} RETURNING " + self.COLUMNS)
-        self.dead_letters = ("SELECT id, stage, report_id, subject, attempts, last_error, updated_at FROM jobs"
+        self.dead_letters = ("SELECT id, stage, report_id, subject, attempts, last_error, updated_at, payload FROM jobs"
                              " WHERE state='dead'{where} ORDER BY id DESC LIMIT ?")
         self.depths = "SELECT stage, state, COUNT(*) AS n FROM jobs WHERE state!='done' GROUP BY stage, state"
         self.set_deadline = "UPDATE jobs SET deadline_at=? WHERE id=?"
+        self.bury = ("UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
+                     " WHERE state='ready' AND id IN ({ids}) RETURNING " + self.COLUMNS)
+        self.bury_subject = ("UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
+                             " WHERE stage=? AND subject=? AND state='ready' RETURNING " + self.COLUMNS)
 
 
 def encode_payload(payload: Any, kind: str | None = None) -> str:
@@ -301,45 +332,83 @@ class SqliteQueue:
                 outcomes.append(applied)
         return outcomes
 
-    def retry_delay(self, job: Job, policy: RetryPolicy, retry_after: float | None = None) -> float:
-        return backoff_delay(job.attempts, base=policy.base, cap=policy.cap, retry_after=retry_after)
+    def plan_retry(self, job: Job, error: str, policy: RetryPolicy, *, retry_after: float | None = None,
+                   permanent: bool = False) -> RetryPlan:
+        """Retry after the policy's backoff (Retry-After a floor, never past the job's deadline), or dead when the
+        failure is permanent, the attempts are spent or the deadline has passed."""
+        now = self.store.clock.now()
+        dead = permanent or (policy.max_attempts is not None and job.attempts >= policy.max_attempts)
+        delay = backoff_delay(job.attempts, base=policy.base, cap=policy.cap, retry_after=retry_after)
+        if job.deadline_at is not None:
+            if now >= job.deadline_at and not dead:
+                dead = True
+                error = f"deadline passed; last error: {error}"
+            delay = max(0.0, min(delay, job.deadline_at - now))
+        return RetryPlan(dead=dead, delay=delay, error=error)
 
     async def retry_or_dead(self, job: Job, error: str, policy: RetryPolicy, *, retry_after: float | None = None,
                             permanent: bool = False, writes: Writes | None = None) -> str:
-        """Retry the job after the policy's backoff (Retry-After a floor, never past its deadline), or dead-letter
-        it when the failure is permanent, its attempts are spent or its deadline passed. Returns "retry", "dead"
-        or "lost" (the lease was lost: nothing written, `writes` not applied)."""
-        now = self.store.clock.now()
-        dead = permanent or (policy.max_attempts is not None and job.attempts >= policy.max_attempts)
-        delay = self.retry_delay(job, policy, retry_after)
-        if job.deadline_at is not None:
-            if now >= job.deadline_at:
-                dead = True
-                error = f"deadline passed; last error: {error}"
-            delay = min(delay, job.deadline_at - now)
-        applied = await self.fail(job, error, retry_in=delay, dead=dead, writes=writes)
-        return "lost" if not applied else "dead" if dead else "retry"
+        """`plan_retry`, then record it. Returns "retry", "dead" or "lost" (the lease was lost: nothing written,
+        `writes` not applied)."""
+        plan = self.plan_retry(job, error, policy, retry_after=retry_after, permanent=permanent)
+        applied = await self.fail(job, plan.error, retry_in=plan.delay, dead=plan.dead, writes=writes)
+        return "lost" if not applied else "dead" if plan.dead else "retry"
 
     async def fail(self, job: Job, error: str, *, retry_in: float, dead: bool, writes: Writes | None = None) -> bool:
         """Record a failed attempt: back to 'ready' in `retry_in` seconds, or dead-lettered (the kind's on_dead
         hook, else the report rule, in the same transaction). False when the lease was lost."""
-        now = self.store.clock.now()
+        (applied,) = await self.settle([Settlement(job, "dead" if dead else "retry", error, retry_in, writes)])
+        return applied
+
+    async def settle(self, items: Sequence[Settlement]) -> list[bool]:
+        """Several attempts' outcomes in one transaction (one fsync), each fenced on its own: False for a job whose
+        lease was lost (its writes are not applied). A failure of any writes fails the whole transaction."""
+        applied: list[bool] = []
+        if not items:
+            return applied
         async with self.store.transaction() as tx:
-            if dead:
-                cur = await tx.execute(self.sql.dead, (error, now, job.id, job.attempts))
-            else:
-                cur = await tx.execute(self.sql.retry, (now + retry_in, error, now, job.id, job.attempts))
-            if cur.rowcount != 1:  # lease lost: another worker owns the job now
-                return False
-            if dead:
-                spec = kind_spec(job.stage)
-                if spec is not None and spec.on_dead is not None:
-                    await spec.on_dead(tx, job, error)
-                elif job.report_id is not None:
-                    await _report_dead(tx, job, error, now)
-            if writes is not None:
-                await writes(tx)
+            for item in items:
+                applied.append(await self._settle_one(tx, item))
+        return applied
+
+    async def _settle_one(self, tx: Tx, item: Settlement) -> bool:
+        job, now = item.job, self.store.clock.now()
+        if item.result == "done":
+            cur = await tx.execute(self.sql.finish, (now, job.id, job.attempts))
+        elif item.result == "dead":
+            cur = await tx.execute(self.sql.dead, (item.error, now, job.id, job.attempts))
+        elif item.result == "retry":
+            cur = await tx.execute(self.sql.retry, (now + item.retry_in, item.error, now, job.id, job.attempts))
+        else:
+            raise ValueError(f"unknown outcome {item.result!r}")
+        if cur.rowcount != 1:  # lease lost: another worker owns the job now
+            return False
+        if item.result == "dead":
+            await self._on_dead(tx, job, item.error or "", now)
+        if item.writes is not None:
+            await item.writes(tx)
         return True
+
+    async def _on_dead(self, tx: Tx, job: Job, error: str, now: float) -> None:
+        spec = kind_spec(job.stage)
+        if spec is not None and spec.on_dead is not None:
+            await spec.on_dead(tx, job, error)
+        elif job.report_id is not None:
+            await _report_dead(tx, job, error, now)
+
+    async def bury(self, tx: Tx, job_ids: Sequence[int], error: str) -> list[Job]:
+        """Dead-letter waiting ('ready') jobs in the caller's transaction, for work that can only fail now (its
+        endpoint answered 410 Gone), kept replayable. No on_dead hook runs: the caller records what it means."""
+        if not job_ids:
+            return []
+        now = self.store.clock.now()
+        rows = await tx.fetchall(self.sql.bury.format(ids=",".join("?" * len(job_ids))), [error, now, *job_ids])
+        return [self._job(r) for r in rows]
+
+    async def bury_subject(self, tx: Tx, kind: str, subject: str, error: str) -> list[Job]:
+        """`bury` every waiting job of `kind` about `subject`."""
+        now = self.store.clock.now()
+        return [self._job(r) for r in await tx.fetchall(self.sql.bury_subject, (error, now, kind, subject))]
 
     async def release(self, jobs: Iterable[Job]) -> None:
         """Give leases back on shutdown, without counting the attempt."""
@@ -360,9 +429,10 @@ class SqliteQueue:
                 self.wake(kind)
         return len(rows)
 
-    async def replay(self, kind: str | None = None, ids: Sequence[int] = (), subject_prefix: str | None = None
-                     ) -> int:
-        """Put dead letters back ('ready', attempts 0), each kind's on_replay hook in the same transaction."""
+    async def replay(self, kind: str | None = None, ids: Sequence[int] = (), subject_prefix: str | None = None,
+                     deadline_seconds: float | None = None) -> int:
+        """Put dead letters back ('ready', attempts 0), each kind's on_replay hook in the same transaction. A job
+        with a deadline gets a fresh one, `deadline_seconds` (else its kind's `replay_deadline`) from now."""
         now = self.store.clock.now()
         where, params = _filters(kind, ids, subject_prefix)
         async with self.store.transaction() as tx:
@@ -370,8 +440,10 @@ class SqliteQueue:
             jobs = [self._job(r) for r in rows]
             for job in sorted(jobs, key=lambda j: j.id):
                 spec = kind_spec(job.stage)
-                if spec is not None and spec.replay_deadline is not None and job.deadline_at is not None:
-                    await tx.execute(self.sql.set_deadline, (now + spec.replay_deadline, job.id))
+                span = deadline_seconds if deadline_seconds is not None else spec.replay_deadline if spec else None
+                if span is not None and job.deadline_at is not None:
+                    job = dataclasses.replace(job, deadline_at=now + span)
+                    await tx.execute(self.sql.set_deadline, (job.deadline_at, job.id))
                 if spec is not None and spec.on_replay is not None:
                     await spec.on_replay(tx, job, "")
                 elif job.report_id is not None:
@@ -384,12 +456,21 @@ class SqliteQueue:
         where, params = _filters(kind, (), None)
         rows = await self.store.fetchall(self.sql.dead_letters.format(where=where), [*params, limit])
         return [DeadLetter(id=r["id"], kind=r["stage"], report_id=r["report_id"], subject=r["subject"],
-                           attempts=r["attempts"], last_error=r["last_error"], updated_at=r["updated_at"])
+                           attempts=r["attempts"], last_error=r["last_error"], updated_at=r["updated_at"],
+                           payload=_decoded_or_none(r["stage"], r["payload"]))
                 for r in rows]
 
     async def depths(self) -> dict[tuple[str, str], int]:
         rows = await self.store.fetchall(self.sql.depths)
         return {(r["stage"], r["state"]): r["n"] for r in rows}
+
+
+def _decoded_or_none(kind: str, text: str | None) -> Any:
+    """A dead letter's payload for listing: one that no longer decodes is shown as absent, not an error."""
+    try:
+        return decode_payload(kind, text)
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _filters(kind: str | None, ids: Sequence[int], subject_prefix: str | None) -> tuple[str, list[Any]]:

@@ -267,3 +267,50 @@ async def test_sender_survives_concurrent_run(dstore, directory, receiver):
     await asyncio.gather(sender.run_once(), sender.run_once())
     await sender.close()
     assert len(receiver.requests) == 5
+
+
+async def test_an_outbox_written_before_the_one_queue_is_delivered_after_the_upgrade(tmp_path, fclock, directory,
+                                                                                      receiver):
+    """A store whose `deliveries` were leased by the old sender (dispatch schema 3): the migration gives every row
+    not yet delivered its `deliver` job, with its attempts, deadline and dead letter, and they go out once."""
+    from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
+    from dispatch.schema import MIGRATIONS
+    from ingest.store import Store
+
+    old = {"dedupe": DEDUPE_MIGRATIONS, "dispatch": [m for m in MIGRATIONS if m[0] <= 3]}
+    store = await Store.open(tmp_path / "old.sqlite3", tmp_path / "blobs", clock=fclock, migrations=old)
+    cfg = DispatchConfig.model_validate({"agencies": webhook_cfg(receiver.url)})
+    book = make_book(store, directory, cfg)
+    for i in range(5):
+        rid = await seed_report(store, incident_id=f"INC-{i + 1:06d}")
+        await run_dispatch(store, book, rid, f"INC-{i + 1:06d}")
+    now = fclock.now()
+    async with store.transaction() as tx:  # what the old sender left: no deliver jobs, its own lease columns
+        await tx.execute("DELETE FROM jobs WHERE stage='deliver'")
+        for did, state, attempts, lease, error in ((1, "pending", 0, None, None), (2, "retry", 2, None, "HTTP 503"),
+                                                   (3, "sending", 1, now - 1, None), (4, "dead", 7, None, "HTTP 400"),
+                                                   (5, "delivered", 1, None, None)):
+            await tx.execute("UPDATE deliveries SET state=?, attempts=?, lease_until=?, last_error=?, next_at=?"
+                             " WHERE id=?", (state, attempts, lease, error, now, did))
+    await store.close()
+
+    store = await Store.open(tmp_path / "old.sqlite3", tmp_path / "blobs", clock=fclock,
+                             migrations={"dedupe": DEDUPE_MIGRATIONS, "dispatch": MIGRATIONS})
+    try:
+        jobs = {json.loads(r["payload"])["delivery_id"]: dict(r) for r in await store.fetchall(
+            "SELECT state, attempts, subject, last_error, deadline_at, payload FROM jobs WHERE stage='deliver'")}
+        assert sorted(jobs) == [1, 2, 3, 4]
+        assert [jobs[i]["state"] for i in (1, 2, 3, 4)] == ["ready", "ready", "leased", "dead"]
+        assert jobs[2]["attempts"] == 2 and jobs[4]["last_error"] == "HTTP 400"
+        assert jobs[1]["subject"] == "sawaco/main" and jobs[1]["deadline_at"] is not None
+        assert await store.queue.reclaim_expired() == 1  # the send cut short by the old daemon's end
+        sender = DeliverySender(store, cfg)
+        assert await sender.run_once() == 3
+        assert await replay_deliveries(store) == 1  # the old dead letter replays like any other
+        assert await sender.run_once() == 1
+        await sender.close()
+        states = [r["state"] for r in await store.fetchall("SELECT state FROM deliveries ORDER BY id")]
+        assert states == ["delivered"] * 5
+        assert len(receiver.accepted) == 4  # the one delivered before the upgrade is not sent again
+    finally:
+        await store.close()
