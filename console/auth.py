@@ -68,10 +68,11 @@ async def create_user(store: Store, username: str, role: str, password: str, age
     async with store.transaction() as tx:
         if await tx.fetchone("SELECT 1 FROM users WHERE username=?", (username,)):
             raise UserError(f"user {username!r} exists")
-        cur = await tx.execute(
-            "INSERT INTO users(username, role, agency, password_hash, created_at) VALUES (?,?,?,?,?)",
+        # RETURNING, not lastrowid: the same statement gives the id on SQLite and on PostgreSQL.
+        row = await tx.fetchone(
+            "INSERT INTO users(username, role, agency, password_hash, created_at) VALUES (?,?,?,?,?) RETURNING id",
             (username, role, agency, hashed, store.clock.now()))
-        return int(cur.lastrowid or 0)
+        return int(row["id"])
 
 
 async def disable_user(store: Store, username: str) -> None:

@@ -8,6 +8,7 @@ that needs more than that gives each dialect its own text (ingest/migrations.py 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 SQLITE = "sqlite"
@@ -65,6 +66,99 @@ def placeholders(sql: str) -> str:
             rebuilt.append(f"${count}{part}")
         out.append("".join(rebuilt))
     return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Translated:
+    """A statement in PostgreSQL's dialect. `replace_into` names (table, columns) of an `INSERT OR REPLACE`, which
+    needs the table's key to become `ON CONFLICT (key) DO UPDATE` (the caller looks the key up)."""
+
+    sql: str
+    replace_into: tuple[str, tuple[str, ...]] | None = None
+
+
+_SENTINEL = re.compile("\x01(\d+)\x01")
+_FUNC = re.compile(r"\b(MAX|MIN|IFNULL|json_extract|json_group_array)\s*\(", re.I)
+_OR_IGNORE = re.compile(r"\bINSERT\s+OR\s+IGNORE\s+INTO\b", re.I)
+_OR_REPLACE = re.compile(r"\bINSERT\s+OR\s+REPLACE\s+INTO\s+(\w+)\s*\(([^)]*)\)", re.I)
+_RETURNING = re.compile(r"\bRETURNING\b", re.I)
+
+
+def _args(code: str, open_at: int) -> tuple[list[str], int]:
+    """The top-level arguments of the call whose "(" is at `open_at`, and the index just past its ")"."""
+    depth, start, args = 0, open_at + 1, []
+    for i in range(open_at, len(code)):
+        c = code[i]
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                args.append(code[start:i])
+                return args, i + 1
+        elif c == "," and depth == 1:
+            args.append(code[start:i])
+            start = i + 1
+    raise ValueError("unbalanced parentheses")
+
+
+def _functions(code: str, saved: list[str]) -> str:
+    """SQLite's scalar MAX/MIN of several values, IFNULL, json_extract and json_group_array in PostgreSQL's words."""
+    out, pos = [], 0
+    while m := _FUNC.search(code, pos):
+        name = m.group(1).lower()
+        args, end = _args(code, m.end() - 1)
+        inner = [_functions(a, saved) for a in args]
+        if name in ("max", "min") and len(inner) >= 2:
+            call = f"{'GREATEST' if name == 'max' else 'LEAST'}({','.join(inner)})"
+        elif name == "ifnull":
+            call = f"COALESCE({','.join(inner)})"
+        elif name == "json_extract" and len(inner) == 2 and _SENTINEL.fullmatch(inner[1].strip()):
+            path = saved[int(_SENTINEL.fullmatch(inner[1].strip()).group(1))].strip("'")  # type: ignore[union-attr]
+            if not path.startswith("$."):
+                raise ValueError(f"json path {path!r} not supported")
+            keys = ",".join(path[2:].split("."))
+            call = f"(({inner[0]})::jsonb #>> '{{{keys}}}')"
+        elif name == "json_group_array" and len(inner) == 1:
+            call = f"COALESCE(json_agg({inner[0]}), '[]'::json)::text"
+        else:
+            call = f"{m.group(1)}({','.join(inner)})"
+        out.append(code[pos:m.start()] + call)
+        pos = end
+    out.append(code[pos:])
+    return "".join(out)
+
+
+@lru_cache(maxsize=4096)
+def to_postgresql(sql: str) -> Translated:
+    """A statement the stages wrote for SQLite, as PostgreSQL runs it: `?` placeholders numbered; scalar
+    MAX/MIN(a, b) as GREATEST/LEAST; IFNULL as COALESCE; `json_extract(x, '$.a.b')` as text extraction from
+    jsonb; `json_group_array` as json_agg; `INSERT OR IGNORE` as `ON CONFLICT DO NOTHING`. Literals and comments
+    are left as they are."""
+    saved: list[str] = []
+    masked = []
+    for kind, text in _scan(sql):
+        if kind == "quoted":
+            saved.append(text)
+            masked.append(f"\x01{len(saved) - 1}\x01")
+        else:
+            masked.append(text)
+    code = "".join(masked)
+    replace_into = None
+    if m := _OR_REPLACE.search(code):
+        replace_into = (m.group(1), tuple(c.strip() for c in m.group(2).split(",")))
+        code = code[:m.start()] + f"INSERT INTO {m.group(1)}({m.group(2)})" + code[m.end():]
+    ignore = bool(_OR_IGNORE.search(code))
+    if ignore:
+        code = _OR_IGNORE.sub("INSERT INTO", code)
+        stripped = code.rstrip().rstrip(";")
+        r = _RETURNING.search(stripped)
+        code = (stripped[:r.start()] + "ON CONFLICT DO NOTHING " + stripped[r.start():] if r
+                else stripped + " ON CONFLICT DO NOTHING")
+    code = _functions(code, saved)
+    parts = code.split("?")
+    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+    return Translated(_SENTINEL.sub(lambda s: saved[int(s.group(1))], numbered), replace_into)
 
 
 # SQLite DDL -> PostgreSQL DDL, applied to code only (never inside literals or comments).

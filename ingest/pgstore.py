@@ -26,7 +26,7 @@ import asyncpg
 
 from .blobs import BlobStore
 from .clock import Clock
-from .dialect import POSTGRESQL, placeholders, split_statements
+from .dialect import POSTGRESQL, split_statements, to_postgresql
 from .errors import RecordError, StorageError
 from .faults import StoreHealth
 from .leases import lock_key
@@ -96,20 +96,23 @@ class PgTx:
         self._after_commit: list[Callable[[], None]] = []
         self._notify: set[str] = set()
 
+    async def _sql(self, sql: str) -> str:
+        return await self.store._statement(self.conn, sql)
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         if isinstance(params, dict):
             raise TypeError("named parameters are not portable: use ? placeholders")
-        rows, status, _ = await self.conn._execute(placeholders(sql), tuple(params), 0, None, return_status=True)
+        rows, status, _ = await self.conn._execute(await self._sql(sql), tuple(params), 0, None, return_status=True)
         return PgCursor(rows, status.decode() if isinstance(status, bytes) else str(status))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self.conn.executemany(placeholders(sql), [tuple(r) for r in rows])
+        await self.conn.executemany(await self._sql(sql), [tuple(r) for r in rows])
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[asyncpg.Record]:
-        return await self.conn.fetch(placeholders(sql), *params)
+        return await self.conn.fetch(await self._sql(sql), *params)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> asyncpg.Record | None:
-        return await self.conn.fetchrow(placeholders(sql), *params)
+        return await self.conn.fetchrow(await self._sql(sql), *params)
 
     @property
     def in_transaction(self) -> bool:
@@ -159,6 +162,7 @@ class PgStore:
         self._pending: list[tuple[InboundMessage, bytes, str, asyncio.Future[SubmitResult]]] = []
         self._flush_task: asyncio.Task[None] | None = None
         self.queue = PgQueue(self)
+        self._primary_keys: dict[str, tuple[str, ...]] = {}
         self.commit_count = 0
         self.health = StoreHealth()
         self.quarantine_limits = QuarantineLimits()
@@ -319,9 +323,30 @@ class PgStore:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[asyncpg.Record]:
         assert self._pool is not None, "store is closed"
         try:
-            return await self._pool.fetch(placeholders(sql), *params)
+            async with self._pool.acquire() as conn:
+                return await conn.fetch(await self._statement(conn, sql), *params)
         except Exception as exc:
             raise self._storage_failure(exc) from exc
+
+    async def _statement(self, conn: asyncpg.Connection, sql: str) -> str:
+        """The stages' SQLite-dialect statement as PostgreSQL runs it (ingest/dialect.py to_postgresql); an
+        `INSERT OR REPLACE` becomes an upsert on the table's primary key, looked up once per table."""
+        translated = to_postgresql(sql)
+        if translated.replace_into is None:
+            return translated.sql
+        table, columns = translated.replace_into
+        key = self._primary_keys.get(table)
+        if key is None:
+            rows = await conn.fetch(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a"
+                " ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+                " WHERE i.indrelid = $1::regclass AND i.indisprimary", table)
+            key = self._primary_keys[table] = tuple(r[0] for r in rows)
+        if not key:
+            raise ValueError(f"INSERT OR REPLACE into {table}, which has no primary key")
+        updates = [c for c in columns if c not in key]
+        action = ("DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in updates)) if updates else "DO NOTHING"
+        return f"{translated.sql.rstrip().rstrip(';')} ON CONFLICT ({', '.join(key)}) {action}"
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> asyncpg.Record | None:
         rows = await self.fetchall(sql, params)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ingest.dialect import placeholders, postgresql_ddl, split_statements
+from ingest.dialect import placeholders, postgresql_ddl, split_statements, to_postgresql
 from ingest.pgstore import PgStore
 
 BOUND = 30.0  # a bound on waiting for something that must happen, never a measured duration
@@ -100,3 +100,44 @@ def test_sqlite_ddl_becomes_postgresql_ddl() -> None:
 def test_statements_split_on_semicolons_in_code_only() -> None:
     script = "CREATE TABLE a(x TEXT DEFAULT ';'); -- c;\nCREATE TABLE b(y TEXT);\n-- only a comment;\n"
     assert split_statements(script) == ["CREATE TABLE a(x TEXT DEFAULT ';')", "-- c;\nCREATE TABLE b(y TEXT)"]
+
+
+def test_the_stages_sqlite_idioms_in_postgresql_words() -> None:
+    t = to_postgresql
+    assert t("UPDATE i SET last=MAX(last, ?), first=MIN(first, ?) WHERE id=?").sql == \
+        "UPDATE i SET last=GREATEST(last, $1), first=LEAST(first, $2) WHERE id=$3"
+    assert t("SELECT max(x), MAX(attempts-1, 0) FROM j").sql == "SELECT max(x), GREATEST(attempts-1, 0) FROM j"
+    assert t("INSERT OR IGNORE INTO k(name, value) VALUES ('csrf', ?)").sql == \
+        "INSERT INTO k(name, value) VALUES ('csrf', $1) ON CONFLICT DO NOTHING"
+    assert t("INSERT OR IGNORE INTO k(a) VALUES (?) RETURNING id").sql == \
+        "INSERT INTO k(a) VALUES ($1) ON CONFLICT DO NOTHING RETURNING id"
+    assert t("SELECT 1 FROM e WHERE json_extract(data, '$.reply.id')=? AND note='MAX(a, b)?'").sql == \
+        "SELECT 1 FROM e WHERE ((data)::jsonb #>> '{reply,id}')=$1 AND note='MAX(a, b)?'"
+    assert t("SELECT IFNULL(x, 0), json_group_array(a.data) FROM a").sql == \
+        "SELECT COALESCE(x, 0), COALESCE(json_agg(a.data), '[]'::json)::text FROM a"
+    replaced = t("INSERT OR REPLACE INTO endpoint_state(agency, target, reason) VALUES (?,?,?)")
+    assert replaced.replace_into == ("endpoint_state", ("agency", "target", "reason"))
+
+
+async def test_the_idioms_run_on_postgresql(pg_url: str, tmp_path) -> None:
+    store = await PgStore.open(pg_url, tmp_path, migrations={"demo": [(1, """
+        CREATE TABLE kv (agency TEXT NOT NULL, target TEXT NOT NULL, reason TEXT, n INTEGER,
+                         PRIMARY KEY (agency, target));
+        CREATE TABLE ev (id INTEGER PRIMARY KEY, data TEXT NOT NULL)""")]})
+    try:
+        async with store.transaction() as tx:
+            for reason in ("first", "second"):
+                await tx.execute("INSERT OR REPLACE INTO kv(agency, target, reason, n) VALUES (?,?,?,?)",
+                                 ("sawaco", "webhook", reason, 1))
+            ignored = await tx.execute("INSERT OR IGNORE INTO kv(agency, target, reason, n) VALUES (?,?,?,?)",
+                                       ("sawaco", "webhook", "third", 2))
+            assert ignored.rowcount == 0
+            await tx.execute("UPDATE kv SET n=MAX(n, ?) WHERE agency=?", (5, "sawaco"))
+            await tx.execute("INSERT INTO ev(data) VALUES (?)", ('{"message_id": "<a@b>", "n": 3}',))
+        row = await store.fetchone("SELECT reason, n FROM kv")
+        assert (row["reason"], row["n"]) == ("second", 5)
+        hit = await store.fetchone("SELECT json_group_array(data) AS d FROM ev WHERE json_extract(data, '$.message_id')=?",
+                                   ("<a@b>",))
+        assert hit["d"] == '["{\\"message_id\\": \\"<a@b>\\", \\"n\\": 3}"]'
+    finally:
+        await store.close()
