@@ -7,7 +7,9 @@ committed (crash, storage down) is fetched again. python-telegram-bot's own poll
 Updater) confirms before we store, so it is not used: we call Bot.get_updates ourselves.
 
 Completed drafts become reports (store.submit_batch, idempotency key `<bot id>:<first update_id>`); the
-bot's questions and confirmations go through a small durable outbox, sent after the commit.
+bot's questions and confirmations are `telegram_send:<instance>` jobs of the one queue (ingest/queue.py),
+written with the update that caused them and sent after the commit, in order per chat: leased, retried with
+backoff (Telegram's retry_after a floor), dead-lettered when Telegram refuses them for good, replayable.
 """
 from __future__ import annotations
 
@@ -27,9 +29,12 @@ from telegram.request import HTTPXRequest
 from config.channels import ChannelEntry, TelegramOptions
 from ingest.app import AppContext, Service, register_instance_reply
 from ingest.backoff import backoff_delay
+from ingest.jobs import TELEGRAM_SEND, TelegramSendJob
+from ingest.migrations import Migration
+from ingest.queue import RetryPolicy
 from ingest.errors import AuthError, PermanentError, TransientError
 from ingest.leases import run_while_held
-from ingest.records import Attachment, from_json, to_json
+from ingest.records import Attachment, Job, from_json, to_json
 from ingest.store import Store, StoredReport, Tx
 from ingest.untrusted import BodyError, check_tree, loads_json
 
@@ -46,7 +51,7 @@ MAX_MESSAGE_CHARS = 4096
 SEEN_KEEP_SECONDS = 7 * 86400  # Telegram keeps undelivered updates for 24 h; a week is ample
 
 COMPONENT = "channels.telegram"
-MIGRATIONS: list[tuple[int, str]] = [
+MIGRATIONS: list[Migration] = [
     (
         1,
         """
@@ -82,7 +87,27 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX telegram_outbox_due ON telegram_outbox(instance, next_at)
         """,
     ),
+    (
+        2,
+        {"sqlite": """
+        -- The bot's messages are jobs of the one queue (ingest/queue.py, kind telegram_send:<instance>, subject
+        -- "<instance>/<chat>"): what the old outbox still held moves there, in its order, then the table goes.
+        INSERT INTO jobs(stage, report_id, state, attempts, available_at, subject, payload, created_at, updated_at)
+            SELECT 'telegram_send:' || instance, NULL, 'ready', attempts, next_at, instance || '/' || chat_id,
+                   '{"type":"TelegramSendJob","schema_version":1,"instance":' || json_quote(instance)
+                   || ',"chat_id":' || chat_id || ',"text":' || json_quote(text) || ',"keyboard":'
+                   || json_quote(keyboard) || '}', created_at, created_at
+            FROM telegram_outbox ORDER BY id;
+        DROP TABLE telegram_outbox;
+        """,
+         # A PostgreSQL store is new with the one queue: nothing to move.
+         "postgresql": "DROP TABLE telegram_outbox"},
+    ),
 ]
+
+# Messages to one chat go out in the order written; a message whose predecessor waits for a retry waits too.
+ORDER_WAIT_SECONDS = 1.0
+SEND_POLICY = RetryPolicy(max_attempts=None, base=2.0, cap=600.0)  # retried until sent or refused for good
 
 
 def quiet_secret_loggers() -> None:
@@ -153,7 +178,7 @@ class TelegramChannel:
         )
         self.cursor_name = f"telegram:{entry.name}:offset"
         self._lock = asyncio.Lock()  # one batch at a time: drafts are read and written per chat
-        self._outbox_wake = asyncio.Event()
+        self.send_kind = f"{TELEGRAM_SEND}:{self.instance}"
         self._init_lock = asyncio.Lock()
         self._files: httpx.AsyncClient | None = None
         self.accepting = True
@@ -337,7 +362,6 @@ class TelegramChannel:
                 if cursor is not None:
                     await tx.set_cursor(self.cursor_name, cursor)
         await self.flush_complete()
-        self._outbox_wake.set()
 
     async def _apply(self, tx: Tx, inp: TelegramInput, raw: dict[str, Any], photo: Attachment | None,
                      now: float) -> None:
@@ -363,9 +387,9 @@ class TelegramChannel:
 
     async def _queue_replies(self, tx: Tx, replies: tuple[Reply, ...], now: float) -> None:
         for reply in replies:
-            await tx.execute(
-                "INSERT INTO telegram_outbox(instance, chat_id, text, keyboard, next_at, created_at)"
-                " VALUES (?,?,?,?,?,?)", (self.instance, reply.chat_id, reply.text, reply.keyboard, now, now))
+            await tx.enqueue(self.send_kind, None, TelegramSendJob(instance=self.instance, chat_id=reply.chat_id,
+                                                                   text=reply.text, keyboard=reply.keyboard),
+                             subject=f"{self.instance}/{reply.chat_id}")
 
     async def _seen(self, ids: set[int]) -> set[int]:
         if not ids:
@@ -443,7 +467,6 @@ class TelegramChannel:
                                  (self.bot_id, now - SEEN_KEEP_SECONDS))
         if rows:
             await self.flush_complete()
-            self._outbox_wake.set()
         return len(rows)
 
     async def _sweep_forever(self) -> None:
@@ -455,47 +478,61 @@ class TelegramChannel:
             except Exception as exc:  # the next sweep retries; the drafts are safe in the store
                 log.error("telegram %s: draft sweep failed: %s", self.instance, type(exc).__name__)
 
-    # -- outbox ------------------------------------------------------------------------------------
+    # -- the bot's messages (queue kind telegram_send:<instance>) --------------------------------------
     async def send_outbox(self) -> int:
-        """Send the bot's due questions/confirmations in order; returns how many were sent or dropped."""
-        now = self.ctx.clock.now()
-        rows = await self.store.fetchall(
-            "SELECT id, chat_id, text, keyboard, attempts FROM telegram_outbox WHERE instance=? AND next_at<=?"
-            " ORDER BY id LIMIT 50", (self.instance, now))
+        """Send the bot's due questions/confirmations in order; returns how many were sent or dead-lettered."""
+        queue = self.store.queue
+        jobs = await queue.lease(self.send_kind, 50, 60.0)
         done = 0
         blocked: set[int] = set()  # keep per-chat order: after a failure, later messages to that chat wait
-        for row in rows:
-            if row["chat_id"] in blocked:
+        waiting = await self._behind_a_retry(jobs)
+        for i, job in enumerate(jobs):
+            msg: TelegramSendJob = job.payload
+            if job.id in waiting or msg.chat_id in blocked:
+                await queue.release([job], delay=waiting.get(job.id, ORDER_WAIT_SECONDS))
                 continue
             try:
                 await self.ensure_initialized()
-                await self.bot.send_message(chat_id=row["chat_id"], text=row["text"],
-                                            reply_markup=_markup(row["keyboard"]))
+                await self.bot.send_message(chat_id=msg.chat_id, text=msg.text, reply_markup=_markup(msg.keyboard))
             except (TelegramError, TransientError, PermanentError) as exc:
                 mapped = map_error(exc) if isinstance(exc, TelegramError) else exc
-                if isinstance(mapped, TransientError):
-                    blocked.add(row["chat_id"])
-                    delay = backoff_delay(row["attempts"] + 1, base=2.0, cap=600.0, retry_after=mapped.retry_after)
-                    async with self.store.transaction() as tx:
-                        await tx.execute("UPDATE telegram_outbox SET attempts=attempts+1, next_at=? WHERE id=?",
-                                         (now + delay, row["id"]))
-                    continue
                 if isinstance(mapped, AuthError):
+                    await queue.release(jobs[i:])
                     raise mapped from None
-                log.warning("telegram %s: bot message dropped: %s", self.instance, type(exc).__name__)
-            async with self.store.transaction() as tx:
-                await tx.execute("DELETE FROM telegram_outbox WHERE id=?", (row["id"],))
+                if isinstance(mapped, TransientError):
+                    blocked.add(msg.chat_id)
+                    await queue.retry_or_dead(job, type(exc).__name__, SEND_POLICY, retry_after=mapped.retry_after)
+                    continue
+                log.warning("telegram %s: bot message dead-lettered: %s", self.instance, type(exc).__name__)
+                await queue.retry_or_dead(job, f"{type(exc).__name__}: refused by Telegram", SEND_POLICY,
+                                          permanent=True)
+                done += 1
+                continue
+            await queue.finish(job)
             done += 1
         return done
+
+    async def _behind_a_retry(self, jobs: list[Job]) -> dict[int, float]:
+        """The leased messages whose chat has an earlier message still waiting for its retry, each with the
+        seconds until that retry (they are given back until then, so the chat reads them in order)."""
+        subjects = sorted({j.subject for j in jobs if j.subject})
+        if not subjects:
+            return {}
+        marks = ",".join("?" * len(subjects))
+        rows = await self.store.fetchall(
+            f"SELECT id, subject, available_at FROM jobs WHERE stage=? AND state='ready' AND subject IN ({marks})"
+            " ORDER BY id", [self.send_kind, *subjects])
+        first: dict[str, tuple[int, float]] = {}
+        for r in rows:
+            first.setdefault(r["subject"], (r["id"], r["available_at"]))
+        now = self.ctx.clock.now()
+        return {j.id: max(ORDER_WAIT_SECONDS, first[j.subject][1] - now) for j in jobs
+                if j.subject in first and first[j.subject][0] < j.id}
 
     async def _outbox_forever(self) -> None:
         while True:
             await self.send_outbox()
-            try:
-                await asyncio.wait_for(self._outbox_wake.wait(), timeout=5.0)
-            except TimeoutError:
-                pass
-            self._outbox_wake.clear()
+            await self.store.queue.wait(self.send_kind, 5.0)
 
     # -- replies -----------------------------------------------------------------------------------
     async def send_reply(self, report: StoredReport, text: str) -> None:

@@ -26,7 +26,7 @@ and the job was reclaimed and taken again, the late worker's outcome changes not
     ok = await queue.settle([Settlement(job, "done"|"retry"|"dead", error, retry_in, writes), ...])
                                                                  # a batch's outcomes in one transaction
     plan = queue.plan_retry(job, error, policy, retry_after=None, permanent=False)  # RetryPlan(dead, delay, error)
-    await queue.release(jobs)                                    # shutdown: back to 'ready', attempt not counted
+    await queue.release(jobs, delay=0.0)                         # back to 'ready', attempt not counted
     await queue.bury(tx, job_ids, error) / bury_subject(tx, kind, subject, error)
                                                                  # dead-letter waiting jobs in the caller's
                                                                  # transaction (an endpoint that answered 410);
@@ -202,6 +202,7 @@ class QueueSql:
                       + fence)
         self.dead = "UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?" + fence
         self.release = ("UPDATE jobs SET state='ready', lease_until=NULL,"
+                        " available_at=CASE WHEN available_at < ? THEN ? ELSE available_at END,"
                         " attempts=CASE WHEN attempts > 0 THEN attempts-1 ELSE 0 END"
                         " WHERE state='leased' AND id IN ({ids})")
         self.reclaim = ("UPDATE jobs SET state='ready', available_at=?, lease_until=NULL, updated_at=?,"
@@ -410,13 +411,15 @@ class SqliteQueue:
         now = self.store.clock.now()
         return [self._job(r) for r in await tx.fetchall(self.sql.bury_subject, (error, now, kind, subject))]
 
-    async def release(self, jobs: Iterable[Job]) -> None:
-        """Give leases back on shutdown, without counting the attempt."""
+    async def release(self, jobs: Iterable[Job], delay: float = 0.0) -> None:
+        """Give leases back without counting the attempt (shutdown; or work that must wait its turn, due again in
+        `delay` seconds)."""
         ids = [j.id for j in jobs]
         if not ids:
             return
         async with self.store.transaction() as tx:
-            await tx.execute(self.sql.release.format(ids=",".join("?" * len(ids))), ids)
+            await tx.execute(self.sql.release.format(ids=",".join("?" * len(ids))),
+                             [self.store.clock.now() + delay, self.store.clock.now() + delay, *ids])
 
     # -- housekeeping -------------------------------------------------------------------------------
     async def reclaim_expired(self) -> int:

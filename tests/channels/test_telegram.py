@@ -204,7 +204,7 @@ async def test_replayed_updates_are_applied_once(env: Env) -> None:
     await ch.process(batch, cursor=None)  # the same update again (webhook redelivery)
     row = await store.fetchone("SELECT data FROM telegram_drafts")
     assert json.loads(row["data"])["text"] == "Cống nghẹt bốc mùi"
-    assert (await store.fetchone("SELECT COUNT(*) AS n FROM telegram_outbox"))["n"] == 1  # asked once
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM jobs WHERE stage LIKE 'telegram_send:%'"))["n"] == 1  # asked once
 
 
 async def test_service_runs_polling_and_answers_until_cancelled(env: Env) -> None:
@@ -310,3 +310,62 @@ def test_config_refuses_a_malformed_token_and_a_webhook_without_secret() -> None
     with pytest.raises(ValidationError, match="webhook_secret"):
         TelegramOptions(bot_token=TOKEN, mode="webhook")
     assert TOKEN not in repr(TelegramOptions(bot_token=TOKEN))
+
+
+async def test_a_flooded_chat_reads_the_bots_messages_in_order_after_retry_after(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    env.api.push_text("Đèn tín hiệu giao thông bị tắt")
+    env.api.push_text("Ngã tư Hàng Xanh")
+    env.api.push_text("bỏ qua")
+    env.api.push_text("Cống nghẹt bốc mùi", chat_id=777)  # another chat is not held back
+    await ch.poll_once()
+    env.api.flood_next = 30
+    await ch.send_outbox()
+    assert [(s["chat_id"], s["text"]) for s in env.api.sent] == [(777, ASK_PLACE)]
+    await ch.send_outbox()
+    assert len(env.api.sent) == 1  # the first message waits for Retry-After, the later ones wait behind it
+    env.clock.advance(29)
+    await ch.send_outbox()
+    assert len(env.api.sent) == 1
+    env.clock.advance(1)
+    await ch.send_outbox()
+    assert [s["text"] for s in env.api.sent if s["chat_id"] == 555] == [ASK_PLACE, ASK_PHONE, CONFIRM]
+
+
+async def test_a_message_telegram_refuses_is_a_dead_letter_and_replays(env: Env) -> None:
+    store = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    env.api.blocked_chats.add(555)
+    env.api.push_text("Đèn tín hiệu giao thông bị tắt")
+    await ch.poll_once()
+    assert await ch.send_outbox() == 1
+    assert env.api.sent == []
+    (dead,) = await store.queue.dead_letters(ch.send_kind)
+    assert dead.subject == "bot/555" and "Forbidden" in (dead.last_error or "")
+    assert dead.payload.text == ASK_PLACE
+    env.api.blocked_chats.clear()  # the reporter unblocked the bot
+    assert await store.queue.replay(ch.send_kind) == 1
+    await ch.send_outbox()
+    assert [s["text"] for s in env.api.sent] == [ASK_PLACE]
+
+
+async def test_the_old_outbox_moves_to_the_queue_in_order(env: Env) -> None:
+    path = env.tmp / "db.sqlite3"
+    old = await Store.open(path, env.tmp / "blobs", clock=env.clock,
+                           migrations={telegram.COMPONENT: telegram.MIGRATIONS[:1]})
+    async with old.transaction() as tx:
+        for chat, text, keyboard in ((555, "một", "location"), (555, 'hai "trích"', None), (777, "ba", "remove")):
+            await tx.execute("INSERT INTO telegram_outbox(instance, chat_id, text, keyboard, attempts, next_at,"
+                             " created_at) VALUES ('bot', ?, ?, ?, 1, ?, ?)", (chat, text, keyboard,
+                                                                               env.clock.now(), env.clock.now()))
+    await old.close()
+    store = await env.open_store()
+    assert await store.fetchone("SELECT name FROM sqlite_master WHERE name='telegram_outbox'") is None
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    assert await ch.send_outbox() == 3
+    assert [(s["chat_id"], s["text"]) for s in env.api.sent] == [(555, "một"), (555, 'hai "trích"'), (777, "ba")]
+    assert env.api.sent[0]["reply_markup"]["keyboard"][0][0]["request_location"] is True
