@@ -109,7 +109,8 @@ COMPONENTS: tuple[Component, ...] = (
     Component("channels.telegram", "intake", migrations="channels.telegram"),
     Component("channels.messenger", "intake", migrations="channels.messenger"),
     Component("classifier", "stage", "classifier.schema", "classifier.service:build", (
-        Command("review", "classifier.review", "the review queue of reports the classifier was not sure of"),)),
+        Command("review", "classifier.review.decisions",
+                "the review queue of reports the classifier was not sure of"),)),
     Component("dedupe", "stage", "dedupe.schema", "dedupe.service:build", (
         Command("incident", "dedupe.operations", "incidents: list, show, merge, split"),)),
     Component("dispatch", "stage", "dispatch.schema", "dispatch.service:build", (
@@ -604,7 +605,7 @@ def _serve_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _eval_command(settings: Settings, args: argparse.Namespace) -> int:
-    from classifier.evaluate import evaluate
+    from classifier.training.evaluate import evaluate
     print(evaluate(args.input, settings, cv=True if args.cv else None))
     return EXIT_OK
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from classifier.embedder import EmbeddingThread, load_embedder, report_text  # noqa: E402
-from classifier.trainer import SEED_PATH, Router  # noqa: E402
+from classifier.embedding.embedder import EmbeddingThread, load_embedder, report_text  # noqa: E402
+from classifier.training.trainer import SEED_PATH, Router  # noqa: E402
 from config.directory import load_directory  # noqa: E402
 from config.schema import ClassifierConfig, Settings  # noqa: E402
 

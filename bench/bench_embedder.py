@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from classifier.e5convert import ensure_converted, load_encoder  # noqa: E402
+from classifier.embedding.e5convert import ensure_converted, load_encoder  # noqa: E402
 
 DEV = REPO / "classifier" / "data" / "reports-seed.jsonl"  # the project's copy: a clone has no ../shared
 

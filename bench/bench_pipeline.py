@@ -54,8 +54,8 @@ def load_reports(n: int) -> list[dict[str, Any]]:
 
 def raw_embedder_rate(settings: Any, texts: list[str]) -> tuple[float, Any]:
     """texts/s of the daemon's embedder on the texts exactly as the classifier embeds them (one call)."""
-    from classifier.embedder import EmbeddingThread, load_embedder, report_text
-    from classifier.trainer import Router
+    from classifier.embedding.embedder import EmbeddingThread, load_embedder, report_text
+    from classifier.training.trainer import Router
     from config.directory import load_directory
 
     cfg = settings.classifier

@@ -21,10 +21,10 @@ from ingest.store import Store, StoredReport, Tx
 from ingest.text import fold
 from ingest.worker import StageWorker, WorkerSettings, Writes
 
-from .embedder import EmbeddingThread, load_embedder, report_text
-from .handoff import enqueue_next
-from .review import Retrainer, review_examples
-from .trainer import Router
+from classifier.embedding.embedder import EmbeddingThread, load_embedder, report_text
+from classifier.routing.handoff import enqueue_next
+from classifier.review.decisions import Retrainer, review_examples
+from classifier.training.trainer import Router
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Read-only views the console composes from the committed tables: a case timeline, search, incident listings.
 
-Decisions are never made here: they go through classifier.review, dedupe.operations and dispatch.cases.
+Decisions are never made here: they go through classifier.review.decisions, dedupe.operations and dispatch.cases.
 """
 from __future__ import annotations
 

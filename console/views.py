@@ -1,10 +1,10 @@
 """The operator console under /console: login, review queue, incidents, cases and their timelines, overdue
 list, search, report detail with the personal-data rules of Art. 9.
 
-A UI layer like run_daemon.py: every decision calls the owning stage's public function (classifier.review.decide,
-dedupe.operations.merge/split, dispatch CaseBook.apply_answer, dispatch.clocks.overdue); nothing here changes
-reports, incidents or cases by itself. Every POST carries the session's CSRF token; the session cookie is
-HttpOnly and SameSite=Strict.
+A UI layer like run_daemon.py: every decision calls the owning stage's public function
+(classifier.review.decisions.decide, dedupe.operations.merge/split, dispatch CaseBook.apply_answer,
+dispatch.clocks.overdue); nothing here changes reports, incidents or cases by itself. Every POST carries the
+session's CSRF token; the session cookie is HttpOnly and SameSite=Strict.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from config.console import ConsoleConfig
-from classifier.review import AlreadyDecided, decide, review_queue, show
-from classifier.trainer import reject_reasons
+from classifier.review.decisions import AlreadyDecided, decide, review_queue, show
+from classifier.training.trainer import reject_reasons
 from config.dispatch import dispatch_settings
 from dedupe.operations import IncidentError, merge, split
 from dispatch import clocks

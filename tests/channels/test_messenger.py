@@ -310,8 +310,8 @@ NO_PLACE = "Rác thải sinh hoạt tồn đọng cả tuần nay không ai thu 
 def router():
     """The daemon's own classifier (the trained model is cached under var/models): its place finder decides
     whether to ask, and its classification shows where the answered report goes."""
-    from classifier.embedder import EmbeddingThread, load_embedder
-    from classifier.trainer import Router
+    from classifier.embedding.embedder import EmbeddingThread, load_embedder
+    from classifier.training.trainer import Router
     from config.schema import ClassifierConfig
 
     embedder = EmbeddingThread(load_embedder("e5-converted"))

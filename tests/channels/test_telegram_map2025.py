@@ -9,7 +9,7 @@ import pytest
 
 from channels.telegram_dialogue import ASK_PHONE, CONFIRM, step, to_inbound
 from channels.telegram_parse import parse_update
-from classifier.trainer import Router
+from classifier.training.trainer import Router
 from config.directory import load_directory
 from config.schema import DataConfig, Settings
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from classifier.embedder import EmbeddingThread, load_embedder
-from classifier.trainer import Router
+from classifier.embedding.embedder import EmbeddingThread, load_embedder
+from classifier.training.trainer import Router
 from config.directory import load_directory
 from config.schema import ClassifierConfig, Settings
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from classifier.evaluate import predict
-from classifier.trainer import SEED_PATH
+from classifier.training.evaluate import predict
+from classifier.training.trainer import SEED_PATH
 from config.schema import ClassifierConfig
 from ingest.text import has_diacritics
 

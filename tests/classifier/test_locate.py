@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from classifier.locate import locate, points_at
-from classifier.place import load_gazetteer
-from classifier.policy import decide
+from classifier.routing.locate import locate, points_at
+from classifier.routing.place import load_gazetteer
+from classifier.routing.policy import decide
 from config.directory import load_directory
 
 HOME = "27/8 Bình Tiên, P.7, Q.6"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from classifier.place import load_gazetteer
+from classifier.routing.place import load_gazetteer
 from config.directory import load_directory
 from ingest.addresses import find_place
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from classifier.policy import complaint_terms_in, decide, operator_decision
-from classifier.screening import Screening, screen
+from classifier.routing.policy import complaint_terms_in, decide, operator_decision
+from classifier.routing.screening import Screening, screen
 from config.directory import load_directory
 from ingest.records import Place
 

@@ -1,7 +1,7 @@
 """Diacritics restoration learned from accented text, and chat-shorthand expansion."""
 from __future__ import annotations
 
-from classifier.restore import Restorer, expand_shorthand
+from classifier.training.restore import Restorer, expand_shorthand
 
 TRAINING = [
     "Đèn đường hẻm 12 bị hư, tối om mấy ngày nay.",

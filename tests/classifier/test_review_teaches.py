@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from classifier import review
-from classifier.policy import operator_decision, training_label
+from classifier.review import decisions as review
+from classifier.routing.policy import operator_decision, training_label
 from classifier.schema import MIGRATIONS
 from classifier.service import ClassifyStage
-from classifier.trainer import Router
+from classifier.training.trainer import Router
 from config.directory import load_directory
 from config.schema import ClassifierConfig, Settings
 from ingest.app import AppContext

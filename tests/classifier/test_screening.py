@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from classifier.policy import decide
-from classifier.screening import Screening, screen
-from classifier.trainer import load_seed, load_synthetic
+from classifier.routing.policy import decide
+from classifier.routing.screening import Screening, screen
+from classifier.training.trainer import load_seed, load_synthetic
 from config.directory import load_directory
 from ingest.records import Place
 

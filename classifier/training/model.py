@@ -10,7 +10,7 @@ regression instead of the SVM (-3 points, and 10x slower), stacking per-view mod
 over embeddings blended in (+-0), training copies of every text without diacritics with their own embedding
 (+-0 overall, +0.5 on no-diacritics text, at twice the embedding cost), isotonic calibration (worse ranking).
 
-topic-v3: a report typed without diacritics is embedded as its diacritics-restored text (classifier/restore.py;
+topic-v3: a report typed without diacritics is embedded as its diacritics-restored text (classifier/training/restore.py;
 the restorer is fitted with the model, on its training texts and the names of the directory and gazetteer, so
 `embedding_text` must be used for every text whose vector is given to `fit`/`predict_proba`). Repeated CV
 (3 seeds): agency 0.920 -> 0.930, no-diacritics 0.904 -> 0.924 (gap to the rest 2.4 -> 0.9 points). Not kept:
@@ -30,7 +30,7 @@ scaled group mass (coverage at 0.99 CV precision 0.53 vs 0.55), but its output i
 at 0.9 is what it gets, on both evaluations), so the threshold keeps its meaning out of time.
 
 topic-v5: training adds the hand-written examples (classifier/data/synthetic, ~2,900 at weight 0.5, never
-calibrating), and the restorer decodes whole word sequences (classifier/restore.py). 5-fold CV, step by step:
+calibrating), and the restorer decodes whole word sequences (classifier/training/restore.py). 5-fold CV, step by step:
 agency 0.937 -> 0.959 (first 1,032 written examples) -> 0.961 (962 more) -> 0.963 (sequence restoration;
 no-diacritics 0.942 -> 0.951) -> 0.970 (440 boundary examples: words of a neighbouring topic, labelled by the
 root problem) -> 0.970 (440 more boundary examples; coverage at threshold 0.9: 0.857 -> 0.867). Now: no-diacritics
@@ -38,7 +38,7 @@ root problem) -> 0.970 (440 more boundary examples; coverage at threshold 0.9: 0
 the written examples typed without diacritics unrestored, unlike training (`trainer.model_vectors` is now shared):
 measured as trained, agency 0.973, no-diacritics 0.967 against 0.976, precision 0.990 at coverage 0.869.
 
-topic-v6: reports with only a word or two accented are restored too (classifier/restore.py). CV agency 0.974
+topic-v6: reports with only a word or two accented are restored too (classifier/training/restore.py). CV agency 0.974
 (no-diacritics 0.967, the rest 0.978), precision 0.990 at coverage 0.871; time splits agency 0.969 and 0.977.
 Then 528 contrast examples in chat style (contrast_*.jsonl: a neighbouring topic's objects, labelled by the root
 problem; 55% without diacritics): CV agency 0.981 (no-diacritics 0.975, the rest 0.985), precision 0.989 at
@@ -75,9 +75,9 @@ from sklearn.svm import LinearSVC
 
 from ingest.text import fold
 
-from .restore import Restorer
+from classifier.training.restore import Restorer
 
-CUES_PATH = Path(__file__).with_name("data") / "cues.json"
+CUES_PATH = Path(__file__).parent.parent / "data" / "cues.json"
 MODEL_VERSION = "topic-v6"  # bump when features change: part of the cache key
 
 

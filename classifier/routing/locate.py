@@ -20,7 +20,7 @@ from ingest.addresses import Gazetteer, find_place
 from ingest.records import Place
 from ingest.text import fold
 
-PHRASES_PATH = Path(__file__).with_name("data") / "reporter_place.json"
+PHRASES_PATH = Path(__file__).parent.parent / "data" / "reporter_place.json"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from config.directory import Directory
 from ingest.records import Candidate, Classification, Place
 from ingest.text import fold, has_diacritics
 
-from .screening import Screening
+from classifier.routing.screening import Screening
 
 REJECTED_TOPIC = "abusive"
 # With a complaint phrase in the text, the model needs only to rank the complaint topic as a serious candidate
@@ -36,7 +36,7 @@ DEFAULT_REASONS = {
 }
 
 
-SCREENING_PATH = Path(__file__).with_name("data") / "screening.json"
+SCREENING_PATH = Path(__file__).parent.parent / "data" / "screening.json"
 # For operators (never sent to the reporter): why a report with an ambiguous word waits for them.
 # The embedding-only view must give `abusive` at least this for the model to reject a report on its own.
 ABUSIVE_AS_WRITTEN_MIN = 0.5

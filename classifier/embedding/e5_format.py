@@ -3,7 +3,7 @@
 This module owns *parsing* the file only: header, Unigram vocabulary,
 per-codepoint normalisation map, tensor directory and Q4_0 dequantisation.
 Turning the result into a sentence-transformers directory lives in
-:mod:`classifier.e5convert`.
+:mod:`classifier.embedding.e5convert`.
 
 Layout (little endian), as documented by the engine's ``e5.c``::
 

@@ -26,14 +26,15 @@ from config.directory import load_directory
 from config.schema import Settings
 from ingest.text import has_diacritics
 
-from .embedder import EmbeddingThread, VectorCache, load_embedder, report_text
-from .model import TopicModel, load_cues
-from .locate import locate
-from .place import load_gazetteer
-from .policy import abusive_probability, complaint_terms_in, decide
-from .screening import screen
-from .trainer import (SEED_PATH, description_examples, load_or_train, load_synthetic, model_vectors, reject_reasons,
-                      routing_groups, seed_examples, synthetic_examples, vocabulary_texts)
+from classifier.embedding.embedder import EmbeddingThread, VectorCache, load_embedder, report_text
+from classifier.training.model import TopicModel, load_cues
+from classifier.routing.locate import locate
+from classifier.routing.place import load_gazetteer
+from classifier.routing.policy import abusive_probability, complaint_terms_in, decide
+from classifier.routing.screening import screen
+from classifier.training.trainer import (SEED_PATH, description_examples, load_or_train, load_synthetic,
+                                         model_vectors, reject_reasons, routing_groups, seed_examples,
+                                         synthetic_examples, vocabulary_texts)
 
 log = logging.getLogger(__name__)
 

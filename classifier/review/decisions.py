@@ -23,10 +23,10 @@ from config.schema import Settings
 from ingest.records import Classification, from_json, to_json
 from ingest.store import Store
 
-from .embedder import report_text
-from .handoff import enqueue_next
-from .policy import operator_decision, training_label
-from .trainer import Example, reject_reasons
+from classifier.embedding.embedder import report_text
+from classifier.routing.handoff import enqueue_next
+from classifier.routing.policy import operator_decision, training_label
+from classifier.training.trainer import Example, reject_reasons
 
 log = logging.getLogger(__name__)
 

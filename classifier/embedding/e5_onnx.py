@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from classifier.e5_format import Q4_BLOCK_DTYPE, QK, E5File
+from classifier.embedding.e5_format import Q4_BLOCK_DTYPE, QK, E5File
 
 ONNX_FP32 = "onnx/model.onnx"
 ONNX_INT8 = "onnx/model_qint8.onnx"

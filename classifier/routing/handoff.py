@@ -1,5 +1,5 @@
 """What a classification hands to the next stage: one rule, shared by the classify stage and by an operator's
-review decision (classifier/review.py), so neither module needs the other for it."""
+review decision (classifier/review/decisions.py), so neither module needs the other for it."""
 from __future__ import annotations
 
 from ingest.jobs import DEDUPE, NOTIFY, DedupeJob, NotifyJob

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ingest.text import fold
 
-SCREENING_PATH = Path(__file__).with_name("data") / "screening.json"
+SCREENING_PATH = Path(__file__).parent.parent / "data" / "screening.json"
 _TOKEN = re.compile(r"[^\W_]+(?:\*+[^\W_]*)*|\*+[^\W_]+(?:\*+[^\W_]*)*", re.UNICODE)
 _MASKED = re.compile(r"^([^\W\d_]{1,3})\*+([^\W\d_]*)$")
 # A mask hides letters of a word: a letter then asterisks ("đ*", "c*t", "f***ing"), or two letters then asterisks
