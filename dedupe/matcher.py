@@ -224,7 +224,7 @@ class IncidentMatcher:
         first, found = self.first_pass(view)
         if found is None:
             return first
-        survivors, cosines, rarity = found
+        survivors, cosines, rarity, ceiling = found
         result = first
         if first.incident_id is not None:
             assert first.matched_report is not None
@@ -236,7 +236,8 @@ class IncidentMatcher:
             # The winner's incident was closed (or an operator moved the report): judge those in open incidents.
             incident_of = await self._incidents_of(reader, survivors, view.topic_set(), view.district)
             result = self._judge(view, [i for i in survivors if i in incident_of], cosines, rarity, incident_of)
-        if result.incident_id is None:
+        if result.incident_id is None and (ceiling is None or policy.sigmoid(ceiling) >= self.threshold):
+            # (Below that ceiling no candidate can be a recurrence: the store is not read for it.)
             closed = await self._recurrence(reader, view, survivors, rarity)
             if closed is not None:
                 return replace(result, recurrence_of=closed)
@@ -265,9 +266,10 @@ class IncidentMatcher:
         return best[2] if best is not None else None
 
     def first_pass(self, view: policy.ReportView) -> tuple[policy.Match, tuple[list[int], dict[int, float],
-                                                                             _RarityMemo] | None]:
+                                                                             _RarityMemo, float | None] | None]:
         """The policy's judgement of the window's candidates as if all were in open incidents (a match names
-        incident `_PENDING`), and what the second pass needs: the candidates, their cosines, the rarity.
+        incident `_PENDING`), and what the second pass needs: the candidates, their cosines, the rarity, and a
+        score no candidate's recurrence score exceeds (None: not known, the reference path).
 
         The store is read only when a candidate is likely enough (see `match`). No survivor reaching the
         threshold means none of those in open incidents does: a new incident without any store read (the common
@@ -296,7 +298,12 @@ class IncidentMatcher:
         own = view.all_grams()
         df = self._df
         rarity = _RarityMemo(policy.rarity_from(lambda g: df.get(g, 0) + (g in own), self._n_docs + 1))
-        return self._judge(view, survivors, cosines, rarity, None), (survivors, cosines, rarity)
+        ceiling: list[float] = []
+        if self.batch:
+            first = self._screen(view, survivors, cosines, rarity, None, ceiling)
+        else:
+            first = self._judge(view, survivors, cosines, rarity, None)
+        return first, (survivors, cosines, rarity, ceiling[0] if ceiling else None)
 
     def _judge(self, view: policy.ReportView, ids: list[int], cosines: dict[int, float], rarity: _RarityMemo,
                incident_of: dict[int, str] | None) -> policy.Match:
@@ -310,7 +317,7 @@ class IncidentMatcher:
         return self._screen(view, ids, cosines, rarity, incident_of)
 
     def _screen(self, view: policy.ReportView, ids: list[int], cosines: dict[int, float], rarity: _RarityMemo,
-                incident_of: dict[int, str] | None) -> policy.Match:
+                incident_of: dict[int, str] | None, ceiling: list[float] | None = None) -> policy.Match:
         """policy.decide's answer, computed without judging every candidate in full.
 
         The evidence of all candidates is computed at once (word rarity in one numpy pass over the flat list of
@@ -318,7 +325,8 @@ class IncidentMatcher:
         only up to rounding: sums in another order, faiss's cosine instead of numpy's dot product. With a bound
         `eps` on that difference, only the candidates that could still be the most probable one (usually one)
         are then judged by policy.evidence / hard_negative / probability themselves, in search order; the rest
-        provably score below the winner. So the match, its score and the matched report are decide()'s own."""
+        provably score below the winner. So the match, its score and the matched report are decide()'s own.
+        `ceiling`, when given, receives a bound above every kept candidate's recurrence score (see `match`)."""
         if not ids:
             return policy.Match(None, 0.0, None, "no_candidates")
         assert self.index is not None and view.vector is not None
@@ -400,6 +408,11 @@ class IncidentMatcher:
         qn = float(np.linalg.norm(view.vector))
         cos_err = 2.5 * len(view.vector) * 2.0 ** -24 * qn * self.index.max_norm
         eps = abs(policy.WEIGHT_OF["cosine"]) * cos_err + 1e-6
+        if ceiling is not None:
+            # The best score any kept candidate could have as a recurrence (the pair judged without the days
+            # between them, policy.recurrence_probability); the other candidates are hard negatives there too.
+            rec = z - policy.WEIGHT_OF["log_gap_hours"] * np.log1p(policy.gap_hours(nat, np.asarray(times)))
+            ceiling.append(float(rec.max()) + eps)
         fin = [kept[i] for i in policy.finalists(z, eps)]
         best: tuple[float, int] | None = None
         for rid, vec in zip(fin, self.index.vectors_of(fin)):

@@ -72,6 +72,7 @@ async def test_batch_screen_decides_as_the_policy_judging_every_candidate(store:
     views: list[policy.ReportView] = []
     outcomes: dict[str, int] = {}
     compared = 0
+    skipped = 0  # first passes after which no survivor can be a recurrence (the store is not read for one)
     for rid in range(1, 901):
         at = T0 + rid * 0.25 * HOUR  # 900 reports over ~9 days: the first days leave the 7-day window
         view = _view(rnd, rng, rid, at, centers, rnd.choice(views) if views else None)
@@ -85,7 +86,14 @@ async def test_batch_screen_decides_as_the_policy_judging_every_candidate(store:
             compared += 1
             if found is not None:
                 # The second pass (the winner's incident closed): any subset of candidates in open incidents.
-                survivors, cosines, rarity = found
+                survivors, cosines, rarity, ceiling = found
+                # The recurrence ceiling bounds every survivor's recurrence score, as the policy computes it.
+                assert ceiling is not None
+                best_recurrence = max((p for p in (policy.recurrence_probability(view, old, policy.evidence(
+                    view, old, rarity.__getitem__)) for old in (matcher._features[i].view(i, v) for i, v in zip(
+                        survivors, matcher.index.vectors_of(survivors)))) if p is not None), default=0.0)
+                assert best_recurrence <= policy.sigmoid(ceiling), (rid, best_recurrence, ceiling)
+                skipped += policy.sigmoid(ceiling) < matcher.threshold
                 incident_of = {i: f"INC-{i % 7}" for i in survivors if rnd.random() < 0.5}
                 ids = [i for i in survivors if i in incident_of]
                 matcher.batch = True
@@ -97,6 +105,7 @@ async def test_batch_screen_decides_as_the_policy_judging_every_candidate(store:
     # The random window exercised every way a first pass ends, matches most of all.
     assert compared == 850
     assert outcomes.get("matched", 0) > 100 and outcomes.get("below_threshold", 0) > 100, outcomes
+    assert 20 < skipped < compared, skipped
 
 
 async def test_batch_screen_leaves_out_reports_the_classifier_put_on_another_street(store: Store) -> None:
