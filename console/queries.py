@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dedupe import incidents
+from dispatch import queries as dispatch_queries
 from ingest.clock import iso
 from ingest.contacts import find_phones, normalize_phone
 from ingest.pii import is_confidential, redact
@@ -61,17 +63,14 @@ async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
             " ORDER BY at, id", ids):
         out.append(TimelineEntry(at=e["at"], who=e["actor"], what=e["kind"], detail=_compact(e["data"]),
                                  report_id=e["report_id"]))
-    for a in await store.fetchall("SELECT agency, kind, source, note, data, at FROM answers WHERE case_id=?"
-                                  " ORDER BY id", (case["id"],)):
+    for a in await dispatch_queries.answers_of_case(store, case["id"]):
         detail = "; ".join(x for x in (a["note"] or "", _compact(a["data"], drop=("photos",))) if x)
         photos = json.loads(a["data"] or "{}").get("photos") or []
         if photos:
             detail += f" ({len(photos)} ảnh)"
         out.append(TimelineEntry(at=a["at"], who=f"{a['agency']} ({a['source']})", what=f"answer: {a['kind']}",
                                  detail=detail))
-    for d in await store.fetchall("SELECT agency, target, kind, event, state, attempts, last_status, last_error,"
-                                  " delivered_at, created_at FROM deliveries WHERE case_id=? ORDER BY id",
-                                  (case["id"],)):
+    for d in await dispatch_queries.deliveries_of_case(store, case["id"]):
         out.append(TimelineEntry(at=d["created_at"], who="dispatch", what=f"outbox: {d['event']}",
                                  detail=f"→ {d['agency']}/{d['target']} ({d['kind']})"))
         if d["delivered_at"]:
@@ -82,12 +81,10 @@ async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
                                      what=f"delivery {d['state']}",
                                      detail=f"attempts={d['attempts']} status={d['last_status'] or '-'} "
                                             f"{d['last_error'] or ''}".strip()))
-    for n in await store.fetchall(f"SELECT report_id, template, channel, state, at FROM notifications"
-                                  f" WHERE report_id IN ({marks}) ORDER BY id", ids):
+    for n in await dispatch_queries.notifications_of_reports(store, ids):
         out.append(TimelineEntry(at=n["at"], who="dispatch", what=f"reporter message: {n['template']}",
                                  detail=f"{n['channel']}, {n['state']}", report_id=n["report_id"]))
-    for m in await store.fetchall("SELECT kind, actor, at, source, target, report_ids FROM incident_decisions"
-                                  " WHERE source=? OR target=? ORDER BY id", (case["incident_id"],) * 2):
+    for m in await incidents.decisions_about(store, case["incident_id"]):
         out.append(TimelineEntry(at=m["at"], who=m["actor"], what=f"incident {m['kind']}",
                                  detail=f"{m['source']} → {m['target']}, reports {m['report_ids']}"))
     out.sort(key=lambda t: t.at)
@@ -124,22 +121,21 @@ async def search(store: Store, *, text: str = "", phone: str = "", agency: str =
     know who they are must not learn it by searching their number).
     """
     where, args = ["1=1"], []
-    if agency:
-        where.append("COALESCE(c.agency, r.agency) = ?")
-        args.append(agency)
     if district:
         where.append("r.district = ?")
         args.append(district)
-    if status:
-        where.append("(r.status = ? OR c.state = ?)")
-        args.extend([status, status])
-    if only_case_agency is not None:
-        where.append("c.agency = ?")
-        args.append(only_case_agency)
     needle = text.strip()
-    if needle.upper().startswith(("CASE-", "INC-")):
-        where.append("(c.id = ? OR r.incident_id = ?)")
-        args.extend([needle.upper(), needle.upper()])
+    if needle.upper().startswith("INC-"):
+        where.append("r.incident_id = ?")
+        args.append(needle.upper())
+        needle = ""
+    elif needle.upper().startswith("CASE-"):
+        # The case's reports are its incident's (dispatch says which incident).
+        found = await dispatch_queries.case(store, needle.upper())
+        if found is None:
+            return []
+        where.append("r.incident_id = ?")
+        args.append(found["incident_id"])
         needle = ""
     elif needle.isdigit():
         where.append("r.id = ?")
@@ -148,14 +144,23 @@ async def search(store: Store, *, text: str = "", phone: str = "", agency: str =
     wanted_phone = normalize_phone(phone) if phone.strip() else None
     if phone.strip() and wanted_phone is None:
         return []
+    # Filters on the case (its agency, its state) are applied below, over the scanned reports' cases.
+    by_case = bool(agency or status or only_case_agency is not None)
     rows = await store.fetchall(
-        "SELECT r.id, r.received_at, r.status, r.agency, r.district, r.incident_id, r.record, c.id AS case_id"
-        " FROM reports r LEFT JOIN cases c ON c.incident_id = r.incident_id"
+        "SELECT r.id, r.received_at, r.status, r.agency, r.district, r.incident_id, r.record FROM reports r"
         f" WHERE {' AND '.join(where)} ORDER BY r.received_at DESC, r.id DESC LIMIT ?",
-        [*args, SEARCH_SCAN_LIMIT if (needle or wanted_phone) else limit + offset])
+        [*args, SEARCH_SCAN_LIMIT if (needle or wanted_phone or by_case) else limit + offset])
+    cases = await dispatch_queries.cases_of_incidents(store, [r["incident_id"] for r in rows])
     folded = fold(needle)
     hits: list[SearchHit] = []
     for r in rows:
+        case = cases.get(r["incident_id"])
+        if agency and (case["agency"] if case else r["agency"]) != agency:
+            continue
+        if status and r["status"] != status and (case is None or case["state"] != status):
+            continue
+        if only_case_agency is not None and (case is None or case["agency"] != only_case_agency):
+            continue
         record = json.loads(r["record"])
         body = record.get("text") or ""
         reporter = record.get("reporter") or {}
@@ -169,7 +174,7 @@ async def search(store: Store, *, text: str = "", phone: str = "", agency: str =
             if not phone_match or (confidential and hide_confidential_phone):
                 continue
         hits.append(SearchHit(report_id=r["id"], received_at=r["received_at"], status=r["status"], agency=r["agency"],
-                              district=r["district"], incident_id=r["incident_id"], case_id=r["case_id"],
+                              district=r["district"], incident_id=r["incident_id"], case_id=case["id"] if case else None,
                               excerpt=" ".join(_excerpt(record, confidential).split())[:160],
                               confidential=confidential,
                               phone_match=phone_match))

@@ -23,8 +23,10 @@ from config.console import ConsoleConfig
 from classifier.review.decisions import AlreadyDecided, decide, review_queue, show
 from classifier.training.trainer import reject_reasons
 from config.dispatch import dispatch_settings
+from dedupe import incidents
 from dedupe.operations import IncidentError, merge, split
 from dispatch import clocks
+from dispatch import queries as dispatch_queries
 from dispatch.book import make_book
 from dispatch.cases import Forbidden, NotFound, recurrence_of
 from dispatch.evidence import answer_photos, image_type
@@ -272,31 +274,25 @@ class Console:
     async def incidents(self, request: web.Request) -> web.StreamResponse:
         page = _page(request)
         size = self.cfg.page_size
-        rows = await self.store.fetchall(
-            "SELECT i.id, i.topic, i.district, i.place, i.created_at, i.last_report_at, c.id AS case_id,"
-            " c.agency AS case_agency, c.state AS case_state, COUNT(m.report_id) AS n FROM incidents i"
-            " LEFT JOIN incident_reports m ON m.incident_id = i.id LEFT JOIN cases c ON c.incident_id = i.id"
-            " WHERE i.state='open' GROUP BY i.id ORDER BY i.last_report_at DESC LIMIT ? OFFSET ?",
-            (size + 1, (page - 1) * size))
+        found = await incidents.open_page(self.store, size + 1, (page - 1) * size)
+        cases = await dispatch_queries.cases_of_incidents(self.store, [i["id"] for i in found])
+        rows = [{**dict(i), "case_id": case["id"] if case else None, "case_agency": case["agency"] if case else None,
+                 "case_state": case["state"] if case else None} for i in found for case in [cases.get(i["id"])]]
         return self.page(request, "incidents.html", {"rows": rows[:size], "page": page, "more": len(rows) > size,
                                                      "flash": request.query.get("done")})
 
     async def incident_one(self, request: web.Request) -> web.StreamResponse:
         incident_id = request.match_info["id"]
-        inc = await self.store.fetchone("SELECT * FROM incidents WHERE id=?", (incident_id,))
+        inc = await incidents.get(self.store, incident_id)
         if inc is None:
             return self.error(request, 404, say("no_incident"))
-        reports = await self.store.fetchall(
-            "SELECT r.id, r.status, r.channel, r.received_at, r.record, m.how, m.score FROM incident_reports m"
-            " JOIN reports r ON r.id = m.report_id WHERE m.incident_id=? ORDER BY r.received_at, r.id", (incident_id,))
+        reports = await incidents.member_reports(self.store, incident_id)
         members = [{"row": r, "excerpt": redact(" ".join((json.loads(r["record"]).get("text") or "").split()))[:200]}
                    for r in reports]
-        decisions = await self.store.fetchall("SELECT * FROM incident_decisions WHERE source=? OR target=?"
-                                              " ORDER BY at", (incident_id,) * 2)
-        case = await self.store.fetchone("SELECT id, agency, state FROM cases WHERE incident_id=?", (incident_id,))
+        decisions = await incidents.decisions_about(self.store, incident_id)
+        case = await dispatch_queries.case_of_incident(self.store, incident_id)
         recurrence = await recurrence_of(self.store, incident_id)
-        recurrences = await self.store.fetchall("SELECT id, created_at FROM incidents WHERE recurrence_of=?"
-                                                " ORDER BY created_at", (incident_id,))
+        recurrences = await incidents.recurrences_of(self.store, incident_id)
         return self.page(request, "incident_one.html", {"inc": inc, "members": members, "decisions": decisions,
                                                         "case": case, "place": json.loads(inc["place"] or "{}"),
                                                         "recurrence": recurrence, "recurrences": recurrences})
@@ -326,7 +322,7 @@ class Console:
     async def _case_for(self, request: web.Request) -> Any:
         """The case, if this user may see it; agency staff get the same 404 for others' cases as for none."""
         user: auth.User = request[USER]
-        case = await self.store.fetchone("SELECT * FROM cases WHERE id=?", (request.match_info["id"],))
+        case = await dispatch_queries.case(self.store, request.match_info["id"])
         if case is None or not user.can_see_case_of(case["agency"]):
             return None
         return case
@@ -334,21 +330,11 @@ class Console:
     async def cases(self, request: web.Request) -> web.StreamResponse:
         user: auth.User = request[USER]
         q = request.query
-        where, args = ["1=1"], []
         agency = user.agency if not user.is_staff else q.get("agency", "")
-        if agency:
-            where.append("agency = ?")
-            args.append(agency)
-        for name in ("state", "district"):
-            if q.get(name):
-                where.append(f"{name} = ?")
-                args.append(q[name])
-        if q.get("open") == "1":
-            where.append("closed_at IS NULL")
         page, size = _page(request), self.cfg.page_size
-        rows = await self.store.fetchall(
-            f"SELECT * FROM cases WHERE {' AND '.join(where)} ORDER BY forwarded_at DESC LIMIT ? OFFSET ?",
-            [*args, size + 1, (page - 1) * size])
+        rows = await dispatch_queries.list_cases(self.store, agency=agency or "", state=q.get("state", ""),
+                                                 district=q.get("district", ""), open_only=q.get("open") == "1",
+                                                 limit=size + 1, offset=(page - 1) * size)
         filters = {k: q.get(k, "") for k in ("agency", "state", "district", "open")}
         return self.page(request, "cases.html", {"rows": rows[:size], "page": page, "more": len(rows) > size,
                                                  "filters": filters, "states": CASE_STATES,
@@ -360,7 +346,7 @@ class Console:
         if case is None:
             return self.error(request, 404, say("no_case_here"))
         timeline = await case_timeline(self.store, case)
-        deadlines = await self.store.fetchall("SELECT * FROM deadlines WHERE case_id=? ORDER BY due_at", (case["id"],))
+        deadlines = await dispatch_queries.deadlines_of_case(self.store, case["id"])
         report = await self.store.fetchone("SELECT record, classification FROM reports WHERE id=?",
                                            (case["report_id"],))
         text = ""
@@ -463,11 +449,12 @@ class Console:
             report_id = int(request.match_info["id"])
         except ValueError:
             return self.error(request, 404, say("no_report"))
-        row = await self.store.fetchone(
-            "SELECT r.*, c.id AS case_id, c.agency AS case_agency FROM reports r LEFT JOIN cases c"
-            " ON c.incident_id = r.incident_id WHERE r.id=?", (report_id,))
-        if row is None or not (user.is_staff or (row["case_agency"] and user.can_see_case_of(row["case_agency"]))):
+        row = await self.store.fetchone("SELECT * FROM reports WHERE id=?", (report_id,))
+        case = await dispatch_queries.case_of_incident(self.store, row["incident_id"]) if row and row["incident_id"] \
+            else None
+        if row is None or not (user.is_staff or (case is not None and user.can_see_case_of(case["agency"]))):
             return self.error(request, 404, say("no_report_here"))
+        row = {**dict(row), "case_id": case["id"] if case is not None else None}
         message = from_json(InboundMessage, row["record"])
         confidential = is_confidential(message)
         show_reporter = not confidential or self.sees_confidential(user)

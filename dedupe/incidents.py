@@ -116,6 +116,28 @@ async def decisions_about(reader: Reader, incident_id: str) -> list[Any]:
                                  (incident_id, incident_id))
 
 
+async def open_page(reader: Reader, limit: int, offset: int = 0) -> list[Any]:
+    """One page of open incidents for the console, most recent first, with their place and number of reports."""
+    return await reader.fetchall(
+        "SELECT i.id, i.topic, i.district, i.place, i.created_at, i.last_report_at, COUNT(m.report_id) AS n"
+        " FROM incidents i LEFT JOIN incident_reports m ON m.incident_id = i.id WHERE i.state='open'"
+        " GROUP BY i.id ORDER BY i.last_report_at DESC LIMIT ? OFFSET ?", (limit, offset))
+
+
+async def member_reports(reader: Reader, incident_id: str) -> list[Any]:
+    """The incident's reports with their record and how they joined (id, status, channel, received_at, record,
+    how, score), by arrival."""
+    return await reader.fetchall(
+        "SELECT r.id, r.status, r.channel, r.received_at, r.record, m.how, m.score FROM incident_reports m"
+        " JOIN reports r ON r.id = m.report_id WHERE m.incident_id=? ORDER BY r.received_at, r.id", (incident_id,))
+
+
+async def recurrences_of(reader: Reader, incident_id: str) -> list[Any]:
+    """(id, created_at) of the incidents recorded as recurrences of this one, oldest first."""
+    return await reader.fetchall("SELECT id, created_at FROM incidents WHERE recurrence_of=? ORDER BY created_at",
+                                 (incident_id,))
+
+
 # -- writes ---------------------------------------------------------------------------------------
 async def create(tx: Tx, *, first_report_id: int, topic: str | None, district: str | None, created_at: float,
                  last_report_at: float, place: str = "{}", recurrence_of: str | None = None) -> str:

@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
+from dispatch import queries as dispatch_queries
 from ingest.clock import parse_iso
 from ingest.limits import REFUSALS
 from ingest.store import Store, StoredReport
@@ -264,35 +265,24 @@ class OpsMetrics:
         tables = {r["name"] for r in await store.fetchall("SELECT name FROM sqlite_master WHERE type='table'")}
         if "cases" in tables:
             cases = Family("cases", "Cases per state.", "gauge")
-            for row in await store.fetchall("SELECT state, COUNT(*) AS n FROM cases GROUP BY state ORDER BY state"):
+            for row in await dispatch_queries.case_counts(store):
                 cases.add(row["n"], (("state", row["state"]),))
             out.append(cases)
         if "deliveries" in tables:
             deliveries = Family("deliveries", "Outbox rows to agencies, per agency and state.", "gauge")
             failed = Family("delivery_failed_attempts",
                             "Failed attempts to deliver cases to an agency (a replay resets them).", "gauge")
-            for row in await store.fetchall(
-                    "SELECT agency, state, COUNT(*) AS n FROM deliveries"
-                    " GROUP BY agency, state ORDER BY agency, state"):
+            for row in await dispatch_queries.delivery_counts(store):
                 deliveries.add(row["n"], (("agency", row["agency"]), ("state", row["state"])))
-            # A delivered row failed every attempt but its last, one being sent every attempt but the current one,
-            # an undelivered one with an error every attempt.
-            for row in await store.fetchall(
-                    "SELECT agency, SUM(CASE WHEN delivered_at IS NOT NULL OR state='sending' THEN MAX(attempts-1, 0)"
-                    " WHEN last_error IS NOT NULL THEN attempts ELSE 0 END) AS n FROM deliveries"
-                    " GROUP BY agency ORDER BY agency"):
+            for row in await dispatch_queries.delivery_failed_attempts(store):
                 failed.add(row["n"] or 0, (("agency", row["agency"]),))
             out += [deliveries, failed]
         if "deadlines" in tables:
             open_ = Family("deadlines_open", "Running deadline clocks per agency and kind.", "gauge")
             overdue = Family("deadlines_overdue", "Clocks past due and not met yet, per agency and kind: act on these.",
                              "gauge")
-            # Only running and missed clocks: the (state, due_at) index keeps this off the met majority.
             counts: dict[tuple[str, str], list[int]] = {}
-            for row in await store.fetchall(
-                    "SELECT agency, kind, SUM(state='open') AS open,"
-                    " SUM(state='missed' OR (state='open' AND due_at<=?)) AS overdue"
-                    " FROM deadlines WHERE state IN ('open','missed') GROUP BY agency, kind", (now,)):
+            for row in await dispatch_queries.deadline_counts(store, now):
                 counts[(row["agency"], row["kind"])] = [row["open"] or 0, row["overdue"] or 0]
             for (agency, kind), (n_open, n_overdue) in sorted(counts.items()):
                 labels = (("agency", agency), ("kind", kind))

@@ -22,6 +22,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from config.directory import OPERATOR_UNIT
+from dispatch import queries as dispatch_queries
 from ingest.clock import VN_TZ
 from ingest.store import Store
 
@@ -178,32 +179,17 @@ async def agency_figures(store: Store, period: Period, names: dict[str, str],
         return figures
 
     received: dict[str, set[str]] = {}
-    for row in await store.fetchall(
-            "SELECT agency, id AS case_id FROM cases WHERE forwarded_at>=? AND forwarded_at<?"
-            " UNION SELECT agency, case_id FROM deadlines WHERE kind!='forward' AND case_id IS NOT NULL"
-            " AND started_at>=? AND started_at<?",
-            (start, end, start, end)):
+    for row in await dispatch_queries.cases_received(store, start, end):
         received.setdefault(row["agency"], set()).add(row["case_id"])
     for agency, cases in received.items():
         fig(agency).received = len(cases)
 
-    marks = ",".join("?" * len(CLOSING_ANSWERS))
-    for row in await store.fetchall(
-            "SELECT agency,"
-            " COUNT(DISTINCT CASE WHEN kind!='returned' THEN case_id END) AS handled,"
-            f" COUNT(DISTINCT CASE WHEN kind IN ({marks}) THEN case_id END) AS answered,"
-            " COUNT(DISTINCT CASE WHEN kind='returned' THEN case_id END) AS returned"
-            " FROM answers WHERE at>=? AND at<? GROUP BY agency", (*CLOSING_ANSWERS, start, end)):
+    for row in await dispatch_queries.answer_counts(store, start, end, CLOSING_ANSWERS):
         f = fig(row["agency"])
         f.handled, f.answered, f.returned = row["handled"], row["answered"], row["returned"]
 
     # Each clock counts once: a met one in the period it was met, a late one in the period it fell due.
-    for row in await store.fetchall(
-            "SELECT agency, kind,"
-            " SUM(state='met' AND COALESCE(closed_at, due_at)>=? AND COALESCE(closed_at, due_at)<?) AS on_time,"
-            " SUM(due_at>=? AND due_at<? AND (state IN ('missed','met_late') OR (state='open' AND due_at<?))) AS late"
-            " FROM deadlines WHERE state!='cancelled' GROUP BY agency, kind",
-            (start, end, start, end, now)):
+    for row in await dispatch_queries.deadline_tallies(store, start, end, now):
         if row["on_time"] or row["late"]:
             # The 5-minute forwarding clock is the portal's own (Art. 6), not the receiving agency's.
             owner = OPERATOR_UNIT if row["kind"] == "forward" else row["agency"]
@@ -211,9 +197,7 @@ async def agency_figures(store: Store, period: Period, names: dict[str, str],
             tally.on_time += int(row["on_time"] or 0)
             tally.late += int(row["late"] or 0)
 
-    for row in await store.fetchall(
-            "SELECT c.agency, r.score, COUNT(*) AS n FROM ratings r JOIN cases c ON c.id=r.case_id"
-            " WHERE r.at>=? AND r.at<? GROUP BY c.agency, r.score", (start, end)):
+    for row in await dispatch_queries.rating_counts(store, start, end):
         if 1 <= row["score"] <= 5:
             fig(row["agency"]).ratings[row["score"] - 1] = row["n"]
     return figures
@@ -282,22 +266,23 @@ class Suggestion:
 
 async def suggestions(store: Store, period: Period, agency: str | None = None) -> list[Suggestion]:
     """Suggestions (Art. 7.3, topic `suggestion`) received in the period; no reporter details (Art. 9)."""
-    has_cases = "cases" in await _tables(store)
-    case_cols = ", c.id AS case_id, c.state AS case_state" if has_cases else ", NULL AS case_id, NULL AS case_state"
-    join = " LEFT JOIN cases c ON c.incident_id=r.incident_id" if has_cases else ""
-    sql = (f"SELECT r.id, r.received_at, r.channel, r.district, r.agency, r.status, r.incident_id, r.record{case_cols}"
-           f" FROM reports r{join} WHERE r.topic=? AND r.received_at>=? AND r.received_at<?"
+    sql = ("SELECT r.id, r.received_at, r.channel, r.district, r.agency, r.status, r.incident_id, r.record"
+           " FROM reports r WHERE r.topic=? AND r.received_at>=? AND r.received_at<?"
            " AND r.status NOT IN ('rejected', 'out_of_scope', 'ignored')")
     params: list[Any] = [SUGGESTION_TOPIC, period.start, period.end]
     if agency:
         sql += " AND r.agency=?"
         params.append(agency)
+    rows = await store.fetchall(sql + " ORDER BY r.received_at, r.id", params)
+    cases = (await dispatch_queries.cases_of_incidents(store, [r["incident_id"] for r in rows])
+             if "cases" in await _tables(store) else {})
     out = []
-    for row in await store.fetchall(sql + " ORDER BY r.received_at, r.id", params):
+    for row in rows:
+        case = cases.get(row["incident_id"])
         out.append(Suggestion(report_id=row["id"], received_at=row["received_at"], channel=row["channel"],
                               district=row["district"], agency=row["agency"], status=row["status"],
-                              incident_id=row["incident_id"], case_id=row["case_id"], case_state=row["case_state"],
-                              excerpt=_excerpt(row["record"])))
+                              incident_id=row["incident_id"], case_id=case["id"] if case else None,
+                              case_state=case["state"] if case else None, excerpt=_excerpt(row["record"])))
     return out
 
 

@@ -26,6 +26,7 @@ from channels.open311_intake import Intake
 from channels.open311_parse import Open311Error, Photo, parse_body
 from config.portal import PortalConfig
 from console.public import SELECT, QueryError, build_query, services
+from dispatch import queries as dispatch_queries
 from dispatch.evidence import answer_photos
 from ingest.app import AppContext
 from ingest.clock import VN_TZ
@@ -297,9 +298,7 @@ class Portal:
     async def _deadline(self, case_id: str | None) -> float | None:
         if not case_id:
             return None
-        row = await self.store.fetchone("SELECT MIN(due_at) AS due FROM deadlines WHERE case_id=?"
-                                        " AND state IN ('open', 'missed')", (case_id,))
-        return float(row["due"]) if row is not None and row["due"] is not None else None
+        return await dispatch_queries.next_due(self.store, case_id)
 
     def _status(self, row: Any, lang: str) -> str:
         return state_text(lang, row["case_state"] or row["status"])
@@ -503,8 +502,7 @@ class Portal:
         if row is None:
             return self._missing(request, lang)
         item = self._public_item(row, lang)
-        closed = await self.store.fetchone("SELECT closed_at, result FROM cases WHERE id=?", (row["case_id"],)) \
-            if row["case_id"] else None
+        closed = await dispatch_queries.case(self.store, row["case_id"]) if row["case_id"] else None
         result = redact(closed["result"]) if closed and closed["closed_at"] and closed["result"] else None
         return self.render(request, "public_one.html", lang, {
             "item": item, "steps": await public_steps(self.store, self.ctx.directory, row, lang),
