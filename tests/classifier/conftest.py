@@ -23,7 +23,10 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def embedder() -> EmbeddingThread:
-    thread = EmbeddingThread(load_embedder("e5-converted"))
+    # The deployed embedder (the schema's defaults: int8 since issue 21), so what these tests measure is what the
+    # daemon runs, and its vectors are the ones the daemon tests cache.
+    cfg = ClassifierConfig()
+    thread = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant))
     yield thread
     thread.close()
 
