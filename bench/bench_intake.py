@@ -1,6 +1,10 @@
-"""Intake benchmark: durable accepts over HTTP (Open311) against the raw SQLite commit rate of this machine.
+"""Intake benchmark: durable accepts over HTTP (Open311) against the raw commit rate of the store's backend.
 
-    .venv/bin/python bench/bench_intake.py [--seconds 5] [--clients 32] [--rate 500]
+    .venv/bin/python bench/bench_intake.py [--seconds 5] [--clients 32] [--rate 500] [--postgresql [ADMIN_URL]]
+
+With --postgresql the store is PostgreSQL (a database created for the run on ADMIN_URL's server, default
+postgresql://postgres@127.0.0.1:5432/postgres, and dropped after), and the baseline is PostgreSQL's raw commit rate
+(one row per COMMIT, synchronous_commit=on) on that server in the same run.
 
 The server runs in a subprocess (only the store and the Open311 channel, no pipeline stages competing for the
 CPU), so client and server do not share an event loop. Printed:
@@ -31,7 +35,7 @@ FORM = {"service_code": "drainage", "description": "Cống bị rác bít kín t
 
 
 # -- server (subprocess) ------------------------------------------------------------------------------
-async def serve(db: Path, port: int) -> None:
+async def serve(db: Path, port: int, url: str | None = None) -> None:
     from aiohttp import web
 
     from channels.open311 import build
@@ -42,7 +46,12 @@ async def serve(db: Path, port: int) -> None:
     from ingest.http import make_app
     from ingest.store import Store
 
-    store = await Store.open(db, db.parent / "blobs")
+    if url:
+        from ingest.pgstore import PgStore
+
+        store = await PgStore.open(url, db.parent / "blobs")
+    else:
+        store = await Store.open(db, db.parent / "blobs")
     ctx = AppContext(settings=Settings(), directory=load_directory(None), store=store, clock=store.clock,
                      http=make_app(10 * 1024 * 1024))
     build(ctx, ChannelEntry(kind="open311", name="app"), Open311Options())
@@ -74,6 +83,40 @@ def raw_commit_rate(path: Path, seconds: float) -> float:
     rate = n / (time.perf_counter() - start)
     conn.close()
     return rate
+
+
+def raw_pg_commit_rate(url: str, seconds: float) -> float:
+    """PostgreSQL's fsync-bound baseline: one row per COMMIT from one session, as a lone client would commit."""
+    import asyncpg
+
+    async def run() -> float:
+        conn = await asyncpg.connect(url, server_settings={"synchronous_commit": "on"})
+        try:
+            await conn.execute("CREATE TABLE raw_t(id BIGSERIAL PRIMARY KEY, k TEXT UNIQUE, body BYTEA)")
+            body = os.urandom(300)
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                await conn.execute("INSERT INTO raw_t(k, body) VALUES ($1, $2)", f"k{n}", body)  # autocommit
+                n += 1
+            return n / (time.perf_counter() - start)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def pg_database(admin: str, create: bool, name: str) -> str:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"' if create else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return admin.rsplit("/", 1)[0] + "/" + name
 
 
 async def throughput(url: str, clients: int, seconds: float, prefix: str) -> tuple[float, int, int]:
@@ -144,23 +187,29 @@ def free_port() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--serve", nargs=2, metavar=("DB", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs="+", metavar=("DB", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--postgresql", nargs="?", const="postgresql://postgres@127.0.0.1:5432/postgres",
+                        metavar="ADMIN_URL", help="the store on PostgreSQL (a database created and dropped)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rate", type=float, default=500.0)
     args = parser.parse_args()
     if args.serve:
         try:
-            asyncio.run(serve(Path(args.serve[0]), int(args.serve[1])))
+            asyncio.run(serve(Path(args.serve[0]), int(args.serve[1]), args.serve[2] if len(args.serve) > 2 else None))
         except KeyboardInterrupt:
             pass
         return 0
 
     with tempfile.TemporaryDirectory(prefix="bench-intake-", dir=REPO / "var" if (REPO / "var").is_dir() else None) as tmp:
-        raw_rate = raw_commit_rate(Path(tmp) / "raw.sqlite3", min(args.seconds, 3.0))
+        pg_name = f"hcmc1022_bench_{os.getpid()}"
+        pg_url = pg_database(args.postgresql, True, pg_name) if args.postgresql else None
+        backend = "PostgreSQL" if pg_url else "SQLite"
+        raw_rate = raw_pg_commit_rate(pg_url, min(args.seconds, 3.0)) if pg_url else \
+            raw_commit_rate(Path(tmp) / "raw.sqlite3", min(args.seconds, 3.0))
         port = free_port()
-        server = subprocess.Popen([sys.executable, __file__, "--serve", str(Path(tmp) / "bench.sqlite3"), str(port)],
-                                  stdout=subprocess.PIPE, text=True, cwd=REPO)
+        server = subprocess.Popen([sys.executable, __file__, "--serve", str(Path(tmp) / "bench.sqlite3"), str(port),
+                                   *([pg_url] if pg_url else [])], stdout=subprocess.PIPE, text=True, cwd=REPO)
         try:
             assert server.stdout is not None
             if server.stdout.readline().strip() != "ready":
@@ -173,13 +222,27 @@ def main() -> int:
             server.send_signal(2)
             out, _ = server.communicate(timeout=30)
         commits = next((int(line.split()[1]) for line in out.splitlines() if line.startswith("commits")), 0)
-        rows = sqlite3.connect(Path(tmp) / "bench.sqlite3").execute("SELECT COUNT(*) FROM reports").fetchone()[0]
+        if pg_url:
+            import asyncpg
+
+            async def count() -> int:
+                conn = await asyncpg.connect(pg_url)
+                try:
+                    return int(await conn.fetchval("SELECT COUNT(*) FROM reports"))
+                finally:
+                    await conn.close()
+
+            rows = asyncio.run(count())
+            pg_database(args.postgresql, False, pg_name)
+        else:
+            rows = sqlite3.connect(Path(tmp) / "bench.sqlite3").execute("SELECT COUNT(*) FROM reports").fetchone()[0]
 
     lats.sort()
     p50 = statistics.median(lats) * 1000 if lats else float("nan")
     p99 = lats[int(len(lats) * 0.99) - 1] * 1000 if lats else float("nan")
     accepted = ok + len(lats) + 32  # 32 warm-up requests of the latency run
-    print(f"raw SQLite commit rate (1 row/commit, WAL, synchronous=FULL): {raw_rate:8.0f} commits/s")
+    how = "synchronous_commit=on" if backend == "PostgreSQL" else "WAL, synchronous=FULL"
+    print(f"raw {backend} commit rate (1 row/commit, {how}): {raw_rate:8.0f} commits/s")
     print(f"durable accepts over HTTP ({args.clients} clients, {args.seconds:.0f} s):      {tput:8.0f} reports/s "
           f"({tput / raw_rate:.1f}x raw; {failed} non-2xx)   target >= 2000")
     print(f"ack latency at {args.rate:.0f}/s offered ({achieved:.0f}/s achieved):         p50 {p50:6.1f} ms   "

@@ -109,6 +109,10 @@ class DedupeStage:
 
 class DedupeService:
     name = "dedupe"
+    # Incident decisions run on one instance at a time (a leader lease; run_daemon wraps the service): two instances
+    # seeing reports of one incident at once would otherwise each open an incident from its own window. Taking the
+    # lease over runs `run` again, which rebuilds the window from the store.
+    singleton = "dedupe-incidents"
 
     def __init__(self, ctx: AppContext) -> None:
         cfg = ctx.settings.dedupe
