@@ -79,7 +79,8 @@ def summary(name: str, xs: list[float], base: list[float]) -> str:
 async def main(n: int, concurrency: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = await Store.open(Path(tmp) / "db.sqlite3", Path(tmp) / "blobs",
-                                 migrations={telegram.COMPONENT: telegram.MIGRATIONS})
+                                 migrations={telegram.COMPONENT: telegram.MIGRATIONS,
+                                             messenger.COMPONENT: messenger.MIGRATIONS})
         app = web.Application()
 
         async def baseline(request: web.Request) -> web.Response:

@@ -198,10 +198,11 @@ class MessengerChannel:
         async with self._lock:
             fetched, late = await self._fetch_within_budget(events)
             now = self.ctx.clock.now()
-            answers, reports, asking = await self._sort_answers(events, now)
-            found = self.ctx.shared.get(PLACE_FOUND) if self.options.ask_place else None
             # Asked only where the classifier's place finder runs: it is the one that would send the report
-            # to the operator unit. One open question per reporter.
+            # to the operator unit (without it no question is ever open). One open question per reporter.
+            found = self.ctx.shared.get(PLACE_FOUND) if self.options.ask_place else None
+            answers, reports, asking = (await self._sort_answers(events, now) if found is not None
+                                        else ([], list(events), set()))
             ask = {e.mid for e in reports
                    if found is not None and e.sender_id not in asking
                    and place_missing(e.text, lat=e.lat, lon=e.lon, found=found)}

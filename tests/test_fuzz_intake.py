@@ -152,7 +152,8 @@ def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosted]:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
 
     async def start() -> tuple[Any, Any, Any, Hosted]:
-        store = await Store.open(tmp / "store.sqlite3", tmp / "blobs")
+        store = await Store.open(tmp / "store.sqlite3", tmp / "blobs",
+                                 migrations={messenger.COMPONENT: messenger.MIGRATIONS})
         ctx = AppContext(settings=Settings(), directory=load_directory(None), store=store, clock=store.clock,
                          http=make_app(1 << 20, HttpLimits()))
         open311.build(ctx, ChannelEntry(kind="open311", name="app"), Open311Options())
