@@ -3,6 +3,11 @@
 Owns: running the pure parser off the loop with a time limit, quarantining what it rejects (once per raw
 message), storing attachments as blobs, and threading a reporter's reply onto the report it answers
 (an event `reporter_reply` on the earlier report; the reply itself is kept flagged, never re-classified).
+
+Mail for dispatch is stored, acknowledged and handed over as a job in the same transaction, never a call into
+dispatch during intake: a mail naming one of our dispatch emails (ingest/agency_mail.py) is kept flagged
+`agency_answer` with an `agency_email_reply` job (dispatch checks the proof and applies it, or keeps a note); a
+reporter's reply gets a `reporter_follow_up` job on the report it answers (a dispute of its result, or a note).
 """
 from __future__ import annotations
 
@@ -10,15 +15,16 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from config.channels import EmailLimitOptions
 from ingest.clock import iso
 from ingest.faults import ThrottledLog
+from ingest.agency_mail import claims_a_dispatch
+from ingest.jobs import AGENCY_EMAIL_REPLY, REPORTER_FOLLOW_UP, AgencyEmailReplyJob, ReporterFollowUpJob
 from ingest.records import Attachment, InboundMessage
-from ingest.store import Store, SubmitResult
+from ingest.store import Store, SubmitResult, Tx
 
 from .mail_auth import sender_verdict
 from .email_parse import ParsedEmail, ParseError, ParseLimits, parse_email, to_inbound
@@ -28,29 +34,7 @@ _throttled = ThrottledLog(log)
 
 RAW_TYPE = "message/rfc822"
 REPLY_FLAG = "reporter_reply"
-AGENCY_ANSWER_FLAG = "agency_answer"
-AGENCY_ANSWER_REJECTED_FLAG = "agency_answer_rejected"
-
-
-AGENCY_ANSWER_UNVERIFIED_FLAG = "agency_answer_unverified"
-
-
-class AgencyReplyHook(Protocol):
-    """Applies an agency's emailed answer to its case, or keeps it as a note for operators; returns applied,
-    duplicate, unmatched, unverified or rejected (dispatch.answers.apply_email_reply behind
-    ctx.shared["agency_email_reply"]). `from_addr` is the From address alone, `sender_auth` the trusted relay's
-    verdict on it, `reply_tokens` the sub-address tags of the addresses the mail was delivered to."""
-
-    async def __call__(self, *, from_addr: str | None, subject: str | None, body: str, in_reply_to: str | None,
-                       references: Sequence[str], attachments: Sequence[Attachment],
-                       message_id: str | None, reply_tokens: Sequence[str], sender_auth: str) -> str: ...
-
-
-class ReporterFollowUpHook(Protocol):
-    """A reporter's reply about their earlier report: a dispute of its result when it says so, within the window
-    (dispatch behind ctx.shared["reporter_follow_up"]); returns "disputed" or "noted"."""
-
-    async def __call__(self, *, report_id: int, text: str, channel: str) -> str: ...
+AGENCY_ANSWER_FLAG = "agency_answer"  # held for dispatch's agency_email_reply job, never classified as it is
 
 
 def subaddress_tags(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -72,6 +56,7 @@ class Prepared:
     raw: bytes
     parsed: ParsedEmail
     thread_report_id: int | None  # the earlier report this mail answers, when it is a reporter's reply
+    agency_reply: AgencyEmailReplyJob | None = None  # the job for dispatch, when it names one of our dispatches
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,17 +78,12 @@ def limits_from(options: EmailLimitOptions) -> ParseLimits:
 
 class EmailIntake:
     def __init__(self, store: Store, channel_instance: str, limits: ParseLimits,
-                 agency_reply: Callable[[], AgencyReplyHook | None] = lambda: None,
-                 trusted_authserv_ids: Sequence[str] = (),
-                 reporter_follow_up: Callable[[], ReporterFollowUpHook | None] = lambda: None) -> None:
+                 trusted_authserv_ids: Sequence[str] = ()) -> None:
         self.store = store
         self.channel_instance = channel_instance
         self.limits = limits
         # Authentication-Results under these ids were written by our own relay (channels/mail_auth.py).
         self.trusted_authserv_ids = tuple(trusted_authserv_ids)
-        # Looked up per message: the dispatch stage registers its hook after the channels are built.
-        self.agency_reply = agency_reply
-        self.reporter_follow_up = reporter_follow_up
 
     # -- one message, acknowledged by the caller after this returns (SMTP) -------------------------------
     async def accept(self, raw: bytes, envelope_from: str | None = None, envelope_to: Sequence[str] = ()) -> Outcome:
@@ -111,7 +91,12 @@ class EmailIntake:
         prepared = await self.prepare(raw, envelope_from, envelope_to)
         if isinstance(prepared, Outcome):
             return prepared
-        result = await self.store.submit(prepared.message, raw, RAW_TYPE)
+        if prepared.agency_reply is not None:
+            # Not the group commit: the mail and its job for dispatch commit together.
+            (result,) = await self.store.submit_batch([(prepared.message, raw, RAW_TYPE)],
+                                                      then=self.queue_jobs([prepared]))
+        else:
+            result = await self.store.submit(prepared.message, raw, RAW_TYPE)
         await self.record_replies([(prepared, result)])
         return Outcome(report_id=result.report_id, created=result.created,
                        thread_report_id=prepared.thread_report_id)
@@ -144,29 +129,26 @@ class EmailIntake:
                      parsed.skipped_attachments)
         thread_report_id = None
         extra_flags: tuple[str, ...] = ()
-        hook = self.agency_reply()
+        agency_reply = None
         tags = subaddress_tags([*envelope_to, *parsed.header_recipients])
-        if not parsed.flags and (parsed.references or parsed.case_token or tags) and hook is not None:
-            # An agency answering a dispatch email. Applied before the mail is committed: the answer is
-            # idempotent by Message-ID, so a redelivery after a crash here applies nothing twice.
+        if not parsed.flags and claims_a_dispatch(parsed.subject, parsed.references, tags):
+            # An agency answering a dispatch email (or someone claiming to): dispatch checks the proof in a job.
+            # The relay's verdict is read here, from the raw headers, once.
             verdict = sender_verdict(parsed.auth_results, self.trusted_authserv_ids, parsed.from_email or "")
-            status = await hook(from_addr=parsed.from_email, subject=parsed.subject, body=parsed.full_text,
-                                in_reply_to=parsed.references[0] if parsed.references else None,
-                                references=parsed.references, attachments=tuple(attachments),
-                                message_id=parsed.message_id, reply_tokens=tags, sender_auth=verdict)
-            if status in ("applied", "duplicate"):
-                extra_flags = (AGENCY_ANSWER_FLAG,)
-            elif status == "rejected":
-                extra_flags = (AGENCY_ANSWER_REJECTED_FLAG,)  # kept for operators, never routed as a report
-            elif status == "unverified":
-                extra_flags = (AGENCY_ANSWER_UNVERIFIED_FLAG,)  # a note on the case, never a report nor a change
+            agency_reply = AgencyEmailReplyJob(
+                from_addr=parsed.from_email, subject=parsed.subject, body=parsed.full_text,
+                in_reply_to=parsed.references[0] if parsed.references else None,
+                references=tuple(parsed.references), attachments=tuple(attachments),
+                message_id=parsed.message_id, reply_tokens=tags, sender_auth=verdict)
+            extra_flags = (AGENCY_ANSWER_FLAG,)
         if not extra_flags and not parsed.flags and (parsed.references or parsed.case_token):
             thread_report_id = await self.find_thread(parsed)
             if thread_report_id is not None:
                 extra_flags = (REPLY_FLAG,)
         message = to_inbound(parsed, channel_instance=self.channel_instance, received_at=iso(self.store.clock.now()),
                              attachments=tuple(attachments), extra_flags=extra_flags)
-        return Prepared(message=message, raw=raw, parsed=parsed, thread_report_id=thread_report_id)
+        return Prepared(message=message, raw=raw, parsed=parsed, thread_report_id=thread_report_id,
+                        agency_reply=agency_reply)
 
     async def quarantine(self, raw: bytes, reason: str) -> int:
         """One quarantine row per distinct raw mail (the store counts a retry on that row), bounded in size."""
@@ -211,12 +193,21 @@ class EmailIntake:
                 return int(row["id"])
         return None
 
+    def queue_jobs(self, prepared: list[Prepared]) -> Callable[[Tx, list[SubmitResult]], Awaitable[None]]:
+        """The `then` of a submit_batch: each newly stored agency reply's job for dispatch, in its transaction
+        (a mail delivered again was queued with its first copy)."""
+        async def then(tx: Tx, results: list[SubmitResult]) -> None:
+            for p, result in zip(prepared, results):
+                if p.agency_reply is not None and result.created:
+                    await tx.enqueue(AGENCY_EMAIL_REPLY, result.report_id, p.agency_reply)
+        return then
+
     async def record_replies(self, stored: list[tuple[Prepared, SubmitResult]]) -> None:
-        """Write the `reporter_reply` event on the earlier report, once, even if the mail is delivered twice."""
+        """Write the `reporter_reply` event on the earlier report, once, even if the mail is delivered twice, and
+        queue dispatch's `reporter_follow_up` job (after a result, "not fixed" in the reply disputes it)."""
         replies = [(p, r) for p, r in stored if p.thread_report_id is not None]
         if not replies:
             return
-        fresh: list[Prepared] = []
         async with self.store.transaction() as tx:
             for prepared, result in replies:
                 seen = await tx.fetchone(
@@ -224,19 +215,13 @@ class EmailIntake:
                     (prepared.thread_report_id, REPLY_FLAG, result.report_id))
                 if seen is not None:
                     continue
-                fresh.append(prepared)
+                text = prepared.parsed.text[:4000]
                 await tx.event(prepared.thread_report_id, REPLY_FLAG, "reporter", {
                     "reply_report_id": result.report_id,
                     "channel": "email",
                     "message_id": prepared.parsed.message_id,
                     "subject": prepared.parsed.subject,
-                    "text": prepared.parsed.text[:4000],
+                    "text": text,
                 })
-        hook = self.reporter_follow_up()
-        for prepared in fresh if hook is not None else ():
-            assert hook is not None and prepared.thread_report_id is not None
-            try:
-                # After a result, "not fixed" in the reply disputes it (the case reopens at the same agency).
-                await hook(report_id=prepared.thread_report_id, text=prepared.parsed.text[:4000], channel="email")
-            except Exception:  # the reply is stored and on the timeline; a failed hook must not fail intake
-                log.exception("%s: reporter follow-up hook failed", self.channel_instance)
+                await tx.enqueue(REPORTER_FOLLOW_UP, prepared.thread_report_id,
+                                 ReporterFollowUpJob(text=text, channel="email"))

@@ -20,6 +20,8 @@ from ingest.mail import header_text, send_message, single_address
 from ingest.errors import PermanentError, TransientError
 from ingest.store import Store, StoredReport
 
+from .email_intake import AGENCY_ANSWER_FLAG
+
 log = logging.getLogger(__name__)
 
 
@@ -69,8 +71,9 @@ class EmailReplySender:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="smtp-out")
 
     async def send_reply(self, report: StoredReport, text: str) -> None:
-        if report.message.flags:
-            # Last line of defence against mail loops: never answer auto-replies, bounces, bulk mail.
+        if set(report.message.flags) - {AGENCY_ANSWER_FLAG}:
+            # Last line of defence against mail loops: never answer auto-replies, bounces, bulk mail. (A mail held
+            # for dispatch as an agency's answer that named none of our dispatches is an ordinary report.)
             raise PermanentError("flagged mail is never answered")
         msg = compose_reply(report, text, self.options, self.store.clock.now())
         loop = asyncio.get_running_loop()

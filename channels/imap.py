@@ -229,7 +229,8 @@ class ImapService:
                 prepared.append(outcome)
         results = await self.store.submit_batch(
             [(p.message, p.raw, RAW_TYPE) for p in prepared],
-            cursor=(self.cursor_name, {"uidvalidity": uidvalidity, "last_uid": max(batch)}))
+            cursor=(self.cursor_name, {"uidvalidity": uidvalidity, "last_uid": max(batch)}),
+            then=self.intake.queue_jobs(prepared))
         await self.intake.record_replies(list(zip(prepared, results)))
         await self._call(self.mailbox.move, [u for u in batch if u in fetched])
         return sum(1 for r in results if r.created)
@@ -244,8 +245,6 @@ class ImapService:
 
 def build(ctx: AppContext, entry: ChannelEntry, options: ImapOptions) -> Service:
     intake = EmailIntake(ctx.store, entry.name, limits_from(options),
-                         agency_reply=lambda: ctx.shared.get("agency_email_reply"),
-                         reporter_follow_up=lambda: ctx.shared.get("reporter_follow_up"),
                          trusted_authserv_ids=options.trusted_authserv_ids)
     if options.reply is not None:
         register_reply_sender(ctx, options.reply)

@@ -185,8 +185,6 @@ def _tls_context(options: SmtpOptions) -> ssl.SSLContext | None:
 
 def build(ctx: AppContext, entry: ChannelEntry, options: SmtpOptions) -> Service:
     intake = EmailIntake(ctx.store, entry.name, limits_from(options),
-                         agency_reply=lambda: ctx.shared.get("agency_email_reply"),
-                         reporter_follow_up=lambda: ctx.shared.get("reporter_follow_up"),
                          trusted_authserv_ids=options.trusted_authserv_ids)
     if options.reply is not None:
         register_reply_sender(ctx, options.reply)

@@ -18,7 +18,9 @@ A state change needs all of:
   "fail" always stops, "none" stops unless `[dispatch.email_answers] require_sender_auth = false`;
 - an answer the agency API would accept from that agency (CaseBook.apply_answer, the one rule for every path).
 
-For the email channel (channels/email_intake.py calls it through ctx.shared["agency_email_reply"]):
+The email channels store such a mail (raw, fsynced) and acknowledge it, queueing an `agency_email_reply` job
+(ingest/jobs.py AgencyEmailReplyJob) in the same transaction; dispatch's worker applies it with
+`apply_email_reply_in(tx, book, reply)` in the transaction that finishes the job. The same, standalone:
 
     outcome = await dispatch.answers.apply_email_reply(
         store, settings, from_addr="qldt@quan1.gov.vn",  # the From header's single address
@@ -40,17 +42,17 @@ from typing import Any
 
 from config.directory import Directory, load_directory
 from config.dispatch import DispatchConfig, dispatch_settings
+from ingest.agency_mail import MSG_ID, REPLY_TOKEN, SUBJECT_TOKEN
 from ingest.clock import VN_TZ
 from ingest.records import Attachment
-from ingest.store import Store
+from ingest.jobs import AgencyEmailReplyJob
+from ingest.store import Store, Tx
 from ingest.text import fold
 
 from .calendar import load_calendar
 from .cases import AnswerResult, CaseBook, Forbidden, NotFound
 from .policy import AnswerRejected
 
-SUBJECT_TOKEN = re.compile(r"\[1022\s*#\s*(CASE-[A-Za-z0-9-]+)\]")
-MSG_ID = re.compile(r"<(msg_[0-9a-f]+)@[^>]+>")
 QUOTE_START = re.compile(r"^(on .+ wrote:|vào .+ đã viết:|-----\s*original message|from:\s)", re.I)
 
 # Earliest match in the reply's own text wins; phrases are folded (no diacritics, lower case).
@@ -148,7 +150,6 @@ def parse_email_reply(subject: str | None, in_reply_to: str | None, references: 
     return ParsedReply(case_id=case_id, msg_ids=msg_ids, kind=kind, note=text, data=data)
 
 
-REPLY_TOKEN = re.compile(r"msg_[0-9a-f]{24}")  # dispatch/cases.py writes "msg_" + token_hex(12)
 
 
 def agency_addresses(cfg: DispatchConfig, agency: str) -> frozenset[str]:
@@ -204,73 +205,92 @@ def email_answer_checks(ev: Evidence, addresses: frozenset[str], require_sender_
 _DIRECTORY: dict[str, Directory] = {}
 
 
-async def apply_email_reply(store: Store, settings: Any, *, from_addr: str | None, subject: str | None, body: str,
-                            in_reply_to: str | None = None, references: Sequence[str] = (),
-                            attachments: Sequence[Attachment] = (), message_id: str | None = None,
-                            reply_tokens: Sequence[str] = (), sender_auth: str = "none",
-                            directory: Directory | None = None) -> EmailReplyOutcome:
-    """Apply the reply as the agency's answer when every check passes, else keep it as a note (module docstring)."""
-    parsed = parse_email_reply(subject, in_reply_to, references, body)
-    tokens = tuple(dict.fromkeys([*parsed.msg_ids, *(t.lower() for t in reply_tokens
-                                                     if REPLY_TOKEN.fullmatch(t.lower()))]))[:50]
-    proven: frozenset[tuple[str, str]] = frozenset()
-    if tokens:
-        marks = ",".join("?" * len(tokens))
-        rows = await store.fetchall(f"SELECT DISTINCT case_id, agency FROM deliveries WHERE msg_id IN ({marks})",
-                                    tokens)
-        proven = frozenset((r["case_id"], r["agency"]) for r in rows)
-    if not proven and parsed.case_id is None:
-        return EmailReplyOutcome(status="unmatched")
-    proven_cases = sorted({c for c, _ in proven})
-    case_id = parsed.case_id if parsed.case_id is not None else (proven_cases[0] if proven_cases else None)
-    case = await store.fetchone("SELECT agency, report_id FROM cases WHERE id=?", (case_id,))
-    if case is None:
-        if not proven_cases:
-            return EmailReplyOutcome(status="unmatched", case_id=case_id)
-        # The subject names a case that does not exist: the note goes on the case the token proves.
-        case_id = proven_cases[0]
-        case = await store.fetchone("SELECT agency, report_id FROM cases WHERE id=?", (case_id,))
-        assert case is not None
+def _book(store: Store, settings: Any, directory: Directory | None) -> CaseBook:
     cfg = dispatch_settings(settings)
-    sender = (from_addr or "").strip().lower() or None
-    evidence = Evidence(claimed_case=parsed.case_id, proven=proven, case_id=case_id, holder=case["agency"],
-                        sender=sender, sender_auth=sender_auth, kind=parsed.kind)
-    reasons = email_answer_checks(evidence, agency_addresses(cfg, case["agency"]),
-                                  cfg.email_answers.require_sender_auth)
-    if reasons:
-        await _note(store, case["report_id"], case_id, sender, parsed, message_id, reasons)
-        return EmailReplyOutcome(status="unverified", case_id=case_id, kind=parsed.kind, detail=",".join(reasons))
-    assert parsed.kind is not None
-    data = dict(parsed.data)
-    if attachments:
-        data["photos"] = [a.sha256 for a in attachments if a.content_type.startswith("image/")]
     if directory is None:
         path = settings.data.agencies
         key = f"{path}|{settings.data.structure}"
         if key not in _DIRECTORY:
             _DIRECTORY[key] = load_directory(path, settings.data.structure)
         directory = _DIRECTORY[key]
-    book = CaseBook(store, directory, cfg, load_calendar(cfg.clocks.calendar, cfg.clocks.extra_holidays),
+    return CaseBook(store, directory, cfg, load_calendar(cfg.clocks.calendar, cfg.clocks.extra_holidays),
                     settings.http.public_base_url)
+
+
+async def apply_email_reply(store: Store, settings: Any, *, from_addr: str | None, subject: str | None, body: str,
+                            in_reply_to: str | None = None, references: Sequence[str] = (),
+                            attachments: Sequence[Attachment] = (), message_id: str | None = None,
+                            reply_tokens: Sequence[str] = (), sender_auth: str = "none",
+                            directory: Directory | None = None) -> EmailReplyOutcome:
+    """`apply_email_reply_in` in a transaction of its own."""
+    reply = AgencyEmailReplyJob(from_addr=from_addr, subject=subject, body=body, in_reply_to=in_reply_to,
+                                references=tuple(references), attachments=tuple(attachments), message_id=message_id,
+                                reply_tokens=tuple(reply_tokens), sender_auth=sender_auth)
+    async with store.transaction() as tx:
+        return await apply_email_reply_in(tx, _book(store, settings, directory), reply)
+
+
+async def apply_email_reply_in(tx: Tx, book: CaseBook, reply: AgencyEmailReplyJob) -> EmailReplyOutcome:
+    """Apply the reply as the agency's answer when every check passes, else keep it as a note (module docstring),
+    in the caller's transaction: the reply's job finishes in the same one."""
+    cfg = book.cfg
+    parsed = parse_email_reply(reply.subject, reply.in_reply_to, reply.references, reply.body)
+    tokens = tuple(dict.fromkeys([*parsed.msg_ids, *(t.lower() for t in reply.reply_tokens
+                                                     if REPLY_TOKEN.fullmatch(t.lower()))]))[:50]
+    proven: frozenset[tuple[str, str]] = frozenset()
+    if tokens:
+        marks = ",".join("?" * len(tokens))
+        rows = await tx.fetchall(f"SELECT DISTINCT case_id, agency FROM deliveries WHERE msg_id IN ({marks})",
+                                 tokens)
+        proven = frozenset((r["case_id"], r["agency"]) for r in rows)
+    if not proven and parsed.case_id is None:
+        return EmailReplyOutcome(status="unmatched")
+    proven_cases = sorted({c for c, _ in proven})
+    case_id = parsed.case_id if parsed.case_id is not None else (proven_cases[0] if proven_cases else None)
+    case = await tx.fetchone("SELECT agency, report_id FROM cases WHERE id=?", (case_id,))
+    if case is None:
+        if not proven_cases:
+            return EmailReplyOutcome(status="unmatched", case_id=case_id)
+        # The subject names a case that does not exist: the note goes on the case the token proves.
+        case_id = proven_cases[0]
+        case = await tx.fetchone("SELECT agency, report_id FROM cases WHERE id=?", (case_id,))
+        assert case is not None
+    assert case_id is not None
+    sender = (reply.from_addr or "").strip().lower() or None
+    evidence = Evidence(claimed_case=parsed.case_id, proven=proven, case_id=case_id, holder=case["agency"],
+                        sender=sender, sender_auth=reply.sender_auth, kind=parsed.kind)
+    reasons = email_answer_checks(evidence, agency_addresses(cfg, case["agency"]),
+                                  cfg.email_answers.require_sender_auth)
+    if reasons:
+        await _note(tx, case["report_id"], case_id, sender, parsed, reply.message_id, reasons)
+        return EmailReplyOutcome(status="unverified", case_id=case_id, kind=parsed.kind, detail=",".join(reasons))
+    assert parsed.kind is not None
+    data = dict(parsed.data)
+    if reply.attachments:
+        data["photos"] = [a.sha256 for a in reply.attachments if a.content_type.startswith("image/")]
+    # A savepoint: an answer the policy refuses leaves nothing of itself, only the note below.
+    await tx.execute("SAVEPOINT email_answer")
     try:
-        result: AnswerResult = await book.apply_answer(
-            case["agency"], case_id, parsed.kind, data, source="email",
-            idem_key=f"email:{message_id}" if message_id else None, note=parsed.note[:4000])
+        result: AnswerResult = await book.apply_answer_in(
+            tx, case["agency"], case_id, parsed.kind, data, source="email",
+            idem_key=f"email:{reply.message_id}" if reply.message_id else None, note=parsed.note[:4000])
     except (AnswerRejected, Forbidden, NotFound) as exc:
-        await _note(store, case["report_id"], case_id, sender, parsed, message_id, [f"not_applicable: {exc}"])
+        await tx.execute("ROLLBACK TO email_answer")
+        await tx.execute("RELEASE email_answer")
+        await _note(tx, case["report_id"], case_id, sender, parsed, reply.message_id, [f"not_applicable: {exc}"])
         return EmailReplyOutcome(status="rejected", case_id=case_id, kind=parsed.kind, detail=str(exc))
+    await tx.execute("RELEASE email_answer")
     return EmailReplyOutcome(status="duplicate" if result.duplicate else "applied", case_id=case_id,
                              kind=parsed.kind)
 
 
-async def _note(store: Store, report_id: int, case_id: str, sender: str | None, parsed: ParsedReply,
+async def _note(tx: Tx, report_id: int, case_id: str, sender: str | None, parsed: ParsedReply,
                 message_id: str | None, reasons: list[str]) -> None:
     """A reply that may not change the case, kept on it for operators to confirm (once per mail)."""
-    async with store.transaction() as tx:
-        if message_id and await tx.fetchone(
-                "SELECT 1 FROM events WHERE report_id=? AND kind=? AND json_extract(data, '$.message_id')=?",
-                (report_id, UNVERIFIED_EVENT, message_id)):
-            return
-        await tx.event(report_id, UNVERIFIED_EVENT, "email", {
-            "case_id": case_id, "from": sender, "kind": parsed.kind, "reasons": reasons,
-            "message_id": message_id, "note": parsed.note[:2000]})
+    if message_id and await tx.fetchone(
+            "SELECT 1 FROM events WHERE report_id=? AND kind=? AND json_extract(data, '$.message_id')=?",
+            (report_id, UNVERIFIED_EVENT, message_id)):
+        return
+    await tx.event(report_id, UNVERIFIED_EVENT, "email", {
+        "case_id": case_id, "from": sender, "kind": parsed.kind, "reasons": reasons,
+        "message_id": message_id, "note": parsed.note[:2000]})

@@ -303,81 +303,89 @@ class CaseBook:
         act on any case; the operator unit's API token and mailbox are scoped like every other agency's.
         """
         async with self.store.transaction() as tx:
-            if idem_key:
-                seen = await tx.fetchone("SELECT a.case_id, c.state, c.agency FROM answers a JOIN cases c"
-                                         " ON c.id=a.case_id WHERE a.idem_key=?", (idem_key,))
-                if seen is not None:
-                    return AnswerResult(case_id=seen["case_id"], state=seen["state"], agency=seen["agency"],
-                                        duplicate=True)
-            case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
-            oversees = staff and agency == OPERATOR_UNIT
-            if case is not None and case["agency"] != agency and not oversees:
-                supporter = await tx.fetchone("SELECT * FROM case_supporters WHERE case_id=? AND agency=? AND state"
-                                              " NOT IN ('done','withdrawn')", (case_id, agency))
-                if supporter is not None:
-                    return await self._supporter_answer(tx, case, agency, kind, data, source, idem_key, note)
-            if case is None or (case["agency"] != agency and not oversees):
-                raise NotFound(case_id)
-            if kind == "refused" and agency != OPERATOR_UNIT:
-                raise Forbidden("only the operator unit refuses cases")
-            if kind == "reassigned" and agency not in (OPERATOR_UNIT, CITY_OFFICE):
-                raise Forbidden("only the operator unit and the City Office forward cases to a named agency")
-            now = self.store.clock.now()
-            view = CaseView(id=case_id, category=case["category"], agency=case["agency"], state=case["state"],
-                            forwarded_at=case["forwarded_at"], complex=bool(case["complex"]),
-                            coordination=bool(case["coordination"]))
-            effect = policy.answer_effect(view, kind, data, now, self.calendar, self.warn,
-                                          photo_required=self.photo_required(case["topic"], case["category"]))
-            await tx.execute("INSERT INTO answers(case_id, agency, kind, source, idem_key, note, data, at)"
-                             " VALUES (?,?,?,?,?,?,?,?)", (case_id, agency, kind, source, idem_key, note,
-                                                           json.dumps(data, ensure_ascii=False), now))
-            await tx.event(case["report_id"], "agency_answer", agency, {"case_id": case_id, "kind": kind,
-                                                                        "source": source})
-            await self._meet(tx, case, effect.meets, now)
-            for kind_, due in effect.reschedule.items():
-                await tx.execute("UPDATE deadlines SET due_at=?, warn_at=?, state=CASE WHEN state='missed'"
-                                 " AND ?>? THEN 'open' ELSE state END WHERE case_id=? AND kind=? AND state IN"
-                                 " ('open','missed')", (due, self.warn.warn_at(case["forwarded_at"], due), due, now,
-                                                        case_id, kind_))
-            if effect.cancel_all:
-                await tx.execute("UPDATE deadlines SET state='cancelled', closed_at=? WHERE case_id=?"
-                                 " AND state IN ('open','missed')", (now, case_id))
-            for j in effect.judged:
-                await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at, state,"
-                                 " closed_at) VALUES (?,?,?,?,?,?,?,?)",
-                                 (case_id, case["agency"], j.kind, j.started_at, j.due_at, j.due_at,
-                                  "met" if j.met else "met_late", now))
-                if not j.met:
-                    await tx.event(case["report_id"], "deadline_escalation", "dispatch",
-                                   {"case_id": case_id, "kind": j.kind, "agency": case["agency"], "late": True})
-            if effect.new_deadlines:
-                # A new expected completion replaces the previous one.
-                await tx.execute("UPDATE deadlines SET state='cancelled', closed_at=? WHERE case_id=?"
-                                 " AND kind='completion' AND state IN ('open','missed')", (now, case_id))
-                for spec in effect.new_deadlines:
-                    await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at)"
-                                     " VALUES (?,?,?,?,?,?)", (case_id, case["agency"], spec.kind, spec.started_at,
-                                                               spec.due_at, spec.warn_at))
-            await tx.execute(
-                "UPDATE cases SET state=?, complex=MAX(complex, ?), coordination=MAX(coordination, ?),"
-                " expected_completion=COALESCE(?, expected_completion), updated_at=? WHERE id=?",
-                (effect.state, int(effect.set_complex), int(effect.set_coordination), effect.expected_completion,
-                 now, case_id))
-            if effect.set_category:
-                await tx.execute("UPDATE cases SET category=? WHERE id=?", (effect.set_category, case_id))
-            holder = case["agency"]
-            if effect.reroute:
-                holder = await self._reroute(tx, case, kind, data, note, to=effect.reroute_to)
-                supporters = [a for a in data.get("supporting") or [] if a != holder]
-                if kind == "reassigned" and supporters:
-                    # The coordinating unit names a lead (the holder) and supporting agencies (Art. 7.1, 7.3).
-                    await tx.execute("UPDATE cases SET coordination=1 WHERE id=?", (case_id,))
-                    report = await self.store.get_report(case["report_id"])
-                    assert report is not None
-                    await self._add_supporters(tx, case_id, supporters, report)
-            if effect.closes:
-                await self._close(tx, case, effect.state, note, now)
-            return AnswerResult(case_id=case_id, state=effect.state, agency=holder)
+            return await self.apply_answer_in(tx, agency, case_id, kind, data, source=source, idem_key=idem_key,
+                                              note=note, staff=staff)
+
+    async def apply_answer_in(self, tx: Tx, agency: str, case_id: str, kind: str, data: dict[str, Any], *,
+                              source: str, idem_key: str | None = None, note: str | None = None,
+                              staff: bool = False) -> AnswerResult:
+        """`apply_answer` in the caller's transaction (the agency email reply job applies it in its own). On a
+        raise the caller must undo what was written (a savepoint), as the transaction of `apply_answer` does."""
+        if idem_key:
+            seen = await tx.fetchone("SELECT a.case_id, c.state, c.agency FROM answers a JOIN cases c"
+                                     " ON c.id=a.case_id WHERE a.idem_key=?", (idem_key,))
+            if seen is not None:
+                return AnswerResult(case_id=seen["case_id"], state=seen["state"], agency=seen["agency"],
+                                    duplicate=True)
+        case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
+        oversees = staff and agency == OPERATOR_UNIT
+        if case is not None and case["agency"] != agency and not oversees:
+            supporter = await tx.fetchone("SELECT * FROM case_supporters WHERE case_id=? AND agency=? AND state"
+                                          " NOT IN ('done','withdrawn')", (case_id, agency))
+            if supporter is not None:
+                return await self._supporter_answer(tx, case, agency, kind, data, source, idem_key, note)
+        if case is None or (case["agency"] != agency and not oversees):
+            raise NotFound(case_id)
+        if kind == "refused" and agency != OPERATOR_UNIT:
+            raise Forbidden("only the operator unit refuses cases")
+        if kind == "reassigned" and agency not in (OPERATOR_UNIT, CITY_OFFICE):
+            raise Forbidden("only the operator unit and the City Office forward cases to a named agency")
+        now = self.store.clock.now()
+        view = CaseView(id=case_id, category=case["category"], agency=case["agency"], state=case["state"],
+                        forwarded_at=case["forwarded_at"], complex=bool(case["complex"]),
+                        coordination=bool(case["coordination"]))
+        effect = policy.answer_effect(view, kind, data, now, self.calendar, self.warn,
+                                      photo_required=self.photo_required(case["topic"], case["category"]))
+        await tx.execute("INSERT INTO answers(case_id, agency, kind, source, idem_key, note, data, at)"
+                         " VALUES (?,?,?,?,?,?,?,?)", (case_id, agency, kind, source, idem_key, note,
+                                                       json.dumps(data, ensure_ascii=False), now))
+        await tx.event(case["report_id"], "agency_answer", agency, {"case_id": case_id, "kind": kind,
+                                                                    "source": source})
+        await self._meet(tx, case, effect.meets, now)
+        for kind_, due in effect.reschedule.items():
+            await tx.execute("UPDATE deadlines SET due_at=?, warn_at=?, state=CASE WHEN state='missed'"
+                             " AND ?>? THEN 'open' ELSE state END WHERE case_id=? AND kind=? AND state IN"
+                             " ('open','missed')", (due, self.warn.warn_at(case["forwarded_at"], due), due, now,
+                                                    case_id, kind_))
+        if effect.cancel_all:
+            await tx.execute("UPDATE deadlines SET state='cancelled', closed_at=? WHERE case_id=?"
+                             " AND state IN ('open','missed')", (now, case_id))
+        for j in effect.judged:
+            await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at, state,"
+                             " closed_at) VALUES (?,?,?,?,?,?,?,?)",
+                             (case_id, case["agency"], j.kind, j.started_at, j.due_at, j.due_at,
+                              "met" if j.met else "met_late", now))
+            if not j.met:
+                await tx.event(case["report_id"], "deadline_escalation", "dispatch",
+                               {"case_id": case_id, "kind": j.kind, "agency": case["agency"], "late": True})
+        if effect.new_deadlines:
+            # A new expected completion replaces the previous one.
+            await tx.execute("UPDATE deadlines SET state='cancelled', closed_at=? WHERE case_id=?"
+                             " AND kind='completion' AND state IN ('open','missed')", (now, case_id))
+            for spec in effect.new_deadlines:
+                await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at)"
+                                 " VALUES (?,?,?,?,?,?)", (case_id, case["agency"], spec.kind, spec.started_at,
+                                                           spec.due_at, spec.warn_at))
+        await tx.execute(
+            "UPDATE cases SET state=?, complex=MAX(complex, ?), coordination=MAX(coordination, ?),"
+            " expected_completion=COALESCE(?, expected_completion), updated_at=? WHERE id=?",
+            (effect.state, int(effect.set_complex), int(effect.set_coordination), effect.expected_completion,
+             now, case_id))
+        if effect.set_category:
+            await tx.execute("UPDATE cases SET category=? WHERE id=?", (effect.set_category, case_id))
+        holder = case["agency"]
+        if effect.reroute:
+            holder = await self._reroute(tx, case, kind, data, note, to=effect.reroute_to)
+            supporters = [a for a in data.get("supporting") or [] if a != holder]
+            if kind == "reassigned" and supporters:
+                # The coordinating unit names a lead (the holder) and supporting agencies (Art. 7.1, 7.3).
+                await tx.execute("UPDATE cases SET coordination=1 WHERE id=?", (case_id,))
+                report = await self.store.get_report(case["report_id"])
+                assert report is not None
+                await self._add_supporters(tx, case_id, supporters, report)
+        if effect.closes:
+            await self._close(tx, case, effect.state, note, now)
+        return AnswerResult(case_id=case_id, state=effect.state, agency=holder)
 
     async def _supporter_answer(self, tx: Tx, case: sqlite3.Row, agency: str, kind: str, data: dict[str, Any],
                                 source: str, idem_key: str | None, note: str | None) -> AnswerResult:
@@ -549,32 +557,38 @@ class CaseBook:
         reopens at the same agency, with the dispute attached to a new delivery, and a new answer clock; the
         incident reopens, so its reports wait for the new result. Returns the case id. Raises NotFound,
         ReporterRejected (no result, result too old, nothing written)."""
+        async with self.store.transaction() as tx:
+            return await self.dispute_in(tx, report_id, reason, source=source, case_id=case_id)
+
+    async def dispute_in(self, tx: Tx, report_id: int, reason: str, *, source: str,
+                         case_id: str | None = None) -> str:
+        """`dispute` in the caller's transaction (the reporter follow-up job disputes in its own); on a raise the
+        caller undoes what was written."""
         reason = " ".join(reason.split())[:4000]
         if not reason:
             raise ReporterRejected("a dispute needs the reporter's reason")
-        async with self.store.transaction() as tx:
-            case = await self._case_of_report(tx, report_id)
-            if case_id is not None and case["id"] != case_id:
-                raise NotFound(case_id)
-            now = self.store.clock.now()
-            if case["closed_at"] is None or case["state"] not in DISPUTABLE:
-                raise ReporterRejected("there is no result to dispute")
-            if now - case["closed_at"] > self.cfg.reporters.dispute_days * DAY:
-                raise ReporterRejected(f"a result can be disputed within {self.cfg.reporters.dispute_days:g} days")
-            await tx.execute("INSERT INTO disputes(case_id, report_id, text, source, at) VALUES (?,?,?,?,?)",
-                             (case["id"], report_id, reason, source, now))
-            previous = {"state": case["state"], "result": case["result"], "closed_at": iso(case["closed_at"])}
-            await tx.execute("UPDATE cases SET state='forwarded', closed_at=NULL, forwarded_at=?, complex=0,"
-                             " expected_completion=NULL, updated_at=? WHERE id=?", (now, now, case["id"]))
-            await tx.execute("UPDATE incidents SET state='open', closed_at=NULL, closed_as=NULL WHERE id=?"
-                             " AND state='closed'", (case["incident_id"],))
-            await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE incident_id=?"
-                             " AND status='closed'", (now, case["incident_id"]))
-            await tx.event(report_id, "case_disputed", "reporter", {"case_id": case["id"], "source": source,
-                                                                   "previous": previous})
-            report = await self.store.get_report(case["report_id"])
-            assert report is not None
-            await self._forward(tx, case["id"], report, case["agency"], case["category"], "case.disputed",
-                                extra={"dispute": {"text": reason, "at": iso(now), "previous": previous}})
-            await tx.enqueue(NOTIFY, report_id, NotifyJob(template="dispute_ack", case_id=case["id"]))
-            return str(case["id"])
+        case = await self._case_of_report(tx, report_id)
+        if case_id is not None and case["id"] != case_id:
+            raise NotFound(case_id)
+        now = self.store.clock.now()
+        if case["closed_at"] is None or case["state"] not in DISPUTABLE:
+            raise ReporterRejected("there is no result to dispute")
+        if now - case["closed_at"] > self.cfg.reporters.dispute_days * DAY:
+            raise ReporterRejected(f"a result can be disputed within {self.cfg.reporters.dispute_days:g} days")
+        await tx.execute("INSERT INTO disputes(case_id, report_id, text, source, at) VALUES (?,?,?,?,?)",
+                         (case["id"], report_id, reason, source, now))
+        previous = {"state": case["state"], "result": case["result"], "closed_at": iso(case["closed_at"])}
+        await tx.execute("UPDATE cases SET state='forwarded', closed_at=NULL, forwarded_at=?, complex=0,"
+                         " expected_completion=NULL, updated_at=? WHERE id=?", (now, now, case["id"]))
+        await tx.execute("UPDATE incidents SET state='open', closed_at=NULL, closed_as=NULL WHERE id=?"
+                         " AND state='closed'", (case["incident_id"],))
+        await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE incident_id=?"
+                         " AND status='closed'", (now, case["incident_id"]))
+        await tx.event(report_id, "case_disputed", "reporter", {"case_id": case["id"], "source": source,
+                                                               "previous": previous})
+        report = await self.store.get_report(case["report_id"])
+        assert report is not None
+        await self._forward(tx, case["id"], report, case["agency"], case["category"], "case.disputed",
+                            extra={"dispute": {"text": reason, "at": iso(now), "previous": previous}})
+        await tx.enqueue(NOTIFY, report_id, NotifyJob(template="dispute_ack", case_id=case["id"]))
+        return str(case["id"])

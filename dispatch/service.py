@@ -8,9 +8,9 @@ from typing import Any
 
 from config.dispatch import DispatchConfig, dispatch_settings
 from ingest.app import AppContext, Service
+from ingest.jobs import AGENCY_EMAIL_REPLY, REPORTER_FOLLOW_UP
 from ingest.worker import StageWorker, WorkerSettings
 
-from .answers import apply_email_reply
 from .api import DispatchApi
 from .book import make_book
 from .calendar import CalendarWatch
@@ -18,6 +18,7 @@ from .cases import CaseBook, NotFound
 from .clocks import DeadlineTicker, EscalationSender
 from .delivery import DeliverySender
 from .notify import Notifier
+from .replies import EmailReplies
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,13 @@ def build(ctx: AppContext) -> list[Service]:
                         max_attempts=q.max_attempts)
     ctx.shared["sms_gateway"] = notifier.sms  # the weekly reports (ops/) text agency leadership through it
 
-    async def agency_email_reply(**reply: Any) -> str:
-        outcome = await apply_email_reply(ctx.store, ctx.settings, directory=ctx.directory, **reply)
-        return outcome.status
-
-    # The email channels hand agencies' replies to dispatch emails here (channels never import a stage).
-    ctx.shared["agency_email_reply"] = agency_email_reply
+    # The email channels queue agencies' replies to dispatch emails, and reporters' replies threaded onto their
+    # reports, as jobs (channels never import a stage); they are applied here, each in its job's transaction.
+    replies = EmailReplies(book)
+    services.append(_Worker("dispatch-agency-replies", StageWorker(ctx.store, AGENCY_EMAIL_REPLY,
+                                                                   replies.handle_agency_reply, wsettings)))
+    services.append(_Worker("dispatch-reporter-follow-ups", StageWorker(ctx.store, REPORTER_FOLLOW_UP,
+                                                                        replies.handle_follow_up, wsettings)))
     email_channels = [c for c in ctx.settings.channels if c.kind in ("smtp", "imap") and c.enabled]
     if cfg.email_answers.require_sender_auth and email_channels and not any(
             c.options().get("trusted_authserv_ids") for c in email_channels):
@@ -92,9 +94,10 @@ def build(ctx: AppContext) -> list[Service]:
     ctx.shared["case_dispute"] = case_dispute
 
     async def reporter_follow_up(*, report_id: int, text: str, channel: str) -> str:
-        """A reporter wrote again on their channel about `report_id` (a reply, a chat message): after a result,
-        within the dispute window, and saying it is not fixed, it is a dispute; otherwise it stays a note on the
-        report's timeline. Returns "disputed" or "noted"."""
+        """A reporter wrote again on their chat about `report_id`: after a result, within the dispute window, and
+        saying it is not fixed, it is a dispute; otherwise it stays a note on the report's timeline. Returns
+        "disputed" or "noted". (The classifier asks, and needs the answer at once; email replies come as
+        `reporter_follow_up` jobs instead, see dispatch/replies.py.)"""
         from ingest.text import fold
 
         from .cases import ReporterRejected

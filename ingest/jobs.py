@@ -18,6 +18,7 @@ DELIVER = "deliver"  # one agency delivery (dispatch/delivery.py)
 TELEGRAM_SEND = "telegram_send"  # one message of a Telegram bot (channels/telegram.py)
 AGENCY_EMAIL_REPLY = "agency_email_reply"  # an agency's emailed answer, applied by dispatch (dispatch/answers.py)
 MESSENGER_MEDIA = "messenger_media"  # per instance: "messenger_media:<channel name>"
+REPORTER_FOLLOW_UP = "reporter_follow_up"  # a reporter wrote again about a report (dispatch: a dispute or a note)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,7 +95,17 @@ class AgencyEmailReplyJob:
     sender_auth: str = "none"  # our relay's Authentication-Results verdict: pass, fail or none
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReporterFollowUpJob:
+    """A reporter's later message about the job's report (an email reply threaded onto it): dispatch decides
+    whether it disputes the report's result (its words, its window) or stays a note on the timeline."""
+
+    text: str
+    channel: str
+
+
 for _name, _payload in ((CLASSIFY, ClassifyJob), (DEDUPE, DedupeJob), (DISPATCH, DispatchJob), (NOTIFY, NotifyJob),
                         (MESSENGER_MEDIA, MessengerMediaJob), (DELIVER, DeliverJob),
-                        (TELEGRAM_SEND, TelegramSendJob), (AGENCY_EMAIL_REPLY, AgencyEmailReplyJob)):
+                        (TELEGRAM_SEND, TelegramSendJob), (AGENCY_EMAIL_REPLY, AgencyEmailReplyJob),
+                        (REPORTER_FOLLOW_UP, ReporterFollowUpJob)):
     register_kind(JobKind(_name, _payload))

@@ -1,5 +1,6 @@
 """An agency answers a case by replying to the dispatch email, through the real SMTP listener (smtplib on
-loopback), wired as the daemon wires it: channels first, then dispatch registers the `agency_email_reply` hook.
+loopback), wired as the daemon wires it: the channel stores the mail and queues an `agency_email_reply` job in the
+same transaction; dispatch's worker applies it (`Stages.replies` runs that worker, as the daemon does).
 
 The reply becomes the case's answer; the mail itself is kept, flagged and never classified as a new report; a
 redelivered mail applies nothing twice. Then the attacker's side: a forged From or Reply-To, a guessed case
@@ -72,8 +73,27 @@ to = ["{OPERATOR_BOX}"]
 """
 
 
+class Stages:
+    """The dispatch workers these tests drive: the `dispatch` stage, and the job applying agencies' replies."""
+
+    def __init__(self, services: list[Any]) -> None:
+        named = {s.name: s for s in services}
+        self.dispatch = named["dispatch"].worker
+        self.agency_replies = named["dispatch-agency-replies"].worker
+
+    async def run_once(self) -> int:
+        return int(await self.dispatch.run_once())
+
+    async def replies(self) -> int:
+        """Apply every queued agency reply (the daemon's worker does it as soon as the mail is committed)."""
+        total = 0
+        while n := await self.agency_replies.run_once():
+            total += n
+        return total
+
+
 @pytest.fixture
-async def daemon_parts(tmp_path: Path) -> AsyncIterator[tuple[AppContext, SmtpService, Any]]:
+async def daemon_parts(tmp_path: Path) -> AsyncIterator[tuple[AppContext, SmtpService, Stages]]:
     path = tmp_path / "config.toml"
     path.write_text(f'[store]\npath = "{tmp_path / "s.sqlite3"}"\nblob_dir = "{tmp_path / "blobs"}"\n' + CONFIG,
                     encoding="utf-8")
@@ -86,7 +106,7 @@ async def daemon_parts(tmp_path: Path) -> AsyncIterator[tuple[AppContext, SmtpSe
     task = asyncio.create_task(smtp.run())
     await asyncio.wait_for(smtp.started.wait(), 10)
     try:
-        yield ctx, smtp, dispatch_services[0].worker
+        yield ctx, smtp, Stages(dispatch_services)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -168,7 +188,14 @@ async def mail_report(store: Store, message_id: str) -> Any:
                                 (message_id,))
 
 
-async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[AppContext, SmtpService, Any]
+async def checked(store: Store, report_id: int) -> list[str]:
+    """Dispatch's verdicts on a stored mail (applied, duplicate, unverified, rejected, unmatched)."""
+    rows = await store.fetchall("SELECT data FROM events WHERE report_id=? AND kind='agency_reply_checked'"
+                                " ORDER BY id", (report_id,))
+    return [json.loads(r["data"])["status"] for r in rows]
+
+
+async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[AppContext, SmtpService, Stages]
                                                            ) -> None:
     ctx, smtp, dispatch_worker = daemon_parts
     store = ctx.store
@@ -183,6 +210,7 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
     await asyncio.to_thread(send, smtp.port, reply(
         "Kẻ Mạo Danh <attacker@example.com>", "Phản ánh sai, không có sự việc.", "<x1@example.com>"),
         "attacker@example.com")
+    assert await dispatch_worker.replies() == 1
     assert await answers() == []
     assert (await store.fetchone("SELECT state FROM cases WHERE id=?", (CASE_ID,)))["state"] == "forwarded"
 
@@ -194,6 +222,7 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
                 subject="TL: ống nước bể Lê Lợi", in_reply_to=dispatch_mail["Message-ID"])
     for _ in range(2):
         await asyncio.to_thread(send, smtp.port, ack, AGENCY_ADDR)
+    assert await dispatch_worker.replies() == 1  # the second delivery is the same mail: no second job
     assert await answers() == [("sawaco", "acknowledged", "email")]
     assert (await store.fetchone("SELECT state FROM cases WHERE id=?", (CASE_ID,)))["state"] == "acknowledged"
 
@@ -208,6 +237,7 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
                      subject="Re: " + dispatch_mail["Subject"], photo=b"\xff\xd8\xff\xe0 site photo")
     for _ in range(2):
         await asyncio.to_thread(send, smtp.port, resolved, AGENCY_BOX, reply_address)
+    assert await dispatch_worker.replies() == 1
     assert await answers() == [("sawaco", "acknowledged", "email"), ("sawaco", "resolved", "email")]
     case = await store.fetchone("SELECT state, closed_at, result FROM cases WHERE id=?", (CASE_ID,))
     assert case["state"] == "resolved" and case["closed_at"] is not None
@@ -216,17 +246,39 @@ async def test_agency_reply_by_email_answers_the_case_once(daemon_parts: tuple[A
     notify = await store.fetchall("SELECT payload FROM jobs WHERE stage='notify' AND report_id=?", (report_id,))
     assert [json.loads(r["payload"])["template"] for r in notify].count("result") == 1
 
-    # 4. Every mail is kept (once per Message-ID) and flagged; none became a report to classify.
-    for message_id, flag in (("<a1@sawaco.com.vn>", "agency_answer"), ("<a2@sawaco.com.vn>", "agency_answer"),
-                             ("<x1@example.com>", "agency_answer_unverified")):
+    # 4. Every mail is kept (once per Message-ID) and flagged; none became a report to classify. Dispatch's
+    #    verdict on each is on the mail's own timeline.
+    for message_id, verdict in (("<a1@sawaco.com.vn>", "applied"), ("<a2@sawaco.com.vn>", "applied"),
+                                ("<x1@example.com>", "unverified")):
         row = await mail_report(store, message_id)
         assert row is not None and row["status"] == "ignored", message_id
-        if flag:
-            assert flag in json.loads(row["record"])["flags"]
+        assert "agency_answer" in json.loads(row["record"])["flags"]
+        assert await checked(store, row["id"]) == [verdict], message_id
     assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports WHERE channel='email'"))["n"] == 3
     classify = await store.fetchone("SELECT COUNT(*) AS n FROM jobs j JOIN reports r ON r.id=j.report_id"
                                     " WHERE j.stage='classify' AND r.channel='email'")
     assert classify["n"] == 0
+
+
+async def test_a_mail_naming_no_dispatch_of_ours_is_an_ordinary_report(
+        daemon_parts: tuple[AppContext, SmtpService, Stages]) -> None:
+    """A citizen's mail that merely looks like an answer (a case reference that does not exist, a made-up reply
+    token) is held for dispatch, found to name none of our dispatches, and classified like any other report."""
+    ctx, smtp, stages = daemon_parts
+    store = ctx.store
+    await open_case(ctx, stages)
+    for n, (subject, rcpt) in enumerate(((f"Re: [1022 #CASE-999999] ống nước", MAILBOX),
+                                         ("Ống nước", MAILBOX.replace("@", "+msg_00000000000000000000abcd@")))):
+        raw = reply("Nguyễn Thị Bình <binh@example.vn>", "Ống nước bể trước nhà 5 Lê Lợi, Quận 1.",
+                    f"<citizen{n}@example.vn>", subject=subject)
+        await asyncio.to_thread(send, smtp.port, raw, "binh@example.vn", rcpt)
+    assert await stages.replies() == 2
+    for n in range(2):
+        row = await mail_report(store, f"<citizen{n}@example.vn>")
+        assert row["status"] == "received" and await checked(store, row["id"]) == ["unmatched"]
+        job = await store.fetchone("SELECT state FROM jobs WHERE stage='classify' AND report_id=?", (row["id"],))
+        assert job is not None and job["state"] == "ready"
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM answers"))["n"] == 0
 
 
 # -- the attacker's side ---------------------------------------------------------------------------------
@@ -290,7 +342,7 @@ async def notes(store: Store) -> dict[str | None, list[str]]:
     return {json.loads(r["data"])["message_id"]: json.loads(r["data"])["reasons"] for r in rows}
 
 
-async def test_forged_agency_answers_become_notes_never_changes(daemon_parts: tuple[AppContext, SmtpService, Any]
+async def test_forged_agency_answers_become_notes_never_changes(daemon_parts: tuple[AppContext, SmtpService, Stages]
                                                                 ) -> None:
     ctx, smtp, dispatch_worker = daemon_parts
     store = ctx.store
@@ -301,13 +353,14 @@ async def test_forged_agency_answers_become_notes_never_changes(daemon_parts: tu
     for name, raw, env_from, rcpt, reason in attacks(token_ref, reply_box):
         answer = await asyncio.to_thread(send, smtp.port, raw, env_from, rcpt)
         assert answer.startswith("2.0.0"), (name, answer)
+        assert await dispatch_worker.replies() == 1, name
         states = {r["id"]: r["state"] for r in await store.fetchall("SELECT id, state FROM cases")}
         assert states == {CASE_ID: "forwarded", "CASE-000002": "forwarded"}, name
         assert (await store.fetchone("SELECT COUNT(*) AS n FROM answers"))["n"] == 0, name
         message_id = email.message_from_bytes(raw)["Message-ID"]
         assert reason in (await notes(store)).get(message_id, []), (name, await notes(store))
         row = await mail_report(store, message_id)
-        assert row["status"] == "ignored" and "agency_answer_unverified" in json.loads(row["record"])["flags"], name
+        assert row["status"] == "ignored" and await checked(store, row["id"]) == ["unverified"], name
     # Nothing was sent to any reporter, and the notes are on the case's timeline in the console.
     assert (await store.fetchone("SELECT COUNT(*) AS n FROM jobs WHERE stage='notify'"
                                  " AND json_extract(payload, '$.template')='result'"))["n"] == 0
@@ -320,6 +373,7 @@ async def test_forged_agency_answers_become_notes_never_changes(daemon_parts: tu
     replay = reply(f"SAWACO <{AGENCY_ADDR}>", "Đã xử lý xong.", "<r2@sawaco.com.vn>",
                    subject="Re: [1022 #CASE-000002] Cấp nước", in_reply_to=token_ref)
     await asyncio.to_thread(send, smtp.port, replay, AGENCY_ADDR)
+    await dispatch_worker.replies()
     assert (await notes(store))["<r2@sawaco.com.vn>"] == ["token_of_another_case"]
     assert (await store.fetchone("SELECT COUNT(*) AS n FROM answers"))["n"] == 0
 
@@ -332,12 +386,13 @@ async def test_forged_agency_answers_become_notes_never_changes(daemon_parts: tu
         stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(good.replace(b"\r\n", b"\n")), 60)
     assert proc.returncode == 0, out.decode()
+    assert await dispatch_worker.replies() == 1
     rows = await store.fetchall("SELECT case_id, agency, kind FROM answers")
     assert [(r["case_id"], r["agency"], r["kind"]) for r in rows] == [(CASE_ID, "sawaco", "acknowledged")]
 
 
 @pytest.mark.system("dovecot")
-async def test_the_same_rule_on_the_imap_path(daemon_parts: tuple[AppContext, SmtpService, Any]) -> None:
+async def test_the_same_rule_on_the_imap_path(daemon_parts: tuple[AppContext, SmtpService, Stages]) -> None:
     """The agency's mailbox server (Dovecot here) stamps its own verdict; the poller sees only headers, so the
     token comes from the address the mail was delivered to (To / Delivered-To), never from the subject."""
     import shutil
@@ -366,9 +421,7 @@ async def test_the_same_rule_on_the_imap_path(daemon_parts: tuple[AppContext, Sm
         opts = ImapOptions(host="127.0.0.1", port=server.port, ssl=False, username=server.user,
                            password=server.password, idle=False, poll_seconds=0.2, timeout_seconds=10,
                            trusted_authserv_ids=[imap_relay])
-        intake = EmailIntake(store, "mailbox-2", limits_from(opts),
-                             agency_reply=lambda: ctx.shared.get("agency_email_reply"),
-                             trusted_authserv_ids=opts.trusted_authserv_ids)
+        intake = EmailIntake(store, "mailbox-2", limits_from(opts), trusted_authserv_ids=opts.trusted_authserv_ids)
         service = ImapService("mailbox-2", store, intake, opts, ctx.clock)
         task = asyncio.create_task(service.run())
         try:
@@ -383,6 +436,7 @@ async def test_the_same_rule_on_the_imap_path(daemon_parts: tuple[AppContext, Sm
     finally:
         server.stop()
         shutil.rmtree(server.root, ignore_errors=True)
+    assert await dispatch_worker.replies() == 2
     rows = await store.fetchall("SELECT agency, kind, source FROM answers")
     assert [(r["agency"], r["kind"], r["source"]) for r in rows] == [("sawaco", "acknowledged", "email")]
     assert (await notes(store))["<i1@evil.example>"] == ["no_reply_token", "sender_authentication_failed"]

@@ -210,7 +210,8 @@ async def test_reporter_reply_threads_onto_the_earlier_report(listener: Factory,
     events = await store.fetchall("SELECT report_id, kind, data FROM events WHERE kind='reporter_reply' ORDER BY id")
     assert [e["report_id"] for e in events] == [first, first]
     assert "Đến nay vẫn chưa sửa." in events[0]["data"] and "Cảm ơn" not in events[0]["data"]
-    assert await store.queue_depths() == {("classify", "ready"): 1}
+    # Dispatch decides whether each reply disputes the report's result (dispatch/replies.py): one job per reply.
+    assert await store.queue_depths() == {("classify", "ready"): 1, ("reporter_follow_up", "ready"): 2}
 
 
 async def test_a_guessed_reference_never_writes_into_someone_elses_report(listener: Factory, store: Store) -> None:
@@ -224,9 +225,13 @@ async def test_a_guessed_reference_never_writes_into_someone_elses_report(listen
             await asyncio.to_thread(send, smtp.port, mail("Sự việc đã xong, gọi 0900000000", sender="x@evil.example",
                                                           message_id=f"<g{n}@evil.example>", **extra))
     assert await store.fetchall("SELECT 1 FROM events WHERE kind='reporter_reply'") == []
-    # Each is an ordinary new report instead (classified like any other), not a note on report `first`.
-    rows = await store.fetchall("SELECT status FROM reports WHERE id<>?", (first,))
-    assert [r["status"] for r in rows] == ["received"] * 3
+    # Each is an ordinary new report instead (classified like any other), not a note on report `first`; the one
+    # naming a case waits for dispatch to find it names none of ours (then it is classified, see
+    # test_agency_email_reply.py), never for a reporter's thread.
+    rows = await store.fetchall("SELECT r.status, j.stage FROM reports r JOIN jobs j ON j.report_id=r.id"
+                                " WHERE r.id<>? ORDER BY r.id", (first,))
+    assert [(r["status"], r["stage"]) for r in rows] == [("received", "classify")] * 2 + [
+        ("ignored", "agency_email_reply")]
 
 
 async def test_unparseable_mail_is_quarantined_and_acknowledged(listener: Factory, store: Store) -> None:

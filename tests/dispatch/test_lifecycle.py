@@ -208,7 +208,19 @@ async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_pag
         assert status == 201
         await pump(ctx)
 
-    follow_up = ctx.shared["reporter_follow_up"]
+    from ingest.jobs import REPORTER_FOLLOW_UP, ReporterFollowUpJob
+
+    from .test_flow import workers
+
+    async def follow_up(*, report_id: int, text: str, channel: str) -> str:
+        """As the email channel hands a reporter's reply to dispatch: a job, applied by dispatch's worker."""
+        async with store.transaction() as tx:
+            await tx.enqueue(REPORTER_FOLLOW_UP, report_id, ReporterFollowUpJob(text=text, channel=channel))
+        before = (await store.fetchone("SELECT COUNT(*) AS n FROM disputes"))["n"]
+        assert await workers(ctx)["dispatch-reporter-follow-ups"].worker.run_once() == 1
+        after = (await store.fetchone("SELECT COUNT(*) AS n FROM disputes"))["n"]
+        return "disputed" if after > before else "noted"
+
     # Nothing to dispute before the result.
     assert await follow_up(report_id=first, text="Vẫn chưa xử lý", channel="email") == "noted"
     await resolve()
