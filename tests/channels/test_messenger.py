@@ -314,8 +314,9 @@ def router():
     from classifier.training.trainer import Router
     from config.schema import ClassifierConfig
 
-    embedder = EmbeddingThread(load_embedder("e5-converted"))
-    settings = Settings(classifier=ClassifierConfig(backend="e5-converted", cache_dir=REPO / "var" / "models"))
+    cfg = ClassifierConfig(cache_dir=REPO / "var" / "models")  # the deployed embedder (int8) and model
+    embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant))
+    settings = Settings(classifier=cfg)
     r = Router(settings, load_directory(), embedder)
     r.load()
     yield r
