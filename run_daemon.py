@@ -7,7 +7,7 @@ never opens the store.
     run_daemon.py check-config [FILE]
     run_daemon.py route --input IN.jsonl --output OUT.jsonl [--config FILE] [--store PATH]
     run_daemon.py eval --input FILE.jsonl [--cv] [--config FILE]
-    run_daemon.py replay [--stage STAGE] [--job ID ...] [--config FILE]
+    run_daemon.py replay [--kind KIND] [--job ID ...] [--list] [--config FILE]
     run_daemon.py backup DEST [--config FILE]
     run_daemon.py review|incident|dispatch|user|report ... [--config FILE]
 
@@ -98,6 +98,9 @@ class Component:
     migrations: str | None = None  # module holding `MIGRATIONS`
     builder: str | None = None  # "module:function" taking the AppContext, returning its services
     commands: tuple[Command, ...] = ()
+    # Module that declares what its queue kinds' death and replay mean (ingest/queue.py register_kind): imported
+    # before dead letters are replayed, wherever that happens.
+    job_kinds: str | None = None
     # A stage whose builder also registers HTTP routes or shared services that intake serves (the agency API, the
     # case book the portal uses): built by an intake-only instance too, its workers left to the workers' instance.
     serves_intake: bool = False
@@ -115,7 +118,7 @@ COMPONENTS: tuple[Component, ...] = (
         Command("incident", "dedupe.operations", "incidents: list, show, merge, split"),)),
     Component("dispatch", "stage", "dispatch.schema", "dispatch.service:build", (
         Command("dispatch", "dispatch.cli", "cases past their deadline, agency deliveries, replaying dead ones"),),
-        serves_intake=True),
+        serves_intake=True, job_kinds="dispatch.delivery"),
     Component("console", "view", "console.schema", "console.service:build", (
         Command("user", "console.service", "console logins: add, list, disable"),)),
     Component("ops", "view", "ops.schema", "ops.service:build", (
@@ -141,6 +144,13 @@ def collect_migrations() -> dict[str, list[Migration]]:
         if component.migrations and importlib.util.find_spec(component.migrations) is not None:
             migrations[component.name] = importlib.import_module(component.migrations).MIGRATIONS
     return migrations
+
+
+def collect_job_kinds() -> None:
+    """Import the modules that register their queue kinds' hooks (a replayed delivery re-enables its endpoint)."""
+    for component in COMPONENTS:
+        if component.job_kinds and importlib.util.find_spec(component.job_kinds) is not None:
+            importlib.import_module(component.job_kinds)
 
 
 async def open_store(settings: Settings, clock: Clock | None = None, path: Path | None = None) -> Store:
@@ -550,9 +560,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--blobs", choices=("database", "directory"), default="database",
                    help="database: blobs copied into PostgreSQL (default); directory: left in blob_dir, which "
                         "the instances then share (copy it yourself)")
-    p = add("replay", "put dead-lettered jobs back in their queue")
-    p.add_argument("--stage")
-    p.add_argument("--job", type=int, action="append", default=[])
+    p = add("replay", "put dead-lettered jobs of every kind back in their queue: stage jobs, agency deliveries,"
+                      " Telegram messages, email replies for dispatch")
+    p.add_argument("--kind", "--stage", dest="stage", metavar="KIND",
+                   help="only this kind: classify, dedupe, dispatch, notify, deliver, agency_email_reply,"
+                        " reporter_follow_up, telegram_send:CHANNEL, messenger_media:CHANNEL")
+    p.add_argument("--job", type=int, action="append", default=[], help="only this job id (repeatable)")
+    p.add_argument("--list", action="store_true", help="list the dead letters instead of replaying them")
     for name, owned in COMMANDS.items():
         p = add(name, owned.help)
         if name == command:
@@ -616,7 +630,7 @@ BUILTIN_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "route": lambda settings, args: asyncio.run(route(settings, args.input, args.output, args.store)),
     "eval": _eval_command,
     "backup": lambda settings, args: backup(settings, args.dest),
-    "replay": lambda settings, args: asyncio.run(_replay(settings, args.stage, args.job)),
+    "replay": lambda settings, args: asyncio.run(_replay(settings, args.stage, args.job, args.list)),
     "migrate-store": lambda settings, args: asyncio.run(migrate_store(settings, args.to, args.blobs)),
 }
 
@@ -699,10 +713,19 @@ def backup(settings: Settings, dest: Path) -> int:
     return 0 if check == "ok" else 1
 
 
-async def _replay(settings: Settings, stage: str | None, jobs: list[int]) -> int:
+async def _replay(settings: Settings, kind: str | None, jobs: list[int], list_only: bool = False) -> int:
+    collect_job_kinds()
     store = await open_store(settings)
     try:
-        count = await store.replay_dead(stage, jobs)
+        if list_only:
+            wanted = set(jobs)
+            letters = [d for d in await store.queue.dead_letters(kind, limit=10_000) if not wanted or d.id in wanted]
+            for d in letters:
+                about = f"report {d.report_id}" if d.report_id is not None else (d.subject or "")
+                print(f"{d.id}\t{d.kind}\t{about}\tattempts={d.attempts}\t{(d.last_error or '')[:200]}")
+            print(f"{len(letters)} dead-lettered job(s)")
+            return 0
+        count = await store.queue.replay(kind, jobs)
     finally:
         await store.close()
     print(f"replayed {count} dead-lettered job(s)")

@@ -97,7 +97,7 @@ class _PublishedGauges(Collector):
 
 
 # Stages always listed in dead_letters (0 when none), so an alert on `> 0` never depends on a series appearing.
-KNOWN_STAGES = ("classify", "dedupe", "dispatch", "notify")
+KNOWN_STAGES = ("classify", "dedupe", "dispatch", "notify", "deliver", "agency_email_reply", "reporter_follow_up")
 # Which milestone a stage's finished job marks, for the help text and dashboards.
 STAGE_MILESTONE = {"classify": "classified", "dedupe": "incident", "dispatch": "dispatched", "notify": "notified"}
 
@@ -230,8 +230,8 @@ class OpsMetrics:
         out: list[Family] = []
 
         depths = await store.queue_depths()
-        queue = Family("queue_jobs", "Jobs waiting (ready), in progress (leased) or dead-lettered, per stage.", "gauge")
-        dead = Family("dead_letters", "Dead-lettered jobs per stage (replay with `run_daemon.py replay`).", "gauge")
+        queue = Family("queue_jobs", "Jobs waiting (ready), in progress (leased) or dead-lettered, per kind (stages, deliveries, outboxes).", "gauge")
+        dead = Family("dead_letters", "Dead-lettered jobs per kind (list and replay with `run_daemon.py replay`).", "gauge")
         for (stage, state), n in sorted(depths.items()):
             queue.add(n, (("stage", stage), ("state", state)))
         for stage in sorted({*KNOWN_STAGES, *(s for s, _ in depths)}):

@@ -128,6 +128,12 @@ async def _dead_letter(db: Path, blobs: Path) -> int:
 def test_replay_puts_dead_letters_back(tmp_path: Path) -> None:
     config = _config(tmp_path)
     job_id = asyncio.run(_dead_letter(tmp_path / "store.sqlite3", tmp_path / "blobs"))
+    listed = _run("replay", "--list", "--config", str(config), timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert f"{job_id}\tclassify\treport 1\tattempts=1\tPermanentError: model file missing" in listed.stdout
+    assert "1 dead-lettered job(s)" in listed.stdout
+    other_stage = _run("replay", "--kind", "deliver", "--config", str(config), timeout=60)
+    assert other_stage.returncode == 0 and "replayed 0" in other_stage.stdout
     other_stage = _run("replay", "--stage", "dedupe", "--config", str(config), timeout=60)
     assert other_stage.returncode == 0 and "replayed 0" in other_stage.stdout
     result = _run("replay", "--config", str(config), timeout=60)
@@ -144,6 +150,18 @@ def test_replay_puts_dead_letters_back(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert "replayed 0" in _run("replay", "--config", str(config), timeout=60).stdout
+
+
+def test_replay_knows_what_every_kind_s_replay_means() -> None:
+    """The generic replay runs each kind's own hook: a replayed delivery re-enables its endpoint and gets a fresh
+    deadline (dispatch/delivery.py), which only works once the owning module declared it."""
+    from ingest.queue import kind_spec
+    from run_daemon import collect_job_kinds
+
+    collect_job_kinds()
+    spec = kind_spec("deliver")
+    assert spec is not None and spec.on_replay is not None and spec.on_dead is not None
+    assert spec.payload is not None and spec.payload.__name__ == "DeliverJob"
 
 
 def test_unknown_command_and_bad_config_exit_nonzero(tmp_path: Path) -> None:
