@@ -63,6 +63,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.sparse import csr_matrix, hstack
@@ -88,6 +89,17 @@ def load_cues(path: Path = CUES_PATH) -> dict[str, tuple[str, ...]]:
 
 def folded_words(text: str) -> str:
     return " " + re.sub(r"[^0-9a-z]+", " ", fold(text)).strip() + " "
+
+
+def _vectorizers() -> tuple[TfidfVectorizer, TfidfVectorizer]:
+    """The word and the character TF-IDF of the lexical features, unfitted (their settings are part of
+    MODEL_VERSION: a cached model stores only what they learn)."""
+    return (TfidfVectorizer(ngram_range=(1, 1), sublinear_tf=True),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2, max_features=30000))
+
+
+# The fitted linear models of a TopicModel: attribute -> whether it is a LinearSVC (else the logistic safety model).
+_LINEAR = {"svm_": True, "lex_svm_": True, "emb_svm_": True, "safety_": False}
 
 
 @dataclass
@@ -122,9 +134,7 @@ class TopicModel:
     def _features(self, texts: Sequence[str], vectors: np.ndarray, fit: bool) -> csr_matrix:
         folded = [folded_words(t) for t in texts]
         if fit:
-            self.words_ = TfidfVectorizer(ngram_range=(1, 1), sublinear_tf=True)
-            self.chars_ = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2,
-                                          max_features=30000)
+            self.words_, self.chars_ = _vectorizers()
             w = self.words_.fit_transform(folded)
             c = self.chars_.fit_transform(folded)
         else:
@@ -190,6 +200,70 @@ class TopicModel:
         else:  # degenerate tiny training sets: fall back to the calibrated group probability
             self.safety_ = None
         return self
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A fitted model as JSON values and numeric arrays, nothing else (the cache format, training/cache.py):
+        what each vectorizer and linear model learned, the calibration, the restorer's counts."""
+        meta: dict[str, Any] = {
+            "params": {"embedding_weight": self.embedding_weight, "cue_weight": self.cue_weight, "C": self.C,
+                       "folds": self.folds, "safety_C": self.safety_C, "version": self.version},
+            "cues": {k: list(v) for k, v in self.cues.items()},
+            "classes": list(self.classes_), "groups": dict(self.groups_), "temperature": dict(self.temperature_),
+            "restorer": self.restorer_.state() if getattr(self, "restorer_", None) is not None else None,
+            "words": sorted(self.words_.vocabulary_, key=self.words_.vocabulary_.__getitem__),
+            "chars": sorted(self.chars_.vocabulary_, key=self.chars_.vocabulary_.__getitem__),
+            "linear": {}}
+        arrays = {"words.idf": np.asarray(self.words_.idf_), "chars.idf": np.asarray(self.chars_.idf_)}
+        for name in _LINEAR:
+            est = getattr(self, name)
+            if est is not None:
+                meta["linear"][name] = est.classes_.tolist()
+                arrays[f"{name}.coef"] = np.asarray(est.coef_)
+                arrays[f"{name}.intercept"] = np.asarray(est.intercept_)
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> TopicModel:
+        """The model `state` describes; ValueError, KeyError or TypeError when the parts do not fit together."""
+        params = meta["params"]
+        if params["version"] != MODEL_VERSION:
+            raise ValueError(f"model version {params['version']!r}, expected {MODEL_VERSION!r}")
+        model = cls({str(k): tuple(map(str, v)) for k, v in meta["cues"].items()},
+                    embedding_weight=float(params["embedding_weight"]), cue_weight=float(params["cue_weight"]),
+                    C=float(params["C"]), folds=int(params["folds"]), safety_C=float(params["safety_C"]))
+        if meta["restorer"] is not None:
+            model.restorer_ = Restorer.from_state(meta["restorer"])
+        model.words_, model.chars_ = _vectorizers()
+        for vectorizer, name in ((model.words_, "words"), (model.chars_, "chars")):
+            vectorizer.vocabulary_ = {str(term): i for i, term in enumerate(meta[name])}
+            vectorizer.idf_ = arrays[f"{name}.idf"]  # the setter refuses a length other than the vocabulary's
+        model.classes_ = [str(c) for c in meta["classes"]]
+        model.groups_ = {str(k): str(v) for k, v in meta["groups"].items()}
+        model.temperature_ = {str(k): float(v) for k, v in meta["temperature"].items()}
+        lexical = model._lexical_columns()
+        for name, is_svm in _LINEAR.items():
+            classes = meta["linear"].get(name)
+            if classes is None:
+                setattr(model, name, None)
+                continue
+            est = (LinearSVC(C=model.C) if is_svm else LogisticRegression(C=model.safety_C, max_iter=1000))
+            est.classes_ = np.asarray(classes)
+            est.coef_ = arrays[f"{name}.coef"]
+            est.intercept_ = arrays[f"{name}.intercept"]
+            est.n_features_in_ = est.coef_.shape[1]
+            rows = 1 if len(classes) == 2 else len(classes)
+            if est.coef_.ndim != 2 or est.coef_.shape[0] != rows or est.intercept_.shape != (rows,):
+                raise ValueError(f"{name}: coefficients of shape {est.coef_.shape} for {len(classes)} classes")
+            setattr(model, name, est)
+        for name in ("svm_", "lex_svm_"):
+            if getattr(model, name) is None:
+                raise ValueError(f"{name} missing")
+        embedding = model.emb_svm_.n_features_in_ if model.emb_svm_ is not None else 0
+        if model.lex_svm_.n_features_in_ != lexical or model.svm_.n_features_in_ != lexical + embedding:
+            raise ValueError("the linear models do not match the vocabulary")
+        if sorted(str(c) for c in model.svm_.classes_) != model.classes_:
+            raise ValueError("the topic model's classes do not match")
+        return model
 
     @staticmethod
     def _fit_temperature(scores: np.ndarray, target: np.ndarray) -> float:

@@ -25,6 +25,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ingest.text import fold, has_diacritics
 
@@ -77,13 +78,31 @@ class Restorer:
                 if not w.isdigit():
                     self.unigrams[fold(w)][w] += 1
             self.pair_counts_.update(_pairs(words))
-        # A plain dict: picklable, and lookups of unknown words do not grow the table.
+        # A plain dict: lookups of unknown words do not grow the table.
         self.unigrams = {k: Counter(v) for k, v in self.unigrams.items()}
+        return self._count_words()
+
+    def _count_words(self) -> Restorer:
         self.word_counts_: Counter[str] = Counter()
         for forms in self.unigrams.values():
             self.word_counts_.update(forms)
         self.total_ = max(1, sum(self.word_counts_.values()))
         return self
+
+    def state(self) -> dict[str, Any]:
+        """The fitted counts as JSON values, in their insertion order: `_decode` breaks ties between equally
+        likely forms by that order, so a restored model must keep it to restore the same text."""
+        return {"min_known": self.min_known, "max_accented": self.max_accented, "bigram_weight": self.bigram_weight,
+                "unigrams": [[folded, list(forms.items())] for folded, forms in self.unigrams.items()],
+                "pairs": [[a, b, n] for (a, b), n in self.pair_counts_.items()]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Restorer:
+        out = cls(min_known=float(state["min_known"]), max_accented=float(state["max_accented"]),
+                  bigram_weight=float(state["bigram_weight"]))
+        out.unigrams = {str(folded): Counter({str(w): int(n) for w, n in forms}) for folded, forms in state["unigrams"]}
+        out.pair_counts_ = Counter({(str(a), str(b)): int(n) for a, b, n in state["pairs"]})
+        return out._count_words()
 
     def _log_transition(self, prev: str | None, word: str) -> float:
         p_uni = (self.word_counts_.get(word, 0) + 0.5) / (self.total_ + 0.5 * len(self.word_counts_))

@@ -1,17 +1,15 @@
 """Training data, the on-disk model cache, and the live `Router` whose model is swapped atomically on retrain.
 
 Training examples: the bundled seed reports (classifier/data/reports-seed.jsonl), the topic descriptions of
-the directory, and operator review decisions. The fitted model is cached under `[classifier] cache_dir`,
-keyed by a hash of the examples, the embedding model and the feature version; seed vectors are cached by
-(model, text) so a retrain embeds only new texts.
+the directory, and operator review decisions. The fitted model is cached under `[classifier] cache_dir`
+(training/cache.py: arrays and JSON, no pickle), keyed by a hash of the examples, the embedding model and the
+feature version; seed vectors are cached by (model, text) so a retrain embeds only new texts.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
-import pickle
 import threading
 import time
 from collections.abc import Sequence
@@ -28,6 +26,7 @@ from ingest.progress import progress_bar
 from ingest.records import Classification, Place
 
 from classifier.embedding.embedder import EmbeddingThread, VectorCache, embed_cached, report_text
+from classifier.training import cache
 from classifier.training.model import MODEL_VERSION, TopicModel, load_cues
 from classifier.routing.locate import locate
 from classifier.routing.place import load_gazetteer
@@ -174,23 +173,17 @@ def train(examples: Sequence[Example], embed: Any, cache: VectorCache, *, progre
 def load_or_train(examples: Sequence[Example], embed: Any, cache_dir: Path, embedder_name: str,
                   vocabulary: Sequence[str] = (), groups: dict[str, str] | None = None) -> TopicModel:
     key = cache_key(examples, embedder_name, [*vocabulary, *(f"g\t{k}\t{v}" for k, v in sorted((groups or {}).items()))])
-    path = Path(cache_dir) / f"topic-model-{key}.pkl"
-    if path.exists():
-        try:
-            with path.open("rb") as fh:
-                model = pickle.load(fh)  # our own cache file, written below; rebuilt if unreadable
-            if isinstance(model, TopicModel):
-                log.info("classifier: loaded cached model %s", path.name)
-                return model
-        except Exception as exc:
-            log.warning("classifier: cached model unreadable (%s); retraining", type(exc).__name__)
+    path = cache.model_path(cache_dir, key)
+    try:
+        model = cache.load(path, key)
+        log.info("classifier: loaded cached model %s", path.name)
+        return model
+    except cache.CacheError as exc:
+        if path.exists():
+            log.warning("classifier: cached model %s refused (%s); retraining", path.name, exc)
     log.info("classifier: training a new model (%d examples, key %s)", len(examples), key)
     model = train(examples, embed, VectorCache(cache_dir, embedder_name), vocabulary=vocabulary, groups=groups)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with tmp.open("wb") as fh:
-        pickle.dump(model, fh)
-    os.replace(tmp, path)
+    cache.save(model, path, key)
     return model
 
 
