@@ -69,6 +69,24 @@ async def closed_incidents_of(reader: Reader, report_ids: Sequence[int]) -> dict
     return {r[0]: (r[1], r[2] or 0.0) for r in rows}
 
 
+async def latest_member_time(reader: Reader) -> float | None:
+    """When the latest report that belongs to an incident arrived (None: no report does)."""
+    row = await reader.fetchone(
+        "SELECT MAX(r.received_at) AS t FROM reports r JOIN incident_reports m ON m.report_id = r.id")
+    return row["t"] if row is not None else None
+
+
+async def members_after(reader: Reader, columns: str, since: float, after: tuple[float, int],
+                        limit: int) -> list[Any]:
+    """`columns` (of reports r and embeddings e) of up to `limit` reports that belong to an incident, received at
+    or after `since` and after `after` (received_at, id), in that order: the window's rows, chunk by chunk."""
+    return await reader.fetchall(
+        f"SELECT {columns} FROM reports r JOIN incident_reports m ON m.report_id = r.id"
+        " LEFT JOIN embeddings e ON e.report_id = r.id"
+        " WHERE r.received_at >= ? AND (r.received_at > ? OR (r.received_at = ? AND r.id > ?))"
+        " ORDER BY r.received_at, r.id LIMIT ?", (since, after[0], after[0], after[1], limit))
+
+
 async def get(reader: Reader, incident_id: str) -> Any:
     """The incident's row, None when unknown."""
     return await reader.fetchone("SELECT * FROM incidents WHERE id=?", (incident_id,))

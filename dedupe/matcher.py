@@ -73,19 +73,14 @@ class IncidentMatcher:
     async def rebuild(self, chunk: int = REBUILD_CHUNK) -> int:
         """Load the window from the store: every report with an incident, oldest first, read in chunks (one
         query each, vectors decoded with one frombuffer over the chunk's concatenated blobs)."""
-        row = await self.store.fetchone(
-            "SELECT MAX(r.received_at) AS t FROM reports r JOIN incident_reports m ON m.report_id = r.id")
-        if row is None or row["t"] is None:
+        latest = await incidents.latest_member_time(self.store)
+        if latest is None:
             return 0
-        since = row["t"] - self.window_days * DAY
+        since = latest - self.window_days * DAY
         last: tuple[float, int] = (since, -1)
         loaded = 0
         while True:
-            rows = await self.store.fetchall(
-                f"SELECT {VIEW_COLUMNS} FROM reports r JOIN incident_reports m ON m.report_id = r.id"
-                " LEFT JOIN embeddings e ON e.report_id = r.id"
-                " WHERE r.received_at >= ? AND (r.received_at > ? OR (r.received_at = ? AND r.id > ?))"
-                " ORDER BY r.received_at, r.id LIMIT ?", (since, last[0], last[0], last[1], chunk))
+            rows = await incidents.members_after(self.store, VIEW_COLUMNS, since, last, chunk)
             if not rows:
                 break
             self._load_chunk(rows)
