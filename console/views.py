@@ -107,6 +107,8 @@ class Console:
             g("/console/overdue", any_(self.overdue)),
             g("/console/search", any_(self.search)),
             g("/console/pii-log", self._role(("admin",), self.pii_log)),
+            g("/console/dead-letters", self._role(("admin",), self.dead_letters)),
+            p("/console/dead-letters/replay", self._role(("admin",), self.dead_letters_replay)),
         ]
 
     def page(self, request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
@@ -467,6 +469,31 @@ class Console:
         return self.page(request, "report_one.html", {
             "row": row, "message": message, "confidential": confidential, "show_reporter": show_reporter,
             "text": message.text if show_reporter else redact_text(message), "events": events, "cls": cls})
+
+    # -- dead letters of every queue kind (ingest/queue.py) ---------------------------------------
+    async def dead_letters(self, request: web.Request) -> web.StreamResponse:
+        """Work that failed for good, of every kind (stage jobs, agency deliveries, bot messages, email replies):
+        kind, what it was about, attempts and last error; never the payload, which may carry a reporter's words."""
+        kind = request.query.get("kind") or None
+        letters = await self.store.queue.dead_letters(kind, limit=500)
+        depths = await self.store.queue.depths()
+        kinds = sorted({k for k, state in depths if state == "dead"})
+        return self.page(request, "dead_letters.html", {"letters": letters, "kinds": kinds, "kind": kind or "",
+                                                        "replayed": request.query.get("replayed")})
+
+    async def dead_letters_replay(self, request: web.Request) -> web.StreamResponse:
+        form = request[FORM]
+        kind = str(form.get("kind") or "") or None
+        try:
+            ids = [int(v) for v in form.getall("job", [])]
+        except ValueError:
+            return self.error(request, 400, say("bad_replay"))
+        if not ids and kind is None:
+            return self.error(request, 400, say("bad_replay"))  # replaying everything at once takes the CLI
+        count = await self.store.queue.replay(kind, ids)
+        user: auth.User = request[USER]
+        log.info("console: %s replayed %d dead letter(s) (kind %s)", user.username, count, kind or "any")
+        return _redirect("/console/dead-letters?" + urlencode({"replayed": count, **({"kind": kind} if kind else {})}))
 
     # -- overdue, search, audit ------------------------------------------------------------------
     async def overdue(self, request: web.Request) -> web.StreamResponse:

@@ -271,6 +271,8 @@ CONSOLE_TEXTS: dict[str, dict[str, str]] = {
     "no_case_here": {"vi": "Không có hồ sơ này, hoặc hồ sơ không thuộc đơn vị của bạn.",
                      "en": "No such case, or the case is not your agency's."},
     "no_photo": {"vi": "Không có ảnh này.", "en": "No such photo."},
+    "bad_replay": {"vi": "Chọn công việc hoặc loại công việc cần chạy lại.",
+                   "en": "Choose the jobs, or the kind of jobs, to run again."},
     "bad_answer_kind": {"vi": "Loại cập nhật không hợp lệ.", "en": "Invalid kind of update."},
     "bad_expected_time": {"vi": "Thời gian dự kiến không hợp lệ.", "en": "Invalid expected time."},
     "return_needs_reason": {"vi": "Trả lại hồ sơ cần nêu lý do.", "en": "Returning a case needs a reason."},

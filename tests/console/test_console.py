@@ -321,3 +321,36 @@ async def test_user_cli(server: Server, monkeypatch: pytest.MonkeyPatch, capsys:
         assert (await b.login("lan", "a long enough password")).status == 401
     finally:
         await b.close()
+
+
+async def test_admin_sees_and_replays_dead_letters_of_every_kind(server: Server, browser: Browser) -> None:
+    case = await seed_case(server, text="Mất nước cả khu phố đường Trần Hưng Đạo", incident="INC-000001")
+    store = server.store
+    (delivery,) = await store.queue.lease("deliver", 5, 60)
+    await store.queue.fail(delivery, "HTTP 400", retry_in=0, dead=True)
+    rid = await seed_report(store, text="Rác thải đầy hẻm 45", topic="waste", agency="ubnd-quan-3",
+                            district="quan-3")
+    async with store.transaction() as tx:
+        await tx.enqueue("dedupe", rid)
+    (dedupe,) = await store.queue.lease("dedupe", 5, 60)
+    await store.queue.fail(dedupe, "index unavailable", retry_in=0, dead=True)
+
+    op = Browser(server.url)
+    try:
+        await op.login("operator")
+        assert (await op.get("/console/dead-letters"))[0] == 403
+    finally:
+        await op.close()
+    await browser.login("admin")
+    status, page = await browser.get("/console/dead-letters")
+    assert status == 200
+    assert "deliver" in page and "sawaco/" in page and "HTTP 400" in page
+    assert "dedupe" in page and f"/console/reports/{rid}" in page and "index unavailable" in page
+    status, page = await browser.get("/console/dead-letters?kind=deliver")
+    assert "index unavailable" not in page
+    assert (await browser.post("/console/dead-letters/replay", {}))[0] == 400  # nothing chosen: nothing replayed
+    status, _, location = await browser.post("/console/dead-letters/replay", {"job": str(delivery.id)})
+    assert status == 303 and location is not None and "replayed=1" in location
+    row = await store.fetchone("SELECT state, attempts FROM deliveries WHERE case_id=?", (case,))
+    assert (row["state"], row["attempts"]) == ("pending", 0)  # the delivery kind's own replay ran
+    assert [d.kind for d in await store.queue.dead_letters()] == ["dedupe"]
