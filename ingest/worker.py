@@ -12,6 +12,7 @@ from .backoff import backoff_delay
 from .errors import PermanentError, StorageError, TransientError
 from .faults import ThrottledLog
 from .logs import log_context
+from .queue import RetryPolicy
 from .records import Job
 from .store import Store, StoredReport, Tx
 
@@ -234,15 +235,15 @@ class StageWorker:
             await self.store.fail(job, f"{type(exc).__name__}: {exc}", retry_in=0, dead=True)
             _observe(self.stage, "dead", report, time.perf_counter() - started)
             return
-        dead = job.attempts >= s.max_attempts
-        if isinstance(exc, TransientError):
-            delay = backoff_delay(job.attempts, base=s.backoff_base, cap=s.backoff_cap, retry_after=exc.retry_after)
-        else:
+        if not isinstance(exc, TransientError):
             log.error("stage %s job %d failed (attempt %d)", self.stage, job.id, job.attempts,
                       exc_info=(type(exc), exc, exc.__traceback__))
-            delay = backoff_delay(job.attempts, base=s.backoff_base, cap=s.backoff_cap)
-        await self.store.fail(job, f"{type(exc).__name__}: {exc}", retry_in=delay, dead=dead)
-        _observe(self.stage, "dead" if dead else "retry", report, time.perf_counter() - started)
+        # The queue's one retry rule (ingest/queue.py): backoff, Retry-After a floor, dead when attempts run out.
+        policy = RetryPolicy(max_attempts=s.max_attempts, base=s.backoff_base, cap=s.backoff_cap)
+        plan = self.store.queue.plan_retry(job, f"{type(exc).__name__}: {exc}", policy,
+                                           retry_after=exc.retry_after if isinstance(exc, TransientError) else None)
+        await self.store.fail(job, plan.error, retry_in=plan.delay, dead=plan.dead)
+        _observe(self.stage, "dead" if plan.dead else "retry", report, time.perf_counter() - started)
 
     async def _finish(self, job: Job, report: StoredReport, writes: Writes | None, started: float) -> None:
         self._finished(job, report, await self.store.finish(job, writes), started)
