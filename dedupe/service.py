@@ -13,6 +13,7 @@ sees every earlier report, of this batch too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingest.app import AppContext, Service
@@ -58,9 +59,11 @@ async def route_member(tx: Tx, report_id: int, incident_id: str, status: str) ->
 class DedupeStage:
     """Handler of the `dedupe` queue; one instance per daemon (writes must stay serialised)."""
 
-    def __init__(self, store: Store, matcher: IncidentMatcher) -> None:
+    def __init__(self, store: Store, matcher: IncidentMatcher,
+                 fence: Callable[[Tx], Awaitable[None]] | None = None) -> None:
         self.store = store
         self.matcher = matcher
+        self.fence = fence  # checks, in each job's transaction, that this instance still decides incidents
 
     async def handle(self, job: Job, report: StoredReport) -> Any:
         """The job's writes. Matching runs inside them, in the transaction that finishes the job: the worker
@@ -76,6 +79,8 @@ class DedupeStage:
             raise TransientError("report row vanished")
 
         async def writes(tx: Tx) -> None:
+            if self.fence is not None:
+                await self.fence(tx)
             await self.apply(tx, view, status, after_review)
         return writes
 
@@ -119,7 +124,7 @@ class DedupeService:
         q = ctx.settings.queue
         self.store = ctx.store
         self.matcher = IncidentMatcher(ctx.store, cfg.window_days, cfg.match_threshold)
-        self.stage = DedupeStage(ctx.store, self.matcher)
+        self.stage = DedupeStage(ctx.store, self.matcher, fence=ctx.leases.lease(self.singleton).confirm)
         # Jobs in lease order, a batch finished in one commit (each job in a savepoint): every match runs inside
         # that transaction and sees the jobs before it (see DedupeStage.handle).
         self.worker = StageWorker(ctx.store, STAGE, self.stage.handle,

@@ -21,9 +21,11 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
+
+from .errors import TransientError
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +40,37 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(b"hcmc1022-lease:" + name.encode()).digest()[:8], "big", signed=True)
 
 
+class LeaseLost(TransientError):
+    """A singleton's write found that this instance no longer holds its lease: the write is undone."""
+
+
 class Lease:
     """One named lease as this instance sees it: `held` now, `acquired` set while held, `lost` set while not."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, leadership: PgLeadership | None = None) -> None:
         self.name = name
         self.key = lock_key(name)
         self.acquired = asyncio.Event()
         self.lost = asyncio.Event()
         self.lost.set()
+        self._leadership = leadership
+
+    async def confirm(self, tx: Any) -> None:
+        """Fence a singleton's write: inside the write's own transaction, check that the lease session still holds
+        the lock, so a holder that lost it without noticing yet (frozen, cut off) cannot commit after its successor
+        took over. Raises LeaseLost; a no-op where leases are local (SQLite)."""
+        if self._leadership is None:
+            return
+        pid = self._leadership.backend_pid
+        if not self.held or pid is None:
+            raise LeaseLost(f"lease {self.name} is not held")
+        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows a bigint key as two oids
+        row = await tx.fetchone(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype='advisory' AND granted AND pid=?"
+            " AND classid=?::bigint::oid AND objid=?::bigint::oid AND objsubid=1) AS held",
+            (pid, unsigned >> 32, unsigned & 0xFFFF_FFFF))
+        if not row["held"]:
+            raise LeaseLost(f"lease {self.name} was taken over")
 
     @property
     def held(self) -> bool:
@@ -114,7 +138,7 @@ class PgLeadership:
 
     def lease(self, name: str) -> Lease:
         if name not in self._leases:
-            self._leases[name] = Lease(name)
+            self._leases[name] = Lease(name, self)
             self._poke.set()  # try for it now, not at the next tick
         return self._leases[name]
 

@@ -183,3 +183,50 @@ def test_lock_keys_are_stable_64_bit_and_distinct() -> None:
 def test_a_session_timeout_without_room_for_heartbeats_is_refused() -> None:
     with pytest.raises(ValueError):
         PgLeadership("postgresql://x@127.0.0.1/x", interval=1.0, session_timeout=1.5)
+
+
+async def test_a_write_fenced_by_a_lease_fails_once_the_lease_is_gone(pg_url: str, tmp_path: Path) -> None:
+    from ingest.leases import LeaseLost
+    from ingest.pgstore import PgStore
+
+    store = await PgStore.open(pg_url, tmp_path)
+    leadership = PgLeadership(pg_url, interval=0.05)
+    other = PgLeadership(pg_url, interval=0.05)
+    await leadership.start()
+    try:
+        lease = leadership.lease("dedupe-incidents")
+        await _until(lease.acquired)
+        async with store.transaction() as tx:
+            await lease.confirm(tx)  # held: the write goes through
+        # A holder that lost its lock without noticing (here: its heartbeat stopped, and the lock was dropped on its
+        # still-open session) while another instance took over: it still believes it holds the lease...
+        assert leadership._task is not None
+        leadership._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leadership._task
+        assert leadership._conn is not None
+        assert await leadership._conn.fetchval("SELECT pg_advisory_unlock($1)", lease.key)
+        await other.start()
+        await _until(other.lease("dedupe-incidents").acquired)
+        assert lease.held
+        # ...but its write reads the server's lock table, and is refused.
+        with pytest.raises(LeaseLost):
+            async with store.transaction() as tx:
+                await lease.confirm(tx)
+        # A session that is gone altogether fails the same way.
+        pid = leadership.backend_pid
+        assert pid is not None
+        await _terminate(pg_url, pid)
+        await _until(lease.lost)
+        with pytest.raises(LeaseLost):
+            async with store.transaction() as tx:
+                await lease.confirm(tx)
+    finally:
+        await other.close()
+        leadership._task = None
+        await leadership.close()
+        await store.close()
+
+
+async def test_local_leases_never_fence() -> None:
+    await LocalLeadership().lease("dedupe-incidents").confirm(object())
