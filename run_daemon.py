@@ -40,7 +40,7 @@ from aiohttp.abc import AbstractAccessLogger  # noqa: E402
 import config.loader as config_loader  # noqa: E402
 from config.directory import Directory, load_directory  # noqa: E402
 from config.schema import Settings  # noqa: E402
-from ingest.app import AppContext, Service  # noqa: E402
+from ingest.app import AppContext, Published, Service  # noqa: E402
 from ingest.clock import Clock, parse_iso  # noqa: E402
 from ingest.errors import ConfigError, StorageError  # noqa: E402
 from ingest.http import make_app  # noqa: E402
@@ -237,9 +237,11 @@ class Generation:
     """
 
     def __init__(self, settings: Settings, directory: Directory, store: Store, shared: dict[str, Any],
-                 role: str = "all", leases: Leadership | None = None) -> None:
+                 role: str = "all", leases: Leadership | None = None, published: Published | None = None) -> None:
         self.ctx = make_context(settings, directory, store)
-        self.ctx.shared = shared  # loaded models survive a reload
+        self.ctx.shared = shared
+        if published is not None:
+            self.ctx.published = published  # loaded models survive a reload
         if leases is not None:
             self.ctx.leases = leases
         self.role = role
@@ -321,11 +323,12 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
         # Opened but not writable (full disk): serve degraded (/readyz 503, intake 503/451); the Reclaimer retries.
         log.error("store not writable at start: serving degraded until it is")
     shared: dict[str, Any] = {}
+    published = Published()
     leases = make_leadership(settings)
     await leases.start()
     try:
         async with asyncio.TaskGroup() as tg:
-            generation = Generation(settings, directory, store, shared, role, leases)
+            generation = Generation(settings, directory, store, shared, role, leases, published)
             await generation.start(tg)
             while True:
                 waiters = [tg.create_task(stop.wait()), tg.create_task(reload.wait())]
@@ -345,7 +348,7 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
                     continue
                 log.info("reloading configuration from %s", config_path or config_loader.DEFAULT_PATH)
                 await generation.stop()
-                generation = Generation(new_settings, new_directory, store, shared, role, leases)
+                generation = Generation(new_settings, new_directory, store, shared, role, leases, published)
                 await generation.start(tg)
     finally:
         await leases.close()  # frees this instance's leases for the others at once

@@ -43,7 +43,7 @@ from .messenger_parse import (
     verification_challenge,
     verify_signature,
 )
-from .place_question import ASK_PLACE, SHARED_KEY as PLACE_FOUND, place_missing, read_answer, with_place
+from .place_question import ASK_PLACE, place_missing, read_answer, with_place
 
 log = logging.getLogger(__name__)
 PREFIX = "/webhooks/messenger"
@@ -200,7 +200,7 @@ class MessengerChannel:
             now = self.ctx.clock.now()
             # Asked only where the classifier's place finder runs: it is the one that would send the report
             # to the operator unit (without it no question is ever open). One open question per reporter.
-            found = self.ctx.shared.get(PLACE_FOUND) if self.options.ask_place else None
+            found = self.ctx.published.place_found if self.options.ask_place else None
             answers, reports, asking = (await self._sort_answers(events, now) if found is not None
                                         else ([], list(events), set()))
             ask = {e.mid for e in reports

@@ -7,21 +7,18 @@ stored report's classification until the answer or the end of the wait).
 
 Whether a text names a place is the classifier's own judgement when it runs: it publishes `place.found`
 (text, lat, lon -> bool: a district from the gazetteer's districts, wards, streets and landmarks, or the GPS
-fix over one) in `AppContext.shared`. Without it, the base's address reader (`ingest.addresses.mentions_place`)
+fix over one) as `AppContext.published.place_found`. Without it, the base's address reader (`ingest.addresses.mentions_place`)
 looks for the words of an address; no place names are written here, they live in the directory and the
 gazetteer.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingest.addresses import mentions_place
+from ingest.app import PlaceFinder
 from ingest.text import fold
 
-# (text, lat, lon) -> whether the classifier finds the report's district there.
-PlaceFinder = Callable[[str, float | None, float | None], bool]
-SHARED_KEY = "place.found"
 
 ASK_PLACE = ("Sự việc xảy ra ở đâu? Bạn vui lòng nhập địa chỉ (số nhà, đường, phường, quận) hoặc gửi vị trí. "
              "Gõ «bỏ qua» nếu không rõ.")

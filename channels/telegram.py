@@ -38,7 +38,6 @@ from ingest.records import Attachment, Job, from_json, to_json
 from ingest.store import Store, StoredReport, Tx
 from ingest.untrusted import BodyError, check_tree, loads_json
 
-from .place_question import SHARED_KEY as PLACE_FOUND
 from .telegram_dialogue import Draft, Reply, expire, step, to_inbound
 from .telegram_parse import BadUpdate, TelegramInput, bot_id_from_token, parse_update, secret_token_ok, update_id_of
 
@@ -369,8 +368,8 @@ class TelegramChannel:
                                 " AND state!='complete'", (self.instance, inp.chat_id))
         draft = from_json(Draft, row["data"]) if row else None
         outcome = step(draft, inp, raw, now=now, photo=photo, dialogue=self.options.dialogue,
-                       unit_candidates=self.ctx.shared.get("place.unit_candidates"),
-                       place_found=self.ctx.shared.get(PLACE_FOUND))
+                       unit_candidates=self.ctx.published.unit_candidates,
+                       place_found=self.ctx.published.place_found)
         if outcome.draft is not None:
             await self._save_draft(tx, row["id"] if row else None, outcome.draft, now)
         await self._queue_replies(tx, outcome.replies, now)

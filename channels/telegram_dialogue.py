@@ -8,10 +8,10 @@ decides.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ingest.app import UnitCandidates
 from ingest.clock import iso
 from ingest.contacts import find_phones
 from ingest.records import Attachment, InboundMessage, Reporter
@@ -74,9 +74,8 @@ def has_place(text: str, found: PlaceFinder | None = None) -> bool:
     return not place_missing(text, found=found)
 
 
-# Given the report's words and GPS, the names of the 2025 units it could be in when they are several, else ().
-# Published by the classifier on the 2025 map (ctx.shared["place.unit_candidates"]); None on the 2023 map.
-UnitCandidates = Callable[[str, float | None, float | None], tuple[str, ...]]
+# Given the report's words and GPS, the names of the 2025 units it could be in when they are several, else ():
+# published by the classifier on the 2025 map (ctx.published.unit_candidates); None on the 2023 map.
 
 
 def missing(d: Draft, unit_candidates: UnitCandidates | None = None,

@@ -43,11 +43,11 @@ def shared_embedder(ctx: AppContext) -> EmbeddingThread:
     """The process-wide embedder: loaded once, reused across stages and config reloads."""
     cfg = ctx.settings.classifier
     key = (cfg.backend, cfg.model, cfg.variant)
-    current = ctx.shared.get("embedder")
-    if isinstance(current, EmbeddingThread) and ctx.shared.get("embedder_key") == key:
+    current = ctx.published.embedder
+    if isinstance(current, EmbeddingThread) and ctx.published.embedder_key == key:
         return current
     thread = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant))
-    ctx.shared["embedder"], ctx.shared["embedder_key"] = thread, key
+    ctx.published.embedder, ctx.published.embedder_key = thread, key
     log.info("embedder loaded: %s (dim %d)", thread.name, thread.dim)
     return thread
 
@@ -195,12 +195,20 @@ def classification_writes(report_id: int, result: Classification, vector: np.nda
     return writes
 
 
+def _not_ready(embedder: EmbeddingThread, router: Router) -> str | None:
+    """Why the classifier cannot classify yet: the embedder loads at build time, the topic model afterwards in
+    the classify stage's own thread."""
+    if getattr(embedder, "ready", True) is False or router.model is None:
+        return "classifier: model not loaded yet"
+    return None
+
+
 def build(ctx: AppContext) -> list[Service]:
     if ctx.settings.classifier.backend == "none":
         log.warning("classifier backend 'none': the classify stage is not running")
         return []
     embedder = shared_embedder(ctx)
-    router = ctx.shared.get("classifier.router")
+    router = ctx.published.router
     # A reload that changed only the agency directory file (routing rules) must still route by the new rules.
     if (not isinstance(router, Router) or router.embedder is not embedder or router.settings != ctx.settings
             or router.directory != ctx.directory):
@@ -208,14 +216,12 @@ def build(ctx: AppContext) -> list[Service]:
         router = Router(ctx.settings, ctx.directory, embedder)
         if previous is not None and previous.embedder is embedder:
             router.model, router.model_version = previous.model, previous.model_version
-        ctx.shared["classifier.router"] = router
+        ctx.published.router = router
+    ctx.published.classifier_not_ready = lambda: _not_ready(embedder, router)
     # Chat channels ask for the place when the words and GPS give none (channels/place_question.py).
-    ctx.shared["place.found"] = router.place_found
-    if ctx.directory.structure == "2025":
-        # Chat channels ask which ward/commune when the words name several (channels/telegram_dialogue.py).
-        ctx.shared["place.unit_candidates"] = router.unit_candidates
-    else:
-        ctx.shared.pop("place.unit_candidates", None)
+    ctx.published.place_found = router.place_found
+    # On the 2025 map, chat channels ask which ward/commune when the words name several (telegram_dialogue.py).
+    ctx.published.unit_candidates = router.unit_candidates if ctx.directory.structure == "2025" else None
 
     return [ClassifyStage(ctx, router),
             Retrainer(ctx.store, router, ctx.settings.classifier.retrain_min_decisions)]

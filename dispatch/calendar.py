@@ -21,6 +21,7 @@ from pathlib import Path
 
 import holidays as holiday_data
 
+from ingest.app import Published
 from ingest.clock import VN_TZ
 from ingest.errors import ConfigError
 
@@ -108,23 +109,22 @@ def missing_decisions_note(calendar: WorkCalendar, today: date) -> str | None:
 
 class CalendarWatch:
     """Says, at start and then daily, when the overlay lacks this or next year's decision: a log warning, the
-    gauge `calendar_missing_decision_years` and a note in /readyz (published in `shared`, which ops reads)."""
+    gauge `calendar_missing_decision_years` and a note in /readyz (in the process's Published record, which ops
+    reads)."""
 
     name = "dispatch-calendar"
 
-    def __init__(self, calendar: WorkCalendar, clock: object, shared: dict[str, object],
+    def __init__(self, calendar: WorkCalendar, clock: object, published: Published,
                  interval: float = 86400.0) -> None:
         self.calendar = calendar
         self.clock = clock
-        self.shared = shared
+        self.published = published
         self.interval = interval
 
     def check(self) -> str | None:
         today = datetime.fromtimestamp(self.clock.now(), VN_TZ).date()  # type: ignore[attr-defined]
         note = missing_decisions_note(self.calendar, today)
-        notes = self.shared.setdefault("status_notes", {})
-        gauges = self.shared.setdefault("gauges", {})
-        assert isinstance(notes, dict) and isinstance(gauges, dict)
+        notes, gauges = self.published.status_notes, self.published.gauges
         if note is None:
             notes.pop("calendar", None)
         else:

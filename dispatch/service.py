@@ -67,7 +67,7 @@ def build(ctx: AppContext) -> list[Service]:
         return services
     notifier = Notifier(ctx.store, ctx.directory, cfg, ctx.replies, ctx.settings.http.public_base_url,
                         max_attempts=q.max_attempts)
-    ctx.shared["sms_gateway"] = notifier.sms  # the weekly reports (ops/) text agency leadership through it
+    ctx.published.sms_gateway = notifier.sms  # the weekly reports (ops/) text agency leadership through it
 
     # The email channels queue agencies' replies to dispatch emails, and reporters' replies threaded onto their
     # reports, as jobs (channels never import a stage); they are applied here, each in its job's transaction.
@@ -85,13 +85,13 @@ def build(ctx: AppContext) -> list[Service]:
     # The web portal's lookup page records a reporter's rating and dispute through the case book (the portal
     # imports no stage): report_rating(report_id, score, comment), case_dispute(report_id=, case_id=, reason=);
     # case_rating(token, score, comment) takes a reporter's lookup token.
-    ctx.shared["case_rating"] = book.rate
-    ctx.shared["report_rating"] = book.rate_report
+    ctx.published.case_rating = book.rate
+    ctx.published.report_rating = book.rate_report
 
     async def case_dispute(*, report_id: int, case_id: str, reason: str) -> str:
         return await book.dispute(report_id, reason, source="lookup", case_id=case_id)
 
-    ctx.shared["case_dispute"] = case_dispute
+    ctx.published.case_dispute = case_dispute
 
     async def reporter_follow_up(*, report_id: int, text: str, channel: str) -> str:
         """A reporter wrote again on their chat about `report_id`: after a result, within the dispute window, and
@@ -118,7 +118,7 @@ def build(ctx: AppContext) -> list[Service]:
     services.append(DeliverySender(ctx.store, cfg))
     services.append(DeadlineTicker(ctx.store, ctx.clock, cfg.clocks.tick_seconds, cfg))
     services.append(EscalationSender(ctx.store, cfg, ctx.directory, notifier.sms))
-    services.append(CalendarWatch(book.calendar, ctx.clock, ctx.shared))
+    services.append(CalendarWatch(book.calendar, ctx.clock, ctx.published))
     tokens = agency_tokens(ctx, cfg)
     missing = sorted(set(cfg.agencies) - set(tokens))
     if missing:

@@ -5,6 +5,7 @@ Components never import each other; they meet here. A component package exposes
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -68,6 +69,51 @@ def register_instance_reply(ctx: AppContext, kind: str, instance: str, sender: R
     replies.instances[instance] = sender
 
 
+# (text, lat, lon) -> whether the classifier's place finder puts the report in a district (or a 2025 unit).
+PlaceFinder = Callable[[str, float | None, float | None], bool]
+# (text, lat, lon) -> the names of the 2025 units the words could be in when they are several, else ().
+UnitCandidates = Callable[[str, float | None, float | None], tuple[str, ...]]
+
+
+class SmsSender(Protocol):
+    """An SMS gateway client (dispatch.notify.SmsGateway)."""
+
+    @property
+    def configured(self) -> bool: ...
+
+    async def send(self, to: str, text: str, message_id: str, now: float) -> None:
+        """`message_id` is stable per message so the gateway drops repeats; raises Transient/PermanentError."""
+
+
+@dataclass
+class Published:
+    """What a component offers the others in this process, one typed field each (None: the component that
+    publishes it is not running here). Set by its owner when built; one instance lives across config reloads, so a
+    loaded model is kept and a counter keeps counting."""
+
+    # The classifier's loaded embedder, the settings it was loaded for, and its router (reused by a reload).
+    embedder: Any = None
+    embedder_key: tuple[str, ...] | None = None
+    router: Any = None
+    # Why the classifier cannot classify yet (its model loading), None when it can. Unset: no classifier here.
+    classifier_not_ready: Callable[[], str | None] | None = None
+    # The classifier's place finder, for the chat channels' place question (channels/place_question.py).
+    place_found: PlaceFinder | None = None
+    unit_candidates: UnitCandidates | None = None  # only on the 2025 map
+    # Dispatch: its SMS gateway (ops texts leadership through it) and what the portal's lookup page acts through.
+    sms_gateway: SmsSender | None = None
+    report_rating: Callable[..., Awaitable[Any]] | None = None  # (report_id, score, comment)
+    case_rating: Callable[..., Awaitable[Any]] | None = None  # (token, score, comment)
+    case_dispute: Callable[..., Awaitable[Any]] | None = None  # (report_id=, case_id=, reason=)
+    # Notes /readyz shows (conditions to act on that stop no work) and gauges /metrics shows: owner -> note,
+    # name -> (help, value).
+    status_notes: dict[str, str] = field(default_factory=dict)
+    gauges: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # ops: its counters and its separate metrics listener.
+    ops_metrics: Any = None
+    metrics_listener: Any = None
+
+
 @dataclass
 class AppContext:
     settings: Settings
@@ -78,6 +124,9 @@ class AppContext:
     replies: ReplyRegistry = field(default_factory=ReplyRegistry)
     # Batch `route` mode: every stage runs, dispatch is recorded, nothing is sent to anyone.
     route_mode: bool = False
-    shared: dict[str, Any] = field(default_factory=dict)  # e.g. the loaded embedder, for reuse across stages
+    # What components publish for each other, typed (see Published); kept across reloads by run_daemon.
+    published: Published = field(default_factory=Published)
+    # The email channels' calls into dispatch (agency replies, reporters' follow-ups), until they become jobs.
+    shared: dict[str, Any] = field(default_factory=dict)
     # What must run once across instances asks here (ingest/leases.py); SQLite: one instance, every lease held.
     leases: Leadership = field(default_factory=LocalLeadership)

@@ -72,17 +72,9 @@ def storage_state(ctx: AppContext) -> list[str]:
 
 
 def classifier_loaded(ctx: AppContext) -> str | None:
-    """The classifier publishes ctx.shared["embedder"] (None until loaded); absent: no classifier here."""
-    if "embedder" not in ctx.shared:
-        return None
-    embedder = ctx.shared["embedder"]
-    if embedder is None or getattr(embedder, "ready", True) is False:
-        return "classifier: model not loaded yet"
-    # The embedder loads at build time, the topic model afterwards in the classify stage's own thread.
-    router = ctx.shared.get("classifier.router")
-    if router is not None and getattr(router, "model", True) is None:
-        return "classifier: model not loaded yet"
-    return None
+    """Why the classifier cannot classify yet, as it publishes it; None when it can or when none runs here."""
+    not_ready = ctx.published.classifier_not_ready
+    return not_ready() if not_ready is not None else None
 
 
 def add_routes(ctx: AppContext, timeout: float) -> StoreProbe:
@@ -96,7 +88,7 @@ def add_routes(ctx: AppContext, timeout: float) -> StoreProbe:
         reasons = [r for r in (probed, *storage_state(ctx), classifier_loaded(ctx)) if r]
         body: dict[str, Any] = {"status": "ready" if not reasons else "not ready"}
         # Conditions operators must act on that do not stop the work (a calendar without next year's holidays).
-        notes = sorted(str(n) for n in (ctx.shared.get("status_notes") or {}).values() if n)
+        notes = sorted(str(n) for n in ctx.published.status_notes.values() if n)
         if notes:
             body["notes"] = notes
         if reasons:

@@ -81,15 +81,15 @@ class _StoreFamilies(Collector):
 
 
 class _PublishedGauges(Collector):
-    """Gauges other components publish in ctx.shared["gauges"] as name -> (help, value), e.g. the calendar's
+    """Gauges other components publish in ctx.published.gauges as name -> (help, value), e.g. the calendar's
     `calendar_missing_decision_years`; read at each scrape."""
 
     def __init__(self) -> None:
-        self.shared: dict[str, Any] = {}
+        self.gauges: dict[str, tuple[str, float]] = {}
 
     def collect(self) -> Iterable[Metric]:
         out = []
-        for name, (help_text, value) in sorted((self.shared.get("gauges") or {}).items()):
+        for name, (help_text, value) in sorted(self.gauges.items()):
             gauge = GaugeMetricFamily(PREFIX + name, help_text)
             gauge.add_metric([], float(value))
             out.append(gauge)
@@ -130,7 +130,7 @@ class OpsMetrics:
                                      namespace=NAMESPACE, registry=registry)
         self._store_families = _StoreFamilies()
         registry.register(self._store_families)
-        self.published = _PublishedGauges()  # ops.service points it at ctx.shared
+        self.published = _PublishedGauges()  # ops.service points it at ctx.published.gauges
         registry.register(self.published)
         self._cached: tuple[float, list[Family]] | None = None
         # Running totals over append-only rows, advanced by id at each scrape.

@@ -4,8 +4,8 @@ of weekly (and quarterly) reports to agency leadership, and `report_cli` for `ru
 Sending is at-least-once and idempotent per (kind, agency, period, channel) through `ops_report_sends`: a week
 already sent is not sent again after a restart; a failed send is retried each check until `max_send_attempts`.
 Email goes through SMTP (`[ops.smtp]`, else `[dispatch.smtp]`) with smtplib in a thread; SMS through the gateway
-client the dispatch component publishes as `ctx.shared["sms_gateway"]` (see `SmsGateway`), skipped while there is
-none or it is not configured.
+client the dispatch component publishes as `ctx.published.sms_gateway` (ingest.app.SmsSender), skipped while there
+is none or it is not configured.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
@@ -47,16 +47,6 @@ from .reports import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class SmsGateway(Protocol):
-    """The SMS gateway client (dispatch.notify.SmsGateway), published as ctx.shared["sms_gateway"]."""
-
-    @property
-    def configured(self) -> bool: ...
-
-    async def send(self, to: str, text: str, message_id: str, now: float) -> None:
-        """`message_id` is stable per message so the gateway drops repeats; raises Transient/PermanentError."""
 
 
 # -- building reports -----------------------------------------------------------------------------
@@ -139,7 +129,7 @@ class ReportSender:
         pending = [d for d in self.due(cfg, now) if await self._open(d, cfg)]
         if not pending:
             return 0
-        gateway: SmsGateway | None = ctx.shared.get("sms_gateway")
+        gateway = ctx.published.sms_gateway
         if gateway is not None and not gateway.configured:
             gateway = None
         if gateway is None and any(d.channel.startswith("sms") for d in pending):
@@ -301,12 +291,12 @@ def build(ctx: AppContext) -> list[Service]:
         return []
     cfg = ops_settings(ctx.settings)
     # One set of counters for the process: a reload's new generation keeps counting where the old one was.
-    metrics = ctx.shared.get("ops_metrics")
+    metrics = ctx.published.ops_metrics
     if not isinstance(metrics, OpsMetrics) or metrics.store is not ctx.store:
         metrics = OpsMetrics(ctx.store, cache_seconds=cfg.metrics_cache_seconds)
-        ctx.shared["ops_metrics"] = metrics
+        ctx.published.ops_metrics = metrics
     metrics.cache_seconds = cfg.metrics_cache_seconds
-    metrics.published.shared = ctx.shared
+    metrics.published.gauges = ctx.published.gauges
     worker.JOB_OBSERVERS.append(metrics.observe_job)
     ctx.http.middlewares.insert(0, metrics.http_middleware)  # outermost: times and counts every answer
 
@@ -316,7 +306,7 @@ def build(ctx: AppContext) -> list[Service]:
     if address is not None:
         listener = MetricsListener(metrics_handler(metrics, token), *address)
         services.append(listener)
-        ctx.shared["metrics_listener"] = listener
+        ctx.published.metrics_listener = listener
     elif token is None and not _loopback(ctx.settings.http.host):
         log.warning("/metrics is refused on the public port %s: set [ops] metrics_token or metrics_listen",
                     ctx.settings.http.host)

@@ -332,9 +332,9 @@ class Portal:
             "steps": await public_steps(self.store, directory, row, lang),
             "result": redact(row["case_result"]) if closed and row["case_result"] else None, "closed": closed,
             "answer_photos": await self._answer_photos(row["case_id"]),
-            "can_rate": closed and row["rated_score"] is None and "report_rating" in self.ctx.shared,
+            "can_rate": closed and row["rated_score"] is None and self.ctx.published.report_rating is not None,
             "rated": row["rated_score"], "errors": errors or {}, "notice": notice,
-            "dispute": closed and "case_dispute" in self.ctx.shared,
+            "dispute": closed and self.ctx.published.case_dispute is not None,
             "csrf": abuse.csrf_token(await self._csrf_key(), secret),
         }, status=status)
         if fresh:
@@ -370,7 +370,7 @@ class Portal:
         if score not in ("1", "2", "3", "4", "5"):
             return await self.lookup(request, errors={"score": text(lang, "score.required")}, status=400)
         # Published by dispatch: report_rating(report_id, score, comment), one rating per reporter, after the result.
-        rating = self.ctx.shared.get("report_rating")
+        rating = self.ctx.published.report_rating
         if rating is None or not row["case_closed_at"] or row["rated_score"] is not None:
             return await self.lookup(request, status=409, notice=text(lang, "rating_unavailable"))
         comment = str(form.get("comment") or "").strip()[:2000] or None
@@ -385,11 +385,11 @@ class Portal:
 
     async def dispute(self, request: web.Request) -> web.Response:
         """The reporter disputes the result. The lifecycle component owns what a dispute does; it publishes
-        `ctx.shared["case_dispute"]`, an async callable taking report_id, case_id and reason. Without it the
+        `ctx.published.case_dispute`, an async callable taking report_id, case_id and reason. Without it the
         lookup page shows no dispute button and this route answers 404."""
         lang = self._lang(request)
         token = request.match_info["token"]
-        handler = self.ctx.shared.get("case_dispute")
+        handler = self.ctx.published.case_dispute
         if handler is None:
             return self._missing(request, lang)
         row, form, answer = await self._lookup_post(request)

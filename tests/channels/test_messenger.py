@@ -17,7 +17,7 @@ from channels import messenger
 from config.channels import ChannelEntry, MessengerOptions
 from config.directory import load_directory
 from config.schema import Settings
-from ingest.app import AppContext
+from ingest.app import AppContext, PlaceFinder
 from ingest.clock import Clock, FakeClock, iso
 from ingest.errors import AuthError, PermanentError, TransientError
 from ingest.store import Store
@@ -71,12 +71,12 @@ async def env(store: Store) -> AsyncIterator[Env]:
         yield e
 
 
-async def _env(store: Store, clock: Clock, shared: dict | None = None) -> AsyncIterator[Env]:
+async def _env(store: Store, clock: Clock, place_found: PlaceFinder | None = None) -> AsyncIterator[Env]:
     graph = FakeGraphApi(page_token=PAGE_TOKEN)
     await graph.start()
     app = web.Application()
     ctx = AppContext(settings=Settings(), directory=load_directory(), store=store, clock=clock, http=app)
-    ctx.shared.update(shared or {})
+    ctx.published.place_found = place_found
     entry = ChannelEntry(kind="messenger", name="page")
     options = MessengerOptions(app_secret=APP_SECRET, page_token=PAGE_TOKEN, verify_token=VERIFY_TOKEN,
                                graph_base_url=graph.base_url, max_body_bytes=64 * 1024,
@@ -348,7 +348,7 @@ async def chat(tmp_path: Path, router) -> AsyncIterator[Chat]:
     clock = FakeClock()
     s = await Store.open(tmp_path / "chat.sqlite3", tmp_path / "blobs", clock=clock,
                          migrations={"classifier": CLASSIFIER, messenger.COMPONENT: messenger.MIGRATIONS})
-    async for e in _env(s, clock, {"place.found": router.place_found}):
+    async for e in _env(s, clock, router.place_found):
         stage = ClassifyStage(e.ctx, router)
         await stage.start()
         yield Chat(e, clock, stage)

@@ -1,6 +1,6 @@
 """On the 2025 map the Telegram bot asks which ward/commune when the words name several (an old district alone, a
 split old ward), once; the answer joins the report's address. The question's candidates come from the
-classifier's real resolver (Router.unit_candidates, published in ctx.shared by the classifier on that map)."""
+classifier's real resolver (Router.unit_candidates, published in ctx.published by the classifier on that map)."""
 from __future__ import annotations
 
 from typing import Any

@@ -69,7 +69,7 @@ async def test_photo_urls_are_fetched_through_the_ssrf_guard(world, photo_server
     # Loopback is private: refused unless the operator allows it ([dispatch.evidence] fetch_allow_private).
     status, body = await post(base, case, json={"kind": "resolved", "photo_urls": [f"{photo_server}/site.jpg"]})
     assert status == 409 and "refused" in body["error"]
-    book = ctx.shared["report_rating"].__self__  # the running CaseBook: allow loopback for this test server
+    book = ctx.published.report_rating.__self__  # the running CaseBook: allow loopback for this test server
     book.cfg = book.cfg.model_copy(update={"evidence": book.cfg.evidence.model_copy(
         update={"fetch_allow_private": True})})
     status, body = await post(base, case, json={"kind": "resolved", "photo_urls": [f"{photo_server}/page.html"]})

@@ -24,7 +24,7 @@ async def test_the_daemon_says_so_at_start_and_daily(tmp_path: Path, caplog, wor
     clock = FakeClock(ts(2026, 12, 31, 12))
     ctx = context_for(world.store, clock)
     served = await serve_ops(ctx)
-    watch = CalendarWatch(load_calendar(overlay), clock, ctx.shared)
+    watch = CalendarWatch(load_calendar(overlay), clock, ctx.published)
     caplog.set_level(logging.WARNING, logger="dispatch.calendar")
     task = asyncio.create_task(watch.run())
     try:

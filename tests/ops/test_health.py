@@ -26,10 +26,12 @@ async def test_ready_until_the_store_is_closed(world, context_for, serve_ops) ->
 async def test_not_ready_while_the_classifier_model_loads(world, context_for, serve_ops) -> None:
     ctx = context_for(world.store, world.clock)
     served = await serve_ops(ctx)
-    ctx.shared["embedder"] = None  # the classifier publishes its slot before the model is loaded
+    loaded = False
+    # What the classifier publishes: why it cannot classify yet, None once its model is loaded.
+    ctx.published.classifier_not_ready = lambda: None if loaded else "classifier: model not loaded yet"
     status, body = await get(served.url + "/readyz")
     assert status == 503 and body["reasons"] == ["classifier: model not loaded yet"]
-    ctx.shared["embedder"] = object()
+    loaded = True
     assert (await get(served.url + "/readyz"))[0] == 200
 
 

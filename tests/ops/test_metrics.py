@@ -179,7 +179,7 @@ async def test_metrics_on_their_own_loopback_listener(world, context_for) -> Non
     services = build(ctx)
     assert ("GET", "/metrics") not in {(r.method, r.resource.canonical) for r in ctx.http.router.routes()
                                        if r.resource is not None}
-    listener = ctx.shared["metrics_listener"]
+    listener = ctx.published.metrics_listener
     task = asyncio.create_task(listener.run())
     try:
         await asyncio.wait_for(listener.started.wait(), 10)

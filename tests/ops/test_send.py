@@ -151,7 +151,7 @@ async def test_the_sms_summary_goes_through_the_dispatch_sms_gateway_once(filled
     assert await sender.send_due() == 1  # no gateway published yet: the email only, the SMS waits
     gateway = SmsGateway(DispatchConfig.model_validate(
         {"sms": {"url": url, "token": "gw-token", "allow_private": True}}))
-    ctx.shared["sms_gateway"] = gateway
+    ctx.published.sms_gateway = gateway
     try:
         assert await sender.send_due() == 1
         assert await sender.send_due() == 0

@@ -117,12 +117,12 @@ async def test_the_dispute_hook_reaches_the_lifecycle_handler_once_there_is_a_re
     token, csrf = await _file(client)
     (row,) = await server.store.fetchall("SELECT id FROM reports")
     case_id = await classify_and_dispatch(server, row["id"])
-    real = server.ctx.shared.pop("case_dispute", None)  # dispatch publishes one; first, the page without it
+    real, server.ctx.published.case_dispute = server.ctx.published.case_dispute, None  # first, the page without it
     assert real is not None
     _, page = await client.get(f"/lookup/{token}")
     assert 'id="dispute"' not in page  # no handler published: no button
     assert (await client.post(f"/lookup/{token}/dispute", {"csrf": csrf, "reason": "x"}))[0] == 404
-    server.ctx.shared["case_dispute"] = dispute
+    server.ctx.published.case_dispute = dispute
     _, page = await client.get(f"/lookup/{token}")
     assert 'id="dispute"' not in page  # not before a result
     await _answer(server, case_id, "resolved", note="Đã sửa.",
