@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -37,18 +36,12 @@ import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "channels" / "fakes"))
+
+from tests.net import free_port  # noqa: E402  (the repository is on sys.path from here)
 
 REPORT = {"service_code": "drainage", "description": "Cống bị rác bít kín trên đường Ngô Gia Tự, nước ngập",
           "lat": "10.761701", "long": "106.668647"}
 APP_SECRET = "bench-app-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon:
@@ -242,14 +235,13 @@ def mutate(raw: bytes, rng: random.Random) -> bytes:
 
 
 def fuzz_parsers(n: int, rng: random.Random) -> tuple[str, dict[str, list[tuple[bytes, str]]]]:
-    import fuzz_strategies as fs
-
     from channels.email_parse import ParseError, parse_email
     from channels.messenger_parse import BadPayload, parse_webhook
     from channels.open311_parse import Open311Error, parse_request
     from channels.telegram_parse import BadUpdate, parse_update
     from channels.transcripts_parse import TranscriptError, parse_transcript
     from ingest.untrusted import BodyError, loads_json
+    from tests import fuzz_strategies as fs
 
     pool_size = max(50, n // 40)
     pools = {
@@ -307,7 +299,7 @@ def fuzz_parsers(n: int, rng: random.Random) -> tuple[str, dict[str, list[tuple[
 
 async def fuzz_endpoints(daemon: Daemon, http: aiohttp.ClientSession, inputs: dict[str, list[tuple[bytes, str]]],
                          n: int, rng: random.Random) -> str:
-    from fake_graph_api import sign
+    from tests.channels.fakes.fake_graph_api import sign
 
     prober = Prober(http, daemon.base)
     probe = asyncio.ensure_future(prober.run())

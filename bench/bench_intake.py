@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from tests.net import free_port  # noqa: E402  (the repository is on sys.path from here)
 
 FORM = {"service_code": "drainage", "description": "Cống bị rác bít kín trên đường Ngô Gia Tự, nước ngập",
         "lat": "10.761701", "long": "106.668647", "phone": "0903123456"}
@@ -177,12 +178,6 @@ async def latency(url: str, rate: float, seconds: float, prefix: str) -> tuple[l
         await asyncio.gather(*tasks)
         achieved = total / (time.perf_counter() - start)
     return latencies, failed, achieved
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> int:

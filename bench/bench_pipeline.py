@@ -25,7 +25,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -41,6 +40,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
+
+from tests.net import free_port  # noqa: E402  (the repository is on sys.path from here)
 
 SEED = REPO / "classifier" / "data" / "reports-seed.jsonl"
 FINAL = ("dispatched", "duplicate", "review", "rejected", "out_of_scope", "follow_up", "failed", "closed")
@@ -67,12 +68,6 @@ def raw_embedder_rate(settings: Any, texts: list[str]) -> tuple[float, Any]:
     started = time.perf_counter()
     embedder.encode_blocking(embedded)
     return len(embedded) / (time.perf_counter() - started), embedder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_receiver() -> tuple[web.AppRunner, str, list[int]]:

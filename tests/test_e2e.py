@@ -12,11 +12,10 @@ import pytest
 
 from dispatch.cases import public_ref
 
+from tests.daemon import Daemon, query, toml_str, wait_for
 from tests.net import free_port
-from tests.test_e2e_support import (
-    SMS_TOKEN, WEBHOOK_SECRET, Daemon, base_config, drop_transcript, query, start_sink, toml_str,
-    verify_standard_webhook, wait_for,
-)
+from tests.test_e2e_support import (SMS_TOKEN, WEBHOOK_SECRET, base_config, drop_transcript, start_sink,
+                                    verify_standard_webhook)
 
 AGENCY_TOKEN = "cay-xanh-e2e-token"
 APP_PHONE, APP_NAME = "0909123456", "Trần Thị Bích"

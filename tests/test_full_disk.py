@@ -18,8 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.daemon import Daemon, query, toml_str, wait_for
 from tests.net import free_port
-from tests.test_e2e_support import Daemon, query, toml_str, wait_for
 
 FS_BYTES = 8 * 1024 * 1024
 RCPT = "1022@intake.test"

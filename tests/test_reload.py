@@ -13,8 +13,9 @@ import aiohttp
 import pytest
 
 from config.directory import BUNDLED as BUNDLED_DIRECTORY
+from tests.daemon import Daemon, query, toml_str, wait_for
 from tests.net import free_port
-from tests.test_e2e_support import Daemon, base_config, drop_transcript, query, toml_str, wait_for
+from tests.test_e2e_support import base_config, drop_transcript
 
 TIMEOUT = 60.0
 CLIENTS = 4
