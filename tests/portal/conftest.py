@@ -19,12 +19,13 @@ from PIL import Image
 import run_daemon
 from config.directory import load_directory
 from config.loader import validate
+from dispatch import queries as dispatch_queries
 from dispatch.book import make_book
 from ingest.app import AppContext
 from ingest.clock import FakeClock
-from ingest.records import Classification, Place, to_json
+from ingest.records import Classification, Place
 from ingest.store import Store
-from ingest.worker import StageWorker
+from tests import seed
 
 MONDAY_9AM = 1788746400.0  # 2026-09-07 09:00 +07:00
 AGENCY_TOKEN = "chieu-sang-portal-test-token"
@@ -102,28 +103,16 @@ def has_metadata(data: bytes) -> bool:
 
 async def classify_and_dispatch(srv: Server, report_id: int, *, topic: str = "street_lighting",
                                 agency: str = "chieu-sang", district: str = "quan-1") -> str:
-    """Leave the rows the classify and dedupe stages would, then run the real dispatch stage: the case id."""
-    store = srv.store
-    incident = f"INC-{report_id:06d}"
-    cls = Classification(status="route", topic=topic, category="infrastructure", agency=agency, confidence=0.97,
-                         place=Place(district=district, street="le loi", source="text"))
-    now = store.clock.now()
-    async with store.transaction() as tx:
-        await tx.execute("DELETE FROM jobs WHERE report_id=?", (report_id,))
-        await tx.execute("UPDATE reports SET status='routed', topic=?, category='infrastructure', agency=?, district=?,"
-                         " confidence=0.97, classification=?, incident_id=? WHERE id=?",
-                         (topic, agency, district, to_json(cls), incident, report_id))
-        await tx.event(report_id, "classified", "classifier", {"status": "routed", "topic": topic})
-        await tx.execute("INSERT INTO incidents(id, seq, first_report_id, topic, district, created_at, last_report_at,"
-                         " dispatch_report_id) VALUES (?,?,?,?,?,?,?,?)",
-                         (incident, report_id, report_id, topic, district, now, now, report_id))
-        await tx.execute("INSERT INTO incident_reports(report_id, incident_id, joined_at) VALUES (?,?,?)",
-                         (report_id, incident, now))
-        await tx.enqueue("dispatch", report_id, {"incident_id": incident})
-    assert await StageWorker(store, "dispatch", make_book(srv.ctx).handle_dispatch).run_once() == 1
-    row = await store.fetchone("SELECT id FROM cases WHERE incident_id=?", (incident,))
-    assert row is not None
-    return str(row["id"])
+    """The classify and dedupe stages' writes for a routed report in an incident of its own (tests/seed.py), then
+    the real dispatch stage: the case id."""
+    await seed.classify(srv.store, report_id, Classification(
+        status="routed", topic=topic, category="infrastructure", agency=agency, confidence=0.97,
+        place=Place(district=district, street="le loi", source="text")))
+    incident = await seed.group(srv.store, report_id)
+    assert await seed.dispatch(srv.store, make_book(srv.ctx)) == 1
+    case = await dispatch_queries.case_of_incident(srv.store, incident)
+    assert case is not None
+    return str(case["id"])
 
 
 class FormClient:

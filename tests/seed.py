@@ -1,0 +1,67 @@
+"""What a stage leaves for the next one, made by the stages' own code: the one seeding module of the tests.
+
+A report is submitted through the store (as a channel does); its `classify` job is taken by the real queue worker
+and finished with the classify stage's own writes (classifier.service.classification_writes: the report row, the
+event and the hand-off to `dedupe`), for the classification the test chooses instead of the model's; the `dedupe`
+job is finished with the incident repository and the stage's own routing (dedupe.incidents, route_member), into
+the incident the test chooses instead of the matcher's; the `dispatch` job runs the real dispatch stage. No test
+writes another stage's rows by hand.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from classifier.service import classification_writes
+from dedupe import incidents
+from dedupe.service import route_member
+from dispatch.cases import CaseBook
+from ingest.records import Classification, InboundMessage, Job
+from ingest.store import Store, StoredReport, Tx
+from ingest.worker import StageWorker, WorkerSettings
+
+# One job at a time: each seeding step finishes the job of the report it names.
+ONE = WorkerSettings(batch=1)
+
+
+async def submit(store: Store, message: InboundMessage, raw: bytes | None = None) -> int:
+    """The report as a channel stores it (raw bytes and record, its `classify` job enqueued)."""
+    return (await store.submit(message, raw if raw is not None else message.text.encode(), "text/plain")).report_id
+
+
+async def classify(store: Store, report_id: int, result: Classification) -> None:
+    """Finish the report's `classify` job with the classify stage's writes for `result` (no vector: the test does
+    not embed)."""
+    async def handle(job: Job, report: StoredReport) -> Any:
+        assert report.id == report_id, "another report's classify job is waiting first"
+        return classification_writes(report.id, result, None, None, None)
+    assert await StageWorker(store, "classify", handle, ONE).run_once() == 1
+
+
+async def group(store: Store, report_id: int, incident_id: str | None = None) -> str:
+    """Finish the report's `dedupe` job as the stage does, joining `incident_id` (a new incident when None or not
+    yet open); returns the incident. Routing follows the stage's contract: the first routed member is dispatched,
+    later ones are duplicates."""
+    joined: list[str] = []
+
+    async def handle(job: Job, report: StoredReport) -> Any:
+        assert report.id == report_id, "another report's dedupe job is waiting first"
+
+        async def writes(tx: Tx) -> None:
+            row = await tx.fetchone("SELECT received_at, topic, district, status FROM reports WHERE id=?",
+                                    (report_id,))
+            target = incident_id if incident_id and await incidents.get(tx, incident_id) is not None else None
+            if target is None:
+                target = await incidents.create(tx, first_report_id=report_id, topic=row["topic"],
+                                                district=row["district"], created_at=row["received_at"],
+                                                last_report_at=row["received_at"])
+            await incidents.join(tx, report_id, target, row["received_at"])
+            await route_member(tx, report_id, target, row["status"])
+            joined.append(target)
+        return writes
+    assert await StageWorker(store, "dedupe", handle, ONE).run_once() == 1
+    return joined[0]
+
+
+async def dispatch(store: Store, book: CaseBook) -> int:
+    """Run the real dispatch stage over the waiting `dispatch` jobs; how many it handled."""
+    return await StageWorker(store, "dispatch", book.handle_dispatch).run_once()
