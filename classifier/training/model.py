@@ -40,7 +40,7 @@ measured as trained, agency 0.973, no-diacritics 0.967 against 0.976, precision 
 
 topic-v6: reports with only a word or two accented are restored too (classifier/training/restore.py). CV agency 0.974
 (no-diacritics 0.967, the rest 0.978), precision 0.990 at coverage 0.871; time splits agency 0.969 and 0.977.
-Then 528 contrast examples in chat style (contrast_*.jsonl: a neighbouring topic's objects, labelled by the root
+Then 528 contrast examples in chat style (ids S5a- to S5d-: a neighbouring topic's objects, labelled by the root
 problem; 55% without diacritics): CV agency 0.981 (no-diacritics 0.975, the rest 0.985), precision 0.989 at
 coverage 0.877 (0.99 reached at 0.873); time splits agency 0.977 and 0.971, precision 0.993 at 0.864 and 0.987 at
 0.884. The default review threshold moves 0.9 -> 0.92: CV precision 0.990 at coverage 0.866, split A 0.993 at

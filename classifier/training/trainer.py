@@ -67,7 +67,10 @@ def seed_examples(rows: Sequence[dict[str, Any]]) -> list[Example]:
 
 
 def load_synthetic(path: Path | None = None) -> list[dict[str, Any]]:
-    """The hand-written examples: one .jsonl file, or every .jsonl file of a directory in name order."""
+    """The hand-written examples: one .jsonl file, or every .jsonl file of a directory (the bundled one holds a
+    file per topic, see classifier/data/synthetic/README.md). Rows come in the order of their `seq` (rows without
+    one after them, in file name and line order): the fitted model depends on the order of its examples (the
+    cross-validation folds, the restorer's ties), so the order is kept in the rows, not in how files are cut."""
     source = Path(path) if path else SYNTHETIC_PATH
     if path is None and not source.exists():
         return []
@@ -75,7 +78,8 @@ def load_synthetic(path: Path | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for f in files:
         rows += load_seed(f)
-    return rows
+    # A stable sort: rows without a seq keep the order they were read in.
+    return sorted(rows, key=lambda r: (0, r["seq"]) if isinstance(r.get("seq"), int) else (1, 0))
 
 
 def synthetic_examples(rows: Sequence[dict[str, Any]], weight: float) -> list[Example]:

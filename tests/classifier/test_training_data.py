@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from classifier.training.trainer import Router, load_seed, load_synthetic
+from classifier.training.trainer import SYNTHETIC_PATH, Router, load_seed, load_synthetic
 from config.directory import load_directory
 from config.schema import ClassifierConfig, Settings
 from ingest.text import fold
@@ -27,6 +27,28 @@ def test_bundled_written_examples_are_valid_and_independent_of_the_seed_reports(
     # Written apart from the labelled reports: none repeats a seed text (that would inflate every evaluation).
     seed = {fold(r["text"]).strip() for r in load_seed()}
     assert not [r["id"] for r in rows if fold(r["text"]).strip() in seed]
+
+
+def test_bundled_written_examples_are_one_file_per_topic_with_their_provenance_beside_them():
+    folder = SYNTHETIC_PATH
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    files = sorted(folder.glob("*.jsonl"))
+    assert {f.stem for f in files} == {r["expected"]["topic"] for r in load_synthetic()}
+    for f in files:
+        assert {json.loads(line)["expected"]["topic"] for line in f.read_text(encoding="utf-8").splitlines()} == {f.stem}
+        assert f"`{f.name}`" in readme
+    # The training order is carried by the rows: every row has its own place in it.
+    assert [r["seq"] for r in load_synthetic()] == list(range(1, len(load_synthetic()) + 1))
+
+
+def test_the_training_order_follows_seq_not_files(tmp_path):
+    rows = [{"id": "A", "seq": 3, "text": "a", "expected": {"topic": "trees"}},
+            {"id": "B", "text": "b", "expected": {"topic": "trees"}},
+            {"id": "C", "seq": 1, "text": "c", "expected": {"topic": "waste"}},
+            {"id": "D", "seq": 2, "text": "d", "expected": {"topic": "trees"}}]
+    for name, part in (("trees.jsonl", [rows[0], rows[1], rows[3]]), ("waste.jsonl", [rows[2]])):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    assert [r["id"] for r in load_synthetic(tmp_path)] == ["C", "D", "A", "B"]
 
 
 def test_written_examples_train_at_their_configured_weight(tmp_path):
