@@ -100,7 +100,7 @@ class Component:
     commands: tuple[Command, ...] = ()
     # Module that declares what its queue kinds' death and replay mean (ingest/queue.py register_kind): imported
     # before dead letters are replayed, wherever that happens.
-    job_kinds: str | None = None
+    job_kinds: tuple[str, ...] = ()
     # A stage whose builder also registers HTTP routes or shared services that intake serves (the agency API, the
     # case book the portal uses): built by an intake-only instance too, its workers left to the workers' instance.
     serves_intake: bool = False
@@ -118,7 +118,7 @@ COMPONENTS: tuple[Component, ...] = (
         Command("incident", "dedupe.operations", "incidents: list, show, merge, split"),)),
     Component("dispatch", "stage", "dispatch.schema", "dispatch.service:build", (
         Command("dispatch", "dispatch.cli", "cases past their deadline, agency deliveries, replaying dead ones"),),
-        serves_intake=True, job_kinds="dispatch.delivery"),
+        serves_intake=True, job_kinds=("dispatch.delivery", "dispatch.clocks")),
     Component("console", "view", "console.schema", "console.service:build", (
         Command("user", "console.service", "console logins: add, list, disable"),)),
     Component("ops", "view", "ops.schema", "ops.service:build", (
@@ -149,8 +149,9 @@ def collect_migrations() -> dict[str, list[Migration]]:
 def collect_job_kinds() -> None:
     """Import the modules that register their queue kinds' hooks (a replayed delivery re-enables its endpoint)."""
     for component in COMPONENTS:
-        if component.job_kinds and importlib.util.find_spec(component.job_kinds) is not None:
-            importlib.import_module(component.job_kinds)
+        for module in component.job_kinds:
+            if importlib.util.find_spec(module) is not None:
+                importlib.import_module(module)
 
 
 async def open_store(settings: Settings, clock: Clock | None = None, path: Path | None = None) -> Store:

@@ -18,11 +18,14 @@ from email.message import EmailMessage
 from typing import Any
 
 from config.dispatch import DispatchConfig
-from ingest.backoff import backoff_delay
 from ingest.clock import Clock, iso
 from ingest.errors import PermanentError, TransientError
 from ingest.mail import send_message
+from ingest.jobs import ESCALATE, EscalateJob
+from ingest.queue import JobKind, RetryPolicy, register_kind
+from ingest.records import Job
 from ingest.store import Store, Tx
+from ingest.worker import Writes
 
 from . import messages
 from .policy import OPERATOR_UNIT
@@ -114,11 +117,11 @@ async def write_digests(tx: Tx, cfg: DispatchConfig, level: str, rows: list[dict
             continue
         body = json.dumps(items, ensure_ascii=False)
         for channel, address in targets:
-            await tx.execute("INSERT INTO escalations(agency, level, channel, recipient, items, next_at, created_at)"
-                             " VALUES (?,?,?,?,?,?,?)", (agency, level, channel, address, body, now, now))
+            row = await tx.fetchone(
+                "INSERT INTO escalations(agency, level, channel, recipient, items, next_at, created_at)"
+                " VALUES (?,?,?,?,?,?,?) RETURNING id", (agency, level, channel, address, body, now, now))
+            await tx.enqueue(ESCALATE, None, EscalateJob(escalation_id=int(row["id"])), subject=f"{agency}/{channel}")
             written += 1
-    if written:
-        tx.after_commit(lambda: tx.store._wake("escalations"))
     return written
 
 
@@ -163,8 +166,9 @@ class DeadlineTicker:
 
 
 class EscalationSender:
-    """Sends the escalation digests: email through the SMTP relay, SMS through the gateway; retried with
-    backoff on transient failures, given up (state `failed`, kept for operators) on permanent ones."""
+    """Sends the escalation digests, each an `escalate` job of the one queue (ingest/queue.py): email through the
+    SMTP relay, SMS through the gateway; retried with backoff on transient failures, dead-lettered (state `failed`,
+    kept for operators, replayable) on permanent ones or after `max_attempts`."""
 
     name = "dispatch-escalations"
     singleton = "dispatch-escalations"  # one instance sends the digests
@@ -175,7 +179,8 @@ class EscalationSender:
         self.cfg = cfg
         self.directory = directory
         self.sms = sms  # dispatch.notify.SmsGateway
-        self.max_attempts = max_attempts
+        self.policy = RetryPolicy(max_attempts=max_attempts, base=cfg.delivery.backoff_base_seconds,
+                                  cap=cfg.delivery.backoff_cap_seconds)
 
     async def run(self) -> None:
         while True:
@@ -183,33 +188,28 @@ class EscalationSender:
                 await self.run_once()
             except Exception:
                 log.exception("escalation sender failed; retrying")
-            await self.store.wait_for_work("escalations", self.cfg.delivery.poll_seconds)
+            await self.store.queue.wait(ESCALATE, self.cfg.delivery.poll_seconds)
 
     async def run_once(self) -> int:
-        now = self.store.clock.now()
-        rows = await self.store.fetchall("SELECT * FROM escalations WHERE state='pending' AND next_at<=?"
-                                         " ORDER BY id LIMIT 64", (now,))
-        for row in rows:
-            state, error, next_at = "sent", None, now
+        queue = self.store.queue
+        jobs = await queue.lease(ESCALATE, 64, self.cfg.delivery.lease_seconds)
+        for job in jobs:
+            row = await self.store.fetchone("SELECT * FROM escalations WHERE id=?", (job.payload.escalation_id,))
             try:
+                if row is None:
+                    raise PermanentError("escalation row missing")
                 await self._send(row)
-            except TransientError as exc:
-                if row["attempts"] + 1 >= self.max_attempts:
-                    state, error = "failed", f"gave up: {exc}"
-                else:
-                    state, error = "pending", str(exc)
-                    next_at = now + max(backoff_delay(row["attempts"] + 1, base=self.cfg.delivery.backoff_base_seconds,
-                                                      cap=self.cfg.delivery.backoff_cap_seconds),
-                                        exc.retry_after or 0.0)
-            except PermanentError as exc:
-                state, error = "failed", str(exc)
-            async with self.store.transaction() as tx:
-                await tx.execute("UPDATE escalations SET state=?, attempts=attempts+1, last_error=?, next_at=?,"
-                                 " sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END WHERE id=?",
-                                 (state, error, next_at, state, now, row["id"]))
-            if state == "failed":
-                log.warning("escalation %d to %s by %s failed: %s", row["id"], row["agency"], row["channel"], error)
-        return len(rows)
+            except (TransientError, PermanentError) as exc:
+                outcome = await queue.retry_or_dead(
+                    job, str(exc), self.policy, permanent=isinstance(exc, PermanentError),
+                    retry_after=exc.retry_after if isinstance(exc, TransientError) else None,
+                    writes=_escalation_retry(job, str(exc)))
+                if outcome == "dead" and row is not None:
+                    log.warning("escalation %d to %s by %s failed: %s", row["id"], row["agency"], row["channel"],
+                                exc)
+                continue
+            await queue.finish(job, _escalation_sent(job))
+        return len(jobs)
 
     async def _send(self, row: Any) -> None:
         items = json.loads(row["items"])
@@ -229,6 +229,38 @@ class EscalationSender:
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content(text)
         await asyncio.to_thread(send_message, self.cfg.smtp, msg)
+
+
+def _escalation_sent(job: Job) -> Writes:
+    async def writes(tx: Tx) -> None:
+        now = tx.store.clock.now()
+        await tx.execute("UPDATE escalations SET state='sent', attempts=?, last_error=NULL, next_at=?, sent_at=?"
+                         " WHERE id=?", (job.attempts, now, now, job.payload.escalation_id))
+    return writes
+
+
+def _escalation_retry(job: Job, error: str) -> Writes:
+    """The digest's row after a failed attempt (its death, if it was the last, is the kind's on_dead below)."""
+    async def writes(tx: Tx) -> None:
+        nxt = await tx.fetchone("SELECT state, available_at FROM jobs WHERE id=?", (job.id,))
+        await tx.execute("UPDATE escalations SET attempts=?, last_error=CASE WHEN state='failed' THEN last_error"
+                         " ELSE ? END, next_at=? WHERE id=?",
+                         (job.attempts, error, nxt["available_at"] if nxt else tx.store.clock.now(),
+                          job.payload.escalation_id))
+    return writes
+
+
+async def _escalation_dead(tx: Tx, job: Job, error: str) -> None:
+    await tx.execute("UPDATE escalations SET state='failed', last_error=? WHERE id=?",
+                     (f"gave up: {error}", job.payload.escalation_id))
+
+
+async def _escalation_replayed(tx: Tx, job: Job, _: str) -> None:
+    await tx.execute("UPDATE escalations SET state='pending', attempts=0, next_at=? WHERE id=?",
+                     (tx.store.clock.now(), job.payload.escalation_id))
+
+
+register_kind(JobKind(ESCALATE, on_dead=_escalation_dead, on_replay=_escalation_replayed))
 
 
 def due_text(ts: float) -> str:

@@ -233,3 +233,18 @@ MIGRATIONS.append((
     DROP INDEX IF EXISTS deliveries_due;
     """,
 ))
+
+MIGRATIONS.append((
+    5,
+    """
+    -- Escalation digests are `escalate` jobs of the one queue too: a digest still to send gets its job (attempts and
+    -- next attempt kept), one given up becomes a dead letter (replayable); `escalations.state` keeps the outcome.
+    INSERT INTO jobs(stage, report_id, state, attempts, available_at, subject, last_error, payload, created_at,
+                     updated_at)
+        SELECT 'escalate', NULL, CASE state WHEN 'failed' THEN 'dead' ELSE 'ready' END, attempts, next_at,
+               agency || '/' || channel, last_error,
+               '{"type":"EscalateJob","schema_version":1,"escalation_id":' || id || '}', created_at, created_at
+        FROM escalations WHERE state IN ('pending', 'failed') ORDER BY id;
+    DROP INDEX IF EXISTS escalations_due;
+    """,
+))

@@ -18,6 +18,7 @@ DELIVER = "deliver"  # one agency delivery (dispatch/delivery.py)
 TELEGRAM_SEND = "telegram_send"  # one message of a Telegram bot (channels/telegram.py)
 AGENCY_EMAIL_REPLY = "agency_email_reply"  # an agency's emailed answer, applied by dispatch (dispatch/answers.py)
 MESSENGER_MEDIA = "messenger_media"  # per instance: "messenger_media:<channel name>"
+ESCALATE = "escalate"  # one escalation digest to an agency's leadership or the operator unit (dispatch/clocks.py)
 REPORTER_FOLLOW_UP = "reporter_follow_up"  # a reporter wrote again about a report (dispatch: a dispute or a note)
 
 
@@ -72,6 +73,13 @@ class DeliverJob:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EscalateJob:
+    """One `escalations` row (a digest of warned or breached clocks) to send to its recipient."""
+
+    escalation_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TelegramSendJob:
     instance: str
     chat_id: int
@@ -107,5 +115,5 @@ class ReporterFollowUpJob:
 for _name, _payload in ((CLASSIFY, ClassifyJob), (DEDUPE, DedupeJob), (DISPATCH, DispatchJob), (NOTIFY, NotifyJob),
                         (MESSENGER_MEDIA, MessengerMediaJob), (DELIVER, DeliverJob),
                         (TELEGRAM_SEND, TelegramSendJob), (AGENCY_EMAIL_REPLY, AgencyEmailReplyJob),
-                        (REPORTER_FOLLOW_UP, ReporterFollowUpJob)):
+                        (REPORTER_FOLLOW_UP, ReporterFollowUpJob), (ESCALATE, EscalateJob)):
     register_kind(JobKind(_name, _payload))

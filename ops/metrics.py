@@ -97,7 +97,8 @@ class _PublishedGauges(Collector):
 
 
 # Stages always listed in dead_letters (0 when none), so an alert on `> 0` never depends on a series appearing.
-KNOWN_STAGES = ("classify", "dedupe", "dispatch", "notify", "deliver", "agency_email_reply", "reporter_follow_up")
+KNOWN_STAGES = ("classify", "dedupe", "dispatch", "notify", "deliver", "escalate", "agency_email_reply",
+                "reporter_follow_up")
 # Which milestone a stage's finished job marks, for the help text and dashboards.
 STAGE_MILESTONE = {"classify": "classified", "dedupe": "incident", "dispatch": "dispatched", "notify": "notified"}
 

@@ -352,6 +352,24 @@ async def test_a_digest_that_cannot_be_sent_is_retried_then_kept(world, smtp, sm
     assert (await ctx.store.fetchone("SELECT state FROM escalations WHERE channel='sms'"))["state"] == "sent"
 
 
+async def test_a_digest_refused_for_good_is_a_dead_letter_and_replays(world, smtp, sms_gateway):
+    ctx, base = world
+    await new_case(ctx, "INC-000031")
+    sms_gateway.status = 400  # the gateway refuses the message itself: no retry would help
+    ctx.clock.advance(3 * HOUR)
+    sender = svc(ctx, "dispatch-escalations")
+    await tick(ctx.store, sender.cfg)
+    await sender.run_once()
+    sms = await ctx.store.fetchone("SELECT state, last_error FROM escalations WHERE channel='sms'")
+    assert sms["state"] == "failed" and "400" in sms["last_error"]
+    (dead,) = await ctx.store.queue.dead_letters("escalate")
+    assert dead.subject.endswith("/sms") and dead.payload.escalation_id
+    sms_gateway.status = 200
+    assert await ctx.store.queue.replay("escalate") == 1
+    await sender.run_once()
+    assert (await ctx.store.fetchone("SELECT state FROM escalations WHERE channel='sms'"))["state"] == "sent"
+
+
 def test_readme_lists_every_clock_with_its_article_unit_and_length():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### Deadlines"):]
