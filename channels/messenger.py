@@ -25,7 +25,7 @@ from config.channels import ChannelEntry, MessengerOptions
 from ingest.app import AppContext, Service, register_instance_reply
 from ingest.clock import parse_iso
 from ingest.errors import AuthError, PermanentError, TransientError
-from ingest.jobs import MESSENGER_MEDIA, MessengerMediaJob
+from ingest.jobs import MESSENGER_ASK, MESSENGER_MEDIA, MessengerAskJob, MessengerMediaJob
 from ingest.jobs import MediaRef as MediaJobRef
 from ingest.records import Attachment, InboundMessage, Job, from_json, to_json
 from ingest.store import Store, StoredReport, SubmitResult, Tx
@@ -117,7 +117,7 @@ class MessengerChannel:
         self.options = options
         self.store: Store = ctx.store
         self.media_stage = f"{MESSENGER_MEDIA}:{entry.name}"
-        self.ask_stage = f"messenger_ask:{entry.name}"
+        self.ask_stage = f"{MESSENGER_ASK}:{entry.name}"
         self._lock = asyncio.Lock()  # one batch at a time: an answer is matched to its open question once
         self._app_secret = options.app_secret.get_secret_value().encode()
         self._session: aiohttp.ClientSession | None = None
@@ -269,7 +269,7 @@ class MessengerChannel:
                          (until, report_id))
         await tx.execute("INSERT INTO messenger_place_questions(report_id, instance, psid, asked_at, until, state)"
                          " VALUES (?,?,?,?,?,'open')", (report_id, self.instance, psid, now, until))
-        await tx.enqueue(self.ask_stage, report_id)
+        await tx.enqueue(self.ask_stage, report_id, MessengerAskJob())
 
     async def _apply_answer(self, tx: Tx, report_id: int, event: MessengerEvent,
                             attachments: tuple[Attachment, ...], now: float) -> None:

@@ -252,7 +252,8 @@ class DeliverySender:
             await self.store.queue.bury_subject(tx, DELIVER, endpoint_subject(row["agency"], row["target"]),
                                                 DISABLED)
             await tx.execute("UPDATE deliveries SET state='dead', last_error=?, updated_at=? WHERE agency=? AND"
-                             " target=? AND state IN ('pending','retry')", (DISABLED, now, row["agency"], row["target"]))
+                             " target=? AND state IN ('pending','retry')",
+                             (DISABLED, now, row["agency"], row["target"]))
         return writes
 
 

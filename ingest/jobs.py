@@ -18,6 +18,7 @@ DELIVER = "deliver"  # one agency delivery (dispatch/delivery.py)
 TELEGRAM_SEND = "telegram_send"  # one message of a Telegram bot (channels/telegram.py)
 AGENCY_EMAIL_REPLY = "agency_email_reply"  # an agency's emailed answer, applied by dispatch (dispatch/answers.py)
 MESSENGER_MEDIA = "messenger_media"  # per instance: "messenger_media:<channel name>"
+MESSENGER_ASK = "messenger_ask"  # per instance: ask a reporter where, for the job's report (channels/messenger.py)
 ESCALATE = "escalate"  # one escalation digest to an agency's leadership or the operator unit (dispatch/clocks.py)
 REPORTER_FOLLOW_UP = "reporter_follow_up"  # a reporter wrote again about a report (dispatch: a dispute or a note)
 
@@ -63,6 +64,11 @@ class MessengerMediaJob:
     """Media of a Messenger report that did not arrive within the intake budget, fetched later."""
 
     media: tuple[MediaRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessengerAskJob:
+    """Ask the reporter of the job's report where the problem is (the report names no place)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,7 +119,7 @@ class ReporterFollowUpJob:
 
 
 for _name, _payload in ((CLASSIFY, ClassifyJob), (DEDUPE, DedupeJob), (DISPATCH, DispatchJob), (NOTIFY, NotifyJob),
-                        (MESSENGER_MEDIA, MessengerMediaJob), (DELIVER, DeliverJob),
+                        (MESSENGER_MEDIA, MessengerMediaJob), (MESSENGER_ASK, MessengerAskJob), (DELIVER, DeliverJob),
                         (TELEGRAM_SEND, TelegramSendJob), (AGENCY_EMAIL_REPLY, AgencyEmailReplyJob),
                         (REPORTER_FOLLOW_UP, ReporterFollowUpJob), (ESCALATE, EscalateJob)):
     register_kind(JobKind(_name, _payload))

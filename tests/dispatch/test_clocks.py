@@ -423,3 +423,34 @@ def aiohttp_session() -> Any:
     import aiohttp
 
     return aiohttp.ClientSession()
+
+
+async def test_digests_written_before_the_one_queue_are_sent_after_the_upgrade(tmp_path):
+    """Escalation rows of the old sender (dispatch schema 4): pending ones get their job, given-up ones a dead
+    letter; sent ones nothing."""
+    from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
+    from dispatch.schema import MIGRATIONS
+    from ingest.clock import FakeClock
+    from ingest.store import Store
+
+    clock = FakeClock(1_790_000_000.0)
+    old = {"dedupe": DEDUPE_MIGRATIONS, "dispatch": [m for m in MIGRATIONS if m[0] <= 4]}
+    store = await Store.open(tmp_path / "s.sqlite3", tmp_path / "blobs", clock=clock, migrations=old)
+    async with store.transaction() as tx:
+        for state, attempts in (("pending", 2), ("failed", 8), ("sent", 1)):
+            await tx.execute("INSERT INTO escalations(agency, level, channel, recipient, items, state, attempts,"
+                             " next_at, last_error, created_at) VALUES ('sawaco', 'breach', 'email', 'x@y.vn', '[]',"
+                             " ?, ?, ?, 'relay down', ?)", (state, attempts, clock.now(), clock.now()))
+    await store.close()
+    store = await Store.open(tmp_path / "s.sqlite3", tmp_path / "blobs", clock=clock,
+                             migrations={"dedupe": DEDUPE_MIGRATIONS, "dispatch": MIGRATIONS})
+    try:
+        rows = await store.fetchall("SELECT state, attempts, subject, payload FROM jobs WHERE stage='escalate'"
+                                    " ORDER BY id")
+        assert [(r["state"], r["attempts"], r["subject"]) for r in rows] == [
+            ("ready", 2, "sawaco/email"), ("dead", 8, "sawaco/email")]
+        (job,) = await store.queue.lease("escalate", 5, 60)
+        assert job.payload.escalation_id == 1 and job.attempts == 3
+        assert [d.payload.escalation_id for d in await store.queue.dead_letters("escalate")] == [2]
+    finally:
+        await store.close()
