@@ -19,6 +19,7 @@ from ingest.app import AppContext
 from ingest.mail import header_text, send_message, single_address
 from ingest.errors import PermanentError, TransientError
 from ingest.store import Store, StoredReport
+from ingest.vocabulary import CHAT_TEXTS
 
 from .email_intake import AGENCY_ANSWER_FLAG
 
@@ -50,7 +51,7 @@ def compose_reply(report: StoredReport, text: str, options: EmailReplyOptions, w
     elif base:
         subject = f"Re: {base} {token}" if not base.lower().startswith("re:") else f"{base} {token}"
     else:
-        subject = f"Cổng 1022 TP.HCM: phản ánh của bạn {token}"
+        subject = CHAT_TEXTS["email_subject"]["vi"].format(token=token)
     msg["Subject"] = subject
     msg["Date"] = format_datetime(datetime.fromtimestamp(when_ts, timezone.utc))
     msg["Message-ID"] = reply_message_id(report.id, text, domain, report.message.idempotency_key)

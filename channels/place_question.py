@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from ingest.addresses import mentions_place
 from ingest.app import PlaceFinder
 from ingest.text import fold
+from ingest.vocabulary import CHAT_TEXTS
 
 
-ASK_PLACE = ("Sự việc xảy ra ở đâu? Bạn vui lòng nhập địa chỉ (số nhà, đường, phường, quận) hoặc gửi vị trí. "
-             "Gõ «bỏ qua» nếu không rõ.")
-PLACE_LABEL = "Địa điểm"
+ASK_PLACE = CHAT_TEXTS["ask_place"]["vi"]
+PLACE_LABEL = CHAT_TEXTS["place_label"]["vi"]
 
 SKIP_WORDS = {"bo qua", "/skip", "skip", "khong", "ko", "khong biet", "khong ro"}
 

@@ -37,6 +37,7 @@ from ingest.leases import run_while_held
 from ingest.records import Attachment, Job, from_json, to_json
 from ingest.store import Store, StoredReport, Tx
 from ingest.untrusted import BodyError, check_tree, loads_json
+from ingest.vocabulary import CHAT_TEXTS
 
 from .telegram_dialogue import Draft, Reply, expire, step, to_inbound
 from .telegram_parse import BadUpdate, TelegramInput, bot_id_from_token, parse_update, secret_token_ok, update_id_of
@@ -146,13 +147,17 @@ def split_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
     return out + [rest] if rest else out
 
 
+def _say(key: str) -> str:
+    return CHAT_TEXTS[key]["vi"]
+
+
 def _markup(keyboard: str | None) -> Any:
     if keyboard == "location":
-        return ReplyKeyboardMarkup([[KeyboardButton("📍 Gửi vị trí", request_location=True)], ["Bỏ qua"]],
-                                   resize_keyboard=True, one_time_keyboard=True)
+        return ReplyKeyboardMarkup([[KeyboardButton(_say("button_location"), request_location=True)],
+                                    [_say("button_skip")]], resize_keyboard=True, one_time_keyboard=True)
     if keyboard == "contact":
-        return ReplyKeyboardMarkup([[KeyboardButton("📞 Chia sẻ số điện thoại", request_contact=True)], ["Bỏ qua"]],
-                                   resize_keyboard=True, one_time_keyboard=True)
+        return ReplyKeyboardMarkup([[KeyboardButton(_say("button_phone"), request_contact=True)],
+                                    [_say("button_skip")]], resize_keyboard=True, one_time_keyboard=True)
     if keyboard == "remove":
         return ReplyKeyboardRemove()
     return None

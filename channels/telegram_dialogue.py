@@ -15,24 +15,21 @@ from ingest.app import UnitCandidates
 from ingest.clock import iso
 from ingest.contacts import find_phones
 from ingest.records import Attachment, InboundMessage, Reporter
+from ingest.vocabulary import CHAT_TEXTS
 
 from .place_question import PlaceFinder, is_skip, place_missing, with_place
 from .telegram_parse import TelegramInput
 
-GREETING = ("Xin chào! Đây là kênh tiếp nhận phản ánh của Cổng 1022 TP.HCM. "
-            "Hãy mô tả sự việc, kèm ảnh và vị trí nếu có.")
-ASK_TEXT = "Bạn vui lòng mô tả ngắn gọn sự việc cần phản ánh."
-ASK_PLACE = ("Sự việc xảy ra ở đâu? Bấm nút «Gửi vị trí» hoặc nhập địa chỉ (số nhà, đường, phường, quận). "
-             "Gõ «bỏ qua» nếu không rõ.")
-ASK_PHONE = ("Bạn vui lòng để lại số điện thoại để cơ quan chức năng liên hệ khi cần: bấm nút "
-             "«Chia sẻ số điện thoại» hoặc nhập số. Gõ «bỏ qua» nếu không muốn cung cấp.")
-BAD_PHONE = "Số điện thoại chưa đúng (ví dụ 0903 123 456). " + ASK_PHONE
-# The 2025 map: an old district alone or a split old ward names several wards/communes; the bot asks which.
-ASK_UNIT = ("Địa chỉ này nay thuộc một trong các phường/xã: {units}. Sự việc ở phường/xã nào? "
-            "Gõ «bỏ qua» nếu không rõ.")
-PHOTO_TOO_LARGE = "Ảnh quá lớn nên không nhận được; bạn có thể gửi ảnh nhỏ hơn."
-CONFIRM = ("Đã tiếp nhận phản ánh của bạn. Cổng 1022 sẽ chuyển đến cơ quan có thẩm quyền "
-           "và báo kết quả qua Telegram.")
+# What the bot says (the catalogue, ingest/vocabulary.py); the bot speaks Vietnamese.
+_SAY = {key: texts["vi"] for key, texts in CHAT_TEXTS.items()}
+GREETING = _SAY["greeting"]
+ASK_TEXT = _SAY["ask_text"]
+ASK_PLACE = _SAY["ask_place_button"]
+ASK_PHONE = _SAY["ask_phone"]
+BAD_PHONE = f"{_SAY['bad_phone']} {ASK_PHONE}"
+ASK_UNIT = _SAY["ask_unit"]
+PHOTO_TOO_LARGE = _SAY["photo_too_large"]
+CONFIRM = _SAY["confirm"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Draft:

@@ -248,6 +248,51 @@ def ops_text(key: str, language: str = "vi", **fields: object) -> str:
     return OPS_TEXTS[key][language].format(**fields) if fields else OPS_TEXTS[key][language]
 
 
+# -- what the chat channels say to a reporter (channels/telegram_dialogue.py, channels/place_question.py) -----
+CHAT_TEXTS: dict[str, dict[str, str]] = {
+    "greeting": {"vi": "Xin chào! Đây là kênh tiếp nhận phản ánh của Cổng 1022 TP.HCM. "
+                       "Hãy mô tả sự việc, kèm ảnh và vị trí nếu có.",
+                 "en": "Hello! This is the HCMC 1022 portal's channel for reports. "
+                       "Describe what happened, with photos and the location if you can."},
+    "ask_text": {"vi": "Bạn vui lòng mô tả ngắn gọn sự việc cần phản ánh.",
+                 "en": "Please describe briefly what you are reporting."},
+    # With the bot's button to share a location.
+    "ask_place_button": {"vi": "Sự việc xảy ra ở đâu? Bấm nút «Gửi vị trí» hoặc nhập địa chỉ (số nhà, đường, "
+                               "phường, quận). Gõ «bỏ qua» nếu không rõ.",
+                         "en": "Where is it? Press «Send location» or type the address (number, street, ward, "
+                               "district). Type «skip» if you do not know."},
+    # Any chat channel, without a button.
+    "ask_place": {"vi": "Sự việc xảy ra ở đâu? Bạn vui lòng nhập địa chỉ (số nhà, đường, phường, quận) hoặc gửi "
+                        "vị trí. Gõ «bỏ qua» nếu không rõ.",
+                  "en": "Where is it? Please type the address (number, street, ward, district) or send the "
+                        "location. Type «skip» if you do not know."},
+    "ask_phone": {"vi": "Bạn vui lòng để lại số điện thoại để cơ quan chức năng liên hệ khi cần: bấm nút "
+                        "«Chia sẻ số điện thoại» hoặc nhập số. Gõ «bỏ qua» nếu không muốn cung cấp.",
+                  "en": "Please leave a phone number the agency can call if needed: press «Share phone number» "
+                        "or type it. Type «skip» if you prefer not to."},
+    "bad_phone": {"vi": "Số điện thoại chưa đúng (ví dụ 0903 123 456).",
+                  "en": "That phone number does not look right (e.g. 0903 123 456)."},
+    # The 2025 map: an old district alone or a split old ward names several wards/communes; the bot asks which.
+    "ask_unit": {"vi": "Địa chỉ này nay thuộc một trong các phường/xã: {units}. Sự việc ở phường/xã nào? "
+                       "Gõ «bỏ qua» nếu không rõ.",
+                 "en": "This address is now in one of these wards/communes: {units}. Which one is it? "
+                       "Type «skip» if you do not know."},
+    "photo_too_large": {"vi": "Ảnh quá lớn nên không nhận được; bạn có thể gửi ảnh nhỏ hơn.",
+                        "en": "The photo is too large to receive; you can send a smaller one."},
+    "confirm": {"vi": "Đã tiếp nhận phản ánh của bạn. Cổng 1022 sẽ chuyển đến cơ quan có thẩm quyền "
+                      "và báo kết quả qua Telegram.",
+                "en": "Your report is received. The 1022 portal will forward it to the competent agency "
+                      "and tell you the result on Telegram."},
+    # The line the answer to the place question is filed under, in the report's text.
+    "place_label": {"vi": "Địa điểm", "en": "Place"},
+    "button_location": {"vi": "📍 Gửi vị trí", "en": "📍 Send location"},
+    "button_phone": {"vi": "📞 Chia sẻ số điện thoại", "en": "📞 Share phone number"},
+    "button_skip": {"vi": "Bỏ qua", "en": "Skip"},
+    # The subject of an email answer to a reporter whose own message had none.
+    "email_subject": {"vi": "Cổng 1022 TP.HCM: phản ánh của bạn {token}",
+                      "en": "HCMC 1022 portal: your report {token}"},
+}
+
 # -- what the operator console answers (console/views.py) ----------------------------------------------------
 CONSOLE_TEXTS: dict[str, dict[str, str]] = {
     "session_expired": {"vi": "Phiên đăng nhập đã hết hạn.", "en": "The session has expired."},

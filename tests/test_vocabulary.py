@@ -106,3 +106,13 @@ def test_every_clock_and_console_text_in_both_languages():
     # The agencies' escalations and the periodic reports name a clock the same way.
     assert report_render.DEADLINE_LABELS == {kind: texts["vi"] for kind, texts in vocabulary.CLOCK_TEXTS.items()}
     assert messages.clock_text("forward") == vocabulary.CLOCK_TEXTS["forward"]["vi"]
+
+
+def test_the_chat_channels_read_the_catalogue():
+    from channels import place_question, telegram_dialogue
+
+    assert telegram_dialogue.ASK_PHONE == vocabulary.CHAT_TEXTS["ask_phone"]["vi"]
+    assert place_question.ASK_PLACE == vocabulary.CHAT_TEXTS["ask_place"]["vi"]
+    for key, texts in vocabulary.CHAT_TEXTS.items():
+        assert set(texts) == {"vi", "en"} and all(texts.values()), key
+        assert set(re.findall(r"\{(\w+)\}", texts["vi"])) == set(re.findall(r"\{(\w+)\}", texts["en"])), key
