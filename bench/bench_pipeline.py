@@ -14,9 +14,12 @@ N is larger) through Open311 with C requests in flight, and waits until every re
 webhook. It prints:
 - reports/s from the first POST to the last report final (posted, classified, deduplicated, dispatched);
 - the raw embedder rate on the same texts (restored where typed without diacritics, as the classifier embeds
-  them), measured in this process with the daemon's embedder configuration, once before the daemon starts and
-  once after it finished (the machine is shared: two measurements around the run, and their mean);
-- the ratio of the two, and the daemon's peak RSS (VmHWM) after the run.
+  them), measured in this process with the daemon's embedder configuration in calls of `[classifier] batch`
+  texts (what the classify stage leases), once before the daemon starts and once after it finished (the machine
+  is shared: two measurements around the run, and their mean); the rate of one call of all texts beside it;
+- the ratio of the two, and the daemon's peak RSS (VmHWM) after the run;
+- the daemon's CPU time (every thread) per report beside the raw embedder's CPU time per text: on a shared
+  machine the rates move with the load, CPU time much less.
 """
 from __future__ import annotations
 
@@ -53,8 +56,10 @@ def load_reports(n: int) -> list[dict[str, Any]]:
     return [rows[i % len(rows)] for i in range(n)]
 
 
-def raw_embedder_rate(settings: Any, texts: list[str]) -> tuple[float, Any]:
-    """texts/s of the daemon's embedder on the texts exactly as the classifier embeds them (one call)."""
+def raw_embedder_rate(settings: Any, texts: list[str]) -> tuple[float, float, float, Any]:
+    """The daemon's embedder on the texts exactly as the classifier embeds them (restored where typed without
+    diacritics), in calls of `[classifier] batch` texts as the classify stage leases them: (texts/s, CPU seconds
+    of this process per text, texts/s of the same texts in one call, the embedder)."""
     from classifier.embedding.embedder import EmbeddingThread, load_embedder, report_text
     from classifier.training.trainer import Router
     from config.directory import load_directory
@@ -65,9 +70,25 @@ def raw_embedder_rate(settings: Any, texts: list[str]) -> tuple[float, Any]:
     router.load()  # the cached topic model: its restorer decides what is embedded
     embedded = router.embedding_texts([report_text(t) for t in texts])
     embedder.encode_blocking(embedded[:8])  # warm-up
+    cpu, started = time.process_time(), time.perf_counter()
+    for start in range(0, len(embedded), cfg.batch):
+        embedder.encode_blocking(embedded[start:start + cfg.batch])
+    rate = len(embedded) / (time.perf_counter() - started)
+    cpu_per_text = (time.process_time() - cpu) / len(embedded)
     started = time.perf_counter()
     embedder.encode_blocking(embedded)
-    return len(embedded) / (time.perf_counter() - started), embedder
+    return rate, cpu_per_text, len(embedded) / (time.perf_counter() - started), embedder
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) the process has used so far, every thread counted."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def start_receiver() -> tuple[web.AppRunner, str, list[int]]:
@@ -208,7 +229,7 @@ def peak_rss_mb(pid: int | None) -> float | None:
 
 
 async def run_pipeline(args: argparse.Namespace, reports: list[dict[str, Any]], settings: Any
-                       ) -> tuple[float, float | None, int, int]:
+                       ) -> tuple[float, float | None, int, int, float | None]:
     from config.directory import load_directory
 
     run = f"{os.getpid()}-{int(time.time())}"
@@ -231,6 +252,7 @@ async def run_pipeline(args: argparse.Namespace, reports: list[dict[str, Any]], 
             pid = proc.pid
             base, db = f"http://127.0.0.1:{port}", tmp / "store.sqlite3"
         await wait_ready(base, proc)
+        cpu_before = cpu_seconds(pid)
         started = time.perf_counter()
         refused = await post_all(base, reports, args.concurrency, run)
         posted = time.perf_counter() - started
@@ -244,7 +266,9 @@ async def run_pipeline(args: argparse.Namespace, reports: list[dict[str, Any]], 
                 raise SystemExit(f"daemon exited with {proc.returncode}; log in {tmp / 'daemon.log'}")
             await asyncio.sleep(0.2)
         elapsed = time.perf_counter() - started
-        return expected / elapsed, peak_rss_mb(pid), hits[0], refused
+        cpu_after = cpu_seconds(pid)
+        cpu = cpu_after - cpu_before if cpu_after is not None and cpu_before is not None else None
+        return expected / elapsed, peak_rss_mb(pid), hits[0], refused, cpu
     finally:
         if proc is not None:
             proc.terminate()
@@ -274,27 +298,37 @@ def main() -> int:
     settings = config_loader.load(Path(args.config) if args.config else None)
     reports = load_reports(args.reports)
     texts = [r["text"] for r in reports]
-    raws: list[float] = []
+    raws: list[tuple[float, float, float]] = []
     embedder = None
     if not args.skip_raw:
-        rate, embedder = raw_embedder_rate(settings, texts)
-        raws.append(rate)
+        rate, cpu, whole, embedder = raw_embedder_rate(settings, texts)
+        raws.append((rate, cpu, whole))
         embedder.close()
         print(f"raw embedder (before): {rate:.1f} texts/s", flush=True)
-    rps, rss, deliveries, refused = asyncio.run(run_pipeline(args, reports, settings))
+    rps, rss, deliveries, refused, cpu = asyncio.run(run_pipeline(args, reports, settings))
     if not args.skip_raw:
-        rate, embedder = raw_embedder_rate(settings, texts)
-        raws.append(rate)
+        rate, cpu_text, whole, embedder = raw_embedder_rate(settings, texts)
+        raws.append((rate, cpu_text, whole))
         embedder.close()
         print(f"raw embedder (after): {rate:.1f} texts/s", flush=True)
     load = os.getloadavg()[0]
-    print(f"{len(reports) - refused} reports end to end (POST, classify, dedupe, dispatch to a loopback webhook:"
+    done = len(reports) - refused
+    print(f"{done} reports end to end (POST, classify, dedupe, dispatch to a loopback webhook:"
           f" {deliveries} deliveries), load avg {load:.1f}")
     print(f"pipeline        {rps:7.1f} reports/s")
     if raws:
-        raw = sum(raws) / len(raws)
-        print(f"raw embedder    {raw:7.1f} texts/s (mean of before/after: {', '.join(f'{r:.1f}' for r in raws)})")
+        raw = sum(r[0] for r in raws) / len(raws)
+        print(f"raw embedder    {raw:7.1f} texts/s in calls of [classifier] batch = {settings.classifier.batch}"
+              f" (mean of before/after: {', '.join(f'{r[0]:.1f}' for r in raws)}; all {len(texts)} in one call:"
+              f" {', '.join(f'{r[2]:.1f}' for r in raws)})")
         print(f"pipeline / raw  {rps / raw:7.3f}")
+    # The machine may be shared: rates move with the load, CPU per report much less.
+    if cpu is not None and done:
+        print(f"daemon CPU      {1000 * cpu / done:7.1f} ms a report (every thread: intake, stages, delivery)")
+        if raws:
+            raw_cpu = sum(r[1] for r in raws) / len(raws)
+            print(f"raw embedder    {1000 * raw_cpu:7.1f} ms CPU a text;"
+                  f" CPU ratio (raw per text / daemon per report) {raw_cpu * done / cpu:.3f}")
     print(f"daemon peak RSS {rss:7.0f} MB" if rss is not None else "daemon peak RSS unknown (give --pid)")
     return 0
 
