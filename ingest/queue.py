@@ -393,7 +393,9 @@ class SqliteQueue:
             params: list[Any] = [now]
             for job in chunk:
                 params += [job.id, job.attempts]
-            rows = await tx.fetchall(self.sql.finish_all.format(pairs=",".join(["(?,?)"] * len(chunk))), params)
+            # Typed, since a VALUES list has no column to take its type from (PostgreSQL would read text).
+            pairs = ",".join(["(CAST(? AS BIGINT), CAST(? AS INTEGER))"] * len(chunk))
+            rows = await tx.fetchall(self.sql.finish_all.format(pairs=pairs), params)
             done.update(int(r["id"]) for r in rows)
         return done
 

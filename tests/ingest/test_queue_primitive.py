@@ -13,7 +13,14 @@ from ingest.clock import FakeClock
 from ingest.migrations import INGEST
 from ingest.queue import JobKind, RetryPolicy, register_kind, KINDS
 from ingest.records import Job
+from ingest.queue import Settlement
 from ingest.store import Store, Tx, _split_sql
+from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
+
+
+@pytest.fixture
+async def clocked_store(store_factory: StoreFactory, clock: FakeClock) -> AsyncIterator[AnyStore]:
+    yield await store_factory.open(clock=clock)
 from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
 
 
@@ -105,6 +112,33 @@ async def test_a_late_worker_changes_nothing(clocked_store: Store, clock: FakeCl
     assert not await clocked_store.queue.finish(first)
     assert ping_kind == []
     assert await clocked_store.queue.finish(second)
+
+
+async def test_a_batch_of_outcomes_commits_together_each_fenced(clocked_store: Store, clock: FakeClock,
+                                                                  ping_kind) -> None:
+    for _ in range(4):
+        await _enqueue(clocked_store)
+    old = await clocked_store.queue.lease("test.ping", 10, 10)
+    clock.advance(11)
+    await clocked_store.queue.reclaim_expired()
+    a, b, c, d = await clocked_store.queue.lease("test.ping", 10, 10)  # taken again, by a later attempt
+    seen: list[int] = []
+
+    def note(job: Job):
+        async def writes(tx: Tx) -> None:
+            seen.append(job.id)
+        return writes
+
+    # The first attempts' late outcomes are all lost: nothing of them is written.
+    late = [Settlement(old[0], "done", writes=note(old[0])), Settlement(old[1], "retry", "HTTP 503", 30.0),
+            Settlement(old[2], "dead", "HTTP 400"), Settlement(old[3], "done", writes=note(old[3]))]
+    assert await clocked_store.queue.settle(late) == [False] * 4 and seen == [] and ping_kind == []
+    outcomes = await clocked_store.queue.settle([
+        Settlement(a, "done", writes=note(a)), Settlement(b, "retry", "HTTP 503", 30.0, writes=note(b)),
+        Settlement(c, "dead", "HTTP 400"), Settlement(d, "done", writes=note(d))])
+    assert outcomes == [True] * 4 and seen == [a.id, b.id, d.id] and ping_kind == [("dead", c.id)]
+    states = {r["id"]: r["state"] for r in await clocked_store.fetchall("SELECT id, state FROM jobs")}
+    assert [states[j.id] for j in (a, b, c, d)] == ["done", "ready", "dead", "done"]
 
 
 async def test_replay_by_subject_prefix_takes_only_that_endpoint(clocked_store: Store, ping_kind) -> None:
