@@ -13,9 +13,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from tests.daemon import Daemon
 from tests.net import free_port
 from tests.test_e2e_support import MODEL_CACHE, WEBHOOK_SECRET, start_sink, toml_str
 
@@ -38,12 +36,13 @@ PLACES = [("Ngô Gia Tự", 10.7617, 106.6686), ("Lê Lợi", 10.7736, 106.7010)
           ("Cách Mạng Tháng Tám", 10.7860, 106.6840), ("Phan Xích Long", 10.8005, 106.6840)]
 
 
-class Instance:
+class Instance(Daemon):
+    """One daemon of the two sharing the PostgreSQL store (the harness of tests/daemon.py)."""
+
     def __init__(self, tmp: Path, name: str, url: str, webhook_url: str) -> None:
         self.name = name
-        self.port = free_port()
+        port = free_port()
         self.config = tmp / f"{name}.toml"
-        self.log = tmp / f"{name}.log"
         targets = "".join(f"""
 [[dispatch.agencies.{agency}.targets]]
 kind = "webhook"
@@ -61,7 +60,7 @@ blob_dir = {toml_str(tmp / 'blobs')}
 
 [http]
 host = "127.0.0.1"
-port = {self.port}
+port = {port}
 
 [queue]
 lease_seconds = 5
@@ -83,37 +82,10 @@ level = "WARNING"
 kind = "open311"
 name = "app"
 {targets}""", encoding="utf-8")
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-                    "CHAOS_STORE_URL": url, "CHAOS_WHSEC": WEBHOOK_SECRET}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, str(REPO / "run_daemon.py"), "serve", "--config",
-                                          str(self.config)], cwd=REPO, env=self.env, stdout=log, stderr=log)
-        self.starts += 1
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.tail()
-            try:
-                async with session.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"{self.name} did not become ready:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        # The machine's cores for each instance's model, as in production.
+        super().__init__(self.config, port, tmp / f"{name}.log",
+                         env={"CHAOS_STORE_URL": url, "CHAOS_WHSEC": WEBHOOK_SECRET,
+                              "OMP_NUM_THREADS": str(os.cpu_count() or 1)})
 
 
 def _form(i: int) -> dict[str, str]:
@@ -133,7 +105,7 @@ async def _push(instances: list[Instance], rng: random.Random) -> dict[str, int]
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for instance in instances:
-            await instance.wait_ready(session)
+            await instance.wait_ready(300)
 
         async def client() -> None:
             while len(acked) < REPORTS:
@@ -167,7 +139,7 @@ async def _push(instances: list[Instance], rng: random.Random) -> dict[str, int]
 
         await asyncio.gather(killer(), *(client() for _ in range(CLIENTS)))
         for instance in instances:
-            await instance.wait_ready(session)
+            await instance.wait_ready(300)
     return acked
 
 
@@ -180,8 +152,7 @@ async def test_two_instances_killed_under_load_lose_and_duplicate_nothing(tmp_pa
     db = await asyncpg.connect(pg_url)
     try:
         instances[0].start()
-        async with aiohttp.ClientSession() as session:
-            await instances[0].wait_ready(session)  # the first migrates; the second finds the schema ready
+        await instances[0].wait_ready(300)  # the first migrates; the second finds the schema ready
         instances[1].start()
         acked = await _push(instances, random.Random(seed))
         assert len(acked) == REPORTS and [i.starts for i in instances] == [KILLS + 1, KILLS + 1]
@@ -227,12 +198,6 @@ async def test_two_instances_killed_under_load_lose_and_duplicate_nothing(tmp_pa
         assert all(len(ids) == 1 for ids in incidents.values()), incidents
     finally:
         for instance in instances:
-            if instance.proc is not None and instance.proc.poll() is None:
-                instance.proc.send_signal(signal.SIGTERM)
-                try:
-                    instance.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    instance.proc.kill()
-                    instance.proc.wait()
+            instance.stop(timeout=20)
         await db.close()
         await sink_runner.cleanup()
