@@ -237,12 +237,10 @@ class Generation:
     store. Nothing acknowledged is lost, since everything acknowledged is already committed.
     """
 
-    def __init__(self, settings: Settings, directory: Directory, store: Store, shared: dict[str, Any],
-                 role: str = "all", leases: Leadership | None = None, published: Published | None = None) -> None:
+    def __init__(self, settings: Settings, directory: Directory, store: Store, published: Published,
+                 role: str = "all", leases: Leadership | None = None) -> None:
         self.ctx = make_context(settings, directory, store)
-        self.ctx.shared = shared
-        if published is not None:
-            self.ctx.published = published  # loaded models survive a reload
+        self.ctx.published = published  # loaded models survive a reload
         if leases is not None:
             self.ctx.leases = leases
         self.role = role
@@ -323,13 +321,12 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
     except StorageError:
         # Opened but not writable (full disk): serve degraded (/readyz 503, intake 503/451); the Reclaimer retries.
         log.error("store not writable at start: serving degraded until it is")
-    shared: dict[str, Any] = {}
     published = Published()
     leases = make_leadership(settings)
     await leases.start()
     try:
         async with asyncio.TaskGroup() as tg:
-            generation = Generation(settings, directory, store, shared, role, leases, published)
+            generation = Generation(settings, directory, store, published, role, leases)
             await generation.start(tg)
             while True:
                 waiters = [tg.create_task(stop.wait()), tg.create_task(reload.wait())]
@@ -349,7 +346,7 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
                     continue
                 log.info("reloading configuration from %s", config_path or config_loader.DEFAULT_PATH)
                 await generation.stop()
-                generation = Generation(new_settings, new_directory, store, shared, role, leases, published)
+                generation = Generation(new_settings, new_directory, store, published, role, leases)
                 await generation.start(tg)
     finally:
         await leases.close()  # frees this instance's leases for the others at once

@@ -109,7 +109,7 @@ class ClassifyStage:
         from config.dispatch import dispatch_settings
         from ingest import followup
 
-        handler = self.ctx.shared.get("reporter_follow_up")
+        handler = self.ctx.published.reporter_follow_up
         # Only a chat answers the bot's result message; on the app every submission is a new report (its
         # reporters dispute on the lookup page), so "rác vẫn còn" there is never taken for an old case's dispute.
         if handler is None or report.message.channel not in followup.CHAT_CHANNELS:

@@ -110,7 +110,7 @@ def build(ctx: AppContext) -> list[Service]:
             return "noted"
         return "disputed"
 
-    ctx.shared["reporter_follow_up"] = reporter_follow_up
+    ctx.published.reporter_follow_up = reporter_follow_up
     # Notify failures are recorded in `notifications`; the worker never dead-letters (which would fail the report).
     nsettings = WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts + 1)
     if cfg.notify.enabled:

@@ -61,7 +61,7 @@ class InstanceReplies:
 
 
 def register_instance_reply(ctx: AppContext, kind: str, instance: str, sender: ReplySender) -> None:
-    # Held in this generation's registry, not in ctx.shared: a reload builds new channel objects.
+    # Held in this generation's registry, not in ctx.published: a reload builds new channel objects.
     replies = ctx.replies.get(kind)
     if not isinstance(replies, InstanceReplies):
         replies = InstanceReplies(kind)
@@ -105,6 +105,9 @@ class Published:
     report_rating: Callable[..., Awaitable[Any]] | None = None  # (report_id, score, comment)
     case_rating: Callable[..., Awaitable[Any]] | None = None  # (token, score, comment)
     case_dispute: Callable[..., Awaitable[Any]] | None = None  # (report_id=, case_id=, reason=)
+    # A reporter wrote again on their chat about a closed report: dispatch answers at once whether it disputes the
+    # result ("disputed") or stays a note ("noted"); the classifier asks (report_id=, text=, channel=).
+    reporter_follow_up: Callable[..., Awaitable[str]] | None = None
     # Notes /readyz shows (conditions to act on that stop no work) and gauges /metrics shows: owner -> note,
     # name -> (help, value).
     status_notes: dict[str, str] = field(default_factory=dict)
@@ -126,7 +129,5 @@ class AppContext:
     route_mode: bool = False
     # What components publish for each other, typed (see Published); kept across reloads by run_daemon.
     published: Published = field(default_factory=Published)
-    # The email channels' calls into dispatch (agency replies, reporters' follow-ups), until they become jobs.
-    shared: dict[str, Any] = field(default_factory=dict)
     # What must run once across instances asks here (ingest/leases.py); SQLite: one instance, every lease held.
     leases: Leadership = field(default_factory=LocalLeadership)

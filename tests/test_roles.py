@@ -9,6 +9,7 @@ import aiohttp
 
 import config.loader as config_loader
 from config.directory import load_directory
+from ingest.app import Published
 from ingest.leases import LocalLeadership
 from run_daemon import Generation, open_store
 from tests.net import free_port
@@ -24,8 +25,8 @@ async def _start(tmp_path: Path, role: str) -> tuple[Generation, int]:
     port = free_port()
     settings = _settings(tmp_path, port)
     store = await open_store(settings)
-    generation = Generation(settings, load_directory(settings.data.agencies, settings.data.structure), store, {},
-                            role, LocalLeadership())
+    generation = Generation(settings, load_directory(settings.data.agencies, settings.data.structure), store,
+                            Published(), role, LocalLeadership())
     return generation, port
 
 

@@ -46,6 +46,10 @@ class Sink:
         return "250 OK"
 
 
+# The dispatch services each test's context built, by context (the context has no slot for them).
+SERVICES: dict[int, list[Any]] = {}
+
+
 @pytest.fixture
 async def smtp() -> AsyncIterator[tuple[Sink, int]]:
     sink = Sink()
@@ -70,14 +74,14 @@ async def world(dstore: Store, directory, receiver, sms_gateway, smtp) -> AsyncI
     app = web.Application()
     ctx = AppContext(settings=validate(raw, {}), directory=directory, store=dstore, clock=dstore.clock, http=app)
     ctx.replies.register("email", RecordingReplies())
-    ctx.shared["services"] = service.build(ctx)
+    SERVICES[id(ctx)] = service.build(ctx)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     yield ctx, f"http://127.0.0.1:{runner.addresses[0][1]}"
     await runner.cleanup()
-    for svc in ctx.shared["services"]:
+    for svc in SERVICES[id(ctx)]:
         if isinstance(svc, DeliverySender):
             await svc.close()
         if hasattr(svc, "notifier"):
@@ -85,7 +89,7 @@ async def world(dstore: Store, directory, receiver, sms_gateway, smtp) -> AsyncI
 
 
 def svc(ctx: AppContext, name: str) -> Any:
-    return next(s for s in ctx.shared["services"] if s.name == name)
+    return next(s for s in SERVICES[id(ctx)] if s.name == name)
 
 
 async def pump(ctx: AppContext) -> None:

@@ -51,20 +51,24 @@ def settings_for(receiver_url: str, sms_url: str | None = None, **agencies: Any)
     return validate(raw, {})
 
 
+# The dispatch services each test's context built, by context (the context has no slot for them).
+SERVICES: dict[int, list[Any]] = {}
+
+
 @pytest.fixture
 async def app_ctx(dstore: Store, directory, receiver, sms_gateway) -> AsyncIterator[tuple[AppContext, str]]:
     app = web.Application()
     ctx = AppContext(settings=settings_for(receiver.url, sms_gateway.url), directory=directory, store=dstore,
                      clock=dstore.clock, http=app)
     ctx.replies.register("email", RecordingReplies())
-    ctx.shared["services"] = service.build(ctx)
+    SERVICES[id(ctx)] = service.build(ctx)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     yield ctx, f"http://127.0.0.1:{runner.addresses[0][1]}"
     await runner.cleanup()
-    for svc in ctx.shared["services"]:
+    for svc in SERVICES[id(ctx)]:
         if isinstance(svc, DeliverySender):
             await svc.close()
         if hasattr(svc, "notifier"):
@@ -72,7 +76,7 @@ async def app_ctx(dstore: Store, directory, receiver, sms_gateway) -> AsyncItera
 
 
 def workers(ctx: AppContext) -> dict[str, Any]:
-    return {s.name: s for s in ctx.shared["services"]}
+    return {s.name: s for s in SERVICES[id(ctx)]}
 
 
 async def pump(ctx: AppContext) -> None:

@@ -36,6 +36,10 @@ PHOTO = {"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}
 BASE = np.random.default_rng(5).standard_normal(384).astype(np.float32)
 
 
+# The dispatch services each test's context built, by context (the context has no slot for them).
+SERVICES: dict[int, list[Any]] = {}
+
+
 @pytest.fixture
 async def daemon(dstore: Store, directory, receiver, sms_gateway) -> AsyncIterator[tuple[AppContext, str]]:
     hook = {"kind": "webhook", "name": "main", "url": receiver.url, "secrets": [SECRET_A], "allow_private": True,
@@ -49,14 +53,14 @@ async def daemon(dstore: Store, directory, receiver, sms_gateway) -> AsyncIterat
     app = web.Application()
     ctx = AppContext(settings=validate(raw, {}), directory=directory, store=dstore, clock=dstore.clock, http=app)
     build_channels(ctx)
-    ctx.shared["services"] = service.build(ctx)
+    SERVICES[id(ctx)] = service.build(ctx)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     yield ctx, f"http://127.0.0.1:{runner.addresses[0][1]}"
     await runner.cleanup()
-    for svc in ctx.shared["services"]:
+    for svc in SERVICES[id(ctx)]:
         if isinstance(svc, DeliverySender):
             await svc.close()
         if hasattr(svc, "notifier"):
@@ -64,7 +68,7 @@ async def daemon(dstore: Store, directory, receiver, sms_gateway) -> AsyncIterat
 
 
 def svc(ctx: AppContext, name: str) -> Any:
-    return next(s for s in ctx.shared["services"] if s.name == name)
+    return next(s for s in SERVICES[id(ctx)] if s.name == name)
 
 
 async def pump(ctx: AppContext, matcher: IncidentMatcher) -> None:

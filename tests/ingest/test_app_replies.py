@@ -5,7 +5,7 @@ import pytest
 
 from config.directory import load_directory
 from config.schema import Settings
-from ingest.app import AppContext, register_instance_reply
+from ingest.app import AppContext, Published, register_instance_reply
 from ingest.errors import PermanentError
 from ingest.http import make_app
 from ingest.records import InboundMessage
@@ -26,18 +26,18 @@ def _report(instance: str) -> StoredReport:
     return StoredReport(id=1, message=message, status="dispatched", classification=None, incident_id=None)
 
 
-def _context(store: Store, shared: dict[str, object]) -> AppContext:
+def _context(store: Store, published: Published) -> AppContext:
     ctx = AppContext(settings=Settings(), directory=load_directory(), store=store, clock=store.clock,
                      http=make_app(1024))
-    ctx.shared = shared  # as run_daemon shares it across reload generations
+    ctx.published = published  # as run_daemon shares it across reload generations
     return ctx
 
 
 async def test_reply_goes_through_the_reporting_instance_after_a_reload(store: Store) -> None:
-    shared: dict[str, object] = {}
-    old_bot, old_ctx = Recorder(), _context(store, shared)
+    published = Published()
+    old_bot, old_ctx = Recorder(), _context(store, published)
     register_instance_reply(old_ctx, "telegram", "bot", old_bot)
-    new_a, new_b, new_ctx = Recorder(), Recorder(), _context(store, shared)
+    new_a, new_b, new_ctx = Recorder(), Recorder(), _context(store, published)
     register_instance_reply(new_ctx, "telegram", "bot", new_a)
     register_instance_reply(new_ctx, "telegram", "bot-2", new_b)
     sender = new_ctx.replies.get("telegram")
