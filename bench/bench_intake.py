@@ -51,6 +51,7 @@ async def serve(db: Path, port: int, url: str | None = None) -> None:
         from ingest.pgstore import PgStore
 
         store = await PgStore.open(url, db.parent / "blobs")
+        store.max_committers = int(os.environ.get("BENCH_PG_COMMITTERS", store.max_committers))
     else:
         store = await Store.open(db, db.parent / "blobs")
     ctx = AppContext(settings=Settings(), directory=load_directory(None), store=store, clock=store.clock,
