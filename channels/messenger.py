@@ -25,7 +25,7 @@ from config.channels import ChannelEntry, MessengerOptions
 from ingest.app import AppContext, Service, register_instance_reply
 from ingest.clock import parse_iso
 from ingest.errors import AuthError, PermanentError, TransientError
-from ingest.jobs import MESSENGER_ASK, MESSENGER_MEDIA, MessengerAskJob, MessengerMediaJob
+from ingest.jobs import CLASSIFY, MESSENGER_ASK, MESSENGER_MEDIA, MessengerAskJob, MessengerMediaJob
 from ingest.jobs import MediaRef as MediaJobRef
 from ingest.records import Attachment, InboundMessage, Job, from_json, to_json
 from ingest.store import Store, StoredReport, SubmitResult, Tx
@@ -265,8 +265,7 @@ class MessengerChannel:
 
     async def _hold_for_place(self, tx: Tx, report_id: int, psid: str, now: float) -> None:
         until = now + self.options.place_wait_seconds
-        await tx.execute("UPDATE jobs SET available_at=? WHERE stage='classify' AND report_id=? AND state='ready'",
-                         (until, report_id))
+        await tx.store.queue.reschedule(tx, CLASSIFY, report_id, until)
         await tx.execute("INSERT INTO messenger_place_questions(report_id, instance, psid, asked_at, until, state)"
                          " VALUES (?,?,?,?,?,'open')", (report_id, self.instance, psid, now, until))
         await tx.enqueue(self.ask_stage, report_id, MessengerAskJob())
@@ -289,8 +288,7 @@ class MessengerChannel:
                 message = replace(message, lat=answer.lat, lon=answer.lon)
         await tx.execute("UPDATE reports SET record=?, updated_at=? WHERE id=?", (to_json(message), now, report_id))
         # Due now: the classify worker finds it at its next look (it polls the queue about every second).
-        await tx.execute("UPDATE jobs SET available_at=? WHERE stage='classify' AND report_id=? AND state='ready'",
-                         (now, report_id))
+        await tx.store.queue.reschedule(tx, CLASSIFY, report_id, now)
 
     async def _fetch_within_budget(
         self, events: list[MessengerEvent]
@@ -374,8 +372,7 @@ class MessengerChannel:
                 now = self.ctx.clock.now()
                 await tx.execute("UPDATE messenger_place_questions SET state='unsent' WHERE report_id=?"
                                  " AND state='open'", (report.id,))
-                await tx.execute("UPDATE jobs SET available_at=? WHERE stage='classify' AND report_id=?"
-                                 " AND state='ready'", (now, report.id))
+                await tx.store.queue.reschedule(tx, CLASSIFY, report.id, now)
                 await tx.event(report.id, "place_question_unsent", "messenger", {"error": error})
             return give_up
 

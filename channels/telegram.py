@@ -519,16 +519,7 @@ class TelegramChannel:
     async def _behind_a_retry(self, jobs: list[Job]) -> dict[int, float]:
         """The leased messages whose chat has an earlier message still waiting for its retry, each with the
         seconds until that retry (they are given back until then, so the chat reads them in order)."""
-        subjects = sorted({j.subject for j in jobs if j.subject})
-        if not subjects:
-            return {}
-        marks = ",".join("?" * len(subjects))
-        rows = await self.store.fetchall(
-            f"SELECT id, subject, available_at FROM jobs WHERE stage=? AND state='ready' AND subject IN ({marks})"
-            " ORDER BY id", [self.send_kind, *subjects])
-        first: dict[str, tuple[int, float]] = {}
-        for r in rows:
-            first.setdefault(r["subject"], (r["id"], r["available_at"]))
+        first = await self.store.queue.first_waiting(self.send_kind, sorted({j.subject for j in jobs if j.subject}))
         now = self.ctx.clock.now()
         return {j.id: max(ORDER_WAIT_SECONDS, first[j.subject][1] - now) for j in jobs
                 if j.subject in first and first[j.subject][0] < j.id}

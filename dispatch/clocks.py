@@ -22,7 +22,7 @@ from ingest.clock import Clock, iso
 from ingest.errors import PermanentError, TransientError
 from ingest.mail import send_message
 from ingest.jobs import ESCALATE, EscalateJob
-from ingest.queue import JobKind, RetryPolicy, register_kind
+from ingest.queue import JobKind, RetryPlan, RetryPolicy, register_kind
 from ingest.records import Job
 from ingest.store import Store, Tx
 from ingest.worker import Writes
@@ -200,11 +200,11 @@ class EscalationSender:
                     raise PermanentError("escalation row missing")
                 await self._send(row)
             except (TransientError, PermanentError) as exc:
-                outcome = await queue.retry_or_dead(
-                    job, str(exc), self.policy, permanent=isinstance(exc, PermanentError),
-                    retry_after=exc.retry_after if isinstance(exc, TransientError) else None,
-                    writes=_escalation_retry(job, str(exc)))
-                if outcome == "dead" and row is not None:
+                plan = queue.plan_retry(job, str(exc), self.policy, permanent=isinstance(exc, PermanentError),
+                                        retry_after=exc.retry_after if isinstance(exc, TransientError) else None)
+                applied = await queue.fail(job, plan.error, retry_in=plan.delay, dead=plan.dead,
+                                           writes=_escalation_retry(job, str(exc), plan))
+                if applied and plan.dead and row is not None:
                     log.warning("escalation %d to %s by %s failed: %s", row["id"], row["agency"], row["channel"],
                                 exc)
                 continue
@@ -239,14 +239,15 @@ def _escalation_sent(job: Job) -> Writes:
     return writes
 
 
-def _escalation_retry(job: Job, error: str) -> Writes:
+def _escalation_retry(job: Job, error: str, plan: RetryPlan) -> Writes:
     """The digest's row after a failed attempt (its death, if it was the last, is the kind's on_dead below)."""
     async def writes(tx: Tx) -> None:
-        nxt = await tx.fetchone("SELECT state, available_at FROM jobs WHERE id=?", (job.id,))
-        await tx.execute("UPDATE escalations SET attempts=?, last_error=CASE WHEN state='failed' THEN last_error"
-                         " ELSE ? END, next_at=? WHERE id=?",
-                         (job.attempts, error, nxt["available_at"] if nxt else tx.store.clock.now(),
-                          job.payload.escalation_id))
+        now = tx.store.clock.now()
+        if plan.dead:
+            await tx.execute("UPDATE escalations SET attempts=? WHERE id=?", (job.attempts, job.payload.escalation_id))
+        else:
+            await tx.execute("UPDATE escalations SET attempts=?, last_error=?, next_at=? WHERE id=?",
+                             (job.attempts, error, now + plan.delay, job.payload.escalation_id))
     return writes
 
 

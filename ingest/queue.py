@@ -42,6 +42,9 @@ Housekeeping, for every kind alike:
     n = await queue.replay(kind=None, ids=(), subject_prefix=None)  # dead letters back, attempts reset
     rows = await queue.dead_letters(kind=None, limit=100)        # for the CLI, console and ops
     depths = await queue.depths()                                # {(kind, state): count} of unfinished jobs
+    ages = await queue.oldest_ready()                            # {kind: seconds its oldest due job waited}
+    await queue.reschedule(tx, kind, report_id, at)              # hold or release a report's waiting job
+    heads = await queue.first_waiting(kind, subjects)            # {subject: (id, due)}: per-subject order
 
 What happens around a death or a replay besides the job row is the kind's (`JobKind.on_dead`, `on_replay`,
 registered by the module that owns the kind); a kind without hooks whose job names a report gets the report rule:
@@ -216,6 +219,11 @@ class QueueSql:
         self.dead_letters = ("SELECT id, stage, report_id, subject, attempts, last_error, updated_at, payload FROM jobs"
                              " WHERE state='dead'{where} ORDER BY id DESC LIMIT ?")
         self.depths = "SELECT stage, state, COUNT(*) AS n FROM jobs WHERE state!='done' GROUP BY stage, state"
+        self.oldest_ready = ("SELECT stage, MIN(available_at) AS t FROM jobs WHERE state='ready' AND available_at<=?"
+                             " GROUP BY stage ORDER BY stage")
+        self.reschedule = "UPDATE jobs SET available_at=? WHERE stage=? AND report_id=? AND state='ready'"
+        self.first_waiting = ("SELECT id, subject, available_at FROM jobs WHERE stage=? AND state='ready'"
+                              " AND subject IN ({subjects}) ORDER BY id")
         self.set_deadline = "UPDATE jobs SET deadline_at=? WHERE id=?"
         self.bury = ("UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
                      " WHERE state='ready' AND id IN ({ids}) RETURNING " + self.COLUMNS)
@@ -489,6 +497,26 @@ class SqliteQueue:
                            attempts=r["attempts"], last_error=r["last_error"], updated_at=r["updated_at"],
                            payload=_decoded_or_none(r["stage"], r["payload"]))
                 for r in rows]
+
+    async def oldest_ready(self) -> dict[str, float]:
+        """Per kind, how long its oldest due job has waited (seconds), for metrics."""
+        now = self.store.clock.now()
+        return {r["stage"]: max(0.0, now - r["t"]) for r in await self.store.fetchall(self.sql.oldest_ready, (now,))}
+
+    async def reschedule(self, tx: Tx, kind: str, report_id: int, at: float) -> None:
+        """Move a report's waiting job of `kind` to `at` (a report held while its reporter is asked, then let go)."""
+        await tx.execute(self.sql.reschedule, (at, kind, report_id))
+
+    async def first_waiting(self, kind: str, subjects: Sequence[str]) -> dict[str, tuple[int, float]]:
+        """Per subject, the oldest job of `kind` still waiting ('ready') and when it is due: what must go first
+        (a chat's earlier message waiting for its retry)."""
+        if not subjects:
+            return {}
+        sql = self.sql.first_waiting.format(subjects=",".join("?" * len(subjects)))
+        first: dict[str, tuple[int, float]] = {}
+        for r in await self.store.fetchall(sql, [kind, *subjects]):
+            first.setdefault(r["subject"], (r["id"], r["available_at"]))
+        return first
 
     async def depths(self) -> dict[tuple[str, str], int]:
         rows = await self.store.fetchall(self.sql.depths)

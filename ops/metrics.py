@@ -240,9 +240,8 @@ class OpsMetrics:
         out += [queue, dead]
 
         oldest = Family("queue_oldest_ready_seconds", "Age of the oldest job ready to run, per stage.", "gauge")
-        for row in await store.fetchall("SELECT stage, MIN(available_at) AS t FROM jobs WHERE state='ready'"
-                                        " AND available_at<=? GROUP BY stage ORDER BY stage", (now,)):
-            oldest.add(max(0.0, now - row["t"]), (("stage", row["stage"]),))
+        for stage, age in sorted((await store.queue.oldest_ready()).items()):
+            oldest.add(age, (("stage", stage),))
         out.append(oldest)
 
         accepted = Family("reports_accepted", "Reports stored, per channel kind and instance.", "counter")
