@@ -22,6 +22,7 @@ from ingest.app import AppContext
 from ingest.clock import VN_TZ
 from ingest.public import (CLOSED_STATES, HIDDEN_STATES, PUBLIC_SELECT, fetch_public_request, public_request,
                            services)
+from ingest.vocabulary import DISCOVERY_TEXTS
 
 PREFIX = "/open311/v2"
 DEFAULT_WINDOW_DAYS = 90  # GeoReport v2: without dates, the last 90 days
@@ -168,8 +169,8 @@ class PublicViews:
         base = self.ctx.settings.http.public_base_url.rstrip("/")
         return web.json_response({
             "changeset": DISCOVERY_CHANGESET,
-            "contact": f"Cổng 1022 TP. Hồ Chí Minh: {base}/",
-            "key_service": "Không cần khóa để đọc; ứng dụng gửi phản ánh dùng khóa do Tổng đài 1022 cấp.",
+            "contact": DISCOVERY_TEXTS["contact"]["vi"].format(base=base),
+            "key_service": DISCOVERY_TEXTS["key_service"]["vi"],
             "endpoints": [{"specification": "http://wiki.open311.org/GeoReport_v2", "url": base + PREFIX,
                            "changeset": DISCOVERY_CHANGESET, "type": "production",
                            "formats": ["application/json", "text/xml"]}],

@@ -18,6 +18,7 @@ from ingest.public import redact_text
 from ingest.records import InboundMessage, from_json
 from ingest.store import Store
 from ingest.text import fold
+from ingest.vocabulary import console_text
 
 # Search filters the structured columns in SQL, then text and phone in Python over at most this many of the
 # most recent matching reports (no full-text index; the console is used by a few dozen people).
@@ -54,7 +55,8 @@ async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
                                    (case["incident_id"],))
     ids = sorted({int(r["id"]) for r in members} | {int(case["report_id"])})
     marks = ",".join("?" * len(ids))
-    out = [TimelineEntry(at=r["received_at"], who=f"kênh {r['channel']}", what="received", report_id=r["id"])
+    out = [TimelineEntry(at=r["received_at"], who=console_text("channel_who", channel=r["channel"]), what="received",
+                         report_id=r["id"])
            for r in members]
     # agency_answer, delivered and reporter_notified events repeat rows shown below in more detail.
     for e in await store.fetchall(
@@ -67,7 +69,7 @@ async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
         detail = "; ".join(x for x in (a["note"] or "", _compact(a["data"], drop=("photos",))) if x)
         photos = json.loads(a["data"] or "{}").get("photos") or []
         if photos:
-            detail += f" ({len(photos)} ảnh)"
+            detail += console_text("photo_count", n=len(photos))
         out.append(TimelineEntry(at=a["at"], who=f"{a['agency']} ({a['source']})", what=f"answer: {a['kind']}",
                                  detail=detail))
     for d in await dispatch_queries.deliveries_of_case(store, case["id"]):
@@ -174,7 +176,8 @@ async def search(store: Store, *, text: str = "", phone: str = "", agency: str =
             if not phone_match or (confidential and hide_confidential_phone):
                 continue
         hits.append(SearchHit(report_id=r["id"], received_at=r["received_at"], status=r["status"], agency=r["agency"],
-                              district=r["district"], incident_id=r["incident_id"], case_id=case["id"] if case else None,
+                              district=r["district"], incident_id=r["incident_id"],
+                              case_id=case["id"] if case else None,
                               excerpt=" ".join(_excerpt(record, confidential).split())[:160],
                               confidential=confidential,
                               phone_match=phone_match))

@@ -9,8 +9,9 @@ import html
 from typing import Any
 
 from ingest.clock import iso
-from ingest.vocabulary import (AGENCY_TEXTS, ALERT_LEVEL_TEXTS, ANSWER_HELP_VI, CLOCK_TEXTS, CLOSED_AS_TEXTS,
-                               DEFAULT_REASON, DISPUTE_HINT, REPORTER_TEMPLATES, UNIT_COMMITTEE)
+from ingest.vocabulary import (AGENCY_TEXTS, ALERT_LEVEL_TEXTS, ANSWER_HELP_VI, CASE_REFERENCE, CLOCK_TEXTS,
+                               CLOSED_AS_TEXTS, DEFAULT_REASON, DISPUTE_HINT, RECURRENCE_TEXT, REPORTER_TEMPLATES,
+                               UNIT_COMMITTEE)
 
 # What in a reporter's reply after a result says it is not fixed (folded: no diacritics, lower case).
 DISPUTE_PHRASES = ("chua xu ly", "chua duoc xu ly", "chua khac phuc", "van con", "van chua", "van bi", "chua sua",
@@ -48,10 +49,9 @@ def escalation_sms(agency_name: str, level: str, items: list[dict[str, Any]]) ->
 
 def recurrence_text(days: int, closed_as: str, language: str) -> str:
     """"Reported again 3 days after it was closed as resolved", for operators and the agency."""
-    how = CLOSED_AS_TEXTS.get(closed_as, CLOSED_AS_TEXTS["resolved"])
-    if language == "en":
-        return f"reported again {days} day{'s' if days != 1 else ''} after it was closed as {how['en']}"
-    return f"phản ánh lại {days} ngày sau khi sự việc được đóng ({how['vi']})"
+    lang = "en" if language == "en" else "vi"
+    how = CLOSED_AS_TEXTS.get(closed_as, CLOSED_AS_TEXTS["resolved"])[lang]
+    return RECURRENCE_TEXT[lang].format(days=days, how=how, day_word="day" if days == 1 else "days")
 
 def unit_committee_name(label: str, language: str) -> str:
     return UNIT_COMMITTEE["en" if language == "en" else "vi"].format(label=label)
@@ -71,10 +71,7 @@ def reporter_text(template: str, language: str, **fields: Any) -> str:
         result += "."
     fields["result"] = f"{result} " if result else ""
     case_id = fields.get("case_id")
-    if lang == "vi":
-        fields["case_part"] = f" (mã {case_id})" if case_id else ""
-    else:
-        fields["case_part"] = f" (ref. {case_id})" if case_id else ""
+    fields["case_part"] = CASE_REFERENCE[lang].format(case_id=case_id) if case_id else ""
     text = body.format_map({k: ("" if v is None else v) for k, v in fields.items()})
     if template in ("resolved", "closed_false") and fields.get("dispute_days"):
         text += DISPUTE_HINT[lang].format(days=f"{fields['dispute_days']:g}")

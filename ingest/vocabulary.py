@@ -82,6 +82,11 @@ ALERT_LEVEL_TEXTS: dict[str, dict[str, str]] = {
     "warning": {"vi": "sắp đến hạn", "en": "due soon"},
     "breach": {"vi": "đã quá hạn", "en": "overdue"},
 }
+# "Reported again N days after it was closed as ...", for operators and the agency.
+RECURRENCE_TEXT: dict[str, str] = {"vi": "phản ánh lại {days} ngày sau khi sự việc được đóng ({how})",
+                                   "en": "reported again {days} {day_word} after it was closed as {how}"}
+# A case's reference inside a reporter's message, when there is one.
+CASE_REFERENCE: dict[str, str] = {"vi": " (mã {case_id})", "en": " (ref. {case_id})"}
 # How a closed case ended, in "reported again N days after it was closed as ...".
 CLOSED_AS_TEXTS: dict[str, dict[str, str]] = {
     "resolved": {"vi": "đã xử lý xong", "en": "resolved"},
@@ -293,6 +298,13 @@ CHAT_TEXTS: dict[str, dict[str, str]] = {
                       "en": "HCMC 1022 portal: your report {token}"},
 }
 
+# -- the Open311 service discovery document (console/public.py) ----------------------------------------------
+DISCOVERY_TEXTS: dict[str, dict[str, str]] = {
+    "contact": {"vi": "Cổng 1022 TP. Hồ Chí Minh: {base}/", "en": "Ho Chi Minh City 1022 portal: {base}/"},
+    "key_service": {"vi": "Không cần khóa để đọc; ứng dụng gửi phản ánh dùng khóa do Tổng đài 1022 cấp.",
+                    "en": "Reading needs no key; apps that submit reports use a key issued by the 1022 call centre."},
+}
+
 # -- what the operator console answers (console/views.py) ----------------------------------------------------
 CONSOLE_TEXTS: dict[str, dict[str, str]] = {
     "session_expired": {"vi": "Phiên đăng nhập đã hết hạn.", "en": "The session has expired."},
@@ -328,6 +340,8 @@ CONSOLE_TEXTS: dict[str, dict[str, str]] = {
     "no_case": {"vi": "Không có hồ sơ này.", "en": "No such case."},
     "not_allowed": {"vi": "Không được phép: {exc}", "en": "Not allowed: {exc}"},
     "cannot_apply": {"vi": "Không áp dụng được: {exc}", "en": "Cannot apply: {exc}"},
+    "channel_who": {"vi": "kênh {channel}", "en": "channel {channel}"},
+    "photo_count": {"vi": " ({n} ảnh)", "en": " ({n} photos)"},
     "no_report_here": {"vi": "Không có phản ánh này, hoặc phản ánh không thuộc đơn vị của bạn.",
                        "en": "No such report, or the report is not your agency's."},
 }
