@@ -35,7 +35,8 @@ def test_bundled_written_examples_are_one_file_per_topic_with_their_provenance_b
     files = sorted(folder.glob("*.jsonl"))
     assert {f.stem for f in files} == {r["expected"]["topic"] for r in load_synthetic()}
     for f in files:
-        assert {json.loads(line)["expected"]["topic"] for line in f.read_text(encoding="utf-8").splitlines()} == {f.stem}
+        lines = f.read_text(encoding="utf-8").splitlines()
+        assert {json.loads(line)["expected"]["topic"] for line in lines} == {f.stem}
         assert f"`{f.name}`" in readme
     # The training order is carried by the rows: every row has its own place in it.
     assert [r["seq"] for r in load_synthetic()] == list(range(1, len(load_synthetic()) + 1))
