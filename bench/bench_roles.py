@@ -1,0 +1,171 @@
+"""Intake of the whole daemon while its workers process a backlog (issue 20), per store and process layout.
+
+    .venv/bin/python bench/bench_roles.py [--backlog 2000] [--seconds 5] [--clients 32] [--rate 500]
+                                          [--postgresql ADMIN_URL]
+
+Three layouts, each on a fresh store, each beside the raw one-row-per-commit rate of its backend measured in the
+same run (bench_intake.py's baselines):
+  - sqlite, all:  today's `make run`, one process;
+  - sqlite, split: `serve --role intake` and `serve --role workers` on one SQLite file;
+  - postgresql, split: the same two processes on a PostgreSQL database (created for the run, dropped after).
+For each: the daemon is started with the real classifier (int8), `--backlog` reports are posted, and while the
+workers classify them the intake is measured: reports/s answered 2xx by `clients` concurrent clients (target
+>= 2,000/s on 2 cores), then p50/p99 of the acknowledgement at `rate` offered (target p99 < 50 ms at 500/s). The
+backlog still unprocessed at the end is printed, to show the workers were busy throughout.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_intake import (free_port, latency, pg_database, raw_commit_rate, raw_pg_commit_rate,  # noqa: E402
+                          throughput)
+
+
+def _config(tmp: Path, port: int, url: str | None) -> Path:
+    config = tmp / f"config-{port}.toml"
+    store = f'url = "env:BENCH_STORE_URL"\n' if url else ""
+    config.write_text(f"""
+[store]
+{store}path = "{tmp / 'store.sqlite3'}"
+blob_dir = "{tmp / 'blobs'}"
+
+[http]
+host = "127.0.0.1"
+port = {port}
+
+[classifier]
+cache_dir = "{REPO / 'var' / 'models'}"
+variant = "int8"
+
+[logging]
+level = "WARNING"
+
+[[channels]]
+kind = "open311"
+name = "app"
+""", encoding="utf-8")
+    return config
+
+
+class Layout:
+    def __init__(self, tmp: Path, name: str, roles: list[str], url: str | None) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = url
+        self.tmp = tmp
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BENCH_STORE_URL": url or ""}
+        # Intake's process listens on the measured port; a workers-only process has no HTTP site.
+        self.procs = []
+        for role in roles:
+            config = _config(tmp, self.port if role != "workers" else free_port(), url)
+            log = open(tmp / f"{role}.log", "ab")
+            self.procs.append(subprocess.Popen(
+                [sys.executable, str(REPO / "run_daemon.py"), "serve", "--role", role, "--config", str(config)],
+                cwd=REPO, env=env, stdout=log, stderr=log))
+            if role == "intake" and url is None:
+                time.sleep(3)  # the first process migrates the SQLite file before the second opens it
+
+    async def wait_ready(self, timeout: float = 600) -> None:
+        import aiohttp
+
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                try:
+                    async with session.get(f"http://127.0.0.1:{self.port}/open311/v2/services.json") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.5)
+        raise RuntimeError(f"{self.name}: intake did not start")
+
+    async def unprocessed(self) -> int:
+        sql = "SELECT COUNT(*) FROM jobs WHERE stage='classify' AND state!='done'"
+        if self.url is None:
+            conn = sqlite3.connect(self.tmp / "store.sqlite3", timeout=30)
+            try:
+                return int(conn.execute(sql).fetchone()[0])
+            finally:
+                conn.close()
+        import asyncpg
+
+        conn = await asyncpg.connect(self.url)
+        try:
+            return int(await conn.fetchval(sql))
+        finally:
+            await conn.close()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _measure(layout: Layout, backlog: int, clients: int, seconds: float, rate: float) -> dict[str, float]:
+    await layout.wait_ready()
+    url = f"http://127.0.0.1:{layout.port}/open311/v2/requests.json"
+    await throughput(url, clients, max(1.0, backlog / 1500), "backlog")  # the workers' backlog
+    before = await layout.unprocessed()
+    tput, _, failed = await throughput(url, clients, seconds, "tput")
+    lats, lat_failed, achieved = await latency(url, rate, seconds, "lat")
+    after = await layout.unprocessed()
+    lats.sort()
+    return {"tput": tput, "failed": failed + lat_failed, "p50": statistics.median(lats) * 1000,
+            "p99": lats[int(len(lats) * 0.99) - 1] * 1000, "achieved": achieved, "before": before, "after": after}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backlog", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--postgresql", default="postgresql://postgres@127.0.0.1:5432/postgres", metavar="ADMIN_URL")
+    args = parser.parse_args()
+    lines = []
+    for name, roles, backend in (("sqlite, all", ["all"], "sqlite"), ("sqlite, split", ["intake", "workers"], "sqlite"),
+                                 ("postgresql, split", ["intake", "workers"], "postgresql")):
+        with tempfile.TemporaryDirectory(prefix="bench-roles-") as tmp_name:
+            tmp = Path(tmp_name)
+            pg_name = f"hcmc1022_bench_roles_{os.getpid()}"
+            url = pg_database(args.postgresql, True, pg_name) if backend == "postgresql" else None
+            try:
+                raw = raw_pg_commit_rate(url, 3.0) if url else raw_commit_rate(tmp / "raw.sqlite3", 3.0)
+                layout = Layout(tmp, name, roles, url)
+                try:
+                    m = asyncio.run(_measure(layout, args.backlog, args.clients, args.seconds, args.rate))
+                finally:
+                    layout.stop()
+            finally:
+                if url:
+                    pg_database(args.postgresql, False, pg_name)
+        lines.append(f"{name:<18} raw {backend} {raw:6.0f} commits/s | intake {m['tput']:6.0f} reports/s "
+                     f"(target >= 2000) | at {args.rate:.0f}/s offered ({m['achieved']:.0f}/s): p50 {m['p50']:6.1f} ms"
+                     f" p99 {m['p99']:6.1f} ms (target < 50) | {m['failed']} non-2xx | classify backlog "
+                     f"{m['before']} -> {m['after']}")
+        print(lines[-1], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
