@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 # name -> arguments; the order puts the cheap, always-meaningful ones first.
 BENCHES: dict[str, list[str]] = {
     "intake": [],
+    "intake_pg": [],  # bench_intake.py --postgresql: the same intake on the machine's PostgreSQL
     "smtp": [],
     "chat_channels": [],
     "dispatch": [],
@@ -22,6 +23,7 @@ BENCHES: dict[str, list[str]] = {
     "embedder": [],
     "classifier": [],
     "pipeline": [],
+    "roles": [],
     "ops": [],
     "fuzz": [],
 }
@@ -38,7 +40,9 @@ def main(argv: list[str]) -> int:
     for name in names:
         print(f"\n===== bench_{name} =====", flush=True)
         started = time.monotonic()
-        code = subprocess.call([sys.executable, str(HERE / f"bench_{name}.py"), *BENCHES[name]], cwd=HERE.parent, env=env)
+        script, extra = (("intake", ["--postgresql"]) if name == "intake_pg" else (name, []))
+        code = subprocess.call([sys.executable, str(HERE / f"bench_{script}.py"), *extra, *BENCHES[name]],
+                               cwd=HERE.parent, env=env)
         print(f"----- bench_{name}: exit {code} in {time.monotonic() - started:.0f} s", flush=True)
         if code:
             failed.append(name)
