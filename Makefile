@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 MODEL_STAMP := var/models/.e5-converted
+TRAINED_STAMP := var/models/.routing-model-trained
 # The portal's browser assets (map library; axe-core for the tests), from the npm registry, never committed.
 NPM_STAMP := portal/vendor/node_modules/.installed
 CONFIG ?= config/default.toml
@@ -20,7 +21,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup run test bench clean system-deps
 
-setup: $(STAMP) $(MODEL_STAMP) $(NPM_STAMP)
+setup: $(STAMP) $(MODEL_STAMP) $(TRAINED_STAMP) $(NPM_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -39,6 +40,12 @@ $(TEST_STAMP): $(STAMP)
 $(MODEL_STAMP): $(STAMP)
 	$(PY) -m classifier.embedding.e5convert
 	mkdir -p $(dir $@) && touch $@
+
+# The routing model trained once here, not at the daemon's first start (about a minute): cached under var/models,
+# keyed by data and model, so a stale stamp only means the daemon trains at start as it would anyway.
+$(TRAINED_STAMP): $(MODEL_STAMP) classifier/data/reports-seed.jsonl $(wildcard classifier/data/synthetic/*.jsonl)
+	$(PY) -m classifier.training.prepare --config $(CONFIG)
+	touch $@
 
 # Served by the daemon itself (no CDN): exact versions from package-lock.json, no install scripts.
 $(NPM_STAMP): portal/vendor/package.json portal/vendor/package-lock.json
