@@ -26,7 +26,8 @@ class StoreConfig(Section):
     # "database" keeps them in the store itself (content-addressed bytea, PostgreSQL only). "auto": the
     # database on PostgreSQL, the directory on SQLite.
     blobs: Literal["auto", "database", "directory"] = "auto"
-    pool_size: int = Field(8, ge=2, le=100)  # PostgreSQL connections per instance (one of them writes intake)
+    # PostgreSQL connections per instance: half for write transactions, half for reads outside them.
+    pool_size: int = Field(8, ge=2, le=100)
     # /readyz answers 503 below this much free space on the store's or the blobs' file system, so a load balancer
     # moves traffic away before SQLite hits a full disk (the daemon keeps running and recovers by itself).
     min_free_bytes: int = Field(32 * 1024 * 1024, ge=0)

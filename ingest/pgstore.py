@@ -156,7 +156,11 @@ class PgStore:
             else BlobStore(blob_dir)
         self.clock = clock or Clock()
         self.pool_size = pool_size
-        self._pool: asyncpg.Pool | None = None
+        self._pool: asyncpg.Pool | None = None  # write transactions
+        # Reads outside a transaction (store.fetchall) have their own sessions: a transaction that reads through the
+        # store while it holds a writer session must never wait for a writer session itself (with every writer
+        # session held by such transactions, none would ever come back).
+        self._read_pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._pending: list[tuple[InboundMessage, bytes, str, asyncio.Future[SubmitResult]]] = []
@@ -182,7 +186,10 @@ class PgStore:
                    blobs_in_database: bool = True, pool_size: int = 8) -> PgStore:
         store = cls(url, blob_dir, clock, blobs_in_database=blobs_in_database, pool_size=pool_size)
         try:
-            store._pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size,
+            writers = max(1, pool_size // 2)
+            store._read_pool = await asyncpg.create_pool(url, min_size=1, max_size=max(1, pool_size - writers),
+                                                         server_settings=SESSION_SETTINGS)
+            store._pool = await asyncpg.create_pool(url, min_size=1, max_size=writers,
                                                     server_settings=SESSION_SETTINGS)
             await store._migrate({"ingest": INGEST, "ingest.postgresql": POSTGRESQL_ONLY, **(migrations or {})})
             await store._start_listening()
@@ -259,12 +266,13 @@ class PgStore:
             self._listen_task.cancel()
             await asyncio.gather(self._listen_task, return_exceptions=True)
             self._listen_task = None
-        if self._pool is not None:
-            try:
-                await asyncio.wait_for(self._pool.close(), 10)
-            except (asyncio.TimeoutError, Exception):
-                self._pool.terminate()
-            self._pool = None
+        for pool in (self._pool, self._read_pool):
+            if pool is not None:
+                try:
+                    await asyncio.wait_for(pool.close(), 10)
+                except (asyncio.TimeoutError, Exception):
+                    pool.terminate()
+        self._pool = self._read_pool = None
 
     # -- transactions ----------------------------------------------------------------------------
     @asynccontextmanager
@@ -326,9 +334,9 @@ class PgStore:
         return StorageError(f"store unavailable ({reason})")
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[asyncpg.Record]:
-        assert self._pool is not None, "store is closed"
+        assert self._read_pool is not None, "store is closed"
         try:
-            async with self._pool.acquire() as conn:
+            async with self._read_pool.acquire() as conn:
                 return await conn.fetch(await self._statement(conn, sql), *params)
         except Exception as exc:
             raise self._storage_failure(exc) from exc

@@ -141,3 +141,20 @@ async def test_the_idioms_run_on_postgresql(pg_url: str, tmp_path) -> None:
         assert hit["d"] == '["{\\"message_id\\": \\"<a@b>\\", \\"n\\": 3}"]'
     finally:
         await store.close()
+
+
+async def test_transactions_reading_through_the_store_never_starve_each_other(pg_url: str, tmp_path) -> None:
+    # Every writer session held by a transaction that reads through the store (as stage code does): the reads have
+    # sessions of their own, so all of them finish.
+    store = await PgStore.open(pg_url, tmp_path, pool_size=2)
+    try:
+        async def one(i: int) -> None:
+            async with store.transaction() as tx:
+                await tx.set_cursor(f"c{i}", i)
+                await asyncio.sleep(0.01)
+                assert (await store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 0
+
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(8))), BOUND)
+        assert [await store.get_cursor(f"c{i}") for i in range(8)] == list(range(8))
+    finally:
+        await store.close()
