@@ -20,16 +20,17 @@ from console import service as console_service
 from console.auth import create_user
 from console.schema import MIGRATIONS as CONSOLE
 from dedupe.schema import MIGRATIONS as DEDUPE
-from dispatch.schema import MIGRATIONS as DISPATCH
+from dispatch import queries as dispatch_queries
 from dispatch.book import make_book
+from dispatch.schema import MIGRATIONS as DISPATCH
 from ingest.app import AppContext
 from ingest.clock import FakeClock, iso
 from ingest.http import make_app
 from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter, to_json
 from ingest.store import Store
-from ingest.worker import StageWorker
 from portal import service as portal_service
 from portal.schema import MIGRATIONS as PORTAL
+from tests import seed
 
 MONDAY_9AM = 1788746400.0  # 2026-09-07 09:00 +07:00
 PASSWORD = "correct horse battery"
@@ -81,34 +82,40 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 _seq = iter(range(1, 1_000_000))
 
 
-async def seed_report(store: Store, *, text: str, status: str = "routed", topic: str = "water_supply",
-                      agency: str | None = "sawaco", district: str | None = "quan-1", confidence: float = 0.9,
-                      reporter: Reporter | None = None, candidates: tuple[Candidate, ...] = (),
-                      place: Place | None = None, lat: float | None = None, lon: float | None = None,
-                      channel: str = "app", incident: str | None = None) -> int:
-    """A report as the classify stage leaves it (and, with `incident`, as dedupe leaves it)."""
+def _report(store: Store, *, text: str, status: str = "routed", topic: str = "water_supply",
+            agency: str | None = "sawaco", district: str | None = "quan-1", confidence: float = 0.9,
+            reporter: Reporter | None = None, candidates: tuple[Candidate, ...] = (), place: Place | None = None,
+            lat: float | None = None, lon: float | None = None,
+            channel: str = "app") -> tuple[InboundMessage, Classification]:
+    """A report as a channel stores it, and the classification the test gives it."""
     n = next(_seq)
     msg = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"k{n}",
                          received_at=iso(store.clock.now()), text=text, reporter=reporter or Reporter(), lat=lat,
                          lon=lon)
-    rid = (await store.submit(msg, text.encode(), "text/plain")).report_id
-    category = "infrastructure"
-    cls = Classification(status="route" if status == "routed" else status, topic=topic, category=category,
-                         agency=agency, confidence=confidence, place=place or Place(district=district),
-                         candidates=candidates)
+    cls = Classification(status=status, topic=topic, category="infrastructure", agency=agency,
+                         confidence=confidence, place=place or Place(district=district), candidates=candidates)
+    return msg, cls
+
+
+async def seed_report(store: Store, *, text: str, incident: str | None = None, **kw: Any) -> int:
+    """A report as the classify stage leaves it (and, with `incident`, as dedupe leaves it), in any status the test
+    names (also ones dedupe gives, "duplicate"), in the incident the test names."""
+    msg, cls = _report(store, text=text, **kw)
+    rid = await seed.submit(store, msg)
     async with store.transaction() as tx:
         await tx.execute("DELETE FROM jobs WHERE report_id=?", (rid,))
         await tx.execute("UPDATE reports SET status=?, topic=?, category=?, agency=?, district=?, confidence=?,"
                          " classification=? WHERE id=?",
-                         (status, topic, category, agency, district, confidence, to_json(cls), rid))
-        await tx.event(rid, "classified", "classifier", {"status": status, "topic": topic})
+                         (cls.status, cls.topic, cls.category, cls.agency, cls.place.district, cls.confidence,
+                          to_json(cls), rid))
+        await tx.event(rid, "classified", "classifier", {"status": cls.status, "topic": cls.topic})
         if incident:
             exists = await tx.fetchone("SELECT 1 FROM incidents WHERE id=?", (incident,))
             if not exists:
                 await tx.execute("INSERT INTO incidents(id, seq, first_report_id, topic, district, created_at,"
                                  " last_report_at) VALUES (?,?,?,?,?,?,?)",
-                                 (incident, int(incident.split("-")[1]), rid, topic, district, store.clock.now(),
-                                  store.clock.now()))
+                                 (incident, int(incident.split("-")[1]), rid, cls.topic, cls.place.district,
+                                  store.clock.now(), store.clock.now()))
             await tx.execute("INSERT INTO incident_reports(report_id, incident_id, joined_at) VALUES (?,?,?)",
                              (rid, incident, store.clock.now()))
             await tx.execute("UPDATE reports SET incident_id=? WHERE id=?", (incident, rid))
@@ -116,16 +123,16 @@ async def seed_report(store: Store, *, text: str, status: str = "routed", topic:
 
 
 async def seed_case(srv: Server, *, text: str, incident: str, agency: str = "sawaco", **kw: Any) -> str:
-    """A report dispatched by the real dispatch stage: its case, outbox rows and clocks."""
-    rid = await seed_report(srv.store, text=text, agency=agency, incident=incident, **kw)
-    async with srv.store.transaction() as tx:
-        await tx.execute("UPDATE incidents SET dispatch_report_id=? WHERE id=?", (rid, incident))
-        await tx.enqueue("dispatch", rid, {"incident_id": incident})
-    worker = StageWorker(srv.store, "dispatch", make_book(srv.ctx).handle_dispatch)
-    assert await worker.run_once() == 1
-    row = await srv.store.fetchone("SELECT id FROM cases WHERE incident_id=?", (incident,))
-    assert row is not None
-    return str(row["id"])
+    """A report classified, grouped and dispatched by the stages' own code (tests/seed.py): its incident (the
+    next number: seed cases in the order of their incidents), case, outbox rows and clocks."""
+    msg, cls = _report(srv.store, text=text, agency=agency, **kw)
+    rid = await seed.submit(srv.store, msg)
+    await seed.classify(srv.store, rid, cls)
+    assert await seed.group(srv.store, rid) == incident
+    assert await seed.dispatch(srv.store, make_book(srv.ctx)) == 1
+    case = await dispatch_queries.case_of_incident(srv.store, incident)
+    assert case is not None
+    return str(case["id"])
 
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')

@@ -71,7 +71,7 @@ async def test_agency_uploads_site_photos_with_its_result(server: Server) -> Non
 
 async def test_city_office_staff_forward_a_suggestion_to_an_agency(server: Server) -> None:
     await create_user(server.store, "vp-ubnd", "agency", PASSWORD, agency="vp-ubnd")
-    case = await seed_case(server, text="Đề xuất làm thêm làn xe đạp trên đường Lê Duẩn", incident="INC-000002",
+    case = await seed_case(server, text="Đề xuất làm thêm làn xe đạp trên đường Lê Duẩn", incident="INC-000001",
                            agency="vp-ubnd", topic="suggestion")
     office, sawaco = Browser(server.url), Browser(server.url)
     try:
@@ -85,7 +85,7 @@ async def test_city_office_staff_forward_a_suggestion_to_an_agency(server: Serve
         review = await server.store.fetchone("SELECT state FROM deadlines WHERE case_id=? AND kind='review'", (case,))
         assert review["state"] == "met"
         # Other agencies' staff cannot forward.
-        other = await seed_case(server, text="Ống nước bể", incident="INC-000003", agency="sawaco")
+        other = await seed_case(server, text="Ống nước bể", incident="INC-000002", agency="sawaco")
         await sawaco.login("sawaco")
         assert (await sawaco.post(f"/console/cases/{other}/answer",
                                   {"kind": "reassigned", "agency": "so-gtvt"}))[0] == 400
