@@ -90,7 +90,10 @@ async def test_410_disables_the_endpoint_and_replay_reenables(dstore, directory,
     assert await dstore.fetchone("SELECT 1 FROM endpoint_state WHERE agency='sawaco'")
     alert = await dstore.fetchone("SELECT data FROM events WHERE kind='alert'")
     assert json.loads(alert["data"])["alert"] == "endpoint_disabled"
-    assert await replay_deliveries(dstore) == 3
+    assert await replay_deliveries(dstore, ids=[rows[1]["id"]]) == 1  # by delivery id, as `dispatch deliveries` lists
+    assert [r["state"] for r in await delivery_rows(dstore)] == ["dead", "pending", "dead"]
+    assert await replay_deliveries(dstore, agency="thoat-nuoc") == 0
+    assert await replay_deliveries(dstore, agency="sawaco") == 2
     await sender.run_once()
     await sender.close()
     assert [r["state"] for r in await delivery_rows(dstore)] == ["delivered"] * 3
