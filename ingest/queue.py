@@ -1,7 +1,7 @@
 """The one durable queue: every unit of work that must happen at least once, whatever its kind.
 
-Stage jobs (classify, dedupe, dispatch, notify...), agency deliveries and channel outboxes (Telegram sends) are
-all rows of the `jobs` table, told apart by their kind (column `stage`), each with one typed payload record
+Stage jobs (classify, dedupe, dispatch, notify...), agency deliveries, escalation digests, channel outboxes
+(Telegram sends, Messenger questions) and the email replies dispatch applies are all rows of the `jobs` table, told apart by their kind (column `stage`), each with one typed payload record
 (`ingest/jobs.py`). One code path leases, fences, retries with backoff, dead-letters, reclaims and replays them.
 
 Interface (what a backend implements; `SqliteQueue` is SQLite's; a PostgreSQL one implements the same methods,
@@ -39,7 +39,8 @@ Both `finish` and `retry_or_dead`/`fail` accept `writes(tx)`, the caller's own w
 Housekeeping, for every kind alike:
 
     n = await queue.reclaim_expired()                            # leases past their end back to 'ready'
-    n = await queue.replay(kind=None, ids=(), subject_prefix=None)  # dead letters back, attempts reset
+    n = await queue.replay(kind=None, ids=(), subject_prefix=None, deadline_seconds=None)
+                                                                 # dead letters back, attempts reset, fresh deadline
     rows = await queue.dead_letters(kind=None, limit=100)        # for the CLI, console and ops
     depths = await queue.depths()                                # {(kind, state): count} of unfinished jobs
     ages = await queue.oldest_ready()                            # {kind: seconds its oldest due job waited}
