@@ -1,8 +1,9 @@
 """The one durable queue: every unit of work that must happen at least once, whatever its kind.
 
 Stage jobs (classify, dedupe, dispatch, notify...), agency deliveries, escalation digests, channel outboxes
-(Telegram sends, Messenger questions) and the email replies dispatch applies are all rows of the `jobs` table, told apart by their kind (column `stage`), each with one typed payload record
-(`ingest/jobs.py`). One code path leases, fences, retries with backoff, dead-letters, reclaims and replays them.
+(Telegram sends, Messenger questions) and the email replies dispatch applies are all rows of the `jobs` table,
+told apart by their kind (column `stage`), each with one typed payload record (`ingest/jobs.py`). One code path
+leases, fences, retries with backoff, dead-letters, reclaims and replays them.
 
 Interface (what a backend implements; `SqliteQueue` is SQLite's; a PostgreSQL one implements the same methods,
 taking work with `FOR UPDATE SKIP LOCKED` (`Dialect.lock`) and waking workers with LISTEN/NOTIFY (`wake`/`wait`)):
