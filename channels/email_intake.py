@@ -210,8 +210,11 @@ class EmailIntake:
             return
         async with self.store.transaction() as tx:
             for prepared, result in replies:
+                # The CAST: PostgreSQL's JSON extraction is text, and an integer parameter compared with text is
+                # refused there (SQLite compares either way).
                 seen = await tx.fetchone(
-                    "SELECT 1 FROM events WHERE report_id=? AND kind=? AND json_extract(data, '$.reply_report_id')=?",
+                    "SELECT 1 FROM events WHERE report_id=? AND kind=?"
+                    " AND CAST(json_extract(data, '$.reply_report_id') AS INTEGER)=?",
                     (prepared.thread_report_id, REPLY_FLAG, result.report_id))
                 if seen is not None:
                     continue

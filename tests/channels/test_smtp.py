@@ -21,6 +21,7 @@ from channels.email_intake import EmailIntake, limits_from
 from channels.smtp import SmtpService
 from config.channels import SmtpOptions
 from ingest.store import Store
+from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
 
 RCPT = "phananh@1022.hochiminhcity.gov.vn"
 
@@ -45,6 +46,10 @@ Factory = Callable[..., "contextlib.AbstractAsyncContextManager[SmtpService]"]
 
 @pytest.fixture
 def listener(store: Store) -> Factory:
+    return listener_for(store)
+
+
+def listener_for(store: AnyStore) -> Factory:
     @contextlib.asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[SmtpService]:
         options = SmtpOptions(**{"port": 0, "recipients": [RCPT], "max_message_bytes": 200_000, **overrides})
@@ -191,8 +196,15 @@ async def test_auto_replies_and_bounces_are_stored_but_never_routed(listener: Fa
     assert await store.queue_depths() == {}
 
 
-async def test_reporter_reply_threads_onto_the_earlier_report(listener: Factory, store: Store) -> None:
-    async with listener() as smtp:
+@pytest.fixture
+async def any_store(store_factory: StoreFactory) -> AnyStore:
+    return await store_factory.open()
+
+
+async def test_reporter_reply_threads_onto_the_earlier_report(any_store: AnyStore) -> None:
+    # On both backends: the reply's event is looked up by its JSON field, compared with an integer id.
+    store = any_store
+    async with listener_for(store)() as smtp:
         await asyncio.to_thread(send, smtp.port, mail())
         first = (await store.fetchone("SELECT id FROM reports"))["id"]
         # Their mail client answers our acknowledgement (whose Message-ID names the report).
