@@ -27,7 +27,7 @@ and the job was reclaimed and taken again, the late worker's outcome changes not
     ok = await queue.settle([Settlement(job, "done"|"retry"|"dead", error, retry_in, writes), ...])
                                                                  # a batch's outcomes in one transaction
     plan = queue.plan_retry(job, error, policy, retry_after=None, permanent=False)  # RetryPlan(dead, delay, error)
-    await queue.release(jobs, delay=0.0)                         # back to 'ready', attempt not counted
+    n = await queue.release(jobs, delay=0.0)                     # back to 'ready', attempt not counted
     await queue.bury(tx, job_ids, error) / bury_subject(tx, kind, subject, error)
                                                                  # dead-letter waiting jobs in the caller's
                                                                  # transaction (an endpoint that answered 410);
@@ -209,10 +209,13 @@ class QueueSql:
         self.retry = ("UPDATE jobs SET state='ready', available_at=?, last_error=?, lease_until=NULL, updated_at=?"
                       + fence)
         self.dead = "UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?" + fence
+        # Fenced like finish_all: a holder whose lease expired must not give back the lease its successor holds.
+        # The attempt is given back too (waiting its turn is no failure); that number is handed out again only
+        # after its own holder gave it up, so no two live leases share an (id, attempts) token.
         self.release = ("UPDATE jobs SET state='ready', lease_until=NULL,"
                         " available_at=CASE WHEN available_at < ? THEN ? ELSE available_at END,"
                         " attempts=CASE WHEN attempts > 0 THEN attempts-1 ELSE 0 END"
-                        " WHERE state='leased' AND id IN ({ids})")
+                        " WHERE state='leased' AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
         self.reclaim = ("UPDATE jobs SET state='ready', available_at=?, lease_until=NULL, updated_at=?,"
                         " last_error=COALESCE(last_error, 'lease expired') WHERE state='leased' AND lease_until < ?"
                         " RETURNING stage")
@@ -448,15 +451,24 @@ class SqliteQueue:
         now = self.store.clock.now()
         return [self._job(r) for r in await tx.fetchall(self.sql.bury_subject, (error, now, kind, subject))]
 
-    async def release(self, jobs: Iterable[Job], delay: float = 0.0) -> None:
+    async def release(self, jobs: Iterable[Job], delay: float = 0.0) -> int:
         """Give leases back without counting the attempt (shutdown; or work that must wait its turn, due again in
-        `delay` seconds)."""
-        ids = [j.id for j in jobs]
-        if not ids:
-            return
+        `delay` seconds). Fenced per job: one whose lease was lost meanwhile stays with its new holder. The caller
+        must not use a released job afterwards. Returns how many were given back."""
+        jobs = list(jobs)
+        if not jobs:
+            return 0
+        released = 0
+        due = self.store.clock.now() + delay
         async with self.store.transaction() as tx:
-            await tx.execute(self.sql.release.format(ids=",".join("?" * len(ids))),
-                             [self.store.clock.now() + delay, self.store.clock.now() + delay, *ids])
+            for start in range(0, len(jobs), 400):  # well under any backend's limit of bound parameters
+                chunk = jobs[start:start + 400]
+                params: list[Any] = [due, due]
+                for job in chunk:
+                    params += [job.id, job.attempts]
+                pairs = ",".join(["(CAST(? AS BIGINT), CAST(? AS INTEGER))"] * len(chunk))
+                released += len(await tx.fetchall(self.sql.release.format(pairs=pairs), params))
+        return released
 
     # -- housekeeping -------------------------------------------------------------------------------
     async def reclaim_expired(self) -> int:

@@ -188,3 +188,34 @@ async def test_a_store_written_before_the_one_queue_migrates_with_its_jobs(tmp_p
         assert dedupe.id == 2
     finally:
         await store.close()
+
+
+async def test_a_late_release_leaves_the_new_holders_lease_alone(clocked_store: Store, clock: FakeClock,
+                                                                 ping_kind) -> None:
+    # Worker A's lease expires mid-batch; B takes the job. A's late give-back must not undo B's lease, else a
+    # third worker would lease it again under B's very attempt number and the work would be done twice.
+    job_id = await _enqueue(clocked_store)
+    (late,) = await clocked_store.queue.lease("test.ping", 1, 10)
+    clock.advance(11)
+    assert await clocked_store.queue.reclaim_expired() == 1
+    (live,) = await clocked_store.queue.lease("test.ping", 1, 10)
+    await clocked_store.queue.release([late])
+    (row,) = await clocked_store.fetchall("SELECT state, attempts FROM jobs WHERE id=?", (job_id,))
+    assert (row["state"], row["attempts"]) == ("leased", live.attempts)
+    assert await clocked_store.queue.lease("test.ping", 1, 10) == []
+    assert await clocked_store.queue.finish(live)
+
+
+async def test_a_release_fences_each_job_by_its_own_attempt(clocked_store: Store, clock: FakeClock,
+                                                            ping_kind) -> None:
+    # In one give-back, the job still held is released and the one lost meanwhile is left to its new holder.
+    held_id, lost_id = await _enqueue(clocked_store), await _enqueue(clocked_store)
+    held, lost = await clocked_store.queue.lease("test.ping", 2, 10)
+    async with clocked_store.transaction() as tx:  # only `lost` expires and is taken again
+        await tx.execute("UPDATE jobs SET lease_until=? WHERE id=?", (clock.now() - 1, lost_id))
+    assert await clocked_store.queue.reclaim_expired() == 1
+    (retaken,) = await clocked_store.queue.lease("test.ping", 1, 10)
+    await clocked_store.queue.release([held, lost])
+    rows = {r["id"]: (r["state"], r["attempts"])
+            for r in await clocked_store.fetchall("SELECT id, state, attempts FROM jobs")}
+    assert rows == {held_id: ("ready", 0), lost_id: ("leased", retaken.attempts)}
