@@ -51,6 +51,25 @@ def _scan(sql: str) -> list[tuple[str, str]]:
     return pieces
 
 
+_BLOB_PREFIX = re.compile(r"(?<![\w$])[xX]$")
+_HEX = re.compile(r"'([0-9a-fA-F]*)'")
+
+
+def _pg_pieces(sql: str) -> list[tuple[str, str]]:
+    """`_scan`'s pieces with SQLite's blob literals (x'CAFE', x'') as PostgreSQL's bytea literals: the literal's
+    quote starts a quoted piece, so the `x` before it ends a code piece and no pattern over code alone sees both."""
+    pieces = _scan(sql)
+    out: list[tuple[str, str]] = []
+    for kind, text in pieces:
+        if kind == "quoted" and out and out[-1][0] == "code" and (hexed := _HEX.fullmatch(text)) \
+                and _BLOB_PREFIX.search(out[-1][1]):
+            out[-1] = ("code", out[-1][1][:-1])
+            out.append(("quoted", f"'\\x{hexed.group(1)}'::bytea"))
+            continue
+        out.append((kind, text))
+    return out
+
+
 @lru_cache(maxsize=4096)
 def placeholders(sql: str) -> str:
     """SQLite's `?` placeholders as PostgreSQL's numbered ones, outside literals and comments."""
@@ -137,7 +156,7 @@ def to_postgresql(sql: str) -> Translated:
     are left as they are."""
     saved: list[str] = []
     masked = []
-    for kind, text in _scan(sql):
+    for kind, text in _pg_pieces(sql):
         if kind == "quoted":
             saved.append(text)
             masked.append(f"\x01{len(saved) - 1}\x01")
@@ -170,13 +189,12 @@ _DDL = [
     (re.compile(r"\bINTEGER\b", re.I), "BIGINT"),  # SQLite's integers are 64-bit
     (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
     (re.compile(r"\bBLOB\b", re.I), "BYTEA"),
-    (re.compile(r"\bx''", re.I), "'\\\\x'::bytea"),
 ]
 
 
 def postgresql_ddl(sql: str) -> str:
     out = []
-    for kind, text in _scan(sql):
+    for kind, text in _pg_pieces(sql):
         if kind == "code":
             for pattern, replacement in _DDL:
                 text = pattern.sub(replacement, text)
