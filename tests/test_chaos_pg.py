@@ -171,7 +171,8 @@ async def test_two_instances_killed_under_load_lose_and_duplicate_nothing(tmp_pa
         while time.monotonic() < deadline and time.monotonic() - last_progress < STALL_SECONDS:
             pending = await db.fetch("SELECT id, status FROM reports r WHERE status IN ('received', 'routed')"
                                      " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.report_id=r.id AND j.state='dead')")
-            undelivered = await db.fetchval("SELECT COUNT(*) FROM deliveries WHERE state NOT IN ('delivered', 'dead')")
+            # Deliveries, notifications and every other queued job too: all done (or dead, checked below).
+            undelivered = await db.fetchval("SELECT COUNT(*) FROM jobs WHERE state IN ('ready', 'leased')")
             if not pending and not undelivered:
                 break
             if len(pending) + undelivered < last_count:
@@ -187,7 +188,10 @@ async def test_two_instances_killed_under_load_lose_and_duplicate_nothing(tmp_pa
             case_id = json.loads(request["body"])["data"]["case_id"]
             ids_per_case.setdefault(case_id, set()).add(request["headers"]["webhook-id"])
         cases = {r["id"] for r in await db.fetch("SELECT id FROM cases")}
-        assert cases and set(ids_per_case) == cases
+        assert cases and set(ids_per_case) == cases, (
+            [dict(r) for r in await db.fetch("SELECT * FROM deliveries")],
+            [dict(r) for r in await db.fetch("SELECT id, stage, state, attempts, available_at, last_error FROM jobs"
+                                             " WHERE stage NOT IN ('classify', 'dedupe', 'notify')")])
         assert all(len(ids) == 1 for ids in ids_per_case.values()), ids_per_case
 
         # Reports of one incident, whichever instance took them, share one incident.
