@@ -517,9 +517,11 @@ class TelegramChannel:
         return done
 
     async def _behind_a_retry(self, jobs: list[Job]) -> dict[int, float]:
-        """The leased messages whose chat has an earlier message still waiting for its retry, each with the
-        seconds until that retry (they are given back until then, so the chat reads them in order)."""
-        first = await self.store.queue.first_waiting(self.send_kind, sorted({j.subject for j in jobs if j.subject}))
+        """The leased messages whose chat has an earlier message still waiting for its retry, or still being sent
+        by another instance, each with the seconds until that retry (they are given back until then, so the chat
+        reads them in order)."""
+        first = await self.store.queue.first_waiting(self.send_kind, sorted({j.subject for j in jobs if j.subject}),
+                                                     exclude=[j.id for j in jobs])
         now = self.ctx.clock.now()
         return {j.id: max(ORDER_WAIT_SECONDS, first[j.subject][1] - now) for j in jobs
                 if j.subject in first and first[j.subject][0] < j.id}

@@ -46,7 +46,8 @@ Housekeeping, for every kind alike:
     depths = await queue.depths()                                # {(kind, state): count} of unfinished jobs
     ages = await queue.oldest_ready()                            # {kind: seconds its oldest due job waited}
     await queue.reschedule(tx, kind, report_id, at)              # hold or release a report's waiting job
-    heads = await queue.first_waiting(kind, subjects)            # {subject: (id, due)}: per-subject order
+    heads = await queue.first_waiting(kind, subjects, exclude=own_ids)  # {subject: (id, due)}: ready or
+                                                                 # leased elsewhere; per-subject order
 
 What happens around a death or a replay besides the job row is the kind's (`JobKind.on_dead`, `on_replay`,
 registered by the module that owns the kind); a kind without hooks whose job names a report gets the report rule:
@@ -227,8 +228,9 @@ class QueueSql:
         self.oldest_ready = ("SELECT stage, MIN(available_at) AS t FROM jobs WHERE state='ready' AND available_at<=?"
                              " GROUP BY stage ORDER BY stage")
         self.reschedule = "UPDATE jobs SET available_at=? WHERE stage=? AND report_id=? AND state='ready'"
-        self.first_waiting = ("SELECT id, subject, available_at FROM jobs WHERE stage=? AND state='ready'"
-                              " AND subject IN ({subjects}) ORDER BY id")
+        # 'leased' too: a job another worker is still carrying out (a message being sent) goes before later ones.
+        self.first_waiting = ("SELECT id, subject, available_at FROM jobs WHERE stage=?"
+                              " AND state IN ('ready', 'leased') AND subject IN ({subjects}){exclude} ORDER BY id")
         self.set_deadline = "UPDATE jobs SET deadline_at=? WHERE id=?"
         self.bury = ("UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
                      " WHERE state='ready' AND id IN ({ids}) RETURNING " + self.COLUMNS)
@@ -521,14 +523,18 @@ class SqliteQueue:
         """Move a report's waiting job of `kind` to `at` (a report held while its reporter is asked, then let go)."""
         await tx.execute(self.sql.reschedule, (at, kind, report_id))
 
-    async def first_waiting(self, kind: str, subjects: Sequence[str]) -> dict[str, tuple[int, float]]:
-        """Per subject, the oldest job of `kind` still waiting ('ready') and when it is due: what must go first
-        (a chat's earlier message waiting for its retry)."""
+    async def first_waiting(self, kind: str, subjects: Sequence[str], exclude: Sequence[int] = ()
+                            ) -> dict[str, tuple[int, float]]:
+        """Per subject, the oldest job of `kind` not finished yet, waiting ('ready') or still being carried out by
+        another worker ('leased'), and when it is due: what must go first (a chat's earlier message waiting for
+        its retry, or being sent by another instance). `exclude`: the caller's own leased jobs, which it orders
+        itself."""
         if not subjects:
             return {}
-        sql = self.sql.first_waiting.format(subjects=",".join("?" * len(subjects)))
+        exclude_sql = f" AND id NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
+        sql = self.sql.first_waiting.format(subjects=",".join("?" * len(subjects)), exclude=exclude_sql)
         first: dict[str, tuple[int, float]] = {}
-        for r in await self.store.fetchall(sql, [kind, *subjects]):
+        for r in await self.store.fetchall(sql, [kind, *subjects, *exclude]):
             first.setdefault(r["subject"], (r["id"], r["available_at"]))
         return first
 

@@ -370,3 +370,23 @@ async def test_the_old_outbox_moves_to_the_queue_in_order(env: Env) -> None:
     assert await ch.send_outbox() == 3
     assert [(s["chat_id"], s["text"]) for s in env.api.sent] == [(555, "một"), (555, 'hai "trích"'), (777, "ba")]
     assert env.api.sent[0]["reply_markup"]["keyboard"][0][0]["request_location"] is True
+
+
+async def test_a_message_another_instance_is_still_sending_is_not_overtaken(env: Env) -> None:
+    # Two intake instances of one bot on one store: the other one has leased the chat's first message and is
+    # still sending it; this one must not send the chat's next message before it.
+    store = await env.open_store()
+    other = await env.open_store()
+    ch = env.make(store)
+    await ch.ensure_initialized()
+    env.api.push_text("Đèn tín hiệu giao thông bị tắt")
+    env.api.push_text("Ngã tư Hàng Xanh")
+    await ch.poll_once()
+    (in_flight,) = await other.queue.lease(ch.send_kind, 1, 60)  # the oldest: the chat's first question
+    assert in_flight.payload.text == ASK_PLACE
+    assert await ch.send_outbox() == 0
+    assert env.api.sent == []
+    assert await other.queue.finish(in_flight)  # the other instance has sent it
+    env.clock.advance(telegram.ORDER_WAIT_SECONDS)
+    assert await ch.send_outbox() == 1
+    assert [s["text"] for s in env.api.sent] == [ASK_PHONE]

@@ -219,3 +219,16 @@ async def test_a_release_fences_each_job_by_its_own_attempt(clocked_store: Store
     rows = {r["id"]: (r["state"], r["attempts"])
             for r in await clocked_store.fetchall("SELECT id, state, attempts FROM jobs")}
     assert rows == {held_id: ("ready", 0), lost_id: ("leased", retaken.attempts)}
+
+
+async def test_first_waiting_counts_a_job_another_worker_holds(clocked_store: Store, ping_kind) -> None:
+    first = await _enqueue(clocked_store, subject="bot/555")
+    second = await _enqueue(clocked_store, subject="bot/555")
+    (elsewhere,) = await clocked_store.queue.lease("test.ping", 1, 30)  # another instance is sending the first
+    (mine,) = await clocked_store.queue.lease("test.ping", 1, 30)
+    assert (elsewhere.id, mine.id) == (first, second)
+    heads = await clocked_store.queue.first_waiting("test.ping", ["bot/555"], exclude=[mine.id])
+    assert heads["bot/555"][0] == first
+    # The caller's own leased jobs are its to order: alone, nothing is ahead of them.
+    assert await clocked_store.queue.finish(elsewhere)
+    assert await clocked_store.queue.first_waiting("test.ping", ["bot/555"], exclude=[mine.id]) == {}
