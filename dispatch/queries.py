@@ -103,9 +103,11 @@ async def delivery_failed_attempts(store: Store) -> list[Any]:
 
 async def deadline_counts(store: Store, now: float) -> list[Any]:
     """(agency, kind, open, overdue): running clocks, and those past due and not met, per agency and kind."""
-    # Only running and missed clocks: the (state, due_at) index keeps this off the met majority.
+    # Only running and missed clocks: the (state, due_at) index keeps this off the met majority. Counts are
+    # CASE sums, not sums of comparisons: PostgreSQL has no sum of booleans.
     return await store.fetchall(
-        "SELECT agency, kind, SUM(state='open') AS open, SUM(state='missed' OR (state='open' AND due_at<=?)) AS overdue"
+        "SELECT agency, kind, SUM(CASE WHEN state='open' THEN 1 ELSE 0 END) AS open,"
+        " SUM(CASE WHEN state='missed' OR (state='open' AND due_at<=?) THEN 1 ELSE 0 END) AS overdue"
         " FROM deadlines WHERE state IN ('open','missed') GROUP BY agency, kind", (now,))
 
 
@@ -134,8 +136,10 @@ async def deadline_tallies(store: Store, start: float, end: float, now: float) -
     the period it fell due."""
     return await store.fetchall(
         "SELECT agency, kind,"
-        " SUM(state='met' AND COALESCE(closed_at, due_at)>=? AND COALESCE(closed_at, due_at)<?) AS on_time,"
-        " SUM(due_at>=? AND due_at<? AND (state IN ('missed','met_late') OR (state='open' AND due_at<?))) AS late"
+        " SUM(CASE WHEN state='met' AND COALESCE(closed_at, due_at)>=? AND COALESCE(closed_at, due_at)<?"
+        " THEN 1 ELSE 0 END) AS on_time,"
+        " SUM(CASE WHEN due_at>=? AND due_at<? AND (state IN ('missed','met_late') OR (state='open' AND due_at<?))"
+        " THEN 1 ELSE 0 END) AS late"
         " FROM deadlines WHERE state!='cancelled' GROUP BY agency, kind", (start, end, start, end, now))
 
 

@@ -365,6 +365,12 @@ class PgStore:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    async def table_names(self) -> set[str]:
+        """The store's tables (Store.table_names): those of the session's schema, the one the migrations wrote."""
+        rows = await self.fetchall("SELECT table_name AS name FROM information_schema.tables"
+                                   " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
+        return {r["name"] for r in rows}
+
     # -- intake ----------------------------------------------------------------------------------
     async def submit(self, message: InboundMessage, raw: bytes, raw_type: str) -> SubmitResult:
         """Store one inbound report durably and queue it for classification; returns only after COMMIT.

@@ -250,6 +250,10 @@ class Store:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    async def table_names(self) -> set[str]:
+        """The store's tables: a component reads its own only when its migrations ran here (PgStore has the same)."""
+        return {r["name"] for r in await self.fetchall("SELECT name FROM sqlite_master WHERE type='table'")}
+
     # -- intake ----------------------------------------------------------------------------------
     async def submit(self, message: InboundMessage, raw: bytes, raw_type: str) -> SubmitResult:
         """Store one inbound report durably and queue it for classification.

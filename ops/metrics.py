@@ -262,7 +262,7 @@ class OpsMetrics:
         quarantined.add(row["n"] if row else 0, (), "_total")
         out += [accepted, status, quarantined]
 
-        tables = {r["name"] for r in await store.fetchall("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = await store.table_names()
         if "cases" in tables:
             cases = Family("cases", "Cases per state.", "gauge")
             for row in await dispatch_queries.case_counts(store):

@@ -152,8 +152,7 @@ class AgencyFigures:
 
 
 async def _tables(store: Store) -> set[str]:
-    rows = await store.fetchall("SELECT name FROM sqlite_master WHERE type='table'")
-    return {r["name"] for r in rows}
+    return await store.table_names()
 
 
 async def agency_figures(store: Store, period: Period, names: dict[str, str],

@@ -18,6 +18,7 @@ from ingest.app import AppContext
 from ingest.clock import VN_TZ, FakeClock, iso
 from ingest.http import make_app
 from ingest.records import InboundMessage, Reporter
+from ingest.pgstore import PgStore
 from ingest.store import Store
 from ops.schema import MIGRATIONS as OPS_MIGRATIONS
 
@@ -76,14 +77,33 @@ class World:
             await tx.execute("INSERT INTO ratings(case_id, score, at) VALUES (?,?,?)", (case_id, score, at))
 
 
+MIGRATIONS = {"dedupe": DEDUPE_MIGRATIONS, "dispatch": DISPATCH_MIGRATIONS, "ops": OPS_MIGRATIONS}
+
+
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = FakeClock(NOW)
-    store = await Store.open(tmp_path / "store.sqlite3", tmp_path / "blobs", clock=clock,
-                             migrations={"dedupe": DEDUPE_MIGRATIONS, "dispatch": DISPATCH_MIGRATIONS,
-                                         "ops": OPS_MIGRATIONS})
+    store = await Store.open(tmp_path / "store.sqlite3", tmp_path / "blobs", clock=clock, migrations=MIGRATIONS)
     yield World(store=store, clock=clock, seq=itertools.count(1))
     await store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    """The same world on either backend: the figures' SQL is written once and must mean the same on both."""
+    clock = FakeClock(NOW)
+    if request.param == "postgresql":
+        store = await PgStore.open(request.getfixturevalue("pg_url"), tmp_path / "blobs", clock, MIGRATIONS)
+    else:
+        store = await Store.open(tmp_path / "store.sqlite3", tmp_path / "blobs", clock=clock, migrations=MIGRATIONS)
+    yield World(store=store, clock=clock, seq=itertools.count(1))  # type: ignore[arg-type]
+    await store.close()
+
+
+@pytest.fixture
+async def any_filled(any_world: World) -> World:
+    await fill_week(any_world)
+    return any_world
 
 
 async def fill_week(w: World) -> None:
