@@ -91,13 +91,13 @@ class EmailIntake:
         prepared = await self.prepare(raw, envelope_from, envelope_to)
         if isinstance(prepared, Outcome):
             return prepared
-        if prepared.agency_reply is not None:
-            # Not the group commit: the mail and its job for dispatch commit together.
+        if prepared.agency_reply is not None or prepared.thread_report_id is not None:
+            # Not the group commit: the mail and what it means for dispatch (its job, a reply's event and
+            # follow-up job) commit together.
             (result,) = await self.store.submit_batch([(prepared.message, raw, RAW_TYPE)],
                                                       then=self.queue_jobs([prepared]))
         else:
             result = await self.store.submit(prepared.message, raw, RAW_TYPE)
-        await self.record_replies([(prepared, result)])
         return Outcome(report_id=result.report_id, created=result.created,
                        thread_report_id=prepared.thread_report_id)
 
@@ -194,37 +194,39 @@ class EmailIntake:
         return None
 
     def queue_jobs(self, prepared: list[Prepared]) -> Callable[[Tx, list[SubmitResult]], Awaitable[None]]:
-        """The `then` of a submit_batch: each newly stored agency reply's job for dispatch, in its transaction
-        (a mail delivered again was queued with its first copy)."""
+        """The `then` of a submit_batch: each newly stored agency reply's job for dispatch, and each reporter
+        reply's event and follow-up job, in the transaction that stores the mails (and the IMAP cursor): a crash
+        after that commit must not leave a reply stored but never seen by dispatch. A mail delivered again was
+        queued with its first copy."""
         async def then(tx: Tx, results: list[SubmitResult]) -> None:
             for p, result in zip(prepared, results):
                 if p.agency_reply is not None and result.created:
                     await tx.enqueue(AGENCY_EMAIL_REPLY, result.report_id, p.agency_reply)
+            await self._record_replies(tx, list(zip(prepared, results)))
         return then
 
-    async def record_replies(self, stored: list[tuple[Prepared, SubmitResult]]) -> None:
+    @staticmethod
+    async def _record_replies(tx: Tx, stored: list[tuple[Prepared, SubmitResult]]) -> None:
         """Write the `reporter_reply` event on the earlier report, once, even if the mail is delivered twice, and
         queue dispatch's `reporter_follow_up` job (after a result, "not fixed" in the reply disputes it)."""
-        replies = [(p, r) for p, r in stored if p.thread_report_id is not None]
-        if not replies:
-            return
-        async with self.store.transaction() as tx:
-            for prepared, result in replies:
-                # The CAST: PostgreSQL's JSON extraction is text, and an integer parameter compared with text is
-                # refused there (SQLite compares either way).
-                seen = await tx.fetchone(
-                    "SELECT 1 FROM events WHERE report_id=? AND kind=?"
-                    " AND CAST(json_extract(data, '$.reply_report_id') AS INTEGER)=?",
-                    (prepared.thread_report_id, REPLY_FLAG, result.report_id))
-                if seen is not None:
-                    continue
-                text = prepared.parsed.text[:4000]
-                await tx.event(prepared.thread_report_id, REPLY_FLAG, "reporter", {
-                    "reply_report_id": result.report_id,
-                    "channel": "email",
-                    "message_id": prepared.parsed.message_id,
-                    "subject": prepared.parsed.subject,
-                    "text": text,
-                })
-                await tx.enqueue(REPORTER_FOLLOW_UP, prepared.thread_report_id,
-                                 ReporterFollowUpJob(text=text, channel="email"))
+        for prepared, result in stored:
+            if prepared.thread_report_id is None:
+                continue
+            # The CAST: PostgreSQL's JSON extraction is text, and an integer parameter compared with text is
+            # refused there (SQLite compares either way).
+            seen = await tx.fetchone(
+                "SELECT 1 FROM events WHERE report_id=? AND kind=?"
+                " AND CAST(json_extract(data, '$.reply_report_id') AS INTEGER)=?",
+                (prepared.thread_report_id, REPLY_FLAG, result.report_id))
+            if seen is not None:
+                continue
+            text = prepared.parsed.text[:4000]
+            await tx.event(prepared.thread_report_id, REPLY_FLAG, "reporter", {
+                "reply_report_id": result.report_id,
+                "channel": "email",
+                "message_id": prepared.parsed.message_id,
+                "subject": prepared.parsed.subject,
+                "text": text,
+            })
+            await tx.enqueue(REPORTER_FOLLOW_UP, prepared.thread_report_id,
+                             ReporterFollowUpJob(text=text, channel="email"))

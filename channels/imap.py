@@ -231,7 +231,6 @@ class ImapService:
             [(p.message, p.raw, RAW_TYPE) for p in prepared],
             cursor=(self.cursor_name, {"uidvalidity": uidvalidity, "last_uid": max(batch)}),
             then=self.intake.queue_jobs(prepared))
-        await self.intake.record_replies(list(zip(prepared, results)))
         await self._call(self.mailbox.move, [u for u in batch if u in fetched])
         return sum(1 for r in results if r.created)
 

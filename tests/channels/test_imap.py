@@ -235,3 +235,50 @@ async def test_oversize_and_unparseable_mail_is_quarantined_and_moved(store: Sto
     assert reasons == ["header_too_large", "oversize"]
     assert await report_count(store) == 1
     assert await asyncio.to_thread(dovecot.count, "Processed") == 3
+
+
+class _Killed(Exception):
+    """The process dying (kill -9) right after a commit: nothing after it runs."""
+
+
+async def test_a_reporter_reply_commits_with_its_mail_and_cursor(store: Store, dovecot: Dovecot) -> None:
+    # A reporter answers their own report by mail. Whatever the reply means for the report (its reporter_reply
+    # event, dispatch's follow-up job) must commit with the mail and the cursor: after a crash right after that
+    # commit the cursor says "stored", the mail is only moved away, and nothing else would write it.
+    await asyncio.to_thread(dovecot.deliver, mail(1))
+    opts = options(dovecot)
+    async with running(store, opts):
+        await until(lambda: _has(store, 1))
+        await until(lambda: asyncio.to_thread(lambda: dovecot.count("INBOX") == 0))
+    (first,) = [r["id"] for r in await store.fetchall("SELECT id FROM reports")]
+    reply = EmailMessage()
+    reply["From"] = "Người dân 1 <dan1@example.vn>"
+    reply["To"] = "phananh@1022.test"
+    reply["Subject"] = "Re: Phản ánh số 1"
+    reply["Message-ID"] = "<imap1-reply@example.vn>"
+    reply["In-Reply-To"] = reply["References"] = "<imap1@example.vn>"
+    reply.set_content("Đèn vẫn chưa được sửa, vẫn tối om.")
+    await asyncio.to_thread(dovecot.deliver, reply.as_bytes(policy=email.policy.SMTP))
+
+    service = ImapService("mailbox-2", store, EmailIntake(store, "mailbox-2", limits_from(opts)), opts)
+    real_submit = store.submit_batch
+
+    async def submit_then_die(*args: Any, **kwargs: Any) -> Any:
+        await real_submit(*args, **kwargs)
+        raise _Killed
+
+    store.submit_batch = submit_then_die  # type: ignore[method-assign]
+    await service._call(service.mailbox.connect)
+    try:
+        with pytest.raises(_Killed):
+            await service.cycle()
+    finally:
+        await service._call(service.mailbox.close)
+        store.submit_batch = real_submit  # type: ignore[method-assign]
+    async with running(store, opts):  # the restarted poller: the cursor says stored, it only moves the mail
+        await until(lambda: asyncio.to_thread(lambda: dovecot.count("INBOX") == 0))
+    assert await report_count(store) == 2
+    events = await store.fetchall("SELECT kind FROM events WHERE report_id=? AND kind='reporter_reply'", (first,))
+    assert len(events) == 1
+    jobs = await store.fetchall("SELECT state FROM jobs WHERE stage='reporter_follow_up' AND report_id=?", (first,))
+    assert [j["state"] for j in jobs] == ["ready"]
