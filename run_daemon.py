@@ -674,6 +674,8 @@ async def migrate_store(settings: Settings, to: str, blobs: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     import sqlite3
 
+    import asyncpg
+
     if args.command == "check-config":
         return check_config(args)
     settings = load_settings(args.config)
@@ -682,7 +684,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.command in BUILTIN_COMMANDS:
             return BUILTIN_COMMANDS[args.command](settings, args)
         return asyncio.run(_component_cli(settings, args))
-    except (StorageError, sqlite3.Error) as exc:
+    except (StorageError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # PostgreSQL's messages name the fault, never the URL's password.
         print(f"storage error: {exc}", file=sys.stderr)
         return EXIT_STORAGE
     except OSError as exc:  # a store directory, input or output file that cannot be opened or written
