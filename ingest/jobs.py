@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .queue import JobKind, register_kind
+from .queue import JobKind, register_kind, side_job_dead, side_job_replayed
 from .records import Attachment
 
 CLASSIFY, DEDUPE, DISPATCH, NOTIFY = "classify", "dedupe", "dispatch", "notify"
@@ -123,3 +123,7 @@ for _name, _payload in ((CLASSIFY, ClassifyJob), (DEDUPE, DedupeJob), (DISPATCH,
                         (TELEGRAM_SEND, TelegramSendJob), (AGENCY_EMAIL_REPLY, AgencyEmailReplyJob),
                         (REPORTER_FOLLOW_UP, ReporterFollowUpJob), (ESCALATE, EscalateJob)):
     register_kind(JobKind(_name, _payload))
+
+# Work about a report that is none of its stages: its death must not mark the report failed (ingest/queue.py).
+for _name in (MESSENGER_MEDIA, MESSENGER_ASK, REPORTER_FOLLOW_UP):
+    register_kind(JobKind(_name, on_dead=side_job_dead, on_replay=side_job_replayed))

@@ -51,7 +51,8 @@ Housekeeping, for every kind alike:
 
 What happens around a death or a replay besides the job row is the kind's (`JobKind.on_dead`, `on_replay`,
 registered by the module that owns the kind); a kind without hooks whose job names a report gets the report rule:
-a report whose pipeline stopped short becomes `failed`, and a replay restores the status it had.
+a report whose pipeline stopped short becomes `failed`, and a replay restores the status it had. Side kinds (work
+about a report that is none of its stages) register `side_job_dead`/`side_job_replayed`: only an event.
 
 States: ready -> leased -> done | ready (retry) | dead; dead -> ready (replay).
 
@@ -581,6 +582,21 @@ async def _report_dead(tx: Tx, job: Job, error: str, now: float) -> None:
         await tx.execute("UPDATE reports SET status='failed', updated_at=? WHERE id=?", (now, job.report_id))
     await tx.event(job.report_id, "dead_letter", "system",
                    {"stage": job.stage, "error": error, "previous_status": previous})
+
+
+async def side_job_dead(tx: Tx, job: Job, error: str) -> None:
+    """`on_dead` of a side kind (a question to the reporter, a late media fetch, a reporter's follow-up): the job
+    is about a report but is not one of its stages, so its death is only recorded; the report's status stays the
+    stages' business (a routed report marked failed would be skipped by dedupe and never reach its agency). Its
+    own event kind, so a stage's replay still finds the stage's `dead_letter` and the status it had."""
+    if job.report_id is not None:
+        await tx.event(job.report_id, "side_job_dead", "system", {"stage": job.stage, "error": error})
+
+
+async def side_job_replayed(tx: Tx, job: Job, _: str) -> None:
+    """`on_replay` of a side kind: recorded only; a report failed by its own stage stays failed."""
+    if job.report_id is not None:
+        await tx.event(job.report_id, "side_job_replayed", "operator", {"stage": job.stage})
 
 
 async def _report_replayed(tx: Tx, job: Job, now: float) -> None:

@@ -1,12 +1,13 @@
 """The leased queue: lease, finish with the next stage in one transaction, expiry, dead letters, replay, release."""
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
 
 from ingest.clock import FakeClock
-from ingest.jobs import DedupeJob
+from ingest.jobs import DedupeJob, MessengerAskJob, MessengerMediaJob, ReporterFollowUpJob
 from ingest.store import Store, Tx
 from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
 
@@ -161,3 +162,33 @@ async def test_release_does_not_touch_finished_jobs(clocked_store: Store, make_m
     assert await clocked_store.finish(job, None)
     await clocked_store.release([job])
     assert (await _job_row(clocked_store, job.id))["state"] == "done"
+
+
+@pytest.mark.parametrize("kind, payload", [
+    ("messenger_ask:page", MessengerAskJob()),
+    ("messenger_media:page", MessengerMediaJob()),
+    ("reporter_follow_up", ReporterFollowUpJob(text="Vẫn chưa sửa", channel="email")),
+])
+async def test_a_dead_side_job_leaves_the_reports_status_to_its_stages(clocked_store: Store, make_message,
+                                                                       kind: str, payload: object) -> None:
+    # A routed report whose reporter could not be asked (or whose late media could not be fetched): the report
+    # itself is still on its way. Marking it failed would make dedupe skip it and hide it from its agency.
+    report_id = await _submit(clocked_store, make_message)
+    async with clocked_store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (report_id,))
+        await clocked_store.queue.enqueue(tx, kind, payload, report_id=report_id)
+    (job,) = await clocked_store.lease(kind, 1, 60)
+    await clocked_store.fail(job, "PermanentError: chat closed", retry_in=0, dead=True)
+    assert (await _job_row(clocked_store, job.id))["state"] == "dead"
+    assert (await clocked_store.get_report(report_id)).status == "routed"
+    events = await clocked_store.fetchall("SELECT kind, data FROM events WHERE report_id=? ORDER BY id", (report_id,))
+    assert [e["kind"] for e in events] == ["side_job_dead"]
+    assert json.loads(events[0]["data"]) == {"stage": kind, "error": "PermanentError: chat closed"}
+    # A report failed by its own stage meanwhile stays failed when the side job is replayed.
+    async with clocked_store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='failed' WHERE id=?", (report_id,))
+    assert await clocked_store.queue.replay(kind) == 1
+    assert (await clocked_store.get_report(report_id)).status == "failed"
+    kinds = [e["kind"] for e in await clocked_store.fetchall("SELECT kind FROM events WHERE report_id=? ORDER BY id",
+                                                             (report_id,))]
+    assert kinds == ["side_job_dead", "side_job_replayed"]
