@@ -94,10 +94,11 @@ async def delivery_counts(store: Store) -> list[Any]:
 
 async def delivery_failed_attempts(store: Store) -> list[Any]:
     """(agency, n): failed delivery attempts per agency."""
-    # A delivered row failed every attempt but its last, one being sent every attempt but the current one, an
-    # undelivered one with an error every attempt.
+    # A delivered row failed every attempt but its last, an undelivered one with an error every attempt. (A row
+    # being sent is no state of its own since dispatch migration 4: its `deliver` job is leased, the row keeps
+    # the attempts recorded by the last outcome.)
     return await store.fetchall(
-        "SELECT agency, SUM(CASE WHEN delivered_at IS NOT NULL OR state='sending' THEN MAX(attempts-1, 0)"
+        "SELECT agency, SUM(CASE WHEN delivered_at IS NOT NULL THEN MAX(attempts-1, 0)"
         " WHEN last_error IS NOT NULL THEN attempts ELSE 0 END) AS n FROM deliveries GROUP BY agency ORDER BY agency")
 
 
