@@ -12,6 +12,14 @@ Between the old holder's session ending and it noticing, both may run for up to 
 are idempotent under the store's keys (a clock step, a sent report, an IMAP cursor), so that overlap repeats no
 effect; the lease keeps the steady state to one runner, it is not a fence for every write.
 
+A singleton that is not idempotent (dedupe's incident decisions) fences each write with `Lease.confirm`. Checking
+the lock table inside the write's transaction is not enough on its own: the lease session may die after the check
+and before COMMIT, and a successor that read the store in that gap (dedupe rebuilds its window) would miss the
+late commit. So each lease has a second key, its fence: a fenced write takes it shared in its transaction before
+the check, and a new holder takes it exclusively (one transaction, released at once) after winning the lock and
+before it counts as held, which waits for every write that passed its check under the old holder to end. A write
+checking after that finds the lock on the successor's session and is refused.
+
 On SQLite there is one instance per store file, so every lease is held from the start (`LocalLeadership`).
 """
 from __future__ import annotations
@@ -50,6 +58,7 @@ class Lease:
     def __init__(self, name: str, leadership: PgLeadership | None = None) -> None:
         self.name = name
         self.key = lock_key(name)
+        self.fence_key = lock_key(name + ":fence")
         self.acquired = asyncio.Event()
         self.lost = asyncio.Event()
         self.lost.set()
@@ -64,6 +73,9 @@ class Lease:
         pid = self._leadership.backend_pid
         if not self.held or pid is None:
             raise LeaseLost(f"lease {self.name} is not held")
+        # Shared, until this transaction ends: a successor cannot start before this write has committed or failed
+        # (it takes the fence exclusively first), so a write that passes the check below is never missed by it.
+        await tx.execute("SELECT pg_advisory_xact_lock_shared(?)", (self.fence_key,))
         unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows a bigint key as two oids
         row = await tx.fetchone(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype='advisory' AND granted AND pid=?"
@@ -175,8 +187,19 @@ class PgLeadership:
         for lease in list(self._leases.values()):
             if lease.held:
                 continue
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", lease.key, timeout=self.session_timeout / 2):
-                lease._set(True)
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lease.key, timeout=self.session_timeout / 2):
+                continue
+            # Wait out the writes the previous holder fenced and has not finished (see the module's docstring);
+            # only then does this instance run the singleton (and so read the store).
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", lease.fence_key,
+                                       timeout=self.session_timeout / 2)
+            except asyncio.TimeoutError:
+                # A write still open: keep the lock (taking it again next tick only counts it once more) and wait on.
+                log.warning("lease %s: still waiting for the previous holder's writes", lease.name)
+                continue
+            lease._set(True)
 
     async def _open_session(self) -> asyncpg.Connection:
         idle_ms = str(int(self.session_timeout * 1000))

@@ -241,3 +241,42 @@ async def test_a_write_fenced_by_a_lease_fails_once_the_lease_is_gone(pg_url: st
 
 async def test_local_leases_never_fence() -> None:
     await LocalLeadership().lease("dedupe-incidents").confirm(object())
+
+
+async def test_a_new_holder_waits_for_the_write_its_predecessor_confirmed(pg_url: str, tmp_path: Path) -> None:
+    """A fenced write that passed its check, then lost its lease before COMMIT: the successor must not start (and
+    so rebuild what it knows from the store) until that write has committed, or the write is missing from it."""
+    from ingest.pgstore import PgStore
+
+    store = await PgStore.open(pg_url, tmp_path, migrations={"demo": [(1, "CREATE TABLE decided (n INTEGER)")]})
+    old, new = PgLeadership(pg_url, interval=0.05), PgLeadership(pg_url, interval=0.05)
+    watcher = await asyncpg.connect(pg_url)
+    await old.start()
+    try:
+        lease = old.lease("dedupe-incidents")
+        await _until(lease.acquired)
+        async with store.transaction() as tx:
+            await lease.confirm(tx)  # the check passes: the lease is held...
+            await tx.execute("INSERT INTO decided(n) VALUES (?)", (1,))
+            pid = old.backend_pid
+            assert pid is not None
+            await _terminate(pg_url, pid)  # ...and is lost before COMMIT
+            await _until(lease.lost)
+            await new.start()
+            successor = new.lease("dedupe-incidents")
+            # The successor took the lock and now waits, in the server's lock table, for this write to end.
+            unsigned = lease.fence_key & 0xFFFF_FFFF_FFFF_FFFF
+            while not await asyncio.wait_for(watcher.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype='advisory' AND NOT granted"
+                    " AND classid=$1::bigint::oid AND objid=$2::bigint::oid AND objsubid=1)",
+                    unsigned >> 32, unsigned & 0xFFFF_FFFF), BOUND):
+                assert not successor.held, "the successor holds the lease while its predecessor's write is open"
+                await asyncio.sleep(0.01)
+            assert not successor.held
+        await _until(successor.acquired)  # the write committed: now, and only now, the successor holds it
+        assert [r["n"] for r in await store.fetchall("SELECT n FROM decided")] == [1]
+    finally:
+        await watcher.close()
+        await new.close()
+        await old.close()
+        await store.close()
