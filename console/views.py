@@ -28,7 +28,7 @@ from dedupe.operations import IncidentError, merge, split
 from dispatch import clocks
 from dispatch import queries as dispatch_queries
 from dispatch.book import make_book
-from dispatch.cases import Forbidden, NotFound, recurrence_of
+from dispatch.cases import Forbidden, NotFound, recurrence
 from dispatch.evidence import answer_photos, image_type
 # The City Office's staff also forward to a named agency (Art. 7.3).
 from dispatch.policy import CASE_STATES, CITY_OFFICE, OPERATOR_UNIT, AnswerRejected
@@ -293,11 +293,11 @@ class Console:
                    for r in reports]
         decisions = await incidents.decisions_about(self.store, incident_id)
         case = await dispatch_queries.case_of_incident(self.store, incident_id)
-        recurrence = await recurrence_of(self.store, incident_id)
+        repeats = await recurrence(self.store, inc["recurrence_of"], float(inc["created_at"]))
         recurrences = await incidents.recurrences_of(self.store, incident_id)
         return self.page(request, "incident_one.html", {"inc": inc, "members": members, "decisions": decisions,
                                                         "case": case, "place": json.loads(inc["place"] or "{}"),
-                                                        "recurrence": recurrence, "recurrences": recurrences})
+                                                        "recurrence": repeats, "recurrences": recurrences})
 
     async def incident_merge(self, request: web.Request) -> web.StreamResponse:
         form = request[FORM]

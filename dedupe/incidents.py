@@ -186,8 +186,30 @@ async def join(tx: Tx, report_id: int, incident_id: str, received_at: float, *, 
 
 
 async def routing_state(tx: Tx, incident_id: str) -> Any:
-    """The incident's state and the report that opened its case (dispatch_report_id; NULL: no case yet)."""
-    return await tx.fetchone("SELECT dispatch_report_id, state FROM incidents WHERE id=?", (incident_id,))
+    """The incident's state, the report that opened its case (dispatch_report_id; NULL: no case yet) and the
+    closed incident it repeats (recurrence_of)."""
+    return await tx.fetchone("SELECT dispatch_report_id, state, recurrence_of FROM incidents WHERE id=?",
+                             (incident_id,))
+
+
+async def close(tx: Tx, incident_id: str, closed_as: str, at: float) -> bool:
+    """Close an open incident with its case (`closed_as`: the case's final state); False when it was not open."""
+    row = await tx.fetchone("SELECT state FROM incidents WHERE id=?", (incident_id,))
+    if row is None or row["state"] != "open":
+        return False
+    await tx.execute("UPDATE incidents SET state='closed', closed_at=?, closed_as=? WHERE id=? AND state='open'",
+                     (at, closed_as, incident_id))
+    return True
+
+
+async def reopen(tx: Tx, incident_id: str) -> bool:
+    """Open a closed incident again (its case reopened); False when it was not closed."""
+    row = await tx.fetchone("SELECT state FROM incidents WHERE id=?", (incident_id,))
+    if row is None or row["state"] != "closed":
+        return False
+    await tx.execute("UPDATE incidents SET state='open', closed_at=NULL, closed_as=NULL WHERE id=? AND state='closed'",
+                     (incident_id,))
+    return True
 
 
 async def set_dispatch_report(tx: Tx, incident_id: str, report_id: int) -> None:

@@ -5,6 +5,8 @@ Contract (see the pipeline notes in the README):
   {"template": "duplicate_ack", "incident_id"}; a `review` report keeps status `review` but still joins;
 - the first report of a new incident, when `routed`, gets a `dispatch` job {"incident_id"}; a `routed`
   report joining an incident that has no case yet (its first report is still in review) triggers it;
+- a job with `incident_state` (queued by dispatch when a case closes or reopens) closes or reopens the incident
+  (dedupe/incidents.py); on this queue, so every report queued after the closure sees the incident closed;
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
   incident has no case yet, else `duplicate` + `duplicate_ack`.
 Jobs are handled in queue order, a leased batch finished in one transaction; each match runs inside it and
@@ -17,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingest.app import AppContext, Service
-from ingest.errors import TransientError
-from ingest.jobs import DISPATCH, NOTIFY, DispatchJob, NotifyJob
+from ingest.errors import PermanentError, TransientError
+from ingest.jobs import DISPATCH, NOTIFY, DedupeJob, DispatchJob, NotifyJob
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import StageWorker, WorkerSettings
@@ -49,7 +51,8 @@ async def route_member(tx: Tx, report_id: int, incident_id: str, status: str) ->
         return "closed"
     if row is not None and row["dispatch_report_id"] is None:
         await incidents.set_dispatch_report(tx, incident_id, report_id)
-        await tx.enqueue(DISPATCH, report_id, DispatchJob(incident_id=incident_id))
+        await tx.enqueue(DISPATCH, report_id, DispatchJob(incident_id=incident_id,
+                                                          recurrence_of=row["recurrence_of"]))
         return "dispatch"
     await tx.execute("UPDATE reports SET status='duplicate', updated_at=? WHERE id=?", (now, report_id))
     await tx.enqueue(NOTIFY, report_id, NotifyJob(template="duplicate_ack", incident_id=incident_id))
@@ -69,6 +72,9 @@ class DedupeStage:
         """The job's writes. Matching runs inside them, in the transaction that finishes the job: the worker
         commits a batch of jobs at once, and each match must see the reports and incidents of the jobs before it
         (read through the transaction, which sees its own writes; the window holds them, see matcher.hold)."""
+        payload = job.payload
+        if payload.incident_state is not None:
+            return self._incident_state(payload)
         if report.status not in MATCH_STATUSES:
             log.info("dedupe: report %d has status %s, nothing to do", report.id, report.status)
             return None
@@ -82,6 +88,23 @@ class DedupeStage:
             if self.fence is not None:
                 await self.fence(tx)
             await self.apply(tx, view, status, after_review)
+        return writes
+
+    def _incident_state(self, payload: DedupeJob) -> Any:
+        """Dispatch closed or reopened the incident's case: the incident follows, in this stage's transaction."""
+        incident_id = payload.incident_id
+        if not incident_id or payload.incident_state not in ("open", "closed"):
+            raise PermanentError(f"incident state job without an incident or a known state: {payload!r}")
+
+        async def writes(tx: Tx) -> None:
+            if self.fence is not None:
+                await self.fence(tx)
+            if payload.incident_state == "closed":
+                changed = await incidents.close(tx, incident_id, payload.closed_as or "resolved",
+                                                payload.at if payload.at is not None else tx.store.clock.now())
+            else:
+                changed = await incidents.reopen(tx, incident_id)
+            log.info("dedupe: incident %s %s%s", incident_id, payload.incident_state, "" if changed else " already")
         return writes
 
     async def apply(self, tx: Tx, view: policy.ReportView, status: str, after_review: bool) -> None:

@@ -18,7 +18,7 @@ from config.dispatch import DispatchConfig
 from ingest.clock import iso
 from ingest.errors import PermanentError
 from ingest.pii import is_confidential, redact_message
-from ingest.jobs import NOTIFY, DispatchJob, NotifyJob
+from ingest.jobs import DEDUPE, NOTIFY, DedupeJob, DispatchJob, NotifyJob
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import Writes
@@ -72,20 +72,25 @@ def public_ref(token: str) -> str:
     return f"PA-{chars[:4]}-{chars[4:]}"
 
 
-async def recurrence_of(tx: Tx | Store, incident_id: str) -> dict[str, Any] | None:
-    """The closed incident that `incident_id` repeats, for operators and the agency: which one, its case, how it
-    was closed and how long after ("reported again 3 days after it was closed as resolved"); None otherwise."""
-    row = await tx.fetchone(
-        "SELECT i.created_at, p.id AS prev, p.closed_at, p.closed_as, c.id AS case_id FROM incidents i"
-        " JOIN incidents p ON p.id = i.recurrence_of LEFT JOIN cases c ON c.incident_id = p.id WHERE i.id=?",
-        (incident_id,))
-    if row is None:
+async def recurrence(reader: Tx | Store, previous_incident: str | None, since: float) -> dict[str, Any] | None:
+    """What an incident opened at `since` repeats, for operators and the agency: the closed incident
+    `previous_incident` (dedupe's recurrence link), its case, how that was closed and how long before ("reported
+    again 3 days after it was closed as resolved"); None when it repeats nothing. Read from the previous case:
+    the incident closed with it."""
+    if not previous_incident:
         return None
-    days = max(0, int((row["created_at"] - (row["closed_at"] or row["created_at"])) // DAY))
-    closed_as = row["closed_as"] or "resolved"
-    return {"incident_id": row["prev"], "case_id": row["case_id"], "closed_as": closed_as,
-            "closed_at": iso(row["closed_at"]) if row["closed_at"] else None, "days_after_close": days,
+    row = await reader.fetchone("SELECT id, state, closed_at FROM cases WHERE incident_id=?", (previous_incident,))
+    closed_at = row["closed_at"] if row is not None else None
+    days = max(0, int((since - (closed_at or since)) // DAY))
+    closed_as = row["state"] if row is not None and closed_at is not None else "resolved"
+    return {"incident_id": previous_incident, "case_id": row["id"] if row is not None else None,
+            "closed_as": closed_as, "closed_at": iso(closed_at) if closed_at else None, "days_after_close": days,
             "summary_vi": recurrence_text(days, closed_as, "vi"), "summary_en": recurrence_text(days, closed_as, "en")}
+
+
+async def case_recurrence(reader: Tx | Store, case: Any) -> dict[str, Any] | None:
+    """`recurrence` of the case's incident (the link the case keeps from its dispatch job)."""
+    return await recurrence(reader, case["recurrence_of"], float(case["received_at"]))
 
 
 class CaseBook:
@@ -140,10 +145,10 @@ class CaseBook:
             case_id = case_id_for(incident_id)
             await tx.execute(
                 "INSERT INTO cases(id, incident_id, report_id, token, topic, category, agency, district, language,"
-                " state, tried, received_at, forwarded_at, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,'forwarded',?,?,?,?,?)",
+                " state, tried, received_at, forwarded_at, created_at, updated_at, recurrence_of)"
+                " VALUES (?,?,?,?,?,?,?,?,?,'forwarded',?,?,?,?,?,?)",
                 (case_id, incident_id, report.id, secrets.token_urlsafe(16), topic, category, agency, district,
-                 language, json.dumps([agency]), received_at, now, now, now))
+                 language, json.dumps([agency]), received_at, now, now, now, payload.recurrence_of))
             await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE id=?", (now, report.id))
             await self._forward(tx, case_id, report, agency, category, "case.created",
                                 first=policy.forward_deadline(received_at, self.warn), received_at=received_at)
@@ -153,10 +158,10 @@ class CaseBook:
                              " AND state IN ('open','missed')", (now, now, report.id))
             await tx.execute("UPDATE deadlines SET case_id=? WHERE report_id=? AND case_id IS NULL", (case_id, report.id))
             event = {"case_id": case_id, "agency": agency}
-            recurrence = await recurrence_of(tx, incident_id)
-            if recurrence is not None:
-                event["recurrence_of"] = recurrence["incident_id"]
-                event["recurrence"] = recurrence["summary_vi"]
+            repeats = await recurrence(tx, payload.recurrence_of, received_at)
+            if repeats is not None:
+                event["recurrence_of"] = repeats["incident_id"]
+                event["recurrence"] = repeats["summary_vi"]
             await tx.event(report.id, "case_created", "dispatch", event)
             await tx.enqueue(NOTIFY, report.id, NotifyJob(template="ack", case_id=case_id, incident_id=incident_id))
 
@@ -224,7 +229,7 @@ class CaseBook:
             return
         payload = self.agency_payload(case, report, agency, event, deadlines, return_reason,
                                       with_reporter=targets.receives_confidential,
-                                      recurrence=await recurrence_of(tx, case["incident_id"]))
+                                      recurrence=await case_recurrence(tx, case))
         if extra:
             payload["data"].update(extra)
         body = json.dumps(payload, ensure_ascii=False)
@@ -485,9 +490,10 @@ class CaseBook:
     async def _close(self, tx: Tx, case: sqlite3.Row, state: str, note: str | None, now: float) -> None:
         await tx.execute("UPDATE cases SET closed_at=?, result=? WHERE id=?", (now, note, case["id"]))
         # The incident closes with its case: a later report of the same place and problem is a recurrence
-        # (a new incident, a new case), not a duplicate of something already handled.
-        await tx.execute("UPDATE incidents SET state='closed', closed_at=?, closed_as=? WHERE id=? AND state='open'",
-                         (now, state, case["incident_id"]))
+        # (a new incident, a new case), not a duplicate of something already handled. Dedupe owns the incident and
+        # closes it from its own queue, ahead of any report queued after this commit.
+        await tx.enqueue(DEDUPE, case["report_id"], DedupeJob(incident_id=case["incident_id"], incident_state="closed",
+                                                              closed_as=state, at=now))
         rows = await tx.fetchall("SELECT id FROM reports WHERE incident_id=? AND status NOT IN"
                                  " ('rejected','out_of_scope','ignored')", (case["incident_id"],))
         for row in rows:
@@ -580,8 +586,8 @@ class CaseBook:
         previous = {"state": case["state"], "result": case["result"], "closed_at": iso(case["closed_at"])}
         await tx.execute("UPDATE cases SET state='forwarded', closed_at=NULL, forwarded_at=?, complex=0,"
                          " expected_completion=NULL, updated_at=? WHERE id=?", (now, now, case["id"]))
-        await tx.execute("UPDATE incidents SET state='open', closed_at=NULL, closed_as=NULL WHERE id=?"
-                         " AND state='closed'", (case["incident_id"],))
+        # The incident reopens with the case (dedupe applies it from its queue), so new reports join it again.
+        await tx.enqueue(DEDUPE, case["report_id"], DedupeJob(incident_id=case["incident_id"], incident_state="open"))
         await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE incident_id=?"
                          " AND status='closed'", (now, case["incident_id"]))
         await tx.event(report_id, "case_disputed", "reporter", {"case_id": case["id"], "source": source,

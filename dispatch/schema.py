@@ -248,3 +248,12 @@ MIGRATIONS.append((
     DROP INDEX IF EXISTS escalations_due;
     """,
 ))
+
+MIGRATIONS.append((
+    6,
+    """
+    -- The closed incident a case's incident repeats, from the dispatch job dedupe queues (its recurrence link):
+    -- dispatch reads the previous case through it and never names dedupe's tables.
+    ALTER TABLE cases ADD COLUMN recurrence_of TEXT;
+    """,
+))

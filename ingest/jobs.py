@@ -32,6 +32,13 @@ class ClassifyJob:
 class DedupeJob:
     # True when an operator's review decision sends the report back: it already has its incident.
     after_review: bool = False
+    # Dispatch closed (`incident_state` "closed", with the case's final state `closed_as` at `at`) or reopened
+    # ("open") the case of `incident_id`: the incident follows its case, written by dedupe in its own transaction.
+    # On the dedupe queue itself, so a report queued after the closure is matched against the closed incident.
+    incident_id: str | None = None
+    incident_state: str | None = None
+    closed_as: str | None = None
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +47,8 @@ class DispatchJob:
     # An operator merged `incident_id` into `merged_into`: its case is moved or closed (dedupe/operations.py).
     merged_into: str | None = None
     actor: str | None = None
+    # The closed incident this one repeats (dedupe's recurrence link), kept on the case for agencies and operators.
+    recurrence_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

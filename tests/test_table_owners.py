@@ -16,10 +16,8 @@ PACKAGES = ("channels", "classifier", "config", "console", "dedupe", "dispatch",
 SQL_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(\w+)", re.IGNORECASE)
 
 # (file, table) reads that cross a stage's boundary today, each still to be replaced by a record or a query
-# function of the owner: dispatch reads dedupe's incidents for recurrences; the public views in the base read the
-# case of a report.
+# function of the owner: the public views in the base read the case of a report.
 KNOWN_CROSSINGS = {
-    ("dispatch/cases.py", "incidents"),
     ("ingest/public.py", "cases"),
     ("ingest/public.py", "answers"),
 }

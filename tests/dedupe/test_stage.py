@@ -312,7 +312,8 @@ async def test_a_report_whose_best_match_is_closed_joins_another_open_incident_o
         await _drain(store, matcher)
         r = await store.get_report(later)
         assert r and r.incident_id == "INC-000004"
-        assert await _jobs(store, later) == [("dispatch", {"incident_id": "INC-000004"})]
+        # ...linked to the closed incident it repeats, which dispatch keeps on the new case.
+        assert await _jobs(store, later) == [("dispatch", {"incident_id": "INC-000004", "recurrence_of": "INC-000001"})]
     finally:
         await store.close()
 

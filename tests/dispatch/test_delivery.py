@@ -280,7 +280,9 @@ async def test_an_outbox_written_before_the_one_queue_is_delivered_after_the_upg
     from dispatch.schema import MIGRATIONS
     from ingest.store import Store
 
-    old = {"dedupe": DEDUPE_MIGRATIONS, "dispatch": [m for m in MIGRATIONS if m[0] <= 3]}
+    # Schema 3 plus the later migrations this test's current code writes through (the case's recurrence link, 6),
+    # which the queue's migrations (4, 5) do not depend on: those still run at the upgrade below.
+    old = {"dedupe": DEDUPE_MIGRATIONS, "dispatch": [m for m in MIGRATIONS if m[0] <= 3 or m[0] >= 6]}
     store = await Store.open(tmp_path / "old.sqlite3", tmp_path / "blobs", clock=fclock, migrations=old)
     cfg = DispatchConfig.model_validate({"agencies": webhook_cfg(receiver.url)})
     book = make_book(store, directory, cfg)

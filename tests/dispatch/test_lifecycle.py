@@ -80,6 +80,7 @@ async def test_incident_closes_with_its_case_and_a_later_report_is_a_recurrence(
                              "photos": [{"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}]})
     assert status == 201
     await pump(ctx)
+    await dedupe(store, matcher)  # the incident is dedupe's: it closes from dedupe's queue, after the case
     inc = await store.fetchone("SELECT state, closed_as FROM incidents WHERE id='INC-000001'")
     assert (inc["state"], inc["closed_as"]) == ("closed", "resolved")
     assert {(await store.get_report(r)).status for r in (first, joined)} == {"closed"}
