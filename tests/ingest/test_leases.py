@@ -264,16 +264,18 @@ async def test_a_new_holder_waits_for_the_write_its_predecessor_confirmed(pg_url
             await _until(lease.lost)
             await new.start()
             successor = new.lease("dedupe-incidents")
-            # The successor took the lock and now waits, in the server's lock table, for this write to end.
+            # The successor (B, or A again on a new session: whoever asks first) took the lock and now waits, in the
+            # server's lock table, for this write to end.
             unsigned = lease.fence_key & 0xFFFF_FFFF_FFFF_FFFF
             while not await asyncio.wait_for(watcher.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype='advisory' AND NOT granted"
                     " AND classid=$1::bigint::oid AND objid=$2::bigint::oid AND objsubid=1)",
                     unsigned >> 32, unsigned & 0xFFFF_FFFF), BOUND):
-                assert not successor.held, "the successor holds the lease while its predecessor's write is open"
+                assert not (successor.held or lease.held), "a successor holds the lease while the write is open"
                 await asyncio.sleep(0.01)
-            assert not successor.held
-        await _until(successor.acquired)  # the write committed: now, and only now, the successor holds it
+            assert not (successor.held or lease.held)
+        # The write committed: now, and only now, a successor holds it.
+        await asyncio.wait_for(_until_one_holds(lease, successor), BOUND)
         assert [r["n"] for r in await store.fetchall("SELECT n FROM decided")] == [1]
     finally:
         await watcher.close()
