@@ -14,7 +14,7 @@ from aiohttp import web
 
 from config.channels import ChannelEntry, Open311Options
 from ingest.app import AppContext, Service
-from ingest.public import fetch_public_request, public_request, services
+from ingest.public import services
 from ingest.store import Store
 from ingest.limits import CLIENT_LIMITS, RateLimited, too_many
 from ingest.untrusted import BodyError, single_line
@@ -40,7 +40,6 @@ class Open311Channel:
         return [
             web.post(f"{PREFIX}/requests.json", self.post_request),
             web.get(f"{PREFIX}/services.json", self.services),
-            web.get(PREFIX + "/requests/{id}.json", self.get_request),
         ]
 
     async def run(self) -> None:
@@ -87,13 +86,6 @@ class Open311Channel:
 
     async def services(self, request: web.Request) -> web.Response:
         return web.json_response(services(self.ctx.directory))
-
-    async def get_request(self, request: web.Request) -> web.Response:
-        # The same row and renderer as requests/{id}.xml and the list (ingest/public.py).
-        row = await fetch_public_request(self.store, request.match_info["id"])
-        if row is None:
-            return self._fail(404, "no such service request")
-        return web.json_response([public_request(row, self.ctx.directory, self.ctx.settings.http.public_base_url)])
 
 
 def _equal(a: str, b: str) -> bool:

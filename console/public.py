@@ -18,10 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
+from dispatch.queries import PUBLIC_SELECT, public_report
 from ingest.app import AppContext
 from ingest.clock import VN_TZ
-from ingest.public import (CLOSED_STATES, HIDDEN_STATES, PUBLIC_SELECT, fetch_public_request, public_request,
-                           services)
+from ingest.public import CLOSED_STATES, HIDDEN_STATES, public_request, services
 from ingest.vocabulary import DISCOVERY_TEXTS
 
 PREFIX = "/open311/v2"
@@ -162,7 +162,7 @@ class PublicViews:
         return [self._render(r) for r in rows[:size]]
 
     async def _one(self, rid: str) -> Any:
-        return await fetch_public_request(self.ctx.store, rid)
+        return await public_report(self.ctx.store, rid)
 
     async def discovery_json(self, request: web.Request) -> web.Response:
         """Open311 service discovery: where the GeoReport v2 endpoint is and which formats it speaks."""
@@ -211,8 +211,9 @@ class PublicViews:
 
 
 def add_public_routes(ctx: AppContext) -> None:
-    """Add the public routes, skipping any GET the app channel already serves (it registers services.json and
-    requests/{id}.json when configured): aiohttp would otherwise keep two handlers and use the first."""
+    """Add the public routes, skipping any GET the app channel already serves (it registers services.json when
+    configured): aiohttp would otherwise keep two handlers and use the first. A report's own page
+    (requests/{id}.json) is served here only: it reads the report's case, which a channel may not name."""
     taken = {(r.method, r.resource.canonical) for r in ctx.http.router.routes() if r.resource is not None}
     views = PublicViews(ctx)
     ctx.http.add_routes([r for r in views.routes() if ("GET", r.path) not in taken])

@@ -7,10 +7,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ingest.public import HIDDEN_STATES
 from ingest.store import Store
 
 # Ids per IN list: well under SQLite's and PostgreSQL's limits on parameters.
 _CHUNK = 500
+
+
+# -- what the public sees of a report ------------------------------------------------------------------------
+# The columns ingest.public.public_request reads, with the case of the report's incident when there is one and the
+# data of that case's answers (where the agency's after-photos are). The Open311 JSON and XML and the public pages
+# all read a report through this one query (console/public.py, portal/views.py add their WHERE).
+PUBLIC_SELECT = ("SELECT r.id, r.status, r.topic, r.agency, r.district, r.received_at, r.updated_at, r.record,"
+                 " r.classification, r.incident_id, c.agency AS case_agency, c.state AS case_state,"
+                 " c.expected_completion, c.id AS case_id, c.report_id AS case_report_id,"
+                 " (SELECT json_group_array(a.data) FROM answers a WHERE a.case_id = c.id) AS answer_data"
+                 " FROM reports r LEFT JOIN cases c ON c.incident_id = r.incident_id")
+
+
+async def public_report(store: Store, request_id: str) -> Any:
+    """The PUBLIC_SELECT row of one public service request, or None when there is none the public may see."""
+    if not request_id.isdigit():
+        return None
+    return await store.fetchone(
+        f"{PUBLIC_SELECT} WHERE r.id=? AND r.status NOT IN ({','.join('?' * len(HIDDEN_STATES))})",
+        [int(request_id), *sorted(HIDDEN_STATES)])
 
 
 # -- one case -------------------------------------------------------------------------------------------------

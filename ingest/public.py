@@ -1,7 +1,8 @@
 """What the public may see of a report (Art. 8.2, 9): handling status and redacted content, never the reporter.
 
-Pure functions over a `reports` row (optionally joined with its case); used by the Open311 read API, the
-app channel's single-request lookup and the public page. Reports are public by default, except those under
+Pure functions over a `reports` row (optionally joined with its case: the row comes from dispatch's
+`dispatch.queries.PUBLIC_SELECT`, since the base names no stage's table); used by the Open311 read API
+(console/public.py) and the public pages (portal/). Reports are public by default, except those under
 confidentiality (Art. 9): a confidential report shows its topic, place and handling steps but no content and
 no coordinates, since both can identify the reporter.
 """
@@ -22,7 +23,7 @@ CLOSED_STATES = {"closed", "rejected", "out_of_scope"}
 # Reports in these states are never published: loops and auto-replies, abusive content, our own failures.
 # A follow-up message lives on its earlier report's timeline (ingest/followup.py), not as a report of its own.
 HIDDEN_STATES = {"ignored", "rejected", "failed", "follow_up"}
-__all__ = ["REDACTED", "PUBLIC_SELECT", "fetch_public_request", "public_request", "redact_text", "services"]
+__all__ = ["REDACTED", "public_request", "redact_text", "services"]
 CONFIDENTIAL_NOTE = vocabulary.CONFIDENTIAL_NOTE["vi"]
 PENDING_NOTE = vocabulary.PENDING_NOTE["vi"]
 OUT_OF_SCOPE_NOTE = vocabulary.OUT_OF_SCOPE_NOTE["vi"]
@@ -33,25 +34,8 @@ STATUS_VI = {status: texts["vi"] for status, texts in vocabulary.REPORT_STATUS_T
 CASE_STATE_VI = {state: texts["vi"] for state, texts in vocabulary.CASE_STATE_TEXTS.items()}
 
 
-# The columns public_request reads, with the case of the report's incident when there is one and the data of
-# that case's answers (where the agency's after-photos are). The Open311 JSON and XML, the app channel's
-# lookup and the public pages all read a report through this one query.
-PUBLIC_SELECT = ("SELECT r.id, r.status, r.topic, r.agency, r.district, r.received_at, r.updated_at, r.record,"
-                 " r.classification, r.incident_id, c.agency AS case_agency, c.state AS case_state,"
-                 " c.expected_completion, c.id AS case_id, c.report_id AS case_report_id,"
-                 " (SELECT json_group_array(a.data) FROM answers a WHERE a.case_id = c.id) AS answer_data"
-                 " FROM reports r LEFT JOIN cases c ON c.incident_id = r.incident_id")
 # Where the public pages serve a report's published photos (re-encoded, without EXIF; portal/views.py).
 PUBLIC_PHOTO_PATH = "/public/{id}/photos/{sha}"
-
-
-async def fetch_public_request(store: Any, request_id: str) -> Any:
-    """The row of one public service request, or None when there is none the public may see."""
-    if not request_id.isdigit():
-        return None
-    return await store.fetchone(
-        f"{PUBLIC_SELECT} WHERE r.id=? AND r.status NOT IN ({','.join('?' * len(HIDDEN_STATES))})",
-        [int(request_id), *sorted(HIDDEN_STATES)])
 
 
 def services(directory: Directory) -> list[dict[str, Any]]:
@@ -122,7 +106,7 @@ def public_request(row: Any, directory: Directory, base_url: str = "") -> dict[s
 
     `row` is a `reports` row with id, status, topic, agency, received_at, updated_at, record; when it also
     carries `classification`, `case_agency`, `case_state`, `expected_completion` and `answer_data`
-    (PUBLIC_SELECT), those make the answer more precise. `media_url`: the first published photo, under
+    (dispatch.queries.PUBLIC_SELECT), those make the answer more precise. `media_url`: the first published photo, under
     `base_url` (the public base URL).
     """
     message = from_json(InboundMessage, row["record"])

@@ -51,6 +51,7 @@ class Server:
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     # Every component's tables: a public request is read with its case and the case's answers.
+    from console.public import add_public_routes
     from run_daemon import collect_migrations
 
     store = await Store.open(tmp_path / "store.sqlite3", tmp_path / "blobs", migrations=collect_migrations())
@@ -59,6 +60,8 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
                      http=make_app(MAX_BODY))
     entry = ChannelEntry(kind="open311", name="app")
     (channel,) = build(ctx, entry, Open311Options(max_photos=2))
+    # The public read API beside it, as every serving instance builds it (a report's page reads its case).
+    add_public_routes(ctx)
     runner = web.AppRunner(ctx.http)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
