@@ -63,7 +63,9 @@ host = "127.0.0.1"
 port = {port}
 
 [queue]
-lease_seconds = 5
+# Long enough that a batch on a loaded 2-core machine finishes inside its lease (a killed holder's jobs wait
+# this long before another instance takes them).
+lease_seconds = 20
 reclaim_interval = 1
 max_attempts = 5
 
