@@ -26,7 +26,7 @@ from dispatch.schema import MIGRATIONS as DISPATCH
 from ingest.app import AppContext
 from ingest.clock import FakeClock, iso
 from ingest.http import make_app
-from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter, to_json
+from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter
 from ingest.store import Store
 from portal import service as portal_service
 from portal.schema import MIGRATIONS as PORTAL
@@ -98,27 +98,15 @@ def _report(store: Store, *, text: str, status: str = "routed", topic: str = "wa
 
 
 async def seed_report(store: Store, *, text: str, incident: str | None = None, **kw: Any) -> int:
-    """A report as the classify stage leaves it (and, with `incident`, as dedupe leaves it), in any status the test
-    names (also ones dedupe gives, "duplicate"), in the incident the test names."""
+    """A report as the classify stage leaves it, by its own writes (tests/seed.py): its `status` is a classify
+    outcome (routed, review, rejected, out_of_scope) and it waits for the next stage's job. With `incident`, dedupe's
+    job is finished too, joining that incident (a new one, the next number, when it is not open yet): a routed report
+    joining an incident that has a case becomes a duplicate, the first one of an incident is sent to dispatch."""
     msg, cls = _report(store, text=text, **kw)
     rid = await seed.submit(store, msg)
-    async with store.transaction() as tx:
-        await tx.execute("DELETE FROM jobs WHERE report_id=?", (rid,))
-        await tx.execute("UPDATE reports SET status=?, topic=?, category=?, agency=?, district=?, confidence=?,"
-                         " classification=? WHERE id=?",
-                         (cls.status, cls.topic, cls.category, cls.agency, cls.place.district, cls.confidence,
-                          to_json(cls), rid))
-        await tx.event(rid, "classified", "classifier", {"status": cls.status, "topic": cls.topic})
-        if incident:
-            exists = await tx.fetchone("SELECT 1 FROM incidents WHERE id=?", (incident,))
-            if not exists:
-                await tx.execute("INSERT INTO incidents(id, seq, first_report_id, topic, district, created_at,"
-                                 " last_report_at) VALUES (?,?,?,?,?,?,?)",
-                                 (incident, int(incident.split("-")[1]), rid, cls.topic, cls.place.district,
-                                  store.clock.now(), store.clock.now()))
-            await tx.execute("INSERT INTO incident_reports(report_id, incident_id, joined_at) VALUES (?,?,?)",
-                             (rid, incident, store.clock.now()))
-            await tx.execute("UPDATE reports SET incident_id=? WHERE id=?", (incident, rid))
+    await seed.classify(store, rid, cls)
+    if incident:
+        assert await seed.group(store, rid, incident) == incident, "seed incidents in the order of their numbers"
     return rid
 
 

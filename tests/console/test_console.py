@@ -11,6 +11,7 @@ import pytest
 from console import auth
 from config.loader import validate
 from console.service import user_cli
+from dispatch import queries as dispatch_queries
 from ingest.records import Candidate, Place, Reporter
 
 from .conftest import PASSWORD, Browser, Server, seed_case, seed_report
@@ -118,7 +119,9 @@ async def test_review_decision_records_who_and_when_and_sends_the_report_on(serv
     assert (row["status"], row["topic"], row["agency"]) == ("routed", "drainage", "thoat-nuoc")
     decision = await server.store.fetchone("SELECT actor, at FROM review_decisions WHERE report_id=?", (rid,))
     assert decision["actor"] == "operator" and decision["at"] == server.store.clock.now()
-    job = await server.store.fetchone("SELECT payload FROM jobs WHERE report_id=? AND stage='dedupe'", (rid,))
+    # Sent back to dedupe (after the job the classify stage queued for a report in review).
+    job = await server.store.fetchone("SELECT payload FROM jobs WHERE report_id=? AND stage='dedupe'"
+                                      " ORDER BY id DESC LIMIT 1", (rid,))
     assert job is not None and json.loads(job["payload"])["after_review"] is True
     # A second click finds it decided and changes nothing.
     status, _, _ = await browser.post(f"/console/review/{rid}/decide", {"topic": "water_supply"})
@@ -137,8 +140,9 @@ async def test_review_page_shows_the_classifier_reasons_and_escapes_report_text(
     import numpy as np
 
     store = server.store
-    known = await seed_report(store, text="Cống thoát nước bị nghẹt rác ở Bình Thạnh", topic="drainage",
-                              agency="thoat-nuoc", status="dispatched")
+    known_case = await seed_case(server, text="Cống thoát nước bị nghẹt rác ở Bình Thạnh", incident="INC-000001",
+                                 topic="drainage", agency="thoat-nuoc")
+    known = (await dispatch_queries.case(store, known_case))["report_id"]
     rid = await seed_report(store, text="Nước ngập <script>alert('x')</script> gọi 0901234567", status="review",
                             place=Place(district="binh-thanh", ward="phuong-25", street="dien bien phu",
                                         house_number="83/16/4", source="text"),
@@ -235,10 +239,12 @@ async def test_confidential_reporter_views_are_logged_and_hidden_from_unauthoris
 async def test_incident_merge_and_split_from_the_console(server: Server, browser: Browser) -> None:
     await seed_case(server, text="Đèn đường tắt đường Lý Tự Trọng", incident="INC-000001", topic="street_lighting",
                     agency="sawaco")
-    r2 = await seed_report(server.store, text="Đèn đường Lý Tự Trọng không sáng", status="duplicate",
-                           incident="INC-000002", topic="street_lighting")
-    r3 = await seed_report(server.store, text="Cây đổ trên đường Lý Tự Trọng", status="duplicate",
-                           incident="INC-000002", topic="street_lighting")
+    # Two reports of a second incident, as dedupe leaves them: the first sent on to dispatch, the second a duplicate.
+    r2 = await seed_report(server.store, text="Đèn đường Lý Tự Trọng không sáng", incident="INC-000002",
+                           topic="street_lighting")
+    r3 = await seed_report(server.store, text="Cây đổ trên đường Lý Tự Trọng", incident="INC-000002",
+                           topic="street_lighting")
+    assert (await server.store.get_report(r3)).status == "duplicate"
     await browser.login("operator")
     status, _, location = await browser.post("/console/incidents/merge", {"keep": "INC-000001",
                                                                           "absorb": "INC-000002"})
@@ -328,10 +334,9 @@ async def test_admin_sees_and_replays_dead_letters_of_every_kind(server: Server,
     store = server.store
     (delivery,) = await store.queue.lease("deliver", 5, 60)
     await store.queue.fail(delivery, "HTTP 400", retry_in=0, dead=True)
+    # Classified: its dedupe job waits, and dies here.
     rid = await seed_report(store, text="Rác thải đầy hẻm 45", topic="waste", agency="ubnd-quan-3",
                             district="quan-3")
-    async with store.transaction() as tx:
-        await tx.enqueue("dedupe", rid)
     (dedupe,) = await store.queue.lease("dedupe", 5, 60)
     await store.queue.fail(dedupe, "index unavailable", retry_in=0, dead=True)
 

@@ -48,7 +48,8 @@ async def _seed_canaries(server: Server) -> dict[str, Any]:
                                         lat=10.77691, lon=106.70091)
     # A duplicate report in review, and one on its own.
     dup = await seed_report(server.store, text=f"Mình là {NAME}, số {PHONE}, nước tràn", incident="INC-000001",
-                            status="duplicate", reporter=reporter)
+                            reporter=reporter)
+    assert (await server.store.get_report(dup)).status == "duplicate"
     review = await seed_report(server.store, text=f"Liên hệ {EMAIL} về rác", status="review", topic="waste",
                                agency="ubnd-quan-3", district="quan-3", reporter=reporter)
     # The agency answers, with a note that names the reporter: notes are never public.
