@@ -4,8 +4,9 @@
     python bench/bench_pipeline.py --url http://127.0.0.1:8022 --store var/1022.sqlite3 [--pid PID]
 
 By default it starts `run_daemon.py serve` on a temporary store and a free loopback port, with every agency of
-the directory delivering to a webhook receiver of its own on loopback (signed, answered 200), and waits for
-/readyz. With `--url` it uses a running daemon instead (`--store`: its SQLite file, read only, to see the
+the directory delivering to a webhook receiver of its own on loopback (signed, answered 200), and the embedder of
+--config's `[classifier]` (backend, variant, model, batch, embed_threads: the one the raw rate measures), and waits
+for /readyz. With `--url` it uses a running daemon instead (`--store`: its SQLite file, read only, to see the
 reports' states; `--pid`: its process, for the peak RSS).
 
 Then it POSTs N reports (the 700 dev reports of classifier/data/reports-seed.jsonl, repeated with fresh keys when
@@ -65,7 +66,7 @@ def raw_embedder_rate(settings: Any, texts: list[str]) -> tuple[float, float, fl
     from config.directory import load_directory
 
     cfg = settings.classifier
-    embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant))
+    embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, cfg.embed_threads))
     router = Router(settings, load_directory(settings.data.agencies), embedder)
     router.load()  # the cached topic model: its restorer decides what is embedded
     embedded = router.embedding_texts([report_text(t) for t in texts])
@@ -109,9 +110,13 @@ async def start_receiver() -> tuple[web.AppRunner, str, list[int]]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/hook", hits
 
 
-def write_config(tmp: Path, port: int, hook: str, agencies: list[str], cache_dir: Path) -> Path:
+def write_config(tmp: Path, port: int, hook: str, agencies: list[str], classifier: Any) -> Path:
+    """The daemon's config: its embedder exactly as the raw rate is measured here (backend, variant, model, batch,
+    threads from `classifier`, the settings of --config)."""
     def q(value: Any) -> str:
         return json.dumps(str(value), ensure_ascii=False)
+
+    model = f"model = {q(classifier.model)}\n" if classifier.model else ""
 
     parts = [f"""
 [store]
@@ -123,7 +128,11 @@ host = "127.0.0.1"
 port = {port}
 
 [classifier]
-cache_dir = {q(cache_dir)}
+cache_dir = {q(Path(classifier.cache_dir).resolve())}
+backend = {q(classifier.backend)}
+variant = {q(classifier.variant)}
+{model}batch = {classifier.batch}
+embed_threads = {classifier.embed_threads}
 
 [dispatch.delivery]
 poll_seconds = 0.2
@@ -244,7 +253,7 @@ async def run_pipeline(args: argparse.Namespace, reports: list[dict[str, Any]], 
         else:
             port = free_port()
             agencies = sorted(load_directory(settings.data.agencies).agencies)
-            config = write_config(tmp, port, hook, agencies, Path(settings.classifier.cache_dir).resolve())
+            config = write_config(tmp, port, hook, agencies, settings.classifier)
             env = {**os.environ, "BENCH_WHSEC": SECRET, "PYTHONUNBUFFERED": "1"}
             log = open(tmp / "daemon.log", "ab")
             proc = subprocess.Popen([sys.executable, str(REPO / "run_daemon.py"), "serve", "--config", str(config)],
@@ -315,7 +324,10 @@ def main() -> int:
     done = len(reports) - refused
     print(f"{done} reports end to end (POST, classify, dedupe, dispatch to a loopback webhook:"
           f" {deliveries} deliveries), load avg {load:.1f}")
-    print(f"pipeline        {rps:7.1f} reports/s")
+    from classifier.embedding.embedder import embed_threads
+
+    print(f"pipeline        {rps:7.1f} reports/s (embedder: {settings.classifier.variant},"
+          f" {embed_threads(settings.classifier.embed_threads)} threads, daemon and raw alike)")
     if raws:
         raw = sum(r[0] for r in raws) / len(raws)
         print(f"raw embedder    {raw:7.1f} texts/s in calls of [classifier] batch = {settings.classifier.batch}"

@@ -93,7 +93,7 @@ class Published:
 
     # The classifier's loaded embedder, the settings it was loaded for, and its router (reused by a reload).
     embedder: Any = None
-    embedder_key: tuple[str, ...] | None = None
+    embedder_key: tuple[object, ...] | None = None
     router: Any = None
     # Why the classifier cannot classify yet (its model loading), None when it can. Unset: no classifier here.
     classifier_not_ready: Callable[[], str | None] | None = None

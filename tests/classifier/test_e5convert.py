@@ -207,3 +207,21 @@ def test_outdated_marker_is_not_current(tmp_path, e5file):
     )
     assert not e5convert.is_current(tmp_path, e5file.path)
     assert not e5convert.is_current(tmp_path / "missing", e5file.path)
+
+
+def test_int8_embed_threads_config_sets_streams_not_vectors(model_dir, dev_texts):
+    """`[classifier] embed_threads` reaches the int8 runner as its number of batch streams (0: every core), and the
+    vectors do not depend on it: one stream runs the same length-sorted batches in turn."""
+    pytest.importorskip("onnxruntime")
+    from classifier.embedding.embedder import load_embedder
+    from config.schema import ClassifierConfig
+
+    one = load_embedder("e5-converted", variant="int8", threads=ClassifierConfig(embed_threads=1).embed_threads)
+    two = load_embedder("e5-converted", variant="int8", threads=2)
+    auto = load_embedder("e5-converted", variant="int8", threads=ClassifierConfig().embed_threads)
+    assert (one._encoder.workers, two._encoder.workers) == (1, 2)
+    assert auto._encoder.workers == (os.cpu_count() or 1)
+    texts = dev_texts[:24]
+    np.testing.assert_array_equal(one.encode(texts), two.encode(texts))
+    with pytest.raises(ValueError):
+        ClassifierConfig(embed_threads=-1)
