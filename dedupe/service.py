@@ -59,6 +59,24 @@ async def route_member(tx: Tx, report_id: int, incident_id: str, status: str) ->
     return "duplicate"
 
 
+def incident_state_writes(payload: DedupeJob, fence: Callable[[Tx], Awaitable[None]] | None = None) -> Any:
+    """Dispatch closed or reopened the incident's case: the incident follows, in this stage's transaction."""
+    incident_id = payload.incident_id
+    if not incident_id or payload.incident_state not in ("open", "closed"):
+        raise PermanentError(f"incident state job without an incident or a known state: {payload!r}")
+
+    async def writes(tx: Tx) -> None:
+        if fence is not None:
+            await fence(tx)
+        if payload.incident_state == "closed":
+            changed = await incidents.close(tx, incident_id, payload.closed_as or "resolved",
+                                            payload.at if payload.at is not None else tx.store.clock.now())
+        else:
+            changed = await incidents.reopen(tx, incident_id)
+        log.info("dedupe: incident %s %s%s", incident_id, payload.incident_state, "" if changed else " already")
+    return writes
+
+
 class DedupeStage:
     """Handler of the `dedupe` queue; one instance per daemon (writes must stay serialised)."""
 
@@ -74,7 +92,7 @@ class DedupeStage:
         (read through the transaction, which sees its own writes; the window holds them, see matcher.hold)."""
         payload = job.payload
         if payload.incident_state is not None:
-            return self._incident_state(payload)
+            return incident_state_writes(payload, self.fence)
         if report.status not in MATCH_STATUSES:
             log.info("dedupe: report %d has status %s, nothing to do", report.id, report.status)
             return None
@@ -88,23 +106,6 @@ class DedupeStage:
             if self.fence is not None:
                 await self.fence(tx)
             await self.apply(tx, view, status, after_review)
-        return writes
-
-    def _incident_state(self, payload: DedupeJob) -> Any:
-        """Dispatch closed or reopened the incident's case: the incident follows, in this stage's transaction."""
-        incident_id = payload.incident_id
-        if not incident_id or payload.incident_state not in ("open", "closed"):
-            raise PermanentError(f"incident state job without an incident or a known state: {payload!r}")
-
-        async def writes(tx: Tx) -> None:
-            if self.fence is not None:
-                await self.fence(tx)
-            if payload.incident_state == "closed":
-                changed = await incidents.close(tx, incident_id, payload.closed_as or "resolved",
-                                                payload.at if payload.at is not None else tx.store.clock.now())
-            else:
-                changed = await incidents.reopen(tx, incident_id)
-            log.info("dedupe: incident %s %s%s", incident_id, payload.incident_state, "" if changed else " already")
         return writes
 
     async def apply(self, tx: Tx, view: policy.ReportView, status: str, after_review: bool) -> None:

@@ -4,7 +4,8 @@ A report is submitted through the store (as a channel does); its `classify` job 
 and finished with the classify stage's own writes (classifier.service.classification_writes: the report row, the
 event and the hand-off to `dedupe`), for the classification the test chooses instead of the model's; the `dedupe`
 job is finished with the incident repository and the stage's own routing (dedupe.incidents, route_member), into
-the incident the test chooses instead of the matcher's; the `dispatch` job runs the real dispatch stage. No test
+the incident the test chooses instead of the matcher's (a case's closing or reopening waiting before it is applied
+by the stage's own writes); the `dispatch` job runs the real dispatch stage. No test
 writes another stage's rows by hand.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from classifier.service import classification_writes
 from dedupe import incidents
-from dedupe.service import route_member
+from dedupe.service import incident_state_writes, route_member
 from dispatch.cases import CaseBook
 from ingest.records import Classification, InboundMessage, Job
 from ingest.store import Store, StoredReport, Tx
@@ -44,6 +45,9 @@ async def group(store: Store, report_id: int, incident_id: str | None = None) ->
     joined: list[str] = []
 
     async def handle(job: Job, report: StoredReport) -> Any:
+        if job.payload.incident_state is not None:
+            # A case closed or reopened before: the stage's own writes bring its incident along first.
+            return incident_state_writes(job.payload)
         assert report.id == report_id, "another report's dedupe job is waiting first"
 
         async def writes(tx: Tx) -> None:
@@ -58,7 +62,9 @@ async def group(store: Store, report_id: int, incident_id: str | None = None) ->
             await route_member(tx, report_id, target, row["status"])
             joined.append(target)
         return writes
-    assert await StageWorker(store, "dedupe", handle, ONE).run_once() == 1
+    worker = StageWorker(store, "dedupe", handle, ONE)
+    while not joined:
+        assert await worker.run_once() == 1, "the report has no dedupe job waiting"
     return joined[0]
 
 

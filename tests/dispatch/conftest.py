@@ -20,9 +20,9 @@ from dispatch.cases import CaseBook
 from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
 from dispatch.schema import MIGRATIONS
 from ingest.clock import FakeClock, iso
-from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter, to_json
+from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter
 from ingest.store import Store
-from ingest.worker import StageWorker
+from tests import seed
 
 SECRET_A = "whsec_" + base64.b64encode(b"first-secret-key-0123456789abcd").decode()
 SECRET_B = "whsec_" + base64.b64encode(b"second-secret-key-0123456789abc").decode()
@@ -57,31 +57,35 @@ _seq = iter(range(1, 1_000_000))
 
 async def seed_report(store: Store, *, text: str = "Ống nước bể trên đường Lê Lợi, nước tràn ra đường.",
                       topic: str = "water_supply", category: str = "infrastructure", agency: str | None = "sawaco",
-                      district: str | None = "quan-1", channel: str = "email", incident_id: str = "INC-000001",
+                      district: str | None = "quan-1", channel: str = "email", incident_id: str | None = "INC-000001",
                       reporter: Reporter | None = None, language: str = "vi", status: str = "routed",
-                      candidates: tuple[Candidate, ...] = (), attachments: tuple[Any, ...] = ()) -> int:
+                      candidates: tuple[Candidate, ...] = (), attachments: tuple[Any, ...] = (),
+                      reason: str | None = None) -> int:
+    """A report as classify and dedupe leave it, by their own code (tests/seed.py): classified as the test says
+    (`status`: a classify outcome), then, with `incident_id`, grouped into that incident (a new one, the next
+    number, when it does not exist yet: seed incidents in the order of their numbers). The first routed report of
+    an incident waits for dispatch (`run_dispatch`); a later one joining an incident with a case is a duplicate."""
+    assert status in ("routed", "review", "rejected", "out_of_scope"), "a duplicate is what dedupe makes of it"
     n = next(_seq)
     msg = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"k{n}",
                          received_at=iso(store.clock.now()), text=text,
                          reporter=reporter or Reporter(name="Nguyễn Văn An", phone="0901234567",
                                                        email="an@example.vn", reply_to="<m1@example.vn>"),
                          attachments=attachments)
-    result = await store.submit(msg, text.encode(), "text/plain")
-    cls = Classification(status="route", topic=topic, category=category, agency=agency, confidence=0.9,
-                         place=Place(district=district, street="le loi"), candidates=candidates, language=language)
-    async with store.transaction() as tx:
-        await tx.execute("UPDATE reports SET status=?, topic=?, category=?, agency=?, district=?, classification=?,"
-                         " incident_id=? WHERE id=?", (status, topic, category, agency, district, to_json(cls),
-                                                       incident_id, result.report_id))
-        await tx.execute("DELETE FROM jobs WHERE report_id=?", (result.report_id,))
-    return result.report_id
+    rid = await seed.submit(store, msg)
+    cls = Classification(status=status, topic=topic, category=category, agency=agency, confidence=0.9,
+                         place=Place(district=district, street="le loi"), candidates=candidates, language=language,
+                         reason=reason)
+    await seed.classify(store, rid, cls)
+    if incident_id is not None and status in ("routed", "review"):
+        assert await seed.group(store, rid, incident_id) == incident_id, "seed incidents in the order of their numbers"
+    return rid
 
 
 async def run_dispatch(store: Store, book: CaseBook, report_id: int, incident_id: str) -> None:
-    async with store.transaction() as tx:
-        await tx.enqueue("dispatch", report_id, {"incident_id": incident_id})
-    worker = StageWorker(store, "dispatch", book.handle_dispatch)
-    assert await worker.run_once() == 1
+    """Run the real dispatch stage over the dispatch job dedupe left for the report's incident."""
+    assert (await store.get_report(report_id)).incident_id == incident_id
+    assert await seed.dispatch(store, book) == 1
 
 
 @dataclass

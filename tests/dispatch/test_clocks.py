@@ -106,8 +106,7 @@ async def clock_row(store: Store, kind: str, case_id: str | None = None) -> Any:
 
 
 async def new_case(ctx: AppContext, incident: str, **kw: Any) -> str:
-    rid = await seed_report(ctx.store, incident_id=incident, **kw)
-    await dispatch_job(ctx.store, rid, incident)
+    await seed_report(ctx.store, incident_id=incident, **kw)  # dedupe queues the dispatch job
     await pump(ctx)
     return "CASE-" + incident.removeprefix("INC-")
 
@@ -124,8 +123,7 @@ async def test_6_2_forward_and_acknowledge_five_minutes_from_receipt(world):
     assert span(fwd) == span(ack) == 5 * MINUTE and fwd["state"] == ack["state"] == "met"
     # A report whose acknowledgement goes out 10 minutes after receipt: judged late.
     rid = await seed_report(ctx.store, incident_id="INC-000002")
-    ctx.clock.advance(10 * MINUTE)
-    await dispatch_job(ctx.store, rid, "INC-000002")
+    ctx.clock.advance(10 * MINUTE)  # dedupe queued its dispatch job at once; dispatch runs it late
     await pump(ctx)
     late = await ctx.store.fetchone("SELECT state FROM deadlines WHERE kind='acknowledge' AND report_id=?", (rid,))
     assert late["state"] == "met_late"
@@ -134,9 +132,7 @@ async def test_6_2_forward_and_acknowledge_five_minutes_from_receipt(world):
 
 async def test_6_3_operator_hour_runs_from_receipt_for_a_report_held_for_review(world):
     ctx, _ = world
-    rid = await seed_report(ctx.store, incident_id="INC-000003", status="review")
-    async with ctx.store.transaction() as tx:
-        await tx.enqueue("notify", rid, {"template": "received"})
+    rid = await seed_report(ctx.store, incident_id="INC-000001", status="review")  # dedupe queued "received"
     ctx.clock.advance(2 * MINUTE)
     await pump(ctx)
     # Acknowledged within 5 minutes like any other report, and the operator unit's hour started at receipt.
@@ -150,30 +146,27 @@ async def test_6_3_operator_hour_runs_from_receipt_for_a_report_held_for_review(
     # The operator decides: the report leaves review, its clock stops (late), the case gets it.
     async with ctx.store.transaction() as tx:
         await tx.execute("UPDATE reports SET status='routed', updated_at=? WHERE id=?", (ctx.clock.now(), rid))
-    await dispatch_job(ctx.store, rid, "INC-000003")
+    await dispatch_job(ctx.store, rid, "INC-000001")
     await pump(ctx)
     row = await ctx.store.fetchone("SELECT * FROM deadlines WHERE kind='operator_guidance' AND report_id=?", (rid,))
-    assert row["state"] == "met_late" and row["case_id"] == "CASE-000003"
+    assert row["state"] == "met_late" and row["case_id"] == "CASE-000001"
 
 
 async def test_6_3_no_handler_found_operator_hour_from_receipt(world):
     ctx, _ = world
-    rid = await seed_report(ctx.store, incident_id="INC-000004", agency=None, topic="unknown", category="civic")
+    await seed_report(ctx.store, incident_id="INC-000001", agency=None, topic="unknown", category="civic")
     ctx.clock.advance(20 * MINUTE)  # the case is recorded 20 minutes after receipt
-    await dispatch_job(ctx.store, rid, "INC-000004")
     await pump(ctx)
-    guidance = await clock_row(ctx.store, "operator_guidance", "CASE-000004")
+    guidance = await clock_row(ctx.store, "operator_guidance", "CASE-000001")
     assert guidance["due_at"] - ctx.clock.now() == 40 * MINUTE
 
 
 async def test_6_4_every_reporter_of_a_duplicate_told_within_five_minutes(world):
     ctx, _ = world
-    await new_case(ctx, "INC-000005")
-    dup = await seed_report(ctx.store, incident_id="INC-000005", status="duplicate",
+    await new_case(ctx, "INC-000001")
+    dup = await seed_report(ctx.store, incident_id="INC-000001",
                             reporter=Reporter(email="b@example.vn"))
-    ctx.clock.advance(7 * MINUTE)
-    async with ctx.store.transaction() as tx:
-        await tx.enqueue("notify", dup, {"template": "duplicate_ack", "incident_id": "INC-000005"})
+    ctx.clock.advance(7 * MINUTE)  # dedupe's acknowledgement goes out late
     await pump(ctx)
     row = await ctx.store.fetchone("SELECT * FROM deadlines WHERE kind='duplicate_notice' AND report_id=?", (dup,))
     assert span(row) == 5 * MINUTE and row["state"] == "met_late"
@@ -182,7 +175,7 @@ async def test_6_4_every_reporter_of_a_duplicate_told_within_five_minutes(world)
 # -- Art. 7.1 ---------------------------------------------------------------------------------------
 async def test_7_1a_forward_to_the_unit_on_the_ground_within_five_minutes(world):
     ctx, base = world
-    case = await new_case(ctx, "INC-000006")
+    case = await new_case(ctx, "INC-000001")
     assert span(await clock_row(ctx.store, "subordinate_forward", case)) == 5 * MINUTE
     ctx.clock.advance(4 * MINUTE)
     assert (await answer(base, TOKENS["agency.sawaco"], case, {"kind": "acknowledged"}))[0] == 201
@@ -191,7 +184,7 @@ async def test_7_1a_forward_to_the_unit_on_the_ground_within_five_minutes(world)
 
 async def test_7_1b_complex_incident_safety_measures_within_two_hours_then_eight_to_fix(world):
     ctx, base = world
-    case = await new_case(ctx, "INC-000007")
+    case = await new_case(ctx, "INC-000001")
     ctx.clock.advance(30 * MINUTE)
     status, _ = await answer(base, TOKENS["agency.sawaco"], case, {"kind": "verified", "complex": True})
     assert status == 201
@@ -212,14 +205,14 @@ async def test_7_1b_complex_incident_safety_measures_within_two_hours_then_eight
 
 async def test_7_1_site_check_fix_false_report_and_return(world):
     ctx, base = world
-    case = await new_case(ctx, "INC-000008")
+    case = await new_case(ctx, "INC-000001")
     assert span(await clock_row(ctx.store, "site_check", case)) == span(await clock_row(ctx.store, "fix", case)) \
         == 2 * HOUR
     ctx.clock.advance(90 * MINUTE)
     await answer(base, TOKENS["agency.sawaco"], case, {"kind": "false_report"})
     close_false = await clock_row(ctx.store, "close_false", case)
     assert span(close_false) == HOUR and close_false["state"] == "met_late"
-    returned = await new_case(ctx, "INC-000009")
+    returned = await new_case(ctx, "INC-000002")
     ctx.clock.advance(30 * MINUTE)
     status, body = await answer(base, TOKENS["agency.sawaco"], returned, {"kind": "returned", "reason": "Không phải"})
     assert status == 201 and body["agency"] == policy.OPERATOR_UNIT
@@ -229,7 +222,7 @@ async def test_7_1_site_check_fix_false_report_and_return(world):
 
 async def test_7_1d_not_an_incident_is_handled_like_category_2(world):
     ctx, base = world
-    case = await new_case(ctx, "INC-000010")
+    case = await new_case(ctx, "INC-000001")
     status, body = await answer(base, TOKENS["agency.sawaco"], case, {"kind": "not_incident",
                                                                       "note": "Đề nghị lắp đồng hồ nước mới"})
     assert status == 201
@@ -245,7 +238,7 @@ async def test_7_1d_not_an_incident_is_handled_like_category_2(world):
 
 async def test_7_1e_dangerous_or_multi_agency_goes_to_the_operator_unit_which_coordinates(world):
     ctx, base = world
-    case = await new_case(ctx, "INC-000011")
+    case = await new_case(ctx, "INC-000001")
     status, body = await answer(base, TOKENS["agency.sawaco"], case, {"kind": "coordination",
                                                                       "note": "Sụt lún lớn, cần nhiều đơn vị"})
     assert status == 201 and body["agency"] == policy.OPERATOR_UNIT
@@ -257,7 +250,7 @@ async def test_7_1e_dangerous_or_multi_agency_goes_to_the_operator_unit_which_co
 # -- Art. 7.2 -----------------------------------------------------------------------------------------
 async def test_7_2_answer_in_five_working_days_or_a_progress_report_with_photos_and_a_date(world):
     ctx, base = world
-    case = await new_case(ctx, "INC-000012", topic="waste", category="civic", agency="ubnd-quan-1")
+    case = await new_case(ctx, "INC-000001", topic="waste", category="civic", agency="ubnd-quan-1")
     answer_clock = await clock_row(ctx.store, "answer", case)
     assert span(answer_clock) == 7 * DAY  # Monday 09:00 + 5 working days
     ctx.clock.advance(4 * DAY)
@@ -281,7 +274,7 @@ async def test_7_3_city_office_forwards_in_one_working_day_agency_answers_in_ten
     ctx, base = world
     # Friday 11/09 09:00: a suggestion reaches the City Office; one working day ends Monday 09:00.
     ctx.clock.advance(4 * DAY)
-    case = await new_case(ctx, "INC-000013", topic="suggestion", category="suggestion", agency="vp-ubnd")
+    case = await new_case(ctx, "INC-000001", topic="suggestion", category="suggestion", agency="vp-ubnd")
     review = await clock_row(ctx.store, "review", case)
     assert review["agency"] == "vp-ubnd" and span(review) == 3 * DAY
     ctx.clock.advance(2 * HOUR)
@@ -310,7 +303,7 @@ async def test_warnings_and_breaches_reach_the_agency_and_the_operator_unit_as_o
         world, smtp, sms_gateway):
     ctx, base = world
     sink, _ = smtp
-    cases = [await new_case(ctx, f"INC-0000{20 + i}") for i in range(3)]
+    cases = [await new_case(ctx, f"INC-{i + 1:06d}") for i in range(3)]
     for case in cases:
         await answer(base, TOKENS["agency.sawaco"], case, {"kind": "acknowledged"})
     ctx.clock.advance(100 * MINUTE)  # site check and fix (2 h) warned 24 min ahead
@@ -341,7 +334,7 @@ async def test_warnings_and_breaches_reach_the_agency_and_the_operator_unit_as_o
 
 async def test_a_digest_that_cannot_be_sent_is_retried_then_kept(world, smtp, sms_gateway):
     ctx, base = world
-    await new_case(ctx, "INC-000030")
+    await new_case(ctx, "INC-000001")
     sms_gateway.status = 503
     ctx.clock.advance(3 * HOUR)
     sender = svc(ctx, "dispatch-escalations")
@@ -358,7 +351,7 @@ async def test_a_digest_that_cannot_be_sent_is_retried_then_kept(world, smtp, sm
 
 async def test_a_digest_refused_for_good_is_a_dead_letter_and_replays(world, smtp, sms_gateway):
     ctx, base = world
-    await new_case(ctx, "INC-000031")
+    await new_case(ctx, "INC-000001")
     sms_gateway.status = 400  # the gateway refuses the message itself: no retry would help
     ctx.clock.advance(3 * HOUR)
     sender = svc(ctx, "dispatch-escalations")
@@ -389,7 +382,7 @@ def test_readme_lists_every_clock_with_its_article_unit_and_length():
 
 async def test_coordinated_case_lead_and_supporting_agencies_each_with_delivery_answers_and_clocks(world, receiver):
     ctx, base = world
-    case = await new_case(ctx, "INC-000040")
+    case = await new_case(ctx, "INC-000001")
     assert (await answer(base, TOKENS["agency.sawaco"], case, {"kind": "coordination"}))[1]["agency"] == \
         policy.OPERATOR_UNIT
     # The operator unit names the lead (holds the case, resolves it) and a supporting agency.

@@ -107,15 +107,14 @@ async def answer(base: str, token: str | None, case_id: str, body: dict[str, Any
 async def test_case_lifecycle_every_reporter_gets_ack_or_result(app_ctx, receiver, sms_gateway):
     ctx, base = app_ctx
     store = ctx.store
-    first = await seed_report(store, incident_id="INC-000042")
-    await dispatch_job(store, first, "INC-000042")
+    first = await seed_report(store, incident_id="INC-000001")
     await pump(ctx)
     case = await store.fetchone("SELECT * FROM cases")
-    assert case["id"] == "CASE-000042" and case["agency"] == "sawaco"
+    assert case["id"] == "CASE-000001" and case["agency"] == "sawaco"
     assert (await store.get_report(first)).status == "dispatched"
     assert len(receiver.accepted) == 1
     replies = ctx.replies.get("email").sent
-    assert replies[0][0] == first and public_ref(case["token"]) in replies[0][1] and "CASE-000042" not in replies[0][1]
+    assert replies[0][0] == first and public_ref(case["token"]) in replies[0][1] and "CASE-000001" not in replies[0][1]
     # Each reporter's link carries their own token (their rating and dispute are theirs alone).
     links = {r["report_id"]: r["token"] for r in await store.fetchall("SELECT * FROM reporter_links")}
     assert f"https://1022.example.vn/cases/{links[first]}" in replies[0][1] and case["token"] not in replies[0][1]
@@ -125,7 +124,7 @@ async def test_case_lifecycle_every_reporter_gets_ack_or_result(app_ctx, receive
         assert resp.status == 409
 
     # A second reporter of the same incident, by phone: joined by dedupe as a duplicate.
-    second = await seed_report(store, incident_id="INC-000042", channel="phone", status="duplicate",
+    second = await seed_report(store, incident_id="INC-000001", channel="phone",
                                reporter=Reporter(phone="0907654321"))
     status, body = await answer(base, TOKENS["agency.sawaco"], case["id"],
                                 {"kind": "resolved", "note": "Đã thay đoạn ống bị vỡ", "photos": [
@@ -134,8 +133,9 @@ async def test_case_lifecycle_every_reporter_gets_ack_or_result(app_ctx, receive
     await pump(ctx)
     assert (await store.get_report(second)).status == "closed"
     assert any(rid == first and "đã được" in text and "xử lý xong" in text for rid, text in replies)
-    # The phone reporter gets the result by SMS (only the result: their acknowledgement came from dedupe).
-    (sms,) = sms_gateway.messages
+    # The phone reporter is told by SMS that the report was known (dedupe's acknowledgement), then the result.
+    ack, sms = sms_gateway.messages
+    assert ack["to"] == "0907654321" and "đã được tiếp nhận trước đó" in ack["text"]
     links = {r["report_id"]: r["token"] for r in await store.fetchall("SELECT * FROM reporter_links")}
     assert sms["to"] == "0907654321" and "Đã thay đoạn ống bị vỡ" in sms["text"] and links[second] in sms["text"]
     assert "7 ngày" in sms["text"]  # how to dispute the result, and until when
@@ -163,8 +163,7 @@ async def test_case_lifecycle_every_reporter_gets_ack_or_result(app_ctx, receive
 
 async def test_answer_api_authentication(app_ctx):
     ctx, base = app_ctx
-    rid = await seed_report(ctx.store, incident_id="INC-000001")
-    await dispatch_job(ctx.store, rid, "INC-000001")
+    await seed_report(ctx.store, incident_id="INC-000001")
     await pump(ctx)
     assert (await answer(base, None, "CASE-000001", {"kind": "acknowledged"}))[0] == 401
     assert (await answer(base, "wrong", "CASE-000001", {"kind": "acknowledged"}))[0] == 401
@@ -193,13 +192,12 @@ async def test_returned_case_is_rerouted_to_next_candidate_then_operators(app_ct
     ctx, base = app_ctx
     cands = (Candidate(topic="water_supply", agency="sawaco", score=0.6),
              Candidate(topic="drainage", agency="thoat-nuoc", score=0.3))
-    rid = await seed_report(ctx.store, incident_id="INC-000005", candidates=cands,
-                            reporter=Reporter(name="Trần Thị Bảo Mật", phone="0911222333", confidential=True))
-    await dispatch_job(ctx.store, rid, "INC-000005")
+    await seed_report(ctx.store, incident_id="INC-000001", candidates=cands,
+                      reporter=Reporter(name="Trần Thị Bảo Mật", phone="0911222333", confidential=True))
     await pump(ctx)
     first = next(iter(receiver.accepted.values()))["data"]
     assert first["reporter"] == {"confidential": True} and "0911222333" not in json.dumps(first)
-    status, body = await answer(base, TOKENS["agency.sawaco"], "CASE-000005",
+    status, body = await answer(base, TOKENS["agency.sawaco"], "CASE-000001",
                                 {"kind": "returned", "reason": "Cống thoát nước, không phải ống cấp nước"})
     assert status == 201 and body["agency"] == "thoat-nuoc"
     await pump(ctx)
@@ -209,14 +207,14 @@ async def test_returned_case_is_rerouted_to_next_candidate_then_operators(app_ct
     assert rerouted[0]["reporter"]["phone"] == "0911222333"
     misroute = await ctx.store.fetchone("SELECT state FROM deadlines WHERE kind='return_misroute'")
     assert misroute["state"] == "met"
-    status, body = await answer(base, TOKENS["agency.thoat-nuoc"], "CASE-000005",
+    status, body = await answer(base, TOKENS["agency.thoat-nuoc"], "CASE-000001",
                                 {"kind": "returned", "reason": "Không thuộc thẩm quyền"})
     assert body["agency"] == "van-hanh-1022"
     guidance = await ctx.store.fetchone("SELECT due_at - started_at AS span FROM deadlines"
                                         " WHERE kind='operator_guidance' AND state='open'")
     assert guidance["span"] == 3600
     # The operator unit guides: it reassigns the case to a named agency.
-    status, body = await answer(base, TOKENS["agency.van-hanh-1022"], "CASE-000005",
+    status, body = await answer(base, TOKENS["agency.van-hanh-1022"], "CASE-000001",
                                 {"kind": "reassigned", "agency": "ubnd-quan-1"})
     assert status == 201 and body["agency"] == "ubnd-quan-1"
     assert (await ctx.store.fetchone("SELECT state FROM deadlines WHERE kind='operator_guidance'"))["state"] == "met"
@@ -225,8 +223,7 @@ async def test_returned_case_is_rerouted_to_next_candidate_then_operators(app_ct
 async def test_clocks_warn_then_escalate_and_show_overdue(app_ctx):
     ctx, base = app_ctx
     store, clock = ctx.store, ctx.store.clock
-    rid = await seed_report(store, incident_id="INC-000009")
-    await dispatch_job(store, rid, "INC-000009")
+    await seed_report(store, incident_id="INC-000001")
     await svc_dispatch(ctx)  # recorded but not delivered yet: the 5-minute forwarding clock runs
     clock.advance(60)
     # forward (6.2) and the agency's forwarding to its unit on the ground (7.1a): both 5 minutes, both warned
@@ -239,12 +236,12 @@ async def test_clocks_warn_then_escalate_and_show_overdue(app_ctx):
     assert [o.kind for o in await overdue(store)] == ["subordinate_forward"]
     assert (await store.fetchone("SELECT state FROM deadlines WHERE kind='forward'"))["state"] == "met_late"
     # Site check (2 h) and fix (2 h): verified meets the site check; the fix clock escalates.
-    await answer(base, TOKENS["agency.sawaco"], "CASE-000009", {"kind": "verified"})
+    await answer(base, TOKENS["agency.sawaco"], "CASE-000001", {"kind": "verified"})
     assert (await store.fetchone("SELECT state FROM deadlines WHERE kind='subordinate_forward'"))["state"] == "met_late"
     clock.advance(2 * 3600)
     result = await tick(store)
     assert result.escalated == 1
-    assert [(o.case_id, o.kind) for o in await overdue(store)] == [("CASE-000009", "fix")]
+    assert [(o.case_id, o.kind) for o in await overdue(store)] == [("CASE-000001", "fix")]
     escalations = await store.fetchall("SELECT data FROM events WHERE kind='deadline_escalation'")
     assert sorted(json.loads(e["data"])["deadline"] for e in escalations) == ["fix", "forward", "subordinate_forward"]
     assert await tick(store) == type(result)(0, 0)  # each fires once
@@ -258,8 +255,7 @@ async def svc_dispatch(ctx: AppContext) -> None:
 
 async def test_email_reply_from_the_agency_applies_the_answer(app_ctx):
     ctx, _ = app_ctx
-    rid = await seed_report(ctx.store, incident_id="INC-000011")
-    await dispatch_job(ctx.store, rid, "INC-000011")
+    await seed_report(ctx.store, incident_id="INC-000001")
     await pump(ctx)
     row = await ctx.store.fetchone("SELECT msg_id FROM deliveries")
     kwargs = dict(subject="Re: phản ánh", in_reply_to=f"<{row['msg_id']}@1022.tphcm.gov.vn>",
@@ -286,32 +282,33 @@ async def test_email_reply_from_the_agency_applies_the_answer(app_ctx):
 
 async def test_english_report_gets_english_messages(app_ctx):
     ctx, _ = app_ctx
-    rid = await seed_report(ctx.store, incident_id="INC-000012", language="en",
-                            text="Burst water pipe on Le Loi street, water everywhere.")
-    await dispatch_job(ctx.store, rid, "INC-000012")
+    await seed_report(ctx.store, incident_id="INC-000001", language="en",
+                      text="Burst water pipe on Le Loi street, water everywhere.")
     await pump(ctx)
     ((_, text),) = ctx.replies.get("email").sent
-    case = await ctx.store.fetchone("SELECT token FROM cases WHERE id='CASE-000012'")
+    case = await ctx.store.fetchone("SELECT token FROM cases WHERE id='CASE-000001'")
     # The reporter reads the case's public reference, not the sequential internal id.
     assert text.startswith(f"HCMC 1022 portal: we have received your report (ref. {public_ref(case['token'])})")
-    assert "CASE-000012" not in text
+    assert "CASE-000001" not in text
     assert "Saigon Water" in text or "Water" in text
 
 
 async def test_dispatch_is_idempotent_and_outbox_is_atomic_with_the_case(app_ctx):
     ctx, _ = app_ctx
-    rid = await seed_report(ctx.store, incident_id="INC-000013")
-    other = await seed_report(ctx.store, incident_id="INC-000013")
-    await dispatch_job(ctx.store, rid, "INC-000013")
-    await dispatch_job(ctx.store, rid, "INC-000013")
-    await dispatch_job(ctx.store, other, "INC-000013")
+    rid = await seed_report(ctx.store, incident_id="INC-000001")  # dedupe queued its dispatch job
+    other = await seed_report(ctx.store, incident_id="INC-000001")  # a duplicate, acknowledged by dedupe
+    # Replayed dispatch jobs: the first report's twice more, and one for the duplicate.
+    await dispatch_job(ctx.store, rid, "INC-000001")
+    await dispatch_job(ctx.store, rid, "INC-000001")
+    await dispatch_job(ctx.store, other, "INC-000001")
     await workers(ctx)["dispatch"].worker.run_once()
     assert (await ctx.store.fetchone("SELECT COUNT(*) AS n FROM cases"))["n"] == 1
     assert (await ctx.store.fetchone("SELECT COUNT(*) AS n FROM deliveries"))["n"] == 1
     assert (await ctx.store.get_report(other)).status == "duplicate"
-    notify = [json.loads(r["payload"])["template"] for r in
-              await ctx.store.fetchall("SELECT payload FROM jobs WHERE stage='notify' ORDER BY id")]
-    assert notify == ["ack", "duplicate_ack"]
+    notify = [(r["report_id"], json.loads(r["payload"])["template"]) for r in
+              await ctx.store.fetchall("SELECT report_id, payload FROM jobs WHERE stage='notify' ORDER BY id")]
+    assert [t for r, t in notify if r == rid] == ["ack"]  # one case, one acknowledgement
+    assert {t for r, t in notify if r == other} == {"duplicate_ack"}
 
 
 async def test_route_mode_records_cases_and_sends_nothing(dstore, directory, receiver):
@@ -320,8 +317,7 @@ async def test_route_mode_records_cases_and_sends_nothing(dstore, directory, rec
                      http=app, route_mode=True)
     services = service.build(ctx)
     assert [s.name for s in services] == ["dispatch"]
-    rid = await seed_report(dstore, incident_id="INC-000020")
-    await dispatch_job(dstore, rid, "INC-000020")
+    await seed_report(dstore, incident_id="INC-000001")
     assert await services[0].worker.run_once() == 1
     assert (await dstore.fetchone("SELECT state FROM deliveries"))["state"] == "pending"
     assert receiver.requests == []
@@ -331,8 +327,7 @@ async def test_unreachable_reporter_is_recorded_not_failed(dstore, directory, re
     ctx = AppContext(settings=settings_for(receiver.url), directory=directory, store=dstore, clock=dstore.clock,
                      http=web.Application())
     svc = {s.name: s for s in service.build(ctx)}
-    rid = await seed_report(dstore, incident_id="INC-000021", channel="app", reporter=Reporter())
-    await dispatch_job(dstore, rid, "INC-000021")
+    rid = await seed_report(dstore, incident_id="INC-000001", channel="app", reporter=Reporter())
     await svc["dispatch"].worker.run_once()
     await svc["dispatch-notify"].worker.run_once()
     await svc["dispatch-delivery"].close()
@@ -347,8 +342,7 @@ async def test_cli_lists_and_replays_dead_deliveries(dstore, directory, receiver
     ctx = AppContext(settings=settings, directory=directory, store=dstore, clock=dstore.clock,
                      http=web.Application())
     svc = {s.name: s for s in service.build(ctx)}
-    rid = await seed_report(dstore, incident_id="INC-000030")
-    await dispatch_job(dstore, rid, "INC-000030")
+    await seed_report(dstore, incident_id="INC-000001")
     await svc["dispatch"].worker.run_once()
     await svc["dispatch-delivery"].run_once()
     assert await dispatch_cli(dstore, settings, ["deliveries", "--dead"]) == 0
@@ -364,10 +358,10 @@ async def test_rejected_report_told_the_reason_in_english_by_sms(dstore, directo
     ctx = AppContext(settings=settings_for(receiver.url, sms_gateway.url), directory=directory, store=dstore,
                      clock=dstore.clock, http=web.Application())
     svc = {s.name: s for s in service.build(ctx)}
+    # The classify stage queued the notice with its reason; the same job once more, as a replay would.
     rid = await seed_report(dstore, incident_id=None, channel="sms", language="en", status="rejected",
-                            reporter=Reporter(phone="0912345678"))
+                            reporter=Reporter(phone="0912345678"), reason="abusive language")
     async with dstore.transaction() as tx:
-        await tx.enqueue("notify", rid, {"template": "rejected", "reason": "abusive language"})
         await tx.enqueue("notify", rid, {"template": "rejected", "reason": "abusive language"})
     await svc["dispatch-notify"].worker.run_once()
     await svc["dispatch-notify"].notifier.sms.close()

@@ -188,17 +188,12 @@ async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_pag
     import aiohttp
 
     from .conftest import seed_report
-    from .test_flow import dispatch_job
 
     ctx, base = app_ctx
     store = ctx.store
-    first = await seed_report(store, incident_id="INC-000050")
-    async with store.transaction() as tx:
-        await tx.execute("INSERT INTO incidents(id, seq, first_report_id, created_at, last_report_at)"
-                         " VALUES ('INC-000050', 50, ?, ?, ?)", (first, store.clock.now(), store.clock.now()))
-    await dispatch_job(store, first, "INC-000050")
+    first = await seed_report(store, incident_id="INC-000001")
     await pump(ctx)
-    second = await seed_report(store, incident_id="INC-000050", status="duplicate", channel="phone",
+    second = await seed_report(store, incident_id="INC-000001", channel="phone",
                                reporter=Reporter(phone="0907000222"))
     case = await store.fetchone("SELECT * FROM cases")
     photo = [{"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}]
@@ -232,7 +227,9 @@ async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_pag
         == "disputed"
     reopened = await store.fetchone("SELECT * FROM cases WHERE id=?", (case["id"],))
     assert (reopened["state"], reopened["agency"], reopened["closed_at"]) == ("forwarded", "sawaco", None)
-    assert (await store.fetchone("SELECT state FROM incidents WHERE id='INC-000050'"))["state"] == "open"
+    # The incident is dedupe's: it reopens from dedupe's queue, after the closing the resolution queued.
+    await dedupe(store, IncidentMatcher(store))
+    assert (await store.fetchone("SELECT state FROM incidents WHERE id='INC-000001'"))["state"] == "open"
     assert (await store.get_report(second)).status == "dispatched"
     # The agency gets the case back with the dispute attached, and a new answer clock runs from now.
     await pump(ctx)
@@ -272,18 +269,13 @@ async def test_a_not_fixed_message_on_the_same_chat_after_the_result_disputes_it
     from classifier.service import ClassifyStage
 
     from .conftest import seed_report
-    from .test_flow import dispatch_job
 
     ctx, base = app_ctx
     store = ctx.store
-    first = await seed_report(store, incident_id="INC-000060", channel="telegram",
+    first = await seed_report(store, incident_id="INC-000001", channel="telegram",
                               reporter=Reporter(name="Trần Bình", reply_to="chat-77"))
-    async with store.transaction() as tx:
-        await tx.execute("INSERT INTO incidents(id, seq, first_report_id, created_at, last_report_at)"
-                         " VALUES ('INC-000060', 60, ?, ?, ?)", (first, store.clock.now(), store.clock.now()))
-    await dispatch_job(store, first, "INC-000060")
     await pump(ctx)
-    case = await store.fetchone("SELECT * FROM cases WHERE incident_id='INC-000060'")
+    case = await store.fetchone("SELECT * FROM cases WHERE incident_id='INC-000001'")
     status, _ = await answer(base, TOKENS["agency.sawaco"], case["id"], {
         "kind": "resolved", "note": "Đã sửa", "photos": [{"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}]})
     assert status == 201

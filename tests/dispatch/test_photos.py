@@ -47,7 +47,7 @@ async def stored_photos(ctx, case: str) -> list[bytes]:
 
 async def test_multipart_upload_of_the_site_photo(world):  # noqa: F811
     ctx, base = world
-    case = await new_case(ctx, "INC-000060")
+    case = await new_case(ctx, "INC-000001")
     form = aiohttp.FormData()
     form.add_field("kind", "resolved")
     form.add_field("note", "Đã thay ống")
@@ -65,7 +65,7 @@ async def test_multipart_upload_of_the_site_photo(world):  # noqa: F811
 
 async def test_photo_urls_are_fetched_through_the_ssrf_guard(world, photo_server):  # noqa: F811
     ctx, base = world
-    case = await new_case(ctx, "INC-000061")
+    case = await new_case(ctx, "INC-000001")
     # Loopback is private: refused unless the operator allows it ([dispatch.evidence] fetch_allow_private).
     status, body = await post(base, case, json={"kind": "resolved", "photo_urls": [f"{photo_server}/site.jpg"]})
     assert status == 409 and "refused" in body["error"]
