@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from classifier.service import classification_writes
 from dedupe import incidents
 from dedupe.service import incident_state_writes, route_member
@@ -29,12 +31,14 @@ async def submit(store: Store, message: InboundMessage, raw: bytes | None = None
     return (await store.submit(message, raw if raw is not None else message.text.encode(), "text/plain")).report_id
 
 
-async def classify(store: Store, report_id: int, result: Classification) -> None:
-    """Finish the report's `classify` job with the classify stage's writes for `result` (no vector: the test does
-    not embed)."""
+async def classify(store: Store, report_id: int, result: Classification, vector: np.ndarray | None = None,
+                   model: str = "e5") -> None:
+    """Finish the report's `classify` job with the classify stage's writes for `result`, with the report's
+    embedding `vector` when the test gives one (dedupe matches on it)."""
     async def handle(job: Job, report: StoredReport) -> Any:
         assert report.id == report_id, "another report's classify job is waiting first"
-        return classification_writes(report.id, result, None, None, None)
+        return classification_writes(report.id, result, vector, model if vector is not None else None,
+                                     len(vector) if vector is not None else None)
     assert await StageWorker(store, "classify", handle, ONE).run_once() == 1
 
 

@@ -17,6 +17,7 @@ from config.directory import Directory, load_directory
 from config.dispatch import DispatchConfig
 from dispatch.calendar import load_calendar
 from dispatch.cases import CaseBook
+from classifier.schema import MIGRATIONS as CLASSIFIER_MIGRATIONS
 from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
 from dispatch.schema import MIGRATIONS
 from ingest.clock import FakeClock, iso
@@ -38,7 +39,8 @@ def fclock() -> FakeClock:
 @pytest.fixture
 async def dstore(tmp_path: Path, fclock: FakeClock) -> AsyncIterator[Store]:
     s = await Store.open(tmp_path / "db.sqlite3", tmp_path / "blobs", clock=fclock,
-                         migrations={"dedupe": DEDUPE_MIGRATIONS, "dispatch": MIGRATIONS})
+                         migrations={"classifier": CLASSIFIER_MIGRATIONS, "dedupe": DEDUPE_MIGRATIONS,
+                                     "dispatch": MIGRATIONS})
     yield s
     await s.close()
 

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
+from classifier.review.decisions import decide
 from config.loader import validate
 from dispatch import policy, service
 from dispatch.clocks import overdue, tick
@@ -24,9 +25,10 @@ from dispatch.delivery import DeliverySender
 from ingest.app import AppContext
 from ingest.records import Reporter
 from ingest.store import Store
+from tests import seed
 
 from .conftest import SECRET_A, seed_report
-from .test_flow import RecordingReplies, answer, dispatch_job
+from .test_flow import RecordingReplies, answer
 
 HOUR, DAY, MINUTE = 3600.0, 86400.0, 60.0
 TOKENS = {"agency.sawaco": "tok-sawaco", "agency.van-hanh-1022": "tok-op", "agency.vp-ubnd": "tok-office",
@@ -144,9 +146,8 @@ async def test_6_3_operator_hour_runs_from_receipt_for_a_report_held_for_review(
     assert (await tick(ctx.store)).escalated == 1
     assert [(o.report_id, o.kind, o.level) for o in await overdue(ctx.store)] == [(rid, "operator_guidance", "breach")]
     # The operator decides: the report leaves review, its clock stops (late), the case gets it.
-    async with ctx.store.transaction() as tx:
-        await tx.execute("UPDATE reports SET status='routed', updated_at=? WHERE id=?", (ctx.clock.now(), rid))
-    await dispatch_job(ctx.store, rid, "INC-000001")
+    await decide(ctx.store, ctx.directory, rid, actor="operator", topic="water_supply", agency="sawaco")
+    assert await seed.group(ctx.store, rid, "INC-000001") == "INC-000001"  # dedupe sends it on to dispatch
     await pump(ctx)
     row = await ctx.store.fetchone("SELECT * FROM deadlines WHERE kind='operator_guidance' AND report_id=?", (rid,))
     assert row["state"] == "met_late" and row["case_id"] == "CASE-000001"

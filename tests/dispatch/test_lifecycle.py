@@ -12,9 +12,10 @@ from dedupe.matcher import IncidentMatcher
 from dedupe.service import STAGE, DedupeStage
 from dispatch.cases import public_ref
 from ingest.clock import iso
-from ingest.records import Classification, InboundMessage, Place, Reporter, to_json
+from ingest.records import Classification, InboundMessage, Place, Reporter
 from ingest.store import Store
 from ingest.worker import StageWorker
+from tests import seed
 
 from .test_flow import TOKENS, answer, app_ctx, pump  # noqa: F401  (app_ctx is a fixture)
 
@@ -32,22 +33,16 @@ _keys = iter(range(1, 10_000))
 
 async def classified_report(store: Store, text: str, *, status: str = "routed", channel: str = "email",
                             base: np.ndarray = BASE, street: str = "le loi") -> int:
-    """What the classify stage leaves behind for a water-main report on Lê Lợi: columns, vector, a dedupe job."""
+    """What the classify stage leaves behind for a water-main report on Lê Lợi (its own writes, tests/seed.py):
+    columns, vector, a dedupe job."""
     n = next(_keys)
     msg = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"lc{n}",
                          received_at=iso(store.clock.now()), text=text,
                          reporter=Reporter(name="Lê Thị Hoa", phone=f"09011100{n:02d}", email=f"hoa{n}@example.vn"))
-    rid = (await store.submit(msg, text.encode(), "text/plain")).report_id
-    cls = Classification(status="route" if status == "routed" else status, topic="water_supply",
-                         category="infrastructure", agency="sawaco", confidence=0.95,
-                         place=Place(district="quan-1", street=street))
-    async with store.transaction() as tx:
-        await tx.execute("DELETE FROM jobs WHERE report_id=?", (rid,))
-        await tx.execute("UPDATE reports SET status=?, topic='water_supply', category='infrastructure',"
-                         " agency='sawaco', district='quan-1', classification=? WHERE id=?",
-                         (status, to_json(cls), rid))
-        await tx.execute("INSERT INTO embeddings VALUES (?,?,?,?)", (rid, "e5", 384, _vec(n, base).tobytes()))
-        await tx.enqueue(STAGE, rid)
+    rid = await seed.submit(store, msg)
+    cls = Classification(status=status, topic="water_supply", category="infrastructure", agency="sawaco",
+                         confidence=0.95, place=Place(district="quan-1", street=street))
+    await seed.classify(store, rid, cls, _vec(n, base))  # its dedupe job waits
     return rid
 
 
