@@ -145,6 +145,7 @@ async def _push(instances: list[Instance], rng: random.Random) -> dict[str, int]
     return acked
 
 
+@pytest.mark.chaos
 @pytest.mark.timeout(2400)
 async def test_two_instances_killed_under_load_lose_and_duplicate_nothing(tmp_path: Path, pg_url: str) -> None:
     seed = random.randrange(2**32)
