@@ -76,6 +76,7 @@ async def test_stage_latency_queue_depth_and_dead_letters(world, context_for, se
 async def test_deadline_breaches_cases_and_delivery_failures(any_filled, context_for, serve_ops) -> None:
     filled = any_filled  # on both backends: the figures come from SQL written once
     store, now = filled.store, filled.clock.now()
+    c1, c3 = filled.case_id("C1"), filled.case_id("C3")
     async with store.transaction() as tx:
         for n, (state, attempts, error, delivered) in enumerate(
                 (("delivered", 3, "HTTP 503", now), ("retry", 2, "timeout", None), ("delivered", 1, None, now))):
@@ -83,22 +84,28 @@ async def test_deadline_breaches_cases_and_delivery_failures(any_filled, context
                 "INSERT INTO deliveries(msg_id, case_id, agency, target, kind, event, payload, state, attempts,"
                 " next_at, deadline_at, last_error, delivered_at, created_at, updated_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (f"m{n}", "C1", "so-gtvt", "webhook", "webhook", "forwarded", "{}", state, attempts, now, now + 3600,
+                (f"m{n}", c1, "so-gtvt", "webhook", "webhook", "forwarded", "{}", state, attempts, now, now + 3600,
                  error, delivered, now, now))
         # A return judged late on the answer, recorded as the dispatch stage's CaseBook does.
         await tx.event(None, "deadline_escalation", "dispatch",
-                       {"case_id": "C3", "kind": "return_misroute", "agency": "so-gtvt", "late": True})
-    assert (await tick(store)).escalated == 1  # C5's fix clock, open past due, is escalated now
+                       {"case_id": c3, "kind": "return_misroute", "agency": "so-gtvt", "late": True})
+    # C5's subordinate_forward, site_check and fix clocks, open past due, are escalated now.
+    assert (await tick(store)).escalated == 3
     served = await serve_ops(context_for(store, filled.clock, ops={"metrics_cache_seconds": 0}))
     _, text, samples = await scrape(served.url)
     assert get(samples, "hcmc1022_deadline_breaches_total", agency="so-gtvt", kind="fix") == 1
     assert get(samples, "hcmc1022_deadline_breaches_total", agency="so-gtvt", kind="return_misroute") == 1
+    assert get(samples, "hcmc1022_deadline_breaches_total", agency="so-gtvt", kind="site_check") == 1
     assert get(samples, "hcmc1022_deadlines_overdue", agency="so-gtvt", kind="fix") == 1
-    assert get(samples, "hcmc1022_deadlines_overdue", agency="cay-xanh", kind="site_check") == 1
+    assert get(samples, "hcmc1022_deadlines_overdue", agency="so-gtvt", kind="site_check") == 1
+    # cay-xanh's clocks on C3 were met late by its result: closed, so not overdue.
+    assert ("hcmc1022_deadlines_overdue", frozenset({("agency", "cay-xanh"), ("kind", "site_check")})) not in samples
     assert get(samples, "hcmc1022_deadlines_open", agency="so-gtvt", kind="answer") == 1
     assert ("hcmc1022_deadlines_open", frozenset({("agency", "so-gtvt"), ("kind", "forward")})) not in samples
     assert get(samples, "hcmc1022_cases", state="resolved") == 3
-    assert get(samples, "hcmc1022_deliveries", agency="so-gtvt", state="delivered") == 2
+    # The two above, and the week's five cases the delivery sender delivered to so-gtvt (C4 C1 C3 C2 C5).
+    assert get(samples, "hcmc1022_deliveries", agency="so-gtvt", state="delivered") == 7
+    assert get(samples, "hcmc1022_deliveries", agency="cay-xanh", state="delivered") == 1
     # 2 failed before the first delivery succeeded, 2 failed on the one waiting for its retry.
     assert get(samples, "hcmc1022_delivery_failed_attempts", agency="so-gtvt") == 4
     assert get(samples, "hcmc1022_reports_accepted_total", channel="app", instance="app") == 7

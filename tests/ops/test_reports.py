@@ -35,16 +35,20 @@ async def test_weekly_csv_holds_the_regulation_figures_per_agency(any_filled, tm
     assert (gtvt["period_start"], gtvt["period_end"]) == ("2026-09-21", "2026-09-27")
     assert {k: int(gtvt[k]) for k in ("reports", "received", "handled", "answered", "returned_misrouted")} == \
         {"reports": 5, "received": 4, "handled": 3, "answered": 2, "returned_misrouted": 1}
-    assert (int(gtvt["on_time"]), int(gtvt["late"])) == (2, 1)
+    assert (int(gtvt["on_time"]), int(gtvt["late"])) == (2, 4)
     assert (int(gtvt["on_time_answer"]), int(gtvt["late_answer"])) == (1, 0)  # C4's late clock was last week's
-    assert (int(gtvt["on_time_return_misroute"]), int(gtvt["late_fix"])) == (1, 1)
+    assert (int(gtvt["on_time_return_misroute"]), int(gtvt["late_fix"]), int(gtvt["late_site_check"])) == (1, 1, 1)
+    # C5's, never answered, and C3's, met only by the return 50 minutes after the case arrived.
+    assert int(gtvt["late_subordinate_forward"]) == 2
     assert int(gtvt["on_time_forward"]) == 0  # the 5-minute clock is the portal's, not the agency's
     assert (int(gtvt["ratings"]), gtvt["rating_mean"], gtvt["rating_2"], gtvt["rating_5"]) == (2, "3.50", "1", "1")
 
     trees = rows["cay-xanh"]
     assert (int(trees["received"]), int(trees["handled"]), int(trees["answered"])) == (1, 1, 1)
     assert (int(trees["late_site_check"]), int(trees["late_fix"]), int(trees["on_time"])) == (1, 1, 0)
-    assert int(rows["van-hanh-1022"]["on_time_forward"]) == 1
+    assert (int(trees["late_subordinate_forward"]), int(trees["late"])) == (1, 3)
+    # Each delivery in the week met the portal's forwarding clock: C1, C2, C3 (to so-gtvt, then to cay-xanh), C5.
+    assert (int(rows["van-hanh-1022"]["on_time_forward"]), int(rows["van-hanh-1022"]["late"])) == (5, 0)
     # Agencies with nothing in the week get no report.
     assert "sawaco" not in rows and not (tmp_path / "weekly-2026-09-21-sawaco.html").exists()
 
@@ -77,7 +81,7 @@ async def test_weekly_html_embeds_the_png_charts_and_the_sms_fits_one_segment(fi
     assert REPORTER_PHONE not in html
 
     (sms,) = [line for line in out.splitlines() if line.strip()]
-    assert "so-gtvt" in sms and "tiep nhan 4" in sms and "tre han 1" in sms and "hai long 3.5/5" in sms
+    assert "so-gtvt" in sms and "tiep nhan 4" in sms and "tre han 4" in sms and "hai long 3.5/5" in sms
     assert sms_encoding(sms) == "GSM-7" and len(sms_segments(sms)) == 1 and len(sms) <= 160
 
 
@@ -86,16 +90,17 @@ async def test_quarterly_ranks_agencies_and_lists_suggestions_without_reporters(
     filled = any_filled  # on both backends: the figures' SQL is written once
     w, day = filled, 86400.0
     idea = "Đề xuất trồng thêm cây xanh dọc kênh Nhiêu Lộc"
-    s1 = await w.report(w.week + 2 * day, agency="vp-ubnd", topic="suggestion", category="suggestion",
-                        incident="INC-S1", text=idea)
-    await w.case("S1", agency="vp-ubnd", forwarded_at=w.week + 2 * day + 60, report_id=s1, category="suggestion",
-                 state="in_progress", topic="suggestion")
+    # Forwarded to the City Office by the dispatch stage, not answered yet (its review clock ran out).
+    await w.report(w.week + 2 * day, agency="vp-ubnd", topic="suggestion", category="suggestion", incident="S1",
+                   text=idea)
+    await w.dispatch("S1", w.week + 2 * day + 60)
     await w.report(w.week + 4 * day, agency="vp-ubnd", topic="suggestion", category="suggestion", status="review",
                    text="Nên có thêm làn xe đạp trên đường Võ Văn Kiệt")
     await w.report(w.week + 4 * day, agency=None, topic="suggestion", category="suggestion", status="rejected",
                    text="nội dung bị từ chối")
     await w.report(w.week - 100 * day, agency="vp-ubnd", topic="suggestion", category="suggestion",
                    text="hiến kế của quý trước")
+    w.at(w.now)
 
     code, out = await run(w.store, ["quarterly", "--since", "2026-07-01", "--output", str(tmp_path)], capsys)
     assert code == 0
@@ -103,13 +108,15 @@ async def test_quarterly_ranks_agencies_and_lists_suggestions_without_reporters(
     ranked = [(r["rank"], r["agency"]) for r in ranking if r["rank"]]
     assert ranked == [("1", "van-hanh-1022"), ("2", "so-gtvt"), ("3", "cay-xanh"), ("4", "vp-ubnd")]
     gtvt = next(r for r in ranking if r["agency"] == "so-gtvt")
-    # Over the quarter C4 counts too: 5 received, 2 answered, 2 on time and 2 late clocks, ratings 3.5.
-    assert (gtvt["received"], gtvt["on_time"], gtvt["late"], gtvt["score"]) == ("5", "2", "2", "49.4")
+    # Over the quarter C4 counts too: 5 received, 2 answered, 2 on time and 5 late clocks, ratings 3.5:
+    # 100 * (0.6 * 2/7 + 0.25 * 2/5 + 0.15 * (3.5 - 1)/4) = 36.5.
+    assert (gtvt["received"], gtvt["on_time"], gtvt["late"], gtvt["score"]) == ("5", "2", "5", "36.5")
     assert next(r for r in ranking if r["agency"] == "sawaco")["rank"] == ""  # no case: not ranked
 
     found = read_csv(tmp_path / "quarterly-2026-07-01-suggestions.csv")
     assert [r["excerpt"] for r in found] == [idea, "Nên có thêm làn xe đạp trên đường Võ Văn Kiệt"]
-    assert (found[0]["case_id"], found[0]["case_state"], found[1]["status"]) == ("S1", "in_progress", "review")
+    assert (found[0]["case_id"], found[0]["case_state"], found[1]["status"]) == (w.case_id("S1"), "forwarded",
+                                                                                 "review")
 
     html = (tmp_path / "quarterly-2026-07-01.html").read_text(encoding="utf-8")
     assert "Q3/2026" in html and idea in html and "data:image/png;base64," in html

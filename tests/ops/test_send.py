@@ -88,7 +88,7 @@ async def test_weekly_email_arrives_once_with_inline_charts_and_the_csv(filled, 
     assert attachment.get_filename() == "weekly-2026-09-21-so-gtvt.csv"
     (row,) = csv.DictReader(io.StringIO(attachment.get_payload(decode=True).decode("utf-8-sig")))
     assert (row["agency"], row["received"], row["handled"], row["answered"], row["on_time"], row["late"]) == \
-        ("so-gtvt", "4", "3", "2", "2", "1")
+        ("so-gtvt", "4", "3", "2", "2", "4")
 
     # Idempotent: the next check, or a restarted daemon, does not send the same week again.
     assert await ReportSender(context_for(filled.store, filled.clock, ops=ops_config(sink))).send_due() == 0
