@@ -54,6 +54,7 @@ from ingest.store import QuarantineLimits, Store  # noqa: E402
 from ingest.supervise import supervised  # noqa: E402
 
 log = logging.getLogger("run_daemon")
+STOP_GRACE_SECONDS = 20.0
 
 PIPELINE_STAGES = ("classify", "dedupe", "dispatch")
 ROUTE_STATUS = {"dispatched": "dispatched", "duplicate": "duplicate", "review": "review", "rejected": "rejected",
@@ -300,7 +301,16 @@ class Generation:
             await self.runner.cleanup()
         for task in self.workers:
             task.cancel()
-        await asyncio.gather(*self.intake, *self.workers, return_exceptions=True)
+        tasks = [*self.intake, *self.workers]
+        # Bounded: a task that does not end within the grace time (one stuck in a call that ignores cancellation)
+        # is named in the log and left behind, so a stop or a reload never hangs on it.
+        _, stuck = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS) if tasks else (set(), set())
+        if stuck:
+            log.error("stop: %d task(s) did not end within %.0f s: %s", len(stuck), STOP_GRACE_SECONDS,
+                      ", ".join(sorted(t.get_name() for t in stuck)))
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a task's own failure was already logged by its supervisor
 
 
 async def serve(settings: Settings, config_path: Path | None = None, stop: asyncio.Event | None = None,

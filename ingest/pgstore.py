@@ -36,6 +36,8 @@ from .records import InboundMessage, Job
 from .store import QuarantineLimits, Row, StoredReport, SubmitResult, _report_rows, _sha256
 
 log = logging.getLogger(__name__)
+# How long a rollback or the pool's reset of a returned session may take before the session is dropped instead.
+SESSION_CLEANUP_SECONDS = 5.0
 
 NOTIFY_CHANNEL = "hcmc1022_jobs"  # payload: the stage that has new work
 
@@ -314,7 +316,9 @@ class PgStore:
     async def _release(self, conn: asyncpg.Connection) -> None:
         assert self._pool is not None
         try:
-            await self._pool.release(conn)
+            # Bounded: the pool resets a returned session, which waits for a query cancelled mid-flight (one waiting
+            # on a lock, say); a session that does not come back in time is dropped, never waited on for ever.
+            await self._pool.release(conn, timeout=SESSION_CLEANUP_SECONDS)
         except Exception:
             conn.terminate()
 
@@ -322,7 +326,7 @@ class PgStore:
     async def _rollback_quietly(conn: asyncpg.Connection) -> None:
         try:
             if conn.is_in_transaction():
-                await conn.execute("ROLLBACK")
+                await conn.execute("ROLLBACK", timeout=SESSION_CLEANUP_SECONDS)
         except Exception:
             conn.terminate()  # a session in an unknown state is not given back to the pool
 
