@@ -33,7 +33,7 @@ from .leases import lock_key
 from .migrations import INGEST, POSTGRESQL_ONLY, Migration, for_dialect
 from .queue import Dialect, SqliteQueue, encode_payload
 from .records import InboundMessage, Job
-from .store import QuarantineLimits, Row, StoredReport, SubmitResult, _report_rows, _sha256
+from .store import QuarantineLimits, Row, StoredReport, StoreReads, SubmitResult, _report_rows, _sha256, stored_report
 
 log = logging.getLogger(__name__)
 # How long a rollback or the pool's reset of a returned session may take before the session is dropped instead.
@@ -147,7 +147,7 @@ class DatabaseBlobs:
     root = None  # nothing on local disk to watch for free space
 
 
-class PgStore:
+class PgStore(StoreReads):
     dialect = POSTGRESQL
     path = None  # no local database file
 
@@ -579,59 +579,12 @@ class PgStore:
         return bytes(row["data"])
 
     # -- reads -----------------------------------------------------------------------------------
-    async def get_cursor(self, name: str) -> Any:
-        row = await self.fetchone("SELECT value FROM cursors WHERE name=?", (name,))
-        return json.loads(row["value"]) if row else None
-
-    async def get_report(self, report_id: int) -> StoredReport | None:
-        return (await self.get_reports([report_id])).get(report_id)
-
     async def get_reports(self, report_ids: Sequence[int]) -> dict[int, StoredReport]:
-        from .records import from_json
-
         if not report_ids:
             return {}
         rows = await self.fetchall("SELECT id, record, status, classification, incident_id FROM reports"
                                    " WHERE id = ANY(?::bigint[])", (list(report_ids),))
-        return {row["id"]: StoredReport(
-            id=row["id"],
-            message=from_json(InboundMessage, row["record"]),
-            status=row["status"],
-            classification=json.loads(row["classification"]) if row["classification"] else None,
-            incident_id=row["incident_id"],
-        ) for row in rows}
-
-    # -- queue (ingest/queue.py; these delegate, as the SQLite store's do) ---------------------------
-    def _wake(self, stage: str) -> None:
-        self.queue.wake(stage)
-
-    async def wait_for_work(self, stage: str, timeout: float) -> None:
-        await self.queue.wait(stage, timeout)
-
-    async def lease(self, stage: str, limit: int, lease_seconds: float) -> list[Job]:
-        return await self.queue.lease(stage, limit, lease_seconds)
-
-    async def finish(self, job: Job, writes: Callable[[PgTx], Awaitable[None]] | None = None) -> bool:
-        return await self.queue.finish(job, writes)
-
-    async def finish_many(self, items: Sequence[tuple[Job, Callable[[PgTx], Awaitable[None]] | None]]
-                          ) -> list[bool | Exception]:
-        return await self.queue.finish_many(items)
-
-    async def fail(self, job: Job, error: str, *, retry_in: float, dead: bool) -> None:
-        await self.queue.fail(job, _text(error), retry_in=retry_in, dead=dead)
-
-    async def release(self, jobs: Iterable[Job]) -> None:
-        await self.queue.release(jobs)
-
-    async def reclaim_expired(self) -> int:
-        return await self.queue.reclaim_expired()
-
-    async def replay_dead(self, stage: str | None = None, job_ids: Sequence[int] = ()) -> int:
-        return await self.queue.replay(stage, job_ids)
-
-    async def queue_depths(self) -> dict[tuple[str, str], int]:
-        return await self.queue.depths()
+        return {row["id"]: stored_report(row) for row in rows}
 
 
 class PgQueue(SqliteQueue):

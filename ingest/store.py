@@ -115,7 +115,64 @@ class Tx:
         self._after_commit.append(fn)
 
 
-class Store:
+class StoreReads:
+    """What both stores (this SQLite one and ingest/pgstore.py's) offer their callers beyond transactions: reading
+    reports and cursors, and the queue calls the stage workers and the CLI make, each handed to `self.queue` (the one
+    queue, ingest/queue.py). Written once so the two backends cannot drift apart."""
+
+    queue: SqliteQueue  # and, from the store itself: fetchone and get_reports
+
+    async def get_cursor(self, name: str) -> Any:
+        row = await self.fetchone("SELECT value FROM cursors WHERE name=?", (name,))
+        return json.loads(row["value"]) if row else None
+
+    async def get_report(self, report_id: int) -> StoredReport | None:
+        return (await self.get_reports([report_id])).get(report_id)
+
+    def _wake(self, stage: str) -> None:
+        self.queue.wake(stage)
+
+    async def wait_for_work(self, stage: str, timeout: float) -> None:
+        await self.queue.wait(stage, timeout)
+
+    async def lease(self, stage: str, limit: int, lease_seconds: float) -> list[Job]:
+        return await self.queue.lease(stage, limit, lease_seconds)
+
+    async def finish(self, job: Job, writes: Callable[[Any], Awaitable[None]] | None = None) -> bool:
+        """Mark a leased job done and apply the stage's writes atomically; False when the lease was lost."""
+        return await self.queue.finish(job, writes)
+
+    async def finish_many(self, items: Sequence[tuple[Job, Callable[[Any], Awaitable[None]] | None]]
+                          ) -> list[bool | Exception]:
+        return await self.queue.finish_many(items)
+
+    async def fail(self, job: Job, error: str, *, retry_in: float, dead: bool) -> None:
+        # PostgreSQL refuses NUL in text, which SQLite kept: shown as U+FFFD on both, for operators.
+        await self.queue.fail(job, error.replace("\x00", "\ufffd"), retry_in=retry_in, dead=dead)
+
+    async def release(self, jobs: Iterable[Job]) -> None:
+        await self.queue.release(jobs)
+
+    async def reclaim_expired(self) -> int:
+        return await self.queue.reclaim_expired()
+
+    async def replay_dead(self, stage: str | None = None, job_ids: Sequence[int] = ()) -> int:
+        return await self.queue.replay(stage, job_ids)
+
+    async def queue_depths(self) -> dict[tuple[str, str], int]:
+        return await self.queue.depths()
+
+
+def stored_report(row: Any) -> StoredReport:
+    """A `reports` row (id, record, status, classification, incident_id) as the record the stages read."""
+    from .records import from_json
+
+    return StoredReport(id=row["id"], message=from_json(InboundMessage, row["record"]), status=row["status"],
+                        classification=json.loads(row["classification"]) if row["classification"] else None,
+                        incident_id=row["incident_id"])
+
+
+class Store(StoreReads):
     def __init__(self, path: Path, blob_dir: Path, clock: Clock | None = None) -> None:
         self.path = Path(path)
         self.blobs = BlobStore(blob_dir)
@@ -430,62 +487,14 @@ class Store:
         """A blob's bytes (FileNotFoundError when not stored); the same call reads PostgreSQL's in-database blobs."""
         return await asyncio.to_thread(self.blobs.get, sha256)
 
-    async def get_cursor(self, name: str) -> Any:
-        row = await self.fetchone("SELECT value FROM cursors WHERE name=?", (name,))
-        return json.loads(row["value"]) if row else None
-
-    async def get_report(self, report_id: int) -> StoredReport | None:
-        return (await self.get_reports([report_id])).get(report_id)
-
     async def get_reports(self, report_ids: Sequence[int]) -> dict[int, StoredReport]:
         """Several reports in one query (a worker reads its whole leased batch at once); missing ids are absent."""
-        from .records import from_json
-
         if not report_ids:
             return {}
         rows = await self.fetchall(
             "SELECT id, record, status, classification, incident_id FROM reports"
             f" WHERE id IN ({','.join('?' * len(report_ids))})", list(report_ids))
-        return {row["id"]: StoredReport(
-            id=row["id"],
-            message=from_json(InboundMessage, row["record"]),
-            status=row["status"],
-            classification=json.loads(row["classification"]) if row["classification"] else None,
-            incident_id=row["incident_id"],
-        ) for row in rows}
-
-    # -- queue (ingest/queue.py; these delegate, for the stage workers and older callers) --------------
-    def _wake(self, stage: str) -> None:
-        self.queue.wake(stage)
-
-    async def wait_for_work(self, stage: str, timeout: float) -> None:
-        await self.queue.wait(stage, timeout)
-
-    async def lease(self, stage: str, limit: int, lease_seconds: float) -> list[Job]:
-        return await self.queue.lease(stage, limit, lease_seconds)
-
-    async def finish(self, job: Job, writes: Callable[[Tx], Awaitable[None]] | None = None) -> bool:
-        """Mark a leased job done and apply the stage's writes atomically; False when the lease was lost."""
-        return await self.queue.finish(job, writes)
-
-    async def finish_many(self, items: Sequence[tuple[Job, Callable[[Tx], Awaitable[None]] | None]]
-                          ) -> list[bool | Exception]:
-        return await self.queue.finish_many(items)
-
-    async def fail(self, job: Job, error: str, *, retry_in: float, dead: bool) -> None:
-        await self.queue.fail(job, error, retry_in=retry_in, dead=dead)
-
-    async def release(self, jobs: Iterable[Job]) -> None:
-        await self.queue.release(jobs)
-
-    async def reclaim_expired(self) -> int:
-        return await self.queue.reclaim_expired()
-
-    async def replay_dead(self, stage: str | None = None, job_ids: Sequence[int] = ()) -> int:
-        return await self.queue.replay(stage, job_ids)
-
-    async def queue_depths(self) -> dict[tuple[str, str], int]:
-        return await self.queue.depths()
+        return {row["id"]: stored_report(row) for row in rows}
 
 
 _INSERT_JOB = QueueSql().insert  # the queue's own statement, run on the writer's thread by the group commit

@@ -26,6 +26,17 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
+def _first_run_at_a_terminal(config: Path) -> tuple[int, int]:
+    """`make run`'s first-admin step in a child whose controlling terminal is a new pty: (its pid, our side)."""
+    code = ("import asyncio, sys, run_daemon; s = run_daemon.load_settings(sys.argv[1]);"
+            " asyncio.run(run_daemon.ensure_first_admin(s, sys.argv[1]))")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        os.chdir(REPO)
+        os.execve(sys.executable, [sys.executable, "-c", code, str(config)], {**os.environ, "PYTHONPATH": str(REPO)})
+    return pid, fd
+
+
 class Terminal:
     """The parent side of a pty: reads what the child prints until an expected prompt, types answers."""
 
@@ -62,12 +73,7 @@ class Terminal:
 @pytest.mark.timeout(180)
 async def test_the_first_administrator_is_asked_for_at_the_terminal(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    code = ("import asyncio, sys, run_daemon; s = run_daemon.load_settings(sys.argv[1]);"
-            " asyncio.run(run_daemon.ensure_first_admin(s, sys.argv[1]))")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: its controlling terminal is the pty
-        os.chdir(REPO)
-        os.execve(sys.executable, [sys.executable, "-c", code, str(config)], {**os.environ, "PYTHONPATH": str(REPO)})
+    pid, fd = _first_run_at_a_terminal(config)
     term = Terminal(fd)
     try:
         term.expect(b"administrator name [admin]:")
@@ -94,12 +100,7 @@ async def test_the_first_administrator_is_asked_for_at_the_terminal(tmp_path: Pa
 @pytest.mark.timeout(180)
 async def test_differing_passwords_create_no_one_and_say_how_to_do_it_later(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    code = ("import asyncio, sys, run_daemon; s = run_daemon.load_settings(sys.argv[1]);"
-            " asyncio.run(run_daemon.ensure_first_admin(s, sys.argv[1]))")
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(REPO)
-        os.execve(sys.executable, [sys.executable, "-c", code, str(config)], {**os.environ, "PYTHONPATH": str(REPO)})
+    pid, fd = _first_run_at_a_terminal(config)
     term = Terminal(fd)
     try:
         term.expect(b"administrator name [admin]:")
