@@ -32,7 +32,7 @@ from .faults import StoreHealth
 from .leases import lock_key
 from .migrations import INGEST, POSTGRESQL_ONLY, Migration, for_dialect
 from .queue import Dialect, SqliteQueue, encode_payload
-from .records import InboundMessage, Job
+from .records import InboundMessage
 from .store import QuarantineLimits, Row, StoredReport, StoreReads, SubmitResult, _report_rows, _sha256, stored_report
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,25 @@ class PgTx:
     @property
     def in_transaction(self) -> bool:
         return self.conn.is_in_transaction()
+
+    # One job's writes inside a batch transaction (queue.finish_many): a savepoint each, undone alone.
+    async def savepoint(self) -> tuple[int, set[str]]:
+        await self.conn.execute("SAVEPOINT job")
+        return len(self._after_commit), set(self._notify)
+
+    async def release_savepoint(self) -> None:
+        await self.conn.execute("RELEASE SAVEPOINT job")
+
+    async def undo_savepoint(self, mark: tuple[int, set[str]]) -> None:
+        await self.conn.execute("ROLLBACK TO SAVEPOINT job")
+        await self.conn.execute("RELEASE SAVEPOINT job")
+        del self._after_commit[mark[0]:]  # the undone job's wake-ups, cache updates and notifications must not run
+        self._notify = mark[1]
+
+    @staticmethod
+    def ended_by(exc: BaseException) -> bool:
+        """Whether `exc` ended the whole transaction: the session is gone, so nothing of it is kept."""
+        return storage_reason(exc) is not None
 
     async def enqueue(self, stage: str, report_id: int | None, payload: Any = None, delay: float = 0.0, *,
                       deadline: float | None = None, subject: str | None = None) -> int:
@@ -604,38 +623,6 @@ class PgQueue(SqliteQueue):
         tx._notify.add(kind)
         tx.after_commit(lambda: self.wake(kind))
         return int(row["id"])
-
-    async def finish_many(self, items: Sequence[tuple[Job, Callable[[Any], Awaitable[None]] | None]]
-                          ) -> list[bool | Exception]:
-        outcomes: list[bool | Exception] = []
-        async with self.store.transaction() as tx:
-            for job, writes in items:
-                hooks, notify = len(tx._after_commit), set(tx._notify)
-                await tx.conn.execute("SAVEPOINT job")
-                try:
-                    cur = await tx.execute(self.sql.finish, (self.store.clock.now(), job.id, job.attempts))
-                    applied = cur.rowcount == 1
-                    if applied and writes is not None:
-                        await writes(tx)
-                except Exception as exc:
-                    if storage_reason(exc) is not None:
-                        raise  # the session is gone: nothing of this transaction is kept
-                    await _undo_savepoint(tx, hooks, notify)
-                    outcomes.append(exc)
-                    continue
-                if not applied:
-                    await _undo_savepoint(tx, hooks, notify)
-                else:
-                    await tx.conn.execute("RELEASE SAVEPOINT job")
-                outcomes.append(applied)
-        return outcomes
-
-
-async def _undo_savepoint(tx: PgTx, hooks: int, notify: set[str]) -> None:
-    await tx.conn.execute("ROLLBACK TO SAVEPOINT job")
-    await tx.conn.execute("RELEASE SAVEPOINT job")
-    del tx._after_commit[hooks:]  # the undone job's wake-ups and cache updates must not run
-    tx._notify = notify
 
 
 _INSERT_REPORTS = """

@@ -65,14 +65,12 @@ import asyncio
 import dataclasses
 import json
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from .backoff import backoff_delay
-from .faults import storage_reason
 from .records import Job, from_json, to_json
 
 log = logging.getLogger(__name__)
@@ -91,6 +89,10 @@ class Tx(Protocol):
     async def event(self, report_id: int | None, kind: str, actor: str, data: dict[str, Any] | None = None
                     ) -> None: ...
     def after_commit(self, fn: Callable[[], None]) -> None: ...
+    async def savepoint(self) -> Any: ...  # a mark undo_savepoint rolls back to
+    async def release_savepoint(self) -> None: ...
+    async def undo_savepoint(self, mark: Any) -> None: ...
+    def ended_by(self, exc: BaseException) -> bool: ...
 
 
 class Database(Protocol):
@@ -332,23 +334,22 @@ class SqliteQueue:
         outcomes: list[bool | Exception] = []
         async with self.store.transaction() as tx:
             for job, writes in items:
-                hooks = len(tx._after_commit)
-                await tx.execute("SAVEPOINT job")
+                mark = await tx.savepoint()
                 try:
                     cur = await tx.execute(self.sql.finish, (self.store.clock.now(), job.id, job.attempts))
                     applied = cur.rowcount == 1
                     if applied and writes is not None:
                         await writes(tx)
                 except Exception as exc:
-                    if isinstance(exc, sqlite3.Error) and (storage_reason(exc) is not None or not tx.in_transaction):
-                        raise  # a storage fault, or SQLite rolled the whole transaction back: nothing to keep
-                    await _undo_savepoint(tx, hooks)
+                    if tx.ended_by(exc):
+                        raise  # nothing of the transaction is left to keep
+                    await tx.undo_savepoint(mark)
                     outcomes.append(exc)
                     continue
                 if not applied:
-                    await _undo_savepoint(tx, hooks)
+                    await tx.undo_savepoint(mark)
                 else:
-                    await tx.execute("RELEASE job")
+                    await tx.release_savepoint()
                 outcomes.append(applied)
         return outcomes
 
@@ -565,12 +566,6 @@ def _filters(kind: str | None, ids: Sequence[int], subject_prefix: str | None) -
         where += " AND substr(subject, 1, ?)=?"
         params.extend([len(subject_prefix), subject_prefix])
     return where, params
-
-
-async def _undo_savepoint(tx: Tx, hooks: int) -> None:
-    await tx.execute("ROLLBACK TO job")
-    await tx.execute("RELEASE job")
-    del tx._after_commit[hooks:]  # the undone job's wake-ups and cache updates must not run
 
 
 async def _report_dead(tx: Tx, job: Job, error: str, now: float) -> None:

@@ -92,6 +92,23 @@ class Tx:
         """False once the database rolled the whole transaction back by itself (SQLite does on a full disk)."""
         return bool(self.conn.in_transaction)
 
+    # One job's writes inside a batch transaction (queue.finish_many): a savepoint each, undone alone.
+    async def savepoint(self) -> int:
+        await self.execute("SAVEPOINT job")
+        return len(self._after_commit)
+
+    async def release_savepoint(self) -> None:
+        await self.execute("RELEASE job")
+
+    async def undo_savepoint(self, mark: int) -> None:
+        await self.execute("ROLLBACK TO job")
+        await self.execute("RELEASE job")
+        del self._after_commit[mark:]  # the undone job's wake-ups and cache updates must not run
+
+    def ended_by(self, exc: BaseException) -> bool:
+        """Whether `exc` ended the whole transaction: a storage fault, or SQLite rolled it all back by itself."""
+        return isinstance(exc, sqlite3.Error) and (storage_reason(exc) is not None or not self.in_transaction)
+
     async def enqueue(self, stage: str, report_id: int | None, payload: Any = None, delay: float = 0.0, *,
                       deadline: float | None = None, subject: str | None = None) -> int:
         """Queue a job of kind `stage` in this transaction (ingest/queue.py `enqueue`)."""
