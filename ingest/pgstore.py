@@ -33,7 +33,7 @@ from .leases import lock_key
 from .migrations import INGEST, POSTGRESQL_ONLY, Migration, for_dialect
 from .queue import Dialect, SqliteQueue, encode_payload
 from .records import InboundMessage
-from .store import QuarantineLimits, Row, StoredReport, StoreReads, SubmitResult, _report_rows, _sha256, stored_report
+from .store import QuarantineLimits, Row, StoredReport, StoreShared, SubmitResult, _report_rows, _sha256, stored_report
 
 log = logging.getLogger(__name__)
 # How long a rollback or the pool's reset of a returned session may take before the session is dropped instead.
@@ -166,9 +166,10 @@ class DatabaseBlobs:
     root = None  # nothing on local disk to watch for free space
 
 
-class PgStore(StoreReads):
+class PgStore(StoreShared):
     dialect = POSTGRESQL
     path = None  # no local database file
+    _storage_reason = staticmethod(storage_reason)  # asyncpg's ways of saying the database is unavailable
 
     def __init__(self, url: str, blob_dir: Path | None, clock: Clock | None = None, *,
                  blobs_in_database: bool = True, pool_size: int = 8) -> None:
@@ -405,26 +406,6 @@ class PgStore(StoreReads):
             self._committers.add(task)
             task.add_done_callback(self._committers.discard)
         return await asyncio.shield(fut)
-
-    async def _flush_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:512], self._pending[512:]
-            try:
-                results = await self._commit_reports([(m, r, t) for m, r, t, _ in batch])
-            except Exception as exc:  # the commit itself failed: every waiter must retry, none is acked
-                reason = storage_reason(exc) or type(exc).__name__
-                self.health.failed(reason, log)
-                for *_, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(StorageError(f"store unavailable ({reason})"))
-                continue
-            for (*_, fut), result in zip(batch, results):
-                if fut.done():
-                    continue
-                if isinstance(result, Exception):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
 
     async def _commit_reports(self, items: Sequence[tuple[InboundMessage, bytes, str]]
                               ) -> list[SubmitResult | RecordError]:

@@ -132,12 +132,37 @@ class Tx:
         self._after_commit.append(fn)
 
 
-class StoreReads:
-    """What both stores (this SQLite one and ingest/pgstore.py's) offer their callers beyond transactions: reading
-    reports and cursors, and the queue calls the stage workers and the CLI make, each handed to `self.queue` (the one
-    queue, ingest/queue.py). Written once so the two backends cannot drift apart."""
+class StoreShared:
+    """What both stores (this SQLite one and ingest/pgstore.py's) share beyond their transactions: the group
+    commit's drain, reading reports and cursors, and the queue calls the stage workers and the CLI make, each handed
+    to `self.queue` (the one queue, ingest/queue.py). Written once so the two backends cannot drift apart."""
 
-    queue: SqliteQueue  # and, from the store itself: fetchone and get_reports
+    queue: SqliteQueue  # and, from the store itself: _pending, _commit_reports, health, fetchone and get_reports
+    # Which failures mean the database is unavailable (the waiter retries) rather than a bug: per backend.
+    _storage_reason = staticmethod(storage_reason)
+
+    async def _flush_pending(self) -> None:
+        """The group commit's drain: the submissions waiting, 512 to a commit, each waiter told its own outcome."""
+        while self._pending:
+            batch, self._pending = self._pending[:512], self._pending[512:]
+            try:
+                results = await self._commit_reports([(m, r, t) for m, r, t, _ in batch])
+            except Exception as exc:  # the commit itself failed: every waiter must retry, none is acked
+                reason = self._storage_reason(exc) or type(exc).__name__
+                self.health.failed(reason, log)
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StorageError(f"store unavailable ({reason})"))
+                continue
+            self.health.succeeded(log)
+            # A record refused on its own (RecordError) fails only its own waiter: its neighbours are committed.
+            for (*_, fut), result in zip(batch, results):
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
 
     async def get_cursor(self, name: str) -> Any:
         row = await self.fetchone("SELECT value FROM cursors WHERE name=?", (name,))
@@ -189,7 +214,7 @@ def stored_report(row: Any) -> StoredReport:
                         incident_id=row["incident_id"])
 
 
-class Store(StoreReads):
+class Store(StoreShared):
     def __init__(self, path: Path, blob_dir: Path, clock: Clock | None = None) -> None:
         self.path = Path(path)
         self.blobs = BlobStore(blob_dir)
@@ -340,28 +365,6 @@ class Store(StoreReads):
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.ensure_future(self._flush_pending())
         return await asyncio.shield(fut)
-
-    async def _flush_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:512], self._pending[512:]
-            try:
-                results = await self._commit_reports([(m, r, t) for m, r, t, _ in batch])
-            except Exception as exc:  # the commit itself failed: every waiter must retry, none is acked
-                reason = storage_reason(exc) or type(exc).__name__
-                self.health.failed(reason, log)
-                for *_, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(StorageError(f"store unavailable ({reason})"))
-                continue
-            self.health.succeeded(log)
-            # A record refused on its own (RecordError) fails only its own waiter: its neighbours are committed.
-            for (*_, fut), result in zip(batch, results):
-                if fut.done():
-                    continue
-                if isinstance(result, Exception):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
 
     async def _commit_reports(self, items: Sequence[tuple[InboundMessage, bytes, str]]
                               ) -> list[SubmitResult | RecordError]:
