@@ -43,6 +43,7 @@ from config.schema import Settings  # noqa: E402
 from ingest.app import AppContext, Published, Service  # noqa: E402
 from ingest.clock import Clock, parse_iso  # noqa: E402
 from ingest.errors import ConfigError, StorageError  # noqa: E402
+from ingest.event_loop import run as run_loop  # noqa: E402
 from ingest.http import make_app  # noqa: E402
 from ingest.leases import Lease, Leadership, LocalLeadership, PgLeadership, run_while_held  # noqa: E402
 from ingest.limits import GuardedSite  # noqa: E402
@@ -624,8 +625,8 @@ def check_config(args: argparse.Namespace) -> int:
 def _serve_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.first_run:
         print(welcome(settings), file=sys.stderr)
-        asyncio.run(ensure_first_admin(settings, args.config))
-    asyncio.run(serve(settings, Path(args.config) if args.config else None, role=args.role))
+        run_loop(ensure_first_admin(settings, args.config))
+    run_loop(serve(settings, Path(args.config) if args.config else None, role=args.role))
     return EXIT_OK
 
 
@@ -638,11 +639,11 @@ def _eval_command(settings: Settings, args: argparse.Namespace) -> int:
 # The daemon's own commands that run on loaded settings; components' commands are in COMMANDS.
 BUILTIN_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "serve": _serve_command,
-    "route": lambda settings, args: asyncio.run(route(settings, args.input, args.output, args.store)),
+    "route": lambda settings, args: run_loop(route(settings, args.input, args.output, args.store)),
     "eval": _eval_command,
     "backup": lambda settings, args: backup(settings, args.dest),
-    "replay": lambda settings, args: asyncio.run(_replay(settings, args.stage, args.job, args.list)),
-    "migrate-store": lambda settings, args: asyncio.run(migrate_store(settings, args.to, args.blobs)),
+    "replay": lambda settings, args: run_loop(_replay(settings, args.stage, args.job, args.list)),
+    "migrate-store": lambda settings, args: run_loop(migrate_store(settings, args.to, args.blobs)),
 }
 
 
@@ -693,7 +694,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.command in BUILTIN_COMMANDS:
             return BUILTIN_COMMANDS[args.command](settings, args)
-        return asyncio.run(_component_cli(settings, args))
+        return run_loop(_component_cli(settings, args))
     except (StorageError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         # PostgreSQL's messages name the fault, never the URL's password.
         print(f"storage error: {exc}", file=sys.stderr)
