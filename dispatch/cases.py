@@ -494,8 +494,11 @@ class CaseBook:
         # closes it from its own queue, ahead of any report queued after this commit.
         await tx.enqueue(DEDUPE, case["report_id"], DedupeJob(incident_id=case["incident_id"], incident_state="closed",
                                                               closed_as=state, at=now))
+        # A report still in operator review is not closed here: the operator's decision is still to come (it may
+        # reject it, or route it elsewhere); routed after this, it shares the closed incident's result through
+        # dedupe (route_member), and the review queue keeps it until then.
         rows = await tx.fetchall("SELECT id FROM reports WHERE incident_id=? AND status NOT IN"
-                                 " ('rejected','out_of_scope','ignored')", (case["incident_id"],))
+                                 " ('rejected','out_of_scope','ignored','review')", (case["incident_id"],))
         for row in rows:
             await tx.execute("UPDATE reports SET status='closed', updated_at=? WHERE id=?", (now, row["id"]))
             # Art. 7.4: every reporter of the incident gets the result and the lookup link.

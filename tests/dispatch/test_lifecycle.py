@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 
+from classifier.review.decisions import decide, review_queue
 from dedupe.matcher import IncidentMatcher
 from dedupe.service import STAGE, DedupeStage
 from dispatch.cases import public_ref
@@ -123,10 +124,14 @@ async def test_a_report_in_review_is_acknowledged_and_shares_the_result_if_the_c
     assert any(rid == held and "đang được phân loại" in text for rid, text in ctx.replies.get("email").sent)
     case = await store.fetchone("SELECT * FROM cases")
     assert (await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "false_report"}))[0] == 201
-    # The operator then confirms the routing: the report joins the closed incident's result.
-    async with store.transaction() as tx:
-        await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (held,))
-        await tx.enqueue(STAGE, held, {"after_review": True})
+    await pump(ctx)
+    await dedupe(store, matcher)
+    # The case's closing does not decide for the operator: the report is still theirs to review, unanswered.
+    assert (await store.get_report(held)).status == "review"
+    assert held in [item.report_id for item in await review_queue(store)]
+    assert not any(rid == held and "không ghi nhận" in text for rid, text in ctx.replies.get("email").sent)
+    # The operator then confirms the routing (the review stage's own decision): it shares the closed result.
+    await decide(store, ctx.directory, held, actor="op.lan", topic="water_supply")
     await dedupe(store, matcher)
     await pump(ctx)
     assert (await store.get_report(held)).status == "closed"
@@ -291,8 +296,9 @@ async def test_a_not_fixed_message_on_the_same_chat_after_the_result_disputes_it
     for rid in (thanks, stranger):
         assert await stage._follow_up(await store.get_report(rid)) is None  # classified as a new report
     assert (await store.fetchone("SELECT state FROM cases WHERE id=?", (case["id"],)))["state"] == "resolved"
-    async with store.transaction() as tx:  # what the classifier made of them: no problem to handle
-        await tx.execute("UPDATE reports SET status='out_of_scope' WHERE id IN (?,?)", (thanks, stranger))
+    for rid in (thanks, stranger):  # what the classifier made of them, by its own writes: no problem to handle
+        await seed.classify(store, rid, Classification(status="out_of_scope", topic="complaint_denunciation",
+                                                       category="out_of_scope", agency=None, confidence=0.9))
 
     ctx.clock.advance(DAY)
     dispute = await chat("ong nuoc van chua sua, nuoc van tran ra duong")
