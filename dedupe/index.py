@@ -11,7 +11,7 @@ Days are not blocks of their own: a query with no district would then make ~8x m
 overhead, not scanning, dominates a search over small blocks. Expiry instead removes the rows of the expired
 days from each block in one batched `remove_ids` per block (once a day; faiss compacts the rows in order and
 the row arrays beside the index are compacted the same way). Rows of the window's edge day that are already
-outside [at - window, at] are excluded at search time by asking faiss for k + (rows outside) hits and
+outside [at - window, at + window] are excluded at search time by asking faiss for k + (rows outside) hits and
 dropping those, which keeps the result exact, as a rebuilt and an incrementally grown index must agree.
 
 A report with no district is compared with every district: the groupable topics' blocks of all districts hold
@@ -118,17 +118,17 @@ class _Block:
             self._stored = faiss.rev_swig_ptr(self.index.get_xb(), self.n * d).reshape(self.n, d)
         return self._stored
 
-    def top(self, query: np.ndarray, k: int, lo: float, at: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """Scores and rows of the block's k best rows received in [lo, at], plus every row tied with the k-th
+    def top(self, query: np.ndarray, k: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Scores and rows of the block's k best rows received in [lo, hi], plus every row tied with the k-th
         (so the caller can break ties by report id whatever order faiss returned them in)."""
         n = self.n
-        if n == 0 or self.tmax < lo or self.tmin > at:
+        if n == 0 or self.tmax < lo or self.tmin > hi:
             return None
         valid = None
         outside = 0
-        if self.tmin < lo or self.tmax > at:
+        if self.tmin < lo or self.tmax > hi:
             t = self.times[:n]
-            valid = (t >= lo) & (t <= at)
+            valid = (t >= lo) & (t <= hi)
             outside = n - int(np.count_nonzero(valid))
             if outside == n:
                 return None
@@ -202,17 +202,17 @@ class _Coarse:
         (err, plus the rounding of both sums)."""
         return qnorm * (self.err + _dot_slack(self.index.d) * (2.0 * self.norm + self.err))
 
-    def scan(self, query: np.ndarray, kk: int, lo: float, at: float) -> tuple[np.ndarray, np.ndarray, bool] | None:
-        """The best `kk` coarse scores and rows received in [lo, at], best first, and whether that is every such
+    def scan(self, query: np.ndarray, kk: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, bool] | None:
+        """The best `kk` coarse scores and rows received in [lo, hi], best first, and whether that is every such
         row (None: no row in the window)."""
         n = self.n
-        if n == 0 or self.tmax < lo or self.tmin > at:
+        if n == 0 or self.tmax < lo or self.tmin > hi:
             return None
         params = None
         n_valid = n
-        if self.tmin < lo or self.tmax > at:
+        if self.tmin < lo or self.tmax > hi:
             t = self.times[:n]
-            valid = (t >= lo) & (t <= at)
+            valid = (t >= lo) & (t <= hi)
             n_valid = int(np.count_nonzero(valid))
             if n_valid == 0:
                 return None
@@ -379,18 +379,23 @@ class VectorWindow:
 
     def search(self, vector: np.ndarray, district: str | None, k: int, at: float,
                topics: Collection[str | None] | None = None) -> list[Hit]:
-        """The k most similar reports received in [at - window, at], from the district's partition and the
-        unknown-district partition (all partitions when the report's own district is unknown), best first
+        """The k most similar reports received in [at - window, at + window], from the district's partition and
+        the unknown-district partition (all partitions when the report's own district is unknown), best first
         (ties by report id). `topics`, when given, keeps only reports with one of those topics (None: no
-        topic); only their blocks are searched."""
+        topic); only their blocks are searched.
+
+        Later reports too: reports are not matched in the order they arrived (two instances classify at their
+        own pace, a job of a killed instance comes back when its lease expires), and a report matched after a
+        later one of its incident must still find it (the policy's gap is symmetric). Matched in arrival order
+        there is none, so replaying reports in order finds what it always did."""
         vec = _as_row(vector, self.dim)
-        lo = at - self.window
+        lo, hi = at - self.window, at + self.window
         scores: list[np.ndarray] = []
         ids: list[np.ndarray] = []
         times: list[np.ndarray] = []
         with self._lock:
             if not district and self.coarse:
-                self._search_coarse(vec, k, lo, at, topics, scores, ids, times)
+                self._search_coarse(vec, k, lo, hi, topics, scores, ids, times)
                 parts = []
             elif district:
                 parts = [p for p in (self._parts.get(district), self._parts.get(UNKNOWN)) if p]
@@ -402,7 +407,7 @@ class VectorWindow:
                 else:
                     blocks = [b for b in (part.get(t) for t in topics) if b is not None]
                 for block in blocks:
-                    found = block.top(vec, k, lo, at)
+                    found = block.top(vec, k, lo, hi)
                     if found is None or len(found[0]) == 0:
                         continue
                     s, rows = found
@@ -425,7 +430,7 @@ class VectorWindow:
         return [Hit(int(i), float(s), float(t)) for i, s, t in
                 zip(all_ids[top].tolist(), all_scores[top].tolist(), all_times[top].tolist())]
 
-    def _search_coarse(self, vec: np.ndarray, k: int, lo: float, at: float, topics: Collection[str | None] | None,
+    def _search_coarse(self, vec: np.ndarray, k: int, lo: float, hi: float, topics: Collection[str | None] | None,
                        scores: list[np.ndarray], ids: list[np.ndarray], times: list[np.ndarray]) -> None:
         """A no-district search (lock held): one coarse scan per topic, then the candidates of all topics
         re-scored exactly at once.
@@ -445,7 +450,7 @@ class VectorWindow:
             coarse = self._coarse.get(topic)
             if coarse is None:
                 continue
-            got = coarse.scan(vec, 2 * k, lo, at)
+            got = coarse.scan(vec, 2 * k, lo, hi)
             if got is None or len(got[1]) == 0:
                 continue
             found.append((coarse, *got, coarse.bound(qnorm)))
@@ -463,7 +468,7 @@ class VectorWindow:
             while not complete and s[-1] >= cut:
                 # Rows this close to the cut may have been left out: widen this topic's scan.
                 kk *= 4
-                got = coarse.scan(vec, kk, lo, at)
+                got = coarse.scan(vec, kk, lo, hi)
                 assert got is not None
                 s, rows, complete = got
             rows = rows[s >= cut]
