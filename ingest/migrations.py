@@ -159,6 +159,17 @@ INGEST.append((
     """,
 ))
 
+INGEST.append((
+    5,
+    """
+    -- The queue's fence (ingest/queue.py): a lease token that only grows. `attempts` fenced before, but a replay
+    -- starts it again, so a worker stalled since an old lease could match the replayed job's new one. Existing
+    -- jobs start from their attempts, so a lease taken before the upgrade keeps a token of its own.
+    ALTER TABLE jobs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET lease_token = attempts;
+    """,
+))
+
 # What only PostgreSQL needs: its blobs live in the database (shared by every instance), and the queue takes work
 # from a partial index of ready jobs. Its own component, so the shared INGEST list keeps one numbering.
 POSTGRESQL_ONLY: list[Migration] = [

@@ -2,7 +2,7 @@
 
 Same guarantees as the SQLite store: intake is acknowledged only after COMMIT (`synchronous_commit=on` on every
 session, whatever the server's default); a repeat is found by the unique (channel, idem_key) index; a job is
-finished or failed only by the lease that took it (`attempts` fences a late worker); dead letters keep their
+finished or failed only by the lease that took it (its lease token fences a late worker); dead letters keep their
 error. What differs is what several instances need: workers take jobs with `FOR UPDATE SKIP LOCKED`, so two
 instances never lease one job and never wait for each other; a commit that queues work sends `NOTIFY`, so every
 instance's idle workers wake at once; blobs live in the database (content-addressed bytea) or in a directory

@@ -16,10 +16,13 @@ Inside the caller's transaction, so the job exists exactly when the writes that 
 a job still failing stops being retried (agency deliveries); `subject` names what the job acts on for operators'
 filters (an agency endpoint "agency/target", a chat).
 
-Taking and ending work. Every end of an attempt is fenced by (id, state 'leased', attempts): when a lease expired
-and the job was reclaimed and taken again, the late worker's outcome changes nothing and answers False / "lost".
+Taking and ending work. Every end of an attempt is fenced by (id, state 'leased', lease_token): the job's lease
+token counts every lease it was ever given and only grows (a replay gives a fresh set of attempts, never an old
+token back). When a lease expired and the job was reclaimed and taken again, however long ago and
+whatever happened since, the late worker's outcome changes nothing and answers False / "lost".
 
-    jobs = await queue.lease(kind, limit, lease_seconds)        # due 'ready' jobs, oldest first; attempts += 1
+    jobs = await queue.lease(kind, limit, lease_seconds)        # due 'ready' jobs, oldest first; attempts += 1,
+                                                                 # a new lease token
     ok = await queue.finish(job, writes)                         # done + the caller's writes in one transaction
     oks = await queue.finish_many([(job, writes), ...])          # one transaction, a savepoint per job
     outcome = await queue.retry_or_dead(job, error, policy, retry_after=None, permanent=False)  # "retry"/"dead"/"lost"
@@ -41,7 +44,8 @@ Housekeeping, for every kind alike:
 
     n = await queue.reclaim_expired()                            # leases past their end back to 'ready'
     n = await queue.replay(kind=None, ids=(), subject_prefix=None, deadline_seconds=None)
-                                                                 # dead letters back, attempts reset, fresh deadline
+                                                                 # dead letters back, attempts reset (the lease
+                                                                 # token is not), fresh deadline
     rows = await queue.dead_letters(kind=None, limit=100)        # for the CLI, console and ops
     depths = await queue.depths()                                # {(kind, state): count} of unfinished jobs
     ages = await queue.oldest_ready()                            # {kind: seconds its oldest due job waited}
@@ -194,32 +198,34 @@ class Dialect:
 
 class QueueSql:
     """Every statement the queue runs, in one place. Columns of `jobs`: id, stage (the kind), report_id, state,
-    attempts, available_at, lease_until, deadline_at, subject, last_error, payload, created_at, updated_at."""
+    attempts, lease_token (the fence), available_at, lease_until, deadline_at, subject, last_error, payload,
+    created_at, updated_at."""
 
-    COLUMNS = "id, stage, report_id, attempts, payload, deadline_at, subject"
+    COLUMNS = "id, stage, report_id, attempts, lease_token, payload, deadline_at, subject"
 
     def __init__(self, dialect: Dialect = Dialect()) -> None:
         self.insert = ("INSERT INTO jobs(stage, report_id, available_at, deadline_at, subject, payload, created_at,"
                        " updated_at) VALUES (?,?,?,?,?,?,?,?)")
         self.lease = (
-            "UPDATE jobs SET state='leased', lease_until=?, attempts=attempts+1, updated_at=?"
+            "UPDATE jobs SET state='leased', lease_until=?, attempts=attempts+1, lease_token=lease_token+1,"
+            " updated_at=?"
             " WHERE id IN (SELECT id FROM jobs WHERE stage=? AND state='ready' AND available_at<=?"
             f" ORDER BY available_at, id LIMIT ?{dialect.lock}) RETURNING {self.COLUMNS}")
-        fence = " WHERE id=? AND state='leased' AND attempts=?"
+        # `attempts` cannot fence: a replay starts it again, so an old holder's attempt number comes back.
+        fence = " WHERE id=? AND state='leased' AND lease_token=?"
         self.finish = "UPDATE jobs SET state='done', lease_until=NULL, updated_at=?" + fence
-        # Several jobs at once, each fenced by its own attempts (row values: SQLite and PostgreSQL alike).
+        # Several jobs at once, each fenced by its own lease (row values: SQLite and PostgreSQL alike).
         self.finish_all = ("UPDATE jobs SET state='done', lease_until=NULL, updated_at=? WHERE state='leased'"
-                           " AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
+                           " AND (id, lease_token) IN (VALUES {pairs}) RETURNING id")
         self.retry = ("UPDATE jobs SET state='ready', available_at=?, last_error=?, lease_until=NULL, updated_at=?"
                       + fence)
         self.dead = "UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?" + fence
         # Fenced like finish_all: a holder whose lease expired must not give back the lease its successor holds.
-        # The attempt is given back too (waiting its turn is no failure); that number is handed out again only
-        # after its own holder gave it up, so no two live leases share an (id, attempts) token.
+        # The attempt is given back (waiting its turn is no failure); the lease token is not: it never repeats.
         self.release = ("UPDATE jobs SET state='ready', lease_until=NULL,"
                         " available_at=CASE WHEN available_at < ? THEN ? ELSE available_at END,"
                         " attempts=CASE WHEN attempts > 0 THEN attempts-1 ELSE 0 END"
-                        " WHERE state='leased' AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
+                        " WHERE state='leased' AND (id, lease_token) IN (VALUES {pairs}) RETURNING id")
         self.reclaim = ("UPDATE jobs SET state='ready', available_at=?, lease_until=NULL, updated_at=?,"
                         " last_error=COALESCE(last_error, 'lease expired') WHERE state='leased' AND lease_until < ?"
                         " RETURNING stage")
@@ -311,8 +317,8 @@ class SqliteQueue:
     @staticmethod
     def _job(row: Any) -> Job:
         return Job(id=row["id"], stage=row["stage"], report_id=row["report_id"], attempts=row["attempts"],
-                   payload=decode_payload(row["stage"], row["payload"]), deadline_at=row["deadline_at"],
-                   subject=row["subject"])
+                   lease_token=row["lease_token"], payload=decode_payload(row["stage"], row["payload"]),
+                   deadline_at=row["deadline_at"], subject=row["subject"])
 
     # -- ending an attempt (fenced) -----------------------------------------------------------------
     async def finish(self, job: Job, writes: Writes | None = None) -> bool:
@@ -320,7 +326,7 @@ class SqliteQueue:
 
         Returns False, writing nothing, when the lease was lost (reclaimed after expiry and taken again)."""
         async with self.store.transaction() as tx:
-            cur = await tx.execute(self.sql.finish, (self.store.clock.now(), job.id, job.attempts))
+            cur = await tx.execute(self.sql.finish, (self.store.clock.now(), job.id, job.lease_token))
             if cur.rowcount != 1:
                 return False
             if writes is not None:
@@ -336,7 +342,7 @@ class SqliteQueue:
             for job, writes in items:
                 mark = await tx.savepoint()
                 try:
-                    cur = await tx.execute(self.sql.finish, (self.store.clock.now(), job.id, job.attempts))
+                    cur = await tx.execute(self.sql.finish, (self.store.clock.now(), job.id, job.lease_token))
                     applied = cur.rowcount == 1
                     if applied and writes is not None:
                         await writes(tx)
@@ -409,9 +415,9 @@ class SqliteQueue:
             chunk = jobs[start:start + 400]
             params: list[Any] = [now]
             for job in chunk:
-                params += [job.id, job.attempts]
+                params += [job.id, job.lease_token]
             # Typed, since a VALUES list has no column to take its type from (PostgreSQL would read text).
-            pairs = ",".join(["(CAST(? AS BIGINT), CAST(? AS INTEGER))"] * len(chunk))
+            pairs = ",".join(["(CAST(? AS BIGINT), CAST(? AS BIGINT))"] * len(chunk))
             rows = await tx.fetchall(self.sql.finish_all.format(pairs=pairs), params)
             done.update(int(r["id"]) for r in rows)
         return done
@@ -419,11 +425,11 @@ class SqliteQueue:
     async def _settle_one(self, tx: Tx, item: Settlement) -> bool:
         job, now = item.job, self.store.clock.now()
         if item.result == "done":
-            cur = await tx.execute(self.sql.finish, (now, job.id, job.attempts))
+            cur = await tx.execute(self.sql.finish, (now, job.id, job.lease_token))
         elif item.result == "dead":
-            cur = await tx.execute(self.sql.dead, (item.error, now, job.id, job.attempts))
+            cur = await tx.execute(self.sql.dead, (item.error, now, job.id, job.lease_token))
         elif item.result == "retry":
-            cur = await tx.execute(self.sql.retry, (now + item.retry_in, item.error, now, job.id, job.attempts))
+            cur = await tx.execute(self.sql.retry, (now + item.retry_in, item.error, now, job.id, job.lease_token))
         else:
             raise ValueError(f"unknown outcome {item.result!r}")
         if cur.rowcount != 1:  # lease lost: another worker owns the job now
@@ -469,8 +475,8 @@ class SqliteQueue:
                 chunk = jobs[start:start + 400]
                 params: list[Any] = [due, due]
                 for job in chunk:
-                    params += [job.id, job.attempts]
-                pairs = ",".join(["(CAST(? AS BIGINT), CAST(? AS INTEGER))"] * len(chunk))
+                    params += [job.id, job.lease_token]
+                pairs = ",".join(["(CAST(? AS BIGINT), CAST(? AS BIGINT))"] * len(chunk))
                 released += len(await tx.fetchall(self.sql.release.format(pairs=pairs), params))
         return released
 
@@ -487,7 +493,8 @@ class SqliteQueue:
 
     async def replay(self, kind: str | None = None, ids: Sequence[int] = (), subject_prefix: str | None = None,
                      deadline_seconds: float | None = None) -> int:
-        """Put dead letters back ('ready', attempts 0), each kind's on_replay hook in the same transaction. A job
+        """Put dead letters back ('ready', attempts 0: a fresh set of attempts; the lease token goes on growing, so
+        no holder of an old lease can finish the replayed job), each kind's on_replay hook in the same transaction. A job
         with a deadline gets a fresh one, `deadline_seconds` (else its kind's `replay_deadline`) from now."""
         now = self.store.clock.now()
         where, params = _filters(kind, ids, subject_prefix)

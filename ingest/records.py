@@ -115,6 +115,9 @@ class Job:
     report_id: int | None
     attempts: int
     payload: Any
+    # The fence of this lease: the job's count of leases ever given, never repeated (ingest/queue.py). `attempts`
+    # is not one: a replay starts it again.
+    lease_token: int = 0
     deadline_at: float | None = None  # past it a failing job is dead-lettered instead of retried
     subject: str | None = None  # what it acts on, for operators' filters (an endpoint, a chat)
 

@@ -8,6 +8,7 @@ import pytest
 
 from ingest.clock import FakeClock
 from ingest.jobs import DedupeJob, MessengerAskJob, MessengerMediaJob, ReporterFollowUpJob
+from ingest.queue import Settlement
 from ingest.store import Store, Tx
 from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
 
@@ -133,6 +134,35 @@ async def test_dead_letter_is_visible_and_replay_puts_it_back(clocked_store: Sto
     (again,) = await clocked_store.lease("classify", 1, 60)
     assert again.id == job.id and again.attempts == 1  # a fresh set of attempts
     assert await clocked_store.replay_dead() == 0
+
+
+async def test_a_worker_stalled_since_before_a_replay_cannot_finish_the_replayed_job(
+        clocked_store: Store, clock: FakeClock, make_message) -> None:
+    """The fence never repeats for a job: a replay gives a fresh set of attempts, not an old lease back."""
+    report_id = await _submit(clocked_store, make_message)
+    (stalled,) = await clocked_store.lease("classify", 1, 30)  # its first lease; the worker then hangs
+    clock.advance(31)
+    assert await clocked_store.reclaim_expired() == 1
+    (second,) = await clocked_store.lease("classify", 1, 30)
+    await clocked_store.fail(second, "PermanentError: bad record", retry_in=0, dead=True)
+    assert await clocked_store.replay_dead(stage="classify") == 1
+    (fresh,) = await clocked_store.lease("classify", 1, 30)
+    assert fresh.id == stalled.id and fresh.attempts == stalled.attempts == 1  # a fresh set of attempts...
+
+    async def stale_writes(tx: Tx) -> None:
+        await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (report_id,))
+
+    # ...but the stalled worker's result (alone, in a batch, in a settlement), failure or release changes nothing.
+    queue = clocked_store.queue
+    assert not await queue.finish(stalled, stale_writes)
+    assert await queue.finish_many([(stalled, stale_writes)]) == [False]
+    assert await queue.settle([Settlement(stalled, "done", writes=stale_writes)]) == [False]
+    assert not await queue.fail(stalled, "PermanentError: stale", retry_in=0, dead=True)
+    assert await queue.release([stalled]) == 0
+    assert (await clocked_store.get_report(report_id)).status == "received"
+    assert (await _job_row(clocked_store, fresh.id))["state"] == "leased"
+    assert await clocked_store.finish(fresh, None)
+    assert (await _job_row(clocked_store, fresh.id))["state"] == "done"
 
 
 async def test_replay_by_job_id_only_replays_those(clocked_store: Store, make_message) -> None:
