@@ -79,13 +79,13 @@ class Tx:
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self.conn.executemany(sql, rows)
 
+    # Executed and fetched in one trip to the connection's thread (execute, then fetch, would be two: each trip
+    # is a thread hand-off and a wake-up of the event loop, the cost of a statement here, not SQLite's work).
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        cur = await self.conn.execute(sql, params)
-        return list(await cur.fetchall())
+        return list(await self.conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        cur = await self.conn.execute(sql, params)
-        return await cur.fetchone()
+        return await self.conn._execute(_fetch_one, self.conn._conn, sql, params)
 
     @property
     def in_transaction(self) -> bool:
@@ -342,8 +342,7 @@ class Store(StoreShared):
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         assert self._reader is not None, "store is closed"
-        cur = await self._reader.execute(sql, params)
-        return list(await cur.fetchall())
+        return list(await self._reader.execute_fetchall(sql, params))  # one trip, as Tx.fetchall
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         rows = await self.fetchall(sql, params)
@@ -518,6 +517,10 @@ class Store(StoreShared):
 
 
 _INSERT_JOB = QueueSql().insert  # the queue's own statement, run on the writer's thread by the group commit
+
+
+def _fetch_one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] | dict[str, Any]) -> sqlite3.Row | None:
+    return conn.execute(sql, params).fetchone()  # on the connection's thread: one trip for both
 
 
 def _sha256(data: bytes) -> str:
