@@ -7,7 +7,7 @@ never opens the store.
     run_daemon.py check-config [FILE]
     run_daemon.py route --input IN.jsonl --output OUT.jsonl [--config FILE] [--store PATH]
     run_daemon.py eval --input FILE.jsonl [--cv] [--config FILE]
-    run_daemon.py replay [--kind KIND] [--job ID ...] [--list] [--config FILE]
+    run_daemon.py replay [--kind KIND] [--job ID ...] [--subject PREFIX] [--list] [--config FILE]
     run_daemon.py backup DEST [--config FILE]
     run_daemon.py review|incident|dispatch|user|report ... [--config FILE]
 
@@ -578,6 +578,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="only this kind: classify, dedupe, dispatch, notify, deliver, agency_email_reply,"
                         " reporter_follow_up, telegram_send:CHANNEL, messenger_media:CHANNEL")
     p.add_argument("--job", type=int, action="append", default=[], help="only this job id (repeatable)")
+    p.add_argument("--subject", metavar="PREFIX",
+                   help="only jobs whose subject starts so: an endpoint (sawaco/main), a bot's chat (as --list shows"
+                        " it: bot/chat-…)")
     p.add_argument("--list", action="store_true", help="list the dead letters instead of replaying them")
     for name, owned in COMMANDS.items():
         p = add(name, owned.help)
@@ -642,7 +645,7 @@ BUILTIN_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "route": lambda settings, args: run_loop(route(settings, args.input, args.output, args.store)),
     "eval": _eval_command,
     "backup": lambda settings, args: backup(settings, args.dest),
-    "replay": lambda settings, args: run_loop(_replay(settings, args.stage, args.job, args.list)),
+    "replay": lambda settings, args: run_loop(_replay(settings, args.stage, args.job, args.list, args.subject)),
     "migrate-store": lambda settings, args: run_loop(migrate_store(settings, args.to, args.blobs)),
 }
 
@@ -728,19 +731,21 @@ def backup(settings: Settings, dest: Path) -> int:
     return 0 if check == "ok" else 1
 
 
-async def _replay(settings: Settings, kind: str | None, jobs: list[int], list_only: bool = False) -> int:
+async def _replay(settings: Settings, kind: str | None, jobs: list[int], list_only: bool = False,
+                  subject: str | None = None) -> int:
     collect_job_kinds()
     store = await open_store(settings)
     try:
         if list_only:
             wanted = set(jobs)
-            letters = [d for d in await store.queue.dead_letters(kind, limit=10_000) if not wanted or d.id in wanted]
+            letters = [d for d in await store.queue.dead_letters(kind, limit=10_000, subject_prefix=subject)
+                       if not wanted or d.id in wanted]
             for d in letters:
                 about = f"report {d.report_id}" if d.report_id is not None else (d.subject or "")
                 print(f"{d.id}\t{d.kind}\t{about}\tattempts={d.attempts}\t{(d.last_error or '')[:200]}")
             print(f"{len(letters)} dead-lettered job(s)")
             return 0
-        count = await store.queue.replay(kind, jobs)
+        count = await store.queue.replay(kind, jobs, subject_prefix=subject)
     finally:
         await store.close()
     print(f"replayed {count} dead-lettered job(s)")

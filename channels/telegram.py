@@ -31,6 +31,7 @@ from ingest.app import AppContext, Service, register_instance_reply
 from ingest.backoff import backoff_delay
 from ingest.jobs import TELEGRAM_SEND, TelegramSendJob
 from ingest.migrations import Migration
+from ingest.pii import pseudonym
 from ingest.queue import RetryPolicy
 from ingest.errors import AuthError, PermanentError, TransientError
 from ingest.leases import run_while_held
@@ -172,7 +173,7 @@ class TelegramChannel:
         self.name = f"telegram:{entry.name}"
         self.options = options
         self.store: Store = ctx.store
-        token = options.bot_token.get_secret_value()
+        token = self._token = options.bot_token.get_secret_value()
         self.bot_id = bot_id_from_token(token)
         poll = options.poll_timeout_seconds
         self.bot = bot or Bot(
@@ -241,6 +242,13 @@ class TelegramChannel:
         except TelegramError as exc:
             raise map_error(exc) from None
         await self.flush_complete()  # drafts completed just before a crash
+        await self.store.queue.rename_subjects(self.send_kind, lambda job: self.chat_subject(job.payload.chat_id))
+
+    def chat_subject(self, chat_id: int) -> str:
+        """The queue subject of the bot's messages to one chat: one per chat (they go out in order), but not the
+        chat id, which administrators would read on the dead-letter page (Decree 13): a pseudonym keyed by the
+        bot token, a secret of this bot's instances only. A new token renames the waiting jobs at start."""
+        return f"{self.instance}/{pseudonym(str(chat_id), self._token, 'chat')}"
 
     async def close(self) -> None:
         if self._files is not None:
@@ -393,7 +401,7 @@ class TelegramChannel:
         for reply in replies:
             await tx.enqueue(self.send_kind, None, TelegramSendJob(instance=self.instance, chat_id=reply.chat_id,
                                                                    text=reply.text, keyboard=reply.keyboard),
-                             subject=f"{self.instance}/{reply.chat_id}")
+                             subject=self.chat_subject(reply.chat_id))
 
     async def _seen(self, ids: set[int]) -> set[int]:
         if not ids:

@@ -475,25 +475,30 @@ class Console:
         """Work that failed for good, of every kind (stage jobs, agency deliveries, bot messages, email replies):
         kind, what it was about, attempts and last error; never the payload, which may carry a reporter's words."""
         kind = request.query.get("kind") or None
-        letters = await self.store.queue.dead_letters(kind, limit=500)
+        # What the jobs are about (an endpoint, a chat's pseudonym): every dead letter of one chat, to replay together.
+        subject = request.query.get("subject") or None
+        letters = await self.store.queue.dead_letters(kind, limit=500, subject_prefix=subject)
         depths = await self.store.queue.depths()
         kinds = sorted({k for k, state in depths if state == "dead"})
         return self.page(request, "dead_letters.html", {"letters": letters, "kinds": kinds, "kind": kind or "",
+                                                        "subject": subject or "",
                                                         "replayed": request.query.get("replayed")})
 
     async def dead_letters_replay(self, request: web.Request) -> web.StreamResponse:
         form = request[FORM]
         kind = str(form.get("kind") or "") or None
+        subject = str(form.get("subject") or "") or None
         try:
             ids = [int(v) for v in form.getall("job", [])]
         except ValueError:
             return self.error(request, 400, say("bad_replay"))
-        if not ids and kind is None:
+        if not ids and kind is None and subject is None:
             return self.error(request, 400, say("bad_replay"))  # replaying everything at once takes the CLI
-        count = await self.store.queue.replay(kind, ids)
+        count = await self.store.queue.replay(kind, ids, subject_prefix=subject)
         user: auth.User = request[USER]
         log.info("console: %s replayed %d dead letter(s) (kind %s)", user.username, count, kind or "any")
-        return _redirect("/console/dead-letters?" + urlencode({"replayed": count, **({"kind": kind} if kind else {})}))
+        shown = {k: v for k, v in (("kind", kind), ("subject", subject)) if v}
+        return _redirect("/console/dead-letters?" + urlencode({"replayed": count, **shown}))
 
     # -- overdue, search, audit ------------------------------------------------------------------
     async def overdue(self, request: web.Request) -> web.StreamResponse:

@@ -22,6 +22,8 @@ the public little, a published ID number cannot be taken back.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -281,3 +283,12 @@ def redact_message(message: InboundMessage, text: str | None = None) -> str:
     for value in (r.name, r.address, r.email, r.phone):
         out = redact_value(out, value)
     return redact(out)
+
+
+def pseudonym(value: str, key: str, prefix: str) -> str:
+    """A stable stand-in for a chat id, phone or address where people read it (operators' job lists, logs):
+    `prefix-` and 12 letters of an HMAC keyed by a secret the caller holds, so the same value always reads the
+    same (an admin finds every job of one chat) but cannot be turned back into it, not even by trying every
+    phone number. Letters only, so `redact` never takes it for a number."""
+    digest = hmac.new(key.encode(), value.encode(), hashlib.sha256).digest()
+    return prefix + "-" + "".join(chr(ord("a") + b % 26) for b in digest[:12])

@@ -46,7 +46,10 @@ Housekeeping, for every kind alike:
     n = await queue.replay(kind=None, ids=(), subject_prefix=None, deadline_seconds=None)
                                                                  # dead letters back, attempts reset (the lease
                                                                  # token is not), fresh deadline
-    rows = await queue.dead_letters(kind=None, limit=100)        # for the CLI, console and ops
+    rows = await queue.dead_letters(kind=None, limit=100, subject_prefix=None)  # for the CLI, console and ops:
+                                                                 # read by people, so no chat id, phone or address
+    n = await queue.rename_subjects(kind, subject_of)            # unfinished jobs' subjects as the kind now
+                                                                 # writes them (a chat's pseudonym)
     depths = await queue.depths()                                # {(kind, state): count} of unfinished jobs
     ages = await queue.oldest_ready()                            # {kind: seconds its oldest due job waited}
     await queue.reschedule(tx, kind, report_id, at)              # hold or release a report's waiting job
@@ -75,6 +78,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from .backoff import backoff_delay
+from .pii import redact
 from .records import Job, from_json, to_json
 
 log = logging.getLogger(__name__)
@@ -241,6 +245,9 @@ class QueueSql:
         self.first_waiting = ("SELECT id, subject, available_at FROM jobs WHERE stage=?"
                               " AND state IN ('ready', 'leased') AND subject IN ({subjects}){exclude} ORDER BY id")
         self.set_deadline = "UPDATE jobs SET deadline_at=? WHERE id=?"
+        self.unfinished = ("SELECT " + self.COLUMNS + " FROM jobs WHERE stage=? AND state IN ('ready','leased','dead')"
+                           " ORDER BY id")
+        self.set_subject = "UPDATE jobs SET subject=? WHERE id=?"
         self.bury = ("UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
                      " WHERE state='ready' AND id IN ({ids}) RETURNING " + self.COLUMNS)
         self.bury_subject = ("UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
@@ -515,13 +522,29 @@ class SqliteQueue:
                 tx.after_commit(lambda name=name: self.wake(name))
         return len(rows)
 
-    async def dead_letters(self, kind: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        where, params = _filters(kind, (), None)
+    async def dead_letters(self, kind: str | None = None, limit: int = 100,
+                           subject_prefix: str | None = None) -> list[DeadLetter]:
+        """The dead letters, newest first, as administrators read them (console, CLI): subject and error with any
+        chat id, phone number or address removed (a subject written before subjects were pseudonymous, an error
+        quoting a peer's answer). The payload is the job's own, for code only."""
+        where, params = _filters(kind, (), subject_prefix)
         rows = await self.store.fetchall(self.sql.dead_letters.format(where=where), [*params, limit])
-        return [DeadLetter(id=r["id"], kind=r["stage"], report_id=r["report_id"], subject=r["subject"],
-                           attempts=r["attempts"], last_error=r["last_error"], updated_at=r["updated_at"],
+        return [DeadLetter(id=r["id"], kind=r["stage"], report_id=r["report_id"], subject=_shown(r["subject"]),
+                           attempts=r["attempts"], last_error=_shown(r["last_error"]), updated_at=r["updated_at"],
                            payload=_decoded_or_none(r["stage"], r["payload"]))
                 for r in rows]
+
+    async def rename_subjects(self, kind: str, subject_of: Callable[[Job], str]) -> int:
+        """Give the unfinished (waiting, leased, dead) jobs of `kind` the subject `subject_of(job)` where theirs
+        differs: a kind that changes how it names its subjects brings the jobs written before along, so one
+        subject still means one thing. Returns how many changed."""
+        rows = await self.store.fetchall(self.sql.unfinished, (kind,))
+        changes = [(new, job.id) for job in map(self._job, rows) if (new := subject_of(job)) != job.subject]
+        if changes:
+            async with self.store.transaction() as tx:
+                for new, job_id in changes:
+                    await tx.execute(self.sql.set_subject, (new, job_id))
+        return len(changes)
 
     async def oldest_ready(self) -> dict[str, float]:
         """Per kind, how long its oldest due job has waited (seconds), for metrics."""
@@ -550,6 +573,11 @@ class SqliteQueue:
     async def depths(self) -> dict[tuple[str, str], int]:
         rows = await self.store.fetchall(self.sql.depths)
         return {(r["stage"], r["state"]): r["n"] for r in rows}
+
+
+def _shown(text: str | None) -> str | None:
+    """A dead letter's subject or error as people may read it (ingest/pii.py)."""
+    return redact(text[:1000]) if text else text
 
 
 def _decoded_or_none(kind: str, text: str | None) -> Any:

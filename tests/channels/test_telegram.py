@@ -339,18 +339,24 @@ async def test_a_message_telegram_refuses_is_a_dead_letter_and_replays(env: Env)
     store = await env.open_store()
     ch = env.make(store)
     await ch.ensure_initialized()
-    env.api.blocked_chats.add(555)
-    env.api.push_text("Đèn tín hiệu giao thông bị tắt")
+    chat = 6012345678  # a chat id is personal data: the administrators who read dead letters never see it
+    env.api.blocked_chats.add(chat)
+    env.api.push_text("Đèn tín hiệu giao thông bị tắt", chat_id=chat)
+    env.api.push_text("Cống nghẹt", chat_id=777)
     await ch.poll_once()
-    assert await ch.send_outbox() == 1
-    assert env.api.sent == []
+    assert await ch.send_outbox() == 2
+    assert [s["chat_id"] for s in env.api.sent] == [777]
     (dead,) = await store.queue.dead_letters(ch.send_kind)
-    assert dead.subject == "bot/555" and "Forbidden" in (dead.last_error or "")
+    assert str(chat) not in (dead.subject or "") and "Forbidden" in (dead.last_error or "")
+    # ...but the same chat always reads the same: its pseudonym finds every job of that chat, and only those.
+    rows = await store.fetchall("SELECT subject FROM jobs WHERE stage=? ORDER BY id", (ch.send_kind,))
+    assert dead.subject == ch.chat_subject(chat) != ch.chat_subject(777) == rows[1]["subject"]
+    assert dead.subject.startswith("bot/chat-") and str(chat) not in json.dumps([dict(r) for r in rows])
     assert dead.payload.text == ASK_PLACE
     env.api.blocked_chats.clear()  # the reporter unblocked the bot
-    assert await store.queue.replay(ch.send_kind) == 1
+    assert await store.queue.replay(subject_prefix=dead.subject) == 1
     await ch.send_outbox()
-    assert [s["text"] for s in env.api.sent] == [ASK_PLACE]
+    assert [(s["chat_id"], s["text"]) for s in env.api.sent] == [(777, ASK_PLACE), (chat, ASK_PLACE)]
 
 
 async def test_the_old_outbox_moves_to_the_queue_in_order(env: Env) -> None:
@@ -366,7 +372,9 @@ async def test_the_old_outbox_moves_to_the_queue_in_order(env: Env) -> None:
     store = await env.open_store()
     assert await store.fetchone("SELECT name FROM sqlite_master WHERE name='telegram_outbox'") is None
     ch = env.make(store)
-    await ch.ensure_initialized()
+    await ch._start()  # the moved messages' subjects named the chat: they are the chat's pseudonym from the start
+    rows = await store.fetchall("SELECT subject FROM jobs WHERE stage=? ORDER BY id", (ch.send_kind,))
+    assert [r["subject"] for r in rows] == [ch.chat_subject(555), ch.chat_subject(555), ch.chat_subject(777)]
     assert await ch.send_outbox() == 3
     assert [(s["chat_id"], s["text"]) for s in env.api.sent] == [(555, "một"), (555, 'hai "trích"'), (777, "ba")]
     assert env.api.sent[0]["reply_markup"]["keyboard"][0][0]["request_location"] is True

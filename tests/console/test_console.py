@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import urlencode
 
 import pytest
 
@@ -12,6 +13,8 @@ from console import auth
 from config.loader import validate
 from console.service import user_cli
 from dispatch import queries as dispatch_queries
+from ingest.jobs import TelegramSendJob
+from ingest.pii import pseudonym
 from ingest.records import Candidate, Place, Reporter
 
 from .conftest import PASSWORD, Browser, Server, seed_case, seed_report
@@ -327,6 +330,38 @@ async def test_user_cli(server: Server, monkeypatch: pytest.MonkeyPatch, capsys:
         assert (await b.login("lan", "a long enough password")).status == 401
     finally:
         await b.close()
+
+
+async def test_dead_letters_show_no_chat_id_phone_or_address_and_a_chats_pseudonym_finds_its_jobs(
+        server: Server, browser: Browser) -> None:
+    store = server.store
+    kind = "telegram_send:bot"
+    chat = pseudonym("6012345678", "the bot's token", "chat")
+    async with store.transaction() as tx:
+        # The first as a bot wrote its subjects before they were pseudonyms (a channel removed since renames
+        # nothing), with an error that quotes a peer's answer; the other two as the bot writes them now.
+        await tx.enqueue(kind, None, TelegramSendJob(instance="bot", chat_id=6012345678, text="Ở đâu?"),
+                         subject="bot/6012345678")
+        for text in ("Ở đâu?", "Số điện thoại?"):
+            await tx.enqueue(kind, None, TelegramSendJob(instance="bot", chat_id=6012345678, text=text),
+                             subject=f"bot/{chat}")
+    old, *new = await store.queue.lease(kind, 5, 60)
+    await store.queue.fail(old, "BadRequest: chat 6012345678 of 0901234567, an@example.vn", retry_in=0, dead=True)
+    for job in new:
+        await store.queue.fail(job, "Forbidden: bot was blocked by the user", retry_in=0, dead=True)
+    await browser.login("admin")
+    status, page = await browser.get("/console/dead-letters")
+    assert status == 200 and "BadRequest" in page and "Forbidden" in page
+    for personal in ("6012345678", "0901234567", "an@example.vn"):
+        assert personal not in page
+    # The chat's pseudonym links to every dead letter of that chat, to replay them together.
+    link = "/console/dead-letters?" + urlencode({"subject": f"bot/{chat}"})
+    assert link.replace("&", "&amp;") in page
+    status, page = await browser.get(link)
+    assert status == 200 and page.count("Forbidden") == 2 and "BadRequest" not in page
+    status, _, location = await browser.post("/console/dead-letters/replay", {"subject": f"bot/{chat}"})
+    assert status == 303 and location is not None and "replayed=2" in location
+    assert [d.id for d in await store.queue.dead_letters(kind)] == [old.id]
 
 
 async def test_admin_sees_and_replays_dead_letters_of_every_kind(server: Server, browser: Browser) -> None:
