@@ -87,6 +87,32 @@ async def members_after(reader: Reader, columns: str, since: float, after: tuple
         " ORDER BY r.received_at, r.id LIMIT ?", (since, after[0], after[0], after[1], limit))
 
 
+async def joined_since(reader: Reader, since: float, districts: Sequence[str | None] | None) -> list[int]:
+    """The reports with a vector that joined an incident at or after `since` (joined_at), of `districts` (None in
+    it: reports without one; None: every district)."""
+    sql = ("SELECT m.report_id FROM incident_reports m JOIN reports r ON r.id = m.report_id"
+           " JOIN embeddings e ON e.report_id = m.report_id WHERE m.joined_at >= ?")
+    params: list[Any] = [since]
+    if districts is not None:
+        named = [d for d in districts if d is not None]
+        alternatives = [f"r.district IN ({','.join('?' * len(named))})"] if named else []
+        if None in districts:
+            alternatives.append("r.district IS NULL")
+        sql += f" AND ({' OR '.join(alternatives)})"
+        params += named
+    return [r[0] for r in await reader.fetchall(sql, params)]
+
+
+async def members_by_id(reader: Reader, columns: str, report_ids: Sequence[int]) -> list[Any]:
+    """`columns` (of reports r and embeddings e) of those of `report_ids` that belong to an incident, in
+    received_at order (as members_after gives them)."""
+    marks = ",".join("?" * len(report_ids))
+    return await reader.fetchall(
+        f"SELECT {columns} FROM reports r JOIN incident_reports m ON m.report_id = r.id"
+        f" LEFT JOIN embeddings e ON e.report_id = r.id WHERE r.id IN ({marks}) ORDER BY r.received_at, r.id",
+        list(report_ids))
+
+
 async def get(reader: Reader, incident_id: str) -> Any:
     """The incident's row, None when unknown."""
     return await reader.fetchone("SELECT * FROM incidents WHERE id=?", (incident_id,))
@@ -160,14 +186,19 @@ async def recurrences_of(reader: Reader, incident_id: str) -> list[Any]:
 async def create(tx: Tx, *, first_report_id: int, topic: str | None, district: str | None, created_at: float,
                  last_report_at: float, place: str = "{}", recurrence_of: str | None = None) -> str:
     """Open a new incident numbered after the last one; returns its id."""
-    row = await tx.fetchone("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM incidents")
-    seq = int(row["seq"]) if row is not None else 1
-    incident_id = incident_id_for(seq)
-    await tx.execute(
-        "INSERT INTO incidents(id, seq, first_report_id, topic, district, place, created_at, last_report_at,"
-        " recurrence_of) VALUES (?,?,?,?,?,?,?,?,?)",
-        (incident_id, seq, first_report_id, topic, district, place, created_at, last_report_at, recurrence_of))
-    return incident_id
+    while True:
+        row = await tx.fetchone("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM incidents")
+        seq = int(row["seq"]) if row is not None else 1
+        incident_id = incident_id_for(seq)
+        cur = await tx.execute(
+            "INSERT INTO incidents(id, seq, first_report_id, topic, district, place, created_at, last_report_at,"
+            " recurrence_of) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (incident_id, seq, first_report_id, topic, district, place, created_at, last_report_at,
+             recurrence_of))
+        if cur.rowcount == 1:
+            return incident_id
+        # Another instance opened an incident with this number at the same time (in another district: the
+        # insert waited for its commit): the next number.
 
 
 async def join(tx: Tx, report_id: int, incident_id: str, received_at: float, *, score: float = 1.0,

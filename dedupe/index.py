@@ -257,6 +257,9 @@ class VectorWindow:
     def __len__(self) -> int:
         return len(self._where)
 
+    def __contains__(self, report_id: object) -> bool:
+        return report_id in self._where
+
     def topics(self) -> frozenset[str | None]:
         """Every topic with a block (None: reports without a topic). The same object until a topic appears
         or its last block goes, so a caller may memoise on its identity."""

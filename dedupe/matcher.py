@@ -51,6 +51,11 @@ class IncidentMatcher:
         self.store = store
         self.window_days = window_days
         self.threshold = threshold
+        self.batch = True  # False: every candidate judged by policy.decide in full (the reference; bench, tests)
+        self._reset()
+
+    def _reset(self) -> None:
+        """An empty window (before a rebuild: it reads the whole window again)."""
         self.index: VectorWindow | None = None  # created on the first vector (its dimension decides)
         self._features: dict[int, WindowFeatures] = {}  # every indexed report of the window
         self._intern: dict[str, str] = {}  # one string object per distinct word in the window
@@ -67,20 +72,22 @@ class IncidentMatcher:
         self._block_alts_version = 0  # bumped when an alternative appears in or leaves a block (scope changes)
         self._scope_version = -1
         self._held: list[tuple[object, policy.ReportView]] = []  # (transaction, report): see hold()
-        self.batch = True  # False: every candidate judged by policy.decide in full (the reference; bench, tests)
 
     # -- building -----------------------------------------------------------------------------
-    async def rebuild(self, chunk: int = REBUILD_CHUNK) -> int:
-        """Load the window from the store: every report with an incident, oldest first, read in chunks (one
-        query each, vectors decoded with one frombuffer over the chunk's concatenated blobs)."""
-        latest = await incidents.latest_member_time(self.store)
+    async def rebuild(self, chunk: int = REBUILD_CHUNK, reader: incidents.Reader | None = None) -> int:
+        """Load the window from the store (read through `reader`, default the store's reader), replacing what it
+        held: every report with an incident, oldest first, read in chunks (one query each, vectors decoded with
+        one frombuffer over the chunk's concatenated blobs)."""
+        reader = reader or self.store
+        self._reset()
+        latest = await incidents.latest_member_time(reader)
         if latest is None:
             return 0
         since = latest - self.window_days * DAY
         last: tuple[float, int] = (since, -1)
         loaded = 0
         while True:
-            rows = await incidents.members_after(self.store, VIEW_COLUMNS, since, last, chunk)
+            rows = await incidents.members_after(reader, VIEW_COLUMNS, since, last, chunk)
             if not rows:
                 break
             self._load_chunk(rows)
@@ -89,6 +96,21 @@ class IncidentMatcher:
             if len(rows) < chunk:
                 break
         return loaded
+
+    async def refresh(self, reader: incidents.Reader, since: float, districts: list[str | None] | None) -> int:
+        """Add to the window the reports of `districts` (None in it: reports without one; None: every district)
+        that joined an incident at or after `since` and are not in it yet: what other instances decided (several
+        share a PostgreSQL store, dedupe/blocks.py). Returns how many came in. Reports without a vector are left
+        out (they are never candidates; only their words' rarity is missed)."""
+        self.settle(reader)  # a batch held but not known to have committed is read back if it did
+        index = self.index
+        ids = [rid for rid in await incidents.joined_since(reader, since, districts)
+               if index is None or rid not in index]
+        if not ids:
+            return 0
+        rows = await incidents.members_by_id(reader, VIEW_COLUMNS, ids)
+        self._load_chunk(rows)
+        return len(rows)
 
     def _load_chunk(self, rows: list[Any]) -> None:
         """remember() for a chunk of rows in received_at order, with the vectors added in bulk."""
@@ -126,8 +148,8 @@ class IncidentMatcher:
     def hold(self, tx: Tx, view: policy.ReportView) -> None:
         """remember() a report whose incident is written in `tx`, before `tx` commits: the next report matched in
         the same transaction (the stage commits a batch of jobs at once) must see it. Confirmed when `tx`
-        commits; should it not, the next match in another transaction takes it out again (`_settle`)."""
-        self._settle(tx)
+        commits; should it not, the next match in another transaction takes it out again (`settle`)."""
+        self.settle(tx)
         if self.remember(view):
             self._held.append((tx, view))
             tx.after_commit(lambda: self._confirm(view.report_id))
@@ -135,7 +157,7 @@ class IncidentMatcher:
     def _confirm(self, report_id: int) -> None:
         self._held = [(t, v) for t, v in self._held if v.report_id != report_id]
 
-    def _settle(self, reader: object) -> None:
+    def settle(self, reader: object) -> None:
         """Forget the reports held by a transaction other than `reader` and never confirmed: it did not commit
         (a committed one has run its hooks before the next transaction could begin)."""
         if not self._held or all(t is reader for t, _ in self._held):
@@ -215,7 +237,7 @@ class IncidentMatcher:
         store is read through `reader` (default: the store's reader connection; a transaction sees its own
         writes)."""
         reader = reader or self.store
-        self._settle(reader)
+        self.settle(reader)
         first, found = self.first_pass(view)
         if found is None:
             return first

@@ -55,3 +55,11 @@ MIGRATIONS.append((
     CREATE INDEX incidents_recurrence ON incidents(recurrence_of);
     """,
 ))
+
+MIGRATIONS.append((
+    3,
+    """
+    -- Instances sharing a PostgreSQL store read what the others decided since they last looked (dedupe/blocks.py).
+    CREATE INDEX incident_reports_joined ON incident_reports(joined_at);
+    """,
+))

@@ -9,16 +9,18 @@ Contract (see the pipeline notes in the README):
   (dedupe/incidents.py); on this queue, so every report queued after the closure sees the incident closed;
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
   incident has no case yet, else `duplicate` + `duplicate_ack`.
-Jobs are handled in queue order, a leased batch finished in one transaction; each match runs inside it and
-sees every earlier report, of this batch too.
+Jobs are handled in queue order; each match runs inside the transaction that finishes its job and sees every
+earlier report (on SQLite a leased batch is finished in one transaction, and the match sees the batch's earlier
+reports too). Several instances on one PostgreSQL store each run the stage: a decision locks the blocks it reads
+and first reads what the others decided in them (dedupe/blocks.py).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingest.app import AppContext, Service
+from ingest.dialect import POSTGRESQL
 from ingest.errors import PermanentError, TransientError
 from ingest.jobs import DISPATCH, NOTIFY, DedupeJob, DispatchJob, NotifyJob
 from ingest.records import Job
@@ -26,6 +28,7 @@ from ingest.store import Store, StoredReport, Tx
 from ingest.worker import StageWorker, WorkerSettings
 
 from . import incidents, policy
+from .blocks import Blocks, LocalBlocks, SharedBlocks
 from .features import load_view
 from .matcher import IncidentMatcher
 
@@ -59,15 +62,17 @@ async def route_member(tx: Tx, report_id: int, incident_id: str, status: str) ->
     return "duplicate"
 
 
-def incident_state_writes(payload: DedupeJob, fence: Callable[[Tx], Awaitable[None]] | None = None) -> Any:
+def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None) -> Any:
     """Dispatch closed or reopened the incident's case: the incident follows, in this stage's transaction."""
     incident_id = payload.incident_id
     if not incident_id or payload.incident_state not in ("open", "closed"):
         raise PermanentError(f"incident state job without an incident or a known state: {payload!r}")
 
     async def writes(tx: Tx) -> None:
-        if fence is not None:
-            await fence(tx)
+        if blocks is not None:
+            # Ordered with the decisions about its district: none joins it while it closes.
+            row = await incidents.get(tx, incident_id)
+            await blocks.enter(tx, row["district"] if row is not None else None)
         if payload.incident_state == "closed":
             changed = await incidents.close(tx, incident_id, payload.closed_as or "resolved",
                                             payload.at if payload.at is not None else tx.store.clock.now())
@@ -78,13 +83,12 @@ def incident_state_writes(payload: DedupeJob, fence: Callable[[Tx], Awaitable[No
 
 
 class DedupeStage:
-    """Handler of the `dedupe` queue; one instance per daemon (writes must stay serialised)."""
+    """Handler of the `dedupe` queue; one per daemon (its window is the daemon's)."""
 
-    def __init__(self, store: Store, matcher: IncidentMatcher,
-                 fence: Callable[[Tx], Awaitable[None]] | None = None) -> None:
+    def __init__(self, store: Store, matcher: IncidentMatcher, blocks: Blocks | None = None) -> None:
         self.store = store
         self.matcher = matcher
-        self.fence = fence  # checks, in each job's transaction, that this instance still decides incidents
+        self.blocks = blocks or LocalBlocks(matcher)
 
     async def handle(self, job: Job, report: StoredReport) -> Any:
         """The job's writes. Matching runs inside them, in the transaction that finishes the job: the worker
@@ -92,7 +96,7 @@ class DedupeStage:
         (read through the transaction, which sees its own writes; the window holds them, see matcher.hold)."""
         payload = job.payload
         if payload.incident_state is not None:
-            return incident_state_writes(payload, self.fence)
+            return incident_state_writes(payload, self.blocks)
         if report.status not in MATCH_STATUSES:
             log.info("dedupe: report %d has status %s, nothing to do", report.id, report.status)
             return None
@@ -103,8 +107,7 @@ class DedupeStage:
             raise TransientError("report row vanished")
 
         async def writes(tx: Tx) -> None:
-            if self.fence is not None:
-                await self.fence(tx)
+            await self.blocks.enter(tx, view.district)
             await self.apply(tx, view, status, after_review)
         return writes
 
@@ -121,6 +124,7 @@ class DedupeStage:
             incident_id = match.incident_id
             await incidents.join(tx, view.report_id, incident_id, view.received_at, score=match.score,
                                  matched_report=match.matched_report)
+            await self.blocks.joined(tx, view.report_id, view.district)
         else:
             incident_id = await incidents.create(
                 tx, first_report_id=view.report_id, topic=view.topic, district=view.district,
@@ -138,25 +142,24 @@ class DedupeStage:
 
 class DedupeService:
     name = "dedupe"
-    # Incident decisions run on one instance at a time (a leader lease; run_daemon wraps the service): two instances
-    # seeing reports of one incident at once would otherwise each open an incident from its own window. Taking the
-    # lease over runs `run` again, which rebuilds the window from the store.
-    singleton = "dedupe-incidents"
 
     def __init__(self, ctx: AppContext) -> None:
         cfg = ctx.settings.dedupe
         q = ctx.settings.queue
         self.store = ctx.store
         self.matcher = IncidentMatcher(ctx.store, cfg.window_days, cfg.match_threshold)
-        self.stage = DedupeStage(ctx.store, self.matcher, fence=ctx.leases.lease(self.singleton).confirm)
-        # Jobs in lease order, a batch finished in one commit (each job in a savepoint): every match runs inside
-        # that transaction and sees the jobs before it (see DedupeStage.handle).
+        # Every instance of a PostgreSQL store decides incidents, ordered per district (dedupe/blocks.py).
+        self.blocks: Blocks = SharedBlocks(self.matcher) if ctx.store.dialect is POSTGRESQL \
+            else LocalBlocks(self.matcher)
+        self.stage = DedupeStage(ctx.store, self.matcher, self.blocks)
+        # Jobs in lease order; on SQLite a batch finished in one commit (each job in a savepoint): every match runs
+        # inside that transaction and sees the jobs before it (see DedupeStage.handle).
         self.worker = StageWorker(ctx.store, STAGE, self.stage.handle,
                                   WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds,
-                                                 max_attempts=q.max_attempts, group_commit=True))
+                                                 max_attempts=q.max_attempts, group_commit=self.blocks.group_commit))
 
     async def run(self) -> None:
-        loaded = await self.matcher.rebuild()
+        loaded = await self.blocks.rebuild(self.store)
         log.info("dedupe: window rebuilt from the store with %d reports", loaded)
         await self.worker.run()
 

@@ -12,13 +12,13 @@ Between the old holder's session ending and it noticing, both may run for up to 
 are idempotent under the store's keys (a clock step, a sent report, an IMAP cursor), so that overlap repeats no
 effect; the lease keeps the steady state to one runner, it is not a fence for every write.
 
-A singleton that is not idempotent (dedupe's incident decisions) fences each write with `Lease.confirm`. Checking
-the lock table inside the write's transaction is not enough on its own: the lease session may die after the check
-and before COMMIT, and a successor that read the store in that gap (dedupe rebuilds its window) would miss the
-late commit. So each lease has a second key, its fence: a fenced write takes it shared in its transaction before
-the check, and a new holder takes it exclusively (one transaction, released at once) after winning the lock and
-before it counts as held, which waits for every write that passed its check under the old holder to end. A write
-checking after that finds the lock on the successor's session and is refused.
+A singleton that is not idempotent fences each write with `Lease.confirm`. Checking the lock table inside the
+write's transaction is not enough on its own: the lease session may die after the check and before COMMIT, and a
+successor that read the store in that gap would miss the late commit. So each lease has a second key, its fence: a
+fenced write takes it shared in its transaction before the check, and a new holder takes it exclusively (one
+transaction, released at once) after winning the lock and before it counts as held, which waits for every write
+that passed its check under the old holder to end. A write checking after that finds the lock on the successor's
+session and is refused.
 
 On SQLite there is one instance per store file, so every lease is held from the start (`LocalLeadership`).
 """

@@ -215,6 +215,8 @@ def stored_report(row: Any) -> StoredReport:
 
 
 class Store(StoreShared):
+    dialect = SQLITE  # (ingest/pgstore.py's: POSTGRESQL)
+
     def __init__(self, path: Path, blob_dir: Path, clock: Clock | None = None) -> None:
         self.path = Path(path)
         self.blobs = BlobStore(blob_dir)

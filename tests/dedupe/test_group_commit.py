@@ -92,7 +92,7 @@ async def test_reports_of_a_batch_that_did_not_commit_leave_the_window(tmp_path:
         await store.release(jobs)
         rest = await store.lease(STAGE, 1, 60)
         async with store.transaction() as tx:
-            matcher._settle(tx)
+            matcher.settle(tx)
             assert matcher.index.report_ids() == indexed
             assert +matcher._df == df and matcher._n_docs == n_docs and matcher._features == features
         await store.release(rest)

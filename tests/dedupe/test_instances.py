@@ -3,10 +3,17 @@ PostgreSQL store (issue 20): each instance has its own window, so what another i
 from the store, and two instances deciding about one place at once must not each open an incident."""
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import pytest
+
 from dedupe import schema
+from dedupe.blocks import SharedBlocks
 from dedupe.matcher import IncidentMatcher
 from dedupe.service import STAGE, DedupeStage
 from ingest.clock import FakeClock
+from ingest.store import Tx
 from ingest.worker import StageWorker, WorkerSettings
 from tests.dedupe.test_stage import HOUR, T0, _classified, _vec
 from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
@@ -34,3 +41,106 @@ async def test_a_report_matched_after_a_later_report_of_its_incident_joins_it(st
     assert first is not None and second is not None
     assert first.incident_id == second.incident_id == "INC-000001"
     assert second.status == "duplicate"
+
+
+class Instance:
+    """One daemon's dedupe stage on the shared PostgreSQL store: its own connections, window and worker."""
+
+    def __init__(self, store: AnyStore) -> None:
+        self.store = store
+        self.matcher = IncidentMatcher(store)
+        self.blocks = SharedBlocks(self.matcher)
+        self.stage = DedupeStage(store, self.matcher, self.blocks)
+        self.worker = StageWorker(store, STAGE, self.stage.handle, WorkerSettings(batch=1))
+
+    @classmethod
+    async def start(cls, factory: StoreFactory) -> Instance:
+        instance = cls(await factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS}))
+        await instance.blocks.rebuild(instance.store)
+        return instance
+
+    async def decide_and_hold(self, release: asyncio.Event) -> tuple[asyncio.Task[bool], asyncio.Event]:
+        """Decide the next job in a transaction left open until `release` (a decision under way elsewhere)."""
+        (job,) = await self.store.lease(STAGE, 1, 60)
+        report = await self.store.get_report(job.report_id)
+        assert report is not None
+        writes = await self.stage.handle(job, report)
+        assert writes is not None
+        decided = asyncio.Event()
+
+        async def held(tx: Tx) -> None:
+            await writes(tx)
+            decided.set()
+            await release.wait()
+        task = asyncio.create_task(self.store.finish(job, held))
+        await asyncio.wait_for(decided.wait(), 30)
+        return task, decided
+
+
+async def _incidents(store: AnyStore, *report_ids: int) -> list[str | None]:
+    return [(await store.get_report(i)).incident_id for i in report_ids]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def pg_factory(tmp_path: Path, pg_url: str) -> StoreFactory:
+    return StoreFactory("postgresql", tmp_path, pg_url)
+
+
+async def test_an_instance_finds_the_incident_another_instance_opened_after_its_window_was_built(
+        pg_factory: StoreFactory) -> None:
+    try:
+        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+        base = _vec(1)
+        first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=base)
+        second = await _classified(b.store, "2", T0 + 60, TEXT, topic="drainage", district="quan-5",
+                                   vector=_vec(2, base, 0.02))
+        assert await a.worker.run_once() == 1
+        assert await b.worker.run_once() == 1
+        assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000001"]
+    finally:
+        await pg_factory.close_all()
+
+
+@pytest.mark.parametrize("district", ["quan-5", None])
+async def test_two_instances_deciding_about_one_place_at_once_share_one_incident(
+        pg_factory: StoreFactory, district: str | None) -> None:
+    # Instance a has decided about the first report and not committed yet when b takes the second (with a
+    # district, or without one: it could be any district's). b must wait for a's decision and join it.
+    try:
+        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+        base = _vec(1)
+        first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=base)
+        release = asyncio.Event()
+        committing, _ = await a.decide_and_hold(release)
+        second = await _classified(b.store, "2", T0 + 60, TEXT, topic="drainage", district=district,
+                                   vector=_vec(2, base, 0.02))
+        deciding = asyncio.create_task(b.worker.run_once())
+        await asyncio.sleep(0.5)  # room for b to decide before a commits, were it not ordered after a
+        release.set()
+        assert await committing and await deciding == 1
+        assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000001"]
+    finally:
+        await pg_factory.close_all()
+
+
+async def test_two_instances_decide_about_different_districts_at_once(pg_factory: StoreFactory) -> None:
+    try:
+        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+        lamp = "Đèn đường Lê Lợi tắt cả tuần nay"
+        known = await _classified(b.store, "0", T0, lamp, topic="street_lighting", district="quan-1", vector=_vec(3))
+        assert await b.worker.run_once() == 1
+        first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+        release = asyncio.Event()
+        committing, _ = await a.decide_and_hold(release)
+        second = await _classified(b.store, "2", T0 + 60, lamp, topic="street_lighting", district="quan-1",
+                                   vector=_vec(4, _vec(3), 0.02))
+        # b's decision (joining an incident of another district) is not ordered after a's open transaction: it
+        # commits while a's is still open (a wait here would be a hang, ended by the timeout). Two new incidents
+        # would wait for each other's number, the one thing they share.
+        assert await asyncio.wait_for(b.worker.run_once(), 30) == 1
+        assert not committing.done()
+        release.set()
+        assert await committing
+        assert await _incidents(a.store, known, second, first) == ["INC-000001", "INC-000001", "INC-000002"]
+    finally:
+        await pg_factory.close_all()
