@@ -20,7 +20,8 @@ known before matching and bounds everything the match reads.
 
 "Since this instance last looked" is a joined_at time, of the clock of whichever instance wrote the join: a
 decision ordered after ours joined after our refresh on our clock, and the read goes back SLACK_SECONDS further
-for other hosts' clocks (NTP keeps them far closer).
+for other hosts' clocks, which must agree that closely (NTP keeps them within milliseconds). Not more: every join
+of the last SLACK_SECONDS is read back (as ids; only the ones the window lacks in full), at every decision.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from ingest.store import Store, Tx
 from . import incidents
 from .matcher import IncidentMatcher
 
-SLACK_SECONDS = 120.0
+SLACK_SECONDS = 10.0
 ALL_DISTRICTS = lock_key("dedupe-block:*")
 
 
