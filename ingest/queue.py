@@ -353,6 +353,10 @@ class SqliteQueue:
                     applied = cur.rowcount == 1
                     if applied and writes is not None:
                         await writes(tx)
+                    if applied:
+                        # Inside the job's try: a store may send a job's writes only now (ingest/store.py Tx),
+                        # and one that fails must fail this job alone.
+                        await tx.release_savepoint()
                 except Exception as exc:
                     if tx.ended_by(exc):
                         raise  # nothing of the transaction is left to keep
@@ -361,8 +365,6 @@ class SqliteQueue:
                     continue
                 if not applied:
                     await tx.undo_savepoint(mark)
-                else:
-                    await tx.release_savepoint()
                 outcomes.append(applied)
         return outcomes
 

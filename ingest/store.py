@@ -66,26 +66,54 @@ class StoredReport:
 
 
 class Tx:
-    """A write transaction on the single writer connection."""
+    """A write transaction on the single writer connection.
+
+    Every statement is a trip to the connection's thread (a hand-off, then a wake-up of the event loop: the cost of
+    a statement here, not SQLite's work). Statements whose outcome nobody reads -- BEGIN, a job's SAVEPOINT and
+    RELEASE, an event -- wait and ride along with the next statement that is sent (or with COMMIT), in order, so a
+    job of a batch costs one or two trips instead of five or six. A job's waiting writes are sent before its
+    savepoint is released, so a write that fails still fails inside its own job (queue.finish_many).
+    """
 
     def __init__(self, conn: aiosqlite.Connection, store: Store) -> None:
         self.conn = conn
         self.store = store
         self._after_commit: list[Callable[[], None]] = []
+        self._waiting: list[_Waiting] = []  # statements to send before the next one, in order
+        self._broken = False  # a waiting BEGIN/SAVEPOINT/RELEASE failed: the savepoints are no longer known
+
+    async def _trip(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on the connection's thread, after the waiting statements, in one trip."""
+        if not self._waiting:
+            return await self.conn._execute(fn, *args)
+        waiting, self._waiting = self._waiting, []
+        try:
+            return await self.conn._execute(_after_waiting, self.conn._conn, waiting, fn, args)
+        except _WaitingFailed as failed:
+            self._broken = self._broken or failed.control
+            raise failed.error from None
+
+    def _wait(self, sql: str, params: Sequence[Any] = (), *, control: bool = False) -> None:
+        self._waiting.append(_Waiting(sql, params, control))
 
     async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Cursor:
-        return await self.conn.execute(sql, params)
+        return aiosqlite.Cursor(self.conn, await self._trip(self.conn._conn.execute, sql, params))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self.conn.executemany(sql, rows)
+        await self._trip(self.conn._conn.executemany, sql, rows)
 
-    # Executed and fetched in one trip to the connection's thread (execute, then fetch, would be two: each trip
-    # is a thread hand-off and a wake-up of the event loop, the cost of a statement here, not SQLite's work).
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return list(await self.conn.execute_fetchall(sql, params))
+        return await self._trip(_fetch_all, self.conn._conn, sql, params)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        return await self.conn._execute(_fetch_one, self.conn._conn, sql, params)
+        return await self._trip(_fetch_one, self.conn._conn, sql, params)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(sqlite3 connection, *args)` on the connection's thread, in this transaction, in one trip."""
+        return await self._trip(fn, self.conn._conn, *args)
+
+    async def _commit(self) -> None:
+        await self._trip(self.conn._conn.execute, "COMMIT")
 
     @property
     def in_transaction(self) -> bool:
@@ -94,19 +122,27 @@ class Tx:
 
     # One job's writes inside a batch transaction (queue.finish_many): a savepoint each, undone alone.
     async def savepoint(self) -> int:
-        await self.execute("SAVEPOINT job")
+        self._wait("SAVEPOINT job", control=True)
         return len(self._after_commit)
 
     async def release_savepoint(self) -> None:
-        await self.execute("RELEASE job")
+        self._wait("RELEASE job", control=True)
+        if any(not w.control for w in self._waiting):
+            await self._trip(_nothing)  # the job's own writes fail inside the job, not in the next one's
 
     async def undo_savepoint(self, mark: int) -> None:
-        await self.execute("ROLLBACK TO job")
-        await self.execute("RELEASE job")
         del self._after_commit[mark:]  # the undone job's wake-ups and cache updates must not run
+        opened = [i for i, w in enumerate(self._waiting) if w.control and w.sql == "SAVEPOINT job"]
+        if opened:  # nothing of the job was sent: forget it, with whatever it left waiting
+            del self._waiting[opened[-1]:]
+            return
+        self._waiting.clear()  # sent after the job's SAVEPOINT: the job's own, undone here anyway
+        await self._trip(_undo_job, self.conn._conn)
 
     def ended_by(self, exc: BaseException) -> bool:
         """Whether `exc` ended the whole transaction: a storage fault, or SQLite rolled it all back by itself."""
+        if self._broken:
+            return True
         return isinstance(exc, sqlite3.Error) and (storage_reason(exc) is not None or not self.in_transaction)
 
     async def enqueue(self, stage: str, report_id: int | None, payload: Any = None, delay: float = 0.0, *,
@@ -116,13 +152,11 @@ class Tx:
                                               deadline=deadline, subject=subject)
 
     async def event(self, report_id: int | None, kind: str, actor: str, data: dict[str, Any] | None = None) -> None:
-        await self.conn.execute(
-            "INSERT INTO events(report_id, at, kind, actor, data) VALUES (?,?,?,?,?)",
-            (report_id, self.store.clock.now(), kind, actor, json.dumps(data or {}, ensure_ascii=False)),
-        )
+        self._wait("INSERT INTO events(report_id, at, kind, actor, data) VALUES (?,?,?,?,?)",
+                   (report_id, self.store.clock.now(), kind, actor, json.dumps(data or {}, ensure_ascii=False)))
 
     async def set_cursor(self, name: str, value: Any) -> None:
-        await self.conn.execute(
+        await self.execute(
             "INSERT INTO cursors(name, value, updated_at) VALUES (?,?,?)"
             " ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
             (name, json.dumps(value), self.store.clock.now()),
@@ -130,6 +164,47 @@ class Tx:
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         self._after_commit.append(fn)
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    sql: str
+    params: Sequence[Any]
+    control: bool  # BEGIN, SAVEPOINT, RELEASE: if one fails, the transaction's state is unknown
+
+
+class _WaitingFailed(Exception):
+    def __init__(self, error: BaseException, control: bool) -> None:
+        super().__init__(str(error))
+        self.error, self.control = error, control
+
+
+def _after_waiting(conn: sqlite3.Connection, waiting: list[_Waiting], fn: Callable[..., Any],
+                   args: tuple[Any, ...]) -> Any:
+    """On the connection's thread: the waiting statements in order, then `fn`; stops at the first that fails."""
+    for w in waiting:
+        try:
+            conn.execute(w.sql, w.params)
+        except Exception as exc:
+            raise _WaitingFailed(exc, w.control) from exc
+    return fn(*args)
+
+
+def _undo_job(conn: sqlite3.Connection) -> None:
+    conn.execute("ROLLBACK TO job")
+    conn.execute("RELEASE job")
+
+
+def _nothing() -> None:
+    return None
+
+
+def _fetch_one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] | dict[str, Any]) -> sqlite3.Row | None:
+    return conn.execute(sql, params).fetchone()  # on the connection's thread: one trip for both
+
+
+def _fetch_all(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+    return conn.execute(sql, params).fetchall()
 
 
 class StoreShared:
@@ -297,26 +372,21 @@ class Store(StoreShared):
         async with self._write_lock:
             tx = Tx(self._writer, self)
             changes = self._writer.total_changes
-            try:
-                await self._writer.execute("BEGIN IMMEDIATE")
-            except asyncio.CancelledError:
-                # The BEGIN still runs on the connection's thread when its awaiter is cancelled (a worker stopped
-                # at shutdown or reload): undo it, or the next transaction fails "within a transaction".
-                await asyncio.shield(self._rollback_quietly())
-                raise
-            except Exception as exc:
-                raise self._storage_failure(exc) from exc
+            # Sent with the body's first statement (or with COMMIT): one trip fewer, and the write lock is taken
+            # only when there is something to write. A BEGIN that fails fails that first statement (below).
+            tx._wait("BEGIN IMMEDIATE", control=True)
             try:
                 yield tx
             except BaseException as exc:
-                # SQLite may already have rolled back by itself (a full disk does): that must not raise anew.
+                # SQLite may already have rolled back by itself (a full disk does): that must not raise anew. A
+                # cancelled statement still runs on the connection's thread: the rollback is queued after it.
                 await asyncio.shield(self._rollback_quietly())
                 # Only SQLite's own faults: the body may raise domain errors of any type (even OSError subclasses).
                 if isinstance(exc, sqlite3.Error) and storage_reason(exc) is not None:
                     raise self._storage_failure(exc) from exc
                 raise
             try:
-                await self._writer.execute("COMMIT")
+                await tx._commit()
             except Exception as exc:
                 await asyncio.shield(self._rollback_quietly())
                 raise self._storage_failure(exc) from exc
@@ -410,7 +480,7 @@ class Store(StoreShared):
         rows, flagged = _report_rows(items, now)
         # One hop to the connection's thread for the whole batch: each aiosqlite call is a thread round trip,
         # and those round trips, not the rows, were most of the group commit's time.
-        results, queued = await tx.conn._execute(_insert_rows, tx.conn._conn, rows, flagged, now)
+        results, queued = await tx.run(_insert_rows, rows, flagged, now)
         if queued:
             tx.after_commit(lambda: self._wake("classify"))
         # One transaction for a channel's own batch (with its cursor): a record that cannot be stored fails it all,
@@ -519,10 +589,6 @@ class Store(StoreShared):
 
 
 _INSERT_JOB = QueueSql().insert  # the queue's own statement, run on the writer's thread by the group commit
-
-
-def _fetch_one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] | dict[str, Any]) -> sqlite3.Row | None:
-    return conn.execute(sql, params).fetchone()  # on the connection's thread: one trip for both
 
 
 def _sha256(data: bytes) -> str:

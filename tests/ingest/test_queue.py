@@ -69,6 +69,26 @@ async def test_failing_writes_roll_back_the_finish(clocked_store: Store, make_me
     assert (await clocked_store.get_report(report_id)).status == "received"
 
 
+async def test_a_failing_last_write_of_a_batch_job_fails_that_job_alone(clocked_store: Store, make_message) -> None:
+    # A store may send a job's writes only when the job ends (the SQLite one sends an event with the next
+    # statement): a write that fails there must still undo its own job and no other.
+    bad, good = [await _submit(clocked_store, make_message) for _ in range(2)]
+    jobs = await clocked_store.lease("classify", 2, 60)
+
+    def writes(report_id: int):
+        async def apply(tx: Tx) -> None:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (report_id,))
+            await tx.event(report_id, None if report_id == bad else "classified", "test")  # kind is NOT NULL
+        return apply
+
+    outcomes = await clocked_store.finish_many([(job, writes(job.report_id)) for job in jobs])
+    assert isinstance(outcomes[0], Exception) and outcomes[1] is True
+    assert (await clocked_store.get_report(bad)).status == "received"
+    assert (await clocked_store.get_report(good)).status == "routed"
+    kinds = await clocked_store.fetchall("SELECT report_id, kind FROM events WHERE actor='test'")
+    assert [(r["report_id"], r["kind"]) for r in kinds] == [(good, "classified")]
+
+
 async def test_expired_lease_is_reclaimed_and_the_old_result_discarded(clocked_store: Store, clock: FakeClock,
                                                                        make_message) -> None:
     report_id = await _submit(clocked_store, make_message)
