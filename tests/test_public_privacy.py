@@ -3,40 +3,27 @@ transcript dropped in the watched folder) never appears on any public URL, nor i
 
 The public URLs are not listed by hand: every GET route of the daemon's aiohttp app, built as run_daemon builds
 it (channels, pipeline components, console, ops and whatever VIEW_COMPONENTS holds later), is fetched without
-credentials, each path parameter filled with every report id, case id and lookup token there is. A new public
-route is covered the day it is added.
+credentials, each path parameter filled with every report id, case id and lookup token there is
+(tests/public_urls.py). A new public route is covered the day it is added.
 """
 from __future__ import annotations
 
 import asyncio
-import email.policy
-import html
 import json
 import logging
-import re
-import smtplib
 from collections.abc import AsyncIterator
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-import config.loader as config_loader
-from channels.registry import build_channels
-from config.directory import load_directory
-from dispatch.book import make_book
 from ingest.app import AppContext
 from ingest.public import CONFIDENTIAL_NOTE
-from ingest.records import Classification, Place, to_json
-from ingest.text import fold
-from run_daemon import (STAGE_COMPONENTS, VIEW_COMPONENTS, build_components, collect_migrations, make_context,
-                        setup_logging)
-from ingest.store import Store
+from run_daemon import setup_logging
+from tests.inprocess import MAILBOX, running_daemon, send_mail
+from tests.public_urls import case_of, classify, digits_joined, dispatch_all, fetch, public_urls, readable, report_ids
 
-MAILBOX = "phananh@1022.hochiminhcity.gov.vn"
 
 # Each canary appears once in the corpus below, in the spelling a reporter would use; the test searches the
 # folded (no diacritics, lower case) form of names and the digits-only form of numbers.
@@ -62,19 +49,10 @@ TRANSCRIPT = {"call_id": "CC-CANARY-1", "received_at": "2026-09-07T09:10:00+07:0
 RESULT_NOTE = "Đã xử lý xong, đã liên hệ ông Canarylong 0944 555 666 để kiểm tra."
 
 
-def readable(body: str) -> str:
-    """A response body as a person reads it: JSON unescaped, HTML entities decoded, diacritics folded."""
-    try:
-        body = json.dumps(json.loads(body), ensure_ascii=False)
-    except ValueError:
-        body = html.unescape(body)
-    return fold(body)
-
-
 def leaks(body: str) -> list[str]:
     """The canaries present in a response body."""
     folded = readable(body)
-    digits = re.sub(r"(?<=\d)[\s.\-()+\u00a0]+(?=\d)", "", folded).replace("+84", "0")
+    digits = digits_joined(folded).replace("+84", "0")
     found = [n for n in NAMES if n in folded] + [e for e in EMAILS if e in folded]
     found += [n for n in NUMBERS if n in digits or (n.startswith("0") and "84" + n[1:] in digits)]
     return found
@@ -121,42 +99,8 @@ to = ["hopthu@congan.example.vn"]
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[tuple[AppContext, str, Any]]:
-    path = tmp_path / "config.toml"
-    path.write_text(f'[store]\npath = "{tmp_path / "s.sqlite3"}"\nblob_dir = "{tmp_path / "blobs"}"\n'
-                    + CONFIG.format(mailbox=MAILBOX, folder=tmp_path / "transcripts"), encoding="utf-8")
-    settings = config_loader.load(path)
-    store = await Store.open(settings.store.path, settings.store.blob_dir, migrations=collect_migrations())
-    ctx = make_context(settings, load_directory(settings.data.agencies), store)
-    channels = build_channels(ctx)
-    # Every component as the daemon builds it, except the classifier's model (the test classifies by hand).
-    build_components(ctx, [c for c in STAGE_COMPONENTS if c != "classifier"])
-    build_components(ctx, VIEW_COMPONENTS)
-    tasks = [asyncio.create_task(c.run()) for c in channels]
-    runner = web.AppRunner(ctx.http, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    smtp = next(c for c in channels if hasattr(c, "started"))
-    await asyncio.wait_for(smtp.started.wait(), 10)
-    try:
-        yield ctx, f"http://127.0.0.1:{runner.addresses[0][1]}", smtp
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
-        await store.close()
-
-
-def send_mail(port: int, sender: str, subject: str, body: str, message_id: str) -> None:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = MAILBOX
-    msg["Subject"] = subject
-    msg["Message-ID"] = message_id
-    msg.set_content(body)
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.send_message(msg)
+    async with running_daemon(tmp_path, CONFIG.format(mailbox=MAILBOX, folder=tmp_path / "transcripts")) as d:
+        yield d
 
 
 async def seed(ctx: AppContext, base: str, smtp: Any, folder: Path) -> list[int]:
@@ -180,24 +124,7 @@ async def seed(ctx: AppContext, base: str, smtp: Any, folder: Path) -> list[int]
     (folder / "new").mkdir(parents=True, exist_ok=True)
     (folder / "tmp" / "call.json").write_text(json.dumps(TRANSCRIPT, ensure_ascii=False), encoding="utf-8")
     (folder / "tmp" / "call.json").rename(folder / "new" / "call.json")
-    for _ in range(200):
-        rows = await ctx.store.fetchall("SELECT id FROM reports ORDER BY id")
-        if len(rows) == 6:
-            return [r["id"] for r in rows]
-        await asyncio.sleep(0.05)
-    raise AssertionError("the transcript was not taken in")
-
-
-async def classify_and_dispatch(ctx: AppContext, report_id: int, n: int, topic: str, agency: str) -> None:
-    """What the classify and dedupe stages would leave, then the real dispatch stage makes the case."""
-    cls = Classification(status="route", topic=topic, category="infrastructure", agency=agency, confidence=0.95,
-                         place=Place(district="quan-1", street="le loi"))
-    async with ctx.store.transaction() as tx:
-        await tx.execute("UPDATE reports SET status='routed', topic=?, category='infrastructure', agency=?,"
-                         " district='quan-1', classification=?, incident_id=? WHERE id=?",
-                         (topic, agency, to_json(cls), f"INC-{n:06d}", report_id))
-        await tx.execute("DELETE FROM jobs WHERE report_id=?", (report_id,))
-        await tx.enqueue("dispatch", report_id, {"incident_id": f"INC-{n:06d}"})
+    return await report_ids(ctx.store, 6)
 
 
 async def test_no_canary_on_any_public_url_nor_in_the_log(daemon: tuple[AppContext, str, Any], tmp_path: Path,
@@ -209,59 +136,27 @@ async def test_no_canary_on_any_public_url_nor_in_the_log(daemon: tuple[AppConte
     # The corpus really carries the canaries (else the test could not fail).
     records = " ".join(r["record"] for r in await ctx.store.fetchall("SELECT record FROM reports"))
     assert len(leaks(records)) >= len(NAMES + NUMBERS + EMAILS) - 2, leaks(records)
-    # Three become cases (one confidential), one waits for review, the rest stay as received.
-    for n, (rid, topic, agency) in enumerate([(ids[0], "water_supply", "sawaco"), (ids[2], "street_lighting",
-                                                                                 "chieu-sang"),
-                                              (ids[3], "trees", "cay-xanh"), (ids[4], "noise", "cong-an-tp")], 1):
-        await classify_and_dispatch(ctx, rid, n, topic, agency)
-    from ingest.worker import StageWorker, WorkerSettings
-    book = make_book(ctx)
-    worker = StageWorker(ctx.store, "dispatch", book.handle_dispatch, WorkerSettings(batch=16))
-    while await worker.run_once():
-        pass
-    async with ctx.store.transaction() as tx:
-        await tx.execute("UPDATE reports SET status='review' WHERE id=?", (ids[1],))
+    # Four become cases (one confidential), one waits for review, the last stays as received (in the order they
+    # came in, as the classify stage takes them).
+    for rid, topic, agency, status in [(ids[0], "water_supply", "sawaco", "routed"),
+                                       (ids[1], "drainage", "thoat-nuoc", "review"),
+                                       (ids[2], "street_lighting", "chieu-sang", "routed"),
+                                       (ids[3], "trees", "cay-xanh", "routed"),
+                                       (ids[4], "noise", "cong-an-tp", "routed")]:
+        await classify(ctx, rid, topic, agency, status)
+    book = await dispatch_all(ctx)
     photo = await ctx.store.put_blob(b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "image/png")
-    await book.apply_answer("sawaco", "CASE-000001", "resolved", {"photos": [photo]}, source="api",
-                            note=RESULT_NOTE)
+    await book.apply_answer("sawaco", (await case_of(ctx, ids[0]))["id"], "resolved", {"photos": [photo]},
+                            source="api", note=RESULT_NOTE)
     assert (await ctx.store.fetchone("SELECT COUNT(*) AS n FROM cases"))["n"] == 4
+    assert (await ctx.store.get_report(ids[1])).status == "review"
 
-    pool: dict[str, list[str]] = {
-        "report": [str(i) for i in ids],
-        "case": [r["id"] for r in await ctx.store.fetchall("SELECT id FROM cases")],
-        "token": [r["token"] for r in await ctx.store.fetchall("SELECT token FROM cases")],
-    }
-    everything = [v for values in pool.values() for v in values]
-    listing = {"service_request_id": ",".join(pool["report"]), "page_size": "1000",
-               "start_date": "2000-01-01T00:00:00Z"}
-    urls: set[str] = set()
-    for route in ctx.http.router.routes():
-        if route.method not in ("GET", "*") or route.resource is None:
-            continue
-        canonical = route.resource.canonical
-        params = re.findall(r"\{(\w+)", canonical)
-        if not params:
-            urls |= {canonical, canonical + "?" + "&".join(f"{k}={v}" for k, v in listing.items()),
-                     canonical + "?page_size=1000&start_date=2000-01-01T00:00:00Z&status=open,closed"}
-            continue
-        for value in everything:
-            try:
-                urls.add(str(route.resource.url_for(**{p: value for p in params})))
-            except (KeyError, ValueError, TypeError):
-                continue
+    urls = await public_urls(ctx, ids)
     assert {"/public", "/open311/v2/requests.json", "/open311/v2/requests.xml"} <= {u.split("?")[0] for u in urls}
     assert any(u.startswith("/cases/") for u in urls) and any(u.startswith("/public/") for u in urls)
-
-    found: dict[str, list[str]] = {}
-    shown_text = 0
-    async with aiohttp.ClientSession() as s:
-        for url in sorted(urls):
-            async with s.get(base + url, allow_redirects=False) as resp:
-                body = await resp.text(errors="replace")
-            bad = leaks(body)
-            if bad:
-                found[url] = bad
-            shown_text += "ong nuoc be tren duong le loi" in readable(body)
+    bodies = await fetch(base, urls)
+    found = {url: bad for url, body in bodies.items() if (bad := leaks(body))}
+    shown_text = sum("ong nuoc be tren duong le loi" in readable(body) for body in bodies.values())
     assert found == {}, (sorted({c for v in found.values() for c in v}), found)
     assert shown_text > 0  # the reports' content is published, only the personal data is not
     assert leaks(caplog.text) == [], leaks(caplog.text)
@@ -271,7 +166,8 @@ async def test_no_canary_on_any_public_url_nor_in_the_log(daemon: tuple[AppConte
     async with aiohttp.ClientSession() as s, s.get(f"{base}/open311/v2/requests/{ids[4]}.json") as resp:
         (item,) = await resp.json()
     assert item["description"] == CONFIDENTIAL_NOTE and item["lat"] is None
-    payload = json.loads((await ctx.store.fetchone("SELECT payload FROM deliveries WHERE case_id='CASE-000004'"))
-                         ["payload"])["data"]
+    confidential = (await case_of(ctx, ids[4]))["id"]
+    payload = json.loads((await ctx.store.fetchone("SELECT payload FROM deliveries WHERE case_id=?",
+                                                   (confidential,)))["payload"])["data"]
     assert payload["reporter"] == {"confidential": True} and leaks(json.dumps(payload)) == []
     assert "karaoke" in payload["text"].lower()

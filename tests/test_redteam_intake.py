@@ -6,18 +6,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-import config.loader as config_loader
-from channels.registry import build_channels
-from config.directory import load_directory
 from ingest.app import AppContext
-from ingest.store import Store
-from run_daemon import collect_migrations, make_context
+from tests.inprocess import running_daemon
 
 CONFIG = """
 [[channels]]
@@ -31,26 +25,8 @@ GOOD = {"service_code": "water_supply", "description": "Ống nước bể trên
 
 @pytest.fixture
 async def app(tmp_path: Path) -> AsyncIterator[tuple[AppContext, str]]:
-    path = tmp_path / "config.toml"
-    path.write_text(f'[store]\npath = "{tmp_path / "s.sqlite3"}"\nblob_dir = "{tmp_path / "blobs"}"\n' + CONFIG,
-                    encoding="utf-8")
-    settings = config_loader.load(path)
-    store = await Store.open(settings.store.path, settings.store.blob_dir, migrations=collect_migrations())
-    ctx = make_context(settings, load_directory(settings.data.agencies), store)
-    channels = build_channels(ctx)
-    tasks = [asyncio.create_task(c.run()) for c in channels]
-    runner = web.AppRunner(ctx.http, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield ctx, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
-        await store.close()
+    async with running_daemon(tmp_path, CONFIG) as (ctx, base, _):
+        yield ctx, base
 
 
 def multipart(parts: list[tuple[str, str, str]], boundary: str = "rtb") -> bytes:

@@ -4,30 +4,17 @@ subject, the Open311 address field, an agency's answer) never reaches any public
 from __future__ import annotations
 
 import asyncio
-import html
-import json
-import re
-import smtplib
 from collections.abc import AsyncIterator
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-import config.loader as config_loader
-from channels.registry import build_channels
-from config.directory import load_directory
-from dispatch.book import make_book
 from ingest.app import AppContext
-from ingest.records import Classification, Place, to_json
-from ingest.store import Store
-from ingest.text import fold
-from run_daemon import STAGE_COMPONENTS, VIEW_COMPONENTS, build_components, collect_migrations, make_context
+from tests.inprocess import MAILBOX, running_daemon, send_mail
+from tests.public_urls import case_of, classify, digits_joined, dispatch_all, fetch, public_urls, readable, report_ids
 
-MAILBOX = "phananh@1022.hochiminhcity.gov.vn"
 CONFIG = """
 [http]
 public_base_url = "https://1022.example.vn"
@@ -62,51 +49,13 @@ DESCRIPTIONS = [
 
 
 def visible(body: str) -> str:
-    try:
-        body = json.dumps(json.loads(body), ensure_ascii=False)
-    except ValueError:
-        body = html.unescape(body)
-    folded = fold(body).lower()
-    return re.sub(r"(?<=\d)[\s.\-()+\u00a0]+(?=\d)", "", folded)
+    return digits_joined(readable(body))
 
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[tuple[AppContext, str, Any]]:
-    path = tmp_path / "config.toml"
-    path.write_text(f'[store]\npath = "{tmp_path / "s.sqlite3"}"\nblob_dir = "{tmp_path / "blobs"}"\n'
-                    + CONFIG.format(mailbox=MAILBOX), encoding="utf-8")
-    settings = config_loader.load(path)
-    store = await Store.open(settings.store.path, settings.store.blob_dir, migrations=collect_migrations())
-    ctx = make_context(settings, load_directory(settings.data.agencies), store)
-    channels = build_channels(ctx)
-    build_components(ctx, [c for c in STAGE_COMPONENTS if c != "classifier"])
-    build_components(ctx, VIEW_COMPONENTS)
-    tasks = [asyncio.create_task(c.run()) for c in channels]
-    runner = web.AppRunner(ctx.http, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    smtp = next(c for c in channels if hasattr(c, "started"))
-    await asyncio.wait_for(smtp.started.wait(), 10)
-    try:
-        yield ctx, f"http://127.0.0.1:{runner.addresses[0][1]}", smtp
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
-        await store.close()
-
-
-def send_mail(port: int, subject: str, body: str) -> None:
-    msg = EmailMessage()
-    msg["From"] = "Nguoi Dan <dan@example.org>"
-    msg["To"] = MAILBOX
-    msg["Subject"] = subject
-    msg["Message-ID"] = "<rt1@example.org>"
-    msg.set_content(body)
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.send_message(msg)
+    async with running_daemon(tmp_path, CONFIG.format(mailbox=MAILBOX)) as d:
+        yield d
 
 
 async def test_redteam_canaries_stay_off_public_urls(daemon: tuple[AppContext, str, Any]) -> None:
@@ -116,57 +65,20 @@ async def test_redteam_canaries_stay_off_public_urls(daemon: tuple[AppContext, s
             fields = {"service_code": code, "description": text, "address_string": "Lê Lợi, Quận 1"}
             async with s.post(f"{base}/open311/v2/requests.json", data=fields) as resp:
                 assert resp.status == 201, await resp.text()
-    await asyncio.to_thread(send_mail, smtp.port, "Phan anh - Rtcanaryfive sdt 0903 777 111",
-                            "Cây ngã chắn đường Điện Biên Phủ, Quận Bình Thạnh.\n\n--\nRtcanarysix\n0909.888.222")
-    for _ in range(200):
-        ids = [r["id"] for r in await ctx.store.fetchall("SELECT id FROM reports ORDER BY id")]
-        if len(ids) == 4:
-            break
-        await asyncio.sleep(0.05)
-    assert len(ids) == 4
-    for n, rid in enumerate(ids, 1):
-        cls = Classification(status="route", topic="water_supply", category="infrastructure", agency="sawaco",
-                             confidence=0.95, place=Place(district="quan-1", street="le loi"))
-        async with ctx.store.transaction() as tx:
-            await tx.execute("UPDATE reports SET status='routed', topic='water_supply', category='infrastructure',"
-                             " agency='sawaco', district='quan-1', classification=?, incident_id=? WHERE id=?",
-                             (to_json(cls), f"INC-{n:06d}", rid))
-            await tx.execute("DELETE FROM jobs WHERE report_id=?", (rid,))
-            await tx.enqueue("dispatch", rid, {"incident_id": f"INC-{n:06d}"})
-    from ingest.worker import StageWorker, WorkerSettings
-    book = make_book(ctx)
-    worker = StageWorker(ctx.store, "dispatch", book.handle_dispatch, WorkerSettings(batch=16))
-    while await worker.run_once():
-        pass
-    case = (await ctx.store.fetchone("SELECT id FROM cases ORDER BY id LIMIT 1"))["id"]
+    await asyncio.to_thread(send_mail, smtp.port, "Nguoi Dan <dan@example.org>",
+                            "Phan anh - Rtcanaryfive sdt 0903 777 111",
+                            "Cây ngã chắn đường Điện Biên Phủ, Quận Bình Thạnh.\n\n--\nRtcanarysix\n0909.888.222",
+                            "<rt1@example.org>")
+    ids = await report_ids(ctx.store, 4)
+    for rid in ids:
+        await classify(ctx, rid, "water_supply", "sawaco")
+    book = await dispatch_all(ctx)
     photo = await ctx.store.put_blob(b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "image/png")
-    await book.apply_answer("sawaco", case, "resolved", {"photos": [photo]}, source="api",
+    await book.apply_answer("sawaco", (await case_of(ctx, ids[0]))["id"], "resolved", {"photos": [photo]},
+                            source="api",
                             note="Đã sửa xong. Liên hệ anh Rtcanaryseven qua rtcanaryseven [a còng] sawaco [chấm] vn")
-    pool = [str(i) for i in ids] + [r["id"] for r in await ctx.store.fetchall("SELECT id FROM cases")]
-    pool += [r["token"] for r in await ctx.store.fetchall("SELECT token FROM cases")]
-    urls: set[str] = set()
-    for route in ctx.http.router.routes():
-        if route.method not in ("GET", "*") or route.resource is None:
-            continue
-        params = re.findall(r"\{(\w+)", route.resource.canonical)
-        if not params:
-            urls |= {route.resource.canonical,
-                     route.resource.canonical + "?page_size=1000&start_date=2000-01-01T00:00:00Z&status=open,closed"}
-            continue
-        for value in pool:
-            try:
-                urls.add(str(route.resource.url_for(**{p: value for p in params})))
-            except (KeyError, ValueError, TypeError):
-                continue
-    found: dict[str, list[str]] = {}
-    published = 0
-    async with aiohttp.ClientSession() as s:
-        for url in sorted(urls):
-            async with s.get(base + url, allow_redirects=False) as resp:
-                body = visible(await resp.text(errors="replace"))
-            bad = [c for c in CANARIES if c in body]
-            if bad:
-                found[url] = bad
-            published += "cay nga chan duong" in body or "ong nuoc be" in body
+    bodies = {url: visible(body) for url, body in (await fetch(base, await public_urls(ctx, ids))).items()}
+    found = {url: bad for url, body in bodies.items() if (bad := [c for c in CANARIES if c in body])}
+    published = sum("cay nga chan duong" in body or "ong nuoc be" in body for body in bodies.values())
     assert found == {}, found
     assert published > 0

@@ -22,17 +22,15 @@ from typing import Any
 
 import pytest
 
-import config.loader as config_loader
 from channels.registry import build_channels
 from channels.smtp import SmtpService
-from config.directory import load_directory
 from config.dispatch import dispatch_settings
 from dispatch.delivery import build_email
 from dispatch.service import build as build_dispatch
 from ingest.app import AppContext
 from ingest.records import Classification, InboundMessage, Place, Reporter, to_json
 from ingest.store import Store
-from run_daemon import collect_migrations, make_context
+from tests.inprocess import open_context
 
 MAILBOX = "tra-loi-1022@tphcm.gov.vn"
 AGENCY_ADDR = "dieuhanh@sawaco.com.vn"  # declared in reply_from
@@ -94,12 +92,8 @@ class Stages:
 
 @pytest.fixture
 async def daemon_parts(tmp_path: Path) -> AsyncIterator[tuple[AppContext, SmtpService, Stages]]:
-    path = tmp_path / "config.toml"
-    path.write_text(f'[store]\npath = "{tmp_path / "s.sqlite3"}"\nblob_dir = "{tmp_path / "blobs"}"\n' + CONFIG,
-                    encoding="utf-8")
-    settings = config_loader.load(path)
-    store = await Store.open(settings.store.path, settings.store.blob_dir, migrations=collect_migrations())
-    ctx = make_context(settings, load_directory(settings.data.agencies), store)
+    ctx = await open_context(tmp_path, CONFIG)
+    store = ctx.store
     (smtp,) = build_channels(ctx)
     assert isinstance(smtp, SmtpService)
     dispatch_services = build_dispatch(ctx)

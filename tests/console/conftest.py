@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
 
@@ -97,25 +98,29 @@ def _report(store: Store, *, text: str, status: str = "routed", topic: str = "wa
     return msg, cls
 
 
-async def seed_report(store: Store, *, text: str, incident: str | None = None, **kw: Any) -> int:
+async def seed_report(store: Store, *, text: str, incident: str | None = None, vector: np.ndarray | None = None,
+                      **kw: Any) -> int:
     """A report as the classify stage leaves it, by its own writes (tests/seed.py): its `status` is a classify
-    outcome (routed, review, rejected, out_of_scope) and it waits for the next stage's job. With `incident`, dedupe's
-    job is finished too, joining that incident (a new one, the next number, when it is not open yet): a routed report
-    joining an incident that has a case becomes a duplicate, the first one of an incident is sent to dispatch."""
+    outcome (routed, review, rejected, out_of_scope), its embedding `vector` when given, and it waits for the next
+    stage's job. With `incident`, dedupe's job is finished too, joining that incident (a new one, the next number,
+    when it is not open yet): a routed report joining an incident that has a case becomes a duplicate, the first
+    one of an incident is sent to dispatch."""
     msg, cls = _report(store, text=text, **kw)
     rid = await seed.submit(store, msg)
-    await seed.classify(store, rid, cls)
+    await seed.classify(store, rid, cls, vector)
     if incident:
         assert await seed.group(store, rid, incident) == incident, "seed incidents in the order of their numbers"
     return rid
 
 
-async def seed_case(srv: Server, *, text: str, incident: str, agency: str = "sawaco", **kw: Any) -> str:
-    """A report classified, grouped and dispatched by the stages' own code (tests/seed.py): its incident (the
-    next number: seed cases in the order of their incidents), case, outbox rows and clocks."""
+async def seed_case(srv: Server, *, text: str, incident: str, agency: str = "sawaco",
+                    vector: np.ndarray | None = None, **kw: Any) -> str:
+    """A report classified (with its embedding `vector` when given), grouped and dispatched by the stages' own code
+    (tests/seed.py): its incident (the next number: seed cases in the order of their incidents), case, outbox rows
+    and clocks."""
     msg, cls = _report(srv.store, text=text, agency=agency, **kw)
     rid = await seed.submit(srv.store, msg)
-    await seed.classify(srv.store, rid, cls)
+    await seed.classify(srv.store, rid, cls, vector)
     assert await seed.group(srv.store, rid) == incident
     assert await seed.dispatch(srv.store, make_book(srv.ctx)) == 1
     case = await dispatch_queries.case_of_incident(srv.store, incident)

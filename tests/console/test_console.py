@@ -7,12 +7,12 @@ import json
 import re
 from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 
 from console import auth
 from config.loader import validate
 from console.service import user_cli
-from dispatch import queries as dispatch_queries
 from ingest.jobs import TelegramSendJob
 from ingest.pii import pseudonym
 from ingest.records import Candidate, Place, Reporter
@@ -140,20 +140,14 @@ async def test_review_decision_records_who_and_when_and_sends_the_report_on(serv
 
 async def test_review_page_shows_the_classifier_reasons_and_escapes_report_text(server: Server,
                                                                                browser: Browser) -> None:
-    import numpy as np
-
-    store = server.store
-    known_case = await seed_case(server, text="Cống thoát nước bị nghẹt rác ở Bình Thạnh", incident="INC-000001",
-                                 topic="drainage", agency="thoat-nuoc")
-    known = (await dispatch_queries.case(store, known_case))["report_id"]
-    rid = await seed_report(store, text="Nước ngập <script>alert('x')</script> gọi 0901234567", status="review",
+    vec = np.ones(4, np.float32) / 2.0  # both embedded alike: the known case is the nearest example
+    await seed_case(server, text="Cống thoát nước bị nghẹt rác ở Bình Thạnh", incident="INC-000001",
+                    topic="drainage", agency="thoat-nuoc", vector=vec)
+    rid = await seed_report(server.store, text="Nước ngập <script>alert('x')</script> gọi 0901234567",
+                            status="review", vector=vec,
                             place=Place(district="binh-thanh", ward="phuong-25", street="dien bien phu",
                                         house_number="83/16/4", source="text"),
                             candidates=(Candidate(topic="drainage", agency="thoat-nuoc", score=0.47),))
-    vec = np.ones(4, np.float32) / 2.0
-    async with store.transaction() as tx:
-        for report in (known, rid):
-            await tx.execute("INSERT INTO embeddings VALUES (?,?,?,?)", (report, "test", 4, vec.tobytes()))
     await browser.login("operator")
     status, page = await browser.get(f"/console/review/{rid}")
     assert status == 200

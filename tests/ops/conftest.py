@@ -63,6 +63,7 @@ class World:
     ctx: AppContext
     book: CaseBook
     sender: DeliverySender
+    webhook: AgencyWebhook
     seq: itertools.count[int]
     week: float = WEEK  # Monday of the reported week, 00:00 Vietnam time
     now: float = NOW  # where the clock stands once the week is filled
@@ -102,6 +103,11 @@ class World:
         while await self.sender.run_once():
             pass
 
+    async def deliver_retries(self) -> None:
+        """The delivery sender again once every retry waiting now is due (its backoff is capped)."""
+        self.at(self.clock.now() + dispatch_settings(self.ctx.settings).delivery.backoff_cap_seconds)
+        await self.deliver()
+
     async def dispatch(self, name: str, at: float) -> str:
         """The real dispatch stage makes the case of incident `name` at `at`, delivered at once."""
         self.at(at)
@@ -127,13 +133,27 @@ MIGRATIONS = {"classifier": CLASSIFIER_MIGRATIONS, "dedupe": DEDUPE_MIGRATIONS, 
               "ops": OPS_MIGRATIONS}
 
 
+@dataclass
+class AgencyWebhook:
+    """The loopback endpoint of every agency: it accepts each delivery, except that it answers 503 to the next
+    `failures` requests (an agency's server down, for the delivery sender to record and retry a minute later at
+    the earliest)."""
+
+    url: str = ""
+    failures: int = 0
+
+
 @pytest.fixture
-async def agency_webhook() -> AsyncIterator[str]:
-    """A loopback agency endpoint that accepts every delivery; its URL."""
+async def agency_webhook() -> AsyncIterator[AgencyWebhook]:
+    hook = AgencyWebhook()
     app = web.Application()
 
     async def accept(request: web.Request) -> web.Response:
         await request.read()
+        if hook.failures > 0:
+            hook.failures -= 1
+            # A minute's Retry-After floors the sender's jittered backoff: the retry is never due at once.
+            return web.Response(status=503, headers={"Retry-After": "60"})
         return web.json_response({"ok": True})
 
     app.router.add_post("/hook", accept)
@@ -141,18 +161,19 @@ async def agency_webhook() -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    hook.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    yield hook
     await runner.cleanup()
 
 
-async def make_world(store: Store, clock: FakeClock, url: str) -> World:
-    ctx = make_context(store, clock, dispatch=dispatch_config(url))
-    return World(store=store, clock=clock, ctx=ctx, book=make_book(ctx),
+async def make_world(store: Store, clock: FakeClock, webhook: AgencyWebhook) -> World:
+    ctx = make_context(store, clock, dispatch=dispatch_config(webhook.url))
+    return World(store=store, clock=clock, ctx=ctx, book=make_book(ctx), webhook=webhook,
                  sender=DeliverySender(store, dispatch_settings(ctx.settings)), seq=itertools.count(1))
 
 
 @pytest.fixture
-async def world(tmp_path: Path, agency_webhook: str) -> AsyncIterator[World]:
+async def world(tmp_path: Path, agency_webhook: AgencyWebhook) -> AsyncIterator[World]:
     clock = FakeClock(NOW)
     store = await Store.open(tmp_path / "store.sqlite3", tmp_path / "blobs", clock=clock, migrations=MIGRATIONS)
     w = await make_world(store, clock, agency_webhook)
@@ -162,7 +183,8 @@ async def world(tmp_path: Path, agency_webhook: str) -> AsyncIterator[World]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def any_world(request: pytest.FixtureRequest, tmp_path: Path, agency_webhook: str) -> AsyncIterator[World]:
+async def any_world(request: pytest.FixtureRequest, tmp_path: Path,
+                    agency_webhook: AgencyWebhook) -> AsyncIterator[World]:
     """The same world on either backend: the figures' SQL is written once and must mean the same on both."""
     clock = FakeClock(NOW)
     if request.param == "postgresql":

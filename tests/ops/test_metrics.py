@@ -76,16 +76,8 @@ async def test_stage_latency_queue_depth_and_dead_letters(world, context_for, se
 async def test_deadline_breaches_cases_and_delivery_failures(any_filled, context_for, serve_ops) -> None:
     filled = any_filled  # on both backends: the figures come from SQL written once
     store, now = filled.store, filled.clock.now()
-    c1, c3 = filled.case_id("C1"), filled.case_id("C3")
+    c3 = filled.case_id("C3")
     async with store.transaction() as tx:
-        for n, (state, attempts, error, delivered) in enumerate(
-                (("delivered", 3, "HTTP 503", now), ("retry", 2, "timeout", None), ("delivered", 1, None, now))):
-            await tx.execute(
-                "INSERT INTO deliveries(msg_id, case_id, agency, target, kind, event, payload, state, attempts,"
-                " next_at, deadline_at, last_error, delivered_at, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (f"m{n}", c1, "so-gtvt", "webhook", "webhook", "forwarded", "{}", state, attempts, now, now + 3600,
-                 error, delivered, now, now))
         # A return judged late on the answer, recorded as the dispatch stage's CaseBook does.
         await tx.event(None, "deadline_escalation", "dispatch",
                        {"case_id": c3, "kind": "return_misroute", "agency": "so-gtvt", "late": True})
@@ -103,22 +95,36 @@ async def test_deadline_breaches_cases_and_delivery_failures(any_filled, context
     assert get(samples, "hcmc1022_deadlines_open", agency="so-gtvt", kind="answer") == 1
     assert ("hcmc1022_deadlines_open", frozenset({("agency", "so-gtvt"), ("kind", "forward")})) not in samples
     assert get(samples, "hcmc1022_cases", state="resolved") == 3
-    # The two above, and the week's five cases the delivery sender delivered to so-gtvt (C4 C1 C3 C2 C5).
-    assert get(samples, "hcmc1022_deliveries", agency="so-gtvt", state="delivered") == 7
+    # The week's five cases the delivery sender delivered to so-gtvt (C4 C1 C3 C2 C5), each at its first attempt.
+    assert get(samples, "hcmc1022_deliveries", agency="so-gtvt", state="delivered") == 5
     assert get(samples, "hcmc1022_deliveries", agency="cay-xanh", state="delivered") == 1
-    # 2 failed before the first delivery succeeded, 2 failed on the one waiting for its retry.
-    assert get(samples, "hcmc1022_delivery_failed_attempts", agency="so-gtvt") == 4
+    assert get(samples, "hcmc1022_delivery_failed_attempts", agency="so-gtvt") == 0
     assert get(samples, "hcmc1022_reports_accepted_total", channel="app", instance="app") == 7
     assert "0903123456" not in text  # no reporter data in metrics
 
     # Counters move on from where they were: the next escalation and the next report add one each.
     filled.clock.advance(2 * 86400)
     assert (await tick(store)).escalated == 1  # C2's answer clock
-    await filled.report(filled.clock.now(), agency="so-gtvt")
+    await filled.report(filled.clock.now(), agency="so-gtvt", incident="C6")
     _, _, samples = await scrape(served.url)
     assert get(samples, "hcmc1022_deadline_breaches_total", agency="so-gtvt", kind="answer") == 1
     assert get(samples, "hcmc1022_deadline_breaches_total", agency="so-gtvt", kind="fix") == 1
     assert get(samples, "hcmc1022_reports_accepted_total", channel="app", instance="app") == 8
+
+    # so-gtvt's server goes down: the delivery sender records each 503 and retries, as it does in the daemon.
+    filled.webhook.failures = 2
+    await filled.dispatch("C6", filled.clock.now())  # the case of the report above: refused
+    await filled.deliver_retries()  # refused again
+    await filled.deliver_retries()  # delivered at its third attempt
+    filled.webhook.failures = 2
+    await filled.report(filled.clock.now(), agency="so-gtvt", incident="C7")
+    await filled.dispatch("C7", filled.clock.now())
+    await filled.deliver_retries()  # refused twice, it waits for its retry
+    _, _, samples = await scrape(served.url)
+    assert get(samples, "hcmc1022_deliveries", agency="so-gtvt", state="delivered") == 6
+    assert get(samples, "hcmc1022_deliveries", agency="so-gtvt", state="retry") == 1
+    # 2 failed before C6's delivery succeeded, 2 failed on C7's, waiting for its retry.
+    assert get(samples, "hcmc1022_delivery_failed_attempts", agency="so-gtvt") == 4
 
 
 async def test_a_closed_store_still_gives_a_scrape_that_says_so(world, context_for, serve_ops) -> None:
