@@ -164,6 +164,24 @@ class Gazetteer:
     streets: tuple[tuple[str, str, tuple[str, ...]], ...]  # (folded alias, canonical, districts) longest first
     landmarks: tuple[tuple[str, str, str | None], ...]  # (folded alias, canonical, district) longest first
     polygons: tuple[Polygon, ...] = field(default=())
+    # Per table, its rows by the first word of their name: built on first use (see `named_in`).
+    _by_first_word: dict[str, dict[str, list[int]]] = field(default_factory=dict, compare=False, repr=False)
+
+    def named_in(self, table: str, words: str) -> list[Any]:
+        """The rows of `table` (a tuple of rows whose first item is a folded name) that may be named in the address
+        words `words`, in the table's order: those whose name's first word is one of the words. A name found
+        " between spaces " in the words starts with one of its words, so the others cannot be found there: the
+        place finder tries a few dozen names of each table per report instead of every one (thousands)."""
+        index = self._by_first_word.get(table)
+        rows = getattr(self, table)
+        if index is None:
+            index = {}
+            for i, row in enumerate(rows):
+                index.setdefault(row[0].split(" ")[0], []).append(i)
+            self._by_first_word[table] = index
+        hits = [i for word in {*words.split(" ")} for i in index.get(word, ())]
+        hits.sort()
+        return [rows[i] for i in hits]
 
     def district_at(self, lat: float, lon: float) -> str | None:
         for poly in self.polygons:
@@ -288,12 +306,12 @@ def find_place(text: str, gazetteer: Gazetteer, *, lat: float | None = None, lon
     landmark, landmark_district, landmark_span = _landmark(words, gazetteer)
     spans = list(street_spans) + ([landmark_span] if landmark_span else [])
     ward_hits: list[tuple[int, int, str, str, bool]] = []  # (pos, -len, district, ward, prefixed)
-    for key, d, name in gazetteer.prefixed_wards:
+    for key, d, name in gazetteer.named_in("prefixed_wards", words):
         pos = _find(words, key)
         if pos >= 0:
             ward_hits.append((pos, -len(key), d, name, True))
             spans.append((pos, pos + len(key) + 1))
-    for key, d, name in gazetteer.bare_wards:
+    for key, d, name in gazetteer.named_in("bare_wards", words):
         pos = _find(words, key)
         if pos >= 0:
             ward_hits.append((pos, -len(key), d, name, False))
@@ -308,7 +326,7 @@ def find_place(text: str, gazetteer: Gazetteer, *, lat: float | None = None, lon
             return
         hits.append((pos, -length, d))
 
-    for alias, d in gazetteer.district_aliases:
+    for alias, d in gazetteer.named_in("district_aliases", words):
         pos = _find(words, alias)
         if pos >= 0:
             add_hit(pos, len(alias), d)
@@ -317,7 +335,7 @@ def find_place(text: str, gazetteer: Gazetteer, *, lat: float | None = None, lon
         if m:
             add_hit(len(address_words(text[:m.start()])) - 1, len(address_key(m.group(0))), d)
     if not has_marks:
-        for alias, d in gazetteer.spelled_aliases:
+        for alias, d in gazetteer.named_in("spelled_aliases", words):
             pos = _find(words, alias)
             if pos >= 0:
                 add_hit(pos, len(alias), d)
@@ -361,7 +379,7 @@ def _streets(words: str, gazetteer: Gazetteer) -> tuple[str | None, tuple[str, .
     found: list[tuple[int, str, tuple[str, ...]]] = []
     spans: list[tuple[int, int]] = []
     taken: set[str] = set()
-    for alias, canonical, districts in gazetteer.streets:
+    for alias, canonical, districts in gazetteer.named_in("streets", words):
         pos = _find(words, alias)
         if pos >= 0 and not any(s <= pos < e for s, e in spans):
             spans.append((pos, pos + len(alias) + 1))
@@ -387,7 +405,7 @@ def _streets(words: str, gazetteer: Gazetteer) -> tuple[str | None, tuple[str, .
 
 def _landmark(words: str, gazetteer: Gazetteer) -> tuple[str | None, str | None, tuple[int, int] | None]:
     best: tuple[int, int, str, str | None] | None = None
-    for alias, canonical, district in gazetteer.landmarks:  # longest first: ties keep the longer name
+    for alias, canonical, district in gazetteer.named_in("landmarks", words):  # longest first: ties keep the longer name
         pos = _find(words, alias)
         if pos >= 0 and (best is None or pos < best[0]):
             best = (pos, pos + len(alias) + 1, canonical, district)
