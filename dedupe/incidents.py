@@ -134,6 +134,13 @@ async def members_among(reader: Reader, incident_id: str, report_ids: Sequence[i
         f" ORDER BY r.received_at, r.id", (incident_id, *report_ids))
 
 
+async def members_with_status(reader: Reader, incident_id: str, status: str) -> list[int]:
+    """The incident's reports whose status is `status`, by id."""
+    rows = await reader.fetchall("SELECT r.id FROM incident_reports m JOIN reports r ON r.id = m.report_id"
+                                 " WHERE m.incident_id=? AND r.status=? ORDER BY r.id", (incident_id, status))
+    return [r["id"] for r in rows]
+
+
 async def count_members(reader: Reader, incident_id: str) -> int:
     row = await reader.fetchone("SELECT COUNT(*) AS n FROM incident_reports WHERE incident_id=?", (incident_id,))
     return int(row["n"]) if row is not None else 0

@@ -6,7 +6,9 @@ Contract (see the pipeline notes in the README):
 - the first report of a new incident, when `routed`, gets a `dispatch` job {"incident_id"}; a `routed`
   report joining an incident that has no case yet (its first report is still in review) triggers it;
 - a job with `incident_state` (queued by dispatch when a case closes or reopens) closes or reopens the incident
-  (dedupe/incidents.py); on this queue, so every report queued after the closure sees the incident closed;
+  (dedupe/incidents.py); on this queue, so every report queued after the closure sees the incident closed, and
+  one queued before it that joined after the case closed (a duplicate of a case no longer running) is closed
+  with it and its reporter told the result;
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
   incident has no case yet, else `duplicate` + `duplicate_ack`.
 Jobs are handled in queue order; each match runs inside the transaction that finishes its job and sees every
@@ -49,8 +51,7 @@ async def route_member(tx: Tx, report_id: int, incident_id: str, status: str) ->
     if row is not None and row["state"] == "closed":
         # It arrived while the case was open and was held for review until after the case closed: it shares
         # the incident's result (a new report of the problem, after the closure, opens a recurrence instead).
-        await tx.execute("UPDATE reports SET status='closed', updated_at=? WHERE id=?", (now, report_id))
-        await tx.enqueue(NOTIFY, report_id, NotifyJob(template="result", incident_id=incident_id))
+        await share_result(tx, report_id, incident_id)
         return "closed"
     if row is not None and row["dispatch_report_id"] is None:
         await incidents.set_dispatch_report(tx, incident_id, report_id)
@@ -60,6 +61,12 @@ async def route_member(tx: Tx, report_id: int, incident_id: str, status: str) ->
     await tx.execute("UPDATE reports SET status='duplicate', updated_at=? WHERE id=?", (now, report_id))
     await tx.enqueue(NOTIFY, report_id, NotifyJob(template="duplicate_ack", incident_id=incident_id))
     return "duplicate"
+
+
+async def share_result(tx: Tx, report_id: int, incident_id: str) -> None:
+    """The member report of a closed incident is closed with it, and its reporter gets the result (Art. 7.4)."""
+    await tx.execute("UPDATE reports SET status='closed', updated_at=? WHERE id=?", (tx.store.clock.now(), report_id))
+    await tx.enqueue(NOTIFY, report_id, NotifyJob(template="result", incident_id=incident_id))
 
 
 def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None) -> Any:
@@ -76,6 +83,10 @@ def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None) -> A
         if payload.incident_state == "closed":
             changed = await incidents.close(tx, incident_id, payload.closed_as or "resolved",
                                             payload.at if payload.at is not None else tx.store.clock.now())
+            # Dispatch closed the reports the incident held when the case closed. A report whose job was queued
+            # before this one joined since, as a duplicate of a case that no longer runs: it shares the result.
+            for report_id in await incidents.members_with_status(tx, incident_id, "duplicate"):
+                await share_result(tx, report_id, incident_id)
         else:
             changed = await incidents.reopen(tx, incident_id)
         log.info("dedupe: incident %s %s%s", incident_id, payload.incident_state, "" if changed else " already")

@@ -138,6 +138,29 @@ async def test_a_report_in_review_is_acknowledged_and_shares_the_result_if_the_c
     assert any(rid == held and "không ghi nhận" in text for rid, text in ctx.replies.get("email").sent)
 
 
+async def test_a_report_that_joins_as_its_case_closes_shares_the_result(app_ctx):  # noqa: F811
+    """Dedupe closes the incident from its queue, after the reports queued before the case closed: such a report
+    joins the incident while its case is already closed. Its reporter is not left a duplicate of a case that no
+    longer runs: they get the result like every reporter of the incident."""
+    ctx, base = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    await classified_report(store, "Ống nước bể trước số 20 Lê Lợi quận 1, nước tràn ra đường")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    case = await store.fetchone("SELECT * FROM cases")
+    ctx.clock.advance(3600)
+    late = await classified_report(store, "Lê Lợi quận 1 trước nhà số 20 bể ống nước, nước chảy lênh láng")
+    # Its dedupe job waits while the agency's answer closes the case (and queues the incident's closing after it).
+    assert (await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "false_report"}))[0] == 201
+    await dedupe(store, matcher)
+    await pump(ctx)
+    report = await store.get_report(late)
+    assert report.incident_id == "INC-000001" and report.status == "closed"
+    assert (await store.fetchone("SELECT state FROM incidents WHERE id='INC-000001'"))["state"] == "closed"
+    assert any(rid == late and "không ghi nhận" in text for rid, text in ctx.replies.get("email").sent)
+
+
 async def test_merge_closes_the_absorbed_case_and_tells_its_agency(app_ctx, receiver):  # noqa: F811
     from dedupe.operations import merge
 
