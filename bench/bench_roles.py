@@ -1,7 +1,7 @@
 """Intake of the whole daemon while its workers process a backlog (issue 20), per store and process layout.
 
     .venv/bin/python bench/bench_roles.py [--backlog 2000] [--seconds 5] [--clients 32] [--rate 500]
-                                          [--postgresql ADMIN_URL]
+                                          [--postgresql ADMIN_URL] [--layouts sqlite-all,sqlite-split,pg-split]
 
 Three layouts, each on a fresh store, each beside the raw one-row-per-commit rate of its backend measured in the
 same run (bench_intake.py's baselines):
@@ -9,9 +9,11 @@ same run (bench_intake.py's baselines):
   - sqlite, split: `serve --role intake` and `serve --role workers` on one SQLite file;
   - postgresql, split: the same two processes on a PostgreSQL database (created for the run, dropped after).
 For each: the daemon is started with the real classifier (int8), `--backlog` reports are posted, and while the
-workers classify them the intake is measured: reports/s answered 2xx by `clients` concurrent clients (target
->= 2,000/s on 2 cores), then p50/p99 of the acknowledgement at `rate` offered (target p99 < 50 ms at 500/s). The
-backlog still unprocessed at the end is printed, to show the workers were busy throughout.
+workers classify them the intake is measured: reports/s answered 2xx by `clients` concurrent connections (target
+>= 2,000/s on 2 cores; wrk when installed, else a Python client, see bench_intake.generator), with the cores each
+daemon process used meanwhile, then p50/p99 of the acknowledgement at `rate` offered (target p99 < 50 ms at
+500/s; an open-loop Python client, timed from when each request was due). The classify backlog before and after
+is printed, to show the workers were busy throughout. `--layouts` picks some of the three.
 """
 from __future__ import annotations
 
@@ -26,13 +28,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_intake import (free_port, latency, pg_database, raw_commit_rate, raw_pg_commit_rate,  # noqa: E402
-                          throughput)
+from bench_intake import (free_port, generator, latency, pg_database, raw_commit_rate,  # noqa: E402
+                          raw_pg_commit_rate, throughput)
 
 
 def _config(tmp: Path, port: int, url: str | None) -> Path:
@@ -121,17 +124,34 @@ class Layout:
                 proc.wait()
 
 
-async def _measure(layout: Layout, backlog: int, clients: int, seconds: float, rate: float) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(layout: Layout, backlog: int, clients: int, seconds: float, rate: float) -> dict[str, Any]:
     await layout.wait_ready()
     url = f"http://127.0.0.1:{layout.port}/open311/v2/requests.json"
     await throughput(url, clients, max(1.0, backlog / 1500), "backlog")  # the workers' backlog
     before = await layout.unprocessed()
-    tput, _, failed = await throughput(url, clients, seconds, "tput")
+    cpu = [cpu_seconds(p.pid) for p in layout.procs]
+    started = time.perf_counter()
+    tput, ok, failed = await throughput(url, clients, seconds, "tput")
+    # Cores each process used while intake was measured: where the 2 cores went (intake, workers, the client).
+    wall = time.perf_counter() - started
+    cores = [(cpu_seconds(p.pid) - c) / wall for p, c in zip(layout.procs, cpu)]
     lats, lat_failed, achieved = await latency(url, rate, seconds, "lat")
     after = await layout.unprocessed()
     lats.sort()
     return {"tput": tput, "failed": failed + lat_failed, "p50": statistics.median(lats) * 1000,
-            "p99": lats[int(len(lats) * 0.99) - 1] * 1000, "achieved": achieved, "before": before, "after": after}
+            "p99": lats[int(len(lats) * 0.99) - 1] * 1000, "achieved": achieved, "before": before, "after": after,
+            "cores": cores, "ok": ok}
+
+
+# --layouts key -> (printed name, the processes' roles, backend)
+LAYOUTS = {"sqlite-all": ("sqlite, all", ["all"], "sqlite"), "sqlite-split": ("sqlite, split", ["intake", "workers"], "sqlite"),
+           "pg-split": ("postgresql, split", ["intake", "workers"], "postgresql")}
 
 
 def main() -> int:
@@ -141,10 +161,13 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--postgresql", default="postgresql://postgres@127.0.0.1:5432/postgres", metavar="ADMIN_URL")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma-separated, of: {', '.join(LAYOUTS)}")
     args = parser.parse_args()
+    print(f"load generator: {generator()} for throughput, Python open loop for latency; load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
     lines = []
-    for name, roles, backend in (("sqlite, all", ["all"], "sqlite"), ("sqlite, split", ["intake", "workers"], "sqlite"),
-                                 ("postgresql, split", ["intake", "workers"], "postgresql")):
+    for key in args.layouts.split(","):
+        name, roles, backend = LAYOUTS[key]
         with tempfile.TemporaryDirectory(prefix="bench-roles-") as tmp_name:
             tmp = Path(tmp_name)
             pg_name = f"hcmc1022_bench_roles_{os.getpid()}"
@@ -159,10 +182,11 @@ def main() -> int:
             finally:
                 if url:
                     pg_database(args.postgresql, False, pg_name)
+        cores = ", ".join(f"{role} {c:.2f}" for role, c in zip(roles, m["cores"]))
         lines.append(f"{name:<18} raw {backend} {raw:6.0f} commits/s | intake {m['tput']:6.0f} reports/s "
-                     f"(target >= 2000) | at {args.rate:.0f}/s offered ({m['achieved']:.0f}/s): p50 {m['p50']:6.1f} ms"
-                     f" p99 {m['p99']:6.1f} ms (target < 50) | {m['failed']} non-2xx | classify backlog "
-                     f"{m['before']} -> {m['after']}")
+                     f"(target >= 2000; cores used: {cores}) | at {args.rate:.0f}/s offered ({m['achieved']:.0f}/s):"
+                     f" p50 {m['p50']:6.1f} ms p99 {m['p99']:6.1f} ms (target < 50) | {m['failed']} non-2xx |"
+                     f" classify backlog {m['before']} -> {m['after']}")
         print(lines[-1], flush=True)
     return 0
 
