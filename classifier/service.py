@@ -42,11 +42,11 @@ def guess_language(text: str) -> str:
 def shared_embedder(ctx: AppContext) -> EmbeddingThread:
     """The process-wide embedder: loaded once, reused across stages and config reloads."""
     cfg = ctx.settings.classifier
-    key = (cfg.backend, cfg.model, cfg.variant, cfg.embed_threads)
+    key = (cfg.backend, cfg.model, cfg.variant, cfg.embed_threads, cfg.embed_nice)
     current = ctx.published.embedder
     if isinstance(current, EmbeddingThread) and ctx.published.embedder_key == key:
         return current
-    thread = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, cfg.embed_threads))
+    thread = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, cfg.embed_threads), cfg.embed_nice)
     ctx.published.embedder, ctx.published.embedder_key = thread, key
     log.info("embedder loaded: %s (dim %d)", thread.name, thread.dim)
     return thread

@@ -123,6 +123,10 @@ class ClassifierConfig(Section):
     # Threads the e5-converted embedder runs batches on (one small batch per thread); 0: auto, see
     # classifier.embedding.embedder.embed_threads.
     embed_threads: int = Field(0, ge=0, le=256)
+    # How much lower the embedder's threads run than the rest of the daemon (their nice value, added; Linux): the
+    # event loop that acknowledges reports, in this process or in `--role intake` beside it, then always gets the
+    # CPU first, and the embedder takes what is left. 0 leaves them at the daemon's own priority.
+    embed_nice: int = Field(10, ge=0, le=19)
 
     @field_validator("seed_data", "synthetic_data")
     @classmethod

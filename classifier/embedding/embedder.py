@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -161,13 +162,31 @@ def _load_converted(variant: str, threads: int) -> Embedder:
     return ConvertedE5Embedder(convert.load_encoder("fp32", path, num_threads=threads), "fp32")
 
 
+def lower_thread_priority(increment: int) -> None:
+    """Raise the calling thread's nice value by `increment` (Linux: nice is per thread, and every thread it
+    starts inherits it, so the int8 runner's batch threads, started from the inference thread, run as low).
+
+    Why: the embedder is batch work that can always wait, while the event loop of the same process (and intake in
+    another) answers citizens; at equal priority the embedder's threads take both cores from it under a backlog.
+    A lower priority costs the embedder nothing on an idle CPU. Raising a nice value needs no privilege."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return  # elsewhere a thread id is not a PRIO_PROCESS target (it could name another process)
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+    except OSError as exc:  # a sandbox refusing it: the embedder still works, at the normal priority
+        log.warning("embedder: cannot lower its threads' priority (%s)", exc)
+
+
 class EmbeddingThread:
     """Runs all model inference on ONE dedicated thread, so the event loop never blocks and the model (not
     thread-safe in every backend) is only ever touched by one thread."""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, nice: int = 0) -> None:
         self.embedder = embedder
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        # `nice`: how much lower than the rest of the process inference runs (`[classifier] embed_nice`).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder",
+                                            initializer=lower_thread_priority, initargs=(nice,))
 
     @property
     def name(self) -> str:
