@@ -63,7 +63,8 @@ class ClassifyStage:
                                   # Reports are classified independently: the next batch is embedded while
                                   # this one is committed, and a batch commits once (see WorkerSettings).
                                   WorkerSettings(batch=ctx.settings.classifier.batch, lease_seconds=q.lease_seconds,
-                                                 max_attempts=q.max_attempts, prefetch=True, group_commit=True),
+                                                 max_attempts=q.max_attempts, prefetch=True, group_commit=True,
+                                                 group_size=q.group_commit_jobs),
                                   batch_handler=self.prepare)
         self._prepared: dict[int, Classification] = {}
         self._vectors: dict[int, np.ndarray] = {}

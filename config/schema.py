@@ -85,6 +85,9 @@ class QueueConfig(Section):
     max_attempts: int = Field(5, ge=1)
     reclaim_interval: float = Field(15.0, gt=0)
     batch: int = Field(16, ge=1, le=1024)
+    # Jobs of the classify and incident stages finished per transaction (ingest/worker.py WorkerSettings.group_size):
+    # bounds how long a stage holds the store's write lock, which intake's acknowledgements wait for.
+    group_commit_jobs: int = Field(8, ge=1, le=1024)
     drain_seconds: float = Field(10.0, gt=0)
 
 

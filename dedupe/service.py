@@ -167,7 +167,8 @@ class DedupeService:
         # inside that transaction and sees the jobs before it (see DedupeStage.handle).
         self.worker = StageWorker(ctx.store, STAGE, self.stage.handle,
                                   WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds,
-                                                 max_attempts=q.max_attempts, group_commit=self.blocks.group_commit))
+                                                 max_attempts=q.max_attempts, group_commit=self.blocks.group_commit,
+                                                 group_size=q.group_commit_jobs))
 
     async def run(self) -> None:
         loaded = await self.blocks.rebuild(self.store)

@@ -63,6 +63,10 @@ async def test_a_batch_committed_at_once_groups_as_job_by_job_commits(tmp_path: 
     # 60 jobs in 4 leases (and a fifth that finds none): one commit per lease and job, against one per lease and
     # batch.
     assert commits_single == 5 + 60 and commits_grouped == 5 + 4
+    # Committed 4 jobs at a time (what bounds the write lock's holds), a later group sees the earlier ones.
+    in_fours, commits_in_fours = await _run(tmp_path / "fours", WorkerSettings(batch=16, group_commit=True,
+                                                                                  group_size=4))
+    assert in_fours == one_by_one and commits_in_fours == 5 + 15
 
 
 async def test_reports_of_a_batch_that_did_not_commit_leave_the_window(tmp_path: Path) -> None:

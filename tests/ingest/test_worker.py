@@ -182,6 +182,22 @@ async def test_group_commit_applies_a_batch_at_once_and_undoes_only_the_failing_
     assert clocked_store.commit_count - commits == 4
 
 
+async def test_group_commit_in_groups_of_group_size_jobs(clocked_store: Store, make_message) -> None:
+    ids = [(await clocked_store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(5)]
+
+    async def handler(job: Job, report: StoredReport):
+        async def writes(tx: Tx) -> None:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
+        return writes
+
+    worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(batch=5, group_commit=True, group_size=2))
+    commits = clocked_store.commit_count
+    assert await worker.run_once() == 5
+    assert worker.processed == 5
+    assert {(await clocked_store.get_report(rid)).status for rid in ids} == {"routed"}
+    assert clocked_store.commit_count - commits == 1 + 3  # the lease, then jobs 1-2, 3-4 and 5
+
+
 async def test_group_commit_discards_a_lost_lease_and_keeps_the_rest(clocked_store: Store, make_message) -> None:
     ids = [(await clocked_store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(2)]
 
