@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,12 +30,14 @@ from .records import InboundMessage, Job, to_json
 
 log = logging.getLogger(__name__)
 
+BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's write lock before it fails
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
-    "PRAGMA busy_timeout=10000",
+    f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}",
     "PRAGMA foreign_keys=ON",
 )
+BUSY_POLL = 0.001  # intake's group commit retries a busy write lock this often (see _begin_immediate)
 
 
 
@@ -614,7 +617,7 @@ def _report_rows(items: Sequence[tuple[InboundMessage, bytes, str]],
 def _commit_rows(conn: sqlite3.Connection, rows: list[Row], flagged: list[bool],
                  now: float) -> tuple[list[SubmitResult | RecordError], bool]:
     """One whole intake transaction on the writer's thread (the connection is in autocommit mode)."""
-    conn.execute("BEGIN IMMEDIATE")
+    _begin_immediate(conn)
     try:
         out = _insert_rows(conn, rows, flagged, now)
         conn.execute("COMMIT")
@@ -623,6 +626,28 @@ def _commit_rows(conn: sqlite3.Connection, rows: list[Row], flagged: list[bool],
             conn.execute("ROLLBACK")
         raise
     return out
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, tried again every BUSY_POLL while another process (`serve --role workers` on the same file)
+    holds the write lock, for up to BUSY_TIMEOUT.
+
+    Why not SQLite's own busy handler: it sleeps 1, 2, 5, 10 ... then 100 ms between tries, so a waiting commit
+    wakes up to 100 ms after the lock is free, and the workers, whose next transaction starts at once, mostly take
+    it again first; intake's acknowledgements waited whole seconds behind a busy stage. A try costs a lock call."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(BUSY_POLL)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[Row], flagged: list[bool],
