@@ -230,6 +230,10 @@ class QueueSql:
                         " available_at=CASE WHEN available_at < ? THEN ? ELSE available_at END,"
                         " attempts=CASE WHEN attempts > 0 THEN attempts-1 ELSE 0 END"
                         " WHERE state='leased' AND (id, lease_token) IN (VALUES {pairs}) RETURNING id")
+        # Fenced like release; a row being finished right now is skipped, not waited for (PostgreSQL: SKIP LOCKED),
+        # so a renewal never waits on, or deadlocks with, the transaction finishing its batch.
+        self.renew = ("UPDATE jobs SET lease_until=? WHERE id IN (SELECT id FROM jobs WHERE state='leased'"
+                      f" AND (id, lease_token) IN (VALUES {{pairs}}){dialect.lock}) RETURNING id")
         self.reclaim = ("UPDATE jobs SET state='ready', available_at=?, lease_until=NULL, updated_at=?,"
                         " last_error=COALESCE(last_error, 'lease expired') WHERE state='leased' AND lease_until < ?"
                         " RETURNING stage")
@@ -474,20 +478,31 @@ class SqliteQueue:
         """Give leases back without counting the attempt (shutdown; or work that must wait its turn, due again in
         `delay` seconds). Fenced per job: one whose lease was lost meanwhile stays with its new holder. The caller
         must not use a released job afterwards. Returns how many were given back."""
+        due = self.store.clock.now() + delay
+        return await self._fenced(jobs, self.sql.release, [due, due])
+
+    async def renew(self, jobs: Iterable[Job], lease_seconds: float) -> int:
+        """Extend leases still held to `lease_seconds` from now (a batch still being worked on). Fenced per job: one
+        whose lease was lost meanwhile is left to its new holder. Returns how many were renewed."""
+        return await self._fenced(jobs, self.sql.renew, [self.store.clock.now() + lease_seconds])
+
+    async def _fenced(self, jobs: Iterable[Job], sql: str, params: list[Any]) -> int:
+        """Run a statement fenced per job (`{pairs}`: the jobs' (id, lease_token), after `params`) over `jobs` in one
+        transaction, 400 jobs a statement (well under any backend's limit of bound parameters); returns how many
+        rows it changed."""
         jobs = list(jobs)
         if not jobs:
             return 0
-        released = 0
-        due = self.store.clock.now() + delay
+        changed = 0
         async with self.store.transaction() as tx:
-            for start in range(0, len(jobs), 400):  # well under any backend's limit of bound parameters
+            for start in range(0, len(jobs), 400):
                 chunk = jobs[start:start + 400]
-                params: list[Any] = [due, due]
+                fences: list[int] = []
                 for job in chunk:
-                    params += [job.id, job.lease_token]
+                    fences += [job.id, job.lease_token]
                 pairs = ",".join(["(CAST(? AS BIGINT), CAST(? AS BIGINT))"] * len(chunk))
-                released += len(await tx.fetchall(self.sql.release.format(pairs=pairs), params))
-        return released
+                changed += len(await tx.fetchall(sql.format(pairs=pairs), [*params, *fences]))
+        return changed
 
     # -- housekeeping -------------------------------------------------------------------------------
     async def reclaim_expired(self) -> int:

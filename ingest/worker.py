@@ -59,6 +59,11 @@ class WorkerSettings:
     group_size: int = 0
 
 
+# A batch's leases are renewed while it is worked on, up to this many lease periods after it was taken: a handler
+# stuck for longer lets its jobs go to another worker, as a dead instance's would.
+RENEW_PERIODS = 10
+
+
 @dataclass(slots=True)
 class _Taken:
     """One leased batch: the jobs not yet finished, their reports, and the batch preparation under way."""
@@ -66,6 +71,7 @@ class _Taken:
     jobs: list[Job]
     loaded: list[tuple[Job, StoredReport]]
     prepared: asyncio.Task[None] | None
+    taken_at: float = 0.0  # time.monotonic() when leased
 
 
 class StageWorker:
@@ -77,12 +83,37 @@ class StageWorker:
         self.settings = settings or WorkerSettings()
         self.batch_handler = batch_handler  # lets a stage prepare a whole batch at once (e.g. embed together)
         self._stopping = asyncio.Event()
+        self._holding: list[_Taken] = []  # the batches leased and not yet finished or given back (renewed)
         self.processed = 0
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
+        renewing = asyncio.create_task(self._renew(), name=f"{self.stage}:renew-leases")
+        try:
+            await self._run()
+        finally:
+            renewing.cancel()
+
+    async def _renew(self) -> None:
+        """Keep the leases of the batches being worked on: a batch that outlives its lease (a loaded machine, a
+        slow model, a prefetched batch waiting its turn) would otherwise be reclaimed and done again elsewhere,
+        its own results discarded. Fencing keeps that correct either way; this keeps it from being wasted."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.lease_seconds / 3)
+            horizon = time.monotonic() - RENEW_PERIODS * s.lease_seconds
+            jobs = [job for batch in self._holding if batch.taken_at > horizon for job in batch.jobs]
+            try:
+                await self.store.queue.renew(jobs, s.lease_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the leases may then lapse: fenced, nothing is applied twice
+                _throttled.log(logging.WARNING, f"{self.stage}:renew", "stage %s: renewing leases failed (%s)",
+                               self.stage, type(exc).__name__)
+
+    async def _run(self) -> None:
         failures = 0
         ahead: _Taken | None = None
         try:
@@ -101,6 +132,7 @@ class StageWorker:
                         if batch is not None and batch.prepared is not None:
                             batch.prepared.cancel()
                     ahead = None
+                    self._holding.clear()  # none is worked on any more: not renewed either
                     failures += 1
                     delay = backoff_delay(failures, base=self.settings.backoff_base / 2, cap=30.0)
                     _throttled.log(logging.WARNING, f"{self.stage}:storage", "stage %s: store unavailable (%s);"
@@ -132,7 +164,8 @@ class StageWorker:
         jobs = await self.store.lease(self.stage, self.settings.batch, self.settings.lease_seconds)
         if not jobs:
             return None
-        taken = _Taken(list(jobs), [], None)
+        taken = _Taken(list(jobs), [], None, time.monotonic())
+        self._holding.append(taken)
         try:
             reports = await self.store.get_reports([job.report_id for job in jobs])
             for job in jobs:
@@ -143,13 +176,19 @@ class StageWorker:
                     continue
                 taken.loaded.append((job, report))
         except asyncio.CancelledError:
+            self._let_go(taken)
             await asyncio.shield(self.store.release(taken.jobs))
             raise
         if self.batch_handler is not None and taken.loaded:
             taken.prepared = asyncio.ensure_future(self.batch_handler(taken.loaded))
         return taken
 
+    def _let_go(self, taken: _Taken) -> None:
+        if taken in self._holding:
+            self._holding.remove(taken)
+
     async def _give_back(self, taken: _Taken) -> None:
+        self._let_go(taken)
         if taken.prepared is not None:
             taken.prepared.cancel()
             await asyncio.gather(taken.prepared, return_exceptions=True)
@@ -176,6 +215,8 @@ class StageWorker:
             # Shutdown: give unfinished leases back at once rather than waiting for them to expire.
             await asyncio.shield(self._give_back(taken))
             raise
+        finally:
+            self._let_go(taken)
 
     async def _handle_group(self, taken: _Taken) -> None:
         """Handle every job, then finish those that produced writes in shared transactions (group commit), in

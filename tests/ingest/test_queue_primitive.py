@@ -190,6 +190,19 @@ async def test_a_store_written_before_the_one_queue_migrates_with_its_jobs(tmp_p
         await store.close()
 
 
+async def _two_leased_one_lost(store: Store, clock: FakeClock) -> tuple[Job, Job, Job]:
+    """Two jobs leased together for 10 s; the second's lease expires alone and another worker takes it:
+    (held, lost, the new holder's lease of the lost one)."""
+    await _enqueue(store)
+    lost_id = await _enqueue(store)
+    held, lost = await store.queue.lease("test.ping", 2, 10)
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE jobs SET lease_until=? WHERE id=?", (clock.now() - 1, lost_id))
+    assert await store.queue.reclaim_expired() == 1
+    (retaken,) = await store.queue.lease("test.ping", 1, 10)
+    return held, lost, retaken
+
+
 async def test_a_late_release_leaves_the_new_holders_lease_alone(clocked_store: Store, clock: FakeClock,
                                                                  ping_kind) -> None:
     # Worker A's lease expires mid-batch; B takes the job. A's late give-back must not undo B's lease, else a
@@ -209,16 +222,26 @@ async def test_a_late_release_leaves_the_new_holders_lease_alone(clocked_store: 
 async def test_a_release_fences_each_job_by_its_own_attempt(clocked_store: Store, clock: FakeClock,
                                                             ping_kind) -> None:
     # In one give-back, the job still held is released and the one lost meanwhile is left to its new holder.
-    held_id, lost_id = await _enqueue(clocked_store), await _enqueue(clocked_store)
-    held, lost = await clocked_store.queue.lease("test.ping", 2, 10)
-    async with clocked_store.transaction() as tx:  # only `lost` expires and is taken again
-        await tx.execute("UPDATE jobs SET lease_until=? WHERE id=?", (clock.now() - 1, lost_id))
-    assert await clocked_store.queue.reclaim_expired() == 1
-    (retaken,) = await clocked_store.queue.lease("test.ping", 1, 10)
+    held, lost, retaken = await _two_leased_one_lost(clocked_store, clock)
+    held_id, lost_id = held.id, lost.id
     await clocked_store.queue.release([held, lost])
     rows = {r["id"]: (r["state"], r["attempts"])
             for r in await clocked_store.fetchall("SELECT id, state, attempts FROM jobs")}
     assert rows == {held_id: ("ready", 0), lost_id: ("leased", retaken.attempts)}
+
+
+async def test_a_renewal_extends_the_leases_still_held_and_no_other(clocked_store: Store, clock: FakeClock,
+                                                                     ping_kind) -> None:
+    held, lost, retaken = await _two_leased_one_lost(clocked_store, clock)
+    held_id, lost_id = held.id, lost.id
+    start = clock.now()
+    clock.advance(8)
+    assert await clocked_store.queue.renew([held, lost], 10) == 1
+    rows = {r["id"]: r["lease_until"] for r in await clocked_store.fetchall("SELECT id, lease_until FROM jobs")}
+    assert rows == {held_id: start + 18, lost_id: start + 10}  # the new holder's lease is its own
+    clock.advance(8)  # past the first lease, inside the renewed one: only the new holder's lease has run out
+    assert await clocked_store.queue.reclaim_expired() == 1
+    assert await clocked_store.queue.finish(held) and not await clocked_store.queue.finish(retaken)
 
 
 async def test_first_waiting_counts_a_job_another_worker_holds(clocked_store: Store, ping_kind) -> None:

@@ -270,3 +270,49 @@ async def test_prefetching_worker_cancelled_gives_back_both_batches(clocked_stor
     for rid in ids:
         row = await _job(clocked_store, rid)
         assert row["state"] == "ready" and row["attempts"] == 0
+
+
+async def test_a_batch_that_outlives_its_lease_keeps_it_while_worked_on(clocked_store: Store, clock: FakeClock,
+                                                                        make_message) -> None:
+    # Two jobs leased together; the first takes longer than the lease (on the store's clock). The second's lease is
+    # renewed meanwhile, so the reclaimer does not hand it to another worker and its result is not discarded.
+    rids = [(await clocked_store.submit(make_message(text=f"report {i}"), b"r", "text/plain")).report_id
+            for i in range(2)]
+    lease = 1.5
+    renewed = asyncio.Event()
+    reclaimed: list[int] = []
+
+    async def renewed_lease() -> float:
+        return (await clocked_store.fetchone("SELECT lease_until FROM jobs WHERE report_id=? AND stage='classify'",
+                                             (rids[1],)))["lease_until"]
+
+    async def handler(job: Job, report: StoredReport):
+        if job.report_id == rids[0]:
+            first = await renewed_lease()
+            clock.advance(0.9 * lease)
+            while await renewed_lease() == first:  # the renewal runs every lease / 3 seconds of real time
+                await asyncio.sleep(0.05)
+            renewed.set()
+            clock.advance(0.9 * lease)
+            reclaimed.append(await clocked_store.reclaim_expired())  # 0: the renewal kept them leased
+
+        async def writes(tx: Tx) -> None:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
+        return writes
+
+    worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(batch=2, lease_seconds=lease))
+    running = asyncio.create_task(worker.run())
+
+
+    async def both_done() -> None:
+        while worker.processed < 2:
+            await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(renewed.wait(), 30)  # (never renewed: this times out)
+        await asyncio.wait_for(both_done(), 30)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+    assert reclaimed == [0]
+    assert [(await _job(clocked_store, rid))["attempts"] for rid in rids] == [1, 1]
+    assert [(await clocked_store.get_report(rid)).status for rid in rids] == ["routed", "routed"]
