@@ -204,7 +204,8 @@ async def test_group_commit_discards_a_lost_lease_and_keeps_the_rest(clocked_sto
     async def handler(job: Job, report: StoredReport):
         if job.report_id == ids[1]:  # meanwhile its lease expired and another worker took this job
             async with clocked_store.transaction() as tx:
-                await tx.execute("UPDATE jobs SET attempts=attempts+1 WHERE id=?", (job.id,))
+                await tx.execute("UPDATE jobs SET attempts=attempts+1, lease_token=lease_token+1 WHERE id=?",
+                                 (job.id,))
 
         async def writes(tx: Tx) -> None:
             await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
