@@ -297,7 +297,16 @@ class StageWorker:
         _observe(self.stage, "dead" if plan.dead else "retry", report, time.perf_counter() - started)
 
     async def _finish(self, job: Job, report: StoredReport, writes: Writes | None, started: float) -> None:
-        self._finished(job, report, await self.store.finish(job, writes), started)
+        try:
+            applied = await self.store.finish(job, writes)
+        except (asyncio.CancelledError, StorageError):
+            raise
+        except Exception as exc:
+            # The writes failed, undone with their transaction: the job's failure, recorded as a handler's is (and
+            # as a grouped job's is), not the end of the worker.
+            await self._failed(job, report, exc, started)
+            return
+        self._finished(job, report, applied, started)
 
     def _finished(self, job: Job, report: StoredReport, applied: bool, started: float) -> None:
         if applied:

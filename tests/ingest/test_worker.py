@@ -317,3 +317,20 @@ async def test_a_batch_that_outlives_its_lease_keeps_it_while_worked_on(clocked_
     assert reclaimed == [0]
     assert [(await _job(clocked_store, rid))["attempts"] for rid in rids] == [1, 1]
     assert [(await clocked_store.get_report(rid)).status for rid in rids] == ["routed", "routed"]
+
+
+async def test_writes_that_fail_are_the_jobs_failure_not_the_workers(clocked_store: Store, make_message) -> None:
+    ids = [(await clocked_store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(2)]
+
+    async def handler(job: Job, report: StoredReport):
+        async def writes(tx: Tx) -> None:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
+            if job.report_id == ids[0]:
+                raise TransientError("decided against a store that changed meanwhile")
+        return writes
+
+    worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(batch=2))
+    assert await worker.run_once() == 2
+    assert [(await clocked_store.get_report(rid)).status for rid in ids] == ["received", "routed"]
+    row = await _job(clocked_store, ids[0])
+    assert row["state"] == "ready" and row["last_error"].startswith("TransientError: decided against")
