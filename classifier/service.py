@@ -176,6 +176,8 @@ async def _follow_up_of(ctx: AppContext, report: StoredReport, reader: Store | T
     from config.dispatch import dispatch_settings
     from ingest import followup
 
+    if not followup.sender_keys(report.message):
+        return None  # nothing tells who sent it (a form without phone or reply address): no read needed
     hours = dispatch_settings(ctx.settings).reporters.follow_up_hours
     row = await reader.fetchone("SELECT received_at FROM reports WHERE id=?", (report.id,))
     if row is None:
@@ -186,13 +188,13 @@ async def _follow_up_of(ctx: AppContext, report: StoredReport, reader: Store | T
 def classification_writes(report_id: int, result: Classification, vector: np.ndarray | None,
                           model_name: str | None, dim: int | None, actor: str = "classifier") -> Writes:
     async def writes(tx: Tx) -> None:
-        await tx.execute(
+        await tx.write(
             "UPDATE reports SET status=?, topic=?, category=?, agency=?, district=?, confidence=?,"
             " classification=?, updated_at=? WHERE id=?",
             (result.status, result.topic, result.category, result.agency, result.place.district,
              result.confidence, to_json(result), tx.store.clock.now(), report_id))
         if vector is not None:
-            await tx.execute(
+            await tx.write(
                 "INSERT INTO embeddings(report_id, model, dim, vector) VALUES (?,?,?,?)"
                 " ON CONFLICT(report_id) DO UPDATE SET model=excluded.model, dim=excluded.dim,"
                 " vector=excluded.vector",

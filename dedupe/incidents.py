@@ -212,15 +212,16 @@ async def join(tx: Tx, report_id: int, incident_id: str, received_at: float, *, 
                matched_report: int | None = None, how: str = "auto") -> None:
     """Make the report a member of the incident (moving it if it had one)."""
     now = tx.store.clock.now()
-    await tx.execute(
+    # Nothing here reads an outcome: the three go with the transaction's next statement (ingest/store.py Tx).
+    await tx.write(
         "INSERT INTO incident_reports(report_id, incident_id, joined_at, score, matched_report, how)"
         " VALUES (?,?,?,?,?,?) ON CONFLICT(report_id) DO UPDATE SET incident_id=excluded.incident_id,"
         " joined_at=excluded.joined_at, score=excluded.score, matched_report=excluded.matched_report,"
         " how=excluded.how",
         (report_id, incident_id, now, score, matched_report, how))
-    await tx.execute("UPDATE reports SET incident_id=?, updated_at=? WHERE id=?", (incident_id, now, report_id))
-    await tx.execute("UPDATE incidents SET last_report_at=MAX(last_report_at, ?) WHERE id=?",
-                     (received_at, incident_id))
+    await tx.write("UPDATE reports SET incident_id=?, updated_at=? WHERE id=?", (incident_id, now, report_id))
+    await tx.write("UPDATE incidents SET last_report_at=MAX(last_report_at, ?) WHERE id=?",
+                   (received_at, incident_id))
 
 
 async def routing_state(tx: Tx, incident_id: str) -> Any:

@@ -143,20 +143,20 @@ class CaseBook:
                 return
             now = self.store.clock.now()
             case_id = case_id_for(incident_id)
-            await tx.execute(
+            await tx.write(
                 "INSERT INTO cases(id, incident_id, report_id, token, topic, category, agency, district, language,"
                 " state, tried, received_at, forwarded_at, created_at, updated_at, recurrence_of)"
                 " VALUES (?,?,?,?,?,?,?,?,?,'forwarded',?,?,?,?,?,?)",
                 (case_id, incident_id, report.id, secrets.token_urlsafe(16), topic, category, agency, district,
                  language, json.dumps([agency]), received_at, now, now, now, payload.recurrence_of))
-            await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE id=?", (now, report.id))
+            await tx.write("UPDATE reports SET status='dispatched', updated_at=? WHERE id=?", (now, report.id))
             await self._forward(tx, case_id, report, agency, category, "case.created",
                                 first=policy.forward_deadline(received_at, self.warn), received_at=received_at)
             # 6.3: a report held for review was waiting on the operator unit from receipt: its hour ends now.
-            await tx.execute("UPDATE deadlines SET state=CASE WHEN state='missed' OR due_at<? THEN 'met_late' ELSE 'met' END,"
-                             " closed_at=? WHERE report_id=? AND case_id IS NULL AND kind='operator_guidance'"
-                             " AND state IN ('open','missed')", (now, now, report.id))
-            await tx.execute("UPDATE deadlines SET case_id=? WHERE report_id=? AND case_id IS NULL", (case_id, report.id))
+            await tx.write("UPDATE deadlines SET state=CASE WHEN state='missed' OR due_at<? THEN 'met_late' ELSE 'met' END,"
+                           " closed_at=? WHERE report_id=? AND case_id IS NULL AND kind='operator_guidance'"
+                           " AND state IN ('open','missed')", (now, now, report.id))
+            await tx.write("UPDATE deadlines SET case_id=? WHERE report_id=? AND case_id IS NULL", (case_id, report.id))
             event = {"case_id": case_id, "agency": agency}
             repeats = await recurrence(tx, payload.recurrence_of, received_at)
             if repeats is not None:
@@ -205,9 +205,9 @@ class CaseBook:
         specs += policy.agency_deadlines(category=category, agency=agency, at=now, calendar=self.calendar,
                                          warn=self.warn, coordination=coordination, received_at=received_at)
         for spec in specs:
-            await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at)"
-                             " VALUES (?,?,?,?,?,?)", (case_id, agency, spec.kind, spec.started_at, spec.due_at,
-                                                       spec.warn_at))
+            await tx.write("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at)"
+                           " VALUES (?,?,?,?,?,?)", (case_id, agency, spec.kind, spec.started_at, spec.due_at,
+                                                     spec.warn_at))
         case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))
         assert case is not None
         deadlines = [{"kind": s.kind, "due_at": iso(s.due_at)} for s in specs]

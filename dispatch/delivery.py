@@ -228,18 +228,19 @@ class DeliverySender:
     def _delivered(self, job: Job, row: dict[str, Any], outcome: Outcome) -> Writes:
         async def writes(tx: Tx) -> None:
             now = self.store.clock.now()
-            await tx.execute(
+            await tx.write(
                 "UPDATE deliveries SET state='delivered', delivered_at=?, last_status=?, last_error=NULL, attempts=?,"
                 " updated_at=? WHERE id=?", (now, outcome.status, job.attempts, now, row["id"]))
+            # None of the three reads an outcome: they go with the next statement or the COMMIT (ingest/store.py Tx).
             # Only for the agency holding the case (not a supporter's copy, nor one re-routed since): two statements
             # that read the case themselves, so a batch of deliveries costs no extra round trip per row.
             # Art. 6: the 5-minute forwarding clock stops when the agency has the case.
             holds = "EXISTS (SELECT 1 FROM cases WHERE id=? AND agency=?)"
-            await tx.execute(
+            await tx.write(
                 "UPDATE deadlines SET state=CASE WHEN state='missed' OR due_at<? THEN 'met_late' ELSE 'met' END,"
                 " closed_at=? WHERE case_id=? AND agency=? AND kind='forward' AND state IN ('open','missed')"
                 f" AND {holds}", (now, now, row["case_id"], row["agency"], row["case_id"], row["agency"]))
-            await tx.execute(
+            await tx.write(
                 "INSERT INTO events(report_id, at, kind, actor, data) SELECT report_id, ?, 'delivered', 'dispatch', ?"
                 " FROM cases WHERE id=? AND agency=?",
                 (now, json.dumps({"case_id": row["case_id"], "target": row["target"]}, ensure_ascii=False),

@@ -107,6 +107,10 @@ class PgTx:
         rows, status, _ = await self.conn._execute(await self._sql(sql), tuple(params), 0, None, return_status=True)
         return PgCursor(rows, status.decode() if isinstance(status, bytes) else str(status))
 
+    async def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A statement whose outcome nobody reads (SQLite's Tx sends it with the next one; here it is sent now)."""
+        await self.execute(sql, params)
+
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self.conn.executemany(await self._sql(sql), [tuple(r) for r in rows])
 

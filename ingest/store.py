@@ -154,6 +154,12 @@ class Tx:
         return await self.store.queue.enqueue(self, stage, payload, report_id=report_id, delay=delay,
                                               deadline=deadline, subject=subject)
 
+    async def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A statement whose outcome (rows, count, id) nobody reads: sent with the next statement of the
+        transaction. It fails, if it does, where that one is awaited, at the latest when the job's savepoint is
+        released or the transaction commits."""
+        self._wait(sql, params)
+
     async def event(self, report_id: int | None, kind: str, actor: str, data: dict[str, Any] | None = None) -> None:
         self._wait("INSERT INTO events(report_id, at, kind, actor, data) VALUES (?,?,?,?,?)",
                    (report_id, self.store.clock.now(), kind, actor, json.dumps(data or {}, ensure_ascii=False)))
