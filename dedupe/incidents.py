@@ -141,6 +141,13 @@ async def members_with_status(reader: Reader, incident_id: str, status: str) -> 
     return [r["id"] for r in rows]
 
 
+async def other_member_topics(reader: Reader, incident_id: str, report_id: int) -> list[str | None]:
+    """The current topics of the incident's reports other than `report_id`."""
+    rows = await reader.fetchall("SELECT r.topic FROM incident_reports m JOIN reports r ON r.id = m.report_id"
+                                 " WHERE m.incident_id=? AND r.id!=?", (incident_id, report_id))
+    return [r["topic"] for r in rows]
+
+
 async def count_members(reader: Reader, incident_id: str) -> int:
     row = await reader.fetchone("SELECT COUNT(*) AS n FROM incident_reports WHERE incident_id=?", (incident_id,))
     return int(row["n"]) if row is not None else 0

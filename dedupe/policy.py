@@ -291,6 +291,18 @@ def topics_compatible(a: str | None, b: str | None) -> bool:
     return a is None or b is None or a == b or frozenset((a, b)) in RELATED_TOPICS
 
 
+def belongs_after_review(topic: str | None, member_topics: Collection[str | None]) -> bool:
+    """Whether a report an operator has just classified as `topic` still belongs with the other reports of the
+    incident it joined while in review (their current topics): yes when it is alone there, else when its topic
+    is compatible with one of theirs. The operator's topic alone counts, not the model's alternatives: the
+    decision is what the report is about."""
+    if not member_topics:
+        return True
+    if topic in UNGROUPED_TOPICS:
+        return False
+    return any(topics_compatible(topic, t) for t in member_topics)
+
+
 def alt_topics_of(top: str | None, candidates: Iterable[tuple[str, float]]) -> frozenset[str]:
     """The candidate topics (topic, probability) at least ALT_TOPIC_RATIO as likely as the most likely one,
     other than `top` and never an ungrouped topic (a report that might be abusive groups by its other topics)."""

@@ -10,7 +10,8 @@ Contract (see the pipeline notes in the README):
   one queued before it that joined after the case closed (a duplicate of a case no longer running) is closed
   with it and its reporter told the result;
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
-  incident has no case yet, else `duplicate` + `duplicate_ack`.
+  incident has no case yet, else `duplicate` + `duplicate_ack`; unless the operator's topic fits none of the
+  incident's other reports (policy.belongs_after_review): then it leaves that incident and is matched afresh.
 Jobs are handled in queue order; each match runs inside the transaction that finishes its job and sees every
 earlier report (on SQLite a leased batch is finished in one transaction, and the match sees the batch's earlier
 reports too). Several instances on one PostgreSQL store each run the stage: a decision locks the blocks it reads
@@ -18,6 +19,7 @@ and first reads what the others decided in them (dedupe/blocks.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -124,6 +126,14 @@ class DedupeStage:
 
     async def apply(self, tx: Tx, view: policy.ReportView, status: str, after_review: bool) -> None:
         existing = await incidents.incident_of_report(tx, view.report_id)
+        left = None
+        if existing is not None and after_review and not policy.belongs_after_review(
+                view.topic, await incidents.other_member_topics(tx, existing, view.report_id)):
+            # The operator decided the report is about something else than the incident it joined in review: it
+            # leaves it (that case would never reach the right agency for it) and is matched afresh, by the
+            # operator's topic alone (the model's alternatives would lead it back).
+            left, existing = existing, None
+            view = dataclasses.replace(view, alt_topics=frozenset())
         if existing is not None:
             # After review (or a replayed job): the report keeps its incident; only routing is decided.
             done = await route_member(tx, view.report_id, existing, status)
@@ -147,6 +157,9 @@ class DedupeStage:
                 "matched_report": match.matched_report, "action": done}
         if match.recurrence_of:
             data["recurrence_of"] = match.recurrence_of
+        if left is not None:
+            await incidents.refresh_last_report(tx, left)
+            data["left"] = left
         await tx.event(view.report_id, "incident", "dedupe", data)
         self.matcher.hold(tx, view)
 

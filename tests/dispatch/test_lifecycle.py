@@ -53,6 +53,15 @@ async def dedupe(store: Store, matcher: IncidentMatcher) -> None:
         pass
 
 
+async def held_for_review_with_a_case(ctx, matcher: IncidentMatcher, text: str) -> int:
+    """A water-main report with its case, and a report (`text`) held for review that joined its incident."""
+    await classified_report(ctx.store, "Ống nước bể trước số 20 Lê Lợi quận 1, nước tràn ra đường")
+    held = await classified_report(ctx.store, text, status="review")
+    await dedupe(ctx.store, matcher)
+    await pump(ctx)
+    return held
+
+
 async def test_incident_closes_with_its_case_and_a_later_report_is_a_recurrence(app_ctx, receiver):  # noqa: F811
     ctx, base = app_ctx
     store = ctx.store
@@ -116,10 +125,7 @@ async def test_a_report_in_review_is_acknowledged_and_shares_the_result_if_the_c
     ctx, base = app_ctx
     store = ctx.store
     matcher = IncidentMatcher(store)
-    await classified_report(store, "Ống nước bể trước số 20 Lê Lợi quận 1, nước tràn ra đường")
-    held = await classified_report(store, "Lê Lợi q1 số 20 bể ống nước", status="review")
-    await dedupe(store, matcher)
-    await pump(ctx)
+    held = await held_for_review_with_a_case(ctx, matcher, "Lê Lợi q1 số 20 bể ống nước")
     # Art. 6: acknowledged within minutes although no operator has classified it yet.
     assert any(rid == held and "đang được phân loại" in text for rid, text in ctx.replies.get("email").sent)
     case = await store.fetchone("SELECT * FROM cases")
@@ -159,6 +165,25 @@ async def test_a_report_that_joins_as_its_case_closes_shares_the_result(app_ctx)
     assert report.incident_id == "INC-000001" and report.status == "closed"
     assert (await store.fetchone("SELECT state FROM incidents WHERE id='INC-000001'"))["state"] == "closed"
     assert any(rid == late and "không ghi nhận" in text for rid, text in ctx.replies.get("email").sent)
+
+
+async def test_a_report_the_operator_finds_about_something_else_leaves_the_incident_it_joined_in_review(
+        app_ctx):  # noqa: F811
+    """Held for review, a report joins the incident the model's topic points to. The operator decides it is about
+    another problem: it must reach that problem's agency, not wait as a duplicate of a case that is not about it."""
+    ctx, base = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    held = await held_for_review_with_a_case(ctx, matcher, "Lê Lợi q1 số 20 quán karaoke hát tới 2 giờ sáng")
+    assert (await store.get_report(held)).incident_id == "INC-000001"
+    decided = await decide(store, ctx.directory, held, actor="op.lan", topic="noise")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    report = await store.get_report(held)
+    assert report.incident_id == "INC-000002" and report.status == "dispatched"
+    case = await store.fetchone("SELECT * FROM cases WHERE incident_id='INC-000002'")
+    assert (case["topic"], case["agency"]) == ("noise", decided.agency) and decided.agency != "sawaco"
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM incident_reports WHERE incident_id='INC-000001'"))["n"] == 1
 
 
 async def test_merge_closes_the_absorbed_case_and_tells_its_agency(app_ctx, receiver):  # noqa: F811
