@@ -144,3 +144,20 @@ async def test_two_instances_decide_about_different_districts_at_once(pg_factory
         assert await _incidents(a.store, known, second, first) == ["INC-000001", "INC-000001", "INC-000002"]
     finally:
         await pg_factory.close_all()
+
+
+async def test_two_incidents_opened_at_once_in_two_districts_take_two_numbers(pg_factory: StoreFactory) -> None:
+    try:
+        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+        first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+        release = asyncio.Event()
+        committing, _ = await a.decide_and_hold(release)  # INC-000001, not committed yet
+        second = await _classified(b.store, "2", T0 + 60, "Đèn đường Lê Lợi tắt cả tuần nay",
+                                   topic="street_lighting", district="quan-1", vector=_vec(3))
+        deciding = asyncio.create_task(b.worker.run_once())
+        await asyncio.sleep(0.5)  # b reaches the number a holds
+        release.set()
+        assert await committing and await deciding == 1
+        assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000002"]
+    finally:
+        await pg_factory.close_all()
