@@ -43,10 +43,9 @@ async def classify(ctx: AppContext, report_id: int, topic: str, agency: str, sta
     """The report classified (in the order the reports came in) and grouped into an incident of its own, by the
     classify and dedupe stages' own writes: a routed report then waits for dispatch."""
     category = ctx.directory.topics[topic].category
-    await seed.classify(ctx.store, report_id, Classification(
+    await seed.route(ctx.store, report_id, Classification(
         status=status, topic=topic, category=category, agency=agency, confidence=0.95,
         place=Place(district="quan-1", street="le loi")))
-    await seed.group(ctx.store, report_id)
 
 
 async def dispatch_all(ctx: AppContext) -> CaseBook:

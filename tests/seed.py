@@ -72,6 +72,13 @@ async def group(store: Store, report_id: int, incident_id: str | None = None) ->
     return joined[0]
 
 
+async def route(store: Store, report_id: int, result: Classification, incident_id: str | None = None) -> str:
+    """`classify` then `group`: the report classified as `result` and grouped into `incident_id` (a new incident
+    when None); returns the incident. A routed report that opens its incident then waits for dispatch."""
+    await classify(store, report_id, result)
+    return await group(store, report_id, incident_id)
+
+
 async def dispatch(store: Store, book: CaseBook) -> int:
     """Run the real dispatch stage over the waiting `dispatch` jobs; how many it handled."""
     return await StageWorker(store, "dispatch", book.handle_dispatch).run_once()

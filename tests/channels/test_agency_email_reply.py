@@ -28,8 +28,9 @@ from config.dispatch import dispatch_settings
 from dispatch.delivery import build_email
 from dispatch.service import build as build_dispatch
 from ingest.app import AppContext
-from ingest.records import Classification, InboundMessage, Place, Reporter, to_json
+from ingest.records import Classification, InboundMessage, Place, Reporter
 from ingest.store import Store
+from tests import seed
 from tests.inprocess import open_context
 
 MAILBOX = "tra-loi-1022@tphcm.gov.vn"
@@ -116,14 +117,9 @@ async def open_case(ctx: AppContext, dispatch_worker: Any, n: int = 1) -> int:
                          text=f"Ống nước bể trên đường Lê Lợi số {n}, Quận 1, nước tràn ra đường.",
                          reporter=Reporter(name="Nguyễn Văn An", phone="0901234567"))
     result = await store.submit(msg, msg.text.encode(), "text/plain")
-    cls = Classification(status="route", topic="water_supply", category="infrastructure", agency="sawaco",
+    cls = Classification(status="routed", topic="water_supply", category="infrastructure", agency="sawaco",
                          confidence=0.9, place=Place(district="quan-1", street="le loi"))
-    async with store.transaction() as tx:
-        await tx.execute("UPDATE reports SET status='routed', topic='water_supply', category='infrastructure',"
-                         " agency='sawaco', district='quan-1', classification=?, incident_id=?"
-                         " WHERE id=?", (to_json(cls), f"INC-00000{n}", result.report_id))
-        await tx.execute("DELETE FROM jobs WHERE report_id=?", (result.report_id,))
-        await tx.enqueue("dispatch", result.report_id, {"incident_id": f"INC-00000{n}"})
+    assert await seed.route(store, result.report_id, cls) == f"INC-00000{n}"  # the stages' own writes
     assert await dispatch_worker.run_once() == 1
     case = await store.fetchone("SELECT id, state FROM cases WHERE report_id=?", (result.report_id,))
     assert (case["id"], case["state"]) == (f"CASE-00000{n}", "forwarded")

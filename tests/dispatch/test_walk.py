@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from channels.registry import build_channels
+from classifier.review.decisions import decide
 from config.loader import validate
 from dedupe.matcher import IncidentMatcher
 from dedupe.service import STAGE, DedupeStage
@@ -24,9 +25,10 @@ from dispatch import service
 from dispatch.clocks import overdue, tick
 from dispatch.delivery import DeliverySender
 from ingest.app import AppContext
-from ingest.records import Classification, Place, to_json
+from ingest.records import Classification, Place
 from ingest.store import Store
 from ingest.worker import StageWorker
+from tests import seed as seed_stages
 
 from .conftest import SECRET_A
 
@@ -89,19 +91,12 @@ async def report(http: aiohttp.ClientSession, base: str, text: str, phone: str, 
 
 
 async def classify(store: Store, rid: int, *, review: bool = False, seed: int = 0) -> None:
-    """What the classify stage writes: the decision, the vector, the next job."""
-    cls = Classification(status="review" if review else "route", topic="water_supply", category="infrastructure",
+    """What the classify stage writes, by its own code (tests/seed.py): the decision, the vector, the next job."""
+    cls = Classification(status="review" if review else "routed", topic="water_supply", category="infrastructure",
                          agency="sawaco", confidence=0.6 if review else 0.97,
                          place=Place(district="quan-1", street="le loi", house_number="20"))
     vec = BASE + 0.02 * np.random.default_rng(seed).standard_normal(384).astype(np.float32)
-    async with store.transaction() as tx:
-        await tx.execute("UPDATE jobs SET state='done' WHERE report_id=? AND stage='classify'", (rid,))
-        await tx.execute("UPDATE reports SET status=?, topic='water_supply', category='infrastructure',"
-                         " agency='sawaco', district='quan-1', classification=?, updated_at=? WHERE id=?",
-                         ("review" if review else "routed", to_json(cls), store.clock.now(), rid))
-        await tx.execute("INSERT INTO embeddings VALUES (?,?,?,?)",
-                         (rid, "e5", 384, (vec / np.linalg.norm(vec)).astype(np.float32).tobytes()))
-        await tx.enqueue(STAGE, rid)
+    await seed_stages.classify(store, rid, cls, (vec / np.linalg.norm(vec)).astype(np.float32))
 
 
 async def answer(http: aiohttp.ClientSession, base: str, case_id: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -136,9 +131,7 @@ async def test_one_report_through_every_article(daemon, receiver, sms_gateway):
 
         # 6.3: the operator routes it 20 minutes after receipt: the case is forwarded (6.2) and delivered.
         clock.advance(19 * MINUTE)
-        async with store.transaction() as tx:
-            await tx.execute("UPDATE reports SET status='routed', updated_at=? WHERE id=?", (clock.now(), a))
-            await tx.enqueue(STAGE, a, {"after_review": True})
+        await decide(store, ctx.directory, a, actor="op.lan", topic="water_supply")
         await pump(ctx, matcher)
         case = await store.fetchone("SELECT * FROM cases")
         case_id = case["id"]

@@ -15,11 +15,12 @@ from dispatch.clocks import tick
 from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
 from dispatch.schema import MIGRATIONS as DISPATCH_MIGRATIONS
 from ingest.clock import VN_TZ, FakeClock, iso
-from ingest.records import Classification, InboundMessage, Place, Reporter, to_json
+from ingest.records import Classification, InboundMessage, Place, Reporter
 from ingest.store import Store
 from ingest.worker import StageWorker
 from ops.schema import MIGRATIONS as OPS_MIGRATIONS
 from ops.service import report_cli
+from tests import seed
 
 HOUR, DAY = 3600.0, 86400.0
 
@@ -39,14 +40,9 @@ async def test_weekly_figures_follow_the_dispatch_stage(tmp_path: Path, capsys) 
                                  received_at=iso(clock.now()), text="Ống nước bể, nước tràn ra đường",
                                  reporter=Reporter(name="Nguyễn Văn An", phone="0901234567"))
             rid = (await store.submit(msg, b"raw", "text/plain")).report_id
-            cls = Classification(status="route", topic="water_supply", category="infrastructure", agency="sawaco",
+            cls = Classification(status="routed", topic="water_supply", category="infrastructure", agency="sawaco",
                                  confidence=0.9, place=Place(district="quan-1"))
-            async with store.transaction() as tx:
-                await tx.execute("UPDATE reports SET status='routed', topic='water_supply', category='infrastructure',"
-                                 " agency='sawaco', district='quan-1', classification=?, incident_id=? WHERE id=?",
-                                 (to_json(cls), incident, rid))
-                await tx.execute("DELETE FROM jobs WHERE report_id=?", (rid,))
-                await tx.enqueue("dispatch", rid, {"incident_id": incident})
+            assert await seed.route(store, rid, cls) == incident  # the classify and dedupe stages' own writes
             assert await dispatcher.run_once() == 1
             return "CASE-" + incident.removeprefix("INC-")
 
