@@ -423,8 +423,11 @@ class CaseBook:
                          (part, now, case["id"], agency))
         return AnswerResult(case_id=case["id"], state=case["state"], agency=case["agency"])
 
-    async def _add_supporters(self, tx: Tx, case_id: str, supporters: list[str], report: StoredReport) -> None:
-        """Deliver the case to each supporting agency with its own clocks (a coordinated case, Art. 7.1, 7.3)."""
+    async def _add_supporters(self, tx: Tx, case_id: str, supporters: list[str], report: StoredReport,
+                              event: str = "case.support", extra: dict[str, Any] | None = None) -> None:
+        """Deliver the case to each supporting agency with its own clocks (a coordinated case, Art. 7.1, 7.3), as
+        `event` (a dispute sends the supporters `case.disputed`, `extra` carrying the dispute); a supporter named
+        again takes its part up anew."""
         now = self.store.clock.now()
         for agency in supporters:
             if agency not in self.directory.agencies:
@@ -440,9 +443,9 @@ class CaseBook:
                 await tx.execute("INSERT INTO deadlines(case_id, agency, kind, started_at, due_at, warn_at)"
                                  " VALUES (?,?,?,?,?,?)", (case_id, agency, spec.kind, spec.started_at,
                                                            spec.due_at, spec.warn_at))
-            await self._deliver(tx, case, report, agency, "case.support",
+            await self._deliver(tx, case, report, agency, event,
                                 [{"kind": s.kind, "due_at": iso(s.due_at)} for s in specs], None,
-                                {"role": "supporting", "lead_agency": case["agency"]})
+                                {**(extra or {}), "role": "supporting", "lead_agency": case["agency"]})
             await tx.event(case["report_id"], "case_supporter_added", "dispatch",
                            {"case_id": case_id, "agency": agency, "lead": case["agency"]})
 
@@ -597,7 +600,13 @@ class CaseBook:
                                                                "previous": previous})
         report = await self.store.get_report(case["report_id"])
         assert report is not None
+        told = {"dispute": {"text": reason, "at": iso(now), "previous": previous}}
         await self._forward(tx, case["id"], report, case["agency"], case["category"], "case.disputed",
-                            extra={"dispute": {"text": reason, "at": iso(now), "previous": previous}})
+                            coordination=bool(case["coordination"]), extra=told)
+        # A coordinated case reopens at its supporting agencies too (their parts were closed with it): each is told
+        # as the lead is, with new clocks; one that withdrew (not its matter) stays out.
+        supporters = await tx.fetchall("SELECT agency FROM case_supporters WHERE case_id=? AND state!='withdrawn'"
+                                       " ORDER BY agency", (case["id"],))
+        await self._add_supporters(tx, case["id"], [r["agency"] for r in supporters], report, "case.disputed", told)
         await tx.enqueue(NOTIFY, report_id, NotifyJob(template="dispute_ack", case_id=case["id"]))
         return str(case["id"])

@@ -417,6 +417,39 @@ async def test_coordinated_case_lead_and_supporting_agencies_each_with_delivery_
     assert (await answer(base, TOKENS["agency.ubnd-quan-1"], case, {"kind": "verified"}))[0] == 404
 
 
+async def test_a_dispute_of_a_coordinated_case_reaches_its_supporting_agencies(world, receiver):
+    """The reporter says the coordinated case's result does not fix the problem: the case is open again at the lead
+    and at every supporting agency that had not withdrawn, each told with the dispute and with new clocks."""
+    ctx, base = world
+    case = await new_case(ctx, "INC-000001")
+    assert (await answer(base, TOKENS["agency.sawaco"], case, {"kind": "coordination"}))[0] == 201
+    assert (await answer(base, TOKENS["agency.van-hanh-1022"], case, {
+        "kind": "reassigned", "agency": "sawaco", "supporting": ["ubnd-quan-1", "so-gtvt"]}))[0] == 201
+    assert (await answer(base, TOKENS["agency.ubnd-quan-1"], case, {"kind": "resolved", "note": "Đã rào"}))[0] == 201
+    assert (await answer(base, TOKENS["agency.so-gtvt"], case, {"kind": "returned", "reason": "không phải"}))[0] \
+        == 201
+    assert (await answer(base, TOKENS["agency.sawaco"], case, {"kind": "resolved", "photos": [PHOTO]}))[0] == 201
+    await pump(ctx)
+    report = (await ctx.store.fetchone("SELECT report_id FROM cases WHERE id=?", (case,)))["report_id"]
+    ctx.clock.advance(DAY)
+    await ctx.published.case_dispute(report_id=report, case_id=case, reason="Vẫn còn ngập")
+    await pump(ctx)
+    disputed = {b["data"]["agency"]: b["data"] for b in receiver.accepted.values() if b["type"] == "case.disputed"}
+    assert set(disputed) == {"sawaco", "ubnd-quan-1"}  # so-gtvt withdrew: not its problem
+    assert (disputed["ubnd-quan-1"]["role"], disputed["ubnd-quan-1"]["lead_agency"]) == ("supporting", "sawaco")
+    assert disputed["ubnd-quan-1"]["dispute"]["text"] == "Vẫn còn ngập"
+    own = {r["kind"]: (r["state"], r["started_at"]) for r in await ctx.store.fetchall(
+        "SELECT kind, state, started_at FROM deadlines WHERE case_id=? AND agency='ubnd-quan-1' AND state='open'",
+        (case,))}
+    assert own == {k: ("open", ctx.clock.now()) for k in ("subordinate_forward", "site_check", "fix")}
+    async with aiohttp_session() as http, http.get(f"{base}/api/v1/agency/cases",
+                                                   headers={"Authorization": f"Bearer {TOKENS['agency.ubnd-quan-1']}"}
+                                                   ) as resp:
+        assert [(c["case_id"], c["role"]) for c in (await resp.json())["cases"]] == [(case, "supporting")]
+    assert (await answer(base, TOKENS["agency.ubnd-quan-1"], case, {"kind": "acknowledged"}))[0] == 201
+    assert (await answer(base, TOKENS["agency.so-gtvt"], case, {"kind": "acknowledged"}))[0] == 404
+
+
 def aiohttp_session() -> Any:
     import aiohttp
 
