@@ -259,7 +259,7 @@ async def reopen(tx: Tx, incident_id: str) -> bool:
 
 
 async def set_dispatch_report(tx: Tx, incident_id: str, report_id: int) -> None:
-    await tx.execute("UPDATE incidents SET dispatch_report_id=? WHERE id=?", (report_id, incident_id))
+    await tx.write("UPDATE incidents SET dispatch_report_id=? WHERE id=?", (report_id, incident_id))
 
 
 async def absorb(tx: Tx, keep: str, absorbed: Any) -> None:

@@ -58,10 +58,10 @@ async def route_member(tx: Tx, report_id: int, incident_id: str, status: str) ->
     if row is not None and row["dispatch_report_id"] is None:
         await incidents.set_dispatch_report(tx, incident_id, report_id)
         await tx.enqueue(DISPATCH, report_id, DispatchJob(incident_id=incident_id,
-                                                          recurrence_of=row["recurrence_of"]))
+                                                          recurrence_of=row["recurrence_of"]), need_id=False)
         return "dispatch"
-    await tx.execute("UPDATE reports SET status='duplicate', updated_at=? WHERE id=?", (now, report_id))
-    await tx.enqueue(NOTIFY, report_id, NotifyJob(template="duplicate_ack", incident_id=incident_id))
+    await tx.write("UPDATE reports SET status='duplicate', updated_at=? WHERE id=?", (now, report_id))
+    await tx.enqueue(NOTIFY, report_id, NotifyJob(template="duplicate_ack", incident_id=incident_id), need_id=False)
     return "duplicate"
 
 

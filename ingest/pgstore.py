@@ -144,10 +144,10 @@ class PgTx:
         return storage_reason(exc) is not None
 
     async def enqueue(self, stage: str, report_id: int | None, payload: Any = None, delay: float = 0.0, *,
-                      deadline: float | None = None, subject: str | None = None) -> int:
+                      deadline: float | None = None, subject: str | None = None, need_id: bool = True) -> int:
         """Queue a job of kind `stage` in this transaction (ingest/queue.py `enqueue`)."""
         return await self.store.queue.enqueue(self, stage, payload, report_id=report_id, delay=delay,
-                                              deadline=deadline, subject=subject)
+                                              deadline=deadline, subject=subject, need_id=need_id)
 
     async def event(self, report_id: int | None, kind: str, actor: str, data: dict[str, Any] | None = None) -> None:
         await self.conn.execute(
@@ -601,8 +601,9 @@ class PgQueue(SqliteQueue):
         super().__init__(store, Dialect(lock=" FOR UPDATE SKIP LOCKED"))
 
     async def enqueue(self, tx: PgTx, kind: str, payload: Any = None, *, report_id: int | None = None,  # type: ignore[override]
-                      delay: float = 0.0, deadline: float | None = None, subject: str | None = None) -> int:
-        now = self.store.clock.now()
+                      delay: float = 0.0, deadline: float | None = None, subject: str | None = None,
+                      need_id: bool = True) -> int:
+        now = self.store.clock.now()  # the id is always read here: a statement is a trip either way
         row = await tx.fetchone(self.sql.insert + " RETURNING id", (kind, report_id, now + delay, deadline,
                                                                     subject, _text(encode_payload(payload, kind)), now, now))
         tx._notify.add(kind)

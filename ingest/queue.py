@@ -294,10 +294,17 @@ class SqliteQueue:
 
     # -- enqueue (in the caller's transaction) ------------------------------------------------------
     async def enqueue(self, tx: Tx, kind: str, payload: Any = None, *, report_id: int | None = None,
-                      delay: float = 0.0, deadline: float | None = None, subject: str | None = None) -> int:
+                      delay: float = 0.0, deadline: float | None = None, subject: str | None = None,
+                      need_id: bool = True) -> int:
+        """The new job's id; 0 with `need_id=False`, which lets the store send the insert with the transaction's next
+        statement (Tx.write) instead of a trip of its own: a stage handing a report on never reads the id."""
         now = self.store.clock.now()
-        cur = await tx.execute(self.sql.insert, (kind, report_id, now + delay, deadline, subject,
-                                                 encode_payload(payload, kind), now, now))
+        params = (kind, report_id, now + delay, deadline, subject, encode_payload(payload, kind), now, now)
+        if not need_id:
+            await tx.write(self.sql.insert, params)
+            tx.after_commit(lambda: self.wake(kind))
+            return 0
+        cur = await tx.execute(self.sql.insert, params)
         tx.after_commit(lambda: self.wake(kind))
         return int(cur.lastrowid or 0)
 

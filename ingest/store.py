@@ -149,10 +149,10 @@ class Tx:
         return isinstance(exc, sqlite3.Error) and (storage_reason(exc) is not None or not self.in_transaction)
 
     async def enqueue(self, stage: str, report_id: int | None, payload: Any = None, delay: float = 0.0, *,
-                      deadline: float | None = None, subject: str | None = None) -> int:
+                      deadline: float | None = None, subject: str | None = None, need_id: bool = True) -> int:
         """Queue a job of kind `stage` in this transaction (ingest/queue.py `enqueue`)."""
         return await self.store.queue.enqueue(self, stage, payload, report_id=report_id, delay=delay,
-                                              deadline=deadline, subject=subject)
+                                              deadline=deadline, subject=subject, need_id=need_id)
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> None:
         """A statement whose outcome (rows, count, id) nobody reads: sent with the next statement of the

@@ -10,7 +10,7 @@ from ingest.store import Tx
 async def enqueue_next(tx: Tx, report_id: int, result: Classification, after_review: bool = False) -> None:
     """Routed or in review -> `dedupe`; rejected or out of scope -> `notify` the reporter with the reason."""
     if result.status in ("routed", "review"):
-        await tx.enqueue(DEDUPE, report_id, DedupeJob(after_review=after_review))
+        await tx.enqueue(DEDUPE, report_id, DedupeJob(after_review=after_review), need_id=False)
     elif result.status in ("rejected", "out_of_scope"):
         template = "rejected" if result.status == "rejected" else "out_of_scope"
-        await tx.enqueue(NOTIFY, report_id, NotifyJob(template=template, reason=result.reason))
+        await tx.enqueue(NOTIFY, report_id, NotifyJob(template=template, reason=result.reason), need_id=False)
