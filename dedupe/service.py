@@ -8,7 +8,8 @@ Contract (see the pipeline notes in the README):
 - a job with `incident_state` (queued by dispatch when a case closes or reopens) closes or reopens the incident
   (dedupe/incidents.py); on this queue, so every report queued after the closure sees the incident closed, and
   one queued before it that joined after the case closed (a duplicate of a case no longer running) is closed
-  with it and its reporter told the result;
+  with it and its reporter told the result; a report that would repeat a closed incident whose reopening waits
+  behind it (ingest.jobs.reopening_subject) reopens it first and joins it;
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
   incident has no case yet, else `duplicate` + `duplicate_ack`; unless the operator's topic fits none of the
   incident's other reports (policy.belongs_after_review): then it leaves that incident and is matched afresh.
@@ -26,7 +27,7 @@ from typing import Any
 from ingest.app import AppContext, Service
 from ingest.dialect import POSTGRESQL
 from ingest.errors import PermanentError, TransientError
-from ingest.jobs import DISPATCH, NOTIFY, DedupeJob, DispatchJob, NotifyJob
+from ingest.jobs import DISPATCH, NOTIFY, DedupeJob, DispatchJob, NotifyJob, reopening_subject
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import StageWorker, WorkerSettings
@@ -141,6 +142,13 @@ class DedupeStage:
                            {"incident_id": existing, "action": done, "after_review": after_review})
             return
         match = await self.matcher.match(view, reader=tx)
+        if match.recurrence_of is not None and await self.store.queue.first_waiting(
+                STAGE, [reopening_subject(match.recurrence_of)]):
+            # The case of the closed incident it repeats was disputed, and the incident's reopening waits on this
+            # queue behind this report: applied now, the report joins the reopened case as it would after it,
+            # instead of opening a second case at the same agency for the same problem (the job then finds it open).
+            await incidents.reopen(tx, match.recurrence_of)
+            match = await self.matcher.match(view, reader=tx)
         if match.incident_id is not None:
             incident_id = match.incident_id
             await incidents.join(tx, view.report_id, incident_id, view.received_at, score=match.score,

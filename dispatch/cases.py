@@ -18,7 +18,7 @@ from config.dispatch import DispatchConfig
 from ingest.clock import iso
 from ingest.errors import PermanentError
 from ingest.pii import is_confidential, redact_message
-from ingest.jobs import DEDUPE, NOTIFY, DedupeJob, DispatchJob, NotifyJob
+from ingest.jobs import DEDUPE, NOTIFY, DedupeJob, DispatchJob, NotifyJob, reopening_subject
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import Writes
@@ -593,7 +593,8 @@ class CaseBook:
         await tx.execute("UPDATE cases SET state='forwarded', closed_at=NULL, forwarded_at=?, complex=0,"
                          " expected_completion=NULL, updated_at=? WHERE id=?", (now, now, case["id"]))
         # The incident reopens with the case (dedupe applies it from its queue), so new reports join it again.
-        await tx.enqueue(DEDUPE, case["report_id"], DedupeJob(incident_id=case["incident_id"], incident_state="open"))
+        await tx.enqueue(DEDUPE, case["report_id"], DedupeJob(incident_id=case["incident_id"], incident_state="open"),
+                         subject=reopening_subject(case["incident_id"]))
         await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE incident_id=?"
                          " AND status='closed'", (now, case["incident_id"]))
         await tx.event(report_id, "case_disputed", "reporter", {"case_id": case["id"], "source": source,

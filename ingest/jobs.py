@@ -41,6 +41,12 @@ class DedupeJob:
     at: float | None = None
 
 
+def reopening_subject(incident_id: str) -> str:
+    """The subject of the dedupe job that reopens `incident_id` (a disputed case): dedupe looks for it while it
+    waits, so a report queued before it joins the incident instead of opening a recurrence."""
+    return f"reopen:{incident_id}"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DispatchJob:
     incident_id: str | None = None  # None: the report's own incident

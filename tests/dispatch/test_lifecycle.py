@@ -5,6 +5,7 @@ answers over the real HTTP API, time moved by the fake clock."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,14 @@ async def dedupe(store: Store, matcher: IncidentMatcher) -> None:
         pass
 
 
+async def water_case(ctx, matcher: IncidentMatcher) -> tuple[int, Any]:
+    """The first report of the water-main leak on Lê Lợi, routed to its case: (report, case row)."""
+    first = await classified_report(ctx.store, "Ống nước bể trước số 20 Lê Lợi quận 1, nước tràn ra đường")
+    await dedupe(ctx.store, matcher)
+    await pump(ctx)
+    return first, await ctx.store.fetchone("SELECT * FROM cases")
+
+
 async def held_for_review_with_a_case(ctx, matcher: IncidentMatcher, text: str) -> int:
     """A water-main report with its case, and a report (`text`) held for review that joined its incident."""
     await classified_report(ctx.store, "Ống nước bể trước số 20 Lê Lợi quận 1, nước tràn ra đường")
@@ -66,10 +75,7 @@ async def test_incident_closes_with_its_case_and_a_later_report_is_a_recurrence(
     ctx, base = app_ctx
     store = ctx.store
     matcher = IncidentMatcher(store)
-    first = await classified_report(store, "Ống nước bể trước số 20 Lê Lợi quận 1, nước tràn ra đường")
-    await dedupe(store, matcher)
-    await pump(ctx)
-    case = await store.fetchone("SELECT * FROM cases")
+    first, case = await water_case(ctx, matcher)
     assert case["incident_id"] == "INC-000001"
 
     # While the case is open, another report of the same leak joins it (a duplicate, nothing dispatched).
@@ -165,6 +171,30 @@ async def test_a_report_that_joins_as_its_case_closes_shares_the_result(app_ctx)
     assert report.incident_id == "INC-000001" and report.status == "closed"
     assert (await store.fetchone("SELECT state FROM incidents WHERE id='INC-000001'"))["state"] == "closed"
     assert any(rid == late and "không ghi nhận" in text for rid, text in ctx.replies.get("email").sent)
+
+
+async def test_a_report_queued_before_a_disputes_reopening_joins_the_reopened_incident(app_ctx):  # noqa: F811
+    """The reporter disputes the result while another report of the same leak waits in dedupe's queue ahead of the
+    incident's reopening: it must join the reopened case, not open a recurrence (a second case at the same agency
+    for the same leak)."""
+    ctx, base = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    first, case = await water_case(ctx, matcher)
+    assert (await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "resolved", "note": "Đã thay ống",
+            "photos": [{"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}]}))[0] == 201
+    await pump(ctx)
+    await dedupe(store, matcher)
+    ctx.clock.advance(3600)
+    waiting = await classified_report(store, "Lê Lợi quận 1 trước nhà số 20 bể ống nước, nước chảy lênh láng")
+    await ctx.published.case_dispute(report_id=first, case_id=case["id"], reason="Ống nước vẫn còn bể")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    report = await store.get_report(waiting)
+    assert (report.incident_id, report.status) == ("INC-000001", "duplicate")
+    assert [r["id"] for r in await store.fetchall("SELECT id FROM cases")] == [case["id"]]
+    assert (await store.fetchone("SELECT state FROM incidents WHERE id='INC-000001'"))["state"] == "open"
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM incidents"))["n"] == 1
 
 
 async def test_a_report_the_operator_finds_about_something_else_leaves_the_incident_it_joined_in_review(
