@@ -132,14 +132,24 @@ class CaseBook:
         received_at = float(row["received_at"])
 
         async def writes(tx: Tx) -> None:
-            existing = await tx.fetchone("SELECT id, report_id FROM cases WHERE incident_id=?", (incident_id,))
+            existing = await tx.fetchone("SELECT id, report_id, state FROM cases WHERE incident_id=?",
+                                         (incident_id,))
             if existing is not None:
-                # Idempotent: the incident already has its case; a second routed report is a duplicate.
+                # Idempotent: the incident already has its case (a replayed or repeated job). Another report still
+                # waiting for its routing is a duplicate of an open case; of a closed one it shares the result, as
+                # every reporter of the incident did (Art. 7.4): never a duplicate of a case no longer handled. A
+                # report that already has its outcome (closed with the result, a duplicate) is told nothing again.
                 if existing["report_id"] != report.id:
-                    await tx.execute("UPDATE reports SET status='duplicate', updated_at=? WHERE id=?"
-                                     " AND status IN ('routed','review')", (self.store.clock.now(), report.id))
-                    await tx.enqueue(NOTIFY, report.id, NotifyJob(template="duplicate_ack", incident_id=incident_id,
-                                                                    case_id=existing["id"]))
+                    closed = existing["state"] in policy.CLOSED_STATES
+                    # (One in review stays the operator's to decide, as when a case closes: see _close.)
+                    waiting = "('routed')" if closed else "('routed','review')"
+                    cur = await tx.execute(f"UPDATE reports SET status=?, updated_at=? WHERE id=? AND status IN"
+                                           f" {waiting}", ("closed" if closed else "duplicate",
+                                                           self.store.clock.now(), report.id))
+                    if cur.rowcount:
+                        await tx.enqueue(NOTIFY, report.id, NotifyJob(
+                            template="result" if closed else "duplicate_ack", incident_id=incident_id,
+                            case_id=existing["id"]))
                 return
             now = self.store.clock.now()
             case_id = case_id_for(incident_id)

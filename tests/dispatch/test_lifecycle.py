@@ -216,6 +216,39 @@ async def test_a_report_the_operator_finds_about_something_else_leaves_the_incid
     assert (await store.fetchone("SELECT COUNT(*) AS n FROM incident_reports WHERE incident_id='INC-000001'"))["n"] == 1
 
 
+async def test_a_replayed_dispatch_job_never_attaches_its_report_to_a_closed_case(app_ctx):  # noqa: F811
+    """A report's dispatch job dies; an operator merges an incident with a case into its incident, the case is
+    resolved and the report told the result; then the dead job is replayed. Dispatch finds the incident's case
+    closed: the report must stay closed with the result it has, not be told it is a duplicate being handled."""
+    from dedupe.operations import merge
+
+    ctx, base = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    other = np.random.default_rng(97).standard_normal(384).astype(np.float32)
+    stranded = await classified_report(store, "Đường Hai Bà Trưng quận 1 mất nước từ sáng", base=other,
+                                       street="hai ba trung")
+    await dedupe(store, matcher)
+    (job,) = await store.queue.lease("dispatch", 1, 60)  # its dispatch job fails for good
+    assert await store.queue.fail(job, "database is locked", retry_in=0, dead=True)
+    _, case = await water_case(ctx, matcher)
+    await merge(store, "INC-000001", case["incident_id"], actor="op-lan")
+    await pump(ctx)
+    assert (await store.fetchone("SELECT incident_id FROM cases"))["incident_id"] == "INC-000001"
+    assert (await answer(base, TOKENS["agency.sawaco"], case["id"], {"kind": "false_report"}))[0] == 201
+    await pump(ctx)
+    await dedupe(store, matcher)
+    assert (await store.get_report(stranded)).status == "closed"
+    told = [text for rid, text in ctx.replies.get("email").sent if rid == stranded]
+    assert any("không ghi nhận" in text for text in told)
+
+    assert await store.queue.replay("dispatch") == 1
+    await pump(ctx)
+    assert (await store.get_report(stranded)).status == "closed"
+    assert [text for rid, text in ctx.replies.get("email").sent if rid == stranded] == told
+    assert [r["id"] for r in await store.fetchall("SELECT id FROM cases")] == [case["id"]]
+
+
 async def test_merge_closes_the_absorbed_case_and_tells_its_agency(app_ctx, receiver):  # noqa: F811
     from dedupe.operations import merge
 
