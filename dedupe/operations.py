@@ -3,7 +3,8 @@
 Each decision is recorded in `incident_decisions` (who, when, what) and as an event on every report it
 moves. A split re-evaluates routing for the part that leaves: its first report (by arrival) is put back to
 `routed` and a `dispatch` job opens a case for the new incident, unless every leaving report is still in
-review (the review decision will route it through the `dedupe` re-entry).
+review (the review decision will route it through the `dedupe` re-entry). The report that opened the incident's
+case never leaves it (split the others off instead).
 """
 from __future__ import annotations
 
@@ -44,13 +45,19 @@ async def split(store: Store, incident_id: str, report_ids: list[int], actor: st
     if not report_ids:
         raise IncidentError("no reports given")
     async with store.transaction() as tx:
-        await _open_incident(tx, incident_id)
+        source = await _open_incident(tx, incident_id)
         rows = await incidents.members_among(tx, incident_id, report_ids)
         if len(rows) != len(set(report_ids)):
             found = {r["id"] for r in rows}
             raise IncidentError(f"not members of {incident_id}: {sorted(set(report_ids) - found)}")
         if await incidents.count_members(tx, incident_id) == len(rows):
             raise IncidentError("a split must leave at least one report in the incident")
+        if source["dispatch_report_id"] in {r["id"] for r in rows}:
+            # The case stays with the incident and carries this report (its text, place and reporter went to the
+            # agency): moved, it would open a second case as well, the first report of two. Splitting the other
+            # reports off makes the same two groups.
+            raise IncidentError(f"report {source['dispatch_report_id']} opened the incident's case and stays with"
+                                " it: split off the other reports instead")
         first = rows[0]
         new_id = await incidents.create(tx, first_report_id=first["id"], topic=first["topic"],
                                         district=first["district"], created_at=first["received_at"],

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 
 from classifier.review.decisions import decide, review_queue
 from dedupe.matcher import IncidentMatcher
@@ -247,6 +248,31 @@ async def test_a_replayed_dispatch_job_never_attaches_its_report_to_a_closed_cas
     assert (await store.get_report(stranded)).status == "closed"
     assert [text for rid, text in ctx.replies.get("email").sent if rid == stranded] == told
     assert [r["id"] for r in await store.fetchall("SELECT id FROM cases")] == [case["id"]]
+
+
+async def test_a_split_cannot_take_the_report_that_opened_the_incidents_case(app_ctx):  # noqa: F811
+    """The case carries its first report (its text, place and reporter go to the agency). Split off into a new
+    incident, that report would open a second case while still being the first one's: the operator splits the
+    other reports off instead, and nothing changes."""
+    from dedupe.operations import IncidentError, split
+
+    ctx, _ = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    first, case = await water_case(ctx, matcher)
+    ctx.clock.advance(3600)
+    joined = await classified_report(store, "Lê Lợi quận 1 trước nhà số 20 bể ống nước, nước chảy lênh láng")
+    await dedupe(store, matcher)
+    with pytest.raises(IncidentError, match="opened"):
+        await split(store, "INC-000001", [first], actor="op-lan")
+    await pump(ctx)
+    assert [(r["id"], r["report_id"]) for r in await store.fetchall("SELECT id, report_id FROM cases")] == [
+        (case["id"], first)]
+    assert {(await store.get_report(r)).incident_id for r in (first, joined)} == {"INC-000001"}
+    # The other way round is the same partition, and the part that leaves gets its own case.
+    assert await split(store, "INC-000001", [joined], actor="op-lan") == "INC-000002"
+    await pump(ctx)
+    assert [r["report_id"] for r in await store.fetchall("SELECT report_id FROM cases ORDER BY id")] == [first, joined]
 
 
 async def test_merge_closes_the_absorbed_case_and_tells_its_agency(app_ctx, receiver):  # noqa: F811
