@@ -9,7 +9,8 @@ Contract (see the pipeline notes in the README):
   (dedupe/incidents.py); on this queue, so every report queued after the closure sees the incident closed, and
   one queued before it that joined after the case closed (a duplicate of a case no longer running) is closed
   with it and its reporter told the result; a report that would repeat a closed incident whose reopening waits
-  behind it (ingest.jobs.reopening_subject) reopens it first and joins it;
+  behind it (ingest.jobs.reopening_subject) reopens it first and joins it, and a closing with a reopening waiting
+  behind it (the result disputed meanwhile) is not applied;
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
   incident has no case yet, else `duplicate` + `duplicate_ack`; unless the operator's topic fits none of the
   incident's other reports (policy.belongs_after_review): then it leaves that incident and is matched afresh.
@@ -83,6 +84,12 @@ def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None) -> A
             # Ordered with the decisions about its district: none joins it while it closes.
             row = await incidents.get(tx, incident_id)
             await blocks.enter(tx, row["district"] if row is not None else None)
+        if payload.incident_state == "closed" and await tx.store.queue.first_waiting(
+                STAGE, [reopening_subject(incident_id)]):
+            # A reporter disputed the result since, and the case runs again: its reopening waits behind this job.
+            # The incident stays open and its reports wait for the new result (none is closed or told the old one).
+            log.info("dedupe: incident %s not closed: its case was reopened since", incident_id)
+            return
         if payload.incident_state == "closed":
             changed = await incidents.close(tx, incident_id, payload.closed_as or "resolved",
                                             payload.at if payload.at is not None else tx.store.clock.now())

@@ -605,8 +605,12 @@ class CaseBook:
         # The incident reopens with the case (dedupe applies it from its queue), so new reports join it again.
         await tx.enqueue(DEDUPE, case["report_id"], DedupeJob(incident_id=case["incident_id"], incident_state="open"),
                          subject=reopening_subject(case["incident_id"]))
-        await tx.execute("UPDATE reports SET status='dispatched', updated_at=? WHERE incident_id=?"
-                         " AND status='closed'", (now, case["incident_id"]))
+        # Its reporters wait for the new result again, each report as before the closing: the one that opened the
+        # case forwarded, the others duplicates of it (Art. 6.4; ingest/records.py REPORT_STATES). Each reporter
+        # sees the case open again (their lookup shows the case's state) and gets the next result.
+        await tx.execute("UPDATE reports SET status=CASE WHEN id=? THEN 'dispatched' ELSE 'duplicate' END,"
+                         " updated_at=? WHERE incident_id=? AND status='closed'",
+                         (case["report_id"], now, case["incident_id"]))
         await tx.event(report_id, "case_disputed", "reporter", {"case_id": case["id"], "source": source,
                                                                "previous": previous})
         report = await self.store.get_report(case["report_id"])

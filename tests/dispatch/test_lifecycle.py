@@ -367,7 +367,9 @@ async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_pag
     # The incident is dedupe's: it reopens from dedupe's queue, after the closing the resolution queued.
     await dedupe(store, IncidentMatcher(store))
     assert (await store.fetchone("SELECT state FROM incidents WHERE id='INC-000001'"))["state"] == "open"
-    assert (await store.get_report(second)).status == "dispatched"
+    # Each report waits as before the closing: the case's own forwarded, the other a duplicate of it (not a
+    # second report forwarded to the agency).
+    assert [(await store.get_report(r)).status for r in (first, second)] == ["dispatched", "duplicate"]
     # The agency gets the case back with the dispute attached, and a new answer clock runs from now.
     await pump(ctx)
     disputed = [b["data"] for b in receiver.accepted.values() if b["type"] == "case.disputed"]
