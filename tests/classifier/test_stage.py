@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import numpy as np
@@ -9,12 +10,12 @@ import pytest
 
 from classifier.review import decisions as review
 from classifier.schema import MIGRATIONS
-from classifier.service import ClassifyStage
+from classifier.service import ClassifyStage, classification_writes
 from config.directory import load_directory
 from ingest.app import AppContext
 from ingest.jobs import DedupeJob
 from ingest.queue import decode_payload
-from ingest.records import InboundMessage, Reporter
+from ingest.records import Classification, InboundMessage, Reporter, from_json
 from ingest.store import Store
 
 
@@ -77,8 +78,9 @@ async def test_classify_stage_routes_screens_and_stores_vectors(cstore, settings
         await review.decide(cstore, ctx.directory, ids["waste"], actor="op-lan", topic="noise")
     # Operator review: the waste report, as if it had scored below the threshold; the decision is recorded with
     # who and when, and dedupe re-enqueued.
-    async with cstore.transaction() as tx:
-        await tx.execute("UPDATE reports SET status='review' WHERE id=?", (ids["waste"],))
+    waste = from_json(Classification, (await cstore.get_report(ids["waste"])).classification)
+    async with cstore.transaction() as tx:  # the stage's own writes of that outcome
+        await classification_writes(ids["waste"], dataclasses.replace(waste, status="review"), None, None, None)(tx)
     result = await review.decide(cstore, ctx.directory, ids["waste"], actor="op-lan", topic="illegal_construction")
     assert result.agency == "ubnd-go-vap" and result.status == "routed"
     dec = await cstore.fetchall("SELECT actor, at, topic FROM review_decisions WHERE report_id=?", (ids["waste"],))
@@ -93,8 +95,7 @@ async def test_classify_stage_routes_screens_and_stores_vectors(cstore, settings
 
 
 async def test_review_cli_lists_shows_and_decides(cstore, settings, capsys):
-    from classifier.service import classification_writes
-    from ingest.records import Candidate, Classification, Place
+    from ingest.records import Candidate, Place
 
     rid = (await cstore.submit(msg("r1", "có cái gì đó hư ở đầu hẻm"), b"raw", "text/plain")).report_id
     guess = Classification(status="review", topic="road_damage", category="infrastructure",
@@ -116,9 +117,8 @@ async def test_review_cli_lists_shows_and_decides(cstore, settings, capsys):
 
 
 async def test_two_operators_deciding_the_same_report_at_once_dispatch_it_once(cstore, settings):
-    from classifier.service import classification_writes
     from config.directory import load_directory
-    from ingest.records import Candidate, Classification, Place
+    from ingest.records import Candidate, Place
 
     rid = (await cstore.submit(msg("r2", "rác ở đầu hẻm 5 quận 3 chưa ai gom"), b"raw", "text/plain")).report_id
     guess = Classification(status="review", topic="waste", category="civic", agency="ubnd-quan-3", confidence=0.4,
