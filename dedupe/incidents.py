@@ -289,6 +289,15 @@ async def move(tx: Tx, report_ids: Sequence[int], incident_id: str, how: str) ->
                      (incident_id, now, *report_ids))
 
 
+async def retire_if_empty(tx: Tx, incident_id: str, into: str) -> bool:
+    """Mark an open incident that holds no report and has no case merged into `into`, where its reports went;
+    False when it holds a report, has a case or is not open."""
+    cur = await tx.execute(
+        "UPDATE incidents SET state='merged', merged_into=? WHERE id=? AND state='open' AND dispatch_report_id IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM incident_reports WHERE incident_id=?)", (into, incident_id, incident_id))
+    return cur.rowcount == 1
+
+
 async def refresh_last_report(tx: Tx, incident_id: str) -> None:
     """Set the incident's last report time from the reports it holds now."""
     await tx.execute(

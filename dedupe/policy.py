@@ -291,13 +291,16 @@ def topics_compatible(a: str | None, b: str | None) -> bool:
     return a is None or b is None or a == b or frozenset((a, b)) in RELATED_TOPICS
 
 
-def belongs_after_review(topic: str | None, member_topics: Collection[str | None]) -> bool:
+def belongs_after_review(topic: str | None, member_topics: Collection[str | None],
+                         incident_topic: str | None = None) -> bool:
     """Whether a report an operator has just classified as `topic` still belongs with the other reports of the
-    incident it joined while in review (their current topics): yes when it is alone there, else when its topic
-    is compatible with one of theirs. The operator's topic alone counts, not the model's alternatives: the
-    decision is what the report is about."""
+    incident it joined while in review (their current topics): yes when its topic is compatible with one of
+    theirs. Alone there (it opened the incident, under the model's topic `incident_topic`), it stays unless the
+    operator's topic is another problem: matched afresh, it may join an open incident of that problem instead of
+    opening a second case for it (a topic never grouped stays: nothing to join). The operator's topic alone
+    counts, not the model's alternatives: the decision is what the report is about."""
     if not member_topics:
-        return True
+        return topic in UNGROUPED_TOPICS or topics_compatible(topic, incident_topic)
     if topic in UNGROUPED_TOPICS:
         return False
     return any(topics_compatible(topic, t) for t in member_topics)

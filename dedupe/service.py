@@ -13,7 +13,8 @@ Contract (see the pipeline notes in the README):
   behind it (the result disputed meanwhile) is not applied;
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
   incident has no case yet, else `duplicate` + `duplicate_ack`; unless the operator's topic fits none of the
-  incident's other reports (policy.belongs_after_review): then it leaves that incident and is matched afresh.
+  incident's other reports (policy.belongs_after_review): then it leaves that incident and is matched afresh (an
+  incident it leaves empty is retired, merged into where it went).
 Jobs are handled in queue order; each match runs inside the transaction that finishes its job and sees every
 earlier report (on SQLite a leased batch is finished in one transaction, and the match sees the batch's earlier
 reports too). Several instances on one PostgreSQL store each run the stage: a decision locks the blocks it reads
@@ -136,7 +137,8 @@ class DedupeStage:
         existing = await incidents.incident_of_report(tx, view.report_id)
         left = None
         if existing is not None and after_review and not policy.belongs_after_review(
-                view.topic, await incidents.other_member_topics(tx, existing, view.report_id)):
+                view.topic, await incidents.other_member_topics(tx, existing, view.report_id),
+                (await incidents.get(tx, existing))["topic"]):
             # The operator decided the report is about something else than the incident it joined in review: it
             # leaves it (that case would never reach the right agency for it) and is matched afresh, by the
             # operator's topic alone (the model's alternatives would lead it back).
@@ -173,8 +175,11 @@ class DedupeStage:
         if match.recurrence_of:
             data["recurrence_of"] = match.recurrence_of
         if left is not None:
-            await incidents.refresh_last_report(tx, left)
             data["left"] = left
+            # Left by its only report (which opened it, without a case), it is retired into the incident the report
+            # went to: it never matches or lists as open again; its row, dates and that link stay as history.
+            if not await incidents.retire_if_empty(tx, left, incident_id):
+                await incidents.refresh_last_report(tx, left)
         await tx.event(view.report_id, "incident", "dedupe", data)
         self.matcher.hold(tx, view)
 

@@ -35,15 +35,16 @@ _keys = iter(range(1, 10_000))
 
 
 async def classified_report(store: Store, text: str, *, status: str = "routed", channel: str = "email",
-                            base: np.ndarray = BASE, street: str = "le loi") -> int:
-    """What the classify stage leaves behind for a water-main report on Lê Lợi (its own writes, tests/seed.py):
-    columns, vector, a dedupe job."""
+                            base: np.ndarray = BASE, street: str = "le loi", topic: str = "water_supply",
+                            category: str = "infrastructure", agency: str = "sawaco") -> int:
+    """What the classify stage leaves behind for a report on Lê Lợi, a water-main one unless told (its own writes,
+    tests/seed.py): columns, vector, a dedupe job."""
     n = next(_keys)
     msg = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"lc{n}",
                          received_at=iso(store.clock.now()), text=text,
                          reporter=Reporter(name="Lê Thị Hoa", phone=f"09011100{n:02d}", email=f"hoa{n}@example.vn"))
     rid = await seed.submit(store, msg)
-    cls = Classification(status=status, topic="water_supply", category="infrastructure", agency="sawaco",
+    cls = Classification(status=status, topic=topic, category=category, agency=agency,
                          confidence=0.95, place=Place(district="quan-1", street=street))
     await seed.classify(store, rid, cls, _vec(n, base))  # its dedupe job waits
     return rid
@@ -248,6 +249,32 @@ async def test_a_replayed_dispatch_job_never_attaches_its_report_to_a_closed_cas
     assert (await store.get_report(stranded)).status == "closed"
     assert [text for rid, text in ctx.replies.get("email").sent if rid == stranded] == told
     assert [r["id"] for r in await store.fetchall("SELECT id FROM cases")] == [case["id"]]
+
+
+async def test_a_report_alone_in_the_incident_it_opened_in_review_joins_the_open_incident_of_its_real_problem(
+        app_ctx):  # noqa: F811
+    """A karaoke complaint the model took for a water leak opens its own incident while it waits for review; an
+    incident of that karaoke is already open with its case. The operator's topic sends it there (a duplicate, no
+    second case at the ward), and the incident it leaves empty is retired into that one, never open again."""
+    ctx, _ = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    noise = np.random.default_rng(96).standard_normal(384).astype(np.float32)
+    await classified_report(store, "Quán karaoke số 20 Lê Lợi quận 1 hát ồn ào tới 2 giờ sáng", base=noise,
+                            topic="noise", category="civic", agency="ubnd-quan-1")
+    held = await classified_report(store, "Lê Lợi q1 số 20 quán karaoke hát tới 2 giờ sáng", base=noise,
+                                   status="review")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    assert (await store.get_report(held)).incident_id == "INC-000002"
+    await decide(store, ctx.directory, held, actor="op.lan", topic="noise")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    report = await store.get_report(held)
+    assert (report.incident_id, report.status) == ("INC-000001", "duplicate")
+    assert [r["incident_id"] for r in await store.fetchall("SELECT incident_id FROM cases")] == ["INC-000001"]
+    left = await store.fetchone("SELECT * FROM incidents WHERE id='INC-000002'")
+    assert (left["state"], left["merged_into"], left["first_report_id"]) == ("merged", "INC-000001", held)
 
 
 async def test_a_split_cannot_take_the_report_that_opened_the_incidents_case(app_ctx):  # noqa: F811
