@@ -619,9 +619,14 @@ class CaseBook:
         await self._forward(tx, case["id"], report, case["agency"], case["category"], "case.disputed",
                             coordination=bool(case["coordination"]), extra=told)
         # A coordinated case reopens at its supporting agencies too (their parts were closed with it): each is told
-        # as the lead is, with new clocks; one that withdrew (not its matter) stays out.
-        supporters = await tx.fetchall("SELECT agency FROM case_supporters WHERE case_id=? AND state!='withdrawn'"
-                                       " ORDER BY agency", (case["id"],))
-        await self._add_supporters(tx, case["id"], [r["agency"] for r in supporters], report, "case.disputed", told)
+        # as the lead is, with new clocks; one that withdrew (not its matter) stays out, and so does one no longer in
+        # the directory (merged or dissolved since): the reporter's dispute must still reach the others.
+        rows = await tx.fetchall("SELECT agency FROM case_supporters WHERE case_id=? AND state!='withdrawn'"
+                                 " ORDER BY agency", (case["id"],))
+        supporters = [r["agency"] for r in rows if r["agency"] in self.directory.agencies]
+        for gone in sorted({r["agency"] for r in rows} - set(supporters)):
+            log.warning("case %s: supporting agency %s is no longer in the directory; the dispute skips it",
+                        case["id"], gone)
+        await self._add_supporters(tx, case["id"], supporters, report, "case.disputed", told)
         await tx.enqueue(NOTIFY, report_id, NotifyJob(template="dispute_ack", case_id=case["id"]))
         return str(case["id"])

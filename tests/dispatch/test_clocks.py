@@ -450,6 +450,51 @@ async def test_a_dispute_of_a_coordinated_case_reaches_its_supporting_agencies(w
     assert (await answer(base, TOKENS["agency.so-gtvt"], case, {"kind": "acknowledged"}))[0] == 404
 
 
+async def test_a_dispute_reaches_the_lead_and_remaining_supporters_when_one_left_the_directory(world, receiver,
+                                                                                               directory, monkeypatch):
+    """A supporting agency of a coordinated case is gone from the directory (dissolved, the daemon restarted on the
+    new one) when the reporter disputes the result: the dispute is not refused (a 500 on the lookup API; a follow-up
+    job retried to its dead letter): it reaches the lead and the supporters still there, and the reporter is told."""
+    from ingest.jobs import REPORTER_FOLLOW_UP, ReporterFollowUpJob
+
+    ctx, base = world
+    case = await new_case(ctx, "INC-000001")
+    assert (await answer(base, TOKENS["agency.sawaco"], case, {"kind": "coordination"}))[0] == 201
+    assert (await answer(base, TOKENS["agency.van-hanh-1022"], case, {
+        "kind": "reassigned", "agency": "sawaco", "supporting": ["ubnd-quan-1", "so-gtvt"]}))[0] == 201
+
+    async def resolved() -> None:
+        assert (await answer(base, TOKENS["agency.sawaco"], case, {"kind": "resolved", "photos": [PHOTO]}))[0] == 201
+        await pump(ctx)
+        receiver.accepted.clear()
+        ctx.clock.advance(DAY)
+
+    await resolved()
+    monkeypatch.delitem(directory.agencies, "so-gtvt")
+    row = await ctx.store.fetchone("SELECT report_id, token FROM cases WHERE id=?", (case,))
+    async with aiohttp_session() as http, http.post(f"{base}/api/v1/cases/{row['token']}/dispute",
+                                                    json={"reason": "Vẫn còn ngập"}) as resp:
+        assert resp.status == 201
+    await pump(ctx)
+    disputed = {b["data"]["agency"] for b in receiver.accepted.values() if b["type"] == "case.disputed"}
+    assert disputed == {"sawaco", "ubnd-quan-1"}
+    # The same on the reporter's channel: the follow-up job disputes and is done, not retried.
+    await resolved()
+    async with ctx.store.transaction() as tx:
+        await tx.enqueue(REPORTER_FOLLOW_UP, row["report_id"],
+                         ReporterFollowUpJob(text="Vẫn chưa xử lý, vẫn còn ngập", channel="email"))
+    assert await svc(ctx, "dispatch-reporter-follow-ups").worker.run_once() == 1
+    job = await ctx.store.fetchone("SELECT state, last_error FROM jobs WHERE stage=?", (REPORTER_FOLLOW_UP,))
+    assert (job["state"], job["last_error"]) == ("done", None)
+    await pump(ctx)
+    assert [r["source"] for r in await ctx.store.fetchall("SELECT source FROM disputes ORDER BY id")] == \
+        ["lookup", "email"]
+    disputed = {b["data"]["agency"] for b in receiver.accepted.values() if b["type"] == "case.disputed"}
+    assert disputed == {"sawaco", "ubnd-quan-1"}
+    acks = await ctx.store.fetchall("SELECT payload FROM jobs WHERE stage='notify' AND payload LIKE '%dispute_ack%'")
+    assert len(acks) == 2
+
+
 def aiohttp_session() -> Any:
     import aiohttp
 
