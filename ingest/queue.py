@@ -275,6 +275,10 @@ def encode_payload(payload: Any, kind: str | None = None) -> str:
     return json.dumps(payload, ensure_ascii=False)
 
 
+# What decode_payload raises for a stored payload that no longer fits its record (bad JSON, a field missing).
+UNDECODABLE = (ValueError, TypeError, KeyError)
+
+
 def decode_payload(kind: str, text: str | None) -> Any:
     """The stored payload as the kind's record; a kind without a record type gets the JSON object."""
     spec = kind_spec(kind)
@@ -338,6 +342,19 @@ class SqliteQueue:
         return Job(id=row["id"], stage=row["stage"], report_id=row["report_id"], attempts=row["attempts"],
                    lease_token=row["lease_token"], payload=decode_payload(row["stage"], row["payload"]),
                    deadline_at=row["deadline_at"], subject=row["subject"])
+
+    @classmethod
+    def _decodable(cls, rows: Sequence[Any]) -> list[Job]:
+        """The rows' jobs, leaving out any whose payload no longer decodes (a field missing, written by another
+        build): one such job must not stop its kind's channel from starting; it stays as it is, for the
+        dead-letter page."""
+        jobs = []
+        for row in rows:
+            try:
+                jobs.append(cls._job(row))
+            except UNDECODABLE:
+                log.warning("job %d (%s): its payload does not decode; left as it is", row["id"], row["stage"])
+        return jobs
 
     # -- ending an attempt (fenced) -----------------------------------------------------------------
     async def finish(self, job: Job, writes: Writes | None = None) -> bool:
@@ -564,7 +581,7 @@ class SqliteQueue:
         differs: a kind that changes how it names its subjects brings the jobs written before along, so one
         subject still means one thing. Returns how many changed."""
         rows = await self.store.fetchall(self.sql.unfinished, (kind,))
-        changes = [(new, job.id) for job in map(self._job, rows) if (new := subject_of(job)) != job.subject]
+        changes = [(new, job.id) for job in self._decodable(rows) if (new := subject_of(job)) != job.subject]
         if changes:
             async with self.store.transaction() as tx:
                 for new, job_id in changes:
@@ -609,7 +626,7 @@ def _decoded_or_none(kind: str, text: str | None) -> Any:
     """A dead letter's payload for listing: one that no longer decodes is shown as absent, not an error."""
     try:
         return decode_payload(kind, text)
-    except (ValueError, TypeError, KeyError):
+    except UNDECODABLE:
         return None
 
 

@@ -21,6 +21,7 @@ from config.schema import Settings
 from ingest.app import AppContext
 from ingest.clock import FakeClock
 from ingest.errors import PermanentError, TransientError
+from ingest.jobs import TelegramSendJob
 from ingest.store import Store, StoredReport
 from tests.channels.fakes.fake_bot_api import FakeBotApi
 
@@ -378,6 +379,28 @@ async def test_the_old_outbox_moves_to_the_queue_in_order(env: Env) -> None:
     assert await ch.send_outbox() == 3
     assert [(s["chat_id"], s["text"]) for s in env.api.sent] == [(555, "một"), (555, 'hai "trích"'), (777, "ba")]
     assert env.api.sent[0]["reply_markup"]["keyboard"][0][0]["request_location"] is True
+
+
+async def test_a_job_whose_payload_no_longer_decodes_does_not_stop_the_bot_starting(env: Env) -> None:
+    """One message job of the bot whose payload lacks a field (written by another build, or edited by hand) is left
+    as it is, for the dead-letter page; the bot still starts, renaming and sending the other chats' messages."""
+    store = await env.open_store()
+    ch = env.make(store)
+    async with store.transaction() as tx:
+        for chat in (555, 777):
+            await tx.enqueue(ch.send_kind, None, TelegramSendJob(instance="bot", chat_id=chat, text=f"tin {chat}"),
+                             subject=f"bot/{chat}")  # the subject as older builds named it: the chat id
+        broken = await tx.enqueue(ch.send_kind, None, TelegramSendJob(instance="bot", chat_id=888, text="hỏng"),
+                                  subject="bot/888")
+        await tx.execute("UPDATE jobs SET state='dead', payload=? WHERE id=?",
+                         (json.dumps({"instance": "bot", "text": "hỏng"}), broken))
+    await ch._start()
+    rows = await store.fetchall("SELECT id, subject FROM jobs WHERE stage=? ORDER BY id", (ch.send_kind,))
+    assert [r["subject"] for r in rows] == [ch.chat_subject(555), ch.chat_subject(777), "bot/888"]
+    assert await ch.send_outbox() == 2
+    assert [(s["chat_id"], s["text"]) for s in env.api.sent] == [(555, "tin 555"), (777, "tin 777")]
+    (dead,) = await store.queue.dead_letters(ch.send_kind)
+    assert (dead.id, dead.payload) == (broken, None)
 
 
 async def test_a_message_another_instance_is_still_sending_is_not_overtaken(env: Env) -> None:
