@@ -24,6 +24,7 @@ from .errors import RecordError, StorageError
 from .faults import StoreHealth, storage_reason
 from .dialect import SQLITE
 from .migrations import INGEST, Migration, for_dialect
+from .write_turns import WriteTurns
 from . import jobs as _job_kinds  # noqa: F401  (registers every kind's payload record)
 from .queue import UNFINISHED_STATES, QueueSql, SqliteQueue  # noqa: F401  (UNFINISHED_STATES: older importers)
 from .records import InboundMessage, Job, to_json
@@ -307,7 +308,7 @@ class Store(StoreShared):
         self.clock = clock or Clock()
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._write_lock = WriteTurns()  # intake's group commit first (ingest/write_turns.py)
         self._pending: list[tuple[InboundMessage, bytes, str, asyncio.Future[SubmitResult]]] = []
         self._flush_task: asyncio.Task[None] | None = None
         self.queue = SqliteQueue(self)
@@ -378,7 +379,7 @@ class Store(StoreShared):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         assert self._writer is not None, "store is closed"
-        async with self._write_lock:
+        async with self._write_lock.turn():
             tx = Tx(self._writer, self)
             changes = self._writer.total_changes
             # Sent with the body's first statement (or with COMMIT): one trip fewer, and the write lock is taken
@@ -456,7 +457,7 @@ class Store(StoreShared):
         assert self._writer is not None, "store is closed"
         now = self.clock.now()
         rows, flagged = _report_rows(items, now)
-        async with self._write_lock:
+        async with self._write_lock.turn(intake=True):
             results, queued = await self._writer._execute(_commit_rows, self._writer._conn, rows, flagged, now)
             self.commit_count += 1
         if queued:
