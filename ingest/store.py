@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -38,7 +39,8 @@ PRAGMAS = (
     f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}",
     "PRAGMA foreign_keys=ON",
 )
-BUSY_POLL = 0.001  # intake's group commit retries a busy write lock this often (see _begin_immediate)
+BUSY_POLL = 0.001  # a write transaction retries a busy write lock about this often (see _begin_immediate)
+BEGIN = "BEGIN IMMEDIATE"
 
 
 
@@ -194,7 +196,10 @@ def _after_waiting(conn: sqlite3.Connection, waiting: list[_Waiting], fn: Callab
     """On the connection's thread: the waiting statements in order, then `fn`; stops at the first that fails."""
     for w in waiting:
         try:
-            conn.execute(w.sql, w.params)
+            if w.sql == BEGIN:
+                _begin_immediate(conn)  # the workers' transactions wait for the lock as intake's commit does
+            else:
+                conn.execute(w.sql, w.params)
         except Exception as exc:
             raise _WaitingFailed(exc, w.control) from exc
     return fn(*args)
@@ -384,7 +389,7 @@ class Store(StoreShared):
             changes = self._writer.total_changes
             # Sent with the body's first statement (or with COMMIT): one trip fewer, and the write lock is taken
             # only when there is something to write. A BEGIN that fails fails that first statement (below).
-            tx._wait("BEGIN IMMEDIATE", control=True)
+            tx._wait(BEGIN, control=True)
             try:
                 yield tx
             except BaseException as exc:
@@ -636,23 +641,28 @@ def _commit_rows(conn: sqlite3.Connection, rows: list[Row], flagged: list[bool],
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE, tried again every BUSY_POLL while another process (`serve --role workers` on the same file)
-    holds the write lock, for up to BUSY_TIMEOUT.
+    """BEGIN IMMEDIATE, tried again about every BUSY_POLL while another process (`serve --role intake` and
+    `--role workers` on the same file) holds the write lock, for up to BUSY_TIMEOUT. Every write transaction of
+    both roles begins here: intake's group commit and the workers' transactions.
 
     Why not SQLite's own busy handler: it sleeps 1, 2, 5, 10 ... then 100 ms between tries, so a waiting commit
-    wakes up to 100 ms after the lock is free, and the workers, whose next transaction starts at once, mostly take
-    it again first; intake's acknowledgements waited whole seconds behind a busy stage. A try costs a lock call."""
+    wakes up to 100 ms after the lock is free, and the other process, whose next transaction starts at once, mostly
+    takes it again first: intake's acknowledgements waited whole seconds behind a busy stage, and with intake
+    polling alone the workers could starve to BUSY_TIMEOUT under sustained intake. Both sides polling alike share
+    the lock; the jitter keeps two pollers from falling into step, where one would always win. A try costs a lock
+    call. Busy is the primary code: SQLite reports a busy lock as extended codes too (SQLITE_BUSY_RECOVERY while
+    another connection recovers the WAL), all of them to wait out."""
     conn.execute("PRAGMA busy_timeout=0")
     try:
         deadline = time.monotonic() + BUSY_TIMEOUT
         while True:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(BEGIN)
                 return
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                if storage_reason(exc) != "busy" or time.monotonic() >= deadline:
                     raise
-            time.sleep(BUSY_POLL)
+            time.sleep(BUSY_POLL * (0.5 + random.random()))
     finally:
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
 

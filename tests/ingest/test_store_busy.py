@@ -79,3 +79,55 @@ async def test_a_lock_held_past_the_busy_timeout_is_a_storage_error_and_intake_r
         assert not store.health.ok
     result = await store.submit(make_message("k1"), b"raw", "text/plain")  # the same key, accepted once now
     assert result.created and store.health.ok
+
+
+async def test_a_workers_transaction_waits_for_the_lock_by_short_tries_as_intake_does(store: Store) -> None:
+    """The workers' transactions (store.transaction) wait for the other process's write lock as intake's group commit
+    does: trying again about every millisecond. In SQLite's busy handler (one statement, its tries inside it) they
+    slept up to 100 ms between tries, woke after the lock was taken again, and under sustained intake ran out of
+    their BUSY_TIMEOUT. The lock here stays taken until the transaction has tried for it three times."""
+    begins = threading.Semaphore(0)
+    await store._writer.set_trace_callback(lambda sql: begins.release() if sql == "BEGIN IMMEDIATE" else None)
+
+    async def write() -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO cursors(name, value, updated_at) VALUES ('w', '1', 0)")
+
+    async with OtherWriter(store.path) as other:
+        task = asyncio.ensure_future(write())
+        retried = await asyncio.to_thread(lambda: all(begins.acquire(timeout=5) for _ in range(3)))
+        other.release.set()
+        await task
+    assert retried
+    assert (await store.fetchone("SELECT value FROM cursors WHERE name='w'"))["value"] == "1"
+
+
+class Recovering(sqlite3.Connection):
+    """A connection to a file another connection is recovering (its WAL, after a crash): SQLite answers its BEGIN
+    with SQLITE_BUSY_RECOVERY, an extended code of SQLITE_BUSY. Recovery lasts milliseconds and cannot be held
+    open from a test, so the first `busy` answers stand in for it; all else is the real connection."""
+
+    busy = 2
+    code = sqlite3.SQLITE_BUSY_RECOVERY
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+        if sql == "BEGIN IMMEDIATE" and self.busy:
+            self.busy -= 1
+            exc = sqlite3.OperationalError("database is locked")
+            exc.sqlite_errorcode = self.code
+            raise exc
+        return super().execute(sql, *args)
+
+
+def test_a_busy_lock_reported_with_an_extended_code_is_waited_out_and_other_faults_are_not(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "store.sqlite3", isolation_level=None, factory=Recovering)
+    try:
+        ingest.store._begin_immediate(conn)
+        assert conn.in_transaction and conn.busy == 0
+        conn.execute("ROLLBACK")
+        conn.busy, conn.code = 1, sqlite3.SQLITE_IOERR_WRITE  # a storage fault: failed at once, not retried
+        with pytest.raises(sqlite3.OperationalError):
+            ingest.store._begin_immediate(conn)
+        assert conn.busy == 0 and not conn.in_transaction
+    finally:
+        conn.close()
