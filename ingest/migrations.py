@@ -163,10 +163,13 @@ INGEST.append((
     5,
     """
     -- The queue's fence (ingest/queue.py): a lease token that only grows. `attempts` fenced before, but a replay
-    -- starts it again, so a worker stalled since an old lease could match the replayed job's new one. Existing
-    -- jobs start from their attempts, so a lease taken before the upgrade keeps a token of its own.
+    -- starts it again, so a worker stalled since an old lease could match the replayed job's new one. Waiting and
+    -- leased jobs start from their attempts, so a lease taken before the upgrade keeps a token of its own. Done and
+    -- dead jobs keep 0: done ones are never leased again, and a dead one's token only has to grow from the lease
+    -- a replay gives it (every holder after the upgrade got its token from this column, so none holds a larger
+    -- one). Done jobs are never purged: rewriting them all held the write lock for as long as the store is big.
     ALTER TABLE jobs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
-    UPDATE jobs SET lease_token = attempts;
+    UPDATE jobs SET lease_token = attempts WHERE state IN ('ready', 'leased');
     """,
 ))
 

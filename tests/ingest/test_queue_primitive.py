@@ -151,28 +151,34 @@ async def test_replay_by_subject_prefix_takes_only_that_endpoint(clocked_store: 
     assert left == {"cay-xanh/hook", "so-gtvt_x/hook"}
 
 
-async def test_a_store_written_before_the_one_queue_migrates_with_its_jobs(tmp_path: Path) -> None:
-    # The schema as the previous daemon left it: ingest migrations 1-3, a job leased, one dead, one ready.
+def _old_store(tmp_path: Path, version: int, jobs: list[tuple[object, ...]]) -> Path:
+    """A store as an earlier daemon left it: ingest migrations up to `version`, report 7 and its `jobs`
+    (id, stage, report_id, state, attempts, available_at, lease_until, last_error, payload)."""
     path = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE schema_migrations(component TEXT NOT NULL, version INTEGER NOT NULL,"
                  " applied_at REAL NOT NULL, PRIMARY KEY(component, version))")
-    for version, sql in sorted(INGEST):
-        if version > 3:
+    for number, sql in sorted(INGEST):
+        if number > version:
             break
         for statement in _split_sql(sql):
             conn.execute(statement)
-        conn.execute("INSERT INTO schema_migrations VALUES ('ingest', ?, 0)", (version,))
+        conn.execute("INSERT INTO schema_migrations VALUES ('ingest', ?, 0)", (number,))
     conn.execute("INSERT INTO reports(id, channel, channel_instance, idem_key, received_at, stored_at, raw, raw_type,"
                  " record, status, updated_at) VALUES (7, 'app', 'app', 'k', 0, 0, x'00', 'text/plain', '{}',"
                  " 'routed', 0)")
     conn.executemany("INSERT INTO jobs(id, stage, report_id, state, attempts, available_at, lease_until, last_error,"
-                     " payload, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,0,0)",
-                     [(1, "classify", 7, "done", 1, 0, None, None, "{}"),
-                      (2, "dedupe", 7, "dead", 5, 0, None, "boom", '{"after_review": true}'),
-                      (3, "notify", 7, "leased", 1, 0, 5.0, None, '{"template": "ack"}')])
+                     " payload, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,0,0)", jobs)
     conn.commit()
     conn.close()
+    return path
+
+
+async def test_a_store_written_before_the_one_queue_migrates_with_its_jobs(tmp_path: Path) -> None:
+    # The schema as the previous daemon left it: ingest migrations 1-3, a job leased, one dead, one ready.
+    path = _old_store(tmp_path, 3, [(1, "classify", 7, "done", 1, 0, None, None, "{}"),
+                                    (2, "dedupe", 7, "dead", 5, 0, None, "boom", '{"after_review": true}'),
+                                    (3, "notify", 7, "leased", 1, 0, 5.0, None, '{"template": "ack"}')])
     store = await Store.open(path, tmp_path / "blobs", clock=FakeClock(100.0))
     try:
         rows = [dict(r) for r in await store.fetchall("SELECT id, stage, report_id, state, attempts, last_error,"
@@ -186,6 +192,30 @@ async def test_a_store_written_before_the_one_queue_migrates_with_its_jobs(tmp_p
         assert await store.queue.replay("dedupe") == 1
         (dedupe,) = await store.queue.lease("dedupe", 5, 30)
         assert dedupe.id == 2
+    finally:
+        await store.close()
+
+
+async def test_the_fence_migration_writes_only_jobs_still_waiting_or_leased(tmp_path: Path) -> None:
+    """Done jobs are never purged, so the migration that added the lease token (ingest 5) must not rewrite every
+    row under the write lock: waiting and leased jobs start their token from their attempts, done and dead ones
+    keep the default. A replayed dead letter is still fenced: each lease of it gets a token above any before."""
+    path = _old_store(tmp_path, 4, [(1, "classify", 7, "done", 1, 0, None, None, "{}"),
+                                    (2, "dedupe", 7, "dead", 5, 0, None, "boom", '{"after_review": true}'),
+                                    (3, "notify", 7, "leased", 3, 0, 5.0, None, '{"template": "ack"}'),
+                                    (4, "notify", 7, "ready", 2, 0, None, "timeout", '{"template": "ack"}')])
+    clock = FakeClock(100.0)
+    store = await Store.open(path, tmp_path / "blobs", clock=clock)
+    try:
+        tokens = {r["id"]: r["lease_token"] for r in await store.fetchall("SELECT id, lease_token FROM jobs")}
+        assert tokens == {1: 0, 2: 0, 3: 3, 4: 2}
+        assert await store.queue.replay("dedupe") == 1
+        (stalled,) = await store.queue.lease("dedupe", 5, 30)
+        clock.advance(60)
+        assert await store.queue.reclaim_expired() == 2  # the stalled holder's lease, and the old one of job 3
+        (holder,) = await store.queue.lease("dedupe", 5, 30)
+        assert holder.lease_token > stalled.lease_token
+        assert not await store.queue.finish(stalled) and await store.queue.finish(holder)
     finally:
         await store.close()
 
