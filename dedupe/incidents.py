@@ -141,6 +141,22 @@ async def members_with_status(reader: Reader, incident_id: str, status: str) -> 
     return [r["id"] for r in rows]
 
 
+async def members_received_after(reader: Reader, incident_id: str, at: float, statuses: Sequence[str]) -> list[Any]:
+    """(id, status) of the incident's reports received after `at` whose status is one of `statuses`, by arrival."""
+    marks = ",".join("?" * len(statuses))
+    return await reader.fetchall(
+        f"SELECT r.id, r.status FROM incident_reports m JOIN reports r ON r.id = m.report_id WHERE m.incident_id=?"
+        f" AND r.received_at > ? AND r.status IN ({marks}) ORDER BY r.received_at, r.id", (incident_id, at, *statuses))
+
+
+async def report_status(reader: Reader, report_id: int) -> str | None:
+    """The report's status now (None: no such report). For the report that opened an incident's case it is the
+    case's state as the base's table shows it: dispatch writes it with the case in one transaction, `closed` when
+    the case closes and `dispatched` again when a dispute reopens it (dispatch/cases.py _close, dispute_in)."""
+    row = await reader.fetchone("SELECT status FROM reports WHERE id=?", (report_id,))
+    return row["status"] if row is not None else None
+
+
 async def other_member_topics(reader: Reader, incident_id: str, report_id: int) -> list[str | None]:
     """The current topics of the incident's reports other than `report_id`."""
     rows = await reader.fetchall("SELECT r.topic FROM incident_reports m JOIN reports r ON r.id = m.report_id"

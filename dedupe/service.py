@@ -6,11 +6,13 @@ Contract (see the pipeline notes in the README):
 - the first report of a new incident, when `routed`, gets a `dispatch` job {"incident_id"}; a `routed`
   report joining an incident that has no case yet (its first report is still in review) triggers it;
 - a job with `incident_state` (queued by dispatch when a case closes or reopens) closes or reopens the incident
-  (dedupe/incidents.py); on this queue, so every report queued after the closure sees the incident closed, and
-  one queued before it that joined after the case closed (a duplicate of a case no longer running) is closed
-  with it and its reporter told the result; a report that would repeat a closed incident whose reopening waits
-  behind it (ingest.jobs.reopening_subject) reopens it first and joins it, and a closing with a reopening waiting
-  behind it (the result disputed meanwhile) is not applied;
+  (dedupe/incidents.py), as the case's state is when it is applied (not as the queue orders the jobs: on
+  PostgreSQL another instance may apply a later one first): a closing of a case disputed since and a reopening
+  of a case closed again since change nothing; on this queue, so every report queued after the closure sees the
+  incident closed; a report received before the closure that joined after it (a duplicate of a case no longer
+  running) is closed with it and its reporter told the result, one received after it is matched again (a
+  recurrence: its own case); a report that would repeat a closed incident whose reopening waits behind it
+  (ingest.jobs.reopening_subject) reopens it first and joins it;
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
   incident has no case yet, else `duplicate` + `duplicate_ack`; unless the operator's topic fits none of the
   incident's other reports (policy.belongs_after_review): then it leaves that incident and is matched afresh (an
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingest.app import AppContext, Service
@@ -74,26 +77,53 @@ async def share_result(tx: Tx, report_id: int, incident_id: str) -> None:
     await tx.enqueue(NOTIFY, report_id, NotifyJob(template="result", incident_id=incident_id))
 
 
-def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None) -> Any:
-    """Dispatch closed or reopened the incident's case: the incident follows, in this stage's transaction."""
+def placed_event(incident_id: str, match: policy.Match, done: str) -> dict[str, Any]:
+    """The `incident` event's data: where the report went, how it matched and what routing did."""
+    data = {"incident_id": incident_id, "new": match.incident_id is None, "score": round(match.score, 4),
+            "matched_report": match.matched_report, "action": done}
+    if match.recurrence_of:
+        data["recurrence_of"] = match.recurrence_of
+    return data
+
+
+# Relocates the reports of an incident that closed at `at` received after that (DedupeStage.leave_closed).
+LateReports = Callable[[Tx, str, float], Awaitable[None]]
+
+
+def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None, late: LateReports | None = None) -> Any:
+    """Dispatch closed or reopened the incident's case: the incident follows, in this stage's transaction.
+
+    Decided from the case's state as it is now (read under the district's lock, see incidents.report_status), not
+    from the job's place in the queue: on PostgreSQL another instance may have applied a later job of the same
+    case first (dedupe/blocks.py orders decisions in time only)."""
     incident_id = payload.incident_id
     if not incident_id or payload.incident_state not in ("open", "closed"):
         raise PermanentError(f"incident state job without an incident or a known state: {payload!r}")
 
     async def writes(tx: Tx) -> None:
+        row = await incidents.get(tx, incident_id)
         if blocks is not None:
             # Ordered with the decisions about its district: none joins it while it closes.
-            row = await incidents.get(tx, incident_id)
             await blocks.enter(tx, row["district"] if row is not None else None)
-        if payload.incident_state == "closed" and await tx.store.queue.first_waiting(
-                STAGE, [reopening_subject(incident_id)]):
-            # A reporter disputed the result since, and the case runs again: its reopening waits behind this job.
-            # The incident stays open and its reports wait for the new result (none is closed or told the old one).
+        case_report = row["dispatch_report_id"] if row is not None else None
+        case_status = await incidents.report_status(tx, case_report) if case_report is not None else None
+        if payload.incident_state == "closed" and case_status == "dispatched":
+            # A reporter disputed the result since, and the case runs again (its reopening waits behind this job,
+            # or another instance applied it already): the incident stays open and its reports wait for the new
+            # result (none is closed or told the old one).
             log.info("dedupe: incident %s not closed: its case was reopened since", incident_id)
             return
+        if payload.incident_state == "open" and case_status == "closed":
+            # The reopened case closed again since (its closing applied first, on another instance): stays closed.
+            log.info("dedupe: incident %s not reopened: its case closed again since", incident_id)
+            return
         if payload.incident_state == "closed":
-            changed = await incidents.close(tx, incident_id, payload.closed_as or "resolved",
-                                            payload.at if payload.at is not None else tx.store.clock.now())
+            at = payload.at if payload.at is not None else tx.store.clock.now()
+            changed = await incidents.close(tx, incident_id, payload.closed_as or "resolved", at)
+            if late is not None:
+                # Reports received after the fix that joined while its closing waited (on another instance): a
+                # repeat of a fixed problem, never given a result that predates them.
+                await late(tx, incident_id, at)
             # Dispatch closed the reports the incident held when the case closed. A report whose job was queued
             # before this one joined since, as a duplicate of a case that no longer runs: it shares the result.
             for report_id in await incidents.members_with_status(tx, incident_id, "duplicate"):
@@ -118,7 +148,7 @@ class DedupeStage:
         (read through the transaction, which sees its own writes; the window holds them, see matcher.hold)."""
         payload = job.payload
         if payload.incident_state is not None:
-            return incident_state_writes(payload, self.blocks)
+            return incident_state_writes(payload, self.blocks, self.leave_closed)
         if report.status not in MATCH_STATUSES:
             log.info("dedupe: report %d has status %s, nothing to do", report.id, report.status)
             return None
@@ -150,6 +180,21 @@ class DedupeStage:
             await tx.event(view.report_id, "incident_routed", "dedupe",
                            {"incident_id": existing, "action": done, "after_review": after_review})
             return
+        incident_id, match = await self.place(tx, view)
+        done = await route_member(tx, view.report_id, incident_id, status)
+        data = placed_event(incident_id, match, done)
+        if left is not None:
+            data["left"] = left
+            # Left by its only report (which opened it, without a case), it is retired into the incident the report
+            # went to: it never matches or lists as open again; its row, dates and that link stay as history.
+            if not await incidents.retire_if_empty(tx, left, incident_id):
+                await incidents.refresh_last_report(tx, left)
+        await tx.event(view.report_id, "incident", "dedupe", data)
+        self.matcher.hold(tx, view)
+
+    async def place(self, tx: Tx, view: policy.ReportView) -> tuple[str, policy.Match]:
+        """Match the report against the open incidents and join the one found, or open one; returns the incident
+        and the match."""
         match = await self.matcher.match(view, reader=tx)
         if match.recurrence_of is not None and await self.store.queue.first_waiting(
                 STAGE, [reopening_subject(match.recurrence_of)]):
@@ -159,29 +204,31 @@ class DedupeStage:
             await incidents.reopen(tx, match.recurrence_of)
             match = await self.matcher.match(view, reader=tx)
         if match.incident_id is not None:
-            incident_id = match.incident_id
-            await incidents.join(tx, view.report_id, incident_id, view.received_at, score=match.score,
+            await incidents.join(tx, view.report_id, match.incident_id, view.received_at, score=match.score,
                                  matched_report=match.matched_report)
             await self.blocks.joined(tx, view.report_id, view.district)
-        else:
-            incident_id = await incidents.create(
-                tx, first_report_id=view.report_id, topic=view.topic, district=view.district,
-                created_at=view.received_at, last_report_at=view.received_at,
-                place=incidents.place_summary(view.place), recurrence_of=match.recurrence_of)
-            await incidents.join(tx, view.report_id, incident_id, view.received_at)
-        done = await route_member(tx, view.report_id, incident_id, status)
-        data = {"incident_id": incident_id, "new": match.incident_id is None, "score": round(match.score, 4),
-                "matched_report": match.matched_report, "action": done}
-        if match.recurrence_of:
-            data["recurrence_of"] = match.recurrence_of
-        if left is not None:
-            data["left"] = left
-            # Left by its only report (which opened it, without a case), it is retired into the incident the report
-            # went to: it never matches or lists as open again; its row, dates and that link stay as history.
-            if not await incidents.retire_if_empty(tx, left, incident_id):
-                await incidents.refresh_last_report(tx, left)
-        await tx.event(view.report_id, "incident", "dedupe", data)
-        self.matcher.hold(tx, view)
+            return match.incident_id, match
+        incident_id = await incidents.create(
+            tx, first_report_id=view.report_id, topic=view.topic, district=view.district,
+            created_at=view.received_at, last_report_at=view.received_at,
+            place=incidents.place_summary(view.place), recurrence_of=match.recurrence_of)
+        await incidents.join(tx, view.report_id, incident_id, view.received_at)
+        return incident_id, match
+
+    async def leave_closed(self, tx: Tx, incident_id: str, closed_at: float) -> None:
+        """The incident just closed with its case at `closed_at`: its reports received after that (they joined
+        before the closing was applied, out of queue order) leave it and are matched again, as reports after the
+        closing are (a recurrence, README "Case lifecycle and deadlines"): a duplicate is routed there (its own case), one in
+        review stays the operator's and is routed there after the decision."""
+        for row in await incidents.members_received_after(tx, incident_id, closed_at, ("duplicate", "review")):
+            view = await load_view(self.store, row["id"])
+            if view is None:
+                continue
+            moved_to, match = await self.place(tx, view)
+            done = "held_for_review" if row["status"] == "review" else \
+                await route_member(tx, row["id"], moved_to, "routed")
+            await tx.event(row["id"], "incident", "dedupe", {**placed_event(moved_to, match, done), "left": incident_id})
+        await incidents.refresh_last_report(tx, incident_id)
 
 
 class DedupeService:

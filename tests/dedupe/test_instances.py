@@ -13,6 +13,7 @@ from dedupe.blocks import SharedBlocks
 from dedupe.matcher import IncidentMatcher
 from dedupe.service import STAGE, DedupeStage
 from ingest.clock import FakeClock
+from ingest.jobs import DedupeJob, reopening_subject
 from ingest.store import Tx
 from ingest.worker import StageWorker, WorkerSettings
 from tests.dedupe.test_stage import HOUR, T0, _classified, _vec
@@ -81,6 +82,17 @@ async def _incidents(store: AnyStore, *report_ids: int) -> list[str | None]:
     return [(await store.get_report(i)).incident_id for i in report_ids]  # type: ignore[union-attr]
 
 
+async def _until_waiting(store: AnyStore, deciding: asyncio.Task[int]) -> None:
+    """Until a connection to the test's database waits for a lock (the other instance's decision, ordered after
+    the open one), or `deciding` ended without waiting (then the test's assertions see what it decided). Polled
+    rather than slept on: without the lock the decision has ended by then on any machine, however loaded."""
+    async def waiting() -> None:
+        while not deciding.done() and not await store.fetchone(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"):
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(waiting(), 30)
+
+
 @pytest.fixture
 def pg_factory(tmp_path: Path, pg_url: str) -> StoreFactory:
     return StoreFactory("postgresql", tmp_path, pg_url)
@@ -115,7 +127,7 @@ async def test_two_instances_deciding_about_one_place_at_once_share_one_incident
         second = await _classified(b.store, "2", T0 + 60, TEXT, topic="drainage", district=district,
                                    vector=_vec(2, base, 0.02))
         deciding = asyncio.create_task(b.worker.run_once())
-        await asyncio.sleep(0.5)  # room for b to decide before a commits, were it not ordered after a
+        await _until_waiting(a.store, deciding)  # b decides before a commits, were it not ordered after a
         release.set()
         assert await committing and await deciding == 1
         assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000001"]
@@ -155,9 +167,72 @@ async def test_two_incidents_opened_at_once_in_two_districts_take_two_numbers(pg
         second = await _classified(b.store, "2", T0 + 60, "Đèn đường Lê Lợi tắt cả tuần nay",
                                    topic="street_lighting", district="quan-1", vector=_vec(3))
         deciding = asyncio.create_task(b.worker.run_once())
-        await asyncio.sleep(0.5)  # b reaches the number a holds
+        await _until_waiting(a.store, deciding)  # b reaches the number a holds
         release.set()
         assert await committing and await deciding == 1
         assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000002"]
+    finally:
+        await pg_factory.close_all()
+
+
+async def test_a_closing_taken_by_one_instance_never_overrides_the_reopening_another_applied(
+        pg_factory: StoreFactory) -> None:
+    # Each instance leases its own batch: b applies the dispute's reopening (the incident still open: nothing to
+    # do) before a applies the closing queued ahead of it. The case runs again, so the incident must stay open.
+    try:
+        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+        rid = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+        assert await a.worker.run_once() == 1
+        inc = (await a.store.get_report(rid)).incident_id  # type: ignore[union-attr]
+        # What dispatch commits: the case closes (its report closed, the closing queued), then the reporter
+        # disputes (its report forwarded again, the reopening queued).
+        async with a.store.transaction() as tx:
+            await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
+            await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
+                                                   at=T0 + 100))
+        async with a.store.transaction() as tx:
+            await tx.execute("UPDATE reports SET status='dispatched' WHERE id=?", (rid,))
+            await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="open"),
+                             subject=reopening_subject(inc))
+        (closing,) = await a.store.lease(STAGE, 1, 60)  # a's batch: the closing
+        assert await b.worker.run_once() == 1  # b's batch: the reopening, applied first
+        report = await a.store.get_report(closing.report_id)
+        assert report is not None
+        assert await a.store.finish(closing, await a.stage.handle(closing, report))
+        row = await a.store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,))
+        assert row["state"] == "open"
+        assert not await a.store.fetchall("SELECT id FROM jobs WHERE stage='notify' AND payload LIKE '%result%'")
+    finally:
+        await pg_factory.close_all()
+
+
+async def test_a_report_queued_after_the_closing_never_gets_the_old_result(pg_factory: StoreFactory) -> None:
+    # b matches a report received after the fix before a applies the closing queued ahead of it: it joined the
+    # still-open incident as a duplicate; the closing must not give it the old result but open its own case.
+    try:
+        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+        rid = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+        assert await a.worker.run_once() == 1
+        inc = (await a.store.get_report(rid)).incident_id  # type: ignore[union-attr]
+        async with a.store.transaction() as tx:  # dispatch closed the case (and its reports)
+            await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
+            await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
+                                                   at=T0 + 100))
+        later = await _classified(b.store, "2", T0 + 200, TEXT, topic="drainage", district="quan-5",
+                                  vector=_vec(2, _vec(1), 0.02))
+        (closing,) = await a.store.lease(STAGE, 1, 60)
+        assert await b.worker.run_once() == 1
+        report = await a.store.get_report(closing.report_id)
+        assert report is not None
+        assert await a.store.finish(closing, await a.stage.handle(closing, report))
+        moved = await a.store.get_report(later)
+        assert moved is not None and moved.incident_id not in (None, inc)
+        row = await a.store.fetchone("SELECT state, recurrence_of FROM incidents WHERE id=?", (moved.incident_id,))
+        assert (row["state"], row["recurrence_of"]) == ("open", inc)
+        jobs = await a.store.fetchall("SELECT stage, payload FROM jobs WHERE report_id=? AND stage IN"
+                                      " ('notify', 'dispatch') ORDER BY id", (later,))
+        assert [j["stage"] for j in jobs][-1] == "dispatch"  # its own case, at its agency
+        assert not any("result" in j["payload"] for j in jobs)
+        assert (await a.store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,)))["state"] == "closed"
     finally:
         await pg_factory.close_all()
