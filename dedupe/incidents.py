@@ -87,10 +87,12 @@ async def members_after(reader: Reader, columns: str, since: float, after: tuple
         " ORDER BY r.received_at, r.id LIMIT ?", (since, after[0], after[0], after[1], limit))
 
 
-async def joined_since(reader: Reader, since: float, districts: Sequence[str | None] | None) -> list[int]:
-    """The reports with a vector that joined an incident at or after `since` (joined_at), of `districts` (None in
-    it: reports without one; None: every district)."""
-    sql = ("SELECT m.report_id FROM incident_reports m JOIN reports r ON r.id = m.report_id"
+async def joined_since(reader: Reader, since: float, districts: Sequence[str | None] | None
+                       ) -> list[tuple[int, str | None]]:
+    """(report, its topic now) of the reports with a vector that joined an incident at or after `since` (joined_at:
+    also when an operator's review changed the topic of a report that kept its incident, see `rejoined`), of
+    `districts` (None in it: reports without one; None: every district)."""
+    sql = ("SELECT m.report_id, r.topic FROM incident_reports m JOIN reports r ON r.id = m.report_id"
            " JOIN embeddings e ON e.report_id = m.report_id WHERE m.joined_at >= ?")
     params: list[Any] = [since]
     if districts is not None:
@@ -100,7 +102,7 @@ async def joined_since(reader: Reader, since: float, districts: Sequence[str | N
             alternatives.append("r.district IS NULL")
         sql += f" AND ({' OR '.join(alternatives)})"
         params += named
-    return [r[0] for r in await reader.fetchall(sql, params)]
+    return [(r[0], r[1]) for r in await reader.fetchall(sql, params)]
 
 
 async def members_by_id(reader: Reader, columns: str, report_ids: Sequence[int]) -> list[Any]:
@@ -245,6 +247,12 @@ async def join(tx: Tx, report_id: int, incident_id: str, received_at: float, *, 
     await tx.write("UPDATE reports SET incident_id=?, updated_at=? WHERE id=?", (incident_id, now, report_id))
     await tx.write("UPDATE incidents SET last_report_at=MAX(last_report_at, ?) WHERE id=?",
                    (received_at, incident_id))
+
+
+async def rejoined(tx: Tx, report_id: int) -> None:
+    """The report keeps its incident after an operator's review (its topic may have changed): its joined_at moves
+    to now, so other instances' windows read it again (joined_since) and index it under its topic now."""
+    await tx.write("UPDATE incident_reports SET joined_at=? WHERE report_id=?", (tx.store.clock.now(), report_id))
 
 
 async def routing_state(tx: Tx, incident_id: str) -> Any:

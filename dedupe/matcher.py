@@ -104,8 +104,16 @@ class IncidentMatcher:
         out (they are never candidates; only their words' rarity is missed)."""
         self.settle(reader)  # a batch held but not known to have committed is read back if it did
         index = self.index
-        ids = [rid for rid in await incidents.joined_since(reader, since, districts)
-               if index is None or rid not in index]
+        ids = []
+        for rid, topic in await incidents.joined_since(reader, since, districts):
+            known = self._features.get(rid)
+            if index is None or rid not in index:
+                ids.append(rid)
+            elif known is not None and known.topic != topic:
+                # An operator's review gave it another topic since we indexed it (another instance moved it in its
+                # own window): it leaves its old topic's block here too, and is read again.
+                self._move_out(rid)
+                ids.append(rid)
         if not ids:
             return 0
         rows = await incidents.members_by_id(reader, VIEW_COLUMNS, ids)
@@ -136,7 +144,12 @@ class IncidentMatcher:
 
     def remember(self, view: policy.ReportView) -> bool:
         """Add a report that now belongs to an incident to the window; False when that changed nothing (its
-        vector is already indexed, or older than the window)."""
+        vector is already indexed under the same topics, or older than the window)."""
+        known = self._features.get(view.report_id)
+        if known is not None and (known.topic, known.alt_topics) != (view.topic, view.alt_topics):
+            # An operator's review changed its topic: searched under the model's, the next report of its real
+            # problem would never find it. It moves to its new topic's block.
+            self._move_out(view.report_id)
         if view.vector is not None:
             if self.index is None:
                 self.index = VectorWindow(view.vector.shape[0], self.window_days)
@@ -167,6 +180,13 @@ class IncidentMatcher:
         for view in reversed(stale):
             self._forget(view)
         log.info("dedupe: %d report(s) of a batch that did not commit left the window again", len(stale))
+
+    def _move_out(self, report_id: int) -> None:
+        """Take an indexed report out of the window before it is added again with other topics (its words, time and
+        district are the same: the rarity counts it keeps are undone and redone alike)."""
+        known = self._features[report_id]
+        if self.index is not None and self.index.remove(report_id):
+            self._forget(known.view(report_id, None))  # its vector is out already
 
     def _forget(self, view: policy.ReportView) -> None:
         """Undo remember(view) (not the expiry it may have run: the report is stored and comes back, with the

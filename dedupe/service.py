@@ -165,6 +165,7 @@ class DedupeStage:
 
     async def apply(self, tx: Tx, view: policy.ReportView, status: str, after_review: bool) -> None:
         existing = await incidents.incident_of_report(tx, view.report_id)
+        stored = view  # as a rebuilt window would hold it (matching afresh may leave out its alternatives)
         left = None
         if existing is not None and after_review and not policy.belongs_after_review(
                 view.topic, await incidents.other_member_topics(tx, existing, view.report_id),
@@ -179,6 +180,10 @@ class DedupeStage:
             done = await route_member(tx, view.report_id, existing, status)
             await tx.event(view.report_id, "incident_routed", "dedupe",
                            {"incident_id": existing, "action": done, "after_review": after_review})
+            if after_review:
+                # The operator may have given it another topic: the windows index it under that one from now.
+                await incidents.rejoined(tx, view.report_id)
+                self.matcher.hold(tx, stored)
             return
         incident_id, match = await self.place(tx, view)
         done = await route_member(tx, view.report_id, incident_id, status)
@@ -190,7 +195,7 @@ class DedupeStage:
             if not await incidents.retire_if_empty(tx, left, incident_id):
                 await incidents.refresh_last_report(tx, left)
         await tx.event(view.report_id, "incident", "dedupe", data)
-        self.matcher.hold(tx, view)
+        self.matcher.hold(tx, stored)
 
     async def place(self, tx: Tx, view: policy.ReportView) -> tuple[str, policy.Match]:
         """Match the report against the open incidents and join the one found, or open one; returns the incident

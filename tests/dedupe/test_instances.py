@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from classifier import schema as classifier_schema
+from classifier.review.decisions import decide
+from config.directory import load_directory
 from dedupe import schema
 from dedupe.blocks import SharedBlocks
 from dedupe.matcher import IncidentMatcher
@@ -234,5 +237,27 @@ async def test_a_report_queued_after_the_closing_never_gets_the_old_result(pg_fa
         assert [j["stage"] for j in jobs][-1] == "dispatch"  # its own case, at its agency
         assert not any("result" in j["payload"] for j in jobs)
         assert (await a.store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,)))["state"] == "closed"
+    finally:
+        await pg_factory.close_all()
+
+
+async def test_a_topic_an_operator_changed_reaches_the_other_instances_window(pg_factory: StoreFactory) -> None:
+    # Instance b's window holds a report under the model's topic; reviewed on a, it opens an incident under the
+    # operator's. The next report of that problem, decided on b, must find it there (not a second case).
+    try:
+        migrations = {"dedupe": schema.MIGRATIONS, "classifier": classifier_schema.MIGRATIONS}
+        a, b = [Instance(await pg_factory.open(FakeClock(T0 + 2 * HOUR), migrations)) for _ in range(2)]
+        karaoke = "Quán karaoke số 20 Lê Lợi quận 1 hát ồn ào tới 2 giờ sáng"
+        held = await _classified(a.store, "1", T0, karaoke, topic="water_supply", district="quan-1",
+                                 vector=_vec(5), status="review")
+        assert await a.worker.run_once() == 1
+        await b.blocks.rebuild(b.store)  # b's window: the report, under water_supply
+        await decide(a.store, load_directory(), held, actor="op.lan", topic="noise")
+        assert await a.worker.run_once() == 1
+        opened = (await a.store.get_report(held)).incident_id  # type: ignore[union-attr]
+        later = await _classified(b.store, "2", T0 + 600, karaoke, topic="noise", district="quan-1",
+                                  vector=_vec(6, _vec(5), 0.02))
+        assert await b.worker.run_once() == 1
+        assert await _incidents(b.store, later) == [opened]
     finally:
         await pg_factory.close_all()

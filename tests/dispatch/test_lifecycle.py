@@ -277,6 +277,31 @@ async def test_a_report_alone_in_the_incident_it_opened_in_review_joins_the_open
     assert (left["state"], left["merged_into"], left["first_report_id"]) == ("merged", "INC-000001", held)
 
 
+async def test_the_next_report_of_a_reclassified_reports_problem_joins_the_incident_it_opened(app_ctx):  # noqa: F811
+    """A karaoke complaint the model took for a water leak, reclassified in review, opens its incident under the
+    operator's topic. The live window must hold it under that topic too (as one rebuilt from the store does): the
+    next report of the karaoke joins that incident instead of opening a second case at the ward."""
+    ctx, _ = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    noise = np.random.default_rng(96).standard_normal(384).astype(np.float32)
+    held = await classified_report(store, "Lê Lợi q1 số 20 quán karaoke hát tới 2 giờ sáng", base=noise,
+                                   status="review")  # the model: water_supply
+    await dedupe(store, matcher)
+    await pump(ctx)
+    await decide(store, ctx.directory, held, actor="op.lan", topic="noise")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    opened = (await store.get_report(held)).incident_id
+    ctx.clock.advance(600)
+    later = await classified_report(store, "Quán karaoke số 20 Lê Lợi quận 1 hát ồn ào tới 2 giờ sáng", base=noise,
+                                    topic="noise", category="civic", agency="ubnd-quan-1")
+    await dedupe(store, matcher)
+    await pump(ctx)
+    assert (await store.get_report(later)).incident_id == opened
+    assert len(await store.fetchall("SELECT id FROM cases")) == 1
+
+
 async def test_a_split_cannot_take_the_report_that_opened_the_incidents_case(app_ctx):  # noqa: F811
     """The case carries its first report (its text, place and reporter go to the agency). Split off into a new
     incident, that report would open a second case while still being the first one's: the operator splits the
