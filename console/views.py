@@ -35,6 +35,7 @@ from dispatch.policy import CASE_STATES, CITY_OFFICE, OPERATOR_UNIT, AnswerRejec
 from ingest.app import AppContext
 from ingest.clock import VN_TZ, iso
 from ingest.pii import is_confidential, redact
+from ingest.queue import shown_to_admins
 from ingest.public import redact_text
 from ingest.records import REPORT_STATES, InboundMessage, from_json
 from ingest.vocabulary import console_text as say
@@ -476,29 +477,42 @@ class Console:
         kind, what it was about, attempts and last error; never the payload, which may carry a reporter's words."""
         kind = request.query.get("kind") or None
         # What the jobs are about (an endpoint, a chat's pseudonym): every dead letter of one chat, to replay together.
-        subject = request.query.get("subject") or None
-        letters = await self.store.queue.dead_letters(kind, limit=500, subject_prefix=subject)
+        subject, named = await self._dead_letter_subject(request.query)
+        letters = [] if named and subject is None else await self.store.queue.dead_letters(
+            kind, limit=500, subject_prefix=subject)
         depths = await self.store.queue.depths()
         kinds = sorted({k for k, state in depths if state == "dead"})
         return self.page(request, "dead_letters.html", {"letters": letters, "kinds": kinds, "kind": kind or "",
-                                                        "subject": subject or "",
-                                                        "replayed": request.query.get("replayed")})
+                                                        "subject": shown_to_admins(subject) if named else "",
+                                                        "named": named, "replayed": request.query.get("replayed")})
 
     async def dead_letters_replay(self, request: web.Request) -> web.StreamResponse:
         form = request[FORM]
         kind = str(form.get("kind") or "") or None
-        subject = str(form.get("subject") or "") or None
+        subject, named = await self._dead_letter_subject(form)
         try:
             ids = [int(v) for v in form.getall("job", [])]
         except ValueError:
             return self.error(request, 400, say("bad_replay"))
-        if not ids and kind is None and subject is None:
+        if not ids and kind is None and not named:
             return self.error(request, 400, say("bad_replay"))  # replaying everything at once takes the CLI
-        count = await self.store.queue.replay(kind, ids, subject_prefix=subject)
+        count = 0 if named and subject is None else await self.store.queue.replay(kind, ids, subject_prefix=subject)
         user: auth.User = request[USER]
         log.info("console: %s replayed %d dead letter(s) (kind %s)", user.username, count, kind or "any")
-        shown = {k: v for k, v in (("kind", kind), ("subject", subject)) if v}
-        return _redirect("/console/dead-letters?" + urlencode({"replayed": count, **shown}))
+        shown = {"kind": kind} if kind else {}
+        return _redirect("/console/dead-letters?" + urlencode({"replayed": count, **shown, **named}))
+
+    async def _dead_letter_subject(self, values: Any) -> tuple[str | None, dict[str, str]]:
+        """The subject to filter dead letters by (None: no such subject), and the parameters that name it again (for
+        the replay form and the redirect; empty: no filter). A row's link names its subject by `like`, the id of a
+        dead letter of that subject, read here: a subject may be personal data (an endpoint named by an e-mail
+        address), shown on the page only redacted, so neither it nor its redacted form can stand in a link.
+        `subject` is a prefix typed by hand (`so-gtvt/`: every endpoint of an agency), as the CLI takes it."""
+        like = str(values.get("like") or "")
+        if like.isdigit():
+            return await self.store.queue.subject_of(int(like)), {"like": like}
+        subject = str(values.get("subject") or "") or None
+        return subject, {"subject": subject} if subject else {}
 
     # -- overdue, search, audit ------------------------------------------------------------------
     async def overdue(self, request: web.Request) -> web.StreamResponse:

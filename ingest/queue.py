@@ -78,7 +78,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from .backoff import backoff_delay
-from .pii import redact
+from .pii import redact_ids
 from .records import Job, from_json, to_json
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,7 @@ class QueueSql:
         self.unfinished = ("SELECT " + self.COLUMNS + " FROM jobs WHERE stage=? AND state IN ('ready','leased','dead')"
                            " ORDER BY id")
         self.set_subject = "UPDATE jobs SET subject=? WHERE id=?"
+        self.subject_of = "SELECT subject FROM jobs WHERE id=?"
         self.bury = ("UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
                      " WHERE state='ready' AND id IN ({ids}) RETURNING " + self.COLUMNS)
         self.bury_subject = ("UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
@@ -571,10 +572,16 @@ class SqliteQueue:
         quoting a peer's answer). The payload is the job's own, for code only."""
         where, params = _filters(kind, (), subject_prefix)
         rows = await self.store.fetchall(self.sql.dead_letters.format(where=where), [*params, limit])
-        return [DeadLetter(id=r["id"], kind=r["stage"], report_id=r["report_id"], subject=_shown(r["subject"]),
-                           attempts=r["attempts"], last_error=_shown(r["last_error"]), updated_at=r["updated_at"],
+        return [DeadLetter(id=r["id"], kind=r["stage"], report_id=r["report_id"],
+                           subject=shown_to_admins(r["subject"]), attempts=r["attempts"],
+                           last_error=shown_to_admins(r["last_error"]), updated_at=r["updated_at"],
                            payload=_decoded_or_none(r["stage"], r["payload"]))
                 for r in rows]
+
+    async def subject_of(self, job_id: int) -> str | None:
+        """A job's subject as written (never shown: it may name a person), to find the others of that subject."""
+        row = await self.store.fetchone(self.sql.subject_of, (job_id,))
+        return row["subject"] if row else None
 
     async def rename_subjects(self, kind: str, subject_of: Callable[[Job], str]) -> int:
         """Give the unfinished (waiting, leased, dead) jobs of `kind` the subject `subject_of(job)` where theirs
@@ -617,9 +624,9 @@ class SqliteQueue:
         return {(r["stage"], r["state"]): r["n"] for r in rows}
 
 
-def _shown(text: str | None) -> str | None:
-    """A dead letter's subject or error as people may read it (ingest/pii.py)."""
-    return redact(text[:1000]) if text else text
+def shown_to_admins(text: str | None) -> str | None:
+    """A dead letter's subject or error as administrators may read it (ingest/pii.py): no contact, no id."""
+    return redact_ids(text[:1000]) if text else text
 
 
 def _decoded_or_none(kind: str, text: str | None) -> Any:

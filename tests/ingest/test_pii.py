@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.pii import is_confidential, redact, redact_message, requests_confidentiality
+from ingest.pii import is_confidential, redact, redact_ids, redact_message, requests_confidentiality
 from ingest.records import InboundMessage, Reporter
 
 
@@ -88,3 +88,10 @@ def test_the_reporters_own_details_are_removed_wherever_repeated() -> None:
     out = redact_message(message)
     assert "lan" not in out.split() and "huyen" not in out, out
     assert out.endswith("den duong tat")
+
+
+def test_redact_ids_hides_long_numbers_in_error_texts_and_keeps_statuses_and_word_ids() -> None:
+    shown = redact_ids("HTTP 403: Forbidden: bot was blocked by the user 12345678 (chat_id=-1001234567890), "
+                       "retry after 30 s, port 8080, msg_3f9a12345678")
+    assert "12345678" not in shown.replace("msg_3f9a12345678", "") and "1001234567890" not in shown
+    assert "HTTP 403" in shown and "30 s" in shown and "8080" in shown and "msg_3f9a12345678" in shown
