@@ -107,10 +107,12 @@ def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None, late
             await blocks.enter(tx, row["district"] if row is not None else None)
         case_report = row["dispatch_report_id"] if row is not None else None
         case_status = await incidents.report_status(tx, case_report) if case_report is not None else None
-        if payload.incident_state == "closed" and case_status == "dispatched":
-            # A reporter disputed the result since, and the case runs again (its reopening waits behind this job,
-            # or another instance applied it already): the incident stays open and its reports wait for the new
-            # result (none is closed or told the old one).
+        if payload.incident_state == "closed" and (case_status == "dispatched" or await tx.store.queue.first_waiting(
+                STAGE, [reopening_subject(incident_id)])):
+            # A reporter disputed the result since, and the case runs again (or ran again and closed anew, its
+            # closing behind the reopening: this one's date and result are not the case's): the reopening waits
+            # behind this job, or another instance applied it already. The incident stays open and its reports wait
+            # for the new result (none is closed or told the old one).
             log.info("dedupe: incident %s not closed: its case was reopened since", incident_id)
             return
         if payload.incident_state == "open" and case_status == "closed":
@@ -223,8 +225,8 @@ class DedupeStage:
     async def leave_closed(self, tx: Tx, incident_id: str, closed_at: float) -> None:
         """The incident just closed with its case at `closed_at`: its reports received after that (they joined
         before the closing was applied, out of queue order) leave it and are matched again, as reports after the
-        closing are (a recurrence, README "Case lifecycle and deadlines"): a duplicate is routed there (its own case), one in
-        review stays the operator's and is routed there after the decision."""
+        closing are (a recurrence, README "Case lifecycle and deadlines"): a duplicate is routed there (its own
+        case), one in review stays the operator's and is routed there after the decision."""
         for row in await incidents.members_received_after(tx, incident_id, closed_at, ("duplicate", "review")):
             view = await load_view(self.store, row["id"])
             if view is None:
@@ -232,7 +234,8 @@ class DedupeStage:
             moved_to, match = await self.place(tx, view)
             done = "held_for_review" if row["status"] == "review" else \
                 await route_member(tx, row["id"], moved_to, "routed")
-            await tx.event(row["id"], "incident", "dedupe", {**placed_event(moved_to, match, done), "left": incident_id})
+            await tx.event(row["id"], "incident", "dedupe",
+                           {**placed_event(moved_to, match, done), "left": incident_id})
         await incidents.refresh_last_report(tx, incident_id)
 
 
