@@ -278,6 +278,7 @@ def encode_payload(payload: Any, kind: str | None = None) -> str:
 
 # What decode_payload raises for a stored payload that no longer fits its record (bad JSON, a field missing).
 UNDECODABLE = (ValueError, TypeError, KeyError)
+UNDECODED_ERROR = "payload does not decode"  # the last error of a job a lease found so
 
 
 def decode_payload(kind: str, text: str | None) -> Any:
@@ -334,9 +335,25 @@ class SqliteQueue:
         now = self.store.clock.now()
         async with self.store.transaction() as tx:
             rows = await tx.fetchall(self.sql.lease, (now + lease_seconds, now, kind, now, limit))
-        jobs = [self._job(r) for r in rows]
+            jobs = self._decodable(rows)
+            if len(jobs) < len(rows):
+                await self._bury_undecodable(tx, rows, {job.id for job in jobs}, now)
         jobs.sort(key=lambda j: j.id)
         return jobs
+
+    async def _bury_undecodable(self, tx: Tx, rows: Sequence[Any], decoded: set[int], now: float) -> None:
+        """Dead-letter the leased rows whose payload does not decode: left leased, they would come back at every
+        lease, oldest first, and fail the whole batch taken with them. No kind hook runs (it reads the payload);
+        a report's own stage job still marks its report failed, as any death does."""
+        for row in rows:
+            if row["id"] in decoded:
+                continue
+            await tx.execute(self.sql.dead, (UNDECODED_ERROR, now, row["id"], row["lease_token"]))
+            spec = kind_spec(row["stage"])
+            if (spec is None or spec.on_dead is None) and row["report_id"] is not None:
+                job = Job(id=row["id"], stage=row["stage"], report_id=row["report_id"], attempts=row["attempts"],
+                          payload=None, lease_token=row["lease_token"])
+                await _report_dead(tx, job, UNDECODED_ERROR, now)
 
     @staticmethod
     def _job(row: Any) -> Job:
@@ -347,14 +364,14 @@ class SqliteQueue:
     @classmethod
     def _decodable(cls, rows: Sequence[Any]) -> list[Job]:
         """The rows' jobs, leaving out any whose payload no longer decodes (a field missing, written by another
-        build): one such job must not stop its kind's channel from starting; it stays as it is, for the
-        dead-letter page."""
+        build): one such job must not stop its kind's channel from starting, nor its workers (a lease dead-letters
+        it; anywhere else it stays as it is, for the dead-letter page)."""
         jobs = []
         for row in rows:
             try:
                 jobs.append(cls._job(row))
             except UNDECODABLE:
-                log.warning("job %d (%s): its payload does not decode; left as it is", row["id"], row["stage"])
+                log.warning("job %d (%s): its payload does not decode", row["id"], row["stage"])
         return jobs
 
     # -- ending an attempt (fenced) -----------------------------------------------------------------
@@ -550,7 +567,8 @@ class SqliteQueue:
         where, params = _filters(kind, ids, subject_prefix)
         async with self.store.transaction() as tx:
             rows = await tx.fetchall(self.sql.replay.format(where=where), [now, now, *params])
-            jobs = [self._job(r) for r in rows]
+            # One that does not decode is waiting again all the same, without its hooks: its next lease buries it.
+            jobs = self._decodable(rows)
             for job in sorted(jobs, key=lambda j: j.id):
                 spec = kind_spec(job.stage)
                 span = deadline_seconds if deadline_seconds is not None else spec.replay_deadline if spec else None

@@ -151,6 +151,23 @@ async def test_replay_by_subject_prefix_takes_only_that_endpoint(clocked_store: 
     assert left == {"cay-xanh/hook", "so-gtvt_x/hook"}
 
 
+async def test_a_job_whose_payload_no_longer_decodes_is_dead_lettered_by_its_lease(clocked_store: Store,
+                                                                                    ping_kind) -> None:
+    """A waiting job whose payload lacks a field (another build's, edited by hand) failed every lease of its kind:
+    leased first, oldest, it took the jobs leased with it down each time. Its lease dead-letters it (no kind hook:
+    it would read the payload) and hands out the others; replayed, it is buried again at its next lease."""
+    broken, *good = [await _enqueue(clocked_store) for _ in range(3)]
+    async with clocked_store.transaction() as tx:
+        await tx.execute("UPDATE jobs SET payload=? WHERE id=?", ('{"chat": "42"}', broken))
+    assert [job.id for job in await clocked_store.queue.lease("test.ping", 5, 30)] == good
+    (dead,) = await clocked_store.queue.dead_letters("test.ping")
+    assert (dead.id, dead.payload, dead.last_error) == (broken, None, "payload does not decode")
+    assert ping_kind == []
+    assert await clocked_store.queue.replay(ids=[broken]) == 1
+    assert await clocked_store.queue.lease("test.ping", 5, 30) == []
+    assert [d.id for d in await clocked_store.queue.dead_letters("test.ping")] == [broken]
+
+
 def _old_store(tmp_path: Path, version: int, jobs: list[tuple[object, ...]]) -> Path:
     """A store as an earlier daemon left it: ingest migrations up to `version`, report 7 and its `jobs`
     (id, stage, report_id, state, attempts, available_at, lease_until, last_error, payload)."""
