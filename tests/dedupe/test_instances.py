@@ -96,6 +96,30 @@ async def _until_waiting(store: AnyStore, deciding: asyncio.Task[int]) -> None:
     await asyncio.wait_for(waiting(), 30)
 
 
+async def test_a_closing_retried_after_the_reopening_leaves_the_incident_open(store_factory: StoreFactory) -> None:
+    # One instance: the closing's first attempt failed (or its lease lapsed) and it comes back after the dispute's
+    # reopening, queued behind it, was applied. The case runs again: the incident stays open.
+    store = await store_factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS})
+    stage = DedupeStage(store, IncidentMatcher(store))
+    rid = await _classified(store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    worker = StageWorker(store, STAGE, stage.handle, WorkerSettings(batch=1))
+    assert await worker.run_once() == 1
+    inc = (await store.get_report(rid)).incident_id  # type: ignore[union-attr]
+    async with store.transaction() as tx:  # dispatch: the case closes
+        await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
+        await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
+                                               at=T0 + 100))
+    (closing,) = await store.lease(STAGE, 1, 60)  # its attempt, to be finished after the reopening
+    async with store.transaction() as tx:  # the reporter disputes
+        await tx.execute("UPDATE reports SET status='dispatched' WHERE id=?", (rid,))
+        await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="open"), subject=reopening_subject(inc))
+    assert await worker.run_once() == 1  # the reopening
+    report = await store.get_report(closing.report_id)
+    assert report is not None
+    assert await store.finish(closing, await stage.handle(closing, report))
+    assert (await store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,)))["state"] == "open"
+
+
 @pytest.fixture
 def pg_factory(tmp_path: Path, pg_url: str) -> StoreFactory:
     return StoreFactory("postgresql", tmp_path, pg_url)
