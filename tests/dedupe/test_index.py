@@ -2,6 +2,7 @@
 scan's answer exactly (same reports, same scores to the bit, same order), whatever the data."""
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
 from dedupe.index import DAY, VectorWindow
@@ -109,3 +110,58 @@ def test_no_district_search_over_many_topics_equals_the_block_scan_on_random_vec
         want = _exact_hits(window, q, k, float(times[-1]), scope)
         assert _hits(window, q, k, float(times[-1]), scope) == want, (j, k, scope)
         assert len(want) == k
+
+
+def _brute_force(ids, times, topics, vecs, q: np.ndarray, k: int, at: float, scope) -> list[tuple[int, float, float]]:
+    """Every row of the window's time span [at - 7 days, at + 7 days] and of the topics asked, scored by faiss's
+    flat kernel (the one the blocks use), best first, ties by report id: what a no-district search must answer."""
+    keep = [i for i in range(len(ids)) if at - 7 * DAY <= times[i] <= at + 7 * DAY
+            and (scope is None or topics[i] in scope)]
+    flat = faiss.IndexFlatIP(vecs.shape[1])
+    flat.add(vecs[keep])
+    scores, rows = flat.search(q.reshape(1, -1), len(keep))
+    ranked = sorted(((-float(s), int(ids[keep[r]]), float(times[keep[r]])) for s, r in zip(scores[0], rows[0])),
+                    key=lambda t: (t[0], t[1]))
+    return [(rid, -neg, t) for neg, rid, t in ranked[:k]]
+
+
+def test_no_district_search_equals_brute_force_with_ties_at_the_cut_and_both_time_bounds() -> None:
+    # Spread and clustered vectors over 20 days (a query in the middle cuts the window on both sides), with
+    # groups of identical vectors larger than k: the k-th score is then shared by rows on both sides of the
+    # cut, and only the id breaks the tie. Grown one report at a time and rebuilt in bulk.
+    rng = np.random.default_rng(17)
+    n, dim = 2500, 48
+    spread = rng.standard_normal((n // 2, dim))
+    centers = rng.standard_normal((6, dim))
+    clustered = centers[rng.integers(0, 6, n - n // 2)] + rng.choice([0.0, 1e-4, 0.05], n - n // 2)[:, None] \
+        * rng.standard_normal((n - n // 2, dim))
+    vecs = np.vstack([spread, clustered])[rng.permutation(n)].astype(np.float32)
+    vecs[rng.random(n) < 0.04] = centers[1]  # ~100 identical rows
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    times = np.sort(T0 + rng.random(n) * 20 * DAY)
+    districts = [DISTRICTS[i] for i in rng.integers(0, len(DISTRICTS), n)]
+    topics = [TOPICS[i] for i in rng.integers(0, len(TOPICS), n)]
+    grown = _grown(dim, ids, times, districts, vecs, topics)
+    rebuilt = VectorWindow(dim, window_days=7)
+    rebuilt.add_many(ids, times, districts, vecs, topics)
+    ties = 0
+    for j in range(48):
+        if j % 3 == 0:
+            q = centers[1].astype(np.float32) / np.float32(np.linalg.norm(centers[1]))  # the identical group
+        elif j % 3 == 1:
+            q = vecs[rng.integers(n)].copy()
+        else:
+            q = rng.standard_normal(dim).astype(np.float32)
+            q /= np.linalg.norm(q)
+        k = int(rng.choice([1, 7, 64]))
+        # Mostly mid-span; every eighth at the end, where fewer than k rows are left in the window.
+        at = float(T0 + (26.95 if j % 8 == 7 else rng.uniform(7.5, 12.5)) * DAY)
+        scope = None if j % 4 == 0 else {"drainage", None} if j % 4 == 1 else {"trees", "electricity"}
+        want = _brute_force(ids, times, topics, vecs, q, k, at, scope)
+        assert 0 < len(want) <= k
+        ties += len(want) == k > 1 and want[-1][1] == want[0][1]
+        assert _hits(grown, q, k, at, scope) == want, (j, k, scope)
+        assert _hits(rebuilt, q, k, at, scope) == want, (j, k, scope)
+        assert _exact_hits(grown, q, k, at, scope) == want, (j, k, scope)
+    assert ties > 0  # the identical group did put ties at the cut
