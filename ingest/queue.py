@@ -505,17 +505,19 @@ class SqliteQueue:
 
     async def bury(self, tx: Tx, job_ids: Sequence[int], error: str) -> list[Job]:
         """Dead-letter waiting ('ready') jobs in the caller's transaction, for work that can only fail now (its
-        endpoint answered 410 Gone), kept replayable. No on_dead hook runs: the caller records what it means."""
+        endpoint answered 410 Gone), kept replayable. No on_dead hook runs: the caller records what it means.
+        Returns the jobs buried; one whose payload no longer decodes is buried all the same but left out (as a
+        lease leaves it out): decoding it must not fail the caller's transaction (an endpoint's 410 undone)."""
         if not job_ids:
             return []
         now = self.store.clock.now()
         rows = await tx.fetchall(self.sql.bury.format(ids=",".join("?" * len(job_ids))), [error, now, *job_ids])
-        return [self._job(r) for r in rows]
+        return self._decodable(rows)
 
     async def bury_subject(self, tx: Tx, kind: str, subject: str, error: str) -> list[Job]:
         """`bury` every waiting job of `kind` about `subject`."""
         now = self.store.clock.now()
-        return [self._job(r) for r in await tx.fetchall(self.sql.bury_subject, (error, now, kind, subject))]
+        return self._decodable(await tx.fetchall(self.sql.bury_subject, (error, now, kind, subject)))
 
     async def release(self, jobs: Iterable[Job], delay: float = 0.0) -> int:
         """Give leases back without counting the attempt (shutdown; or work that must wait its turn, due again in

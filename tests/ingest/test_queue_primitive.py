@@ -168,6 +168,24 @@ async def test_a_job_whose_payload_no_longer_decodes_is_dead_lettered_by_its_lea
     assert [d.id for d in await clocked_store.queue.dead_letters("test.ping")] == [broken]
 
 
+async def test_bury_dead_letters_a_job_whose_payload_no_longer_decodes_with_the_others(clocked_store: Store,
+                                                                                        ping_kind) -> None:
+    """An endpoint's 410 buries its waiting jobs in the delivery's transaction: one job whose payload lacks a field
+    made bury raise, undoing the whole 410 (the endpoint stayed on, its jobs kept failing). It is buried with the
+    others and left out of what bury returns, by id as by subject; no kind hook runs."""
+    broken, *good = [await _enqueue(clocked_store, subject="so-gtvt/hook") for _ in range(3)]
+    broken_too, other = [await _enqueue(clocked_store, subject="cay-xanh/hook") for _ in range(2)]
+    async with clocked_store.transaction() as tx:
+        await tx.execute("UPDATE jobs SET payload=? WHERE id IN (?, ?)", ('{"chat": "42"}', broken, broken_too))
+    async with clocked_store.transaction() as tx:
+        by_subject = await clocked_store.queue.bury_subject(tx, "test.ping", "so-gtvt/hook", "410 Gone")
+        by_id = await clocked_store.queue.bury(tx, [broken_too, other], "410 Gone")
+    assert [job.id for job in by_subject] == good and [job.id for job in by_id] == [other]
+    dead = {d.id: d.payload for d in await clocked_store.queue.dead_letters("test.ping")}
+    assert set(dead) == {broken, *good, broken_too, other} and dead[broken] is None and dead[broken_too] is None
+    assert ping_kind == []
+
+
 def _old_store(tmp_path: Path, version: int, jobs: list[tuple[object, ...]]) -> Path:
     """A store as an earlier daemon left it: ingest migrations up to `version`, report 7 and its `jobs`
     (id, stage, report_id, state, attempts, available_at, lease_until, last_error, payload)."""
