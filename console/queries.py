@@ -13,7 +13,7 @@ from dedupe import incidents
 from dispatch import queries as dispatch_queries
 from ingest.clock import iso
 from ingest.contacts import find_phones, normalize_phone
-from ingest.pii import is_confidential, redact
+from ingest.pii import is_confidential, redact, redact_ids
 from ingest.public import redact_text
 from ingest.records import InboundMessage, from_json
 from ingest.store import Store
@@ -81,8 +81,10 @@ async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
         elif d["state"] != "pending" or d["attempts"]:
             out.append(TimelineEntry(at=d["created_at"], who=f"{d['agency']}/{d['target']}",
                                      what=f"delivery {d['state']}",
+                                     # An endpoint's answer quoted in the error can name the reporter (a
+                                     # phone, an e-mail, a chat id): staff read it as the dead-letter page shows it.
                                      detail=f"attempts={d['attempts']} status={d['last_status'] or '-'} "
-                                            f"{d['last_error'] or ''}".strip()))
+                                            f"{redact_ids(d['last_error'] or '')}".strip()))
     for n in await dispatch_queries.notifications_of_reports(store, ids):
         out.append(TimelineEntry(at=n["at"], who="dispatch", what=f"reporter message: {n['template']}",
                                  detail=f"{n['channel']}, {n['state']}", report_id=n["report_id"]))

@@ -284,6 +284,23 @@ async def test_case_timeline_shows_every_step_with_who_and_when(server: Server, 
     assert any(s[0].startswith("2026-09-07T09:10") for s in steps if s[2].strip() == "answer: acknowledged")
 
 
+async def test_a_failed_deliverys_error_on_the_case_timeline_hides_phones_emails_and_ids(server: Server,
+                                                                                          browser: Browser) -> None:
+    """An agency endpoint's answer quoted in a delivery's last error can name the reporter: the case timeline shows
+    it to staff as the dead-letter page does (ingest.pii.redact_ids); the status and the endpoint's words stay."""
+    case = await seed_case(server, text="Bể ống nước đường Hai Bà Trưng", incident="INC-000001")
+    error = "HTTP 422: rejected report of 0901234567 (an@example.vn), chat 12345678"
+    async with server.store.transaction() as tx:
+        await tx.execute("UPDATE deliveries SET state='retry', attempts=2, last_status=422, last_error=?"
+                         " WHERE case_id=?", (error, case))
+    await browser.login("operator")
+    status, page = await browser.get(f"/console/cases/{case}")
+    timeline = page.split('id="timeline"')[1]
+    assert status == 200 and "delivery retry" in timeline and "HTTP 422: rejected report of" in timeline
+    for personal in ("0901234567", "an@example.vn", "12345678"):
+        assert personal not in page
+
+
 async def test_overdue_list_and_search(server: Server, browser: Browser) -> None:
     case = await seed_case(server, text="Mất nước cả khu phố đường Trần Hưng Đạo", incident="INC-000001",
                            reporter=Reporter(name="Lê Văn C", phone="0987 654 321"))
