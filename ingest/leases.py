@@ -10,15 +10,10 @@ asyncpg's termination callback, and stops its singletons at once (`Lease.lost`).
 
 Between the old holder's session ending and it noticing, both may run for up to one interval: the singletons
 are idempotent under the store's keys (a clock step, a sent report, an IMAP cursor), so that overlap repeats no
-effect; the lease keeps the steady state to one runner, it is not a fence for every write.
-
-A singleton that is not idempotent fences each write with `Lease.confirm`. Checking the lock table inside the
-write's transaction is not enough on its own: the lease session may die after the check and before COMMIT, and a
-successor that read the store in that gap would miss the late commit. So each lease has a second key, its fence: a
-fenced write takes it shared in its transaction before the check, and a new holder takes it exclusively (one
-transaction, released at once) after winning the lock and before it counts as held, which waits for every write
-that passed its check under the old holder to end. A write checking after that finds the lock on the successor's
-session and is refused.
+effect; the lease keeps the steady state to one runner, it is not a fence for every write. A singleton that
+needed one (a write that is not idempotent) would have to check the lease inside the write's own transaction and
+make a new holder wait for the writes checked under the old one: none does now (dedupe orders its decisions by
+district locks instead, dedupe/blocks.py), so there is no such fence.
 
 On SQLite there is one instance per store file, so every lease is held from the start (`LocalLeadership`).
 """
@@ -29,11 +24,9 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import asyncpg
-
-from .errors import TransientError
 
 log = logging.getLogger(__name__)
 
@@ -48,41 +41,15 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(b"hcmc1022-lease:" + name.encode()).digest()[:8], "big", signed=True)
 
 
-class LeaseLost(TransientError):
-    """A singleton's write found that this instance no longer holds its lease: the write is undone."""
-
-
 class Lease:
     """One named lease as this instance sees it: `held` now, `acquired` set while held, `lost` set while not."""
 
-    def __init__(self, name: str, leadership: PgLeadership | None = None) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
         self.key = lock_key(name)
-        self.fence_key = lock_key(name + ":fence")
         self.acquired = asyncio.Event()
         self.lost = asyncio.Event()
         self.lost.set()
-        self._leadership = leadership
-
-    async def confirm(self, tx: Any) -> None:
-        """Fence a singleton's write: inside the write's own transaction, check that the lease session still holds
-        the lock, so a holder that lost it without noticing yet (frozen, cut off) cannot commit after its successor
-        took over. Raises LeaseLost; a no-op where leases are local (SQLite)."""
-        if self._leadership is None:
-            return
-        pid = self._leadership.backend_pid
-        if not self.held or pid is None:
-            raise LeaseLost(f"lease {self.name} is not held")
-        # Shared, until this transaction ends: a successor cannot start before this write has committed or failed
-        # (it takes the fence exclusively first), so a write that passes the check below is never missed by it.
-        await tx.execute("SELECT pg_advisory_xact_lock_shared(?)", (self.fence_key,))
-        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows a bigint key as two oids
-        row = await tx.fetchone(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype='advisory' AND granted AND pid=?"
-            " AND classid=?::bigint::oid AND objid=?::bigint::oid AND objsubid=1) AS held",
-            (pid, unsigned >> 32, unsigned & 0xFFFF_FFFF))
-        if not row["held"]:
-            raise LeaseLost(f"lease {self.name} was taken over")
 
     @property
     def held(self) -> bool:
@@ -150,7 +117,7 @@ class PgLeadership:
 
     def lease(self, name: str) -> Lease:
         if name not in self._leases:
-            self._leases[name] = Lease(name, self)
+            self._leases[name] = Lease(name)
             self._poke.set()  # try for it now, not at the next tick
         return self._leases[name]
 
@@ -188,16 +155,6 @@ class PgLeadership:
             if lease.held:
                 continue
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lease.key, timeout=self.session_timeout / 2):
-                continue
-            # Wait out the writes the previous holder fenced and has not finished (see the module's docstring);
-            # only then does this instance run the singleton (and so read the store).
-            try:
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", lease.fence_key,
-                                       timeout=self.session_timeout / 2)
-            except asyncio.TimeoutError:
-                # A write still open: keep the lock (taking it again next tick only counts it once more) and wait on.
-                log.warning("lease %s: still waiting for the previous holder's writes", lease.name)
                 continue
             lease._set(True)
 
