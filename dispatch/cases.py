@@ -115,8 +115,8 @@ class CaseBook:
         payload: DispatchJob = job.payload
         if payload.merged_into:
             return self._merge_writes(str(payload.incident_id), payload.merged_into, payload.actor or "operator")
-        incident_id = payload.incident_id or report.incident_id
-        if not incident_id:
+        named = payload.incident_id or report.incident_id
+        if not named:
             raise PermanentError("dispatch job without an incident")
         row = await self.store.fetchone("SELECT topic, category, agency, district, received_at FROM reports WHERE id=?",
                                         (report.id,))
@@ -132,6 +132,11 @@ class CaseBook:
         received_at = float(row["received_at"])
 
         async def writes(tx: Tx) -> None:
+            # The report's incident as it is now, not the one the job was queued for: an operator may have merged
+            # that one away since (dedupe/operations.py moves its reports and retires it). A case opened on the
+            # retired incident would be a second case of one problem, created and then merged away at its agency.
+            current = await tx.fetchone("SELECT incident_id FROM reports WHERE id=?", (report.id,))
+            incident_id = (current["incident_id"] if current is not None else None) or named
             existing = await tx.fetchone("SELECT id, report_id, state FROM cases WHERE incident_id=?",
                                          (incident_id,))
             if existing is not None:

@@ -373,6 +373,41 @@ async def test_merge_moves_the_case_when_the_kept_incident_has_none(app_ctx):  #
     assert case["incident_id"] == "INC-000001" and case["state"] == "forwarded"
 
 
+async def test_a_dispatch_job_follows_its_report_into_the_incident_it_was_merged_into(app_ctx, receiver):  # noqa: F811
+    """A report opens an incident; before its dispatch job runs, an operator merges that incident into one that
+    has a case (then, for a second report, into one that has none). The job must open nothing on the merged,
+    retired incident: the report is a duplicate of the kept incident's case, or opens that incident's case."""
+    from dedupe.operations import merge
+
+    ctx, _ = app_ctx
+    store = ctx.store
+    matcher = IncidentMatcher(store)
+    _, case = await water_case(ctx, matcher)
+    other = np.random.default_rng(96).standard_normal(384).astype(np.float32)
+    late = await classified_report(store, "Đường Hai Bà Trưng quận 1 mất nước từ sáng", base=other,
+                                   street="hai ba trung")
+    await dedupe(store, matcher)  # INC-000002, its dispatch job waiting
+    await merge(store, case["incident_id"], "INC-000002", actor="op-lan")
+    await pump(ctx)
+    assert [(r["id"], r["incident_id"], r["state"]) for r in await store.fetchall("SELECT * FROM cases")] == [
+        (case["id"], case["incident_id"], "forwarded")]
+    assert (await store.get_report(late)).status == "duplicate"
+    created = [b["data"]["case_id"] for b in receiver.accepted.values() if b["type"] == "case.created"]
+    assert created == [case["id"]] and not [b for b in receiver.accepted.values() if b["type"] == "case.merged"]
+
+    third = np.random.default_rng(95).standard_normal(384).astype(np.float32)
+    alone = await classified_report(store, "Hẻm 12 Nguyễn Trãi quận 1 vỡ ống nước", base=third, street="nguyen trai")
+    fourth = np.random.default_rng(94).standard_normal(384).astype(np.float32)
+    await classified_report(store, "Lý Tự Trọng quận 1 nước yếu cả tuần", base=fourth, street="ly tu trong",
+                            status="review")
+    await dedupe(store, matcher)  # INC-000003 (alone, its dispatch job waiting), INC-000004 (no case: in review)
+    await merge(store, "INC-000004", "INC-000003", actor="op-lan")
+    await pump(ctx)
+    opened = await store.fetchone("SELECT * FROM cases WHERE report_id=?", (alone,))
+    assert (opened["incident_id"], opened["state"]) == ("INC-000004", "forwarded")
+    assert await store.fetchone("SELECT id FROM cases WHERE incident_id='INC-000003'") is None
+
+
 async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_page(app_ctx, receiver):  # noqa: F811
     import aiohttp
 
