@@ -217,7 +217,14 @@ async def recurrences_of(reader: Reader, incident_id: str) -> list[Any]:
 # -- writes ---------------------------------------------------------------------------------------
 async def create(tx: Tx, *, first_report_id: int, topic: str | None, district: str | None, created_at: float,
                  last_report_at: float, place: str = "{}", recurrence_of: str | None = None) -> str:
-    """Open a new incident numbered after the last one; returns its id."""
+    """Open a new incident numbered after the last one; returns its id.
+
+    `first_report_id` (with `created_at`, `topic`, `district`, `place`) records the report that opened it and is
+    never updated when that report leaves (a review decision moving it elsewhere, a split): it is history, like a
+    retired incident's row, not "a report it holds". Nothing decides or shows anything by it: the console,
+    portal and dispatch never read it, and `absorb` only carries it over to the kept incident. Members are read
+    from incident_reports; the report whose case it is, from dispatch_report_id. Anything that needs the earliest
+    report held must read it from there, not from this column."""
     while True:
         row = await tx.fetchone("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM incidents")
         seq = int(row["seq"]) if row is not None else 1
