@@ -144,11 +144,12 @@ async def members_with_status(reader: Reader, incident_id: str, status: str) -> 
 
 
 async def members_received_after(reader: Reader, incident_id: str, at: float, statuses: Sequence[str]) -> list[Any]:
-    """(id, status) of the incident's reports received after `at` whose status is one of `statuses`, by arrival."""
+    """(id, status, district) of the incident's reports received after `at` whose status is one of `statuses`, by
+    arrival."""
     marks = ",".join("?" * len(statuses))
     return await reader.fetchall(
-        f"SELECT r.id, r.status FROM incident_reports m JOIN reports r ON r.id = m.report_id WHERE m.incident_id=?"
-        f" AND r.received_at > ? AND r.status IN ({marks}) ORDER BY r.received_at, r.id", (incident_id, at, *statuses))
+        f"SELECT r.id, r.status, r.district FROM incident_reports m JOIN reports r ON r.id = m.report_id"
+        f" WHERE m.incident_id=? AND r.received_at > ? AND r.status IN ({marks}) ORDER BY r.received_at, r.id", (incident_id, at, *statuses))
 
 
 async def report_status(reader: Reader, report_id: int) -> str | None:

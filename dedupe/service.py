@@ -88,6 +88,14 @@ def placed_event(incident_id: str, match: policy.Match, done: str) -> dict[str, 
 
 # Relocates the reports of an incident that closed at `at` received after that (DedupeStage.leave_closed).
 LateReports = Callable[[Tx, str, float], Awaitable[None]]
+LATE_STATUSES = ("duplicate", "review")  # the late reports it matches again
+
+
+async def late_without_district(reader: incidents.Reader, incident_id: str, at: float) -> bool:
+    """Whether a report the incident closing at `at` matches again has no district: it may join any district's
+    incident, so that closing locks every district, as a decision about such a report does (dedupe/blocks.py)."""
+    rows = await incidents.members_received_after(reader, incident_id, at, LATE_STATUSES)
+    return any(r["district"] is None for r in rows)
 
 
 def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None, late: LateReports | None = None) -> Any:
@@ -102,9 +110,19 @@ def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None, late
 
     async def writes(tx: Tx) -> None:
         row = await incidents.get(tx, incident_id)
+        at = payload.at if payload.at is not None else tx.store.clock.now()
         if blocks is not None:
-            # Ordered with the decisions about its district: none joins it while it closes.
-            await blocks.enter(tx, row["district"] if row is not None else None)
+            # Ordered with the decisions about its district: none joins it while it closes. A closing that matches
+            # a late report with no district again (leave_closed) is ordered with every district's decisions, as
+            # a decision about that report is.
+            district = row["district"] if row is not None else None
+            rematch = payload.incident_state == "closed" and late is not None and district is not None
+            if rematch and await late_without_district(tx, incident_id, at):
+                district = None
+            await blocks.enter(tx, district)
+            if rematch and district is not None and await late_without_district(tx, incident_id, at):
+                # It joined between that look and the lock (its decision held every district's lock until then).
+                raise TransientError("a report with no district joined the closing incident meanwhile; again")
         case_report = row["dispatch_report_id"] if row is not None else None
         case_status = await incidents.report_status(tx, case_report) if case_report is not None else None
         if payload.incident_state == "closed" and (case_status == "dispatched" or await tx.store.queue.first_waiting(
@@ -120,7 +138,6 @@ def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None, late
             log.info("dedupe: incident %s not reopened: its case closed again since", incident_id)
             return
         if payload.incident_state == "closed":
-            at = payload.at if payload.at is not None else tx.store.clock.now()
             changed = await incidents.close(tx, incident_id, payload.closed_as or "resolved", at)
             if late is not None:
                 # Reports received after the fix that joined while its closing waited (on another instance): a
@@ -227,7 +244,7 @@ class DedupeStage:
         before the closing was applied, out of queue order) leave it and are matched again, as reports after the
         closing are (a recurrence, README "Case lifecycle and deadlines"): a duplicate is routed there (its own
         case), one in review stays the operator's and is routed there after the decision."""
-        for row in await incidents.members_received_after(tx, incident_id, closed_at, ("duplicate", "review")):
+        for row in await incidents.members_received_after(tx, incident_id, closed_at, LATE_STATUSES):
             view = await load_view(self.store, row["id"])
             if view is None:
                 continue

@@ -285,3 +285,75 @@ async def test_a_topic_an_operator_changed_reaches_the_other_instances_window(pg
         assert await _incidents(b.store, later) == [opened]
     finally:
         await pg_factory.close_all()
+
+
+async def _case_closed(instance: Instance) -> tuple[str, int]:
+    """A report of quan-5 decided on `instance`, a report of its problem received after its case closed (at
+    T0 + 100) with no district and still to be decided, then what dispatch commits when the case closes (its
+    report closed, the closing queued): (the incident, the late report)."""
+    rid = await _classified(instance.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    assert await instance.worker.run_once() == 1
+    inc = (await instance.store.get_report(rid)).incident_id  # type: ignore[union-attr]
+    assert inc is not None
+    late = await _classified(instance.store, "2", T0 + 200, TEXT, topic="drainage", district=None,
+                             vector=_vec(2, _vec(1), 0.02))
+    async with instance.store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
+        await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
+                                               at=T0 + 100))
+    return inc, late
+
+
+async def test_a_late_report_without_a_district_is_matched_again_under_every_districts_lock(
+        pg_factory: StoreFactory) -> None:
+    # A report with no district joined the incident (quan-5) after its case closed; the closing matches it again,
+    # and it may join any district's incident. b is deciding a report of the same problem in quan-1 (its incident
+    # not committed yet): the closing must wait for that decision, as a no-district decision does, and the late
+    # report join b's incident, not open a third one beside it.
+    try:
+        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+        inc, late = await _case_closed(a)
+        assert await b.worker.run_once() == 1  # the late report joins the incident before the closing is applied
+        assert await _incidents(a.store, late) == [inc]
+        (closing,) = await a.store.lease(STAGE, 1, 60)
+        other = await _classified(b.store, "3", T0 + 300, TEXT, topic="drainage", district="quan-1",
+                                  vector=_vec(3, _vec(1), 0.02))
+        release = asyncio.Event()
+        committing, _ = await b.decide_and_hold(release)  # quan-1's incident, not committed yet
+        report = await a.store.get_report(closing.report_id)
+        assert report is not None
+        closing_writes = await a.stage.handle(closing, report)
+        closed = asyncio.create_task(a.store.finish(closing, closing_writes))
+        await _until_waiting(a.store, closed)
+        release.set()
+        assert await committing and await closed
+        opened = (await a.store.get_report(other)).incident_id  # type: ignore[union-attr]
+        assert opened not in (None, inc) and await _incidents(a.store, late) == [opened]
+    finally:
+        await pg_factory.close_all()
+
+
+async def test_a_closing_that_finds_a_report_without_a_district_joined_meanwhile_decides_again(
+        pg_factory: StoreFactory) -> None:
+    # The closing looked for late reports without a district before it locked its district, while b's decision
+    # joining one (under every district's lock) had not committed: under its lock it finds that report and is
+    # taken again, then with every district's lock; the late report opens its own case, a recurrence.
+    try:
+        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+        inc, late = await _case_closed(a)
+        release = asyncio.Event()
+        committing, _ = await b.decide_and_hold(release)  # the late report joins the incident, not committed yet
+        closing = asyncio.create_task(a.worker.run_once())
+        await _until_waiting(a.store, closing)
+        release.set()
+        assert await committing and await closing == 1
+        row = await a.store.fetchone("SELECT state, attempts, last_error FROM jobs WHERE stage=? AND id=(SELECT"
+                                     " MAX(id) FROM jobs WHERE stage=?)", (STAGE, STAGE))
+        assert row["state"] == "ready" and "no district" in row["last_error"]
+        a.store.clock.advance(3600)
+        assert await a.worker.run_once() == 1
+        moved = (await a.store.get_report(late)).incident_id  # type: ignore[union-attr]
+        assert moved not in (None, inc)
+        assert (await a.store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,)))["state"] == "closed"
+    finally:
+        await pg_factory.close_all()
