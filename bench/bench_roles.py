@@ -14,6 +14,10 @@ workers classify them the intake is measured: reports/s answered 2xx by `clients
 daemon process used meanwhile, then p50/p99 of the acknowledgement at `rate` offered (target p99 < 50 ms at
 500/s; an open-loop Python client, timed from when each request was due). The classify backlog before and after
 is printed, to show the workers were busy throughout. `--layouts` picks some of the three.
+
+Each role's process is started as its systemd unit starts it (deploy/hcmc1022*.service): its `Nice=` is read from
+the unit and applied (the workers' unit runs the embedder at Nice=5, so intake on the same host stays ahead of it).
+The units' CPUWeight= (a cgroup setting) is not applied here; the output says what was.
 """
 from __future__ import annotations
 
@@ -36,6 +40,19 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_intake import (free_port, generator, latency, pg_database, raw_commit_rate,  # noqa: E402
                           raw_pg_commit_rate, throughput)
+
+
+# Which unit file starts each role (deploy/): the bench starts the role's process with its unit's settings.
+UNITS = {"all": "hcmc1022.service", "intake": "hcmc1022-intake.service", "workers": "hcmc1022-workers.service"}
+
+
+def unit_nice(role: str) -> int:
+    """The `Nice=` of the role's systemd unit (0 when it sets none)."""
+    for line in (REPO / "deploy" / UNITS[role]).read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "Nice":
+            return int(value.strip())
+    return 0
 
 
 def _config(tmp: Path, port: int, url: str | None) -> Path:
@@ -76,9 +93,10 @@ class Layout:
         for role in roles:
             config = _config(tmp, self.port if role != "workers" else free_port(), url)
             log = open(tmp / f"{role}.log", "ab")
+            nice = unit_nice(role)
             self.procs.append(subprocess.Popen(
                 [sys.executable, str(REPO / "run_daemon.py"), "serve", "--role", role, "--config", str(config)],
-                cwd=REPO, env=env, stdout=log, stderr=log))
+                cwd=REPO, env=env, stdout=log, stderr=log, preexec_fn=(lambda n=nice: os.nice(n)) if nice else None))
             if role == "intake" and url is None:
                 time.sleep(3)  # the first process migrates the SQLite file before the second opens it
 
@@ -165,6 +183,9 @@ def main() -> int:
     args = parser.parse_args()
     print(f"load generator: {generator()} for throughput, Python open loop for latency; load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
+    print("each role started with its systemd unit's Nice= (" + ", ".join(
+        f"{role} {unit_nice(role)} from deploy/{unit}" for role, unit in UNITS.items()) + "; CPUWeight= not applied)",
+        flush=True)
     lines = []
     for key in args.layouts.split(","):
         name, roles, backend = LAYOUTS[key]
