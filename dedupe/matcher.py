@@ -8,6 +8,7 @@ of them at once with the policy's own scoring functions on arrays and judges in 
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from dataclasses import replace
@@ -258,7 +259,11 @@ class IncidentMatcher:
         writes)."""
         reader = reader or self.store
         self.settle(reader)
-        first, found = self.first_pass(view)
+        # The search, the screen and the policy (~1 ms of CPU a report, most of the stage's) run in a worker thread:
+        # on the event loop they held up every other task of the process for a whole batch, intake's
+        # acknowledgements included. Nothing else changes the window meanwhile: this stage's worker is its only
+        # writer and waits here (a commit's hook touches only `_held`, which the first pass does not read).
+        first, found = await asyncio.to_thread(self.first_pass, view)
         if found is None:
             return first
         survivors, cosines, rarity, ceiling = found
