@@ -310,7 +310,8 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
             dropped = index.expire(start + span + 86400.0 + 1)
             expiry = time.perf_counter() - s0
         finally:
-            if base_matcher is not None:
+            # The matcher at BASELINE_REV had a blocking connection of its own to close; later ones read the store.
+            if base_matcher is not None and hasattr(base_matcher, "close"):
                 base_matcher.close()
             await store.close()
 
