@@ -579,8 +579,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         " reporter_follow_up, telegram_send:CHANNEL, messenger_media:CHANNEL")
     p.add_argument("--job", type=int, action="append", default=[], help="only this job id (repeatable)")
     p.add_argument("--subject", metavar="PREFIX",
-                   help="only jobs whose subject starts so: an endpoint (sawaco/main), a bot's chat (as --list shows"
-                        " it: bot/chat-…)")
+                   help="only jobs of this subject: an endpoint (sawaco/main), a bot's chat (as --list shows it:"
+                        " bot/chat-…); ending with '/', every subject under it (sawaco/: each endpoint of an agency)")
     p.add_argument("--list", action="store_true", help="list the dead letters instead of replaying them")
     for name, owned in COMMANDS.items():
         p = add(name, owned.help)

@@ -479,7 +479,7 @@ class Console:
         # What the jobs are about (an endpoint, a chat's pseudonym): every dead letter of one chat, to replay together.
         subject, named = await self._dead_letter_subject(request.query)
         letters = [] if named and subject is None else await self.store.queue.dead_letters(
-            kind, limit=500, subject_prefix=subject)
+            kind, limit=500, **_by_subject(subject, named))
         depths = await self.store.queue.depths()
         kinds = sorted({k for k, state in depths if state == "dead"})
         return self.page(request, "dead_letters.html", {"letters": letters, "kinds": kinds, "kind": kind or "",
@@ -496,7 +496,8 @@ class Console:
             return self.error(request, 400, say("bad_replay"))
         if not ids and kind is None and not named:
             return self.error(request, 400, say("bad_replay"))  # replaying everything at once takes the CLI
-        count = 0 if named and subject is None else await self.store.queue.replay(kind, ids, subject_prefix=subject)
+        count = 0 if named and subject is None else await self.store.queue.replay(kind, ids,
+                                                                                   **_by_subject(subject, named))
         user: auth.User = request[USER]
         log.info("console: %s replayed %d dead letter(s) (kind %s)", user.username, count, kind or "any")
         shown = {"kind": kind} if kind else {}
@@ -506,8 +507,9 @@ class Console:
         """The subject to filter dead letters by (None: no such subject), and the parameters that name it again (for
         the replay form and the redirect; empty: no filter). A row's link names its subject by `like`, the id of a
         dead letter of that subject, read here: a subject may be personal data (an endpoint named by an e-mail
-        address), shown on the page only redacted, so neither it nor its redacted form can stand in a link.
-        `subject` is a prefix typed by hand (`so-gtvt/`: every endpoint of an agency), as the CLI takes it."""
+        address), shown on the page only redacted, so neither it nor its redacted form can stand in a link; it
+        takes that subject exactly (`_by_subject`). `subject` is typed by hand, as the CLI takes it: one subject,
+        or every one under it when it ends with "/" (`so-gtvt/`: every endpoint of an agency)."""
         like = str(values.get("like") or "")
         if like.isdigit():
             return await self.store.queue.subject_of(int(like)), {"like": like}
@@ -545,3 +547,9 @@ class Console:
     async def pii_log(self, request: web.Request) -> web.StreamResponse:
         rows = await self.store.fetchall("SELECT * FROM pii_access_log ORDER BY id DESC LIMIT 500")
         return self.page(request, "pii_log.html", {"rows": rows})
+
+
+def _by_subject(subject: str | None, named: dict[str, str]) -> dict[str, str | None]:
+    """The queue's filter for a subject `_dead_letter_subject` read: a row's link (`like`) means its own subject
+    only, a typed one may name a group (ingest/queue.py `_filters`)."""
+    return {"subject": subject} if "like" in named else {"subject_prefix": subject}

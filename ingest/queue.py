@@ -43,11 +43,14 @@ Both `finish` and `retry_or_dead`/`fail` accept `writes(tx)`, the caller's own w
 Housekeeping, for every kind alike:
 
     n = await queue.reclaim_expired()                            # leases past their end back to 'ready'
-    n = await queue.replay(kind=None, ids=(), subject_prefix=None, deadline_seconds=None)
+    n = await queue.replay(kind=None, ids=(), subject_prefix=None, deadline_seconds=None, subject=None)
                                                                  # dead letters back, attempts reset (the lease
                                                                  # token is not), fresh deadline
-    rows = await queue.dead_letters(kind=None, limit=100, subject_prefix=None)  # for the CLI, console and ops:
-                                                                 # read by people, so no chat id, phone or address
+    rows = await queue.dead_letters(kind=None, limit=100, subject_prefix=None, subject=None)
+                                                                 # for the CLI, console and ops: read by people,
+                                                                 # so no chat id, phone or address
+    `subject` is one subject exactly; `subject_prefix` one subject or a group of them named up to a "/" (see
+    `_filters`).
     n = await queue.rename_subjects(kind, subject_of)            # unfinished jobs' subjects as the kind now
                                                                  # writes them (a chat's pseudonym)
     depths = await queue.depths()                                # {(kind, state): count} of unfinished jobs
@@ -561,12 +564,12 @@ class SqliteQueue:
         return len(rows)
 
     async def replay(self, kind: str | None = None, ids: Sequence[int] = (), subject_prefix: str | None = None,
-                     deadline_seconds: float | None = None) -> int:
+                     deadline_seconds: float | None = None, subject: str | None = None) -> int:
         """Put dead letters back ('ready', attempts 0: a fresh set of attempts; the lease token goes on growing, so
         no holder of an old lease can finish the replayed job), each kind's on_replay hook in the same transaction. A job
         with a deadline gets a fresh one, `deadline_seconds` (else its kind's `replay_deadline`) from now."""
         now = self.store.clock.now()
-        where, params = _filters(kind, ids, subject_prefix)
+        where, params = _filters(kind, ids, subject_prefix, subject)
         async with self.store.transaction() as tx:
             rows = await tx.fetchall(self.sql.replay.format(where=where), [now, now, *params])
             # One that does not decode is waiting again all the same, without its hooks: its next lease buries it.
@@ -585,12 +588,12 @@ class SqliteQueue:
                 tx.after_commit(lambda name=name: self.wake(name))
         return len(rows)
 
-    async def dead_letters(self, kind: str | None = None, limit: int = 100,
-                           subject_prefix: str | None = None) -> list[DeadLetter]:
+    async def dead_letters(self, kind: str | None = None, limit: int = 100, subject_prefix: str | None = None,
+                           subject: str | None = None) -> list[DeadLetter]:
         """The dead letters, newest first, as administrators read them (console, CLI): subject and error with any
         chat id, phone number or address removed (a subject written before subjects were pseudonymous, an error
         quoting a peer's answer). The payload is the job's own, for code only."""
-        where, params = _filters(kind, (), subject_prefix)
+        where, params = _filters(kind, (), subject_prefix, subject)
         rows = await self.store.fetchall(self.sql.dead_letters.format(where=where), [*params, limit])
         return [DeadLetter(id=r["id"], kind=r["stage"], report_id=r["report_id"],
                            subject=shown_to_admins(r["subject"]), attempts=r["attempts"],
@@ -657,7 +660,12 @@ def _decoded_or_none(kind: str, text: str | None) -> Any:
         return None
 
 
-def _filters(kind: str | None, ids: Sequence[int], subject_prefix: str | None) -> tuple[str, list[Any]]:
+def _filters(kind: str | None, ids: Sequence[int], subject_prefix: str | None,
+             subject: str | None = None) -> tuple[str, list[Any]]:
+    """The WHERE clause of a dead-letter listing or replay. `subject`: that subject only. `subject_prefix`, typed by
+    people (CLI, console): that subject, or every subject under it when it ends with "/" (`so-gtvt/`: each endpoint
+    of an agency); `so-gtvt/hook` is one endpoint and never also takes in `so-gtvt/hook-2`, whose replay would
+    re-enable an endpoint that answered 410 Gone (dispatch/delivery.py) without anyone having named it."""
     where, params = "", []  # type: tuple[str, list[Any]]
     if kind:
         where += " AND stage=?"
@@ -665,10 +673,14 @@ def _filters(kind: str | None, ids: Sequence[int], subject_prefix: str | None) -
     if ids:
         where += f" AND id IN ({','.join('?' * len(ids))})"
         params.extend(ids)
+    if subject is not None:
+        where += " AND subject=?"
+        params.append(subject)
     if subject_prefix:
+        group = subject_prefix if subject_prefix.endswith("/") else subject_prefix + "/"
         # A prefix match without LIKE's wildcards: `subject` values contain `_` and `%` freely.
-        where += " AND substr(subject, 1, ?)=?"
-        params.extend([len(subject_prefix), subject_prefix])
+        where += " AND (subject=? OR substr(subject, 1, ?)=?)"
+        params.extend([subject_prefix, len(group), group])
     return where, params
 
 

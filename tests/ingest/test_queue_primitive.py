@@ -151,6 +151,17 @@ async def test_replay_by_subject_prefix_takes_only_that_endpoint(clocked_store: 
     assert left == {"cay-xanh/hook", "so-gtvt_x/hook"}
 
 
+async def test_a_subject_prefix_without_a_slash_is_that_subject_only(clocked_store: Store, ping_kind) -> None:
+    """'so-gtvt/hook' names one endpoint: it never takes in 'so-gtvt/hook-2' (whose replay would re-enable it)."""
+    for subject in ("so-gtvt/hook", "so-gtvt/hook-2", "so-gtvt/hook/x"):
+        await _enqueue(clocked_store, subject=subject)
+    for job in await clocked_store.queue.lease("test.ping", 10, 30):
+        await clocked_store.queue.fail(job, "410 Gone", retry_in=0, dead=True)
+    assert [d.subject for d in await clocked_store.queue.dead_letters(subject="so-gtvt/hook")] == ["so-gtvt/hook"]
+    assert await clocked_store.queue.replay(subject_prefix="so-gtvt/hook") == 2
+    assert [d.subject for d in await clocked_store.queue.dead_letters()] == ["so-gtvt/hook-2"]
+
+
 async def test_a_job_whose_payload_no_longer_decodes_is_dead_lettered_by_its_lease(clocked_store: Store,
                                                                                     ping_kind) -> None:
     """A waiting job whose payload lacks a field (another build's, edited by hand) failed every lease of its kind:
