@@ -5,16 +5,19 @@ Decisions are never made here: they go through classifier.review.decisions, dedu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dedupe import incidents
 from dispatch import queries as dispatch_queries
+from dispatch.delivery import endpoint_subject
 from ingest.clock import iso
 from ingest.contacts import find_phones, normalize_phone
-from ingest.pii import is_confidential, redact, redact_ids
+from ingest.pii import is_confidential, redact
 from ingest.public import redact_text
+from ingest.queue import shown_to_admins
 from ingest.records import InboundMessage, from_json
 from ingest.store import Store
 from ingest.text import fold
@@ -38,14 +41,28 @@ class TimelineEntry:
         return iso(self.at)
 
 
+# Keys whose values are the daemon's own ids (CASE-000123, INC-000123, a report number): no personal data, and
+# redacting them (long numbers) would leave staff unable to tell which case or report a detail names.
+OWN_IDS = re.compile(r"(?:^|_)(?:case|incident|report)_id$")
+
+
 def _compact(data: str | None, drop: Sequence[str] = ()) -> str:
+    """An event's or answer's data as one line for staff: every value as the dead-letter page shows an error
+    (ingest/queue.py shown_to_admins), since an error, a text or an address quoted there can name the reporter."""
     try:
         obj = json.loads(data or "{}")
     except ValueError:
         return ""
     if not isinstance(obj, dict):
-        return str(obj)
-    return ", ".join(f"{k}={v}" for k, v in obj.items() if k not in drop and v not in (None, "", [], {}))
+        return shown_to_admins(str(obj)) or ""
+    return ", ".join(f"{k}={v if OWN_IDS.search(k) else shown_to_admins(str(v))}" for k, v in obj.items()
+                     if k not in drop and v not in (None, "", [], {}))
+
+
+def _endpoint(delivery: Any) -> str:
+    """A delivery's endpoint as the dead-letter page shows its subject: a target may be named by an e-mail
+    address."""
+    return shown_to_admins(endpoint_subject(delivery["agency"], delivery["target"])) or ""
 
 
 async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
@@ -73,18 +90,19 @@ async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
         out.append(TimelineEntry(at=a["at"], who=f"{a['agency']} ({a['source']})", what=f"answer: {a['kind']}",
                                  detail=detail))
     for d in await dispatch_queries.deliveries_of_case(store, case["id"]):
+        endpoint = _endpoint(d)
         out.append(TimelineEntry(at=d["created_at"], who="dispatch", what=f"outbox: {d['event']}",
-                                 detail=f"→ {d['agency']}/{d['target']} ({d['kind']})"))
+                                 detail=f"→ {endpoint} ({d['kind']})"))
         if d["delivered_at"]:
-            out.append(TimelineEntry(at=d["delivered_at"], who=f"{d['agency']}/{d['target']}",
+            out.append(TimelineEntry(at=d["delivered_at"], who=endpoint,
                                      what="delivered", detail=f"after {d['attempts']} attempt(s)"))
         elif d["state"] != "pending" or d["attempts"]:
-            out.append(TimelineEntry(at=d["created_at"], who=f"{d['agency']}/{d['target']}",
+            out.append(TimelineEntry(at=d["created_at"], who=endpoint,
                                      what=f"delivery {d['state']}",
                                      # An endpoint's answer quoted in the error can name the reporter (a
                                      # phone, an e-mail, a chat id): staff read it as the dead-letter page shows it.
                                      detail=f"attempts={d['attempts']} status={d['last_status'] or '-'} "
-                                            f"{redact_ids(d['last_error'] or '')}".strip()))
+                                            f"{shown_to_admins(d['last_error']) or ''}".strip()))
     for n in await dispatch_queries.notifications_of_reports(store, ids):
         out.append(TimelineEntry(at=n["at"], who="dispatch", what=f"reporter message: {n['template']}",
                                  detail=f"{n['channel']}, {n['state']}", report_id=n["report_id"]))

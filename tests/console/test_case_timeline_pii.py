@@ -1,0 +1,38 @@
+"""The case timeline (console/queries.py) is read by every staff member and by the agency's staff: an agency
+endpoint named by an e-mail address, and the personal data an event's details can quote (a dead letter's error, an
+alert's target), are shown as the dead-letter page shows them (ingest/queue.py shown_to_admins); the daemon's own
+ids stay readable."""
+from __future__ import annotations
+
+
+from .conftest import Browser, Server, seed_case
+
+MAILBOX = "tiepnhan.sawaco@example.vn"
+
+
+async def test_the_case_timeline_hides_an_endpoints_address_and_personal_data_in_event_details(
+        server: Server, browser: Browser) -> None:
+    store = server.store
+    case = await seed_case(server, text="Bể ống nước đường Hai Bà Trưng", incident="INC-000001")
+    (report,) = [r["report_id"] for r in await store.fetchall("SELECT report_id FROM cases WHERE id=?", (case,))]
+    async with store.transaction() as tx:
+        # One delivery delivered, one dead: both endpoints named by a mailbox.
+        await tx.execute("UPDATE deliveries SET target=?, state='delivered', delivered_at=?, attempts=1"
+                         " WHERE case_id=?", (MAILBOX, store.clock.now(), case))
+        await tx.execute(
+            "INSERT INTO deliveries(msg_id, case_id, agency, target, kind, event, payload, state, attempts, next_at,"
+            " deadline_at, created_at, updated_at) VALUES ('msg_x',?,'sawaco',?,'email','case.updated','{}','dead',"
+            "3,?,?,?,?)", (case, MAILBOX, *[store.clock.now()] * 4))
+        await tx.event(report, "dead_letter", "system",
+                       {"stage": "notify", "error": "rejected: 0901234567 an@example.vn chat 6012345678",
+                        "previous_status": "routed"})
+        await tx.event(report, "alert", "dispatch", {"alert": "delivery_dead", "case_id": case, "agency": "sawaco",
+                                                     "target": MAILBOX, "error": "HTTP 400"})
+    await browser.login("operator")
+    status, page = await browser.get(f"/console/cases/{case}")
+    timeline = page.split('id="timeline"')[1]
+    assert status == 200 and "delivery dead" in timeline and "dead_letter" in timeline
+    for personal in (MAILBOX, "tiepnhan", "0901234567", "an@example.vn", "6012345678"):
+        assert personal not in page
+    assert "sawaco/[email ẩn]" in timeline and "stage=notify" in timeline and "rejected:" in timeline
+    assert f"case_id={case}" in timeline  # the daemon's own ids are no personal data
