@@ -8,12 +8,16 @@ same run (bench_intake.py's baselines):
   - sqlite, all:  today's `make run`, one process;
   - sqlite, split: `serve --role intake` and `serve --role workers` on one SQLite file;
   - postgresql, split: the same two processes on a PostgreSQL database (created for the run, dropped after).
-For each: the daemon is started with the real classifier (int8), `--backlog` reports are posted, and while the
-workers classify them the intake is measured: reports/s answered 2xx by `clients` concurrent connections (target
->= 2,000/s on 2 cores; wrk when installed, else a Python client, see bench_intake.generator), with the cores each
+For each: the daemon is started with the real classifier (int8), `--backlog` reports are posted (the dev reports
+of classifier/data/reports-seed.jsonl, repeated with fresh keys: each its own text and place, so the workers
+classify, match incidents and dispatch as for real reports; the benchmark's own form, one text from one phone, is
+taken for the reporter's follow-ups and never reaches the incident stage), and while the workers process them the
+intake is measured: reports/s answered 2xx by `clients` concurrent connections (target >= 2,000/s on 2 cores; wrk
+when installed, else a Python client, see bench_intake.generator), with the cores each
 daemon process used meanwhile, then p50/p99 of the acknowledgement at `rate` offered (target p99 < 50 ms at
 500/s; an open-loop Python client, timed from when each request was due). The classify backlog before and after
-is printed, to show the workers were busy throughout. `--layouts` picks some of the three.
+is printed, with the incident decisions taken meanwhile, to show the workers were busy throughout. `--layouts`
+picks some of the three.
 
 Each role's process is started as its systemd unit starts it (deploy/hcmc1022*.service): its `Nice=` is read from
 the unit and applied (the workers' unit runs the embedder at Nice=5, so intake on the same host stays ahead of it).
@@ -40,6 +44,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_intake import (free_port, generator, latency, pg_database, raw_commit_rate,  # noqa: E402
                           raw_pg_commit_rate, throughput)
+from bench_pipeline import load_reports, post_all  # noqa: E402
 
 
 # Which unit file starts each role (deploy/): the bench starts the role's process with its unit's settings.
@@ -115,19 +120,21 @@ class Layout:
                 await asyncio.sleep(0.5)
         raise RuntimeError(f"{self.name}: intake did not start")
 
-    async def unprocessed(self) -> int:
-        sql = "SELECT COUNT(*) FROM jobs WHERE stage='classify' AND state!='done'"
+    async def unprocessed(self) -> tuple[int, int]:
+        """(classify jobs not done, incident jobs done)."""
+        sql = ("SELECT SUM(CASE WHEN stage='classify' AND state!='done' THEN 1 ELSE 0 END),"
+               " SUM(CASE WHEN stage='dedupe' AND state='done' THEN 1 ELSE 0 END) FROM jobs")
         if self.url is None:
             conn = sqlite3.connect(self.tmp / "store.sqlite3", timeout=30)
             try:
-                return int(conn.execute(sql).fetchone()[0])
+                return tuple(int(x or 0) for x in conn.execute(sql).fetchone())  # type: ignore[return-value]
             finally:
                 conn.close()
         import asyncpg
 
         conn = await asyncpg.connect(self.url)
         try:
-            return int(await conn.fetchval(sql))
+            return tuple(int(x or 0) for x in await conn.fetchrow(sql))  # type: ignore[return-value]
         finally:
             await conn.close()
 
@@ -151,7 +158,8 @@ def cpu_seconds(pid: int) -> float:
 async def _measure(layout: Layout, backlog: int, clients: int, seconds: float, rate: float) -> dict[str, Any]:
     await layout.wait_ready()
     url = f"http://127.0.0.1:{layout.port}/open311/v2/requests.json"
-    await throughput(url, clients, max(1.0, backlog / 1500), "backlog")  # the workers' backlog
+    # The workers' backlog.
+    await post_all(f"http://127.0.0.1:{layout.port}", load_reports(backlog), clients, "backlog")
     before = await layout.unprocessed()
     cpu = [cpu_seconds(p.pid) for p in layout.procs]
     started = time.perf_counter()
@@ -207,7 +215,8 @@ def main() -> int:
         lines.append(f"{name:<18} raw {backend} {raw:6.0f} commits/s | intake {m['tput']:6.0f} reports/s "
                      f"(target >= 2000; cores used: {cores}) | at {args.rate:.0f}/s offered ({m['achieved']:.0f}/s):"
                      f" p50 {m['p50']:6.1f} ms p99 {m['p99']:6.1f} ms (target < 50) | {m['failed']} non-2xx |"
-                     f" classify backlog {m['before']} -> {m['after']}")
+                     f" classify backlog {m['before'][0]} -> {m['after'][0]},"
+                     f" incident decisions meanwhile {m['after'][1] - m['before'][1]}")
         print(lines[-1], flush=True)
     return 0
 
