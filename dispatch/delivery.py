@@ -296,10 +296,30 @@ def _retry_writes(job: Job, outcome: Outcome, delay: float) -> Writes:
 
 async def _delivery_dead(tx: Tx, job: Job, error: str) -> None:
     """The `deliver` kind's death: the row is dead, operators are alerted (an endpoint's 410 says so)."""
-    now = tx.store.clock.now()
     row = await tx.fetchone("SELECT * FROM deliveries WHERE id=?", (job.payload.delivery_id,))
-    if row is None:
+    if row is not None:
+        await _row_dead(tx, row, error)
+
+
+async def _delivery_undecodable(tx: Tx, job: Job, error: str) -> None:
+    """The death of a `deliver` job whose payload no longer decodes (its lease buried it): which row it carried is
+    not readable, but its subject names the endpoint, and a row of that endpoint still waiting that no other job
+    of the endpoint carries can only have been this job's. That row dies as any dead delivery does (state dead,
+    alert); left 'pending', nothing would ever send it and the case timeline would say so forever."""
+    agency, _, target = (job.subject or "").partition("/")
+    if not target or endpoint_subject(agency, target) != job.subject:
         return
+    carried = {other.payload.delivery_id for other in await tx.store.queue.unfinished_of_subject(
+        tx, DELIVER, job.subject)}
+    for row in await tx.fetchall("SELECT * FROM deliveries WHERE agency=? AND target=? AND state IN"
+                                 " ('pending','retry') ORDER BY id", (agency, target)):
+        if row["id"] not in carried:
+            await _row_dead(tx, row, error)
+
+
+async def _row_dead(tx: Tx, row: Any, error: str) -> None:
+    """A delivery row given up: dead with its error, and the alert operators act on."""
+    now = tx.store.clock.now()
     await tx.execute("UPDATE deliveries SET state='dead', last_error=?, updated_at=? WHERE id=?",
                      (error, now, row["id"]))
     case = await tx.fetchone("SELECT report_id FROM cases WHERE id=?", (row["case_id"],))
@@ -325,7 +345,7 @@ async def _delivery_replayed(tx: Tx, job: Job, _: str) -> None:
 
 
 register_kind(JobKind(DELIVER, on_dead=_delivery_dead, on_replay=_delivery_replayed,
-                      replay_deadline=3 * 86400.0))
+                      on_undecodable=_delivery_undecodable, replay_deadline=3 * 86400.0))
 
 
 def reply_address(mailbox: str, token: str) -> str:

@@ -140,5 +140,6 @@ for _name, _payload in ((CLASSIFY, ClassifyJob), (DEDUPE, DedupeJob), (DISPATCH,
     register_kind(JobKind(_name, _payload))
 
 # Work about a report that is none of its stages: its death must not mark the report failed (ingest/queue.py).
+# side_job_dead reads no payload: it is also what a side job whose payload no longer decodes leaves.
 for _name in (MESSENGER_MEDIA, MESSENGER_ASK, REPORTER_FOLLOW_UP):
-    register_kind(JobKind(_name, on_dead=side_job_dead, on_replay=side_job_replayed))
+    register_kind(JobKind(_name, on_dead=side_job_dead, on_replay=side_job_replayed, on_undecodable=side_job_dead))

@@ -51,6 +51,7 @@ Housekeeping, for every kind alike:
                                                                  # so no chat id, phone or address
     `subject` is one subject exactly; `subject_prefix` one subject or a group of them named up to a "/" (see
     `_filters`).
+    jobs = await queue.unfinished_of_subject(tx, kind, subject)  # what an endpoint's jobs still carry
     n = await queue.rename_subjects(kind, subject_of)            # unfinished jobs' subjects as the kind now
                                                                  # writes them (a chat's pseudonym)
     depths = await queue.depths()                                # {(kind, state): count} of unfinished jobs
@@ -138,12 +139,16 @@ class JobKind:
     """A kind of job: its payload record and what its death and replay mean beyond the job row.
 
     `on_dead(tx, job, error)` runs in the transaction that dead-letters the job; `on_replay(tx, job, "")` in the
-    one that puts it back (e.g. re-enabling an endpoint, a fresh delivery deadline)."""
+    one that puts it back (e.g. re-enabling an endpoint, a fresh delivery deadline). `on_undecodable(tx, job,
+    error)` is what can be done of the death without the payload, when a lease buries a job whose payload no longer
+    decodes (`job.payload` is None; its row's report_id and subject are there); a kind without one whose job names
+    a report gets the report rule, as on_dead."""
 
     name: str
     payload: type | None = None
     on_dead: JobHook | None = None
     on_replay: JobHook | None = None
+    on_undecodable: JobHook | None = None
     replay_deadline: float | None = None  # seconds from the replay for jobs that carry a deadline
 
 
@@ -255,6 +260,8 @@ class QueueSql:
         self.set_deadline = "UPDATE jobs SET deadline_at=? WHERE id=?"
         self.unfinished = ("SELECT " + self.COLUMNS + " FROM jobs WHERE stage=? AND state IN ('ready','leased','dead')"
                            " ORDER BY id")
+        self.unfinished_of_subject = ("SELECT " + self.COLUMNS + " FROM jobs WHERE stage=? AND subject=?"
+                                      " AND state IN ('ready','leased','dead') ORDER BY id")
         self.set_subject = "UPDATE jobs SET subject=? WHERE id=?"
         self.subject_of = "SELECT subject FROM jobs WHERE id=?"
         self.bury = ("UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
@@ -346,16 +353,20 @@ class SqliteQueue:
 
     async def _bury_undecodable(self, tx: Tx, rows: Sequence[Any], decoded: set[int], now: float) -> None:
         """Dead-letter the leased rows whose payload does not decode: left leased, they would come back at every
-        lease, oldest first, and fail the whole batch taken with them. No kind hook runs (it reads the payload);
-        a report's own stage job still marks its report failed, as any death does."""
+        lease, oldest first, and fail the whole batch taken with them. The kind's on_dead hook reads the payload, so
+        its on_undecodable runs instead (a delivery row marked dead, its alert); a report's own stage job still
+        marks its report failed, as any death does."""
         for row in rows:
             if row["id"] in decoded:
                 continue
             await tx.execute(self.sql.dead, (UNDECODED_ERROR, now, row["id"], row["lease_token"]))
+            job = Job(id=row["id"], stage=row["stage"], report_id=row["report_id"], attempts=row["attempts"],
+                      payload=None, lease_token=row["lease_token"], deadline_at=row["deadline_at"],
+                      subject=row["subject"])
             spec = kind_spec(row["stage"])
-            if (spec is None or spec.on_dead is None) and row["report_id"] is not None:
-                job = Job(id=row["id"], stage=row["stage"], report_id=row["report_id"], attempts=row["attempts"],
-                          payload=None, lease_token=row["lease_token"])
+            if spec is not None and spec.on_undecodable is not None:
+                await spec.on_undecodable(tx, job, UNDECODED_ERROR)
+            elif (spec is None or spec.on_dead is None) and job.report_id is not None:
                 await _report_dead(tx, job, UNDECODED_ERROR, now)
 
     @staticmethod
@@ -521,6 +532,11 @@ class SqliteQueue:
         """`bury` every waiting job of `kind` about `subject`."""
         now = self.store.clock.now()
         return self._decodable(await tx.fetchall(self.sql.bury_subject, (error, now, kind, subject)))
+
+    async def unfinished_of_subject(self, tx: Tx, kind: str, subject: str) -> list[Job]:
+        """The jobs of `kind` about `subject` not done (waiting, leased or dead) whose payload decodes, in the
+        caller's transaction: what an endpoint's work still carries."""
+        return self._decodable(await tx.fetchall(self.sql.unfinished_of_subject, (kind, subject)))
 
     async def release(self, jobs: Iterable[Job], delay: float = 0.0) -> int:
         """Give leases back without counting the attempt (shutdown; or work that must wait its turn, due again in
@@ -711,11 +727,17 @@ async def side_job_replayed(tx: Tx, job: Job, _: str) -> None:
 
 
 async def _report_replayed(tx: Tx, job: Job, now: float) -> None:
-    """A replayed job's report gets back the status it had before it failed."""
-    last = await tx.fetchone("SELECT data FROM events WHERE report_id=? AND kind='dead_letter'"
-                             " ORDER BY id DESC LIMIT 1", (job.report_id,))
-    previous = json.loads(last["data"]).get("previous_status") if last else None
-    previous = previous if previous in UNFINISHED_STATES else "received"
+    """A replayed job's report gets back the status it had before it failed: the latest dead letter that found it
+    unfinished. A later one found it `failed` already (a job that died again while failed: an undecodable one
+    replayed and buried by its next lease), and restoring from that one would leave the report `received`
+    whatever its stage, where no stage would take it on."""
+    previous = "received"
+    for event in await tx.fetchall("SELECT data FROM events WHERE report_id=? AND kind='dead_letter'"
+                                   " ORDER BY id DESC", (job.report_id,)):
+        status = json.loads(event["data"]).get("previous_status")
+        if status in UNFINISHED_STATES:
+            previous = status
+            break
     await tx.execute("UPDATE reports SET status=?, updated_at=? WHERE id=? AND status='failed'",
                      (previous, now, job.report_id))
     await tx.event(job.report_id, "replayed", "operator", {})

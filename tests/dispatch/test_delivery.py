@@ -100,6 +100,29 @@ async def test_410_disables_the_endpoint_and_replay_reenables(dstore, directory,
     assert set(receiver.accepted) == {r["msg_id"] for r in rows}
 
 
+async def test_a_deliver_job_whose_payload_does_not_decode_leaves_its_row_dead_with_an_alert(dstore, directory,
+                                                                                              receiver):
+    """Its lease buries the job without reading it; the row it carried is its endpoint's waiting row no other job
+    carries: dead, with the alert a dead delivery raises (it stayed 'pending', no alert, the case timeline saying
+    'delivery pending' forever). The other deliveries of the endpoint go out; a replay that buries the job again
+    raises no second alert."""
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url), n=3)
+    broken, *_ = [r["id"] for r in await dstore.fetchall("SELECT id FROM jobs WHERE stage='deliver' ORDER BY id")]
+    async with dstore.transaction() as tx:
+        await tx.execute("UPDATE jobs SET payload=? WHERE id=?", ('{"delivery": 1}', broken))
+    await sender.run_once()
+    assert [r["state"] for r in await delivery_rows(dstore)] == ["dead", "delivered", "delivered"]
+    (alert,) = [json.loads(r["data"]) for r in await dstore.fetchall("SELECT data FROM events WHERE kind='alert'")]
+    first = (await delivery_rows(dstore))[0]
+    assert (alert["alert"], alert["msg_id"], alert["error"]) == ("delivery_dead", first["msg_id"],
+                                                                 "payload does not decode")
+    assert await dstore.queue.replay(ids=[broken]) == 1
+    assert await sender.run_once() == 0
+    await sender.close()
+    assert len(await dstore.fetchall("SELECT data FROM events WHERE kind='alert'")) == 1
+    assert [d.id for d in await dstore.queue.dead_letters("deliver")] == [broken]
+
+
 @pytest.mark.parametrize("fault", ["400", "redirect"])
 async def test_other_4xx_and_redirects_are_permanent(dstore, directory, receiver, fault):
     receiver.script = [fault]
