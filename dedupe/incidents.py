@@ -152,14 +152,6 @@ async def members_received_after(reader: Reader, incident_id: str, at: float, st
         f" WHERE m.incident_id=? AND r.received_at > ? AND r.status IN ({marks}) ORDER BY r.received_at, r.id", (incident_id, at, *statuses))
 
 
-async def report_status(reader: Reader, report_id: int) -> str | None:
-    """The report's status now (None: no such report). For the report that opened an incident's case it is the
-    case's state as the base's table shows it: dispatch writes it with the case in one transaction, `closed` when
-    the case closes and `dispatched` again when a dispute reopens it (dispatch/cases.py _close, dispute_in)."""
-    row = await reader.fetchone("SELECT status FROM reports WHERE id=?", (report_id,))
-    return row["status"] if row is not None else None
-
-
 async def other_member_topics(reader: Reader, incident_id: str, report_id: int) -> list[str | None]:
     """The current topics of the incident's reports other than `report_id`."""
     rows = await reader.fetchall("SELECT r.topic FROM incident_reports m JOIN reports r ON r.id = m.report_id"
@@ -270,24 +262,32 @@ async def routing_state(tx: Tx, incident_id: str) -> Any:
                              (incident_id,))
 
 
-async def close(tx: Tx, incident_id: str, closed_as: str, at: float) -> bool:
-    """Close an open incident with its case (`closed_as`: the case's final state); False when it was not open."""
-    row = await tx.fetchone("SELECT state FROM incidents WHERE id=?", (incident_id,))
-    if row is None or row["state"] != "open":
-        return False
-    await tx.execute("UPDATE incidents SET state='closed', closed_at=?, closed_as=? WHERE id=? AND state='open'",
-                     (at, closed_as, incident_id))
-    return True
+def _newer(version: int | None) -> tuple[str, tuple[Any, ...]]:
+    """The SQL condition (and its parameters) under which a closing or reopening of state version `version` is
+    newer than the last one the incident applied: a larger version; a job without one (queued before versions
+    existed, so before every versioned change) only while no versioned change was applied."""
+    return ("state_version = 0", ()) if version is None else ("state_version < ?", (version,))
 
 
-async def reopen(tx: Tx, incident_id: str) -> bool:
-    """Open a closed incident again (its case reopened); False when it was not closed."""
-    row = await tx.fetchone("SELECT state FROM incidents WHERE id=?", (incident_id,))
-    if row is None or row["state"] != "closed":
-        return False
-    await tx.execute("UPDATE incidents SET state='open', closed_at=NULL, closed_as=NULL WHERE id=? AND state='closed'",
-                     (incident_id,))
-    return True
+async def close(tx: Tx, incident_id: str, closed_as: str, at: float, version: int | None) -> bool:
+    """Close the incident with its case (`closed_as`: the case's final state, at `at`) when this closing is newer
+    than the last change it applied; also when it is closed already (a later closing of the case, after a dispute
+    whose reopening is older: this one's date and result are the case's). False: stale, or not open or closed."""
+    newer, params = _newer(version)
+    cur = await tx.execute(
+        f"UPDATE incidents SET state='closed', closed_at=?, closed_as=?, state_version=COALESCE(?, state_version)"
+        f" WHERE id=? AND state IN ('open', 'closed') AND {newer}", (at, closed_as, version, incident_id, *params))
+    return cur.rowcount == 1
+
+
+async def reopen(tx: Tx, incident_id: str, version: int | None) -> bool:
+    """Open the incident again (its case reopened) when this reopening is newer than the last change it applied;
+    False: stale, or not open or closed."""
+    newer, params = _newer(version)
+    cur = await tx.execute(
+        f"UPDATE incidents SET state='open', closed_at=NULL, closed_as=NULL, state_version=COALESCE(?, state_version)"
+        f" WHERE id=? AND state IN ('open', 'closed') AND {newer}", (version, incident_id, *params))
+    return cur.rowcount == 1
 
 
 async def set_dispatch_report(tx: Tx, incident_id: str, report_id: int) -> None:

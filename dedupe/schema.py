@@ -63,3 +63,12 @@ MIGRATIONS.append((
     CREATE INDEX incident_reports_joined ON incident_reports(joined_at);
     """,
 ))
+
+MIGRATIONS.append((
+    4,
+    """
+    -- The version of the last closing or reopening of its case the incident applied (the dedupe job's `version`):
+    -- an older one arriving later is stale and changes nothing. 0: none since the upgrade (older jobs carry none).
+    ALTER TABLE incidents ADD COLUMN state_version INTEGER NOT NULL DEFAULT 0;
+    """,
+))

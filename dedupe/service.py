@@ -6,9 +6,9 @@ Contract (see the pipeline notes in the README):
 - the first report of a new incident, when `routed`, gets a `dispatch` job {"incident_id"}; a `routed`
   report joining an incident that has no case yet (its first report is still in review) triggers it;
 - a job with `incident_state` (queued by dispatch when a case closes or reopens) closes or reopens the incident
-  (dedupe/incidents.py), as the case's state is when it is applied (not as the queue orders the jobs: on
-  PostgreSQL another instance may apply a later one first): a closing of a case disputed since and a reopening
-  of a case closed again since change nothing; on this queue, so every report queued after the closure sees the
+  (dedupe/incidents.py) when its case state version is newer than the last the incident applied (not as the
+  queue orders the jobs: on PostgreSQL another instance may apply a later one first; a stale one changes nothing);
+  on this queue, so every report queued after the closure sees the
   incident closed; a report received before the closure that joined after it (a duplicate of a case no longer
   running) is closed with it and its reporter told the result, one received after it is matched again (a
   recurrence: its own case); a report that would repeat a closed incident whose reopening waits behind it
@@ -32,7 +32,7 @@ from typing import Any
 from ingest.app import AppContext, Service
 from ingest.dialect import POSTGRESQL
 from ingest.errors import PermanentError, TransientError
-from ingest.jobs import DISPATCH, NOTIFY, DedupeJob, DispatchJob, NotifyJob, reopening_subject
+from ingest.jobs import DISPATCH, NOTIFY, DedupeJob, DispatchJob, NotifyJob, closing_subject, reopening_subject
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import StageWorker, WorkerSettings
@@ -98,12 +98,25 @@ async def late_without_district(reader: incidents.Reader, incident_id: str, at: 
     return any(r["district"] is None for r in rows)
 
 
-def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None, late: LateReports | None = None) -> Any:
+def overtaken(job_id: int, version: int | None, waiting: list[tuple[int, DedupeJob]]) -> bool:
+    """Whether a later change of the case than the closing (`job_id`, `version`) waits among `waiting` (id, payload)
+    of its incident's state jobs: a larger version, or (a job queued before versions) a later job."""
+    for other_id, other in waiting:
+        # A closing queued before versions existed has only the queue's order to go by.
+        later = other_id > job_id if version is None else other.version is not None and other.version > version
+        if later:
+            return True
+    return False
+
+
+def incident_state_writes(job_id: int, payload: DedupeJob, blocks: Blocks | None = None,
+                          late: LateReports | None = None) -> Any:
     """Dispatch closed or reopened the incident's case: the incident follows, in this stage's transaction.
 
-    Decided from the case's state as it is now (read under the district's lock, see incidents.report_status), not
-    from the job's place in the queue: on PostgreSQL another instance may have applied a later job of the same
-    case first (dedupe/blocks.py orders decisions in time only)."""
+    Decided by the change's case state version (DedupeJob.version), not by the job's place in the queue: applied
+    only when newer than the last change the incident applied, so a stale one (another instance applied a later
+    change of the case first, dedupe/blocks.py orders decisions in time only; a retry; a replay) does nothing and
+    the incident ends as the case's latest state, with its latest closing's date and result."""
     incident_id = payload.incident_id
     if not incident_id or payload.incident_state not in ("open", "closed"):
         raise PermanentError(f"incident state job without an incident or a known state: {payload!r}")
@@ -123,22 +136,20 @@ def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None, late
             if rematch and district is not None and await late_without_district(tx, incident_id, at):
                 # It joined between that look and the lock (its decision held every district's lock until then).
                 raise TransientError("a report with no district joined the closing incident meanwhile; again")
-        case_report = row["dispatch_report_id"] if row is not None else None
-        case_status = await incidents.report_status(tx, case_report) if case_report is not None else None
-        if payload.incident_state == "closed" and (case_status == "dispatched" or await tx.store.queue.first_waiting(
-                STAGE, [reopening_subject(incident_id)])):
-            # A reporter disputed the result since, and the case runs again (or ran again and closed anew, its
-            # closing behind the reopening: this one's date and result are not the case's): the reopening waits
-            # behind this job, or another instance applied it already. The incident stays open and its reports wait
-            # for the new result (none is closed or told the old one).
-            log.info("dedupe: incident %s not closed: its case was reopened since", incident_id)
-            return
-        if payload.incident_state == "open" and case_status == "closed":
-            # The reopened case closed again since (its closing applied first, on another instance): stays closed.
-            log.info("dedupe: incident %s not reopened: its case closed again since", incident_id)
+        subjects = [closing_subject(incident_id), reopening_subject(incident_id)]
+        if payload.incident_state == "closed" and overtaken(
+                job_id, payload.version, await tx.store.queue.waiting_payloads(STAGE, subjects)):
+            # The case was disputed (or closed) again since and that change waits, or is leased (in this batch, or
+            # by another instance): this closing's date, result, moves and shares are not the case's; the later one
+            # decides (a reopening, always applied when newer, then its closing).
+            log.info("dedupe: incident %s not closed: a later change of its case waits", incident_id)
             return
         if payload.incident_state == "closed":
-            changed = await incidents.close(tx, incident_id, payload.closed_as or "resolved", at)
+            if not await incidents.close(tx, incident_id, payload.closed_as or "resolved", at, payload.version):
+                # A later reopening or closing of the case was applied first (another instance, or a retry of this
+                # job after it): that one is the case's state.
+                log.info("dedupe: incident %s not closed: closing %s is stale", incident_id, payload.version)
+                return
             if late is not None:
                 # Reports received after the fix that joined while its closing waited (on another instance): a
                 # repeat of a fixed problem, never given a result that predates them.
@@ -147,9 +158,10 @@ def incident_state_writes(payload: DedupeJob, blocks: Blocks | None = None, late
             # before this one joined since, as a duplicate of a case that no longer runs: it shares the result.
             for report_id in await incidents.members_with_status(tx, incident_id, "duplicate"):
                 await share_result(tx, report_id, incident_id)
-        else:
-            changed = await incidents.reopen(tx, incident_id)
-        log.info("dedupe: incident %s %s%s", incident_id, payload.incident_state, "" if changed else " already")
+        elif not await incidents.reopen(tx, incident_id, payload.version):
+            log.info("dedupe: incident %s not reopened: reopening %s is stale", incident_id, payload.version)
+            return
+        log.info("dedupe: incident %s %s (case state %s)", incident_id, payload.incident_state, payload.version)
     return writes
 
 
@@ -167,7 +179,7 @@ class DedupeStage:
         (read through the transaction, which sees its own writes; the window holds them, see matcher.hold)."""
         payload = job.payload
         if payload.incident_state is not None:
-            return incident_state_writes(payload, self.blocks, self.leave_closed)
+            return incident_state_writes(job.id, payload, self.blocks, self.leave_closed)
         if report.status not in MATCH_STATUSES:
             log.info("dedupe: report %d has status %s, nothing to do", report.id, report.status)
             return None
@@ -220,12 +232,7 @@ class DedupeStage:
         """Match the report against the open incidents and join the one found, or open one; returns the incident
         and the match."""
         match = await self.matcher.match(view, reader=tx)
-        if match.recurrence_of is not None and await self.store.queue.first_waiting(
-                STAGE, [reopening_subject(match.recurrence_of)]):
-            # The case of the closed incident it repeats was disputed, and the incident's reopening waits on this
-            # queue behind this report: applied now, the report joins the reopened case as it would after it,
-            # instead of opening a second case at the same agency for the same problem (the job then finds it open).
-            await incidents.reopen(tx, match.recurrence_of)
+        if match.recurrence_of is not None and await self.reopen_waiting(tx, match.recurrence_of):
             match = await self.matcher.match(view, reader=tx)
         if match.incident_id is not None:
             await incidents.join(tx, view.report_id, match.incident_id, view.received_at, score=match.score,
@@ -238,6 +245,19 @@ class DedupeStage:
             place=incidents.place_summary(view.place), recurrence_of=match.recurrence_of)
         await incidents.join(tx, view.report_id, incident_id, view.received_at)
         return incident_id, match
+
+    async def reopen_waiting(self, tx: Tx, incident_id: str) -> bool:
+        """Reopen the closed incident now when a reopening of its case newer than its closing waits on this queue
+        (a disputed case): the report that would repeat it joins the reopened case as it would after that job,
+        instead of opening a second case at the same agency for the same problem; the job then finds it applied.
+        One already applied (leased in this batch, or by another instance) or overtaken by a later closing of the
+        case is not newer: nothing is done. Returns whether it reopened."""
+        waiting = await self.store.queue.waiting_payloads(STAGE, [reopening_subject(incident_id)])
+        versions = [p.version for _, p in waiting if p.incident_state == "open" and p.incident_id == incident_id]
+        if not versions:
+            return False
+        numbered = [v for v in versions if v is not None]
+        return await incidents.reopen(tx, incident_id, max(numbered) if numbered else None)
 
     async def leave_closed(self, tx: Tx, incident_id: str, closed_at: float) -> None:
         """The incident just closed with its case at `closed_at`: its reports received after that (they joined

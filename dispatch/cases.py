@@ -18,7 +18,7 @@ from config.dispatch import DispatchConfig
 from ingest.clock import iso
 from ingest.errors import PermanentError
 from ingest.pii import is_confidential, redact_message
-from ingest.jobs import DEDUPE, NOTIFY, DedupeJob, DispatchJob, NotifyJob, reopening_subject
+from ingest.jobs import DEDUPE, NOTIFY, DedupeJob, DispatchJob, NotifyJob, closing_subject, reopening_subject
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import Writes
@@ -505,13 +505,22 @@ class CaseBook:
                        {"case_id": case["id"], "from": case["agency"], "to": target, "reason": reason})
         return target
 
+    @staticmethod
+    async def _next_state_version(tx: Tx, case_id: str, assignments: str, params: tuple[Any, ...]) -> int:
+        """Apply `assignments` (a closing or a reopening) to the case and return its state version, one more than
+        before: in the same statement, so two changes of one case (two instances) never get the same one."""
+        row = await tx.fetchone(f"UPDATE cases SET {assignments}, state_version=state_version+1 WHERE id=?"
+                                " RETURNING state_version", (*params, case_id))
+        return int(row["state_version"])
+
     async def _close(self, tx: Tx, case: sqlite3.Row, state: str, note: str | None, now: float) -> None:
-        await tx.execute("UPDATE cases SET closed_at=?, result=? WHERE id=?", (now, note, case["id"]))
+        version = await self._next_state_version(tx, case["id"], "closed_at=?, result=?", (now, note))
         # The incident closes with its case: a later report of the same place and problem is a recurrence
         # (a new incident, a new case), not a duplicate of something already handled. Dedupe owns the incident and
         # closes it from its own queue, ahead of any report queued after this commit.
         await tx.enqueue(DEDUPE, case["report_id"], DedupeJob(incident_id=case["incident_id"], incident_state="closed",
-                                                              closed_as=state, at=now))
+                                                              closed_as=state, at=now, version=version),
+                         subject=closing_subject(case["incident_id"]))
         # A report still in operator review is not closed here: the operator's decision is still to come (it may
         # reject it, or route it elsewhere); routed after this, it shares the closed incident's result through
         # dedupe (route_member), and the review queue keeps it until then.
@@ -605,10 +614,12 @@ class CaseBook:
         await tx.execute("INSERT INTO disputes(case_id, report_id, text, source, at) VALUES (?,?,?,?,?)",
                          (case["id"], report_id, reason, source, now))
         previous = {"state": case["state"], "result": case["result"], "closed_at": iso(case["closed_at"])}
-        await tx.execute("UPDATE cases SET state='forwarded', closed_at=NULL, forwarded_at=?, complex=0,"
-                         " expected_completion=NULL, updated_at=? WHERE id=?", (now, now, case["id"]))
+        version = await self._next_state_version(
+            tx, case["id"], "state='forwarded', closed_at=NULL, forwarded_at=?, complex=0, expected_completion=NULL,"
+            " updated_at=?", (now, now))
         # The incident reopens with the case (dedupe applies it from its queue), so new reports join it again.
-        await tx.enqueue(DEDUPE, case["report_id"], DedupeJob(incident_id=case["incident_id"], incident_state="open"),
+        await tx.enqueue(DEDUPE, case["report_id"], DedupeJob(incident_id=case["incident_id"], incident_state="open",
+                                                              version=version),
                          subject=reopening_subject(case["incident_id"]))
         # Its reporters wait for the new result again, each report as before the closing: the one that opened the
         # case forwarded, the others duplicates of it (Art. 6.4; ingest/records.py REPORT_STATES). Each reporter

@@ -257,3 +257,12 @@ MIGRATIONS.append((
     ALTER TABLE cases ADD COLUMN recurrence_of TEXT;
     """,
 ))
+
+MIGRATIONS.append((
+    7,
+    """
+    -- Each closing and reopening of a case adds one, in its transaction, and travels in the dedupe job that makes the
+    -- incident follow: dedupe applies only a change newer than the last it applied (any order, any instance).
+    ALTER TABLE cases ADD COLUMN state_version INTEGER NOT NULL DEFAULT 0;
+    """,
+))

@@ -39,12 +39,23 @@ class DedupeJob:
     incident_state: str | None = None
     closed_as: str | None = None
     at: float | None = None
+    # The case's state version of that change (cases.state_version: grows by one with each closing and reopening of
+    # the case): dedupe applies a change only when newer than the last it applied, so jobs of one case may run in
+    # any order, on any instance, retried or replayed, and the incident ends as the case's latest state. None: a
+    # job queued before versions existed (dedupe/service.py `applies`).
+    version: int | None = None
 
 
 def reopening_subject(incident_id: str) -> str:
     """The subject of the dedupe job that reopens `incident_id` (a disputed case): dedupe looks for it while it
     waits, so a report queued before it joins the incident instead of opening a recurrence."""
     return f"reopen:{incident_id}"
+
+
+def closing_subject(incident_id: str) -> str:
+    """The subject of the dedupe job that closes `incident_id` with its case: dedupe looks for a later change of the
+    case still waiting (this one and `reopening_subject`), which overtakes a closing (dedupe/service.py)."""
+    return f"close:{incident_id}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -257,6 +257,8 @@ class QueueSql:
         # 'leased' too: a job another worker is still carrying out (a message being sent) goes before later ones.
         self.first_waiting = ("SELECT id, subject, available_at FROM jobs WHERE stage=?"
                               " AND state IN ('ready', 'leased') AND subject IN ({subjects}){exclude} ORDER BY id")
+        self.waiting_payloads = ("SELECT id, payload FROM jobs WHERE stage=? AND subject IN ({subjects})"
+                                 " AND state IN ('ready', 'leased') ORDER BY id")
         self.set_deadline = "UPDATE jobs SET deadline_at=? WHERE id=?"
         self.unfinished = ("SELECT " + self.COLUMNS + " FROM jobs WHERE stage=? AND state IN ('ready','leased','dead')"
                            " ORDER BY id")
@@ -657,6 +659,13 @@ class SqliteQueue:
         for r in await self.store.fetchall(sql, [kind, *subjects, *exclude]):
             first.setdefault(r["subject"], (r["id"], r["available_at"]))
         return first
+
+    async def waiting_payloads(self, kind: str, subjects: Sequence[str]) -> list[tuple[int, Any]]:
+        """(id, payload) of the jobs of `kind` with one of `subjects` not finished yet (waiting, or leased: by this
+        worker too), oldest first; one whose payload no longer decodes is left out (its lease buries it)."""
+        sql = self.sql.waiting_payloads.format(subjects=",".join("?" * len(subjects)))
+        rows = await self.store.fetchall(sql, [kind, *subjects])
+        return [(r["id"], p) for r in rows if (p := _decoded_or_none(kind, r["payload"])) is not None]
 
     async def depths(self) -> dict[tuple[str, str], int]:
         rows = await self.store.fetchall(self.sql.depths)

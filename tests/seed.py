@@ -51,7 +51,7 @@ async def group(store: Store, report_id: int, incident_id: str | None = None) ->
     async def handle(job: Job, report: StoredReport) -> Any:
         if job.payload.incident_state is not None:
             # A case closed or reopened before: the stage's own writes bring its incident along first.
-            return incident_state_writes(job.payload)
+            return incident_state_writes(job.id, job.payload)
         assert report.id == report_id, "another report's dedupe job is waiting first"
 
         async def writes(tx: Tx) -> None:

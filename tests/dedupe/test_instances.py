@@ -108,11 +108,12 @@ async def test_a_closing_retried_after_the_reopening_leaves_the_incident_open(st
     async with store.transaction() as tx:  # dispatch: the case closes
         await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
         await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
-                                               at=T0 + 100))
+                                               version=1, at=T0 + 100))
     (closing,) = await store.lease(STAGE, 1, 60)  # its attempt, to be finished after the reopening
     async with store.transaction() as tx:  # the reporter disputes
         await tx.execute("UPDATE reports SET status='dispatched' WHERE id=?", (rid,))
-        await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="open"), subject=reopening_subject(inc))
+        await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="open", version=2),
+                         subject=reopening_subject(inc))
     assert await worker.run_once() == 1  # the reopening
     report = await store.get_report(closing.report_id)
     assert report is not None
@@ -216,10 +217,10 @@ async def test_a_closing_taken_by_one_instance_never_overrides_the_reopening_ano
         async with a.store.transaction() as tx:
             await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
             await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
-                                                   at=T0 + 100))
+                                                   version=1, at=T0 + 100))
         async with a.store.transaction() as tx:
             await tx.execute("UPDATE reports SET status='dispatched' WHERE id=?", (rid,))
-            await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="open"),
+            await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, version=2, incident_state="open"),
                              subject=reopening_subject(inc))
         (closing,) = await a.store.lease(STAGE, 1, 60)  # a's batch: the closing
         assert await b.worker.run_once() == 1  # b's batch: the reopening, applied first
@@ -244,7 +245,7 @@ async def test_a_report_queued_after_the_closing_never_gets_the_old_result(pg_fa
         async with a.store.transaction() as tx:  # dispatch closed the case (and its reports)
             await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
             await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
-                                                   at=T0 + 100))
+                                                   version=1, at=T0 + 100))
         later = await _classified(b.store, "2", T0 + 200, TEXT, topic="drainage", district="quan-5",
                                   vector=_vec(2, _vec(1), 0.02))
         (closing,) = await a.store.lease(STAGE, 1, 60)
@@ -300,7 +301,7 @@ async def _case_closed(instance: Instance) -> tuple[str, int]:
     async with instance.store.transaction() as tx:
         await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
         await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
-                                               at=T0 + 100))
+                                               version=1, at=T0 + 100))
     return inc, late
 
 

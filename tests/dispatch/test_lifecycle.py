@@ -429,6 +429,7 @@ async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_pag
         await pump(ctx)
 
     from ingest.jobs import REPORTER_FOLLOW_UP, ReporterFollowUpJob
+    from ingest.queue import decode_payload
 
     from .test_flow import workers
 
@@ -451,6 +452,12 @@ async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_pag
         == "disputed"
     reopened = await store.fetchone("SELECT * FROM cases WHERE id=?", (case["id"],))
     assert (reopened["state"], reopened["agency"], reopened["closed_at"]) == ("forwarded", "sawaco", None)
+    # Each change of the case tells dedupe its state version, one more each time: the closing 1, the reopening 2.
+    changes = [decode_payload("dedupe", r["payload"]) for r in await store.fetchall(
+        "SELECT payload FROM jobs WHERE stage='dedupe' AND subject IN ('close:INC-000001', 'reopen:INC-000001')"
+        " ORDER BY id")]
+    assert [(c.incident_state, c.version) for c in changes] == [("closed", 1), ("open", 2)]
+    assert reopened["state_version"] == 2
     # The incident is dedupe's: it reopens from dedupe's queue, after the closing the resolution queued.
     await dedupe(store, IncidentMatcher(store))
     assert (await store.fetchone("SELECT state FROM incidents WHERE id='INC-000001'"))["state"] == "open"

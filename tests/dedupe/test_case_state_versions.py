@@ -1,0 +1,119 @@
+"""A case closed, disputed and closed again (C1, R1, C2) while dedupe lagged: the incident ends as the case's latest
+state, with C2's date and result, whatever order its jobs are applied in. Each job carries the case's state version
+(DedupeJob.version, as dispatch/cases.py writes it). Before versions: a closing was skipped for a reopening queued
+before it still leased (same SQLite batch, or another instance), so the incident stayed open forever; a reopening
+applied after the case closed again was skipped, so a report received while the disputed case ran opened a
+second case."""
+from __future__ import annotations
+
+import json
+
+from dedupe import schema
+from dedupe.matcher import IncidentMatcher
+from dedupe.service import STAGE, DedupeStage
+from ingest.clock import FakeClock
+from ingest.jobs import DedupeJob, closing_subject, reopening_subject
+from ingest.store import Store
+from ingest.worker import StageWorker, WorkerSettings
+from tests.dedupe.test_instances import TEXT, Instance, pg_factory  # noqa: F401
+from tests.dedupe.test_stage import HOUR, T0, _classified, _vec
+from tests.stores import StoreFactory, store_factory  # noqa: F401
+
+
+async def changed(store: Store, rid: int, inc: str, version: int, *, at: float | None = None,
+                  closed_as: str = "resolved") -> None:
+    """What dispatch commits when the case of `inc` (opened by report `rid`) closes at `at` (None: reopens)."""
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status=? WHERE id=?", ("dispatched" if at is None else "closed", rid))
+        if at is None:
+            job = DedupeJob(incident_id=inc, incident_state="open", version=version)
+        else:
+            job = DedupeJob(incident_id=inc, incident_state="closed", closed_as=closed_as, at=at, version=version)
+        await tx.enqueue(STAGE, rid, job, subject=(reopening_subject if at is None else closing_subject)(inc))
+
+
+async def started(store_factory: StoreFactory, settings: WorkerSettings) -> tuple[Store, StageWorker, int, str]:
+    """A store whose first report opened an incident: (store, dedupe worker, report, incident)."""
+    store = await store_factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS})
+    worker = StageWorker(store, STAGE, DedupeStage(store, IncidentMatcher(store)).handle, settings)
+    rid = await _classified(store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    assert await worker.run_once() == 1
+    return store, worker, rid, (await store.get_report(rid)).incident_id  # type: ignore[union-attr,return-value]
+
+
+async def test_closing_reopening_and_new_closing_in_one_batch_leave_the_incident_closed(
+        store_factory: StoreFactory) -> None:
+    # As DedupeService runs on SQLite: one batch, committed at once.
+    store, worker, rid, inc = await started(store_factory, WorkerSettings(batch=16, group_commit=True, group_size=8))
+    await changed(store, rid, inc, 1, at=T0 + 100)
+    await changed(store, rid, inc, 2)
+    await changed(store, rid, inc, 3, at=T0 + 300, closed_as="refused")
+    while await worker.run_once():
+        pass
+    row = await store.fetchone("SELECT state, closed_as, closed_at FROM incidents WHERE id=?", (inc,))
+    # Open, a next report of the problem would join it as a duplicate of a closed case: no result, ever.
+    assert (row["state"], row["closed_as"], row["closed_at"]) == ("closed", "refused", T0 + 300)
+
+
+async def test_a_report_received_while_the_disputed_case_ran_shares_its_new_result(store_factory: StoreFactory) -> None:
+    store, worker, rid, inc = await started(store_factory, WorkerSettings(batch=1))
+    await changed(store, rid, inc, 1, at=T0 + 100)
+    assert await worker.run_once() == 1  # the case closed; dedupe applied it at once
+    await changed(store, rid, inc, 2)  # the reporter disputes (the reopening queued)
+    # A neighbour reports the same blocked drain while the case runs again (queued behind the reopening) ...
+    during = await _classified(store, "2", T0 + 200, TEXT, topic="drainage", district="quan-5",
+                               vector=_vec(2, _vec(1), 0.02))
+    await changed(store, rid, inc, 3, at=T0 + 300)  # ... and the agency closes it again before dedupe caught up
+    while await worker.run_once():
+        pass
+    # Received while the case ran, it belongs to that case (closed with it, told its result), not a new one.
+    report = await store.get_report(during)
+    assert report is not None and (report.incident_id, report.status) == (inc, "closed")
+    assert not await store.fetchall("SELECT id FROM jobs WHERE stage='dispatch' AND report_id=?", (during,))
+    row = await store.fetchone("SELECT state, closed_at FROM incidents WHERE id=?", (inc,))
+    assert (row["state"], row["closed_at"]) == ("closed", T0 + 300)
+
+
+async def test_a_new_closing_is_not_skipped_for_the_earlier_reopening_another_instance_holds(pg_factory) -> None:
+    # PostgreSQL, two instances, one job a transaction: b holds the reopening's lease while a applies the case's
+    # new closing; b applies the reopening last, stale.
+    try:
+        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+        rid = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+        assert await a.worker.run_once() == 1
+        inc = (await a.store.get_report(rid)).incident_id  # type: ignore[union-attr]
+        assert inc is not None
+        await changed(a.store, rid, inc, 1, at=T0 + 100)
+        await changed(a.store, rid, inc, 2)
+        assert await a.worker.run_once() == 1  # C1: overtaken by the waiting reopening
+        (reopening,) = await b.store.lease(STAGE, 1, 60)  # b takes R1 ...
+        await changed(a.store, rid, inc, 3, at=T0 + 300, closed_as="refused")  # ... the case closes again: C2
+        assert await a.worker.run_once() == 1  # C2 on a, while b still holds R1
+        report = await b.store.get_report(reopening.report_id)
+        assert report is not None
+        assert await b.store.finish(reopening, await b.stage.handle(reopening, report))
+        row = await a.store.fetchone("SELECT state, closed_as FROM incidents WHERE id=?", (inc,))
+        assert (row["state"], row["closed_as"]) == ("closed", "refused")
+    finally:
+        await pg_factory.close_all()
+
+
+async def test_a_change_queued_before_versions_decodes_and_is_applied_until_a_versioned_one_was(
+        store_factory: StoreFactory) -> None:
+    # A store upgraded with closing and reopening jobs still waiting: their payloads carry no version (None), and
+    # the incident starts at version 0 (migration 4). They apply in queue order until the first versioned change
+    # (queued after the upgrade, so after them all) was applied; then they are stale.
+    store, worker, rid, inc = await started(store_factory, WorkerSettings(batch=1))
+    old = json.dumps({"type": "DedupeJob", "schema_version": 1, "incident_id": inc, "incident_state": "closed"})
+    async with store.transaction() as tx:
+        await tx.enqueue(STAGE, rid, json.loads(old))
+    assert await worker.run_once() == 1
+    row = await store.fetchone("SELECT state, state_version FROM incidents WHERE id=?", (inc,))
+    assert (row["state"], row["state_version"]) == ("closed", 0)
+    await changed(store, rid, inc, 1)  # after the upgrade: the dispute's reopening, version 1
+    assert await worker.run_once() == 1
+    async with store.transaction() as tx:  # the old closing replayed from the dead letters: stale
+        await tx.enqueue(STAGE, rid, json.loads(old))
+    assert await worker.run_once() == 1
+    row = await store.fetchone("SELECT state, state_version FROM incidents WHERE id=?", (inc,))
+    assert (row["state"], row["state_version"]) == ("open", 1)
