@@ -13,6 +13,8 @@ Contract (see the pipeline notes in the README):
   running) is closed with it and its reporter told the result, one received after it is matched again (a
   recurrence: its own case); a report that would repeat a closed incident whose reopening waits behind it
   (ingest.jobs.reopening_subject) reopens it first and joins it;
+- a job with `case_report` (queued by dispatch when it opened or moved a case onto an incident an operator merged
+  it into) makes the job's report the incident's case report (`dispatch_report_id`);
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
   incident has no case yet, else `duplicate` + `duplicate_ack`; unless the operator's topic fits none of the
   incident's other reports (policy.belongs_after_review): then it leaves that incident and is matched afresh (an
@@ -165,6 +167,19 @@ def incident_state_writes(job_id: int, payload: DedupeJob, blocks: Blocks | None
     return writes
 
 
+def case_report_writes(incident_id: str, report_id: int, blocks: Blocks) -> Any:
+    """Dispatch opened the incident's case with `report_id`, or moved a case there (after an operator's merge): the
+    incident names that report as its case's, under its district's lock (routing reads it there)."""
+
+    async def writes(tx: Tx) -> None:
+        row = await incidents.get(tx, incident_id)
+        if row is None:
+            raise PermanentError(f"case report of an unknown incident {incident_id}")
+        await blocks.enter(tx, row["district"])
+        await incidents.set_dispatch_report(tx, incident_id, report_id)
+    return writes
+
+
 class DedupeStage:
     """Handler of the `dedupe` queue; one per daemon (its window is the daemon's)."""
 
@@ -178,6 +193,8 @@ class DedupeStage:
         commits a batch of jobs at once, and each match must see the reports and incidents of the jobs before it
         (read through the transaction, which sees its own writes; the window holds them, see matcher.hold)."""
         payload = job.payload
+        if payload.case_report:
+            return case_report_writes(str(payload.incident_id), int(report.id), self.blocks)
         if payload.incident_state is not None:
             return incident_state_writes(job.id, payload, self.blocks, self.leave_closed)
         if report.status not in MATCH_STATUSES:

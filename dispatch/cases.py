@@ -177,6 +177,9 @@ class CaseBook:
             if repeats is not None:
                 event["recurrence_of"] = repeats["incident_id"]
                 event["recurrence"] = repeats["summary_vi"]
+            if incident_id != named:
+                # Merged since: the kept incident may name its own report (its dispatch job waiting, now a duplicate).
+                await self._tell_case_report(tx, incident_id, report.id)
             await tx.event(report.id, "case_created", "dispatch", event)
             await tx.enqueue(NOTIFY, report.id, NotifyJob(template="ack", case_id=case_id, incident_id=incident_id))
 
@@ -195,6 +198,7 @@ class CaseBook:
             target = await tx.fetchone("SELECT id FROM cases WHERE incident_id=?", (kept,))
             if target is None:
                 await tx.execute("UPDATE cases SET incident_id=?, updated_at=? WHERE id=?", (kept, now, case["id"]))
+                await self._tell_case_report(tx, kept, case["report_id"])
                 await tx.event(case["report_id"], "case_moved", actor, {"case_id": case["id"], "from": absorbed,
                                                                        "to": kept})
                 return
@@ -209,6 +213,12 @@ class CaseBook:
                                 extra={"merged_into_case": target["id"], "merged_into_incident": kept})
 
         return writes
+
+    @staticmethod
+    async def _tell_case_report(tx: Tx, incident_id: str, report_id: int) -> None:
+        """The case of `incident_id` carries `report_id` from now: dedupe records it as the incident's case report
+        (which stays with the incident when it is split, and routing reads), through its queue."""
+        await tx.enqueue(DEDUPE, report_id, DedupeJob(incident_id=incident_id, case_report=True), need_id=False)
 
     async def _forward(self, tx: Tx, case_id: str, report: StoredReport, agency: str, category: str, event: str,
                        *, first: DeadlineSpec | None = None, return_reason: str | None = None,

@@ -44,6 +44,9 @@ class DedupeJob:
     # any order, on any instance, retried or replayed, and the incident ends as the case's latest state. None: a
     # job queued before versions existed (dedupe/service.py `applies`).
     version: int | None = None
+    # Dispatch opened the case of `incident_id` with the job's report, or moved a case there, on an incident it was
+    # not queued for (an operator's merge since): that report is the incident's case report (dispatch_report_id).
+    case_report: bool = False
 
 
 def reopening_subject(incident_id: str) -> str:
