@@ -4,6 +4,7 @@ from the store, and two instances deciding about one place at once must not each
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -122,23 +123,23 @@ async def test_a_closing_retried_after_the_reopening_leaves_the_incident_open(st
 
 
 @pytest.fixture
-def pg_factory(tmp_path: Path, pg_url: str) -> StoreFactory:
-    return StoreFactory("postgresql", tmp_path, pg_url)
+async def pg_factory(tmp_path: Path, pg_url: str) -> AsyncIterator[StoreFactory]:
+    # every instance a test starts is closed here, so the tests hold no try/finally of their own
+    factory = StoreFactory("postgresql", tmp_path, pg_url)
+    yield factory
+    await factory.close_all()
 
 
 async def test_an_instance_finds_the_incident_another_instance_opened_after_its_window_was_built(
         pg_factory: StoreFactory) -> None:
-    try:
-        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
-        base = _vec(1)
-        first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=base)
-        second = await _classified(b.store, "2", T0 + 60, TEXT, topic="drainage", district="quan-5",
-                                   vector=_vec(2, base, 0.02))
-        assert await a.worker.run_once() == 1
-        assert await b.worker.run_once() == 1
-        assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000001"]
-    finally:
-        await pg_factory.close_all()
+    a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+    base = _vec(1)
+    first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=base)
+    second = await _classified(b.store, "2", T0 + 60, TEXT, topic="drainage", district="quan-5",
+                               vector=_vec(2, base, 0.02))
+    assert await a.worker.run_once() == 1
+    assert await b.worker.run_once() == 1
+    assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000001"]
 
 
 @pytest.mark.parametrize("district", ["quan-5", None])
@@ -146,146 +147,128 @@ async def test_two_instances_deciding_about_one_place_at_once_share_one_incident
         pg_factory: StoreFactory, district: str | None) -> None:
     # Instance a has decided about the first report and not committed yet when b takes the second (with a
     # district, or without one: it could be any district's). b must wait for a's decision and join it.
-    try:
-        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
-        base = _vec(1)
-        first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=base)
-        release = asyncio.Event()
-        committing, _ = await a.decide_and_hold(release)
-        second = await _classified(b.store, "2", T0 + 60, TEXT, topic="drainage", district=district,
-                                   vector=_vec(2, base, 0.02))
-        deciding = asyncio.create_task(b.worker.run_once())
-        await _until_waiting(a.store, deciding)  # b decides before a commits, were it not ordered after a
-        release.set()
-        assert await committing and await deciding == 1
-        assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000001"]
-    finally:
-        await pg_factory.close_all()
+    a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+    base = _vec(1)
+    first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=base)
+    release = asyncio.Event()
+    committing, _ = await a.decide_and_hold(release)
+    second = await _classified(b.store, "2", T0 + 60, TEXT, topic="drainage", district=district,
+                               vector=_vec(2, base, 0.02))
+    deciding = asyncio.create_task(b.worker.run_once())
+    await _until_waiting(a.store, deciding)  # b decides before a commits, were it not ordered after a
+    release.set()
+    assert await committing and await deciding == 1
+    assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000001"]
 
 
 async def test_two_instances_decide_about_different_districts_at_once(pg_factory: StoreFactory) -> None:
-    try:
-        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
-        lamp = "Đèn đường Lê Lợi tắt cả tuần nay"
-        known = await _classified(b.store, "0", T0, lamp, topic="street_lighting", district="quan-1", vector=_vec(3))
-        assert await b.worker.run_once() == 1
-        first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
-        release = asyncio.Event()
-        committing, _ = await a.decide_and_hold(release)
-        second = await _classified(b.store, "2", T0 + 60, lamp, topic="street_lighting", district="quan-1",
-                                   vector=_vec(4, _vec(3), 0.02))
-        # b's decision (joining an incident of another district) is not ordered after a's open transaction: it
-        # commits while a's is still open (a wait here would be a hang, ended by the timeout). Two new incidents
-        # would wait for each other's number, the one thing they share.
-        assert await asyncio.wait_for(b.worker.run_once(), 30) == 1
-        assert not committing.done()
-        release.set()
-        assert await committing
-        assert await _incidents(a.store, known, second, first) == ["INC-000001", "INC-000001", "INC-000002"]
-    finally:
-        await pg_factory.close_all()
+    a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+    lamp = "Đèn đường Lê Lợi tắt cả tuần nay"
+    known = await _classified(b.store, "0", T0, lamp, topic="street_lighting", district="quan-1", vector=_vec(3))
+    assert await b.worker.run_once() == 1
+    first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    release = asyncio.Event()
+    committing, _ = await a.decide_and_hold(release)
+    second = await _classified(b.store, "2", T0 + 60, lamp, topic="street_lighting", district="quan-1",
+                               vector=_vec(4, _vec(3), 0.02))
+    # b's decision (joining an incident of another district) is not ordered after a's open transaction: it
+    # commits while a's is still open (a wait here would be a hang, ended by the timeout). Two new incidents
+    # would wait for each other's number, the one thing they share.
+    assert await asyncio.wait_for(b.worker.run_once(), 30) == 1
+    assert not committing.done()
+    release.set()
+    assert await committing
+    assert await _incidents(a.store, known, second, first) == ["INC-000001", "INC-000001", "INC-000002"]
 
 
 async def test_two_incidents_opened_at_once_in_two_districts_take_two_numbers(pg_factory: StoreFactory) -> None:
-    try:
-        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
-        first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
-        release = asyncio.Event()
-        committing, _ = await a.decide_and_hold(release)  # INC-000001, not committed yet
-        second = await _classified(b.store, "2", T0 + 60, "Đèn đường Lê Lợi tắt cả tuần nay",
-                                   topic="street_lighting", district="quan-1", vector=_vec(3))
-        deciding = asyncio.create_task(b.worker.run_once())
-        await _until_waiting(a.store, deciding)  # b reaches the number a holds
-        release.set()
-        assert await committing and await deciding == 1
-        assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000002"]
-    finally:
-        await pg_factory.close_all()
+    a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+    first = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    release = asyncio.Event()
+    committing, _ = await a.decide_and_hold(release)  # INC-000001, not committed yet
+    second = await _classified(b.store, "2", T0 + 60, "Đèn đường Lê Lợi tắt cả tuần nay",
+                               topic="street_lighting", district="quan-1", vector=_vec(3))
+    deciding = asyncio.create_task(b.worker.run_once())
+    await _until_waiting(a.store, deciding)  # b reaches the number a holds
+    release.set()
+    assert await committing and await deciding == 1
+    assert await _incidents(a.store, first, second) == ["INC-000001", "INC-000002"]
 
 
 async def test_a_closing_taken_by_one_instance_never_overrides_the_reopening_another_applied(
         pg_factory: StoreFactory) -> None:
     # Each instance leases its own batch: b applies the dispute's reopening (the incident still open: nothing to
     # do) before a applies the closing queued ahead of it. The case runs again, so the incident must stay open.
-    try:
-        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
-        rid = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
-        assert await a.worker.run_once() == 1
-        inc = (await a.store.get_report(rid)).incident_id  # type: ignore[union-attr]
-        # What dispatch commits: the case closes (its report closed, the closing queued), then the reporter
-        # disputes (its report forwarded again, the reopening queued).
-        async with a.store.transaction() as tx:
-            await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
-            await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
-                                                   version=1, at=T0 + 100))
-        async with a.store.transaction() as tx:
-            await tx.execute("UPDATE reports SET status='dispatched' WHERE id=?", (rid,))
-            await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, version=2, incident_state="open"),
-                             subject=reopening_subject(inc))
-        (closing,) = await a.store.lease(STAGE, 1, 60)  # a's batch: the closing
-        assert await b.worker.run_once() == 1  # b's batch: the reopening, applied first
-        report = await a.store.get_report(closing.report_id)
-        assert report is not None
-        assert await a.store.finish(closing, await a.stage.handle(closing, report))
-        row = await a.store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,))
-        assert row["state"] == "open"
-        assert not await a.store.fetchall("SELECT id FROM jobs WHERE stage='notify' AND payload LIKE '%result%'")
-    finally:
-        await pg_factory.close_all()
+    a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+    rid = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    assert await a.worker.run_once() == 1
+    inc = (await a.store.get_report(rid)).incident_id  # type: ignore[union-attr]
+    # What dispatch commits: the case closes (its report closed, the closing queued), then the reporter
+    # disputes (its report forwarded again, the reopening queued).
+    async with a.store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
+        await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
+                                               version=1, at=T0 + 100))
+    async with a.store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='dispatched' WHERE id=?", (rid,))
+        await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, version=2, incident_state="open"),
+                         subject=reopening_subject(inc))
+    (closing,) = await a.store.lease(STAGE, 1, 60)  # a's batch: the closing
+    assert await b.worker.run_once() == 1  # b's batch: the reopening, applied first
+    report = await a.store.get_report(closing.report_id)
+    assert report is not None
+    assert await a.store.finish(closing, await a.stage.handle(closing, report))
+    row = await a.store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,))
+    assert row["state"] == "open"
+    assert not await a.store.fetchall("SELECT id FROM jobs WHERE stage='notify' AND payload LIKE '%result%'")
 
 
 async def test_a_report_queued_after_the_closing_never_gets_the_old_result(pg_factory: StoreFactory) -> None:
     # b matches a report received after the fix before a applies the closing queued ahead of it: it joined the
     # still-open incident as a duplicate; the closing must not give it the old result but open its own case.
-    try:
-        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
-        rid = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
-        assert await a.worker.run_once() == 1
-        inc = (await a.store.get_report(rid)).incident_id  # type: ignore[union-attr]
-        async with a.store.transaction() as tx:  # dispatch closed the case (and its reports)
-            await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
-            await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
-                                                   version=1, at=T0 + 100))
-        later = await _classified(b.store, "2", T0 + 200, TEXT, topic="drainage", district="quan-5",
-                                  vector=_vec(2, _vec(1), 0.02))
-        (closing,) = await a.store.lease(STAGE, 1, 60)
-        assert await b.worker.run_once() == 1
-        report = await a.store.get_report(closing.report_id)
-        assert report is not None
-        assert await a.store.finish(closing, await a.stage.handle(closing, report))
-        moved = await a.store.get_report(later)
-        assert moved is not None and moved.incident_id not in (None, inc)
-        row = await a.store.fetchone("SELECT state, recurrence_of FROM incidents WHERE id=?", (moved.incident_id,))
-        assert (row["state"], row["recurrence_of"]) == ("open", inc)
-        jobs = await a.store.fetchall("SELECT stage, payload FROM jobs WHERE report_id=? AND stage IN"
-                                      " ('notify', 'dispatch') ORDER BY id", (later,))
-        assert [j["stage"] for j in jobs][-1] == "dispatch"  # its own case, at its agency
-        assert not any("result" in j["payload"] for j in jobs)
-        assert (await a.store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,)))["state"] == "closed"
-    finally:
-        await pg_factory.close_all()
+    a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+    rid = await _classified(a.store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    assert await a.worker.run_once() == 1
+    inc = (await a.store.get_report(rid)).incident_id  # type: ignore[union-attr]
+    async with a.store.transaction() as tx:  # dispatch closed the case (and its reports)
+        await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))
+        await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="closed", closed_as="resolved",
+                                               version=1, at=T0 + 100))
+    later = await _classified(b.store, "2", T0 + 200, TEXT, topic="drainage", district="quan-5",
+                              vector=_vec(2, _vec(1), 0.02))
+    (closing,) = await a.store.lease(STAGE, 1, 60)
+    assert await b.worker.run_once() == 1
+    report = await a.store.get_report(closing.report_id)
+    assert report is not None
+    assert await a.store.finish(closing, await a.stage.handle(closing, report))
+    moved = await a.store.get_report(later)
+    assert moved is not None and moved.incident_id not in (None, inc)
+    row = await a.store.fetchone("SELECT state, recurrence_of FROM incidents WHERE id=?", (moved.incident_id,))
+    assert (row["state"], row["recurrence_of"]) == ("open", inc)
+    jobs = await a.store.fetchall("SELECT stage, payload FROM jobs WHERE report_id=? AND stage IN"
+                                  " ('notify', 'dispatch') ORDER BY id", (later,))
+    assert [j["stage"] for j in jobs][-1] == "dispatch"  # its own case, at its agency
+    assert not any("result" in j["payload"] for j in jobs)
+    assert (await a.store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,)))["state"] == "closed"
 
 
 async def test_a_topic_an_operator_changed_reaches_the_other_instances_window(pg_factory: StoreFactory) -> None:
     # Instance b's window holds a report under the model's topic; reviewed on a, it opens an incident under the
     # operator's. The next report of that problem, decided on b, must find it there (not a second case).
-    try:
-        migrations = {"dedupe": schema.MIGRATIONS, "classifier": classifier_schema.MIGRATIONS}
-        a, b = [Instance(await pg_factory.open(FakeClock(T0 + 2 * HOUR), migrations)) for _ in range(2)]
-        karaoke = "Quán karaoke số 20 Lê Lợi quận 1 hát ồn ào tới 2 giờ sáng"
-        held = await _classified(a.store, "1", T0, karaoke, topic="water_supply", district="quan-1",
-                                 vector=_vec(5), status="review")
-        assert await a.worker.run_once() == 1
-        await b.blocks.rebuild(b.store)  # b's window: the report, under water_supply
-        await decide(a.store, load_directory(), held, actor="op.lan", topic="noise")
-        assert await a.worker.run_once() == 1
-        opened = (await a.store.get_report(held)).incident_id  # type: ignore[union-attr]
-        later = await _classified(b.store, "2", T0 + 600, karaoke, topic="noise", district="quan-1",
-                                  vector=_vec(6, _vec(5), 0.02))
-        assert await b.worker.run_once() == 1
-        assert await _incidents(b.store, later) == [opened]
-    finally:
-        await pg_factory.close_all()
+    migrations = {"dedupe": schema.MIGRATIONS, "classifier": classifier_schema.MIGRATIONS}
+    a, b = [Instance(await pg_factory.open(FakeClock(T0 + 2 * HOUR), migrations)) for _ in range(2)]
+    karaoke = "Quán karaoke số 20 Lê Lợi quận 1 hát ồn ào tới 2 giờ sáng"
+    held = await _classified(a.store, "1", T0, karaoke, topic="water_supply", district="quan-1",
+                             vector=_vec(5), status="review")
+    assert await a.worker.run_once() == 1
+    await b.blocks.rebuild(b.store)  # b's window: the report, under water_supply
+    await decide(a.store, load_directory(), held, actor="op.lan", topic="noise")
+    assert await a.worker.run_once() == 1
+    opened = (await a.store.get_report(held)).incident_id  # type: ignore[union-attr]
+    later = await _classified(b.store, "2", T0 + 600, karaoke, topic="noise", district="quan-1",
+                              vector=_vec(6, _vec(5), 0.02))
+    assert await b.worker.run_once() == 1
+    assert await _incidents(b.store, later) == [opened]
 
 
 async def _case_closed(instance: Instance) -> tuple[str, int]:
@@ -311,27 +294,24 @@ async def test_a_late_report_without_a_district_is_matched_again_under_every_dis
     # and it may join any district's incident. b is deciding a report of the same problem in quan-1 (its incident
     # not committed yet): the closing must wait for that decision, as a no-district decision does, and the late
     # report join b's incident, not open a third one beside it.
-    try:
-        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
-        inc, late = await _case_closed(a)
-        assert await b.worker.run_once() == 1  # the late report joins the incident before the closing is applied
-        assert await _incidents(a.store, late) == [inc]
-        (closing,) = await a.store.lease(STAGE, 1, 60)
-        other = await _classified(b.store, "3", T0 + 300, TEXT, topic="drainage", district="quan-1",
-                                  vector=_vec(3, _vec(1), 0.02))
-        release = asyncio.Event()
-        committing, _ = await b.decide_and_hold(release)  # quan-1's incident, not committed yet
-        report = await a.store.get_report(closing.report_id)
-        assert report is not None
-        closing_writes = await a.stage.handle(closing, report)
-        closed = asyncio.create_task(a.store.finish(closing, closing_writes))
-        await _until_waiting(a.store, closed)
-        release.set()
-        assert await committing and await closed
-        opened = (await a.store.get_report(other)).incident_id  # type: ignore[union-attr]
-        assert opened not in (None, inc) and await _incidents(a.store, late) == [opened]
-    finally:
-        await pg_factory.close_all()
+    a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+    inc, late = await _case_closed(a)
+    assert await b.worker.run_once() == 1  # the late report joins the incident before the closing is applied
+    assert await _incidents(a.store, late) == [inc]
+    (closing,) = await a.store.lease(STAGE, 1, 60)
+    other = await _classified(b.store, "3", T0 + 300, TEXT, topic="drainage", district="quan-1",
+                              vector=_vec(3, _vec(1), 0.02))
+    release = asyncio.Event()
+    committing, _ = await b.decide_and_hold(release)  # quan-1's incident, not committed yet
+    report = await a.store.get_report(closing.report_id)
+    assert report is not None
+    closing_writes = await a.stage.handle(closing, report)
+    closed = asyncio.create_task(a.store.finish(closing, closing_writes))
+    await _until_waiting(a.store, closed)
+    release.set()
+    assert await committing and await closed
+    opened = (await a.store.get_report(other)).incident_id  # type: ignore[union-attr]
+    assert opened not in (None, inc) and await _incidents(a.store, late) == [opened]
 
 
 async def test_a_closing_that_finds_a_report_without_a_district_joined_meanwhile_decides_again(
@@ -339,22 +319,19 @@ async def test_a_closing_that_finds_a_report_without_a_district_joined_meanwhile
     # The closing looked for late reports without a district before it locked its district, while b's decision
     # joining one (under every district's lock) had not committed: under its lock it finds that report and is
     # taken again, then with every district's lock; the late report opens its own case, a recurrence.
-    try:
-        a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
-        inc, late = await _case_closed(a)
-        release = asyncio.Event()
-        committing, _ = await b.decide_and_hold(release)  # the late report joins the incident, not committed yet
-        closing = asyncio.create_task(a.worker.run_once())
-        await _until_waiting(a.store, closing)
-        release.set()
-        assert await committing and await closing == 1
-        row = await a.store.fetchone("SELECT state, attempts, last_error FROM jobs WHERE stage=? AND id=(SELECT"
-                                     " MAX(id) FROM jobs WHERE stage=?)", (STAGE, STAGE))
-        assert row["state"] == "ready" and "no district" in row["last_error"]
-        a.store.clock.advance(3600)
-        assert await a.worker.run_once() == 1
-        moved = (await a.store.get_report(late)).incident_id  # type: ignore[union-attr]
-        assert moved not in (None, inc)
-        assert (await a.store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,)))["state"] == "closed"
-    finally:
-        await pg_factory.close_all()
+    a, b = await Instance.start(pg_factory), await Instance.start(pg_factory)
+    inc, late = await _case_closed(a)
+    release = asyncio.Event()
+    committing, _ = await b.decide_and_hold(release)  # the late report joins the incident, not committed yet
+    closing = asyncio.create_task(a.worker.run_once())
+    await _until_waiting(a.store, closing)
+    release.set()
+    assert await committing and await closing == 1
+    row = await a.store.fetchone("SELECT state, attempts, last_error FROM jobs WHERE stage=? AND id=(SELECT"
+                                 " MAX(id) FROM jobs WHERE stage=?)", (STAGE, STAGE))
+    assert row["state"] == "ready" and "no district" in row["last_error"]
+    a.store.clock.advance(3600)
+    assert await a.worker.run_once() == 1
+    moved = (await a.store.get_report(late)).incident_id  # type: ignore[union-attr]
+    assert moved not in (None, inc)
+    assert (await a.store.fetchone("SELECT state FROM incidents WHERE id=?", (inc,)))["state"] == "closed"
