@@ -46,6 +46,17 @@ class TimelineEntry:
 OWN_IDS = re.compile(r"(?:^|_)(?:case|incident|report)_id$")
 
 
+def _shown(key: str, value: Any) -> str:
+    """One value of an event's data as staff see it: the daemon's ids and times as they are (a deadline's `due_at`,
+    an epoch number, as a date: redacted it read as a hidden ID number), anything else through the redaction
+    (which leaves the daemon's CASE-/INC- numbers of a move, a merge or a recurrence readable)."""
+    if OWN_IDS.search(key):
+        return str(value)
+    if key.endswith("_at") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return iso(value)
+    return shown_to_admins(str(value)) or ""
+
+
 def _compact(data: str | None, drop: Sequence[str] = ()) -> str:
     """An event's or answer's data as one line for staff: every value as the dead-letter page shows an error
     (ingest/queue.py shown_to_admins), since an error, a text or an address quoted there can name the reporter."""
@@ -55,8 +66,7 @@ def _compact(data: str | None, drop: Sequence[str] = ()) -> str:
         return ""
     if not isinstance(obj, dict):
         return shown_to_admins(str(obj)) or ""
-    return ", ".join(f"{k}={v if OWN_IDS.search(k) else shown_to_admins(str(v))}" for k, v in obj.items()
-                     if k not in drop and v not in (None, "", [], {}))
+    return ", ".join(f"{k}={_shown(k, v)}" for k, v in obj.items() if k not in drop and v not in (None, "", [], {}))
 
 
 def _endpoint(delivery: Any) -> str:

@@ -262,8 +262,9 @@ def redact(text: str) -> str:
 
 # A run of 5 or more digits not part of a word: a chat or user id (Telegram's have 8 to 10 digits; `redact` leaves
 # those below 9 digits without a word saying what they are), an account, a record number. Shorter numbers stay
-# (an HTTP status, a count, seconds), so an error still says what went wrong.
-LONG_NUMBER = re.compile(r"(?<![^\W_])\d{5,}(?![^\W_])")
+# (an HTTP status, a count, seconds), so an error still says what went wrong. The daemon's own case and incident
+# numbers (CASE-000123, INC-000123: in queue subjects, moves and merges) are nobody's personal data and stay.
+LONG_NUMBER = re.compile(r"(?<![^\W_])(?<!INC-)(?<!CASE-)\d{5,}(?![^\W_])")
 
 
 def redact_ids(text: str) -> str:

@@ -688,8 +688,8 @@ def _decoded_or_none(kind: str, text: str | None) -> Any:
 def _filters(kind: str | None, ids: Sequence[int], subject_prefix: str | None,
              subject: str | None = None) -> tuple[str, list[Any]]:
     """The WHERE clause of a dead-letter listing or replay. `subject`: that subject only. `subject_prefix`, typed by
-    people (CLI, console): that subject, or every subject under it when it ends with "/" (`so-gtvt/`: each endpoint
-    of an agency); `so-gtvt/hook` is one endpoint and never also takes in `so-gtvt/hook-2`, whose replay would
+    people (CLI, console): that subject, or every subject under it when it ends with "/" or ":" (`so-gtvt/`: each
+    endpoint of an agency; `reopen:`: every incident's reopening); `so-gtvt/hook` is one endpoint and never also takes in `so-gtvt/hook-2`, whose replay would
     re-enable an endpoint that answered 410 Gone (dispatch/delivery.py) without anyone having named it."""
     where, params = "", []  # type: tuple[str, list[Any]]
     if kind:
@@ -702,7 +702,7 @@ def _filters(kind: str | None, ids: Sequence[int], subject_prefix: str | None,
         where += " AND subject=?"
         params.append(subject)
     if subject_prefix:
-        group = subject_prefix if subject_prefix.endswith("/") else subject_prefix + "/"
+        group = subject_prefix if subject_prefix.endswith(("/", ":")) else subject_prefix + "/"
         # A prefix match without LIKE's wildcards: `subject` values contain `_` and `%` freely.
         where += " AND (subject=? OR substr(subject, 1, ?)=?)"
         params.extend([subject_prefix, len(group), group])

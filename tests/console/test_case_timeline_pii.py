@@ -4,6 +4,10 @@ alert's target), are shown as the dead-letter page shows them (ingest/queue.py s
 ids stay readable."""
 from __future__ import annotations
 
+import json
+
+from console.queries import _compact
+from ingest.clock import iso
 
 from .conftest import Browser, Server, seed_case
 
@@ -36,3 +40,13 @@ async def test_the_case_timeline_hides_an_endpoints_address_and_personal_data_in
         assert personal not in page
     assert "sawaco/[email ẩn]" in timeline and "stage=notify" in timeline and "rejected:" in timeline
     assert f"case_id={case}" in timeline  # the daemon's own ids are no personal data
+
+
+def test_the_daemons_own_numbers_and_times_in_event_details_stay_readable() -> None:
+    """A deadline's due time (an epoch number), a move's incidents and a merge's case are the daemon's own: hidden,
+    staff could not tell when a deadline falls or which incident a move points to. A phone beside them is hidden."""
+    detail = _compact(json.dumps({"due_at": 1765100000.5, "from": "INC-000001", "to": "INC-000012",
+                                  "into": "CASE-000034", "reply_to": "0901234567"}))
+    assert f"due_at={iso(1765100000.5)}" in detail
+    assert "from=INC-000001" in detail and "to=INC-000012" in detail and "into=CASE-000034" in detail
+    assert "0901234567" not in detail and "reply_to=" in detail

@@ -162,6 +162,17 @@ async def test_a_subject_prefix_without_a_slash_is_that_subject_only(clocked_sto
     assert [d.subject for d in await clocked_store.queue.dead_letters()] == ["so-gtvt/hook-2"]
 
 
+async def test_a_subject_prefix_ending_in_a_colon_takes_every_subject_under_it(clocked_store: Store,
+                                                                                 ping_kind) -> None:
+    """'reopen:' (dedupe's incident-state subjects are 'reopen:INC-…' and 'close:INC-…') names all reopenings."""
+    for subject in ("reopen:INC-000001", "reopen:INC-000002", "close:INC-000001"):
+        await _enqueue(clocked_store, subject=subject)
+    for job in await clocked_store.queue.lease("test.ping", 10, 30):
+        await clocked_store.queue.fail(job, "boom", retry_in=0, dead=True)
+    assert await clocked_store.queue.replay(subject_prefix="reopen:") == 2
+    assert [d.subject for d in await clocked_store.queue.dead_letters()] == ["close:INC-000001"]
+
+
 async def test_a_job_whose_payload_no_longer_decodes_is_dead_lettered_by_its_lease(clocked_store: Store,
                                                                                     ping_kind) -> None:
     """A waiting job whose payload lacks a field (another build's, edited by hand) failed every lease of its kind:
