@@ -1,7 +1,11 @@
 """Network helpers every test shares: one definition, imported as `tests.net`."""
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import AsyncIterator
+
+from aiohttp import web
 
 
 def free_port() -> int:
@@ -9,3 +13,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port for the block; yields its base URL (`http://127.0.0.1:PORT`)."""
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

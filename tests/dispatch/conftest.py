@@ -24,6 +24,7 @@ from ingest.clock import FakeClock, iso
 from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter
 from ingest.store import Store
 from tests import seed
+from tests.net import serve_app
 
 SECRET_A = "whsec_" + base64.b64encode(b"first-secret-key-0123456789abcd").decode()
 SECRET_B = "whsec_" + base64.b64encode(b"second-secret-key-0123456789abc").decode()
@@ -148,14 +149,9 @@ async def receiver() -> AsyncIterator[Receiver]:
         return await _receiver_handler(rx, request)
 
     app.router.add_post("/hook", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    rx.url = f"http://127.0.0.1:{port}/hook"
-    yield rx
-    await runner.cleanup()
+    async with serve_app(app) as base:
+        rx.url = f"{base}/hook"
+        yield rx
 
 
 @dataclass
@@ -177,13 +173,9 @@ async def sms_gateway() -> AsyncIterator[SmsSink]:
         return web.json_response({"queued": True}, status=sink.status)
 
     app.router.add_post("/send", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    sink.url = f"http://127.0.0.1:{runner.addresses[0][1]}/send"
-    yield sink
-    await runner.cleanup()
+    async with serve_app(app) as base:
+        sink.url = f"{base}/send"
+        yield sink
 
 
 def webhook_cfg(url: str, *, agency: str = "sawaco", secrets: list[str] | None = None, **extra: Any

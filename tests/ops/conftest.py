@@ -33,6 +33,7 @@ from ingest.pgstore import PgStore
 from ingest.store import Store
 from ops.schema import MIGRATIONS as OPS_MIGRATIONS
 from tests import seed
+from tests.net import serve_app
 
 HOUR, DAY = 3600.0, 86400.0
 # The reported week: Monday 21 to Sunday 27 September 2026, Vietnam time.
@@ -157,13 +158,9 @@ async def agency_webhook() -> AsyncIterator[AgencyWebhook]:
         return web.json_response({"ok": True})
 
     app.router.add_post("/hook", accept)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    hook.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    yield hook
-    await runner.cleanup()
+    async with serve_app(app) as base:
+        hook.url = f"{base}/hook"
+        yield hook
 
 
 async def make_world(store: Store, clock: FakeClock, webhook: AgencyWebhook) -> World:
