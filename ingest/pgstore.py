@@ -124,6 +124,10 @@ class PgTx:
     def in_transaction(self) -> bool:
         return self.conn.is_in_transaction()
 
+    def held_long(self) -> bool:
+        """Never: PostgreSQL locks rows, so a long batch transaction keeps no other writer waiting (SQLite's Tx)."""
+        return False
+
     # One job's writes inside a batch transaction (queue.finish_many): a savepoint each, undone alone.
     async def savepoint(self) -> tuple[int, set[str]]:
         await self.conn.execute("SAVEPOINT job")

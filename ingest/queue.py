@@ -88,6 +88,15 @@ from .records import Job, from_json, to_json
 log = logging.getLogger(__name__)
 
 
+class PartlyFinished(Exception):
+    """finish_many committed the first jobs (`outcomes`, in order) before a later transaction failed as a whole
+    (`error`): the caller finishes the rest as if the group had failed."""
+
+    def __init__(self, outcomes: list[bool | Exception], error: Exception) -> None:
+        super().__init__(f"{len(outcomes)} jobs committed before: {error}")
+        self.outcomes, self.error = outcomes, error
+
+
 class Tx(Protocol):
     """What the queue needs of a write transaction (ingest.store.Tx is SQLite's)."""
 
@@ -106,6 +115,7 @@ class Tx(Protocol):
     async def release_savepoint(self) -> None: ...
     async def undo_savepoint(self, mark: Any) -> None: ...
     def ended_by(self, exc: BaseException) -> bool: ...
+    def held_long(self) -> bool: ...  # held a store-wide write lock past its budget: commit what is done (SQLite)
 
 
 class Database(Protocol):
@@ -406,10 +416,30 @@ class SqliteQueue:
     async def finish_many(self, items: Sequence[tuple[Job, Writes | None]]) -> list[bool | Exception]:
         """`finish` for several jobs in one transaction (one fsync), each job in a savepoint of its own: per job,
         True when applied, False when its lease was lost, or the exception its writes raised (that job's writes
-        are undone, the others' kept). A failure of the transaction itself raises, with nothing applied."""
+        are undone, the others' kept). A failure of the transaction itself raises, with nothing applied.
+
+        On SQLite the transaction holds the file's only write lock, which intake's acknowledgements wait for: once
+        it has held it for the store's `write_hold` budget, the jobs done so far are committed and the rest go on in
+        a new transaction (Tx.held_long; PostgreSQL's row locks never ask). Should a later transaction fail as a
+        whole, PartlyFinished carries the outcomes of the committed jobs."""
+        outcomes: list[bool | Exception] = []
+        while len(outcomes) < len(items):
+            try:
+                outcomes.extend(await self._finish_some(items[len(outcomes):]))
+            except Exception as exc:
+                if not outcomes:
+                    raise
+                raise PartlyFinished(outcomes, exc) from exc
+        return outcomes
+
+    async def _finish_some(self, items: Sequence[tuple[Job, Writes | None]]) -> list[bool | Exception]:
+        """The first jobs of `items` in one transaction: all of them, or as many as the write-lock budget allows
+        (at least one)."""
         outcomes: list[bool | Exception] = []
         async with self.store.transaction() as tx:
             for job, writes in items:
+                if outcomes and tx.held_long():
+                    break
                 mark = await tx.savepoint()
                 try:
                     cur = await tx.execute(self.sql.finish, (self.store.clock.now(), job.id, job.lease_token))

@@ -12,7 +12,7 @@ from .backoff import backoff_delay
 from .errors import PermanentError, StorageError, TransientError
 from .faults import ThrottledLog
 from .logs import log_context
-from .queue import RetryPolicy
+from .queue import PartlyFinished, RetryPolicy
 from .records import Job
 from .store import Store, StoredReport, Tx
 
@@ -238,18 +238,35 @@ class StageWorker:
         """Finish handled jobs in one transaction; should it fail as a whole, one by one."""
         try:
             outcomes = await self.store.finish_many([(job, writes) for job, _, writes, _ in ready])
+        except PartlyFinished as partly:
+            # The first jobs were committed before a later transaction of the group failed: those are done as any
+            # finished job; the rest as if their group had failed (below).
+            done = len(partly.outcomes)
+            await self._settle_outcomes(taken, ready[:done], partly.outcomes)
+            ready = ready[done:]
+            if isinstance(partly.error, StorageError):
+                raise partly.error
+            await self._finish_one_by_one(taken, ready)
+            return
         except (asyncio.CancelledError, StorageError):
             raise  # a store outage: the run loop backs off; the leases come back when they expire
         except Exception:
             # The shared commit failed as a whole (nothing of it applied): finish the jobs one by one, so the
             # fault is met, and recorded, job by job as without grouping.
-            log.exception("stage %s: group commit of %d jobs failed; finishing them one by one", self.stage,
-                          len(ready))
-            for job, report, writes, started in ready:
-                with self._context(job, report):
-                    await self._finish(job, report, writes, started)
-                taken.jobs.remove(job)
+            await self._finish_one_by_one(taken, ready)
             return
+        await self._settle_outcomes(taken, ready, outcomes)
+
+    async def _finish_one_by_one(self, taken: _Taken, ready: list[tuple[Job, StoredReport, Writes | None, float]]
+                                 ) -> None:
+        log.exception("stage %s: group commit of %d jobs failed; finishing them one by one", self.stage, len(ready))
+        for job, report, writes, started in ready:
+            with self._context(job, report):
+                await self._finish(job, report, writes, started)
+            taken.jobs.remove(job)
+
+    async def _settle_outcomes(self, taken: _Taken, ready: list[tuple[Job, StoredReport, Writes | None, float]],
+                               outcomes: list[bool | Exception]) -> None:
         for (job, report, _, started), outcome in zip(ready, outcomes):
             taken.jobs.remove(job)
             with self._context(job, report):

@@ -242,3 +242,68 @@ async def test_a_dead_side_job_leaves_the_reports_status_to_its_stages(clocked_s
     kinds = [e["kind"] for e in await clocked_store.fetchall("SELECT kind FROM events WHERE report_id=? ORDER BY id",
                                                              (report_id,))]
     assert kinds == ["side_job_dead", "side_job_replayed"]
+
+
+async def test_a_batch_past_its_write_lock_budget_commits_the_jobs_done_and_goes_on(store: Store, make_message
+                                                                                    ) -> None:
+    """SQLite: intake's acknowledgements wait for the file's one write lock, so a stage's batch that has held it for
+    the budget commits what it has done and goes on in a new transaction (another process sees the first jobs'
+    writes while the next job runs); within the budget the batch is one transaction."""
+    import sqlite3
+
+    seen: dict[str, list[str]] = {}
+
+    async def run(budget: float, label: str) -> None:
+        ids = [await _submit(store, make_message) for _ in range(3)]
+        jobs = await store.lease("classify", 3, 60)
+        store.write_hold = budget
+        commits = store.commit_count
+
+        def writes(report_id: int):
+            async def apply(tx: Tx) -> None:
+                await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (report_id,))
+                other = sqlite3.connect(store.path)  # another process's view: only what is committed
+                try:
+                    row = other.execute("SELECT status FROM reports WHERE id=?", (ids[0],)).fetchone()
+                finally:
+                    other.close()
+                seen.setdefault(label, []).append(row[0])
+            return apply
+
+        assert await store.finish_many([(job, writes(job.report_id)) for job in jobs]) == [True, True, True]
+        seen[label + " commits"] = [str(store.commit_count - commits)]
+        for job in jobs:
+            assert (await _job_row(store, job.id))["state"] == "done"
+
+    await run(3600.0, "long")
+    await run(0.0, "zero")
+    assert seen["long"] == ["received", "received", "received"] and seen["long commits"] == ["1"]
+    assert seen["zero"] == ["received", "routed", "routed"] and seen["zero commits"] == ["3"]
+
+
+async def test_a_later_transaction_of_a_batch_failing_keeps_the_jobs_already_committed(store: Store, make_message
+                                                                                       ) -> None:
+    import sqlite3
+
+    from ingest.queue import PartlyFinished
+
+    for _ in range(2):
+        await _submit(store, make_message)
+    first, second = await store.lease("classify", 2, 60)
+    store.write_hold = 0.0
+
+    async def ok(tx: Tx) -> None:
+        await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (first.report_id,))
+
+    async def ends_the_transaction(tx: Tx) -> None:
+        await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (second.report_id,))
+        await tx.execute("ROLLBACK")  # SQLite rolled the whole transaction back (as a full disk makes it do)
+        raise sqlite3.OperationalError("the transaction is gone")
+
+    with pytest.raises(PartlyFinished) as caught:
+        await store.finish_many([(first, ok), (second, ends_the_transaction)])
+    assert caught.value.outcomes == [True]
+    assert (await _job_row(store, first.id))["state"] == "done"
+    assert (await store.get_report(first.report_id)).status == "routed"
+    assert (await _job_row(store, second.id))["state"] == "leased"
+    assert (await store.get_report(second.report_id)).status == "received"

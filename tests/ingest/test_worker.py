@@ -168,6 +168,7 @@ async def test_group_commit_applies_a_batch_at_once_and_undoes_only_the_failing_
                 raise ValueError("writes failed half-way")
         return writes
 
+    clocked_store.write_hold = float("inf")  # the group's commits are counted (the lock budget: test_queue)
     worker = StageWorker(clocked_store, "classify", handler,
                          WorkerSettings(batch=3, group_commit=True, max_attempts=3))
     commits = clocked_store.commit_count
@@ -190,12 +191,39 @@ async def test_group_commit_in_groups_of_group_size_jobs(clocked_store: Store, m
             await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
         return writes
 
+    clocked_store.write_hold = float("inf")  # the group's commits are counted (the lock budget: test_queue)
     worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(batch=5, group_commit=True, group_size=2))
     commits = clocked_store.commit_count
     assert await worker.run_once() == 5
     assert worker.processed == 5
     assert {(await clocked_store.get_report(rid)).status for rid in ids} == {"routed"}
     assert clocked_store.commit_count - commits == 1 + 3  # the lease, then jobs 1-2, 3-4 and 5
+
+
+async def test_a_group_split_by_the_write_lock_budget_settles_the_committed_jobs_and_retries_the_rest_alone(
+        store: Store, make_message) -> None:
+    """SQLite: the group's first job is committed alone (budget 0); the second transaction then fails as a whole.
+    The first job counts as processed once, the second is finished again on its own."""
+    import sqlite3
+
+    ids = [(await store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(2)]
+    store.write_hold = 0.0
+    broke: list[int] = []
+
+    async def handler(job: Job, report: StoredReport):
+        async def writes(tx: Tx) -> None:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
+            if job.report_id == ids[1] and not broke:
+                broke.append(job.id)
+                await tx.execute("ROLLBACK")  # SQLite dropped the whole transaction (as a full disk makes it)
+                raise sqlite3.OperationalError("the transaction is gone")
+        return writes
+
+    worker = StageWorker(store, "classify", handler, WorkerSettings(batch=2, group_commit=True, max_attempts=3))
+    assert await worker.run_once() == 2
+    assert worker.processed == 2
+    assert {(await store.get_report(rid)).status for rid in ids} == {"routed"}
+    assert [(await _job(store, rid))["state"] for rid in ids] == ["done", "done"]
 
 
 async def test_group_commit_discards_a_lost_lease_and_keeps_the_rest(clocked_store: Store, make_message) -> None:
