@@ -60,9 +60,10 @@ def unit_nice(role: str) -> int:
     return 0
 
 
-def _config(tmp: Path, port: int, url: str | None) -> Path:
+def _config(tmp: Path, port: int, url: str | None, embed_threads: int | None = None) -> Path:
     config = tmp / f"config-{port}.toml"
     store = f'url = "env:BENCH_STORE_URL"\n' if url else ""
+    threads = f"embed_threads = {embed_threads}\n" if embed_threads is not None else ""
     config.write_text(f"""
 [store]
 {store}path = "{tmp / 'store.sqlite3'}"
@@ -75,7 +76,7 @@ port = {port}
 [classifier]
 cache_dir = "{REPO / 'var' / 'models'}"
 variant = "int8"
-
+{threads}
 [logging]
 level = "WARNING"
 
@@ -87,7 +88,8 @@ name = "app"
 
 
 class Layout:
-    def __init__(self, tmp: Path, name: str, roles: list[str], url: str | None) -> None:
+    def __init__(self, tmp: Path, name: str, roles: list[str], url: str | None,
+                 embed_threads: int | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.url = url
@@ -96,7 +98,7 @@ class Layout:
         # Intake's process listens on the measured port; a workers-only process has no HTTP site.
         self.procs = []
         for role in roles:
-            config = _config(tmp, self.port if role != "workers" else free_port(), url)
+            config = _config(tmp, self.port if role != "workers" else free_port(), url, embed_threads)
             log = open(tmp / f"{role}.log", "ab")
             nice = unit_nice(role)
             self.procs.append(subprocess.Popen(
@@ -187,6 +189,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--postgresql", default="postgresql://postgres@127.0.0.1:5432/postgres", metavar="ADMIN_URL")
+    parser.add_argument("--embed-threads", type=int, default=None,
+                        help="the daemon's [classifier] embed_threads (default: its own default)")
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma-separated, of: {', '.join(LAYOUTS)}")
     args = parser.parse_args()
     print(f"load generator: {generator()} for throughput, Python open loop for latency; load average "
@@ -203,7 +207,7 @@ def main() -> int:
             url = pg_database(args.postgresql, True, pg_name) if backend == "postgresql" else None
             try:
                 raw = raw_pg_commit_rate(url, 3.0) if url else raw_commit_rate(tmp / "raw.sqlite3", 3.0)
-                layout = Layout(tmp, name, roles, url)
+                layout = Layout(tmp, name, roles, url, args.embed_threads)
                 try:
                     m = asyncio.run(_measure(layout, args.backlog, args.clients, args.seconds, args.rate))
                 finally:
