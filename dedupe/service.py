@@ -31,10 +31,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from config.schema import QueueConfig
 from ingest.app import AppContext, Service
 from ingest.dialect import POSTGRESQL
 from ingest.errors import PermanentError, TransientError
-from ingest.jobs import DISPATCH, NOTIFY, DedupeJob, DispatchJob, NotifyJob, closing_subject, reopening_subject
+from ingest.jobs import DEDUPE, DISPATCH, NOTIFY, DedupeJob, DispatchJob, NotifyJob, closing_subject, \
+    reopening_subject
+from ingest.queue import JobKind, register_kind, report_dead
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import StageWorker, WorkerSettings
@@ -167,6 +170,37 @@ def incident_state_writes(job_id: int, payload: DedupeJob, blocks: Blocks | None
     return writes
 
 
+def incident_state_job(job: Job) -> bool:
+    """Whether the job closes or reopens an incident with its case (WorkerSettings.keep_trying: it must never die of
+    a transient cause; given up, the incident would stay open under a closed case, and a repeat of the fixed
+    problem would join that case as a duplicate, with no result ever)."""
+    return job.payload is not None and job.payload.incident_state is not None
+
+
+def incident_change_of(job: Job) -> tuple[str, str] | None:
+    """("close" | "reopen", incident id) of an incident-state job, read from its subject (closing_subject,
+    reopening_subject): also there when its payload no longer decodes; None for any other dedupe job."""
+    change, _, incident_id = (job.subject or "").partition(":")
+    return (change, incident_id) if change in ("close", "reopen") and incident_id.startswith("INC-") else None
+
+
+async def dedupe_job_dead(tx: Tx, job: Job, error: str) -> None:
+    """A dedupe job's death (on_dead, and on_undecodable when its lease buried it): the report rule, and for a
+    closing or reopening of an incident (dead only for a permanent cause, keep_trying) an alert to the operators
+    on the case's report: the incident no longer follows its case until someone mends and replays the job."""
+    await report_dead(tx, job, error)
+    change = incident_change_of(job)
+    if change is None:
+        return
+    await tx.event(job.report_id, "alert", "dedupe", {"alert": "incident_state_dead", "change": change[0],
+                                                      "incident_id": change[1], "job_id": job.id, "error": error})
+    log.error("dedupe: the %s of incident %s (job %d) is dead; the incident no longer follows its case", change[0],
+              change[1], job.id)
+
+
+register_kind(JobKind(DEDUPE, on_dead=dedupe_job_dead, on_undecodable=dedupe_job_dead))
+
+
 def case_report_writes(incident_id: str, report_id: int, blocks: Blocks) -> Any:
     """Dispatch opened the incident's case with `report_id`, or moved a case there (after an operator's merge): the
     incident names that report as its case's, under its district's lock (routing reads it there)."""
@@ -293,6 +327,14 @@ class DedupeStage:
         await incidents.refresh_last_report(tx, incident_id)
 
 
+def worker_settings(q: QueueConfig, blocks: Blocks) -> WorkerSettings:
+    """How the stage's worker runs: `[queue]`'s batch, lease and attempts; a closing or reopening of an incident is
+    retried until applied (incident_state_job)."""
+    return WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts,
+                          group_commit=blocks.group_commit, group_size=q.group_commit_jobs,
+                          keep_trying=incident_state_job)
+
+
 class DedupeService:
     name = "dedupe"
 
@@ -307,10 +349,7 @@ class DedupeService:
         self.stage = DedupeStage(ctx.store, self.matcher, self.blocks)
         # Jobs in lease order; on SQLite a batch finished in one commit (each job in a savepoint): every match runs
         # inside that transaction and sees the jobs before it (see DedupeStage.handle).
-        self.worker = StageWorker(ctx.store, STAGE, self.stage.handle,
-                                  WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds,
-                                                 max_attempts=q.max_attempts, group_commit=self.blocks.group_commit,
-                                                 group_size=q.group_commit_jobs))
+        self.worker = StageWorker(ctx.store, STAGE, self.stage.handle, worker_settings(q, self.blocks))
 
     async def run(self) -> None:
         loaded = await self.blocks.rebuild(self.store)

@@ -750,6 +750,12 @@ async def _report_dead(tx: Tx, job: Job, error: str, now: float) -> None:
                    {"stage": job.stage, "error": error, "previous_status": previous})
 
 
+async def report_dead(tx: Tx, job: Job, error: str) -> None:
+    """The report rule (`_report_dead`) as a hook, for a kind whose own on_dead adds to it (dedupe's alert)."""
+    if job.report_id is not None:
+        await _report_dead(tx, job, error, tx.store.clock.now())
+
+
 async def side_job_dead(tx: Tx, job: Job, error: str) -> None:
     """`on_dead` of a side kind (a question to the reporter, a late media fetch, a reporter's follow-up): the job
     is about a report but is not one of its stages, so its death is only recorded; the report's status stays the

@@ -57,6 +57,10 @@ class WorkerSettings:
     # a batch of 64 classify jobs held it for 60-300 ms, and every report acknowledged meanwhile waited that long.
     # A few jobs a commit bound that wait at the cost of a few more fsyncs a batch.
     group_size: int = 0
+    # Jobs that must never die of a transient cause (dedupe's incident-state jobs: one given up leaves an incident
+    # open under a closed case): retried with backoff capped at `backoff_cap` for as long as it takes; only a
+    # PermanentError (or a payload that no longer decodes) ends one. Others die after `max_attempts`.
+    keep_trying: Callable[[Job], bool] | None = None
 
 
 # A batch's leases are renewed while it is worked on, up to this many lease periods after it was taken: a handler
@@ -307,7 +311,13 @@ class StageWorker:
             log.error("stage %s job %d failed (attempt %d)", self.stage, job.id, job.attempts,
                       exc_info=(type(exc), exc, exc.__traceback__))
         # The queue's one retry rule (ingest/queue.py): backoff, Retry-After a floor, dead when attempts run out.
-        policy = RetryPolicy(max_attempts=s.max_attempts, base=s.backoff_base, cap=s.backoff_cap)
+        persistent = s.keep_trying is not None and s.keep_trying(job)
+        policy = RetryPolicy(max_attempts=None if persistent else s.max_attempts, base=s.backoff_base,
+                             cap=s.backoff_cap)
+        if persistent and job.attempts == s.max_attempts:
+            # Said once, where another job would have died: it goes on being retried.
+            log.warning("stage %s job %d: still failing after %d attempts (%s); retried until it succeeds",
+                        self.stage, job.id, job.attempts, type(exc).__name__)
         plan = self.store.queue.plan_retry(job, f"{type(exc).__name__}: {exc}", policy,
                                            retry_after=exc.retry_after if isinstance(exc, TransientError) else None)
         await self.store.fail(job, plan.error, retry_in=plan.delay, dead=plan.dead)

@@ -7,11 +7,16 @@ second case."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from typing import Any
 
+from config.schema import QueueConfig
 from dedupe import schema
+from dedupe.blocks import LocalBlocks
 from dedupe.matcher import IncidentMatcher
-from dedupe.service import STAGE, DedupeStage
+from dedupe.service import STAGE, DedupeStage, worker_settings
 from ingest.clock import FakeClock
+from ingest.errors import TransientError
 from ingest.jobs import DedupeJob, closing_subject, reopening_subject
 from ingest.store import Store
 from ingest.worker import StageWorker, WorkerSettings
@@ -117,3 +122,74 @@ async def test_a_change_queued_before_versions_decodes_and_is_applied_until_a_ve
     assert await worker.run_once() == 1
     row = await store.fetchone("SELECT state, state_version FROM incidents WHERE id=?", (inc,))
     assert (row["state"], row["state_version"]) == ("open", 1)
+
+
+class Contended(LocalBlocks):
+    """The district's lock out of reach while `down` (another instance holding it, a store hiccup): every decision
+    in it fails with a TransientError, as SharedBlocks' do."""
+
+    def __init__(self, matcher: IncidentMatcher) -> None:
+        super().__init__(matcher)
+        self.down = False
+
+    async def enter(self, tx: Any, district: str | None) -> None:
+        if self.down:
+            raise TransientError("district lock out of reach")
+
+
+async def test_a_closing_failing_for_a_transient_cause_is_retried_past_max_attempts_until_applied(
+        store_factory: StoreFactory) -> None:
+    """An incident-state job never dies of a transient cause: dead after `max_attempts`, the incident stayed open
+    under a closed case and a repeat of the fixed problem was swallowed into it. It is retried with capped backoff
+    until the cause passes, then applied."""
+    store = await store_factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS})
+    matcher = IncidentMatcher(store)
+    blocks = Contended(matcher)
+    # As DedupeService runs it ([queue] max_attempts 3), the backoff capped at a minute.
+    settings = replace(worker_settings(QueueConfig(max_attempts=3, batch=1), blocks), backoff_cap=60.0)
+    worker = StageWorker(store, STAGE, DedupeStage(store, matcher, blocks).handle, settings)
+    rid = await _classified(store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    assert await worker.run_once() == 1
+    inc = (await store.get_report(rid)).incident_id  # type: ignore[union-attr]
+    assert inc is not None
+    blocks.down = True
+    await changed(store, rid, inc, 1, at=T0 + 100)
+    for _ in range(10):  # three times max_attempts
+        store.clock.advance(61.0)  # type: ignore[attr-defined]
+        assert await worker.run_once() == 1
+        job = await store.fetchone("SELECT state, attempts, available_at FROM jobs WHERE subject=?",
+                                   (closing_subject(inc),))
+        assert job["state"] == "ready", job["attempts"]
+        assert job["available_at"] <= store.clock.now() + 60.0  # type: ignore[attr-defined]
+    blocks.down = False
+    store.clock.advance(61.0)  # type: ignore[attr-defined]
+    assert await worker.run_once() == 1
+    row = await store.fetchone("SELECT state, closed_as FROM incidents WHERE id=?", (inc,))
+    assert (row["state"], row["closed_as"]) == ("closed", "resolved")
+    assert not await store.fetchall("SELECT id FROM events WHERE kind='alert'")
+
+
+async def test_an_incident_state_job_dead_for_a_permanent_cause_alerts_the_operators(
+        store_factory: StoreFactory) -> None:
+    """Dead only for a permanent cause (a state this build does not know; a payload written by a newer build that
+    does not decode): the incident no longer follows its case, so operators get an alert on the case's report
+    naming the incident, besides the dead letter (no alert before: the dead letter was all)."""
+    store, worker, rid, inc = await started(store_factory, worker_settings(QueueConfig(max_attempts=3, batch=1),
+                                                                           LocalBlocks(None)))  # type: ignore[arg-type]
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='closed' WHERE id=?", (rid,))  # as dispatch closes the case
+        await tx.enqueue(STAGE, rid, DedupeJob(incident_id=inc, incident_state="paused", version=1),
+                         subject=closing_subject(inc))
+    assert await worker.run_once() == 1
+    newer = json.dumps({"type": "DedupeJob", "schema_version": 99, "incident_id": inc, "incident_state": "closed"})
+    async with store.transaction() as tx:
+        job_id = await tx.enqueue(STAGE, rid, None, subject=reopening_subject(inc))
+        await tx.execute("UPDATE jobs SET payload=? WHERE id=?", (newer, job_id))
+    assert await worker.run_once() == 0  # its lease buries it
+    assert [d.subject for d in await store.queue.dead_letters(STAGE)] == [reopening_subject(inc),
+                                                                          closing_subject(inc)]
+    alerts = [json.loads(r["data"]) for r in await store.fetchall(
+        "SELECT data FROM events WHERE kind='alert' AND report_id=? ORDER BY id", (rid,))]
+    assert [(a["alert"], a["incident_id"], a["change"]) for a in alerts] == [
+        ("incident_state_dead", inc, "close"), ("incident_state_dead", inc, "reopen")]
+    assert (await store.get_report(rid)).status == "closed"  # type: ignore[union-attr]
