@@ -252,8 +252,30 @@ def _escalation_retry(job: Job, error: str, plan: RetryPlan) -> Writes:
 
 
 async def _escalation_dead(tx: Tx, job: Job, error: str) -> None:
-    await tx.execute("UPDATE escalations SET state='failed', last_error=? WHERE id=?",
-                     (f"gave up: {error}", job.payload.escalation_id))
+    await _row_given_up(tx, job.payload.escalation_id, error)
+
+
+async def _row_given_up(tx: Tx, escalation_id: int, error: str) -> None:
+    """A digest given up: failed, kept for operators (a replay of its job sends it again)."""
+    await tx.execute("UPDATE escalations SET state='failed', last_error=? WHERE id=?", (f"gave up: {error}",
+                                                                                       escalation_id))
+
+
+async def _escalation_undecodable(tx: Tx, job: Job, error: str) -> None:
+    """The death of an `escalate` job whose payload no longer decodes (its lease buried it): which row it carried is
+    not readable, but its subject names the agency and channel, and a pending row of theirs that no other job of
+    the subject carries can only have been this job's (each row is written with its job). It is given up as a dead
+    digest is; left 'pending', nothing would ever send it or say it failed (as dispatch/delivery.py does for a
+    delivery)."""
+    agency, _, channel = (job.subject or "").partition("/")
+    if not channel:
+        return
+    carried = {other.payload.escalation_id
+               for other in await tx.store.queue.unfinished_of_subject(tx, ESCALATE, job.subject)}
+    for row in await tx.fetchall("SELECT id FROM escalations WHERE agency=? AND channel=? AND state='pending'"
+                                 " ORDER BY id", (agency, channel)):
+        if row["id"] not in carried:
+            await _row_given_up(tx, row["id"], error)
 
 
 async def _escalation_replayed(tx: Tx, job: Job, _: str) -> None:
@@ -261,7 +283,8 @@ async def _escalation_replayed(tx: Tx, job: Job, _: str) -> None:
                      (tx.store.clock.now(), job.payload.escalation_id))
 
 
-register_kind(JobKind(ESCALATE, on_dead=_escalation_dead, on_replay=_escalation_replayed))
+register_kind(JobKind(ESCALATE, on_dead=_escalation_dead, on_replay=_escalation_replayed,
+                      on_undecodable=_escalation_undecodable))
 
 
 def due_text(ts: float) -> str:

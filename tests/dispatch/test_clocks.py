@@ -368,6 +368,31 @@ async def test_a_digest_refused_for_good_is_a_dead_letter_and_replays(world, smt
     assert (await ctx.store.fetchone("SELECT state FROM escalations WHERE channel='sms'"))["state"] == "sent"
 
 
+async def test_a_digest_whose_job_does_not_decode_is_given_up_like_a_dead_one(world, smtp, sms_gateway):
+    """Its lease buries the job without reading it (a payload a newer build wrote); the row it carried is its
+    subject's (agency/channel) pending row no other job carries: failed, as a dead digest's is (it stayed 'pending'
+    for good, never sent). The other digests go out; a replay that buries it again changes nothing more."""
+    ctx, base = world
+    await new_case(ctx, "INC-000001")
+    ctx.clock.advance(3 * HOUR)
+    sender = svc(ctx, "dispatch-escalations")
+    await tick(ctx.store, sender.cfg)
+    (broken,) = await ctx.store.fetchall("SELECT id FROM jobs WHERE stage='escalate' AND subject LIKE '%/sms'")
+    async with ctx.store.transaction() as tx:
+        await tx.execute("UPDATE jobs SET payload=? WHERE id=?",
+                         ('{"type":"EscalateJob","schema_version":99,"escalation_id":1}', broken["id"]))
+    await sender.run_once()
+    rows = await ctx.store.fetchall("SELECT channel, state, last_error FROM escalations ORDER BY id")
+    outcome = [(r["channel"], r["state"], r["last_error"]) for r in rows]
+    assert outcome == [("email", "sent", None), ("sms", "failed", "gave up: payload does not decode"),
+                       ("email", "sent", None)]  # the agency's leadership, its SMS, the operator unit
+    assert await ctx.store.queue.replay(ids=[broken["id"]]) == 1
+    assert await sender.run_once() == 0
+    rows = await ctx.store.fetchall("SELECT channel, state, last_error FROM escalations ORDER BY id")
+    assert [(r["channel"], r["state"], r["last_error"]) for r in rows] == outcome
+    assert [d.id for d in await ctx.store.queue.dead_letters("escalate")] == [broken["id"]]
+
+
 def test_readme_lists_every_clock_with_its_article_unit_and_length():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### Deadlines"):]
