@@ -15,7 +15,7 @@ from dispatch import queries as dispatch_queries
 from dispatch.delivery import endpoint_subject
 from ingest.clock import iso
 from ingest.contacts import find_phones, normalize_phone
-from ingest.pii import is_confidential, redact
+from ingest.pii import is_confidential, redact, redact_ids
 from ingest.public import redact_text
 from ingest.queue import shown_to_admins
 from ingest.records import InboundMessage, from_json
@@ -93,7 +93,9 @@ async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
         out.append(TimelineEntry(at=e["at"], who=e["actor"], what=e["kind"], detail=_compact(e["data"]),
                                  report_id=e["report_id"]))
     for a in await dispatch_queries.answers_of_case(store, case["id"]):
-        detail = "; ".join(x for x in (a["note"] or "", _compact(a["data"], drop=("photos",))) if x)
+        # The note is what the agency's staff typed: it can quote the reporter's phone, e-mail or ID number. Whole
+        # (not cut as an error is), with the daemon's CASE-/INC- numbers it names readable.
+        detail = "; ".join(x for x in (redact_ids(a["note"] or ""), _compact(a["data"], drop=("photos",))) if x)
         photos = json.loads(a["data"] or "{}").get("photos") or []
         if photos:
             detail += console_text("photo_count", n=len(photos))

@@ -50,3 +50,23 @@ def test_the_daemons_own_numbers_and_times_in_event_details_stay_readable() -> N
     assert f"due_at={iso(1765100000.5)}" in detail
     assert "from=INC-000001" in detail and "to=INC-000012" in detail and "into=CASE-000034" in detail
     assert "0901234567" not in detail and "reply_to=" in detail
+
+
+async def test_an_agencys_answer_note_on_the_case_timeline_hides_phones_emails_and_id_numbers(
+        server: Server, browser: Browser) -> None:
+    """An agency's answer note is free text its staff type: it can quote the reporter's phone, e-mail or ID number
+    (it was shown as typed to every staff member who opens the case). The case and incident numbers it names stay
+    readable."""
+    case = await seed_case(server, text="Bể ống nước đường Hai Bà Trưng", incident="INC-000001")
+    note = ("Đã gọi 0901234567, email an.nguyen@example.vn, CCCD 079203005678; trùng INC-000001 và "
+            f"{case}, hồ sơ 000123")
+    await browser.login("sawaco")
+    status, _, _ = await browser.post(f"/console/cases/{case}/answer", {"kind": "acknowledged", "note": note})
+    assert status == 303
+    await browser.login("operator")
+    status, page = await browser.get(f"/console/cases/{case}")
+    timeline = page.split('id="timeline"')[1]
+    assert status == 200 and "answer: acknowledged" in timeline and "Đã gọi" in timeline
+    for personal in ("0901234567", "an.nguyen@example.vn", "079203005678", "000123"):
+        assert personal not in page
+    assert "trùng INC-000001 và " + case in timeline

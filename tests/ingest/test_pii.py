@@ -95,3 +95,12 @@ def test_redact_ids_hides_long_numbers_in_error_texts_and_keeps_statuses_and_wor
                        "retry after 30 s, port 8080, msg_3f9a12345678")
     assert "12345678" not in shown.replace("msg_3f9a12345678", "") and "1001234567890" not in shown
     assert "HTTP 403" in shown and "30 s" in shown and "8080" in shown and "msg_3f9a12345678" in shown
+
+
+def test_the_daemons_case_and_incident_numbers_stay_readable_after_an_identity_word() -> None:
+    """An agency's note names the case beside the reporter's ID number: the ID number goes, CASE-/INC- numbers (the
+    daemon's own) stay, as redact_ids leaves them (before: 'INC-[số giấy tờ ẩn]', the nearest word being CCCD)."""
+    shown = redact_ids("CCCD 079203005678; trùng INC-000001 và CASE-000001, STK 12345678")
+    assert "079203005678" not in shown and "12345678" not in shown
+    assert "INC-000001" in shown and "CASE-000001" in shown
+    assert "XINC-" + "[" in redact("CCCD XINC-000123")  # only the daemon's own prefix, as a whole word
