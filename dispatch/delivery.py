@@ -25,7 +25,7 @@ from config.dispatch import DispatchConfig, EmailTarget, WebhookTarget
 from ingest.mail import send_message
 from ingest.errors import PermanentError, TransientError
 from ingest.jobs import DELIVER, DeliverJob
-from ingest.queue import JobKind, RetryPolicy, Settlement, register_kind
+from ingest.queue import JobKind, RetryPolicy, Settlement, register_kind, shown_to_admins
 from ingest.records import Job
 from ingest.store import Store, Tx
 from ingest.worker import Writes
@@ -142,10 +142,10 @@ class DeliverySender:
         if outcome.kind == "delivered":
             if key in self._down:
                 self._down.discard(key)
-                log.info("endpoint %s/%s delivering again", *key)
+                log.info("endpoint %s delivering again", logged_endpoint(*key))
         elif outcome.kind == "transient" and key not in self._down:
             self._down.add(key)
-            log.warning("endpoint %s/%s failing: %s", key[0], key[1], outcome.error)
+            log.warning("endpoint %s failing: %s", logged_endpoint(*key), shown_to_admins(outcome.error))
         return row, outcome
 
     # -- webhook ---------------------------------------------------------------------------------
@@ -270,6 +270,12 @@ def endpoint_subject(agency: str, target: str) -> str:
     return f"{agency}/{target}"
 
 
+def logged_endpoint(agency: str, target: str) -> str:
+    """An endpoint as logs name it: its subject as the dead-letter page shows it. A target may be named by its
+    mailbox ('sawaco/[email ẩn]'), and logs hold no personal data; the delivery's id finds the row."""
+    return shown_to_admins(endpoint_subject(agency, target)) or agency
+
+
 def _then(first: Writes, second: Writes | None) -> Writes:
     async def both(tx: Tx) -> None:
         await first(tx)
@@ -327,7 +333,8 @@ async def _row_dead(tx: Tx, row: Any, error: str) -> None:
                              "case_id": row["case_id"], "agency": row["agency"], "target": row["target"],
                              "msg_id": row["msg_id"], "error": error}
     await tx.event(case["report_id"] if case else None, "alert", "dispatch", alert)
-    log.warning("delivery %s to %s/%s dead: %s", row["msg_id"], row["agency"], row["target"], error)
+    log.warning("delivery %d (%s) to endpoint %s dead: %s", row["id"], row["msg_id"],
+                logged_endpoint(row["agency"], row["target"]), shown_to_admins(error))
 
 
 async def _delivery_replayed(tx: Tx, job: Job, _: str) -> None:

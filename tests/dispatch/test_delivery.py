@@ -123,6 +123,27 @@ async def test_a_deliver_job_whose_payload_does_not_decode_leaves_its_row_dead_w
     assert [d.id for d in await dstore.queue.dead_letters("deliver")] == [broken]
 
 
+async def test_delivery_log_lines_name_an_endpoint_without_its_address(dstore, directory, receiver, fclock, caplog):
+    """An endpoint may be named by its mailbox: the log lines about it (failing, dead) name the delivery and the
+    endpoint as the dead-letter page shows it, never the address (the 'delivery dead' line logged it as is)."""
+    mailbox = "tiepnhan.sawaco@example.vn"
+    receiver.script = ["503", "400"]
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url, name=mailbox))
+    caplog.set_level("INFO", logger="dispatch.delivery")
+    await sender.run_once()
+    (row,) = await delivery_rows(dstore)
+    fclock.advance(row["next_at"] - fclock.now() + 0.001)
+    await sender.run_once()
+    await sender.close()
+    (row,) = await delivery_rows(dstore)
+    assert row["state"] == "dead" and row["target"] == mailbox
+    lines = [r.getMessage() for r in caplog.records if r.name == "dispatch.delivery"]
+    assert any("failing" in line for line in lines) and any("dead" in line for line in lines), lines
+    assert not [line for line in lines if "tiepnhan" in line or "example.vn" in line], lines
+    (dead,) = [line for line in lines if "dead" in line]
+    assert f"delivery {row['id']} " in dead and "sawaco/[email ẩn]" in dead
+
+
 @pytest.mark.parametrize("fault", ["400", "redirect"])
 async def test_other_4xx_and_redirects_are_permanent(dstore, directory, receiver, fault):
     receiver.script = [fault]
