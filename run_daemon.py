@@ -51,7 +51,7 @@ from ingest.migrations import Migration  # noqa: E402
 from ingest.degraded import open_or_serve_degraded  # noqa: E402
 from ingest.progress import progress_bar  # noqa: E402
 from ingest.reclaim import Reclaimer  # noqa: E402
-from ingest.store import QuarantineLimits, Store  # noqa: E402
+from ingest.store import WRITE_GAP, QuarantineLimits, Store  # noqa: E402
 from ingest.supervise import supervised  # noqa: E402
 
 log = logging.getLogger("run_daemon")
@@ -327,6 +327,8 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
     store = await open_or_serve_degraded(lambda: open_store(settings), settings.http.host, settings.http.port, stop)
     if store is None:
         return  # stopped before the store could be opened
+    if role == "workers" and isinstance(store, Store):
+        store.write_gap = WRITE_GAP  # intake commits to the same file from its own process (ingest/store.py)
     try:
         await store.reclaim_expired()  # leases held by a previous process that died
     except StorageError:

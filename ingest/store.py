@@ -47,6 +47,11 @@ BEGIN = "BEGIN IMMEDIATE"
 # goes on in a new one (queue.finish_many). Intake's acknowledgements wait for that lock (issue 20: p99 < 50 ms at
 # 500/s): stage batches of 8 jobs held it 20-150 ms, each job's statements a trip through a busy event loop.
 WRITE_HOLD = 0.010
+# With intake in another process on the same file (`serve --role workers`), the gap a stage's transaction leaves
+# after the last one before it begins: intake's commit polls the busy lock about every BUSY_POLL, and a stage
+# that begins again at once after committing takes the lock back before intake's next try, transaction after
+# transaction (in one process WriteTurns gives intake its turn instead).
+WRITE_GAP = 3 * BUSY_POLL
 
 
 
@@ -340,6 +345,8 @@ class Store(StoreShared):
         self.records_refused = 0
         self._checkpointer: WalCheckpointer | None = None
         self.write_hold = WRITE_HOLD
+        self.write_gap = 0.0  # WRITE_GAP when intake runs in another process (run_daemon.serve, role workers)
+        self._write_ended = 0.0  # time.monotonic() when this process's last write transaction ended
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod
@@ -406,26 +413,34 @@ class Store(StoreShared):
     async def transaction(self) -> AsyncIterator[Tx]:
         assert self._writer is not None, "store is closed"
         async with self._write_lock.turn():
+            if self.write_gap:
+                wait = self._write_ended + self.write_gap - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             tx = Tx(self._writer, self)
             changes = self._writer.total_changes
             # Sent with the body's first statement (or with COMMIT): one trip fewer, and the write lock is taken
             # only when there is something to write. A BEGIN that fails fails that first statement (below).
             tx._wait(BEGIN, control=True)
             try:
-                yield tx
-            except BaseException as exc:
-                # SQLite may already have rolled back by itself (a full disk does): that must not raise anew. A
-                # cancelled statement still runs on the connection's thread: the rollback is queued after it.
-                await asyncio.shield(self._rollback_quietly())
-                # Only SQLite's own faults: the body may raise domain errors of any type (even OSError subclasses).
-                if isinstance(exc, sqlite3.Error) and storage_reason(exc) is not None:
+                try:
+                    yield tx
+                except BaseException as exc:
+                    # SQLite may already have rolled back by itself (a full disk does): that must not raise anew. A
+                    # cancelled statement still runs on the connection's thread: the rollback is queued after it.
+                    await asyncio.shield(self._rollback_quietly())
+                    # Only SQLite's own faults: the body may raise domain errors of any type (even OSError
+                    # subclasses).
+                    if isinstance(exc, sqlite3.Error) and storage_reason(exc) is not None:
+                        raise self._storage_failure(exc) from exc
+                    raise
+                try:
+                    await tx._commit()
+                except Exception as exc:
+                    await asyncio.shield(self._rollback_quietly())
                     raise self._storage_failure(exc) from exc
-                raise
-            try:
-                await tx._commit()
-            except Exception as exc:
-                await asyncio.shield(self._rollback_quietly())
-                raise self._storage_failure(exc) from exc
+            finally:
+                self._write_ended = time.monotonic()
             self.commit_count += 1
             if self._writer.total_changes != changes:  # an empty transaction proves nothing about free space
                 self.health.succeeded(log)

@@ -131,3 +131,27 @@ def test_a_busy_lock_reported_with_an_extended_code_is_waited_out_and_other_faul
         assert conn.busy == 0 and not conn.in_transaction
     finally:
         conn.close()
+
+
+async def test_with_intake_in_another_process_a_stage_leaves_the_lock_free_between_its_transactions(
+        store: Store) -> None:
+    """`serve --role workers` (ingest.store.WRITE_GAP): intake's commit in the other process tries for the lock
+    every ~millisecond, and a stage that begins its next transaction right after committing takes it back first,
+    again and again. With the gap, a stage's BEGIN comes at least `write_gap` after its last COMMIT, time for
+    intake's next try; a process without intake beside it (the default, gap 0) goes on at once."""
+    import time
+
+    marks: list[tuple[str, float]] = []
+    await store._writer.set_trace_callback(
+        lambda sql: marks.append((sql, time.monotonic())) if sql in ("BEGIN IMMEDIATE", "COMMIT") else None)
+
+    async def write(name: str) -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO cursors(name, value, updated_at) VALUES (?, '1', 0)", (name,))
+
+    store.write_gap = 0.05
+    await write("a")
+    await write("b")
+    (b1, _), (c1, committed), (b2, begun) = marks[:3]
+    assert (b1, c1, b2) == ("BEGIN IMMEDIATE", "COMMIT", "BEGIN IMMEDIATE")
+    assert begun - committed >= 0.05  # (COMMIT is traced as it starts: the gap counts from its end)
