@@ -203,7 +203,14 @@ register_kind(JobKind(DEDUPE, on_dead=dedupe_job_dead, on_undecodable=dedupe_job
 
 def case_report_writes(incident_id: str, report_id: int, blocks: Blocks) -> Any:
     """Dispatch opened the incident's case with `report_id`, or moved a case there (after an operator's merge): the
-    incident names that report as its case's, under its district's lock (routing reads it there)."""
+    incident names that report as its case's, under its district's lock (routing reads it there).
+
+    Unlike a closing, it needs no version: the jobs of one incident may run in any order (retries, replays, several
+    instances) and leave the same. Each names the report of the one case the incident can hold (cases.incident_id
+    is unique, and a case leaves an incident only when that incident is merged away: dispatch then moves it where
+    its report is now, dispatch/cases.py _merge_writes), and this stage's own writes of the column never undo one
+    (route_member fills it only while empty, absorb keeps the kept incident's). One for an incident merged away
+    since changes nothing anyone reads. tests/dispatch/test_merged_case_report.py runs them both ways."""
 
     async def writes(tx: Tx) -> None:
         row = await incidents.get(tx, incident_id)

@@ -187,7 +187,8 @@ class CaseBook:
 
     def _merge_writes(self, absorbed: str, kept: str, actor: str) -> Writes:
         """An operator merged incident `absorbed` into `kept` (dedupe.operations.merge). Its case, if any, moves
-        to the kept incident when that has none; otherwise it closes as `merged` and its agency is told which
+        to the kept incident (where its report is now: `kept`, or what `kept` was merged into since) when that has
+        none; otherwise it closes as `merged` and its agency is told which
         case now carries the incident, so nobody handles the same thing twice."""
 
         async def writes(tx: Tx) -> None:
@@ -195,12 +196,19 @@ class CaseBook:
             if case is None or case["state"] in policy.CLOSED_STATES:
                 return
             now = self.store.clock.now()
-            target = await tx.fetchone("SELECT id FROM cases WHERE incident_id=?", (kept,))
+            # Where the case's report is now, not the incident this job was queued for: an operator may have merged
+            # that one away too since (a second merge, whose job found no case to move yet when it ran first: a
+            # retry, another instance). Moved there, the case would run on an incident merged away, holding no
+            # report, while the one holding them has none. As a dispatch job follows its report (handle_dispatch).
+            current = await tx.fetchone("SELECT incident_id FROM reports WHERE id=?", (case["report_id"],))
+            into = current["incident_id"] if current is not None and current["incident_id"] not in (None, absorbed) \
+                else kept
+            target = await tx.fetchone("SELECT id FROM cases WHERE incident_id=?", (into,))
             if target is None:
-                await tx.execute("UPDATE cases SET incident_id=?, updated_at=? WHERE id=?", (kept, now, case["id"]))
-                await self._tell_case_report(tx, kept, case["report_id"])
+                await tx.execute("UPDATE cases SET incident_id=?, updated_at=? WHERE id=?", (into, now, case["id"]))
+                await self._tell_case_report(tx, into, case["report_id"])
                 await tx.event(case["report_id"], "case_moved", actor, {"case_id": case["id"], "from": absorbed,
-                                                                       "to": kept})
+                                                                       "to": into})
                 return
             await tx.execute("UPDATE cases SET state='merged', closed_at=?, result=?, updated_at=? WHERE id=?",
                              (now, f"merged into {target['id']}", now, case["id"]))
@@ -210,7 +218,7 @@ class CaseBook:
             report = await self.store.get_report(case["report_id"])
             assert report is not None
             await self._deliver(tx, case, report, case["agency"], "case.merged", [], None,
-                                extra={"merged_into_case": target["id"], "merged_into_incident": kept})
+                                extra={"merged_into_case": target["id"], "merged_into_incident": into})
 
         return writes
 

@@ -46,6 +46,8 @@ class DedupeJob:
     version: int | None = None
     # Dispatch opened the case of `incident_id` with the job's report, or moved a case there, on an incident it was
     # not queued for (an operator's merge since): that report is the incident's case report (dispatch_report_id).
+    # No version: every such job of an incident names the same report, in any order (dedupe/service.py
+    # case_report_writes says why).
     case_report: bool = False
 
 
