@@ -144,8 +144,11 @@ def _replace(text: str, spans: Iterable[tuple[int, int, str]]) -> str:
     return text
 
 
-# Just before a number: it is the daemon's own (CASE-000123, INC-000123), as LONG_NUMBER below leaves it too.
+# Just before a number: it is the daemon's own (CASE-000123, INC-000123), as LONG_NUMBER below leaves it too. Only
+# the daemon's width (6 digits, 7 past a million incidents) is its own: "CASE-0901234567" is a phone number behind
+# the prefix, and "INC-079203005678" an ID number, whoever typed them.
 _OWN_NUMBER = re.compile(r"(?<![^\W_])(?:INC|CASE)-$")
+OWN_DIGITS = (6, 7)
 
 
 def _number_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, int, str]]:
@@ -154,7 +157,8 @@ def _number_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, i
         raw = m.group()
         digits = "".join(ch for ch in raw if ch.isdecimal())
         n = len(digits)
-        if n < 6 or _OWN_NUMBER.search(text, max(0, m.start() - 5), m.start()):
+        if n < 6 or (raw.isdecimal() and n in OWN_DIGITS
+                     and _OWN_NUMBER.search(text, max(0, m.start() - 5), m.start())):
             # The daemon's own case and incident numbers are nobody's personal data, also after an identity word
             # ("CCCD …; trùng INC-000001" in an agency's note): staff must tell which case a text names.
             continue
@@ -270,13 +274,18 @@ def redact(text: str) -> str:
 # those below 9 digits without a word saying what they are), an account, a record number. Shorter numbers stay
 # (an HTTP status, a count, seconds), so an error still says what went wrong. The daemon's own case and incident
 # numbers (CASE-000123, INC-000123: in queue subjects, moves and merges) are nobody's personal data and stay.
-LONG_NUMBER = re.compile(r"(?<![^\W_])(?<!INC-)(?<!CASE-)\d{5,}(?![^\W_])")
+LONG_NUMBER = re.compile(r"(?<![^\W_])((?:INC|CASE)-)?(\d{5,})(?![^\W_])")
+
+
+def _long_number(m: re.Match[str]) -> str:
+    prefix, digits = m.group(1), m.group(2)
+    return m.group() if prefix and len(digits) in OWN_DIGITS else (prefix or "") + REDACTED
 
 
 def redact_ids(text: str) -> str:
     """`redact`, and every long number too: for texts that quote a peer's answer or an exception (a job's last
     error), where a number is far more often somebody's id than something people need to read."""
-    return LONG_NUMBER.sub(REDACTED, redact(text)) if text else text
+    return LONG_NUMBER.sub(_long_number, redact(text)) if text else text
 
 
 def redact_value(text: str, value: str | None) -> str:

@@ -104,3 +104,13 @@ def test_the_daemons_case_and_incident_numbers_stay_readable_after_an_identity_w
     assert "079203005678" not in shown and "12345678" not in shown
     assert "INC-000001" in shown and "CASE-000001" in shown
     assert "XINC-" + "[" in redact("CCCD XINC-000123")  # only the daemon's own prefix, as a whole word
+
+
+@pytest.mark.parametrize("text", ["gọi em CASE-0901234567 nhé", "CCCD INC-079203005678", "CMND INC-025123456",
+                                  "tài khoản CASE-123456789012"])
+def test_a_phone_or_id_number_typed_behind_the_daemons_prefix_is_still_redacted(text: str) -> None:
+    """Only the daemon's own width (6 digits, 7 past a million) after INC-/CASE- is its number: anything longer is
+    somebody's phone, ID or account behind the prefix, on a public page (redact) and a staff one (redact_ids)."""
+    digits = re.search(r"\d+", text).group()
+    assert digits not in redact(text)
+    assert digits not in redact_ids(text)
