@@ -25,6 +25,7 @@ from ingest.agency_mail import claims_a_dispatch
 from ingest.jobs import AGENCY_EMAIL_REPLY, REPORTER_FOLLOW_UP, AgencyEmailReplyJob, ReporterFollowUpJob
 from ingest.records import Attachment, InboundMessage
 from ingest.store import Store, SubmitResult, Tx
+from ingest.untrusted import row_id
 
 from .mail_auth import sender_verdict
 from .email_parse import ParsedEmail, ParseError, ParseLimits, parse_email, to_inbound
@@ -180,7 +181,12 @@ class EmailIntake:
         if not token or not senders:
             return None
         if token.startswith("1022-") and token[5:].isdigit():
-            rows = await self.store.fetchall("SELECT id, record FROM reports WHERE id=?", (int(token[5:]),))
+            # A number past the database's integers ("[1022-99999999999999999999]") names no report; it made the
+            # driver raise, and the mail was answered 451 for ever.
+            report_id = row_id(token[5:])
+            if report_id is None:
+                return None
+            rows = await self.store.fetchall("SELECT id, record FROM reports WHERE id=?", (report_id,))
         elif token.startswith(("INC-", "CASE-")):
             incident = "INC-" + token.split("-", 1)[1]
             rows = await self.store.fetchall("SELECT id, record FROM reports WHERE incident_id=? ORDER BY id",

@@ -22,6 +22,7 @@ from dispatch.queries import PUBLIC_SELECT, public_report
 from ingest.app import AppContext
 from ingest.clock import VN_TZ
 from ingest.public import CLOSED_STATES, HIDDEN_STATES, public_request, services
+from ingest.untrusted import row_id
 from ingest.vocabulary import DISCOVERY_TEXTS
 
 PREFIX = "/open311/v2"
@@ -55,9 +56,10 @@ def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
     if params.get("service_request_id"):
         ids = []
         for part in params["service_request_id"].split(","):
-            if not part.strip().isdigit():
+            rid = row_id(part.strip())
+            if rid is None:
                 raise QueryError("service_request_id must be a comma-separated list of ids")
-            ids.append(int(part))
+            ids.append(rid)
         if len(ids) > MAX_PAGE_SIZE:
             raise QueryError(f"at most {MAX_PAGE_SIZE} service_request_id values")
         where.append(f"r.id IN ({','.join('?' * len(ids))})")

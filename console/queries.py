@@ -20,6 +20,7 @@ from ingest.public import redact_text
 from ingest.queue import shown_to_admins
 from ingest.records import InboundMessage, from_json
 from ingest.store import Store
+from ingest.untrusted import row_id
 from ingest.text import fold
 from ingest.vocabulary import console_text
 
@@ -172,8 +173,11 @@ async def search(store: Store, *, text: str = "", phone: str = "", agency: str =
         args.append(found["incident_id"])
         needle = ""
     elif needle.isdigit():
+        rid = row_id(needle)
+        if rid is None:
+            return []  # no report has that number (too long for an id, or digits of another script)
         where.append("r.id = ?")
-        args.append(int(needle))
+        args.append(rid)
         needle = ""
     wanted_phone = normalize_phone(phone) if phone.strip() else None
     if phone.strip() and wanted_phone is None:

@@ -38,6 +38,7 @@ from ingest.pii import is_confidential, redact
 from ingest.queue import shown_to_admins
 from ingest.public import redact_text
 from ingest.records import REPORT_STATES, InboundMessage, from_json
+from ingest.untrusted import row_id
 from ingest.vocabulary import console_text as say
 
 from . import auth
@@ -71,10 +72,16 @@ def _redirect(location: str) -> web.Response:
 
 
 def _page(request: web.Request) -> int:
-    try:
-        return max(1, int(request.query.get("page", "1")))
-    except ValueError:
-        return 1
+    # At most a million pages: a larger number's OFFSET overflows the database's integer (a 500, not a page).
+    return min(max(1, row_id(request.query.get("page", "1")) or 1), 1_000_000)
+
+
+def _report_id(text: str) -> int:
+    """A report number from a URL or a form; ValueError (answered 404 or 400) unless it can be a row id."""
+    rid = row_id(text)
+    if rid is None:
+        raise ValueError(f"not a report id: {text[:40]!r}")
+    return rid
 
 
 class Console:
@@ -237,7 +244,7 @@ class Console:
 
     async def review_one(self, request: web.Request) -> web.StreamResponse:
         try:
-            info = await show(self.store, int(request.match_info["id"]))
+            info = await show(self.store, _report_id(request.match_info["id"]))
         except (LookupError, ValueError):
             return self.error(request, 404, say("no_report"))
         topics = sorted((t for t in self.ctx.directory.topics.values()), key=lambda t: t.id)
@@ -250,7 +257,7 @@ class Console:
         user: auth.User = request[USER]
         form = request[FORM]
         try:
-            report_id = int(request.match_info["id"])
+            report_id = _report_id(request.match_info["id"])
         except ValueError:
             return self.error(request, 404, say("no_report"))
         reject = str(form.get("reject") or "") or None
@@ -312,7 +319,7 @@ class Console:
     async def incident_split(self, request: web.Request) -> web.StreamResponse:
         form = request[FORM]
         try:
-            ids = [int(str(v)) for v in form.getall("report", [])]
+            ids = [_report_id(str(v)) for v in form.getall("report", [])]
         except ValueError:
             return self.error(request, 400, say("bad_report_id"))
         try:
@@ -449,7 +456,7 @@ class Console:
     async def report_one(self, request: web.Request) -> web.StreamResponse:
         user: auth.User = request[USER]
         try:
-            report_id = int(request.match_info["id"])
+            report_id = _report_id(request.match_info["id"])
         except ValueError:
             return self.error(request, 404, say("no_report"))
         row = await self.store.fetchone("SELECT * FROM reports WHERE id=?", (report_id,))
@@ -512,7 +519,8 @@ class Console:
         or every one under it when it ends with "/" (`so-gtvt/`: every endpoint of an agency)."""
         like = str(values.get("like") or "")
         if like.isdigit():
-            return await self.store.queue.subject_of(int(like)), {"like": like}
+            job = row_id(like)
+            return (await self.store.queue.subject_of(job) if job is not None else None), {"like": like}
         subject = str(values.get("subject") or "") or None
         return subject, {"subject": subject} if subject else {}
 

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from ingest.clock import VN_TZ, iso
 from ingest.pii import redact
+from ingest.untrusted import loads_json
 from ingest.vocabulary import CASE_STATE_TEXTS, LOOKUP_TEXTS
 
 from . import evidence
@@ -58,6 +59,12 @@ async def _multipart_answer(request: web.Request) -> tuple[dict[str, Any], list[
     if len(uploads) > MAX_PHOTOS:
         raise ValueError(f"at most {MAX_PHOTOS} photos")
     return fields, uploads
+
+
+async def _json(request: web.Request) -> Any:
+    """The body as bounded JSON (ingest/untrusted.py): aiohttp's `request.json()` has no depth cap, so a body nested
+    100,000 deep raised RecursionError, a 500 for the client's fault; a BodyError is a ValueError, answered 422."""
+    return loads_json(await request.read())
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -150,10 +157,10 @@ class DispatchApi:
                 fields, uploads = await _multipart_answer(request)
                 body = AnswerBody.model_validate(fields)
             else:
-                body = AnswerBody.model_validate(await request.json())
+                body = AnswerBody.model_validate(await _json(request))
         except (ValueError, ValidationError) as exc:
             detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()) \
-                if isinstance(exc, ValidationError) else "body is not JSON"
+                if isinstance(exc, ValidationError) else getattr(exc, "reason", "body is not JSON")
             return _error(422, detail)
         if body.kind not in ANSWER_KINDS:
             return _error(422, f"kind must be one of {', '.join(ANSWER_KINDS)}")
@@ -236,7 +243,7 @@ class DispatchApi:
 
     async def post_rating(self, request: web.Request) -> web.Response:
         try:
-            body = RatingBody.model_validate(await request.json())
+            body = RatingBody.model_validate(await _json(request))
         except (ValueError, ValidationError):
             return _error(422, "score must be an integer from 1 to 5")
         try:
@@ -250,7 +257,7 @@ class DispatchApi:
 
     async def post_dispute(self, request: web.Request) -> web.Response:
         try:
-            body = DisputeBody.model_validate(await request.json())
+            body = DisputeBody.model_validate(await _json(request))
         except (ValueError, ValidationError):
             return _error(422, "reason is required (up to 4000 characters)")
         try:

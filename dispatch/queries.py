@@ -9,6 +9,7 @@ from typing import Any
 
 from ingest.public import HIDDEN_STATES
 from ingest.store import Store
+from ingest.untrusted import row_id
 
 # Ids per IN list: well under SQLite's and PostgreSQL's limits on parameters.
 _CHUNK = 500
@@ -27,11 +28,12 @@ PUBLIC_SELECT = ("SELECT r.id, r.status, r.topic, r.agency, r.district, r.receiv
 
 async def public_report(store: Store, request_id: str) -> Any:
     """The PUBLIC_SELECT row of one public service request, or None when there is none the public may see."""
-    if not request_id.isdigit():
+    rid = row_id(request_id)
+    if rid is None:
         return None
     return await store.fetchone(
         f"{PUBLIC_SELECT} WHERE r.id=? AND r.status NOT IN ({','.join('?' * len(HIDDEN_STATES))})",
-        [int(request_id), *sorted(HIDDEN_STATES)])
+        [rid, *sorted(HIDDEN_STATES)])
 
 
 # -- one case -------------------------------------------------------------------------------------------------

@@ -44,6 +44,20 @@ def check_text(value: str, what: str = "text") -> str:
     return value
 
 
+# The largest row id SQLite and PostgreSQL store (a signed 64-bit integer); the driver refuses a larger Python int.
+MAX_ROW_ID = 2**63 - 1
+
+
+def row_id(text: str) -> int | None:
+    """A row id (report, dead letter, page number) typed by someone outside, in a URL segment or a query parameter:
+    ASCII digits within a 64-bit integer, else None. `str.isdigit()` alone also takes "²" (which `int` refuses) and
+    "99999999999999999999" (which the database driver refuses): both were 500s for the client's own input."""
+    if not text or len(text) > 19 or not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= MAX_ROW_ID else None
+
+
 # CR, LF and the other characters that break a line or a header: C0/C1 controls, DEL, U+2028/U+2029.
 _LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 

@@ -34,6 +34,7 @@ from ingest.pii import is_confidential, redact
 from ingest.errors import StorageError
 from ingest.public import CONFIDENTIAL_NOTE, HIDDEN_STATES, OUT_OF_SCOPE_NOTE, PENDING_NOTE, public_request
 from ingest.records import InboundMessage, from_json
+from ingest.untrusted import row_id
 
 from . import abuse, photos
 from .catalogue import DEFAULT_LANGUAGE, LANGUAGES, field_error_key, text
@@ -484,11 +485,12 @@ class Portal:
         return self.render(request, "public_list.html", lang, context)
 
     async def _public_row(self, rid: str) -> Any:
-        if not rid.isdigit():
+        report_id = row_id(rid)
+        if report_id is None:
             return None
         return await self.store.fetchone(
             f"{SELECT} WHERE r.id=? AND r.status NOT IN ({','.join('?' * len(HIDDEN_STATES))})",
-            [int(rid), *sorted(HIDDEN_STATES)])
+            [report_id, *sorted(HIDDEN_STATES)])
 
     async def _public_photos(self, row: Any) -> list[str]:
         # After-photos of the agency's work; none for a confidential report (a photo can show where it is).

@@ -1,0 +1,119 @@
+"""Red-team probes of the daemon's outside edges, through its real HTTP app on loopback and its real SMTP listener
+(smtplib): numbers no row can have, JSON bodies nested past any sense. Each gets a clear 4xx (or, for mail, a 250
+and a stored report), never a 500 or a 451 for the sender's own input."""
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from console.auth import create_user
+from ingest.app import AppContext
+from tests.inprocess import MAILBOX, running_daemon
+
+AGENCY_TOKEN = "redteam-sawaco-token"
+PASSWORD = "correct horse battery"
+CONFIG = f"""
+[[channels]]
+kind = "open311"
+name = "app"
+
+[[channels]]
+kind = "smtp"
+name = "mail"
+host = "127.0.0.1"
+port = 0
+recipients = ["{MAILBOX}"]
+
+[[dispatch.agencies.sawaco.targets]]
+kind = "email"
+to = ["hopthu@sawaco.com.vn"]
+
+[secrets]
+"agency.sawaco" = "{AGENCY_TOKEN}"
+"""
+# Past SQLite's and PostgreSQL's 64-bit integers; "²" and "١٢" are digits to str.isdigit(), not to int().
+HUGE = "9" * 20
+NOT_IDS = (HUGE, "9" * 40, "²", "١٢")
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[tuple[AppContext, str, Any]]:
+    async with running_daemon(tmp_path, CONFIG) as d:
+        yield d
+
+
+async def _login(http: aiohttp.ClientSession, base: str, username: str) -> None:
+    async with http.get(f"{base}/console/login") as resp:
+        match = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+        assert match is not None
+    async with http.post(f"{base}/console/login", allow_redirects=False,
+                         data={"csrf": match.group(1), "username": username, "password": PASSWORD}) as resp:
+        assert resp.status == 303, await resp.text()
+
+
+async def test_numbers_no_row_can_have_are_404_or_400_on_every_id_route(
+        daemon: tuple[AppContext, str, Any]) -> None:
+    ctx, base, _ = daemon
+    await create_user(ctx.store, "operator", "admin", PASSWORD)
+    public = [path for n in NOT_IDS for path in (
+        f"/public/{n}", f"/public/{n}/photos/{'a' * 64}", f"/open311/v2/requests/{n}.json",
+        f"/open311/v2/requests/{n}.xml", f"/open311/v2/requests.json?service_request_id=1,{n}")]
+    console = [path for n in NOT_IDS for path in (
+        f"/console/reports/{n}", f"/console/review/{n}", f"/console/cases?page={n}", f"/console/search?q={n}",
+        f"/console/dead-letters?like={n}")]
+    # unsafe: the jar keeps cookies of an IP address (the console's CSRF and session cookies on 127.0.0.1).
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        answers = {}
+        for path in public:
+            async with http.get(base + path) as resp:
+                answers[path] = (resp.status, await resp.text())
+        await _login(http, base, "operator")
+        for path in console:
+            async with http.get(base + path, allow_redirects=False) as resp:
+                answers[path] = (resp.status, await resp.text())
+    wrong = {path: status for path, (status, _) in answers.items() if not 200 <= status < 500}
+    assert not wrong, wrong
+    assert all("Traceback" not in text for _, text in answers.values())
+    # The public ones name no report: not found, or a query refused with a reason.
+    assert {answers[p][0] for p in public} <= {400, 404}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/cases/{token}/rating", "/api/v1/cases/{token}/dispute",
+                                  "/api/v1/agency/cases/CASE-000001/answers"])
+async def test_json_nested_past_the_cap_is_a_422_not_a_500(daemon: tuple[AppContext, str, Any], path: str) -> None:
+    _, base, _ = daemon
+    deep = b'{"score": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {AGENCY_TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + path.format(token="x" * 22), data=deep, headers=headers) as resp:
+            assert resp.status == 422, await resp.text()
+        # The server still answers everyone else.
+        async with http.get(base + "/open311/v2/services.json") as resp:
+            assert resp.status == 200
+
+
+async def test_a_mail_naming_a_report_number_past_any_id_is_stored_not_answered_451(
+        daemon: tuple[AppContext, str, Any]) -> None:
+    ctx, _, smtp = daemon
+    msg = EmailMessage()
+    msg["From"] = "nguoidan@example.org"
+    msg["To"] = MAILBOX
+    msg["Subject"] = f"Re: [1022-{HUGE}] ống nước bể"
+    msg["Message-ID"] = "<huge-ref@example.org>"
+    msg.set_content("Ống nước bể trên đường Lê Lợi, Quận 1, nước chảy lênh láng.")
+
+    def send() -> Any:
+        with smtplib.SMTP("127.0.0.1", smtp.port, timeout=30) as client:
+            return client.send_message(msg)
+
+    assert await asyncio.to_thread(send) == {}  # accepted for every recipient (a 451 raises)
+    rows = await ctx.store.fetchall("SELECT channel FROM reports")
+    assert [r["channel"] for r in rows] == ["email"]
