@@ -7,10 +7,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import StorageError
 from .faults import ThrottledLog
-from .limits import ClientLimits, Rate, TokenBuckets, limits_middleware
+from .limits import REFUSALS, ClientLimits, Rate, TokenBuckets, limits_middleware
 
 log = logging.getLogger(__name__)
 _throttled = ThrottledLog(log)
@@ -50,9 +51,33 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(request, 500, "internal error")
 
 
+class MalformedRequestLog(logging.Filter):
+    """aiohttp logs every request it cannot parse (a bad header, a request line past 8 KB, Content-Length beside
+    Transfer-Encoding) at ERROR with a traceback, the client's address and the offending bytes: a header line, the
+    request target with its query string. That is the client's fault, not ours; those bytes may be a reporter's
+    phone number, a lookup token or Messenger's verify token; and anyone can send such requests in a loop to flood
+    the log and page whoever watches `journalctl -p err`. Each is replaced by one warning naming only the kind of
+    error, throttled per kind, and counted in /metrics (`http_refusals_total{reason="malformed_request"}`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        REFUSALS[("malformed_request", "")] += 1
+        _throttled.log(min(record.levelno, logging.WARNING), f"malformed:{type(exc).__name__}",
+                       "malformed HTTP request refused with %s (%s)", exc.code, type(exc).__name__)
+        return False
+
+
+MALFORMED_REQUEST_LOG = MalformedRequestLog()
+
+
 def make_app(max_body_bytes: int, limits: Any = None, now: Callable[[], float] = time.monotonic) -> web.Application:
     """The daemon's Application; with `limits` (config HttpLimits) intake POSTs are rate-limited per client and
     bounded in time (ingest/limits.py)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if MALFORMED_REQUEST_LOG not in server_log.filters:
+        server_log.addFilter(MALFORMED_REQUEST_LOG)
     middlewares: list[Any] = [error_middleware]
     if limits is not None:
         buckets = ClientLimits(

@@ -4,6 +4,7 @@ and a stored report), never a 500 or a 451 for the sender's own input."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import smtplib
 from collections.abc import AsyncIterator
@@ -117,3 +118,38 @@ async def test_a_mail_naming_a_report_number_past_any_id_is_stored_not_answered_
     assert await asyncio.to_thread(send) == {}  # accepted for every recipient (a 451 raises)
     rows = await ctx.store.fetchall("SELECT channel FROM reports")
     assert [r["channel"] for r in rows] == ["email"]
+
+
+async def _raw_request(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return answer
+
+
+async def test_malformed_requests_log_one_line_without_their_bytes(daemon: tuple[AppContext, str, Any],
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    _, base, _ = daemon
+    port = int(base.rsplit(":", 1)[1])
+    phone, secret = "0909123456", "verify-token-canary"
+    malformed = [
+        b"GET /places?q=" + phone.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Phone: " + phone.encode() + b"\x01\r\n\r\n",
+        b"GET /webhooks/messenger/fb?hub.verify_token=" + secret.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: " + phone.encode() + b"abc\r\n\r\n",
+        b"GET /places?q=" + phone.encode() * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # request line past 8 KB
+    ]
+    caplog.set_level(logging.DEBUG)
+    for _ in range(20):  # a client sending them in a loop
+        for data in malformed:
+            assert b" 400 " in (await _raw_request(port, data)).split(b"\r\n", 1)[0]
+    async with aiohttp.ClientSession() as http:  # and the server answers everyone else
+        async with http.get(base + "/open311/v2/services.json") as resp:
+            assert resp.status == 200
+    logged = caplog.text
+    assert phone not in logged and secret not in logged
+    assert "Traceback" not in logged
+    server_records = [r for r in caplog.records if r.name in ("aiohttp.server", "ingest.http")]
+    assert all(r.levelno <= logging.WARNING for r in server_records)
+    assert 1 <= len(server_records) <= len(malformed), [r.getMessage() for r in server_records]
