@@ -47,10 +47,19 @@ _AT = r"(?:\s*@\s*|\s*[(\[{<]\s*(?:at|@|a còng|a cong)\s*[)\]}>]\s*|\s+(?:at|a 
 _DOT = r"(?:\s?\.\s?|\s*[(\[{<]\s*(?:dot|chấm|cham)\s*[)\]}>]\s*|\s+(?:dot|chấm|cham)\s+)"
 OBFUSCATED_EMAIL = re.compile(r"(?<![\w.])[\w.%+\-]+" + _AT + r"[\w\-]+(?:" + _DOT + r"[A-Za-z]{2,})+(?!\w)",
                               re.IGNORECASE)
-# A run of digit groups joined by at most two separators (space, dot, dash, NBSP), groups possibly in brackets,
-# the whole possibly led by "+": "(028) 3829 1234", "+84 909.123.456", "079 203 005 678".
+# A run of digit groups, groups possibly in brackets, the whole possibly led by "+": "(028) 3829 1234",
+# "+84 909.123.456", "079 203 005 678". Groups are joined by one or two spaces, or by a dot, dash (any of the
+# dashes a phone's keyboard or autocorrect types: "0909 – 123 – 456"), slash or underscore with up to two spaces
+# on each side: "0909 - 123 - 456" is how many people write a number, and "0909/123/456" how some dodge scrapers.
 _GROUP = r"(?:\(\s?\+?\d+\s?\)|\d+)"
-NUMBER = re.compile(r"(?<!\d)\+?" + _GROUP + r"(?:[ .\-\u00a0]{1,2}" + _GROUP + r")*(?!\d)")
+_JOIN = r"(?:\s{0,2}[.\-\u2010-\u2015\u2212_/\u00b7]{1,2}\s{0,2}|\s{1,2})"
+NUMBER = re.compile(r"(?<!\d)\+?" + _GROUP + r"(?:" + _JOIN + _GROUP + r")*(?!\d)")
+# Dates ("12/09/2026", "12.09.2026", "09/2026") and ranges of them ("12/09/2026 - 15/09/2026"): those joins would
+# make them a 16-digit number, and a report's dates are for the public to read. Days 1-31, months 1-12, years
+# 19xx-20xx, so a phone typed in pairs ("09/09/12/34/56") is not one.
+_DATE = (r"(?:(?:0?[1-9]|[12]\d|3[01])([./\-])(?:0?[1-9]|1[0-2])\1(?:19|20)\d\d|"
+         r"(?:0?[1-9]|1[0-2])/(?:19|20)\d\d)")
+DATES = re.compile(_DATE + r"(?:" + _JOIN + _DATE.replace("\\1", "\\2") + r")*")
 PASSPORT = re.compile(r"(?<![\w])[A-Za-z]\s?\d{7,8}(?!\d)")
 # Words after which even a short number is personal (folded): identity papers and bank accounts, or phones.
 _ID_WORDS = (r"cccd|cmnd|cmt|can cuoc|chung minh|dinh danh|ho chieu|passport|stk|so tk|tai khoan|\btk\b|account|"
@@ -155,6 +164,8 @@ def _number_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, i
     spans: list[tuple[int, int, str]] = []
     for m in NUMBER.finditer(text):
         raw = m.group()
+        if DATES.fullmatch(raw):
+            continue
         digits = "".join(ch for ch in raw if ch.isdecimal())
         n = len(digits)
         if n < 6 or (raw.isdecimal() and n in OWN_DIGITS
@@ -253,11 +264,34 @@ def _residence_spans(text: str, folded: str, index: list[int]) -> list[tuple[int
     return spans
 
 
+# Characters that show nothing (zero-width spaces and joiners, soft hyphen, word joiner, bidi controls, BOM: Unicode
+# category Cf): typed inside a number or an address ("0909\u200b123\u200b456") they split it for a pattern and not
+# for a reader, and a right-to-left override makes a page show text in another order than it is stored.
+class _Invisible(dict[int, int | None]):
+    """str.translate table deleting those, filled per code point on first sight (as ingest/text.py's marks table:
+    the Basic Multilingual Plane only is remembered, so hostile input cannot grow it past 65,536 entries)."""
+
+    def __missing__(self, code: int) -> int | None:
+        value = None if unicodedata.category(chr(code)) == "Cf" else code
+        if code < 0x10000:
+            self[code] = value
+        return value
+
+
+_INVISIBLE = _Invisible()
+
+
+def _readable(text: str) -> str:
+    """What the patterns read and the public sees: NFKC (fullwidth "＠" and digits, compatibility spaces become
+    the plain ones) without invisible characters."""
+    return unicodedata.normalize("NFKC", text.translate(_INVISIBLE))
+
+
 def redact(text: str) -> str:
     """The text with every kind of personal data above replaced by a marker."""
     if not text:
         return text
-    text = unicodedata.normalize("NFC", text)
+    text = _readable(text)
     spans = [(m.start(), m.end(), EMAIL_MARK) for m in EMAIL.finditer(text)]
     spans += [(m.start(), m.end(), EMAIL_MARK) for m in OBFUSCATED_EMAIL.finditer(text)]
     spans += [(m.start(), m.end(), REDACTED) for m in PROFILE.finditer(text)]
@@ -292,8 +326,8 @@ def redact_value(text: str, value: str | None) -> str:
     """Remove `value` from `text`, also when typed without diacritics, in another case or spacing."""
     if not value or len(value.strip()) < 3:
         return text
-    text = unicodedata.normalize("NFC", text)
-    words = fold(unicodedata.normalize("NFC", value)).split()
+    text = _readable(text)
+    words = fold(_readable(value)).split()
     if not words:
         return text
     pattern = re.compile(r"(?<!\w)" + r"[\s,.\-]+".join(re.escape(w) for w in words) + r"(?!\w)")

@@ -4,6 +4,8 @@ subject, the Open311 address field, an agency's answer) never reaches any public
 from __future__ import annotations
 
 import asyncio
+import re
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -82,3 +84,38 @@ async def test_redteam_canaries_stay_off_public_urls(daemon: tuple[AppContext, s
     published = sum("cay nga chan duong" in body or "ong nuoc be" in body for body in bodies.values())
     assert found == {}, found
     assert published > 0
+
+
+# Numbers and addresses written the way people (and those probing the redactor) type them: spaced dashes, the
+# dashes autocorrect makes, slashes, zero-width spaces and soft hyphens inside, a fullwidth "＠".
+TRICKS = [
+    "Ống nước bể đường Lê Lợi quận 1, gọi 0903 - 444 - 555 hoặc 0903 – 666 – 777",
+    "Đèn đường tắt ở Pasteur Quận 3, sđt 0909/444/111, CCCD 079\u200b203\u200b005\u200b678",
+    "Ống nước bể đường Lê Lợi, mail rtcanarytrick\uff20gmail.com, zalo 0909\u00ad222\u00ad333 ngày 12/09/2026",
+]
+TRICK_CANARIES = ["0903444555", "0903666777", "0909444111", "079203005678", "rtcanarytrick", "0909222333"]
+
+
+def unmasked(body: str) -> str:
+    """What a reader sees: invisible characters gone, fullwidth forms plain, digits joined across any separator."""
+    text = unicodedata.normalize("NFKC", "".join(c for c in readable(body) if unicodedata.category(c) != "Cf"))
+    return re.sub(r"(?<=\d)[\s.\-\u2010-\u2015/_()+]+(?=\d)", "", text)
+
+
+async def test_numbers_split_by_dashes_slashes_and_invisible_characters_stay_off_public_urls(
+        daemon: tuple[AppContext, str, Any]) -> None:
+    ctx, base, _ = daemon
+    async with aiohttp.ClientSession() as s:
+        for text in TRICKS:
+            fields = {"service_code": "water_supply", "description": text, "address_string": "Lê Lợi, Quận 1"}
+            async with s.post(f"{base}/open311/v2/requests.json", data=fields) as resp:
+                assert resp.status == 201, await resp.text()
+    ids = await report_ids(ctx.store, len(TRICKS))
+    for rid in ids:
+        await classify(ctx, rid, "water_supply", "sawaco")
+    await dispatch_all(ctx)
+    bodies = {url: unmasked(body) for url, body in (await fetch(base, await public_urls(ctx, ids))).items()}
+    found = {url: bad for url, body in bodies.items() if (bad := [c for c in TRICK_CANARIES if c in body])}
+    assert found == {}, found
+    # The incident and its date stay readable.
+    assert any("ong nuoc be" in body and "12092026" in body for body in bodies.values())  # 12/09/2026, joined

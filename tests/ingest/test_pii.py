@@ -34,6 +34,13 @@ from ingest.records import InboundMessage, Reporter
     ("ten: Vo Minh Tuan", "Tuan"), ("Tên: Lê Văn Tám", "Tám"), ("tên tui là Ngọc Ánh", "Ánh"),
     ("Trân trọng,\nNguyễn Văn An", "An"), ("fb: facebook.com/nguyenvana.123", "nguyenvana"),
     ("zalo: nguyenvana92", "nguyenvana92"), ("MSSV 2012345", "2012345"), ("Chị tên Mai", "Mai"),
+    # Spaced and typographic dashes, slashes, invisible characters, fullwidth forms (red-team pass, Dec 2026).
+    ("sdt 0909 - 123 - 456", "456"), ("gọi 0909 – 123 – 456", "456"), ("0909—123—456", "123"),
+    ("lh 0909/123/456", "456"), ("0909_123_456", "123"), ("cccd 079 - 203 - 005 - 678", "678"),
+    ("gọi 0909\u200b123\u200b456", "456"), ("0909\u00ad123\u00ad456", "456"), ("0909\u2060123\u2060456", "456"),
+    ("+84\u202f909\u202f123\u202f456", "909"), ("cccd 079\ufeff203005678", "203005678"),
+    ("mail an.nguyen\uff20gmail.com", "an.nguyen"), ("mail an.nguyen@gmail\u200b.com", "an.nguyen"),
+    ("Tôi là Ng\u200buyễn Văn An", "Văn An"),
 ])
 def test_personal_data_is_removed(text: str, secret: str) -> None:
     out = redact(text)
@@ -51,6 +58,7 @@ def test_personal_data_is_removed(text: str, secret: str) -> None:
     "Thiệt hại khoảng 12.500.000.000 đồng, xe 51F-123.45 đậu trái phép trước nhà văn hóa",
     "Cây xanh ngã trên Quốc lộ 13, km 5, anh ấy nói sẽ báo lại",
     "toi di Cho Ben Thanh thay cau Ong Lanh bi nut, co Cong an phuong dang xu ly",
+    "Ngập từ 12/09/2026 - 15/09/2026 và 01.10.2026 – 03.10.2026, tháng 09/2026 - 10/2026, gần số 10 - 12 - 14",
 ])
 def test_the_incident_stays_readable(text: str) -> None:
     assert redact(text) == text
