@@ -61,7 +61,7 @@ class HttpLimits(Section):
 
     max_connections: int = Field(1000, ge=1)  # open at once; past it a new connection gets 503 + Retry-After
     header_timeout_seconds: float = Field(10.0, gt=0)  # a request head not complete by then: connection closed
-    body_timeout_seconds: float = Field(60.0, gt=0)  # an intake POST not complete (body included) by then: 408
+    body_timeout_seconds: float = Field(60.0, gt=0)  # a request's body (any route) not all in by then: 408
     keepalive_timeout_seconds: float = Field(15.0, gt=0)  # an idle keep-alive connection is closed after this
     # Public intake POSTs (Open311, portal; not signed webhooks) per client and minute, with a burst; 429 + Retry-After.
     per_ip_per_minute: float = Field(0.0, ge=0)

@@ -25,7 +25,7 @@ _throttled = ThrottledLog(log)
 
 # (what, key kind) -> count: ("rate_limited", "ip"), ("connection_refused", ""), ("header_timeout", "")...
 REFUSALS: Counter[tuple[str, str]] = Counter()
-# Paths where input arrives: the body deadline applies to their POSTs.
+# Paths where input arrives (the Open311 intake takes its per-device limit from the request there).
 INTAKE_PREFIXES = ("/open311/", "/webhooks/", "/report")
 # Of those, where anyone may post: the per-client rate limits apply. Webhooks are signed by their platform and
 # come from its few addresses at its own rate (Meta retries a 429 and would fall behind), so they are not limited.
@@ -104,9 +104,9 @@ def limits_middleware(limits: ClientLimits, body_timeout: float,
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
-        if request.method != "POST" or not request.path.startswith(INTAKE_PREFIXES):
+        if request.method in ("GET", "HEAD", "OPTIONS"):
             return await handler(request)
-        if request.path.startswith(PUBLIC_PREFIXES):
+        if request.method == "POST" and request.path.startswith(PUBLIC_PREFIXES):
             t = now()
             wait = limits.ip.take(client_ip(request), t)
             if wait > 0:
@@ -116,19 +116,43 @@ def limits_middleware(limits: ClientLimits, body_timeout: float,
                 wait = limits.api_key.take(api_key, t)
                 if wait > 0:
                     return too_many(request, "api_key", wait)
-        request[CLIENT_LIMITS] = limits  # the Open311 intake applies the device limit once it has parsed the body
-        try:
-            # The whole request, body upload included: a client dribbling its body cannot hold the connection.
-            async with asyncio.timeout(body_timeout):
-                return await handler(request)
-        except TimeoutError:
-            REFUSALS[("body_timeout", "")] += 1
-            _throttled.log(logging.WARNING, "408", "request on %s not complete within %g s: 408", request.path,
-                           body_timeout)
-            return web.json_response({"error": "request not received in time"}, status=408,
-                                     headers={"Connection": "close"})
+        if request.path.startswith(INTAKE_PREFIXES):
+            request[CLIENT_LIMITS] = limits  # the Open311 intake applies the device limit once it has parsed the body
+        return await _body_in_time(request, handler, body_timeout)
 
     return middleware
+
+
+async def _body_in_time(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                        body_timeout: float) -> web.StreamResponse:
+    """The handler, cut off with 408 when the body has not fully arrived `body_timeout` seconds after the head.
+
+    Every request with a body, not only intake: a client dribbling a byte a second to the console's login, an
+    agency answer or a reporter's rating held its connection (and its slot under the connection cap) for ever.
+    Only the body is timed: once it is in, the handler may take as long as its work needs (fetching an agency's
+    photo URLs, a slow commit), which a deadline on the whole request would wrongly answer "not received"."""
+    loop = asyncio.get_running_loop()
+    deadline = asyncio.timeout(None)
+    try:
+        async with deadline:
+            def expire() -> None:
+                if not request.content.is_eof():
+                    deadline.reschedule(loop.time())
+            check = loop.call_later(body_timeout, expire)
+            try:
+                return await handler(request)
+            finally:
+                check.cancel()
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the handler's own timeout (a peer that did not answer), not this deadline
+        REFUSALS[("body_timeout", "")] += 1
+        # The route's template, not the path: a reporter's lookup path carries their token.
+        resource = request.match_info.route.resource
+        _throttled.log(logging.WARNING, "408", "request on %s not complete within %g s: 408",
+                       resource.canonical if resource is not None else "?", body_timeout)
+        return web.json_response({"error": "request not received in time"}, status=408,
+                                  headers={"Connection": "close"})
 
 
 _BUSY_BODY = json.dumps({"error": "too many connections, please retry"}).encode()

@@ -45,10 +45,11 @@ class Served:
 async def serve(store: Store):
     runners = []
 
-    async def start(limits: HttpLimits) -> Served:
+    async def start(limits: HttpLimits, routes: tuple[web.RouteDef, ...] = ()) -> Served:
         ctx = AppContext(settings=Settings(), directory=load_directory(None), store=store, clock=store.clock,
                          http=make_app(1 << 20, limits))
         build(ctx, ChannelEntry(kind="open311", name="app"), Open311Options())
+        ctx.http.add_routes(routes)
         health.add_routes(ctx, timeout=2.0)
         runner = web.AppRunner(ctx.http, keepalive_timeout=limits.keepalive_timeout_seconds)
         await runner.setup()
@@ -123,6 +124,36 @@ async def test_a_dribbled_body_gets_408(serve) -> None:
     status_line = await asyncio.wait_for(reader.readline(), 10)
     assert status_line.startswith(b"HTTP/1.1 408")
     writer.close()
+
+
+async def _rating(request: web.Request) -> web.Response:
+    # Stands for the routes outside intake that read a body: the console's login, agency answers, ratings.
+    return web.json_response({"read": len(await request.read())})
+
+
+async def _slow_intake(request: web.Request) -> web.Response:
+    await request.read()
+    await asyncio.sleep(0.6)  # work after the body is in (a slow commit, photo URLs fetched): not the client's delay
+    return web.json_response({"ok": True}, status=201)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/cases/tok/rating", "/console/login", "/lookup/tok/dispute"])
+async def test_a_dribbled_body_gets_408_on_every_route_not_only_intake(serve, path: str) -> None:
+    served = await serve(HttpLimits(body_timeout_seconds=0.3), (web.post(path, _rating),))
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 1000\r\n\r\n{".encode())
+    status_line = await asyncio.wait_for(reader.readline(), 10)  # before: held open, a byte a second, for ever
+    assert status_line.startswith(b"HTTP/1.1 408")
+    writer.close()
+    async with served.session.post(served.url + path, data=b"{}") as resp:  # a whole body in time is served
+        assert resp.status == 200 and (await resp.json()) == {"read": 2}
+
+
+async def test_only_the_body_is_timed_not_the_work_after_it(serve) -> None:
+    served = await serve(HttpLimits(body_timeout_seconds=0.3), (web.post("/open311/v2/slow.json", _slow_intake),))
+    async with served.session.post(served.url + "/open311/v2/slow.json", data=b"{}") as resp:
+        assert resp.status == 201, await resp.text()
 
 
 async def test_signed_webhooks_are_not_rate_limited_per_ip(store: Store) -> None:
