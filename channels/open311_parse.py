@@ -15,6 +15,9 @@ from ingest.text import normalize
 from ingest.untrusted import MAX_PARTS, BodyError, check_text, decode_charset, loads_json, parse_multipart, single_line
 
 MAX_TEXT_CHARS = 20_000
+# An address is a line or two (the portal's field takes 300 characters); 10 MB of it was stored as the reporter's
+# address, carried into every agency delivery and read by the place finder on every classification.
+MAX_ADDRESS_CHARS = 1_000
 MAX_FIELDS = 64  # form fields in one body: Open311 defines about twenty
 MAX_LINE_FIELD_CHARS = 320  # name, phone, email, device id: one line each, never a paragraph
 # Fields that may reach a mail header or an address (reporter name and email, device id): one line, no controls.
@@ -138,6 +141,9 @@ def request_from_fields(fields: dict[str, str], photos: list[Photo], raw: bytes,
     if (lat is None) != (lon is None):
         raise Open311Error(400, "lat and long must be given together", field="lat", reason="pair")
     address = normalize(fields.get("address_string", "")) or None
+    if address is not None and len(address) > MAX_ADDRESS_CHARS:
+        raise Open311Error(400, f"address_string is longer than {MAX_ADDRESS_CHARS} characters",
+                           field="address_string", reason="too_long")
     if lat is None and address is None and not fields.get("address_id"):
         raise Open311Error(400, "a location is required: lat and long, or address_string", field="address_string",
                            reason="location_required")

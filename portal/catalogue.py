@@ -74,6 +74,7 @@ TEXTS: dict[str, dict[str, str]] = {
     # -- field errors: "<field>.<reason>" from channels/open311_parse.py, then generic ones
     "description.required": {"vi": "Vui lòng mô tả sự việc.", "en": "Please describe the problem."},
     "description.too_long": {"vi": "Mô tả quá dài; vui lòng rút gọn.", "en": "The description is too long."},
+    "address_string.too_long": {"vi": "Địa chỉ quá dài; vui lòng rút gọn.", "en": "The address is too long."},
     "service_code.unknown": {"vi": "Lĩnh vực không hợp lệ; hãy chọn lại.", "en": "Unknown topic; please choose again."},
     "address_string.location_required": {
         "vi": "Vui lòng nhập địa chỉ hoặc chọn vị trí trên bản đồ.",

@@ -87,6 +87,14 @@ async def test_line_breaks_in_single_line_fields_are_refused(server: Server, fie
     assert await server.store.fetchone("SELECT 1 FROM reports") is None
 
 
+async def test_an_address_of_megabytes_is_refused_and_one_of_a_line_is_kept(server: Server) -> None:
+    # Before: megabytes of address_string was stored as the reporter's address and sent on to the agency.
+    status, body = await server.post({**GOOD, "address_string": "Hẻm 12 Lê Lợi " * 100_000})
+    assert status == 400 and "address_string" in body[0]["description"]
+    assert await server.store.fetchone("SELECT 1 FROM reports") is None
+    assert (await server.post({**GOOD, "address_string": "Hẻm 12/3 Lê Lợi, Phường Bến Thành, Quận 1"}))[0] == 201
+
+
 async def test_ten_megabytes_of_tiny_parts_is_refused_and_others_are_served(server: Server) -> None:
     part = b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\nx\r\n'
     raw = part * (10 * 1024 * 1024 // len(part)) + b"--b--\r\n"
