@@ -39,13 +39,16 @@ NUMBER_MARK = "[số giấy tờ ẩn]"
 NAME_MARK = "[tên ẩn]"
 ADDRESS_MARK = "[địa chỉ ẩn]"
 
-EMAIL = re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+# Both address patterns start only where a run of address characters starts: tried from inside a run, the run
+# is scanned again to its end for each position, and a 20,000-character description of "1-1-1-…" or one long word
+# cost seconds of the event loop on every public page that showed it (quadratic; linear now, same matches).
+EMAIL = re.compile(r"(?<![\w.%+\-])[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 # An address written so that scrapers miss it, which people also do when they type it for us: "abc at gmail dot
 # com", "abc(at)gmail.com", "abc [a còng] gmail [chấm] com", "abc @ gmail . com". The "at" word must be
 # bracketed or spaced and be followed by a dotted domain, so an ordinary "at" in English text stays.
 _AT = r"(?:\s*@\s*|\s*[(\[{<]\s*(?:at|@|a còng|a cong)\s*[)\]}>]\s*|\s+(?:at|a còng|a cong)\s+)"
 _DOT = r"(?:\s?\.\s?|\s*[(\[{<]\s*(?:dot|chấm|cham)\s*[)\]}>]\s*|\s+(?:dot|chấm|cham)\s+)"
-OBFUSCATED_EMAIL = re.compile(r"(?<![\w.])[\w.%+\-]+" + _AT + r"[\w\-]+(?:" + _DOT + r"[A-Za-z]{2,})+(?!\w)",
+OBFUSCATED_EMAIL = re.compile(r"(?<![\w.%+\-])[\w.%+\-]+" + _AT + r"[\w\-]+(?:" + _DOT + r"[A-Za-z]{2,})+(?!\w)",
                               re.IGNORECASE)
 # A run of digit groups, groups possibly in brackets, the whole possibly led by "+": "(028) 3829 1234",
 # "+84 909.123.456", "079 203 005 678". Groups are joined by one or two spaces, or by a dot, dash (any of the
