@@ -27,6 +27,7 @@ from email.message import Message
 from html.parser import HTMLParser
 
 from ingest.records import Attachment, InboundMessage, Reporter
+from ingest.sniff import sniff_type
 from ingest.text import normalize
 
 
@@ -623,33 +624,4 @@ def html_to_text(markup: str) -> str:
 
 # -- attachments ---------------------------------------------------------------------------------------
 
-_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\xff\xd8\xff", "image/jpeg"),
-    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
-    (0, b"GIF87a", "image/gif"),
-    (0, b"GIF89a", "image/gif"),
-    (0, b"%PDF-", "application/pdf"),
-    (0, b"PK\x03\x04", "application/zip"),
-    (0, b"\x1a\x45\xdf\xa3", "video/webm"),
-    (0, b"OggS", "audio/ogg"),
-    (0, b"ID3", "audio/mpeg"),
-    (0, b"MZ", "application/x-msdownload"),
-    (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "application/x-ole-storage"),
-)
-
-
-def sniff_type(data: bytes, declared: str) -> str:
-    """The type the bytes say they are; a declared type is trusted only for text it cannot contradict."""
-    for offset, magic, ctype in _MAGIC:
-        if data[offset:offset + len(magic)] == magic:
-            return ctype
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[4:8] == b"ftyp":
-        brand = data[8:12]
-        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
-            return "image/heic"
-        return "video/mp4"
-    if declared.startswith("text/") or declared == "message/rfc822":
-        return declared
-    return "application/octet-stream"
+# The one sniffer (ingest/sniff.py), shared with the Open311 and portal intake.

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ingest.records import InboundMessage, Reporter
+from ingest.sniff import media_type, safe_filename
 from ingest.text import normalize
 from ingest.untrusted import MAX_PARTS, BodyError, check_text, decode_charset, loads_json, parse_multipart, single_line
 
@@ -149,13 +150,19 @@ def request_from_fields(fields: dict[str, str], photos: list[Photo], raw: bytes,
                            reason="location_required")
     if len(photos) > max_photos:
         raise Open311Error(400, f"at most {max_photos} photos per request", field="media", reason="too_many")
+    checked = []
     for photo in photos:
-        if not photo.content_type.startswith(("image/", "video/", "application/octet-stream")):
-            raise Open311Error(400, f"media must be an image or video, not {photo.content_type}", field="media",
-                               reason="not_image")
+        # By its bytes: a declared "image/png" may be a script, a page, an SVG with a script or a program, which
+        # was stored and mailed on to the agency under the type and file name it claimed.
         if max_photo_bytes is not None and len(photo.data) > max_photo_bytes:
             raise Open311Error(413, f"each photo must be at most {max_photo_bytes} bytes", field="media",
                                reason="too_large")
+        kind = media_type(photo.data)
+        if kind is None:
+            raise Open311Error(400, "media must be a photo or video (JPEG, PNG, GIF, WebP, HEIC, MP4, WebM)",
+                               field="media", reason="not_image")
+        checked.append(Photo(data=photo.data, content_type=kind, filename=safe_filename(photo.filename)))
+    photos = checked
     name = " ".join(p for p in (fields.get("last_name", "").strip(), fields.get("first_name", "").strip()) if p)
     reporter = Reporter(
         name=name or None,

@@ -95,6 +95,40 @@ async def test_an_address_of_megabytes_is_refused_and_one_of_a_line_is_kept(serv
     assert (await server.post({**GOOD, "address_string": "Hẻm 12/3 Lê Lợi, Phường Bến Thành, Quận 1"}))[0] == 201
 
 
+def _with_media(content: bytes, content_type: str, filename: str) -> aiohttp.FormData:
+    data = aiohttp.FormData(quote_fields=False)
+    for k, v in GOOD.items():
+        data.add_field(k, v)
+    data.add_field("media", content, filename=filename, content_type=content_type)
+    return data
+
+
+@pytest.mark.parametrize(("content", "content_type", "filename"), [
+    (b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.cookie)</script></svg>', "image/svg+xml",
+     "anh.svg"),
+    (b"<html><script>alert(1)</script></html>", "image/png", "anh.png"),
+    (b"MZ\x90\x00\x03 a Windows program", "application/octet-stream", "anh.jpg"),
+    (b"#!/bin/sh\nrm -rf /\n", "image/jpeg", "o-ga.jpg"),
+])
+async def test_media_whose_bytes_are_not_a_photo_are_refused_whatever_they_claim(
+        server: Server, content: bytes, content_type: str, filename: str) -> None:
+    # Before: each was stored (201) under the type it claimed and attached to the agency's e-mail as such.
+    async with server.session.post(server.url + REQUESTS, data=_with_media(content, content_type, filename)) as resp:
+        assert resp.status == 400 and "media" in (await resp.json())[0]["description"]
+    assert await server.store.fetchone("SELECT 1 FROM reports") is None
+    assert await server.store.fetchone("SELECT 1 FROM blobs") is None
+
+
+async def test_a_real_photo_is_kept_under_its_own_type_and_a_plain_file_name(server: Server) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+    data = _with_media(png, "application/octet-stream", "../../etc/\u202epasswd")
+    async with server.session.post(server.url + REQUESTS, data=data) as resp:
+        assert resp.status == 201, await resp.text()
+    row = await server.store.fetchone("SELECT record FROM reports")
+    (attachment,) = json.loads(row["record"])["attachments"]
+    assert (attachment["content_type"], attachment["filename"]) == ("image/png", "passwd")
+
+
 async def test_ten_megabytes_of_tiny_parts_is_refused_and_others_are_served(server: Server) -> None:
     part = b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\nx\r\n'
     raw = part * (10 * 1024 * 1024 // len(part)) + b"--b--\r\n"
