@@ -189,8 +189,9 @@ class DispatchApi:
                     raw = base64.b64decode(photo.data, validate=True)
                 except (binascii.Error, ValueError):
                     return _error(422, "photos: data is not base64")
-                # JSON photos declare their image type (the documented schema); uploads and URLs are sniffed.
-                blobs.append((raw, photo.content_type))
+                # Sniffed like uploads and URLs: the declared type is a claim (a page declared image/png counted
+                # as the site photo a resolved infrastructure case needs, and was kept under that type).
+                blobs.append(evidence.checked(raw))
             for url in body.photo_urls:
                 blobs.append(await evidence.fetch_photo(url, self.book.cfg))
         except evidence.PhotoRejected as exc:

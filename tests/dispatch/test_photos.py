@@ -2,7 +2,9 @@
 guard; only real images count as the site photo a resolved infrastructure case needs."""
 from __future__ import annotations
 
+import base64
 import io
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -40,7 +42,6 @@ async def post(base: str, case: str, **kw) -> tuple[int, dict]:
 
 
 async def stored_photos(ctx, case: str) -> list[bytes]:
-    import json
     row = await ctx.store.fetchone("SELECT data FROM answers WHERE case_id=? AND kind='resolved'", (case,))
     return [ctx.store.blobs.get(sha) for sha in json.loads(row["data"])["photos"]]
 
@@ -77,3 +78,22 @@ async def test_photo_urls_are_fetched_through_the_ssrf_guard(world, photo_server
     status, body = await post(base, case, json={"kind": "resolved", "photo_urls": [f"{photo_server}/site.jpg"]})
     assert status == 201
     assert await stored_photos(ctx, case) == [jpeg()]
+
+
+async def test_a_json_photo_is_what_its_bytes_say_not_what_it_declares(world):  # noqa: F811
+    ctx, base = world
+    case = await new_case(ctx, "INC-000001")
+    page = base64.b64encode(b"<html><script>alert(1)</script></html>").decode()
+    # Before: 201, the page kept as the site photo under image/png, and the case resolved on it.
+    status, body = await post(base, case, json={"kind": "resolved", "note": "Đã thay ống",
+                                                "photos": [{"content_type": "image/png", "data": page}]})
+    assert status == 409 and "image" in body["error"]
+    assert (await ctx.store.fetchone("SELECT state FROM cases WHERE id=?", (case,)))["state"] != "resolved"
+    real = base64.b64encode(jpeg()).decode()
+    status, body = await post(base, case, json={"kind": "resolved", "note": "Đã thay ống",
+                                                "photos": [{"content_type": "image/png", "data": real}]})
+    assert status == 201 and body["state"] == "resolved"
+    row = await ctx.store.fetchone("SELECT data FROM answers WHERE case_id=? AND kind='resolved'", (case,))
+    (sha,) = json.loads(row["data"])["photos"]
+    assert (await ctx.store.fetchone("SELECT content_type FROM blobs WHERE sha256=?", (sha,)))["content_type"] \
+        == "image/jpeg"
