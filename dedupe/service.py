@@ -14,7 +14,8 @@ Contract (see the pipeline notes in the README):
   recurrence: its own case); a report that would repeat a closed incident whose reopening waits behind it
   (ingest.jobs.reopening_subject) reopens it first and joins it;
 - a job with `case_report` (queued by dispatch when it opened or moved a case onto an incident an operator merged
-  it into) makes the job's report the incident's case report (`dispatch_report_id`);
+  it into) makes the job's report the incident's case report (`dispatch_report_id`); like a closing or reopening,
+  it is retried until applied and dies only for a permanent cause, with an operator alert (dedupe_job_dead);
 - re-entry with payload {"after_review": true}: the report already has an incident -> `dispatch` when that
   incident has no case yet, else `duplicate` + `duplicate_ack`; unless the operator's topic fits none of the
   incident's other reports (policy.belongs_after_review): then it leaves that incident and is matched afresh (an
@@ -171,26 +172,53 @@ def incident_state_writes(job_id: int, payload: DedupeJob, blocks: Blocks | None
 
 
 def incident_state_job(job: Job) -> bool:
-    """Whether the job closes or reopens an incident with its case (WorkerSettings.keep_trying: it must never die of
-    a transient cause; given up, the incident would stay open under a closed case, and a repeat of the fixed
-    problem would join that case as a duplicate, with no result ever)."""
+    """Whether the job closes or reopens an incident with its case (it must never die of a transient cause; given
+    up, the incident would stay open under a closed case, and a repeat of the fixed problem would join that case as
+    a duplicate, with no result ever)."""
     return job.payload is not None and job.payload.incident_state is not None
 
 
+def case_report_job(job: Job) -> bool:
+    """Whether the job names the report of an incident's case (DedupeJob.case_report): given up, the incident would
+    keep naming another report as its case's (dispatch_report_id), the one routing reads and a split keeps with
+    the case, so a split could take the case's own report away to a second case."""
+    return job.payload is not None and job.payload.case_report
+
+
+def keeps_following_its_case(job: Job) -> bool:
+    """WorkerSettings.keep_trying of the stage: the jobs that keep an incident following its case (dispatch queues
+    them) are retried with capped backoff until applied, never dead of a transient cause. Applying one again is
+    safe (versions for closings and reopenings; a case report job names the one case's report)."""
+    return incident_state_job(job) or case_report_job(job)
+
+
 def incident_change_of(job: Job) -> tuple[str, str] | None:
-    """("close" | "reopen", incident id) of an incident-state job, read from its subject (closing_subject,
-    reopening_subject): also there when its payload no longer decodes; None for any other dedupe job."""
+    """("close" | "reopen" | "case_report", incident id) of a job that keeps an incident following its case, read
+    from its subject (closing_subject, reopening_subject, case_report_subject): also there when its payload no
+    longer decodes; a case report job queued before it had a subject, from its payload. None for any other dedupe
+    job."""
     change, _, incident_id = (job.subject or "").partition(":")
-    return (change, incident_id) if change in ("close", "reopen") and incident_id.startswith("INC-") else None
+    if change in ("close", "reopen", "case_report") and incident_id.startswith("INC-"):
+        return change, incident_id
+    if job.subject is None and job.payload is not None and job.payload.case_report and job.payload.incident_id:
+        return "case_report", str(job.payload.incident_id)
+    return None
 
 
 async def dedupe_job_dead(tx: Tx, job: Job, error: str) -> None:
-    """A dedupe job's death (on_dead, and on_undecodable when its lease buried it): the report rule, and for a
-    closing or reopening of an incident (dead only for a permanent cause, keep_trying) an alert to the operators
-    on the case's report: the incident no longer follows its case until someone mends and replays the job."""
+    """A dedupe job's death (on_dead, and on_undecodable when its lease buried it): the report rule, and for a job
+    that keeps an incident following its case (dead only for a permanent cause, keeps_following_its_case) an alert
+    to the operators on the case's report: the incident no longer follows its case until someone mends and replays
+    the job. A closing or reopening: `incident_state_dead`; a case report: `case_report_dead`."""
     await report_dead(tx, job, error)
     change = incident_change_of(job)
     if change is None:
+        return
+    if change[0] == "case_report":
+        await tx.event(job.report_id, "alert", "dedupe", {"alert": "case_report_dead", "incident_id": change[1],
+                                                          "job_id": job.id, "error": error})
+        log.error("dedupe: the case report of incident %s (job %d) is dead; the incident may name another report"
+                  " as its case's", change[1], job.id)
         return
     await tx.event(job.report_id, "alert", "dedupe", {"alert": "incident_state_dead", "change": change[0],
                                                       "incident_id": change[1], "job_id": job.id, "error": error})
@@ -335,11 +363,11 @@ class DedupeStage:
 
 
 def worker_settings(q: QueueConfig, blocks: Blocks) -> WorkerSettings:
-    """How the stage's worker runs: `[queue]`'s batch, lease and attempts; a closing or reopening of an incident is
-    retried until applied (incident_state_job)."""
+    """How the stage's worker runs: `[queue]`'s batch, lease and attempts; a closing or reopening of an incident, and
+    a case report job, are retried until applied (keeps_following_its_case)."""
     return WorkerSettings(batch=q.batch, lease_seconds=q.lease_seconds, max_attempts=q.max_attempts,
                           group_commit=blocks.group_commit, group_size=q.group_commit_jobs,
-                          keep_trying=incident_state_job)
+                          keep_trying=keeps_following_its_case)
 
 
 class DedupeService:

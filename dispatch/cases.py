@@ -18,7 +18,8 @@ from config.dispatch import DispatchConfig
 from ingest.clock import iso
 from ingest.errors import PermanentError
 from ingest.pii import is_confidential, redact_message
-from ingest.jobs import DEDUPE, NOTIFY, DedupeJob, DispatchJob, NotifyJob, closing_subject, reopening_subject
+from ingest.jobs import DEDUPE, NOTIFY, DedupeJob, DispatchJob, NotifyJob, case_report_subject, closing_subject, \
+    reopening_subject
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import Writes
@@ -226,7 +227,8 @@ class CaseBook:
     async def _tell_case_report(tx: Tx, incident_id: str, report_id: int) -> None:
         """The case of `incident_id` carries `report_id` from now: dedupe records it as the incident's case report
         (which stays with the incident when it is split, and routing reads), through its queue."""
-        await tx.enqueue(DEDUPE, report_id, DedupeJob(incident_id=incident_id, case_report=True), need_id=False)
+        await tx.enqueue(DEDUPE, report_id, DedupeJob(incident_id=incident_id, case_report=True), need_id=False,
+                         subject=case_report_subject(incident_id))
 
     async def _forward(self, tx: Tx, case_id: str, report: StoredReport, agency: str, category: str, event: str,
                        *, first: DeadlineSpec | None = None, return_reason: str | None = None,

@@ -57,6 +57,12 @@ def reopening_subject(incident_id: str) -> str:
     return f"reopen:{incident_id}"
 
 
+def case_report_subject(incident_id: str) -> str:
+    """The subject of the dedupe job that names the report of `incident_id`'s case (DedupeJob.case_report): what
+    its alert names when the job dies, also when its payload no longer decodes (dedupe/service.py)."""
+    return f"case_report:{incident_id}"
+
+
 def closing_subject(incident_id: str) -> str:
     """The subject of the dedupe job that closes `incident_id` with its case: dedupe looks for a later change of the
     case still waiting (this one and `reopening_subject`), which overtakes a closing (dedupe/service.py)."""

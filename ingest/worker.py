@@ -57,9 +57,10 @@ class WorkerSettings:
     # a batch of 64 classify jobs held it for 60-300 ms, and every report acknowledged meanwhile waited that long.
     # A few jobs a commit bound that wait at the cost of a few more fsyncs a batch.
     group_size: int = 0
-    # Jobs that must never die of a transient cause (dedupe's incident-state jobs: one given up leaves an incident
-    # open under a closed case): retried with backoff capped at `backoff_cap` for as long as it takes; only a
-    # PermanentError (or a payload that no longer decodes) ends one. Others die after `max_attempts`.
+    # Jobs that must never die of a transient cause (dedupe's incident-state and case report jobs: one given up
+    # leaves an incident open under a closed case, or naming another report as its case's): retried with backoff
+    # capped at `backoff_cap` for as long as it takes; only a PermanentError (or a payload that no longer decodes)
+    # ends one. Others die after `max_attempts`.
     keep_trying: Callable[[Job], bool] | None = None
 
 
