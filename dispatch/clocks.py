@@ -21,6 +21,7 @@ from config.dispatch import DispatchConfig
 from ingest.clock import Clock, iso
 from ingest.errors import PermanentError, TransientError
 from ingest.mail import send_message
+from ingest.pii import redact_ids
 from ingest.jobs import ESCALATE, EscalateJob
 from ingest.queue import JobKind, RetryPlan, RetryPolicy, register_kind
 from ingest.records import Job
@@ -202,11 +203,10 @@ class EscalationSender:
             except (TransientError, PermanentError) as exc:
                 plan = queue.plan_retry(job, str(exc), self.policy, permanent=isinstance(exc, PermanentError),
                                         retry_after=exc.retry_after if isinstance(exc, TransientError) else None)
-                applied = await queue.fail(job, plan.error, retry_in=plan.delay, dead=plan.dead,
-                                           writes=_escalation_retry(job, str(exc), plan))
-                if applied and plan.dead and row is not None:
-                    log.warning("escalation %d to %s by %s failed: %s", row["id"], row["agency"], row["channel"],
-                                exc)
+                # Its death (the last attempt, or a permanent refusal) is the kind's on_dead: the row given up,
+                # the operators alerted, one log line (_row_given_up).
+                await queue.fail(job, plan.error, retry_in=plan.delay, dead=plan.dead,
+                                 writes=_escalation_retry(job, str(exc), plan))
                 continue
             await queue.finish(job, _escalation_sent(job))
         return len(jobs)
@@ -256,9 +256,30 @@ async def _escalation_dead(tx: Tx, job: Job, error: str) -> None:
 
 
 async def _row_given_up(tx: Tx, escalation_id: int, error: str) -> None:
-    """A digest given up: failed, kept for operators (a replay of its job sends it again)."""
+    """A digest given up: failed, kept for operators (a replay of its job sends it again), and an `escalation_dead`
+    alert where operators see the others (a dead delivery's): an event on the report of each case (or report held
+    for review) whose clock it carried, on that case's console timeline. Nobody was told of those clocks, so
+    someone must. The recipient is left out (the timeline is read by agencies' staff too); the log line names the
+    digest by its row, the error redacted (a gateway's answer quoted in it can hold a phone number or address)."""
     await tx.execute("UPDATE escalations SET state='failed', last_error=? WHERE id=?", (f"gave up: {error}",
                                                                                        escalation_id))
+    row = await tx.fetchone("SELECT agency, level, channel, items FROM escalations WHERE id=?", (escalation_id,))
+    if row is None:
+        return
+    items = json.loads(row["items"] or "[]")
+    reports: dict[int | None, list[str]] = {}
+    for item in items:
+        report_id = item.get("report_id")
+        if report_id is None and item.get("case_id"):
+            case = await tx.fetchone("SELECT report_id FROM cases WHERE id=?", (item["case_id"],))
+            report_id = case["report_id"] if case else None
+        reports.setdefault(report_id, []).append(item.get("kind") or "")
+    for report_id, kinds in sorted(reports.items(), key=lambda r: (r[0] is None, r[0] or 0)):
+        await tx.event(report_id, "alert", "dispatch",
+                       {"alert": "escalation_dead", "escalation_id": escalation_id, "agency": row["agency"],
+                        "level": row["level"], "channel": row["channel"], "deadlines": kinds, "error": error})
+    log.warning("escalation %d (%s of %d clock(s) of %s by %s) given up: %s", escalation_id, row["level"],
+                len(items), row["agency"], row["channel"], redact_ids(error))
 
 
 async def _escalation_undecodable(tx: Tx, job: Job, error: str) -> None:

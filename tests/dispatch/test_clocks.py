@@ -8,6 +8,7 @@ import asyncio
 import email
 import email.policy
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,9 @@ from config.loader import validate
 from dispatch import policy, service
 from dispatch.clocks import overdue, tick
 from dispatch.delivery import DeliverySender
+from dispatch.notify import SmsGateway
 from ingest.app import AppContext
+from ingest.errors import PermanentError
 from ingest.records import Reporter
 from ingest.store import Store
 from tests import seed
@@ -386,11 +389,55 @@ async def test_a_digest_whose_job_does_not_decode_is_given_up_like_a_dead_one(wo
     outcome = [(r["channel"], r["state"], r["last_error"]) for r in rows]
     assert outcome == [("email", "sent", None), ("sms", "failed", "gave up: payload does not decode"),
                        ("email", "sent", None)]  # the agency's leadership, its SMS, the operator unit
+    (alert,) = [json.loads(r["data"]) for r in await ctx.store.fetchall("SELECT data FROM events WHERE kind='alert'")]
+    assert (alert["alert"], alert["channel"]) == ("escalation_dead", "sms")  # as a dead digest alerts
     assert await ctx.store.queue.replay(ids=[broken["id"]]) == 1
     assert await sender.run_once() == 0
     rows = await ctx.store.fetchall("SELECT channel, state, last_error FROM escalations ORDER BY id")
     assert [(r["channel"], r["state"], r["last_error"]) for r in rows] == outcome
     assert [d.id for d in await ctx.store.queue.dead_letters("escalate")] == [broken["id"]]
+
+
+class QuotingGateway(SmsGateway):
+    """A gateway client whose refusal quotes the gateway's answer, as one talking to another provider might: the
+    answer names a subscriber's number and the provider's mailbox."""
+
+    async def send(self, to: str, text: str, message_id: str, now: float) -> None:
+        raise PermanentError("SMS gateway: HTTP 400: thuê bao 0912345678 từ chối tin; hỏi hotro@sms.example.vn")
+
+
+async def test_a_dead_digest_alerts_the_operators_on_its_cases_and_logs_no_personal_data(world, smtp, caplog):
+    """A digest given up (refused for good here) told nobody of the clocks it carried: the row was 'failed' and a
+    log line said so, with the gateway's answer as it came (a phone number, an e-mail). Now an `escalation_dead`
+    alert on each of its cases' reports, on the console's case timeline beside a dead delivery's, and the log
+    line redacted."""
+    from console.queries import case_timeline
+
+    ctx, base = world
+    cases = [await new_case(ctx, f"INC-{i + 1:06d}") for i in range(2)]
+    ctx.clock.advance(3 * HOUR)
+    sender = svc(ctx, "dispatch-escalations")
+    sender.sms = QuotingGateway(sender.cfg)
+    await tick(ctx.store, sender.cfg)
+    with caplog.at_level(logging.INFO):
+        await sender.run_once()
+    sms = await ctx.store.fetchone("SELECT id, state FROM escalations WHERE channel='sms'")
+    assert sms["state"] == "failed"
+    alerts = {r["report_id"]: json.loads(r["data"]) for r in await ctx.store.fetchall(
+        "SELECT report_id, data FROM events WHERE kind='alert' ORDER BY id")}
+    reports = {c: (await ctx.store.fetchone("SELECT report_id FROM cases WHERE id=?", (c,)))["report_id"]
+               for c in cases}
+    assert set(alerts) == set(reports.values())  # before: no alert
+    for alert in alerts.values():
+        assert (alert["alert"], alert["escalation_id"], alert["channel"], alert["agency"]) == \
+            ("escalation_dead", sms["id"], "sms", "sawaco")
+    case = await ctx.store.fetchone("SELECT * FROM cases WHERE id=?", (cases[0],))
+    shown = [t for t in await case_timeline(ctx.store, case) if t.what == "alert"]
+    assert len(shown) == 1 and "alert=escalation_dead" in shown[0].detail and "0912345678" not in shown[0].detail
+    (line,) = [r.getMessage() for r in caplog.records if "given up" in r.getMessage()]
+    assert f"escalation {sms['id']}" in line and "HTTP 400" in line
+    for personal in ("0912345678", "hotro@sms.example.vn"):
+        assert personal not in caplog.text  # before: the gateway's answer as it came
 
 
 def test_readme_lists_every_clock_with_its_article_unit_and_length():
