@@ -27,6 +27,7 @@ from ingest.clock import parse_iso
 from ingest.errors import AuthError, PermanentError, TransientError
 from ingest.jobs import CLASSIFY, MESSENGER_ASK, MESSENGER_MEDIA, MessengerAskJob, MessengerMediaJob
 from ingest.jobs import MediaRef as MediaJobRef
+from ingest.pii import redact_ids
 from ingest.records import Attachment, InboundMessage, Job, from_json, to_json
 from ingest.store import Store, StoredReport, SubmitResult, Tx
 from ingest.worker import StageWorker, WorkerSettings, Writes
@@ -365,7 +366,9 @@ class MessengerChannel:
         except (PermanentError, AuthError, TransientError) as exc:
             if isinstance(exc, TransientError) and job.attempts < self.ctx.settings.queue.max_attempts:
                 raise  # retried with backoff, the report still waiting
-            log.info("messenger %s: place question not sent: %s", self.instance, exc)
+            # The error quotes the Send API's answer (its error code, as the peer wrote it): logs hold no personal
+            # data, whatever a peer (or a proxy in between) puts there.
+            log.info("messenger %s: place question not sent: %s", self.instance, redact_ids(str(exc)))
             error = str(exc)[:200]
 
             async def give_up(tx: Tx) -> None:

@@ -15,6 +15,7 @@ from ingest.app import AppContext, Service
 from ingest.blobs import fsync_dir
 from ingest.clock import iso
 from ingest.errors import TransientError
+from ingest.pii import redact_ids
 
 from .transcripts_parse import TranscriptError, parse_transcript
 
@@ -70,7 +71,9 @@ class TranscriptFolder:
         _move(path, self.root / "done" / path.name)
 
     async def _reject(self, path: Path, raw: bytes, reason: str) -> None:
-        log.warning("transcript %s rejected: %s", path.name, reason)
+        # The reason can quote the file (a Received-At holding the caller's number): logs hold no personal data.
+        # The quarantine row and rejected/NAME.error keep it whole for the operators who mend the file.
+        log.warning("transcript %s rejected: %s", path.name, redact_ids(reason))
         await self.ctx.store.quarantine(self.name, raw, reason, {"file": path.name})
         target = self.root / "rejected" / path.name
         error = target.with_name(target.name + ".error")

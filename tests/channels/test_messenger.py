@@ -301,6 +301,28 @@ async def test_secrets_never_reach_the_log(env: Env, caplog: pytest.LogCaptureFi
     assert "signature mismatch" in logged
 
 
+async def test_a_send_api_answer_quoted_in_an_error_never_reaches_the_log(env: Env,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The place question's refusal is logged with the error, which quotes the Send API's answer (its error code, as
+    the peer wrote it): an answer naming a phone number and an e-mail (a proxy's page, a peer's odd answer) reached
+    the log as it came. Redacted now; the report is released as before."""
+    report = await _stored_report(env, "m_ask", time.time())
+    now = time.time()
+    async with env.store.transaction() as tx:
+        await tx.execute("INSERT INTO messenger_place_questions(report_id, instance, psid, asked_at, until, state)"
+                         " VALUES (?,?,?,?,?,'open')", (report.id, "page", "PSID77", now, now + 600))
+        await tx.enqueue(env.channel.ask_stage, report.id, messenger.MessengerAskJob())
+    env.graph.fail_next = [(400, "gọi 0912345678 hoặc hotro@proxy.example.vn", {})]  # type: ignore[list-item]
+    with caplog.at_level(logging.INFO):
+        assert await env.services[2].worker.run_once() == 1
+    (line,) = [r.getMessage() for r in caplog.records if "place question not sent" in r.getMessage()]
+    assert "Send API refused the message (HTTP 400" in line
+    for personal in ("0912345678", "hotro@proxy.example.vn"):
+        assert personal not in caplog.text
+    row = await env.store.fetchone("SELECT state FROM messenger_place_questions WHERE report_id=?", (report.id,))
+    assert row["state"] == "unsent"
+
+
 # -- the place question (Art. 6: only a report placed nowhere goes to the operator unit; the page asks first) --
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -132,6 +133,22 @@ async def test_invalid_files_go_to_rejected_with_an_error_file(folder: Transcrip
     assert await reports(store) == []
     row = await store.fetchone("SELECT raw, reason FROM quarantine")
     assert row["raw"] == data and reason in row["reason"]
+
+
+async def test_a_rejected_transcripts_log_line_holds_no_phone_or_email(folder: TranscriptFolder, store: Store,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The reason quotes the file: a Received-At holding the caller's number and mailbox reached the log as typed.
+    The log line says why, redacted; the operators' quarantine row and .error file keep the reason whole."""
+    data = "Received-At: 0903 123 456 cuong@example.vn\n\nCây ngã chắn đường.".encode()
+    drop(folder, "swapped.txt", data)
+    with caplog.at_level(logging.INFO):
+        await folder.scan_once()
+    (line,) = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert "swapped.txt" in line and "received_at is not an ISO 8601 time" in line
+    for personal in ("0903 123 456", "903123456", "cuong@example.vn"):
+        assert personal not in caplog.text
+    row = await store.fetchone("SELECT reason FROM quarantine")
+    assert "0903 123 456" in row["reason"]  # for the operators, as before
 
 
 async def test_crash_between_commit_and_move_is_not_a_duplicate(folder: TranscriptFolder, store: Store) -> None:
