@@ -7,6 +7,10 @@
 - Under journald (systemd's `JOURNAL_STREAM` names our stderr) every line starts with its syslog priority
   (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug), so `journalctl -p err` finds errors, and the time is
   left out: the journal stamps each entry itself, and a time written twice is noise.
+- Warnings, errors and every traceback are redacted (ingest.pii.redact_ids) as they are written: they quote what
+  came from outside (a peer's refusal, an exception holding a rejected field, a parser's excerpt), and personal
+  data never reaches a log. The daemon's own info lines say ids and states, and stay as written (they are most
+  lines, and redaction has a price).
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
+
+from .pii import redact_ids
 
 # The fields a record may carry, in output order.
 CONTEXT_FIELDS = ("report_id", "job", "stage", "channel")
@@ -45,6 +51,11 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {name: fields[name] for name in CONTEXT_FIELDS if name in fields}
 
 
+def _message(record: logging.LogRecord) -> str:
+    message = record.getMessage()
+    return redact_ids(message) if record.levelno >= logging.WARNING else message
+
+
 def _priority(record: logging.LogRecord) -> int:
     for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
         if record.levelno >= level:
@@ -58,12 +69,12 @@ class TextFormatter(logging.Formatter):
         self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{record.levelname} {record.name}: {record.getMessage()}"
+        line = f"{record.levelname} {record.name}: {_message(record)}"
         fields = _fields(record)
         if fields:
             line += " [" + " ".join(f"{k}={v}" for k, v in fields.items()) + "]"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + redact_ids(self.formatException(record.exc_info))
         if not self.journald:
             return f"{self.formatTime(record)} {line}"
         # journald makes one entry of each line: each carries the priority.
@@ -81,9 +92,9 @@ class JsonFormatter(logging.Formatter):
         if not self.journald:
             entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + \
                 f".{int(record.msecs):03d}Z"
-        entry.update(level=record.levelname, logger=record.name, message=record.getMessage(), **_fields(record))
+        entry.update(level=record.levelname, logger=record.name, message=_message(record), **_fields(record))
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact_ids(self.formatException(record.exc_info))
         line = json.dumps(entry, ensure_ascii=False, default=str)
         return f"<{_priority(record)}>{line}" if self.journald else line
 

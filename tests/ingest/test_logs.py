@@ -87,3 +87,21 @@ def test_the_daemon_logs_json_with_priorities_under_a_journal_stream(tmp_path: P
         subprocess.run([sys.executable, "-c", code, str(config)], cwd=REPO, env=env, stderr=fh, check=True, timeout=60)
     line = err.read_text(encoding="utf-8").strip()
     assert line.startswith("<3>") and json.loads(line[3:])["message"] == "disk full"
+
+
+def test_warnings_errors_and_tracebacks_hold_no_personal_data_whatever_they_quote() -> None:
+    """A peer's refusal or an exception may quote a reporter's phone, e-mail or ID number: warnings, errors and
+    tracebacks are redacted as written, in both formats. An info line (the daemon's own ids and states) is not."""
+    for fmt in ("text", "json"):
+        out = io.StringIO()
+        log = _logger(make_handler(fmt, journald=False, stream=out))
+        log.warning("gateway refused: %s", "số 0901234567 không nhận tin, liên hệ an.nguyen@example.com")
+        try:
+            raise ValueError("CCCD 079203005678 không hợp lệ")
+        except ValueError:
+            log.exception("service failed")
+        log.info("report %d classified", 123456)
+        text = out.getvalue()
+        for secret in ("0901234567", "an.nguyen@example.com", "079203005678"):
+            assert secret not in text, (fmt, secret)
+        assert "gateway refused" in text and "ValueError" in text and "report 123456 classified" in text
