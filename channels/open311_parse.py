@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -66,7 +67,10 @@ def parse_body(raw: bytes, content_type: str, *, max_parts: int = MAX_PARTS) -> 
             text = raw.decode("utf-8")
             pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
                               max_num_fields=MAX_FIELDS, errors="strict")
-            return {check_text(k, "a field name"): check_text(v, "a field") for k, v in pairs}, []
+            fields = {check_text(k, "a field name"): check_text(v, "a field") for k, v in pairs}
+            if len(fields) != len(pairs):
+                raise Open311Error(400, f"the field {_repeated(k for k, _ in pairs)!r} is given more than once")
+            return fields, []
         if mime == "multipart/form-data":
             return _parse_multipart(raw, content_type, max_parts)
     except BodyError as exc:
@@ -98,8 +102,21 @@ def _parse_multipart(raw: bytes, content_type: str, max_parts: int) -> tuple[dic
         if part.filename is not None or part.name == "media":
             photos.append(Photo(data=part.data, content_type=part.content_type, filename=part.filename))
         elif part.name != "_charset_":
+            if part.name in fields:
+                raise Open311Error(400, f"the field {part.name[:40]!r} is given more than once")
             fields[part.name] = decode_charset(part.data, part.charset or default, f"field {part.name[:40]!r}")
     return fields, photos
+
+
+def _repeated(names: Iterable[str]) -> str:
+    """The first field name given twice: a field is one value (as JSON's keys, ingest/untrusted.py), never the
+    first for one reader and the last for another."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name[:40]
+        seen.add(name)
+    return ""
 
 
 def parse_request(raw: bytes, content_type: str, *, idempotency_key: str | None, received_at: str,

@@ -76,7 +76,9 @@ def loads_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     except UnicodeDecodeError:
         raise BodyError("body is not valid UTF-8") from None
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except DuplicateKey as exc:
+        raise BodyError(f"JSON object has the key {exc.key[:40]!r} more than once") from None
     except RecursionError:
         # The C decoder counts its own nesting against the recursion limit (about 1,000 levels).
         raise BodyError(f"JSON nested deeper than {max_depth} levels") from None
@@ -84,6 +86,26 @@ def loads_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise BodyError("body is not JSON") from None
     check_tree(value, max_depth)
     return value
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different. With {"confidential": true, "confidential": false} json.loads keeps
+    the last silently, while a proxy, a WAF or a log reader in front of us may read the first: which one counts
+    is the sender's to say, once (RFC 8259 4: names SHOULD be unique; receivers disagree when they are not)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return out
 
 
 def _no_constant(name: str) -> Any:

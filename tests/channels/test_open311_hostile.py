@@ -70,6 +70,15 @@ async def _quarantined(store: Store) -> list:
      b"Pbat ovg\r\n--b--\r\n", "multipart/form-data; boundary=b", "unknown charset"),
     (b'--b\r\nContent-Disposition: form-data; name="description"\r\nContent-Type: text/plain; charset=x-nope\r\n\r\n'
      b"abc\r\n--b--\r\n", "multipart/form-data; boundary=b", "unknown charset"),
+    # A key given twice: before, the last one counted (201), whatever a proxy or log reader in front took.
+    (json.dumps(GOOD)[:-1].encode() + b', "confidential": true, "confidential": false}', "application/json",
+     "more than once"),
+    (b"service_code=drainage&description=C%E1%BB%91ng+t%E1%BA%AFc&lat=10.76&long=106.66&confidential=true"
+     b"&confidential=false", "application/x-www-form-urlencoded", "more than once"),
+    (b'--b\r\nContent-Disposition: form-data; name="service_code"\r\n\r\ndrainage\r\n'
+     b'--b\r\nContent-Disposition: form-data; name="description"\r\n\r\nabc\r\n'
+     b'--b\r\nContent-Disposition: form-data; name="description"\r\n\r\ndef\r\n--b--\r\n',
+     "multipart/form-data; boundary=b", "more than once"),
 ])
 async def test_invalid_unicode_depth_and_charsets_are_400_and_quarantined(
         server: Server, raw: bytes, content_type: str, says: str) -> None:
