@@ -284,7 +284,8 @@ class Generation:
         await self.runner.setup()
         limits = settings.http.limits
         site = GuardedSite(self.runner, settings.http.host, settings.http.port, reuse_address=True,
-                           max_connections=limits.max_connections, header_timeout=limits.header_timeout_seconds)
+                           max_connections=limits.max_connections, header_timeout=limits.header_timeout_seconds,
+                           max_per_ip=limits.max_connections_per_ip)
         await site.start()
         # Supervised: a storage outage or a bug in one service restarts that service after a backoff; it never
         # ends the process (the TaskGroup would cancel every other service with it).

@@ -60,6 +60,8 @@ class HttpLimits(Section):
     """What one client may make the HTTP server do (ingest/limits.py). A rate of 0 turns that limit off."""
 
     max_connections: int = Field(1000, ge=1)  # open at once; past it a new connection gets 503 + Retry-After
+    # open at once from one client address; past it that address's next connection gets 503 (0: no such cap)
+    max_connections_per_ip: int = Field(100, ge=0)
     header_timeout_seconds: float = Field(10.0, gt=0)  # a request head not complete by then: connection closed
     body_timeout_seconds: float = Field(60.0, gt=0)  # a request's body (any route) not all in by then: 408
     keepalive_timeout_seconds: float = Field(15.0, gt=0)  # an idle keep-alive connection is closed after this

@@ -171,12 +171,15 @@ class _Busy(asyncio.Protocol):
 
 class GuardedFactory:
     """The listening socket's protocol factory around aiohttp's Server: past `max_connections` open connections a
-    new one gets 503; a connection that has not sent a complete request head within `header_timeout` is closed."""
+    new one gets 503, and so does one past `max_per_ip` open from its address (0: no such cap); a connection that
+    has not sent a complete request head within `header_timeout` is closed."""
 
-    def __init__(self, server: web.Server, max_connections: int, header_timeout: float) -> None:
+    def __init__(self, server: web.Server, max_connections: int, header_timeout: float, max_per_ip: int = 0) -> None:
         self.server = server
         self.max_connections = max_connections
         self.header_timeout = header_timeout
+        self.max_per_ip = max_per_ip
+        self.per_ip: Counter[str] = Counter()  # open connections by peer address
 
     def __call__(self) -> asyncio.BaseProtocol:
         if len(self.server.connections) >= self.max_connections:
@@ -187,7 +190,58 @@ class GuardedFactory:
         handler = self.server()
         loop = asyncio.get_running_loop()
         loop.call_later(self.header_timeout, _close_if_no_request, handler)
-        return handler
+        return _PerPeer(handler, self) if self.max_per_ip > 0 else handler
+
+
+class _PerPeer(asyncio.Protocol):
+    """aiohttp's connection handler, counted under its peer's address. One client opening connections by the
+    hundred (each sending its head or body as slowly as the deadlines allow, and reconnecting) would otherwise fill
+    the whole server's cap, and every other client would get 503: past its own cap it alone does.
+
+    A wrapper, since aiohttp's handler has __slots__ and the peer is known only once the connection is made; it
+    passes every protocol call on (flow control too, which asyncio's sendfile fallback relies on)."""
+
+    def __init__(self, inner: Any, factory: GuardedFactory) -> None:
+        self.inner = inner
+        self.factory = factory
+        self.peer: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peername = transport.get_extra_info("peername")
+        peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
+        if self.factory.per_ip[peer] >= self.factory.max_per_ip:
+            REFUSALS[("connection_refused", "ip")] += 1
+            _throttled.log(logging.WARNING, "503:connections:ip", "one client address has %d HTTP connections open:"
+                           " answering its next ones 503", self.factory.per_ip[peer])
+            _Busy().connection_made(transport)
+            return
+        self.peer = peer
+        self.factory.per_ip[peer] += 1
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is None:
+            return
+        counts = self.factory.per_ip
+        counts[self.peer] -= 1
+        if counts[self.peer] <= 0:
+            del counts[self.peer]  # bounded: only addresses with a connection open are kept
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.peer is not None else None
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.inner.resume_writing()
 
 
 def _close_if_no_request(handler: Any) -> None:
@@ -202,16 +256,17 @@ class GuardedSite(web.TCPSite):
     """A TCPSite whose listening socket uses GuardedFactory."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, max_connections: int,
-                 header_timeout: float, **kwargs: Any) -> None:
+                 header_timeout: float, max_per_ip: int = 0, **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
         self._max_connections = max_connections
         self._header_timeout = header_timeout
+        self._max_per_ip = max_per_ip
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
-        factory = GuardedFactory(server, self._max_connections, self._header_timeout)
+        factory = GuardedFactory(server, self._max_connections, self._header_timeout, self._max_per_ip)
         self._server = await asyncio.get_running_loop().create_server(
             factory, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port)

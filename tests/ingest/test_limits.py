@@ -55,7 +55,7 @@ async def serve(store: Store):
         await runner.setup()
         runners.append(runner)
         site = GuardedSite(runner, "127.0.0.1", 0, max_connections=limits.max_connections,
-                           header_timeout=limits.header_timeout_seconds)
+                           header_timeout=limits.header_timeout_seconds, max_per_ip=limits.max_connections_per_ip)
         await site.start()
         return Served(f"http://127.0.0.1:{site.port}", site.port, session)
 
@@ -106,6 +106,31 @@ async def test_connection_cap_answers_503(serve) -> None:
     writer.close()
     for _, w in held:
         w.close()
+
+
+async def test_one_address_cannot_take_every_connection(serve) -> None:
+    # The server's cap is 50; one client address opens 60 connections (on loopback every test client is 127.0.0.1,
+    # so the other client comes from 127.0.0.2). Before: the first 50 took the whole cap and the other got 503.
+    served = await serve(HttpLimits(max_connections=50, max_connections_per_ip=10, header_timeout_seconds=30))
+    held = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(60)]
+    await asyncio.sleep(0.1)
+    refused = 0
+    for reader, _ in held:
+        try:
+            answer = await asyncio.wait_for(reader.read(), 0.05)
+        except TimeoutError:
+            continue  # still open, being served
+        refused += answer.startswith(b"HTTP/1.1 503") and b"Retry-After" in answer
+    assert refused == 50  # past its own 10
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as other:
+        async with other.get(served.url + "/healthz") as resp:
+            assert resp.status == 200
+    for _, writer in held:
+        writer.close()
+    # Its slots come back when its connections close.
+    await asyncio.sleep(0.1)
+    async with served.session.get(served.url + "/healthz") as resp:
+        assert resp.status == 200
 
 
 async def test_a_request_head_that_never_completes_is_closed(serve) -> None:
