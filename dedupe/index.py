@@ -15,15 +15,18 @@ outside [at - window, at + window] are excluded at search time by asking faiss f
 dropping those, which keeps the result exact, as a rebuilt and an incrementally grown index must agree.
 
 A report with no district is compared with every district: the groupable topics' blocks of all districts hold
-~44,000 rows at the peak, and scanning their float32 vectors (~67 MB, more than the cache) is bound by memory
-bandwidth. Those queries go through a second, coarse structure instead: per topic, one float16 copy of every
-district's rows (faiss IndexScalarQuantizer, half the bytes to read, one faiss call per topic). Its scores are
-within a bound of the exact ones (measured per vector when it is added, see `_Coarse`), so every row that
-could be in the exact top k is among the coarse candidates scoring at least (k-th coarse score over all the
-query's topics - 2 x bound); those few (~k, not ~k per topic) are re-scored exactly from the float32 blocks in
-one pass with the same faiss kernel, so the answer is the block search's own, scores to the bit.
-(faiss-cpu 1.15 is a dynamic-dispatch build: `faiss.SIMDConfig.get_level_name()` reports AVX512 here, even
-though the loader finds no swigfaiss_avx2 module; a float16 scan at SIMD level NONE is ~25x slower.)
+~44,000-50,000 rows at the peak, and scanning their float32 vectors (~67 MB, more than the cache) is bound by
+memory bandwidth. Those queries go through a second, coarse structure instead: per topic, one copy of every
+district's rows as 8-bit integer codes (faiss IndexScalarQuantizer QT_8bit_direct_signed: a quarter of the
+bytes, integer dot products, one faiss call per topic; see `_Coarse`). Its scores are within a bound of the
+exact ones, measured per row when it is added, so after the k best coarse rows are scored exactly, every row
+that could be in the exact top k is among the coarse candidates within that bound of the lowest of those k
+scores; those (~2-3k at the peak) are re-scored exactly from the float32 blocks with the same faiss kernel, so
+the answer is the block search's own, scores to the bit. (Measured with the bench's queries, whose float32
+baseline beside them leaves the codes out of the cache: a topic's 17,500 rows in ~0.65 ms against ~1.3 for the
+float16 codes this replaced, whose tighter bound re-scored ~70 rows instead of ~190.)
+(faiss-cpu 1.15 is a dynamic-dispatch build: `faiss.SIMDConfig.get_level_name()` reports AVX2 or AVX512, even
+though the loader finds no swigfaiss_avx2 module; at SIMD level NONE the scans are many times slower.)
 
 The whole process searches one query at a time, so faiss runs single-threaded (see `VectorWindow.__init__`).
 """
@@ -43,11 +46,11 @@ UNKNOWN = "_"  # partition of reports with no district
 
 
 def _make_room(block: Any, used: int, more: int) -> None:
-    """Grow a block's `ids` and `times` arrays (doubling) so `more` rows fit after the `used` ones."""
+    """Grow a block's row arrays (its `_columns`, doubling) so `more` rows fit after the `used` ones."""
     if used + more <= len(block.ids):
         return
     cap = max(2 * len(block.ids), used + more)
-    for name in ("ids", "times"):
+    for name in block._columns:
         old = getattr(block, name)
         new = np.empty(cap, old.dtype)
         new[:used] = old[:used]
@@ -64,8 +67,9 @@ def _drop_rows(block: Any, gone: np.ndarray) -> np.ndarray:
     block.index.remove_ids(rows.astype(np.int64))
     keep = ~gone
     m = int(keep.sum())
-    block.ids[:m] = block.ids[:n][keep]
-    block.times[:m] = block.times[:n][keep]
+    for name in block._columns:
+        column = getattr(block, name)
+        column[:m] = column[:n][keep]
     block.n = m
     block.tmin = float(block.times[:m].min()) if m else float("inf")
     block.tmax = float(block.times[:m].max()) if m else float("-inf")
@@ -76,6 +80,7 @@ class _Block:
     """The rows of one (district, topic): a flat inner-product index and, row for row, ids and times."""
 
     __slots__ = ("index", "ids", "times", "n", "rows", "tmin", "tmax", "_stored")
+    _columns = ("ids", "times")  # the arrays kept row for row beside the index
 
     def __init__(self, dim: int) -> None:
         self.index = faiss.IndexFlatIP(dim)
@@ -151,68 +156,167 @@ class _Block:
         return scores, rows
 
 
-# Rounding slack of one float32 dot product over `dim` terms, relative to |q| |x| (faiss sums in its own
-# order, numpy or another kernel in another): dim * 2^-24 is the textbook worst case; both the coarse and
-# the exact score carry it.
+# Rounding slack of one float32 dot product over `dim` terms, relative to sum |q_i x_i| <= |q| |x| (faiss sums
+# in its own order, with or without FMA): gamma_dim = dim u / (1 - dim u), u = 2^-24, the textbook worst case.
 def _dot_slack(dim: int) -> float:
-    return dim * 2.0 ** -24
+    u = dim * 2.0 ** -24
+    return u / (1.0 - u)
+
+
+def _levels(dim: int) -> int:
+    """The largest code magnitude Q (<= 127) for which every integer dot product of two code vectors, at most
+    dim Q^2 in size, is exact in float32 (< 2^24): faiss's byte kernel sums in int32 and its float kernel then
+    adds exact integers, so either gives the exact integer."""
+    return int(min(127, np.floor(np.sqrt((2 ** 24 - 1) / dim))))
+
+
+# A batch whose worst rounding error exceeds this many times the worst one when the scale was last set (values
+# beyond its range are clipped) has the topic's codes re-encoded at a new scale: the bound stays tight.
+RESCALE = 1.25
+HEADROOM = 1.05  # a new scale covers this much more than the largest value seen per dimension
 
 
 class _Coarse:
-    """The rows of one topic across every district, as float16 codes: the first pass of a no-district search.
+    """The rows of one topic across every district, as 8-bit integer codes: the first pass of a no-district search.
 
-    `err` is the largest |x - float16(x)| of any vector ever added (not lowered by expiry: a bound only has to
-    hold), so for a query q every coarse score is within |q| err (+ rounding) of the exact one."""
+    Row x is stored as c = clip(round(x * s), -Q, Q), s a per-dimension scale (set from the rows seen, with
+    HEADROOM), c exact as faiss's QT_8bit_direct_signed codes. A query q is searched as integers too:
+    u = round(p t) with p = q / s and t = Q / max|p|, and faiss returns the exact integer u.c. Then
+        q.x - u.c / t = q.(x - c / s) + (p - u / t).c,
+    so |q.x - u.c / t| <= |q| r + |p - u/t| |c|, r = |x - c/s| measured per row when it is added (clipping
+    included) and kept beside it. With the rounding of the exact float32 score itself this is `bound()`.
+    (Half the bytes of float16 and integer arithmetic: a scan of a topic's ~17,500 rows measured 0.33 ms in
+    cache against 0.9 for float16 codes. The bound is ~20x wider than float16's, which only adds candidates to
+    re-score. faiss quantises a query for these codes itself, truncating: hence integer queries.)"""
 
-    __slots__ = ("index", "ids", "times", "n", "err", "norm", "tmin", "tmax")
+    __slots__ = ("index", "ids", "times", "errs", "cnorms", "n", "scale", "levels", "err", "code_norm", "norm",
+                 "err_ref", "tmin", "tmax")
+    _columns = ("ids", "times", "errs", "cnorms")
 
     def __init__(self, dim: int) -> None:
-        self.index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        self.index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed,
+                                                faiss.METRIC_INNER_PRODUCT)
         self.ids = np.empty(64, np.int64)
         self.times = np.empty(64, np.float64)
+        self.errs = np.empty(64, np.float64)  # r = |x - c/s| of each row
+        self.cnorms = np.empty(64, np.float64)  # |c| of each row
         self.n = 0
-        self.err = 0.0
-        self.norm = 0.0  # the largest |x| added: the rounding slack scales with it
+        self.levels = _levels(dim)
+        self.scale: np.ndarray | None = None  # s, float64, set by the first rows
+        self.err = 0.0  # the largest r of the rows held
+        self.code_norm = 0.0  # the largest |c| of the rows held
+        self.err_ref = 0.0  # the largest r when the scale was set
+        self.norm = 0.0  # the largest |x| added (never lowered): the rounding slack scales with it
         self.tmin = float("inf")
         self.tmax = float("-inf")
 
-    def extend(self, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray) -> None:
-        start, m = self.n, len(ids)
-        _make_room(self, start, m)
+    def _set_scale(self, x: np.ndarray) -> None:
+        """s from rows x (float64): the largest |value| per dimension, with HEADROOM, and at least 1/16 of the
+        largest over all dimensions (a dimension near zero in the first rows would clip every later one)."""
+        amax = np.abs(np.where(np.isfinite(x), x, 0.0)).max(axis=0) if len(x) else np.zeros(x.shape[1])
+        top = float(amax.max()) if len(amax) else 0.0
+        if top == 0.0:
+            top = 1.0
+        self.scale = self.levels / (HEADROOM * np.maximum(amax, top / 16))
+
+    def _encode(self, vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Codes (as float32 integers, what faiss stores exactly), r and |c| of each row."""
+        assert self.scale is not None
+        x = vecs.astype(np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
-            # A value beyond float16's range becomes inf: the bound is then inf and the search exhaustive.
-            err = np.linalg.norm(vecs - vecs.astype(np.float16).astype(np.float32), axis=1).max()
-        self.err = max(self.err, float(err)) if np.isfinite(err) else float("inf")
-        self.norm = max(self.norm, float(np.linalg.norm(vecs, axis=1).max()))
-        self.index.add(vecs)
+            c = np.clip(np.rint(x * self.scale), -self.levels, self.levels)
+            c = np.nan_to_num(c, nan=0.0)
+            errs = np.linalg.norm(x - c / self.scale, axis=1)
+        errs[~np.isfinite(errs)] = np.inf  # a value beyond float range: the bound is inf, the search exhaustive
+        return c.astype(np.float32), errs, np.linalg.norm(c, axis=1)
+
+    def extend(self, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray) -> bool:
+        """Add rows; True when they were clipped enough that the caller should `recode` the topic."""
+        start, m = self.n, len(ids)
+        if m == 0:
+            return False
+        _make_room(self, start, m)
+        fresh = self.scale is None
+        if fresh:
+            self._set_scale(vecs.astype(np.float64))
+        codes, errs, cnorms = self._encode(vecs)
+        self.index.add(codes)
         self.ids[start:start + m] = ids
         self.times[start:start + m] = times
+        self.errs[start:start + m] = errs
+        self.cnorms[start:start + m] = cnorms
         self.n = start + m
+        worst = float(errs.max())
+        self.err = max(self.err, worst)
+        self.code_norm = max(self.code_norm, float(cnorms.max()))
+        with np.errstate(over="ignore", invalid="ignore"):
+            norm = float(np.linalg.norm(vecs.astype(np.float64), axis=1).max())
+        self.norm = max(self.norm, norm) if np.isfinite(norm) else float("inf")
         self.tmin = min(self.tmin, float(times.min()))
         self.tmax = max(self.tmax, float(times.max()))
+        if fresh:
+            self.err_ref = self.err
+            return False
+        return worst > RESCALE * self.err_ref and np.isfinite(worst)
+
+    def recode(self, vecs: np.ndarray) -> None:
+        """Re-encode every row (vecs: their float32 vectors, row for row) at a scale set from all of them."""
+        assert len(vecs) == self.n
+        self._set_scale(vecs.astype(np.float64))
+        codes, errs, cnorms = self._encode(vecs)
+        self.index.reset()
+        self.index.add(codes)
+        self.errs[:self.n] = errs
+        self.cnorms[:self.n] = cnorms
+        self._refresh()
+        self.err_ref = self.err
+
+    def _refresh(self) -> None:
+        n = self.n
+        self.err = float(self.errs[:n].max()) if n else 0.0
+        self.code_norm = float(self.cnorms[:n].max()) if n else 0.0
 
     def drop_before(self, first_day: int) -> None:
-        _drop_rows(self, (self.times[:self.n] // DAY) < first_day)
+        self.drop((self.times[:self.n] // DAY) < first_day)
 
     def drop(self, gone: np.ndarray) -> None:
         _drop_rows(self, gone)
+        self._refresh()  # the bound may shrink with the rows that went
 
-    def bound(self, qnorm: float) -> float:
-        """e: every coarse score of this topic is within e of the exact one, for a query of norm `qnorm`
-        (err, plus the rounding of both sums)."""
-        return qnorm * (self.err + _dot_slack(self.index.d) * (2.0 * self.norm + self.err))
+    def query(self, q: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """The query q (float64, one vector) as integer codes u (float32, one row), t, and |p - u/t|."""
+        assert self.scale is not None
+        p = q / self.scale
+        top = float(np.abs(p).max())
+        t = self.levels / top if top > 0 and np.isfinite(top) else 1.0
+        u = np.rint(p * t)  # |p t| <= Q: no clipping
+        return u.astype(np.float32).reshape(1, -1), t, float(np.linalg.norm(p - u / t))
 
-    def scan(self, query: np.ndarray, kk: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, bool] | None:
-        """The best `kk` coarse scores and rows received in [lo, hi], best first, and whether that is every such
-        row (None: no row in the window)."""
+    def bound(self, qnorm: float, qerr: float, rows: np.ndarray | None = None) -> Any:
+        """e: |exact float32 score - u.c / t| <= e for every row of this topic (rows given: for each of those),
+        for a query of norm `qnorm` and rounding `qerr` (`query`). Computed in float64; the factor 1 + 1e-9
+        covers its rounding (relative 1e-16 a step) many times over."""
+        slack = _dot_slack(self.index.d) * qnorm * self.norm
+        with np.errstate(invalid="ignore", over="ignore"):
+            if rows is None:
+                e = (qnorm * self.err + qerr * self.code_norm + slack) * (1.0 + 1e-9)
+                # An infinite value somewhere (0 x inf is nan): every row is a candidate.
+                return e if np.isfinite(e) else float("inf")
+            e = (qnorm * self.errs[rows] + qerr * self.cnorms[rows] + slack) * (1.0 + 1e-9)
+            return np.where(np.isfinite(e), e, np.inf)
+
+    def scan(self, codes: np.ndarray, t: float, kk: int, lo: float, hi: float
+             ) -> tuple[np.ndarray, np.ndarray, bool] | None:
+        """The best `kk` coarse scores (u.c / t, float64) and rows received in [lo, hi], best first, and whether
+        that is every such row (None: no row in the window)."""
         n = self.n
         if n == 0 or self.tmax < lo or self.tmin > hi:
             return None
         params = None
         n_valid = n
         if self.tmin < lo or self.tmax > hi:
-            t = self.times[:n]
-            valid = (t >= lo) & (t <= hi)
+            tt = self.times[:n]
+            valid = (tt >= lo) & (tt <= hi)
             n_valid = int(np.count_nonzero(valid))
             if n_valid == 0:
                 return None
@@ -220,12 +324,16 @@ class _Coarse:
             bitmap = np.packbits(valid, bitorder="little")
             params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap)))
         kk = min(n_valid, kk)
-        scores, rows = self.index.search(query, kk, params=params)
+        scores, rows = self.index.search(codes, kk, params=params)
         scores, rows = scores[0], rows[0]
         keep = rows >= 0
         scores, rows = scores[keep], rows[keep]
-        return scores, rows, kk >= n_valid or len(rows) < kk
+        return scores.astype(np.float64) / t, rows, kk >= n_valid or len(rows) < kk
 
+
+# A no-district query's first coarse scan asks each topic for this many times k rows: enough, at the peak, for
+# the candidates within the 8-bit bound of the cut (a wider scan, the rare case, reads the topic again).
+FIRST_SCAN = 4
 
 @dataclass(frozen=True, slots=True)
 class Hit:
@@ -250,7 +358,7 @@ class VectorWindow:
         self.horizon = 0.0  # latest received_at seen; the window ends here
         self._blocks_of_topic: dict[str | None, int] = {}
         self._topics: frozenset[str | None] | None = None  # topics(), recomputed after a change
-        self._coarse: dict[str | None, _Coarse] = {}  # topic -> every district's rows, float16 (no-district queries)
+        self._coarse: dict[str | None, _Coarse] = {}  # topic -> every district's rows, 8-bit (no-district queries)
         self.coarse = True  # False: no-district queries scan the float32 blocks (the bench's same-run baseline)
         self.max_norm = 0.0  # the largest |x| ever added (never lowered): bounds the rounding of a score
 
@@ -303,13 +411,19 @@ class VectorWindow:
                     continue
                 seen[rid] = None
                 keep.setdefault((dists[i] or UNKNOWN, tops[i]), []).append(i)
+            by_topic: dict[str | None, list[int]] = {}
             for (part, topic), rows in keep.items():
                 idx = np.asarray(rows, np.intp)
-                self._append(part, topic, ids[idx], ts[idx], vecs[idx])
+                self._append(part, topic, ids[idx], ts[idx], vecs[idx], coarse=False)
+                by_topic.setdefault(topic, []).extend(rows)
+            for topic, rows in by_topic.items():
+                # One batch per topic, in the order given (received_at): the scale is set from all of it.
+                idx = np.sort(np.asarray(rows, np.intp))
+                self._extend_coarse(topic, ids[idx], ts[idx], vecs[idx])
             return list(seen)
 
     def _append(self, district: str | None, topic: str | None, ids: np.ndarray, times: np.ndarray,
-                vecs: np.ndarray) -> None:
+                vecs: np.ndarray, coarse: bool = True) -> None:
         part = self._parts.setdefault(district or UNKNOWN, {})
         block = part.get(topic)
         if block is None:
@@ -320,12 +434,19 @@ class VectorWindow:
         if len(vecs):
             self.max_norm = max(self.max_norm, float(np.linalg.norm(vecs.astype(np.float64), axis=1).max()))
         block.extend(ids, times, vecs)
+        for rid in ids.tolist():
+            self._where[rid] = block
+        if coarse:
+            self._extend_coarse(topic, ids, times, vecs)
+
+    def _extend_coarse(self, topic: str | None, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray) -> None:
+        """Add rows (already in their blocks) to the topic's coarse codes, re-encoding the topic when they fell
+        outside its scale (rare once it has seen a few hundred rows: the rows of the blocks are the source)."""
         coarse = self._coarse.get(topic)
         if coarse is None:
             coarse = self._coarse[topic] = _Coarse(self.dim)
-        coarse.extend(ids, times, vecs)
-        for rid in ids.tolist():
-            self._where[rid] = block
+        if coarse.extend(ids, times, np.ascontiguousarray(vecs, dtype=np.float32)):
+            coarse.recode(self._gather(coarse.ids[:coarse.n].tolist()))
 
     def expire(self, now: float | None = None) -> int:
         """Drop the days that lie wholly before the window; returns how many vectors went."""
@@ -436,67 +557,85 @@ class VectorWindow:
     def _search_coarse(self, vec: np.ndarray, k: int, lo: float, hi: float, topics: Collection[str | None] | None,
                        scores: list[np.ndarray], ids: list[np.ndarray], times: list[np.ndarray]) -> None:
         """A no-district search (lock held): one coarse scan per topic, then the candidates of all topics
-        re-scored exactly at once.
+        re-scored exactly.
 
-        The cut is global, not per topic: with A_k the k-th best coarse score over all scanned topics and e_i
-        topic i's bound (e the largest), k rows have exact scores >= A_k - e, so the exact k-th S_k >= A_k - e,
-        and a row of topic i in the exact top k (ties included) has coarse score >= S_k - e_i >= A_k - e - e_i.
-        Each topic's first scan returns its best 2k (enough for A_k: no topic adds more than k rows to the
-        coarse top k); a topic whose last returned row is still above the cut is scanned again, wider (rare).
-        Against a cut per topic this re-scores ~k rows instead of ~k per topic. The exact scores come from a
-        flat index over the candidates' float32 vectors: the kernel the blocks use, so the merged result is the
-        block search's to the bit."""
-        qnorm = float(np.linalg.norm(vec))
+        The cut is global, not per topic: the k rows with the best coarse scores over all scanned topics are
+        scored exactly first; the lowest of those, s, is at most the exact k-th best S_k (they are k rows of the
+        window). A row j in the exact top k (ties included) scores exactly >= S_k >= s, so its coarse score is
+        >= s - e_j (e_j its own bound, `_Coarse.bound`, at most its topic's): the candidates. A topic whose last
+        returned row is still above its cut (s - the topic's bound) is scanned again, wider (rare). The exact scores come from a flat index over
+        the candidates' float32 vectors: the kernel the blocks use, so the merged result is the block search's
+        to the bit."""
         wanted = self._coarse.keys() if topics is None else topics
-        found: list[tuple[_Coarse, np.ndarray, np.ndarray, bool, float]] = []
+        q = vec[0].astype(np.float64)
+        qnorm = float(np.linalg.norm(q))
+        found: list[list[Any]] = []  # [coarse, query codes, t, query rounding, coarse scores, rows, complete]
         for topic in wanted:
             coarse = self._coarse.get(topic)
             if coarse is None:
                 continue
-            got = coarse.scan(vec, 2 * k, lo, hi)
+            codes, t, qerr = coarse.query(q)
+            got = coarse.scan(codes, t, FIRST_SCAN * k, lo, hi)
             if got is None or len(got[1]) == 0:
                 continue
-            found.append((coarse, *got, coarse.bound(qnorm)))
+            found.append([coarse, codes, t, qerr, *got])
         if not found:
             return
-        all_coarse = np.concatenate([f[1] for f in found])
-        e_max = max(f[4] for f in found)
-        a_k = float(np.partition(all_coarse, len(all_coarse) - k)[len(all_coarse) - k]) \
-            if len(all_coarse) > k else float("-inf")
+        approx = np.concatenate([f[4] for f in found])
+        first_ids = np.concatenate([f[0].ids[f[5]] for f in found])
+        first_times = np.concatenate([f[0].times[f[5]] for f in found])
+        if len(approx) > k:
+            best = np.argpartition(-approx, k - 1)[:k]
+            first_ids, first_times = first_ids[best], first_times[best]
+        # Fewer than k rows: every topic's scan was complete (each asked for more than k) and all are scored.
+        s, i_ids, i_times = self._exact(vec, first_ids, first_times)
+        scores.append(s)
+        ids.append(i_ids)
+        times.append(i_times)
+        if len(approx) <= k:
+            return
+        floor = float(s.min())
+        scored = set(first_ids.tolist())
         cand_ids: list[np.ndarray] = []
         cand_times: list[np.ndarray] = []
-        for coarse, s, rows, complete, e_i in found:
-            cut = a_k - e_max - e_i
+        for coarse, codes, t, qerr, a, rows, complete in found:
             kk = len(rows)
-            while not complete and s[-1] >= cut:
+            while not complete and a[-1] >= floor - coarse.bound(qnorm, qerr):
                 # Rows this close to the cut may have been left out: widen this topic's scan.
                 kk *= 4
-                got = coarse.scan(vec, kk, lo, hi)
+                got = coarse.scan(codes, t, kk, lo, hi)
                 assert got is not None
-                s, rows, complete = got
-            rows = rows[s >= cut]
-            cand_ids.append(coarse.ids[rows])
-            cand_times.append(coarse.times[rows])
+                a, rows, complete = got
+            rows = rows[a >= floor - coarse.bound(qnorm, qerr, rows)]  # each row's own bound
+            c_ids = coarse.ids[rows]
+            new = np.fromiter((i not in scored for i in c_ids.tolist()), bool, len(c_ids))
+            cand_ids.append(c_ids[new])  # the k rows already scored are candidates too
+            cand_times.append(coarse.times[rows[new]])
         c_ids = np.concatenate(cand_ids)
-        if len(c_ids) == 0:
-            return
-        c_times = np.concatenate(cand_times)
+        if len(c_ids):
+            s, c_ids, c_times = self._exact(vec, c_ids, np.concatenate(cand_times))
+            scores.append(s)
+            ids.append(c_ids)
+            times.append(c_times)
+
+    def _exact(self, vec: np.ndarray, c_ids: np.ndarray, c_times: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact scores of indexed reports (lock held), by a flat index over their float32 vectors."""
         exact = faiss.IndexFlatIP(self.dim)
         exact.add(self._gather(c_ids.tolist()))
         s, r = exact.search(vec, len(c_ids))
-        scores.append(s[0])
-        ids.append(c_ids[r[0]])
-        times.append(c_times[r[0]])
+        return s[0], c_ids[r[0]], c_times[r[0]]
 
     def _gather(self, report_ids: list[int]) -> np.ndarray:
         """The float32 vectors of indexed reports, in order (lock held; every id must be indexed). Row by row:
-        a no-district query's candidates are spread over dozens of blocks, a few rows each."""
+        a no-district query's candidates are spread over dozens of blocks, a few rows each (grouping them by
+        block measured slower than this loop)."""
         where = self._where
-        rows = []
-        for rid in report_ids:
+        out = np.empty((len(report_ids), self.dim), np.float32)
+        for j, rid in enumerate(report_ids):
             block = where[rid]
-            rows.append(block.stored()[block.rows[rid]])
-        return np.stack(rows) if rows else np.empty((0, self.dim), np.float32)
+            out[j] = block.stored()[block.rows[rid]]
+        return out
 
     def vector_of(self, report_id: int) -> np.ndarray | None:
         """The stored vector of an indexed report (a copy out of its faiss index)."""

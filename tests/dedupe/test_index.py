@@ -1,11 +1,11 @@
-"""The window's no-district search: the float16 first pass with exact re-scoring must give the float32 block
+"""The window's no-district search: the 8-bit first pass with exact re-scoring must give the float32 block
 scan's answer exactly (same reports, same scores to the bit, same order), whatever the data."""
 from __future__ import annotations
 
 import faiss
 import numpy as np
 
-from dedupe.index import DAY, VectorWindow
+from dedupe.index import DAY, VectorWindow, _Coarse
 
 T0 = 1_790_000_000.0
 DISTRICTS = ["quan-1", "quan-3", "go-vap", None]
@@ -13,7 +13,7 @@ TOPICS = ["drainage", "trees", "electricity", None]
 
 
 def _fill(rng: np.random.Generator, n: int, dim: int) -> tuple[np.ndarray, np.ndarray, list, list, np.ndarray]:
-    # Clusters of near-identical vectors (closer than float16 can tell apart) and exact duplicates: the
+    # Clusters of near-identical vectors (closer than the coarse codes can tell apart) and exact duplicates: the
     # coarse order is then wrong inside a cluster and only the margin keeps the exact top k.
     centers = rng.standard_normal((12, dim)).astype(np.float32)
     which = rng.integers(0, 12, n)
@@ -39,7 +39,7 @@ def _grown(dim: int, ids, times, districts, vecs, topics) -> VectorWindow:
 
 
 def _exact_hits(window: VectorWindow, q: np.ndarray, k: int, at: float, topics) -> list[tuple[int, float, float]]:
-    """What the float32 block scan answers (the float16 first pass switched off), leaving the pass on."""
+    """What the float32 block scan answers (the coarse first pass switched off), leaving the pass on."""
     window.coarse = False
     try:
         return _hits(window, q, k, at, topics)
@@ -117,6 +117,8 @@ def _brute_force(ids, times, topics, vecs, q: np.ndarray, k: int, at: float, sco
     flat kernel (the one the blocks use), best first, ties by report id: what a no-district search must answer."""
     keep = [i for i in range(len(ids)) if at - 7 * DAY <= times[i] <= at + 7 * DAY
             and (scope is None or topics[i] in scope)]
+    if not keep:
+        return []
     flat = faiss.IndexFlatIP(vecs.shape[1])
     flat.add(vecs[keep])
     scores, rows = flat.search(q.reshape(1, -1), len(keep))
@@ -165,3 +167,185 @@ def test_no_district_search_equals_brute_force_with_ties_at_the_cut_and_both_tim
         assert _hits(rebuilt, q, k, at, scope) == want, (j, k, scope)
         assert _exact_hits(grown, q, k, at, scope) == want, (j, k, scope)
     assert ties > 0  # the identical group did put ties at the cut
+
+
+def _coarse_errors(coarse: _Coarse, rows: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, float]:
+    """|exact float32 score - coarse score| of every row of `coarse` (rows: their float32 vectors, row for row)
+    for query q, checked against each row's own bound; returns them and the topic's bound (the largest)."""
+    q64 = q.astype(np.float64)
+    codes, t, qerr = coarse.query(q64)
+    approx, which, complete = coarse.scan(codes, t, coarse.n, -np.inf, np.inf)
+    assert complete and len(which) == coarse.n
+    flat = faiss.IndexFlatIP(rows.shape[1])
+    flat.add(rows)
+    exact, order = flat.search(q.reshape(1, -1), coarse.n)
+    exact_of = np.empty(coarse.n)
+    exact_of[order[0]] = exact[0]
+    errors = np.abs(exact_of[which] - approx)
+    e = coarse.bound(float(np.linalg.norm(q64)), qerr)
+    each = coarse.bound(float(np.linalg.norm(q64)), qerr, which)
+    assert np.all(errors <= each) and np.all(each <= e)
+    return errors, e
+
+
+def test_coarse_bound_holds_and_is_reached_by_rows_rounded_along_the_query() -> None:
+    # The bound has a term for the rows' rounding (|q| r) and one for the query's (|p - u/t| |c|). Rows built so
+    # that each term is reached (Cauchy-Schwarz tight) show both are needed: a scale equal in every dimension
+    # (set by a first row of equal magnitudes), then
+    # - rows whose rounding error points along a query of equal magnitudes (its codes exact): |q.r| = |q| r;
+    # - rows exactly on the grid with codes of equal magnitudes, and a query whose rounding points along them.
+    dim = 64
+    coarse = _Coarse(dim)
+    signs = np.where(np.random.default_rng(1).random(dim) < 0.5, -1.0, 1.0)
+    coarse.extend(np.array([1]), np.array([T0]), (0.25 * signs).astype(np.float32).reshape(1, -1))
+    s = float(coarse.scale[0])
+    assert np.all(coarse.scale == s)
+    rng = np.random.default_rng(2)
+    q1 = signs.astype(np.float32)  # p = q / s: all of one magnitude, the largest: u exact
+    base = rng.integers(-80, 80, (50, dim))
+    along_q = ((base + 0.49 * signs) / s).astype(np.float32)
+    q2_codes = rng.integers(-100, 100, dim).astype(np.float64) + 0.49 * signs
+    q2_codes[0] = coarse.levels * signs[0]  # the largest |p|: t = levels / |p_0| and u_0 exact
+    q2 = (q2_codes * s).astype(np.float32)  # p = q2 / s
+    on_grid = (60 * signs / s).astype(np.float32).reshape(1, -1)
+    coarse.extend(np.arange(2, 52), np.full(50, T0), along_q)
+    coarse.extend(np.array([52]), np.array([T0]), on_grid)
+    rows = np.vstack([(0.25 * signs).astype(np.float32).reshape(1, -1), along_q, on_grid])
+    for q, term in ((q1, "rows"), (q2, "query")):
+        errors, e = _coarse_errors(coarse, rows, q)
+        assert errors.max() <= e, term
+        qnorm = float(np.linalg.norm(q.astype(np.float64)))
+        query_term = coarse.query(q.astype(np.float64))[2] * coarse.code_norm
+        # The construction reaches the term it aims at: without that term the bound would fail.
+        reached = qnorm * coarse.err if term == "rows" else query_term
+        assert errors.max() >= 0.9 * reached > 0, term
+        assert errors.max() > e - reached, term
+
+
+def test_coarse_bound_holds_for_large_norms_and_rows_beyond_the_scale() -> None:
+    # Rows of norms from 1e-3 to 1e3 (the scale follows the first rows; later, larger ones are clipped and
+    # their error measured as it is), and queries of any norm: every row within the bound.
+    rng = np.random.default_rng(4)
+    dim = 48
+    coarse = _Coarse(dim)
+    first = rng.standard_normal((200, dim)).astype(np.float32)
+    later = (rng.standard_normal((300, dim)) * 10.0 ** rng.uniform(-3, 3, (300, 1))).astype(np.float32)
+    coarse.extend(np.arange(200), np.full(200, T0), first)
+    assert coarse.extend(np.arange(200, 500), np.full(300, T0), later)  # clipped: the window would re-encode
+    rows = np.vstack([first, later])
+    assert coarse.err > 10  # clipped rows: their measured error is large, and the bound with it
+    trial = _Coarse(dim)
+    trial.extend(np.arange(200), np.full(200, T0), first)
+    trial.extend(np.arange(200, 500), np.full(300, T0), later)
+    trial.drop(np.arange(500) >= 200)  # the clipped rows leave (expiry): the bound shrinks with them
+    assert trial.err < 1.0 < coarse.err
+    for j in range(20):
+        q = (rng.standard_normal(dim) * 10.0 ** rng.uniform(-2, 2)).astype(np.float32)
+        errors, e = _coarse_errors(coarse, rows, q)
+        assert errors.max() <= e
+    clipped = coarse.err
+    coarse.recode(rows)  # a scale covering every row: nothing clipped, the bound back to rounding alone
+    assert coarse.err <= 0.5 * np.linalg.norm(1 / coarse.scale) < clipped
+    for j in range(20):
+        q = (rng.standard_normal(dim) * 10.0 ** rng.uniform(-2, 2)).astype(np.float32)
+        errors, e = _coarse_errors(coarse, rows, q)
+        assert errors.max() <= e
+
+
+def test_a_window_grown_from_empty_keeps_a_bound_as_tight_as_a_bulk_rebuild() -> None:
+    # Grown one report at a time, a topic's scale is first set by a single row: later rows fall outside it and
+    # the topic is re-encoded (from its blocks) whenever clipping would widen the bound by a quarter.
+    rng = np.random.default_rng(6)
+    n, dim = 1200, 64
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    times = np.sort(T0 + rng.random(n) * 6 * DAY)
+    districts = [DISTRICTS[i] for i in rng.integers(0, len(DISTRICTS), n)]
+    topics = [TOPICS[i] for i in rng.integers(0, len(TOPICS), n)]
+    grown = _grown(dim, ids, times, districts, vecs, topics)
+    rebuilt = VectorWindow(dim, window_days=7)
+    rebuilt.add_many(ids, times, districts, vecs, topics)
+    for topic in TOPICS:
+        assert grown._coarse[topic].err <= 1.5 * rebuilt._coarse[topic].err, topic
+    at = float(times[-1])
+    for j in range(30):
+        q = vecs[rng.integers(n)] + 0.1 * rng.standard_normal(dim).astype(np.float32)
+        q /= np.linalg.norm(q)
+        scope = None if j % 2 else {"trees", None}
+        want = _brute_force(ids, times, topics, vecs, q, 64, at, scope)
+        assert _hits(grown, q, 64, at, scope) == want
+        assert _hits(rebuilt, q, 64, at, scope) == want
+
+
+def test_no_district_search_equals_brute_force_with_large_norms_empty_topics_and_an_empty_window() -> None:
+    # Vectors of very different norms (the bound scales with them), a topic whose every row was removed or
+    # expired, and queries whose window holds no row at all (long after, long before): still the brute force.
+    rng = np.random.default_rng(8)
+    n, dim = 1500, 32
+    vecs = (rng.standard_normal((n, dim)) * 10.0 ** rng.uniform(-3, 3, (n, 1))).astype(np.float32)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    times = np.sort(T0 + rng.random(n) * 9 * DAY)
+    districts = [DISTRICTS[i] for i in rng.integers(0, len(DISTRICTS), n)]
+    names = ["drainage", "trees", "waste", None]
+    topics = [names[i] for i in rng.integers(0, len(names), n)]
+    topics[:5] = ["noise"] * 5  # the oldest: expired below
+    lone = [i for i in range(n) if topics[i] == "waste"][:1]
+    for window in (_grown(dim, ids, times, districts, vecs, topics), VectorWindow(dim, window_days=7)):
+        if not len(window):
+            window.add_many(ids, times, districts, vecs, topics)
+        window.expire()
+        assert "noise" not in window._coarse
+        for i in [i for i in range(n) if topics[i] == "waste"]:
+            window.remove(int(ids[i]))
+        assert "waste" not in window._coarse
+        kept = [i for i in range(n) if int(ids[i]) in window.report_ids()]
+        k_ids, k_times, k_vecs = ids[kept], times[kept], vecs[kept]
+        k_topics = [topics[i] for i in kept]
+        for j in range(24):
+            q = (rng.standard_normal(dim) * 10.0 ** rng.uniform(-2, 2)).astype(np.float32)
+            k = int(rng.choice([1, 10, 64]))
+            at = float(times[-1] - rng.uniform(0, 3) * DAY)
+            scope = None if j % 3 == 0 else {"noise", "waste"} if j % 3 == 1 else {"drainage", "trees", None}
+            want = _brute_force(k_ids, k_times, k_topics, k_vecs, q, k, at, scope)
+            assert _hits(window, q, k, at, scope) == want, (j, k, scope)
+            assert (len(want) == 0) == (scope == {"noise", "waste"})
+        q = vecs[lone[0]]
+        assert _hits(window, q, 10, T0 + 40 * DAY, None) == []
+        assert _hits(window, q, 10, T0 - 40 * DAY, None) == []
+
+
+def test_no_district_search_finds_the_row_that_the_coarse_pass_ranks_below_the_bound() -> None:
+    # Rows built so that the coarse order is wrong by almost the whole bound: the exact best row W rounds down
+    # along the query (coarse score lower than exact by ~e), six decoys lie on the code grid (coarse = exact)
+    # a little below W's exact score but above its coarse one. The k-th best exact score of the coarse top k
+    # is then a decoy's, and only the full bound keeps W among the candidates (and the scan must widen to it).
+    dim = 64
+    rng = np.random.default_rng(12)
+    signs = np.where(rng.random(dim) < 0.5, -1.0, 1.0)
+    levels = _Coarse(dim).levels
+    s = levels / (1.05 * 0.25)  # the scale a topic holding the row -0.25 signs (and nothing larger) gets
+    c_w = 60 * signs
+    best = ((c_w + 0.49 * signs) / s).astype(np.float32)
+    decoys = []
+    for j in range(6):
+        step = np.zeros(dim)
+        picked = rng.choice(dim, 30, replace=False)  # exact score (q.c_w + 30) / s, W's is (q.c_w + 31.4) / s
+        step[picked] = signs[picked]
+        decoys.append(((c_w + step) / s).astype(np.float32))
+    others = (rng.uniform(-0.1, 0.1, (300, dim))).astype(np.float32)
+    vecs = np.vstack([(-0.25 * signs).astype(np.float32).reshape(1, -1), others, best.reshape(1, -1), decoys])
+    n = len(vecs)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    times = T0 + np.arange(n, dtype=np.float64)
+    districts = [DISTRICTS[i] for i in rng.integers(0, len(DISTRICTS), n)]
+    topics = ["trees"] * n
+    q = signs.astype(np.float32)
+    rebuilt = VectorWindow(dim, window_days=7)
+    rebuilt.add_many(ids, times, districts, vecs, topics)
+    for window in (rebuilt, _grown(dim, ids, times, districts, vecs, topics)):
+        assert np.allclose(window._coarse["trees"].scale, s)
+        for k in (1, 3, 7):
+            want = _brute_force(ids, times, topics, vecs, q, k, float(times[-1]), {"trees"})
+            assert want[0][0] == 302  # W
+            assert _hits(window, q, k, float(times[-1]), {"trees"}) == want
