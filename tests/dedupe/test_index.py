@@ -349,3 +349,39 @@ def test_no_district_search_finds_the_row_that_the_coarse_pass_ranks_below_the_b
             want = _brute_force(ids, times, topics, vecs, q, k, float(times[-1]), {"trees"})
             assert want[0][0] == 302  # W
             assert _hits(window, q, k, float(times[-1]), {"trees"}) == want
+
+
+def test_no_district_search_equals_brute_force_when_reports_arrive_out_of_order_and_after_the_sort() -> None:
+    # Rows in received_at order are searched by a range of rows (bisection); a report added late breaks the
+    # order (bitmap over the rows instead) until the next expiry sorts the rows again, codes unchanged.
+    rng = np.random.default_rng(14)
+    n, dim = 1500, 32
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    times = np.sort(T0 + np.floor(rng.random(n) * 12 * DAY))  # whole seconds: at +- 7 days lands on a row
+    districts = [DISTRICTS[i] for i in rng.integers(0, len(DISTRICTS), n)]
+    topics = [TOPICS[i] for i in rng.integers(0, len(TOPICS), n)]
+    late = rng.random(n) < 0.1  # added after the others
+    window = VectorWindow(dim, window_days=7)
+    for i in [*np.flatnonzero(~late), *np.flatnonzero(late)]:
+        window.add(int(ids[i]), float(times[i]), districts[i], vecs[i], topics[i])
+    assert not any(c.ordered for c in window._coarse.values())
+
+    def check() -> None:
+        kept = [i for i in range(n) if int(ids[i]) in window.report_ids()]
+        for j in range(36):
+            r = kept[int(rng.integers(len(kept)))]
+            q = vecs[r] + 0.1 * rng.standard_normal(dim).astype(np.float32)
+            k = int(rng.choice([1, 10, 64]))
+            # Every third query has a row (its nearest) exactly on its window's lower or upper edge.
+            edge = (-7.0, 7.0)[j % 3 - 1] * DAY
+            at = float(times[-1] - rng.uniform(0, 9) * DAY) if j % 3 == 0 else float(times[r] + edge)
+            scope = None if j % 2 else {"drainage", None}
+            want = _brute_force(ids[kept], times[kept], [topics[i] for i in kept], vecs[kept], q, k, at, scope)
+            assert _hits(window, q, k, at, scope) == want, (j, k, scope)
+
+    check()
+    window.expire()
+    assert all(c.ordered for c in window._coarse.values())
+    check()
