@@ -32,6 +32,8 @@ The whole process searches one query at a time, so faiss runs single-threaded (s
 """
 from __future__ import annotations
 
+import itertools
+import math
 import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -79,11 +81,12 @@ def _drop_rows(block: Any, gone: np.ndarray) -> np.ndarray:
 class _Block:
     """The rows of one (district, topic): a flat inner-product index and, row for row, ids and times."""
 
-    __slots__ = ("index", "ids", "times", "n", "rows", "tmin", "tmax", "_stored")
+    __slots__ = ("index", "ids", "times", "n", "rows", "tmin", "tmax", "_stored", "serial")
     _columns = ("ids", "times")  # the arrays kept row for row beside the index
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, serial: int = 0) -> None:
         self.index = faiss.IndexFlatIP(dim)
+        self.serial = serial  # the window's number for it: the coarse rows say where their vectors are by it
         self._stored: np.ndarray | None = None  # stored(), dropped whenever faiss's storage changes
         self.ids = np.empty(64, np.int64)
         self.times = np.empty(64, np.float64)
@@ -190,8 +193,8 @@ class _Coarse:
     re-score. faiss quantises a query for these codes itself, truncating: hence integer queries.)"""
 
     __slots__ = ("index", "ids", "times", "errs", "cnorms", "n", "scale", "levels", "err", "code_norm", "norm",
-                 "err_ref", "tmin", "tmax", "ordered")
-    _columns = ("ids", "times", "errs", "cnorms")
+                 "err_ref", "tmin", "tmax", "ordered", "_range", "_params", "bser", "brow")
+    _columns = ("ids", "times", "errs", "cnorms", "bser", "brow")
 
     def __init__(self, dim: int) -> None:
         self.index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed,
@@ -200,6 +203,11 @@ class _Coarse:
         self.times = np.empty(64, np.float64)
         self.errs = np.empty(64, np.float64)  # r = |x - c/s| of each row
         self.cnorms = np.empty(64, np.float64)  # |c| of each row
+        # Where each row's float32 vector is: its block's serial and row there (kept up to date by the window
+        # when a block compacts), so re-scoring candidates needs no lookup by report id (two cold dict lookups
+        # a row measured half of the re-scoring's time).
+        self.bser = np.empty(64, np.int64)
+        self.brow = np.empty(64, np.int64)
         self.n = 0
         self.levels = _levels(dim)
         self.scale: np.ndarray | None = None  # s, float64, set by the first rows
@@ -212,6 +220,10 @@ class _Coarse:
         # Rows in received_at order (as they mostly come): a query's window is then one range of rows, found by
         # bisection, instead of a bitmap built over every row (~40 us a topic, the codes' scan ~650).
         self.ordered = True
+        # One range selector per topic, moved for each query (the window's lock serialises searches): building
+        # faiss's SearchParameters measured ~25 us, moving the range ~1.
+        self._range = faiss.IDSelectorRange(0, 0)
+        self._params = faiss.SearchParameters(sel=self._range)
 
     def _set_scale(self, x: np.ndarray) -> None:
         """s from rows x (float64): the largest |value| per dimension, with HEADROOM, and at least 1/16 of the
@@ -233,8 +245,10 @@ class _Coarse:
         errs[~np.isfinite(errs)] = np.inf  # a value beyond float range: the bound is inf, the search exhaustive
         return c.astype(np.float32), errs, np.linalg.norm(c, axis=1)
 
-    def extend(self, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray) -> bool:
-        """Add rows; True when they were clipped enough that the caller should `recode` the topic."""
+    def extend(self, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray, bser: np.ndarray, brow: np.ndarray
+               ) -> bool:
+        """Add rows (bser, brow: where their vectors are); True when they were clipped enough that the caller
+        should `recode` the topic."""
         start, m = self.n, len(ids)
         if m == 0:
             return False
@@ -250,6 +264,8 @@ class _Coarse:
         self.times[start:start + m] = times
         self.errs[start:start + m] = errs
         self.cnorms[start:start + m] = cnorms
+        self.bser[start:start + m] = bser
+        self.brow[start:start + m] = brow
         self.n = start + m
         worst = float(errs.max())
         self.err = max(self.err, worst)
@@ -301,24 +317,27 @@ class _Coarse:
         self.ordered = True
 
     def query(self, q: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """The query q (float64, one vector) as integer codes u (float32, one row), t, and |p - u/t|."""
+        """The query q (float64, one vector) as integer codes u (float32, one row), t, and |p - u/t|. (Few numpy
+        calls: on vectors this short each costs more than its arithmetic.)"""
         assert self.scale is not None
         p = q / self.scale
-        top = float(np.abs(p).max())
-        t = self.levels / top if top > 0 and np.isfinite(top) else 1.0
+        top = float(np.max(np.abs(p)))
+        t = self.levels / top if 0.0 < top < math.inf else 1.0
         u = np.rint(p * t)  # |p t| <= Q: no clipping
-        return u.astype(np.float32).reshape(1, -1), t, float(np.linalg.norm(p - u / t))
+        rest = p - u / t
+        return u.astype(np.float32).reshape(1, -1), t, math.sqrt(float(np.dot(rest, rest)))
 
     def bound(self, qnorm: float, qerr: float, rows: np.ndarray | None = None) -> Any:
         """e: |exact float32 score - u.c / t| <= e for every row of this topic (rows given: for each of those),
         for a query of norm `qnorm` and rounding `qerr` (`query`). Computed in float64; the factor 1 + 1e-9
         covers its rounding (relative 1e-16 a step) many times over."""
         slack = _dot_slack(self.index.d) * qnorm * self.norm
+        if rows is None:
+            e = (qnorm * self.err + qerr * self.code_norm + slack) * (1.0 + 1e-9)
+            return e if math.isfinite(e) else math.inf  # 0 x inf is nan: every row is a candidate
+        if math.isfinite(qnorm * self.err + slack):  # every row's terms finite (|c| always is)
+            return (qnorm * self.errs[rows] + qerr * self.cnorms[rows] + slack) * (1.0 + 1e-9)
         with np.errstate(invalid="ignore", over="ignore"):
-            if rows is None:
-                e = (qnorm * self.err + qerr * self.code_norm + slack) * (1.0 + 1e-9)
-                # An infinite value somewhere (0 x inf is nan): every row is a candidate.
-                return e if np.isfinite(e) else float("inf")
             e = (qnorm * self.errs[rows] + qerr * self.cnorms[rows] + slack) * (1.0 + 1e-9)
             return np.where(np.isfinite(e), e, np.inf)
 
@@ -338,7 +357,8 @@ class _Coarse:
             if n_valid <= 0:
                 return None
             if n_valid < n:
-                params = faiss.SearchParameters(sel=faiss.IDSelectorRange(first, end))
+                self._range.imin, self._range.imax = first, end
+                params = self._params
         elif self.tmin < lo or self.tmax > hi:
             tt = self.times[:n]
             valid = (tt >= lo) & (tt <= hi)
@@ -356,8 +376,10 @@ class _Coarse:
         return scores.astype(np.float64) / t, rows, kk >= n_valid or len(rows) < kk
 
 
-# A no-district query's first coarse scan asks each topic for this many times k rows: enough, at the peak, for
-# the candidates within the 8-bit bound of the cut (a wider scan, the rare case, reads the topic again).
+# A no-district query's first coarse scans ask for this many times k rows over all its topics, shared by their
+# sizes, plus k/2 a topic, and at least k: enough, at the peak, for the candidates within the 8-bit bound of the
+# cut (a wider scan, the rare case, reads the topic again). faiss's heap costs with its size: 256 rows of a
+# topic's 17,500 measured ~75 us more than 128.
 FIRST_SCAN = 4
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +408,8 @@ class VectorWindow:
         self._coarse: dict[str | None, _Coarse] = {}  # topic -> every district's rows, 8-bit (no-district queries)
         self.coarse = True  # False: no-district queries scan the float32 blocks (the bench's same-run baseline)
         self.max_norm = 0.0  # the largest |x| ever added (never lowered): bounds the rounding of a score
+        self._block_at: dict[int, _Block] = {}  # serial -> block
+        self._serials = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self._where)
@@ -437,41 +461,65 @@ class VectorWindow:
                 seen[rid] = None
                 keep.setdefault((dists[i] or UNKNOWN, tops[i]), []).append(i)
             by_topic: dict[str | None, list[int]] = {}
+            bser = np.zeros(len(ids), np.int64)
+            brow = np.zeros(len(ids), np.int64)
             for (part, topic), rows in keep.items():
                 idx = np.asarray(rows, np.intp)
-                self._append(part, topic, ids[idx], ts[idx], vecs[idx], coarse=False)
+                bser[idx], brow[idx] = self._append(part, topic, ids[idx], ts[idx], vecs[idx], coarse=False)
                 by_topic.setdefault(topic, []).extend(rows)
             for topic, rows in by_topic.items():
                 # One batch per topic, in the order given (received_at): the scale is set from all of it.
                 idx = np.sort(np.asarray(rows, np.intp))
-                self._extend_coarse(topic, ids[idx], ts[idx], vecs[idx])
+                self._extend_coarse(topic, ids[idx], ts[idx], vecs[idx], bser[idx], brow[idx])
             return list(seen)
 
     def _append(self, district: str | None, topic: str | None, ids: np.ndarray, times: np.ndarray,
-                vecs: np.ndarray, coarse: bool = True) -> None:
+                vecs: np.ndarray, coarse: bool = True) -> tuple[int, np.ndarray]:
+        """Add rows to their block (and, with `coarse`, to their topic's coarse codes); returns the block's
+        serial and the rows they took there."""
         part = self._parts.setdefault(district or UNKNOWN, {})
         block = part.get(topic)
         if block is None:
-            block = part[topic] = _Block(self.dim)
+            block = part[topic] = _Block(self.dim, next(self._serials))
+            self._block_at[block.serial] = block
             self._blocks_of_topic[topic] = self._blocks_of_topic.get(topic, 0) + 1
             self._topics = None
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         if len(vecs):
             self.max_norm = max(self.max_norm, float(np.linalg.norm(vecs.astype(np.float64), axis=1).max()))
+        start = block.n
         block.extend(ids, times, vecs)
         for rid in ids.tolist():
             self._where[rid] = block
+        rows = np.arange(start, block.n, dtype=np.int64)
         if coarse:
-            self._extend_coarse(topic, ids, times, vecs)
+            self._extend_coarse(topic, ids, times, vecs, np.full(len(rows), block.serial, np.int64), rows)
+        return block.serial, rows
 
-    def _extend_coarse(self, topic: str | None, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray) -> None:
+    def _extend_coarse(self, topic: str | None, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray,
+                       bser: np.ndarray, brow: np.ndarray) -> None:
         """Add rows (already in their blocks) to the topic's coarse codes, re-encoding the topic when they fell
         outside its scale (rare once it has seen a few hundred rows: the rows of the blocks are the source)."""
         coarse = self._coarse.get(topic)
         if coarse is None:
             coarse = self._coarse[topic] = _Coarse(self.dim)
-        if coarse.extend(ids, times, np.ascontiguousarray(vecs, dtype=np.float32)):
-            coarse.recode(self._gather(coarse.ids[:coarse.n].tolist()))
+        if coarse.extend(ids, times, np.ascontiguousarray(vecs, dtype=np.float32), bser, brow):
+            coarse.recode(self._gather(coarse.bser[:coarse.n], coarse.brow[:coarse.n]))
+
+    def _drop_block_rows(self, topic: str | None, block: _Block, gone: np.ndarray) -> np.ndarray:
+        """Remove a block's rows where `gone` is set (lock held); returns their report ids. The block compacts
+        its rows, so the coarse rows pointing into it move with them (those of the rows gone are removed from
+        the coarse codes next, by the caller)."""
+        dropped = block.drop(gone)
+        coarse = self._coarse.get(topic)
+        if coarse is not None and len(dropped):
+            n = coarse.n
+            mine = coarse.bser[:n] == block.serial
+            moved = np.cumsum(~gone) - 1  # old row -> new row, for the rows kept
+            coarse.brow[:n][mine] = moved[coarse.brow[:n][mine]]
+        if block.n == 0:
+            del self._block_at[block.serial]
+        return dropped
 
     def expire(self, now: float | None = None) -> int:
         """Drop the days that lie wholly before the window; returns how many vectors went."""
@@ -486,7 +534,7 @@ class VectorWindow:
                     block = part[topic]
                     if block.tmin // DAY >= first_day:
                         continue
-                    gone = block.drop_before(first_day)
+                    gone = self._drop_block_rows(topic, block, (block.times[:block.n] // DAY) < first_day)
                     for rid in gone.tolist():
                         self._where.pop(rid, None)
                     dropped += len(gone)
@@ -512,7 +560,8 @@ class VectorWindow:
             block = self._where.pop(report_id, None)
             if block is None:
                 return False
-            block.drop(block.ids[:block.n] == report_id)
+            topic_of = next(t for (_, t), b in self._blocks() if b is block)
+            self._drop_block_rows(topic_of, block, block.ids[:block.n] == report_id)
             for (part_name, topic), b in self._blocks():
                 if b is block and block.n == 0:
                     del self._parts[part_name][topic]
@@ -598,34 +647,35 @@ class VectorWindow:
         q = vec[0].astype(np.float64)
         qnorm = float(np.linalg.norm(q))
         found: list[list[Any]] = []  # [coarse, query codes, t, query rounding, coarse scores, rows, complete]
-        for topic in wanted:
-            coarse = self._coarse.get(topic)
-            if coarse is None:
-                continue
+        present = [c for c in (self._coarse.get(topic) for topic in wanted) if c is not None]
+        total = sum(c.n for c in present)
+        for coarse in present:
             codes, t, qerr = coarse.query(q)
-            got = coarse.scan(codes, t, FIRST_SCAN * k, lo, hi)
+            kk = max(k, FIRST_SCAN * k * coarse.n // max(total, 1) + k // 2)
+            got = coarse.scan(codes, t, kk, lo, hi)
             if got is None or len(got[1]) == 0:
                 continue
             found.append([coarse, codes, t, qerr, *got])
         if not found:
             return
         approx = np.concatenate([f[4] for f in found])
-        first_ids = np.concatenate([f[0].ids[f[5]] for f in found])
-        first_times = np.concatenate([f[0].times[f[5]] for f in found])
+        first = [np.concatenate([getattr(f[0], name)[f[5]] for f in found]) for name in ("ids", "times", "bser",
+                                                                                           "brow")]
         if len(approx) > k:
             best = np.argpartition(-approx, k - 1)[:k]
-            first_ids, first_times = first_ids[best], first_times[best]
-        # Fewer than k rows: every topic's scan was complete (each asked for more than k) and all are scored.
-        s, i_ids, i_times = self._exact(vec, first_ids, first_times)
+            first = [column[best] for column in first]
+        first_ids = first[0]
+        s, i_ids, i_times = self._exact(vec, *first)
         scores.append(s)
         ids.append(i_ids)
         times.append(i_times)
-        if len(approx) <= k:
-            return
+        if len(approx) <= k and all(f[6] for f in found):
+            return  # every row of the window scored
+        # An incomplete scan returned its kk >= k rows: the first ones are k rows of the window.
+        assert len(approx) >= k
         floor = float(s.min())
         scored = set(first_ids.tolist())
-        cand_ids: list[np.ndarray] = []
-        cand_times: list[np.ndarray] = []
+        cand: list[np.ndarray] = []
         for coarse, codes, t, qerr, a, rows, complete in found:
             kk = len(rows)
             while not complete and a[-1] >= floor - coarse.bound(qnorm, qerr):
@@ -635,34 +685,33 @@ class VectorWindow:
                 assert got is not None
                 a, rows, complete = got
             rows = rows[a >= floor - coarse.bound(qnorm, qerr, rows)]  # each row's own bound
-            c_ids = coarse.ids[rows]
-            new = np.fromiter((i not in scored for i in c_ids.tolist()), bool, len(c_ids))
-            cand_ids.append(c_ids[new])  # the k rows already scored are candidates too
-            cand_times.append(coarse.times[rows[new]])
-        c_ids = np.concatenate(cand_ids)
+            new = np.fromiter((i not in scored for i in coarse.ids[rows].tolist()), bool, len(rows))
+            rows = rows[new]  # the k rows already scored are candidates too
+            cand.append(np.stack([coarse.ids[rows], coarse.bser[rows], coarse.brow[rows]]))
+            cand.append(coarse.times[rows])
+        c_ids, c_bser, c_brow = np.concatenate(cand[0::2], axis=1)
         if len(c_ids):
-            s, c_ids, c_times = self._exact(vec, c_ids, np.concatenate(cand_times))
+            s, c_ids, c_times = self._exact(vec, c_ids, np.concatenate(cand[1::2]), c_bser, c_brow)
             scores.append(s)
             ids.append(c_ids)
             times.append(c_times)
 
-    def _exact(self, vec: np.ndarray, c_ids: np.ndarray, c_times: np.ndarray
+    def _exact(self, vec: np.ndarray, c_ids: np.ndarray, c_times: np.ndarray, bser: np.ndarray, brow: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Exact scores of indexed reports (lock held), by a flat index over their float32 vectors."""
+        """Exact scores of indexed reports (lock held; bser, brow: where their vectors are), by a flat index over
+        their float32 vectors, best first, with their ids and times."""
         exact = faiss.IndexFlatIP(self.dim)
-        exact.add(self._gather(c_ids.tolist()))
+        exact.add(self._gather(bser, brow))
         s, r = exact.search(vec, len(c_ids))
         return s[0], c_ids[r[0]], c_times[r[0]]
 
-    def _gather(self, report_ids: list[int]) -> np.ndarray:
-        """The float32 vectors of indexed reports, in order (lock held; every id must be indexed). Row by row:
-        a no-district query's candidates are spread over dozens of blocks, a few rows each (grouping them by
-        block measured slower than this loop)."""
-        where = self._where
-        out = np.empty((len(report_ids), self.dim), np.float32)
-        for j, rid in enumerate(report_ids):
-            block = where[rid]
-            out[j] = block.stored()[block.rows[rid]]
+    def _gather(self, bser: np.ndarray, brow: np.ndarray) -> np.ndarray:
+        """The float32 vectors at (block serial, row) pairs, in order (lock held). Row by row: a no-district
+        query's candidates are spread over dozens of blocks, a few rows each."""
+        block_at = self._block_at
+        out = np.empty((len(bser), self.dim), np.float32)
+        for j, (serial, row) in enumerate(zip(bser.tolist(), brow.tolist())):
+            out[j] = block_at[serial].stored()[row]
         return out
 
     def vector_of(self, report_id: int) -> np.ndarray | None:

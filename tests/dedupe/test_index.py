@@ -169,6 +169,11 @@ def test_no_district_search_equals_brute_force_with_ties_at_the_cut_and_both_tim
     assert ties > 0  # the identical group did put ties at the cut
 
 
+def _extend(coarse: _Coarse, ids: np.ndarray, times: np.ndarray, vecs: np.ndarray) -> bool:
+    """Rows into a coarse structure alone (no window: their vectors are nowhere else)."""
+    return coarse.extend(ids, times, vecs, np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64))
+
+
 def _coarse_errors(coarse: _Coarse, rows: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, float]:
     """|exact float32 score - coarse score| of every row of `coarse` (rows: their float32 vectors, row for row)
     for query q, checked against each row's own bound; returns them and the topic's bound (the largest)."""
@@ -197,7 +202,7 @@ def test_coarse_bound_holds_and_is_reached_by_rows_rounded_along_the_query() -> 
     dim = 64
     coarse = _Coarse(dim)
     signs = np.where(np.random.default_rng(1).random(dim) < 0.5, -1.0, 1.0)
-    coarse.extend(np.array([1]), np.array([T0]), (0.25 * signs).astype(np.float32).reshape(1, -1))
+    _extend(coarse, np.array([1]), np.array([T0]), (0.25 * signs).astype(np.float32).reshape(1, -1))
     s = float(coarse.scale[0])
     assert np.all(coarse.scale == s)
     rng = np.random.default_rng(2)
@@ -208,8 +213,8 @@ def test_coarse_bound_holds_and_is_reached_by_rows_rounded_along_the_query() -> 
     q2_codes[0] = coarse.levels * signs[0]  # the largest |p|: t = levels / |p_0| and u_0 exact
     q2 = (q2_codes * s).astype(np.float32)  # p = q2 / s
     on_grid = (60 * signs / s).astype(np.float32).reshape(1, -1)
-    coarse.extend(np.arange(2, 52), np.full(50, T0), along_q)
-    coarse.extend(np.array([52]), np.array([T0]), on_grid)
+    _extend(coarse, np.arange(2, 52), np.full(50, T0), along_q)
+    _extend(coarse, np.array([52]), np.array([T0]), on_grid)
     rows = np.vstack([(0.25 * signs).astype(np.float32).reshape(1, -1), along_q, on_grid])
     for q, term in ((q1, "rows"), (q2, "query")):
         errors, e = _coarse_errors(coarse, rows, q)
@@ -230,13 +235,13 @@ def test_coarse_bound_holds_for_large_norms_and_rows_beyond_the_scale() -> None:
     coarse = _Coarse(dim)
     first = rng.standard_normal((200, dim)).astype(np.float32)
     later = (rng.standard_normal((300, dim)) * 10.0 ** rng.uniform(-3, 3, (300, 1))).astype(np.float32)
-    coarse.extend(np.arange(200), np.full(200, T0), first)
-    assert coarse.extend(np.arange(200, 500), np.full(300, T0), later)  # clipped: the window would re-encode
+    _extend(coarse, np.arange(200), np.full(200, T0), first)
+    assert _extend(coarse, np.arange(200, 500), np.full(300, T0), later)  # clipped: the window would re-encode
     rows = np.vstack([first, later])
     assert coarse.err > 10  # clipped rows: their measured error is large, and the bound with it
     trial = _Coarse(dim)
-    trial.extend(np.arange(200), np.full(200, T0), first)
-    trial.extend(np.arange(200, 500), np.full(300, T0), later)
+    _extend(trial, np.arange(200), np.full(200, T0), first)
+    _extend(trial, np.arange(200, 500), np.full(300, T0), later)
     trial.drop(np.arange(500) >= 200)  # the clipped rows leave (expiry): the bound shrinks with them
     assert trial.err < 1.0 < coarse.err
     for j in range(20):
@@ -349,9 +354,20 @@ def test_no_district_search_finds_the_row_that_the_coarse_pass_ranks_below_the_b
             want = _brute_force(ids, times, topics, vecs, q, k, float(times[-1]), {"trees"})
             assert want[0][0] == 302  # W
             assert _hits(window, q, k, float(times[-1]), {"trees"}) == want
+    # A large topic asked too, all of it outside the window: the first scan of "trees" (its share of the rows
+    # asked is small) returns just k rows, not all of them, and the search must still go on to W.
+    old = np.arange(1, 3001)
+    more = VectorWindow(dim, window_days=7)
+    more.add_many(np.concatenate([old + 1000, ids]), np.concatenate([T0 - 30 * DAY + old, times]),
+                  ["quan-1"] * 3000 + districts, np.vstack([rng.standard_normal((3000, dim)).astype(np.float32), vecs]),
+                  ["drainage"] * 3000 + topics)
+    assert more._coarse["drainage"].n == 3000
+    for k in (1, 2):
+        want = _brute_force(ids, times, topics, vecs, q, k, float(times[-1]), {"trees"})
+        assert _hits(more, q, k, float(times[-1]), {"trees", "drainage"}) == want
 
 
-def test_no_district_search_equals_brute_force_when_reports_arrive_out_of_order_and_after_the_sort() -> None:
+def test_no_district_search_equals_brute_force_with_late_and_removed_reports_and_after_the_sort() -> None:
     # Rows in received_at order are searched by a range of rows (bisection); a report added late breaks the
     # order (bitmap over the rows instead) until the next expiry sorts the rows again, codes unchanged.
     rng = np.random.default_rng(14)
@@ -367,6 +383,8 @@ def test_no_district_search_equals_brute_force_when_reports_arrive_out_of_order_
     for i in [*np.flatnonzero(~late), *np.flatnonzero(late)]:
         window.add(int(ids[i]), float(times[i]), districts[i], vecs[i], topics[i])
     assert not any(c.ordered for c in window._coarse.values())
+    for rid in rng.choice(ids, 40, replace=False).tolist():
+        window.remove(int(rid))  # blocks compact: the coarse rows pointing into them move along
 
     def check() -> None:
         kept = [i for i in range(n) if int(ids[i]) in window.report_ids()]
