@@ -107,12 +107,9 @@ class _Block:
         self.tmin = min(self.tmin, float(times.min()))
         self.tmax = max(self.tmax, float(times.max()))
 
-    def drop_before(self, first_day: int) -> np.ndarray:
-        """Remove the rows of days before `first_day` (one batched removal); returns their report ids."""
-        return self.drop((self.times[:self.n] // DAY) < first_day)
-
     def drop(self, gone: np.ndarray) -> np.ndarray:
-        """Remove the rows where the mask `gone` (one per row) is set; returns their report ids."""
+        """Remove the rows where the mask `gone` (one per row) is set, in one batched removal; returns their
+        report ids. Through the window (`_drop_block_rows`): the coarse rows pointing here move along."""
         self._stored = None
         dropped = _drop_rows(self, gone)
         self.rows = dict(zip(self.ids[:self.n].tolist(), range(self.n)))
