@@ -305,6 +305,27 @@ DISCOVERY_TEXTS: dict[str, dict[str, str]] = {
                     "en": "Reading needs no key; apps that submit reports use a key issued by the 1022 call centre."},
 }
 
+# -- the operators' alerts (events of kind 'alert', data["alert"]; raised by dispatch and dedupe) ---------------
+# What the console's alerts page calls each; its keys are every kind raised (tests/test_vocabulary.py checks the
+# sources), and ops/metrics.py lists each with 0 so an alerting rule never waits for a series to appear.
+OPERATOR_ALERT_TEXTS: dict[str, dict[str, str]] = {
+    "delivery_dead": {"vi": "Không gửi được hồ sơ cho đơn vị", "en": "A case could not be delivered to the agency"},
+    "endpoint_disabled": {"vi": "Địa chỉ nhận hồ sơ của đơn vị đã ngừng (410)",
+                          "en": "The agency's endpoint is gone (410)"},
+    "no_targets": {"vi": "Đơn vị chưa có địa chỉ nhận hồ sơ", "en": "The agency has no dispatch target"},
+    "escalation_dead": {"vi": "Không gửi được thông báo quá hạn", "en": "An overdue digest could not be sent"},
+    "incident_state_dead": {"vi": "Sự việc không còn theo tình trạng hồ sơ",
+                            "en": "The incident no longer follows its case's state"},
+    "case_report_dead": {"vi": "Không ghi được phản ánh chính của hồ sơ vào sự việc",
+                         "en": "The incident could not take its case's report"},
+}
+
+
+def alert_text(kind: str, language: str = "vi") -> str:
+    """An alert's name for people; a kind this build does not know (a newer build's) reads as itself."""
+    return OPERATOR_ALERT_TEXTS[kind][language] if kind in OPERATOR_ALERT_TEXTS else kind
+
+
 # -- what the operator console answers (console/views.py) ----------------------------------------------------
 CONSOLE_TEXTS: dict[str, dict[str, str]] = {
     "session_expired": {"vi": "Phiên đăng nhập đã hết hạn.", "en": "The session has expired."},

@@ -98,7 +98,8 @@ def test_the_duplicate_check_sees_a_copy():
 def test_every_clock_and_console_text_in_both_languages():
     assert set(vocabulary.CLOCK_TEXTS) == set(CLOCK_KINDS)
     for table in (vocabulary.CLOCK_TEXTS, vocabulary.CONSOLE_TEXTS, vocabulary.LOOKUP_TEXTS,
-                  vocabulary.REPORTER_TEMPLATES, vocabulary.CLOSED_AS_TEXTS, vocabulary.ALERT_LEVEL_TEXTS):
+                  vocabulary.REPORTER_TEMPLATES, vocabulary.CLOSED_AS_TEXTS, vocabulary.ALERT_LEVEL_TEXTS,
+                  vocabulary.OPERATOR_ALERT_TEXTS):
         for key, texts in table.items():
             assert set(texts) == {"vi", "en"} and all(texts.values()), key
             # The same fields to fill in, whichever language the reader gets.
@@ -106,6 +107,33 @@ def test_every_clock_and_console_text_in_both_languages():
     # The agencies' escalations and the periodic reports name a clock the same way.
     assert report_render.DEADLINE_LABELS == {kind: texts["vi"] for kind, texts in vocabulary.CLOCK_TEXTS.items()}
     assert messages.clock_text("forward") == vocabulary.CLOCK_TEXTS["forward"]["vi"]
+
+
+def raised_alerts(source: str) -> set[str]:
+    """The operator alert kinds a module raises: the "alert" value of each dict written in it (`{"alert": "x"}`, or
+    one of two: `"x" if ... else "y"`)."""
+    kinds: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Dict):
+            continue
+        for key, value in zip(node.keys, node.values):
+            if isinstance(key, ast.Constant) and key.value == "alert":
+                options = [value.body, value.orelse] if isinstance(value, ast.IfExp) else [value]
+                kinds |= {o.value for o in options if isinstance(o, ast.Constant) and isinstance(o.value, str)}
+    return kinds
+
+
+def test_every_operator_alert_raised_has_a_name_for_the_console_and_a_zero_series():
+    """The console's alerts page names each kind, and ops/metrics.py lists each with 0 so an alerting rule never
+    waits for its series to appear: a new kind raised in a stage without its entry here has neither."""
+    raised: set[str] = set()
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            raised |= raised_alerts(path.read_text(encoding="utf-8"))
+    assert {"delivery_dead", "endpoint_disabled", "escalation_dead", "case_report_dead"} <= raised  # the scan works
+    assert raised == set(vocabulary.OPERATOR_ALERT_TEXTS)
+    assert vocabulary.alert_text("no_targets") == vocabulary.OPERATOR_ALERT_TEXTS["no_targets"]["vi"]
+    assert vocabulary.alert_text("from_a_newer_build") == "from_a_newer_build"
 
 
 def test_the_chat_channels_read_the_catalogue():
