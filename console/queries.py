@@ -22,7 +22,7 @@ from ingest.records import InboundMessage, from_json
 from ingest.store import Store
 from ingest.untrusted import row_id
 from ingest.text import fold
-from ingest.vocabulary import console_text
+from ingest.vocabulary import alert_text, console_text
 
 # Search filters the structured columns in SQL, then text and phone in Python over at most this many of the
 # most recent matching reports (no full-text index; the console is used by a few dozen people).
@@ -123,6 +123,51 @@ async def case_timeline(store: Store, case: Any) -> list[TimelineEntry]:
         out.append(TimelineEntry(at=m["at"], who=m["actor"], what=f"incident {m['kind']}",
                                  detail=f"{m['source']} → {m['target']}, reports {m['report_ids']}"))
     out.sort(key=lambda t: t.at)
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert:
+    """One operator alert as the alerts page lists it: what it concerns (its case, else its incident, else its report;
+    none for a dead delivery or digest without a case) and its details redacted as a timeline's are."""
+    at: float
+    kind: str
+    label: str
+    actor: str
+    case_id: str | None
+    incident_id: str | None
+    report_id: int | None
+    detail: str
+
+    @property
+    def when(self) -> str:
+        return iso(self.at)
+
+
+async def alerts(store: Store, *, limit: int, offset: int = 0) -> list[Alert]:
+    """The operators' alerts (events of kind 'alert'), newest first: also those attached to no report, which no case
+    timeline shows. An alert names its case (a delivery's), its incident (dedupe's) or only its report; the case of
+    that incident or report's incident is looked up, so each links to the case page when there is one."""
+    rows = await store.fetchall("SELECT e.report_id, e.at, e.actor, e.data, r.incident_id AS report_incident"
+                                " FROM events e LEFT JOIN reports r ON r.id = e.report_id WHERE e.kind='alert'"
+                                " ORDER BY e.at DESC, e.id DESC LIMIT ? OFFSET ?", (limit, offset))
+    datas = []
+    for row in rows:
+        try:
+            data = json.loads(row["data"] or "{}")
+        except ValueError:
+            data = {}
+        datas.append(data if isinstance(data, dict) else {})
+    incident_of = [str(d.get("incident_id") or "") or row["report_incident"] for row, d in zip(rows, datas)]
+    cases = await dispatch_queries.cases_of_incidents(store, incident_of)
+    out = []
+    for row, data, incident in zip(rows, datas, incident_of):
+        case = cases.get(incident) if incident else None
+        kind = str(data.get("alert") or "")
+        out.append(Alert(at=row["at"], kind=kind, label=alert_text(kind), actor=row["actor"],
+                         case_id=str(data.get("case_id") or "") or (case["id"] if case else None),
+                         incident_id=incident, report_id=row["report_id"],
+                         detail=_compact(row["data"], drop=("alert",))))
     return out
 
 

@@ -1,5 +1,5 @@
 """The operator console under /console: login, review queue, incidents, cases and their timelines, overdue
-list, search, report detail with the personal-data rules of Art. 9.
+list, search, operator alerts, report detail with the personal-data rules of Art. 9.
 
 A UI layer like run_daemon.py: every decision calls the owning stage's public function
 (classifier.review.decisions.decide, dedupe.operations.merge/split, dispatch CaseBook.apply_answer,
@@ -43,7 +43,7 @@ from ingest.vocabulary import console_text as say
 
 from . import auth
 from .lockout import LoginThrottle
-from .queries import case_timeline, search
+from .queries import alerts, case_timeline, search
 from .render import render
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class Console:
             g("/console/reports/{id}", any_(self.report_one)),
             g("/console/overdue", any_(self.overdue)),
             g("/console/search", any_(self.search)),
+            g("/console/alerts", op(self.alerts)),
             g("/console/pii-log", self._role(("admin",), self.pii_log)),
             g("/console/dead-letters", self._role(("admin",), self.dead_letters)),
             p("/console/dead-letters/replay", self._role(("admin",), self.dead_letters_replay)),
@@ -551,6 +552,14 @@ class Console:
         return self.page(request, "search.html", {
             "filters": filters, "hits": hits[:size], "page": page, "more": len(hits) > size, "query": query,
             "states": sorted(set(REPORT_STATES) | set(CASE_STATES))})
+
+    async def alerts(self, request: web.Request) -> web.StreamResponse:
+        """Every operator alert, newest first: those of a case are on its timeline too, but one attached to no report
+        (a dead delivery or digest without a case) is shown only here. Operators and admins only: an alert's details
+        name other agencies' endpoints."""
+        page, size = _page(request), self.cfg.page_size
+        rows = await alerts(self.store, limit=size + 1, offset=(page - 1) * size)
+        return self.page(request, "alerts.html", {"rows": rows[:size], "page": page, "more": len(rows) > size})
 
     async def pii_log(self, request: web.Request) -> web.StreamResponse:
         rows = await self.store.fetchall("SELECT * FROM pii_access_log ORDER BY id DESC LIMIT 500")
