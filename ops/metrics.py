@@ -8,7 +8,8 @@ fresh OpsMetrics without name clashes):
   and by the HTTP middleware: requests per method, route template and status, and their duration. These reset when
   the process restarts, as Prometheus counters and histograms may;
 - the store, read at scrape time (cached a few seconds): queue depths and dead letters per stage, reports accepted
-  per channel, quarantined inputs, deadline breaches (the dispatch stage's escalation events), and with the
+  per channel, quarantined inputs, deadline breaches (the dispatch stage's escalation events), operator alerts
+  per kind (events of kind 'alert'), and with the
   dispatch tables: cases, deliveries and failed delivery attempts, open and overdue deadlines per agency and kind.
   Append-only tables (reports, events) are counted incrementally by id, so a scrape costs O(new rows).
   A store that cannot be read gives `hcmc1022_store_up 0`, never a failed scrape.
@@ -32,6 +33,7 @@ from dispatch import queries as dispatch_queries
 from ingest.clock import parse_iso
 from ingest.limits import REFUSALS
 from ingest.store import Store, StoredReport
+from ingest.vocabulary import OPERATOR_ALERT_TEXTS
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ class _PublishedGauges(Collector):
 # Stages always listed in dead_letters (0 when none), so an alert on `> 0` never depends on a series appearing.
 KNOWN_STAGES = ("classify", "dedupe", "dispatch", "notify", "deliver", "escalate", "agency_email_reply",
                 "reporter_follow_up")
+# Alert kinds always listed in alerts_total (0 when none), likewise: every kind dispatch and dedupe raise.
+KNOWN_ALERTS = tuple(OPERATOR_ALERT_TEXTS)
 # Which milestone a stage's finished job marks, for the help text and dashboards.
 STAGE_MILESTONE = {"classify": "classified", "dedupe": "incident", "dispatch": "dispatched", "notify": "notified"}
 
@@ -139,6 +143,7 @@ class OpsMetrics:
         self._accepted: dict[tuple[str, str], int] = {}
         self._events_seen = 0
         self._breaches: dict[tuple[str, str], int] = {}
+        self._alerts: dict[str, int] = dict.fromkeys(KNOWN_ALERTS, 0)
 
     # -- the worker hook ----------------------------------------------------------------------------
     def observe_job(self, stage: str, outcome: str, report: StoredReport, seconds: float) -> None:
@@ -292,22 +297,36 @@ class OpsMetrics:
         breaches = Family("deadline_breaches",
                           "Deadlines breached (escalated when missed, or judged late on the answer), per agency and"
                           " kind, counted from the dispatch stage's escalation events.", "counter")
-        # One query (one snapshot) over the events added since the last scrape; only escalations carry their data.
-        for row in await store.fetchall("SELECT id, CASE WHEN kind='deadline_escalation' THEN data END AS data"
-                                        " FROM events WHERE id>? ORDER BY id", (self._events_seen,)):
+        alerts = Family("alerts", "Operator alerts recorded (events of kind 'alert'), per alert kind ("
+                        f"{', '.join(KNOWN_ALERTS)}); the console's alerts page (/console/alerts) lists them.",
+                        "counter")
+        # One query (one snapshot) over the events added since the last scrape; only escalations and alerts carry
+        # their data.
+        for row in await store.fetchall("SELECT id, kind, CASE WHEN kind IN ('deadline_escalation', 'alert')"
+                                        " THEN data END AS data FROM events WHERE id>? ORDER BY id",
+                                        (self._events_seen,)):
             self._events_seen = row["id"]
             if row["data"] is None:
                 continue
             try:
                 data = json.loads(row["data"])
             except ValueError:
+                data = None
+            if row["kind"] == "alert":
+                # A kind this build does not name (a newer build's) is still counted, under its own name.
+                kind = str((data.get("alert") if isinstance(data, dict) else None) or "unknown")
+                self._alerts[kind] = self._alerts.get(kind, 0) + 1
+                continue
+            if data is None:
                 continue
             # The ticker records {"deadline": kind}, a clock judged late on the answer {"kind": kind}.
             key = (str(data.get("agency") or ""), str(data.get("deadline") or data.get("kind") or ""))
             self._breaches[key] = self._breaches.get(key, 0) + 1
         for (agency, kind), n in sorted(self._breaches.items()):
             breaches.add(n, (("agency", agency), ("kind", kind)), "_total")
-        out.append(breaches)
+        for kind, n in sorted(self._alerts.items()):
+            alerts.add(n, (("alert", kind),), "_total")
+        out += [breaches, alerts]
 
         commits = Family("store_commits", "Write transactions committed by this process.", "counter")
         commits.add(store.commit_count, (), "_total")

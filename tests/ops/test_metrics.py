@@ -1,17 +1,21 @@
 """/metrics over real HTTP: exposition format that parses, stage latencies fed by a real StageWorker, queue depths,
-dead letters, reports per channel, and deadline breaches from the dispatch tables."""
+dead letters, reports per channel, deadline breaches from the dispatch tables, and operator alerts per kind."""
 from __future__ import annotations
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from config.dispatch import dispatch_settings
 from dispatch.clocks import tick
 from ingest.clock import iso
 from ingest.errors import PermanentError
 from ingest.records import InboundMessage, Job
 from ingest.store import StoredReport, Tx
+from ingest.vocabulary import OPERATOR_ALERT_TEXTS
 from ingest.worker import StageWorker
+
+from .conftest import REPORTER_PHONE
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -212,3 +216,35 @@ def test_metrics_listen_must_be_host_and_port(listen: str) -> None:
 
     with pytest.raises(ConfigError, match="ops.metrics_listen"):
         validate({"ops": {"metrics_listen": listen}}, {})
+
+
+async def test_operator_alerts_counted_by_kind_every_known_kind_listed(world, context_for, serve_ops) -> None:
+    """hcmc1022_alerts_total: the events of kind 'alert' per alert kind, each kind the stages raise listed from the
+    first scrape (0), so an alerting rule on `increase(...) > 0` never waits for its series to appear. The alerts
+    come from the stages' own code: an agency without a dispatch target, a delivery its endpoint kept refusing."""
+    served = await serve_ops(context_for(world.store, world.clock, ops={"metrics_cache_seconds": 0}))
+    _, _, samples = await scrape(served.url)
+    for kind in OPERATOR_ALERT_TEXTS:
+        assert get(samples, "hcmc1022_alerts_total", alert=kind) == 0
+    # sawaco has no target in the ops tests' config: its case is made, and the operators alerted (no_targets).
+    await world.report(world.clock.now(), agency="sawaco", incident="A")
+    await world.dispatch("A", world.clock.now())
+    # so-gtvt's endpoint answers 503 until the delivery's deadline passes: dead, alerted (delivery_dead).
+    world.webhook.failures = 1_000_000
+    await world.report(world.clock.now(), agency="so-gtvt", incident="B")
+    await world.dispatch("B", world.clock.now())
+    world.at(world.clock.now() + dispatch_settings(world.ctx.settings).delivery.deadline_seconds + 1)
+    await world.deliver()
+    _, text, samples = await scrape(served.url)
+    assert get(samples, "hcmc1022_alerts_total", alert="no_targets") == 1
+    assert get(samples, "hcmc1022_alerts_total", alert="delivery_dead") == 1
+    assert get(samples, "hcmc1022_alerts_total", alert="escalation_dead") == 0
+    # Counted on from where it was; an alert attached to no report counts too, and a kind of a newer build as itself.
+    async with world.store.transaction() as tx:
+        await tx.event(None, "alert", "dispatch", {"alert": "delivery_dead", "case_id": None})
+        await tx.event(None, "alert", "dispatch", {"alert": "from_a_newer_build"})
+    _, text, samples = await scrape(served.url)
+    assert get(samples, "hcmc1022_alerts_total", alert="delivery_dead") == 2
+    assert get(samples, "hcmc1022_alerts_total", alert="from_a_newer_build") == 1
+    assert get(samples, "hcmc1022_alerts_total", alert="no_targets") == 1
+    assert REPORTER_PHONE not in text
