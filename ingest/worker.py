@@ -59,8 +59,9 @@ class WorkerSettings:
     group_size: int = 0
     # Jobs that must never die of a transient cause (dedupe's incident-state and case report jobs: one given up
     # leaves an incident open under a closed case, or naming another report as its case's): retried with backoff
-    # capped at `backoff_cap` for as long as it takes; only a PermanentError (or a payload that no longer decodes)
-    # ends one. Others die after `max_attempts`.
+    # capped at `backoff_cap` for as long as a transient cause (TransientError, StorageError) lasts; any other
+    # error dies after `max_attempts` as other jobs do, and a PermanentError (or a payload that no longer decodes)
+    # at once, into the dead letters and the kind's alert.
     keep_trying: Callable[[Job], bool] | None = None
 
 
@@ -312,7 +313,11 @@ class StageWorker:
             log.error("stage %s job %d failed (attempt %d)", self.stage, job.id, job.attempts,
                       exc_info=(type(exc), exc, exc.__traceback__))
         # The queue's one retry rule (ingest/queue.py): backoff, Retry-After a floor, dead when attempts run out.
-        persistent = s.keep_trying is not None and s.keep_trying(job)
+        # Only for a cause that passes by itself (a busy or unavailable store, a peer's transient refusal): a bug or a
+        # bad row fails the same way every time, and retried for ever it would never reach the dead letters or the
+        # alert its kind raises there.
+        persistent = isinstance(exc, (TransientError, StorageError)) and s.keep_trying is not None \
+            and s.keep_trying(job)
         policy = RetryPolicy(max_attempts=None if persistent else s.max_attempts, base=s.backoff_base,
                              cap=s.backoff_cap)
         if persistent and job.attempts == s.max_attempts:

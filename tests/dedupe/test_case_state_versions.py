@@ -193,3 +193,34 @@ async def test_an_incident_state_job_dead_for_a_permanent_cause_alerts_the_opera
     assert [(a["alert"], a["incident_id"], a["change"]) for a in alerts] == [
         ("incident_state_dead", inc, "close"), ("incident_state_dead", inc, "reopen")]
     assert (await store.get_report(rid)).status == "closed"  # type: ignore[union-attr]
+
+
+class Broken(LocalBlocks):
+    """A decision that fails the same way every time (a bug, a bad row): not a cause that passes by itself."""
+
+    async def enter(self, tx: Any, district: str | None) -> None:
+        raise KeyError("district")
+
+
+async def test_a_closing_failing_for_a_cause_that_never_passes_dies_after_max_attempts_with_its_alert(
+        store_factory: StoreFactory) -> None:
+    """Retried for ever only for a transient cause: a closing that fails with a bug's error was retried silently
+    for ever (no dead letter, no alert); it dies after `max_attempts` into the dead letters, with the operators'
+    incident_state_dead alert."""
+    store = await store_factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS})
+    matcher = IncidentMatcher(store)
+    settings = replace(worker_settings(QueueConfig(max_attempts=3, batch=1), LocalBlocks(matcher)), backoff_cap=60.0)
+    worker = StageWorker(store, STAGE, DedupeStage(store, matcher, LocalBlocks(matcher)).handle, settings)
+    rid = await _classified(store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    assert await worker.run_once() == 1
+    inc = (await store.get_report(rid)).incident_id  # type: ignore[union-attr]
+    worker = StageWorker(store, STAGE, DedupeStage(store, matcher, Broken(matcher)).handle, settings)
+    await changed(store, rid, inc, 1, at=T0 + 100)
+    for _ in range(10):
+        store.clock.advance(61.0)  # type: ignore[attr-defined]
+        if not await worker.run_once():
+            break
+    job = await store.fetchone("SELECT state, attempts FROM jobs WHERE subject=?", (closing_subject(inc),))
+    assert (job["state"], job["attempts"]) == ("dead", 3)
+    alerts = [json.loads(r["data"])["alert"] for r in await store.fetchall("SELECT data FROM events WHERE kind='alert'")]
+    assert alerts == ["incident_state_dead"]
