@@ -40,6 +40,7 @@ PRAGMAS = (
     f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}",
     "PRAGMA foreign_keys=ON",
     "PRAGMA wal_autocheckpoint=0",  # checkpoints run off every commit's path (ingest/wal_checkpoint.py)
+    "PRAGMA journal_size_limit=67108864",  # the log file cut back to 64 MB when it restarts after a burst
 )
 BUSY_POLL = 0.001  # a write transaction retries a busy write lock about this often (see _begin_immediate)
 BEGIN = "BEGIN IMMEDIATE"

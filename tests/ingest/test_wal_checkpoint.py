@@ -58,3 +58,38 @@ async def test_the_store_starts_and_stops_its_checkpointer(tmp_path: Path) -> No
     thread = checkpointer._thread
     await store.close()
     assert not thread.is_alive()
+
+
+async def test_the_log_stays_bounded_under_a_steady_stream_of_commits(tmp_path: Path) -> None:
+    """Back-to-back commits land during every PASSIVE checkpoint, so the log was never wholly copied, never started
+    over, and grew ~10 MB a second (review of f57548c). Past `restart_frames` the checkpointer asks for RESTART."""
+    import time
+
+    store = await Store.open(tmp_path / "s.sqlite3", tmp_path / "blobs")
+    assert store._checkpointer is not None
+    store._checkpointer.stop()
+    checkpointer = WalCheckpointer(store.path, interval=0.05, restart_frames=512)
+    checkpointer.start()
+    wal = store.path.with_name(store.path.name + "-wal")
+    try:
+        blob = "x" * 1500
+        started, i = time.monotonic(), 0
+        while time.monotonic() - started < 2.5:
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO cursors(name, value, updated_at) VALUES (?,?,?) ON CONFLICT(name)"
+                                 " DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+                                 (f"k{i % 5000}", blob, i))
+            i += 1
+        assert checkpointer.restarts >= 1
+        assert wal.stat().st_size < 8 * 1024 * 1024, f"{i} commits left a {wal.stat().st_size >> 20} MB log"
+    finally:
+        checkpointer.stop()
+        await store.close()
+
+
+def test_a_vanished_store_file_is_not_created_again_by_the_checkpointer(tmp_path: Path) -> None:
+    import pytest
+
+    with pytest.raises(sqlite3.Error):
+        WalCheckpointer(tmp_path / "gone.sqlite3").connect()
+    assert not (tmp_path / "gone.sqlite3").exists()
