@@ -7,10 +7,11 @@
 - Under journald (systemd's `JOURNAL_STREAM` names our stderr) every line starts with its syslog priority
   (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug), so `journalctl -p err` finds errors, and the time is
   left out: the journal stamps each entry itself, and a time written twice is noise.
-- Warnings, errors and every traceback are redacted (ingest.pii.redact_ids) as they are written: they quote what
-  came from outside (a peer's refusal, an exception holding a rejected field, a parser's excerpt), and personal
-  data never reaches a log. The daemon's own info lines say ids and states, and stay as written (they are most
-  lines, and redaction has a price).
+- Warnings, errors and every traceback are redacted (ingest.pii.redact) as they are written: they quote what came
+  from outside (a peer's refusal, an exception holding a rejected field, a parser's excerpt), and personal data
+  never reaches a log. `redact`, not `redact_ids`: the daemon's own job, delivery and report ids (below 9 digits)
+  must stay in the line that names them; phones, e-mails, ID numbers and any run of 9 digits or more go. The
+  daemon's own info lines say ids and states, and stay as written (they are most lines; redaction has a price).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
-from .pii import redact_ids
+from .pii import redact
 
 # The fields a record may carry, in output order.
 CONTEXT_FIELDS = ("report_id", "job", "stage", "channel")
@@ -53,7 +54,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 def _message(record: logging.LogRecord) -> str:
     message = record.getMessage()
-    return redact_ids(message) if record.levelno >= logging.WARNING else message
+    return redact(message) if record.levelno >= logging.WARNING else message
 
 
 def _priority(record: logging.LogRecord) -> int:
@@ -74,7 +75,7 @@ class TextFormatter(logging.Formatter):
         if fields:
             line += " [" + " ".join(f"{k}={v}" for k, v in fields.items()) + "]"
         if record.exc_info:
-            line += "\n" + redact_ids(self.formatException(record.exc_info))
+            line += "\n" + redact(self.formatException(record.exc_info))
         if not self.journald:
             return f"{self.formatTime(record)} {line}"
         # journald makes one entry of each line: each carries the priority.
@@ -94,7 +95,7 @@ class JsonFormatter(logging.Formatter):
                 f".{int(record.msecs):03d}Z"
         entry.update(level=record.levelname, logger=record.name, message=_message(record), **_fields(record))
         if record.exc_info:
-            entry["exception"] = redact_ids(self.formatException(record.exc_info))
+            entry["exception"] = redact(self.formatException(record.exc_info))
         line = json.dumps(entry, ensure_ascii=False, default=str)
         return f"<{_priority(record)}>{line}" if self.journald else line
 

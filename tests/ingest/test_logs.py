@@ -105,3 +105,10 @@ def test_warnings_errors_and_tracebacks_hold_no_personal_data_whatever_they_quot
         for secret in ("0901234567", "an.nguyen@example.com", "079203005678"):
             assert secret not in text, (fmt, secret)
         assert "gateway refused" in text and "ValueError" in text and "report 123456 classified" in text
+
+
+def test_a_warning_still_names_the_daemons_own_job_and_delivery_ids() -> None:
+    out = io.StringIO()
+    log = _logger(make_handler("text", journald=False, stream=out))
+    log.warning("job %d (%s): its payload does not decode; delivery %d dead", 123456, "dedupe", 7654321)
+    assert "job 123456 (dedupe)" in out.getvalue() and "delivery 7654321 dead" in out.getvalue(), out.getvalue()
