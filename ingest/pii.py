@@ -163,36 +163,53 @@ _OWN_NUMBER = re.compile(r"(?<![^\W_])(?:INC|CASE)-$")
 OWN_DIGITS = (6, 7)
 
 
+_OWN_LEAD = re.compile(r"\d{6,7}(?!\d)")
+
+
 def _number_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, int, str]]:
     spans: list[tuple[int, int, str]] = []
     for m in NUMBER.finditer(text):
-        raw = m.group()
-        if DATES.fullmatch(raw):
-            continue
-        digits = "".join(ch for ch in raw if ch.isdecimal())
-        n = len(digits)
-        if n < 6 or (raw.isdecimal() and n in OWN_DIGITS
-                     and _OWN_NUMBER.search(text, max(0, m.start() - 5), m.start())):
+        start, end = m.start(), m.end()
+        lead = _OWN_LEAD.match(text, start, end)
+        if lead and _OWN_NUMBER.search(text, max(0, start - 5), start):
             # The daemon's own case and incident numbers are nobody's personal data, also after an identity word
-            # ("CCCD …; trùng INC-000001" in an agency's note): staff must tell which case a text names.
-            continue
-        # The nearest context word in the 30 characters before says what a number is.
-        context = [c.lastgroup for c in _CONTEXT.finditer(fold(text[max(0, m.start() - 30):m.start()]))]
-        nearest = context[-1] if context else None
-        account = nearest == "id"
-        is_phone = not account and ((digits.startswith("0") and n in (10, 11))
-                                    or (digits.startswith("84") and n in (11, 12)))
-        if not is_phone and _AMOUNT.match(raw.strip()) and _CURRENCY.match(fold(text[m.end():m.end() + 8])):
-            continue  # "12.500.000.000 đồng": an amount, not an account
-        if not is_phone and n < 9:
-            # Short numbers are personal only after an identity, account or phone word.
-            if nearest is None:
+            # ("CCCD …; trùng INC-000001" in an agency's note): staff must tell which case a text names. Groups
+            # joined to it ("INC-000123 0901234567") are judged on their own.
+            rest = NUMBER.search(text, lead.end(), end)
+            if rest is None:
                 continue
-            is_phone = nearest == "phone"
-        spans.append((m.start(), m.end(), PHONE_MARK if is_phone else NUMBER_MARK))
+            start, end = rest.start(), rest.end()
+        span = _number_span(text, start, end)
+        if span is not None:
+            spans.append(span)
     for m in PASSPORT.finditer(text):
         spans.append((m.start(), m.end(), NUMBER_MARK))
     return spans
+
+
+def _number_span(text: str, start: int, end: int) -> tuple[int, int, str] | None:
+    """The mark for the digit run text[start:end], or None when it is nobody's personal data."""
+    raw = text[start:end]
+    if DATES.fullmatch(raw):
+        return None
+    digits = "".join(ch for ch in raw if ch.isdecimal())
+    n = len(digits)
+    if n < 6:
+        return None
+    # The nearest context word in the 30 characters before says what a number is.
+    context = [c.lastgroup for c in _CONTEXT.finditer(fold(text[max(0, start - 30):start]))]
+    nearest = context[-1] if context else None
+    account = nearest == "id"
+    is_phone = not account and ((digits.startswith("0") and n in (10, 11))
+                                or (digits.startswith("84") and n in (11, 12)))
+    if not is_phone and _AMOUNT.match(raw.strip()) and _CURRENCY.match(fold(text[end:end + 8])):
+        return None  # "12.500.000.000 đồng": an amount, not an account
+    if not is_phone and n < 9:
+        # Short numbers are personal only after an identity, account or phone word.
+        if nearest is None:
+            return None
+        is_phone = nearest == "phone"
+    return start, end, PHONE_MARK if is_phone else NUMBER_MARK
 
 
 def _name_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, int, str]]:
