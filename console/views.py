@@ -202,8 +202,13 @@ class Console:
             resp = self._login_page(request, say("login_throttled"), status=429)
             resp.headers["Retry-After"] = str(max(1, round(wait)))
             return resp
-        result = await auth.login(self.store, username, str(form.get("password") or ""),
-                                  ttl=self.cfg.session_hours * 3600)
+        try:
+            result = await auth.login(self.store, username, str(form.get("password") or ""),
+                                      ttl=self.cfg.session_hours * 3600)
+        except auth.LoginBusy:
+            resp = self._login_page(request, say("login_busy"), status=503)
+            resp.headers["Retry-After"] = "5"
+            return resp
         if result is None:
             self.throttle.failed(username, client, now)
             return self._login_page(request, say("bad_login"), status=401)

@@ -337,6 +337,8 @@ CONSOLE_TEXTS: dict[str, dict[str, str]] = {
     "login_throttled": {"vi": "Quá nhiều lần đăng nhập sai, vui lòng thử lại sau.",
                         "en": "Too many failed logins, please try again later."},
     "bad_login": {"vi": "Sai tên đăng nhập hoặc mật khẩu.", "en": "Wrong user name or password."},
+    "login_busy": {"vi": "Hệ thống đang bận, vui lòng đăng nhập lại sau ít giây.",
+                   "en": "The system is busy, please log in again in a few seconds."},
     "no_report": {"vi": "Không có phản ánh này.", "en": "No such report."},
     "bad_reject_reason": {"vi": "Lý do từ chối không hợp lệ.", "en": "Invalid reason for rejecting."},
     "choose_topic_or_agency": {"vi": "Chọn lĩnh vực hoặc đơn vị xử lý.", "en": "Choose a topic or an agency."},
