@@ -198,3 +198,32 @@ async def test_open311_discovery_names_the_endpoint(server: Server) -> None:
     assert endpoint["url"] == "https://1022.example.vn/open311/v2" and endpoint["type"] == "production"
     assert set(endpoint["formats"]) == {"application/json", "text/xml"}
     assert endpoint["specification"].endswith("GeoReport_v2") and doc["changeset"]
+
+
+async def test_a_long_list_of_long_reports_does_not_hold_the_event_loop(server: Server) -> None:
+    # Anyone may ask for page_size=1000; every report of it is redacted. Before, on the event loop: 7.7 s without an
+    # answer to anyone on a running daemon with 300 such reports.
+    words = "Ống nước bể đường Lê Lợi Quận 1 chảy lênh láng gần chợ Bến Thành xe ngập sâu cống rác".split()
+    for i in range(120):
+        text = " ".join(words[(i + k) % len(words)] for k in range(4_000))[:19_000]
+        await seed_report(server.store, text=f"{i} {text}")
+    loop = asyncio.get_running_loop()
+    lag, listing = 0.0, True
+
+    async def ticker() -> None:
+        nonlocal lag
+        last = loop.time()
+        while listing:
+            await asyncio.sleep(0.01)
+            lag = max(lag, loop.time() - last - 0.01)
+            last = loop.time()
+
+    ticking = asyncio.create_task(ticker())
+    async with aiohttp.ClientSession() as http:
+        for fmt in ("json", "xml"):
+            async with http.get(f"{server.url}/open311/v2/requests.{fmt}?page_size=1000") as resp:
+                assert resp.status == 200
+                assert len(await resp.read()) > 120 * 15_000
+    listing = False
+    await ticking
+    assert lag < 0.4, lag
