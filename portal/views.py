@@ -83,6 +83,9 @@ def _origin_pattern(url: str) -> str:
     return f"{parts.scheme}://{host}" if parts.scheme and host else ""
 
 
+_NOT_IN_A_PATH = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
 class Portal:
     def __init__(self, ctx: AppContext, cfg: PortalConfig) -> None:
         self.ctx = ctx
@@ -525,8 +528,9 @@ class Portal:
     async def switch_language(self, request: web.Request) -> web.Response:
         lang = request.match_info["lang"]
         target = request.query.get("next", "/")
-        # Only a path on this site: never an open redirect.
-        if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        # Only a path on this site: never an open redirect. Browsers drop tabs and line breaks from a URL and read a
+        # backslash as a slash, so "/\t/evil.example" went to //evil.example: no controls nor backslashes.
+        if not target.startswith("/") or target.startswith("//") or _NOT_IN_A_PATH.search(target):
             target = "/"
         resp = web.HTTPSeeOther(target)
         if lang in LANGUAGES:

@@ -158,6 +158,11 @@ async def test_address_suggestions_language_switch_and_no_open_redirect(server: 
     assert '<html lang="en">' in page and "Report a problem" in page and "Tiếng Việt" in page
     async with client.session.get(f"{server.url}/lang/vi?next=//evil.example/x", allow_redirects=False) as resp:
         assert resp.headers["Location"] == "/"
+    # Browsers drop tabs and line breaks and read "\\" as "/": each of these went to evil.example before.
+    for target in ("/%09/evil.example", "/%0a/evil.example", "/%0d%0a/evil.example", "%2F%09%2Fevil.example",
+                   "/%5Cevil.example"):
+        async with client.session.get(f"{server.url}/lang/vi?next={target}", allow_redirects=False) as resp:
+            assert resp.headers["Location"] == "/", target
     status, page = await client.get("/")
     assert '<html lang="vi">' in page
 
