@@ -27,7 +27,7 @@ from email.message import Message
 from html.parser import HTMLParser
 
 from ingest.records import Attachment, InboundMessage, Reporter
-from ingest.sniff import sniff_type
+from ingest.sniff import safe_filename, sniff_type
 from ingest.text import normalize
 
 
@@ -303,7 +303,9 @@ def _filename(part: Message) -> str | None:
         return None
     if not name:
         return None
-    return normalize(decode_header_value(str(name)))[:255] or None
+    # Its last path segment, without controls or bidi overrides ("../../etc/passwd", "\u202egpj.exe"): it is
+    # mailed on with the attachment to the agency (ingest/sniff.py, as for the app's photos).
+    return safe_filename(normalize(decode_header_value(str(name))), limit=255)
 
 
 # -- charsets ------------------------------------------------------------------------------------------

@@ -271,3 +271,16 @@ def test_an_encoded_word_never_becomes_the_from_address(from_value: str) -> None
     raw = (f"From: {from_value}\r\nTo: tra-loi@tphcm.gov.vn\r\nSubject: Re: [1022 #CASE-000001]\r\n"
            "Message-ID: <f@evil.example>\r\n\r\nDa xu ly xong.\r\n").encode()
     assert parse_email(raw).from_email in (None, "x@evil.example")
+
+
+def test_an_attachments_file_name_keeps_only_its_last_segment() -> None:
+    # Before: "../../etc/passwd" and a right-to-left override were kept and mailed on to the agency as written.
+    for name, kept in (("../../etc/passwd", "passwd"), ("C:\\Users\\x\\anh.jpg", "anh.jpg"),
+                       ("\u202egpj.exe", "gpj.exe"), ("..", None)):
+        msg = EmailMessage()
+        msg["From"] = "dan@example.org"
+        msg["Subject"] = "Ống nước bể"
+        msg.set_content("Ống nước bể đường Lê Lợi")
+        msg.add_attachment(b"\xff\xd8\xff\xe0 jpeg", maintype="image", subtype="jpeg", filename=name)
+        (att,) = parse_email(msg.as_bytes()).attachments
+        assert att.filename == kept, name
