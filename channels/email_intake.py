@@ -12,10 +12,12 @@ reporter's reply gets a `reporter_follow_up` job on the report it answers (a dis
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from config.channels import EmailLimitOptions
@@ -48,6 +50,10 @@ def subaddress_tags(addresses: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in tags if t))[:20]
 # Message-IDs of our own outgoing mail carry the report id, so a reply finds its report without a lookup table.
 INLINE_PARSE_BYTES = 64 * 1024  # larger mail is parsed on a worker thread, under a hard time limit
+# ...on threads of their own, not the default executor: a 20 MB mail of short quoted lines takes 6 s to parse and
+# its thread cannot be stopped at the time limit, so a sender with a few SMTP sessions held every default thread,
+# and intake's other work there (Open311 bodies, blob writes, photos) waited behind its mail.
+_PARSE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mail-parse")
 OUR_MESSAGE_ID = re.compile(r"^<1022\.r(\d{1,12})\.[0-9a-f]{4,64}@")
 
 
@@ -112,8 +118,8 @@ class EmailIntake:
                 # The parser's own deadline still applies between parts.
                 parsed = parse_email(raw, limits=self.limits, envelope_from=envelope_from)
             else:
-                parsed = await asyncio.wait_for(
-                    asyncio.to_thread(parse_email, raw, limits=self.limits, envelope_from=envelope_from),
+                parsed = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                    _PARSE_POOL, functools.partial(parse_email, raw, limits=self.limits, envelope_from=envelope_from)),
                     self.limits.time_limit + 1.0)
         except ParseError as exc:
             return Outcome(quarantine_id=await self.quarantine(raw, exc.reason))
