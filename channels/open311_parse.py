@@ -28,6 +28,10 @@ MAX_TEXT_BYTES = 512 * 1024
 MAX_LINE_FIELD_CHARS = 320  # name, phone, email, device id: one line each, never a paragraph
 # Fields that may reach a mail header or an address (reporter name and email, device id): one line, no controls.
 SINGLE_LINE_FIELDS = ("first_name", "last_name", "phone", "email", "device_id", "account_id", "service_code")
+# Fields that are text in GeoReport v2: in JSON a number there is refused, not turned into text (a phone sent as
+# the number 909123456 has lost its leading 0; a description of `true` describes nothing). lat, long and
+# confidential may be numbers or booleans.
+TEXT_FIELDS = (*SINGLE_LINE_FIELDS, "description", "address_string", "address_id")
 
 
 class Open311Error(Exception):
@@ -70,6 +74,9 @@ def parse_body(raw: bytes, content_type: str, *, max_parts: int = MAX_PARTS) -> 
                 raise Open311Error(400, "JSON body must be an object")
             if len(data) > MAX_FIELDS:
                 raise Open311Error(400, f"more than {MAX_FIELDS} fields")
+            for name in TEXT_FIELDS:
+                if data.get(name) is not None and not isinstance(data[name], str):
+                    raise Open311Error(400, f"{name} must be a string", field=name, reason="invalid")
             return {k: _scalar(v) for k, v in data.items() if v is not None}, []
         if mime in ("application/x-www-form-urlencoded", ""):
             text = raw.decode("utf-8")

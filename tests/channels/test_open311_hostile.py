@@ -121,6 +121,20 @@ async def test_megabytes_of_fields_nobody_reads_are_refused(server: Server, raw:
     assert await server.store.fetchone("SELECT 1 FROM reports") is None
 
 
+@pytest.mark.parametrize("field", ["description", "phone", "service_code", "address_string", "first_name"])
+async def test_a_json_number_or_list_where_text_belongs_is_refused(server: Server, field: str) -> None:
+    # Before: {"phone": 909123456} was stored as "909123456" (its leading 0 lost), {"description": 12345} as a
+    # report of "12345".
+    for value in (909123456, True, ["x"]):
+        status, body = await server.post(json.dumps({**GOOD, field: value}).encode(), "application/json")
+        assert status == 400 and field in body[0]["description"], (value, body)
+    assert await server.store.fetchone("SELECT 1 FROM reports") is None
+    # Numbers stay numbers where GeoReport v2 has them.
+    status, _ = await server.post(json.dumps({**GOOD, "lat": 10.7617, "long": 106.6686, "confidential": True}).encode(),
+                                  "application/json")
+    assert status == 201
+
+
 async def test_the_longest_description_still_fits_percent_encoded(server: Server) -> None:
     # 20,000 characters of three UTF-8 bytes each, each byte written %XX: 180 KB of form.
     status, body = await server.post({**GOOD, "description": "ố" * 20_000, "address_string": "ẫ" * 1_000})
