@@ -5,7 +5,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from dedupe.index import DAY, VectorWindow, _Coarse
+from dedupe.index import DAY, HEADROOM, RESCALE, VectorWindow, _Coarse
 
 T0 = 1_790_000_000.0
 DISTRICTS = ["quan-1", "quan-3", "go-vap", None]
@@ -178,8 +178,8 @@ def _coarse_errors(coarse: _Coarse, rows: np.ndarray, q: np.ndarray) -> tuple[np
     """|exact float32 score - coarse score| of every row of `coarse` (rows: their float32 vectors, row for row)
     for query q, checked against each row's own bound; returns them and the topic's bound (the largest)."""
     q64 = q.astype(np.float64)
-    codes, t, qerr = coarse.query(q64)
-    approx, which, complete = coarse.scan(codes, t, coarse.n, -np.inf, np.inf)
+    codes, t, qerr, base = coarse.query(q64)
+    approx, which, complete = coarse.scan(codes, t, base, coarse.n, -np.inf, np.inf)
     assert complete and len(which) == coarse.n
     flat = faiss.IndexFlatIP(rows.shape[1])
     flat.add(rows)
@@ -196,15 +196,16 @@ def _coarse_errors(coarse: _Coarse, rows: np.ndarray, q: np.ndarray) -> tuple[np
 def test_coarse_bound_holds_and_is_reached_by_rows_rounded_along_the_query() -> None:
     # The bound has a term for the rows' rounding (|q| r) and one for the query's (|p - u/t| |c|). Rows built so
     # that each term is reached (Cauchy-Schwarz tight) show both are needed: a scale equal in every dimension
-    # (set by a first row of equal magnitudes), then
+    # and a mean of 0 (set by two first rows of equal magnitudes, opposite), then
     # - rows whose rounding error points along a query of equal magnitudes (its codes exact): |q.r| = |q| r;
     # - rows exactly on the grid with codes of equal magnitudes, and a query whose rounding points along them.
     dim = 64
     coarse = _Coarse(dim)
     signs = np.where(np.random.default_rng(1).random(dim) < 0.5, -1.0, 1.0)
-    _extend(coarse, np.array([1]), np.array([T0]), (0.25 * signs).astype(np.float32).reshape(1, -1))
+    ends = np.vstack([0.25 * signs, -0.25 * signs]).astype(np.float32)
+    _extend(coarse, np.array([0, 1]), np.array([T0, T0]), ends)
     s = float(coarse.scale[0])
-    assert np.all(coarse.scale == s)
+    assert np.all(coarse.scale == s) and not coarse.center.any()
     rng = np.random.default_rng(2)
     q1 = signs.astype(np.float32)  # p = q / s: all of one magnitude, the largest: u exact
     base = rng.integers(-80, 80, (50, dim))
@@ -215,7 +216,7 @@ def test_coarse_bound_holds_and_is_reached_by_rows_rounded_along_the_query() -> 
     on_grid = (60 * signs / s).astype(np.float32).reshape(1, -1)
     _extend(coarse, np.arange(2, 52), np.full(50, T0), along_q)
     _extend(coarse, np.array([52]), np.array([T0]), on_grid)
-    rows = np.vstack([(0.25 * signs).astype(np.float32).reshape(1, -1), along_q, on_grid])
+    rows = np.vstack([ends, along_q, on_grid])
     for q, term in ((q1, "rows"), (q2, "query")):
         errors, e = _coarse_errors(coarse, rows, q)
         assert errors.max() <= e, term
@@ -272,7 +273,11 @@ def test_a_window_grown_from_empty_keeps_a_bound_as_tight_as_a_bulk_rebuild() ->
     rebuilt = VectorWindow(dim, window_days=7)
     rebuilt.add_many(ids, times, districts, vecs, topics)
     for topic in TOPICS:
-        assert grown._coarse[topic].err <= 1.5 * rebuilt._coarse[topic].err, topic
+        coarse = grown._coarse[topic]
+        # The scale as good as a rebuild's, and at most the rows added since the last re-encoding (a 16th of
+        # the topic) clipped beyond it.
+        assert coarse.err_ref <= 1.5 * rebuilt._coarse[topic].err, topic
+        assert np.count_nonzero(coarse.errs[:coarse.n] > RESCALE * coarse.err_ref) <= coarse.n / 16 + 1, topic
     at = float(times[-1])
     for j in range(30):
         q = vecs[rng.integers(n)] + 0.1 * rng.standard_normal(dim).astype(np.float32)
@@ -329,7 +334,7 @@ def test_no_district_search_finds_the_row_that_the_coarse_pass_ranks_below_the_b
     rng = np.random.default_rng(12)
     signs = np.where(rng.random(dim) < 0.5, -1.0, 1.0)
     levels = _Coarse(dim).levels
-    s = levels / (1.05 * 0.25)  # the scale a topic holding the row -0.25 signs (and nothing larger) gets
+    s = levels / (HEADROOM * 0.25)  # the scale of a topic of mean 0 whose largest |value| is 0.25
     c_w = 60 * signs
     best = ((c_w + 0.49 * signs) / s).astype(np.float32)
     decoys = []
@@ -338,8 +343,12 @@ def test_no_district_search_finds_the_row_that_the_coarse_pass_ranks_below_the_b
         picked = rng.choice(dim, 30, replace=False)  # exact score (q.c_w + 30) / s, W's is (q.c_w + 31.4) / s
         step[picked] = signs[picked]
         decoys.append(((c_w + step) / s).astype(np.float32))
-    others = (rng.uniform(-0.1, 0.1, (300, dim))).astype(np.float32)
-    vecs = np.vstack([(-0.25 * signs).astype(np.float32).reshape(1, -1), others, best.reshape(1, -1), decoys])
+    half = np.where(np.arange(dim) % 2 == 0, signs, -signs)  # scores 0 against the query
+    others = rng.uniform(-0.1, 0.1, (150, dim))
+    # Every row with its opposite: the topic's mean is 0 and its largest |value| 0.25 in every dimension.
+    top = np.vstack([0.25 * half, others, best.reshape(1, -1), decoys])
+    vecs = np.vstack([top, -top]).astype(np.float32)
+    w_id = 1 + 151  # W's report id (ids from 1, in the order above)
     n = len(vecs)
     ids = np.arange(1, n + 1, dtype=np.int64)
     times = T0 + np.arange(n, dtype=np.float64)
@@ -348,11 +357,11 @@ def test_no_district_search_finds_the_row_that_the_coarse_pass_ranks_below_the_b
     q = signs.astype(np.float32)
     rebuilt = VectorWindow(dim, window_days=7)
     rebuilt.add_many(ids, times, districts, vecs, topics)
+    assert np.allclose(rebuilt._coarse["trees"].scale, s) and not rebuilt._coarse["trees"].center.any()
     for window in (rebuilt, _grown(dim, ids, times, districts, vecs, topics)):
-        assert np.allclose(window._coarse["trees"].scale, s)
         for k in (1, 3, 7):
             want = _brute_force(ids, times, topics, vecs, q, k, float(times[-1]), {"trees"})
-            assert want[0][0] == 302  # W
+            assert want[0][0] == w_id
             assert _hits(window, q, k, float(times[-1]), {"trees"}) == want
     # A large topic asked too, all of it outside the window: the first scan of "trees" (its share of the rows
     # asked is small) returns just k rows, not all of them, and the search must still go on to W.
@@ -403,3 +412,42 @@ def test_no_district_search_equals_brute_force_with_late_and_removed_reports_and
     window.expire()
     assert all(c.ordered for c in window._coarse.values())
     check()
+
+
+def test_a_topic_whose_rows_keep_outgrowing_its_scale_is_re_encoded_a_logarithmic_number_of_times(monkeypatch) -> None:
+    # Every row larger than the ones before: each is clipped. Re-encoding costs the whole topic, so it waits
+    # until the topic has grown by a 16th since the last one (the clipped rows meanwhile carry their own,
+    # larger bound): ~log(n) / log(17/16) re-encodings, not one a row. Still exact.
+    recodes = []
+    recode = _Coarse.recode
+    monkeypatch.setattr(_Coarse, "recode", lambda self, vecs: (recodes.append(self.n), recode(self, vecs)))
+    rng = np.random.default_rng(9)
+    n, dim = 400, 32
+    vecs = rng.standard_normal((n, dim)) / np.sqrt(dim)
+    vecs = (vecs * (1.0 + 0.05 * np.arange(n))[:, None]).astype(np.float32)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    times = T0 + np.arange(n, dtype=np.float64)
+    districts = [DISTRICTS[i] for i in rng.integers(0, len(DISTRICTS), n)]
+    window = _grown(dim, ids, times, districts, vecs, ["trees"] * n)
+    assert 10 < len(recodes) <= np.log(n) / np.log(17 / 16) + 1
+    for j in range(10):
+        q = rng.standard_normal(dim).astype(np.float32)
+        want = _brute_force(ids, times, ["trees"] * n, vecs, q, 10, float(times[-1]), None)
+        assert _hits(window, q, 10, float(times[-1]), None) == want
+
+
+def test_rows_sharing_a_large_common_part_are_coded_around_their_mean() -> None:
+    # Real embeddings share a large common part (e5's cosines cluster near 0.85): the codes are of x - m, m the
+    # topic's mean, so their step follows the spread of the rows, not their size. The same residuals with and
+    # without a common part get the same bound.
+    rng = np.random.default_rng(10)
+    dim = 64
+    common = rng.standard_normal(dim)
+    common *= 0.9 / np.linalg.norm(common)
+    spread = 0.1 * rng.standard_normal((500, dim)) / np.sqrt(dim)
+    shared, alone = _Coarse(dim), _Coarse(dim)
+    _extend(shared, np.arange(500), np.full(500, T0), (common + spread).astype(np.float32))
+    _extend(alone, np.arange(500), np.full(500, T0), spread.astype(np.float32))
+    assert shared.err <= 1.5 * alone.err
+    q = (common + 0.1 * rng.standard_normal(dim)).astype(np.float32)
+    _coarse_errors(shared, (common + spread).astype(np.float32), q)  # and the bound holds with q.m added
