@@ -21,10 +21,11 @@ district's rows as 8-bit integer codes (faiss IndexScalarQuantizer QT_8bit_direc
 bytes, integer dot products, one faiss call per topic; see `_Coarse`). Its scores are within a bound of the
 exact ones, measured per row when it is added, so after the k best coarse rows are scored exactly, every row
 that could be in the exact top k is among the coarse candidates within that bound of the lowest of those k
-scores; those (~2-3k at the peak) are re-scored exactly from the float32 blocks with the same faiss kernel, so
+scores; those (~3k at the peak, k = 64) are re-scored exactly from the float32 blocks with the same faiss kernel, so
 the answer is the block search's own, scores to the bit. (Measured with the bench's queries, whose float32
 baseline beside them leaves the codes out of the cache: a topic's 17,500 rows in ~0.65 ms against ~1.3 for the
-float16 codes this replaced, whose tighter bound re-scored ~70 rows instead of ~190.)
+float16 codes this replaced, whose tighter bound re-scored ~70 rows instead of ~215; on real e5 vectors the codes
+are centred on each topic's mean, see `_Coarse`.)
 (faiss-cpu 1.15 is a dynamic-dispatch build: `faiss.SIMDConfig.get_level_name()` reports AVX2 or AVX512, even
 though the loader finds no swigfaiss_avx2 module; at SIMD level NONE the scans are many times slower.)
 
