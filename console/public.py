@@ -31,6 +31,7 @@ from ingest.vocabulary import DISCOVERY_TEXTS
 PREFIX = "/open311/v2"
 DEFAULT_WINDOW_DAYS = 90  # GeoReport v2: without dates, the last 90 days
 MAX_PAGE_SIZE = 1000
+MAX_PAGE = 1_000_000
 # When the endpoints below last changed in a way clients notice (Open311 discovery `changeset`).
 DISCOVERY_CHANGESET = "2026-12-07T00:00:00+07:00"
 
@@ -106,8 +107,9 @@ def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
         size = int(params.get("page_size", "100"))
     except ValueError:
         raise QueryError("page and page_size must be integers") from None
-    if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
-        raise QueryError(f"page must be ≥ 1 and page_size between 1 and {MAX_PAGE_SIZE}")
+    # A page past MAX_PAGE its OFFSET would overflow the database's integer (a 500, for page=99999999999999999999).
+    if not 1 <= page <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
+        raise QueryError(f"page must be from 1 to {MAX_PAGE} and page_size from 1 to {MAX_PAGE_SIZE}")
     return " AND ".join(where), args, page, size
 
 

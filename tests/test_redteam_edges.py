@@ -67,7 +67,8 @@ async def test_numbers_no_row_can_have_are_404_or_400_on_every_id_route(
     await create_user(ctx.store, "operator", "admin", PASSWORD)
     public = [path for n in NOT_IDS for path in (
         f"/public/{n}", f"/public/{n}/photos/{'a' * 64}", f"/open311/v2/requests/{n}.json",
-        f"/open311/v2/requests/{n}.xml", f"/open311/v2/requests.json?service_request_id=1,{n}")]
+        f"/open311/v2/requests/{n}.xml", f"/open311/v2/requests.json?service_request_id=1,{n}",
+        f"/open311/v2/requests.json?page={n}", f"/open311/v2/requests.xml?page={n}", f"/public?page={n}")]
     console = [path for n in NOT_IDS for path in (
         f"/console/reports/{n}", f"/console/review/{n}", f"/console/cases?page={n}", f"/console/search?q={n}",
         f"/console/dead-letters?like={n}")]
@@ -84,8 +85,9 @@ async def test_numbers_no_row_can_have_are_404_or_400_on_every_id_route(
     wrong = {path: status for path, (status, _) in answers.items() if not 200 <= status < 500}
     assert not wrong, wrong
     assert all("Traceback" not in text for _, text in answers.values())
-    # The public ones name no report: not found, or a query refused with a reason.
-    assert {answers[p][0] for p in public} <= {400, 404}
+    # The public ones name no report: not found, or a query refused with a reason (a page in Arabic-Indic digits,
+    # which int() reads, is just an empty page).
+    assert {answers[p][0] for p in public if "page=" not in p} <= {400, 404}
 
 
 @pytest.mark.parametrize("path", ["/api/v1/cases/{token}/rating", "/api/v1/cases/{token}/dispute",
