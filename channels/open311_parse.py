@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -168,7 +169,7 @@ def request_from_fields(fields: dict[str, str], photos: list[Photo], raw: bytes,
         raise Open311Error(404, f"unknown service_code {code!r}: see services.json", field="service_code",
                            reason="unknown")
     text = normalize(fields.get("description", ""))
-    if not text:
+    if not _shows_something(text):
         raise Open311Error(400, "description is required", field="description", reason="required")
     if len(text) > MAX_TEXT_CHARS:
         raise Open311Error(400, f"description is longer than {MAX_TEXT_CHARS} characters", field="description",
@@ -221,6 +222,12 @@ def request_from_fields(fields: dict[str, str], photos: list[Photo], raw: bytes,
         external_id=fields.get("account_id") or None,
     )
     return ParsedRequest(message=message, photos=tuple(photos))
+
+
+def _shows_something(text: str) -> bool:
+    """Whether any character of `text` is seen: a description of zero-width spaces, joiners and bidi marks alone
+    (Unicode categories C* and Z*) was stored and classified as a report of nothing."""
+    return any(not unicodedata.category(ch).startswith(("C", "Z")) for ch in text)
 
 
 def _coordinate(fields: dict[str, str], name: str, low: float, high: float) -> float | None:

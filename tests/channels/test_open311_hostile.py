@@ -135,6 +135,13 @@ async def test_a_json_number_or_list_where_text_belongs_is_refused(server: Serve
     assert status == 201
 
 
+async def test_a_description_of_invisible_characters_is_no_description(server: Server) -> None:
+    # Before: 201, a report of zero-width spaces, joiners and a right-to-left mark.
+    status, body = await server.post({**GOOD, "description": "\u200b\u200d\u2060\ufeff\u200f \u200b"})
+    assert status == 400 and "description" in body[0]["description"]
+    assert await server.store.fetchone("SELECT 1 FROM reports") is None
+
+
 async def test_the_longest_description_still_fits_percent_encoded(server: Server) -> None:
     # 20,000 characters of three UTF-8 bytes each, each byte written %XX: 180 KB of form.
     status, body = await server.post({**GOOD, "description": "ố" * 20_000, "address_string": "ẫ" * 1_000})
