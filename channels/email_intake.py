@@ -63,6 +63,7 @@ class Prepared:
     raw: bytes
     parsed: ParsedEmail
     thread_report_id: int | None  # the earlier report this mail answers, when it is a reporter's reply
+    thread_proven: bool = True  # found by a Message-ID, or by the subject with our relay's pass for the From
     agency_reply: AgencyEmailReplyJob | None = None  # the job for dispatch, when it names one of our dispatches
 
 
@@ -148,14 +149,21 @@ class EmailIntake:
                 references=tuple(parsed.references), attachments=tuple(attachments),
                 message_id=parsed.message_id, reply_tokens=tags, sender_auth=verdict)
             extra_flags = (AGENCY_ANSWER_FLAG,)
+        thread_proven = True
         if not extra_flags and not parsed.flags and (parsed.references or parsed.case_token):
-            thread_report_id = await self.find_thread(parsed)
-            if thread_report_id is not None:
+            thread = await self.find_thread(parsed)
+            if thread is not None:
+                thread_report_id, thread_proven = thread
+                if not thread_proven:
+                    # Threaded by the subject's report number and the From address, both claims: only our relay's
+                    # verdict on that From makes it the reporter's (else a note that disputes nothing).
+                    thread_proven = sender_verdict(parsed.auth_results, self.trusted_authserv_ids,
+                                                   parsed.from_email or "") == "pass"
                 extra_flags = (REPLY_FLAG,)
         message = to_inbound(parsed, channel_instance=self.channel_instance, received_at=iso(self.store.clock.now()),
                              attachments=tuple(attachments), extra_flags=extra_flags)
         return Prepared(message=message, raw=raw, parsed=parsed, thread_report_id=thread_report_id,
-                        agency_reply=agency_reply)
+                        thread_proven=thread_proven, agency_reply=agency_reply)
 
     async def quarantine(self, raw: bytes, reason: str) -> int:
         """One quarantine row per distinct raw mail (the store counts a retry on that row), bounded in size."""
@@ -163,9 +171,10 @@ class EmailIntake:
                        self.channel_instance, reason)
         return await self.store.quarantine(self.channel_instance, raw, reason, {"channel": "email"})
 
-    async def find_thread(self, parsed: ParsedEmail) -> int | None:
-        """The report this mail answers: a Message-ID we really sent for it, the reporter's own earlier Message-ID,
-        or a report reference in the subject from the same address as that report's reporter.
+    async def find_thread(self, parsed: ParsedEmail) -> tuple[int, bool] | None:
+        """The report this mail answers, and whether that is proven: a Message-ID we really sent for it, the
+        reporter's own earlier Message-ID (proven), or a report reference in the subject from the same address as
+        that report's reporter (not proven: the caller asks the relay's verdict).
 
         A reference anyone can guess (a report number in `<1022.rN…>` or `[1022-N]`, a case number) is never
         enough on its own: it would let anyone write into someone else's report."""
@@ -174,14 +183,14 @@ class EmailIntake:
             if match and await self.store.fetchone(
                     "SELECT 1 FROM events WHERE report_id=? AND kind='email_reply_sent'"
                     " AND json_extract(data, '$.message_id')=?", (int(match.group(1)), ref)):
-                return int(match.group(1))
+                return int(match.group(1)), True
         refs = [r for r in parsed.references if r != parsed.message_id]
         if refs:
             marks = ",".join("?" * len(refs))
             row = await self.store.fetchone(
                 f"SELECT MIN(id) AS id FROM reports WHERE channel='email' AND external_id IN ({marks})", refs)
             if row is not None and row["id"] is not None:
-                return int(row["id"])
+                return int(row["id"]), True
         token = parsed.case_token
         senders = {a for a in (parsed.from_email, parsed.sender_email) if a}
         if not token or not senders:
@@ -202,7 +211,7 @@ class EmailIntake:
         for row in rows:
             reporter = (json.loads(row["record"]).get("reporter") or {})
             if str(reporter.get("email") or "").lower() in senders:
-                return int(row["id"])
+                return int(row["id"]), False
         return None
 
     def queue_jobs(self, prepared: list[Prepared]) -> Callable[[Tx, list[SubmitResult]], Awaitable[None]]:
@@ -239,6 +248,7 @@ class EmailIntake:
                 "message_id": prepared.parsed.message_id,
                 "subject": prepared.parsed.subject,
                 "text": text,
+                "proven": prepared.thread_proven,
             })
             await tx.enqueue(REPORTER_FOLLOW_UP, prepared.thread_report_id,
-                             ReporterFollowUpJob(text=text, channel="email"))
+                             ReporterFollowUpJob(text=text, channel="email", proven=prepared.thread_proven))

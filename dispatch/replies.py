@@ -51,6 +51,10 @@ class EmailReplies:
         follow: ReporterFollowUpJob = job.payload
         if not is_dispute(fold(follow.text)):
             return None  # a thank-you, a question: it stays on the timeline as the reporter's reply
+        if not follow.proven:
+            # A From and a report number anyone can write: it stays on the timeline, and reopens nothing.
+            log.info("reporter follow-up on report %d kept as a note: its sender is not proven", report.id)
+            return None
 
         async def writes(tx: Tx) -> None:
             await tx.execute("SAVEPOINT follow_up")

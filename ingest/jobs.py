@@ -153,6 +153,10 @@ class ReporterFollowUpJob:
 
     text: str
     channel: str
+    # Whether the mail is proven to be the reporter's: threaded by a Message-ID we sent them (or their own earlier
+    # one), or by a report number in the subject with our relay's DMARC/DKIM/SPF pass for its From. A claim alone
+    # (a From anyone can write, a number anyone can guess) stays a note and never disputes a result.
+    proven: bool = True
 
 
 for _name, _payload in ((CLASSIFY, ClassifyJob), (DEDUPE, DedupeJob), (DISPATCH, DispatchJob), (NOTIFY, NotifyJob),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import contextlib
 import dataclasses
 import email.policy
@@ -246,6 +247,25 @@ async def test_a_guessed_reference_never_writes_into_someone_elses_report(listen
                                 " WHERE r.id<>? ORDER BY r.id", (first,))
     assert [(r["status"], r["stage"]) for r in rows] == [("received", "classify")] * 2 + [
         ("ignored", "agency_email_reply")]
+
+
+async def test_a_reply_threaded_by_claims_alone_is_a_note_that_disputes_nothing(listener: Factory, store: Store) -> None:
+    # The reporter's address and the report's number are all a forger needs for the subject path: before, their
+    # "chưa xử lý" reopened the case like the reporter's own reply (a reporter_follow_up job like any other).
+    async with listener() as smtp:
+        await asyncio.to_thread(send, smtp.port, mail())
+        first = (await store.fetchone("SELECT id FROM reports"))["id"]
+        forged = mail("Vẫn chưa xử lý gì cả", subject=f"Re: [1022-{first}]", message_id="<f1@evil.example>")
+        await asyncio.to_thread(send, smtp.port, forged)  # From: the reporter's own address, written by anyone
+    # With our relay's pass for that From, the same reply is the reporter's.
+    intake = EmailIntake(store, "mailbox-1", limits_from(SmtpOptions(port=0, recipients=[RCPT])),
+                         trusted_authserv_ids=["mx.tphcm.gov.vn"])
+    await intake.accept(mail("Vẫn chưa xử lý gì cả", subject=f"Re: [1022-{first}]", message_id="<f2@example.vn>",
+                             headers={"Authentication-Results": "mx.tphcm.gov.vn; dmarc=pass header.from=example.vn"}))
+    jobs = await store.fetchall("SELECT payload FROM jobs WHERE stage='reporter_follow_up' ORDER BY id")
+    assert [json.loads(j["payload"])["proven"] for j in jobs] == [False, True]
+    events = await store.fetchall("SELECT data FROM events WHERE kind='reporter_reply' ORDER BY id")
+    assert [json.loads(e["data"])["proven"] for e in events] == [False, True]
 
 
 async def test_unparseable_mail_is_quarantined_and_acknowledged(listener: Factory, store: Store) -> None:

@@ -433,10 +433,11 @@ async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_pag
 
     from .test_flow import workers
 
-    async def follow_up(*, report_id: int, text: str, channel: str) -> str:
+    async def follow_up(*, report_id: int, text: str, channel: str, proven: bool = True) -> str:
         """As the email channel hands a reporter's reply to dispatch: a job, applied by dispatch's worker."""
         async with store.transaction() as tx:
-            await tx.enqueue(REPORTER_FOLLOW_UP, report_id, ReporterFollowUpJob(text=text, channel=channel))
+            await tx.enqueue(REPORTER_FOLLOW_UP, report_id, ReporterFollowUpJob(text=text, channel=channel,
+                                                                                proven=proven))
         before = (await store.fetchone("SELECT COUNT(*) AS n FROM disputes"))["n"]
         assert await workers(ctx)["dispatch-reporter-follow-ups"].worker.run_once() == 1
         after = (await store.fetchone("SELECT COUNT(*) AS n FROM disputes"))["n"]
@@ -448,6 +449,10 @@ async def test_a_reporter_disputes_the_result_on_their_channel_or_the_lookup_pag
     # A thank-you on the reporter's channel is a note; "still not fixed" within 7 days is a dispute.
     assert await follow_up(report_id=first, text="Cảm ơn nhiều!", channel="email") == "noted"
     ctx.clock.advance(2 * DAY)
+    # A reply tied to the report by claims alone (a From and a subject's number: channels/email_intake.py) is a
+    # note, whatever it says.
+    assert await follow_up(report_id=first, text="Ống nước vẫn còn bể, chưa xử lý gì cả", channel="email",
+                           proven=False) == "noted"
     assert await follow_up(report_id=first, text="Ống nước vẫn còn bể, chưa xử lý gì cả", channel="email") \
         == "disputed"
     reopened = await store.fetchone("SELECT * FROM cases WHERE id=?", (case["id"],))
