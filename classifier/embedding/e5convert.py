@@ -42,7 +42,7 @@ from classifier.embedding.e5_tokenizer import build_tokenizer
 from ingest.progress import progress_bar
 
 # Bump when the output layout or numerics change so ensure_converted() redoes it.
-CONVERTER_VERSION = 5
+CONVERTER_VERSION = 6  # 6: int8 weights in 7 bits (e5_onnx.quantize_int8)
 MARKER = "e5convert.json"
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "

@@ -135,7 +135,10 @@ class ConvertedE5Embedder:
     def __init__(self, encoder: Any, variant: str) -> None:
         self._encoder = encoder
         self.dim = 384
-        self.name = f"e5-converted:multilingual-e5-small:{variant}"
+        from classifier.embedding.e5convert import CONVERTER_VERSION
+
+        # The converter's version too: a routing model cached for another conversion's vectors is trained again.
+        self.name = f"e5-converted:multilingual-e5-small:{variant}:c{CONVERTER_VERSION}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
