@@ -73,6 +73,9 @@ blob_dir = "{tmp / 'blobs'}"
 host = "127.0.0.1"
 port = {port}
 
+[http.limits]
+max_connections_per_ip = 0  # every client of the bench is 127.0.0.1 (an open-loop client's tail opens >100)
+
 [classifier]
 cache_dir = "{REPO / 'var' / 'models'}"
 variant = "int8"
