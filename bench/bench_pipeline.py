@@ -61,12 +61,14 @@ def raw_embedder_rate(settings: Any, texts: list[str]) -> tuple[float, float, fl
     """The daemon's embedder on the texts exactly as the classifier embeds them (restored where typed without
     diacritics), in calls of `[classifier] batch` texts as the classify stage leases them: (texts/s, CPU seconds
     of this process per text, texts/s of the same texts in one call, the embedder)."""
-    from classifier.embedding.embedder import EmbeddingThread, load_embedder, report_text
+    from classifier.embedding.embedder import EmbeddingThread, load_embedder, report_text, serving_threads
     from classifier.training.trainer import Router
     from config.directory import load_directory
 
     cfg = settings.classifier
-    embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, cfg.embed_threads))
+    # The daemon's own thread count (serving_threads: for embed_threads = 0 every core but one), so the raw rate is
+    # always that of the embedder the daemon runs.
+    embedder = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, serving_threads(cfg.embed_threads)))
     router = Router(settings, load_directory(settings.data.agencies), embedder)
     router.load()  # the cached topic model: its restorer decides what is embedded
     embedded = router.embedding_texts([report_text(t) for t in texts])
@@ -324,10 +326,10 @@ def main() -> int:
     done = len(reports) - refused
     print(f"{done} reports end to end (POST, classify, dedupe, dispatch to a loopback webhook:"
           f" {deliveries} deliveries), load avg {load:.1f}")
-    from classifier.embedding.embedder import embed_threads
+    from classifier.embedding.embedder import serving_threads
 
     print(f"pipeline        {rps:7.1f} reports/s (embedder: {settings.classifier.variant},"
-          f" {embed_threads(settings.classifier.embed_threads)} threads, daemon and raw alike)")
+          f" {serving_threads(settings.classifier.embed_threads)} threads, daemon and raw alike)")
     if raws:
         raw = sum(r[0] for r in raws) / len(raws)
         print(f"raw embedder    {raw:7.1f} texts/s in calls of [classifier] batch = {settings.classifier.batch}"

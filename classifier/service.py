@@ -21,7 +21,7 @@ from ingest.store import Store, StoredReport, Tx
 from ingest.text import fold
 from ingest.worker import StageWorker, WorkerSettings, Writes
 
-from classifier.embedding.embedder import EmbeddingThread, load_embedder, report_text
+from classifier.embedding.embedder import EmbeddingThread, embed_threads, load_embedder, report_text, serving_threads
 from classifier.routing.handoff import enqueue_next
 from classifier.review.decisions import Retrainer, review_examples
 from classifier.training.trainer import Router
@@ -46,7 +46,9 @@ def shared_embedder(ctx: AppContext) -> EmbeddingThread:
     current = ctx.published.embedder
     if isinstance(current, EmbeddingThread) and ctx.published.embedder_key == key:
         return current
-    thread = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, cfg.embed_threads), cfg.embed_nice)
+    # `route` is a batch with nothing else to serve: every core; the daemon leaves one to intake and the stages.
+    threads = embed_threads(cfg.embed_threads) if ctx.route_mode else serving_threads(cfg.embed_threads)
+    thread = EmbeddingThread(load_embedder(cfg.backend, cfg.model, cfg.variant, threads), cfg.embed_nice)
     ctx.published.embedder, ctx.published.embedder_key = thread, key
     log.info("embedder loaded: %s (dim %d)", thread.name, thread.dim)
     return thread

@@ -125,8 +125,8 @@ class ClassifierConfig(Section):
     # Reports the classify stage leases and embeds together: the model pays per call and per padded token, so
     # 64 texts a call cost ~15% less CPU each than 16 (measured, bench/bench_pipeline.py).
     batch: int = Field(64, ge=1, le=1024)
-    # Threads the e5-converted embedder runs batches on (one small batch per thread); 0: auto, see
-    # classifier.embedding.embedder.embed_threads.
+    # Threads the e5-converted embedder runs batches on (one small batch per thread); 0: auto, in the daemon every
+    # core but one (classifier.embedding.embedder.serving_threads), in `route` every core (embed_threads).
     embed_threads: int = Field(0, ge=0, le=256)
     # How much lower the embedder's threads run than the rest of the daemon (their nice value, added; Linux): the
     # event loop that acknowledges reports, in this process or in `--role intake` beside it, then always gets the

@@ -102,10 +102,22 @@ def _default_st_model() -> str:
 
 
 def embed_threads(configured: int = 0) -> int:
-    """The e5-converted embedder's threads: `[classifier] embed_threads`, or for 0 every core (auto)."""
+    """The e5-converted embedder's threads for a batch command (route, eval, prepare): `[classifier] embed_threads`,
+    or for 0 every core (auto)."""
     if configured > 0:
         return configured
     return os.cpu_count() or 1
+
+
+def serving_threads(configured: int = 0) -> int:
+    """The embedder's threads in the running daemon: `[classifier] embed_threads`, or for 0 every core but one
+    (at least one). Beside the embedder the daemon accepts reports and runs its stages, SQLite writer and
+    deliveries (~5 ms of CPU a report against the embedder's ~8): with a batch stream on every core of a 2-core
+    machine, those waited for a core and the embedder for them, the pipeline ran at ~0.6 of its embedder and
+    intake's tail grew (README "Throughput and memory")."""
+    if configured > 0:
+        return configured
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def load_embedder(backend: str, model: str | None = None, variant: str = "fp32", threads: int = 0) -> Embedder:
