@@ -321,7 +321,8 @@ class StageWorker:
         policy = RetryPolicy(max_attempts=None if persistent else s.max_attempts, base=s.backoff_base,
                              cap=s.backoff_cap)
         if persistent and job.attempts == s.max_attempts:
-            # Said once, where another job would have died: it goes on being retried.
+            # Said once, where another job would have died: it goes on being retried (and /metrics counts it,
+            # jobs_retrying_past_limit, for as long as it is).
             log.warning("stage %s job %d: still failing after %d attempts (%s); retried until it succeeds",
                         self.stage, job.id, job.attempts, type(exc).__name__)
         plan = self.store.queue.plan_retry(job, f"{type(exc).__name__}: {exc}", policy,

@@ -9,7 +9,7 @@ fresh OpsMetrics without name clashes):
   the process restarts, as Prometheus counters and histograms may;
 - the store, read at scrape time (cached a few seconds): queue depths and dead letters per stage, reports accepted
   per channel, quarantined inputs, deadline breaches (the dispatch stage's escalation events), operator alerts
-  per kind (events of kind 'alert'), and with the
+  per kind (events of kind 'alert'), jobs kept retrying past `[queue] max_attempts`, and with the
   dispatch tables: cases, deliveries and failed delivery attempts, open and overdue deadlines per agency and kind.
   Append-only tables (reports, events) are counted incrementally by id, so a scrape costs O(new rows).
   A store that cannot be read gives `hcmc1022_store_up 0`, never a failed scrape.
@@ -103,6 +103,10 @@ KNOWN_STAGES = ("classify", "dedupe", "dispatch", "notify", "deliver", "escalate
                 "reporter_follow_up")
 # Alert kinds always listed in alerts_total (0 when none), likewise: every kind dispatch and dedupe raise.
 KNOWN_ALERTS = tuple(OPERATOR_ALERT_TEXTS)
+# The stage workers whose jobs die after `[queue] max_attempts` (ingest/worker.py), listed in jobs_retrying_past_limit
+# (0 when none). The others have limits of their own: deliver its deadline, escalate 8 attempts, notify records its
+# failure itself at the last attempt, so attempts past [queue]'s say nothing about them.
+QUEUE_LIMITED_STAGES = ("classify", "dedupe", "dispatch", "agency_email_reply", "reporter_follow_up")
 # Which milestone a stage's finished job marks, for the help text and dashboards.
 STAGE_MILESTONE = {"classify": "classified", "dedupe": "incident", "dispatch": "dispatched", "notify": "notified"}
 
@@ -110,9 +114,10 @@ STAGE_MILESTONE = {"classify": "classified", "dedupe": "incident", "dispatch": "
 class OpsMetrics:
     """The process's metrics; `observe_job` is the worker hook, `render` produces the exposition text."""
 
-    def __init__(self, store: Store, cache_seconds: float = 5.0) -> None:
+    def __init__(self, store: Store, cache_seconds: float = 5.0, max_attempts: int = 5) -> None:
         self.store = store
         self.cache_seconds = cache_seconds
+        self.max_attempts = max_attempts  # [queue] max_attempts, for jobs_retrying_past_limit
         self.registry = registry = CollectorRegistry()
         prometheus_client.ProcessCollector(registry=registry)
         prometheus_client.PlatformCollector(registry=registry)
@@ -230,6 +235,24 @@ class OpsMetrics:
             out.append(http)
         return out
 
+    async def _past_limit_family(self) -> Family:
+        """Jobs a stage worker keeps retrying past `[queue] max_attempts` (WorkerSettings.keep_trying: dedupe's
+        incident-state and case report jobs, for a transient cause): no dead letter or alert ever shows them, and a
+        cause that never passes retries them for ever. Waiting with max_attempts spent (where another job would have
+        died; the worker logs it once), or leased for an attempt past them."""
+        past = Family("jobs_retrying_past_limit", "Jobs not dead though past [queue] max_attempts, per stage (kept"
+                      " retrying for a transient cause: dedupe's incident-state and case report jobs); alert on"
+                      " > 0 for a while: the cause is not passing.", "gauge")
+        n = self.max_attempts
+        stages = ",".join("?" * len(QUEUE_LIMITED_STAGES))
+        # By stage and state first (the jobs_take index): done jobs, most of the table, are never read.
+        counts = {r["stage"]: r["n"] for r in await self.store.fetchall(
+            f"SELECT stage, COUNT(*) AS n FROM jobs WHERE stage IN ({stages}) AND state IN ('ready', 'leased')"
+            " AND (attempts>? OR (state='ready' AND attempts=?)) GROUP BY stage", (*QUEUE_LIMITED_STAGES, n, n))}
+        for stage in QUEUE_LIMITED_STAGES:
+            past.add(counts.get(stage, 0), (("stage", stage),))
+        return past
+
     async def _read_store(self) -> list[Family]:
         store = self.store
         now = store.clock.now()
@@ -243,6 +266,8 @@ class OpsMetrics:
         for stage in sorted({*KNOWN_STAGES, *(s for s, _ in depths)}):
             dead.add(depths.get((stage, "dead"), 0), (("stage", stage),))
         out += [queue, dead]
+
+        out.append(await self._past_limit_family())
 
         oldest = Family("queue_oldest_ready_seconds", "Age of the oldest job ready to run, per stage.", "gauge")
         for stage, age in sorted((await store.queue.oldest_ready()).items()):

@@ -296,6 +296,7 @@ def build(ctx: AppContext) -> list[Service]:
         metrics = OpsMetrics(ctx.store, cache_seconds=cfg.metrics_cache_seconds)
         ctx.published.ops_metrics = metrics
     metrics.cache_seconds = cfg.metrics_cache_seconds
+    metrics.max_attempts = ctx.settings.queue.max_attempts
     metrics.published.gauges = ctx.published.gauges
     worker.JOB_OBSERVERS.append(metrics.observe_job)
     ctx.http.middlewares.insert(0, metrics.http_middleware)  # outermost: times and counts every answer

@@ -20,6 +20,7 @@ from ingest.errors import TransientError
 from ingest.jobs import DedupeJob, closing_subject, reopening_subject
 from ingest.store import Store
 from ingest.worker import StageWorker, WorkerSettings
+from ops.metrics import QUEUE_LIMITED_STAGES, OpsMetrics
 from tests.dedupe.test_instances import TEXT, Instance, pg_factory  # noqa: F401
 from tests.dedupe.test_stage import HOUR, T0, _classified, _vec
 from tests.stores import StoreFactory, store_factory  # noqa: F401
@@ -224,3 +225,40 @@ async def test_a_closing_failing_for_a_cause_that_never_passes_dies_after_max_at
     assert (job["state"], job["attempts"]) == ("dead", 3)
     alerts = [json.loads(r["data"])["alert"] for r in await store.fetchall("SELECT data FROM events WHERE kind='alert'")]
     assert alerts == ["incident_state_dead"]
+
+
+def retrying_past_limit(text: str) -> dict[str, float]:
+    """The jobs_retrying_past_limit gauge of a /metrics text, per stage."""
+    prefix = 'hcmc1022_jobs_retrying_past_limit{stage="'
+    return {line[len(prefix):].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(prefix)}
+
+
+async def test_a_closing_retried_past_max_attempts_is_counted_on_metrics_until_applied(
+        store_factory: StoreFactory) -> None:
+    """A job kept retrying past `max_attempts` has no dead letter and no alert: only a log line said so, once.
+    /metrics counts it (jobs_retrying_past_limit{stage}) from the attempt where another job would have died until
+    it is applied, every stage listed from the first scrape (0)."""
+    store = await store_factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS})
+    matcher = IncidentMatcher(store)
+    blocks = Contended(matcher)
+    settings = replace(worker_settings(QueueConfig(max_attempts=3, batch=1), blocks), backoff_cap=60.0)
+    worker = StageWorker(store, STAGE, DedupeStage(store, matcher, blocks).handle, settings)
+    metrics = OpsMetrics(store, cache_seconds=0, max_attempts=3)
+    rid = await _classified(store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    assert await worker.run_once() == 1
+    inc = (await store.get_report(rid)).incident_id  # type: ignore[union-attr]
+    assert inc is not None
+    assert retrying_past_limit(await metrics.render()) == dict.fromkeys(QUEUE_LIMITED_STAGES, 0.0)
+    blocks.down = True
+    await changed(store, rid, inc, 1, at=T0 + 100)
+    seen = []
+    for _ in range(6):
+        store.clock.advance(61.0)  # type: ignore[attr-defined]
+        assert await worker.run_once() == 1
+        seen.append(retrying_past_limit(await metrics.render())["dedupe"])
+    assert seen == [0, 0, 1, 1, 1, 1]  # from the third failure on, where max_attempts 3 would have killed it
+    blocks.down = False
+    store.clock.advance(61.0)  # type: ignore[attr-defined]
+    assert await worker.run_once() == 1
+    assert retrying_past_limit(await metrics.render()) == dict.fromkeys(QUEUE_LIMITED_STAGES, 0.0)
