@@ -94,9 +94,10 @@ class EmailIntake:
         self.trusted_authserv_ids = tuple(trusted_authserv_ids)
 
     # -- one message, acknowledged by the caller after this returns (SMTP) -------------------------------
-    async def accept(self, raw: bytes, envelope_from: str | None = None, envelope_to: Sequence[str] = ()) -> Outcome:
+    async def accept(self, raw: bytes, envelope_from: str | None = None, envelope_to: Sequence[str] = (), *,
+                     believe_auth_results: bool = True) -> Outcome:
         """Store `raw` durably as a report or a quarantine row; raises StorageError (or any store error)."""
-        prepared = await self.prepare(raw, envelope_from, envelope_to)
+        prepared = await self.prepare(raw, envelope_from, envelope_to, believe_auth_results=believe_auth_results)
         if isinstance(prepared, Outcome):
             return prepared
         if prepared.agency_reply is not None or prepared.thread_report_id is not None:
@@ -110,9 +111,13 @@ class EmailIntake:
                        thread_report_id=prepared.thread_report_id)
 
     # -- the steps, used one by one by the IMAP poller to commit a batch with its cursor -----------------
-    async def prepare(self, raw: bytes, envelope_from: str | None = None,
-                      envelope_to: Sequence[str] = ()) -> Prepared | Outcome:
-        """Parse and store blobs; returns an Outcome when the mail went to quarantine instead."""
+    async def prepare(self, raw: bytes, envelope_from: str | None = None, envelope_to: Sequence[str] = (), *,
+                      believe_auth_results: bool = True) -> Prepared | Outcome:
+        """Parse and store blobs; returns an Outcome when the mail went to quarantine instead.
+
+        `believe_auth_results` false: the mail did not come through our relay (the SMTP listener's peer is not in
+        its `trusted_relays`), so its Authentication-Results, whatever id they carry, are read as none at all. The
+        IMAP poller reads a mailbox on the server it was configured for, whose headers are that server's."""
         try:
             if len(raw) <= INLINE_PARSE_BYTES:
                 # Small mail parses in well under a millisecond; a thread hop would cost more than it saves.
@@ -135,6 +140,12 @@ class EmailIntake:
         if parsed.skipped_attachments:
             log.info("%s: %d attachment(s) over the caps kept only in the raw mail", self.channel_instance,
                      parsed.skipped_attachments)
+        trusted_ids = self.trusted_authserv_ids if believe_auth_results else ()
+        if not believe_auth_results and parsed.auth_results and sender_verdict(
+                parsed.auth_results, self.trusted_authserv_ids, parsed.from_email or "") != "none":
+            _throttled.log(logging.WARNING, f"{self.channel_instance}:auth_results_from_outside",
+                           "%s: mail from a peer outside trusted_relays carries our relay's Authentication-Results;"
+                           " ignored", self.channel_instance)
         thread_report_id = None
         extra_flags: tuple[str, ...] = ()
         agency_reply = None
@@ -142,7 +153,7 @@ class EmailIntake:
         if not parsed.flags and claims_a_dispatch(parsed.subject, parsed.references, tags):
             # An agency answering a dispatch email (or someone claiming to): dispatch checks the proof in a job.
             # The relay's verdict is read here, from the raw headers, once.
-            verdict = sender_verdict(parsed.auth_results, self.trusted_authserv_ids, parsed.from_email or "")
+            verdict = sender_verdict(parsed.auth_results, trusted_ids, parsed.from_email or "")
             agency_reply = AgencyEmailReplyJob(
                 from_addr=parsed.from_email, subject=parsed.subject, body=parsed.full_text,
                 in_reply_to=parsed.references[0] if parsed.references else None,
@@ -157,7 +168,7 @@ class EmailIntake:
                 if not thread_proven:
                     # Threaded by the subject's report number and the From address, both claims: only our relay's
                     # verdict on that From makes it the reporter's (else a note that disputes nothing).
-                    thread_proven = sender_verdict(parsed.auth_results, self.trusted_authserv_ids,
+                    thread_proven = sender_verdict(parsed.auth_results, trusted_ids,
                                                    parsed.from_email or "") == "pass"
                 extra_flags = (REPLY_FLAG,)
         message = to_inbound(parsed, channel_instance=self.channel_instance, received_at=iso(self.store.clock.now()),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import ssl
 from typing import Any
@@ -65,13 +66,33 @@ def base_address(address: str) -> str:
     return f"{local.partition('+')[0]}{at}{domain}"
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def from_trusted_relay(peer: Any, relays: tuple[Network, ...]) -> bool:
+    """Whether the connection's peer (`transport.get_extra_info("peername")`) is one of our relays. A listener on
+    "::" sees IPv4 clients as ::ffff:a.b.c.d, matched against the IPv4 networks too; anything that is not an IP
+    peer (a Unix socket, none at all) is no relay."""
+    if not isinstance(peer, (tuple, list)) or not peer or not isinstance(peer[0], str):
+        return False
+    try:
+        address = ipaddress.ip_address(peer[0].partition("%")[0])  # without an IPv6 scope ("fe80::1%eth0")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in relays)
+
+
 class IntakeHandler:
     """aiosmtpd handler hooks: RCPT filtering, DATA -> durable intake, exceptions -> 451."""
 
-    def __init__(self, intake: EmailIntake, recipients: list[str], max_recipients: int) -> None:
+    def __init__(self, intake: EmailIntake, recipients: list[str], max_recipients: int,
+                 trusted_relays: tuple[Network, ...] = ()) -> None:
         self.intake = intake
         self.recipients = {r.strip().lower() for r in recipients}
         self.max_recipients = max_recipients
+        self.trusted_relays = trusted_relays
         self.accepted = 0
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -88,9 +109,12 @@ class IntakeHandler:
         raw = envelope.original_content
         if not isinstance(raw, (bytes, bytearray)):
             return TEMPFAIL
+        # Authentication-Results are our relay's word only when our relay handed us the mail: anyone else who can
+        # connect could write a header under its authserv-id (the relay strips those only from mail it carries).
+        relayed = from_trusted_relay(session.peer, self.trusted_relays)
         try:
             outcome = await self.intake.accept(bytes(raw), envelope_from=envelope.mail_from,
-                                               envelope_to=tuple(envelope.rcpt_tos))
+                                               envelope_to=tuple(envelope.rcpt_tos), believe_auth_results=relayed)
         except Exception as exc:  # StorageError or anything else from the store: the sender must retry
             _throttled.log(logging.ERROR, f"451:{type(exc).__name__}", "%s: mail not stored, answered 451 (%s)",
                            self.intake.channel_instance, type(exc).__name__)
@@ -127,7 +151,7 @@ class SmtpService:
     def __init__(self, name: str, intake: EmailIntake, options: SmtpOptions) -> None:
         self.name = name
         self.options = options
-        self.handler = IntakeHandler(intake, options.recipients, options.max_recipients)
+        self.handler = IntakeHandler(intake, options.recipients, options.max_recipients, options.trusted_relays)
         self.started = asyncio.Event()
         self.port: int | None = None
         self.sessions = [0]  # open connections; a list so each protocol instance updates the same count
@@ -188,4 +212,7 @@ def build(ctx: AppContext, entry: ChannelEntry, options: SmtpOptions) -> Service
                          trusted_authserv_ids=options.trusted_authserv_ids)
     if options.reply is not None:
         register_reply_sender(ctx, options.reply)
+    if options.trusted_authserv_ids and not options.trusted_relays:
+        log.warning("%s: trusted_authserv_ids is set but trusted_relays is empty: no Authentication-Results on this"
+                    " listener are believed", entry.name)
     return SmtpService(entry.name, intake, options)

@@ -5,6 +5,7 @@ channels/registry.py.
 """
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,6 +133,26 @@ class SmtpOptions(EmailLimitOptions):
     auth_users: dict[str, SecretStr] = {}  # login -> password; empty: no AUTH
     auth_required: bool = False
     auth_require_tls: bool = True
+    # The peers (addresses or networks) our relay connects from. Only mail from one of them has its
+    # Authentication-Results read (against trusted_authserv_ids): anyone else who can reach the port could write
+    # our relay's id, so their mail counts as carrying no verdict at all. Default: loopback only, the relay on
+    # this host (the listener's own default address); a relay on another host must be listed.
+    trusted_relays: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+
+    @field_validator("trusted_relays", mode="before")
+    @classmethod
+    def _relay_networks(cls, value: Any) -> Any:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ValueError("trusted_relays must be a list of addresses or networks, e.g. [\"127.0.0.1/32\"]")
+        networks = []
+        for item in value:
+            try:
+                # strict: "10.0.0.5/24" has host bits set, a typo for the address or for 10.0.0.0/24; refuse it
+                networks.append(ipaddress.ip_network(str(item).strip(), strict=True))
+            except ValueError as exc:
+                raise ValueError(f"trusted_relays: {item!r} is not an IP address or network ({exc})") from None
+        return tuple(networks)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "SmtpOptions":

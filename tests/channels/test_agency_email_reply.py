@@ -91,22 +91,30 @@ class Stages:
         return total
 
 
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, config: str) -> AsyncIterator[tuple[AppContext, list[SmtpService], Stages]]:
+    """The daemon's SMTP listeners (every smtp channel of `config`, listening) and its dispatch stages."""
+    ctx = await open_context(tmp_path, config)
+    listeners = build_channels(ctx)
+    assert listeners and all(isinstance(s, SmtpService) for s in listeners)
+    dispatch_services = build_dispatch(ctx)
+    tasks = [asyncio.create_task(s.run()) for s in listeners]
+    try:
+        for s in listeners:
+            await asyncio.wait_for(s.started.wait(), 10)
+        yield ctx, listeners, Stages(dispatch_services)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await ctx.store.close()
+
+
 @pytest.fixture
 async def daemon_parts(tmp_path: Path) -> AsyncIterator[tuple[AppContext, SmtpService, Stages]]:
-    ctx = await open_context(tmp_path, CONFIG)
-    store = ctx.store
-    (smtp,) = build_channels(ctx)
-    assert isinstance(smtp, SmtpService)
-    dispatch_services = build_dispatch(ctx)
-    task = asyncio.create_task(smtp.run())
-    await asyncio.wait_for(smtp.started.wait(), 10)
-    try:
-        yield ctx, smtp, Stages(dispatch_services)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await store.close()
+    async with running(tmp_path, CONFIG) as (ctx, (smtp,), stages):
+        yield ctx, smtp, stages
 
 
 async def open_case(ctx: AppContext, dispatch_worker: Any, n: int = 1) -> int:
@@ -379,6 +387,54 @@ async def test_forged_agency_answers_become_notes_never_changes(daemon_parts: tu
     assert await dispatch_worker.replies() == 1
     rows = await store.fetchall("SELECT case_id, agency, kind FROM answers")
     assert [(r["case_id"], r["agency"], r["kind"]) for r in rows] == [(CASE_ID, "sawaco", "acknowledged")]
+
+
+# The same listener, twice: as the daemon runs by default (our relay on this host, loopback trusted), and with
+# our relay on another host (192.0.2.25), so that this test's client, on loopback, is just someone who can connect.
+OUTSIDE_CONFIG = CONFIG + f"""
+[[channels]]
+kind = "smtp"
+name = "mail-relay-elsewhere"
+host = "127.0.0.1"
+port = 0
+recipients = ["{MAILBOX}"]
+trusted_authserv_ids = ["{RELAY}"]
+trusted_relays = ["192.0.2.25/32", "2001:db8::25"]
+"""
+
+
+async def test_our_relays_verdict_from_a_peer_that_is_not_our_relay_is_no_verdict(tmp_path: Path) -> None:
+    """The attacker holds everything but the relay: the real reply token (a leaked Reply-To), the agency's From,
+    and a header under our relay's authserv-id saying pass. Connecting straight to the listener, that header is
+    their own writing: the answer is a note, the case does not move. The same mail handed over by our relay
+    (a trusted peer) is applied, so the peer alone made the difference."""
+    async with running(tmp_path, OUTSIDE_CONFIG) as (ctx, (default, elsewhere), stages):
+        store = ctx.store
+        assert [s.name for s in (default, elsewhere)] == ["mail-smtp", "mail-relay-elsewhere"]
+        await open_case(ctx, stages)
+        reply_box = (await dispatch_email(ctx))["Reply-To"]
+        forged = reply(f"SAWACO <{AGENCY_ADDR}>", SPOOFED_BODY, "<p1@evil.example>", subject="TL: ống nước",
+                       photo=b"\xff\xd8\xff\xe0 any photo")  # a resolved infrastructure case needs one
+        # our relay's id, and a pass aligned with From
+        assert email.message_from_bytes(forged)["Authentication-Results"].startswith(f"{RELAY}; spf=pass")
+        answer = await asyncio.to_thread(send, elsewhere.port, forged, AGENCY_ADDR, reply_box)
+        assert answer.startswith("2.0.0")
+        assert await stages.replies() == 1
+        assert (await store.fetchone("SELECT state FROM cases WHERE id=?", (CASE_ID,)))["state"] == "forwarded"
+        assert (await store.fetchone("SELECT COUNT(*) AS n FROM answers"))["n"] == 0
+        assert (await notes(store))["<p1@evil.example>"] == ["sender_not_authenticated"]
+        row = await mail_report(store, "<p1@evil.example>")
+        assert row["status"] == "ignored" and await checked(store, row["id"]) == ["unverified"]
+        job = await store.fetchone("SELECT payload FROM jobs WHERE stage='agency_email_reply' AND report_id=?",
+                                   (row["id"],))
+        assert json.loads(job["payload"])["sender_auth"] == "none"
+
+        # The control: the same mail, from a peer in the default trusted_relays (loopback), is the agency's answer.
+        relayed = forged.replace(b"<p1@evil.example>", b"<p2@sawaco.com.vn>")
+        await asyncio.to_thread(send, default.port, relayed, AGENCY_ADDR, reply_box)
+        assert await stages.replies() == 1
+        rows = await store.fetchall("SELECT case_id, agency, kind FROM answers")
+        assert [(r["case_id"], r["agency"], r["kind"]) for r in rows] == [(CASE_ID, "sawaco", "resolved")]
 
 
 @pytest.mark.system("dovecot")

@@ -21,7 +21,7 @@ import pytest
 
 from channels.email_intake import EmailIntake, limits_from
 from channels.email_parse import ParseLimits
-from channels.smtp import SmtpService
+from channels.smtp import SmtpService, from_trusted_relay
 from config.channels import SmtpOptions
 from ingest.store import Store
 from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
@@ -56,7 +56,8 @@ def listener_for(store: AnyStore) -> Factory:
     @contextlib.asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[SmtpService]:
         options = SmtpOptions(**{"port": 0, "recipients": [RCPT], "max_message_bytes": 200_000, **overrides})
-        service = SmtpService("mailbox-1", EmailIntake(store, "mailbox-1", limits_from(options)), options)
+        intake = EmailIntake(store, "mailbox-1", limits_from(options), trusted_authserv_ids=options.trusted_authserv_ids)
+        service = SmtpService("mailbox-1", intake, options)
         task = asyncio.create_task(service.run())
         await asyncio.wait_for(service.started.wait(), 5)
         try:
@@ -266,6 +267,40 @@ async def test_a_reply_threaded_by_claims_alone_is_a_note_that_disputes_nothing(
     assert [json.loads(j["payload"])["proven"] for j in jobs] == [False, True]
     events = await store.fetchall("SELECT data FROM events WHERE kind='reporter_reply' ORDER BY id")
     assert [json.loads(e["data"])["proven"] for e in events] == [False, True]
+
+
+async def test_a_reporters_reply_proven_by_our_relay_only_when_our_relay_handed_it_over(store: Store) -> None:
+    """The subject's number and the reporter's From, with a pass under our relay's authserv-id: the reporter's own
+    reply when it came from a trusted relay (loopback, the default), a note that disputes nothing when it came from
+    anyone else who can reach the port (here the relay is configured at 192.0.2.25)."""
+    relay = {"trusted_authserv_ids": ["mx.tphcm.gov.vn"]}
+    passed = {"Authentication-Results": "mx.tphcm.gov.vn; dmarc=pass header.from=example.vn"}
+    async with listener_for(store)(**relay) as smtp:
+        await asyncio.to_thread(send, smtp.port, mail())
+        first = (await store.fetchone("SELECT id FROM reports"))["id"]
+        await asyncio.to_thread(send, smtp.port, mail("Vẫn chưa xử lý", subject=f"Re: [1022-{first}]",
+                                                      message_id="<r1@example.vn>", headers=passed))
+    async with listener_for(store)(trusted_relays=["192.0.2.25/32"], **relay) as smtp:
+        await asyncio.to_thread(send, smtp.port, mail("Vẫn chưa xử lý", subject=f"Re: [1022-{first}]",
+                                                      message_id="<r2@evil.example>", headers=passed))
+    jobs = await store.fetchall("SELECT payload FROM jobs WHERE stage='reporter_follow_up' ORDER BY id")
+    assert [json.loads(j["payload"])["proven"] for j in jobs] == [True, False]
+
+
+def test_trusted_relays_are_addresses_or_networks_and_match_the_peer() -> None:
+    options = SmtpOptions(recipients=[RCPT])
+    assert [str(n) for n in options.trusted_relays] == ["127.0.0.1/32", "::1/128"]  # this host's relay only
+    for peer, trusted in ((("127.0.0.1", 41000), True), (("::1", 41000, 0, 0), True),
+                          (("::ffff:127.0.0.1", 41000, 0, 0), True),  # a listener on "::" sees IPv4 peers so
+                          (("127.0.0.2", 41000), False), (("192.0.2.25", 25), False), (None, False), ("", False)):
+        assert from_trusted_relay(peer, options.trusted_relays) is trusted, peer
+    relays = SmtpOptions(recipients=[RCPT], trusted_relays=["10.1.2.3", "2001:db8::/64"]).trusted_relays
+    assert from_trusted_relay(("10.1.2.3", 25), relays) and from_trusted_relay(("2001:db8::9", 25, 0, 0), relays)
+    assert not from_trusted_relay(("127.0.0.1", 25), relays) and not from_trusted_relay(("10.1.2.4", 25), relays)
+    assert SmtpOptions(recipients=[RCPT], trusted_relays=[]).trusted_relays == ()
+    for bad in (["10.1.2.3/24"], ["mx.tphcm.gov.vn"], ["300.1.1.1"], "127.0.0.1"):
+        with pytest.raises(ValueError, match="trusted_relays"):
+            SmtpOptions(recipients=[RCPT], trusted_relays=bad)
 
 
 async def test_unparseable_mail_is_quarantined_and_acknowledged(listener: Factory, store: Store) -> None:
