@@ -42,9 +42,10 @@ class TimelineEntry:
         return iso(self.at)
 
 
-# Keys whose values are the daemon's own ids (CASE-000123, INC-000123, a report number): no personal data, and
-# redacting them (long numbers) would leave staff unable to tell which case or report a detail names.
-OWN_IDS = re.compile(r"(?:^|_)(?:case|incident|report)_id$")
+# Keys whose values are the daemon's own ids (CASE-000123, INC-000123, a report number, an escalation digest's or a
+# job's row id in an operator alert): no personal data, and redacting them (long numbers: an alert's
+# escalation_id=12345 read "[ẩn]") would leave staff unable to tell which case, report, digest or job a detail names.
+OWN_IDS = re.compile(r"(?:^|_)(?:case|incident|report|escalation|job)_id$")
 
 
 def _shown(key: str, value: Any) -> str:

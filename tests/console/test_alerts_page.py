@@ -87,3 +87,22 @@ async def test_agency_staff_are_refused_the_alerts_page_and_a_visitor_is_sent_to
     assert status == 403 and "thoat-nuoc" not in page
     status, page = await browser.get("/console/cases")
     assert status == 200 and "/console/alerts" not in page
+
+
+async def test_an_alerts_digest_and_job_ids_stay_readable_past_four_digits(server: Server, browser: Browser) -> None:
+    """escalation_id and job_id are the daemon's row ids, which staff look up (replay --job, the escalations table):
+    from 5 digits on they read "[ẩn]" as a hidden ID number. They stay; a phone or ID number in the error does not."""
+    async with server.store.transaction() as tx:
+        await tx.event(None, "alert", "dispatch",
+                       {"alert": "escalation_dead", "escalation_id": 12345, "agency": "sawaco", "channel": "sms",
+                        "error": "SMS gateway: HTTP 400 for 0901234567"})
+        await tx.event(None, "alert", "dedupe",
+                       {"alert": "incident_state_dead", "incident_id": "INC-000001", "change": "close",
+                        "job_id": 1234567, "error": "PermanentError: CCCD 079203005678 in job 7654321"})
+    await browser.login("operator")
+    status, page = await browser.get("/console/alerts")
+    assert status == 200
+    newest, older = rows(page)
+    assert "job_id=1234567" in newest and "escalation_id=12345" in older
+    for personal in ("0901234567", "079203005678", "7654321"):  # free text keeps its redaction, numbers and all
+        assert personal not in page
