@@ -8,7 +8,7 @@ console's excerpts. It removes:
 - identity numbers (CCCD 12 digits, CMND 9 or 12, "079 203 005 678"), passports ("B1234567"), bank accounts
   ("STK 0123 4567 89"): any run of 9 or more digits, and 6 to 8 digits after an identity, account or phone word;
 - e-mail addresses, also written to dodge scrapers ("abc at gmail dot com"); social profile links and chat
-  handles ("facebook.com/…", "zalo: nguyenvana92");
+  handles ("facebook.com/…", "zalo: nguyenvana92"; a plain lower-case word after "fb:" is text: "fb: refused");
 - names introduced as such: "tên tôi là …", "tôi tên …", "người báo: …", "tôi là Nguyễn Văn A" (with or without
   diacritics, any case), or after an honorific ("ông Nguyễn Văn A", "chị Lan");
 - where the reporter lives: "nhà 12 hẻm …", "địa chỉ: …", "sống tại …" (the incident's place is published from
@@ -71,8 +71,15 @@ _PHONE_WORDS = r"sdt|\bdt\b|dien thoai|di dong|phone|\btel\b|hotline|zalo|lien h
 # Social profiles and chat handles: "facebook.com/nguyenvana", "zalo.me/0903…", "zalo: nguyenvana92".
 PROFILE = re.compile(r"(?<![\w.])(?:https?://)?(?:www\.|m\.)?(?:facebook\.com|fb\.com|fb\.me|zalo\.me|"
                      r"instagram\.com|tiktok\.com|t\.me)/[\w.\-/@?=%]+", re.IGNORECASE)
+# The word after "zalo:", "fb:" … is a handle only when it looks like one (_is_handle): a log line's "fb: refused" or
+# "fb: không trả lời" is a network's answer, not somebody's account.
 HANDLE = re.compile(r"(?<!\w)(?:zalo|fb|facebook|face|insta|instagram|ig|tiktok|telegram|tele|skype|nick|nickname)"
-                    r"\s*:\s*@?([\w.\-]*[\d_.][\w.\-]*|[\w.\-]{3,})", re.IGNORECASE)
+                    r"\s*:\s*(@?)([\w.\-]+)", re.IGNORECASE)
+# A Vietnamese syllable without its marks (folded): people make lower-case handles of their names run together
+# ("nguyenvana", "tranthibich"); an English word rarely splits into two or more of them ("refused", "blocked").
+_SYLLABLE = r"(?:ngh|ng|nh|ch|gh|gi|kh|ph|qu|th|tr|[bcdghklmnprstvx])?[aeiouy]{1,3}(?:ch|ng|nh|[cmnpt])?"
+_ONE_SYLLABLE = re.compile(_SYLLABLE)
+MAX_NAME_RUN = 30  # longer letters-only runs are no ordinary word, and the syllable split is not tried on them
 _CONTEXT = re.compile(rf"(?P<id>{_ID_WORDS})|(?P<phone>{_PHONE_WORDS})")
 _AMOUNT = re.compile(r"^\d{1,3}(?:[.,]\d{3})+$")
 _CURRENCY = re.compile(r"^\s*(d\b|dong|vnd|trieu|ty|usd|nghin|ngan)")
@@ -340,6 +347,37 @@ def _readable(text: str) -> str:
     return unicodedata.normalize("NFKC", text.translate(_INVISIBLE))
 
 
+def _is_handle(at: str, word: str) -> bool:
+    """Whether the word after a network's name ("zalo: …", "fb: …") is somebody's handle: written with "@", with a
+    digit, "_" or an inner dot ("nguyenvana92", "nguyen.van.a"), capitalised as a name ("NguyenVanA", "Nguyễn"), or
+    letters only that run two or more Vietnamese syllables together ("nguyenvana"). A lower-case word of any other
+    kind is text ("fb: refused", "zalo: không trả lời", "fb: sent")."""
+    word = word.strip(".-")
+    if not word:
+        return False
+    if at or re.search(r"[\d_]|\w\.\w", word):
+        return True
+    if not word.isalpha():
+        return False  # a hyphenated word ("re-sent")
+    if word[0].isupper():
+        return True
+    return len(word) > MAX_NAME_RUN or (len(word) >= 5 and _syllables(fold(word)) >= 2)
+
+
+def _syllables(word: str) -> int:
+    """The fewest Vietnamese syllables `word` splits into ("nguyenvana": 3; "nghieng", one word: 1), 0 when it does
+    not split ("refused"). One pass over the positions: a regex of repeated syllables backtracks for seconds on a
+    run like "aaa…ab"."""
+    fewest = [0] + [0] * len(word)  # fewest[i]: the fewest syllables word[:i] splits into, 0 none (i > 0)
+    for start in range(len(word)):
+        if start and not fewest[start]:
+            continue
+        for end in range(start + 1, min(len(word), start + 7) + 1):  # "nghieng": the longest is 7 letters
+            if (not fewest[end] or fewest[start] + 1 < fewest[end]) and _ONE_SYLLABLE.fullmatch(word, start, end):
+                fewest[end] = fewest[start] + 1
+    return fewest[-1]
+
+
 def redact(text: str) -> str:
     """The text with every kind of personal data above replaced by a marker."""
     if not text:
@@ -348,7 +386,7 @@ def redact(text: str) -> str:
     spans = [(m.start(), m.end(), EMAIL_MARK) for m in EMAIL.finditer(text)]
     spans += [(m.start(), m.end(), EMAIL_MARK) for m in OBFUSCATED_EMAIL.finditer(text)]
     spans += [(m.start(), m.end(), REDACTED) for m in PROFILE.finditer(text)]
-    spans += [(m.start(1), m.end(1), REDACTED) for m in HANDLE.finditer(text)]
+    spans += [(m.start(2), m.end(2), REDACTED) for m in HANDLE.finditer(text) if _is_handle(m.group(1), m.group(2))]
     folded, index = _folded_with_index(text)
     spans += _number_spans(text, folded, index)
     spans += _name_spans(text, folded, index)

@@ -125,7 +125,31 @@ def test_a_phone_or_id_number_typed_behind_the_daemons_prefix_is_still_redacted(
     assert digits not in redact_ids(text)
 
 
-@pytest.mark.parametrize("text", ["1-" * 10_000, "a" * 20_000, "1+" * 10_000, "x-" * 9_000 + "x@y.vn"])
+@pytest.mark.parametrize(("text", "handle"), [
+    ("zalo: nguyenvana92", "nguyenvana92"), ("fb: nguyen.van.a", "nguyen.van.a"), ("insta: van_a", "van_a"),
+    ("fb: @refused", "refused"), ("Zalo:NguyenVanA", "NguyenVanA"), ("nick: Nguyễn", "Nguyễn"),
+    ("zalo: nguyenvana", "nguyenvana"), ("facebook: tranthibich nhé", "tranthibich"), ("tiktok: xuanmai.", "xuanmai"),
+    ("skype: " + "x" * 31, "x" * 31),
+])
+def test_a_handle_after_a_networks_name_is_redacted(text: str, handle: str) -> None:
+    """Handles in every form people give them: with a digit, "_", a dot or "@", capitalised, or lower-case letters
+    that run a Vietnamese name together."""
+    for fn in (redact, redact_ids):
+        out = fn(text)
+        assert handle not in out and "[ẩn]" in out, (fn.__name__, out)
+
+
+@pytest.mark.parametrize("text", ["fb: refused", "fb: refused.", "fb: blocked by the page", "zalo: không trả lời",
+                                  "fb: khong tra loi", "telegram: sent", "fb: re-sent", "ig: error, retrying",
+                                  "zalo: nghieng"])
+def test_an_ordinary_word_after_a_networks_name_stays(text: str) -> None:
+    """A log line's "fb: refused" read as a Facebook handle: "fb: [ẩn]". A lower-case English or Vietnamese word is
+    text, not an account."""
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize("text", ["1-" * 10_000, "a" * 20_000, "1+" * 10_000, "x-" * 9_000 + "x@y.vn",
+                                  "fb: " + ("a" * 29 + "b ") * 600 + "x@y.vn"])
 def test_a_description_of_the_longest_kind_is_redacted_in_linear_time(text: str) -> None:
     # 20,000 characters, the longest description intake takes. Before: "1-1-1-…" took 11-15 s of the event loop on
     # every public page listing it (the e-mail patterns were tried from every position of the run).
