@@ -4,6 +4,14 @@ Parse (or take the fields a caller already parsed), refuse with a reason and kee
 store the photos, then submit: the caller acknowledges only after `accept` returns, which is after the commit.
 The idempotency key is the client's (the app's `Idempotency-Key` header, the portal form's hidden key), else the
 body's sha256.
+
+A client's key names one request (IETF httpapi Idempotency-Key): sent again with the same request it is a retry,
+answered with the first report; with a different one it is refused (422), never silently answered with a report
+that is not what was sent. "The same request" is the same record: the record stored under the key is the canonical
+form of the first request (its text, place, reporter, photos by their bytes' sha256), so a retry in another
+encoding (JSON keys in another order, a multipart body with a boundary of its own) is the same; fields that make
+no part of a report (the portal's CSRF token) are not compared. The unique index on the key still makes one report
+of concurrent requests; the comparison reads the row that index kept, on either store backend.
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ from dataclasses import replace
 from ingest.clock import Clock, iso
 from ingest.errors import RecordError
 from ingest.limits import RateLimited
-from ingest.records import Attachment
+from ingest.records import Attachment, InboundMessage, from_json
 from ingest.store import Store, SubmitResult
 
 from .open311_parse import Open311Error, Photo, parse_body, request_from_fields
@@ -68,12 +76,29 @@ class Intake:
         if attachments:
             message = replace(message, attachments=tuple(attachments))
         try:
-            return await self.store.submit(message, raw, content_type or "application/x-www-form-urlencoded")
+            result = await self.store.submit(message, raw, content_type or "application/x-www-form-urlencoded")
         except RecordError:
             # Refused alone by the store (its neighbours in the group commit were stored): the client's fault.
             exc = Open311Error(400, "the request cannot be stored as given")
             await self._quarantine(raw, content_type, exc)
             raise exc from None
+        if not result.created and idempotency_key is not None and not await self._same_request(result, message):
+            exc = Open311Error(422, "this Idempotency-Key was already used for a different request; a new report"
+                                    " needs a new key", reason="idempotency_key_reused")
+            await self._quarantine(raw, content_type, exc)
+            raise exc
+        return result
+
+    async def _same_request(self, known: SubmitResult, message: InboundMessage) -> bool:
+        """Whether the report stored under the key is the one `message` would make (when it was received apart)."""
+        row = await self.store.fetchone("SELECT record FROM reports WHERE id=?", (known.report_id,))
+        if row is None:
+            return False
+        try:
+            stored = from_json(InboundMessage, row["record"])
+        except (ValueError, TypeError, KeyError):
+            return False
+        return replace(stored, received_at="") == replace(message, received_at="")
 
     async def _quarantine(self, raw: bytes, content_type: str, exc: Open311Error) -> None:
         # Kept for inspection (never silently dropped; bounded by the store), refused with a reason to show.

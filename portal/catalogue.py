@@ -97,6 +97,10 @@ TEXTS: dict[str, dict[str, str]] = {
                      "please try again."},
     "form.expired": {"vi": "Phiên làm việc đã hết hạn. Nội dung của bạn vẫn còn: hãy bấm “Gửi phản ánh” lần nữa.",
                      "en": "The session expired. Your text is still here: press “Send report” again."},
+    "form.already_sent": {"vi": "Biểu mẫu này đã được gửi trước đó với nội dung khác. Nội dung bạn vừa sửa vẫn còn "
+                                "bên dưới: hãy kiểm tra rồi bấm “Gửi phản ánh” để gửi thành một phản ánh mới.",
+                          "en": "This form was already sent with different content. What you changed is still below: "
+                                "check it and press “Send report” to send it as a new report."},
     "form.too_large": {"vi": "Dữ liệu gửi lên quá lớn (tối đa {mb} MB). Hãy quay lại, bớt hoặc thu nhỏ ảnh rồi gửi "
                              "lại; nội dung đã nhập vẫn còn trên trang trước.",
                        "en": "What was sent is too large (at most {mb} MB). Go back, remove or shrink photos and "

@@ -243,6 +243,12 @@ class Portal:
                 raw, content_type, idempotency_key=f"portal:{form_key}" if FORM_KEY.match(form_key) else None,
                 require_service_code=False, parsed=(fields, uploads))
         except Open311Error as exc:
+            if exc.reason == "idempotency_key_reused":
+                # Sent before with other content (back, edited, sent again): say so, keep the text, and give the
+                # form a new key, so that pressing send files the changed report instead of being refused again.
+                fresh = {k: v for k, v in values.items() if k != "form_key"}
+                return await self._form(request, lang, fresh, reselect, status=422,
+                                        notice=text(lang, "form.already_sent"))
             field = exc.field if exc.field in (*FORM_FIELDS, "media") else "form"
             message = text(lang, field_error_key(exc.field, exc.reason), n=self.cfg.max_photos,
                            mb=self.cfg.max_photo_bytes // (1024 * 1024))

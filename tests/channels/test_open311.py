@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -21,6 +22,7 @@ from ingest.app import AppContext
 from ingest.http import make_app
 from ingest.records import InboundMessage, from_json
 from ingest.store import Store
+from tests.stores import StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
 
 MAX_BODY = 64 * 1024
 REQUESTS = "/open311/v2/requests.json"
@@ -50,11 +52,28 @@ class Server:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    # Every component's tables: a public request is read with its case and the case's answers.
-    from console.public import add_public_routes
     from run_daemon import collect_migrations
 
     store = await Store.open(tmp_path / "store.sqlite3", tmp_path / "blobs", migrations=collect_migrations())
+    async with serving(store) as srv:
+        yield srv
+    await store.close()
+
+
+@pytest.fixture
+async def any_server(store_factory: StoreFactory) -> AsyncIterator[Server]:
+    """The same server on each store backend (SQLite, PostgreSQL)."""
+    from run_daemon import collect_migrations
+
+    async with serving(await store_factory.open(migrations=collect_migrations())) as srv:  # type: ignore[arg-type]
+        yield srv
+
+
+@contextlib.asynccontextmanager
+async def serving(store: Store) -> AsyncIterator[Server]:
+    # Every component's tables: a public request is read with its case and the case's answers.
+    from console.public import add_public_routes
+
     directory = load_directory(None)
     ctx = AppContext(settings=Settings(), directory=directory, store=store, clock=store.clock,
                      http=make_app(MAX_BODY))
@@ -67,10 +86,11 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as session:
-        yield Server(f"http://127.0.0.1:{port}", store, session)
-    await runner.cleanup()
-    await store.close()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Server(f"http://127.0.0.1:{port}", store, session)
+    finally:
+        await runner.cleanup()
     del channel
 
 
@@ -133,13 +153,45 @@ async def test_multipart_with_photos_stores_blobs_and_names_them(server: Server)
     assert await server.count("blobs") == 2
 
 
-async def test_idempotency_key_repeat_answers_200_with_the_same_id(server: Server) -> None:
+async def test_idempotency_key_retry_answers_200_and_another_request_under_it_422(any_server: Server) -> None:
+    """IETF httpapi Idempotency-Key: the same key again is a retry of the same request (200, the first id), however
+    it is encoded (form, JSON with its keys in another order, multipart with its own boundary); the key on a
+    different request is the client's mistake (422, nothing stored, the first report untouched)."""
+    server = any_server
     headers = {"Idempotency-Key": "app-install-42:req-7"}
-    first = await server.post(data=form(), headers=headers)
-    second = await server.post(data=form(description="gửi lại lần hai"), headers=headers)
-    assert (first[0], second[0]) == (201, 200)
-    assert first[1][0]["service_request_id"] == second[1][0]["service_request_id"]
+    photo = b"\xff\xd8\xff\xe0" + b"JFIF photo of the drain"
+
+    def multipart(fields: dict[str, str], data: bytes = photo) -> aiohttp.FormData:
+        body = aiohttp.FormData()
+        for name, value in fields.items():
+            body.add_field(name, value)
+        body.add_field("media", data, filename="cong.jpg", content_type="image/jpeg")
+        return body
+
+    first = await server.post(data=multipart(form()), headers=headers)
+    assert first[0] == 201, first[2]
+    report_id = first[1][0]["service_request_id"]
+    for retry in ({"data": multipart(form())}, {"data": multipart(dict(reversed(form().items())))}):
+        again = await server.post(headers=headers, **retry)
+        assert again[0] == 200 and again[1][0]["service_request_id"] == report_id, again[2]
+    stored = (await server.store.fetchone("SELECT record FROM reports WHERE id=?", (int(report_id),)))["record"]
+    for changed in ({"data": multipart(form(description="gửi lại lần hai"))},  # another text
+                    {"data": multipart(form(), photo + b" another shot")},  # another photo
+                    {"data": form()},  # the photo left out
+                    {"json": {**form(), "phone": PHONE}}):  # another field
+        status, body, text = await server.post(headers=headers, **changed)
+        assert status == 422, text
+        assert body[0]["code"] == 422 and "Idempotency-Key" in body[0]["description"], text
+        assert "different request" in body[0]["description"] and report_id not in text
     assert await server.count("reports") == 1 and await server.count("jobs") == 1
+    after = (await server.store.fetchone("SELECT record FROM reports WHERE id=?", (int(report_id),)))["record"]
+    assert after == stored
+    # The same fields without photos as JSON under a key of their own: a retry as JSON is still the same request.
+    headers = {"Idempotency-Key": "app-install-42:req-8"}
+    created = await server.post(data=form(description="Nắp cống bị mất"), headers=headers)
+    retried = await server.post(json=form(description="Nắp cống bị mất"), headers=headers)
+    assert (created[0], retried[0]) == (201, 200)
+    assert created[1][0]["service_request_id"] == retried[1][0]["service_request_id"]
 
 
 async def test_concurrent_repeats_make_one_report(server: Server) -> None:

@@ -65,6 +65,32 @@ async def test_form_posts_through_the_app_intake_and_gives_a_private_receipt(ser
         assert resp.status == 404
 
 
+async def test_a_sent_form_changed_and_sent_again_is_no_silent_duplicate_nor_a_lost_change(server: Server,
+                                                                                          client: FormClient) -> None:
+    """Back after sending, the page still holds its form key: a double press (the same fields) is the first report,
+    but a changed text under that key is a different request. It used to land on the first report's receipt, the
+    change dropped without a word; now the person is told, their text is kept, and the form has a new key, so
+    pressing send again files the changed report."""
+    _, csrf, key = await client.form()
+    status, _, location = await client.post("/report", report_fields(csrf, key))
+    assert status == 303 and location is not None
+    changed = DESCRIPTION + ", nay thêm một cột đèn nữa cũng tắt"
+    status, page, _ = await client.post("/report", report_fields(csrf, key, description=changed))
+    assert status == 422
+    assert "Biểu mẫu này đã được gửi" in page and changed in page and 'value="Thị Canary"' in page
+    fresh = page.split('name="form_key" value="', 1)[1].split('"', 1)[0]
+    assert fresh != key and len(fresh) >= 16
+    assert len(await server.store.fetchall("SELECT id FROM reports")) == 1
+    status, _, second = await client.post("/report", report_fields(csrf, fresh, description=changed))
+    assert status == 303 and second is not None and second != location
+    texts = [from_json(InboundMessage, r["record"]).text
+             for r in await server.store.fetchall("SELECT record FROM reports ORDER BY id")]
+    assert texts == [DESCRIPTION, changed]
+    # In English, in English.
+    status, page, _ = await client.post("/report?lang=en", report_fields(csrf, key, description=changed + "!"))
+    assert status == 422 and "This form was already sent" in page
+
+
 async def test_errors_are_shown_next_to_the_field_and_nothing_typed_is_lost(server: Server,
                                                                           client: FormClient) -> None:
     _, csrf, key = await client.form()
