@@ -3,7 +3,9 @@
 A message from the same reporter on the same channel within a window (`[dispatch.reporters] follow_up_hours`,
 48 h) of a report of theirs that is still open joins that report's timeline instead of opening a new report:
 on chat channels the sender is the chat id (Messenger PSID, Telegram chat: `reporter.reply_to`), on the app the
-device id or the phone. Email threads by its own headers (channels/email_intake.py), so it is not handled here.
+device id. Never the phone: it is a field anyone can type into the app or the portal's form, so a phone number
+alone let whoever knew it add notes and photos to that reporter's open report (and hid their own message from
+classification). The portal's form has no device id: each of its submissions is a report of its own. Email threads by its own headers (channels/email_intake.py), so it is not handled here.
 Used by the classify stage before it classifies (the classifier imports ingest, never another stage).
 """
 from __future__ import annotations
@@ -27,8 +29,8 @@ def sender_keys(message: InboundMessage) -> list[tuple[str, str]]:
     r = message.reporter
     if message.channel in CHAT_CHANNELS and r.reply_to:
         return [("reply_to", r.reply_to)]
-    if message.channel in APP_CHANNELS:
-        return [(k, v) for k, v in (("reply_to", r.reply_to), ("phone", r.phone)) if v]
+    if message.channel in APP_CHANNELS and r.reply_to:
+        return [("reply_to", r.reply_to)]  # the app install's device id; never the phone (see above)
     return []
 
 

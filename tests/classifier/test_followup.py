@@ -52,9 +52,9 @@ async def test_follow_ups_join_the_open_report_of_the_same_sender(tmp_path: Path
 
         clock.advance(20 * HOUR)
         follow = await submit(store, "telegram", "Gửi thêm ảnh nè", reply_to="chat-1")
-        by_phone = await submit(store, "app", "Vẫn chưa sáng", reply_to="device-other", phone="0901234567")
+        by_device = await submit(store, "app", "Vẫn chưa sáng", reply_to="device-9")
         assert await worker.run_once() == 2
-        for rid, earlier in ((follow, first), (by_phone, app_first)):
+        for rid, earlier in ((follow, first), (by_device, app_first)):
             assert (await store.get_report(rid)).status == "follow_up"
             event = await store.fetchone("SELECT data FROM events WHERE report_id=? AND kind='reporter_follow_up'"
                                          " AND json_extract(data, '$.follow_up_report_id')=?", (earlier, rid))
@@ -65,6 +65,12 @@ async def test_follow_ups_join_the_open_report_of_the_same_sender(tmp_path: Path
         notify = await store.fetchall("SELECT payload FROM jobs WHERE stage='notify' AND report_id=?", (follow,))
         assert len(notify) == 1 and '"follow_up"' in notify[0]["payload"]
 
+        # The reporter's phone number is a claim anyone can type into the app or the portal's form: from another
+        # device, or from the form (no device at all), it is a new report, never a note and photos on theirs.
+        for device in ("device-other", None):
+            by_phone = await submit(store, "app", "Gửi thêm ảnh: không có sự cố nào cả", phone="0901234567",
+                                    **({"reply_to": device} if device else {}))
+            assert await stage._follow_up(await store.get_report(by_phone)) is None, device
         # Another chat, or past 48 hours, or a closed report: classified as a new report (the model is needed).
         other = await submit(store, "telegram", "Cây đổ", reply_to="chat-2")
         clock.advance(30 * HOUR)
