@@ -90,9 +90,10 @@ log = logging.getLogger(__name__)
 
 class PartlyFinished(Exception):
     """finish_many committed the first jobs (`outcomes`, in order) before a later transaction failed as a whole
-    (`error`): the caller finishes the rest as if the group had failed."""
+    (`error`): the caller finishes the rest as if the group had failed. `error` may be the task's cancellation
+    (asyncio.CancelledError, e.g. at shutdown): the caller settles the committed outcomes, then raises it again."""
 
-    def __init__(self, outcomes: list[bool | Exception], error: Exception) -> None:
+    def __init__(self, outcomes: list[bool | Exception], error: BaseException) -> None:
         super().__init__(f"{len(outcomes)} jobs committed before: {error}")
         self.outcomes, self.error = outcomes, error
 
@@ -421,12 +422,14 @@ class SqliteQueue:
         On SQLite the transaction holds the file's only write lock, which intake's acknowledgements wait for: once
         it has held it for the store's `write_hold` budget, the jobs done so far are committed and the rest go on in
         a new transaction (Tx.held_long; PostgreSQL's row locks never ask). Should a later transaction fail as a
-        whole, PartlyFinished carries the outcomes of the committed jobs."""
+        whole, or the task be cancelled during one, PartlyFinished carries the outcomes of the committed jobs."""
         outcomes: list[bool | Exception] = []
         while len(outcomes) < len(items):
             try:
                 outcomes.extend(await self._finish_some(items[len(outcomes):]))
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                # A cancellation too: the committed jobs' outcomes are the caller's to settle (a job done, another's
+                # failure to record), lost with a bare CancelledError.
                 if not outcomes:
                     raise
                 raise PartlyFinished(outcomes, exc) from exc

@@ -250,8 +250,8 @@ class StageWorker:
             done = len(partly.outcomes)
             await self._settle_outcomes(taken, ready[:done], partly.outcomes)
             ready = ready[done:]
-            if isinstance(partly.error, StorageError):
-                raise partly.error
+            if isinstance(partly.error, (asyncio.CancelledError, StorageError)):
+                raise partly.error  # shutdown (the rest given back), or an outage the run loop waits out
             await self._finish_one_by_one(taken, ready)
             return
         except (asyncio.CancelledError, StorageError):

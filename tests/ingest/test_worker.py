@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from ingest.clock import FakeClock
 from ingest.errors import PermanentError, TransientError
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
-from ingest.worker import StageWorker, WorkerSettings
+from ingest.worker import JOB_OBSERVERS, StageWorker, WorkerSettings
 
 
 async def _job(store: Store, report_id: int) -> dict:
@@ -224,6 +226,48 @@ async def test_a_group_split_by_the_write_lock_budget_settles_the_committed_jobs
     assert worker.processed == 2
     assert {(await store.get_report(rid)).status for rid in ids} == {"routed"}
     assert [(await _job(store, rid))["state"] for rid in ids] == ["done", "done"]
+
+
+async def test_a_group_cancelled_in_a_later_transaction_settles_the_jobs_committed_before(
+        store: Store, make_message) -> None:
+    """SQLite, budget 0: each job of the group commits on its own. The first is done, the second's writes failed (its
+    finish undone in its savepoint, the transaction committed), and the worker is cancelled (shutdown) during the
+    third. The first two outcomes are committed: the first counts as done, the second's failure is recorded as a
+    retry; before, the CancelledError went through finish_many unwrapped, so the first was never counted and the
+    second was given back as if never tried (no attempt, no last_error). The third is given back; the cancel goes on."""
+    ids = [(await store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(3)]
+    store.write_hold = 0.0
+    seen: list[tuple[str, str]] = []
+
+    async def handler(job: Job, report: StoredReport):
+        async def writes(tx: Tx) -> None:
+            await tx.execute("UPDATE reports SET status='routed' WHERE id=?", (job.report_id,))
+            if job.report_id == ids[1]:
+                raise ValueError("writes failed half-way")
+            if job.report_id == ids[2]:
+                asyncio.current_task().cancel()  # type: ignore[union-attr]  # the daemon stopping now
+                await asyncio.sleep(0)
+        return writes
+
+    def observe(stage: str, outcome: str, report: StoredReport, seconds: float) -> None:
+        seen.append((outcome, report.message.idempotency_key))
+
+    worker = StageWorker(store, "classify", handler, WorkerSettings(batch=3, group_commit=True, max_attempts=3))
+    JOB_OBSERVERS.append(observe)
+    try:
+        task = asyncio.create_task(worker.run_once())
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        JOB_OBSERVERS.remove(observe)
+    reports = {rid: await store.get_report(rid) for rid in ids}
+    assert worker.processed == 1
+    assert [o for o, _ in seen] == ["done", "retry"]
+    assert [k for _, k in seen] == [reports[rid].message.idempotency_key for rid in ids[:2]]  # type: ignore[union-attr]
+    rows = [await _job(store, rid) for rid in ids]
+    assert [(r["state"], r["attempts"], r["last_error"]) for r in rows] == [
+        ("done", 1, None), ("ready", 1, "ValueError: writes failed half-way"), ("ready", 0, None)]
+    assert [reports[rid].status for rid in ids] == ["routed", "received", "received"]  # type: ignore[union-attr]
 
 
 async def test_group_commit_discards_a_lost_lease_and_keeps_the_rest(clocked_store: Store, make_message) -> None:
