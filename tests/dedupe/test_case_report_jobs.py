@@ -6,17 +6,15 @@ with a `case_report_dead` alert on the case's report (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
-from config.schema import QueueConfig
 from dedupe import schema
 from dedupe.matcher import IncidentMatcher
-from dedupe.service import STAGE, DedupeStage, worker_settings
+from dedupe.service import STAGE
 from ingest.clock import FakeClock
 from ingest.jobs import DedupeJob, case_report_subject
 from ingest.store import Store
 from ingest.worker import StageWorker
-from tests.dedupe.test_case_state_versions import Contended
+from tests.dedupe.test_case_state_versions import Contended, retrying_worker
 from tests.dedupe.test_instances import TEXT, pg_factory  # noqa: F401
 from tests.dedupe.test_stage import HOUR, T0, _classified, _vec
 from tests.stores import StoreFactory, store_factory  # noqa: F401
@@ -27,11 +25,8 @@ OTHER = "Ngập nước sâu trên đường Nguyễn Văn Cừ quận 1 sau mư
 async def two_incidents(store_factory: StoreFactory) -> tuple[Store, StageWorker, Contended, int, int, str]:
     """Two reports, each opening its incident and case: (store, worker, blocks, first, second, first's incident)."""
     store = await store_factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS})
-    matcher = IncidentMatcher(store)
-    blocks = Contended(matcher)
-    # As DedupeService runs it ([queue] max_attempts 3), the backoff capped at a minute.
-    settings = replace(worker_settings(QueueConfig(max_attempts=3, batch=1), blocks), backoff_cap=60.0)
-    worker = StageWorker(store, STAGE, DedupeStage(store, matcher, blocks).handle, settings)
+    blocks = Contended(IncidentMatcher(store))
+    worker = retrying_worker(store, blocks)
     first = await _classified(store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
     second = await _classified(store, "2", T0 + 60, OTHER, topic="flooding", district="quan-1", vector=_vec(2))
     while await worker.run_once():

@@ -138,21 +138,33 @@ class Contended(LocalBlocks):
             raise TransientError("district lock out of reach")
 
 
+def retrying_worker(store: Store, blocks: LocalBlocks) -> StageWorker:
+    """The dedupe worker as DedupeService runs it (worker_settings: a closing, reopening or case report job kept past
+    max_attempts for a transient cause) with [queue] max_attempts 3, one job a batch, and the backoff capped at a
+    minute, so that advancing the clock 61 s makes the next retry due."""
+    settings = replace(worker_settings(QueueConfig(max_attempts=3, batch=1), blocks), backoff_cap=60.0)
+    return StageWorker(store, STAGE, DedupeStage(store, blocks.matcher, blocks).handle, settings)
+
+
+async def retrying_incident(store_factory: StoreFactory) -> tuple[Store, StageWorker, Contended, int, str]:
+    """A store whose first report opened an incident through `retrying_worker`, its district lock in reach until the
+    test takes it away: (store, worker, blocks, report, incident)."""
+    store = await store_factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS})
+    blocks = Contended(IncidentMatcher(store))
+    worker = retrying_worker(store, blocks)
+    rid = await _classified(store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
+    assert await worker.run_once() == 1
+    inc = (await store.get_report(rid)).incident_id  # type: ignore[union-attr]
+    assert inc is not None
+    return store, worker, blocks, rid, inc
+
+
 async def test_a_closing_failing_for_a_transient_cause_is_retried_past_max_attempts_until_applied(
         store_factory: StoreFactory) -> None:
     """An incident-state job never dies of a transient cause: dead after `max_attempts`, the incident stayed open
     under a closed case and a repeat of the fixed problem was swallowed into it. It is retried with capped backoff
     until the cause passes, then applied."""
-    store = await store_factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS})
-    matcher = IncidentMatcher(store)
-    blocks = Contended(matcher)
-    # As DedupeService runs it ([queue] max_attempts 3), the backoff capped at a minute.
-    settings = replace(worker_settings(QueueConfig(max_attempts=3, batch=1), blocks), backoff_cap=60.0)
-    worker = StageWorker(store, STAGE, DedupeStage(store, matcher, blocks).handle, settings)
-    rid = await _classified(store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
-    assert await worker.run_once() == 1
-    inc = (await store.get_report(rid)).incident_id  # type: ignore[union-attr]
-    assert inc is not None
+    store, worker, blocks, rid, inc = await retrying_incident(store_factory)
     blocks.down = True
     await changed(store, rid, inc, 1, at=T0 + 100)
     for _ in range(10):  # three times max_attempts
@@ -208,14 +220,8 @@ async def test_a_closing_failing_for_a_cause_that_never_passes_dies_after_max_at
     """Retried for ever only for a transient cause: a closing that fails with a bug's error was retried silently
     for ever (no dead letter, no alert); it dies after `max_attempts` into the dead letters, with the operators'
     incident_state_dead alert."""
-    store = await store_factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS})
-    matcher = IncidentMatcher(store)
-    settings = replace(worker_settings(QueueConfig(max_attempts=3, batch=1), LocalBlocks(matcher)), backoff_cap=60.0)
-    worker = StageWorker(store, STAGE, DedupeStage(store, matcher, LocalBlocks(matcher)).handle, settings)
-    rid = await _classified(store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
-    assert await worker.run_once() == 1
-    inc = (await store.get_report(rid)).incident_id  # type: ignore[union-attr]
-    worker = StageWorker(store, STAGE, DedupeStage(store, matcher, Broken(matcher)).handle, settings)
+    store, _, blocks, rid, inc = await retrying_incident(store_factory)
+    worker = retrying_worker(store, Broken(blocks.matcher))
     await changed(store, rid, inc, 1, at=T0 + 100)
     for _ in range(10):
         store.clock.advance(61.0)  # type: ignore[attr-defined]
@@ -239,16 +245,8 @@ async def test_a_closing_retried_past_max_attempts_is_counted_on_metrics_until_a
     """A job kept retrying past `max_attempts` has no dead letter and no alert: only a log line said so, once.
     /metrics counts it (jobs_retrying_past_limit{stage}) from the attempt where another job would have died until
     it is applied, every stage listed from the first scrape (0)."""
-    store = await store_factory.open(FakeClock(T0 + 2 * HOUR), {"dedupe": schema.MIGRATIONS})
-    matcher = IncidentMatcher(store)
-    blocks = Contended(matcher)
-    settings = replace(worker_settings(QueueConfig(max_attempts=3, batch=1), blocks), backoff_cap=60.0)
-    worker = StageWorker(store, STAGE, DedupeStage(store, matcher, blocks).handle, settings)
+    store, worker, blocks, rid, inc = await retrying_incident(store_factory)
     metrics = OpsMetrics(store, cache_seconds=0, max_attempts=3)
-    rid = await _classified(store, "1", T0, TEXT, topic="drainage", district="quan-5", vector=_vec(1))
-    assert await worker.run_once() == 1
-    inc = (await store.get_report(rid)).incident_id  # type: ignore[union-attr]
-    assert inc is not None
     assert retrying_past_limit(await metrics.render()) == dict.fromkeys(QUEUE_LIMITED_STAGES, 0.0)
     blocks.down = True
     await changed(store, rid, inc, 1, at=T0 + 100)
