@@ -23,7 +23,7 @@ from ingest.errors import PermanentError, TransientError
 from ingest.mail import send_message
 from ingest.pii import redact_ids
 from ingest.jobs import ESCALATE, EscalateJob
-from ingest.queue import UNDECODABLE, JobKind, RetryPlan, RetryPolicy, decode_payload, register_kind
+from ingest.queue import JobKind, RetryPlan, RetryPolicy, register_kind
 from ingest.records import Job
 from ingest.store import Store, Tx
 from ingest.worker import Writes
@@ -289,28 +289,16 @@ async def _escalation_undecodable(tx: Tx, job: Job, error: str) -> None:
     digest is; left 'pending', nothing would ever send it or say it failed (as dispatch/delivery.py does for a
     delivery).
 
-    The subject's jobs and its pending rows are read by one statement: on PostgreSQL (READ COMMITTED) each statement
-    sees what was committed when it began, so read by two, a digest another instance committed in between (row and
-    job together) showed its row without its job, and was given up here, alerted on, and sent all the same."""
+    The subject's jobs and its pending rows are read by one statement (queue.uncarried): read by two on PostgreSQL, a
+    digest another instance committed in between (row and job together) showed its row without its job, and was
+    given up here, alerted on, and sent all the same."""
     agency, _, channel = (job.subject or "").partition("/")
     if not channel:
         return
-    # The subject's unfinished jobs as queue.unfinished_of_subject reads them, and its pending digests.
-    rows = await tx.fetchall(
-        "SELECT 'job' AS what, id, payload FROM jobs WHERE stage=? AND subject=? AND state IN ('ready','leased','dead')"
-        " UNION ALL SELECT 'digest' AS what, id, NULL FROM escalations"
-        " WHERE agency=? AND channel=? AND state='pending'",
-        (ESCALATE, job.subject, agency, channel))
-    carried: set[int] = set()
-    for row in rows:
-        if row["what"] == "job":
-            try:
-                carried.add(decode_payload(ESCALATE, row["payload"]).escalation_id)
-            except UNDECODABLE:  # this job, or another no build of ours can read: it carries nothing we know
-                pass
-    for escalation_id in sorted(row["id"] for row in rows if row["what"] == "digest"):
-        if escalation_id not in carried:
-            await _row_given_up(tx, escalation_id, error)
+    for escalation_id in await tx.store.queue.uncarried(
+            tx, ESCALATE, job.subject, "SELECT id FROM escalations WHERE agency=? AND channel=? AND state='pending'",
+            (agency, channel), "escalation_id"):
+        await _row_given_up(tx, escalation_id, error)
 
 
 async def _escalation_replayed(tx: Tx, job: Job, _: str) -> None:

@@ -311,15 +311,19 @@ async def _delivery_undecodable(tx: Tx, job: Job, error: str) -> None:
     """The death of a `deliver` job whose payload no longer decodes (its lease buried it): which row it carried is
     not readable, but its subject names the endpoint, and a row of that endpoint still waiting that no other job
     of the endpoint carries can only have been this job's. That row dies as any dead delivery does (state dead,
-    alert); left 'pending', nothing would ever send it and the case timeline would say so forever."""
+    alert); left 'pending', nothing would ever send it and the case timeline would say so forever.
+
+    The endpoint's jobs and its waiting rows are read by one statement (queue.uncarried): read by two on PostgreSQL,
+    a case another instance routed to the endpoint in between (row and job committed together) showed its row
+    without its job, and was marked dead with a false alert, then sent anyway."""
     agency, _, target = (job.subject or "").partition("/")
     if not target or endpoint_subject(agency, target) != job.subject:
         return
-    carried = {other.payload.delivery_id for other in await tx.store.queue.unfinished_of_subject(
-        tx, DELIVER, job.subject)}
-    for row in await tx.fetchall("SELECT * FROM deliveries WHERE agency=? AND target=? AND state IN"
-                                 " ('pending','retry') ORDER BY id", (agency, target)):
-        if row["id"] not in carried:
+    for delivery_id in await tx.store.queue.uncarried(
+            tx, DELIVER, job.subject, "SELECT id FROM deliveries WHERE agency=? AND target=?"
+            " AND state IN ('pending','retry')", (agency, target), "delivery_id"):
+        row = await tx.fetchone("SELECT * FROM deliveries WHERE id=?", (delivery_id,))
+        if row is not None:
             await _row_dead(tx, row, error)
 
 

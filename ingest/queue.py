@@ -51,7 +51,9 @@ Housekeeping, for every kind alike:
                                                                  # so no chat id, phone or address
     `subject` is one subject exactly; `subject_prefix` one subject or a group of them named up to a "/" (see
     `_filters`).
-    jobs = await queue.unfinished_of_subject(tx, kind, subject)  # what an endpoint's jobs still carry
+    ids = await queue.uncarried(tx, kind, subject, waiting_sql, params, field)  # the rows waiting_sql selects
+                                                                 # that no unfinished job of the subject carries
+                                                                 # (payload `field`), read in one snapshot
     n = await queue.rename_subjects(kind, subject_of)            # unfinished jobs' subjects as the kind now
                                                                  # writes them (a chat's pseudonym)
     depths = await queue.depths()                                # {(kind, state): count} of unfinished jobs
@@ -273,8 +275,10 @@ class QueueSql:
         self.set_deadline = "UPDATE jobs SET deadline_at=? WHERE id=?"
         self.unfinished = ("SELECT " + self.COLUMNS + " FROM jobs WHERE stage=? AND state IN ('ready','leased','dead')"
                            " ORDER BY id")
-        self.unfinished_of_subject = ("SELECT " + self.COLUMNS + " FROM jobs WHERE stage=? AND subject=?"
-                                      " AND state IN ('ready','leased','dead') ORDER BY id")
+        # A subject's unfinished jobs and, in the same statement (one snapshot), the rows `{waiting}` selects.
+        self.uncarried = ("SELECT 'job' AS what, id, payload FROM jobs WHERE stage=? AND subject=?"
+                          " AND state IN ('ready','leased','dead') UNION ALL SELECT 'row' AS what, id, NULL"
+                          " FROM ({waiting}) w")
         self.set_subject = "UPDATE jobs SET subject=? WHERE id=?"
         self.subject_of = "SELECT subject FROM jobs WHERE id=?"
         self.bury = ("UPDATE jobs SET state='dead', last_error=?, lease_until=NULL, updated_at=?"
@@ -568,10 +572,22 @@ class SqliteQueue:
         now = self.store.clock.now()
         return self._decodable(await tx.fetchall(self.sql.bury_subject, (error, now, kind, subject)))
 
-    async def unfinished_of_subject(self, tx: Tx, kind: str, subject: str) -> list[Job]:
-        """The jobs of `kind` about `subject` not done (waiting, leased or dead) whose payload decodes, in the
-        caller's transaction: what an endpoint's work still carries."""
-        return self._decodable(await tx.fetchall(self.sql.unfinished_of_subject, (kind, subject)))
+    async def uncarried(self, tx: Tx, kind: str, subject: str, waiting_sql: str, params: Sequence[Any],
+                        field: str) -> list[int]:
+        """The ids `waiting_sql` selects (`SELECT id FROM …`: a subject's rows waiting for a job of theirs, e.g. an
+        endpoint's outbox rows) that no unfinished job of `kind` about `subject` carries in its payload's `field`,
+        in id order: whose job is the one whose payload no longer decodes. Both read by one statement: on PostgreSQL
+        (READ COMMITTED) each statement sees what was committed when it began, and read by two, a row and its job
+        another instance committed in between showed the row without its job (taken for the undecodable job's)."""
+        rows = await tx.fetchall(self.sql.uncarried.format(waiting=waiting_sql), [kind, subject, *params])
+        carried: set[Any] = set()
+        for row in rows:
+            if row["what"] == "job":
+                try:
+                    carried.add(getattr(decode_payload(kind, row["payload"]), field))
+                except UNDECODABLE:  # the undecodable job, or another no build of ours can read: nothing known
+                    pass
+        return sorted(row["id"] for row in rows if row["what"] == "row" and row["id"] not in carried)
 
     async def release(self, jobs: Iterable[Job], delay: float = 0.0) -> int:
         """Give leases back without counting the attempt (shutdown; or work that must wait its turn, due again in
