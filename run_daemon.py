@@ -53,6 +53,8 @@ from ingest.progress import progress_bar  # noqa: E402
 from ingest.reclaim import Reclaimer  # noqa: E402
 from ingest.store import WRITE_GAP, QuarantineLimits, Store  # noqa: E402
 from ingest.supervise import supervised  # noqa: E402
+from ingest.workers_process import WorkersProcess, bind_to_parent  # noqa: E402
+from config.ops import ops_settings  # noqa: E402
 
 log = logging.getLogger("run_daemon")
 STOP_GRACE_SECONDS = 20.0
@@ -103,9 +105,10 @@ class Component:
     # Module that declares what its queue kinds' death and replay mean (ingest/queue.py register_kind): imported
     # before dead letters are replayed, wherever that happens.
     job_kinds: tuple[str, ...] = ()
-    # A stage whose builder also registers HTTP routes or shared services that intake serves (the agency API, the
-    # case book the portal uses): built by an intake-only instance too, its workers left to the workers' instance.
-    serves_intake: bool = False
+    # What an intake-only instance builds of a stage ("module:function" taking the AppContext): the HTTP routes and
+    # shared services intake serves (the agency API, the case book the portal uses, the chat bots' place finder).
+    # Its services are dropped: the stage's workers are the workers' instance's.
+    intake_builder: str | None = None
 
 
 # Every component, pipeline stages in stage order.
@@ -115,12 +118,13 @@ COMPONENTS: tuple[Component, ...] = (
     Component("channels.messenger", "intake", migrations="channels.messenger"),
     Component("classifier", "stage", "classifier.schema", "classifier.service:build", (
         Command("review", "classifier.review.decisions",
-                "the review queue of reports the classifier was not sure of"),)),
+                "the review queue of reports the classifier was not sure of"),),
+        intake_builder="classifier.service:build_places"),
     Component("dedupe", "stage", "dedupe.schema", "dedupe.service:build", (
         Command("incident", "dedupe.operations", "incidents: list, show, merge, split"),)),
     Component("dispatch", "stage", "dispatch.schema", "dispatch.service:build", (
         Command("dispatch", "dispatch.cli", "cases past their deadline, agency deliveries, replaying dead ones"),),
-        serves_intake=True, job_kinds=("dispatch.delivery", "dispatch.clocks")),
+        intake_builder="dispatch.service:build", job_kinds=("dispatch.delivery", "dispatch.clocks")),
     Component("console", "view", "console.schema", "console.service:build", (
         Command("user", "console.service", "console logins: add, list, disable"),)),
     Component("ops", "view", "ops.schema", "ops.service:build", (
@@ -173,18 +177,23 @@ async def open_store(settings: Settings, clock: Clock | None = None, path: Path 
     return store
 
 
-def make_context(settings: Settings, directory: Directory, store: Store, *, route_mode: bool = False) -> AppContext:
+def make_context(settings: Settings, directory: Directory, store: Store, *, route_mode: bool = False,
+                 role: str = "all") -> AppContext:
     return AppContext(settings=settings, directory=directory, store=store, clock=store.clock,
-                      http=make_app(settings.http.max_body_bytes, settings.http.limits), route_mode=route_mode)
+                      http=make_app(settings.http.max_body_bytes, settings.http.limits), route_mode=route_mode,
+                      role=role)
 
 
-def build_components(ctx: AppContext, names: Sequence[str] = STAGE_COMPONENTS) -> list[Service]:
-    """The services of the named components, in registry order; one that is not installed is skipped."""
+def build_components(ctx: AppContext, names: Sequence[str] = STAGE_COMPONENTS, *,
+                     intake_only: bool = False) -> list[Service]:
+    """The services of the named components, in registry order; one that is not installed is skipped.
+    `intake_only`: each one's `intake_builder` instead (none: not built)."""
     services: list[Service] = []
     for component in COMPONENTS:
-        if component.name not in names or component.builder is None:
+        builder = component.intake_builder if intake_only else component.builder
+        if component.name not in names or builder is None:
             continue
-        module, _, function = component.builder.partition(":")
+        module, _, function = builder.partition(":")
         if importlib.util.find_spec(module) is None:
             log.warning("component %s is not installed: it will not run", component.name)
             continue
@@ -241,7 +250,7 @@ class Generation:
 
     def __init__(self, settings: Settings, directory: Directory, store: Store, published: Published,
                  role: str = "all", leases: Leadership | None = None) -> None:
-        self.ctx = make_context(settings, directory, store)
+        self.ctx = make_context(settings, directory, store, role=role)
         self.ctx.published = published  # loaded models survive a reload
         if leases is not None:
             self.ctx.leases = leases
@@ -260,7 +269,7 @@ class Generation:
         if self.role == "intake":
             # No embedder, no incident index here: those are the workers'. Stages that serve intake are built
             # for their routes, their workers dropped.
-            build_components(self.ctx, tuple(c.name for c in COMPONENTS if c.role == "stage" and c.serves_intake))
+            build_components(self.ctx, STAGE_COMPONENTS, intake_only=True)
             pipeline = build_components(self.ctx, VIEW_COMPONENTS)
         else:
             pipeline = build_components(self.ctx, STAGE_COMPONENTS + VIEW_COMPONENTS)
@@ -317,6 +326,9 @@ class Generation:
 
 async def serve(settings: Settings, config_path: Path | None = None, stop: asyncio.Event | None = None,
                 role: str = "all") -> None:
+    """The daemon. In role "all" with `[serve] workers_process` (the default), intake runs here and the stages in a
+    child process (ingest/workers_process.py); a workers process started so is bound to its parent first."""
+    bind_to_parent()
     directory = load_directory(settings.data.agencies, settings.data.structure)
     stop = stop or asyncio.Event()
     reload = asyncio.Event()
@@ -324,10 +336,20 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
-    # A store that cannot even be opened (a full disk at start) is waited for, serving degraded meanwhile.
-    store = await open_or_serve_degraded(lambda: open_store(settings), settings.http.host, settings.http.port, stop)
+    # A store that cannot even be opened (a full disk at start) is waited for, serving degraded meanwhile (a
+    # workers process has no site of its own: intake serves the degraded answers).
+    store = await open_or_serve_degraded(lambda: open_store(settings), settings.http.host, settings.http.port, stop,
+                                         serve_http=role != "workers")
     if store is None:
         return  # stopped before the store could be opened
+    children = None
+    if role == "all" and settings.serve.workers_process:
+        # Started only now: this process has migrated the store, so the child opens it as it is.
+        ops_cfg = ops_settings(settings)
+        children = WorkersProcess.for_serve(
+            config_path, nice=settings.serve.workers_nice, stop_seconds=STOP_GRACE_SECONDS - 2,
+            metrics_token=ops_cfg.metrics_token.get_secret_value() if ops_cfg.metrics_token is not None else None)
+        role = "intake"
     if role == "workers" and isinstance(store, Store):
         store.write_gap = WRITE_GAP  # intake commits to the same file from its own process (ingest/store.py)
     try:
@@ -336,12 +358,14 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
         # Opened but not writable (full disk): serve degraded (/readyz 503, intake 503/451); the Reclaimer retries.
         log.error("store not writable at start: serving degraded until it is")
     published = Published()
+    published.workers_process = children
     leases = make_leadership(settings)
     await leases.start()
     try:
         async with asyncio.TaskGroup() as tg:
             generation = Generation(settings, directory, store, published, role, leases)
             await generation.start(tg)
+            workers = tg.create_task(children.run(), name=children.name) if children is not None else None
             while True:
                 waiters = [tg.create_task(stop.wait()), tg.create_task(reload.wait())]
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -350,8 +374,13 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
                 if stop.is_set():
                     log.info("stopping: intake first, then workers release their leases")
                     await generation.stop()
+                    if workers is not None:
+                        workers.cancel()  # SIGTERM to the child, which drains and gives back its leases
+                        await asyncio.wait([workers])
                     break
                 reload.clear()
+                if children is not None:
+                    children.signal(signal.SIGHUP)  # the child reads the file itself, and refuses a bad one itself
                 try:
                     new_settings = config_loader.load(config_path)
                     new_directory = load_directory(new_settings.data.agencies, new_settings.data.structure)

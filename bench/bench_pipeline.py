@@ -47,6 +47,9 @@ from aiohttp import web  # noqa: E402
 
 from tests.net import free_port  # noqa: E402  (the repository is on sys.path from here)
 
+sys.path.insert(0, str(REPO / "bench"))
+from proc_tree import cpu_seconds, peak_rss_mb  # noqa: E402  (serve and its workers child)
+
 SEED = REPO / "classifier" / "data" / "reports-seed.jsonl"
 FINAL = ("dispatched", "duplicate", "review", "rejected", "out_of_scope", "follow_up", "failed", "closed")
 SECRET = "whsec_" + base64.b64encode(b"bench-pipeline-webhook-secret-01").decode()
@@ -81,17 +84,6 @@ def raw_embedder_rate(settings: Any, texts: list[str]) -> tuple[float, float, fl
     started = time.perf_counter()
     embedder.encode_blocking(embedded)
     return rate, cpu_per_text, len(embedded) / (time.perf_counter() - started), embedder
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """CPU time (user + system) the process has used so far, every thread counted."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def start_receiver() -> tuple[web.AppRunner, str, list[int]]:
@@ -225,18 +217,6 @@ def progress(db: Path, run: str) -> tuple[int, int]:
         return int(final), int(pending)
     finally:
         conn.close()
-
-
-def peak_rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 async def run_pipeline(args: argparse.Namespace, reports: list[dict[str, Any]], settings: Any

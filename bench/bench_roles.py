@@ -1,11 +1,13 @@
 """Intake of the whole daemon while its workers process a backlog (issue 20), per store and process layout.
 
     .venv/bin/python bench/bench_roles.py [--backlog 2000] [--seconds 5] [--clients 32] [--rate 500]
-                                          [--postgresql ADMIN_URL] [--layouts sqlite-all,sqlite-split,pg-split]
+                                          [--postgresql ADMIN_URL] [--layouts sqlite-all,sqlite-one,sqlite-split,pg-split]
 
 Three layouts, each on a fresh store, each beside the raw one-row-per-commit rate of its backend measured in the
 same run (bench_intake.py's baselines):
-  - sqlite, all:  today's `make run`, one process;
+  - sqlite, all:  `make run`'s shape: `serve`, intake in its process and the stages in the workers child it
+    starts (ingest/workers_process.py); cores are counted over both;
+  - sqlite, one:  the same with `[serve] workers_process = false`, everything in one process (the shape before);
   - sqlite, split: `serve --role intake` and `serve --role workers` on one SQLite file;
   - postgresql, split: the same two processes on a PostgreSQL database (created for the run, dropped after).
 For each: the daemon is started with the real classifier (int8), `--backlog` reports are posted (the dev reports
@@ -45,6 +47,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_intake import (free_port, generator, latency, pg_database, raw_commit_rate,  # noqa: E402
                           raw_pg_commit_rate, throughput)
 from bench_pipeline import load_reports, post_all  # noqa: E402
+from proc_tree import cpu_seconds  # noqa: E402
 
 
 # Which unit file starts each role (deploy/): the bench starts the role's process with its unit's settings.
@@ -60,7 +63,8 @@ def unit_nice(role: str) -> int:
     return 0
 
 
-def _config(tmp: Path, port: int, url: str | None, embed_threads: int | None = None) -> Path:
+def _config(tmp: Path, port: int, url: str | None, embed_threads: int | None = None,
+            workers_process: bool = True) -> Path:
     config = tmp / f"config-{port}.toml"
     store = f'url = "env:BENCH_STORE_URL"\n' if url else ""
     threads = f"embed_threads = {embed_threads}\n" if embed_threads is not None else ""
@@ -72,6 +76,9 @@ blob_dir = "{tmp / 'blobs'}"
 [http]
 host = "127.0.0.1"
 port = {port}
+
+[serve]
+workers_process = {str(workers_process).lower()}
 
 [http.limits]
 max_connections_per_ip = 0  # every client of the bench is 127.0.0.1 (an open-loop client's tail opens >100)
@@ -100,9 +107,12 @@ class Layout:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BENCH_STORE_URL": url or ""}
         # Intake's process listens on the measured port; a workers-only process has no HTTP site.
         self.procs = []
-        for role in roles:
-            config = _config(tmp, self.port if role != "workers" else free_port(), url, embed_threads)
-            log = open(tmp / f"{role}.log", "ab")
+        for label in roles:
+            # "one": role all with the stages kept in its process ([serve] workers_process = false).
+            role = "all" if label == "one" else label
+            config = _config(tmp, self.port if role != "workers" else free_port(), url, embed_threads,
+                             workers_process=label != "one")
+            log = open(tmp / f"{label}.log", "ab")
             nice = unit_nice(role)
             self.procs.append(subprocess.Popen(
                 [sys.executable, str(REPO / "run_daemon.py"), "serve", "--role", role, "--config", str(config)],
@@ -154,12 +164,6 @@ class Layout:
                 proc.wait()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _measure(layout: Layout, backlog: int, clients: int, seconds: float, rate: float) -> dict[str, Any]:
     await layout.wait_ready()
     url = f"http://127.0.0.1:{layout.port}/open311/v2/requests.json"
@@ -171,7 +175,7 @@ async def _measure(layout: Layout, backlog: int, clients: int, seconds: float, r
     tput, ok, failed = await throughput(url, clients, seconds, "tput")
     # Cores each process used while intake was measured: where the 2 cores went (intake, workers, the client).
     wall = time.perf_counter() - started
-    cores = [(cpu_seconds(p.pid) - c) / wall for p, c in zip(layout.procs, cpu)]
+    cores = [((cpu_seconds(p.pid) or 0.0) - (c or 0.0)) / wall for p, c in zip(layout.procs, cpu)]
     lats, lat_failed, achieved = await latency(url, rate, seconds, "lat")
     after = await layout.unprocessed()
     lats.sort()
@@ -181,7 +185,8 @@ async def _measure(layout: Layout, backlog: int, clients: int, seconds: float, r
 
 
 # --layouts key -> (printed name, the processes' roles, backend)
-LAYOUTS = {"sqlite-all": ("sqlite, all", ["all"], "sqlite"), "sqlite-split": ("sqlite, split", ["intake", "workers"], "sqlite"),
+LAYOUTS = {"sqlite-all": ("sqlite, all", ["all"], "sqlite"), "sqlite-one": ("sqlite, one process", ["one"], "sqlite"),
+           "sqlite-split": ("sqlite, split", ["intake", "workers"], "sqlite"),
            "pg-split": ("postgresql, split", ["intake", "workers"], "postgresql")}
 
 

@@ -93,6 +93,15 @@ class QueueConfig(Section):
     drain_seconds: float = Field(10.0, gt=0)
 
 
+class ServeConfig(Section):
+    # `serve` in its default role (all) runs the pipeline stages in a child process, `serve --role workers`
+    # (ingest/workers_process.py), so the embedder and the stages never starve intake of the interpreter; false:
+    # everything in one process. Read at start (a reload does not move the stages between processes).
+    workers_process: bool = True
+    # How much lower that child runs than intake (its nice value, added), as deploy/hcmc1022-workers.service's Nice=.
+    workers_nice: int = Field(5, ge=0, le=19)
+
+
 class DataConfig(Section):
     # None means the directory bundled with the daemon (config/data/agencies.json).
     agencies: Path | None = None
@@ -159,6 +168,7 @@ class Settings(Section):
     store: StoreConfig = StoreConfig()
     http: HttpConfig = HttpConfig()
     queue: QueueConfig = QueueConfig()
+    serve: ServeConfig = ServeConfig()
     data: DataConfig = DataConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     dedupe: DedupeConfig = DedupeConfig()

@@ -115,6 +115,9 @@ class Published:
     # ops: its counters and its separate metrics listener.
     ops_metrics: Any = None
     metrics_listener: Any = None
+    # The child process running the stages when `serve` keeps intake apart from them (ingest/workers_process.py):
+    # its readiness and its metrics are this process's too.
+    workers_process: Any = None
 
 
 @dataclass
@@ -127,6 +130,8 @@ class AppContext:
     replies: ReplyRegistry = field(default_factory=ReplyRegistry)
     # Batch `route` mode: every stage runs, dispatch is recorded, nothing is sent to anyone.
     route_mode: bool = False
+    # What this process runs (`serve --role`): "all", "intake" (HTTP and channels) or "workers" (the stages).
+    role: str = "all"
     # What components publish for each other, typed (see Published); kept across reloads by run_daemon.
     published: Published = field(default_factory=Published)
     # What must run once across instances asks here (ingest/leases.py); SQLite: one instance, every lease held.

@@ -37,9 +37,10 @@ def degraded_app(reason: Callable[[], str]) -> web.Application:
 
 
 async def open_or_serve_degraded(open_store: Callable[[], Awaitable[T]], host: str, port: int,
-                                 stop: asyncio.Event, *, cap: float = 10.0) -> T | None:
-    """`open_store()`, retried with backoff while it fails for a storage reason, serving degraded meanwhile.
-    Returns None if `stop` is set first. Any other failure (a bug, a bad config) is raised as before."""
+                                 stop: asyncio.Event, *, cap: float = 10.0, serve_http: bool = True) -> T | None:
+    """`open_store()`, retried with backoff while it fails for a storage reason, serving degraded meanwhile
+    (`serve_http` false: only retried, for a process without a site of its own). Returns None if `stop` is set
+    first. Any other failure (a bug, a bad config) is raised as before."""
     runner: web.AppRunner | None = None
     state = {"reason": "store: not opened yet"}
     attempt = 0
@@ -53,7 +54,9 @@ async def open_or_serve_degraded(open_store: Callable[[], Awaitable[T]], host: s
                     raise
                 attempt += 1
                 state["reason"] = f"store: cannot open ({why}); retrying"
-                if runner is None:
+                if runner is None and not serve_http and attempt == 1:
+                    log.error("store cannot be opened (%s): retrying", why)
+                if runner is None and serve_http:
                     log.error("store cannot be opened (%s): serving degraded on %s:%d and retrying", why, host, port)
                     runner = web.AppRunner(degraded_app(lambda: state["reason"]), handle_signals=False)
                     await runner.setup()

@@ -77,7 +77,16 @@ def classifier_loaded(ctx: AppContext) -> str | None:
     return not_ready() if not_ready is not None else None
 
 
-def add_routes(ctx: AppContext, timeout: float) -> StoreProbe:
+def workers_state(ctx: AppContext) -> tuple[str | None, list[str]]:
+    """Why the stages' child process cannot work, and its notes, when `serve` runs one (else None, [])."""
+    children = ctx.published.workers_process
+    if children is None:
+        return None, []
+    return children.not_ready(), list(children.notes)
+
+
+def add_routes(ctx: AppContext, timeout: float) -> Any:
+    """/healthz and /readyz on the site; returns the /readyz handler (a listener of its own serves it too)."""
     probe = StoreProbe(ctx)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -85,10 +94,11 @@ def add_routes(ctx: AppContext, timeout: float) -> StoreProbe:
 
     async def readyz(request: web.Request) -> web.Response:
         probed = await probe.check(timeout)
-        reasons = [r for r in (probed, *storage_state(ctx), classifier_loaded(ctx)) if r]
+        workers, workers_notes = workers_state(ctx)
+        reasons = [r for r in (probed, *storage_state(ctx), classifier_loaded(ctx), workers) if r]
         body: dict[str, Any] = {"status": "ready" if not reasons else "not ready"}
         # Conditions operators must act on that do not stop the work (a calendar without next year's holidays).
-        notes = sorted(str(n) for n in ctx.published.status_notes.values() if n)
+        notes = sorted({*(str(n) for n in ctx.published.status_notes.values() if n), *workers_notes})
         if notes:
             body["notes"] = notes
         if reasons:
@@ -98,4 +108,4 @@ def add_routes(ctx: AppContext, timeout: float) -> StoreProbe:
 
     ctx.http.router.add_get("/healthz", healthz)
     ctx.http.router.add_get("/readyz", readyz)
-    return probe
+    return readyz

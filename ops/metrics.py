@@ -111,6 +111,35 @@ QUEUE_LIMITED_STAGES = ("classify", "dedupe", "dispatch", "agency_email_reply", 
 STAGE_MILESTONE = {"classify": "classified", "dedupe": "incident", "dispatch": "dispatched", "notify": "notified"}
 
 
+def _families(text: str) -> dict[str, list[str]]:
+    """Exposition text by family: each family's HELP/TYPE lines with its samples, in order."""
+    families: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            name = line.split(" ", 3)[2]
+            current = families.setdefault(name, [])
+        elif current is None:
+            continue  # a sample before any header: not ours to place
+        current.append(line)
+    return families
+
+
+def merge_exposition(own: str, other: str) -> str:
+    """This process's exposition with another's families added: a family this process has no sample of (the
+    stages' latencies in an intake process) is taken from the other; one both have stays this process's (the store's
+    counts both read alike, this process's own CPU and memory)."""
+    mine, theirs = _families(own), _families(other)
+
+    def has_samples(lines: list[str]) -> bool:
+        return any(not line.startswith("#") for line in lines)
+
+    merged = {name: (theirs[name] if not has_samples(lines) and has_samples(theirs.get(name, [])) else lines)
+              for name, lines in mine.items()}
+    merged.update((name, lines) for name, lines in theirs.items() if name not in mine)
+    return "".join(line + "\n" for lines in merged.values() for line in lines)
+
+
 class OpsMetrics:
     """The process's metrics; `observe_job` is the worker hook, `render` produces the exposition text."""
 
@@ -143,6 +172,8 @@ class OpsMetrics:
         self.published = _PublishedGauges()  # ops.service points it at ctx.published.gauges
         registry.register(self.published)
         self._cached: tuple[float, list[Family]] | None = None
+        # Another process's exposition to add (the workers' child of `serve`), None when there is none.
+        self.merge_from: Callable[[], Awaitable[str | None]] | None = None
         # Running totals over append-only rows, advanced by id at each scrape.
         self._reports_seen = 0
         self._accepted: dict[tuple[str, str], int] = {}
@@ -165,7 +196,10 @@ class OpsMetrics:
     # -- scrape -------------------------------------------------------------------------------------
     async def render(self) -> str:
         self._store_families.families = await self._read_store_cached()
-        return prometheus_client.generate_latest(self.registry).decode()
+        own = prometheus_client.generate_latest(self.registry).decode()
+        # The stages' child process (ingest/workers_process.py) counts their jobs: its families join this scrape.
+        other = await self.merge_from() if self.merge_from is not None else None
+        return merge_exposition(own, other) if other else own
 
     # -- HTTP requests ------------------------------------------------------------------------------
     @web.middleware

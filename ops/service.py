@@ -223,8 +223,10 @@ class OpsService:
         try:
             while True:
                 cfg = ops_settings(self.ctx.settings)
-                # The sender runs on one instance (a leader lease); every instance keeps its metrics hook.
-                if (cfg.weekly_send or cfg.quarterly_send) and self.ctx.leases.lease("ops-report-sender").held:
+                # The sender runs on one instance (a leader lease) that runs workers (an intake process beside a
+                # workers one on SQLite holds every lease too); every instance keeps its metrics hook.
+                if ((cfg.weekly_send or cfg.quarterly_send) and self.ctx.role != "intake"
+                        and self.ctx.leases.lease("ops-report-sender").held):
                     try:
                         await self.sender.send_due()
                     except asyncio.CancelledError:
@@ -298,14 +300,19 @@ def build(ctx: AppContext) -> list[Service]:
     metrics.cache_seconds = cfg.metrics_cache_seconds
     metrics.max_attempts = ctx.settings.queue.max_attempts
     metrics.published.gauges = ctx.published.gauges
+    children = ctx.published.workers_process
+    metrics.merge_from = children.metrics_text if children is not None else None
     worker.JOB_OBSERVERS.append(metrics.observe_job)
     ctx.http.middlewares.insert(0, metrics.http_middleware)  # outermost: times and counts every answer
 
     token = cfg.metrics_token.get_secret_value() if cfg.metrics_token is not None else None
     services: list[Service] = []
     address = cfg.metrics_address()
+    readyz = health.add_routes(ctx, cfg.ready_timeout_seconds)
     if address is not None:
         listener = MetricsListener(metrics_handler(metrics, token), *address)
+        # A workers process has no site: its listener says whether it is ready (its parent `serve` asks it).
+        listener.app.router.add_get("/readyz", readyz)
         services.append(listener)
         ctx.published.metrics_listener = listener
     elif token is None and not _loopback(ctx.settings.http.host):
@@ -315,7 +322,6 @@ def build(ctx: AppContext) -> list[Service]:
             metrics, None, "metrics are not served on a public address: set [ops] metrics_token or metrics_listen"))
     else:
         ctx.http.router.add_get("/metrics", metrics_handler(metrics, token))
-    health.add_routes(ctx, cfg.ready_timeout_seconds)
     return [OpsService(ctx, metrics), *services]
 
 

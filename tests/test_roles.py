@@ -96,3 +96,26 @@ async def test_singletons_are_wrapped_in_their_lease(tmp_path: Path, store_url: 
     assert {"dispatch-clocks", "dispatch-escalations"} <= set(leases._leases)
     running = {t.get_name(): t for t in generation.workers}
     assert running  # the names above were asked for by the wrapped services, not by this test
+
+
+async def test_an_intake_instance_finds_places_for_the_chat_bots_without_a_model(tmp_path: Path) -> None:
+    """The chat bots ask for the place when the words and GPS give none: intake runs them, so it needs the place
+    finder, which needs no embedder (the classifier's own backend is set here; intake must not load it)."""
+    port = free_port()
+    settings = config_loader.load(None, env={
+        "HCMC1022__STORE__PATH": str(tmp_path / "s.sqlite3"), "HCMC1022__STORE__BLOB_DIR": str(tmp_path / "b"),
+        "HCMC1022__HTTP__PORT": str(port), "HCMC1022__CLASSIFIER__CACHE_DIR": str(tmp_path / "no-models")})
+    store = await open_store(settings)
+    generation = Generation(settings, load_directory(settings.data.agencies, settings.data.structure), store,
+                            Published(), "intake", LocalLeadership())
+    try:
+        async with asyncio.TaskGroup() as tg:
+            await generation.start(tg)
+            await generation.stop()
+    finally:
+        await store.close()
+    published = generation.ctx.published
+    assert published.embedder is None and published.classifier_not_ready is None  # no model here
+    assert published.place_found is not None
+    assert published.place_found("Ổ gà trước số 10 đường Nguyễn Trãi, Quận 5", None, None)
+    assert not published.place_found("Chỗ này ngập quá trời luôn", None, None)

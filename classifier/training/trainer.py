@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,9 @@ from ingest.records import Classification, Place
 from classifier.embedding.embedder import EmbeddingThread, VectorCache, embed_cached, report_text
 from classifier.training import cache
 from classifier.training.model import MODEL_VERSION, TopicModel, load_cues
-from classifier.routing.locate import locate
-from classifier.routing.place import load_gazetteer
+from classifier.routing.places import Places
 from classifier.routing.policy import abusive_probability, complaint_terms_in, decide
 from classifier.routing.screening import screen
-from classifier.routing.wards2025 import load_ward_map, resolve_unit
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +198,13 @@ class Router:
         self.settings = settings
         self.directory = directory
         self.embedder = embedder
-        self.gazetteer = gazetteer or load_gazetteer(directory)
+        # Where reports happened: the same finder the intake process builds for the chat bots' place question.
+        self.places = Places(directory, gazetteer)
+        self.gazetteer = self.places.gazetteer
         # The topic model learns from the 2023 directory on either map (same topics; the 2025 edit only renames
         # agencies), so switching [data] structure neither retrains nor changes the topic decisions.
         self.training_directory = (directory if directory.structure == "2023"
                                    else load_directory(settings.data.agencies, "2023"))
-        self.ward_map = (load_ward_map({k: d.name_vi for k, d in directory.districts.items()},
-                                       street_names=tuple(dict.fromkeys(s for _, s, _ in self.gazetteer.streets)))
-                         if directory.structure == "2025" else None)
         self.reasons = reject_reasons(settings.data.agencies)
         self.cache_dir = Path(settings.classifier.cache_dir)
         self.seed_rows = load_seed(settings.classifier.seed_data)
@@ -248,34 +245,13 @@ class Router:
         return [model.embedding_text(t) for t in texts] if model is not None else list(texts)
 
     def place(self, text: str, lat: float | None, lon: float | None, reporter_address: str | None = None) -> Place:
-        place = locate(text, self.gazetteer, lat=lat, lon=lon, reporter_address=reporter_address)
-        # A place taken from the reporter's address is resolved to its unit from that address, not the text.
-        return self.with_unit(reporter_address if place.source == "reporter_address" and reporter_address else text,
-                              place)
+        return self.places.place(text, lat, lon, reporter_address)
 
     def place_found(self, text: str, lat: float | None, lon: float | None) -> bool:
-        """Whether the words or the GPS fix place a report in a district (or a 2025 unit): when not, a chat
-        channel asks the reporter before the report would go to the operator unit (channels/place_question.py)."""
-        place = self.place(text, lat, lon)
-        return place.district is not None or place.unit is not None
+        return self.places.place_found(text, lat, lon)
 
     def unit_candidates(self, text: str, lat: float | None, lon: float | None) -> tuple[str, ...]:
-        """The names of the 2025 units a text could be in when its words do not decide one (for the chat bot's
-        question): "Phường Bình Tiên (Quận 6 cũ)", ...; () when one unit or none is found, or on the 2023 map."""
-        place = self.place(text, lat, lon)
-        if place.unit is not None or not place.unit_candidates:
-            return ()
-        units = self.directory.units
-        return tuple(f"{units[s].full_name} ({', '.join(units[s].former_districts)} cũ)" if s in units else s
-                     for s in place.unit_candidates)
-
-    def with_unit(self, text: str, place: Place) -> Place:
-        """On the 2025 map, the new unit (or its candidates) and the label people read, beside the old names."""
-        if self.ward_map is None:
-            return place
-        match = resolve_unit(text, self.ward_map, place)
-        return replace(place, unit=match.unit, unit_candidates=match.candidates,
-                       unit_label=self.ward_map.label(match))
+        return self.places.unit_candidates(text, lat, lon)
 
     def classify(self, texts: Sequence[str], vectors: np.ndarray, places: Sequence[Place],
                  languages: Sequence[str] | None = None) -> list[Classification]:

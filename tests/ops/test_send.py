@@ -184,3 +184,18 @@ async def test_batch_route_mode_builds_nothing(filled, context_for, sink) -> Non
     observers = len(worker.JOB_OBSERVERS)
     assert build(ctx) == [] and len(worker.JOB_OBSERVERS) == observers
     assert not [r for r in ctx.http.router.routes() if r.resource and r.resource.canonical == "/metrics"]
+
+
+async def test_an_intake_process_sends_no_report_its_workers_do(filled, context_for, sink) -> None:
+    """On SQLite every lease is held in each process: the intake process of `serve` (or of `--role intake`) beside
+    the workers one must leave the leadership reports to it, or leadership gets each report twice."""
+    ctx = context_for(filled.store, filled.clock, ops=ops_config(sink))
+    ctx.role = "intake"
+    (service,) = build(ctx)
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.sleep(2)  # the service checks at once, then every check_interval_seconds
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert sink.envelopes == []
