@@ -28,6 +28,7 @@ from .migrations import INGEST, Migration, for_dialect
 from .wal_checkpoint import WalCheckpointer
 from .write_turns import WriteTurns
 from . import jobs as _job_kinds  # noqa: F401  (registers every kind's payload record)
+from .intake_signal import IntakeSignal
 from .queue import UNFINISHED_STATES, QueueSql, SqliteQueue  # noqa: F401  (UNFINISHED_STATES: older importers)
 from .records import InboundMessage, Job, to_json
 
@@ -53,6 +54,8 @@ WRITE_HOLD = 0.010
 # that begins again at once after committing takes the lock back before intake's next try, transaction after
 # transaction (in one process WriteTurns gives intake its turn instead).
 WRITE_GAP = 3 * BUSY_POLL
+# The longest a stage's transaction in that process waits for intake's waiting commit to go first.
+INTAKE_FIRST_SECONDS = 0.020
 
 
 
@@ -143,8 +146,14 @@ class Tx:
         return bool(self.conn.in_transaction)
 
     def held_long(self) -> bool:
-        """Whether this transaction has held the write lock for the store's `write_hold` budget."""
-        return self._locked_at is not None and time.monotonic() - self._locked_at >= self.store.write_hold
+        """Whether this transaction has held the write lock for the store's `write_hold` budget, or, with intake in
+        another process (`write_gap` set), at all while intake waits for it (ingest/intake_signal.py)."""
+        if self._locked_at is None:
+            return False
+        store = self.store
+        if store.write_gap and store.intake_signal is not None and store.intake_signal.waiting():
+            return True
+        return time.monotonic() - self._locked_at >= store.write_hold
 
     # One job's writes inside a batch transaction (queue.finish_many): a savepoint each, undone alone.
     async def savepoint(self) -> int:
@@ -348,6 +357,7 @@ class Store(StoreShared):
         self.write_hold = WRITE_HOLD
         self.write_gap = 0.0  # WRITE_GAP when intake runs in another process (run_daemon.serve, role workers)
         self._write_ended = 0.0  # time.monotonic() when this process's last write transaction ended
+        self.intake_signal: IntakeSignal | None = None  # intake waiting for the file's write lock (all processes)
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod
@@ -359,6 +369,7 @@ class Store(StoreShared):
             store._writer = await store._connect()
             await store._migrate({"ingest": INGEST, **(migrations or {})})
             store._reader = await store._connect()
+            store.intake_signal = IntakeSignal(store.path)
             store._checkpointer = WalCheckpointer(store.path)
             store._checkpointer.start()
         except BaseException:
@@ -408,6 +419,9 @@ class Store(StoreShared):
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
+        if self.intake_signal is not None:
+            self.intake_signal.close()
+            self.intake_signal = None
 
     # -- transactions ----------------------------------------------------------------------------
     @asynccontextmanager
@@ -418,6 +432,7 @@ class Store(StoreShared):
                 wait = self._write_ended + self.write_gap - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                await self._after_intake()
             tx = Tx(self._writer, self)
             changes = self._writer.total_changes
             # Sent with the body's first statement (or with COMMIT): one trip fewer, and the write lock is taken
@@ -447,6 +462,14 @@ class Store(StoreShared):
                 self.health.succeeded(log)
         for fn in tx._after_commit:
             fn()
+
+    async def _after_intake(self) -> None:
+        """Intake in another process waits for the write lock: its commit goes first, this transaction after it
+        (bounded: a stage is never held off longer than INTAKE_FIRST_SECONDS by a steady stream of reports)."""
+        signal = self.intake_signal
+        deadline = time.monotonic() + INTAKE_FIRST_SECONDS
+        while signal is not None and signal.waiting() and time.monotonic() < deadline:
+            await asyncio.sleep(BUSY_POLL)
 
     def _storage_failure(self, exc: Exception) -> Exception:
         """The exception to raise for a failed write: StorageError (retry later) for a storage fault."""
@@ -500,7 +523,8 @@ class Store(StoreShared):
         now = self.clock.now()
         rows, flagged = _report_rows(items, now)
         async with self._write_lock.turn(intake=True):
-            results, queued = await self._writer._execute(_commit_rows, self._writer._conn, rows, flagged, now)
+            results, queued = await self._writer._execute(_commit_rows, self._writer._conn, rows, flagged, now,
+                                                          self.intake_signal)
             self.commit_count += 1
         if queued:
             self._wake("classify")
@@ -663,10 +687,17 @@ def _report_rows(items: Sequence[tuple[InboundMessage, bytes, str]],
     return rows, [bool(m.flags) for m, _, _ in items]
 
 
-def _commit_rows(conn: sqlite3.Connection, rows: list[Row], flagged: list[bool],
-                 now: float) -> tuple[list[SubmitResult | RecordError], bool]:
-    """One whole intake transaction on the writer's thread (the connection is in autocommit mode)."""
-    _begin_immediate(conn)
+def _commit_rows(conn: sqlite3.Connection, rows: list[Row], flagged: list[bool], now: float,
+                 signal: IntakeSignal | None = None) -> tuple[list[SubmitResult | RecordError], bool]:
+    """One whole intake transaction on the writer's thread (the connection is in autocommit mode). While it waits
+    for the write lock, `signal` tells a workers process on the same file to let it go first."""
+    if signal is not None:
+        signal.begin_waiting()
+    try:
+        _begin_immediate(conn)
+    finally:
+        if signal is not None:
+            signal.end_waiting()
     try:
         out = _insert_rows(conn, rows, flagged, now)
         conn.execute("COMMIT")
