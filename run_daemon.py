@@ -44,6 +44,7 @@ from ingest.app import AppContext, Published, Service  # noqa: E402
 from ingest.clock import Clock, parse_iso  # noqa: E402
 from ingest.errors import ConfigError, StorageError  # noqa: E402
 from ingest.event_loop import run as run_loop  # noqa: E402
+from ingest import heap  # noqa: E402
 from ingest.http import make_app  # noqa: E402
 from ingest.leases import Lease, Leadership, LocalLeadership, PgLeadership, run_while_held  # noqa: E402
 from ingest.limits import GuardedSite  # noqa: E402
@@ -365,6 +366,8 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
         async with asyncio.TaskGroup() as tg:
             generation = Generation(settings, directory, store, published, role, leases)
             await generation.start(tg)
+            heap.freeze()  # everything started is long-lived: out of the collector's full passes (ingest/heap.py)
+            refreeze = tg.create_task(heap.freeze_when_ready(published.classifier_not_ready), name="heap-freeze")
             workers = tg.create_task(children.run(), name=children.name) if children is not None else None
             while True:
                 waiters = [tg.create_task(stop.wait()), tg.create_task(reload.wait())]
@@ -372,6 +375,7 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
                 for waiter in waiters:
                     waiter.cancel()
                 if stop.is_set():
+                    refreeze.cancel()
                     log.info("stopping: intake first, then workers release their leases")
                     await generation.stop()
                     if workers is not None:
@@ -391,6 +395,7 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
                 await generation.stop()
                 generation = Generation(new_settings, new_directory, store, published, role, leases)
                 await generation.start(tg)
+                heap.freeze()  # the old generation's objects are garbage now
     finally:
         await leases.close()  # frees this instance's leases for the others at once
         await store.close()
