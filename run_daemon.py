@@ -34,6 +34,11 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("HCMC1022_WORKERS_PARENT"):
+    # The workers process `serve` starts (ingest/workers_process.py), before its imports: a Ctrl-C reaching the
+    # process group is the parent's to act on, and a reload's SIGHUP must not kill it before it can reload.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 from aiohttp.abc import AbstractAccessLogger  # noqa: E402
 
@@ -54,7 +59,7 @@ from ingest.progress import progress_bar  # noqa: E402
 from ingest.reclaim import Reclaimer  # noqa: E402
 from ingest.store import WRITE_GAP, QuarantineLimits, Store  # noqa: E402
 from ingest.supervise import supervised  # noqa: E402
-from ingest.workers_process import WorkersProcess, bind_to_parent  # noqa: E402
+from ingest.workers_process import WorkersProcess, bind_to_parent, is_workers_child  # noqa: E402
 from config.ops import ops_settings  # noqa: E402
 
 log = logging.getLogger("run_daemon")
@@ -329,12 +334,13 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
                 role: str = "all") -> None:
     """The daemon. In role "all" with `[serve] workers_process` (the default), intake runs here and the stages in a
     child process (ingest/workers_process.py); a workers process started so is bound to its parent first."""
+    child = is_workers_child()
     bind_to_parent()
     directory = load_directory(settings.data.agencies, settings.data.structure)
     stop = stop or asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM,) if child else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     # A store that cannot even be opened (a full disk at start) is waited for, serving degraded meanwhile (a
@@ -346,10 +352,9 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
     children = None
     if role == "all" and settings.serve.workers_process:
         # Started only now: this process has migrated the store, so the child opens it as it is.
-        ops_cfg = ops_settings(settings)
         children = WorkersProcess.for_serve(
-            config_path, nice=settings.serve.workers_nice, stop_seconds=STOP_GRACE_SECONDS - 2,
-            metrics_token=ops_cfg.metrics_token.get_secret_value() if ops_cfg.metrics_token is not None else None)
+            config_loader.read(config_path), store_overrides(settings), nice=settings.serve.workers_nice,
+            stop_seconds=STOP_GRACE_SECONDS - 2, metrics_token=metrics_token(settings))
         role = "intake"
     if role == "workers" and isinstance(store, Store):
         store.write_gap = WRITE_GAP  # intake commits to the same file from its own process (ingest/store.py)
@@ -383,14 +388,17 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
                         await asyncio.wait([workers])
                     break
                 reload.clear()
-                if children is not None:
-                    children.signal(signal.SIGHUP)  # the child reads the file itself, and refuses a bad one itself
                 try:
-                    new_settings = config_loader.load(config_path)
+                    text = config_loader.read(config_path)
+                    new_settings = config_loader.load_text(text, config_path)
                     new_directory = load_directory(new_settings.data.agencies, new_settings.data.structure)
                 except ConfigError as exc:
                     log.error("reload refused, the running configuration stays: %s", exc)
                     continue
+                if children is not None:  # the same text, validated here: the workers reload it too
+                    children.write_config(text)
+                    children.set_token(metrics_token(new_settings))
+                    children.signal(signal.SIGHUP)
                 log.info("reloading configuration from %s", config_path or config_loader.DEFAULT_PATH)
                 await generation.stop()
                 generation = Generation(new_settings, new_directory, store, published, role, leases)
@@ -399,7 +407,23 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
     finally:
         await leases.close()  # frees this instance's leases for the others at once
         await store.close()
+        if children is not None:
+            children.close()
         log.info("stopped")
+
+
+def store_overrides(settings: Settings) -> dict[str, str]:
+    """The environment overrides that make another process open the store this one has open."""
+    cfg = settings.store
+    out = {"HCMC1022__STORE__PATH": str(cfg.path), "HCMC1022__STORE__BLOB_DIR": str(cfg.blob_dir)}
+    if cfg.url is not None:
+        out["HCMC1022__STORE__URL"] = cfg.url.get_secret_value()
+    return out
+
+
+def metrics_token(settings: Settings) -> str | None:
+    token = ops_settings(settings).metrics_token
+    return token.get_secret_value() if token is not None else None
 
 
 # -- first run -----------------------------------------------------------------------------------

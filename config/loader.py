@@ -27,12 +27,25 @@ EXTRA_SECTIONS: dict[str, type[BaseModel]] = {}
 
 
 def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    return load_text(read(path), path, env)
+
+
+def read(path: Path | None = None) -> str:
+    """The config file's text (the embedded default without a path)."""
+    source = Path(path) if path else DEFAULT_PATH
+    try:
+        return source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+
+
+def load_text(text: str, path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from a config file's text, as read once (`serve` validates the text it then hands its workers
+    process, so the two never read different versions of a file being edited); `path` names it in errors."""
     env = os.environ if env is None else env
     source = Path(path) if path else DEFAULT_PATH
     try:
-        raw = tomllib.loads(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: file not found") from None
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     return validate(raw, env, str(source))

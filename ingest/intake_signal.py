@@ -13,11 +13,14 @@ lock: a flag left set by a killed intake goes stale after `STALE_SECONDS` and is
 """
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 STALE_SECONDS = 1.0
 _WORD = struct.Struct("d")
@@ -29,10 +32,25 @@ class IntakeSignal:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size < _WORD.size:
-                os.ftruncate(fd, _WORD.size)
+                # Written, not sized with ftruncate: a hole would be given its block at the first store into the
+                # mapping, and on a full disk that is a SIGBUS that kills the process instead of an error here.
+                os.pwrite(fd, bytes(_WORD.size), 0)
+                os.fsync(fd)
+            _match_owner(fd, database)
             self._map: mmap.mmap | None = mmap.mmap(fd, _WORD.size)
         finally:
             os.close(fd)  # the mapping keeps the file's pages
+
+    @classmethod
+    def open(cls, database: Path) -> IntakeSignal | None:
+        """The flag beside `database`, or None when it cannot be set up (a full disk, a read-only folder): it is
+        only a hint, and the store works without it."""
+        try:
+            return cls(database)
+        except OSError as exc:
+            log.warning("store: no intake flag beside the database (%s); intake's turn at the lock is not signalled",
+                        exc.strerror or exc)
+            return None
 
     def begin_waiting(self) -> None:
         if self._map is not None:
@@ -47,9 +65,24 @@ class IntakeSignal:
         if self._map is None:
             return False
         since = _WORD.unpack_from(self._map, 0)[0]
-        return since > 0.0 and time.monotonic() - since < STALE_SECONDS
+        # A time ahead of now is a flag left from before the machine restarted (the clock counts from boot).
+        return since > 0.0 and 0.0 <= time.monotonic() - since < STALE_SECONDS
 
     def close(self) -> None:
         if self._map is not None:
             self._map.close()
             self._map = None
+
+
+def _match_owner(fd: int, database: Path) -> None:
+    """Created by root (an admin's CLI command), the flag would be unwritable to the daemon's user: give it the
+    database file's owner, as SQLite does its -wal and -shm files."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = os.stat(database)
+    except FileNotFoundError:
+        return
+    mine = os.fstat(fd)
+    if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
+        os.fchown(fd, owner.st_uid, owner.st_gid)

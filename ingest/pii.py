@@ -71,15 +71,16 @@ _PHONE_WORDS = r"sdt|\bdt\b|dien thoai|di dong|phone|\btel\b|hotline|zalo|lien h
 # Social profiles and chat handles: "facebook.com/nguyenvana", "zalo.me/0903…", "zalo: nguyenvana92".
 PROFILE = re.compile(r"(?<![\w.])(?:https?://)?(?:www\.|m\.)?(?:facebook\.com|fb\.com|fb\.me|zalo\.me|"
                      r"instagram\.com|tiktok\.com|t\.me)/[\w.\-/@?=%]+", re.IGNORECASE)
-# The word after "zalo:", "fb:" … is a handle only when it looks like one (_is_handle): a log line's "fb: refused" or
-# "fb: không trả lời" is a network's answer, not somebody's account.
+# The word after "zalo:", "fb:" … is a handle, except the few words a log line's network answer is made of
+# ("fb: refused", "zalo: không trả lời"; _is_handle). Anything else is somebody's account, even a short lower-case
+# name ("zalo: lan", "fb: huong"), so a word the list does not know is hidden rather than shown.
 HANDLE = re.compile(r"(?<!\w)(?:zalo|fb|facebook|face|insta|instagram|ig|tiktok|telegram|tele|skype|nick|nickname)"
                     r"\s*:\s*(@?)([\w.\-]+)", re.IGNORECASE)
-# A Vietnamese syllable without its marks (folded): people make lower-case handles of their names run together
-# ("nguyenvana", "tranthibich"); an English word rarely splits into two or more of them ("refused", "blocked").
-_SYLLABLE = r"(?:ngh|ng|nh|ch|gh|gi|kh|ph|qu|th|tr|[bcdghklmnprstvx])?[aeiouy]{1,3}(?:ch|ng|nh|[cmnpt])?"
-_ONE_SYLLABLE = re.compile(_SYLLABLE)
-MAX_NAME_RUN = 30  # longer letters-only runs are no ordinary word, and the syllable split is not tried on them
+NOT_HANDLES = frozenset((
+    "refused", "blocked", "sent", "re-sent", "resent", "error", "errors", "failed", "failure", "timeout",
+    "timed", "retrying", "retry", "unreachable", "denied", "rejected", "disabled", "unavailable", "ok",
+    "khong", "chua", "loi",  # "không …", "chưa …", "lỗi …", folded
+))
 _CONTEXT = re.compile(rf"(?P<id>{_ID_WORDS})|(?P<phone>{_PHONE_WORDS})")
 _AMOUNT = re.compile(r"^\d{1,3}(?:[.,]\d{3})+$")
 _CURRENCY = re.compile(r"^\s*(d\b|dong|vnd|trieu|ty|usd|nghin|ngan)")
@@ -348,34 +349,12 @@ def _readable(text: str) -> str:
 
 
 def _is_handle(at: str, word: str) -> bool:
-    """Whether the word after a network's name ("zalo: …", "fb: …") is somebody's handle: written with "@", with a
-    digit, "_" or an inner dot ("nguyenvana92", "nguyen.van.a"), capitalised as a name ("NguyenVanA", "Nguyễn"), or
-    letters only that run two or more Vietnamese syllables together ("nguyenvana"). A lower-case word of any other
-    kind is text ("fb: refused", "zalo: không trả lời", "fb: sent")."""
+    """Whether the word after a network's name ("zalo: …", "fb: …") is somebody's handle: always, unless it is one
+    of the words a network's answer in a log line is made of (NOT_HANDLES) and written without "@"."""
     word = word.strip(".-")
     if not word:
         return False
-    if at or re.search(r"[\d_]|\w\.\w", word):
-        return True
-    if not word.isalpha():
-        return False  # a hyphenated word ("re-sent")
-    if word[0].isupper():
-        return True
-    return len(word) > MAX_NAME_RUN or (len(word) >= 5 and _syllables(fold(word)) >= 2)
-
-
-def _syllables(word: str) -> int:
-    """The fewest Vietnamese syllables `word` splits into ("nguyenvana": 3; "nghieng", one word: 1), 0 when it does
-    not split ("refused"). One pass over the positions: a regex of repeated syllables backtracks for seconds on a
-    run like "aaa…ab"."""
-    fewest = [0] + [0] * len(word)  # fewest[i]: the fewest syllables word[:i] splits into, 0 none (i > 0)
-    for start in range(len(word)):
-        if start and not fewest[start]:
-            continue
-        for end in range(start + 1, min(len(word), start + 7) + 1):  # "nghieng": the longest is 7 letters
-            if (not fewest[end] or fewest[start] + 1 < fewest[end]) and _ONE_SYLLABLE.fullmatch(word, start, end):
-                fewest[end] = fewest[start] + 1
-    return fewest[-1]
+    return bool(at) or fold(word).lower() not in NOT_HANDLES
 
 
 def redact(text: str) -> str:

@@ -369,7 +369,7 @@ class Store(StoreShared):
             store._writer = await store._connect()
             await store._migrate({"ingest": INGEST, **(migrations or {})})
             store._reader = await store._connect()
-            store.intake_signal = IntakeSignal(store.path)
+            store.intake_signal = IntakeSignal.open(store.path)
             store._checkpointer = WalCheckpointer(store.path)
             store._checkpointer.start()
         except BaseException:

@@ -4,15 +4,18 @@ Why: the embedder and the stages' Python shared one interpreter with the event l
 a backlog starved intake (issue 20: 1,205 accepted/s and a p99 of 198 ms in one process, against 2,255/s and 32 ms
 with the roles in two processes, same hour). One command still starts the whole daemon, and one address serves it:
 
-- The child is this program again with `--role workers` and the same config and environment. It runs below this
-  process's priority (`[serve] workers_nice`) and dies with it (Linux PR_SET_PDEATHSIG): a `kill -9` of `serve`
-  never leaves its workers running beside the next start's (on SQLite every lease is local, so two would both run
-  the clocks).
+- The child is this program again with `--role workers`, this process's environment and the config text this
+  process validated (a private copy, rewritten only when a reload is accepted: a child restarted later never reads
+  a file being edited, and never one this process refused). It opens the store this process has open.
+- It runs below this process's priority (`[serve] workers_nice`) and dies with it (Linux PR_SET_PDEATHSIG): a
+  `kill -9` of `serve` never leaves its workers running beside the next start's (on SQLite every lease is local,
+  so two would both run the clocks). It ignores SIGINT (a Ctrl-C reaches the whole process group: this process
+  stops it, after intake) and SIGHUP until it can reload.
 - It is started after this process has opened (and migrated) the store, stopped after intake (SIGTERM, then
-  SIGKILL past the grace time), given every SIGHUP, and started again with backoff when it exits.
-- Its own listener (`[ops] metrics_listen`, set for it to a loopback port) answers /readyz and /metrics: this
-  process's /readyz is not ready while the child is not (model loading, child restarting), and its /metrics adds
-  the child's families (stage latencies, job outcomes, the calendar's gauges).
+  SIGKILL past the grace time), given every accepted reload, and started again with backoff when it exits.
+- Its own listener on loopback answers /metrics and /state (what its classifier and calendar say, without probing
+  the store again): this process's /readyz is not ready while the workers cannot work (model loading, restarting,
+  not answering for several seconds), and its /metrics adds the child's samples.
 """
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -39,14 +43,29 @@ log = logging.getLogger(__name__)
 # In the child's environment: the parent's pid (the child dies with it) and the nice value to add.
 PARENT_ENV = "HCMC1022_WORKERS_PARENT"
 NICE_ENV = "HCMC1022_WORKERS_NICE"
-# The child's own listener, set through the config's environment override ([ops] metrics_listen).
+# The child's own listener and the store it must open, set through the config's environment overrides.
 LISTEN_ENV = "HCMC1022__OPS__METRICS_LISTEN"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_SECONDS = 1.0
+# Polls the child may miss (busy at its lower priority) before this process calls it not answering.
+MISSED_POLLS = 5
+STARTING = "workers process: starting"
+
+
+def is_workers_child() -> bool:
+    return PARENT_ENV in os.environ
+
+
+def ignore_parents_signals() -> None:
+    """In the child, before its imports: SIGINT is the parent's to act on (it stops the child after intake), and a
+    SIGHUP arriving before the child's reload handler is installed must not kill it."""
+    if is_workers_child():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def bind_to_parent() -> None:
-    """In the child, first thing: take the nice value and die with the parent. Nothing when not a child."""
+    """In the child, first thing in serve: take the nice value and die with the parent. Nothing when not a child."""
     parent = os.environ.pop(PARENT_ENV, None)
     nice = os.environ.pop(NICE_ENV, None)
     if parent is None:
@@ -78,7 +97,12 @@ def loopback_port() -> int:
 def exit_text(code: int | None) -> str:
     if code is None:
         return "running"
-    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"killed by signal {-code}"
 
 
 class WorkersProcess:
@@ -87,28 +111,61 @@ class WorkersProcess:
     name = "workers-process"
 
     def __init__(self, argv: Sequence[str], *, nice: int, stop_seconds: float, metrics_token: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None) -> None:
         self.port = loopback_port()
         self.argv = list(argv)
         self.env = {**(os.environ if env is None else env), PARENT_ENV: str(os.getpid()), NICE_ENV: str(nice),
                     LISTEN_ENV: f"127.0.0.1:{self.port}"}
         self.stop_seconds = stop_seconds
-        self.headers = {"Authorization": f"Bearer {metrics_token}"} if metrics_token else {}
+        self.headers: dict[str, str] = {}
+        self.set_token(metrics_token)
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
-        # What the child's /readyz said last (its reasons and notes), or why it could not be asked.
-        self.reasons: list[str] = ["workers process: starting"]
+        self._config: Path | None = None
+        self._answered = False  # the running child has answered /state: its signal handlers are installed
+        self._held: list[int] = []  # signals for the child until then
+        # What the child's /state said last (its reasons and notes), or why it could not be asked.
+        self.reasons: list[str] = [STARTING]
         self.notes: list[str] = []
 
     @classmethod
-    def for_serve(cls, config_path: Path | None, *, nice: int, stop_seconds: float,
+    def for_serve(cls, config_text: str, store: Mapping[str, str], *, nice: int, stop_seconds: float,
                   metrics_token: str | None) -> WorkersProcess:
+        """The child of `serve`: this program, the config text this process validated, the store it opened
+        (`store`: HCMC1022__STORE__* overrides, so a reload that changed [store] moves neither process)."""
         # Beside this package, in a checkout and in an installed copy alike (pyproject's py-modules).
         program = Path(__file__).resolve().parent.parent / "run_daemon.py"
-        argv = [sys.executable, str(program), "serve", "--role", "workers"]
-        if config_path is not None:
-            argv += ["--config", str(config_path)]
-        return cls(argv, nice=nice, stop_seconds=stop_seconds, metrics_token=metrics_token)
+        folder = Path(tempfile.mkdtemp(prefix="hcmc1022-workers-"))  # 0700: the config may hold secrets
+        config = folder / "config.toml"
+        argv = [sys.executable, str(program), "serve", "--role", "workers", "--config", str(config)]
+        children = cls(argv, nice=nice, stop_seconds=stop_seconds, metrics_token=metrics_token,
+                       env={**os.environ, **store})
+        children._config = config
+        children.write_config(config_text)
+        return children
+
+    def write_config(self, text: str) -> None:
+        """The config the child reads at its next start or reload (replaced whole, never half written)."""
+        if self._config is None:
+            return
+        partial = self._config.with_suffix(".new")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(partial, self._config)
+
+    def set_token(self, token: str | None) -> None:
+        """The child's /metrics bearer token, as the current config sets it (a reload may change it)."""
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def close(self) -> None:
+        if self._config is not None:
+            for path in (self._config, self._config.with_suffix(".new")):
+                path.unlink(missing_ok=True)
+            try:
+                self._config.parent.rmdir()
+            except OSError:
+                pass
 
     @property
     def pid(self) -> int | None:
@@ -122,30 +179,45 @@ class WorkersProcess:
         failures = 0
         while True:
             started = time.monotonic()
-            self.reasons = ["workers process: starting"]
-            self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env, stdin=subprocess.DEVNULL)
-            self.starts += 1
-            log.info("workers process started (pid %d)", self.proc.pid)
-            watcher = asyncio.create_task(self._watch())
+            self.reasons = [STARTING]
             try:
-                code = await self.proc.wait()
+                code = await self._run_once()
+                why = exit_text(code)
             except asyncio.CancelledError:
-                await self._terminate()
                 raise
-            finally:
-                watcher.cancel()
+            except Exception as exc:  # it could not even be started (no memory, the program gone mid-upgrade)
+                why = f"could not start: {type(exc).__name__}: {exc}"
             failures = 1 if time.monotonic() - started > HEALTHY_AFTER_SECONDS else failures + 1
             delay = backoff_delay(failures, base=1.0, cap=30.0)
-            self.reasons = [f"workers process stopped ({exit_text(code)}); starting again"]
+            self.reasons = [f"workers process stopped ({why}); starting again"]
             self.notes = []
-            log.error("workers process (pid %d) stopped (%s): starting it again in %.1f s", self.proc.pid,
-                      exit_text(code), delay)
+            log.error("workers process stopped (%s): starting it again in %.1f s", why, delay)
             await asyncio.sleep(delay)
 
+    async def _run_once(self) -> int:
+        self._answered, self._held = False, []
+        self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env, stdin=subprocess.DEVNULL)
+        self.starts += 1
+        log.info("workers process started (pid %d)", self.proc.pid)
+        watcher = asyncio.create_task(self._watch())
+        try:
+            return await self.proc.wait()
+        except asyncio.CancelledError:
+            await self._terminate()
+            raise
+        finally:
+            watcher.cancel()
+
     def signal(self, sig: int) -> None:
-        if self.pid is not None:
-            assert self.proc is not None
-            self.proc.send_signal(sig)
+        """Send `sig` to the child; one that has not answered yet since it started (its handlers are not installed
+        before its imports) gets it once it answers: a reload then is not lost, and does not kill it."""
+        if self.pid is None:
+            return
+        if not self._answered:
+            self._held.append(sig)
+            return
+        assert self.proc is not None
+        self.proc.send_signal(sig)
 
     async def _terminate(self) -> None:
         proc = self.proc
@@ -160,17 +232,26 @@ class WorkersProcess:
             await proc.wait()
 
     async def _watch(self) -> None:
-        """Ask the child's /readyz every second; what it says is this process's view of the workers."""
+        """Ask the child's /state every second; what it says is this process's view of the workers. A child at its
+        lower priority under a backlog may miss a poll or two: only MISSED_POLLS in a row are "not answering"."""
         timeout = aiohttp.ClientTimeout(total=2.0)
+        missed = 0
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while True:
                 try:
-                    async with http.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
+                    async with http.get(f"http://127.0.0.1:{self.port}/state") as resp:
                         body = json.loads(await resp.read())
-                    self.reasons = [str(r) for r in body.get("reasons", [])] if resp.status != 200 else []
+                    self.reasons = [str(r) for r in body.get("reasons", [])]
                     self.notes = [str(n) for n in body.get("notes", [])]
+                    missed = 0
+                    if not self._answered:
+                        self._answered = True
+                        for sig in self._held:
+                            self.signal(sig)
+                        self._held.clear()
                 except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
-                    if self.reasons != ["workers process: starting"]:
+                    missed += 1
+                    if missed >= MISSED_POLLS and self.reasons != [STARTING]:
                         self.reasons = ["workers process: not answering"]
                 await asyncio.sleep(POLL_SECONDS)
 
@@ -181,6 +262,9 @@ class WorkersProcess:
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3.0)) as http:
                 async with http.get(f"http://127.0.0.1:{self.port}/metrics", headers=self.headers) as resp:
-                    return (await resp.text()) if resp.status == 200 else None
+                    if resp.status != 200:
+                        log.warning("workers process: /metrics answered %d; its samples are left out", resp.status)
+                        return None
+                    return await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             return None

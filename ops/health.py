@@ -85,6 +85,17 @@ def workers_state(ctx: AppContext) -> tuple[str | None, list[str]]:
     return children.not_ready(), list(children.notes)
 
 
+def state_handler(ctx: AppContext) -> Any:
+    """/state of a workers process, for the `serve` that started it: why it cannot work (the model loading, the
+    store's health as its own writes found it, a disk nearly full) and its notes, without a store probe of its own
+    (that process's /readyz probes the store; the parent probes the same store itself)."""
+    async def state(request: web.Request) -> web.Response:
+        reasons = [r for r in (*storage_state(ctx), classifier_loaded(ctx)) if r]
+        notes = sorted(str(n) for n in ctx.published.status_notes.values() if n)
+        return web.json_response({"reasons": reasons, "notes": notes}, headers={"Cache-Control": "no-store"})
+    return state
+
+
 def add_routes(ctx: AppContext, timeout: float) -> Any:
     """/healthz and /readyz on the site; returns the /readyz handler (a listener of its own serves it too)."""
     probe = StoreProbe(ctx)

@@ -103,10 +103,10 @@ KNOWN_STAGES = ("classify", "dedupe", "dispatch", "notify", "deliver", "escalate
                 "reporter_follow_up")
 # Alert kinds always listed in alerts_total (0 when none), likewise: every kind dispatch and dedupe raise.
 KNOWN_ALERTS = tuple(OPERATOR_ALERT_TEXTS)
-# The stage workers whose jobs die after `[queue] max_attempts` (ingest/worker.py), listed in jobs_retrying_past_limit
-# (0 when none). The others have limits of their own: deliver its deadline, escalate 8 attempts, notify records its
-# failure itself at the last attempt, so attempts past [queue]'s say nothing about them.
-QUEUE_LIMITED_STAGES = ("classify", "dedupe", "dispatch", "agency_email_reply", "reporter_follow_up")
+# The stages whose worker keeps some jobs retrying past `[queue] max_attempts` (WorkerSettings.keep_trying), listed in
+# jobs_retrying_past_limit (0 when none). Only dedupe does: in any other stage a job past the limit is one whose
+# lease expired on its last attempt (a killed workers process) and is being tried once more, not a stuck cause.
+KEEPS_TRYING_STAGES = ("dedupe",)
 # Which milestone a stage's finished job marks, for the help text and dashboards.
 STAGE_MILESTONE = {"classify": "classified", "dedupe": "incident", "dispatch": "dispatched", "notify": "notified"}
 
@@ -126,16 +126,20 @@ def _families(text: str) -> dict[str, list[str]]:
 
 
 def merge_exposition(own: str, other: str) -> str:
-    """This process's exposition with another's families added: a family this process has no sample of (the
-    stages' latencies in an intake process) is taken from the other; one both have stays this process's (the store's
-    counts both read alike, this process's own CPU and memory)."""
+    """This process's exposition with another's samples added: a sample this process has none of (the stages'
+    latencies and job counts in an intake process, which counts its own chat workers' jobs in the same families) is
+    taken from the other; one both have (the store's counts both read alike, this process's own CPU and memory)
+    stays this process's. Each family keeps one HELP/TYPE."""
     mine, theirs = _families(own), _families(other)
 
-    def has_samples(lines: list[str]) -> bool:
-        return any(not line.startswith("#") for line in lines)
+    def key(line: str) -> str:
+        return line.rsplit(" ", 1)[0]  # the sample's name and labels
 
-    merged = {name: (theirs[name] if not has_samples(lines) and has_samples(theirs.get(name, [])) else lines)
-              for name, lines in mine.items()}
+    merged: dict[str, list[str]] = {}
+    for name, lines in mine.items():
+        have = {key(line) for line in lines if not line.startswith("#")}
+        merged[name] = lines + [line for line in theirs.get(name, [])
+                                if not line.startswith("#") and key(line) not in have]
     merged.update((name, lines) for name, lines in theirs.items() if name not in mine)
     return "".join(line + "\n" for lines in merged.values() for line in lines)
 
@@ -278,12 +282,12 @@ class OpsMetrics:
                       " retrying for a transient cause: dedupe's incident-state and case report jobs); alert on"
                       " > 0 for a while: the cause is not passing.", "gauge")
         n = self.max_attempts
-        stages = ",".join("?" * len(QUEUE_LIMITED_STAGES))
+        stages = ",".join("?" * len(KEEPS_TRYING_STAGES))
         # By stage and state first (the jobs_take index): done jobs, most of the table, are never read.
         counts = {r["stage"]: r["n"] for r in await self.store.fetchall(
             f"SELECT stage, COUNT(*) AS n FROM jobs WHERE stage IN ({stages}) AND state IN ('ready', 'leased')"
-            " AND (attempts>? OR (state='ready' AND attempts=?)) GROUP BY stage", (*QUEUE_LIMITED_STAGES, n, n))}
-        for stage in QUEUE_LIMITED_STAGES:
+            " AND (attempts>? OR (state='ready' AND attempts=?)) GROUP BY stage", (*KEEPS_TRYING_STAGES, n, n))}
+        for stage in KEEPS_TRYING_STAGES:
             past.add(counts.get(stage, 0), (("stage", stage),))
         return past
 

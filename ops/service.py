@@ -311,8 +311,9 @@ def build(ctx: AppContext) -> list[Service]:
     readyz = health.add_routes(ctx, cfg.ready_timeout_seconds)
     if address is not None:
         listener = MetricsListener(metrics_handler(metrics, token), *address)
-        # A workers process has no site: its listener says whether it is ready (its parent `serve` asks it).
+        # A workers process has no site: its listener says whether it is ready, and what its parent `serve` asks.
         listener.app.router.add_get("/readyz", readyz)
+        listener.app.router.add_get("/state", health.state_handler(ctx))
         services.append(listener)
         ctx.published.metrics_listener = listener
     elif token is None and not _loopback(ctx.settings.http.host):

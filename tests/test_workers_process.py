@@ -157,3 +157,51 @@ async def test_sigterm_stops_intake_then_the_child_and_one_process_is_a_setting(
             await processed(single, await post(http, single, "Đèn đường hẻm 7 Nguyễn Trãi quận 5 không sáng"))
     finally:
         single.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_a_reload_at_the_childs_start_and_a_file_broken_later_neither_stop_the_workers(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path)
+    daemon.start()
+    try:
+        child = await the_child(daemon)
+        # A reload while the child is still importing: it must neither die nor be started again.
+        daemon.signal(signal.SIGHUP)
+        await daemon.wait_ready()
+        assert await the_child(daemon) == child
+        assert "workers process stopped" not in daemon.log()
+
+        # The admin breaks the file; the reload is refused and the workers keep running. A crash of the child
+        # later starts it on the configuration that was accepted, not on the broken file.
+        daemon.config.write_text("[store\n", encoding="utf-8")
+        daemon.signal(signal.SIGHUP)
+        await wait_for(lambda: _async("reload refused" in daemon.log()), 30, "reload not refused", log=daemon.log)
+        assert await the_child(daemon) == child  # a refused reload is not given to the workers
+        os.kill(child, signal.SIGKILL)
+        await the_child(daemon, other_than=child)
+        await daemon.wait_ready()
+        async with aiohttp.ClientSession() as http:
+            await processed(daemon, await post(http, daemon, "Đèn đường số 3 Nguyễn Trãi quận 5 chập chờn"))
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_ctrl_c_to_the_process_group_stops_both_without_a_restart(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path)
+    daemon.start()
+    try:
+        await daemon.wait_ready()
+        assert daemon.proc is not None
+        child = await the_child(daemon)
+        for pid in (child, daemon.proc.pid):  # what a terminal's Ctrl-C does: every process of the group
+            os.kill(pid, signal.SIGINT)
+        assert daemon.proc.wait(timeout=30) == 0
+        assert gone(child)
+        assert "starting it again" not in daemon.log()
+    finally:
+        daemon.stop()
+
+
+async def _async(value: bool) -> bool:
+    return value

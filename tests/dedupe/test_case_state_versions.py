@@ -20,7 +20,7 @@ from ingest.errors import TransientError
 from ingest.jobs import DedupeJob, closing_subject, reopening_subject
 from ingest.store import Store
 from ingest.worker import StageWorker, WorkerSettings
-from ops.metrics import QUEUE_LIMITED_STAGES, OpsMetrics
+from ops.metrics import KEEPS_TRYING_STAGES, OpsMetrics
 from tests.dedupe.test_instances import TEXT, Instance, pg_factory  # noqa: F401
 from tests.dedupe.test_stage import HOUR, T0, _classified, _vec
 from tests.stores import StoreFactory, store_factory  # noqa: F401
@@ -247,7 +247,7 @@ async def test_a_closing_retried_past_max_attempts_is_counted_on_metrics_until_a
     it is applied, every stage listed from the first scrape (0)."""
     store, worker, blocks, rid, inc = await retrying_incident(store_factory)
     metrics = OpsMetrics(store, cache_seconds=0, max_attempts=3)
-    assert retrying_past_limit(await metrics.render()) == dict.fromkeys(QUEUE_LIMITED_STAGES, 0.0)
+    assert retrying_past_limit(await metrics.render()) == dict.fromkeys(KEEPS_TRYING_STAGES, 0.0)
     blocks.down = True
     await changed(store, rid, inc, 1, at=T0 + 100)
     seen = []
@@ -259,4 +259,4 @@ async def test_a_closing_retried_past_max_attempts_is_counted_on_metrics_until_a
     blocks.down = False
     store.clock.advance(61.0)  # type: ignore[attr-defined]
     assert await worker.run_once() == 1
-    assert retrying_past_limit(await metrics.render()) == dict.fromkeys(QUEUE_LIMITED_STAGES, 0.0)
+    assert retrying_past_limit(await metrics.render()) == dict.fromkeys(KEEPS_TRYING_STAGES, 0.0)

@@ -118,3 +118,28 @@ async def test_intakes_waiting_commit_goes_before_a_workers_next_transaction(sto
         order.append("stage")
     await asyncio.to_thread(thread.join)
     assert order == ["intake", "stage"]
+
+
+def test_a_flag_left_from_before_the_machine_restarted_is_not_believed(tmp_path: Path) -> None:
+    import struct
+
+    db = tmp_path / "db"
+    Path(f"{db}-intake").write_bytes(struct.pack("d", time.monotonic() + 3 * 86400.0))  # the old boot's clock
+    flag = IntakeSignal(db)
+    try:
+        assert not flag.waiting()
+    finally:
+        flag.close()
+
+
+def test_the_flag_is_a_written_block_not_a_hole_and_a_store_opens_without_one(tmp_path: Path) -> None:
+    import os
+
+    flag = IntakeSignal(tmp_path / "db")
+    try:
+        # A hole gets its block at the first store into the mapping: a SIGBUS on a full disk.
+        assert os.stat(flag.path).st_blocks > 0
+    finally:
+        flag.close()
+    # One that cannot be set up (here: its folder is gone) is no flag, and no error: it is only a hint.
+    assert IntakeSignal.open(tmp_path / "gone" / "db") is None

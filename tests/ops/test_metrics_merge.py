@@ -49,3 +49,13 @@ def test_the_childs_counts_fill_what_this_process_has_none_of_and_each_family_ap
 
 def test_nothing_from_the_child_leaves_this_process_s_text_as_it_is() -> None:
     assert samples(merge_exposition(OWN, "")) == samples(OWN)
+
+
+def test_the_childs_samples_join_a_family_this_process_counts_too() -> None:
+    """Intake counts its own chat workers' jobs (Messenger media) in the stage families: the child's classify counts
+    must still show, beside them."""
+    own = OWN.replace("# TYPE hcmc1022_stage_jobs_total counter\n", "# TYPE hcmc1022_stage_jobs_total counter\n"
+                      'hcmc1022_stage_jobs_total{outcome="done",stage="messenger_media:fb"} 2.0\n')
+    got = samples(merge_exposition(own, CHILD))
+    assert got['hcmc1022_stage_jobs_total{outcome="done",stage="messenger_media:fb"}'] == "2.0"
+    assert got['hcmc1022_stage_jobs_total{outcome="done",stage="classify"}'] == "3.0"
