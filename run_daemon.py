@@ -115,6 +115,9 @@ class Component:
     # shared services intake serves (the agency API, the case book the portal uses, the chat bots' place finder).
     # Its services are dropped: the stage's workers are the workers' instance's.
     intake_builder: str | None = None
+    # A view a workers-only instance builds too (ops: its metrics listener and the leadership report sender); the
+    # others only register routes, which a process without a site never serves.
+    serves_workers: bool = False
 
 
 # Every component, pipeline stages in stage order.
@@ -125,7 +128,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("classifier", "stage", "classifier.schema", "classifier.service:build", (
         Command("review", "classifier.review.decisions",
                 "the review queue of reports the classifier was not sure of"),),
-        intake_builder="classifier.service:build_places"),
+        intake_builder="classifier.intake:build_places"),
     Component("dedupe", "stage", "dedupe.schema", "dedupe.service:build", (
         Command("incident", "dedupe.operations", "incidents: list, show, merge, split"),)),
     Component("dispatch", "stage", "dispatch.schema", "dispatch.service:build", (
@@ -134,7 +137,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("console", "view", "console.schema", "console.service:build", (
         Command("user", "console.service", "console logins: add, list, disable"),)),
     Component("ops", "view", "ops.schema", "ops.service:build", (
-        Command("report", "ops.service", "the regulation's weekly and quarterly reports"),)),
+        Command("report", "ops.service", "the regulation's weekly and quarterly reports"),), serves_workers=True),
     Component("portal", "view", "portal.schema", "portal.service:build"),
 )
 
@@ -277,6 +280,9 @@ class Generation:
             # for their routes, their workers dropped.
             build_components(self.ctx, STAGE_COMPONENTS, intake_only=True)
             pipeline = build_components(self.ctx, VIEW_COMPONENTS)
+        elif self.role == "workers":
+            pipeline = build_components(self.ctx, STAGE_COMPONENTS + tuple(
+                c.name for c in COMPONENTS if c.role == "view" and c.serves_workers))
         else:
             pipeline = build_components(self.ctx, STAGE_COMPONENTS + VIEW_COMPONENTS)
         if self.role == "workers":

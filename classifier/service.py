@@ -24,7 +24,6 @@ from ingest.worker import StageWorker, WorkerSettings, Writes
 from classifier.embedding.embedder import EmbeddingThread, embed_threads, load_embedder, report_text, serving_threads
 from classifier.routing.handoff import enqueue_next
 from classifier.review.decisions import Retrainer, review_examples
-from classifier.routing.places import Places
 from classifier.training.trainer import Router
 
 log = logging.getLogger(__name__)
@@ -239,14 +238,3 @@ def build(ctx: AppContext) -> list[Service]:
 
     return [ClassifyStage(ctx, router),
             Retrainer(ctx.store, router, ctx.settings.classifier.retrain_min_decisions)]
-
-
-def build_places(ctx: AppContext) -> list[Service]:
-    """An intake-only process (`serve --role intake`, the intake side of `serve`): no model, but the chat bots
-    still ask for the place when the words and GPS give none, so the place finder is published here too."""
-    if ctx.settings.classifier.backend == "none":
-        return []
-    places = Places(ctx.directory)
-    ctx.published.place_found = places.place_found
-    ctx.published.unit_candidates = places.unit_candidates if ctx.directory.structure == "2025" else None
-    return []

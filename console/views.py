@@ -21,7 +21,7 @@ from aiohttp import web
 
 from config.console import ConsoleConfig
 from classifier.review.decisions import AlreadyDecided, decide, review_queue, show
-from classifier.training.trainer import reject_reasons
+from classifier.training.examples import reject_reasons
 from config.dispatch import dispatch_settings
 from dedupe import incidents
 from dedupe.operations import IncidentError, merge, split

@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 # In the child's environment: the parent's pid (the child dies with it) and the nice value to add.
 PARENT_ENV = "HCMC1022_WORKERS_PARENT"
 NICE_ENV = "HCMC1022_WORKERS_NICE"
-# The child's own listener and the store it must open, set through the config's environment overrides.
+# The child's own listener: its address through the config's environment override, and the socket itself, bound
+# and listening in the parent, by its descriptor number.
 LISTEN_ENV = "HCMC1022__OPS__METRICS_LISTEN"
+LISTEN_FD_ENV = "HCMC1022_WORKERS_LISTEN_FD"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_SECONDS = 1.0
 # Polls the child may miss (busy at its lower priority) before this process calls it not answering.
@@ -87,11 +89,20 @@ def bind_to_parent() -> None:
         os._exit(1)
 
 
-def loopback_port() -> int:
-    """A loopback port free now, for the child's listener (the child binds it within a second of being told)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def loopback_listener() -> socket.socket:
+    """The child's listening socket, bound here once and handed to every child started: between two children no
+    other local program can take the port (and hear the metrics token), and it is never found taken."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.set_inheritable(True)
+    return sock
+
+
+def inherited_listener() -> int | None:
+    """In the child: the descriptor of the listening socket its parent handed over, None elsewhere."""
+    fd = os.environ.get(LISTEN_FD_ENV)
+    return int(fd) if fd and fd.isdigit() else None
 
 
 def exit_text(code: int | None) -> str:
@@ -112,10 +123,11 @@ class WorkersProcess:
 
     def __init__(self, argv: Sequence[str], *, nice: int, stop_seconds: float, metrics_token: str | None = None,
                  env: Mapping[str, str] | None = None) -> None:
-        self.port = loopback_port()
+        self.listener = loopback_listener()
+        self.port = int(self.listener.getsockname()[1])
         self.argv = list(argv)
         self.env = {**(os.environ if env is None else env), PARENT_ENV: str(os.getpid()), NICE_ENV: str(nice),
-                    LISTEN_ENV: f"127.0.0.1:{self.port}"}
+                    LISTEN_ENV: f"127.0.0.1:{self.port}", LISTEN_FD_ENV: str(self.listener.fileno())}
         self.stop_seconds = stop_seconds
         self.headers: dict[str, str] = {}
         self.set_token(metrics_token)
@@ -159,6 +171,7 @@ class WorkersProcess:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def close(self) -> None:
+        self.listener.close()
         if self._config is not None:
             for path in (self._config, self._config.with_suffix(".new")):
                 path.unlink(missing_ok=True)
@@ -196,7 +209,8 @@ class WorkersProcess:
 
     async def _run_once(self) -> int:
         self._answered, self._held = False, []
-        self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env, stdin=subprocess.DEVNULL)
+        self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env, stdin=subprocess.DEVNULL,
+                                                         pass_fds=(self.listener.fileno(),))
         self.starts += 1
         log.info("workers process started (pid %d)", self.proc.pid)
         watcher = asyncio.create_task(self._watch())

@@ -14,16 +14,16 @@ from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from ingest.clock import VN_TZ
 from ingest.vocabulary import CASE_STATE_LABELS, CLOCK_TEXTS, ops_text as say
 from ingest.vocabulary import REPORT_STATUS_LABELS as STATUS_LABELS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from .reports import SCORE_WEIGHTS, AgencyFigures, Period, Ranked, Suggestion, deadline_kinds
 
@@ -76,6 +76,8 @@ def _now_label(now: float) -> str:
 
 # -- charts ---------------------------------------------------------------------------------------
 def _png(fig: Figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     buf = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buf)
     return buf.getvalue()
@@ -84,6 +86,9 @@ def _png(fig: Figure) -> bytes:
 def volume_chart(f: AgencyFigures) -> bytes:
     labels = [say("received"), say("handled"), say("answered"), say("returned")]
     values = [f.received, f.handled, f.answered, f.returned]
+    from matplotlib.figure import Figure  # imported when a report is drawn: intake processes never draw one
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(6.4, 3.0), dpi=100)
     ax = fig.add_subplot()
     bars = ax.bar(labels, values, color=["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"])
@@ -101,6 +106,9 @@ def deadline_chart(f: AgencyFigures) -> bytes | None:
             if k in f.deadlines and (f.deadlines[k].on_time or f.deadlines[k].late)]
     if not rows:
         return None
+    from matplotlib.figure import Figure  # imported when a report is drawn: intake processes never draw one
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(8.0, 1.0 + 0.45 * len(rows)), dpi=100)
     ax = fig.add_subplot()
     names = [r[0] for r in rows]
@@ -120,6 +128,9 @@ def ranking_chart(ranked: list[Ranked]) -> bytes | None:
     rows = [r for r in ranked if r.score is not None]
     if not rows:
         return None
+    from matplotlib.figure import Figure  # imported when a report is drawn: intake processes never draw one
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(7.6, 0.6 + 0.3 * len(rows)), dpi=100)
     ax = fig.add_subplot()
     ax.barh([f"{r.rank}. {r.figures.agency}" for r in rows], [r.score or 0.0 for r in rows], color="#1f77b4")

@@ -14,6 +14,8 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import os
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from ingest.mail import send_message
 from ingest.app import AppContext, Service
 from ingest.errors import ConfigError, PermanentError
 from ingest.store import Store
+from ingest.workers_process import inherited_listener
 
 from . import health
 from .metrics import CONTENT_TYPE, OpsMetrics
@@ -244,17 +247,24 @@ class MetricsListener:
 
     name = "metrics-listener"
 
-    def __init__(self, handler: Any, host: str, port: int) -> None:
+    def __init__(self, handler: Any, host: str, port: int, sock_fd: int | None = None) -> None:
         self.app = web.Application()
         self.app.router.add_get("/metrics", handler)
         self.host, self.port = host, port
+        # A listening socket handed over by the parent `serve` (ingest/workers_process.py): it stays bound for the
+        # parent while this process is down, so no other local program can take the port meanwhile.
+        self.sock_fd = sock_fd
         self.started = asyncio.Event()
 
     async def run(self) -> None:
         runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+            if self.sock_fd is not None:
+                # A copy: closing this generation's site (a reload) must leave the inherited socket to the next.
+                await web.SockSite(runner, socket.socket(fileno=os.dup(self.sock_fd))).start()
+            else:
+                await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
             self.port = runner.addresses[0][1]
             log.info("metrics on http://%s:%s/metrics", self.host, self.port)
             self.started.set()
@@ -310,7 +320,7 @@ def build(ctx: AppContext) -> list[Service]:
     address = cfg.metrics_address()
     readyz = health.add_routes(ctx, cfg.ready_timeout_seconds)
     if address is not None:
-        listener = MetricsListener(metrics_handler(metrics, token), *address)
+        listener = MetricsListener(metrics_handler(metrics, token), *address, sock_fd=inherited_listener())
         # A workers process has no site: its listener says whether it is ready, and what its parent `serve` asks.
         listener.app.router.add_get("/readyz", readyz)
         listener.app.router.add_get("/state", health.state_handler(ctx))

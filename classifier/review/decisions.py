@@ -26,7 +26,7 @@ from ingest.store import Store
 from classifier.embedding.embedder import report_text
 from classifier.routing.handoff import enqueue_next
 from classifier.routing.policy import operator_decision, training_label
-from classifier.training.trainer import Example, reject_reasons
+from classifier.training.examples import Example, reject_reasons
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,12 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from config.directory import BUNDLED, Directory, load_directory
+from config.directory import Directory, load_directory
 from config.schema import Settings
 from ingest.addresses import Gazetteer
 from ingest.progress import progress_bar
@@ -29,6 +28,7 @@ from classifier.embedding.embedder import EmbeddingThread, VectorCache, embed_ca
 from classifier.training import cache
 from classifier.training.model import MODEL_VERSION, TopicModel, load_cues
 from classifier.routing.places import Places
+from classifier.training.examples import Example, reject_reasons  # noqa: F401  (their importers' old home)
 from classifier.routing.policy import abusive_probability, complaint_terms_in, decide
 from classifier.routing.screening import screen
 
@@ -37,15 +37,6 @@ log = logging.getLogger(__name__)
 SEED_PATH = Path(__file__).parent.parent / "data" / "reports-seed.jsonl"
 SYNTHETIC_PATH = Path(__file__).parent.parent / "data" / "synthetic"
 GAZETTEER_PATH = Path(__file__).parent.parent / "data" / "gazetteer.json"
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    text: str
-    topic: str
-    weight: float = 1.0
-    source: str = "seed"  # seed, description, review
-    ref: str | None = None  # seed id or report id
 
 
 def load_seed(path: Path | None = None) -> list[dict[str, Any]]:
@@ -98,15 +89,6 @@ def description_examples(directory: Directory) -> list[Example]:
             if text:
                 out.append(Example(text=text, topic=t.id, weight=0.5, source="description"))
     return out
-
-
-def reject_reasons(agencies_path: Path | None) -> dict[str, str]:
-    """Reasons told to reporters, per refused topic, from the directory file (admins edit them there)."""
-    try:
-        data = json.loads(Path(agencies_path or BUNDLED).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {t["id"]: t["reject_reason_vi"] for t in data.get("topics", []) if t.get("reject_reason_vi")}
 
 
 def routing_groups(directory: Directory) -> dict[str, str]:
