@@ -84,14 +84,18 @@ async def processed(daemon: Daemon, report_id: int) -> None:
 
 
 @pytest.mark.timeout(300)
-async def test_the_stages_run_in_a_lower_child_that_is_restarted_and_dies_with_serve(tmp_path: Path) -> None:
+async def test_the_stages_run_in_a_lower_child_that_reloads_restarts_and_stops_after_intake(tmp_path: Path) -> None:
     daemon = _daemon(tmp_path)
     daemon.start()
     try:
+        child = await the_child(daemon)
+        # A reload while the child is still importing: it must neither die nor be started again.
+        daemon.signal(signal.SIGHUP)
         await daemon.wait_ready()
         assert daemon.proc is not None
         parent = daemon.proc.pid
-        child = await the_child(daemon)
+        assert await the_child(daemon) == child
+        assert "workers process stopped" not in daemon.log()
         assert cmdline(child)[2:5] == ["serve", "--role", "workers"], cmdline(child)
         assert nice(child) == nice(parent) + 5  # [serve] workers_nice: intake gets the cores first
         async with aiohttp.ClientSession() as http:
@@ -104,7 +108,15 @@ async def test_the_stages_run_in_a_lower_child_that_is_restarted_and_dies_with_s
             assert 'hcmc1022_stage_jobs_total{outcome="done",stage="classify"}' in metrics
             assert metrics.count("# TYPE hcmc1022_stage_jobs_total counter") == 1
 
-            # A crash of the child: /readyz says so, intake keeps accepting, the child comes back and catches up.
+            # The admin breaks the file: the reload is refused, and not given to the workers either.
+            daemon.config.write_text("[store\n", encoding="utf-8")
+            daemon.signal(signal.SIGHUP)
+            await wait_for(lambda: _async("reload refused" in daemon.log()), 30, "reload not refused",
+                           log=daemon.log)
+            assert await the_child(daemon) == child
+
+            # A crash of the child: /readyz says so, intake keeps accepting, the child comes back on the
+            # configuration that was accepted (not the broken file) and catches up.
             os.kill(child, signal.SIGKILL)
 
             async def not_ready() -> str | None:
@@ -118,30 +130,35 @@ async def test_the_stages_run_in_a_lower_child_that_is_restarted_and_dies_with_s
             restarted = await the_child(daemon, other_than=child)
             await daemon.wait_ready()
             await processed(daemon, second)
-        assert "workers process" in daemon.log() and "starting it again" in daemon.log()
+        assert "starting it again" in daemon.log()
 
-        # kill -9 of `serve` itself: its child must not live on beside the next start's.
-        daemon.kill9()
-
-        async def child_gone() -> bool:
-            return gone(restarted)
-        await wait_for(child_gone, 10, "the workers child outlived its parent's kill -9")
+        # Ctrl-C in a terminal reaches every process of the group: both stop, intake first, and no restart.
+        before = daemon.log().count("starting it again")
+        for pid in (restarted, parent):
+            os.kill(pid, signal.SIGINT)
+        assert daemon.proc.wait(timeout=30) == 0
+        assert gone(restarted)
+        log = daemon.log()
+        assert log.count("starting it again") == before
+        assert log.rindex("stopping: intake first") < log.rindex("stopped")
     finally:
         daemon.stop()
 
 
 @pytest.mark.timeout(300)
-async def test_sigterm_stops_intake_then_the_child_and_one_process_is_a_setting(tmp_path: Path) -> None:
+async def test_the_child_dies_with_a_killed_serve_and_one_process_is_a_setting(tmp_path: Path) -> None:
     (tmp_path / "two").mkdir()
     daemon = _daemon(tmp_path / "two")
     daemon.start()
     try:
         await daemon.wait_ready()
         child = await the_child(daemon)
-        assert daemon.stop() == 0
-        assert gone(child)
-        log = daemon.log()
-        assert log.index("stopping: intake first") < log.rindex("stopped")
+        # kill -9 of `serve` itself: its child must not live on beside the next start's.
+        daemon.kill9()
+
+        async def child_gone() -> bool:
+            return gone(child)
+        await wait_for(child_gone, 10, "the workers child outlived its parent's kill -9")
     finally:
         daemon.stop()
 
@@ -157,50 +174,6 @@ async def test_sigterm_stops_intake_then_the_child_and_one_process_is_a_setting(
             await processed(single, await post(http, single, "Đèn đường hẻm 7 Nguyễn Trãi quận 5 không sáng"))
     finally:
         single.stop()
-
-
-@pytest.mark.timeout(300)
-async def test_a_reload_at_the_childs_start_and_a_file_broken_later_neither_stop_the_workers(tmp_path: Path) -> None:
-    daemon = _daemon(tmp_path)
-    daemon.start()
-    try:
-        child = await the_child(daemon)
-        # A reload while the child is still importing: it must neither die nor be started again.
-        daemon.signal(signal.SIGHUP)
-        await daemon.wait_ready()
-        assert await the_child(daemon) == child
-        assert "workers process stopped" not in daemon.log()
-
-        # The admin breaks the file; the reload is refused and the workers keep running. A crash of the child
-        # later starts it on the configuration that was accepted, not on the broken file.
-        daemon.config.write_text("[store\n", encoding="utf-8")
-        daemon.signal(signal.SIGHUP)
-        await wait_for(lambda: _async("reload refused" in daemon.log()), 30, "reload not refused", log=daemon.log)
-        assert await the_child(daemon) == child  # a refused reload is not given to the workers
-        os.kill(child, signal.SIGKILL)
-        await the_child(daemon, other_than=child)
-        await daemon.wait_ready()
-        async with aiohttp.ClientSession() as http:
-            await processed(daemon, await post(http, daemon, "Đèn đường số 3 Nguyễn Trãi quận 5 chập chờn"))
-    finally:
-        daemon.stop()
-
-
-@pytest.mark.timeout(300)
-async def test_ctrl_c_to_the_process_group_stops_both_without_a_restart(tmp_path: Path) -> None:
-    daemon = _daemon(tmp_path)
-    daemon.start()
-    try:
-        await daemon.wait_ready()
-        assert daemon.proc is not None
-        child = await the_child(daemon)
-        for pid in (child, daemon.proc.pid):  # what a terminal's Ctrl-C does: every process of the group
-            os.kill(pid, signal.SIGINT)
-        assert daemon.proc.wait(timeout=30) == 0
-        assert gone(child)
-        assert "starting it again" not in daemon.log()
-    finally:
-        daemon.stop()
 
 
 async def _async(value: bool) -> bool:
