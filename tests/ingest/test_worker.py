@@ -134,6 +134,36 @@ async def test_cancelled_worker_releases_its_leases(clocked_store: Store, make_m
         assert row["state"] == "ready" and row["attempts"] == 0
 
 
+async def test_a_worker_cancelled_while_its_lease_commits_gives_those_jobs_back(clocked_store: Store,
+                                                                             make_message) -> None:
+    """A stop that lands while the lease's transaction commits (the commit runs on the connection's thread and is
+    not undone by the cancellation): the jobs it took are given back, not left leased until their leases expire
+    (seen in the crash test: 16 notify jobs leased after a clean stop)."""
+    ids = [(await clocked_store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(3)]
+    committed = asyncio.Event()
+    real_lease = clocked_store.lease
+
+    async def lease_then_slow_return(*args, **kwargs):
+        jobs = await real_lease(*args, **kwargs)
+        committed.set()
+        await asyncio.sleep(0.2)  # the trip back from the connection's thread, on a busy machine
+        return jobs
+
+    clocked_store.lease = lease_then_slow_return  # type: ignore[method-assign]
+
+    async def handler(job: Job, report: StoredReport):
+        raise AssertionError("never reached")
+
+    worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(batch=3))
+    task = asyncio.create_task(worker.run_once())
+    await committed.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    for rid in ids:
+        row = await _job(clocked_store, rid)
+        assert row["state"] == "ready" and row["attempts"] == 0, dict(row)
+
+
 async def test_run_wakes_on_new_work_and_stops(store: Store, make_message) -> None:
     done = asyncio.Event()
 
