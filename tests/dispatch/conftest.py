@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from classifier.schema import MIGRATIONS as CLASSIFIER_MIGRATIONS
 from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
 from dispatch.schema import MIGRATIONS
 from ingest.clock import FakeClock, iso
+from ingest.pgstore import PgStore, PgTx
 from ingest.records import Candidate, Classification, InboundMessage, Place, Reporter
 from ingest.store import Store
 from tests import seed
@@ -185,3 +186,35 @@ def webhook_cfg(url: str, *, agency: str = "sawaco", secrets: list[str] | None =
     target.update(extra)
     return {agency: {"targets": [target]}}
 
+
+# -- two instances on one PostgreSQL database -----------------------------------------------------
+@pytest.fixture
+async def two(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[PgStore, PgStore]]:
+    """Two instances' stores on one PostgreSQL database, b's clock a minute ahead of a's."""
+    migrations = {"dedupe": DEDUPE_MIGRATIONS, "dispatch": MIGRATIONS}
+    a = await PgStore.open(pg_url, tmp_path / "a", FakeClock(1_788_000_000.0), migrations)
+    b = await PgStore.open(pg_url, tmp_path / "b", FakeClock(1_788_000_060.0), migrations)
+    yield a, b
+    await b.close()
+    await a.close()
+
+
+@pytest.fixture
+def after_subject_read(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[int]]:
+    """`(reader, write)`: right after `reader` reads a subject's jobs (a burying lease's first read), `write()`
+    commits on the other instance, as a race between two reads would have it; returns the list the id of the row
+    it wrote (the first of what it returns) goes in.
+    Undone by `monkeypatch.undo()` or at the test's end."""
+    def install(reader: PgStore, write: Callable[[], Awaitable[tuple[int, ...]]]) -> list[int]:
+        written: list[int] = []
+        fetchall = PgTx.fetchall
+
+        async def then_write(self: PgTx, sql: str, params: Sequence[Any] = ()) -> Any:
+            rows = await fetchall(self, sql, params)
+            if self.store is reader and "subject=?" in sql and not written:
+                written.append((await write())[0])
+            return rows
+
+        monkeypatch.setattr(PgTx, "fetchall", then_write)
+        return written
+    return install

@@ -7,31 +7,15 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
-from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
 from dispatch.delivery import enqueue_delivery
-from dispatch.schema import MIGRATIONS as DISPATCH_MIGRATIONS
-from ingest.clock import FakeClock
 from ingest.jobs import DELIVER
-from ingest.pgstore import PgStore, PgTx
+from ingest.pgstore import PgStore
 
-T0 = 1_788_000_000.0
 AGENCY, TARGET = "sawaco", "hook"
-
-
-@pytest.fixture
-async def two(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[PgStore, PgStore]]:
-    migrations = {"dedupe": DEDUPE_MIGRATIONS, "dispatch": DISPATCH_MIGRATIONS}
-    a = await PgStore.open(pg_url, tmp_path / "a", FakeClock(T0), migrations)
-    b = await PgStore.open(pg_url, tmp_path / "b", FakeClock(T0 + 60), migrations)
-    yield a, b
-    await b.close()
-    await a.close()
 
 
 async def routed(store: PgStore, n: int) -> tuple[int, int]:
@@ -55,23 +39,15 @@ async def routed(store: PgStore, n: int) -> tuple[int, int]:
 
 
 async def test_an_undecodable_deliver_job_kills_its_own_row_not_one_another_instance_just_routed(
-        two: tuple[PgStore, PgStore], monkeypatch: pytest.MonkeyPatch) -> None:
+        two: tuple[PgStore, PgStore], monkeypatch: pytest.MonkeyPatch,
+        after_subject_read: Callable[..., list[int]]) -> None:
     a, b = two
     old, old_job = await routed(a, 1)
     async with a.transaction() as tx:  # written by a newer build: it does not decode here
         await tx.execute("UPDATE jobs SET payload=? WHERE id=?",
                          (json.dumps({"type": "DeliverJob", "schema_version": 99, "delivery_id": old}), old_job))
-    written: list[int] = []
-    fetchall = PgTx.fetchall
-
-    async def then_a_new_case(self: PgTx, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Instance a routes its next case to the endpoint right after b's burying lease read the endpoint's jobs."""
-        rows = await fetchall(self, sql, params)
-        if self.store is b and "subject=?" in sql and not written:
-            written.append((await routed(a, 2))[0])
-        return rows
-
-    monkeypatch.setattr(PgTx, "fetchall", then_a_new_case)
+    # Instance a routes its next case to the endpoint right after b's burying lease read the endpoint's jobs.
+    written = after_subject_read(b, lambda: routed(a, 2))
     assert await b.queue.lease(DELIVER, 64, 60.0) == []  # the one due job buried, its row dead
     monkeypatch.undo()
     (new,) = written

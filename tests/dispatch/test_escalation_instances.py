@@ -6,31 +6,15 @@ false `escalation_dead` alert while its own job went on to send it."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 import dispatch.clocks  # noqa: F401  (registers the escalate kind's hooks)
-from dedupe.schema import MIGRATIONS as DEDUPE_MIGRATIONS
-from dispatch.schema import MIGRATIONS as DISPATCH_MIGRATIONS
-from ingest.clock import FakeClock
 from ingest.jobs import ESCALATE, EscalateJob
-from ingest.pgstore import PgStore, PgTx
+from ingest.pgstore import PgStore
 
-T0 = 1_788_000_000.0
 SUBJECT = "sawaco/sms"
-
-
-@pytest.fixture
-async def two(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[PgStore, PgStore]]:
-    migrations = {"dedupe": DEDUPE_MIGRATIONS, "dispatch": DISPATCH_MIGRATIONS}
-    a = await PgStore.open(pg_url, tmp_path / "a", FakeClock(T0), migrations)
-    b = await PgStore.open(pg_url, tmp_path / "b", FakeClock(T0 + 60), migrations)
-    yield a, b
-    await b.close()
-    await a.close()
 
 
 async def digest(store: PgStore) -> tuple[int, int]:
@@ -47,23 +31,15 @@ async def digest(store: PgStore) -> tuple[int, int]:
 
 
 async def test_an_undecodable_escalate_job_gives_up_its_own_digest_not_one_another_instance_just_wrote(
-        two: tuple[PgStore, PgStore], monkeypatch: pytest.MonkeyPatch) -> None:
+        two: tuple[PgStore, PgStore], monkeypatch: pytest.MonkeyPatch,
+        after_subject_read: Callable[..., list[int]]) -> None:
     a, b = two
     old, old_job = await digest(a)
     async with a.transaction() as tx:  # written by a newer build: it does not decode here
         await tx.execute("UPDATE jobs SET payload=? WHERE id=?",
                          (json.dumps({"type": "EscalateJob", "schema_version": 99, "escalation_id": old}), old_job))
-    written: list[int] = []
-    fetchall = PgTx.fetchall
-
-    async def then_a_new_digest(self: PgTx, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Instance a commits its next digest of the subject right after b's burying lease read the subject's jobs."""
-        rows = await fetchall(self, sql, params)
-        if self.store is b and "subject=?" in sql and not written:
-            written.append((await digest(a))[0])
-        return rows
-
-    monkeypatch.setattr(PgTx, "fetchall", then_a_new_digest)
+    # Instance a commits its next digest of the subject right after b's burying lease read the subject's jobs.
+    written = after_subject_read(b, lambda: digest(a))
     assert await b.queue.lease(ESCALATE, 64, 60.0) == []  # the one due job buried, its digest given up
     monkeypatch.undo()
     (new,) = written
