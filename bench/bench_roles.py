@@ -1,15 +1,17 @@
 """Intake of the whole daemon while its workers process a backlog (issue 20), per store and process layout.
 
     .venv/bin/python bench/bench_roles.py [--backlog 2000] [--seconds 5] [--clients 32] [--rate 500]
-                                          [--postgresql ADMIN_URL] [--layouts sqlite-all,sqlite-one,sqlite-split,pg-split]
+                                          [--postgresql ADMIN_URL] [--layouts sqlite-all,sqlite-one,sqlite-split,pg-all,pg-split]
 
-Three layouts, each on a fresh store, each beside the raw one-row-per-commit rate of its backend measured in the
+Five layouts, each on a fresh store, each beside the raw one-row-per-commit rate of its backend measured in the
 same run (bench_intake.py's baselines):
   - sqlite, all:  `make run`'s shape: `serve`, intake in its process and the stages in the workers child it
     starts (ingest/workers_process.py); cores are counted over both;
   - sqlite, one:  the same with `[serve] workers_process = false`, everything in one process (the shape before);
   - sqlite, split: `serve --role intake` and `serve --role workers` on one SQLite file;
-  - postgresql, split: the same two processes on a PostgreSQL database (created for the run, dropped after).
+  - postgresql, all: `make run`'s shape (`serve` and its workers child) with `[store] url` on a PostgreSQL
+    database (created for the run, dropped after);
+  - postgresql, split: the two processes of the split layout on such a database.
 For each: the daemon is started with the real classifier (int8), `--backlog` reports are posted (the dev reports
 of classifier/data/reports-seed.jsonl, repeated with fresh keys: each its own text and place, so the workers
 classify, match incidents and dispatch as for real reports; the benchmark's own form, one text from one phone, is
@@ -19,7 +21,7 @@ when installed, else a Python client, see bench_intake.generator), with the core
 daemon process used meanwhile, then p50/p99 of the acknowledgement at `rate` offered (target p99 < 50 ms at
 500/s; an open-loop Python client, timed from when each request was due). The classify backlog before and after
 is printed, with the incident decisions taken meanwhile, to show the workers were busy throughout. `--layouts`
-picks some of the three.
+picks some of them.
 
 Each role's process is started as its systemd unit starts it (deploy/hcmc1022*.service): its `Nice=` is read from
 the unit and applied (the workers' unit runs the embedder at Nice=5, so intake on the same host stays ahead of it).
@@ -214,6 +216,7 @@ async def _measure(layout: Layout, backlog: int, clients: int, seconds: float, r
 # --layouts key -> (printed name, the processes' roles, backend)
 LAYOUTS = {"sqlite-all": ("sqlite, all", ["all"], "sqlite"), "sqlite-one": ("sqlite, one process", ["one"], "sqlite"),
            "sqlite-split": ("sqlite, split", ["intake", "workers"], "sqlite"),
+           "pg-all": ("postgresql, all", ["all"], "postgresql"),
            "pg-split": ("postgresql, split", ["intake", "workers"], "postgresql")}
 
 
