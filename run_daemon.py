@@ -48,6 +48,7 @@ from config.schema import Settings  # noqa: E402
 from ingest.app import AppContext, Published, Service  # noqa: E402
 from ingest.clock import Clock, parse_iso  # noqa: E402
 from ingest.errors import ConfigError, StorageError  # noqa: E402
+from ingest.faults import storage_reason  # noqa: E402
 from ingest.event_loop import run as run_loop  # noqa: E402
 from ingest import heap  # noqa: E402
 from ingest.http import make_app  # noqa: E402
@@ -184,6 +185,16 @@ async def open_store(settings: Settings, clock: Clock | None = None, path: Path 
     store.quarantine_limits = QuarantineLimits(head_bytes=cfg.quarantine_head_bytes,
                                                max_bytes=cfg.quarantine_max_bytes, max_rows=cfg.quarantine_max_rows)
     return store
+
+
+def store_fault_reason(settings: Settings) -> Callable[[BaseException], str | None]:
+    """How the configured backend says it cannot be used now (waited for) rather than misconfigured (raised): a
+    PostgreSQL server still starting or out of connections is an outage, not a reason to exit."""
+    if settings.store.url is None:
+        return storage_reason
+    from ingest.pgstore import storage_reason as pg_reason
+
+    return pg_reason
 
 
 def make_context(settings: Settings, directory: Directory, store: Store, *, route_mode: bool = False,
@@ -352,7 +363,7 @@ async def serve(settings: Settings, config_path: Path | None = None, stop: async
     # A store that cannot even be opened (a full disk at start) is waited for, serving degraded meanwhile (a
     # workers process has no site of its own: intake serves the degraded answers).
     store = await open_or_serve_degraded(lambda: open_store(settings), settings.http.host, settings.http.port, stop,
-                                         serve_http=role != "workers")
+                                         serve_http=role != "workers", reason=store_fault_reason(settings))
     if store is None:
         return  # stopped before the store could be opened
     children = None

@@ -37,19 +37,24 @@ def degraded_app(reason: Callable[[], str]) -> web.Application:
 
 
 async def open_or_serve_degraded(open_store: Callable[[], Awaitable[T]], host: str, port: int,
-                                 stop: asyncio.Event, *, cap: float = 10.0, serve_http: bool = True) -> T | None:
+                                 stop: asyncio.Event, *, cap: float = 10.0, serve_http: bool = True,
+                                 reason: Callable[[BaseException], str | None] = storage_reason) -> T | None:
     """`open_store()`, retried with backoff while it fails for a storage reason, serving degraded meanwhile
     (`serve_http` false: only retried, for a process without a site of its own). Returns None if `stop` is set
-    first. Any other failure (a bug, a bad config) is raised as before."""
+    first. Any other failure (a bug, a bad config) is raised as before. `reason` names the backend's storage
+    faults (SQLite's and the file system's by default; PostgreSQL's from ingest.pgstore for a `[store] url`)."""
     runner: web.AppRunner | None = None
     state = {"reason": "store: not opened yet"}
     attempt = 0
+    opened = False
     try:
         while not stop.is_set():
             try:
-                return await open_store()
+                store = await open_store()
+                opened = True
+                return store
             except Exception as exc:
-                why = storage_reason(exc)
+                why = reason(exc)
                 if why is None:
                     raise
                 attempt += 1
@@ -69,4 +74,9 @@ async def open_or_serve_degraded(open_store: Callable[[], Awaitable[T]], host: s
     finally:
         if runner is not None:
             await runner.cleanup()
-            log.warning("store opened after %d failed attempt(s): leaving degraded mode", attempt)
+            # Also reached when a stop (or a bug's exception) ends the retries: say which, the admin reads this line
+            # to know whether the store came back.
+            if opened:
+                log.warning("store opened after %d failed attempt(s): leaving degraded mode", attempt)
+            else:
+                log.warning("stopping after %d failed attempt(s) to open the store: it was never opened", attempt)

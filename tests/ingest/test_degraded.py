@@ -64,3 +64,77 @@ async def test_stop_while_degraded_returns_none() -> None:
         raise OSError(errno.EIO, "I/O error")
 
     assert await open_or_serve_degraded(never, "127.0.0.1", free_port(), stop) is None
+
+
+async def test_stop_while_degraded_does_not_claim_the_store_opened(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: every exit from the retries logged "store opened after N failed attempt(s)", a stop included, so an
+    # admin read that the store had come back when it never did.
+    stop = asyncio.Event()
+    attempts = 0
+
+    async def never() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 2:
+            stop.set()
+        raise OSError(errno.EIO, "I/O error")
+
+    with caplog.at_level("WARNING", logger="ingest.degraded"):
+        assert await open_or_serve_degraded(never, "127.0.0.1", free_port(), stop, cap=0.01) is None
+    assert "store opened" not in caplog.text and "never opened" in caplog.text
+
+
+async def _postgres_starting_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """What a PostgreSQL server still in recovery answers every startup message (protocol 3.0): an ErrorResponse
+    with SQLSTATE 57P03, then it closes the connection."""
+    try:
+        length = int.from_bytes(await reader.readexactly(4), "big")
+        body = await reader.readexactly(length - 4)
+        if body[:4] == (80877103).to_bytes(4, "big"):  # SSLRequest: "N", then the real startup message
+            writer.write(b"N")
+            await writer.drain()
+            length = int.from_bytes(await reader.readexactly(4), "big")
+            await reader.readexactly(length - 4)
+        fields = b"".join(code + text + b"\0" for code, text in (
+            (b"S", b"FATAL"), (b"V", b"FATAL"), (b"C", b"57P03"), (b"M", b"the database system is starting up")))
+        payload = fields + b"\0"
+        writer.write(b"E" + (len(payload) + 4).to_bytes(4, "big") + payload)
+        await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_postgresql_server_still_starting_is_waited_for_not_a_reason_to_exit(tmp_path) -> None:
+    # Before: asyncpg's CannotConnectNowError was judged by SQLite's rules (not a storage fault) and ended `serve`
+    # with a stack trace whenever the database restarted at the same moment (a reboot of both, a failover).
+    import run_daemon
+
+    server = await asyncio.start_server(_postgres_starting_up, "127.0.0.1", 0)
+    pg_port = server.sockets[0].getsockname()[1]
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[store]\nurl = "postgresql://u@127.0.0.1:{pg_port}/db"\nblob_dir = "{tmp_path / "blobs"}"\n'
+                      f'[http]\nport = {port}\n', encoding="utf-8")
+    settings = run_daemon.load_settings(str(config))
+    stop = asyncio.Event()
+    opening = asyncio.ensure_future(open_or_serve_degraded(
+        lambda: run_daemon.open_store(settings), "127.0.0.1", port, stop, cap=0.05,
+        reason=run_daemon.store_fault_reason(settings)))
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                assert not opening.done(), opening.exception()
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        body = await resp.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.02)
+            assert resp.status == 503 and body["reasons"] == ["store: cannot open (database unreachable); retrying"]
+    finally:
+        stop.set()
+        assert await opening is None
+        server.close()
+        await server.wait_closed()
