@@ -22,7 +22,8 @@ token back). When a lease expired and the job was reclaimed and taken again, how
 whatever happened since, the late worker's outcome changes nothing and answers False / "lost".
 
     jobs = await queue.lease(kind, limit, lease_seconds)        # due 'ready' jobs, oldest first; attempts += 1,
-                                                                 # a new lease token
+                                                                 # a new lease token; cancelled as it commits, it
+                                                                 # gives back what it took
     ok = await queue.finish(job, writes)                         # done + the caller's writes in one transaction
     oks = await queue.finish_many([(job, writes), ...])          # one transaction, a savepoint per job
     outcome = await queue.retry_or_dead(job, error, policy, retry_after=None, permanent=False)  # "retry"/"dead"/"lost"
@@ -359,6 +360,31 @@ class SqliteQueue:
 
     # -- taking work --------------------------------------------------------------------------------
     async def lease(self, kind: str, limit: int, lease_seconds: float) -> list[Job]:
+        """Due jobs of the kind, leased to the caller. A cancellation (a stop) that lands while the lease commits does
+        not stop the commit (it runs on SQLite's connection thread, on PostgreSQL's server), and the caller would
+        never learn what was taken: those jobs are given back, not left leased to nobody until the leases expire.
+        The lease's own task sees it through, so a cancelled caller waits for it (one short transaction)."""
+        leasing = asyncio.ensure_future(self._lease(kind, limit, lease_seconds))
+        try:
+            return await asyncio.shield(leasing)
+        except asyncio.CancelledError:
+            # Shielded too: a second cancellation stops this wait, not the giving back.
+            await asyncio.shield(self._give_back(leasing))
+            raise
+
+    async def _give_back(self, leasing: asyncio.Future[list[Job]]) -> None:
+        try:
+            jobs = await leasing
+        except (Exception, asyncio.CancelledError):  # nothing committed, or nothing known to give back
+            return
+        if jobs:
+            try:
+                await self.release(jobs)
+            except Exception as exc:  # the cancellation goes on; these leases come back when they expire
+                log.warning("%d %s jobs taken as a stop landed stay leased until their leases expire (%s)",
+                            len(jobs), jobs[0].stage, type(exc).__name__)
+
+    async def _lease(self, kind: str, limit: int, lease_seconds: float) -> list[Job]:
         now = self.store.clock.now()
         async with self.store.transaction() as tx:
             rows = await tx.fetchall(self.sql.lease, (now + lease_seconds, now, kind, now, limit))

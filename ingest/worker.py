@@ -167,19 +167,8 @@ class StageWorker:
 
     async def _take(self) -> _Taken | None:
         """Lease a batch, read its reports and start preparing it (the batch handler, as a task of its own)."""
-        leasing = asyncio.ensure_future(self.store.lease(self.stage, self.settings.batch, self.settings.lease_seconds))
-        try:
-            jobs = await asyncio.shield(leasing)
-        except asyncio.CancelledError:
-            # A stop while the lease commits: the commit runs on the connection's thread whatever happens here, so
-            # what it took is given back rather than left leased until the leases expire.
-            try:
-                taken_anyway = await leasing
-            except (Exception, asyncio.CancelledError):
-                taken_anyway = []
-            if taken_anyway:
-                await asyncio.shield(self.store.release(list(taken_anyway)))
-            raise
+        # A stop while the lease commits gives back what it took (queue.lease), as a stop later in here does.
+        jobs = await self.store.lease(self.stage, self.settings.batch, self.settings.lease_seconds)
         if not jobs:
             return None
         taken = _Taken(list(jobs), [], None, time.monotonic())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,36 @@ async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Async
     factory = StoreFactory(request.param, tmp_path, url)
     yield factory
     await factory.close_all()
+
+
+async def cancel_as_it_commits(store: AnyStore, run: Callable[[], Awaitable[Any]],
+                               at_commit: Callable[[], Awaitable[None]]) -> None:
+    """Start `run()` and cancel it while the store's next transaction (its first) commits, the commit done and the
+    caller not yet told: as a stop lands while SQLite's connection thread, or PostgreSQL's server, commits (the
+    commit goes on whatever the cancellation does). `at_commit()` runs there first (to see what the commit did);
+    returns once `run()` has ended, cancelled."""
+    committed, proceed = asyncio.Event(), asyncio.Event()
+    real = store.transaction
+
+    @asynccontextmanager
+    async def transaction() -> AsyncIterator[Any]:
+        async with real() as tx:
+            yield tx
+        if not committed.is_set():
+            committed.set()
+            await proceed.wait()
+
+    store.transaction = transaction  # type: ignore[method-assign]
+    paused = asyncio.ensure_future(committed.wait())
+    try:
+        task = asyncio.ensure_future(run())
+        await asyncio.wait({task, paused}, return_when=asyncio.FIRST_COMPLETED)
+        assert committed.is_set(), "run() ended without a transaction"
+        await at_commit()
+        task.cancel()
+        proceed.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        paused.cancel()
+        del store.transaction  # the class's again

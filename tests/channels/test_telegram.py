@@ -24,6 +24,7 @@ from ingest.errors import PermanentError, TransientError
 from ingest.jobs import TelegramSendJob
 from ingest.store import Store, StoredReport
 from tests.channels.fakes.fake_bot_api import FakeBotApi
+from tests.stores import cancel_as_it_commits
 
 TOKEN = "7012345678:AAH-secret-part-of-the-token-xyz"
 SECRET = "hook-secret-42"
@@ -421,3 +422,24 @@ async def test_a_message_another_instance_is_still_sending_is_not_overtaken(env:
     env.clock.advance(telegram.ORDER_WAIT_SECONDS)
     assert await ch.send_outbox() == 1
     assert [s["text"] for s in env.api.sent] == [ASK_PHONE]
+
+
+async def test_an_outbox_stopped_while_its_lease_commits_gives_the_messages_back(env: Env) -> None:
+    """A stop that lands while the outbox's lease commits (the commit goes on whatever the cancellation does): the
+    bot's messages it took are due again at once, not leased to nobody until their leases expire."""
+    store = await env.open_store()
+    ch = env.make(store)
+    async with store.transaction() as tx:
+        for chat in (555, 777):
+            await tx.enqueue(ch.send_kind, None, TelegramSendJob(instance="bot", chat_id=chat, text=f"tin {chat}"),
+                             subject=ch.chat_subject(chat))
+
+    async def jobs() -> list[tuple[str, int]]:
+        rows = await store.fetchall("SELECT state, attempts FROM jobs WHERE stage=? ORDER BY id", (ch.send_kind,))
+        return [(r["state"], r["attempts"]) for r in rows]
+
+    async def taken() -> None:
+        assert await jobs() == [("leased", 1)] * 2
+
+    await cancel_as_it_commits(store, ch.send_outbox, taken)
+    assert env.api.sent == [] and await jobs() == [("ready", 0)] * 2

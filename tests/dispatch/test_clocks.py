@@ -19,9 +19,10 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
 from classifier.review.decisions import decide
+from config.dispatch import DispatchConfig
 from config.loader import validate
 from dispatch import policy, service
-from dispatch.clocks import overdue, tick
+from dispatch.clocks import EscalationSender, overdue, tick, write_digests
 from dispatch.delivery import DeliverySender
 from dispatch.notify import SmsGateway
 from ingest.app import AppContext
@@ -29,6 +30,7 @@ from ingest.errors import PermanentError
 from ingest.records import Reporter
 from ingest.store import Store
 from tests import seed
+from tests.stores import cancel_as_it_commits
 
 from .conftest import SECRET_A, seed_report
 from .test_flow import RecordingReplies, answer
@@ -334,6 +336,30 @@ async def test_warnings_and_breaches_reach_the_agency_and_the_operator_unit_as_o
     # The console's overdue list shows the same clocks.
     assert sorted((o.case_id, o.kind) for o in await overdue(ctx.store, include_warnings=True)) == \
         sorted((c, k) for c in cases for k in ("site_check", "fix"))
+
+
+async def test_a_digest_sender_stopped_while_its_lease_commits_gives_the_digests_back(dstore: Store, directory):
+    """A stop that lands while the digest sender's lease commits (the commit goes on whatever the cancellation
+    does): the digests it took are due again at once, not leased to nobody until their leases expire."""
+    cfg = DispatchConfig.model_validate({"agencies": {"sawaco": {"escalation": {"email": ["lanhdao@sawaco.example.vn"],
+                                                                                "sms": ["0909000111"]}}}})
+    now = dstore.clock.now()
+    async with dstore.transaction() as tx:  # what a tick writes for a missed clock
+        assert await write_digests(tx, cfg, "breach", [{"case_id": None, "report_id": None, "agency": "sawaco",
+                                                        "kind": "fix", "due_at": now}], now) == 2
+    sender = EscalationSender(dstore, cfg, directory, sms=None)
+
+    async def jobs() -> list[tuple[str, int]]:
+        rows = await dstore.fetchall("SELECT state, attempts FROM jobs WHERE stage='escalate' ORDER BY id")
+        return [(r["state"], r["attempts"]) for r in rows]
+
+    async def taken() -> None:
+        assert await jobs() == [("leased", 1)] * 2
+
+    await cancel_as_it_commits(dstore, sender.run_once, taken)
+    assert await jobs() == [("ready", 0)] * 2
+    states = await dstore.fetchall("SELECT state FROM escalations")
+    assert [r["state"] for r in states] == ["pending"] * 2
 
 
 async def test_a_digest_that_cannot_be_sent_is_retried_then_kept(world, smtp, sms_gateway):

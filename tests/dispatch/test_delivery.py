@@ -18,6 +18,7 @@ from config.dispatch import DispatchConfig
 from dispatch.delivery import DeliverySender, replay_deliveries
 from dispatch.ssrf import target_problems
 from ingest.records import Attachment
+from tests.stores import cancel_as_it_commits
 
 from .conftest import SECRET_A, SECRET_B, make_book, run_dispatch, seed_report, webhook_cfg
 
@@ -314,6 +315,23 @@ async def test_sender_survives_concurrent_run(dstore, directory, receiver):
     await asyncio.gather(sender.run_once(), sender.run_once())
     await sender.close()
     assert len(receiver.requests) == 5
+
+
+async def test_a_sender_stopped_while_its_lease_commits_gives_the_deliveries_back(dstore, directory, receiver):
+    """A stop that lands while the sender's lease commits (the commit goes on whatever the cancellation does): the
+    deliveries it took are due again at once, not leased to nobody until their leases expire."""
+    _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url), n=2)
+
+    async def jobs() -> list[tuple[str, int]]:
+        rows = await dstore.fetchall("SELECT state, attempts FROM jobs WHERE stage='deliver' ORDER BY id")
+        return [(r["state"], r["attempts"]) for r in rows]
+
+    async def taken() -> None:
+        assert await jobs() == [("leased", 1)] * 2
+
+    await cancel_as_it_commits(dstore, sender.run_once, taken)
+    await sender.close()
+    assert receiver.requests == [] and await jobs() == [("ready", 0)] * 2
 
 
 async def test_an_outbox_written_before_the_one_queue_is_delivered_after_the_upgrade(tmp_path, fclock, directory,

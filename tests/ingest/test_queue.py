@@ -10,7 +10,8 @@ from ingest.clock import FakeClock
 from ingest.jobs import DedupeJob, MessengerAskJob, MessengerMediaJob, ReporterFollowUpJob
 from ingest.queue import Settlement
 from ingest.store import Store, Tx
-from tests.stores import AnyStore, StoreFactory, store_factory  # noqa: F401  (the parametrised fixture)
+from tests.stores import AnyStore, StoreFactory, cancel_as_it_commits
+from tests.stores import store_factory  # noqa: F401  (the parametrised fixture)
 
 @pytest.fixture
 async def clocked_store(store_factory: StoreFactory, clock: FakeClock) -> AsyncIterator[AnyStore]:
@@ -204,6 +205,24 @@ async def test_release_on_shutdown_does_not_count_an_attempt(clocked_store: Stor
     assert row["state"] == "ready" and row["attempts"] == 0 and row["lease_until"] is None
     (again,) = await clocked_store.lease("classify", 1, 60)
     assert again.attempts == 1
+
+
+async def test_a_lease_cancelled_while_it_commits_gives_its_jobs_back(clocked_store: AnyStore, make_message) -> None:
+    """A stop that lands while the lease commits (on SQLite's connection thread, on PostgreSQL's server: the commit
+    goes on whatever the cancellation does) gives back what it took, attempts not counted, for every caller of the
+    queue alike: left leased, nobody would work on them until their leases expire."""
+    for _ in range(2):
+        await _submit(clocked_store, make_message)
+
+    async def states() -> list[tuple[str, int]]:
+        rows = await clocked_store.fetchall("SELECT state, attempts FROM jobs WHERE stage='classify' ORDER BY id")
+        return [(r["state"], r["attempts"]) for r in rows]
+
+    async def taken() -> None:
+        assert await states() == [("leased", 1)] * 2
+
+    await cancel_as_it_commits(clocked_store, lambda: clocked_store.queue.lease("classify", 5, 60), taken)
+    assert await states() == [("ready", 0)] * 2
 
 
 async def test_release_does_not_touch_finished_jobs(clocked_store: Store, make_message) -> None:

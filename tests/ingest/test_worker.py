@@ -10,6 +10,7 @@ from ingest.errors import PermanentError, TransientError
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
 from ingest.worker import JOB_OBSERVERS, StageWorker, WorkerSettings
+from tests.stores import cancel_as_it_commits
 
 
 async def _job(store: Store, report_id: int) -> dict:
@@ -140,25 +141,15 @@ async def test_a_worker_cancelled_while_its_lease_commits_gives_those_jobs_back(
     not undone by the cancellation): the jobs it took are given back, not left leased until their leases expire
     (seen in the crash test: 16 notify jobs leased after a clean stop)."""
     ids = [(await clocked_store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(3)]
-    committed = asyncio.Event()
-    real_lease = clocked_store.lease
-
-    async def lease_then_slow_return(*args, **kwargs):
-        jobs = await real_lease(*args, **kwargs)
-        committed.set()
-        await asyncio.sleep(0.2)  # the trip back from the connection's thread, on a busy machine
-        return jobs
-
-    clocked_store.lease = lease_then_slow_return  # type: ignore[method-assign]
 
     async def handler(job: Job, report: StoredReport):
         raise AssertionError("never reached")
 
+    async def taken() -> None:
+        assert [(await _job(clocked_store, rid))["state"] for rid in ids] == ["leased"] * 3
+
     worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(batch=3))
-    task = asyncio.create_task(worker.run_once())
-    await committed.wait()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_as_it_commits(clocked_store, worker.run_once, taken)
     for rid in ids:
         row = await _job(clocked_store, rid)
         assert row["state"] == "ready" and row["attempts"] == 0, dict(row)
