@@ -25,6 +25,7 @@ BENCHES: dict[str, list[str]] = {
     "pipeline": [],
     "roles": [],
     "ops": [],
+    "redact": [],
     "fuzz": [],
 }
 

@@ -19,6 +19,18 @@ SERVICE_CODES = ["drainage", "street_lighting", "unicorns", "", "road_damage"]
 NASTY = ["\ud800", "\udfff", "\x00", "\r\n", "\n", "\u2028", "\x85", "\ufeff", "\U0001F600", "ổ gà", "'\"<>&",
          "=?utf-8?q?a=0D=0Ab?=", "%00", "\\u0000"]
 
+# Descriptions that once made the redactor (ingest/pii.py) quadratic or worse, each as a text of about n characters:
+# "1-1-1-…" took 11-15 s at 20,000 characters (the longest description intake takes), one long word 2.3 s (the
+# e-mail patterns were tried from every position of a run); a handle of "aaa…ab" made a repeated-syllable pattern
+# backtrack. tests/ingest/test_pii.py counts the work they cost, bench/bench_redact.py times them.
+ADVERSARIAL_DESCRIPTIONS = {
+    "dashes": lambda n: "1-" * (n // 2),
+    "one word": lambda n: "a" * n,
+    "pluses": lambda n: "1+" * (n // 2),
+    "dashes, then an address": lambda n: "x-" * (n // 2) + "x@y.vn",
+    "a handle of aaa…ab, then an address": lambda n: "fb: " + ("a" * 29 + "b ") * (n // 31) + "x@y.vn",
+}
+
 nasty_text = st.one_of(
     st.text(max_size=40),
     st.lists(st.one_of(st.sampled_from(NASTY), st.text(max_size=8)), max_size=6).map("".join),
