@@ -28,6 +28,10 @@ def gaz():
     ("kẹt xe vòng xoay Lăng Cha Cả", "tan-binh"),  # a landmark
     ("rac o phuong Ben Nghe", "quan-1"),  # a ward with its prefix
     ("ngã tư ADV - Nguyễn Tri Phương có ổ gà", "quan-5"),  # two streets meet in one district
+    # The bridge, not Bình Chánh's commune of the same name (was binh-chanh); the commune stays findable.
+    ("đèn đường Phạm Văn Đồng đoạn gần cầu Bình Lợi tắt cả dãy", "binh-thanh"),
+    ("den duong gan cau binh loi tat het", "binh-thanh"),
+    ("xa Binh Loi mat nuoc 3 ngay", "binh-chanh"),
 ])
 def test_district_from_text(gaz, text, district):
     assert find_place(text, gaz).district == district
