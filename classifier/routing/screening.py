@@ -6,7 +6,9 @@ Words are compared as written. A term written with diacritics matches only those
 ordinary word never meets a folded swear word. Typed without diacritics, many swear words are also ordinary
 words or abbreviations ("deo" = đeo, "cc" = chung cư, "vl" = vật liệu, "du ma" = đủ mà): those are
 `ambiguous` and never enough on their own. A word masked with asterisks ("đ**", "c*t") is certain: people mask
-what they know is obscene.
+what they know is obscene. So is one spelled out letter by letter with dots or dashes ("d.i.t m.e", "l-o-n"):
+the letters are read as one word, and a listed swear word spelled so is certain; "U.B.N.D", "T.P" stay
+ordinary words.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from ingest.text import fold
 SCREENING_PATH = Path(__file__).parent.parent / "data" / "screening.json"
 _TOKEN = re.compile(r"[^\W_]+(?:\*+[^\W_]*)*|\*+[^\W_]+(?:\*+[^\W_]*)*", re.UNICODE)
 _MASKED = re.compile(r"^([^\W\d_]{1,3})\*+([^\W\d_]*)$")
+# Single letters joined by one dot or dash each, no space: "d.i.t", "đ.m", "l-o-n" (a word spelled out to slip past
+# a filter). Matched before _TOKEN, which would read each letter as a word.
+_SPELLED = re.compile(r"(?<![^\W_])[^\W\d_](?:[.\-][^\W\d_])+(?![^\W_])\.?")
 # A mask hides letters of a word: a letter then asterisks ("đ*", "c*t", "f***ing"), or two letters then asterisks
 # inside the word or at least two at its end. Asterisks around a word ("*cc*", "*lưu ý*") are emphasis.
 _MASK = re.compile(r"[^\W\d_]\*+[^\W\d_]*|[^\W\d_]{2}(?:\*+[^\W\d_]+|\*{2,})")
@@ -44,6 +49,7 @@ class _Token:
     written: str  # lower-case NFC, asterisks kept
     folded: str  # without diacritics and asterisks
     masked: bool
+    spelled: bool = False  # its letters were written apart ("d.i.t")
 
     @property
     def accented(self) -> bool:
@@ -77,13 +83,22 @@ def load_terms(path: Path = SCREENING_PATH) -> Terms:
                  units=frozenset(data.get("unit_words", ())))
 
 
+_WORD = re.compile(f"(?P<spelled>{_SPELLED.pattern})|(?P<word>{_TOKEN.pattern})", re.UNICODE)
+
+
 def _tokens(text: str) -> tuple[list[_Token], list[str], list[int]]:
     """Tokens (lower-case), the same words with their case as typed, and where each starts (NFC text)."""
     out, cased, starts = [], [], []
-    for m in _TOKEN.finditer(text):
+    for m in _WORD.finditer(text):
         raw = m.group(0)
-        written = raw.lower()
-        out.append(_Token(written=written, folded=fold(written.replace("*", "")), masked=bool(_MASK.fullmatch(written))))
+        if m.lastgroup == "spelled":
+            raw = raw.rstrip(".")
+            written = re.sub(r"[.\-]", "", raw.lower())
+            out.append(_Token(written=written, folded=fold(written), masked=False, spelled=True))
+        else:
+            written = raw.lower()
+            out.append(_Token(written=written, folded=fold(written.replace("*", "")),
+                              masked=bool(_MASK.fullmatch(written))))
         cased.append(raw)
         starts.append(m.start())
     return out, cased, starts
@@ -175,8 +190,8 @@ def screen(text: str, terms: Terms | None = None) -> Screening:
                 excused[span] = shown(span)
             doubtful = quoted(span) or plain or in_ordinary(span)
             (ambiguous if doubtful else certain)[span] = shown(span)
-    for i, tok in enumerate(tokens):  # masked swear words: certain
-        if tok.masked and _masked_profane(tok, terms.profane):
+    for i, tok in enumerate(tokens):  # masked or spelled-out swear words: certain
+        if (tok.masked and _masked_profane(tok, terms.profane)) or (tok.spelled and tok.folded in terms.profane):
             certain[(i, i + 1)] = shown((i, i + 1))
     def folded_hits(term_list: tuple[tuple[str, ...], ...]) -> list[tuple[int, int]]:
         out = []
@@ -203,12 +218,13 @@ def screen(text: str, terms: Terms | None = None) -> Screening:
         else:
             certain[span] = shown(span)
     for span in folded_hits(terms.ambiguous):
-        if any(tokens[k].masked for k in range(*span)):  # "Đ** m**": masked, so meant
+        # "Đ** m**", "d.i.t": meant. A spelled-out abbreviation ("C.C" Bàu Cát, chung cư) is no swear word.
+        if any(tokens[k].masked or (tokens[k].spelled and tokens[k].folded in terms.profane) for k in range(*span)):
             certain[span] = shown(span)
         elif _names_a_building(cased, span, tokens):
             continue
         elif not any(s[0] <= span[0] and span[1] <= s[1] for s in certain):
             ambiguous[span] = shown(span)
     return Screening(certain=tuple(dict.fromkeys(certain[s] for s in sorted(certain))),
-                     ambiguous=tuple(dict.fromkeys(ambiguous[s] for s in sorted(ambiguous))),
+                     ambiguous=tuple(dict.fromkeys(ambiguous[s] for s in sorted(ambiguous) if s not in certain)),
                      excused=tuple(dict.fromkeys(excused[s] for s in sorted(excused) if s not in certain)))

@@ -34,6 +34,10 @@ def confident(directory, topic, p=0.97):
     "có con chó chết nằm giữa đường",
     "*lưu ý*: đèn đường hư",  # asterisks for emphasis are no mask
     "*cc Bàu Cát* bị cúp nước",
+    "C.C Bàu Cát bị cúp nước",  # letters apart: an abbreviation, not a spelled-out swear word
+    "U.B.N.D phường 5 chậm trả hồ sơ",
+    "T.P.HCM ngập khắp nơi, Q.1 và P.Tân Định",
+    "vỏ lon bia vứt đầy hẻm 12-A",
 ])
 def test_ordinary_words_are_no_evidence(text):
     assert screen(text) == Screening()
@@ -64,6 +68,11 @@ def test_ambiguous_words_are_only_ambiguous(text, word):
     "useless f***ing idiots",
     "đồ chó má, tao đập nát cái văn phòng",
     "vcl den duong hu 2 tuan",
+    # Spelled out letter by letter to slip past a filter (was: the model's doubt only, held for review).
+    "d.i.t m.e bon quan lieu",
+    "l-o-n, lam an kieu gi vay",
+    "v.c.l cái phường này",
+    "D.M bọn phường",
 ])
 def test_unambiguous_words_are_certain(text):
     assert screen(text).certain
