@@ -1,6 +1,7 @@
 """The Messenger channel against a fake Graph API on loopback and the daemon's real aiohttp server."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -27,6 +28,9 @@ from tests.channels.fakes.fake_graph_api import FakeGraphApi, Media, message_eve
 APP_SECRET = "app-secret-7f3a9c"
 PAGE_TOKEN = "EAAB-page-token-0042"
 VERIFY_TOKEN = "verify-me-please"
+# How long a test waits for an ack that should come at once before it gives up (a deadline to stop waiting,
+# not a measure of speed).
+GIVE_UP_SECONDS = 30
 
 
 @dataclass
@@ -192,14 +196,21 @@ async def test_oversize_media_is_dropped_but_the_report_is_filed(env: Env) -> No
 
 
 async def test_slow_media_does_not_hold_the_ack_and_is_fetched_later_by_a_job(env: Env) -> None:
-    env.graph.media["slow.jpg"] = Media(b"slow-photo", "image/jpeg", delay=1.5)
+    # The photo's server does not answer until the test lets it: the ack must come without the photo (the media
+    # budget passes and the photo becomes a job), however fast or slow the machine. No fetch ends by its own timeout
+    # here, so an ack that waits for the photo never comes; the deadline only ends the wait for it.
+    env.channel.options = env.channel.options.model_copy(update={"send_timeout_seconds": 3600.0})
+    held = asyncio.Event()
+    env.graph.media["slow.jpg"] = Media(b"slow-photo", "image/jpeg", held=held)
     event = message_event("m_slow", "Nắp cống mất", attachments=[
         {"type": "image", "payload": {"url": env.graph.media_url("slow.jpg")}}])
-    started = time.perf_counter()
-    resp = await env.post(webhook_body(event))
-    elapsed = time.perf_counter() - started
+    try:
+        resp = await asyncio.wait_for(env.post(webhook_body(event)), GIVE_UP_SECONDS)
+    except TimeoutError:
+        pytest.fail(f"no ack in {GIVE_UP_SECONDS} s while the photo was held: the ack waits for the photo")
     assert resp.status == 200
-    assert elapsed < 1.0, f"ack took {elapsed:.2f}s"
+    assert env.graph.media_hits["slow.jpg"] == 1 and not held.is_set()  # asked for, and not answered before the ack
+    held.set()
     row = await env.store.fetchone("SELECT id FROM reports WHERE idem_key='m_slow'")
     assert (await env.store.get_report(row["id"])).message.text == "Nắp cống mất"
     job = await env.store.fetchone("SELECT stage, payload FROM jobs WHERE report_id=? AND stage LIKE 'messenger_media%'",
@@ -216,7 +227,7 @@ async def test_slow_media_does_not_hold_the_ack_and_is_fetched_later_by_a_job(en
 async def test_a_report_is_never_kept_without_its_late_media_job(env: Env) -> None:
     # The late-media job is written in the report's own transaction: if it cannot be written, neither is the
     # report, Meta gets a 503 and redelivers, and the redelivery files both.
-    env.graph.media["late.jpg"] = Media(b"late-photo", "image/jpeg", delay=1.5)
+    env.graph.media["late.jpg"] = Media(b"late-photo", "image/jpeg", held=asyncio.Event())  # never answered
     event = message_event("m_late", "Cây đổ chắn ngang hẻm", attachments=[
         {"type": "image", "payload": {"url": env.graph.media_url("late.jpg")}}])
     async with env.store.transaction() as tx:

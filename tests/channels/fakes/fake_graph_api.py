@@ -48,7 +48,8 @@ def message_event(mid: str, text: str | None = None, *, sender: str = "PSID1", p
 class Media:
     data: bytes
     content_type: str
-    delay: float = 0.0
+    # Set: the server answers only once the test sets it (a photo that is late however fast the machine is).
+    held: asyncio.Event | None = None
 
 
 @dataclass
@@ -80,6 +81,9 @@ class FakeGraphApi:
         return self.base_url
 
     async def stop(self) -> None:
+        for item in self.media.values():  # a held answer would keep the runner's cleanup waiting
+            if item.held is not None:
+                item.held.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -121,6 +125,6 @@ class FakeGraphApi:
         item = self.media.get(name)
         if item is None:
             return web.Response(status=404)
-        if item.delay:
-            await asyncio.sleep(item.delay)
+        if item.held is not None:
+            await item.held.wait()
         return web.Response(body=item.data, content_type=item.content_type)
