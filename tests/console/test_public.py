@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -12,7 +13,10 @@ import aiohttp
 import requests
 from georeport import GeoReport
 
+from console.public import to_xml
+from ingest import pii
 from ingest.clock import iso
+from ingest.public import public_request
 from ingest.records import Place, Reporter
 
 from .conftest import Browser, Server, seed_case, seed_report
@@ -202,28 +206,30 @@ async def test_open311_discovery_names_the_endpoint(server: Server) -> None:
 
 async def test_a_long_list_of_long_reports_does_not_hold_the_event_loop(server: Server) -> None:
     # Anyone may ask for page_size=1000; every report of it is redacted. Before, on the event loop: 7.7 s without an
-    # answer to anyone on a running daemon with 300 such reports.
+    # answer to anyone on a running daemon with 300 such reports. What the loop's own thread calls while the lists
+    # are served is recorded (a profile hook of this thread only; nothing of the code under test is replaced): no
+    # report's rendering or redaction, and not the XML of the list, may be among it. How long a list takes is
+    # bench_redact's business, not a test's.
     words = "Ống nước bể đường Lê Lợi Quận 1 chảy lênh láng gần chợ Bến Thành xe ngập sâu cống rác".split()
-    for i in range(120):
+    for i in range(20):
         text = " ".join(words[(i + k) % len(words)] for k in range(4_000))[:19_000]
         await seed_report(server.store, text=f"{i} {text}")
-    loop = asyncio.get_running_loop()
-    lag, listing = 0.0, True
+    watched = {public_request.__code__: "public_request", to_xml.__code__: "to_xml"}
+    on_loop: set[str] = set()
 
-    async def ticker() -> None:
-        nonlocal lag
-        last = loop.time()
-        while listing:
-            await asyncio.sleep(0.01)
-            lag = max(lag, loop.time() - last - 0.01)
-            last = loop.time()
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if event == "call" and (code in watched or code.co_filename == pii.__file__):
+            on_loop.add(watched.get(code) or f"ingest.pii.{code.co_name}")
 
-    ticking = asyncio.create_task(ticker())
-    async with aiohttp.ClientSession() as http:
-        for fmt in ("json", "xml"):
-            async with http.get(f"{server.url}/open311/v2/requests.{fmt}?page_size=1000") as resp:
-                assert resp.status == 200
-                assert len(await resp.read()) > 120 * 15_000
-    listing = False
-    await ticking
-    assert lag < 0.4, lag
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for fmt in ("json", "xml"):
+                async with http.get(f"{server.url}/open311/v2/requests.{fmt}?page_size=1000") as resp:
+                    assert resp.status == 200
+                    assert len(await resp.read()) > 20 * 15_000
+    finally:
+        sys.setprofile(previous)
+    assert not on_loop, f"run on the event loop: {sorted(on_loop)}"
