@@ -404,12 +404,19 @@ def _streets(words: str, gazetteer: Gazetteer) -> tuple[str | None, tuple[str, .
 
 
 def _landmark(words: str, gazetteer: Gazetteer) -> tuple[str | None, str | None, tuple[int, int] | None]:
+    """The first landmark named, and the district of the first one named that lies in one district: a canal or
+    a road through several ("kênh Nhiêu Lộc") gives none, and the bridge named after it ("đoạn cầu Kiệu") does."""
     best: tuple[int, int, str, str | None] | None = None
+    located: tuple[int, str] | None = None
     for alias, canonical, district in gazetteer.named_in("landmarks", words):  # longest first: ties keep the longer name
         pos = _find(words, alias)
         if pos >= 0 and (best is None or pos < best[0]):
             best = (pos, pos + len(alias) + 1, canonical, district)
-    return (best[2], best[3], (best[0], best[1])) if best else (None, None, None)
+        if pos >= 0 and district is not None and (located is None or pos < located[0]):
+            located = (pos, district)
+    if best is None:
+        return None, None, None
+    return best[2], located[1] if located else None, (best[0], best[1])
 
 
 def ward_number(words: str) -> str | None:

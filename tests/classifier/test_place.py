@@ -32,6 +32,8 @@ def gaz():
     ("đèn đường Phạm Văn Đồng đoạn gần cầu Bình Lợi tắt cả dãy", "binh-thanh"),
     ("den duong gan cau binh loi tat het", "binh-thanh"),
     ("xa Binh Loi mat nuoc 3 ngay", "binh-chanh"),
+    # A canal through several districts named first, then a bridge in one (was: no district).
+    ("bốc mùi hôi thối từ kênh Nhiêu Lộc, cá chết nổi trắng, đoạn cầu Kiệu", "phu-nhuan"),
 ])
 def test_district_from_text(gaz, text, district):
     assert find_place(text, gaz).district == district
