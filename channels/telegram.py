@@ -497,31 +497,37 @@ class TelegramChannel:
         jobs = await queue.lease(self.send_kind, 50, 60.0)
         done = 0
         blocked: set[int] = set()  # keep per-chat order: after a failure, later messages to that chat wait
-        waiting = await self._behind_a_retry(jobs)
-        for i, job in enumerate(jobs):
-            msg: TelegramSendJob = job.payload
-            if job.id in waiting or msg.chat_id in blocked:
-                await queue.release([job], delay=waiting.get(job.id, ORDER_WAIT_SECONDS))
-                continue
-            try:
-                await self.ensure_initialized()
-                await self.bot.send_message(chat_id=msg.chat_id, text=msg.text, reply_markup=_markup(msg.keyboard))
-            except (TelegramError, TransientError, PermanentError) as exc:
-                mapped = map_error(exc) if isinstance(exc, TelegramError) else exc
-                if isinstance(mapped, AuthError):
-                    await queue.release(jobs[i:])
-                    raise mapped from None
-                if isinstance(mapped, TransientError):
-                    blocked.add(msg.chat_id)
-                    await queue.retry_or_dead(job, type(exc).__name__, SEND_POLICY, retry_after=mapped.retry_after)
+        # A stop mid-send gives back the messages not yet finished, due again at once (each chat's order is kept by
+        # _behind_a_retry). The Bot API has no idempotency key: a message Telegram took before the stop, its answer
+        # never read, is shown twice. So it would be after its lease expired; given back, it is only sooner.
+        async with queue.holding(jobs):
+            waiting = await self._behind_a_retry(jobs)
+            for i, job in enumerate(jobs):
+                msg: TelegramSendJob = job.payload
+                if job.id in waiting or msg.chat_id in blocked:
+                    await queue.release([job], delay=waiting.get(job.id, ORDER_WAIT_SECONDS))
                     continue
-                log.warning("telegram %s: bot message dead-lettered: %s", self.instance, type(exc).__name__)
-                await queue.retry_or_dead(job, f"{type(exc).__name__}: refused by Telegram", SEND_POLICY,
-                                          permanent=True)
+                try:
+                    await self.ensure_initialized()
+                    await self.bot.send_message(chat_id=msg.chat_id, text=msg.text,
+                                                reply_markup=_markup(msg.keyboard))
+                except (TelegramError, TransientError, PermanentError) as exc:
+                    mapped = map_error(exc) if isinstance(exc, TelegramError) else exc
+                    if isinstance(mapped, AuthError):
+                        await queue.release(jobs[i:])
+                        raise mapped from None
+                    if isinstance(mapped, TransientError):
+                        blocked.add(msg.chat_id)
+                        await queue.retry_or_dead(job, type(exc).__name__, SEND_POLICY,
+                                                  retry_after=mapped.retry_after)
+                        continue
+                    log.warning("telegram %s: bot message dead-lettered: %s", self.instance, type(exc).__name__)
+                    await queue.retry_or_dead(job, f"{type(exc).__name__}: refused by Telegram", SEND_POLICY,
+                                              permanent=True)
+                    done += 1
+                    continue
+                await queue.finish(job)
                 done += 1
-                continue
-            await queue.finish(job)
-            done += 1
         return done
 
     async def _behind_a_retry(self, jobs: list[Job]) -> dict[int, float]:

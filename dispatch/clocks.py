@@ -194,21 +194,25 @@ class EscalationSender:
     async def run_once(self) -> int:
         queue = self.store.queue
         jobs = await queue.lease(ESCALATE, 64, self.cfg.delivery.lease_seconds)
-        for job in jobs:
-            row = await self.store.fetchone("SELECT * FROM escalations WHERE id=?", (job.payload.escalation_id,))
-            try:
-                if row is None:
-                    raise PermanentError("escalation row missing")
-                await self._send(row)
-            except (TransientError, PermanentError) as exc:
-                plan = queue.plan_retry(job, str(exc), self.policy, permanent=isinstance(exc, PermanentError),
-                                        retry_after=exc.retry_after if isinstance(exc, TransientError) else None)
-                # Its death (the last attempt, or a permanent refusal) is the kind's on_dead: the row given up,
-                # the operators alerted, one log line (_row_given_up).
-                await queue.fail(job, plan.error, retry_in=plan.delay, dead=plan.dead,
-                                 writes=_escalation_retry(job, str(exc), plan))
-                continue
-            await queue.finish(job, _escalation_sent(job))
+        # A stop mid-send gives back the digests not yet finished, due again at once: one the relay or the gateway
+        # took before the stop goes again under the same key (the email's Message-ID, the SMS id, both from the
+        # row: _message_id, _send), which they dedupe on.
+        async with queue.holding(jobs):
+            for job in jobs:
+                row = await self.store.fetchone("SELECT * FROM escalations WHERE id=?", (job.payload.escalation_id,))
+                try:
+                    if row is None:
+                        raise PermanentError("escalation row missing")
+                    await self._send(row)
+                except (TransientError, PermanentError) as exc:
+                    plan = queue.plan_retry(job, str(exc), self.policy, permanent=isinstance(exc, PermanentError),
+                                            retry_after=exc.retry_after if isinstance(exc, TransientError) else None)
+                    # Its death (the last attempt, or a permanent refusal) is the kind's on_dead: the row given up,
+                    # the operators alerted, one log line (_row_given_up).
+                    await queue.fail(job, plan.error, retry_in=plan.delay, dead=plan.dead,
+                                     writes=_escalation_retry(job, str(exc), plan))
+                    continue
+                await queue.finish(job, _escalation_sent(job))
         return len(jobs)
 
     async def _send(self, row: Any) -> None:
@@ -226,9 +230,18 @@ class EscalationSender:
         msg["From"] = self.cfg.smtp.from_addr
         msg["To"] = row["recipient"]
         msg["Subject"] = subject
+        msg["Message-ID"] = _message_id(row, self.cfg.smtp.message_id_domain)
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content(text)
         await asyncio.to_thread(send_message, self.cfg.smtp, msg)
+
+
+def _message_id(row: Any, domain: str) -> str:
+    """The digest email's Message-ID, the same on every attempt (a retry, or a send given back at a stop after the
+    relay took it): receivers see one message. From the row alone: its id, and its creation time so that a store
+    started afresh, whose ids begin again, names new digests anew. Not `<1022.r…>` nor `<msg_…>`: a reply to it
+    must not pass for a reporter's thread (channels/email_intake.py) or an agency's answer (ingest/agency_mail.py)."""
+    return f"<1022.esc{row['id']}.{int(row['created_at'])}@{domain}>"
 
 
 def _escalation_sent(job: Job) -> Writes:

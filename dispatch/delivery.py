@@ -108,16 +108,20 @@ class DeliverySender:
         jobs = await self.store.queue.lease(DELIVER, d.batch, d.lease_seconds)
         if not jobs:
             return 0
-        ids = [job.payload.delivery_id for job in jobs]
-        marks = ",".join("?" * len(ids))
-        rows = {r["id"]: dict(r) for r in await self.store.fetchall(
-            f"SELECT * FROM deliveries WHERE id IN ({marks})", ids)}
-        self._disabled = {(r["agency"], r["target"])
-                          for r in await self.store.fetchall("SELECT agency, target FROM endpoint_state")}
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._attempt(rows.get(job.payload.delivery_id))) for job in jobs]
-        # One transaction (one fsync) records the whole batch's outcomes.
-        await self._record([(job, *t.result()) for job, t in zip(jobs, tasks)])
+        # A stop mid-send (a webhook the agency may have received, its 2xx never read) gives the batch back, due
+        # again at once: sent again, it carries the same webhook-id / Message-ID (the row's msg_id, fixed when the
+        # row was written), which the agency dedupes on.
+        async with self.store.queue.holding(jobs):
+            ids = [job.payload.delivery_id for job in jobs]
+            marks = ",".join("?" * len(ids))
+            rows = {r["id"]: dict(r) for r in await self.store.fetchall(
+                f"SELECT * FROM deliveries WHERE id IN ({marks})", ids)}
+            self._disabled = {(r["agency"], r["target"])
+                              for r in await self.store.fetchall("SELECT agency, target FROM endpoint_state")}
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._attempt(rows.get(job.payload.delivery_id))) for job in jobs]
+            # One transaction (one fsync) records the whole batch's outcomes.
+            await self._record([(job, *t.result()) for job, t in zip(jobs, tasks)])
         return len(jobs)
 
     async def _attempt(self, row: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Outcome]:

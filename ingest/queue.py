@@ -32,6 +32,9 @@ whatever happened since, the late worker's outcome changes nothing and answers F
                                                                  # a batch's outcomes in one transaction
     plan = queue.plan_retry(job, error, policy, retry_after=None, permanent=False)  # RetryPlan(dead, delay, error)
     n = await queue.release(jobs, delay=0.0)                     # back to 'ready', attempt not counted
+    async with queue.holding(jobs): ...                          # work on leased jobs: a stop (cancellation) in
+                                                                 # the block gives back those still leased
+    await queue.give_back(jobs)                                  # that giving back: shielded, logged not raised
     await queue.bury(tx, job_ids, error) / bury_subject(tx, kind, subject, error)
                                                                  # dead-letter waiting jobs in the caller's
                                                                  # transaction (an endpoint that answered 410);
@@ -79,9 +82,9 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 from .backoff import backoff_delay
@@ -369,20 +372,47 @@ class SqliteQueue:
             return await asyncio.shield(leasing)
         except asyncio.CancelledError:
             # Shielded too: a second cancellation stops this wait, not the giving back.
-            await asyncio.shield(self._give_back(leasing))
+            await asyncio.shield(self._give_back_taken(leasing))
             raise
 
-    async def _give_back(self, leasing: asyncio.Future[list[Job]]) -> None:
+    async def _give_back_taken(self, leasing: asyncio.Future[list[Job]]) -> None:
         try:
             jobs = await leasing
         except (Exception, asyncio.CancelledError):  # nothing committed, or nothing known to give back
             return
-        if jobs:
-            try:
-                await self.release(jobs)
-            except Exception as exc:  # the cancellation goes on; these leases come back when they expire
-                log.warning("%d %s jobs taken as a stop landed stay leased until their leases expire (%s)",
-                            len(jobs), jobs[0].stage, type(exc).__name__)
+        await self._release_on_stop(jobs)
+
+    @asynccontextmanager
+    async def holding(self, jobs: Sequence[Job]) -> AsyncIterator[None]:
+        """Work on leased jobs: a stop (the task cancelled) anywhere in the block, a send to a peer included, gives
+        back every one of them still leased to the caller (give_back), not left leased to nobody until the leases
+        expire. Those the block finished, retried or released already are not touched: the release is fenced by
+        state 'leased' and the lease token. Only a cancellation: a job that raised something else keeps its lease
+        (it comes back when the lease expires), as an attempt that counts; given back at once, attempt uncounted, a
+        bug would spin.
+
+        Given back, a job is due again and done again, though its attempt may have had its effect (a webhook the
+        peer received, whose answer we never read): the caller's send must carry the same idempotency key on every
+        attempt. A lease left to expire would be done again the same way, only later."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            await self.give_back(jobs)
+            raise
+
+    async def give_back(self, jobs: Iterable[Job]) -> None:
+        """Release on a stop: shielded (a second cancellation stops the caller's wait, not the release) and never
+        raising (a store that cannot write leaves the leases to expire; the stop goes on, not a storage error)."""
+        await asyncio.shield(self._release_on_stop(list(jobs)))
+
+    async def _release_on_stop(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        try:
+            await self.release(jobs)
+        except Exception as exc:  # the cancellation goes on; these leases come back when they expire
+            log.warning("%d %s jobs held as a stop landed stay leased until their leases expire (%s)",
+                        len(jobs), jobs[0].stage, type(exc).__name__)
 
     async def _lease(self, kind: str, limit: int, lease_seconds: float) -> list[Job]:
         now = self.store.clock.now()

@@ -184,7 +184,7 @@ class StageWorker:
                 taken.loaded.append((job, report))
         except asyncio.CancelledError:
             self._let_go(taken)
-            await asyncio.shield(self.store.release(taken.jobs))
+            await self.store.queue.give_back(taken.jobs)
             raise
         if self.batch_handler is not None and taken.loaded:
             taken.prepared = asyncio.ensure_future(self.batch_handler(taken.loaded))
@@ -199,7 +199,7 @@ class StageWorker:
         if taken.prepared is not None:
             taken.prepared.cancel()
             await asyncio.gather(taken.prepared, return_exceptions=True)
-        await self.store.release(taken.jobs)
+        await self.store.queue.give_back(taken.jobs)  # a release that fails is logged: the stop goes on
 
     async def _complete(self, taken: _Taken) -> None:
         """Wait for the batch's preparation, then handle and finish every job of it."""

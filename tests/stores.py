@@ -107,3 +107,19 @@ async def cancel_as_it_commits(store: AnyStore, run: Callable[[], Awaitable[Any]
     finally:
         paused.cancel()
         del store.transaction  # the class's again
+
+
+async def cancel_when(run: Callable[[], Awaitable[Any]], reached: asyncio.Event) -> None:
+    """Start `run()` and cancel it once `reached` is set: a peer that took the request and holds its answer sets it,
+    so the stop lands mid-send, the peer having what was sent and the caller not its answer. Returns once `run()`
+    has ended, cancelled."""
+    task = asyncio.ensure_future(run())
+    waiting = asyncio.ensure_future(reached.wait())
+    try:
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        assert reached.is_set(), f"run() ended before it reached the peer: {task.result()!r}"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        waiting.cancel()

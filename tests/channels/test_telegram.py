@@ -24,7 +24,7 @@ from ingest.errors import PermanentError, TransientError
 from ingest.jobs import TelegramSendJob
 from ingest.store import Store, StoredReport
 from tests.channels.fakes.fake_bot_api import FakeBotApi
-from tests.stores import cancel_as_it_commits
+from tests.stores import cancel_as_it_commits, cancel_when
 
 TOKEN = "7012345678:AAH-secret-part-of-the-token-xyz"
 SECRET = "hook-secret-42"
@@ -443,3 +443,29 @@ async def test_an_outbox_stopped_while_its_lease_commits_gives_the_messages_back
 
     await cancel_as_it_commits(store, ch.send_outbox, taken)
     assert env.api.sent == [] and await jobs() == [("ready", 0)] * 2
+
+
+async def test_an_outbox_stopped_mid_send_gives_the_message_back_and_the_next_run_sends_it_once(env: Env) -> None:
+    """A stop while the Bot API holds a sendMessage (Telegram took it, its answer not yet read by us): the message is
+    due again at once, not leased to nobody for a minute, and the next run sends it once. The Bot API has no
+    idempotency key, so the chat shows it twice, as it would when the lease expired, only sooner."""
+    store = await env.open_store()
+    ch = env.make(store)
+    async with store.transaction() as tx:
+        await tx.enqueue(ch.send_kind, None, TelegramSendJob(instance="bot", chat_id=555, text="tin 555"),
+                         subject=ch.chat_subject(555))
+
+    async def jobs() -> list[tuple[str, int, float | None]]:
+        rows = await store.fetchall("SELECT state, attempts, lease_until FROM jobs WHERE stage=?", (ch.send_kind,))
+        return [(r["state"], r["attempts"], r["lease_until"]) for r in rows]
+
+    env.api.send_gate = asyncio.Event()
+    try:
+        await cancel_when(ch.send_outbox, env.api.send_taken)
+        assert await jobs() == [("ready", 0, None)]
+    finally:
+        env.api.send_gate.set()  # the held request ends (a failing test ends at once, not at the fake's shutdown)
+    assert await ch.send_outbox() == 1
+    assert [state for state, _, _ in await jobs()] == ["done"]
+    assert [(s["chat_id"], s["text"]) for s in env.api.sent] == [(555, "tin 555")] * 2  # the cut-off one, then one
+    assert await ch.send_outbox() == 0

@@ -30,7 +30,7 @@ from ingest.errors import PermanentError
 from ingest.records import Reporter
 from ingest.store import Store
 from tests import seed
-from tests.stores import cancel_as_it_commits
+from tests.stores import cancel_as_it_commits, cancel_when
 
 from .conftest import SECRET_A, seed_report
 from .test_flow import RecordingReplies, answer
@@ -44,12 +44,18 @@ PHOTO = {"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}
 class Sink:
     def __init__(self) -> None:
         self.messages: list[email.message.EmailMessage] = []
+        # When set, a message is taken (in `messages`) and its 250 held until the gate opens: a stop can land there.
+        self.gate: asyncio.Event | None = None
+        self.taken = asyncio.Event()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd hook
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         for rcpt in envelope.rcpt_tos:
             msg["X-Rcpt"] = rcpt
         self.messages.append(msg)  # type: ignore[arg-type]
+        if self.gate is not None:
+            self.taken.set()
+            await self.gate.wait()
         return "250 OK"
 
 
@@ -360,6 +366,39 @@ async def test_a_digest_sender_stopped_while_its_lease_commits_gives_the_digests
     assert await jobs() == [("ready", 0)] * 2
     states = await dstore.fetchall("SELECT state FROM escalations")
     assert [r["state"] for r in states] == ["pending"] * 2
+
+
+async def test_a_digest_sender_stopped_mid_send_gives_the_digest_back_and_it_goes_again_under_its_message_id(
+        dstore: Store, directory, smtp):
+    """A stop while the relay holds the digest (its DATA taken, the 250 not yet read by us): the digest is due again
+    at once, not leased to nobody until its lease expires; the next run sends it once, under the Message-ID of the
+    first attempt."""
+    sink, port = smtp
+    cfg = DispatchConfig.model_validate({"agencies": {"sawaco": {"escalation": {
+                                             "email": ["lanhdao@sawaco.example.vn"]}}},
+                                         "smtp": {"host": "127.0.0.1", "port": port}})
+    now = dstore.clock.now()
+    async with dstore.transaction() as tx:  # what a tick writes for a missed clock
+        assert await write_digests(tx, cfg, "breach", [{"case_id": None, "report_id": None, "agency": "sawaco",
+                                                        "kind": "fix", "due_at": now}], now) == 1
+    sender = EscalationSender(dstore, cfg, directory, sms=None)
+
+    async def jobs() -> list[tuple[str, int, float | None]]:
+        rows = await dstore.fetchall("SELECT state, attempts, lease_until FROM jobs WHERE stage='escalate'")
+        return [(r["state"], r["attempts"], r["lease_until"]) for r in rows]
+
+    sink.gate = asyncio.Event()
+    try:
+        await cancel_when(sender.run_once, sink.taken)
+        assert await jobs() == [("ready", 0, None)]
+    finally:
+        sink.gate.set()  # the held session ends (a failing test ends at once, not at the relay timeout)
+    assert await sender.run_once() == 1
+    (row,) = await dstore.fetchall("SELECT id, state, created_at FROM escalations")
+    assert row["state"] == "sent" and [state for state, _, _ in await jobs()] == ["done"]
+    first, again = sink.messages
+    assert first["Message-ID"] == again["Message-ID"] == \
+        f"<1022.esc{row['id']}.{int(row['created_at'])}@1022.tphcm.gov.vn>"
 
 
 async def test_a_digest_that_cannot_be_sent_is_retried_then_kept(world, smtp, sms_gateway):

@@ -11,6 +11,7 @@ from email import message_from_bytes, policy as email_policy
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiosmtpd.smtp import SMTP
 from pydantic import ValidationError
 
@@ -18,7 +19,8 @@ from config.dispatch import DispatchConfig
 from dispatch.delivery import DeliverySender, replay_deliveries
 from dispatch.ssrf import target_problems
 from ingest.records import Attachment
-from tests.stores import cancel_as_it_commits
+from tests.net import serve_app
+from tests.stores import cancel_as_it_commits, cancel_when
 
 from .conftest import SECRET_A, SECRET_B, make_book, run_dispatch, seed_report, webhook_cfg
 
@@ -332,6 +334,42 @@ async def test_a_sender_stopped_while_its_lease_commits_gives_the_deliveries_bac
     await cancel_as_it_commits(dstore, sender.run_once, taken)
     await sender.close()
     assert receiver.requests == [] and await jobs() == [("ready", 0)] * 2
+
+
+async def test_a_sender_stopped_mid_send_gives_the_delivery_back_and_it_goes_again_under_its_webhook_id(dstore,
+                                                                                                         directory):
+    """A stop while the agency holds the webhook (received, its 2xx never read by us): the delivery is due again at
+    once, not leased to nobody for up to `delivery.lease_seconds`; the next run delivers it once, under the
+    webhook-id of the first attempt, which the agency dedupes on."""
+    received, answer = asyncio.Event(), asyncio.Event()
+    ids: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        ids.append(request.headers["webhook-id"])
+        if len(ids) == 1:
+            received.set()
+            await answer.wait()
+        return web.json_response({"ok": True})
+
+    async def jobs() -> list[tuple[str, int, float | None]]:
+        rows = await dstore.fetchall("SELECT state, attempts, lease_until FROM jobs WHERE stage='deliver'")
+        return [(r["state"], r["attempts"], r["lease_until"]) for r in rows]
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    async with serve_app(app) as base:
+        _, sender = await setup_case(dstore, directory, webhook_cfg(f"{base}/hook"))
+        try:
+            await cancel_when(sender.run_once, received)
+            assert await jobs() == [("ready", 0, None)]
+        finally:
+            answer.set()  # the held request ends (a failing test ends at once, not at the server's shutdown)
+        assert await sender.run_once() == 1
+        await sender.close()
+    (row,) = await delivery_rows(dstore)
+    assert row["state"] == "delivered" and ids == [row["msg_id"]] * 2
+    assert [state for state, _, _ in await jobs()] == ["done"]
 
 
 async def test_an_outbox_written_before_the_one_queue_is_delivered_after_the_upgrade(tmp_path, fclock, directory,

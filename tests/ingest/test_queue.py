@@ -1,7 +1,9 @@
 """The leased queue: lease, finish with the next stage in one transaction, expiry, dead letters, replay, release."""
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,7 +12,7 @@ from ingest.clock import FakeClock
 from ingest.jobs import DedupeJob, MessengerAskJob, MessengerMediaJob, ReporterFollowUpJob
 from ingest.queue import Settlement
 from ingest.store import Store, Tx
-from tests.stores import AnyStore, StoreFactory, cancel_as_it_commits
+from tests.stores import AnyStore, StoreFactory, cancel_as_it_commits, cancel_when
 from tests.stores import store_factory  # noqa: F401  (the parametrised fixture)
 
 @pytest.fixture
@@ -223,6 +225,49 @@ async def test_a_lease_cancelled_while_it_commits_gives_its_jobs_back(clocked_st
 
     await cancel_as_it_commits(clocked_store, lambda: clocked_store.queue.lease("classify", 5, 60), taken)
     assert await states() == [("ready", 0)] * 2
+
+
+async def test_a_stop_in_a_holding_block_gives_back_only_what_is_still_leased(clocked_store: AnyStore,
+                                                                             make_message) -> None:
+    """queue.holding: a cancellation in the block (a stop mid-send) gives back the jobs still leased to the caller,
+    attempts not counted; one it finished before is left done."""
+    for _ in range(3):
+        await _submit(clocked_store, make_message)
+    jobs = await clocked_store.queue.lease("classify", 5, 60)
+    inside = asyncio.Event()
+
+    async def work() -> None:
+        async with clocked_store.queue.holding(jobs):
+            assert await clocked_store.queue.finish(jobs[0])
+            inside.set()
+            await asyncio.Event().wait()  # the peer that never answers
+
+    await cancel_when(work, inside)
+    assert [(await _job_row(clocked_store, j.id))["state"] for j in jobs] == ["done", "ready", "ready"]
+    assert [(await _job_row(clocked_store, j.id))["attempts"] for j in jobs] == [1, 0, 0]
+
+
+async def test_a_stop_whose_giving_back_fails_is_logged_and_stays_a_stop(store: Store, make_message,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A store that cannot write as the stop lands (SQLite read-only, as a lost mount makes it): the jobs stay leased
+    until their leases expire, said in the log; the cancellation goes on as itself, not as a storage error."""
+    await _submit(store, make_message)
+    jobs = await store.queue.lease("classify", 5, 60)
+    inside = asyncio.Event()
+
+    async def work() -> None:
+        async with store.queue.holding(jobs):
+            inside.set()
+            await asyncio.Event().wait()
+
+    await store._writer.execute("PRAGMA query_only=ON")  # type: ignore[union-attr]  # every write fails (read-only)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ingest.queue"):
+            await cancel_when(work, inside)
+    finally:
+        await store._writer.execute("PRAGMA query_only=OFF")  # type: ignore[union-attr]
+    assert "1 classify jobs held as a stop landed stay leased until their leases expire" in caplog.text
+    assert (await _job_row(store, jobs[0].id))["state"] == "leased"
 
 
 async def test_release_does_not_touch_finished_jobs(clocked_store: Store, make_message) -> None:

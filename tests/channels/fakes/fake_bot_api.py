@@ -40,6 +40,10 @@ class FakeBotApi:
     flood_next: int = 0  # answer the next sendMessage with 429 and this retry_after
     download_gate: asyncio.Event | None = None  # when set, downloads wait for it (to crash mid-batch)
     download_started: asyncio.Event = field(default_factory=asyncio.Event)
+    # When set, a sendMessage is taken (in `sent`: the chat shows it) and then not answered until the gate opens,
+    # as a stop can cut the sender off between the two.
+    send_gate: asyncio.Event | None = None
+    send_taken: asyncio.Event = field(default_factory=asyncio.Event)
     webhook: dict[str, Any] | None = None
     base: str = ""
     _next_update_id: int = 100_000
@@ -188,6 +192,9 @@ class FakeBotApi:
         if isinstance(markup, str):
             markup = json.loads(markup)
         self.sent.append({"chat_id": chat_id, "text": text, "reply_markup": markup})
+        if self.send_gate is not None:
+            self.send_taken.set()
+            await self.send_gate.wait()
         return self._ok({"message_id": len(self.sent), "date": int(time.time()),
                          "chat": {"id": chat_id, "type": "private"}, "text": text,
                          "from": {"id": self.bot_id, "is_bot": True, "first_name": "Cổng 1022"}})
