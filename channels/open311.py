@@ -88,9 +88,10 @@ class Open311Channel:
         return web.json_response(services(self.ctx.directory))
 
 
-def _equal(a: str, b: str) -> bool:
+def _equal(given: str, key: str) -> bool:
+    """Constant-time; a header's bytes that are not UTF-8 (lone surrogates to aiohttp) are a wrong key, not a 500."""
     import hmac
-    return hmac.compare_digest(a.encode(), b.encode())
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.encode())
 
 
 def build(ctx: AppContext, entry: ChannelEntry, options: Open311Options) -> list[Service]:

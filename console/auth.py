@@ -78,7 +78,9 @@ class User:
 
 
 def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # A cookie's bytes that are not UTF-8 arrive as lone surrogates: hashed as sent, they match no session (a plain
+    # encode() raised, and every console page answered 500 to such a cookie).
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 async def create_user(store: Store, username: str, role: str, password: str, agency: str | None = None) -> int:
@@ -155,7 +157,8 @@ async def logout(store: Store, token: str) -> None:
 
 
 def csrf_ok(user: User, submitted: str | None) -> bool:
-    return bool(submitted) and bool(user.csrf) and hmac.compare_digest(user.csrf.encode(), (submitted or "").encode())
+    return bool(submitted) and bool(user.csrf) and hmac.compare_digest(
+        user.csrf.encode(), (submitted or "").encode("utf-8", "surrogateescape"))
 
 
 async def log_pii_view(store: Store, user: User, report_id: int, what: str) -> None:

@@ -192,7 +192,9 @@ class Console:
         # Before a session exists, CSRF is a double-submit: the form's token must equal the cookie's.
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         submitted = str(form.get("csrf") or "")
-        if not cookie or not secrets.compare_digest(cookie.encode(), submitted.encode()):
+        # surrogateescape: a cookie's bytes that are not UTF-8 are a mismatch (403), not an encoding error (500).
+        if not cookie or not secrets.compare_digest(cookie.encode("utf-8", "surrogateescape"),
+                                                    submitted.encode("utf-8", "surrogateescape")):
             return self._login_page(request, say("bad_login_session"), status=403)
         username = str(form.get("username") or "").strip()
         client = request.remote or "-"

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from ingest.clock import VN_TZ, iso
 from ingest.pii import redact
-from ingest.untrusted import loads_json
+from ingest.untrusted import BodyError, loads_json, single_line
 from ingest.vocabulary import CASE_STATE_TEXTS, LOOKUP_TEXTS
 
 from . import evidence
@@ -111,9 +111,12 @@ class DispatchApi:
         if scheme.lower() != "bearer" or not presented:
             return None
         found = None
+        # Header bytes that are not UTF-8 reach us as lone surrogates: the bytes sent, compared as sent (a plain
+        # encode() raised, a 500 for a wrong token).
+        given = presented.encode("utf-8", "surrogateescape")
         for agency, token in self.tokens.items():
             # Compare against every token so the time taken does not reveal which agency almost matched.
-            if hmac.compare_digest(presented.encode(), token.encode()):
+            if hmac.compare_digest(given, token.encode()):
                 found = agency
         return found
 
@@ -151,6 +154,16 @@ class DispatchApi:
         agency = self._agency(request)
         if agency is None:
             return _error(401, "missing or invalid token")
+        # The key is stored: bounded like Open311's, and header bytes that are not UTF-8 (lone surrogates to
+        # aiohttp; the store cannot encode them, a 500) are refused before anything is read.
+        idem = request.headers.get("Idempotency-Key")
+        if idem is not None:
+            if not 0 < len(idem) <= 255:
+                return _error(400, "Idempotency-Key must be 1 to 255 characters")
+            try:
+                single_line(idem, "Idempotency-Key")
+            except BodyError as exc:
+                return _error(400, exc.reason)
         uploads: list[bytes] = []
         try:
             if request.content_type == "multipart/form-data":
@@ -201,7 +214,6 @@ class DispatchApi:
             photos.append(await self.book.store.put_blob(raw, content_type))
         if photos:
             data["photos"] = photos
-        idem = request.headers.get("Idempotency-Key")
         try:
             result = await self.book.apply_answer(agency, request.match_info["case_id"], body.kind, data,
                                                   source="api", idem_key=f"api:{agency}:{idem}" if idem else None,

@@ -151,7 +151,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                 "security": [{"agencyToken": []}], "parameters": [
                     case_id, {"name": "Idempotency-Key", "in": "header", "required": False,
                               "description": "a repeat with the same key changes nothing",
-                              "schema": {"type": "string"}}],
+                              "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": answer}}},
                 "responses": {
                     "201": _json({"type": "object", "required": ["case_id", "state", "agency", "duplicate"],

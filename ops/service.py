@@ -290,8 +290,9 @@ def metrics_handler(metrics: OpsMetrics, token: str | None, refusal: str | None 
     async def handler(request: web.Request) -> web.Response:
         if refusal is not None:
             return web.Response(status=403, text=refusal + "\n")
-        if expected is not None and not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
-                                                            expected):
+        # surrogateescape: header bytes that are not UTF-8 are a wrong token (401), not an encoding error (500).
+        presented = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if expected is not None and not hmac.compare_digest(presented, expected):
             return web.Response(status=401, text="a bearer token is required\n",
                                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         return web.Response(body=(await metrics.render()).encode(), headers={"Content-Type": CONTENT_TYPE})

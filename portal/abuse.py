@@ -22,13 +22,16 @@ def new_browser_secret() -> str:
 def csrf_token(key: bytes, browser_secret: str) -> str:
     """The form's token: bound to this browser's cookie by a server key, so another site can neither read nor
     forge it (double-submit cookie, signed)."""
-    return hmac.new(key, browser_secret.encode(), hashlib.sha256).hexdigest()[:40]
+    # surrogateescape: a cookie's bytes that are not UTF-8 (lone surrogates to aiohttp) sign as sent, never a 500.
+    return hmac.new(key, browser_secret.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:40]
 
 
 def csrf_ok(key: bytes, browser_secret: str | None, presented: str | None) -> bool:
     if not browser_secret or not presented:
         return False
-    return hmac.compare_digest(csrf_token(key, browser_secret), presented)
+    # As bytes: compare_digest refuses two str with anything but ASCII (a TypeError, a 500, for "csrf=é").
+    return hmac.compare_digest(csrf_token(key, browser_secret).encode(),
+                               presented.encode("utf-8", "surrogateescape"))
 
 
 def honeypot_filled(fields: dict[str, str]) -> bool:
