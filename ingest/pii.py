@@ -7,7 +7,8 @@ console's excerpts. It removes:
   "+84 909 123 456"), and short local numbers after a phone word ("sđt 3829 1234");
 - identity numbers (CCCD 12 digits, CMND 9 or 12, "079 203 005 678"), passports ("B1234567"), bank accounts
   ("STK 0123 4567 89"): any run of 9 or more digits, and 6 to 8 digits after an identity, account or phone word;
-- e-mail addresses, also written to dodge scrapers ("abc at gmail dot com"); social profile links and chat
+  also spelled out in words, wholly or partly ("không chín không một hai …", "zero nine zero 1234567");
+- e-mail addresses, also written to dodge scrapers ("abc at gmail dot com", "abc(a)gmail.com"); social profile links and chat
   handles ("facebook.com/…", "zalo: nguyenvana92"; a plain lower-case word after "fb:" is text: "fb: refused");
 - names introduced as such: "tên tôi là …", "tôi tên …", "người báo: …", "tôi là Nguyễn Văn A" (with or without
   diacritics, any case), or after an honorific ("ông Nguyễn Văn A", "chị Lan");
@@ -46,7 +47,7 @@ EMAIL = re.compile(r"(?<![\w.%+\-])[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 # An address written so that scrapers miss it, which people also do when they type it for us: "abc at gmail dot
 # com", "abc(at)gmail.com", "abc [a còng] gmail [chấm] com", "abc @ gmail . com". The "at" word must be
 # bracketed or spaced and be followed by a dotted domain, so an ordinary "at" in English text stays.
-_AT = r"(?:\s*@\s*|\s*[(\[{<]\s*(?:at|@|a còng|a cong)\s*[)\]}>]\s*|\s+(?:at|a còng|a cong)\s+)"
+_AT = r"(?:\s*@\s*|\s*[(\[{<]\s*(?:at|a|@|a còng|a cong)\s*[)\]}>]\s*|\s+(?:at|a còng|a cong)\s+)"
 _DOT = r"(?:\s?\.\s?|\s*[(\[{<]\s*(?:dot|chấm|cham)\s*[)\]}>]\s*|\s+(?:dot|chấm|cham)\s+)"
 OBFUSCATED_EMAIL = re.compile(r"(?<![\w.%+\-])[\w.%+\-]+" + _AT + r"[\w\-]+(?:" + _DOT + r"[A-Za-z]{2,})+(?!\w)",
                               re.IGNORECASE)
@@ -63,6 +64,15 @@ NUMBER = re.compile(r"(?<!\d)\+?" + _GROUP + r"(?:" + _JOIN + _GROUP + r")*(?!\d
 _DATE = (r"(?:(?:0?[1-9]|[12]\d|3[01])([./\-])(?:0?[1-9]|1[0-2])\1(?:19|20)\d\d|"
          r"(?:0?[1-9]|1[0-2])/(?:19|20)\d\d)")
 DATES = re.compile(_DATE + r"(?:" + _JOIN + _DATE.replace("\\1", "\\2") + r")*")
+# A number spelled out, wholly or partly, in Vietnamese or English words ("không chín không một hai ba …",
+# "khong chin khong 1234567", "zero nine zero …"): read in the folded text, so with or without diacritics and in any
+# case. Such words are ordinary words too ("hai ba năm nay", "năm 2026"), so a run counts only with at least two of
+# them and 9 digits in all, the length from which any digit run is hidden.
+_SPELLED_DIGIT = (r"(?:khong|linh|mot|hai|ba|bon|tu|nam|lam|sau|bay|tam|chin|"
+                  r"zero|oh|one|two|three|four|five|six|seven|eight|nine)(?![^\W_])")
+_SPELLED_TOKEN = r"(?:" + _SPELLED_DIGIT + r"|\d+(?!\w))"
+SPELLED_NUMBER = re.compile(r"(?<![^\W_])" + _SPELLED_TOKEN + r"(?:[\s,.\-]{1,3}" + _SPELLED_TOKEN + r")+")
+_SPELLED_WORD = re.compile(_SPELLED_DIGIT)
 PASSPORT = re.compile(r"(?<![\w])[A-Za-z]\s?\d{7,8}(?!\d)")
 # Words after which even a short number is personal (folded): identity papers and bank accounts, or phones.
 _ID_WORDS = (r"cccd|cmnd|cmt|can cuoc|chung minh|dinh danh|ho chieu|passport|stk|so tk|tai khoan|\btk\b|account|"
@@ -253,6 +263,23 @@ def _number_span(text: str, start: int, end: int) -> tuple[int, int, str] | None
     return start, end, PHONE_MARK if is_phone else NUMBER_MARK
 
 
+def _spelled_number_spans(folded: str, index: Sequence[int]) -> list[tuple[int, int, str]]:
+    spans: list[tuple[int, int, str]] = []
+    for m in SPELLED_NUMBER.finditer(folded):
+        run = m.group()
+        words = len(_SPELLED_WORD.findall(run))
+        digits = words + sum(len(d) for d in re.findall(r"\d+", run))
+        if words < 2 or digits < 9:
+            continue
+        # As for digits: after an identity or account word it is that number, else one led by 0 is a phone.
+        context = [c.lastgroup for c in _CONTEXT.finditer(folded[max(0, m.start() - 30):m.start()])]
+        lead = run.split(None, 1)[0].strip(",.-")
+        is_phone = (context[-1:] != ["id"]) and (lead in ("khong", "zero", "oh") or lead.startswith("0"))
+        mark = PHONE_MARK if is_phone else NUMBER_MARK
+        spans.append((index[m.start()], index[m.end() - 1] + 1, mark))
+    return spans
+
+
 def _name_spans(text: str, folded: str, index: list[int]) -> list[tuple[int, int, str]]:
     spans: list[tuple[int, int, str]] = []
     for m in _TRIGGER.finditer(folded):
@@ -368,6 +395,7 @@ def redact(text: str) -> str:
     spans += [(m.start(2), m.end(2), REDACTED) for m in HANDLE.finditer(text) if _is_handle(m.group(1), m.group(2))]
     folded, index = _folded_with_index(text)
     spans += _number_spans(text, folded, index)
+    spans += _spelled_number_spans(folded, index)
     spans += _name_spans(text, folded, index)
     spans += _honorific_spans(text)
     spans += _residence_spans(text, folded, index)

@@ -49,6 +49,12 @@ REPO = Path(__file__).resolve().parents[2]
     ("+84\u202f909\u202f123\u202f456", "909"), ("cccd 079\ufeff203005678", "203005678"),
     ("mail an.nguyen\uff20gmail.com", "an.nguyen"), ("mail an.nguyen@gmail\u200b.com", "an.nguyen"),
     ("Tôi là Ng\u200buyễn Văn An", "Văn An"),
+    # Numbers spelled out in words, or half in words, and "(a)" for "@" (red-team pass, Dec 2026).
+    ("sđt không chín không một hai ba bốn năm sáu bảy", "sáu bảy"), ("goi khong chin khong 1 2 3 4 5 6 7", "5 6 7"),
+    ("số tui: Không Chín Không Ba, Bốn Năm Sáu - Bảy Tám Chín", "Tám Chín"),
+    ("call zero nine zero three four five six seven eight nine", "eight nine"),
+    ("cccd không bảy chín hai không ba không không năm sáu bảy tám", "sáu bảy tám"),
+    ("mail canarytwo(a)yahoo.com", "canarytwo"), ("email abc (a) gmail (dot) com", "abc"),
 ])
 def test_personal_data_is_removed(text: str, secret: str) -> None:
     out = redact(text)
@@ -67,6 +73,8 @@ def test_personal_data_is_removed(text: str, secret: str) -> None:
     "Cây xanh ngã trên Quốc lộ 13, km 5, anh ấy nói sẽ báo lại",
     "toi di Cho Ben Thanh thay cau Ong Lanh bi nut, co Cong an phuong dang xu ly",
     "Ngập từ 12/09/2026 - 15/09/2026 và 01.10.2026 – 03.10.2026, tháng 09/2026 - 10/2026, gần số 10 - 12 - 14",
+    "Hai ba năm nay, năm 2026 rồi mà đèn vẫn hỏng, tư bảy ngày không ai sửa, đã gọi ba lần, sáu bảy hộ bị ảnh hưởng",
+    "Nắp cống số một, hai, ba, bốn bị mất; xem điều 5 (a) khoản 2 của quy định",
 ])
 def test_the_incident_stays_readable(text: str) -> None:
     assert redact(text) == text
