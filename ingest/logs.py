@@ -64,6 +64,13 @@ def _priority(record: logging.LogRecord) -> int:
     return PRIORITY[logging.DEBUG]
 
 
+# Every character that ends a line for some reader (str.splitlines, a terminal, journald) or drives a terminal: C0
+# controls but tab, DEL, C1, the Unicode line and paragraph separators. A message quotes what clients send (the access
+# log's path is decoded: "/public%0d%0a…"), which must not start a line of its own that reads like ours.
+_LINE_FORGING = {c: chr(c).encode("unicode_escape").decode("ascii")
+                 for c in [*range(0x00, 0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0), 0x2028, 0x2029]}
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self, journald: bool) -> None:
         super().__init__()
@@ -74,6 +81,7 @@ class TextFormatter(logging.Formatter):
         fields = _fields(record)
         if fields:
             line += " [" + " ".join(f"{k}={v}" for k, v in fields.items()) + "]"
+        line = line.translate(_LINE_FORGING)  # the traceback below is ours, one line per frame
         if record.exc_info:
             line += "\n" + redact(self.formatException(record.exc_info))
         if not self.journald:

@@ -112,3 +112,17 @@ def test_a_warning_still_names_the_daemons_own_job_and_delivery_ids() -> None:
     log = _logger(make_handler("text", journald=False, stream=out))
     log.warning("job %d (%s): its payload does not decode; delivery %d dead", 123456, "dedupe", 7654321)
     assert "job 123456 (dedupe)" in out.getvalue() and "delivery 7654321 dead" in out.getvalue(), out.getvalue()
+
+
+def test_a_client_cannot_forge_a_text_log_line_through_what_a_message_quotes() -> None:
+    # Red-team probe: GET /public%0d%0a<a forged line> wrote a second line to the access log, formatted like ours
+    # (and a terminal escape). What a message quotes shows its control characters escaped, on the line it is on.
+    forged = "/public\r\n2026-12-07 17:00:00,000 ERROR forged: admin password reset\x1b[31m\u2028\x85x"
+    for journald in (False, True):
+        out = io.StringIO()
+        log = _logger(make_handler("text", journald=journald, stream=out))
+        log.info("%s %s %s %.1fms", "GET", forged, 404, 1.0)
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1, lines
+        assert "\x1b" not in lines[0]
+        assert "/public\\r\\n2026-12-07 17:00:00,000 ERROR forged: admin password reset\\x1b[31m" in lines[0]
