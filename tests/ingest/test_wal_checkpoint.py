@@ -83,7 +83,9 @@ async def test_the_log_stays_bounded_under_a_steady_stream_of_commits(tmp_path: 
                                  (f"k{i % 5000}", blob, i))
             i += 1
         assert checkpointer.restarts >= 1
-        assert wal.stat().st_size < 8 * 1024 * 1024, f"{i} commits left a {wal.stat().st_size >> 20} MB log"
+        # Unbounded, these commits leave a ~62 MB log. Bounded, it is a few MB on a quiet machine, and grows with
+        # how long the checkpointer's thread waits for a core (9 MB seen while the suite ran beside benchmarks).
+        assert wal.stat().st_size < 24 * 1024 * 1024, f"{i} commits left a {wal.stat().st_size >> 20} MB log"
     finally:
         checkpointer.stop()
         await store.close()
