@@ -71,6 +71,19 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+# A reporter's page and JSON under /cases/<token>: the URL is the credential. Kept by no cache, named to no other
+# site, framed by none (its rating form), as the portal's /lookup/<token>.
+PRIVATE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                   "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'; "
+                                              "base-uri 'none'",
+                   "X-Frame-Options": "DENY"}
+
+
+def _private(resp: web.Response) -> web.Response:
+    resp.headers.update(PRIVATE_HEADERS)
+    return resp
+
+
 class DispatchApi:
     def __init__(self, book: CaseBook, tokens: dict[str, str], serve_lookup_page: bool) -> None:
         self.book = book
@@ -252,7 +265,7 @@ class DispatchApi:
 
     async def public_case(self, request: web.Request) -> web.Response:
         data = await self._public(request.match_info["token"])
-        return web.json_response(data) if data else _error(404, "no such case")
+        return _private(web.json_response(data) if data else _error(404, "no such case"))
 
     async def post_rating(self, request: web.Request) -> web.Response:
         try:
@@ -287,7 +300,7 @@ class DispatchApi:
         token = request.match_info["token"]
         data = await self._public(token)
         if data is None:
-            return web.Response(status=404, text=LOOKUP_TEXTS["not_found"]["vi"], content_type="text/plain")
+            return _private(web.Response(status=404, text=LOOKUP_TEXTS["not_found"]["vi"], content_type="text/plain"))
         e = html.escape
         rows = "".join(f"<li>{e(a['at'])}: {e(a['kind'])}</li>" for a in data["timeline"])
         stars = "".join(f'<label><input type="radio" name="score" value="{i}" required> {i}</label> '
@@ -301,7 +314,7 @@ class DispatchApi:
                 f"<form method='post' action='/cases/{e(token)}/rating'><p>{say['rating']}</p>{stars}"
                 f"<p><textarea name='comment' maxlength='2000'></textarea></p><button>{say['send_rating']}</button>"
                 f"</form></body></html>")
-        return web.Response(text=page, content_type="text/html")
+        return _private(web.Response(text=page, content_type="text/html"))
 
     async def rating_form(self, request: web.Request) -> web.Response:
         form = await request.post()

@@ -21,6 +21,7 @@ from console import auth
 from console.auth import create_user
 from ingest.app import AppContext
 from tests.inprocess import MAILBOX, running_daemon
+from tests.public_urls import case_of, classify, dispatch_all, report_ids
 
 AGENCY_TOKEN = "redteam-sawaco-token"
 PASSWORD = "correct horse battery"
@@ -215,3 +216,28 @@ async def test_a_flood_of_console_logins_does_not_hold_up_the_rest_of_the_daemon
             release.set()
         await asyncio.gather(*guesses)
     assert set(statuses) <= {401, 503} and 401 in statuses
+
+
+async def test_the_reporters_case_page_is_not_cached_framed_or_sniffed(daemon: tuple[AppContext, str, Any]) -> None:
+    # Red-team probe: the reporter's private /cases/<token> page (its URL is the credential; the agency's answer and
+    # a rating form are on it) and its JSON came with none of the headers the portal's /lookup/<token> has: a shared
+    # cache could keep it, another site could frame its rating form.
+    ctx, base, _ = daemon
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/open311/v2/requests.json", data={
+                "service_code": "water_supply", "description": "Ống nước bể đường Lê Lợi, Quận 1",
+                "address_string": "Lê Lợi, Quận 1"}) as resp:
+            assert resp.status == 201, await resp.text()
+        (rid,) = await report_ids(ctx.store, 1)
+        await classify(ctx, rid, "water_supply", "sawaco")
+        await dispatch_all(ctx)
+        case = await ctx.store.fetchone("SELECT token FROM cases WHERE id=?", ((await case_of(ctx, rid))["id"],))
+        token = case["token"]
+        for path in (f"/cases/{token}", f"/api/v1/cases/{token}"):
+            async with http.get(base + path) as resp:
+                assert resp.status == 200, path
+                headers = resp.headers
+            assert "no-store" in headers.get("Cache-Control", ""), (path, dict(headers))
+            assert headers.get("X-Content-Type-Options") == "nosniff", path
+            assert headers.get("Referrer-Policy") == "no-referrer", path
+            assert "frame-ancestors 'none'" in headers.get("Content-Security-Policy", ""), path
