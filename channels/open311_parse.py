@@ -205,7 +205,7 @@ def request_from_fields(fields: dict[str, str], photos: list[Photo], raw: bytes,
         phone=fields.get("phone", "").strip() or None,
         email=fields.get("email", "").strip() or None,
         address=address,
-        confidential=fields.get("confidential", "").lower() in ("1", "true", "yes", "on"),
+        confidential=_flag(fields, "confidential"),
         reply_to=fields.get("device_id") or None,
     )
     key = idempotency_key or hashlib.sha256(raw).hexdigest()
@@ -241,6 +241,22 @@ def _coordinate(fields: dict[str, str], name: str, low: float, high: float) -> f
     if not math.isfinite(number) or not low <= number <= high:
         raise Open311Error(400, f"{name} is out of range", field=name, reason="range")
     return number
+
+
+_YES = frozenset(("1", "true", "yes", "on"))
+_NO = frozenset(("", "0", "false", "no", "off"))
+
+
+def _flag(fields: dict[str, str], name: str) -> bool:
+    """A yes/no field as clients send it: padded (" true"), any case, a number (JSON 1.0 arrives as "1.0"). Anything
+    else is refused: read as "no", a request for confidentiality typed oddly published the report."""
+    value = fields.get(name, "").strip().lower()
+    if value in _YES or value in _NO:
+        return value in _YES
+    try:
+        return float(value) != 0
+    except ValueError:
+        raise Open311Error(400, f"{name} must be true or false", field=name, reason="invalid") from None
 
 
 def error_body(code: int, description: str) -> list[dict[str, Any]]:

@@ -333,3 +333,28 @@ async def test_stored_record_round_trips(server: Server) -> None:
     status, body, _ = await server.post(json=form())
     row = await server.store.fetchone("SELECT record FROM reports WHERE id=?", (int(body[0]["service_request_id"]),))
     assert from_json(InboundMessage, row["record"]).service_code == "drainage"
+
+
+@pytest.mark.parametrize(("value", "confidential"), [
+    (" true", True), ("true ", True), ("TRUE", True), (1.0, True), (1, True), ("on", True),
+    ("false", False), (0, False), (False, False), ("", False), (" no ", False), (0.0, False)])
+async def test_the_confidential_flag_as_careless_clients_send_it(server: Server, value: object,
+                                                                 confidential: bool) -> None:
+    # Red-team probe: " true" (a padded form value) and the JSON number 1.0 were read as *not* confidential, and the
+    # report's content, place and coordinates were published.
+    payload = {"service_code": "drainage", "description": "Cống bị rác bít kín", "address_string": "Lê Lợi",
+               "confidential": value}
+    status, body, _ = await server.post(json=payload)
+    assert status == 201, body
+    msg = await _record(server.store, body[0]["service_request_id"])
+    assert msg.reporter.confidential is confidential
+
+
+@pytest.mark.parametrize("value", ["có", "maybe", "truee", "[x]"])
+async def test_a_confidential_flag_that_is_neither_yes_nor_no_is_refused_not_read_as_no(server: Server,
+                                                                                       value: str) -> None:
+    status, body, _ = await server.post(data={"service_code": "drainage", "description": "Cống bị rác bít kín",
+                                              "address_string": "Lê Lợi", "confidential": value})
+    assert status == 400, body
+    assert "confidential" in body[0]["description"]
+    assert await server.count("reports") == 0
