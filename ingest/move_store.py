@@ -140,6 +140,7 @@ async def move_store(source: Path, blob_dir: Path, target_url: str, migrations: 
         async with target._pool.acquire() as conn:
             columns = await _target_columns(conn)
             await _check_target(conn, tables, columns)
+            tables = parents_first(tables, await _foreign_keys(conn))
             results = []
             async with conn.transaction():
                 copied: dict[str, tuple[Checksum, int]] = {}
@@ -147,7 +148,7 @@ async def move_store(source: Path, blob_dir: Path, target_url: str, migrations: 
                     progress(f"copying {table}")
                     copied[table] = await _copy_table(src, conn, table, columns[table])
                     await _advance_identity(conn, table, columns[table])
-            for table in tables:
+            for table in sorted(tables):  # reported in name order, whatever order the copy took
                 progress(f"verifying {table}")
                 source_sum, altered = copied[table]
                 target_sum = await _target_checksum(conn, table, list(_source_columns(src, table)))
@@ -158,6 +159,37 @@ async def move_store(source: Path, blob_dir: Path, target_url: str, migrations: 
         src.close()
         await target.close()
     return results, blobs
+
+
+async def _foreign_keys(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    """(table, the table it references) for every foreign key of the target's schema."""
+    rows = await conn.fetch("SELECT c.relname AS child, p.relname AS parent FROM pg_constraint k"
+                            " JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class p ON p.oid = k.confrelid"
+                            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                            " WHERE k.contype = 'f' AND n.nspname = current_schema()")
+    return [(r["child"], r["parent"]) for r in rows]
+
+
+def parents_first(tables: Sequence[str], references: Iterable[tuple[str, str]]) -> list[str]:
+    """`tables` (in their given order where nothing constrains it) with every referenced table before the tables
+    that reference it: the target checks each foreign key as its rows arrive (answers before cases, in name
+    order, failed the move of any store that had a case with an answer). A table referencing itself is left to
+    its own row order (none does); a cycle between tables is refused, since no order could copy it."""
+    wanted = list(tables)
+    parents: dict[str, set[str]] = {t: set() for t in wanted}
+    for child, parent in references:
+        if child in parents and parent in parents and child != parent:
+            parents[child].add(parent)
+    ordered: list[str] = []
+    placed: set[str] = set()
+    while len(ordered) < len(wanted):
+        ready = [t for t in wanted if t not in placed and parents[t] <= placed]
+        if not ready:
+            raise MoveError("foreign keys form a cycle between tables: "
+                            + ", ".join(t for t in wanted if t not in placed))
+        ordered.append(ready[0])
+        placed.add(ready[0])
+    return ordered
 
 
 async def _target_columns(conn: asyncpg.Connection) -> dict[str, dict[str, str]]:

@@ -110,3 +110,48 @@ async def test_the_command_prints_the_verification_and_exits_zero(tmp_path: Path
         assert await conn.fetchval("SELECT COUNT(*) FROM reports") == 251
     finally:
         await conn.close()
+
+
+async def test_a_store_with_cases_answers_incidents_and_sessions_moves(tmp_path: Path, pg_url: str,
+                                                                       make_message) -> None:
+    """Before: tables were copied in name order, and the target checks each foreign key as rows arrive, so
+    `answers` before `cases`, `incident_reports` before `incidents`, `sessions` before `users` failed the move of
+    any store that had run (seen moving a store `make run` had filled: "violates foreign key constraint")."""
+    db, blobs = tmp_path / "s.sqlite3", tmp_path / "blobs"
+    store = await Store.open(db, blobs, migrations=collect_migrations())
+    try:
+        report = (await store.submit(make_message("r1", text="Cây đổ giữa đường"), b"raw", "text/plain")).report_id
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO incidents(id, seq, first_report_id, topic, district, created_at,"
+                             " last_report_at) VALUES ('INC-000001', 1, ?, 'trees', 'quan-1', 1.0, 1.0)", (report,))
+            await tx.execute("INSERT INTO incident_reports(report_id, incident_id, joined_at) VALUES (?,"
+                             " 'INC-000001', 1.0)", (report,))
+            await tx.execute("INSERT INTO cases(id, incident_id, report_id, token, topic, category, agency, state,"
+                             " received_at, forwarded_at, created_at, updated_at) VALUES ('CASE-000001',"
+                             " 'INC-000001', ?, 'tok', 'trees', 'infrastructure', 'cay-xanh', 'forwarded', 1.0, 1.0,"
+                             " 1.0, 1.0)", (report,))
+            await tx.execute("INSERT INTO answers(case_id, agency, kind, source, note, at) VALUES ('CASE-000001',"
+                             " 'cay-xanh', 'acknowledged', 'webhook', 'đã nhận', 2.0)")
+            await tx.execute("INSERT INTO users(username, role, agency, password_hash, disabled, created_at)"
+                             " VALUES ('op', 'operator', NULL, '$argon2id$x', 0, 1.0)")
+            await tx.execute("INSERT INTO sessions(token_hash, user_id, csrf, created_at, expires_at) SELECT 'h', id,"
+                             " 'c', 1.0, 9.0 FROM users WHERE username='op'")
+    finally:
+        await store.close()
+    tables, blob_result = await move_store(db, blobs, pg_url, collect_migrations())
+    by_name = {t.table: t for t in tables}
+    assert all(t.ok for t in tables), [t for t in tables if not t.ok]
+    for name in ("incidents", "incident_reports", "cases", "answers", "users", "sessions"):
+        assert by_name[name].target_rows == 1, name
+    assert [t.table for t in tables] == sorted(by_name)
+
+
+def test_parents_are_copied_before_the_tables_that_reference_them() -> None:
+    from ingest.move_store import parents_first
+
+    refs = [("answers", "cases"), ("cases", "incidents"), ("sessions", "users"), ("events", "events")]
+    order = parents_first(["answers", "cases", "events", "incidents", "sessions", "users"], refs)
+    assert order.index("incidents") < order.index("cases") < order.index("answers")
+    assert order.index("users") < order.index("sessions") and sorted(order) == sorted(set(order))
+    with pytest.raises(MoveError):
+        parents_first(["a", "b"], [("a", "b"), ("b", "a")])
