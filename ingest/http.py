@@ -41,14 +41,30 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         resp = _error(request, 503, "temporarily unable to store the request, please retry")
         resp.headers["Retry-After"] = "5"
         return resp
+    except ConnectionResetError as exc:
+        if request.transport is not None and not request.transport.is_closing():
+            return _unhandled(request, exc)  # a connection of ours (a peer we called) was reset, not this client's
+        # The client hung up before its body was in (a phone losing its signal mid-upload): its doing, not a fault
+        # of ours to log at ERROR with a trace, which pages whoever watches `journalctl -p err`. Nobody reads this.
+        # The route, not the path: a reporter's private token is in some (/lookup/<token>/rating).
+        _throttled.log(logging.INFO, f"{request.method} {_route(request)}:gone",
+                       "client closed the connection during %s %s", request.method, _route(request))
+        return _error(request, 400, "connection closed by the client")
     except Exception as exc:
-        # With its trace the first time, then once a minute per route and error type: a client repeating the
-        # request that triggers a bug must not flood the log.
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "?"
-        _throttled.log(logging.ERROR, f"{request.method} {route}:{type(exc).__name__}", "unhandled error on %s %s",
-                       request.method, request.path, exc_info=True)
-        return _error(request, 500, "internal error")
+        return _unhandled(request, exc)
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "?"
+
+
+def _unhandled(request: web.Request, exc: Exception) -> web.Response:
+    """Called in the except clause: with its trace the first time, then once a minute per route and error type (a
+    client repeating the request that triggers a bug must not flood the log)."""
+    _throttled.log(logging.ERROR, f"{request.method} {_route(request)}:{type(exc).__name__}",
+                   "unhandled error on %s %s", request.method, request.path, exc_info=True)
+    return _error(request, 500, "internal error")
 
 
 class MalformedRequestLog(logging.Filter):

@@ -241,3 +241,30 @@ async def test_the_reporters_case_page_is_not_cached_framed_or_sniffed(daemon: t
             assert headers.get("X-Content-Type-Options") == "nosniff", path
             assert headers.get("Referrer-Policy") == "no-referrer", path
             assert "frame-ancestors 'none'" in headers.get("Content-Security-Policy", ""), path
+
+
+@pytest.mark.parametrize("path", ["/open311/v2/requests.json", "/report", "/api/v1/agency/cases/CASE-000001/answers"])
+async def test_a_client_hanging_up_mid_body_is_not_logged_as_our_error(daemon: tuple[AppContext, str, Any],
+                                                                       caplog: pytest.LogCaptureFixture,
+                                                                       path: str) -> None:
+    # Red-team probe as a careless client (a phone losing its signal mid-upload): the intake's read of the body
+    # raised ConnectionResetError and the daemon logged "unhandled error" at ERROR with a traceback, which pages
+    # whoever watches `journalctl -p err`, and answered (nobody) 500. It is the client's doing: one INFO line.
+    _, base, _ = daemon
+    port = int(base.rsplit(":", 1)[1])
+    caplog.set_level(logging.INFO)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 f"Authorization: Bearer {AGENCY_TOKEN}\r\nContent-Length: 100000\r\n\r\n".encode() + b'{"a": "' + b"x" * 500)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+    def seen() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "ingest.http"]
+    for _ in range(GIVE_UP_SECONDS * 100):
+        if seen():
+            break
+        await asyncio.sleep(0.01)
+    assert seen(), "the hang-up was not noticed"
+    assert all(r.levelno <= logging.INFO and not r.exc_info for r in seen()), [r.getMessage() for r in seen()]
