@@ -30,7 +30,7 @@ from ingest.untrusted import BodyError, loads_json, single_line
 from ingest.vocabulary import CASE_STATE_TEXTS, LOOKUP_TEXTS
 
 from . import evidence
-from .cases import CaseBook, Forbidden, NotFound, ReporterRejected, public_ref
+from .cases import CaseBook, Forbidden, KeyReused, NotFound, ReporterRejected, public_ref
 from .bodies import MAX_PHOTOS, AnswerBody, DisputeBody, RatingBody
 from .policy import ANSWER_KINDS, CLOSED_STATES, AnswerRejected
 
@@ -235,6 +235,8 @@ class DispatchApi:
             return _error(404, "no such case")
         except Forbidden as exc:
             return _error(403, str(exc))
+        except KeyReused as exc:
+            return _error(422, str(exc))  # IETF httpapi Idempotency-Key draft, as Open311's
         except AnswerRejected as exc:
             return _error(409, str(exc))
         return web.json_response({"case_id": result.case_id, "state": result.state, "agency": result.agency,

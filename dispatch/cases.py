@@ -53,6 +53,11 @@ class NotFound(LookupError):
     pass
 
 
+class KeyReused(AnswerRejected):
+    """An answer under the idempotency key of another answer (another kind, note, data or case): refused, never
+    taken for a repeat of it (the API answers 422, the mailbox makes it a note for operators)."""
+
+
 class Forbidden(PermissionError):
     pass
 
@@ -352,9 +357,14 @@ class CaseBook:
         """`apply_answer` in the caller's transaction (the agency email reply job applies it in its own). On a
         raise the caller must undo what was written (a savepoint), as the transaction of `apply_answer` does."""
         if idem_key:
-            seen = await tx.fetchone("SELECT a.case_id, c.state, c.agency FROM answers a JOIN cases c"
-                                     " ON c.id=a.case_id WHERE a.idem_key=?", (idem_key,))
+            seen = await tx.fetchone("SELECT a.case_id, a.kind, a.note, a.data, c.state, c.agency FROM answers a"
+                                     " JOIN cases c ON c.id=a.case_id WHERE a.idem_key=?", (idem_key,))
             if seen is not None:
+                # A repeat only if it is the same answer: a client reusing its key for the next answer was told
+                # "duplicate" (200) while the case stayed as it was.
+                if (seen["case_id"], seen["kind"], seen["note"], seen["data"]) != (
+                        case_id, kind, note, json.dumps(data, ensure_ascii=False)):
+                    raise KeyReused("this Idempotency-Key was already used for a different answer")
                 return AnswerResult(case_id=seen["case_id"], state=seen["state"], agency=seen["agency"],
                                     duplicate=True)
         case = await tx.fetchone("SELECT * FROM cases WHERE id=?", (case_id,))

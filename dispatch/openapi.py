@@ -161,7 +161,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                     "200": _json({"type": "object"}, "a repeat of an answer already applied"),
                     "401": unauthorised, "403": _error("not this agency's to do"),
                     "404": _error("no such case"), "409": _error("the case's state does not allow this answer"),
-                    "422": _error("the body is not a valid answer")}}},
+                    "422": _error("the body is not a valid answer, or its Idempotency-Key was used for another")}}},
             "/api/v1/cases/{token}": {"get": {
                 "operationId": "publicCase", "summary": "a case as its reporter follows it (no personal data)",
                 "parameters": [token],

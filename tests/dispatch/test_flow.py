@@ -188,6 +188,28 @@ async def test_answer_api_authentication(app_ctx):
     assert [c["case_id"] for c in listed["cases"]] == ["CASE-000001"]
 
 
+async def test_an_idempotency_key_reused_for_another_answer_is_refused_not_answered_duplicate(app_ctx):
+    # Red-team probe as a careless agency client: a key reused with another answer (resolved after acknowledged;
+    # the same key on another case) got 200 "duplicate": the client believed the case resolved while nothing was
+    # recorded, and the answer on the other case named CASE-000001. IETF Idempotency-Key draft: 422.
+    ctx, base = app_ctx
+    await seed_report(ctx.store, incident_id="INC-000001")
+    await seed_report(ctx.store, incident_id="INC-000002")
+    await pump(ctx)
+    token = TOKENS["agency.sawaco"]
+    assert (await answer(base, token, "CASE-000001", {"kind": "acknowledged"}, idem="k1"))[0] == 201
+    resolved = await answer(base, token, "CASE-000001", {"kind": "resolved", "note": "Đã sửa xong"}, idem="k1")
+    noted = await answer(base, token, "CASE-000001", {"kind": "acknowledged", "note": "đã nhận"}, idem="k1")
+    other = await answer(base, token, "CASE-000002", {"kind": "acknowledged"}, idem="k1")
+    assert [resolved[0], noted[0], other[0]] == [422, 422, 422], (resolved, noted, other)
+    assert "Idempotency-Key" in resolved[1]["error"]
+    # The same answer again is still the duplicate it was, and nothing was added.
+    again = await answer(base, token, "CASE-000001", {"kind": "acknowledged"}, idem="k1")
+    assert again[0] == 200 and again[1]["duplicate"]
+    rows = await ctx.store.fetchall("SELECT case_id, kind FROM answers")
+    assert [(r["case_id"], r["kind"]) for r in rows] == [("CASE-000001", "acknowledged")]
+
+
 async def test_returned_case_is_rerouted_to_next_candidate_then_operators(app_ctx, receiver):
     ctx, base = app_ctx
     cands = (Candidate(topic="water_supply", agency="sawaco", score=0.6),
