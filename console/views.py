@@ -34,6 +34,7 @@ from dispatch.evidence import answer_photos, image_type
 from dispatch.policy import CASE_STATES, CITY_OFFICE, OPERATOR_UNIT, AnswerRejected
 from ingest.app import AppContext
 from ingest.clock import VN_TZ, iso
+from ingest.http import read_form
 from ingest.pii import is_confidential, redact
 from ingest.queue import shown_to_admins
 from ingest.public import redact_text
@@ -140,7 +141,7 @@ class Console:
                 return web.Response(status=401, text=say("session_expired"), content_type="text/plain")
             request[USER] = user
             if request.method == "POST":
-                form = await request.post()
+                form = await read_form(request)
                 request[FORM] = form
                 if not auth.csrf_ok(user, str(form.get("csrf") or "")):
                     log.warning("CSRF token mismatch on %s by %s", request.path, user.username)
@@ -188,7 +189,7 @@ class Console:
         return self._login_page(request, None)
 
     async def login_post(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        form = await read_form(request)
         # Before a session exists, CSRF is a double-submit: the form's token must equal the cookie's.
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         submitted = str(form.get("csrf") or "")

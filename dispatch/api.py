@@ -25,6 +25,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ingest.clock import VN_TZ, iso
+from ingest.http import read_form
 from ingest.pii import redact
 from ingest.untrusted import BodyError, loads_json, single_line
 from ingest.vocabulary import CASE_STATE_TEXTS, LOOKUP_TEXTS
@@ -42,7 +43,7 @@ STATE_VI = {state: texts["vi"] for state, texts in CASE_STATE_TEXTS.items()}
 
 async def _multipart_answer(request: web.Request) -> tuple[dict[str, Any], list[bytes]]:
     """An answer posted as a form: its fields as AnswerBody takes them, and the bytes of its `photo` parts."""
-    form = await request.post()
+    form = await read_form(request)
     fields: dict[str, Any] = {}
     uploads: list[bytes] = []
     for name, value in form.items():
@@ -319,7 +320,7 @@ class DispatchApi:
         return _private(web.Response(text=page, content_type="text/html"))
 
     async def rating_form(self, request: web.Request) -> web.Response:
-        form = await request.post()
+        form = await read_form(request)
         try:
             body = RatingBody(score=int(str(form.get("score", ""))), comment=str(form.get("comment") or "") or None)
             await self.book.rate(request.match_info["token"], body.score, body.comment)

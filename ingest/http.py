@@ -54,6 +54,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _unhandled(request, exc)
 
 
+async def read_form(request: web.Request) -> Any:
+    """`request.post()` for the console's, portal's and reporters' forms. aiohttp looks the Content-Type's charset
+    up as a codec: a name it does not know (or bytes that are not UTF-8) raised LookupError, a 500. A 400 now."""
+    try:
+        return await request.post()
+    except LookupError:
+        raise web.HTTPBadRequest(reason="the form's charset is not one we can read") from None
+
+
 def _route(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "?"

@@ -33,7 +33,8 @@ from .leases import lock_key
 from .migrations import INGEST, POSTGRESQL_ONLY, Migration, for_dialect
 from .queue import Dialect, SqliteQueue, encode_payload
 from .records import InboundMessage
-from .store import QuarantineLimits, Row, StoredReport, StoreShared, SubmitResult, _report_rows, _sha256, stored_report
+from .store import (QuarantineLimits, Row, StoredReport, StoreShared, SubmitResult, _report_rows, _sha256,
+                    quarantine_texts, stored_report)
 
 log = logging.getLogger(__name__)
 # How long a rollback or the pool's reset of a returned session may take before the session is dropped instead.
@@ -501,9 +502,7 @@ class PgStore(StoreShared):
         limits = self.quarantine_limits
         digest = (await asyncio.to_thread(_sha256, raw)) if len(raw) > 1 << 20 else _sha256(raw)
         head = bytes(raw[:limits.head_bytes])
-        info = {**(meta or {}), "sha256": digest, "size": len(raw)}
-        if len(head) < len(raw):
-            info["truncated"] = True
+        reason, meta_text = quarantine_texts(reason, meta, digest, len(raw), len(head) < len(raw))
         now = self.clock.now()
         async with self.transaction() as tx:
             await tx.conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key("quarantine"))
@@ -516,7 +515,7 @@ class PgStore(StoreShared):
             qid = await tx.conn.fetchval(
                 "INSERT INTO quarantine(channel_instance, received_at, reason, raw, meta, sha256, size, last_at)"
                 " VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING id",
-                _text(channel_instance), now, _text(reason), head, _text(json.dumps(info, ensure_ascii=False)),
+                _text(channel_instance), now, _text(reason), head, _text(meta_text),
                 digest, len(raw), now)
             totals_row = await tx.conn.fetchrow(
                 "SELECT COUNT(*) AS n, COALESCE(SUM(octet_length(raw)), 0) AS b FROM quarantine")

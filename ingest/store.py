@@ -576,9 +576,7 @@ class Store(StoreShared):
         limits = self.quarantine_limits
         digest = (await asyncio.to_thread(_sha256, raw)) if len(raw) > 1 << 20 else _sha256(raw)
         head = bytes(raw[:limits.head_bytes])
-        info = {**(meta or {}), "sha256": digest, "size": len(raw)}
-        if len(head) < len(raw):
-            info["truncated"] = True
+        reason, meta_text = quarantine_texts(reason, meta, digest, len(raw), len(head) < len(raw))
         now = self.clock.now()
         async with self.transaction() as tx:
             totals = await self._quarantine_state(tx)
@@ -590,7 +588,7 @@ class Store(StoreShared):
             cur = await tx.execute(
                 "INSERT INTO quarantine(channel_instance, received_at, reason, raw, meta, sha256, size, last_at)"
                 " VALUES (?,?,?,?,?,?,?,?)",
-                (channel_instance, now, reason, head, json.dumps(info, ensure_ascii=False), digest, len(raw), now))
+                (channel_instance, now, reason, head, meta_text, digest, len(raw), now))
             qid = int(cur.lastrowid or 0)
             new_totals = [totals[0] + 1, totals[1] + len(head)]
             await self._evict_quarantine(tx, new_totals)
@@ -665,6 +663,18 @@ class Store(StoreShared):
 
 
 _INSERT_JOB = QueueSql().insert  # the queue's own statement, run on the writer's thread by the group commit
+
+
+def quarantine_texts(reason: str, meta: dict[str, Any] | None, digest: str, size: int,
+                     truncated: bool) -> tuple[str, str]:
+    """A quarantine row's reason and meta (JSON) as text every store can encode. They quote what the client sent
+    (a Content-Type header of bytes that are not UTF-8 reaches us as lone surrogates): such characters become "?"
+    (the raw head keeps the bytes), or the row could not be written and the refusal turned into a 500."""
+    info = {**(meta or {}), "sha256": digest, "size": size}
+    if truncated:
+        info["truncated"] = True
+    return (reason.encode("utf-8", "replace").decode("utf-8"),
+            json.dumps(info, ensure_ascii=False).encode("utf-8", "replace").decode("utf-8"))
 
 
 def _sha256(data: bytes) -> str:

@@ -32,6 +32,7 @@ from ingest.app import AppContext
 from ingest.clock import VN_TZ
 from ingest.pii import is_confidential, redact
 from ingest.errors import StorageError
+from ingest.http import read_form
 from ingest.public import CONFIDENTIAL_NOTE, HIDDEN_STATES, OUT_OF_SCOPE_NOTE, PENDING_NOTE, public_request
 from ingest.records import InboundMessage, from_json
 from ingest.untrusted import row_id
@@ -359,7 +360,7 @@ class Portal:
         row = await self._by_token(request.match_info["token"])
         if row is None:
             return None, None, self._missing(request, lang)
-        form = await request.post()
+        form = await read_form(request)
         wait = self.limiter.take(self._client(request), self.ctx.clock.now())
         if wait > 0:
             resp = await self.lookup(request, status=429, notice=text(lang, "rate_limited", seconds=math.ceil(wait)))

@@ -76,3 +76,19 @@ async def test_quarantine_totals_survive_a_restart(store_factory: StoreFactory, 
         s = await store_factory.open()
     await s.quarantine("app", b"y" * 200, "r2")
     assert s.quarantine_totals() == (2, 500)
+
+
+async def test_quarantine_keeps_a_refusal_whose_reason_and_meta_quote_bytes_that_are_not_unicode(
+        store: AnyStore) -> None:
+    # Red-team probe: a Content-Type header of bytes that are not UTF-8 (aiohttp hands them over as lone surrogates)
+    # was quoted in the refusal's reason and meta; the quarantine row could not be encoded and the client got a 500
+    # instead of its 415. What cannot be stored is kept as "?" (the raw bytes keep everything).
+    reason = "unsupported content type '\xe9\udcff\udcfe': use form, JSON or multipart"
+    qid = await store.quarantine("app", b"body \xff", reason, {"content_type": "\udcff\ud800", "note": "Quận 1"})
+    again = await store.quarantine("app", b"body \xff", reason, {"content_type": "\udcff\ud800"})
+    assert qid == again
+    row = await store.fetchone("SELECT reason, meta, repeats, raw FROM quarantine WHERE id=?", (qid,))
+    assert row["reason"] == "unsupported content type '\xe9??': use form, JSON or multipart"
+    meta = json.loads(row["meta"])
+    assert meta["content_type"] == "??" and meta["note"] == "Quận 1"
+    assert row["repeats"] == 2 and bytes(row["raw"]) == b"body \xff"
