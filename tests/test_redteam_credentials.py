@@ -94,12 +94,13 @@ async def test_a_secret_that_is_not_utf8_is_refused_not_a_500(daemon: tuple[AppC
     ("/console/login", b"csrf=abc&username=a&password=b"), ("/cases/" + "t" * 22 + "/rating", b"score=5")])
 @pytest.mark.parametrize("content_type", [b"application/x-www-form-urlencoded; charset=" + NOT_UTF8,
                                           NOT_UTF8, b"application/x-www-form-urlencoded; charset=x-no-such-charset"])
-async def test_a_content_type_that_is_not_utf8_or_names_no_charset_is_a_4xx(
+async def test_a_content_type_that_is_not_utf8_or_names_no_charset_is_never_a_500(
         daemon: tuple[AppContext, str, Any], path: str, body: bytes, content_type: bytes) -> None:
     # Red-team probe: the refusal quoted the header in its quarantine row, which the store could not encode (Open311,
     # portal: 500), and the console's form reader looked the charset up as a codec (LookupError: 500).
     _, base, _ = daemon
     status, answer = await _raw(int(base.rsplit(":", 1)[1]), b"POST " + path.encode() + b" HTTP/1.1\r\n"
-                                b"Content-Type: " + content_type + b"\r\n", body)
-    assert 400 <= status < 500, answer[:400]
+                                b"X-Api-Key: rt-app-key\r\nContent-Type: " + content_type + b"\r\n", body)
+    # A refusal, or (Open311's urlencoded body is ASCII whatever charset it names) the report taken.
+    assert status < 500, answer[:400]
     assert b"Traceback" not in answer
