@@ -56,11 +56,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def read_form(request: web.Request) -> Any:
     """`request.post()` for the console's, portal's and reporters' forms. aiohttp looks the Content-Type's charset
-    up as a codec: a name it does not know (or bytes that are not UTF-8) raised LookupError, a 500. A 400 now."""
+    up as a codec (a name it does not know, or bytes that are not UTF-8: LookupError) and refuses a multipart body
+    without a usable boundary (ValueError): both were 500s. A 400 now."""
     try:
         return await request.post()
     except LookupError:
         raise web.HTTPBadRequest(reason="the form's charset is not one we can read") from None
+    except ValueError:
+        raise web.HTTPBadRequest(reason="the form's body is malformed") from None
 
 
 def _route(request: web.Request) -> str:

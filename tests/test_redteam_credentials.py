@@ -93,7 +93,8 @@ async def test_a_secret_that_is_not_utf8_is_refused_not_a_500(daemon: tuple[AppC
     ("/open311/v2/requests.json", REPORT.encode()), ("/report", REPORT.encode() + b"&csrf=abc&form_key=k"),
     ("/console/login", b"csrf=abc&username=a&password=b"), ("/cases/" + "t" * 22 + "/rating", b"score=5")])
 @pytest.mark.parametrize("content_type", [b"application/x-www-form-urlencoded; charset=" + NOT_UTF8,
-                                          NOT_UTF8, b"application/x-www-form-urlencoded; charset=x-no-such-charset"])
+                                          NOT_UTF8, b"application/x-www-form-urlencoded; charset=x-no-such-charset",
+                                          b"multipart/form-data", b"multipart/form-data; boundary=" + b"x" * 5000])
 async def test_a_content_type_that_is_not_utf8_or_names_no_charset_is_never_a_500(
         daemon: tuple[AppContext, str, Any], path: str, body: bytes, content_type: bytes) -> None:
     # Red-team probe: the refusal quoted the header in its quarantine row, which the store could not encode (Open311,
