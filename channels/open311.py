@@ -61,6 +61,9 @@ class Open311Channel:
         raw = await request.read()
         content_type = request.headers.get("Content-Type", "")
         key = request.headers.get("Idempotency-Key")
+        if len(request.headers.getall("Idempotency-Key", [])) > 1:
+            # Which one is meant? A proxy may pick the other or join them: refused like a form field given twice.
+            return self._fail(400, "Idempotency-Key is given more than once")
         if key is not None and not (0 < len(key) <= 255):
             return self._fail(400, "Idempotency-Key must be 1 to 255 characters")
         if key is not None:

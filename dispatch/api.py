@@ -171,6 +171,8 @@ class DispatchApi:
         # The key is stored: bounded like Open311's, and header bytes that are not UTF-8 (lone surrogates to
         # aiohttp; the store cannot encode them, a 500) are refused before anything is read.
         idem = request.headers.get("Idempotency-Key")
+        if len(request.headers.getall("Idempotency-Key", [])) > 1:
+            return _error(400, "Idempotency-Key is given more than once")  # which one is meant?
         if idem is not None:
             if not 0 < len(idem) <= 255:
                 return _error(400, "Idempotency-Key must be 1 to 255 characters")

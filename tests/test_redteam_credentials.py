@@ -105,3 +105,20 @@ async def test_a_content_type_that_is_not_utf8_or_names_no_charset_is_never_a_50
     # A refusal, or (Open311's urlencoded body is ASCII whatever charset it names) the report taken.
     assert status < 500, answer[:400]
     assert b"Traceback" not in answer
+
+
+@pytest.mark.parametrize("head,body", [
+    (b"POST /open311/v2/requests.json HTTP/1.1\r\nX-Api-Key: rt-app-key\r\n" + FORM, REPORT.encode()),
+    (b"POST /api/v1/agency/cases/CASE-000001/answers HTTP/1.1\r\nAuthorization: Bearer rt-sawaco-token\r\n" + JSON,
+     b'{"kind": "acknowledged"}')])
+async def test_an_idempotency_key_given_twice_is_refused(daemon: tuple[AppContext, str, Any], head: bytes,
+                                                         body: bytes) -> None:
+    # Red-team probe as a careless client: two Idempotency-Key headers with different values; the first was taken
+    # and the other silently dropped (a proxy in front may pick the other, or join them with a comma). Like a field
+    # given twice in a form, a 400.
+    ctx, base, _ = daemon
+    status, answer = await _raw(int(base.rsplit(":", 1)[1]),
+                                head + b"Idempotency-Key: first\r\nIdempotency-Key: second\r\n", body)
+    assert status == 400, answer[:400]
+    assert b"Idempotency-Key" in answer
+    assert (await ctx.store.fetchone("SELECT COUNT(*) AS n FROM reports"))["n"] == 0
