@@ -105,5 +105,16 @@ def _opt(value: Any) -> str | None:
     return str(value).strip() or None if value is not None else None
 
 
+_YES = frozenset(("1", "true", "yes", "y", "on", "x", "có", "co"))
+_NO = frozenset(("", "0", "false", "no", "n", "off", "none", "không", "khong"))
+
+
 def _truthy(value: Any) -> bool:
-    return value is True or str(value).strip().lower() in ("1", "true", "yes", "có", "co")
+    """The confidential flag as agents type it ("có", "on", "x" for ticked). Anything else rejects the file: read
+    as "no", a typo ("ture") published the call's content and place."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _YES or text in _NO:
+        return text in _YES
+    raise TranscriptError(f"confidential must be yes (có) or no (không), not {text[:40]!r}")

@@ -204,3 +204,25 @@ async def test_storage_outage_keeps_the_file_and_the_channel_running(folder: Tra
         side.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize(("value", "confidential"), [
+    ("có", True), ("Có ", True), ("on", True), ("x", True), ("1", True), ("không", False), ("khong", False),
+    ("no", False), ("0", False), ("", False)])
+def test_the_confidential_header_as_agents_type_it(value: str, confidential: bool) -> None:
+    # Red-team probe as a careless agent: "Confidential: on" or "x" (ticked) was read as not confidential, and the
+    # call's content and place were published.
+    raw = TEXT_TRANSCRIPT.replace("Confidential: có", f"Confidential: {value}").encode()
+    msg = parse_transcript(raw, filename="c.txt", channel_instance="call-centre",
+                           default_received_at="2026-09-01T09:00:00+07:00")
+    assert msg.reporter.confidential is confidential
+
+
+@pytest.mark.parametrize("value", ["ture", "maybe", "chưa rõ"])
+def test_a_confidential_header_that_is_neither_yes_nor_no_is_refused_not_read_as_no(value: str) -> None:
+    from channels.transcripts_parse import TranscriptError
+
+    raw = TEXT_TRANSCRIPT.replace("Confidential: có", f"Confidential: {value}").encode()
+    with pytest.raises(TranscriptError, match="confidential"):
+        parse_transcript(raw, filename="c.txt", channel_instance="call-centre",
+                         default_received_at="2026-09-01T09:00:00+07:00")
