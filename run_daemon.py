@@ -22,7 +22,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from ingest.errors import ConfigError, StorageError  # noqa: E402
 from ingest.faults import storage_reason  # noqa: E402
 from ingest.event_loop import run as run_loop  # noqa: E402
 from ingest import heap  # noqa: E402
-from ingest.http import make_app  # noqa: E402
+from ingest.http import loggable_path, make_app  # noqa: E402
 from ingest.leases import Lease, Leadership, LocalLeadership, PgLeadership, run_while_held  # noqa: E402
 from ingest.limits import GuardedSite  # noqa: E402
 from ingest.migrations import Migration  # noqa: E402
@@ -221,16 +220,12 @@ def build_components(ctx: AppContext, names: Sequence[str] = STAGE_COMPONENTS, *
     return services
 
 
-# Paths whose next segment is a credential: a reporter's private lookup/receipt token, a case token.
-PRIVATE_PATH = re.compile(r"^(/lookup|/receipt|/cases|/api/v1/cases)/[^/]+")
-
-
 class PathOnlyAccessLogger(AbstractAccessLogger):
     """Access log without query strings (they carry secrets, e.g. Messenger's hub.verify_token, and search terms)
     and without the tokens in private paths (whoever reads the log must not be able to open a reporter's page)."""
 
     def log(self, request: Any, response: Any, time: float) -> None:
-        path = PRIVATE_PATH.sub(r"\1/[token]", request.path)
+        path = loggable_path(request.path)
         self.logger.info("%s %s %s %.1fms", request.method, path, response.status, time * 1000)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -71,11 +72,20 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "?"
 
 
+# Paths whose next segment is a credential: a reporter's private lookup/receipt token, a case token. Logged as
+# "/lookup/[token]/…" (whoever reads the log must not be able to open a reporter's page); run_daemon's access log too.
+PRIVATE_PATH = re.compile(r"^(/lookup|/receipt|/cases|/api/v1/cases)/[^/]+")
+
+
+def loggable_path(path: str) -> str:
+    return PRIVATE_PATH.sub(r"\1/[token]", path)
+
+
 def _unhandled(request: web.Request, exc: Exception) -> web.Response:
     """Called in the except clause: with its trace the first time, then once a minute per route and error type (a
     client repeating the request that triggers a bug must not flood the log)."""
     _throttled.log(logging.ERROR, f"{request.method} {_route(request)}:{type(exc).__name__}",
-                   "unhandled error on %s %s", request.method, request.path, exc_info=True)
+                   "unhandled error on %s %s", request.method, loggable_path(request.path), exc_info=True)
     return _error(request, 500, "internal error")
 
 
