@@ -23,7 +23,7 @@ from ingest.errors import PermanentError, TransientError
 from ingest.mail import send_message
 from ingest.pii import redact_ids
 from ingest.jobs import ESCALATE, EscalateJob
-from ingest.queue import JobKind, RetryPlan, RetryPolicy, register_kind
+from ingest.queue import Held, JobKind, RetryPlan, RetryPolicy, register_kind
 from ingest.records import Job
 from ingest.store import Store, Tx
 from ingest.worker import Writes
@@ -194,28 +194,40 @@ class EscalationSender:
     async def run_once(self) -> int:
         queue = self.store.queue
         jobs = await queue.lease(ESCALATE, 64, self.cfg.delivery.lease_seconds)
-        # A stop mid-send gives back the digests not yet finished, due again at once: one the relay or the gateway
-        # took before the stop goes again under the same key (the email's Message-ID, the SMS id, both from the
-        # row: _message_id, _send), which they dedupe on.
-        async with queue.holding(jobs):
+        # A stop mid-send gives back the digests not yet finished, due again at once: one the gateway took before
+        # the stop goes again under the same key (the SMS id, from the row: escalation_key), which it dedupes on.
+        # Not an email whose SMTP thread is still sending: the stop waits for it and records its outcome
+        # (queue.Held), so no other sender can send it at the same time.
+        async with queue.holding(jobs) as held:
             for job in jobs:
                 row = await self.store.fetchone("SELECT * FROM escalations WHERE id=?", (job.payload.escalation_id,))
                 try:
                     if row is None:
                         raise PermanentError("escalation row missing")
-                    await self._send(row)
+                    await self._send(held, job, row)
                 except (TransientError, PermanentError) as exc:
-                    plan = queue.plan_retry(job, str(exc), self.policy, permanent=isinstance(exc, PermanentError),
-                                            retry_after=exc.retry_after if isinstance(exc, TransientError) else None)
-                    # Its death (the last attempt, or a permanent refusal) is the kind's on_dead: the row given up,
-                    # the operators alerted, one log line (_row_given_up).
-                    await queue.fail(job, plan.error, retry_in=plan.delay, dead=plan.dead,
-                                     writes=_escalation_retry(job, str(exc), plan))
+                    await self._record(job, exc)
                     continue
-                await queue.finish(job, _escalation_sent(job))
+                await self._record(job, None)
         return len(jobs)
 
-    async def _send(self, row: Any) -> None:
+    async def _record(self, job: Job, error: BaseException | None) -> None:
+        """A digest's attempt: sent (`error` None), or retried or dead by its error; any other error is raised (the
+        job keeps its lease and counted attempt)."""
+        queue = self.store.queue
+        if error is None:
+            await queue.finish(job, _escalation_sent(job))
+            return
+        if not isinstance(error, (TransientError, PermanentError)):
+            raise error
+        plan = queue.plan_retry(job, str(error), self.policy, permanent=isinstance(error, PermanentError),
+                                retry_after=error.retry_after if isinstance(error, TransientError) else None)
+        # Its death (the last attempt, or a permanent refusal) is the kind's on_dead: the row given up, the
+        # operators alerted, one log line (_row_given_up).
+        await queue.fail(job, plan.error, retry_in=plan.delay, dead=plan.dead,
+                         writes=_escalation_retry(job, str(error), plan))
+
+    async def _send(self, held: Held, job: Job, row: Any) -> None:
         items = json.loads(row["items"])
         agency = self.directory.agencies.get(row["agency"])
         name = agency.name_vi if agency else row["agency"]
@@ -233,7 +245,11 @@ class EscalationSender:
         msg["Message-ID"] = _message_id(row, self.cfg.smtp.message_id_domain)
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content(text)
-        await asyncio.to_thread(send_message, self.cfg.smtp, msg)
+
+        async def settle(sent: asyncio.Future[None]) -> None:  # stopped mid-send: recorded as below
+            await self._record(job, sent.exception())
+
+        await held.in_thread(job, lambda: send_message(self.cfg.smtp, msg), settle)
 
 
 def _message_id(row: Any, domain: str) -> str:

@@ -25,7 +25,7 @@ from config.dispatch import DispatchConfig, EmailTarget, WebhookTarget
 from ingest.mail import send_message
 from ingest.errors import PermanentError, TransientError
 from ingest.jobs import DELIVER, DeliverJob
-from ingest.queue import JobKind, RetryPolicy, Settlement, register_kind, shown_to_admins
+from ingest.queue import Held, JobKind, RetryPolicy, Settlement, register_kind, shown_to_admins
 from ingest.records import Job
 from ingest.store import Store, Tx
 from ingest.worker import Writes
@@ -110,8 +110,9 @@ class DeliverySender:
             return 0
         # A stop mid-send (a webhook the agency may have received, its 2xx never read) gives the batch back, due
         # again at once: sent again, it carries the same webhook-id / Message-ID (the row's msg_id, fixed when the
-        # row was written), which the agency dedupes on.
-        async with self.store.queue.holding(jobs):
+        # row was written), which the agency dedupes on. Not a mail whose SMTP thread is still sending: the stop
+        # waits for it and records its outcome (queue.Held), so no other sender can send it at the same time.
+        async with self.store.queue.holding(jobs) as held:
             ids = [job.payload.delivery_id for job in jobs]
             marks = ",".join("?" * len(ids))
             rows = {r["id"]: dict(r) for r in await self.store.fetchall(
@@ -119,12 +120,13 @@ class DeliverySender:
             self._disabled = {(r["agency"], r["target"])
                               for r in await self.store.fetchall("SELECT agency, target FROM endpoint_state")}
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._attempt(rows.get(job.payload.delivery_id))) for job in jobs]
+                tasks = [tg.create_task(self._attempt(held, job, rows.get(job.payload.delivery_id))) for job in jobs]
             # One transaction (one fsync) records the whole batch's outcomes.
             await self._record([(job, *t.result()) for job, t in zip(jobs, tasks)])
         return len(jobs)
 
-    async def _attempt(self, row: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Outcome]:
+    async def _attempt(self, held: Held, job: Job, row: dict[str, Any] | None
+                       ) -> tuple[dict[str, Any] | None, Outcome]:
         if row is None:
             return row, Outcome("permanent", None, "delivery row missing")
         key = (row["agency"], row["target"])
@@ -138,7 +140,7 @@ class DeliverySender:
                 if isinstance(target, WebhookTarget):
                     outcome = await self._send_webhook(key, target, row)
                 else:
-                    outcome = await self._send_email(target, row)
+                    outcome = await self._send_email(held, job, target, row)
             except BlockedAddress as exc:
                 outcome = Outcome("permanent", None, f"SSRF guard: {exc}")
             if outcome.kind == "gone":
@@ -187,7 +189,7 @@ class DeliverySender:
             return Outcome("transient", None, type(exc).__name__)
 
     # -- email -----------------------------------------------------------------------------------
-    async def _send_email(self, target: EmailTarget, row: dict[str, Any]) -> Outcome:
+    async def _send_email(self, held: Held, job: Job, target: EmailTarget, row: dict[str, Any]) -> Outcome:
         payload = json.loads(row["payload"])
         attachments = []
         for a in payload["data"].get("attachments") or []:
@@ -197,14 +199,11 @@ class DeliverySender:
                 return Outcome("permanent", None, f"attachment {a['sha256'][:12]} missing from the blob store")
             attachments.append((a, data))
         msg = build_email(self.cfg, target, row["msg_id"], payload, attachments)
+        async def settle(sent: asyncio.Future[Outcome]) -> None:  # stopped mid-send: this job's outcome alone
+            await self._record([(job, row, sent.result())])
+
         async with self._smtp_slots:
-            try:
-                await asyncio.to_thread(_smtp_send, self.cfg, msg)
-            except TransientError as exc:
-                return Outcome("transient", None, str(exc), exc.retry_after)
-            except PermanentError as exc:
-                return Outcome("permanent", None, str(exc))
-        return Outcome("delivered", 250)
+            return await held.in_thread(job, lambda: _smtp_outcome(self.cfg, msg), settle)
 
     # -- outcomes --------------------------------------------------------------------------------
     async def _record(self, results: list[tuple[Job, dict[str, Any] | None, Outcome]]) -> None:
@@ -398,8 +397,15 @@ def build_email(cfg: DispatchConfig, target: EmailTarget, msg_id: str, payload: 
     return msg
 
 
-def _smtp_send(cfg: DispatchConfig, msg: EmailMessage) -> None:
-    send_message(cfg.smtp, msg)
+def _smtp_outcome(cfg: DispatchConfig, msg: EmailMessage) -> Outcome:
+    """Send in the calling (worker) thread; the relay's answer as an outcome."""
+    try:
+        send_message(cfg.smtp, msg)
+    except TransientError as exc:
+        return Outcome("transient", None, str(exc), exc.retry_after)
+    except PermanentError as exc:
+        return Outcome("permanent", None, str(exc))
+    return Outcome("delivered", 250)
 
 
 async def enqueue_delivery(tx: Tx, delivery_id: int, agency: str, target: str, deadline: float, *,

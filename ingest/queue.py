@@ -32,8 +32,10 @@ whatever happened since, the late worker's outcome changes nothing and answers F
                                                                  # a batch's outcomes in one transaction
     plan = queue.plan_retry(job, error, policy, retry_after=None, permanent=False)  # RetryPlan(dead, delay, error)
     n = await queue.release(jobs, delay=0.0)                     # back to 'ready', attempt not counted
-    async with queue.holding(jobs): ...                          # work on leased jobs: a stop (cancellation) in
-                                                                 # the block gives back those still leased
+    async with queue.holding(jobs) as held: ...                  # work on leased jobs: a stop (cancellation) in
+                                                                 # the block gives back those still leased, but
+    await held.in_thread(job, send, settle)                      # a send in a thread: a stop waits for it and
+                                                                 # settles the job instead
     await queue.give_back(jobs)                                  # that giving back: shielded, logged not raised
     await queue.bury(tx, job_ids, error) / bury_subject(tx, kind, subject, error)
                                                                  # dead-letter waiting jobs in the caller's
@@ -205,6 +207,53 @@ class Settlement:
     error: str | None = None
     retry_in: float = 0.0
     writes: Writes | None = None
+
+
+class Held:
+    """What `queue.holding` yields: runs a leased job's blocking send (smtplib) in a worker thread.
+
+    A thread cannot be cancelled. Stopped while one talks to the relay (a shutdown, a SIGHUP reload starting a new
+    generation, another instance taking the singleton over), the task would go on while the thread sends on; the
+    job given back at once could be leased by the next sender (the new generation's, another PostgreSQL instance's)
+    and the same mail sent twice at the same time. So a stop that lands while the thread runs waits for it instead
+    (shielded), and then records its outcome as the caller's normal path would (`settle`: done if it was sent,
+    retried or dead if not), before the cancellation goes on; the job stays leased meanwhile, and holding never gives
+    it back. The wait is bounded by the send's own timeout (an SMTP client's `timeout_seconds`, on every read and
+    write of its socket), and costs a stop nothing it would not spend anyway: the process's executor waits for its
+    threads before it exits. A second cancellation stops the caller's wait, not the settling; should the settling
+    itself fail (the store cannot write, or the send raised a bug's exception), the job's lease expires and it goes
+    again then, as a crash mid-send would."""
+
+    def __init__(self) -> None:
+        self.kept: set[int] = set()  # jobs whose send was in a thread as a stop landed: settled here, not given back
+        self._settling: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps only weak ones)
+
+    async def in_thread(self, job: Job, send: Callable[[], Any],
+                        settle: Callable[[asyncio.Future[Any]], Awaitable[None]]) -> Any:
+        """`send()` for `job` in a worker thread: its result returned, its exception raised. Stopped meanwhile:
+        `settle(the thread's finished future)` records the outcome, then the cancellation is raised again."""
+        thread = asyncio.ensure_future(asyncio.to_thread(send))
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            self.kept.add(job.id)
+            log.info("stopped while %s job %d sends in a thread: waiting for it to record its outcome",
+                     job.stage, job.id)
+            settling = asyncio.ensure_future(self._settle(job, thread, settle))
+            self._settling.add(settling)
+            settling.add_done_callback(self._settling.discard)
+            await asyncio.shield(settling)
+            raise
+
+    @staticmethod
+    async def _settle(job: Job, thread: asyncio.Future[Any],
+                      settle: Callable[[asyncio.Future[Any]], Awaitable[None]]) -> None:
+        await asyncio.wait([thread])  # its outcome is the future's own, read by `settle`
+        try:
+            await settle(thread)
+        except Exception as exc:
+            log.warning("%s job %d, stopped mid-send, stays leased until its lease expires (%s)",
+                        job.stage, job.id, type(exc).__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +432,7 @@ class SqliteQueue:
         await self._release_on_stop(jobs)
 
     @asynccontextmanager
-    async def holding(self, jobs: Sequence[Job]) -> AsyncIterator[None]:
+    async def holding(self, jobs: Sequence[Job]) -> AsyncIterator[Held]:
         """Work on leased jobs: a stop (the task cancelled) anywhere in the block, a send to a peer included, gives
         back every one of them still leased to the caller (give_back), not left leased to nobody until the leases
         expire. Those the block finished, retried or released already are not touched: the release is fenced by
@@ -393,11 +442,15 @@ class SqliteQueue:
 
         Given back, a job is due again and done again, though its attempt may have had its effect (a webhook the
         peer received, whose answer we never read): the caller's send must carry the same idempotency key on every
-        attempt. A lease left to expire would be done again the same way, only later."""
+        attempt. A lease left to expire would be done again the same way, only later.
+
+        Except a send that runs in a thread (smtplib): the block runs it by `Held.in_thread`, and a stop then waits
+        for it and records its outcome; such a job is never given back here (see Held)."""
+        held = Held()
         try:
-            yield
+            yield held
         except asyncio.CancelledError:
-            await self.give_back(jobs)
+            await self.give_back([job for job in jobs if job.id not in held.kept])
             raise
 
     async def give_back(self, jobs: Iterable[Job]) -> None:

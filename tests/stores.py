@@ -3,9 +3,10 @@ and reading what is committed through a connection of its own (what an acknowled
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,45 @@ async def cancel_when(run: Callable[[], Awaitable[Any]], reached: asyncio.Event)
             await task
     finally:
         waiting.cancel()
+
+
+@contextmanager
+def when_logged(logger: str, fragment: str) -> Iterator[asyncio.Event]:
+    """An event set once `logger` logs a line containing `fragment` (INFO and up, enabled for the while)."""
+    seen = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if fragment in record.getMessage():
+                seen.set()
+
+    target, watch = logging.getLogger(logger), Watch(logging.INFO)
+    level = target.level
+    target.setLevel(logging.INFO)
+    target.addHandler(watch)
+    try:
+        yield seen
+    finally:
+        target.removeHandler(watch)
+        target.setLevel(level)
+
+
+async def cancel_mid_thread(run: Callable[[], Awaitable[Any]], reached: asyncio.Event) -> asyncio.Task[Any]:
+    """Start `run()` and cancel it once `reached` is set, a send in a worker thread (smtplib) held by the peer; return
+    its task as soon as the stop has reached that send (queue.Held says so in its log: the stop now waits for the
+    thread), or the task ended (a sender that does not wait). The caller lets the peer answer and awaits the task."""
+    task = asyncio.ensure_future(run())
+    with when_logged("ingest.queue", "sends in a thread") as waiting_for_thread:
+        seen = asyncio.ensure_future(reached.wait())
+        try:
+            await asyncio.wait({task, seen}, return_when=asyncio.FIRST_COMPLETED)
+            assert reached.is_set(), f"run() ended before it reached the peer: {task.result()!r}"
+            task.cancel()
+            waiting = asyncio.ensure_future(waiting_for_thread.wait())
+            try:
+                await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+        finally:
+            seen.cancel()
+    return task

@@ -30,7 +30,7 @@ from ingest.errors import PermanentError
 from ingest.records import Reporter
 from ingest.store import Store
 from tests import seed
-from tests.stores import cancel_as_it_commits, cancel_when
+from tests.stores import cancel_as_it_commits, cancel_mid_thread
 
 from .conftest import SECRET_A, seed_report
 from .test_flow import RecordingReplies, answer
@@ -368,11 +368,13 @@ async def test_a_digest_sender_stopped_while_its_lease_commits_gives_the_digests
     assert [r["state"] for r in states] == ["pending"] * 2
 
 
-async def test_a_digest_sender_stopped_mid_send_gives_the_digest_back_and_it_goes_again_under_its_message_id(
+async def test_a_digest_sender_stopped_mid_send_waits_for_its_smtp_thread_and_the_digest_goes_once(
         dstore: Store, directory, smtp):
-    """A stop while the relay holds the digest (its DATA taken, the 250 not yet read by us): the digest is due again
-    at once, not leased to nobody until its lease expires; the next run sends it once, under the Message-ID of the
-    first attempt."""
+    """A stop while the relay holds the digest (its DATA taken, the 250 not yet read): smtplib's thread cannot be
+    cancelled and goes on talking to the relay. The digest is not given back meanwhile (given back, the next sender,
+    a reload's or another instance's, could lease it and send the same mail at the same time): it stays leased,
+    another sender finds nothing to send, and once the relay answers it is recorded sent and goes once in all,
+    under its Message-ID."""
     sink, port = smtp
     cfg = DispatchConfig.model_validate({"agencies": {"sawaco": {"escalation": {
                                              "email": ["lanhdao@sawaco.example.vn"]}}},
@@ -382,23 +384,27 @@ async def test_a_digest_sender_stopped_mid_send_gives_the_digest_back_and_it_goe
         assert await write_digests(tx, cfg, "breach", [{"case_id": None, "report_id": None, "agency": "sawaco",
                                                         "kind": "fix", "due_at": now}], now) == 1
     sender = EscalationSender(dstore, cfg, directory, sms=None)
+    other = EscalationSender(dstore, cfg, directory, sms=None)  # the next generation's, or another instance's
 
-    async def jobs() -> list[tuple[str, int, float | None]]:
-        rows = await dstore.fetchall("SELECT state, attempts, lease_until FROM jobs WHERE stage='escalate'")
-        return [(r["state"], r["attempts"], r["lease_until"]) for r in rows]
+    async def jobs() -> list[tuple[str, int]]:
+        rows = await dstore.fetchall("SELECT state, attempts FROM jobs WHERE stage='escalate'")
+        return [(r["state"], r["attempts"]) for r in rows]
 
     sink.gate = asyncio.Event()
     try:
-        await cancel_when(sender.run_once, sink.taken)
-        assert await jobs() == [("ready", 0, None)]
+        task = await cancel_mid_thread(sender.run_once, sink.taken)
+        assert not task.done(), "the stop did not wait for the SMTP thread"  # before: given back at once
+        assert await jobs() == [("leased", 1)]  # before: ('ready', 0), leased again by the next sender
+        assert await other.run_once() == 0
     finally:
-        sink.gate.set()  # the held session ends (a failing test ends at once, not at the relay timeout)
-    assert await sender.run_once() == 1
+        sink.gate.set()  # the relay answers (a failing test ends at once, not at the relay timeout)
+    with pytest.raises(asyncio.CancelledError):
+        await task
     (row,) = await dstore.fetchall("SELECT id, state, created_at FROM escalations")
-    assert row["state"] == "sent" and [state for state, _, _ in await jobs()] == ["done"]
-    first, again = sink.messages
-    assert first["Message-ID"] == again["Message-ID"] == \
-        f"<1022.esc{row['id']}.{int(row['created_at'])}@1022.tphcm.gov.vn>"
+    assert row["state"] == "sent" and await jobs() == [("done", 1)]
+    assert await other.run_once() == 0
+    (mail,) = sink.messages
+    assert mail["Message-ID"] == f"<1022.esc{row['id']}.{int(row['created_at'])}@1022.tphcm.gov.vn>"
 
 
 async def test_a_digest_that_cannot_be_sent_is_retried_then_kept(world, smtp, sms_gateway):

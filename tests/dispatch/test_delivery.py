@@ -20,7 +20,7 @@ from dispatch.delivery import DeliverySender, replay_deliveries
 from dispatch.ssrf import target_problems
 from ingest.records import Attachment
 from tests.net import serve_app
-from tests.stores import cancel_as_it_commits, cancel_when
+from tests.stores import cancel_as_it_commits, cancel_mid_thread, cancel_when
 
 from .conftest import SECRET_A, SECRET_B, make_book, run_dispatch, seed_report, webhook_cfg
 
@@ -261,10 +261,16 @@ class Sink:
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.reply = "250 OK"
+        # When set, a message is taken (in `messages`) and its answer held until the gate opens: a stop lands there.
+        self.gate: asyncio.Event | None = None
+        self.taken = asyncio.Event()
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd hook name
         if self.reply.startswith("250"):
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        if self.gate is not None:
+            self.taken.set()
+            await self.gate.wait()
         return self.reply
 
 
@@ -309,6 +315,43 @@ async def test_email_target_with_attachment_text_and_html(dstore, directory, smt
     assert "<html>" in msg.get_body(("html",)).get_content()
     (att,) = list(msg.iter_attachments())
     assert att.get_filename() == "ong-nuoc.png" and att.get_content() == photo
+
+
+async def test_a_sender_stopped_mid_send_waits_for_its_smtp_thread_and_the_mail_goes_once(dstore, directory,
+                                                                                          smtp_sink):
+    """A stop while the relay holds an agency's mail (its DATA taken, the 250 not yet read): smtplib's thread
+    cannot be cancelled and goes on talking to the relay. The delivery is not given back meanwhile (given back, the
+    next sender, a SIGHUP reload's or another instance's, could lease it and send the same mail at the same time):
+    it stays leased, another sender finds nothing to send, and once the relay answers it is recorded delivered and
+    went once in all."""
+    sink, port = smtp_sink
+    cfg = DispatchConfig.model_validate({
+        "agencies": {"sawaco": {"targets": [{"kind": "email", "to": ["dieuhanh@sawaco.example.vn"]}]}},
+        "smtp": {"host": "127.0.0.1", "port": port}})
+    book = make_book(dstore, directory, cfg)
+    await run_dispatch(dstore, book, await seed_report(dstore), "INC-000001")
+    sender, other = DeliverySender(dstore, cfg), DeliverySender(dstore, cfg)
+
+    async def jobs() -> list[tuple[str, int]]:
+        rows = await dstore.fetchall("SELECT state, attempts FROM jobs WHERE stage='deliver'")
+        return [(r["state"], r["attempts"]) for r in rows]
+
+    sink.gate = asyncio.Event()
+    try:
+        task = await cancel_mid_thread(sender.run_once, sink.taken)
+        assert not task.done(), "the stop did not wait for the SMTP thread"  # before: given back at once
+        assert await jobs() == [("leased", 1)]  # before: ('ready', 0), leased again by the next sender
+        assert await other.run_once() == 0
+    finally:
+        sink.gate.set()  # the relay answers (a failing test ends at once, not at the relay timeout)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (row,) = await delivery_rows(dstore)
+    assert row["state"] == "delivered" and await jobs() == [("done", 1)]
+    assert await other.run_once() == 0
+    assert len(sink.messages) == 1
+    await sender.close()
+    await other.close()
 
 
 async def test_sender_survives_concurrent_run(dstore, directory, receiver):
