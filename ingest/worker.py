@@ -129,7 +129,7 @@ class StageWorker:
                     taken, ahead = ahead or await self._take(), None
                     if taken is not None:
                         if self.settings.prefetch:
-                            ahead = await self._take()  # its preparation runs while `taken` is handled and finished
+                            ahead = await self._prefetch(taken)
                         await self._complete(taken)
                 except StorageError as exc:
                     # The store cannot write (disk full, I/O): wait it out. Jobs leased in this round come back when
@@ -154,6 +154,16 @@ class StageWorker:
         except asyncio.CancelledError:
             if ahead is not None:
                 await asyncio.shield(self._give_back(ahead))
+            raise
+
+    async def _prefetch(self, taken: _Taken) -> _Taken | None:
+        """Take the next batch (its preparation runs while `taken` is handled and finished). A stop while it is taken
+        gives `taken` back too, its preparation cancelled: `taken` is nobody else's to give back yet (_complete
+        has not begun), and it would stay leased until its leases expire, its preparation running on unawaited."""
+        try:
+            return await self._take()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._give_back(taken))
             raise
 
     async def run_once(self) -> int:

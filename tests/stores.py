@@ -78,19 +78,22 @@ async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Async
 
 
 async def cancel_as_it_commits(store: AnyStore, run: Callable[[], Awaitable[Any]],
-                               at_commit: Callable[[], Awaitable[None]]) -> None:
-    """Start `run()` and cancel it while the store's next transaction (its first) commits, the commit done and the
-    caller not yet told: as a stop lands while SQLite's connection thread, or PostgreSQL's server, commits (the
-    commit goes on whatever the cancellation does). `at_commit()` runs there first (to see what the commit did);
-    returns once `run()` has ended, cancelled."""
+                               at_commit: Callable[[], Awaitable[None]], after: int = 0) -> None:
+    """Start `run()` and cancel it while the store's next transaction (its first; with `after`, the one after that
+    many others) commits, the commit done and the caller not yet told: as a stop lands while SQLite's connection
+    thread, or PostgreSQL's server, commits (the commit goes on whatever the cancellation does). `at_commit()` runs
+    there first (to see what the commit did); returns once `run()` has ended, cancelled."""
     committed, proceed = asyncio.Event(), asyncio.Event()
     real = store.transaction
+    passed = 0
 
     @asynccontextmanager
     async def transaction() -> AsyncIterator[Any]:
+        nonlocal passed
         async with real() as tx:
             yield tx
-        if not committed.is_set():
+        passed += 1
+        if passed == after + 1:
             committed.set()
             await proceed.wait()
 

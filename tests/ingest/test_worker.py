@@ -366,6 +366,38 @@ async def test_prefetching_worker_cancelled_gives_back_both_batches(clocked_stor
         assert row["state"] == "ready" and row["attempts"] == 0
 
 
+async def test_a_prefetching_worker_stopped_while_it_takes_the_next_batch_gives_this_one_back(clocked_store: Store,
+                                                                                            make_message) -> None:
+    """A stop while the next batch's lease commits (the prefetch): that batch is given back by the lease, and the
+    batch being prepared too, its preparation cancelled and awaited, not left leased until its leases expire with
+    its preparation running on."""
+    ids = [(await clocked_store.submit(make_message(), b"r", "text/plain")).report_id for _ in range(4)]
+    preparing, prepare_stopped = asyncio.Event(), asyncio.Event()
+
+    async def prepare(batch: list[tuple[Job, StoredReport]]) -> None:
+        preparing.set()
+        try:
+            await asyncio.Event().wait()  # an embedder still at work
+        except asyncio.CancelledError:
+            prepare_stopped.set()
+            raise
+
+    async def handler(job: Job, report: StoredReport):
+        raise AssertionError("never reached")
+
+    async def both_taken() -> None:
+        await preparing.wait()  # the first batch is being prepared while the second is taken
+        assert [(await _job(clocked_store, rid))["state"] for rid in ids] == ["leased"] * 4
+
+    worker = StageWorker(clocked_store, "classify", handler, WorkerSettings(batch=2, prefetch=True),
+                         batch_handler=prepare)
+    await cancel_as_it_commits(clocked_store, worker.run, both_taken, after=1)  # the first lease, then the prefetch
+    rows = [await _job(clocked_store, rid) for rid in ids]
+    # Before: the first two stayed ('leased', 1).
+    assert [(row["state"], row["attempts"]) for row in rows] == [("ready", 0)] * 4
+    assert prepare_stopped.is_set()  # before: still running, never awaited
+
+
 async def test_a_batch_that_outlives_its_lease_keeps_it_while_worked_on(clocked_store: Store, clock: FakeClock,
                                                                         make_message) -> None:
     # Two jobs leased together; the first takes longer than the lease (on the store's clock). The second's lease is
