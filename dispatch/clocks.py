@@ -195,7 +195,7 @@ class EscalationSender:
         queue = self.store.queue
         jobs = await queue.lease(ESCALATE, 64, self.cfg.delivery.lease_seconds)
         # A stop mid-send gives back the digests not yet finished, due again at once: one the gateway took before
-        # the stop goes again under the same key (the SMS id, from the row: escalation_key), which it dedupes on.
+        # the stop goes again under the same SMS id (escalation_key, from the row), which it dedupes on.
         # Not an email whose SMTP thread is still sending: the stop waits for it and records its outcome
         # (queue.Held), so no other sender can send it at the same time.
         async with queue.holding(jobs) as held:
@@ -236,7 +236,7 @@ class EscalationSender:
             if not self.sms.configured:
                 raise PermanentError("no SMS gateway configured")
             await self.sms.send(row["recipient"], messages.escalation_sms(name, row["level"], items),
-                                f"esc{row['id']}", self.store.clock.now())
+                                escalation_key(row), self.store.clock.now())
             return
         msg = EmailMessage()
         msg["From"] = self.cfg.smtp.from_addr
@@ -252,12 +252,19 @@ class EscalationSender:
         await held.in_thread(job, lambda: send_message(self.cfg.smtp, msg), settle)
 
 
+def escalation_key(row: Any) -> str:
+    """The key a digest is sent under, the same on every attempt (a retry, a send given back at a stop after the
+    gateway took it): the SMS id the gateway dedupes on, and the local part of the email's Message-ID (_message_id).
+    From the row alone: its id, and its creation time, so that a store started afresh, whose ids begin again, does
+    not name a new digest as an old one (which a gateway would drop as a duplicate)."""
+    return f"esc{row['id']}.{int(row['created_at'])}"
+
+
 def _message_id(row: Any, domain: str) -> str:
-    """The digest email's Message-ID, the same on every attempt (a retry, or a send given back at a stop after the
-    relay took it): receivers see one message. From the row alone: its id, and its creation time so that a store
-    started afresh, whose ids begin again, names new digests anew. Not `<1022.r…>` nor `<msg_…>`: a reply to it
-    must not pass for a reporter's thread (channels/email_intake.py) or an agency's answer (ingest/agency_mail.py)."""
-    return f"<1022.esc{row['id']}.{int(row['created_at'])}@{domain}>"
+    """The digest email's Message-ID: `escalation_key` under our domain, so receivers see one message. Not
+    `<1022.r…>` nor `<msg_…>`: a reply to it must not pass for a reporter's thread (channels/email_intake.py) or an
+    agency's answer (ingest/agency_mail.py)."""
+    return f"<1022.{escalation_key(row)}@{domain}>"
 
 
 def _escalation_sent(job: Job) -> Writes:

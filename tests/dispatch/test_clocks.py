@@ -407,6 +407,42 @@ async def test_a_digest_sender_stopped_mid_send_waits_for_its_smtp_thread_and_th
     assert mail["Message-ID"] == f"<1022.esc{row['id']}.{int(row['created_at'])}@1022.tphcm.gov.vn>"
 
 
+async def test_a_digest_is_sent_under_one_key_by_sms_and_email_and_a_fresh_store_names_its_digests_anew(
+        dstore: Store, directory, smtp, sms_gateway):
+    """The SMS id (what the gateway drops repeats by) and the email's Message-ID are one key built from the row, its
+    creation time included: a store started afresh, whose digest ids begin again at 1, does not send its first SMS
+    under the id of an old one (before: `esc<id>`, which the gateway would drop as a repeat)."""
+    sink, port = smtp
+    cfg = DispatchConfig.model_validate({"agencies": {"sawaco": {"escalation": {"email": ["lanhdao@sawaco.example.vn"],
+                                                                                "sms": ["0909000111"]}}},
+                                         "smtp": {"host": "127.0.0.1", "port": port},
+                                         "sms": {"url": sms_gateway.url, "token": "sms-token",
+                                                 "allow_private": True}})
+    gateway = SmsGateway(cfg)
+    sender = EscalationSender(dstore, cfg, directory, sms=gateway)
+    keys: list[tuple[str, str]] = []  # (SMS id, Message-ID) per store
+    for fresh in (False, True):
+        if fresh:  # the same ids again, as a store started afresh gives them, a day later
+            async with dstore.transaction() as tx:
+                await tx.execute("DELETE FROM jobs WHERE stage='escalate'")
+                await tx.execute("DELETE FROM escalations")
+            dstore.clock.advance(DAY)
+        now = dstore.clock.now()
+        async with dstore.transaction() as tx:
+            assert await write_digests(tx, cfg, "breach", [{"case_id": None, "report_id": None, "agency": "sawaco",
+                                                            "kind": "fix", "due_at": now}], now) == 2
+        assert await sender.run_once() == 2
+        rows = {r["channel"]: r for r in await dstore.fetchall("SELECT id, channel, created_at FROM escalations")}
+        assert [rows["email"]["id"], rows["sms"]["id"]] == [1, 2]
+        sms_id, message_id = sms_gateway.messages[-1]["id"], sink.messages[-1]["Message-ID"]
+        assert sms_id == f"esc{rows['sms']['id']}.{int(rows['sms']['created_at'])}"  # before: esc2
+        assert message_id == f"<1022.esc{rows['email']['id']}.{int(rows['email']['created_at'])}@1022.tphcm.gov.vn>"
+        keys.append((sms_id, message_id))
+    await gateway.close()
+    (first_sms, first_mail), (again_sms, again_mail) = keys
+    assert first_sms != again_sms and first_mail != again_mail
+
+
 async def test_a_digest_that_cannot_be_sent_is_retried_then_kept(world, smtp, sms_gateway):
     ctx, base = world
     await new_case(ctx, "INC-000001")
