@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,7 +13,7 @@ from ingest.clock import FakeClock
 from ingest.jobs import DedupeJob, MessengerAskJob, MessengerMediaJob, ReporterFollowUpJob
 from ingest.queue import Settlement
 from ingest.store import Store, Tx
-from tests.stores import AnyStore, StoreFactory, cancel_as_it_commits, cancel_when
+from tests.stores import AnyStore, StoreFactory, cancel_as_it_commits, cancel_when, when_logged
 from tests.stores import store_factory  # noqa: F401  (the parametrised fixture)
 
 @pytest.fixture
@@ -245,6 +246,79 @@ async def test_a_stop_in_a_holding_block_gives_back_only_what_is_still_leased(cl
     await cancel_when(work, inside)
     assert [(await _job_row(clocked_store, j.id))["state"] for j in jobs] == ["done", "ready", "ready"]
     assert [(await _job_row(clocked_store, j.id))["attempts"] for j in jobs] == [1, 0, 0]
+
+
+async def test_a_stop_while_a_send_runs_in_a_thread_keeps_that_job_leased_and_settles_it_when_the_thread_ends(
+        clocked_store: AnyStore, make_message) -> None:
+    """Held.in_thread: a thread cannot be cancelled, so a stop that lands while one sends does not give its job back
+    (another sender could lease it and send it at the same time). Even a second cancellation, which stops the
+    caller's wait, leaves it leased while the others are given back; once the thread ends, `settle` records it."""
+    for _ in range(2):
+        await _submit(clocked_store, make_message)
+    jobs = await clocked_store.queue.lease("classify", 5, 60)
+    sending, answer = threading.Event(), threading.Event()
+    settled = asyncio.Event()
+
+    def send() -> str:  # a relay that took the mail and has not answered yet
+        sending.set()
+        answer.wait()
+        return "sent"
+
+    async def settle(sent: asyncio.Future[str]) -> None:
+        assert sent.result() == "sent"
+        assert await clocked_store.queue.finish(jobs[0])
+        settled.set()
+
+    async def work() -> None:
+        async with clocked_store.queue.holding(jobs) as held:
+            await held.in_thread(jobs[0], send, settle)
+
+    try:
+        with when_logged("ingest.queue", "sends in a thread") as waiting:
+            task = asyncio.ensure_future(work())
+            await asyncio.to_thread(sending.wait)
+            task.cancel()
+            await waiting.wait()
+        task.cancel()  # a second stop: the wait ends, the settling does not
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [(await _job_row(clocked_store, j.id))["state"] for j in jobs] == ["leased", "ready"]
+        assert [job.id for job in await clocked_store.queue.lease("classify", 5, 60)] == [jobs[1].id]
+    finally:
+        answer.set()
+    await settled.wait()
+    assert (await _job_row(clocked_store, jobs[0].id))["state"] == "done"
+
+
+async def test_a_job_stopped_mid_send_whose_settling_fails_stays_leased_and_is_logged(
+        clocked_store: AnyStore, make_message, caplog: pytest.LogCaptureFixture) -> None:
+    """Settling fails (the store cannot write, a bug): the job is left to its lease, said in the log; never given
+    back while its outcome is unknown to the store."""
+    await _submit(clocked_store, make_message)
+    jobs = await clocked_store.queue.lease("classify", 5, 60)
+    sending, answer = threading.Event(), threading.Event()
+
+    def send() -> None:
+        sending.set()
+        answer.wait()
+
+    async def settle(sent: asyncio.Future[None]) -> None:
+        raise RuntimeError("cannot record")
+
+    async def work() -> None:
+        async with clocked_store.queue.holding(jobs) as held:
+            await held.in_thread(jobs[0], send, settle)
+
+    task = asyncio.ensure_future(work())
+    try:
+        await asyncio.to_thread(sending.wait)
+        task.cancel()
+    finally:
+        answer.set()
+    with caplog.at_level(logging.WARNING, logger="ingest.queue"), pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await _job_row(clocked_store, jobs[0].id))["state"] == "leased"
+    assert "stays leased until its lease expires (RuntimeError)" in caplog.text
 
 
 async def test_a_stop_whose_giving_back_fails_is_logged_and_stays_a_stop(store: Store, make_message,
