@@ -55,7 +55,7 @@ class Lease:
     def held(self) -> bool:
         return self.acquired.is_set()
 
-    def _set(self, held: bool) -> None:
+    def _set(self, held: bool, *, released: bool = False) -> None:
         if held == self.held:
             return
         if held:
@@ -65,7 +65,10 @@ class Lease:
         else:
             self.acquired.clear()
             self.lost.set()
-            log.warning("lease %s lost: this instance stops running it", self.name)
+            if released:  # a stop gives it up: nothing went wrong, so no warning on every clean stop
+                log.info("lease %s released: this instance stops", self.name)
+            else:
+                log.warning("lease %s lost: this instance stops running it", self.name)
 
 
 class Leadership(Protocol):
@@ -91,7 +94,7 @@ class LocalLeadership:
 
     async def close(self) -> None:
         for lease in self._leases.values():
-            lease._set(False)
+            lease._set(False, released=True)
 
 
 class PgLeadership:
@@ -131,6 +134,8 @@ class PgLeadership:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for lease in self._leases.values():
+            lease._set(False, released=True)
         await self._drop_session()  # closing the session frees every lock it holds, for the others at once
 
     async def _run(self) -> None:

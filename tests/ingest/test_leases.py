@@ -194,3 +194,18 @@ def test_lock_keys_are_stable_64_bit_and_distinct() -> None:
 def test_a_session_timeout_without_room_for_heartbeats_is_refused() -> None:
     with pytest.raises(ValueError):
         PgLeadership("postgresql://x@127.0.0.1/x", interval=1.0, session_timeout=1.5)
+
+
+async def test_a_clean_stop_releases_its_leases_without_a_warning(pg_url: str, caplog: pytest.LogCaptureFixture
+                                                                  ) -> None:
+    # Before: every clean stop logged "lease ... lost" at WARNING, the line an admin reads as a failure.
+    for leadership in (PgLeadership(pg_url, interval=0.05), LocalLeadership()):
+        lease = leadership.lease("clocks")
+        await leadership.start()
+        await _until(lease.acquired)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="ingest.leases"):
+            await leadership.close()
+        assert not lease.held and lease.lost.is_set()
+        assert "lease clocks released" in caplog.text
+        assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
