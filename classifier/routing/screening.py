@@ -26,7 +26,8 @@ _TOKEN = re.compile(r"[^\W_]+(?:\*+[^\W_]*)*|\*+[^\W_]+(?:\*+[^\W_]*)*", re.UNIC
 _MASKED = re.compile(r"^([^\W\d_]{1,3})\*+([^\W\d_]*)$")
 # Single letters joined by one dot or dash each, no space: "d.i.t", "đ.m", "l-o-n" (a word spelled out to slip past
 # a filter). Matched before _TOKEN, which would read each letter as a word.
-_SPELLED = re.compile(r"(?<![^\W_])[^\W\d_](?:[.\-][^\W\d_])+(?![^\W_])\.?")
+# The whole run must be single letters: "12A.D.M", "5-D-M" are codes, no letter of theirs is spelled out.
+_SPELLED = re.compile(r"(?<![^\W_])(?<![^\W_][.\-])[^\W\d_](?:[.\-][^\W\d_])+(?![^\W_])(?![.\-][^\W_])\.?")
 # A mask hides letters of a word: a letter then asterisks ("đ*", "c*t", "f***ing"), or two letters then asterisks
 # inside the word or at least two at its end. Asterisks around a word ("*cc*", "*lưu ý*") are emphasis.
 _MASK = re.compile(r"[^\W\d_]\*+[^\W\d_]*|[^\W\d_]{2}(?:\*+[^\W\d_]+|\*{2,})")
@@ -190,9 +191,24 @@ def screen(text: str, terms: Terms | None = None) -> Screening:
                 excused[span] = shown(span)
             doubtful = quoted(span) or plain or in_ordinary(span)
             (ambiguous if doubtful else certain)[span] = shown(span)
-    for i, tok in enumerate(tokens):  # masked or spelled-out swear words: certain
-        if (tok.masked and _masked_profane(tok, terms.profane)) or (tok.spelled and tok.folded in terms.profane):
+    def spelled_swear(i: int) -> str | None:
+        """A swear word spelled out letter by letter, judged as the word itself would be: "certain", or
+        "ambiguous" when quoted or in capitals like an acronym ("C.A.C"); None when it is no such word, has two
+        letters (initials: "chị Đ.M"; the term lists judge those as plain words) or is a unit after a number."""
+        tok = tokens[i]
+        if not tok.spelled or len(tok.folded) < 3 or tok.folded not in terms.profane or in_ordinary((i, i + 1)):
+            return None
+        if tok.folded in terms.units and i > 0 and tokens[i - 1].folded.replace(",", "").isdigit():
+            return None
+        if quoted((i, i + 1)) or re.sub(r"[.\-]", "", cased[i]).isupper():
+            return "ambiguous"
+        return "certain"
+
+    for i, tok in enumerate(tokens):  # masked swear words: certain; spelled-out ones as the word would be
+        if tok.masked and _masked_profane(tok, terms.profane):
             certain[(i, i + 1)] = shown((i, i + 1))
+        elif (kind := spelled_swear(i)) is not None:
+            (certain if kind == "certain" else ambiguous)[(i, i + 1)] = shown((i, i + 1))
     def folded_hits(term_list: tuple[tuple[str, ...], ...]) -> list[tuple[int, int]]:
         out = []
         for term in term_list:
@@ -219,12 +235,16 @@ def screen(text: str, terms: Terms | None = None) -> Screening:
             certain[span] = shown(span)
     for span in folded_hits(terms.ambiguous):
         # "Đ** m**", "d.i.t": meant. A spelled-out abbreviation ("C.C" Bàu Cát, chung cư) is no swear word.
-        if any(tokens[k].masked or (tokens[k].spelled and tokens[k].folded in terms.profane) for k in range(*span)):
+        if any(tokens[k].masked or spelled_swear(k) == "certain" for k in range(*span)):
             certain[span] = shown(span)
         elif _names_a_building(cased, span, tokens):
             continue
         elif not any(s[0] <= span[0] and span[1] <= s[1] for s in certain):
             ambiguous[span] = shown(span)
     return Screening(certain=tuple(dict.fromkeys(certain[s] for s in sorted(certain))),
-                     ambiguous=tuple(dict.fromkeys(ambiguous[s] for s in sorted(ambiguous) if s not in certain)),
+                     # Each ambiguous phrase once: not inside a certain one, nor inside a longer ambiguous one.
+                     ambiguous=tuple(dict.fromkeys(
+                         ambiguous[s] for s in sorted(ambiguous)
+                         if not any(c[0] < s[1] and s[0] < c[1] for c in certain)
+                         and not any(o != s and o[0] <= s[0] and s[1] <= o[1] for o in ambiguous))),
                      excused=tuple(dict.fromkeys(excused[s] for s in sorted(excused) if s not in certain)))

@@ -38,6 +38,8 @@ def confident(directory, topic, p=0.97):
     "U.B.N.D phường 5 chậm trả hồ sơ",
     "T.P.HCM ngập khắp nơi, Q.1 và P.Tân Định",
     "vỏ lon bia vứt đầy hẻm 12-A",
+    "hố sâu 5 d.m giữa đường",  # a unit after a number, spelled or not
+    "khu d.u lịch sinh thái bị xả rác",  # two letters: left to the term lists, as plain words
 ])
 def test_ordinary_words_are_no_evidence(text):
     assert screen(text) == Screening()
@@ -52,6 +54,10 @@ def test_ordinary_words_are_no_evidence(text):
     ("cô giáo chửi học sinh là đồ ngu", "đồ ngu"),  # quoted, not said to us
     ("da nhan DM cho fanpage", "DM"),  # an acronym in capitals
     ("*cc* bi cup nuoc", "*cc*"),  # emphasis, not a mask
+    # Spelled out, a word is judged as the word itself (review of ad718ae: these were certain, so rejected):
+    ("D.M bọn phường", "D.M"),  # capitals, as "DM"
+    ("bảo vệ chửi d.i.t m.e rồi đánh tôi", "d.i.t m.e"),  # what someone else said to the reporter
+    ("C.A.C", "C.A.C"),
 ])
 def test_ambiguous_words_are_only_ambiguous(text, word):
     s = screen(text)
@@ -72,7 +78,6 @@ def test_ambiguous_words_are_only_ambiguous(text, word):
     "d.i.t m.e bon quan lieu",
     "l-o-n, lam an kieu gi vay",
     "v.c.l cái phường này",
-    "D.M bọn phường",
 ])
 def test_unambiguous_words_are_certain(text):
     assert screen(text).certain
