@@ -191,9 +191,18 @@ def store_fault_reason(settings: Settings) -> Callable[[BaseException], str | No
     PostgreSQL server still starting or out of connections is an outage, not a reason to exit."""
     if settings.store.url is None:
         return storage_reason
+    import asyncpg
+
     from ingest.pgstore import storage_reason as pg_reason
 
-    return pg_reason
+    def reason(exc: BaseException) -> str | None:
+        # asyncpg's refusal of the URL itself (sslmode=bogus) is an InterfaceError, and a missing sslrootcert a
+        # FileNotFoundError: both "unreachable" to the running store, but at start they are a config to fix.
+        if isinstance(exc, (asyncpg.ClientConfigurationError, FileNotFoundError, PermissionError)):
+            return None
+        return pg_reason(exc)
+
+    return reason
 
 
 def make_context(settings: Settings, directory: Directory, store: Store, *, route_mode: bool = False,

@@ -138,3 +138,19 @@ async def test_a_postgresql_server_still_starting_is_waited_for_not_a_reason_to_
         assert await opening is None
         server.close()
         await server.wait_closed()
+
+
+async def test_a_postgresql_url_asyncpg_refuses_ends_the_start(tmp_path) -> None:
+    # Review of db7dca9: asyncpg's ClientConfigurationError is an InterfaceError, so a bad sslmode was waited for
+    # forever as "database unreachable"; waiting cannot fix a config.
+    import asyncpg
+
+    import run_daemon
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[store]\nurl = "postgresql://u@127.0.0.1:1/db?sslmode=bogus"\nblob_dir = "{tmp_path}"\n',
+                      encoding="utf-8")
+    settings = run_daemon.load_settings(str(config))
+    with pytest.raises(asyncpg.ClientConfigurationError):
+        await open_or_serve_degraded(lambda: run_daemon.open_store(settings), "127.0.0.1", free_port(),
+                                     asyncio.Event(), cap=0.01, reason=run_daemon.store_fault_reason(settings))
