@@ -22,9 +22,20 @@ def parse_line(data: dict[str, Any], channel_instance: str = "batch") -> Inbound
         subject=normalize(str(data["subject"])) if data.get("subject") else None,
         reporter=Reporter(
             name=reporter.get("name"), phone=reporter.get("phone"), email=reporter.get("email"),
-            address=reporter.get("address"), confidential=bool(reporter.get("confidential", False)),
+            address=reporter.get("address"), confidential=_confidential(reporter.get("confidential", False)),
         ),
         lat=data.get("lat"),
         lon=data.get("lon"),
         external_id=report_id,
     )
+
+
+_NO = frozenset(("", "0", "false", "no", "off", "không", "khong"))
+
+
+def _confidential(value: Any) -> bool:
+    """A JSON true/false, or the word a hand-written line gives ("false" was read as True by `bool`); a word that
+    is no clear "no" keeps the report private."""
+    if isinstance(value, str):
+        return value.strip().lower() not in _NO
+    return bool(value)

@@ -254,9 +254,12 @@ def _flag(fields: dict[str, str], name: str) -> bool:
     if value in _YES or value in _NO:
         return value in _YES
     try:
-        return float(value) != 0
+        number = float(value)
     except ValueError:
-        raise Open311Error(400, f"{name} must be true or false", field=name, reason="invalid") from None
+        number = None
+    if number in (0.0, 1.0):  # 1, 1.0, 0e0; "2", "0.5" or "nan" says neither yes nor no
+        return number == 1.0
+    raise Open311Error(400, f"{name} must be true or false", field=name, reason="invalid")
 
 
 def error_body(code: int, description: str) -> list[dict[str, Any]]:

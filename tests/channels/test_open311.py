@@ -350,7 +350,7 @@ async def test_the_confidential_flag_as_careless_clients_send_it(server: Server,
     assert msg.reporter.confidential is confidential
 
 
-@pytest.mark.parametrize("value", ["có", "maybe", "truee", "[x]"])
+@pytest.mark.parametrize("value", ["có", "maybe", "truee", "[x]", "2", "0.5", "nan", "inf"])  # numbers: only 0 and 1
 async def test_a_confidential_flag_that_is_neither_yes_nor_no_is_refused_not_read_as_no(server: Server,
                                                                                        value: str) -> None:
     status, body, _ = await server.post(data={"service_code": "drainage", "description": "Cống bị rác bít kín",
