@@ -477,7 +477,8 @@ async def test_slow_mails_do_not_hold_the_threads_the_rest_of_intake_uses(store:
         return real_parse(*args, **kwargs)
 
     monkeypatch.setattr(email_intake, "parse_email", held_parse)
-    intake = EmailIntake(store, "mailbox", ParseLimits())
+    # The parses wait for the test, so their own time limit must not end them first on a slow machine.
+    intake = EmailIntake(store, "mailbox", ParseLimits(time_limit=3600))
     large = [b"From: a@example.org\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\nMessage-ID: <s%d@x>\r\n\r\n"
              % i + b"> x\r\n" * 20_000 for i in range(8)]  # past INLINE_PARSE_BYTES: parsed on a thread
     mails = [asyncio.create_task(intake.accept(raw)) for raw in large]

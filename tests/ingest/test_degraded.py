@@ -124,7 +124,8 @@ async def test_a_postgresql_server_still_starting_is_waited_for_not_a_reason_to_
         reason=run_daemon.store_fault_reason(settings)))
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(300):
+            resp = None
+            for _ in range(1500):  # gives up waiting after 30 s: the degraded site is up in milliseconds
                 assert not opening.done(), opening.exception()
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
@@ -132,6 +133,7 @@ async def test_a_postgresql_server_still_starting_is_waited_for_not_a_reason_to_
                         break
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.02)
+            assert resp is not None, "the degraded site never answered"
             assert resp.status == 503 and body["reasons"] == ["store: cannot open (database unreachable); retrying"]
     finally:
         stop.set()

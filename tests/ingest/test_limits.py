@@ -125,8 +125,10 @@ async def test_one_address_cannot_take_every_connection(serve) -> None:
         assert done, f"{len(answered)} connections refused, and no other in {BOUND} s"
         answered += [task.result() for task in done]
     assert len(answered) == 50 and all(a.startswith(b"HTTP/1.1 503") and b"Retry-After" in a for a in answered)
-    for task in waiting:  # the 10 left are served: each answers a request
+    for task in waiting:  # their reads are given up first: a reader takes one waiting read at a time
         task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    for task in waiting:  # the 10 left are served: each answers a request
         reader, writer = reads[task]
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert (await _read_all(reader)).startswith(b"HTTP/1.1 200")
