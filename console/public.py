@@ -24,7 +24,7 @@ from aiohttp import web
 from dispatch.queries import PUBLIC_SELECT, public_report
 from ingest.app import AppContext
 from ingest.clock import VN_TZ
-from ingest.public import CLOSED_STATES, HIDDEN_STATES, public_request, services
+from ingest.public import CLOSED_STATES, HIDDEN_STATES, UNDECIDED_STATUSES, public_request, services
 from ingest.untrusted import row_id
 from ingest.vocabulary import DISCOVERY_TEXTS
 
@@ -83,8 +83,11 @@ def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
         args.extend([start, end])
         if params.get("service_code"):
             codes = _list(params["service_code"])
-            where.append(f"r.topic IN ({','.join('?' * len(codes))})")
-            args.extend(codes)
+            # An undecided report's topic is the classifier's guess, which is not published (ingest/public.py):
+            # filtering by it would publish it all the same.
+            undecided = ",".join("?" * len(UNDECIDED_STATUSES))
+            where.append(f"r.topic IN ({','.join('?' * len(codes))}) AND r.status NOT IN ({undecided})")
+            args.extend([*codes, *UNDECIDED_STATUSES])
         statuses = set(_list(params.get("status") or ""))
         if statuses - {"open", "closed"}:
             raise QueryError("status must be open, closed, or both comma-separated")
@@ -94,8 +97,9 @@ def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
             where.append(f"r.status {negate}IN ({','.join('?' * len(closed))})")
             args.extend(closed)
         if params.get("agency_responsible"):
-            where.append("COALESCE(c.agency, r.agency) = ?")
-            args.append(params["agency_responsible"])
+            undecided = ",".join("?" * len(UNDECIDED_STATUSES))
+            where.append(f"COALESCE(c.agency, r.agency) = ? AND (c.agency IS NOT NULL OR r.status NOT IN ({undecided}))")
+            args.extend([params["agency_responsible"], *UNDECIDED_STATUSES])
         if params.get("district"):
             where.append("r.district = ?")
             args.append(params["district"])

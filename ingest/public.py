@@ -30,6 +30,7 @@ OUT_OF_SCOPE_NOTE = vocabulary.OUT_OF_SCOPE_NOTE["vi"]
 
 # Report status / case state -> what the public reads (status_notes); the case's state, once there is a case,
 # is more precise than the report's status. Texts: ingest/vocabulary.py.
+UNDECIDED_STATUSES = ("received", "review")
 STATUS_VI = {status: texts["vi"] for status, texts in vocabulary.REPORT_STATUS_TEXTS.items()}
 CASE_STATE_VI = {state: texts["vi"] for state, texts in vocabulary.CASE_STATE_TEXTS.items()}
 
@@ -113,8 +114,12 @@ def public_request(row: Any, directory: Directory, base_url: str = "") -> dict[s
     status = row["status"]
     confidential = is_confidential(message)  # the app's flag or a request written in the text, any channel
     case_state = _get(row, "case_state")
-    agency = directory.agencies.get(_get(row, "case_agency") or row["agency"] or "")
-    topic = directory.topics.get(row["topic"] or message.service_code or "")
+    # Before an operator or the classifier has decided (received, review), the classifier's guess is no answer to
+    # publish: a report held for review was listed publicly as "abusive" with a guessed agency. Shown then: the
+    # topic the reporter chose, if any, and no agency.
+    undecided = status in UNDECIDED_STATUSES and not case_state
+    agency = None if undecided else directory.agencies.get(_get(row, "case_agency") or row["agency"] or "")
+    topic = directory.topics.get((message.service_code if undecided else row["topic"] or message.service_code) or "")
     if confidential:
         description = CONFIDENTIAL_NOTE
     elif status == "review":

@@ -33,7 +33,8 @@ from ingest.clock import VN_TZ
 from ingest.pii import is_confidential, redact
 from ingest.errors import StorageError
 from ingest.http import read_form
-from ingest.public import CONFIDENTIAL_NOTE, HIDDEN_STATES, OUT_OF_SCOPE_NOTE, PENDING_NOTE, public_request
+from ingest.public import (CONFIDENTIAL_NOTE, HIDDEN_STATES, OUT_OF_SCOPE_NOTE, PENDING_NOTE, UNDECIDED_STATUSES,
+                           public_request)
 from ingest.records import InboundMessage, from_json
 from ingest.untrusted import row_id
 
@@ -323,7 +324,11 @@ class Portal:
             return self._missing(request, lang)
         message = from_json(InboundMessage, row["record"])
         directory = self.ctx.directory
-        topic = directory.topics.get(row["topic"] or "")
+        # Undecided (received, held for review): the classifier's guess is not an answer, to the reporter either
+        # ("abusive" before anyone read it). The topic they chose, if any, and no agency until one is decided.
+        undecided = row["status"] in UNDECIDED_STATUSES and not row["case_id"]
+        topic = directory.topics.get((message.service_code if undecided else row["topic"]) or "")
+        agency_id = None if undecided else row["case_agency"] or row["agency"]
         secret = request.cookies.get(abuse.CSRF_COOKIE)
         fresh = secret is None or not TOKEN.match(secret)
         if fresh:
@@ -337,8 +342,7 @@ class Portal:
             "received_at": row["received_at"], "text": message.text,
             "photos": [a.sha256 for a in message.attachments if a.content_type.startswith("image/")],
             "topic": (topic.description_en if lang == "en" else topic.description_vi).split(":")[0] if topic else None,
-            "agency": agency_name(directory, row["case_agency"] or row["agency"], lang)
-            if (row["case_agency"] or row["agency"]) else None,
+            "agency": agency_name(directory, agency_id, lang) if agency_id else None,
             "deadline": await self._deadline(row["case_id"]), "expected": row["expected_completion"],
             "steps": await public_steps(self.store, directory, row, lang),
             "result": redact(row["case_result"]) if closed and row["case_result"] else None, "closed": closed,

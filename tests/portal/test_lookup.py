@@ -158,3 +158,18 @@ async def test_a_dispute_on_the_lookup_page_reopens_the_case_at_its_agency(serve
     assert status == 409 and "quá thời hạn" in page
     case = await server.store.fetchone("SELECT state FROM cases WHERE id=?", (case_id,))
     assert case["state"] == "resolved"
+
+
+async def test_a_report_held_for_review_shows_its_reporter_no_guess(server: Server, client: FormClient) -> None:
+    # Red-team pass: the reporter's own page named the classifier's unsure guess ("abusive", a guessed agency)
+    # before anyone had read the report.
+    token, _ = await _file(client)
+    (row,) = await server.store.fetchall("SELECT id FROM reports")
+    async with server.store.transaction() as tx:
+        await tx.execute("UPDATE reports SET status='review', topic='abusive', agency='chieu-sang' WHERE id=?",
+                         (row["id"],))
+    directory = server.ctx.directory
+    guess = directory.topics["abusive"].description_vi.split(":")[0]
+    status, page = await client.get(f"/lookup/{token}")
+    assert status == 200 and guess not in page
+    assert directory.agencies["chieu-sang"].name_vi not in page
