@@ -433,3 +433,19 @@ async def test_admin_sees_and_replays_dead_letters_of_every_kind(server: Server,
     row = await store.fetchone("SELECT state, attempts FROM deliveries WHERE case_id=?", (case,))
     assert (row["state"], row["attempts"]) == ("pending", 0)  # the delivery kind's own replay ran
     assert [d.kind for d in await store.queue.dead_letters()] == ["dedupe"]
+
+
+async def test_staff_pages_are_not_cached_framed_or_sniffed(server: Server) -> None:
+    # Red-team pass: console pages (reporters' names and phones on them) sent no X-Content-Type-Options, no
+    # Cache-Control and no CSP frame-ancestors (only X-Frame-Options, which some browsers ignore).
+    b = Browser(server.url)
+    try:
+        await seed_report(server.store, text="Ống nước bể", topic="water_supply", agency="sawaco", status="review")
+        assert (await b.login("operator")).status == 303
+        async with b.session.get(server.url + "/console/review") as resp:
+            assert resp.status == 200
+            headers = resp.headers
+        assert headers.get("Cache-Control") == "no-store" and headers.get("X-Content-Type-Options") == "nosniff"
+        assert "frame-ancestors 'none'" in headers.get("Content-Security-Policy", "")
+    finally:
+        await b.close()
