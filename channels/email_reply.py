@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 
 from config.channels import EmailReplyOptions
-from ingest.app import AppContext
+from ingest.app import AppContext, ThreadedReply
 from ingest.mail import header_text, send_message, single_address
 from ingest.errors import PermanentError, TransientError
 from ingest.store import Store, StoredReport
@@ -72,15 +72,24 @@ class EmailReplySender:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="smtp-out")
 
     async def send_reply(self, report: StoredReport, text: str) -> None:
+        reply = self.threaded_reply(report, text)
+        await asyncio.get_running_loop().run_in_executor(self._pool, reply.send)
+        await reply.sent()
+
+    def threaded_reply(self, report: StoredReport, text: str) -> ThreadedReply:
+        """The reply as a blocking send and what is recorded after it (the notify stage runs the send by
+        ingest.worker.in_thread, which keeps the job leased through a stop mid-send; see ReplySender)."""
         if set(report.message.flags) - {AGENCY_ANSWER_FLAG}:
             # Last line of defence against mail loops: never answer auto-replies, bounces, bulk mail. (A mail held
             # for dispatch as an agency's answer that named none of our dispatches is an ordinary report.)
             raise PermanentError("flagged mail is never answered")
         msg = compose_reply(report, text, self.options, self.store.clock.now())
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._send, msg)
-        async with self.store.transaction() as tx:
-            await tx.event(report.id, "email_reply_sent", "system", {"message_id": msg["Message-ID"]})
+
+        async def sent() -> None:
+            async with self.store.transaction() as tx:
+                await tx.event(report.id, "email_reply_sent", "system", {"message_id": msg["Message-ID"]})
+
+        return ThreadedReply(send=lambda: self._send(msg), sent=sent)
 
     def _send(self, msg: EmailMessage) -> None:
         send_message(self.options, msg)

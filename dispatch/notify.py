@@ -7,6 +7,7 @@ job send nothing twice; a reporter we cannot reach is recorded, never a reason t
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -14,13 +15,13 @@ import aiohttp
 
 from config.directory import Directory, unit_agency
 from config.dispatch import DispatchConfig
-from ingest.app import ReplyRegistry
+from ingest.app import ReplyRegistry, ThreadedReply
 from ingest.errors import PermanentError, TransientError
 from ingest.pii import redact
 from ingest.jobs import NotifyJob
 from ingest.records import Job
 from ingest.store import Store, StoredReport, Tx
-from ingest.worker import Writes
+from ingest.worker import Writes, in_thread
 
 from . import policy
 from .delivery import classify_status, parse_retry_after
@@ -95,28 +96,57 @@ class Notifier:
         channel = report.message.channel
         sender = self.replies.get(channel)
         phone = report.message.reporter.phone
-        state, error, via = "sent", None, channel
+        state, via = "sent", channel
+        threaded: ThreadedReply | None = None
+        failure: Exception | None = None
         try:
             link_token = await self.book.reporter_token(report.id, case["id"]) if case is not None and self.book else None
             text = self.render(template, payload, report, case, link_token)
             if sender is not None and channel not in SMS_CHANNELS:
-                await sender.send_reply(report, text)
+                offer = getattr(sender, "threaded_reply", None)
+                if offer is not None:
+                    threaded = offer(report, text)  # sent below, by in_thread
+                else:
+                    await sender.send_reply(report, text)
             elif phone and self.sms.configured and (channel in SMS_CHANNELS or self.cfg.notify.sms_fallback):
                 via = "sms"
                 await self.sms.send(phone, text, f"n{report.id}-{template}-{case['id'] if case else ''}",
                                     self.store.clock.now())
             else:
                 state, via = "unreachable", "none"
-        except TransientError as exc:
+        except Exception as exc:
+            failure = exc
+        if threaded is None:
+            return self._outcome(job, report, template, case, key, state, via, failure)
+        reply = threaded
+
+        async def then(thread: asyncio.Future[None]) -> Writes | None:
+            # Also what a stop mid-send records once the thread is done (in_thread): the job stays leased till then.
+            failure = thread.exception()
+            if failure is None:
+                try:
+                    await reply.sent()
+                except Exception as exc:
+                    failure = exc
+            return self._outcome(job, report, template, case, key, "sent", via, failure)
+
+        return await in_thread(reply.send, then)
+
+    def _outcome(self, job: Job, report: StoredReport, template: str, case: Any, key: str, state: str, via: str,
+                 failure: Exception | None) -> Writes:
+        """The job's writes for a send that went (`failure` None) or failed, or its failure raised again to be
+        retried while attempts are left."""
+        error = None
+        if isinstance(failure, TransientError):
             if job.attempts < self.max_attempts:
-                raise
-            state, error = "failed", f"gave up: {exc}"
-        except PermanentError as exc:
-            state, error = "failed", str(exc)
-        except Exception as exc:  # a channel's sender failing oddly: retry, then record; never fail the report
+                raise failure
+            state, error = "failed", f"gave up: {failure}"
+        elif isinstance(failure, PermanentError):
+            state, error = "failed", str(failure)
+        elif failure is not None:  # a channel's sender failing oddly: retry, then record; never fail the report
             if job.attempts < self.max_attempts:
-                raise TransientError(f"reply sender: {type(exc).__name__}") from exc
-            state, error = "failed", f"gave up: {type(exc).__name__}"
+                raise TransientError(f"reply sender: {type(failure).__name__}") from failure
+            state, error = "failed", f"gave up: {type(failure).__name__}"
         if state != "sent":
             log.info("notify %s for report %d: %s", template, report.id, state)
 

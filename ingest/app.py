@@ -28,10 +28,20 @@ class Service(Protocol):
 
 
 class ReplySender(Protocol):
-    """Sends a message back to a reporter on the channel the report came from (email, Messenger, ...)."""
+    """Sends a message back to a reporter on the channel the report came from (email, Messenger, ...).
+
+    A sender whose send blocks (smtplib) also offers `threaded_reply(report, text) -> ThreadedReply`: the notify
+    stage then runs it by ingest.worker.in_thread, so that a stop mid-send neither gives the job back while the
+    thread is still sending (the same reply sent twice at once) nor loses its outcome."""
 
     async def send_reply(self, report: StoredReport, text: str) -> None:
         """Raise ingest.errors.TransientError to be retried, PermanentError to give up."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadedReply:
+    send: Callable[[], None]  # blocking, run in a worker thread; raises as send_reply would
+    sent: Callable[[], Awaitable[None]]  # what send_reply records once the send went (on the loop)
 
 
 @dataclass

@@ -222,7 +222,8 @@ class Held:
     write of its socket), and costs a stop nothing it would not spend anyway: the process's executor waits for its
     threads before it exits. A second cancellation stops the caller's wait, not the settling; should the settling
     itself fail (the store cannot write, or the send raised a bug's exception), the job's lease expires and it goes
-    again then, as a crash mid-send would."""
+    again then, as a crash mid-send would. Stage workers' handlers reach it through ingest.worker.in_thread (the
+    notify stage's replies to email reporters), whose settling finishes or retries the job as the worker would."""
 
     def __init__(self) -> None:
         self.kept: set[int] = set()  # jobs whose send was in a thread as a stop landed: settled here, not given back

@@ -5,14 +5,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .backoff import backoff_delay
 from .errors import PermanentError, StorageError, TransientError
 from .faults import ThrottledLog
 from .logs import log_context
-from .queue import PartlyFinished, RetryPolicy
+from .queue import Held, PartlyFinished, RetryPolicy
 from .records import Job
 from .store import Store, StoredReport, Tx
 
@@ -214,35 +215,39 @@ class StageWorker:
     async def _complete(self, taken: _Taken) -> None:
         """Wait for the batch's preparation, then handle and finish every job of it."""
         try:
-            if taken.prepared is not None:
-                try:
-                    await taken.prepared
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # the per-job handler will retry alone and record the error per job
-                    log.exception("stage %s: batch preparation failed", self.stage)
-            if self.settings.group_commit:
-                await self._handle_group(taken)
-            else:
-                for job, report in taken.loaded:
-                    with self._context(job, report):
-                        await self._handle(job, report)
-                    taken.jobs.remove(job)
+            # A stop gives unfinished leases back at once rather than waiting for them to expire (queue.holding),
+            # except a job whose send runs in a thread (in_thread): that one is waited for and settled.
+            async with self.store.queue.holding(taken.jobs) as held:
+                if taken.prepared is not None:
+                    try:
+                        await taken.prepared
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # the per-job handler will retry alone and record the error per job
+                        log.exception("stage %s: batch preparation failed", self.stage)
+                if self.settings.group_commit:
+                    await self._handle_group(held, taken)
+                else:
+                    for job, report in taken.loaded:
+                        with self._context(job, report):
+                            await self._handle(held, job, report)
+                        taken.jobs.remove(job)
         except asyncio.CancelledError:
-            # Shutdown: give unfinished leases back at once rather than waiting for them to expire.
-            await asyncio.shield(self._give_back(taken))
+            if taken.prepared is not None:
+                taken.prepared.cancel()
+                await asyncio.shield(asyncio.gather(taken.prepared, return_exceptions=True))
             raise
         finally:
             self._let_go(taken)
 
-    async def _handle_group(self, taken: _Taken) -> None:
+    async def _handle_group(self, held: Held, taken: _Taken) -> None:
         """Handle every job, then finish those that produced writes in shared transactions (group commit), in
         order, `group_size` jobs each."""
         ready: list[tuple[Job, StoredReport, Writes | None, float]] = []
         for job, report in taken.loaded:
             started = time.perf_counter()
             with self._context(job, report):
-                writes = await self._compute(job, report, started)
+                writes = await self._compute(held, job, report, started)
             if writes is _FAILED:
                 taken.jobs.remove(job)
                 continue
@@ -297,14 +302,25 @@ class StageWorker:
         return log_context(report_id=job.report_id, job=job.id, stage=self.stage,
                            channel=report.message.channel_instance)
 
-    async def _handle(self, job: Job, report: StoredReport) -> None:
+    async def _handle(self, held: Held, job: Job, report: StoredReport) -> None:
         started = time.perf_counter()
-        writes = await self._compute(job, report, started)
+        writes = await self._compute(held, job, report, started)
         if writes is not _FAILED:
             await self._finish(job, report, writes, started)  # type: ignore[arg-type]
 
-    async def _compute(self, job: Job, report: StoredReport, started: float) -> Writes | None | object:
+    async def _compute(self, held: Held, job: Job, report: StoredReport, started: float) -> Writes | None | object:
         """The handler's writes, or _FAILED once the handler's error has been recorded on the job."""
+
+        async def settle(outcome: Writes | None | Exception) -> None:
+            # Stopped while the handler's send ran in a thread (in_thread): the job finished or failed here, as
+            # it would have been after the handler returned or raised.
+            with self._context(job, report):
+                if isinstance(outcome, Exception):
+                    await self._failed(job, report, outcome, started)
+                else:
+                    await self._finish(job, report, outcome, started)
+
+        working = _WORKING.set((held, job, settle))
         try:
             return await self.handler(job, report)
         except asyncio.CancelledError:
@@ -312,6 +328,8 @@ class StageWorker:
         except Exception as exc:
             await self._failed(job, report, exc, started)
             return _FAILED
+        finally:
+            _WORKING.reset(working)
 
     async def _failed(self, job: Job, report: StoredReport, exc: BaseException, started: float) -> None:
         s = self.settings
@@ -363,3 +381,42 @@ class StageWorker:
 
 
 _FAILED = object()  # _compute's answer when the handler raised (its failure is already recorded)
+
+T = TypeVar("T")
+# The job a StageWorker is handling in this task: its batch's Held and how to settle it (StageWorker._handle).
+_WORKING: ContextVar[tuple[Held, Job, Callable[[Writes | None | Exception], Awaitable[None]]] | None] = \
+    ContextVar("stage_job_working", default=None)
+
+
+async def in_thread(send: Callable[[], T], then: Callable[[asyncio.Future[T]], Awaitable[Writes | None]]
+                    ) -> Writes | None:
+    """For a handler whose send blocks (smtplib): `send()` in a worker thread, then `then(its finished future)`,
+    which returns the job's writes as the handler would (or raises as it would). Returns what `then` returns.
+
+    Run by a StageWorker, the thread goes through its batch's `Held.in_thread` (ingest/queue.py): a stop (a
+    reload, a shutdown) landing while the thread sends does not give the job back to be leased and sent again in
+    parallel; it waits for the thread, and `then`'s writes finish the job (or its error retries it) as the
+    handler's would have, before the cancellation goes on."""
+    working = _WORKING.get()
+    thread: asyncio.Future[T]
+    if working is None:  # called outside a stage worker (a CLI, a test): nothing is leased, nothing to keep
+        thread = asyncio.ensure_future(asyncio.to_thread(send))
+        await asyncio.wait([thread])
+        return await then(thread)
+    held, job, settle = working
+
+    async def settle_stopped(stopped: asyncio.Future[T]) -> None:
+        try:
+            outcome: Writes | None | Exception = await then(stopped)
+        except Exception as exc:
+            outcome = exc
+        await settle(outcome)
+
+    thread = asyncio.get_running_loop().create_future()
+    try:
+        thread.set_result(await held.in_thread(job, send, settle_stopped))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        thread.set_exception(exc)
+    return await then(thread)

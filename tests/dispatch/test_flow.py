@@ -2,6 +2,7 @@
 the reporter's acknowledgement and result on their channel, ratings, confidentiality, route mode, the CLI."""
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from channels.email_reply import register_reply_sender
+from config.channels import EmailReplyOptions
 from config.loader import validate
 from dispatch import service
 from dispatch.answers import apply_email_reply
@@ -20,8 +23,11 @@ from dispatch.delivery import DeliverySender
 from ingest.app import AppContext
 from ingest.records import Candidate, Reporter
 from ingest.store import Store, StoredReport
+from ingest.worker import StageWorker
+from tests.stores import cancel_mid_thread
 
 from .conftest import SECRET_A, seed_report
+from .test_delivery import smtp_sink  # noqa: F401  (the fixture: a loopback aiosmtpd relay)
 
 TOKENS = {"agency.sawaco": "tok-sawaco-123", "agency.thoat-nuoc": "tok-thoat-nuoc-456",
           "agency.van-hanh-1022": "tok-operator-789"}
@@ -391,3 +397,45 @@ async def test_rejected_report_told_the_reason_in_english_by_sms(dstore, directo
     (msg,) = sms_gateway.messages  # the repeated job sent nothing twice
     assert msg["to"] == "0912345678"
     assert msg["text"] == "HCMC 1022 portal: we cannot accept your message. Reason: abusive language."
+
+
+async def test_a_notify_worker_stopped_mid_reply_waits_for_its_smtp_thread_and_the_reply_goes_once(
+        dstore, directory, receiver, smtp_sink):
+    """A stop (a reload, a shutdown) while the relay holds a reply to an email reporter (its DATA taken, the 250
+    not yet read): the reply's smtplib thread cannot be cancelled and goes on sending. The notify job is not given
+    back meanwhile (given back, a reloaded worker or another instance could lease it and send the citizen the same
+    reply at the same time): it stays leased, another worker finds nothing to do, and once the relay answers the
+    reply is recorded sent, the job done, and the mail went once in all."""
+    sink, port = smtp_sink
+    ctx = AppContext(settings=settings_for(receiver.url), directory=directory, store=dstore, clock=dstore.clock,
+                     http=web.Application())
+    register_reply_sender(ctx, EmailReplyOptions(host="127.0.0.1", port=port, from_address="1022@1022.test"))
+    svc = {s.name: s for s in service.build(ctx)}
+    # The classify stage queued the notice with its reason (tests/seed.py, by its own code).
+    rid = await seed_report(dstore, incident_id=None, status="rejected", reason="abusive language")
+    worker = svc["dispatch-notify"].worker
+    other = StageWorker(dstore, "notify", svc["dispatch-notify"].notifier.handle, worker.settings)
+
+    async def jobs() -> list[tuple[str, int]]:
+        rows = await dstore.fetchall("SELECT state, attempts FROM jobs WHERE stage='notify'")
+        return [(r["state"], r["attempts"]) for r in rows]
+
+    sink.gate = asyncio.Event()
+    try:
+        task = await cancel_mid_thread(worker.run_once, sink.taken)
+        assert not task.done(), "the stop did not wait for the SMTP thread"  # before: given back at once
+        assert await jobs() == [("leased", 1)]  # before: ('ready', 0), leased again by the next worker
+        assert await other.run_once() == 0
+    finally:
+        sink.gate.set()  # the relay answers (a failing test ends at once, not at the relay timeout)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await jobs() == [("done", 1)]
+    assert await other.run_once() == 0
+    row = await dstore.fetchone("SELECT state, channel FROM notifications WHERE report_id=?", (rid,))
+    assert (row["state"], row["channel"]) == ("sent", "email")
+    assert len(await dstore.fetchall("SELECT 1 FROM events WHERE report_id=? AND kind='email_reply_sent'",
+                                     (rid,))) == 1
+    assert len(sink.messages) == 1
+    ctx.replies.get("email").close()
+    await svc["dispatch-delivery"].close()
