@@ -62,3 +62,24 @@ def test_street_house_number_ward_and_landmark(gaz):
     assert lm.landmark == "cho ben thanh" and lm.district == "quan-1"
     numbered = find_place("hẻm 280 Quang Trung, Phường 10, quận Gò Vấp mất nước", gaz)
     assert numbered.ward == "Phường 10" and numbered.district == "go-vap" and numbered.street == "quang trung"
+
+
+
+@pytest.fixture(scope="module")
+def places():
+    from classifier.routing.places import Places
+
+    return Places(load_directory())
+
+
+@pytest.mark.parametrize("text,address,district", [
+    ("rác tồn đọng ở phường Sài Gòn mấy ngày nay", None, "quan-1"),
+    ("ket xe phuong Hanh Thong moi sang", None, "go-vap"),
+    ("cây đổ ở phường Bình Tiên", "12 Lê Lợi, Quận 1", "quan-6"),  # the place named beats the home address
+    ("cây đổ trước nhà tôi", "12 Lê Lợi, Quận 1", "quan-1"),  # none named: the home address, as before
+    ("mất điện ở phường Dĩ An", None, None),  # a unit of a former province: no 2023 district
+    ("đèn đường hư mấy hôm nay", None, None),
+])
+def test_a_2025_unit_gives_its_former_district_on_the_2023_map(places, text, address, district):
+    # Since July 2025 people name the new units; on the 2023 map "phường Sài Gòn" found no district (was: None).
+    assert places.place(text, None, None, address).district == district
