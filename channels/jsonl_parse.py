@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 import json
 from typing import Any
 
@@ -30,12 +31,12 @@ def parse_line(data: dict[str, Any], channel_instance: str = "batch") -> Inbound
     )
 
 
-_NO = frozenset(("", "0", "false", "no", "off", "không", "khong"))
+_NO = frozenset(("", "0", "false", "no", "n", "off", "none", "không", "khong"))
 
 
 def _confidential(value: Any) -> bool:
     """A JSON true/false, or the word a hand-written line gives ("false" was read as True by `bool`); a word that
     is no clear "no" keeps the report private."""
     if isinstance(value, str):
-        return value.strip().lower() not in _NO
+        return unicodedata.normalize("NFC", value).strip().lower() not in _NO
     return bool(value)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from typing import Any
 
 from ingest.clock import parse_iso
@@ -114,7 +115,7 @@ def _truthy(value: Any) -> bool:
     as "no", a typo ("ture") published the call's content and place."""
     if value is None or isinstance(value, bool):
         return bool(value)
-    text = str(value).strip().lower()
+    text = unicodedata.normalize("NFC", str(value)).strip().lower()  # "có" typed as o + combining acute too
     if text in _YES or text in _NO:
         return text in _YES
     raise TranscriptError(f"confidential must be yes (có) or no (không), not {text[:40]!r}")

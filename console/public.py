@@ -85,9 +85,12 @@ def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
             codes = _list(params["service_code"])
             # An undecided report's topic is the classifier's guess, which is not published (ingest/public.py):
             # filtering by it would publish it all the same.
+            # An undecided report is listed under the topic its reporter chose, as ingest/public.py shows it.
             undecided = ",".join("?" * len(UNDECIDED_STATUSES))
-            where.append(f"r.topic IN ({','.join('?' * len(codes))}) AND r.status NOT IN ({undecided})")
-            args.extend([*codes, *UNDECIDED_STATUSES])
+            marks = ",".join("?" * len(codes))
+            where.append(f"((r.status NOT IN ({undecided}) AND r.topic IN ({marks})) OR (r.status IN ({undecided})"
+                         f" AND json_extract(r.record, '$.service_code') IN ({marks})))")
+            args.extend([*UNDECIDED_STATUSES, *codes, *UNDECIDED_STATUSES, *codes])
         statuses = set(_list(params.get("status") or ""))
         if statuses - {"open", "closed"}:
             raise QueryError("status must be open, closed, or both comma-separated")

@@ -74,6 +74,7 @@ _SPELLED_TOKEN = r"(?:" + _SPELLED_DIGIT + r"|\d+(?!\w))"
 SPELLED_NUMBER = re.compile(r"(?<![^\W_])" + _SPELLED_TOKEN + r"(?:[\s,.\-]{1,3}" + _SPELLED_TOKEN + r")+")
 _SPELLED_WORD = re.compile(_SPELLED_DIGIT)
 _YEAR = re.compile(r"(?<![^\W_])nam[\s,.\-]{1,3}(?:19|20)\d\d(?!\d)")
+_SPELLED_BEFORE = re.compile(r"(?<![^\W_])" + _SPELLED_DIGIT + r"[\s,.\-]*$")
 PASSPORT = re.compile(r"(?<![\w])[A-Za-z]\s?\d{7,8}(?!\d)")
 # Words after which even a short number is personal (folded): identity papers and bank accounts, or phones.
 _ID_WORDS = (r"cccd|cmnd|cmt|can cuoc|chung minh|dinh danh|ho chieu|passport|stk|so tk|tai khoan|\btk\b|account|"
@@ -270,7 +271,9 @@ def _spelled_number_spans(folded: str, index: Sequence[int]) -> list[tuple[int, 
         run = m.group()
         # "năm 2024, năm 2025": the year said as years are, not digits of a number (review of 47d8016: two of
         # them made 10 "digits" and were hidden from public pages).
-        years = len(_YEAR.findall(run))
+        # Only where "năm" is not itself a digit of the number ("không chín không năm 2012 345": five, then 2012).
+        # (The few characters before it are enough, and keep a run of many years linear.)
+        years = sum(1 for y in _YEAR.finditer(run) if not _SPELLED_BEFORE.search(run[max(0, y.start() - 12):y.start()]))
         words = len(_SPELLED_WORD.findall(run)) - years
         digits = words + sum(len(d) for d in re.findall(r"\d+", run)) - 4 * years
         if words < 2 or digits < 9:

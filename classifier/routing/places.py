@@ -23,6 +23,9 @@ class Places:
                               street_names=tuple(dict.fromkeys(s for _, s, _ in self.gazetteer.streets)))
         self.ward_map: WardMap | None = names if directory.structure == "2025" else None
         self._new_names: WardMap | None = None if directory.structure == "2025" else names
+        # Over the reporter's own address only a unit named as one ("phường Bàn Cờ") counts: a bare name is as
+        # often a person, a school or a workplace ("em tôi học ở Chánh Hưng").
+        self._prefixed_names = replace(names, bare_unit_keys=())
         self._district_ids = {key: district for district, key in names.hcmc_ids.items()}
 
     def place(self, text: str, lat: float | None, lon: float | None, reporter_address: str | None = None) -> Place:
@@ -40,7 +43,7 @@ class Places:
         if place.district is not None and (place.source != "reporter_address" or points_at(text) == "registered"):
             return place
         assert self._new_names is not None
-        match = resolve_unit(text, self._new_names)
+        match = resolve_unit(text, self._prefixed_names if place.district is not None else self._new_names)
         unit = self._new_names.units.get(match.unit or "")
         if unit is None or len(unit.former_districts) != 1:
             return place

@@ -208,7 +208,7 @@ async def test_storage_outage_keeps_the_file_and_the_channel_running(folder: Tra
 
 @pytest.mark.parametrize(("value", "confidential"), [
     ("có", True), ("Có ", True), ("on", True), ("x", True), ("1", True), ("không", False), ("khong", False),
-    ("no", False), ("0", False), ("", False)])
+    ("no", False), ("0", False), ("", False), ("co\u0301", True), ("kho\u0302ng", False)])  # decomposed marks too
 def test_the_confidential_header_as_agents_type_it(value: str, confidential: bool) -> None:
     # Red-team probe as a careless agent: "Confidential: on" or "x" (ticked) was read as not confidential, and the
     # call's content and place were published.

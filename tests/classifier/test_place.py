@@ -77,6 +77,9 @@ def places():
     ("ket xe phuong Hanh Thong moi sang", None, "go-vap"),
     ("cây đổ ở phường Bình Tiên", "12 Lê Lợi, Quận 1", "quan-6"),  # the place named beats the home address
     ("cây đổ trước nhà tôi", "12 Lê Lợi, Quận 1", "quan-1"),  # none named: the home address, as before
+    # A bare name beside the home address is as often a school or a person (review of 6ba9f5d: went to quan-8).
+    ("trước nhà tôi rác không ai thu, em tôi học ở Chánh Hưng", "45 Nguyễn Trãi, Quận 5", "quan-5"),
+    ("cây đổ ở phường Chánh Hưng", "45 Nguyễn Trãi, Quận 5", "quan-8"),
     ("mất điện ở phường Dĩ An", None, None),  # a unit of a former province: no 2023 district
     ("đèn đường hư mấy hôm nay", None, None),
 ])

@@ -87,12 +87,13 @@ def _report(store: Store, *, text: str, status: str = "routed", topic: str = "wa
             agency: str | None = "sawaco", district: str | None = "quan-1", confidence: float = 0.9,
             reporter: Reporter | None = None, candidates: tuple[Candidate, ...] = (), place: Place | None = None,
             lat: float | None = None, lon: float | None = None,
-            channel: str = "app") -> tuple[InboundMessage, Classification]:
-    """A report as a channel stores it, and the classification the test gives it."""
+            channel: str = "app", service_code: str | None = None) -> tuple[InboundMessage, Classification]:
+    """A report as a channel stores it (`service_code`: the topic its reporter chose in the app), and the
+    classification the test gives it."""
     n = next(_seq)
     msg = InboundMessage(channel=channel, channel_instance=channel, idempotency_key=f"k{n}",
                          received_at=iso(store.clock.now()), text=text, reporter=reporter or Reporter(), lat=lat,
-                         lon=lon)
+                         lon=lon, service_code=service_code)
     cls = Classification(status=status, topic=topic, category="infrastructure", agency=agency,
                          confidence=confidence, place=place or Place(district=district), candidates=candidates)
     return msg, cls

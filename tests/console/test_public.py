@@ -249,6 +249,10 @@ async def test_the_classifiers_guess_for_an_undecided_report_is_neither_shown_no
                 return [r["service_request_id"] for r in await resp.json()]
 
         assert await listed("service_code=abusive") == [] and await listed("service_code=waste") == []
+        # The topic its reporter chose lists it, as it is shown (review of 57e0c6a).
+        chosen = await seed_report(server.store, text="Cống nghẹt", topic="abusive", agency=None, status="review",
+                                   service_code="drainage")
+        assert await listed("service_code=drainage") == [str(chosen)]
         assert await listed("agency_responsible=ubnd-quan-3") == []
         everything = await listed("")
         assert {str(held), str(guessed)} <= set(everything)  # still listed, as pending, under no topic

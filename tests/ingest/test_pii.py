@@ -51,6 +51,8 @@ REPO = Path(__file__).resolve().parents[2]
     ("Tôi là Ng\u200buyễn Văn An", "Văn An"),
     # Numbers spelled out in words, or half in words, and "(a)" for "@" (red-team pass, Dec 2026).
     ("sđt không chín không một hai ba bốn năm sáu bảy", "sáu bảy"), ("goi khong chin khong 1 2 3 4 5 6 7", "5 6 7"),
+    # "năm" as a digit before a group that looks like a year (review of cdf3ca2: read as a year, published).
+    ("gọi tôi số không chín không năm 2012 345 nhé", "2012 345"), ("không chín một năm 1998 777", "1998 777"),
     ("số tui: Không Chín Không Ba, Bốn Năm Sáu - Bảy Tám Chín", "Tám Chín"),
     ("call zero nine zero three four five six seven eight nine", "eight nine"),
     ("cccd không bảy chín hai không ba không không năm sáu bảy tám", "sáu bảy tám"),
