@@ -71,6 +71,10 @@ _LINE_FORGING = {c: chr(c).encode("unicode_escape").decode("ascii")
                  for c in [*range(0x00, 0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0), 0x2028, 0x2029]}
 
 
+# Inside JSON strings, as \uXXXX escapes a JSON reader turns back into the same text.
+_JSON_LINE_BREAKS = {c: f"\\u{c:04x}" for c in [*range(0x7f, 0xa0), 0x2028, 0x2029]}
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self, journald: bool) -> None:
         super().__init__()
@@ -104,7 +108,9 @@ class JsonFormatter(logging.Formatter):
         entry.update(level=record.levelname, logger=record.name, message=_message(record), **_fields(record))
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
-        line = json.dumps(entry, ensure_ascii=False, default=str)
+        # json.dumps escapes C0 controls only: DEL, C1 (NEL 0x85) and U+2028/2029 break lines for the readers
+        # that split on them (str.splitlines, some log shippers), so a client could still forge a line.
+        line = json.dumps(entry, ensure_ascii=False, default=str).translate(_JSON_LINE_BREAKS)
         return f"<{_priority(record)}>{line}" if self.journald else line
 
 

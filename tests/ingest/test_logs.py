@@ -126,3 +126,17 @@ def test_a_client_cannot_forge_a_text_log_line_through_what_a_message_quotes() -
         assert len(lines) == 1, lines
         assert "\x1b" not in lines[0]
         assert "/public\\r\\n2026-12-07 17:00:00,000 ERROR forged: admin password reset\\x1b[31m" in lines[0]
+
+
+def test_a_client_cannot_forge_a_json_log_line_either() -> None:
+    # Review: json.dumps escapes C0 only; U+2028/2029, NEL and C1 controls passed raw and split the line for
+    # readers that split on them. Escaped, the message reads back the same.
+    forged = "/public\u2028{\"level\": \"ERROR\", \"message\": \"forged\"}\x85\x9b31m\x7fx"
+    for journald in (False, True):
+        out = io.StringIO()
+        log = _logger(make_handler("json", journald=journald, stream=out))
+        log.info("%s %s", "GET", forged)
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1, lines
+        entry = json.loads(lines[0].split(">", 1)[1] if journald else lines[0])
+        assert entry["message"] == f"GET {forged}"
