@@ -169,3 +169,26 @@ async def cancel_mid_thread(run: Callable[[], Awaitable[Any]], reached: asyncio.
         finally:
             seen.cancel()
     return task
+
+
+async def stop_keeps_the_send_in_its_thread(store: Any, stage: str, run: Callable[[], Awaitable[Any]],
+                                            other: Callable[[], Awaitable[Any]], sink: Any) -> None:
+    """The check every sender of mail in a thread passes: `run()` (its `stage` job's send held by the loopback relay
+    `sink`) is stopped mid-send; the job stays leased while the thread sends, `other()` (the next generation's
+    sender, or another instance's) finds nothing to take, and once the relay answers the stop ends and the job is
+    done. Before Held.in_thread the job was given back at once, ('ready', 0), and sent again in parallel."""
+    async def jobs() -> list[tuple[str, int]]:
+        rows = await store.fetchall("SELECT state, attempts FROM jobs WHERE stage=?", (stage,))
+        return [(r["state"], r["attempts"]) for r in rows]
+
+    sink.gate = asyncio.Event()
+    try:
+        task = await cancel_mid_thread(run, sink.taken)
+        assert not task.done(), "the stop did not wait for the SMTP thread"
+        assert await jobs() == [("leased", 1)]
+        assert await other() == 0
+    finally:
+        sink.gate.set()  # the relay answers (a failing test ends at once, not at the relay timeout)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await jobs() == [("done", 1)]

@@ -24,7 +24,7 @@ from ingest.app import AppContext
 from ingest.records import Candidate, Reporter
 from ingest.store import Store, StoredReport
 from ingest.worker import StageWorker
-from tests.stores import cancel_mid_thread
+from tests.stores import stop_keeps_the_send_in_its_thread
 
 from .conftest import SECRET_A, seed_report
 from .test_delivery import smtp_sink  # noqa: F401  (the fixture: a loopback aiosmtpd relay)
@@ -416,21 +416,7 @@ async def test_a_notify_worker_stopped_mid_reply_waits_for_its_smtp_thread_and_t
     worker = svc["dispatch-notify"].worker
     other = StageWorker(dstore, "notify", svc["dispatch-notify"].notifier.handle, worker.settings)
 
-    async def jobs() -> list[tuple[str, int]]:
-        rows = await dstore.fetchall("SELECT state, attempts FROM jobs WHERE stage='notify'")
-        return [(r["state"], r["attempts"]) for r in rows]
-
-    sink.gate = asyncio.Event()
-    try:
-        task = await cancel_mid_thread(worker.run_once, sink.taken)
-        assert not task.done(), "the stop did not wait for the SMTP thread"  # before: given back at once
-        assert await jobs() == [("leased", 1)]  # before: ('ready', 0), leased again by the next worker
-        assert await other.run_once() == 0
-    finally:
-        sink.gate.set()  # the relay answers (a failing test ends at once, not at the relay timeout)
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert await jobs() == [("done", 1)]
+    await stop_keeps_the_send_in_its_thread(dstore, "notify", worker.run_once, other.run_once, sink)
     assert await other.run_once() == 0
     row = await dstore.fetchone("SELECT state, channel FROM notifications WHERE report_id=?", (rid,))
     assert (row["state"], row["channel"]) == ("sent", "email")
