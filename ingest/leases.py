@@ -127,6 +127,7 @@ class PgLeadership:
 
     async def start(self) -> None:
         if self._task is None:
+            self._closing = False  # started again after a close (a reload, the takeover test)
             self._task = asyncio.create_task(self._run(), name="leases")
 
     async def close(self) -> None:

@@ -235,3 +235,17 @@ async def test_a_stop_ends_the_lease_loop_even_when_its_cancellation_is_lost(pg_
     done, _ = await asyncio.wait({closing}, timeout=BOUND)
     assert closing in done and loop_task.done(), "close() is still waiting for the lease loop"
     assert not lease.held
+
+
+async def test_a_leadership_closed_and_started_again_takes_leases_again(pg_url: str) -> None:
+    # Review of a4a0f8b: close() set the loop's stop flag for good, and a start() after it ran a loop that ended at
+    # once (CI: the takeover test timed out when A had won the lock back and was closed and started again).
+    leadership = PgLeadership(pg_url, interval=0.05)
+    lease = leadership.lease("restarted")
+    await leadership.start()
+    await _until(lease.acquired)
+    await leadership.close()
+    assert not lease.held
+    await leadership.start()
+    await _until(lease.acquired)
+    await leadership.close()
