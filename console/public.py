@@ -57,6 +57,9 @@ def _list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+_UNDECIDED_MARKS = ",".join("?" * len(UNDECIDED_STATUSES))
+
+
 def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
     """SQL filter for the Open311 query parameters; raises QueryError with a message the client can act on."""
     where = [f"r.status NOT IN ({','.join('?' * len(HIDDEN_STATES))})"]
@@ -83,12 +86,11 @@ def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
         args.extend([start, end])
         if params.get("service_code"):
             codes = _list(params["service_code"])
-            # An undecided report's topic is the classifier's guess, which is not published (ingest/public.py):
-            # filtering by it would publish it all the same.
-            # An undecided report is listed under the topic its reporter chose, as ingest/public.py shows it.
-            undecided = ",".join("?" * len(UNDECIDED_STATUSES))
+            # An undecided report's topic is the classifier's guess, which is not published (ingest/public.py), so
+            # it is not filtered by either: it is listed under the topic its reporter chose, as it is shown.
             marks = ",".join("?" * len(codes))
-            where.append(f"((r.status NOT IN ({undecided}) AND r.topic IN ({marks})) OR (r.status IN ({undecided})"
+            where.append(f"((r.status NOT IN ({_UNDECIDED_MARKS}) AND r.topic IN ({marks}))"
+                         f" OR (r.status IN ({_UNDECIDED_MARKS})"
                          f" AND json_extract(r.record, '$.service_code') IN ({marks})))")
             args.extend([*UNDECIDED_STATUSES, *codes, *UNDECIDED_STATUSES, *codes])
         statuses = set(_list(params.get("status") or ""))
@@ -100,8 +102,8 @@ def build_query(params: Any, now: float) -> tuple[str, list[Any], int, int]:
             where.append(f"r.status {negate}IN ({','.join('?' * len(closed))})")
             args.extend(closed)
         if params.get("agency_responsible"):
-            undecided = ",".join("?" * len(UNDECIDED_STATUSES))
-            where.append(f"COALESCE(c.agency, r.agency) = ? AND (c.agency IS NOT NULL OR r.status NOT IN ({undecided}))")
+            where.append(f"COALESCE(c.agency, r.agency) = ? AND (c.agency IS NOT NULL OR r.status NOT IN"
+                         f" ({_UNDECIDED_MARKS}))")
             args.extend([params["agency_responsible"], *UNDECIDED_STATUSES])
         if params.get("district"):
             where.append("r.district = ?")

@@ -178,8 +178,7 @@ async def stop_keeps_the_send_in_its_thread(store: Any, stage: str, run: Callabl
     sender, or another instance's) finds nothing to take, and once the relay answers the stop ends and the job is
     done. Before Held.in_thread the job was given back at once, ('ready', 0), and sent again in parallel."""
     async def jobs() -> list[tuple[str, int]]:
-        rows = await store.fetchall("SELECT state, attempts FROM jobs WHERE stage=?", (stage,))
-        return [(r["state"], r["attempts"]) for r in rows]
+        return await job_states(store, stage)
 
     sink.gate = asyncio.Event()
     try:
@@ -192,3 +191,21 @@ async def stop_keeps_the_send_in_its_thread(store: Any, stage: str, run: Callabl
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await jobs() == [("done", 1)]
+
+
+async def job_states(store: Any, stage: str) -> list[tuple[str, int]]:
+    """(state, attempts) of the stage's jobs, in the order they were queued."""
+    rows = await store.fetchall("SELECT state, attempts FROM jobs WHERE stage=? ORDER BY id", (stage,))
+    return [(r["state"], r["attempts"]) for r in rows]
+
+
+async def stop_as_the_lease_commits_gives_back(store: Any, stage: str, run: Callable[[], Awaitable[Any]],
+                                              count: int) -> None:
+    """The check every caller of queue.lease passes: `run()` is cancelled just after its lease of the stage's
+    `count` jobs commits; they are then due again at once, attempts not counted, not leased to nobody until their
+    leases expire."""
+    async def taken() -> None:
+        assert await job_states(store, stage) == [("leased", 1)] * count
+
+    await cancel_as_it_commits(store, run, taken)
+    assert await job_states(store, stage) == [("ready", 0)] * count

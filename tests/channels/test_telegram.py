@@ -24,7 +24,7 @@ from ingest.errors import PermanentError, TransientError
 from ingest.jobs import TelegramSendJob
 from ingest.store import Store, StoredReport
 from tests.channels.fakes.fake_bot_api import FakeBotApi
-from tests.stores import cancel_as_it_commits, cancel_when
+from tests.stores import cancel_when, stop_as_the_lease_commits_gives_back
 
 TOKEN = "7012345678:AAH-secret-part-of-the-token-xyz"
 SECRET = "hook-secret-42"
@@ -434,15 +434,8 @@ async def test_an_outbox_stopped_while_its_lease_commits_gives_the_messages_back
             await tx.enqueue(ch.send_kind, None, TelegramSendJob(instance="bot", chat_id=chat, text=f"tin {chat}"),
                              subject=ch.chat_subject(chat))
 
-    async def jobs() -> list[tuple[str, int]]:
-        rows = await store.fetchall("SELECT state, attempts FROM jobs WHERE stage=? ORDER BY id", (ch.send_kind,))
-        return [(r["state"], r["attempts"]) for r in rows]
-
-    async def taken() -> None:
-        assert await jobs() == [("leased", 1)] * 2
-
-    await cancel_as_it_commits(store, ch.send_outbox, taken)
-    assert env.api.sent == [] and await jobs() == [("ready", 0)] * 2
+    await stop_as_the_lease_commits_gives_back(store, ch.send_kind, ch.send_outbox, 2)
+    assert env.api.sent == []
 
 
 async def test_an_outbox_stopped_mid_send_gives_the_message_back_and_the_next_run_sends_it_once(env: Env) -> None:

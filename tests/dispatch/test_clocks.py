@@ -30,7 +30,7 @@ from ingest.errors import PermanentError
 from ingest.records import Reporter
 from ingest.store import Store
 from tests import seed
-from tests.stores import cancel_as_it_commits, stop_keeps_the_send_in_its_thread
+from tests.stores import stop_as_the_lease_commits_gives_back, stop_keeps_the_send_in_its_thread
 
 from .conftest import SECRET_A, seed_report
 from .test_flow import RecordingReplies, answer
@@ -355,15 +355,7 @@ async def test_a_digest_sender_stopped_while_its_lease_commits_gives_the_digests
                                                         "kind": "fix", "due_at": now}], now) == 2
     sender = EscalationSender(dstore, cfg, directory, sms=None)
 
-    async def jobs() -> list[tuple[str, int]]:
-        rows = await dstore.fetchall("SELECT state, attempts FROM jobs WHERE stage='escalate' ORDER BY id")
-        return [(r["state"], r["attempts"]) for r in rows]
-
-    async def taken() -> None:
-        assert await jobs() == [("leased", 1)] * 2
-
-    await cancel_as_it_commits(dstore, sender.run_once, taken)
-    assert await jobs() == [("ready", 0)] * 2
+    await stop_as_the_lease_commits_gives_back(dstore, "escalate", sender.run_once, 2)
     states = await dstore.fetchall("SELECT state FROM escalations")
     assert [r["state"] for r in states] == ["pending"] * 2
 

@@ -20,7 +20,8 @@ from dispatch.delivery import DeliverySender, replay_deliveries
 from dispatch.ssrf import target_problems
 from ingest.records import Attachment
 from tests.net import serve_app
-from tests.stores import cancel_as_it_commits, cancel_when, stop_keeps_the_send_in_its_thread
+from tests.stores import (cancel_when, stop_as_the_lease_commits_gives_back,
+                          stop_keeps_the_send_in_its_thread)
 
 from .conftest import SECRET_A, SECRET_B, make_book, run_dispatch, seed_report, webhook_cfg
 
@@ -354,16 +355,9 @@ async def test_a_sender_stopped_while_its_lease_commits_gives_the_deliveries_bac
     deliveries it took are due again at once, not leased to nobody until their leases expire."""
     _, sender = await setup_case(dstore, directory, webhook_cfg(receiver.url), n=2)
 
-    async def jobs() -> list[tuple[str, int]]:
-        rows = await dstore.fetchall("SELECT state, attempts FROM jobs WHERE stage='deliver' ORDER BY id")
-        return [(r["state"], r["attempts"]) for r in rows]
-
-    async def taken() -> None:
-        assert await jobs() == [("leased", 1)] * 2
-
-    await cancel_as_it_commits(dstore, sender.run_once, taken)
+    await stop_as_the_lease_commits_gives_back(dstore, "deliver", sender.run_once, 2)
     await sender.close()
-    assert receiver.requests == [] and await jobs() == [("ready", 0)] * 2
+    assert receiver.requests == []
 
 
 async def test_a_sender_stopped_mid_send_gives_the_delivery_back_and_it_goes_again_under_its_webhook_id(dstore,

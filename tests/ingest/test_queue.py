@@ -13,7 +13,8 @@ from ingest.clock import FakeClock
 from ingest.jobs import DedupeJob, MessengerAskJob, MessengerMediaJob, ReporterFollowUpJob
 from ingest.queue import Settlement
 from ingest.store import Store, Tx
-from tests.stores import AnyStore, StoreFactory, cancel_as_it_commits, cancel_when, when_logged
+from tests.stores import (AnyStore, StoreFactory, cancel_when, stop_as_the_lease_commits_gives_back,
+                          when_logged)
 from tests.stores import store_factory  # noqa: F401  (the parametrised fixture)
 
 @pytest.fixture
@@ -217,15 +218,8 @@ async def test_a_lease_cancelled_while_it_commits_gives_its_jobs_back(clocked_st
     for _ in range(2):
         await _submit(clocked_store, make_message)
 
-    async def states() -> list[tuple[str, int]]:
-        rows = await clocked_store.fetchall("SELECT state, attempts FROM jobs WHERE stage='classify' ORDER BY id")
-        return [(r["state"], r["attempts"]) for r in rows]
-
-    async def taken() -> None:
-        assert await states() == [("leased", 1)] * 2
-
-    await cancel_as_it_commits(clocked_store, lambda: clocked_store.queue.lease("classify", 5, 60), taken)
-    assert await states() == [("ready", 0)] * 2
+    await stop_as_the_lease_commits_gives_back(clocked_store, "classify",
+                                               lambda: clocked_store.queue.lease("classify", 5, 60), 2)
 
 
 async def test_a_stop_in_a_holding_block_gives_back_only_what_is_still_leased(clocked_store: AnyStore,
